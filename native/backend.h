@@ -1,0 +1,153 @@
+// The backend interface: what the CPU backend (native/cpu/) and the CUDA backend (kernels/)
+// implement. A backend knows ops on contiguous row-major tensors and nothing about models; the
+// graph lives in TypeScript (lib/graph) and reaches native code as an op list (native/program.cc).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace idforge {
+
+// Error codes mirror lib/errors.ts. Native code throws Error; the N-API layer turns it into a
+// rejected promise / thrown JS error carrying `code`, never a process crash.
+class Error : public std::runtime_error {
+ public:
+  Error(std::string code, const std::string& msg) : std::runtime_error(msg), code_(std::move(code)) {}
+  const std::string& code() const { return code_; }
+
+ private:
+  std::string code_;
+};
+
+enum class DType : int { F32 = 0, F16 = 1, BF16 = 2, I32 = 3, I64 = 4, U8 = 5 };
+
+size_t dtypeSize(DType t);
+const char* dtypeName(DType t);
+DType dtypeFromName(const std::string& name);  // throws E_ARGUMENT
+
+enum class Device : int { CPU = 0, CUDA = 1 };
+const char* deviceName(Device d);
+
+using Shape = std::vector<int64_t>;
+int64_t numel(const Shape& s);
+std::string shapeStr(const Shape& s);
+
+// A non-owning view of backend memory.
+struct TensorView {
+  void* data = nullptr;
+  DType dtype = DType::F32;
+  Shape shape;
+  int64_t numel() const { return idforge::numel(shape); }
+  template <typename T>
+  T* as() const { return static_cast<T*>(data); }
+};
+
+// Every op a backend implements. Semantics (all float tensors are in the backend's compute dtype,
+// contiguous, row-major; "[..]" means any leading dims):
+//   LINEAR       in: x[.., K], w[N, K], b[N]?            out: [.., N]   y = x·wᵀ + b
+//   MATMUL       in: a[B, M, K], b[B, K, N] (or b[B, N, K] with transB)   out: [B, M, N]
+//   CONV2D       in: x[B, C, H, W], w[O, C/groups... (groups=1 only), kh, kw], b[O]?
+//                attrs stride, pad (symmetric zero padding)   out: [B, O, Ho, Wo]
+//   GROUP_NORM   in: x[B, C, ..], w[C], b[C]   attrs groups, eps, silu (apply SiLU after affine)
+//   LAYER_NORM   in: x[.., C], w[C], b[C]      attrs eps
+//   ATTENTION    in: q[B, Nq, H·d], k[B, Nk, H·d], v[B, Nk, H·dv]   attrs heads, scale, causal,
+//                capture.   out: o[B, Nq, H·dv]; when capture, also p[B·H, Nq, Nk] = the softmax
+//                probabilities (index b·H + h). causal masks keys j > i (CLIP's text mask).
+//   GEGLU        in: x[.., 2F]   out: [.., F] = x[.., :F] * gelu(x[.., F:])   (exact erf GELU)
+//   GELU, QUICK_GELU (x·σ(1.702x)), SILU   elementwise, out shape = in shape
+//   ADD, MUL     in: a, b with numpy broadcasting (right aligned)   out: broadcast shape
+//   SCALE        in: x   attrs scale, shift   out: x·scale + shift
+//   UPSAMPLE2X   in: x[B, C, H, W]   out: [B, C, 2H, 2W] nearest
+//   CONCAT       in: n tensors   attrs axis   out: concatenation along axis
+//   PERMUTE      in: x   attrs perm   out: x transposed (out dim i = in dim perm[i])
+//   RESHAPE      in: x   out: the same elements, another shape (a copy)
+//   SLICE        in: x   attrs axis, start, end   out: x[.., start:end, ..]
+//   TIMESTEP_EMB in: t[B] (float)   attrs dim, flip, shift, maxPeriod
+//                out: [B, dim]: f_i = exp(-ln(maxPeriod)·i/(half − shift)), [sin(t·f), cos(t·f)]
+//                (flip → [cos, sin]); odd dim pads a zero column
+//   EMBEDDING    in: ids[B, N] (I32), table[V, D]   out: [B, N, D]; ids out of range → E_ARGUMENT
+//   INJECT       in: x[B, N, D], slots[B, N] (I32: row of vectors, or −1 to keep x), vectors[M, D]
+//                out: x with the selected rows replaced
+//   CFG          in: eps[2B, ..] (first B rows unconditional)   attrs scale
+//                out: [B, ..] = u + scale·(c − u)
+//   DDIM_STEP    in: sample, eps, noise?   attrs a_t, a_prev, sigma (see lib/sched/ddim.ts)
+//                out: prev sample = √a_prev·x0 + √(1−a_prev−σ²)·eps + σ·noise,
+//                x0 = (sample − √(1−a_t)·eps)/√a_t
+#define IDFORGE_OPS(X) \
+  X(LINEAR)            \
+  X(MATMUL)            \
+  X(CONV2D)            \
+  X(GROUP_NORM)        \
+  X(LAYER_NORM)        \
+  X(ATTENTION)         \
+  X(GEGLU)             \
+  X(GELU)              \
+  X(QUICK_GELU)        \
+  X(SILU)              \
+  X(ADD)               \
+  X(MUL)               \
+  X(SCALE)             \
+  X(UPSAMPLE2X)        \
+  X(CONCAT)            \
+  X(PERMUTE)           \
+  X(RESHAPE)           \
+  X(SLICE)             \
+  X(TIMESTEP_EMB)      \
+  X(EMBEDDING)         \
+  X(INJECT)            \
+  X(CFG)               \
+  X(DDIM_STEP)
+
+enum class OpCode : int {
+#define IDFORGE_OP_ENUM(name) name,
+  IDFORGE_OPS(IDFORGE_OP_ENUM)
+#undef IDFORGE_OP_ENUM
+};
+const char* opName(OpCode op);
+OpCode opFromName(const std::string& name);  // lower-case names: "linear", "group_norm", "upsample2x"
+
+struct OpAttrs {
+  int64_t stride = 1, pad = 0, groups = 1, heads = 1, axis = 0, start = 0, end = 0, dim = 0;
+  double eps = 1e-5, scale = 1.0, shift = 0.0, maxPeriod = 10000.0;
+  double a_t = 1.0, a_prev = 1.0, sigma = 0.0;
+  bool silu = false, causal = false, flip = false, capture = false, transB = false;
+  std::vector<int64_t> perm;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  // The dtype float ops compute in (F32 on the CPU; F16 or F32 on CUDA).
+  virtual DType computeType() const = 0;
+  virtual void* alloc(size_t bytes) = 0;  // throws Error("E_OOM", ...)
+  virtual void release(void* p, size_t bytes) = 0;
+  virtual void upload(void* dst, const void* host, size_t bytes) = 0;
+  virtual void download(void* host, const void* src, size_t bytes) = 0;
+  // Validates shapes it depends on (throws Error("E_SHAPE", ...)), then computes out from in.
+  virtual void run(OpCode op, const OpAttrs& a, const std::vector<TensorView>& in,
+                   const std::vector<TensorView>& out) = 0;
+  virtual void synchronize() {}
+};
+
+Backend* cpuBackend();
+
+struct CudaInfo {
+  bool compiled = false;
+  bool available = false;
+  std::string device;  // e.g. "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)"
+  std::string reason;  // why not available
+};
+CudaInfo cudaInfo();
+// The CUDA backend for a compute dtype (F16 or F32). Throws Error("E_BACKEND", reason) when CUDA
+// was not compiled in, or no driver/GPU/cuBLAS can be found.
+Backend* cudaBackend(DType compute);
+
+// Live bytes per device, updated by Storage (native/tensor.h).
+int64_t liveBytes(Device d);
+void addLiveBytes(Device d, int64_t delta);
+
+}  // namespace idforge

@@ -1,0 +1,42 @@
+#!/usr/bin/env node
+// Builds build/Release/idforge.node. cmake-js + CMakeLists.txt is the main build (CUDA when nvcc is
+// found); when CMake is missing the same CPU sources build through node-gyp + binding.gyp, so a
+// plain `npm install` never fails for a missing GPU toolkit or CMake.
+//   IDFORGE_CUDA=0          CPU-only build
+//   IDFORGE_CUDA_ARCHS=90   CUDA architecture list (default "80;86;89;90")
+//   IDFORGE_BUILD=gyp       force the node-gyp path
+import { spawnSync } from 'node:child_process';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const require = createRequire(import.meta.url);
+
+function has(cmd, args = ['--version']) {
+  const r = spawnSync(cmd, args, { stdio: 'ignore' });
+  return r.status === 0;
+}
+
+function run(cmd, args) {
+  console.error(`[idforge] ${cmd} ${args.join(' ')}`);
+  const r = spawnSync(cmd, args, { cwd: root, stdio: 'inherit', env: process.env });
+  if (r.error) throw r.error;
+  return r.status ?? 1;
+}
+
+const forceGyp = process.env.IDFORGE_BUILD === 'gyp';
+let status;
+if (!forceGyp && has('cmake')) {
+  const cmakeJs = require.resolve('cmake-js/bin/cmake-js');
+  const args = [cmakeJs, 'compile', '--out', 'build'];
+  if (process.env.IDFORGE_CUDA !== undefined) args.push(`--CDIDFORGE_CUDA=${process.env.IDFORGE_CUDA}`);
+  if (process.env.IDFORGE_CUDA_ARCHS) args.push(`--CDIDFORGE_CUDA_ARCHS=${process.env.IDFORGE_CUDA_ARCHS}`);
+  if (process.env.IDFORGE_PARALLEL) args.push('--parallel', process.env.IDFORGE_PARALLEL);
+  status = run(process.execPath, args);
+} else {
+  console.error('[idforge] cmake not found (or IDFORGE_BUILD=gyp): building the CPU-only addon with node-gyp');
+  const gyp = process.env.npm_config_node_gyp;
+  status = gyp ? run(process.execPath, [gyp, 'rebuild']) : run('npx', ['--no-install', 'node-gyp', 'rebuild']);
+}
+process.exit(status);
