@@ -1,0 +1,91 @@
+// Small shared pieces of the backend interface: dtype/op names, shape helpers, live-byte counters.
+#include <atomic>
+#include <sstream>
+
+#include "backend.h"
+
+namespace idforge {
+
+size_t dtypeSize(DType t) {
+  switch (t) {
+    case DType::F32: return 4;
+    case DType::F16: return 2;
+    case DType::BF16: return 2;
+    case DType::I32: return 4;
+    case DType::I64: return 8;
+    case DType::U8: return 1;
+  }
+  return 0;
+}
+
+const char* dtypeName(DType t) {
+  switch (t) {
+    case DType::F32: return "float32";
+    case DType::F16: return "float16";
+    case DType::BF16: return "bfloat16";
+    case DType::I32: return "int32";
+    case DType::I64: return "int64";
+    case DType::U8: return "uint8";
+  }
+  return "?";
+}
+
+DType dtypeFromName(const std::string& n) {
+  if (n == "float32") return DType::F32;
+  if (n == "float16") return DType::F16;
+  if (n == "bfloat16") return DType::BF16;
+  if (n == "int32") return DType::I32;
+  if (n == "int64") return DType::I64;
+  if (n == "uint8") return DType::U8;
+  throw Error("E_ARGUMENT", "unknown dtype '" + n + "' (expected float32, float16, bfloat16, int32, int64 or uint8)");
+}
+
+const char* deviceName(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
+
+int64_t numel(const Shape& s) {
+  int64_t n = 1;
+  for (auto d : s) n *= d;
+  return n;
+}
+
+std::string shapeStr(const Shape& s) {
+  std::ostringstream o;
+  o << "[";
+  for (size_t i = 0; i < s.size(); i++) o << (i ? ", " : "") << s[i];
+  o << "]";
+  return o.str();
+}
+
+static const char* kOpNames[] = {
+#define IDFORGE_OP_NAME(name) #name,
+    IDFORGE_OPS(IDFORGE_OP_NAME)
+#undef IDFORGE_OP_NAME
+};
+
+const char* opName(OpCode op) { return kOpNames[static_cast<int>(op)]; }
+
+OpCode opFromName(const std::string& name) {
+  std::string up;
+  for (char c : name) up += (c >= 'a' && c <= 'z') ? char(c - 32) : c;
+  for (size_t i = 0; i < sizeof(kOpNames) / sizeof(kOpNames[0]); i++)
+    if (up == kOpNames[i]) return static_cast<OpCode>(i);
+  throw Error("E_ARGUMENT", "unknown op '" + name + "'");
+}
+
+static std::atomic<int64_t> g_live[2];
+
+int64_t liveBytes(Device d) { return g_live[static_cast<int>(d)].load(); }
+void addLiveBytes(Device d, int64_t delta) { g_live[static_cast<int>(d)] += delta; }
+
+#ifndef IDFORGE_WITH_CUDA
+CudaInfo cudaInfo() {
+  CudaInfo i;
+  i.compiled = false;
+  i.available = false;
+  i.reason = "idforge was built without CUDA (no nvcc at install time, or IDFORGE_CUDA=0)";
+  return i;
+}
+Backend* cudaBackend(DType) { throw Error("E_BACKEND", cudaInfo().reason); }
+#endif
+
+}  // namespace idforge
