@@ -1,0 +1,442 @@
+// Engine: loads an SD 1.x model (diffusers folder or single LDM .safetensors), owns the backend,
+// the weights and the compiled programs, and runs text → image.
+import { IdforgeError, throwIfAborted } from './errors.js';
+import { Graph, type Value } from './graph/graph.js';
+import { Program, type BackendSpec } from './graph/program.js';
+import { Weights } from './graph/weights.js';
+import { openModel, type ModelSource } from './io/checkpoint.js';
+import type { ConfigOverrides, ModelConfigs } from './io/configs.js';
+import { backends } from './native.js';
+import { DDIMScheduler } from './sched/ddim.js';
+import { randn } from './sched/random.js';
+import { Tensor, numel } from './tensor.js';
+import { buildTextEncoder } from './text/clip.js';
+import { ClipTokenizer } from './text/tokenizer.js';
+import { buildUNet, crossAttentionLayers, type CrossContext } from './unet/unet.js';
+import { buildVaeDecoder, buildVaeEncoder } from './vae/vae.js';
+import type { RawImage } from './io/image.js';
+
+export interface LoadOptions {
+  /** 'auto' (default) takes CUDA when backends().cuda.available, else the CPU. */
+  device?: 'auto' | 'cpu' | 'cuda';
+  /** Compute precision: float16 on CUDA by default, float32 on the CPU (the only CPU choice). */
+  dtype?: 'float32' | 'float16';
+  /** Prefer `*.fp16.safetensors` files in a diffusers folder. */
+  variant?: 'fp16';
+  /** Pin config values (e.g. for a single-file checkpoint whose sizes cannot be derived). */
+  config?: ConfigOverrides;
+}
+
+export interface ProgressInfo {
+  step: number;
+  steps: number;
+  timestep: number;
+  elapsedMs: number;
+}
+
+export interface GenerateOptions {
+  prompt: string;
+  negativePrompt?: string;
+  width?: number;
+  height?: number;
+  steps?: number;
+  guidanceScale?: number;
+  eta?: number;
+  /** Seeds the documented generator (lib/sched/random.ts) for the initial latents and DDIM noise. */
+  seed?: number;
+  /** Initial latents [1, C, height/8, width/8]; bypasses the seed for them. */
+  latents?: Tensor;
+  onProgress?: (p: ProgressInfo) => void;
+  signal?: AbortSignal;
+}
+
+export interface GenerateResult {
+  images: RawImage[];
+  /** Final latents [1, C, h, w] (before the VAE scaling). */
+  latents: Tensor;
+  /** The decoded image in [0, 1], [1, 3, H, W] float32 on the CPU. */
+  pixels: Tensor;
+  warnings: string[];
+}
+
+function describe(v: unknown): string {
+  return typeof v === 'number' ? String(v) : JSON.stringify(v);
+}
+
+export class Engine implements Disposable {
+  readonly configs: ModelConfigs;
+  readonly backend: BackendSpec;
+  readonly tokenizer: ClipTokenizer;
+  readonly scheduler: DDIMScheduler;
+  readonly modelPath: string;
+  readonly loadWarnings: string[];
+  #source: ModelSource | null;
+  #weights: { unet: Weights; vae: Weights; text: Weights } | null;
+  #programs = new Map<string, Program>();
+  #extra: Tensor[] = [];
+
+  private constructor(source: ModelSource, backend: BackendSpec) {
+    this.#source = source;
+    this.modelPath = source.path;
+    this.configs = source.configs;
+    this.backend = backend;
+    this.loadWarnings = [...source.warnings];
+    this.tokenizer = ClipTokenizer.fromDir(source.tokenizerDir);
+    this.scheduler = DDIMScheduler.fromConfig(source.configs.scheduler);
+    this.#weights = {
+      unet: new Weights('unet', source.weights.unet, backend),
+      vae: new Weights('vae', source.weights.vae, backend),
+      text: new Weights('text_encoder', source.weights.text, backend),
+    };
+  }
+
+  /** Loads a diffusers folder or a single original-layout .safetensors file. Nothing is downloaded. */
+  static async load(path: string, opts: LoadOptions = {}): Promise<Engine> {
+    const device = opts.device ?? 'auto';
+    if (!['auto', 'cpu', 'cuda'].includes(device))
+      throw new IdforgeError('E_ARGUMENT', `device must be 'auto', 'cpu' or 'cuda', got ${describe(device)}`);
+    if (opts.dtype !== undefined && opts.dtype !== 'float32' && opts.dtype !== 'float16')
+      throw new IdforgeError('E_ARGUMENT', `dtype must be 'float32' or 'float16', got ${describe(opts.dtype)}`);
+    let dev: 'cpu' | 'cuda' = 'cpu';
+    if (device === 'cuda') {
+      const c = backends().cuda;
+      if (!c.available) throw new IdforgeError('E_BACKEND', `device 'cuda' requested but CUDA is not available: ${c.reason}`);
+      dev = 'cuda';
+    } else if (device === 'auto') {
+      dev = backends().cuda.available ? 'cuda' : 'cpu';
+    }
+    const dtype = opts.dtype ?? (dev === 'cuda' ? 'float16' : 'float32');
+    if (dev === 'cpu' && dtype !== 'float32')
+      throw new IdforgeError('E_ARGUMENT', "the CPU backend computes in float32 only; use dtype 'float32' or device 'cuda'");
+    const source = openModel(path, { ...(opts.variant ? { variant: opts.variant } : {}), ...(opts.config ? { configOverrides: opts.config } : {}) });
+    try {
+      return new Engine(source, { device: dev, dtype });
+    } catch (e) {
+      source.close();
+      throw e;
+    }
+  }
+
+  get disposed(): boolean {
+    return !this.#weights;
+  }
+
+  private get w(): { unet: Weights; vae: Weights; text: Weights } {
+    if (!this.#weights) throw new IdforgeError('E_DISPOSED', 'engine used after dispose()');
+    return this.#weights;
+  }
+
+  /** The VAE's spatial downsampling factor and the UNet's; a latent side must divide the latter. */
+  get latentFactor(): number {
+    return 2 ** (this.configs.vae.blockOutChannels.length - 1);
+  }
+
+  get sizeMultiple(): number {
+    return this.latentFactor * 2 ** (this.configs.unet.blockOutChannels.length - 1);
+  }
+
+  /** 77 token ids (BOS, content, EOS, padding); prompts past 75 tokens are truncated. */
+  tokenize(text: string): Int32Array {
+    if (typeof text !== 'string') throw new IdforgeError('E_ARGUMENT', 'tokenize expects a string');
+    return this.tokenizer.encode(text).ids;
+  }
+
+  private program(key: string, build: (g: Graph) => void): Program {
+    this.w;
+    let p = this.#programs.get(key);
+    if (!p) {
+      const g = new Graph();
+      build(g);
+      p = new Program(g, this.backend);
+      this.#programs.set(key, p);
+    }
+    return p;
+  }
+
+  /** A host float32 tensor moved into this backend's dtype/device (the input is not disposed). */
+  private upload(t: Tensor): Tensor {
+    return t.to(this.backend.dtype, this.backend.device);
+  }
+
+  private idsTensor(ids: Int32Array[]): Tensor {
+    const flat = new Int32Array(ids.length * 77);
+    ids.forEach((a, i) => flat.set(a, i * 77));
+    return Tensor.from(flat, [ids.length, 77], { device: this.backend.device });
+  }
+
+  /** last_hidden_state [B, 77, D] of the text encoder for token ids (or prompts). Returned on the CPU in float32. */
+  async encodeText(input: string | Int32Array | number[] | (string | Int32Array)[]): Promise<Tensor> {
+    const list: (string | Int32Array | number[])[] = Array.isArray(input) && (input.length === 0 || typeof input[0] !== 'number') ? (input as (string | Int32Array)[]) : [input as string | Int32Array | number[]];
+    const ids = list.map((x) => {
+      if (typeof x === 'string') return this.tokenize(x);
+      const a = Int32Array.from(x);
+      if (a.length !== 77) throw new IdforgeError('E_SHAPE', `token ids must be 77 long, got ${a.length}`);
+      const vocab = this.configs.text.vocabSize;
+      for (const id of a) if (id < 0 || id >= vocab) throw new IdforgeError('E_ARGUMENT', `token id ${id} is outside the vocabulary (0..${vocab - 1})`);
+      return a;
+    });
+    const out = await this.runText(ids);
+    return toHost(out);
+  }
+
+  private async runText(ids: Int32Array[]): Promise<Tensor> {
+    const b = ids.length;
+    const p = this.program(`text:${b}`, (g) => {
+      const x = g.input([b, 77], 'int32');
+      g.output(buildTextEncoder(g, this.w.text, this.configs.text, { ids: x }));
+    });
+    using t = this.idsTensor(ids);
+    const [out] = await p.run([t]);
+    return out!;
+  }
+
+  private checkLatents(latents: Tensor, what: string): void {
+    const s = latents.shape;
+    const c = this.configs.unet.inChannels;
+    const f = 2 ** (this.configs.unet.blockOutChannels.length - 1);
+    if (s.length !== 4 || s[1] !== c || s[2]! % f || s[3]! % f || s[2] === 0 || s[3] === 0)
+      throw new IdforgeError('E_SHAPE', `${what} must be [B, ${c}, h, w] with h and w multiples of ${f}, got ${JSON.stringify(s)}`);
+  }
+
+  /** The UNet's noise prediction for latents [B, C, h, w] at timestep t, with a context [B, 77, D] or separate key/value contexts. */
+  async predictNoise(latents: Tensor, t: number, context: Tensor | { k: Tensor; v: Tensor }): Promise<Tensor> {
+    this.checkLatents(latents, 'latents');
+    if (!Number.isFinite(t) || t < 0 || t >= this.configs.scheduler.numTrainTimesteps)
+      throw new IdforgeError('E_ARGUMENT', `timestep must be in [0, ${this.configs.scheduler.numTrainTimesteps}), got ${t}`);
+    const b = latents.shape[0]!;
+    const dual = !(context instanceof Tensor);
+    const ctxs = dual ? [context.k, context.v] : [context];
+    const D = this.configs.unet.crossAttentionDim;
+    for (const c of ctxs)
+      if (c.shape.length !== 3 || c.shape[0] !== b || c.shape[2] !== D)
+        throw new IdforgeError('E_SHAPE', `context must be [${b}, N, ${D}], got ${JSON.stringify(c.shape)}`);
+    const [, ch, h, w] = latents.shape as [number, number, number, number];
+    const n = ctxs[0]!.shape[1]!;
+    const p = this.program(`unet:${b}x${ch}x${h}x${w}:${n}:${dual}`, (g) => {
+      const x = g.input([b, ch, h, w]);
+      const tt = g.input([b]);
+      const k = g.input([b, n, D]);
+      const v = dual ? g.input([b, n, D]) : k;
+      g.output(buildUNet(g, this.w.unet, this.configs.unet, x, tt, { k, v }).eps);
+    });
+    const inputs = [this.upload(latents), this.upload(Tensor.from(new Float32Array(b).fill(t), [b])), ...ctxs.map((c) => this.upload(c))];
+    try {
+      const [eps] = await p.run(inputs);
+      return toHost(eps!);
+    } finally {
+      for (const x of inputs) x.dispose();
+    }
+  }
+
+  /** The VAE decoder: image [B, 3, 8h, 8w] in [−1, 1] from z [B, C, h, w] (z already divided by the scaling factor). */
+  async decodeLatents(z: Tensor): Promise<Tensor> {
+    const s = z.shape;
+    if (s.length !== 4 || s[1] !== this.configs.vae.latentChannels || s[2] === 0 || s[3] === 0)
+      throw new IdforgeError('E_SHAPE', `latents to decode must be [B, ${this.configs.vae.latentChannels}, h, w], got ${JSON.stringify(s)}`);
+    const p = this.program(`vae-dec:${s.join('x')}`, (g) => {
+      g.output(buildVaeDecoder(g, this.w.vae, this.configs.vae, g.input(s)));
+    });
+    using zin = this.upload(z);
+    const [img] = await p.run([zin]);
+    return toHost(img!);
+  }
+
+  /** The VAE encoder: latent mean and logvar (clamped to [−30, 20] as diffusers does) of img [B, 3, H, W] in [−1, 1]. */
+  async encodeImage(img: Tensor): Promise<{ mean: Tensor; logvar: Tensor }> {
+    const s = img.shape;
+    const f = this.latentFactor;
+    if (s.length !== 4 || s[1] !== this.configs.vae.inChannels || !s[2] || !s[3] || s[2] % f || s[3] % f)
+      throw new IdforgeError('E_SHAPE', `image to encode must be [B, ${this.configs.vae.inChannels}, H, W] with H, W multiples of ${f}, got ${JSON.stringify(s)}`);
+    const p = this.program(`vae-enc:${s.join('x')}`, (g) => {
+      const r = buildVaeEncoder(g, this.w.vae, this.configs.vae, g.input(s), (shape) => {
+        const z = Tensor.zeros(shape, { dtype: this.backend.dtype, device: this.backend.device });
+        this.#extra.push(z);
+        return z;
+      });
+      g.output(r.mean);
+      g.output(r.logvar);
+    });
+    using x = this.upload(img);
+    const [mean, logvar] = await p.run([x]);
+    const lv = toHost(logvar!);
+    const data = lv.toFloat32().map((v) => Math.min(20, Math.max(-30, v)));
+    const shape = lv.shape;
+    lv.dispose();
+    return { mean: toHost(mean!), logvar: Tensor.from(data, shape) };
+  }
+
+  /** A UNet step program with classifier-free guidance folded in: (latents [1], t [2], context [2]) → guided eps [1]. */
+  private guidedUNet(h: number, w: number, n: number, guidance: number | null): Program {
+    const ch = this.configs.unet.inChannels;
+    const D = this.configs.unet.crossAttentionDim;
+    const cfg = guidance !== null;
+    return this.program(`unet-step:${h}x${w}:${n}:${guidance}`, (g) => {
+      const x = g.input([1, ch, h, w]);
+      const b = cfg ? 2 : 1;
+      const t = g.input([b]);
+      const ctx = g.input([b, n, D]);
+      const xx = cfg ? g.concat([x, x], 0) : x;
+      const eps = buildUNet(g, this.w.unet, this.configs.unet, xx, t, { k: ctx, v: ctx }).eps;
+      g.output(cfg ? g.cfg(eps, guidance) : eps);
+    });
+  }
+
+  /** Text → image with DDIM and classifier-free guidance. */
+  async generate(opts: GenerateOptions): Promise<GenerateResult> {
+    this.w;
+    const o = validateGenerate(opts, this.sizeMultiple);
+    const warnings: string[] = [];
+    const { signal } = opts;
+    throwIfAborted(signal, 'generate');
+    const h = o.height / this.latentFactor;
+    const w = o.width / this.latentFactor;
+    const ch = this.configs.unet.inChannels;
+    const cond = this.tokenizer.encode(opts.prompt);
+    if (cond.truncated) warnings.push('the prompt is longer than 75 tokens and was truncated');
+    const cfg = o.guidanceScale > 1;
+    const ids = [cond.ids];
+    if (cfg) {
+      const neg = this.tokenizer.encode(o.negativePrompt);
+      if (neg.truncated) warnings.push('the negative prompt is longer than 75 tokens and was truncated');
+      ids.unshift(neg.ids);
+    }
+    let latents: Float32Array;
+    if (opts.latents) {
+      this.checkLatents(opts.latents, 'latents');
+      if (opts.latents.shape[0] !== 1 || opts.latents.shape[2] !== h || opts.latents.shape[3] !== w)
+        throw new IdforgeError('E_SHAPE', `latents must be [1, ${ch}, ${h}, ${w}] for ${o.width}x${o.height}, got ${JSON.stringify(opts.latents.shape)}`);
+      latents = opts.latents.toFloat32();
+    } else {
+      latents = randn(o.seed, ch * h * w);
+    }
+    const noiseSeed = o.seed + 1;
+    const timesteps = this.scheduler.timesteps(o.steps);
+    const program = this.guidedUNet(h, w, 77, cfg ? o.guidanceScale : null);
+    const start = Date.now();
+    const context = await this.runText(ids);
+    try {
+      for (let i = 0; i < timesteps.length; i++) {
+        throwIfAborted(signal, 'generate');
+        const t = timesteps[i]!;
+        const tIn = Tensor.from(new Float32Array(ids.length).fill(t), [ids.length], { dtype: this.backend.dtype, device: this.backend.device });
+        const xIn = Tensor.from(latents, [1, ch, h, w], { dtype: this.backend.dtype, device: this.backend.device });
+        let eps: Float32Array;
+        try {
+          const [e] = await program.run([xIn, tIn, context]);
+          eps = e!.toFloat32();
+          e!.dispose();
+        } finally {
+          tIn.dispose();
+          xIn.dispose();
+        }
+        const noise = o.eta > 0 ? randn(noiseSeed + i, latents.length) : undefined;
+        latents = this.scheduler.step(eps, t, latents, { steps: o.steps, eta: o.eta, ...(noise ? { noise } : {}) }).prevSample;
+        opts.onProgress?.({ step: i + 1, steps: timesteps.length, timestep: t, elapsedMs: Date.now() - start });
+      }
+    } finally {
+      context.dispose();
+    }
+    throwIfAborted(signal, 'generate');
+    const sf = this.configs.vae.scalingFactor;
+    using z = Tensor.from(latents.map((v) => v / sf), [1, ch, h, w]);
+    using decoded = await this.decodeLatents(z);
+    const px = decoded.toFloat32().map((v) => Math.min(1, Math.max(0, v / 2 + 0.5)));
+    const pixels = Tensor.from(px, decoded.shape);
+    return { images: [toRawImage(px, o.width, o.height)], latents: Tensor.from(latents, [1, ch, h, w]), pixels, warnings };
+  }
+
+  /** Every cross-attention layer name of this model's UNet. */
+  get crossAttentionLayers(): string[] {
+    return crossAttentionLayers(this.configs.unet);
+  }
+
+  /** @internal for the benchmark harness and tests */
+  get programCount(): number {
+    return this.#programs.size;
+  }
+
+  dispose(): void {
+    for (const p of this.#programs.values()) p.dispose();
+    this.#programs.clear();
+    for (const t of this.#extra) t.dispose();
+    this.#extra = [];
+    if (this.#weights) {
+      this.#weights.unet.dispose();
+      this.#weights.vae.dispose();
+      this.#weights.text.dispose();
+      this.#weights = null;
+    }
+    this.#source?.close();
+    this.#source = null;
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+/** A float32 CPU copy of a program output (disposing the original when it was elsewhere). */
+function toHost(t: Tensor): Tensor {
+  if (t.device === 'cpu' && t.dtype === 'float32') return t;
+  const h = t.to('float32', 'cpu');
+  t.dispose();
+  return h;
+}
+
+/** [1, 3, H, W] in [0, 1] → 8-bit HWC, round(x·255). */
+export function toRawImage(px: Float32Array, width: number, height: number): RawImage {
+  const data = new Uint8Array(width * height * 3);
+  const plane = width * height;
+  for (let c = 0; c < 3; c++)
+    for (let i = 0; i < plane; i++) data[i * 3 + c] = Math.round(px[c * plane + i]! * 255);
+  return { width, height, channels: 3, data };
+}
+
+interface ValidGenerate {
+  width: number;
+  height: number;
+  steps: number;
+  guidanceScale: number;
+  eta: number;
+  seed: number;
+  negativePrompt: string;
+}
+
+function nearest(x: number, m: number): string {
+  const lo = Math.max(m, Math.floor(x / m) * m);
+  const hi = Math.max(m, Math.ceil(x / m) * m);
+  return lo === hi ? `${lo}` : `${lo} or ${hi}`;
+}
+
+function validateGenerate(opts: GenerateOptions, multiple: number): ValidGenerate {
+  if (!opts || typeof opts.prompt !== 'string')
+    throw new IdforgeError('E_ARGUMENT', 'generate needs a prompt string');
+  const negativePrompt = opts.negativePrompt ?? '';
+  if (typeof negativePrompt !== 'string') throw new IdforgeError('E_ARGUMENT', 'negativePrompt must be a string');
+  const width = opts.width ?? 512;
+  const height = opts.height ?? 512;
+  for (const [k, v] of [['width', width], ['height', height]] as const) {
+    if (!Number.isInteger(v) || v <= 0 || v > 8192)
+      throw new IdforgeError('E_SHAPE', `${k} must be a positive integer up to 8192, got ${describe(v)}`);
+    if (v % multiple)
+      throw new IdforgeError('E_SHAPE', `${k} ${v} is not a multiple of ${multiple} (the VAE × UNet downsampling); nearest valid: ${nearest(v, multiple)}`);
+  }
+  const steps = opts.steps ?? 50;
+  if (!Number.isInteger(steps) || steps < 1 || steps > 1000)
+    throw new IdforgeError('E_ARGUMENT', `steps must be an integer in [1, 1000], got ${describe(steps)}`);
+  const guidanceScale = opts.guidanceScale ?? 7.5;
+  if (typeof guidanceScale !== 'number' || !Number.isFinite(guidanceScale) || guidanceScale < 0)
+    throw new IdforgeError('E_ARGUMENT', `guidanceScale must be a finite number ≥ 0, got ${describe(guidanceScale)}`);
+  const eta = opts.eta ?? 0;
+  if (typeof eta !== 'number' || !Number.isFinite(eta) || eta < 0 || eta > 1)
+    throw new IdforgeError('E_ARGUMENT', `eta must be in [0, 1], got ${describe(eta)}`);
+  const seed = opts.seed ?? Math.floor(Math.random() * 2 ** 31);
+  if (!Number.isSafeInteger(seed) || seed < 0)
+    throw new IdforgeError('E_ARGUMENT', `seed must be a non-negative integer, got ${describe(seed)}`);
+  if (opts.latents !== undefined && !(opts.latents instanceof Tensor))
+    throw new IdforgeError('E_ARGUMENT', 'latents must be a Tensor');
+  return { width, height, steps, guidanceScale, eta, seed, negativePrompt };
+}
+
+export { numel };
+export type { Value, CrossContext };

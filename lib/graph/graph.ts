@@ -1,0 +1,222 @@
+// The graph IR: model code (text/, unet/, vae/, identity/) calls this builder to describe WHAT to
+// compute; shapes are inferred at build time; the op list is compiled once into a native Program
+// (lib/graph/program.ts) and run as one native call. Op semantics: native/backend.h.
+import { IdforgeError } from '../errors.js';
+import type { NativeOp } from '../native.js';
+import { Tensor, numel } from '../tensor.js';
+
+export type VDType = 'float' | 'int32';
+
+export class Value {
+  constructor(
+    readonly id: number,
+    readonly shape: readonly number[],
+    readonly dtype: VDType,
+  ) {}
+  get rank(): number {
+    return this.shape.length;
+  }
+  dim(i: number): number {
+    return this.shape[i < 0 ? this.shape.length + i : i]!;
+  }
+}
+
+function shapeErr(op: string, msg: string): IdforgeError {
+  return new IdforgeError('E_SHAPE', `${op}: ${msg}`);
+}
+
+const S = (s: readonly number[]) => JSON.stringify(s);
+
+export function broadcastShapes(op: string, a: readonly number[], b: readonly number[]): number[] {
+  const n = Math.max(a.length, b.length);
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const x = a[a.length - n + i] ?? 1;
+    const y = b[b.length - n + i] ?? 1;
+    if (x !== y && x !== 1 && y !== 1) throw shapeErr(op, `shapes ${S(a)} and ${S(b)} do not broadcast`);
+    out.push(Math.max(x, y));
+  }
+  return out;
+}
+
+export class Graph {
+  readonly values: { dtype: VDType; shape: number[] }[] = [];
+  readonly consts = new Map<number, Tensor>();
+  readonly inputs: Value[] = [];
+  readonly outputs: Value[] = [];
+  readonly ops: NativeOp[] = [];
+  /** Names of values, for captured attention maps and debugging. */
+  readonly names = new Map<number, string>();
+
+  private value(shape: readonly number[], dtype: VDType = 'float'): Value {
+    for (const d of shape)
+      if (!Number.isSafeInteger(d) || d < 0) throw shapeErr('graph', `invalid shape ${S(shape)}`);
+    const v = new Value(this.values.length, [...shape], dtype);
+    this.values.push({ dtype, shape: [...shape] });
+    return v;
+  }
+
+  private emit(op: string, inputs: Value[], shape: readonly number[], attrs?: NativeOp['attrs'], dtype: VDType = 'float'): Value {
+    const out = this.value(shape, dtype);
+    this.ops.push({ op, in: inputs.map((v) => v.id), out: [out.id], ...(attrs ? { attrs } : {}) });
+    return out;
+  }
+
+  input(shape: readonly number[], dtype: VDType = 'float', name?: string): Value {
+    const v = this.value(shape, dtype);
+    this.inputs.push(v);
+    if (name) this.names.set(v.id, name);
+    return v;
+  }
+
+  /** A constant (a weight): the tensor must already be on the program's device in its compute dtype. */
+  constant(t: Tensor, dtype: VDType = 'float'): Value {
+    const v = this.value(t.shape, dtype);
+    this.consts.set(v.id, t);
+    return v;
+  }
+
+  output(v: Value, name?: string): Value {
+    this.outputs.push(v);
+    if (name) this.names.set(v.id, name);
+    return v;
+  }
+
+  linear(x: Value, w: Value, b?: Value): Value {
+    const [n, k] = w.shape as [number, number];
+    if (w.rank !== 2 || x.dim(-1) !== k) throw shapeErr('linear', `x ${S(x.shape)} does not fit weight ${S(w.shape)}`);
+    if (b && (b.rank !== 1 || b.dim(0) !== n)) throw shapeErr('linear', `bias ${S(b.shape)} does not fit weight ${S(w.shape)}`);
+    return this.emit('linear', b ? [x, w, b] : [x, w], [...x.shape.slice(0, -1), n]);
+  }
+
+  matmul(a: Value, b: Value, opts: { transB?: boolean } = {}): Value {
+    if (a.rank !== 3 || b.rank !== 3 || a.dim(0) !== b.dim(0)) throw shapeErr('matmul', `${S(a.shape)} x ${S(b.shape)}`);
+    const k = opts.transB ? b.dim(2) : b.dim(1);
+    const n = opts.transB ? b.dim(1) : b.dim(2);
+    if (a.dim(2) !== k) throw shapeErr('matmul', `${S(a.shape)} x ${S(b.shape)}${opts.transB ? 'ᵀ' : ''}`);
+    return this.emit('matmul', [a, b], [a.dim(0), a.dim(1), n], opts.transB ? { transB: true } : undefined);
+  }
+
+  conv2d(x: Value, w: Value, b: Value | undefined, opts: { stride?: number; pad?: number } = {}): Value {
+    const stride = opts.stride ?? 1;
+    const pad = opts.pad ?? 0;
+    if (x.rank !== 4 || w.rank !== 4 || x.dim(1) !== w.dim(1))
+      throw shapeErr('conv2d', `input ${S(x.shape)} does not fit weight ${S(w.shape)}`);
+    const ho = Math.floor((x.dim(2) + 2 * pad - w.dim(2)) / stride) + 1;
+    const wo = Math.floor((x.dim(3) + 2 * pad - w.dim(3)) / stride) + 1;
+    if (ho <= 0 || wo <= 0) throw shapeErr('conv2d', `input ${S(x.shape)} too small for kernel ${S(w.shape)}`);
+    return this.emit('conv2d', b ? [x, w, b] : [x, w], [x.dim(0), w.dim(0), ho, wo], { stride, pad });
+  }
+
+  groupNorm(x: Value, w: Value, b: Value, opts: { groups: number; eps: number; silu?: boolean }): Value {
+    if (x.rank < 2 || x.dim(1) % opts.groups !== 0)
+      throw shapeErr('group_norm', `${x.dim(1)} channels do not split into ${opts.groups} groups`);
+    return this.emit('group_norm', [x, w, b], x.shape, { groups: opts.groups, eps: opts.eps, silu: !!opts.silu });
+  }
+
+  layerNorm(x: Value, w: Value, b: Value, opts: { eps: number }): Value {
+    if (w.dim(0) !== x.dim(-1)) throw shapeErr('layer_norm', `x ${S(x.shape)} vs weight ${S(w.shape)}`);
+    return this.emit('layer_norm', [x, w, b], x.shape, { eps: opts.eps });
+  }
+
+  /** softmax(q·kᵀ·scale)·v over heads interleaved in the last dim; with capture also returns the probabilities. */
+  attention(q: Value, k: Value, v: Value, opts: { heads: number; scale?: number; causal?: boolean; capture: true }): [Value, Value];
+  attention(q: Value, k: Value, v: Value, opts: { heads: number; scale?: number; causal?: boolean; capture?: false }): Value;
+  attention(q: Value, k: Value, v: Value, opts: { heads: number; scale?: number; causal?: boolean; capture?: boolean }): Value | [Value, Value] {
+    const h = opts.heads;
+    if (q.rank !== 3 || k.rank !== 3 || v.rank !== 3 || q.dim(0) !== k.dim(0) || k.dim(0) !== v.dim(0) || k.dim(1) !== v.dim(1))
+      throw shapeErr('attention', `q ${S(q.shape)}, k ${S(k.shape)}, v ${S(v.shape)}`);
+    if (q.dim(2) % h || k.dim(2) !== q.dim(2) || v.dim(2) % h)
+      throw shapeErr('attention', `widths ${q.dim(2)}/${k.dim(2)}/${v.dim(2)} do not split into ${h} heads`);
+    const d = q.dim(2) / h;
+    const attrs = { heads: h, scale: opts.scale ?? 1 / Math.sqrt(d), causal: !!opts.causal, capture: !!opts.capture };
+    const o = this.value([q.dim(0), q.dim(1), v.dim(2)]);
+    const outs = [o.id];
+    let p: Value | undefined;
+    if (opts.capture) {
+      p = this.value([q.dim(0) * h, q.dim(1), k.dim(1)]);
+      outs.push(p.id);
+    }
+    this.ops.push({ op: 'attention', in: [q.id, k.id, v.id], out: outs, attrs });
+    return p ? [o, p] : o;
+  }
+
+  geglu(x: Value): Value {
+    if (x.dim(-1) % 2) throw shapeErr('geglu', `odd width ${x.dim(-1)}`);
+    return this.emit('geglu', [x], [...x.shape.slice(0, -1), x.dim(-1) / 2]);
+  }
+  gelu(x: Value): Value { return this.emit('gelu', [x], x.shape); }
+  quickGelu(x: Value): Value { return this.emit('quick_gelu', [x], x.shape); }
+  silu(x: Value): Value { return this.emit('silu', [x], x.shape); }
+
+  add(a: Value, b: Value): Value { return this.emit('add', [a, b], broadcastShapes('add', a.shape, b.shape)); }
+  mul(a: Value, b: Value): Value { return this.emit('mul', [a, b], broadcastShapes('mul', a.shape, b.shape)); }
+  /** x·scale + shift */
+  scale(x: Value, scale: number, shift = 0): Value { return this.emit('scale', [x], x.shape, { scale, shift }); }
+
+  upsample2x(x: Value): Value {
+    if (x.rank !== 4) throw shapeErr('upsample2x', `expects NCHW, got ${S(x.shape)}`);
+    return this.emit('upsample2x', [x], [x.dim(0), x.dim(1), x.dim(2) * 2, x.dim(3) * 2]);
+  }
+
+  concat(xs: Value[], axis: number): Value {
+    const a = axis < 0 ? xs[0]!.rank + axis : axis;
+    const shape = [...xs[0]!.shape];
+    shape[a] = 0;
+    for (const x of xs) {
+      if (x.rank !== shape.length || x.shape.some((d, i) => i !== a && d !== shape[i]))
+        throw shapeErr('concat', `${xs.map((v) => S(v.shape)).join(', ')} along axis ${a}`);
+      shape[a]! += x.dim(a);
+    }
+    return this.emit('concat', xs, shape, { axis: a });
+  }
+
+  permute(x: Value, perm: number[]): Value {
+    if (perm.length !== x.rank || [...perm].sort().some((p, i) => p !== i)) throw shapeErr('permute', `bad perm ${S(perm)}`);
+    return this.emit('permute', [x], perm.map((p) => x.dim(p)), { perm });
+  }
+
+  reshape(x: Value, shape: number[]): Value {
+    const s = [...shape];
+    const neg = s.indexOf(-1);
+    if (neg >= 0) s[neg] = numel(x.shape) / numel(s.filter((d) => d !== -1));
+    if (numel(s) !== numel(x.shape) || s.some((d) => !Number.isInteger(d))) throw shapeErr('reshape', `${S(x.shape)} → ${S(shape)}`);
+    return this.emit('reshape', [x], s, undefined, x.dtype);
+  }
+
+  slice(x: Value, axis: number, start: number, end: number): Value {
+    const a = axis < 0 ? x.rank + axis : axis;
+    if (start < 0 || end > x.dim(a) || start >= end) throw shapeErr('slice', `[${start}:${end}] of axis ${a} in ${S(x.shape)}`);
+    const shape = [...x.shape];
+    shape[a] = end - start;
+    return this.emit('slice', [x], shape, { axis: a, start, end });
+  }
+
+  timestepEmbedding(t: Value, opts: { dim: number; flip: boolean; shift: number; maxPeriod?: number }): Value {
+    return this.emit('timestep_emb', [t], [t.dim(0), opts.dim], {
+      dim: opts.dim, flip: opts.flip, shift: opts.shift, maxPeriod: opts.maxPeriod ?? 10000,
+    });
+  }
+
+  embedding(ids: Value, table: Value): Value {
+    if (ids.dtype !== 'int32' || table.rank !== 2) throw shapeErr('embedding', `ids ${S(ids.shape)} table ${S(table.shape)}`);
+    return this.emit('embedding', [ids, table], [...ids.shape, table.dim(1)]);
+  }
+
+  /** Rows of x where slots ≥ 0 replaced by vectors[slot]. */
+  inject(x: Value, slots: Value, vectors: Value): Value {
+    if (slots.dtype !== 'int32' || x.rank !== 3 || slots.dim(0) !== x.dim(0) || slots.dim(1) !== x.dim(1) || vectors.dim(1) !== x.dim(2))
+      throw shapeErr('inject', `x ${S(x.shape)}, slots ${S(slots.shape)}, vectors ${S(vectors.shape)}`);
+    return this.emit('inject', [x, slots, vectors], x.shape);
+  }
+
+  /** Classifier-free guidance: eps[2B] (unconditional first) → u + scale·(c − u). */
+  cfg(eps: Value, scale: number): Value {
+    if (eps.dim(0) % 2) throw shapeErr('cfg', `batch ${eps.dim(0)} is odd`);
+    return this.emit('cfg', [eps], [eps.dim(0) / 2, ...eps.shape.slice(1)], { scale });
+  }
+
+  ddimStep(sample: Value, eps: Value, noise: Value | undefined, c: { aT: number; aPrev: number; sigma: number }): Value {
+    return this.emit('ddim_step', noise ? [sample, eps, noise] : [sample, eps], sample.shape, { a_t: c.aT, a_prev: c.aPrev, sigma: c.sigma });
+  }
+}

@@ -1,0 +1,67 @@
+import { IdforgeError } from '../errors.js';
+import { callAsync, call, native, type NativeProgram, type OpTiming } from '../native.js';
+import { Tensor } from '../tensor.js';
+import type { Graph } from './graph.js';
+
+/** Where and in what precision a program runs. */
+export interface BackendSpec {
+  device: 'cpu' | 'cuda';
+  dtype: 'float32' | 'float16';
+}
+
+/** A compiled graph: one native call per run(). */
+export class Program implements Disposable {
+  #p: NativeProgram | null;
+  readonly inputShapes: number[][];
+  readonly outputNames: (string | undefined)[];
+  readonly opNames: string[];
+  readonly opShapes: { in: number[][]; out: number[][] }[];
+
+  constructor(graph: Graph, readonly backend: BackendSpec) {
+    if (graph.outputs.length === 0) throw new IdforgeError('E_INTERNAL', 'a program needs at least one output');
+    this.#p = call(() =>
+      native().compile({
+        device: backend.device,
+        dtype: backend.dtype,
+        values: graph.values,
+        consts: [...graph.consts].map(([id, t]) => [id, t.handle]),
+        inputs: graph.inputs.map((v) => v.id),
+        outputs: graph.outputs.map((v) => v.id),
+        ops: graph.ops,
+      }),
+    );
+    this.inputShapes = graph.inputs.map((v) => [...v.shape]);
+    this.outputNames = graph.outputs.map((v) => graph.names.get(v.id));
+    this.opNames = graph.ops.map((o) => o.op);
+    this.opShapes = graph.ops.map((o) => ({
+      in: o.in.map((i) => graph.values[i]!.shape),
+      out: o.out.map((i) => graph.values[i]!.shape),
+    }));
+  }
+
+  get disposed(): boolean {
+    return !this.#p;
+  }
+
+  /** Runs the graph; inputs in graph.input() order. Returns outputs in graph.output() order. */
+  async run(inputs: Tensor[]): Promise<Tensor[]> {
+    return (await this.runProfiled(inputs, false)).outputs;
+  }
+
+  async runProfiled(inputs: Tensor[], profile = true): Promise<{ outputs: Tensor[]; timings?: OpTiming[] }> {
+    const p = this.#p;
+    if (!p) throw new IdforgeError('E_DISPOSED', 'program used after dispose()');
+    const handles = inputs.map((t) => t.handle);
+    const r = await callAsync(() => p.run(handles, profile));
+    return { outputs: r.outputs.map((h) => new Tensor(h)), ...(r.timings ? { timings: r.timings } : {}) };
+  }
+
+  dispose(): void {
+    this.#p?.dispose();
+    this.#p = null;
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}

@@ -1,0 +1,102 @@
+import { IdforgeError } from '../errors.js';
+import type { TensorRef } from '../io/checkpoint.js';
+import { Tensor, type DType } from '../tensor.js';
+import type { Graph, Value } from './graph.js';
+import type { BackendSpec } from './program.js';
+
+const ST_TO_DTYPE: Record<string, DType> = { F32: 'float32', F16: 'float16', BF16: 'bfloat16' };
+
+/**
+ * One model component's weights on one backend: each tensor is read from its file on first use,
+ * converted to the backend's compute dtype and kept resident (uploaded once).
+ */
+export class Weights implements Disposable {
+  readonly #loaded = new Map<string, Tensor>();
+
+  constructor(
+    readonly component: string,
+    readonly refs: Map<string, TensorRef>,
+    readonly backend: BackendSpec,
+  ) {}
+
+  has(name: string): boolean {
+    return this.refs.has(name);
+  }
+
+  shape(name: string): number[] {
+    return [...this.ref(name).shape];
+  }
+
+  private ref(name: string): TensorRef {
+    const r = this.refs.get(name);
+    if (!r) throw new IdforgeError('E_MODEL_FORMAT', `${this.component}: the model has no weight '${name}'`);
+    return r;
+  }
+
+  tensor(name: string): Tensor {
+    let t = this.#loaded.get(name);
+    if (t && !t.disposed) return t;
+    const r = this.ref(name);
+    const src = ST_TO_DTYPE[r.dtype];
+    t = src
+      ? Tensor.fromBytes(r.readBytes(), src, r.shape, this.backend.dtype, this.backend.device)
+      : Tensor.from(r.readFloat32(), r.shape, { dtype: this.backend.dtype, device: this.backend.device });
+    this.#loaded.set(name, t);
+    return t;
+  }
+
+  /** The weight as a graph constant. */
+  in(g: Graph, name: string): Value {
+    return g.constant(this.tensor(name));
+  }
+
+  /** The weight as a graph constant, or undefined when the model does not have it. */
+  maybe(g: Graph, name: string): Value | undefined {
+    return this.has(name) ? this.in(g, name) : undefined;
+  }
+
+  get residentBytes(): number {
+    let n = 0;
+    for (const t of this.#loaded.values()) if (!t.disposed) n += t.handle.nbytes;
+    return n;
+  }
+
+  dispose(): void {
+    for (const t of this.#loaded.values()) t.dispose();
+    this.#loaded.clear();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+/** Builders shared by the model graphs. */
+export function linearW(g: Graph, w: Weights, x: Value, prefix: string): Value {
+  return g.linear(x, w.in(g, `${prefix}.weight`), w.maybe(g, `${prefix}.bias`));
+}
+
+export function convW(g: Graph, w: Weights, x: Value, prefix: string, opts: { stride?: number; pad?: number } = {}): Value {
+  const k = w.shape(`${prefix}.weight`)[2]!;
+  return g.conv2d(x, w.in(g, `${prefix}.weight`), w.maybe(g, `${prefix}.bias`), { stride: opts.stride ?? 1, pad: opts.pad ?? (k - 1) / 2 });
+}
+
+export function groupNormW(g: Graph, w: Weights, x: Value, prefix: string, opts: { groups: number; eps: number; silu?: boolean }): Value {
+  return g.groupNorm(x, w.in(g, `${prefix}.weight`), w.in(g, `${prefix}.bias`), opts);
+}
+
+export function layerNormW(g: Graph, w: Weights, x: Value, prefix: string, eps: number): Value {
+  return g.layerNorm(x, w.in(g, `${prefix}.weight`), w.in(g, `${prefix}.bias`), { eps });
+}
+
+/** [B, C, H, W] → [B, H·W, C] */
+export function toTokens(g: Graph, x: Value): Value {
+  const [b, c, h, wd] = x.shape as [number, number, number, number];
+  return g.reshape(g.permute(x, [0, 2, 3, 1]), [b, h * wd, c]);
+}
+
+/** [B, H·W, C] → [B, C, H, W] */
+export function toImage(g: Graph, x: Value, h: number, wd: number): Value {
+  const [b, , c] = x.shape as [number, number, number];
+  return g.permute(g.reshape(x, [b, h, wd, c]), [0, 3, 1, 2]);
+}

@@ -1,0 +1,41 @@
+// Images in and out, through sharp.
+import sharp from 'sharp';
+import { IdforgeError } from '../errors.js';
+
+/** 8-bit interleaved pixels, row-major. */
+export interface RawImage {
+  width: number;
+  height: number;
+  channels: 3;
+  data: Uint8Array;
+}
+
+function check(img: RawImage): void {
+  if (!img || !Number.isInteger(img.width) || !Number.isInteger(img.height) || img.width <= 0 || img.height <= 0 || img.channels !== 3 || !(img.data instanceof Uint8Array) || img.data.length !== img.width * img.height * 3)
+    throw new IdforgeError('E_ARGUMENT', 'expected a RawImage { width, height, channels: 3, data: Uint8Array of width·height·3 }');
+}
+
+/** Writes a RawImage; the format follows the extension (.png, .jpg, .webp, ...). */
+export async function saveImage(img: RawImage, file: string): Promise<void> {
+  check(img);
+  try {
+    await sharp(Buffer.from(img.data.buffer, img.data.byteOffset, img.data.byteLength), {
+      raw: { width: img.width, height: img.height, channels: 3 },
+    }).toFile(file);
+  } catch (e) {
+    throw new IdforgeError('E_ARGUMENT', `could not write image ${file}: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+/** Decodes any image sharp reads (EXIF orientation applied) into RGB RawImage. */
+export async function loadImage(input: string | Buffer | Uint8Array): Promise<RawImage> {
+  try {
+    const { data, info } = await sharp(input).rotate().removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
+    if (info.channels !== 3) throw new Error(`decoded ${info.channels} channels`);
+    return { width: info.width, height: info.height, channels: 3, data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) };
+  } catch (e) {
+    const what = typeof input === 'string' ? input : 'image buffer';
+    const code = typeof input === 'string' && (e as Error).message.includes('missing') ? 'E_NOT_FOUND' : 'E_ARGUMENT';
+    throw new IdforgeError(code, `could not decode ${what}: ${(e as Error).message}`, { cause: e });
+  }
+}

@@ -1,0 +1,104 @@
+// The one file that loads the native addon (node-gyp-build finds build/Release/idforge.node) and
+// types its surface. Everything else goes through Tensor / Program wrappers.
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { IdforgeError, fromNative } from './errors.js';
+
+export type DType = 'float32' | 'float16' | 'bfloat16' | 'int32' | 'int64' | 'uint8';
+export type DeviceName = 'cpu' | 'cuda';
+
+export interface NativeTensor {
+  readonly shape: number[];
+  readonly dtype: DType;
+  readonly device: DeviceName;
+  readonly nbytes: number;
+  readonly disposed: boolean;
+  read(dtype?: DType): ArrayBuffer;
+  to(dtype: DType, device?: DeviceName): NativeTensor;
+  dispose(): void;
+}
+
+export interface NativeOp {
+  op: string;
+  in: number[];
+  out: number[];
+  attrs?: Record<string, number | boolean | number[]>;
+}
+
+export interface ProgramDesc {
+  device: DeviceName;
+  dtype: 'float32' | 'float16';
+  values: { dtype: 'float' | DType; shape: number[] }[];
+  consts: [number, NativeTensor][];
+  inputs: number[];
+  outputs: number[];
+  ops: NativeOp[];
+}
+
+export interface OpTiming { op: string; index: number; ms: number }
+
+export interface NativeProgram {
+  readonly constBytes: number;
+  run(inputs: NativeTensor[], profile?: boolean): Promise<{ outputs: NativeTensor[]; timings?: OpTiming[] }>;
+  dispose(): void;
+}
+
+export interface CudaStatus { compiled: boolean; available: boolean; device?: string; reason?: string }
+export interface Backends { cpu: true; cuda: CudaStatus }
+
+interface Addon {
+  NativeTensor: { prototype: NativeTensor };
+  createTensor(dtype: DType, shape: number[], device: DeviceName, data?: ArrayBufferView, srcDtype?: DType): NativeTensor;
+  compile(desc: ProgramDesc): NativeProgram;
+  backends(): Backends;
+  memory(): { cpu: number; cuda: number };
+}
+
+let addon: Addon | undefined;
+
+/** The loaded addon; throws E_BACKEND with build instructions when it is missing. */
+export function native(): Addon {
+  if (addon) return addon;
+  const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+  const require = createRequire(import.meta.url);
+  try {
+    const load = require('node-gyp-build') as (dir: string) => Addon;
+    addon = load(root);
+  } catch (e) {
+    throw new IdforgeError(
+      'E_BACKEND',
+      `the idforge native addon could not be loaded from ${root}/build/Release (${(e as Error).message}); ` +
+        'rebuild it with `npm run build:native` (needs a C++17 compiler; CMake optional)',
+      { cause: e },
+    );
+  }
+  return addon;
+}
+
+/** Calls into the addon, turning native errors into IdforgeError. */
+export function call<T>(f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    throw fromNative(e);
+  }
+}
+
+export async function callAsync<T>(f: () => Promise<T>): Promise<T> {
+  try {
+    return await f();
+  } catch (e) {
+    throw fromNative(e);
+  }
+}
+
+/** Which backends this build has and can use here. */
+export function backends(): Backends {
+  return native().backends();
+}
+
+/** Live bytes of native tensor memory per device (weights, activations, outputs). */
+export function memory(): { cpu: number; cuda: number } {
+  return native().memory();
+}

@@ -1,0 +1,153 @@
+// diffusers' UNet2DConditionModel for SD 1.x, built from its config: every size comes from the
+// config or the weight shapes, nothing is fixed to SD 1.5.
+import { IdforgeError } from '../errors.js';
+import type { UNetConfig } from '../io/configs.js';
+import type { Graph, Value } from '../graph/graph.js';
+import { convW, groupNormW, layerNormW, linearW, toImage, toTokens, type Weights } from '../graph/weights.js';
+
+/** Cross-attention contexts: keys from `k`, values from `v` (the same Value for ordinary prompts). */
+export interface CrossContext {
+  k: Value;
+  v: Value;
+}
+
+export interface UNetGraphOptions {
+  /** Cross-attention layers (e.g. "down_blocks.0.attentions.0.transformer_blocks.0.attn2") whose probabilities to output. */
+  capture?: ReadonlySet<string>;
+}
+
+export interface UNetGraphOutputs {
+  eps: Value;
+  /** layer name → probabilities [B·heads, h·w, keys] */
+  attention: Map<string, Value>;
+}
+
+/** Every cross-attention layer name of a UNet config, in execution order. */
+export function crossAttentionLayers(cfg: UNetConfig): string[] {
+  const names: string[] = [];
+  const tb = (p: string) => {
+    for (let t = 0; t < cfg.transformerLayersPerBlock; t++) names.push(`${p}.transformer_blocks.${t}.attn2`);
+  };
+  cfg.downBlockTypes.forEach((type, i) => {
+    if (type.startsWith('CrossAttn')) for (let j = 0; j < cfg.layersPerBlock; j++) tb(`down_blocks.${i}.attentions.${j}`);
+  });
+  tb('mid_block.attentions.0');
+  cfg.upBlockTypes.forEach((type, i) => {
+    if (type.startsWith('CrossAttn')) for (let j = 0; j <= cfg.layersPerBlock; j++) tb(`up_blocks.${i}.attentions.${j}`);
+  });
+  return names;
+}
+
+class UNetBuilder {
+  readonly attention = new Map<string, Value>();
+  constructor(
+    readonly g: Graph,
+    readonly w: Weights,
+    readonly cfg: UNetConfig,
+    readonly ctx: CrossContext,
+    readonly capture: ReadonlySet<string>,
+  ) {}
+
+  resnet(x: Value, emb: Value, p: string): Value {
+    const { g, w, cfg } = this;
+    const gn = { groups: cfg.normNumGroups, eps: cfg.normEps, silu: true };
+    let h = groupNormW(g, w, x, `${p}.norm1`, gn);
+    h = convW(g, w, h, `${p}.conv1`);
+    const t = linearW(g, w, g.silu(emb), `${p}.time_emb_proj`);
+    h = g.add(h, g.reshape(t, [t.dim(0), t.dim(1), 1, 1]));
+    h = groupNormW(g, w, h, `${p}.norm2`, gn);
+    h = convW(g, w, h, `${p}.conv2`);
+    const skip = w.has(`${p}.conv_shortcut.weight`) ? convW(g, w, x, `${p}.conv_shortcut`) : x;
+    return g.add(skip, h);
+  }
+
+  attn(x: Value, p: string, heads: number, kv?: CrossContext): Value {
+    const { g, w } = this;
+    const q = linearW(g, w, x, `${p}.to_q`);
+    const k = linearW(g, w, kv ? kv.k : x, `${p}.to_k`);
+    const v = linearW(g, w, kv ? kv.v : x, `${p}.to_v`);
+    let o: Value;
+    if (kv && this.capture.has(p)) {
+      const [out, probs] = g.attention(q, k, v, { heads, capture: true });
+      this.attention.set(p, probs);
+      o = out;
+    } else {
+      o = g.attention(q, k, v, { heads });
+    }
+    return linearW(g, w, o, `${p}.to_out.0`);
+  }
+
+  transformer(x: Value, p: string, heads: number): Value {
+    const { g, w, cfg } = this;
+    const [, , hh, ww] = x.shape as [number, number, number, number];
+    let h = groupNormW(g, w, x, `${p}.norm`, { groups: cfg.normNumGroups, eps: 1e-6 });
+    if (cfg.useLinearProjection) {
+      h = linearW(g, w, toTokens(g, h), `${p}.proj_in`);
+    } else {
+      h = toTokens(g, convW(g, w, h, `${p}.proj_in`));
+    }
+    for (let t = 0; t < cfg.transformerLayersPerBlock; t++) {
+      const b = `${p}.transformer_blocks.${t}`;
+      h = g.add(h, this.attn(layerNormW(g, w, h, `${b}.norm1`, 1e-5), `${b}.attn1`, heads));
+      h = g.add(h, this.attn(layerNormW(g, w, h, `${b}.norm2`, 1e-5), `${b}.attn2`, heads, this.ctx));
+      let f = layerNormW(g, w, h, `${b}.norm3`, 1e-5);
+      f = g.geglu(linearW(g, w, f, `${b}.ff.net.0.proj`));
+      h = g.add(h, linearW(g, w, f, `${b}.ff.net.2`));
+    }
+    if (cfg.useLinearProjection) {
+      h = toImage(g, linearW(g, w, h, `${p}.proj_out`), hh, ww);
+    } else {
+      h = convW(g, w, toImage(g, h, hh, ww), `${p}.proj_out`);
+    }
+    return g.add(h, x);
+  }
+}
+
+/**
+ * eps = UNet(sample [B, C, h, w], t [B] (float timesteps), context [B, 77, D]).
+ * h and w must be divisible by 2^(levels−1).
+ */
+export function buildUNet(g: Graph, w: Weights, cfg: UNetConfig, sample: Value, t: Value, ctx: CrossContext, opts: UNetGraphOptions = {}): UNetGraphOutputs {
+  const levels = cfg.blockOutChannels.length;
+  const f = 2 ** (levels - 1);
+  if (sample.dim(2) % f || sample.dim(3) % f)
+    throw new IdforgeError('E_SHAPE', `UNet: latent size ${sample.dim(2)}x${sample.dim(3)} is not divisible by ${f}`);
+  const u = new UNetBuilder(g, w, cfg, ctx, opts.capture ?? new Set());
+  const temb = g.timestepEmbedding(t, { dim: cfg.blockOutChannels[0]!, flip: cfg.flipSinToCos, shift: cfg.freqShift });
+  const emb = linearW(g, w, g.silu(linearW(g, w, temb, 'time_embedding.linear_1')), 'time_embedding.linear_2');
+
+  let x = convW(g, w, sample, 'conv_in');
+  const skips: Value[] = [x];
+  cfg.downBlockTypes.forEach((type, i) => {
+    const heads = cfg.attentionHeads[i]!;
+    for (let j = 0; j < cfg.layersPerBlock; j++) {
+      x = u.resnet(x, emb, `down_blocks.${i}.resnets.${j}`);
+      if (type.startsWith('CrossAttn')) x = u.transformer(x, `down_blocks.${i}.attentions.${j}`, heads);
+      skips.push(x);
+    }
+    if (i < levels - 1) {
+      x = convW(g, w, x, `down_blocks.${i}.downsamplers.0.conv`, { stride: 2, pad: cfg.downsamplePadding });
+      skips.push(x);
+    }
+  });
+
+  x = u.resnet(x, emb, 'mid_block.resnets.0');
+  x = u.transformer(x, 'mid_block.attentions.0', cfg.attentionHeads[levels - 1]!);
+  x = u.resnet(x, emb, 'mid_block.resnets.1');
+
+  const upHeads = [...cfg.attentionHeads].reverse();
+  cfg.upBlockTypes.forEach((type, i) => {
+    for (let j = 0; j <= cfg.layersPerBlock; j++) {
+      x = g.concat([x, skips.pop()!], 1);
+      x = u.resnet(x, emb, `up_blocks.${i}.resnets.${j}`);
+      if (type.startsWith('CrossAttn')) x = u.transformer(x, `up_blocks.${i}.attentions.${j}`, upHeads[i]!);
+    }
+    if (i < levels - 1) x = convW(g, w, g.upsample2x(x), `up_blocks.${i}.upsamplers.0.conv`);
+  });
+
+  x = groupNormW(g, w, x, 'conv_norm_out', { groups: cfg.normNumGroups, eps: cfg.normEps, silu: true });
+  x = convW(g, w, x, 'conv_out');
+  for (const name of u.capture)
+    if (!u.attention.has(name)) throw new IdforgeError('E_ARGUMENT', `UNet has no cross-attention layer '${name}'`);
+  return { eps: x, attention: u.attention };
+}

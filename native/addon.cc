@@ -1,0 +1,406 @@
+// N-API surface of the addon. lib/native.ts is the only JS file that loads it and types this surface.
+//   backends(), memory(), createTensor(...), compile(desc) → Program, Tensor/Program classes.
+// Native errors become JS errors with a `code`; lib/errors.ts turns them into IdforgeError.
+#include <napi.h>
+
+#include <cstring>
+#include <string>
+
+#include "program.h"
+#include "tensor.h"
+
+namespace idforge {
+namespace {
+
+Napi::Error jsError(Napi::Env env, const std::string& code, const std::string& msg) {
+  Napi::Error e = Napi::Error::New(env, msg);
+  e.Set("code", Napi::String::New(env, code));
+  return e;
+}
+
+template <typename F>
+auto guarded(Napi::Env env, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const Error& e) {
+    throw jsError(env, e.code(), e.what());
+  } catch (const std::bad_alloc&) {
+    throw jsError(env, "E_OOM", "out of host memory");
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw jsError(env, "E_INTERNAL", e.what());
+  }
+}
+
+Backend* backendFor(const std::string& device, DType compute) {
+  if (device == "cpu") return cpuBackend();
+  if (device == "cuda") return cudaBackend(compute == DType::F32 ? DType::F32 : DType::F16);
+  throw Error("E_ARGUMENT", "unknown device '" + device + "' (expected 'cpu' or 'cuda')");
+}
+
+Shape shapeFrom(const Napi::Value& v, const char* what) {
+  if (!v.IsArray()) throw Error("E_ARGUMENT", std::string(what) + " must be an array of sizes");
+  auto a = v.As<Napi::Array>();
+  Shape s;
+  for (uint32_t i = 0; i < a.Length(); i++) {
+    Napi::Value d = a.Get(i);
+    if (!d.IsNumber()) throw Error("E_ARGUMENT", std::string(what) + " must hold numbers");
+    double x = d.As<Napi::Number>().DoubleValue();
+    if (!(x >= 0) || x != static_cast<double>(static_cast<int64_t>(x)) || x > 9.0e15)
+      throw Error("E_SHAPE", std::string(what) + " holds an invalid size");
+    s.push_back(static_cast<int64_t>(x));
+  }
+  return s;
+}
+
+Napi::Array shapeToJs(Napi::Env env, const Shape& s) {
+  auto a = Napi::Array::New(env, s.size());
+  for (size_t i = 0; i < s.size(); i++) a.Set(static_cast<uint32_t>(i), Napi::Number::New(env, static_cast<double>(s[i])));
+  return a;
+}
+
+// ---------------------------------------------------------------------------------------------
+class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
+ public:
+  static Napi::FunctionReference ctor;
+
+  static void Init(Napi::Env env, Napi::Object exports) {
+    Napi::Function f = DefineClass(env, "NativeTensor",
+                                   {InstanceAccessor<&TensorWrap::Shape_>("shape"),
+                                    InstanceAccessor<&TensorWrap::DType_>("dtype"),
+                                    InstanceAccessor<&TensorWrap::Device_>("device"),
+                                    InstanceAccessor<&TensorWrap::Bytes_>("nbytes"),
+                                    InstanceAccessor<&TensorWrap::Disposed_>("disposed"),
+                                    InstanceMethod<&TensorWrap::Read>("read"),
+                                    InstanceMethod<&TensorWrap::To>("to"),
+                                    InstanceMethod<&TensorWrap::Dispose>("dispose")});
+    ctor = Napi::Persistent(f);
+    exports.Set("NativeTensor", f);
+  }
+
+  static Napi::Object Wrap(Napi::Env env, std::shared_ptr<NTensor> t) {
+    Napi::Object o = ctor.New({});
+    TensorWrap* w = Unwrap(o);
+    w->t_ = std::move(t);
+    w->reported_ = static_cast<int64_t>(w->t_->bytes());
+    Napi::MemoryManagement::AdjustExternalMemory(env, w->reported_);
+    return o;
+  }
+
+  static std::shared_ptr<NTensor> From(Napi::Value v, const char* what) {
+    if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(ctor.Value()))
+      throw Error("E_ARGUMENT", std::string(what) + " is not a native tensor");
+    TensorWrap* w = Unwrap(v.As<Napi::Object>());
+    if (!w->t_) throw Error("E_DISPOSED", std::string(what) + " was disposed");
+    return w->t_;
+  }
+
+  TensorWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorWrap>(info) {}
+  ~TensorWrap() override { release(Env()); }
+
+ private:
+  std::shared_ptr<NTensor> t_;
+  int64_t reported_ = 0;
+
+  void release(Napi::Env env) {
+    t_.reset();
+    if (reported_) {
+      Napi::MemoryManagement::AdjustExternalMemory(env, -reported_);
+      reported_ = 0;
+    }
+  }
+  NTensor& live(Napi::Env env) {
+    if (!t_) throw jsError(env, "E_DISPOSED", "tensor used after dispose()");
+    return *t_;
+  }
+  Napi::Value Shape_(const Napi::CallbackInfo& i) { return shapeToJs(i.Env(), live(i.Env()).shape); }
+  Napi::Value DType_(const Napi::CallbackInfo& i) { return Napi::String::New(i.Env(), dtypeName(live(i.Env()).dtype)); }
+  Napi::Value Device_(const Napi::CallbackInfo& i) { return Napi::String::New(i.Env(), deviceName(live(i.Env()).device())); }
+  Napi::Value Bytes_(const Napi::CallbackInfo& i) { return Napi::Number::New(i.Env(), static_cast<double>(live(i.Env()).bytes())); }
+  Napi::Value Disposed_(const Napi::CallbackInfo& i) { return Napi::Boolean::New(i.Env(), !t_); }
+
+  // read(dtype?) → ArrayBuffer holding a host copy (always a copy: Electron refuses external buffers).
+  Napi::Value Read(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guarded(env, [&]() -> Napi::Value {
+      NTensor& t = live(env);
+      DType dt = info.Length() > 0 && info[0].IsString() ? dtypeFromName(info[0].As<Napi::String>()) : t.dtype;
+      std::vector<uint8_t> bytes = readAs(t, dt);
+      auto ab = Napi::ArrayBuffer::New(env, bytes.size());
+      if (!bytes.empty()) std::memcpy(ab.Data(), bytes.data(), bytes.size());
+      return ab;
+    });
+  }
+
+  // to(dtype, device) → a new tensor (a copy, even when nothing changes).
+  Napi::Value To(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guarded(env, [&]() -> Napi::Value {
+      NTensor& t = live(env);
+      DType dt = dtypeFromName(info[0].As<Napi::String>());
+      std::string dev = info.Length() > 1 && info[1].IsString() ? std::string(info[1].As<Napi::String>())
+                                                                  : std::string(deviceName(t.device()));
+      Backend* be = backendFor(dev, dt);
+      std::vector<uint8_t> host = readAs(t, dt);
+      return Wrap(env, makeTensor(be, dt, t.shape, host.data(), dt));
+    });
+  }
+
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    release(info.Env());
+    return info.Env().Undefined();
+  }
+};
+Napi::FunctionReference TensorWrap::ctor;
+
+// createTensor(dtype, shape, device, data?: ArrayBufferView, srcDtype?)
+Napi::Value CreateTensor(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    DType dt = dtypeFromName(info[0].As<Napi::String>());
+    Shape shape = shapeFrom(info[1], "shape");
+    std::string dev = info[2].As<Napi::String>();
+    Backend* be = backendFor(dev, dt);
+    const void* src = nullptr;
+    DType st = dt;
+    if (info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsNull()) {
+      if (!info[3].IsTypedArray() && !info[3].IsDataView())
+        throw Error("E_ARGUMENT", "tensor data must be a typed array");
+      st = info.Length() > 4 && info[4].IsString() ? dtypeFromName(info[4].As<Napi::String>()) : dt;
+      size_t bytes;
+      if (info[3].IsTypedArray()) {
+        auto ta = info[3].As<Napi::TypedArray>();
+        src = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+        bytes = ta.ByteLength();
+      } else {
+        auto dv = info[3].As<Napi::DataView>();
+        src = static_cast<uint8_t*>(dv.ArrayBuffer().Data()) + dv.ByteOffset();
+        bytes = dv.ByteLength();
+      }
+      size_t need = static_cast<size_t>(numel(shape)) * dtypeSize(st);
+      if (bytes != need)
+        throw Error("E_SHAPE", "tensor data holds " + std::to_string(bytes) + " bytes, shape " + shapeStr(shape) +
+                                   " of " + dtypeName(st) + " needs " + std::to_string(need));
+    }
+    return TensorWrap::Wrap(env, makeTensor(be, dt, shape, src, st));
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+OpAttrs attrsFrom(const Napi::Value& v) {
+  OpAttrs a;
+  if (v.IsUndefined() || v.IsNull()) return a;
+  auto o = v.As<Napi::Object>();
+  auto props = o.GetPropertyNames();
+  for (uint32_t i = 0; i < props.Length(); i++) {
+    std::string k = props.Get(i).As<Napi::String>();
+    Napi::Value x = o.Get(k);
+    auto num = [&]() { return x.As<Napi::Number>().DoubleValue(); };
+    auto integer = [&]() { return static_cast<int64_t>(x.As<Napi::Number>().Int64Value()); };
+    auto flag = [&]() { return x.ToBoolean().Value(); };
+    if (k == "stride") a.stride = integer();
+    else if (k == "pad") a.pad = integer();
+    else if (k == "groups") a.groups = integer();
+    else if (k == "heads") a.heads = integer();
+    else if (k == "axis") a.axis = integer();
+    else if (k == "start") a.start = integer();
+    else if (k == "end") a.end = integer();
+    else if (k == "dim") a.dim = integer();
+    else if (k == "eps") a.eps = num();
+    else if (k == "scale") a.scale = num();
+    else if (k == "shift") a.shift = num();
+    else if (k == "maxPeriod") a.maxPeriod = num();
+    else if (k == "a_t") a.a_t = num();
+    else if (k == "a_prev") a.a_prev = num();
+    else if (k == "sigma") a.sigma = num();
+    else if (k == "silu") a.silu = flag();
+    else if (k == "causal") a.causal = flag();
+    else if (k == "flip") a.flip = flag();
+    else if (k == "capture") a.capture = flag();
+    else if (k == "transB") a.transB = flag();
+    else if (k == "perm") a.perm = shapeFrom(x, "perm");
+    else throw Error("E_INTERNAL", "unknown op attribute '" + k + "'");
+  }
+  return a;
+}
+
+std::vector<int> idsFrom(const Napi::Value& v) {
+  std::vector<int> r;
+  if (!v.IsArray()) return r;
+  auto a = v.As<Napi::Array>();
+  for (uint32_t i = 0; i < a.Length(); i++) r.push_back(a.Get(i).As<Napi::Number>().Int32Value());
+  return r;
+}
+
+class ProgramWrap : public Napi::ObjectWrap<ProgramWrap> {
+ public:
+  static Napi::FunctionReference ctor;
+  static void Init(Napi::Env env, Napi::Object exports) {
+    Napi::Function f = DefineClass(env, "NativeProgram",
+                                   {InstanceMethod<&ProgramWrap::Run>("run"),
+                                    InstanceMethod<&ProgramWrap::Dispose>("dispose"),
+                                    InstanceAccessor<&ProgramWrap::ConstBytes>("constBytes")});
+    ctor = Napi::Persistent(f);
+    exports.Set("NativeProgram", f);
+  }
+  ProgramWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ProgramWrap>(info) {}
+  std::shared_ptr<Program> prog;
+
+ private:
+  Napi::Value ConstBytes(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), prog ? static_cast<double>(prog->constBytes()) : 0);
+  }
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    prog.reset();
+    return info.Env().Undefined();
+  }
+  Napi::Value Run(const Napi::CallbackInfo& info);
+};
+Napi::FunctionReference ProgramWrap::ctor;
+
+class RunWorker : public Napi::AsyncWorker {
+ public:
+  RunWorker(Napi::Env env, std::shared_ptr<Program> p, std::vector<std::shared_ptr<NTensor>> in, bool profile)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), prog_(std::move(p)),
+        in_(std::move(in)), profile_(profile) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    try {
+      out_ = prog_->run(in_, profile_ ? &timings_ : nullptr);
+    } catch (const Error& e) {
+      code_ = e.code();
+      SetError(e.what());
+    } catch (const std::bad_alloc&) {
+      code_ = "E_OOM";
+      SetError("out of host memory while running a program");
+    } catch (const std::exception& e) {
+      code_ = "E_INTERNAL";
+      SetError(e.what());
+    }
+    in_.clear();
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    auto outs = Napi::Array::New(env, out_.size());
+    for (size_t i = 0; i < out_.size(); i++) outs.Set(static_cast<uint32_t>(i), TensorWrap::Wrap(env, out_[i]));
+    out_.clear();
+    auto r = Napi::Object::New(env);
+    r.Set("outputs", outs);
+    if (profile_) {
+      auto ts = Napi::Array::New(env, timings_.size());
+      for (size_t i = 0; i < timings_.size(); i++) {
+        auto o = Napi::Object::New(env);
+        o.Set("op", Napi::String::New(env, opName(timings_[i].op)));
+        o.Set("index", Napi::Number::New(env, timings_[i].index));
+        o.Set("ms", Napi::Number::New(env, timings_[i].ms));
+        ts.Set(static_cast<uint32_t>(i), o);
+      }
+      r.Set("timings", ts);
+    }
+    deferred_.Resolve(r);
+  }
+  void OnError(const Napi::Error& e) override {
+    Napi::Error err = jsError(Env(), code_.empty() ? "E_INTERNAL" : code_, e.Message());
+    deferred_.Reject(err.Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::shared_ptr<Program> prog_;
+  std::vector<std::shared_ptr<NTensor>> in_, out_;
+  std::vector<OpTiming> timings_;
+  bool profile_;
+  std::string code_;
+};
+
+Napi::Value ProgramWrap::Run(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    if (!prog) throw Error("E_DISPOSED", "program used after dispose()");
+    std::vector<std::shared_ptr<NTensor>> in;
+    if (!info[0].IsArray()) throw Error("E_ARGUMENT", "program.run expects an array of tensors");
+    auto a = info[0].As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); i++) in.push_back(TensorWrap::From(a.Get(i), "program input"));
+    bool profile = info.Length() > 1 && info[1].ToBoolean().Value();
+    auto* w = new RunWorker(env, prog, std::move(in), profile);
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  });
+}
+
+// compile({ device, dtype, values: [{dtype, shape}], consts: [[id, tensor]], inputs, outputs, ops })
+Napi::Value Compile(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto d = info[0].As<Napi::Object>();
+    std::string dev = d.Get("device").As<Napi::String>();
+    DType compute = dtypeFromName(d.Get("dtype").As<Napi::String>());
+    Backend* be = backendFor(dev, compute);
+    std::vector<ValueDesc> values;
+    auto va = d.Get("values").As<Napi::Array>();
+    for (uint32_t i = 0; i < va.Length(); i++) {
+      auto v = va.Get(i).As<Napi::Object>();
+      std::string dt = v.Get("dtype").As<Napi::String>();
+      values.push_back({dt == "float" ? be->computeType() : dtypeFromName(dt), shapeFrom(v.Get("shape"), "value shape")});
+    }
+    std::vector<std::pair<int, std::shared_ptr<NTensor>>> consts;
+    auto ca = d.Get("consts").As<Napi::Array>();
+    for (uint32_t i = 0; i < ca.Length(); i++) {
+      auto pair = ca.Get(i).As<Napi::Array>();
+      consts.emplace_back(pair.Get(0u).As<Napi::Number>().Int32Value(), TensorWrap::From(pair.Get(1u), "program constant"));
+    }
+    std::vector<OpDesc> ops;
+    auto oa = d.Get("ops").As<Napi::Array>();
+    for (uint32_t i = 0; i < oa.Length(); i++) {
+      auto o = oa.Get(i).As<Napi::Object>();
+      ops.push_back({opFromName(o.Get("op").As<Napi::String>()), attrsFrom(o.Get("attrs")), idsFrom(o.Get("in")), idsFrom(o.Get("out"))});
+    }
+    auto prog = std::make_shared<Program>(be, std::move(values), std::move(consts), idsFrom(d.Get("inputs")),
+                                          idsFrom(d.Get("outputs")), std::move(ops));
+    Napi::Object w = ProgramWrap::ctor.New({});
+    ProgramWrap::Unwrap(w)->prog = prog;
+    return w;
+  });
+}
+
+Napi::Value Backends(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto r = Napi::Object::New(env);
+  r.Set("cpu", true);
+  CudaInfo c = cudaInfo();
+  auto co = Napi::Object::New(env);
+  co.Set("compiled", c.compiled);
+  co.Set("available", c.available);
+  if (!c.device.empty()) co.Set("device", c.device);
+  if (!c.reason.empty()) co.Set("reason", c.reason);
+  r.Set("cuda", co);
+  return r;
+}
+
+Napi::Value Memory(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto r = Napi::Object::New(env);
+  r.Set("cpu", static_cast<double>(liveBytes(Device::CPU)));
+  r.Set("cuda", static_cast<double>(liveBytes(Device::CUDA)));
+  return r;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  TensorWrap::Init(env, exports);
+  ProgramWrap::Init(env, exports);
+  exports.Set("createTensor", Napi::Function::New(env, CreateTensor));
+  exports.Set("compile", Napi::Function::New(env, Compile));
+  exports.Set("backends", Napi::Function::New(env, Backends));
+  exports.Set("memory", Napi::Function::New(env, Memory));
+  return exports;
+}
+
+}  // namespace
+}  // namespace idforge
+
+static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) { return idforge::Init(env, exports); }
+
+NODE_API_MODULE(idforge, InitAddon)
