@@ -1,0 +1,80 @@
+import t from 'tap';
+import { Tensor } from '../lib/tensor.js';
+import { backends, memory } from '../lib/native.js';
+import { IdforgeError } from '../lib/errors.js';
+
+t.test('backends() shape', async (t) => {
+  const b = backends();
+  t.equal(b.cpu, true);
+  t.type(b.cuda.compiled, 'boolean');
+  t.type(b.cuda.available, 'boolean');
+  if (!b.cuda.available) t.match(b.cuda.reason, /\w+/, 'a readable reason when CUDA is unavailable');
+  else t.match(b.cuda.device, /\w+/);
+});
+
+t.test('round trips for every dtype', async (t) => {
+  const f = new Float32Array([1.5, -2.25, 3e-5, 65504, -0, 7]);
+  using a = Tensor.from(f, [2, 3]);
+  t.same(a.shape, [2, 3]);
+  t.equal(a.dtype, 'float32');
+  t.equal(a.device, 'cpu');
+  t.same([...a.toFloat32()], [...f]);
+
+  // float16: every value here is exactly representable, so the trip is exact.
+  using h = a.to('float16');
+  t.equal(h.dtype, 'float16');
+  t.same([...h.toFloat32()], [1.5, -2.25, h.toFloat32()[2], 65504, -0, 7]);
+  t.ok(Math.abs(h.toFloat32()[2]! - 3e-5) < 1e-7, 'a subnormal half survives');
+  const bits = new Uint16Array([0x3c00, 0xc000, 0x7c00, 0x0001]); // 1, -2, inf, smallest subnormal
+  using h2 = Tensor.from(bits, [4], { dtype: 'float16' });
+  t.same([...h2.toFloat32()], [1, -2, Infinity, 2 ** -24]);
+
+  using bf = a.to('bfloat16');
+  t.equal(bf.dtype, 'bfloat16');
+  t.same([...bf.toFloat32()].slice(0, 2), [1.5, -2.25]);
+  using bf2 = Tensor.from(new Uint16Array([0x3f80, 0xc040]), [2], { dtype: 'bfloat16' });
+  t.same([...bf2.toFloat32()], [1, -3]);
+
+  using i = Tensor.from(new Int32Array([1, -2, 2147483647]), [3]);
+  t.equal(i.dtype, 'int32');
+  t.same([...i.toInt32()], [1, -2, 2147483647]);
+  using l = Tensor.from(new BigInt64Array([5n, -6n]), [2]);
+  t.equal(l.dtype, 'int64');
+  t.same([...l.toInt32()], [5, -6]);
+  using u = Tensor.from(new Uint8Array([0, 255, 7]), [3]);
+  t.equal(u.dtype, 'uint8');
+  t.same([...u.toFloat32()], [0, 255, 7]);
+  using d = Tensor.from(new Float64Array([0.25, 4]), [2]);
+  t.equal(d.dtype, 'float32');
+  t.same([...d.toFloat32()], [0.25, 4]);
+});
+
+t.test('shape and dtype errors', async (t) => {
+  t.throws(() => Tensor.from(new Float32Array(5), [2, 3]), { code: 'E_SHAPE' });
+  t.throws(() => Tensor.from(new Float32Array(1), [-1]), { code: 'E_SHAPE' });
+  t.throws(() => Tensor.from(new Float32Array(1), [1.5]), { code: 'E_SHAPE' });
+  t.throws(() => Tensor.from(new Uint16Array(1), [1]), { code: 'E_ARGUMENT' });
+  t.throws(() => Tensor.from(new Float32Array(1), [1], { device: 'tpu' as 'cpu' }), { code: 'E_ARGUMENT' });
+  using a = Tensor.from(new Float32Array([1.5]), [1]);
+  t.throws(() => a.to('int32'), { code: 'E_ARGUMENT' }, 'a fractional float does not silently become an int');
+  const e = t.throws(() => a.to('float8' as 'float32'));
+  t.ok(e instanceof IdforgeError);
+});
+
+t.test('dispose semantics and memory accounting', async (t) => {
+  const before = memory().cpu;
+  const a = Tensor.from(new Float32Array(1000), [10, 100]);
+  t.equal(memory().cpu - before, 4000, 'live bytes grow by the tensor');
+  a.dispose();
+  t.equal(memory().cpu, before, 'and shrink on dispose');
+  t.equal(a.disposed, true);
+  t.throws(() => a.shape, { code: 'E_DISPOSED' });
+  t.throws(() => a.toFloat32(), { code: 'E_DISPOSED' });
+  a.dispose(); // twice is fine
+  {
+    using b = Tensor.zeros([4]);
+    t.same([...b.toFloat32()], [0, 0, 0, 0]);
+  }
+  t.equal(memory().cpu, before, 'using disposes at scope end');
+  t.match(String(a), /disposed/);
+});
