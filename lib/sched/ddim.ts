@@ -1,0 +1,376 @@
+/**
+ * DDIM scheduler, matching diffusers 0.21.4 `DDIMScheduler.from_config(cfg)` on PyTorch float32.
+ *
+ * One step, for every element (the shape a fused GPU kernel will take):
+ *   x0   = (x − sqrt(1−aT)·ε) / sqrt(aT)                 (epsilon prediction)
+ *   prev = sqrt(aPrev)·x0 + sqrt(1 − aPrev − σ²)·ε + σ·noise
+ *   σ    = eta · sqrt((1−aPrev)/(1−aT)) · sqrt(1 − aT/aPrev)
+ * with aT = alphas_cumprod[t], prevT = t − numTrainTimesteps // steps and
+ * aPrev = alphas_cumprod[prevT], or final_alpha_cumprod (1 if set_alpha_to_one else
+ * alphas_cumprod[0]) when prevT < 0. The scalar coefficients come from
+ * {@link DDIMScheduler.stepCoefficients}; the elementwise work is {@link ddimStepInto}.
+ * All arithmetic is rounded to float32 after each operation, in the order torch performs it.
+ */
+import { readFileSync } from 'node:fs';
+import { IdforgeError } from '../errors.js';
+import { alphasCumprodF32, makeBetas, rescaleZeroTerminalSnr } from './betas.js';
+
+const f32 = Math.fround;
+
+export type PredictionType = 'epsilon' | 'v_prediction' | 'sample';
+export type TimestepSpacing = 'leading' | 'trailing' | 'linspace';
+
+/** The DDIM configuration (diffusers names in comments; defaults are diffusers' DDIM defaults). */
+export interface DDIMConfig {
+  numTrainTimesteps: number; // num_train_timesteps = 1000
+  betaStart: number; // beta_start = 0.0001
+  betaEnd: number; // beta_end = 0.02
+  betaSchedule: string; // beta_schedule = "linear"
+  trainedBetas: number[] | null; // trained_betas = None
+  clipSample: boolean; // clip_sample = True
+  setAlphaToOne: boolean; // set_alpha_to_one = True
+  stepsOffset: number; // steps_offset = 0
+  predictionType: PredictionType; // prediction_type = "epsilon"
+  clipSampleRange: number; // clip_sample_range = 1.0
+  timestepSpacing: TimestepSpacing; // timestep_spacing = "leading"
+  rescaleBetasZeroSnr: boolean; // rescale_betas_zero_snr = False
+}
+
+/** Scalar coefficients of one DDIM step (all float32 values). */
+export interface DDIMCoefficients {
+  /** alphas_cumprod[t] */
+  aT: number;
+  /** alphas_cumprod[prevT] or final_alpha_cumprod */
+  aPrev: number;
+  /** σ = eta · sqrt(variance) */
+  sigma: number;
+  /** t − numTrainTimesteps // steps (may be negative) */
+  prevT: number;
+  /** sqrt(aT) */
+  sqrtAT: number;
+  /** sqrt(1 − aT) */
+  sqrtBT: number;
+  /** sqrt(aPrev) */
+  sqrtAPrev: number;
+  /** sqrt(1 − aPrev − σ²), the coefficient of ε in the "direction pointing to x_t" */
+  dirCoef: number;
+}
+
+export interface DDIMStepOptions {
+  /** Number of inference steps of the schedule `t` belongs to. */
+  steps: number;
+  /** DDIM eta (0 = deterministic), default 0. */
+  eta?: number;
+  /** Variance noise (same length as the sample); used when eta > 0. */
+  noise?: Float32Array;
+  /** Standard-normal generator, used when eta > 0 and no `noise` is given. */
+  rng?: () => number;
+  /** diffusers' use_clipped_model_output (recompute ε from the clipped x0). Default false. */
+  useClippedModelOutput?: boolean;
+}
+
+export interface DDIMStepResult {
+  prevSample: Float32Array;
+  predOriginal: Float32Array;
+}
+
+const DEFAULTS: DDIMConfig = {
+  numTrainTimesteps: 1000,
+  betaStart: 0.0001,
+  betaEnd: 0.02,
+  betaSchedule: 'linear',
+  trainedBetas: null,
+  clipSample: true,
+  setAlphaToOne: true,
+  stepsOffset: 0,
+  predictionType: 'epsilon',
+  clipSampleRange: 1.0,
+  timestepSpacing: 'leading',
+  rescaleBetasZeroSnr: false,
+};
+
+function bad(msg: string): IdforgeError {
+  return new IdforgeError('E_ARGUMENT', msg);
+}
+
+function pick(cfg: Record<string, unknown>, snake: string, camel: string): unknown {
+  if (cfg[snake] !== undefined) return cfg[snake];
+  return cfg[camel];
+}
+
+function parseConfig(raw: object): DDIMConfig {
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw bad('scheduler config must be an object');
+  const cfg = raw as Record<string, unknown>;
+  const out: DDIMConfig = { ...DEFAULTS };
+  const num = (snake: string, camel: keyof DDIMConfig, check: (v: number) => boolean, what: string) => {
+    const v = pick(cfg, snake, camel);
+    if (v === undefined || v === null) return;
+    if (typeof v !== 'number' || !Number.isFinite(v) || !check(v)) throw bad(`scheduler config ${snake} must be ${what}, got ${JSON.stringify(v)}`);
+    (out as unknown as Record<string, unknown>)[camel] = v;
+  };
+  const bool = (snake: string, camel: keyof DDIMConfig) => {
+    const v = pick(cfg, snake, camel);
+    if (v === undefined || v === null) return;
+    if (typeof v !== 'boolean') throw bad(`scheduler config ${snake} must be a boolean, got ${JSON.stringify(v)}`);
+    (out as unknown as Record<string, unknown>)[camel] = v;
+  };
+  const str = (snake: string, camel: keyof DDIMConfig, allowed: readonly string[]) => {
+    const v = pick(cfg, snake, camel);
+    if (v === undefined || v === null) return;
+    if (typeof v !== 'string' || !allowed.includes(v)) {
+      throw bad(`scheduler config ${snake} must be one of ${allowed.join(', ')}, got ${JSON.stringify(v)}`);
+    }
+    (out as unknown as Record<string, unknown>)[camel] = v;
+  };
+  num('num_train_timesteps', 'numTrainTimesteps', (v) => Number.isInteger(v) && v >= 1 && v <= 1_000_000, 'a positive integer');
+  num('beta_start', 'betaStart', (v) => v >= 0 && v < 1, 'in [0, 1)');
+  num('beta_end', 'betaEnd', (v) => v >= 0 && v < 1, 'in [0, 1)');
+  str('beta_schedule', 'betaSchedule', ['linear', 'scaled_linear', 'squaredcos_cap_v2']);
+  bool('clip_sample', 'clipSample');
+  bool('set_alpha_to_one', 'setAlphaToOne');
+  num('steps_offset', 'stepsOffset', (v) => Number.isInteger(v) && v >= 0, 'a non-negative integer');
+  str('prediction_type', 'predictionType', ['epsilon', 'v_prediction', 'sample']);
+  num('clip_sample_range', 'clipSampleRange', (v) => v > 0, 'positive');
+  str('timestep_spacing', 'timestepSpacing', ['leading', 'trailing', 'linspace']);
+  bool('rescale_betas_zero_snr', 'rescaleBetasZeroSnr');
+  const tb = pick(cfg, 'trained_betas', 'trainedBetas');
+  if (tb !== undefined && tb !== null) {
+    if (!Array.isArray(tb) || !tb.every((b) => typeof b === 'number' && Number.isFinite(b))) {
+      throw bad('scheduler config trained_betas must be an array of numbers');
+    }
+    out.trainedBetas = tb as number[];
+  }
+  if (pick(cfg, 'thresholding', 'thresholding') === true) {
+    throw bad('scheduler config thresholding (dynamic thresholding) is not supported');
+  }
+  return out;
+}
+
+function checkSteps(steps: unknown, n: number): number {
+  if (typeof steps !== 'number' || !Number.isInteger(steps) || steps < 1 || steps > n) {
+    throw bad(`steps must be an integer in 1..${n}, got ${String(steps)}`);
+  }
+  return steps;
+}
+
+function checkEta(eta: unknown): number {
+  if (typeof eta !== 'number' || !Number.isFinite(eta) || eta < 0) {
+    throw bad(`eta must be a finite number >= 0, got ${String(eta)}`);
+  }
+  return eta;
+}
+
+/** numpy's round (half to even). */
+function roundHalfEven(x: number): number {
+  const r = Math.round(x);
+  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/**
+ * Elementwise DDIM step with precomputed coefficients (float32 rounding after every operation,
+ * in diffusers' order). `noise` is only read when `c.sigma` must be applied (`addNoise`).
+ */
+export function ddimStepInto(
+  prevOut: Float32Array,
+  x0Out: Float32Array,
+  modelOutput: Float32Array,
+  sample: Float32Array,
+  c: DDIMCoefficients,
+  mode: {
+    predictionType: PredictionType;
+    clipRange?: number; // clamp x0 to ±clipRange when given
+    useClippedModelOutput?: boolean;
+    noise?: Float32Array; // added as σ·noise when given
+  },
+): void {
+  const { sqrtAT, sqrtBT, sqrtAPrev, dirCoef, sigma } = c;
+  const clip = mode.clipRange;
+  const noise = mode.noise;
+  const pt = mode.predictionType;
+  for (let i = 0; i < sample.length; i++) {
+    const x = sample[i]!;
+    const m = modelOutput[i]!;
+    let x0: number;
+    let eps: number;
+    if (pt === 'epsilon') {
+      x0 = f32(f32(x - f32(sqrtBT * m)) / sqrtAT);
+      eps = m;
+    } else if (pt === 'v_prediction') {
+      x0 = f32(f32(sqrtAT * x) - f32(sqrtBT * m));
+      eps = f32(f32(sqrtAT * m) + f32(sqrtBT * x));
+    } else {
+      x0 = m;
+      eps = f32(f32(x - f32(sqrtAT * x0)) / sqrtBT);
+    }
+    if (clip !== undefined) {
+      x0 = x0 < -clip ? f32(-clip) : x0 > clip ? f32(clip) : x0;
+      if (mode.useClippedModelOutput) eps = f32(f32(x - f32(sqrtAT * x0)) / sqrtBT);
+    }
+    let prev = f32(f32(sqrtAPrev * x0) + f32(dirCoef * eps));
+    if (noise) prev = f32(prev + f32(sigma * noise[i]!));
+    x0Out[i] = x0;
+    prevOut[i] = prev;
+  }
+}
+
+export class DDIMScheduler {
+  readonly config: Readonly<DDIMConfig>;
+  /** float32 betas, as diffusers builds them. */
+  readonly betas: Float32Array;
+  /** float32 cumulative products of (1 − beta), bit-identical to torch's. */
+  readonly alphasCumprod: Float32Array;
+  /** Used as aPrev for the last step: 1 if set_alpha_to_one else alphas_cumprod[0]. */
+  readonly finalAlphaCumprod: number;
+
+  private constructor(config: DDIMConfig) {
+    this.config = Object.freeze({ ...config });
+    let betas = makeBetas(config);
+    if (config.rescaleBetasZeroSnr) betas = rescaleZeroTerminalSnr(betas);
+    this.betas = betas;
+    this.alphasCumprod = alphasCumprodF32(betas);
+    this.finalAlphaCumprod = config.setAlphaToOne ? 1 : this.alphasCumprod[0]!;
+  }
+
+  /** Builds a DDIM scheduler from any diffusers scheduler config (snake_case keys; camelCase accepted). */
+  static fromConfig(cfg: object): DDIMScheduler {
+    return new DDIMScheduler(parseConfig(cfg));
+  }
+
+  /** Reads a `scheduler_config.json`. */
+  static fromConfigFile(path: string): DDIMScheduler {
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (e) {
+      throw new IdforgeError('E_NOT_FOUND', `scheduler config not found: ${path}`, { cause: e });
+    }
+    let cfg: unknown;
+    try {
+      cfg = JSON.parse(text);
+    } catch (e) {
+      throw new IdforgeError('E_MODEL_FORMAT', `scheduler config is not valid JSON: ${path}`, { cause: e });
+    }
+    if (cfg === null || typeof cfg !== 'object') throw new IdforgeError('E_MODEL_FORMAT', `scheduler config must be an object: ${path}`);
+    return DDIMScheduler.fromConfig(cfg);
+  }
+
+  get numTrainTimesteps(): number {
+    return this.config.numTrainTimesteps;
+  }
+
+  /**
+   * The timesteps of a `steps`-step schedule, in the order they are run (diffusers'
+   * set_timesteps). "trailing" reproduces numpy's arange, including its length. Throws
+   * E_ARGUMENT when a timestep would fall outside 0..numTrainTimesteps−1 (e.g. "leading" with
+   * steps_offset 1 and steps = numTrainTimesteps, where diffusers would index past the table).
+   */
+  timesteps(steps: number): Int32Array {
+    const n = this.config.numTrainTimesteps;
+    checkSteps(steps, n);
+    let ts: number[];
+    switch (this.config.timestepSpacing) {
+      case 'leading': {
+        const ratio = Math.floor(n / steps);
+        ts = [];
+        for (let i = steps - 1; i >= 0; i--) ts.push(i * ratio + this.config.stepsOffset);
+        break;
+      }
+      case 'linspace': {
+        // np.linspace(0, n - 1, steps).round()[::-1]
+        const vals: number[] = [];
+        if (steps === 1) vals.push(0);
+        else {
+          const step = (n - 1) / (steps - 1);
+          for (let i = 0; i < steps; i++) vals.push(i * step);
+          vals[steps - 1] = n - 1;
+        }
+        ts = vals.map(roundHalfEven).reverse();
+        break;
+      }
+      case 'trailing': {
+        // np.round(np.arange(n, 0, -n / steps)) - 1
+        const delta = -n / steps;
+        const len = Math.max(0, Math.ceil((0 - n) / delta));
+        const d = n + delta - n; // numpy's fill uses buffer[1] - buffer[0]
+        ts = [];
+        for (let i = 0; i < len; i++) ts.push(roundHalfEven(i === 0 ? n : i === 1 ? n + delta : n + i * d) - 1);
+        break;
+      }
+    }
+    for (const t of ts) {
+      if (t < 0 || t >= n) throw bad(`${steps} steps with this scheduler config give timestep ${t}, outside 0..${n - 1}`);
+    }
+    return Int32Array.from(ts);
+  }
+
+  private checkT(t: unknown): number {
+    const n = this.config.numTrainTimesteps;
+    if (typeof t !== 'number' || !Number.isInteger(t) || t < 0 || t >= n) {
+      throw bad(`timestep must be an integer in 0..${n - 1}, got ${String(t)}`);
+    }
+    return t;
+  }
+
+  /** Scalar coefficients of the DDIM step from timestep `t` of a `steps`-step schedule. */
+  stepCoefficients(t: number, steps: number, eta: number): DDIMCoefficients {
+    this.checkT(t);
+    checkSteps(steps, this.config.numTrainTimesteps);
+    checkEta(eta);
+    const prevT = t - Math.floor(this.config.numTrainTimesteps / steps);
+    const aT = this.alphasCumprod[t]!;
+    const aPrev = prevT >= 0 ? this.alphasCumprod[prevT]! : this.finalAlphaCumprod;
+    const betaT = f32(1 - aT);
+    const betaPrev = f32(1 - aPrev);
+    const variance = f32(f32(betaPrev / betaT) * f32(1 - f32(aT / aPrev)));
+    const sigma = f32(f32(eta) * f32(Math.sqrt(variance)));
+    // Mathematically ≥ 0 for eta ≤ 1; clamped so that eta > 1 does not give NaN.
+    const dir2 = f32(f32(1 - aPrev) - f32(sigma * sigma));
+    return {
+      aT,
+      aPrev,
+      sigma,
+      prevT,
+      sqrtAT: f32(Math.sqrt(aT)),
+      sqrtBT: f32(Math.sqrt(betaT)),
+      sqrtAPrev: f32(Math.sqrt(aPrev)),
+      dirCoef: f32(Math.sqrt(Math.max(0, dir2))),
+    };
+  }
+
+  /** One DDIM step (diffusers' DDIMScheduler.step) from timestep `t` to `t − numTrain//steps`. */
+  step(modelOutput: Float32Array, t: number, sample: Float32Array, opts: DDIMStepOptions): DDIMStepResult {
+    if (!(modelOutput instanceof Float32Array) || !(sample instanceof Float32Array)) {
+      throw bad('modelOutput and sample must be Float32Arrays');
+    }
+    if (modelOutput.length !== sample.length) {
+      throw new IdforgeError('E_SHAPE', `modelOutput has ${modelOutput.length} elements, sample ${sample.length}`);
+    }
+    if (opts === null || typeof opts !== 'object') throw bad('step options are required ({ steps })');
+    const eta = checkEta(opts.eta ?? 0);
+    const c = this.stepCoefficients(t, opts.steps, eta);
+    let noise: Float32Array | undefined;
+    if (eta > 0) {
+      if (opts.noise !== undefined) {
+        if (!(opts.noise instanceof Float32Array)) throw bad('noise must be a Float32Array');
+        if (opts.noise.length !== sample.length) {
+          throw new IdforgeError('E_SHAPE', `noise has ${opts.noise.length} elements, sample ${sample.length}`);
+        }
+        noise = opts.noise;
+      } else if (typeof opts.rng === 'function') {
+        noise = new Float32Array(sample.length);
+        for (let i = 0; i < noise.length; i++) noise[i] = opts.rng();
+      } else {
+        throw bad('eta > 0 needs either noise or rng');
+      }
+    }
+    const prevSample = new Float32Array(sample.length);
+    const predOriginal = new Float32Array(sample.length);
+    ddimStepInto(prevSample, predOriginal, modelOutput, sample, c, {
+      predictionType: this.config.predictionType,
+      clipRange: this.config.clipSample ? this.config.clipSampleRange : undefined,
+      useClippedModelOutput: opts.useClippedModelOutput === true,
+      noise,
+    });
+    return { prevSample, predOriginal };
+  }
+}
