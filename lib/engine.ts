@@ -109,8 +109,13 @@ export class Engine implements Disposable {
     if (dev === 'cpu' && dtype !== 'float32')
       throw new IdforgeError('E_ARGUMENT', "the CPU backend computes in float32 only; use dtype 'float32' or device 'cuda'");
     const source = openModel(path, { ...(opts.variant ? { variant: opts.variant } : {}), ...(opts.config ? { configOverrides: opts.config } : {}) });
+    return Engine.fromSource(source, { device: dev, dtype });
+  }
+
+  /** An engine over an already opened model source (e.g. the benchmark's synthetic SD 1.5 weights). Takes ownership of it. */
+  static fromSource(source: ModelSource, backend: BackendSpec): Engine {
     try {
-      return new Engine(source, { device: dev, dtype });
+      return new Engine(source, backend);
     } catch (e) {
       source.close();
       throw e;
@@ -121,7 +126,8 @@ export class Engine implements Disposable {
     return !this.#weights;
   }
 
-  private get w(): { unet: Weights; vae: Weights; text: Weights } {
+  /** @internal the resident weights */
+  get w(): { unet: Weights; vae: Weights; text: Weights } {
     if (!this.#weights) throw new IdforgeError('E_DISPOSED', 'engine used after dispose()');
     return this.#weights;
   }
@@ -141,7 +147,8 @@ export class Engine implements Disposable {
     return this.tokenizer.encode(text).ids;
   }
 
-  private program(key: string, build: (g: Graph) => void): Program {
+  /** @internal a cached program of this engine's backend. */
+  program(key: string, build: (g: Graph) => void): Program {
     this.w;
     let p = this.#programs.get(key);
     if (!p) {
@@ -179,7 +186,8 @@ export class Engine implements Disposable {
     return toHost(out);
   }
 
-  private async runText(ids: Int32Array[]): Promise<Tensor> {
+  /** @internal text encoder on the backend; the result stays on the backend. */
+  async runText(ids: Int32Array[]): Promise<Tensor> {
     const b = ids.length;
     const p = this.program(`text:${b}`, (g) => {
       const x = g.input([b, 77], 'int32');
@@ -266,7 +274,8 @@ export class Engine implements Disposable {
   }
 
   /** A UNet step program with classifier-free guidance folded in: (latents [1], t [2], context [2]) → guided eps [1]. */
-  private guidedUNet(h: number, w: number, n: number, guidance: number | null): Program {
+  /** @internal */
+  guidedUNet(h: number, w: number, n: number, guidance: number | null): Program {
     const ch = this.configs.unet.inChannels;
     const D = this.configs.unet.crossAttentionDim;
     const cfg = guidance !== null;
