@@ -1,0 +1,34 @@
+// The fallback build: with CMake missing from PATH, scripts/build-native.mjs builds the CPU-only
+// addon through node-gyp + binding.gyp from the same native sources. Compiling takes a minute or
+// two on 2 cores, so it runs when IDFORGE_TEST_GYP=1 (.ci/run sets it).
+import t from 'tap';
+import { spawnSync } from 'node:child_process';
+import { cpSync, mkdtempSync, mkdirSync, rmSync, symlinkSync, writeFileSync, chmodSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+t.test('node-gyp fallback build without cmake', { skip: process.env.IDFORGE_TEST_GYP === '1' ? false : 'set IDFORGE_TEST_GYP=1 to run the 1-2 minute node-gyp build' }, async (t) => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'idforge-gyp-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  for (const p of ['native', 'scripts', 'binding.gyp', 'package.json']) cpSync(path.join(root, p), path.join(dir, p), { recursive: true });
+  symlinkSync(path.join(root, 'node_modules'), path.join(dir, 'node_modules'));
+  // A cmake that fails stands in for "not installed" (g++ lives next to the real one in /usr/bin).
+  const bin = path.join(dir, 'fakebin');
+  mkdirSync(bin);
+  writeFileSync(path.join(bin, 'cmake'), '#!/bin/sh\nexit 127\n');
+  chmodSync(path.join(bin, 'cmake'), 0o755);
+  const env = { ...process.env, PATH: `${bin}:${process.env.PATH}`, npm_config_node_gyp: path.join(root, 'node_modules/node-gyp/bin/node-gyp.js'), JOBS: '2' };
+  const r = spawnSync(process.execPath, ['scripts/build-native.mjs'], { cwd: dir, env, encoding: 'utf8' });
+  t.equal(r.status, 0, `build exit status (stderr tail: ${(r.stderr ?? '').slice(-2000)})`);
+  t.match(r.stderr, /cmake not found/, 'took the node-gyp path');
+  const require = createRequire(import.meta.url);
+  const addon = require(path.join(dir, 'build/Release/idforge.node')) as { backends(): { cpu: boolean; cuda: { compiled: boolean; available: boolean; reason?: string } } };
+  const b = addon.backends();
+  t.equal(b.cpu, true);
+  t.equal(b.cuda.compiled, false, 'the node-gyp build is CPU-only');
+  t.match(b.cuda.reason, /without CUDA/);
+});
