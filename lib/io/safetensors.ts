@@ -144,7 +144,12 @@ export class SafetensorsFile implements Disposable {
     if (len > bufferConstants.MAX_LENGTH) {
       throw new IdforgeError('E_OOM', `${this.path}: tensor "${name}" is ${len} bytes, more than one buffer can hold`);
     }
-    const buf = Buffer.from(new ArrayBuffer(len));
+    let buf: Buffer;
+    try {
+      buf = Buffer.from(new ArrayBuffer(len));
+    } catch (e) {
+      throw new IdforgeError('E_OOM', `${this.path}: cannot allocate ${len} bytes for tensor "${name}"`, { cause: e });
+    }
     readFully(this.handle(), buf, t.begin, this.path, name);
     return buf;
   }
