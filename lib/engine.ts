@@ -186,16 +186,34 @@ export class Engine implements Disposable {
     return toHost(out);
   }
 
-  /** @internal text encoder on the backend; the result stays on the backend. */
-  async runText(ids: Int32Array[]): Promise<Tensor> {
+  /**
+   * @internal text encoder on the backend; the result stays on the backend. With `inject`, the
+   * token embeddings at rows where slots[b][i] ≥ 0 are replaced by vectors[slots[b][i]] (before the
+   * position embeddings are added): the pseudo-word mechanism of both identity methods.
+   */
+  async runText(ids: Int32Array[], inject?: { slots: Int32Array[]; vectors: Float32Array }): Promise<Tensor> {
     const b = ids.length;
-    const p = this.program(`text:${b}`, (g) => {
+    const D = this.configs.text.hiddenSize;
+    const rows = inject ? inject.vectors.length / D : 0;
+    if (inject && (!Number.isInteger(rows) || rows < 1 || inject.slots.length !== b))
+      throw new IdforgeError('E_SHAPE', `injected vectors must be [rows, ${D}] with one slot row per prompt`);
+    const p = this.program(`text:${b}:${rows}`, (g) => {
       const x = g.input([b, 77], 'int32');
-      g.output(buildTextEncoder(g, this.w.text, this.configs.text, { ids: x }));
+      const inj = inject ? { slots: g.input([b, 77], 'int32'), vectors: g.input([rows, D]) } : undefined;
+      g.output(buildTextEncoder(g, this.w.text, this.configs.text, { ids: x, ...(inj ? { inject: inj } : {}) }));
     });
-    using t = this.idsTensor(ids);
-    const [out] = await p.run([t]);
-    return out!;
+    const inputs = [this.idsTensor(ids)];
+    if (inject) {
+      for (const v of inject.vectors)
+        if (!Number.isFinite(v)) throw new IdforgeError('E_IDENTITY', 'injected word vectors must be finite');
+      inputs.push(this.idsTensor(inject.slots), Tensor.from(inject.vectors, [rows, D], { dtype: this.backend.dtype, device: this.backend.device }));
+    }
+    try {
+      const [out] = await p.run(inputs);
+      return out!;
+    } finally {
+      for (const t of inputs) t.dispose();
+    }
   }
 
   private checkLatents(latents: Tensor, what: string): void {

@@ -25,6 +25,19 @@ for (const [layout, path] of MODELS) {
       g.close();
     });
 
+    t.test('text encoder with pseudo-word injection', async (t) => {
+      const g = new GoldenFile('text_encoder');
+      const positions = g.i32('inject_slots');
+      const slots = new Int32Array(77).fill(-1);
+      positions.forEach((pos, i) => (slots[pos] = i));
+      const raw = await engine.runText([g.i32('inject_ids')], { slots: [slots], vectors: g.f32('inject_vectors') });
+      const out = raw.toFloat32();
+      raw.dispose();
+      const e = relL2(out, g.f32('inject_last_hidden_state'));
+      t.ok(e <= TOL, `inject_last_hidden_state rel L2 ${e.toExponential(2)}`);
+      g.close();
+    });
+
     t.test('UNet eps at t=981, 1, 500 (batch 2) and the 16x24 case', async (t) => {
       const g = new GoldenFile('unet');
       using x = g.tensor('x');
