@@ -226,29 +226,44 @@ export class Engine implements Disposable {
 
   /** The UNet's noise prediction for latents [B, C, h, w] at timestep t, with a context [B, 77, D] or separate key/value contexts. */
   async predictNoise(latents: Tensor, t: number, context: Tensor | { k: Tensor; v: Tensor }): Promise<Tensor> {
+    return (await this.predictNoiseWithAttention(latents, t, context, [])).eps;
+  }
+
+  /**
+   * predictNoise that also returns the softmax probabilities of the named cross-attention layers
+   * (see `crossAttentionLayers`), each [B·heads, h·w, keys] float32 on the CPU.
+   */
+  async predictNoiseWithAttention(latents: Tensor, t: number, context: Tensor | { k: Tensor; v: Tensor }, layers: readonly string[]): Promise<{ eps: Tensor; attention: Map<string, Tensor> }> {
     this.checkLatents(latents, 'latents');
-    if (!Number.isFinite(t) || t < 0 || t >= this.configs.scheduler.numTrainTimesteps)
-      throw new IdforgeError('E_ARGUMENT', `timestep must be in [0, ${this.configs.scheduler.numTrainTimesteps}), got ${t}`);
+    if (typeof t !== 'number' || !Number.isFinite(t) || t < 0 || t >= this.configs.scheduler.numTrainTimesteps)
+      throw new IdforgeError('E_ARGUMENT', `timestep must be in [0, ${this.configs.scheduler.numTrainTimesteps}), got ${describe(t)}`);
     const b = latents.shape[0]!;
     const dual = !(context instanceof Tensor);
     const ctxs = dual ? [context.k, context.v] : [context];
     const D = this.configs.unet.crossAttentionDim;
     for (const c of ctxs)
-      if (c.shape.length !== 3 || c.shape[0] !== b || c.shape[2] !== D)
-        throw new IdforgeError('E_SHAPE', `context must be [${b}, N, ${D}], got ${JSON.stringify(c.shape)}`);
+      if (!(c instanceof Tensor) || c.shape.length !== 3 || c.shape[0] !== b || c.shape[2] !== D || c.shape[1] !== ctxs[0]!.shape[1])
+        throw new IdforgeError('E_SHAPE', `context must be [${b}, N, ${D}], got ${c instanceof Tensor ? JSON.stringify(c.shape) : typeof c}`);
+    const known = new Set(this.crossAttentionLayers);
+    for (const l of layers) if (!known.has(l)) throw new IdforgeError('E_ARGUMENT', `unknown cross-attention layer '${l}'`);
     const [, ch, h, w] = latents.shape as [number, number, number, number];
     const n = ctxs[0]!.shape[1]!;
-    const p = this.program(`unet:${b}x${ch}x${h}x${w}:${n}:${dual}`, (g) => {
+    const capture = [...new Set(layers)].sort();
+    const p = this.program(`unet:${b}x${ch}x${h}x${w}:${n}:${dual}:${capture.join(',')}`, (g) => {
       const x = g.input([b, ch, h, w]);
       const tt = g.input([b]);
       const k = g.input([b, n, D]);
       const v = dual ? g.input([b, n, D]) : k;
-      g.output(buildUNet(g, this.w.unet, this.configs.unet, x, tt, { k, v }).eps);
+      const r = buildUNet(g, this.w.unet, this.configs.unet, x, tt, { k, v }, { capture: new Set(capture) });
+      g.output(r.eps);
+      for (const l of capture) g.output(r.attention.get(l)!, l);
     });
-    const inputs = [this.upload(latents), this.upload(Tensor.from(new Float32Array(b).fill(t), [b])), ...ctxs.map((c) => this.upload(c))];
+    const inputs = [this.upload(latents), Tensor.from(new Float32Array(b).fill(t), [b], { dtype: this.backend.dtype, device: this.backend.device }), ...ctxs.map((c) => this.upload(c))];
     try {
-      const [eps] = await p.run(inputs);
-      return toHost(eps!);
+      const [eps, ...maps] = await p.run(inputs);
+      const attention = new Map<string, Tensor>();
+      capture.forEach((l, i) => attention.set(l, toHost(maps[i]!)));
+      return { eps: toHost(eps!), attention };
     } finally {
       for (const x of inputs) x.dispose();
     }

@@ -56,6 +56,40 @@ for (const [layout, path] of MODELS) {
       g.close();
     });
 
+    t.test('UNet with keys and values from different contexts (eps_dual_t741)', async (t) => {
+      const g = new GoldenFile('unet');
+      const x1 = g.f32('x').subarray(0, 4 * 16 * 16);
+      using x = Tensor.from(x1, [1, 4, 16, 16]);
+      using k = g.tensor('context_k');
+      using v = g.tensor('context_v');
+      using eps = await engine.predictNoise(x, 741, { k, v });
+      const e = relL2(eps.toFloat32(), g.f32('eps_dual_t741'));
+      t.ok(e <= TOL, `eps_dual_t741 rel L2 ${e.toExponential(2)}`);
+      g.close();
+    });
+
+    t.test('captured cross-attention probabilities (attn:*) at t=981', async (t) => {
+      const g = new GoldenFile('unet');
+      using x = g.tensor('x');
+      using ctx = g.tensor('context');
+      const layers = engine.crossAttentionLayers;
+      t.equal(layers.length, 16);
+      const r = await engine.predictNoiseWithAttention(x, 981, ctx, layers);
+      const e0 = relL2(r.eps.toFloat32(), g.f32('eps_t981'));
+      t.ok(e0 <= TOL, `eps with capture on: rel L2 ${e0.toExponential(2)}`);
+      for (const l of layers) {
+        const ref = g.f32(`attn:${l}`);
+        const a = r.attention.get(l)!;
+        t.same(a.shape, g.shape(`attn:${l}`), `${l} shape`);
+        // The golden maps are stored as float16: compare within float16 rounding (2^-11 relative).
+        const e = relL2(a.toFloat32(), ref);
+        t.ok(e <= 1e-3, `${l} rel L2 ${e.toExponential(2)} (float16-stored golden)`);
+        a.dispose();
+      }
+      r.eps.dispose();
+      g.close();
+    });
+
     t.test('VAE decode, 16x24 decode, encode mean/logvar', async (t) => {
       const g = new GoldenFile('vae');
       for (const [z, ref] of [['z', 'decoded'], ['z_wide', 'decoded_wide']] as const) {
