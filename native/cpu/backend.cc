@@ -1,0 +1,84 @@
+// The CPU backend: float32 everywhere, host memory, ops run synchronously on the thread pool.
+#include <cstring>
+
+#include "../backend.h"
+#include "gemm.h"
+#include "ops.h"
+
+namespace idforge {
+namespace cpu {
+
+void shapeError(const char* op, const std::string& msg) { throw Error("E_SHAPE", std::string(op) + ": " + msg); }
+
+std::string shapeOf(const TensorView& t) { return shapeStr(t.shape); }
+
+void checkArity(const char* op, const Views& in, size_t minIn, size_t maxIn, const Views& out, size_t nOut) {
+  if (in.size() < minIn || in.size() > maxIn)
+    shapeError(op, "expected " + std::to_string(minIn) + (maxIn != minIn ? ".." + std::to_string(maxIn) : "") +
+                       " inputs, got " + std::to_string(in.size()));
+  if (out.size() < nOut)
+    shapeError(op, "expected " + std::to_string(nOut) + " outputs, got " + std::to_string(out.size()));
+  for (size_t i = 0; i < minIn; i++)
+    if (!in[i].data && in[i].numel() > 0) shapeError(op, "input " + std::to_string(i) + " has no data");
+  for (size_t i = 0; i < nOut; i++)
+    if (!out[i].data && out[i].numel() > 0) shapeError(op, "output " + std::to_string(i) + " has no data");
+  for (const auto& t : in)
+    for (auto d : t.shape)
+      if (d < 0) shapeError(op, "negative dimension in " + shapeOf(t));
+  for (const auto& t : out)
+    for (auto d : t.shape)
+      if (d < 0) shapeError(op, "negative dimension in " + shapeOf(t));
+}
+
+void checkDtype(const char* op, const TensorView& t, DType want, const char* what) {
+  if (t.dtype != want)
+    throw Error("E_ARGUMENT", std::string(op) + ": " + what + " must be " + dtypeName(want) + ", got " +
+                               dtypeName(t.dtype));
+}
+
+void checkNumel(const char* op, const TensorView& t, int64_t n, const char* what) {
+  if (t.numel() != n)
+    shapeError(op, std::string(what) + " " + shapeOf(t) + " must have " + std::to_string(n) + " elements");
+}
+
+void checkShape(const char* op, const TensorView& t, const Shape& s, const char* what) {
+  if (t.shape != s) shapeError(op, std::string(what) + " is " + shapeOf(t) + ", expected " + shapeStr(s));
+}
+
+namespace {
+
+class CpuBackend : public Backend {
+ public:
+  Device device() const override { return Device::CPU; }
+  DType computeType() const override { return DType::F32; }
+  void* alloc(size_t bytes) override { return alignedAlloc(bytes); }
+  void release(void* p, size_t) override { alignedFree(p); }
+  void upload(void* dst, const void* host, size_t bytes) override {
+    if (bytes) std::memcpy(dst, host, bytes);
+  }
+  void download(void* host, const void* src, size_t bytes) override {
+    if (bytes) std::memcpy(host, src, bytes);
+  }
+  void run(OpCode op, const OpAttrs& a, const std::vector<TensorView>& in,
+           const std::vector<TensorView>& out) override {
+    switch (op) {
+#define IDFORGE_CPU_OP_CASE(name) \
+  case OpCode::name:              \
+    op_##name(a, in, out);        \
+    return;
+      IDFORGE_OPS(IDFORGE_CPU_OP_CASE)
+#undef IDFORGE_CPU_OP_CASE
+    }
+    throw Error("E_ARGUMENT", "cpu: unknown op code " + std::to_string(int(op)));
+  }
+};
+
+}  // namespace
+}  // namespace cpu
+
+Backend* cpuBackend() {
+  static cpu::CpuBackend b;
+  return &b;
+}
+
+}  // namespace idforge

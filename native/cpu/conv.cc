@@ -1,0 +1,119 @@
+// CONV2D as GEMM per image: out[O, Ho*Wo] = W[O, C*kh*kw] · col[C*kh*kw, Ho*Wo]. The weights are
+// packed once per call and shared by the images of the batch; the im2col matrix is never built
+// whole: each GEMM task packs the K-slab x column-block it needs straight from the image, so it
+// is written to and read from L2 instead of memory. 1x1 stride-1 convolutions read the image as B.
+#include <cstring>
+
+#include "gemm.h"
+#include "ops.h"
+
+namespace idforge {
+namespace cpu {
+namespace {
+
+class Im2colB : public GemmB {
+ public:
+  Im2colB(const float* x, int64_t C, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t stride, int64_t pad,
+          int64_t Ho, int64_t Wo, int nr)
+      : x_(x), C_(C), H_(H), W_(W), kh_(kh), kw_(kw), s_(stride), p_(pad), Ho_(Ho), Wo_(Wo), nr_(nr) {}
+
+  const float* get(int64_t p0, int64_t kc, int64_t j0, int64_t nc, float* dst) const override {
+    for (int64_t jp = 0; jp < nc; jp += nr_) {
+      float* panel = dst + jp * kc;
+      const int64_t ncols = std::min<int64_t>(nr_, nc - jp), jbase = j0 + jp;
+      int64_t c = p0 / (kh_ * kw_), ky = (p0 / kw_) % kh_, kx = p0 % kw_;
+      for (int64_t k = 0; k < kc; k++) {
+        float* d = panel + k * nr_;
+        const float* plane = x_ + c * H_ * W_;
+        int64_t col = 0, j = jbase;
+        while (col < ncols) {
+          const int64_t oy = j / Wo_, ox = j % Wo_, run = std::min(ncols - col, Wo_ - ox);
+          const int64_t iy = oy * s_ - p_ + ky;
+          if (iy < 0 || iy >= H_) {
+            std::memset(d + col, 0, sizeof(float) * size_t(run));
+          } else {
+            const float* row = plane + iy * W_;
+            const int64_t ix0 = ox * s_ - p_ + kx;  // ix = ix0 + t*s for t in [0, run)
+            // t range with 0 <= ix < W
+            int64_t tlo = ix0 >= 0 ? 0 : (-ix0 + s_ - 1) / s_;
+            int64_t thi = ix0 >= W_ ? 0 : std::min(run, (W_ - 1 - ix0) / s_ + 1);
+            if (thi < tlo) thi = tlo;
+            tlo = std::min(tlo, run);
+            for (int64_t t = 0; t < tlo; t++) d[col + t] = 0.f;
+            if (s_ == 1)
+              std::memcpy(d + col + tlo, row + ix0 + tlo, sizeof(float) * size_t(thi - tlo));
+            else
+              for (int64_t t = tlo; t < thi; t++) d[col + t] = row[ix0 + t * s_];
+            for (int64_t t = thi; t < run; t++) d[col + t] = 0.f;
+          }
+          col += run;
+          j += run;
+        }
+        for (; col < nr_; col++) d[col] = 0.f;
+        if (++kx == kw_) {
+          kx = 0;
+          if (++ky == kh_) {
+            ky = 0;
+            c++;
+          }
+        }
+      }
+    }
+    return dst;
+  }
+
+ private:
+  const float* x_;
+  int64_t C_, H_, W_, kh_, kw_, s_, p_, Ho_, Wo_;
+  int nr_;
+};
+
+}  // namespace
+
+void op_CONV2D(const OpAttrs& a, const Views& in, const Views& out) {
+  const char* op = "conv2d";
+  checkArity(op, in, 2, 3, out, 1);
+  checkDtype(op, in[0], DType::F32, "x");
+  checkDtype(op, in[1], DType::F32, "w");
+  checkDtype(op, out[0], DType::F32, "out");
+  const Shape& xs = in[0].shape;
+  const Shape& ws = in[1].shape;
+  if (xs.size() != 4) shapeError(op, "x " + shapeOf(in[0]) + " must be [B, C, H, W]");
+  if (ws.size() != 4 || ws[1] != xs[1])
+    shapeError(op, "w " + shapeOf(in[1]) + " must be [O, " + std::to_string(xs[1]) + ", kh, kw] for x " + shapeOf(in[0]) +
+                       " (groups = 1 only)");
+  const int64_t B = xs[0], C = xs[1], H = xs[2], W = xs[3], O = ws[0], kh = ws[2], kw = ws[3];
+  const int64_t s = a.stride, p = a.pad;
+  if (s < 1 || p < 0) shapeError(op, "stride must be >= 1 and pad >= 0");
+  const int64_t Ho = (H + 2 * p - kh) / s + 1, Wo = (W + 2 * p - kw) / s + 1;
+  if (kh < 1 || kw < 1 || H + 2 * p < kh || W + 2 * p < kw)
+    shapeError(op, "kernel " + shapeOf(in[1]) + " does not fit x " + shapeOf(in[0]) + " with pad " + std::to_string(p));
+  checkShape(op, out[0], {B, O, Ho, Wo}, "out");
+  const bool bias = given(in, 2);
+  if (bias) {
+    checkDtype(op, in[2], DType::F32, "b");
+    checkNumel(op, in[2], O, "b");
+  }
+  const int64_t K = C * kh * kw, N = Ho * Wo;
+  float* y = out[0].as<float>();
+  if (B == 0 || O == 0 || N == 0) return;
+  const float* x = in[0].as<float>();
+  GemmTile t = gemmTile(O, N);
+  PackedA wA(in[1].as<float>(), K, 1, O, K, t.mr);
+  for (int64_t b = 0; b < B; b++) {
+    float* yb = y + b * O * N;
+    const float* xb = x + b * C * H * W;
+    if (bias)
+      for (int64_t o = 0; o < O; o++) std::fill(yb + o * N, yb + (o + 1) * N, in[2].as<float>()[o]);
+    if (kh == 1 && kw == 1 && s == 1 && p == 0) {
+      StridedB xB(xb, H * W, 1, t.nr);
+      gemm(O, N, K, t, wA, xB, yb, N, bias);
+    } else {
+      Im2colB col(xb, C, H, W, kh, kw, s, p, Ho, Wo, t.nr);
+      gemm(O, N, K, t, wA, col, yb, N, bias);
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace idforge

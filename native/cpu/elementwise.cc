@@ -1,0 +1,275 @@
+// Elementwise ops: activations, broadcast ADD/MUL, SCALE, and the two sampler updates.
+#include <cmath>
+#include <cstring>
+
+#include "ops.h"
+#include "parallel.h"
+#include "vmath.h"
+
+namespace idforge {
+namespace cpu {
+namespace {
+
+constexpr int64_t kGrain = 1 << 14;  // elements per chunk: smaller chunks cost more than they save
+
+// fn(begin, end) over [0, n) in parallel chunks of at least kGrain elements.
+template <typename F>
+void forChunks(int64_t n, F&& fn) {
+  if (n <= kGrain) {
+    if (n > 0) fn(int64_t(0), n);
+    return;
+  }
+  int64_t chunks = (n + kGrain - 1) / kGrain;
+  parallel_for(chunks, [&](int64_t b, int64_t e) { fn(b * kGrain, std::min(n, e * kGrain)); });
+}
+
+void unaryCheck(const char* op, const Views& in, const Views& out) {
+  checkArity(op, in, 1, 1, out, 1);
+  checkDtype(op, in[0], DType::F32, "x");
+  checkDtype(op, out[0], DType::F32, "out");
+  if (in[0].shape != out[0].shape) shapeError(op, "out " + shapeOf(out[0]) + " must equal x " + shapeOf(in[0]));
+}
+
+}  // namespace
+
+void op_GELU(const OpAttrs&, const Views& in, const Views& out) {
+  unaryCheck("gelu", in, out);
+  const float* x = in[0].as<float>();
+  float* y = out[0].as<float>();
+  forChunks(in[0].numel(), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i++) y[i] = geluExact(x[i]);
+  });
+}
+
+void op_QUICK_GELU(const OpAttrs&, const Views& in, const Views& out) {
+  unaryCheck("quick_gelu", in, out);
+  const float* x = in[0].as<float>();
+  float* y = out[0].as<float>();
+  forChunks(in[0].numel(), [&](int64_t b, int64_t e) { siluScaled(x + b, y + b, e - b, 1.702f); });
+}
+
+void op_SILU(const OpAttrs&, const Views& in, const Views& out) {
+  unaryCheck("silu", in, out);
+  const float* x = in[0].as<float>();
+  float* y = out[0].as<float>();
+  forChunks(in[0].numel(), [&](int64_t b, int64_t e) { siluScaled(x + b, y + b, e - b, 1.f); });
+}
+
+void op_SCALE(const OpAttrs& a, const Views& in, const Views& out) {
+  unaryCheck("scale", in, out);
+  const float* x = in[0].as<float>();
+  float* y = out[0].as<float>();
+  const float s = float(a.scale), t = float(a.shift);
+  forChunks(in[0].numel(), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i++) y[i] = x[i] * s + t;
+  });
+}
+
+void op_GEGLU(const OpAttrs&, const Views& in, const Views& out) {
+  const char* op = "geglu";
+  checkArity(op, in, 1, 1, out, 1);
+  checkDtype(op, in[0], DType::F32, "x");
+  checkDtype(op, out[0], DType::F32, "out");
+  const Shape& xs = in[0].shape;
+  if (xs.empty() || xs.back() % 2) shapeError(op, "x " + shapeOf(in[0]) + " needs an even last dimension");
+  Shape os = xs;
+  os.back() /= 2;
+  checkShape(op, out[0], os, "out");
+  const int64_t F = os.back(), rows = F ? out[0].numel() / F : 0;
+  const float* x = in[0].as<float>();
+  float* y = out[0].as<float>();
+  int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(F, 1));
+  auto body = [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; r++) {
+      const float* h = x + r * 2 * F;
+      const float* g = h + F;
+      float* o = y + r * F;
+      for (int64_t i = 0; i < F; i++) o[i] = h[i] * geluExact(g[i]);
+    }
+  };
+  if (rows <= grain) body(0, rows);
+  else parallel_for(rows, body, grain);
+}
+
+// ---- broadcasting binary ops -------------------------------------------------------------------
+
+namespace {
+
+struct Bcast {
+  int rank = 0;
+  int64_t dim[8], sa[8], sb[8];  // collapsed output dims and element strides of a and b (0 = broadcast)
+};
+
+Bcast planBroadcast(const char* op, const TensorView& A, const TensorView& B, const TensorView& O) {
+  const Shape &as = A.shape, &bs = B.shape, &os = O.shape;
+  size_t R = std::max(as.size(), bs.size());
+  Shape want(R);
+  for (size_t i = 0; i < R; i++) {
+    int64_t da = i < R - as.size() ? 1 : as[i - (R - as.size())];
+    int64_t db = i < R - bs.size() ? 1 : bs[i - (R - bs.size())];
+    if (da != db && da != 1 && db != 1)
+      shapeError(op, "cannot broadcast " + shapeOf(A) + " with " + shapeOf(B));
+    want[i] = da == 1 ? db : da;
+  }
+  if (os != want)
+    shapeError(op, "out " + shapeOf(O) + " must be the broadcast shape " + shapeStr(want) + " of " + shapeOf(A) +
+                       " and " + shapeOf(B));
+  // Full-rank strides, then merge neighbours that are contiguous for both operands.
+  std::vector<int64_t> d(R), xa(R), xb(R);
+  int64_t ca = 1, cb = 1;
+  for (size_t k = R; k-- > 0;) {
+    int64_t da = k < R - as.size() ? 1 : as[k - (R - as.size())];
+    int64_t db = k < R - bs.size() ? 1 : bs[k - (R - bs.size())];
+    d[k] = want[k];
+    xa[k] = da == 1 ? 0 : ca;
+    xb[k] = db == 1 ? 0 : cb;
+    ca *= da;
+    cb *= db;
+  }
+  Bcast p;
+  std::vector<int64_t> md, ma, mb;
+  for (size_t k = 0; k < R; k++) {
+    if (d[k] == 1) continue;
+    if (!md.empty() && ma.back() == xa[k] * d[k] && mb.back() == xb[k] * d[k]) {
+      md.back() *= d[k];
+      ma.back() = xa[k];
+      mb.back() = xb[k];
+    } else {
+      md.push_back(d[k]);
+      ma.push_back(xa[k]);
+      mb.push_back(xb[k]);
+    }
+  }
+  if (md.empty()) {
+    md.push_back(1);
+    ma.push_back(0);
+    mb.push_back(0);
+  }
+  if (md.size() > 8) shapeError(op, "more than 8 non-mergeable broadcast dimensions");
+  p.rank = int(md.size());
+  for (int k = 0; k < p.rank; k++) {
+    p.dim[k] = md[k];
+    p.sa[k] = ma[k];
+    p.sb[k] = mb[k];
+  }
+  return p;
+}
+
+template <typename F>
+void binaryOp(const char* op, const Views& in, const Views& out, F f) {
+  checkArity(op, in, 2, 2, out, 1);
+  checkDtype(op, in[0], DType::F32, "a");
+  checkDtype(op, in[1], DType::F32, "b");
+  checkDtype(op, out[0], DType::F32, "out");
+  Bcast p = planBroadcast(op, in[0], in[1], out[0]);
+  const float* A = in[0].as<float>();
+  const float* B = in[1].as<float>();
+  float* O = out[0].as<float>();
+  const int R = p.rank;
+  const int64_t inner = p.dim[R - 1], ia = p.sa[R - 1], ib = p.sb[R - 1];
+  forChunks(out[0].numel(), [&](int64_t b, int64_t e) {
+    // Multi-index of element b, then walk rows of the innermost dimension.
+    int64_t idx[8], offA = 0, offB = 0, rem = b;
+    for (int k = R - 1; k >= 0; k--) {
+      idx[k] = rem % p.dim[k];
+      rem /= p.dim[k];
+      offA += idx[k] * p.sa[k];
+      offB += idx[k] * p.sb[k];
+    }
+    int64_t pos = b;
+    while (pos < e) {
+      int64_t n = std::min(inner - idx[R - 1], e - pos);
+      const float* a = A + offA;
+      const float* bb = B + offB;
+      float* o = O + pos;
+      if (ia == 1 && ib == 1)
+        for (int64_t i = 0; i < n; i++) o[i] = f(a[i], bb[i]);
+      else if (ia == 1 && ib == 0)
+        for (int64_t i = 0; i < n; i++) o[i] = f(a[i], bb[0]);
+      else if (ia == 0 && ib == 1)
+        for (int64_t i = 0; i < n; i++) o[i] = f(a[0], bb[i]);
+      else
+        for (int64_t i = 0; i < n; i++) o[i] = f(a[i * ia], bb[i * ib]);
+      pos += n;
+      offA += n * ia;
+      offB += n * ib;
+      idx[R - 1] += n;
+      // Carry into the outer dimensions.
+      for (int k = R - 1; k > 0 && idx[k] == p.dim[k]; k--) {
+        offA -= idx[k] * p.sa[k];
+        offB -= idx[k] * p.sb[k];
+        idx[k] = 0;
+        idx[k - 1]++;
+        offA += p.sa[k - 1];
+        offB += p.sb[k - 1];
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void op_ADD(const OpAttrs&, const Views& in, const Views& out) {
+  binaryOp("add", in, out, [](float x, float y) { return x + y; });
+}
+
+void op_MUL(const OpAttrs&, const Views& in, const Views& out) {
+  binaryOp("mul", in, out, [](float x, float y) { return x * y; });
+}
+
+// ---- sampler updates ---------------------------------------------------------------------------
+
+void op_CFG(const OpAttrs& a, const Views& in, const Views& out) {
+  const char* op = "cfg";
+  checkArity(op, in, 1, 1, out, 1);
+  checkDtype(op, in[0], DType::F32, "eps");
+  checkDtype(op, out[0], DType::F32, "out");
+  const Shape& es = in[0].shape;
+  if (es.empty() || es[0] % 2) shapeError(op, "eps " + shapeOf(in[0]) + " needs an even first dimension [2B, ..]");
+  Shape os = es;
+  os[0] /= 2;
+  checkShape(op, out[0], os, "out");
+  const int64_t n = out[0].numel();
+  const float* u = in[0].as<float>();
+  const float* c = u + n;
+  float* o = out[0].as<float>();
+  const float s = float(a.scale);
+  // Same expression and rounding as diffusers: uncond + scale * (text - uncond).
+  forChunks(n, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i++) o[i] = u[i] + s * (c[i] - u[i]);
+  });
+}
+
+void op_DDIM_STEP(const OpAttrs& a, const Views& in, const Views& out) {
+  const char* op = "ddim_step";
+  checkArity(op, in, 2, 3, out, 1);
+  checkDtype(op, in[0], DType::F32, "sample");
+  checkDtype(op, in[1], DType::F32, "eps");
+  checkDtype(op, out[0], DType::F32, "out");
+  checkShape(op, in[1], in[0].shape, "eps");
+  checkShape(op, out[0], in[0].shape, "out");
+  const bool noisy = given(in, 2);
+  if (noisy) {
+    checkDtype(op, in[2], DType::F32, "noise");
+    checkShape(op, in[2], in[0].shape, "noise");
+  }
+  if (!(a.a_t > 0.0)) throw Error("E_ARGUMENT", "ddim_step: a_t must be > 0, got " + std::to_string(a.a_t));
+  const double rest = 1.0 - a.a_prev - a.sigma * a.sigma;
+  const double ca = std::sqrt(1.0 - a.a_t), rsa = 1.0 / std::sqrt(a.a_t), cp = std::sqrt(a.a_prev);
+  const double cd = std::sqrt(rest > 0.0 ? rest : 0.0), sg = a.sigma;
+  const float* x = in[0].as<float>();
+  const float* e = in[1].as<float>();
+  const float* z = noisy ? in[2].as<float>() : nullptr;
+  float* o = out[0].as<float>();
+  forChunks(in[0].numel(), [&](int64_t b, int64_t end) {
+    for (int64_t i = b; i < end; i++) {
+      double x0 = (double(x[i]) - ca * e[i]) * rsa;
+      double v = cp * x0 + cd * e[i];
+      if (z) v += sg * z[i];
+      o[i] = float(v);
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace idforge

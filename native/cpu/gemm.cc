@@ -1,0 +1,220 @@
+#include "gemm.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "../backend.h"
+#include "gemm_kernels.h"
+#include "parallel.h"
+
+namespace idforge {
+namespace cpu {
+
+void* alignedAlloc(size_t bytes) {
+  size_t n = (bytes + 63) / 64 * 64;
+  void* p = n ? std::aligned_alloc(64, n) : std::aligned_alloc(64, 64);
+  if (!p) throw Error("E_OOM", "cpu: cannot allocate " + std::to_string(bytes) + " bytes");
+  return p;
+}
+
+void alignedFree(void* p) { std::free(p); }
+
+namespace {
+struct Scratch {
+  float* p[8] = {};
+  size_t n[8] = {};
+  ~Scratch() {
+    for (auto q : p) std::free(q);
+  }
+};
+thread_local Scratch t_scratch;
+}  // namespace
+
+float* threadScratch(int slot, size_t n) {
+  Scratch& s = t_scratch;
+  if (s.n[slot] < n) {
+    std::free(s.p[slot]);
+    s.p[slot] = nullptr;
+    s.n[slot] = 0;
+    s.p[slot] = static_cast<float*>(alignedAlloc(n * sizeof(float)));
+    s.n[slot] = n;
+  }
+  return s.p[slot];
+}
+
+const char* gemmIsa() { return IDFORGE_GEMM_ISA; }
+
+GemmTile gemmTile(int64_t M, int64_t N) {
+  (void)M;
+  GemmTile wide{kWideMR, kWideNR, true}, narrow{kNarrowMR, kNarrowNR, false};
+  // Pick the tile that pads N the least; on ties the wide one (fewer loads per FMA).
+  int64_t pw = roundUp(N, kWideNR), pn = roundUp(N, kNarrowNR);
+  return pn * 8 < pw * 7 ? narrow : wide;
+}
+
+void packA(const float* X, int64_t rs, int64_t cs, int64_t mc, int64_t kc, int mr, float* dst) {
+  for (int64_t i0 = 0; i0 < mc; i0 += mr) {
+    float* d = dst + i0 * kc;
+    int64_t m = std::min<int64_t>(mr, mc - i0);
+    if (cs == 1) {
+      // Row-major source: read each row contiguously, write with stride mr (the panel is in L1).
+      for (int64_t r = 0; r < m; r++) {
+        const float* s = X + (i0 + r) * rs;
+        for (int64_t k = 0; k < kc; k++) d[k * mr + r] = s[k];
+      }
+      for (int64_t r = m; r < mr; r++)
+        for (int64_t k = 0; k < kc; k++) d[k * mr + r] = 0.f;
+    } else {
+      for (int64_t k = 0; k < kc; k++) {
+        const float* s = X + k * cs + i0 * rs;
+        int64_t r = 0;
+        for (; r < m; r++) d[k * mr + r] = s[r * rs];
+        for (; r < mr; r++) d[k * mr + r] = 0.f;
+      }
+    }
+  }
+}
+
+void packB(const float* X, int64_t rs, int64_t cs, int64_t kc, int64_t nc, int nr, float* dst) {
+  for (int64_t j0 = 0; j0 < nc; j0 += nr) {
+    float* d = dst + j0 * kc;
+    int64_t n = std::min<int64_t>(nr, nc - j0);
+    if (cs == 1) {
+      for (int64_t k = 0; k < kc; k++) {
+        const float* s = X + k * rs + j0;
+        float* dk = d + k * nr;
+        int64_t c = 0;
+        for (; c < n; c++) dk[c] = s[c];
+        for (; c < nr; c++) dk[c] = 0.f;
+      }
+    } else {
+      // Column-major source (a linear layer's weight as B = Wᵀ): contiguous reads along k.
+      for (int64_t c = 0; c < n; c++) {
+        const float* s = X + (j0 + c) * cs;
+        for (int64_t k = 0; k < kc; k++) d[k * nr + c] = s[k * rs];
+      }
+      for (int64_t c = n; c < nr; c++)
+        for (int64_t k = 0; k < kc; k++) d[k * nr + c] = 0.f;
+    }
+  }
+}
+
+namespace {
+template <int MR, int NV>
+void blockLoop(int64_t mc, int64_t nc, int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc,
+               bool accumulate) {
+  constexpr int NR = NV * kLanes;
+  // B panel outer: it stays in L1 while the A panels of the block stream from L2.
+  for (int64_t j = 0; j < nc; j += NR) {
+    const float* b = Bp + j * kc;
+    int64_t n = std::min<int64_t>(NR, nc - j);
+    for (int64_t i = 0; i < mc; i += MR) {
+      const float* a = Ap + i * kc;
+      int64_t m = std::min<int64_t>(MR, mc - i);
+      if (m == MR && n == NR)
+        microKernel<MR, NV, 1, MR>(kc, a, b, C + i * ldc + j, ldc, accumulate);
+      else
+        microKernelEdge<MR, NV, 1, MR>(kc, a, b, C + i * ldc + j, ldc, m, n, accumulate);
+    }
+  }
+}
+}  // namespace
+
+void gemmBlock(const GemmTile& t, int64_t mc, int64_t nc, int64_t kc, const float* Ap, const float* Bp, float* C,
+               int64_t ldc, bool accumulate) {
+  if (t.wide)
+    blockLoop<kWideMR, kWideNV>(mc, nc, kc, Ap, Bp, C, ldc, accumulate);
+  else
+    blockLoop<kNarrowMR, kNarrowNV>(mc, nc, kc, Ap, Bp, C, ldc, accumulate);
+}
+
+const float* StridedA::get(int64_t i0, int64_t mc, int64_t p0, int64_t kc, float* scratch) const {
+  packA(x_ + i0 * rs_ + p0 * cs_, rs_, cs_, mc, kc, mr_, scratch);
+  return scratch;
+}
+
+const float* StridedB::get(int64_t p0, int64_t kc, int64_t j0, int64_t nc, float* scratch) const {
+  packB(x_ + p0 * rs_ + j0 * cs_, rs_, cs_, kc, nc, nr_, scratch);
+  return scratch;
+}
+
+PackedA::PackedA(const float* x, int64_t rs, int64_t cs, int64_t M, int64_t K, int mr)
+    : M_(M), K_(K), Mpad_(roundUp(M, mr)), mr_(mr) {
+  data_ = static_cast<float*>(alignedAlloc(sizeof(float) * size_t(std::max<int64_t>(1, Mpad_ * K))));
+  // Slab p0 holds all row panels for K range [p0, p0+kc), so a block (i0, p0) is contiguous.
+  int64_t slabs = (K + kKC - 1) / kKC, panels = Mpad_ / mr;
+  parallel_for(slabs * panels, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; t++) {
+      int64_t p0 = (t / panels) * kKC, i0 = (t % panels) * mr;
+      int64_t kc = std::min(kKC, K - p0), mc = std::min<int64_t>(mr, M - i0);
+      packA(x + i0 * rs + p0 * cs, rs, cs, mc, kc, mr, data_ + p0 * Mpad_ + i0 * kc);
+    }
+  });
+}
+
+PackedA::~PackedA() { alignedFree(data_); }
+
+const float* PackedA::get(int64_t i0, int64_t, int64_t p0, int64_t kc, float*) const {
+  return data_ + p0 * Mpad_ + i0 * kc;
+}
+
+void gemm(int64_t M, int64_t N, int64_t K, const GemmTile& t, const GemmA& A, const GemmB& B, float* C, int64_t ldc,
+          bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < M; i++) std::memset(C + i * ldc, 0, sizeof(float) * size_t(N));
+    return;
+  }
+  const int64_t mPanels = (M + t.mr - 1) / t.mr, nPanels = (N + t.nr - 1) / t.nr;
+  const int T = numThreads();
+  // Two tasks per thread balance the dynamic schedule; tiny products are not worth a dispatch.
+  int64_t target = (T > 1 && double(M) * N * K > 4e5) ? 2 * T : 1;
+  int64_t tm, tn;
+  if (A.prepacked()) {  // packing B is the only cost: give each task all of M if possible
+    tn = std::min(nPanels, target);
+    tm = std::min(mPanels, (target + tn - 1) / tn);
+  } else {  // packing A costs: give each task all of N if possible
+    tm = std::min(mPanels, target);
+    tn = std::min(nPanels, (target + tm - 1) / tm);
+  }
+  tn = std::max(tn, (N + kNCMax - 1) / kNCMax);
+  const int64_t mChunk = (mPanels + tm - 1) / tm * t.mr, nChunk = (nPanels + tn - 1) / tn * t.nr;
+  tm = (M + mChunk - 1) / mChunk;
+  tn = (N + nChunk - 1) / nChunk;
+  const GemmTile tile = t;
+  auto task = [&](int64_t b, int64_t e) {
+    float* bufB = threadScratch(0, size_t(kKC * nChunk));
+    float* bufA = A.prepacked() ? nullptr : threadScratch(1, size_t(kKC * kMC));
+    for (int64_t id = b; id < e; id++) {
+      int64_t i0 = (id / tn) * mChunk, j0 = (id % tn) * nChunk;
+      int64_t mc = std::min(mChunk, M - i0), nc = std::min(nChunk, N - j0);
+      for (int64_t p0 = 0; p0 < K; p0 += kKC) {
+        int64_t kc = std::min(kKC, K - p0);
+        const float* Bp = B.get(p0, kc, j0, nc, bufB);
+        for (int64_t i1 = i0; i1 < i0 + mc; i1 += kMC) {
+          int64_t m1 = std::min(kMC, i0 + mc - i1);
+          const float* Ap = A.get(i1, m1, p0, kc, bufA);
+          gemmBlock(tile, m1, nc, kc, Ap, Bp, C + i1 * ldc + j0, ldc, accumulate || p0 > 0);
+        }
+      }
+    }
+  };
+  if (tm * tn == 1)
+    task(0, 1);
+  else
+    parallel_for(tm * tn, task, 1);
+}
+
+void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa, int64_t csa, const float* B, int64_t rsb,
+           int64_t csb, float* C, int64_t ldc, bool accumulate) {
+  GemmTile t = gemmTile(M, N);
+  StridedA a(A, rsa, csa, t.mr);
+  StridedB b(B, rsb, csb, t.nr);
+  gemm(M, N, K, t, a, b, C, ldc, accumulate);
+}
+
+}  // namespace cpu
+}  // namespace idforge

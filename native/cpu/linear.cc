@@ -1,0 +1,85 @@
+// LINEAR and MATMUL on top of the packed SGEMM.
+#include <cstring>
+
+#include "gemm.h"
+#include "ops.h"
+#include "parallel.h"
+
+namespace idforge {
+namespace cpu {
+
+// Fills each of `rows` rows of y (length n) with bias, so the GEMM can accumulate onto it.
+static void fillRows(float* y, int64_t rows, int64_t n, const float* bias) {
+  auto body = [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; r++) std::memcpy(y + r * n, bias, sizeof(float) * size_t(n));
+  };
+  int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1));
+  if (rows <= grain) body(0, rows);
+  else parallel_for(rows, body, grain);
+}
+
+void op_LINEAR(const OpAttrs&, const Views& in, const Views& out) {
+  const char* op = "linear";
+  checkArity(op, in, 2, 3, out, 1);
+  checkDtype(op, in[0], DType::F32, "x");
+  checkDtype(op, in[1], DType::F32, "w");
+  checkDtype(op, out[0], DType::F32, "out");
+  const Shape& xs = in[0].shape;
+  const Shape& ws = in[1].shape;
+  if (xs.empty()) shapeError(op, "x " + shapeOf(in[0]) + " must be [.., K]");
+  if (ws.size() != 2 || ws[1] != xs.back())
+    shapeError(op, "w " + shapeOf(in[1]) + " must be [N, " + std::to_string(xs.back()) + "] for x " + shapeOf(in[0]));
+  const int64_t K = xs.back(), N = ws[0];
+  Shape os = xs;
+  os.back() = N;
+  checkShape(op, out[0], os, "out");
+  const bool bias = given(in, 2);
+  if (bias) {
+    checkDtype(op, in[2], DType::F32, "b");
+    checkNumel(op, in[2], N, "b");
+  }
+  float* y = out[0].as<float>();
+  // Rows from the output: with K = 0 the input has no elements to count them by.
+  const int64_t M = N ? out[0].numel() / N : 0;
+  if (bias) fillRows(y, M, N, in[2].as<float>());
+  // y = x · wᵀ: B(k, j) = w[j*K + k].
+  sgemm(M, N, K, in[0].as<float>(), K, 1, in[1].as<float>(), 1, K, y, N, bias);
+}
+
+void op_MATMUL(const OpAttrs& a, const Views& in, const Views& out) {
+  const char* op = "matmul";
+  checkArity(op, in, 2, 2, out, 1);
+  checkDtype(op, in[0], DType::F32, "a");
+  checkDtype(op, in[1], DType::F32, "b");
+  checkDtype(op, out[0], DType::F32, "out");
+  const Shape& as = in[0].shape;
+  const Shape& bs = in[1].shape;
+  if (as.size() < 2 || bs.size() < 2) shapeError(op, "a " + shapeOf(in[0]) + " and b " + shapeOf(in[1]) + " must be [B, M, K] / [B, K, N]");
+  const int64_t M = as[as.size() - 2], K = as.back();
+  const int64_t bK = a.transB ? bs.back() : bs[bs.size() - 2], N = a.transB ? bs[bs.size() - 2] : bs.back();
+  int64_t BA = 1, BB = 1;
+  for (size_t i = 0; i + 2 < as.size(); i++) BA *= as[i];
+  for (size_t i = 0; i + 2 < bs.size(); i++) BB *= bs[i];
+  if (bK != K || (BB != BA && BB != 1))
+    shapeError(op, "a " + shapeOf(in[0]) + " and b " + shapeOf(in[1]) + (a.transB ? " (transB)" : "") +
+                       " do not multiply");
+  Shape os(as.begin(), as.end() - 1);
+  os.push_back(N);
+  checkShape(op, out[0], os, "out");
+  const float* A = in[0].as<float>();
+  const float* B = in[1].as<float>();
+  float* C = out[0].as<float>();
+  const int64_t sb = BB == 1 ? 0 : K * N;
+  const int64_t rsb = a.transB ? 1 : N, csb = a.transB ? K : 1;
+  auto one = [&](int64_t i) { sgemm(M, N, K, A + i * M * K, K, 1, B + i * sb, rsb, csb, C + i * M * N, N, false); };
+  // Many small products (attention-like batches) parallelise better across the batch.
+  if (BA >= numThreads() && double(M) * N * K < 3e7)
+    parallel_for(BA, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; i++) one(i);
+    }, 1);
+  else
+    for (int64_t i = 0; i < BA; i++) one(i);
+}
+
+}  // namespace cpu
+}  // namespace idforge
