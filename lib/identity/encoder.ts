@@ -1,0 +1,337 @@
+/**
+ * The M² ID encoder of DreamIdentity: a ViT face backbone whose CLS features from several layers
+ * ("taps") are each projected by a small MLP into one pseudo-word in CLIP's token-embedding space.
+ *
+ * Folder layout (test/fixtures/tiny-id-encoder): config.json + model.safetensors with timm-style
+ * names — patch_embed.proj, cls_token [1,1,W], pos_embed [1,N+1,W], norm_pre, blocks.i.{norm1,
+ * attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}, norm, projector.k.{fc1, fc2}. Pre-norm blocks,
+ * exact (erf) GELU. Tap i (integer) = CLS state after block i (1-based, no norm); "final" = norm of
+ * the CLS state after the last block. Built once per batch size as a graph and compiled to a Program.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { IdforgeError } from '../errors.js';
+import { Graph, type Value } from '../graph/graph.js';
+import { Program, type BackendSpec } from '../graph/program.js';
+import { Weights, layerNormW, linearW, toTokens } from '../graph/weights.js';
+import type { TensorRef } from '../io/checkpoint.js';
+import type { RawImage } from '../io/image.js';
+import { SafetensorsFile } from '../io/safetensors.js';
+import { Tensor } from '../tensor.js';
+import { prepareFace, type PrepareFaceOptions } from './face.js';
+import { Identity } from './identity.js';
+
+export interface IdEncoderConfig {
+  imageSize: number;
+  patchSize: number;
+  hiddenSize: number;
+  numLayers: number;
+  numHeads: number;
+  mlpHidden: number;
+  eps: number;
+  /** Block numbers (1-based) or 'final'. */
+  taps: (number | 'final')[];
+  projectorHidden: number;
+  textDim: number;
+  mean: [number, number, number];
+  std: [number, number, number];
+}
+
+export interface IdEncoderLoadOptions {
+  device?: 'cpu' | 'cuda';
+  /** Compute dtype (default float32; float16 needs device 'cuda'). */
+  dtype?: 'float32' | 'float16';
+}
+
+export interface EncodeOptions extends Omit<PrepareFaceOptions, 'size'> {
+  /** Name stored in the Identity. */
+  name?: string;
+  /** Receives preparation warnings (e.g. the centre-crop fallback). */
+  onWarning?: (message: string) => void;
+}
+
+export interface IdFeatures {
+  /** [B, taps, width] CLS features at the taps. */
+  taps: Float32Array;
+  /** [B, taps, textDim] pseudo-words. */
+  words: Float32Array;
+  batch: number;
+}
+
+function fmt(file: string, msg: string): IdforgeError {
+  return new IdforgeError('E_MODEL_FORMAT', `${file}: ${msg}`);
+}
+
+/** Parses and checks config.json of an M² ID encoder. */
+export function parseIdEncoderConfig(json: unknown, file = 'config.json'): IdEncoderConfig {
+  if (!json || typeof json !== 'object' || Array.isArray(json)) throw fmt(file, 'is not a JSON object');
+  const c = json as Record<string, unknown>;
+  if (c.architecture !== undefined && c.architecture !== 'm2-id-encoder')
+    throw fmt(file, `architecture ${JSON.stringify(c.architecture)} is not "m2-id-encoder"`);
+  const int = (v: unknown, key: string): number => {
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) throw fmt(file, `${key} must be a positive integer, got ${JSON.stringify(v)}`);
+    return v;
+  };
+  const imageSize = int(c.image_size, 'image_size');
+  const patchSize = int(c.patch_size, 'patch_size');
+  const hiddenSize = int(c.hidden_size, 'hidden_size');
+  const numLayers = int(c.num_layers, 'num_layers');
+  const numHeads = int(c.num_heads, 'num_heads');
+  const textDim = int(c.text_dim, 'text_dim');
+  if (imageSize % patchSize) throw fmt(file, `image_size ${imageSize} is not a multiple of patch_size ${patchSize}`);
+  if (hiddenSize % numHeads) throw fmt(file, `hidden_size ${hiddenSize} does not split into ${numHeads} heads`);
+  const ratio = c.mlp_ratio ?? 4;
+  if (typeof ratio !== 'number' || !(ratio > 0) || !Number.isInteger(ratio * hiddenSize)) throw fmt(file, `mlp_ratio ${JSON.stringify(ratio)} is invalid`);
+  const eps = c.layer_norm_eps ?? 1e-5;
+  if (typeof eps !== 'number' || !(eps > 0)) throw fmt(file, `layer_norm_eps ${JSON.stringify(eps)} is invalid`);
+  if ((c.hidden_act ?? 'gelu') !== 'gelu') throw fmt(file, `hidden_act ${JSON.stringify(c.hidden_act)} is not supported (only "gelu")`);
+  if (c.pre_norm === false) throw fmt(file, 'post-norm encoders (pre_norm: false) are not supported');
+  if (c.cls_token === false) throw fmt(file, 'encoders without a CLS token are not supported');
+  if (!Array.isArray(c.taps) || c.taps.length === 0) throw fmt(file, 'taps must be a non-empty list');
+  const taps = c.taps.map((t) => {
+    if (t === 'final') return 'final' as const;
+    if (typeof t !== 'number' || !Number.isInteger(t) || t < 1 || t > numLayers) throw fmt(file, `tap ${JSON.stringify(t)} is not "final" or a block number in 1..${numLayers}`);
+    return t;
+  });
+  const proj = (c.projector ?? {}) as Record<string, unknown>;
+  if ((proj.act ?? 'gelu') !== 'gelu') throw fmt(file, `projector act ${JSON.stringify(proj.act)} is not supported (only "gelu")`);
+  const projectorHidden = int(proj.hidden_size, 'projector.hidden_size');
+  const norm = (c.input_normalization ?? { mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5] }) as Record<string, unknown>;
+  const triple = (v: unknown, key: string, positive: boolean): [number, number, number] => {
+    if (!Array.isArray(v) || v.length !== 3 || !v.every((x) => typeof x === 'number' && Number.isFinite(x) && (!positive || x > 0)))
+      throw fmt(file, `input_normalization.${key} must be 3 ${positive ? 'positive ' : ''}numbers`);
+    return v as [number, number, number];
+  };
+  return {
+    imageSize, patchSize, hiddenSize, numLayers, numHeads, mlpHidden: ratio * hiddenSize, eps, taps, projectorHidden, textDim,
+    mean: triple(norm.mean, 'mean', false), std: triple(norm.std, 'std', true),
+  };
+}
+
+function refsOf(st: SafetensorsFile): Map<string, TensorRef> {
+  const m = new Map<string, TensorRef>();
+  for (const name of st.names()) {
+    const info = st.info(name);
+    m.set(name, {
+      name, shape: [...info.shape], dtype: info.dtype, file: st.path, key: name,
+      readFloat32: () => st.readFloat32(name), readBytes: () => st.readBytes(name),
+    });
+  }
+  return m;
+}
+
+export class IdEncoder implements Disposable {
+  readonly #programs = new Map<number, Program>();
+  #weights: Weights | null;
+  #file: SafetensorsFile | null;
+
+  private constructor(readonly config: IdEncoderConfig, readonly backend: BackendSpec, file: SafetensorsFile, readonly dir: string) {
+    this.#file = file;
+    this.#weights = new Weights('id-encoder', refsOf(file), backend);
+  }
+
+  /** Opens an encoder folder (config.json + model.safetensors) and checks every weight's shape. */
+  static async load(dir: string, opts: IdEncoderLoadOptions = {}): Promise<IdEncoder> {
+    const device = opts.device ?? 'cpu';
+    if (device !== 'cpu' && device !== 'cuda') throw new IdforgeError('E_ARGUMENT', `device must be 'cpu' or 'cuda', got ${JSON.stringify(device)}`);
+    const dtype = opts.dtype ?? 'float32';
+    if (dtype !== 'float32' && dtype !== 'float16') throw new IdforgeError('E_ARGUMENT', `dtype must be 'float32' or 'float16', got ${JSON.stringify(dtype)}`);
+    if (device === 'cpu' && dtype !== 'float32') throw new IdforgeError('E_ARGUMENT', "the CPU backend computes in float32 only; use dtype 'float32' or device 'cuda'");
+    if (typeof dir !== 'string' || !fs.existsSync(dir)) throw new IdforgeError('E_NOT_FOUND', `ID encoder folder not found: ${String(dir)}`);
+    const cfgFile = path.join(dir, 'config.json');
+    const modelFile = path.join(dir, 'model.safetensors');
+    if (!fs.existsSync(cfgFile)) throw new IdforgeError('E_NOT_FOUND', `${dir}: no config.json (an ID encoder folder holds config.json + model.safetensors)`);
+    let json: unknown;
+    try {
+      json = JSON.parse(fs.readFileSync(cfgFile, 'utf8'));
+    } catch (e) {
+      throw fmt(cfgFile, `is not valid JSON (${(e as Error).message})`);
+    }
+    const config = parseIdEncoderConfig(json, cfgFile);
+    const st = SafetensorsFile.open(modelFile);
+    try {
+      checkWeights(st, config);
+    } catch (e) {
+      st.close();
+      throw e;
+    }
+    return new IdEncoder(config, { device, dtype }, st, dir);
+  }
+
+  /** Number of words an identity from this encoder has (one per tap). */
+  get words(): number {
+    return this.config.taps.length;
+  }
+
+  get textDim(): number {
+    return this.config.textDim;
+  }
+
+  get disposed(): boolean {
+    return !this.#weights;
+  }
+
+  #program(batch: number): Program {
+    const w = this.#weights;
+    if (!w) throw new IdforgeError('E_DISPOSED', 'IdEncoder used after dispose()');
+    let p = this.#programs.get(batch);
+    if (!p) {
+      const g = new Graph();
+      const x = g.input([batch, 3, this.config.imageSize, this.config.imageSize], 'float', 'image');
+      const { taps, words } = buildIdEncoder(g, w, this.config, x);
+      g.output(taps, 'taps');
+      g.output(words, 'words');
+      p = new Program(g, this.backend);
+      this.#programs.set(batch, p);
+    }
+    return p;
+  }
+
+  /** Tap features and words for a batch of faces [B, 3, size, size] already normalised (x/255 − mean)/std. */
+  async encodeFeatures(images: Tensor): Promise<IdFeatures> {
+    const s = this.config.imageSize;
+    const shape = images.shape;
+    if (shape.length !== 4 || shape[1] !== 3 || shape[2] !== s || shape[3] !== s || shape[0] === 0)
+      throw new IdforgeError('E_SHAPE', `ID encoder input must be [B, 3, ${s}, ${s}], got ${JSON.stringify(shape)}`);
+    const b = shape[0]!;
+    const p = this.#program(b);
+    const own = images.device !== this.backend.device || images.dtype !== this.backend.dtype;
+    const input = own ? images.to(this.backend.dtype, this.backend.device) : images;
+    try {
+      const outs = await p.run([input]);
+      try {
+        return { taps: outs[0]!.toFloat32(), words: outs[1]!.toFloat32(), batch: b };
+      } finally {
+        for (const t of outs) t.dispose();
+      }
+    } finally {
+      if (own) input.dispose();
+    }
+  }
+
+  /** (x/255 − mean)/std of a size×size RGB image, as CHW float32. */
+  normalize(img: RawImage): Float32Array {
+    const s = this.config.imageSize;
+    if (img.width !== s || img.height !== s) throw new IdforgeError('E_SHAPE', `face must be ${s}×${s}, got ${img.width}×${img.height}`);
+    const out = new Float32Array(3 * s * s);
+    const { mean, std } = this.config;
+    for (let c = 0; c < 3; c++) {
+      const m = mean[c]!, sd = std[c]!;
+      for (let i = 0; i < s * s; i++) out[c * s * s + i] = (img.data[i * 3 + c]! / 255 - m) / sd;
+    }
+    return out;
+  }
+
+  /**
+   * An Identity (S=1, M = taps, k = v, method 'dreamidentity') from a face. A Tensor [B, 3, size, size]
+   * (already normalised) gives one Identity per row; an image (RawImage, file path, encoded Buffer) is
+   * decoded, aligned with `landmarks` (or centre-cropped), resized and normalised first.
+   */
+  async encode(face: Tensor, opts?: EncodeOptions): Promise<Identity[]>;
+  async encode(face: RawImage | string | Buffer, opts?: EncodeOptions): Promise<Identity>;
+  async encode(face: RawImage | string | Buffer | Tensor, opts: EncodeOptions = {}): Promise<Identity | Identity[]> {
+    if (face instanceof Tensor) {
+      const f = await this.encodeFeatures(face);
+      return Array.from({ length: f.batch }, (_, i) => this.#identity(f.words, i, opts.name));
+    }
+    const prepared = await prepareFace(face, {
+      size: this.config.imageSize,
+      ...(opts.landmarks !== undefined ? { landmarks: opts.landmarks } : {}),
+    });
+    for (const w of prepared.warnings) opts.onWarning?.(w);
+    const s = this.config.imageSize;
+    const t = Tensor.from(this.normalize(prepared.image), [1, 3, s, s]);
+    try {
+      const f = await this.encodeFeatures(t);
+      return this.#identity(f.words, 0, opts.name);
+    } finally {
+      t.dispose();
+    }
+  }
+
+  #identity(words: Float32Array, row: number, name: string | undefined): Identity {
+    const M = this.words;
+    const D = this.config.textDim;
+    return new Identity({
+      k: words.slice(row * M * D, (row + 1) * M * D), stages: 1, words: M, dim: D, method: 'dreamidentity',
+      ...(name !== undefined ? { name } : {}),
+    });
+  }
+
+  dispose(): void {
+    for (const p of this.#programs.values()) p.dispose();
+    this.#programs.clear();
+    this.#weights?.dispose();
+    this.#weights = null;
+    this.#file?.close();
+    this.#file = null;
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+function checkWeights(st: SafetensorsFile, c: IdEncoderConfig): void {
+  const W = c.hiddenSize;
+  const n = (c.imageSize / c.patchSize) ** 2;
+  const want = new Map<string, number[]>([
+    ['patch_embed.proj.weight', [W, 3, c.patchSize, c.patchSize]],
+    ['cls_token', [1, 1, W]],
+    ['pos_embed', [1, n + 1, W]],
+    ['norm.weight', [W]], ['norm.bias', [W]],
+  ]);
+  if (st.has('patch_embed.proj.bias')) want.set('patch_embed.proj.bias', [W]);
+  if (st.has('norm_pre.weight') || st.has('norm_pre.bias')) want.set('norm_pre.weight', [W]).set('norm_pre.bias', [W]);
+  for (let i = 0; i < c.numLayers; i++) {
+    const p = `blocks.${i}.`;
+    for (const [k, s] of [
+      ['norm1.weight', [W]], ['norm1.bias', [W]], ['attn.qkv.weight', [3 * W, W]], ['attn.qkv.bias', [3 * W]],
+      ['attn.proj.weight', [W, W]], ['attn.proj.bias', [W]], ['norm2.weight', [W]], ['norm2.bias', [W]],
+      ['mlp.fc1.weight', [c.mlpHidden, W]], ['mlp.fc1.bias', [c.mlpHidden]], ['mlp.fc2.weight', [W, c.mlpHidden]], ['mlp.fc2.bias', [W]],
+    ] as [string, number[]][]) want.set(p + k, s);
+  }
+  c.taps.forEach((_, k) => {
+    want.set(`projector.${k}.fc1.weight`, [c.projectorHidden, W]).set(`projector.${k}.fc1.bias`, [c.projectorHidden]);
+    want.set(`projector.${k}.fc2.weight`, [c.textDim, c.projectorHidden]).set(`projector.${k}.fc2.bias`, [c.textDim]);
+  });
+  for (const [name, shape] of want) {
+    if (!st.has(name)) throw fmt(st.path, `ID encoder weight "${name}" is missing`);
+    const info = st.info(name);
+    if (!['F32', 'F16', 'BF16'].includes(info.dtype)) throw fmt(st.path, `ID encoder weight "${name}" is ${info.dtype}, expected a float type`);
+    if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i]))
+      throw fmt(st.path, `ID encoder weight "${name}" has shape ${JSON.stringify(info.shape)}, the config implies ${JSON.stringify(shape)}`);
+  }
+}
+
+/** The encoder graph: image [B, 3, S, S] → taps [B, T, W], words [B, T, textDim]. */
+export function buildIdEncoder(g: Graph, w: Weights, c: IdEncoderConfig, x: Value): { taps: Value; words: Value } {
+  const b = x.dim(0);
+  const W = c.hiddenSize;
+  const patches = g.conv2d(x, w.in(g, 'patch_embed.proj.weight'), w.maybe(g, 'patch_embed.proj.bias'), { stride: c.patchSize, pad: 0 });
+  const tokens = toTokens(g, patches); // [B, N, W]
+  const cls = w.in(g, 'cls_token'); // [1, 1, W]
+  // The program is built per batch size, so B copies of the CLS row are a static concat.
+  const clsB = b === 1 ? cls : g.concat(Array.from({ length: b }, () => cls), 0);
+  let h = g.add(g.concat([clsB, tokens], 1), w.in(g, 'pos_embed'));
+  if (w.has('norm_pre.weight')) h = layerNormW(g, w, h, 'norm_pre', c.eps);
+  const clsAt = new Map<number | 'final', Value>();
+  for (let i = 0; i < c.numLayers; i++) {
+    const p = `blocks.${i}`;
+    const qkv = linearW(g, w, layerNormW(g, w, h, `${p}.norm1`, c.eps), `${p}.attn.qkv`);
+    const q = g.slice(qkv, -1, 0, W);
+    const k = g.slice(qkv, -1, W, 2 * W);
+    const v = g.slice(qkv, -1, 2 * W, 3 * W);
+    h = g.add(h, linearW(g, w, g.attention(q, k, v, { heads: c.numHeads }), `${p}.attn.proj`));
+    const m = linearW(g, w, g.gelu(linearW(g, w, layerNormW(g, w, h, `${p}.norm2`, c.eps), `${p}.mlp.fc1`)), `${p}.mlp.fc2`);
+    h = g.add(h, m);
+    if (c.taps.includes(i + 1)) clsAt.set(i + 1, g.slice(h, 1, 0, 1));
+  }
+  if (c.taps.includes('final')) clsAt.set('final', layerNormW(g, w, g.slice(h, 1, 0, 1), 'norm', c.eps));
+  const feats = c.taps.map((t) => clsAt.get(t)!); // each [B, 1, W]
+  const words = feats.map((f, k) => linearW(g, w, g.gelu(linearW(g, w, f, `projector.${k}.fc1`)), `projector.${k}.fc2`));
+  return {
+    taps: feats.length === 1 ? feats[0]! : g.concat(feats, 1),
+    words: words.length === 1 ? words[0]! : g.concat(words, 1),
+  };
+}
