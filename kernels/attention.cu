@@ -1,0 +1,288 @@
+// ATTENTION dispatch. fp16 with head dim 40/64/80/160 → the fused flash kernel
+// (attention_flash.cu). Any other head dim (the tiny test model's 4 and 8, the ID encoder's 16)
+// and fp32 at small sizes → a generic fused kernel (SIMT, fp32 math, exact enough for 1e-5).
+// Large fp32 problems and head dims above 256 (the VAE's single 512-wide head) → the unfused
+// path: cuBLAS QKᵀ into an fp32 score buffer, a softmax kernel, cuBLAS P·V. The unfused path is
+// also the baseline the benchmark compares against.
+#include <cfloat>
+
+#include "attention.h"
+
+namespace idforge {
+namespace cuda {
+
+namespace {
+
+constexpr int GK = 32;      // keys per tile in the generic kernel (one per lane)
+constexpr int GROWS = 4;    // query rows per block (one per warp)
+
+__device__ __forceinline__ float warpMax(float v) {
+  for (int o = 16; o; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+  return v;
+}
+__device__ __forceinline__ float warpSum(float v) {
+  for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+  return v;
+}
+
+// One warp per query row, lane j scores key j of a 32-key tile shared through smem; the output
+// row is spread over the lanes (NACC columns each, dv <= 32·NACC).
+template <typename T, int NACC>
+__global__ void __launch_bounds__(GROWS * 32) genericKernel(AttnParams p) {
+  extern __shared__ float sm[];
+  const int d = p.d, dv = p.dv, ks = d + 1;  // +1: lanes read different rows of Ks without bank conflicts
+  float* Ks = sm;
+  float* Vs = Ks + GK * ks;
+  float* Qs = Vs + GK * dv;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int bh = blockIdx.y, b = bh / p.H, h = bh - b * p.H;
+  const int row = blockIdx.x * GROWS + warp;
+  const bool live = row < p.Nq;
+  const T* qp = static_cast<const T*>(p.q) + (int64_t(b) * p.Nq) * p.qRow + int64_t(h) * d;
+  const T* kp = static_cast<const T*>(p.k) + (int64_t(b) * p.Nk) * p.kRow + int64_t(h) * d;
+  const T* vp = static_cast<const T*>(p.v) + (int64_t(b) * p.Nk) * p.vRow + int64_t(h) * dv;
+  float* q = Qs + warp * d;
+  for (int c = lane; c < d; c += 32) q[c] = live ? toF(qp[int64_t(row) * p.qRow + c]) : 0.f;
+
+  float acc[NACC];
+#pragma unroll
+  for (int i = 0; i < NACC; i++) acc[i] = 0.f;
+  float m = -INFINITY, l = 0.f;
+  const int nTiles = (p.Nk + GK - 1) / GK;
+  for (int pass = 0; pass < (p.p ? 2 : 1); pass++) {
+    for (int j = 0; j < nTiles; j++) {
+      const int k0 = j * GK;
+      __syncthreads();
+      for (int i = threadIdx.x; i < GK * d; i += blockDim.x) {
+        int r = i / d, c = i - r * d;
+        Ks[r * ks + c] = k0 + r < p.Nk ? toF(kp[int64_t(k0 + r) * p.kRow + c]) : 0.f;
+      }
+      if (pass == 0)
+        for (int i = threadIdx.x; i < GK * dv; i += blockDim.x) {
+          int r = i / dv, c = i - r * dv;
+          Vs[i] = k0 + r < p.Nk ? toF(vp[int64_t(k0 + r) * p.vRow + c]) : 0.f;
+        }
+      __syncthreads();
+      if (!live) continue;
+      const int key = k0 + lane;
+      float s = 0.f;
+      for (int c = 0; c < d; c++) s += q[c] * Ks[lane * ks + c];
+      s *= p.scale;
+      if (key >= p.Nk || (p.causal && key > row)) s = -INFINITY;
+      if (pass == 1) {  // capture: m and l are final
+        if (key < p.Nk) {
+          float pr = s == -INFINITY ? 0.f : __expf(s - m) / l;
+          static_cast<T*>(p.p)[(int64_t(bh) * p.Nq + row) * p.Nk + key] = fromF<T>(pr);
+        }
+        continue;
+      }
+      float mNew = fmaxf(m, warpMax(s));
+      float mUse = mNew == -INFINITY ? 0.f : mNew;
+      float corr = __expf(m - mUse);
+      float e = __expf(s - mUse);
+      l = l * corr + warpSum(e);
+      m = mNew;
+#pragma unroll
+      for (int i = 0; i < NACC; i++) acc[i] *= corr;
+      for (int jj = 0; jj < GK; jj++) {
+        float pj = __shfl_sync(0xffffffff, e, jj);
+#pragma unroll
+        for (int i = 0; i < NACC; i++) {
+          int c = lane + 32 * i;
+          if (c < dv) acc[i] += pj * Vs[jj * dv + c];
+        }
+      }
+    }
+  }
+  if (!live) return;
+  T* op = static_cast<T*>(p.o) + (int64_t(b) * p.Nq + row) * p.oRow + int64_t(h) * dv;
+  float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+  for (int i = 0; i < NACC; i++) {
+    int c = lane + 32 * i;
+    if (c < dv) op[c] = fromF<T>(acc[i] * inv);
+  }
+}
+
+template <typename T, int NACC>
+void launchGeneric(const AttnParams& p) {
+  size_t smem = size_t(GK * (p.d + 1) + GK * p.dv + GROWS * p.d) * sizeof(float);
+  auto k = genericKernel<T, NACC>;
+  if (smem > 48 * 1024) CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  dim3 grid(unsigned((p.Nq + GROWS - 1) / GROWS), unsigned(p.B * p.H));
+  k<<<grid, GROWS * 32, smem, ctx().stream>>>(p);
+  CK_LAUNCH("genericKernel");
+}
+
+template <typename T>
+void generic(const AttnParams& p) {
+  if (p.dv <= 32) return launchGeneric<T, 1>(p);
+  if (p.dv <= 64) return launchGeneric<T, 2>(p);
+  if (p.dv <= 128) return launchGeneric<T, 4>(p);
+  return launchGeneric<T, 8>(p);
+}
+
+// Row-wise softmax of an fp32 score block [heads][rows][Nk] (already scaled), written as T to
+// P[head·pHead + r·Nk + key]; qOff is the first query row (for the causal mask).
+template <typename T>
+__global__ void softmaxRows(const float* __restrict__ S, T* __restrict__ P, int rows, int Nk, int64_t pHead,
+                            int qOff, int causal) {
+  __shared__ float red[32];
+  const int rr = blockIdx.x, head = blockIdx.y;
+  const float* s = S + (int64_t(head) * rows + rr) * Nk;
+  T* out = P + int64_t(head) * pHead + int64_t(rr) * Nk;
+  const int lim = causal ? min(Nk, qOff + rr + 1) : Nk;
+  auto blockReduce = [&](float v, bool isMax) {
+    v = isMax ? warpMax(v) : warpSum(v);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    int nw = blockDim.x >> 5;
+    float r = threadIdx.x < nw ? red[threadIdx.x] : (isMax ? -INFINITY : 0.f);
+    if (threadIdx.x < 32) r = isMax ? warpMax(r) : warpSum(r);
+    if (threadIdx.x == 0) red[0] = r;
+    __syncthreads();
+    return red[0];
+  };
+  float mx = -INFINITY;
+  for (int i = threadIdx.x; i < lim; i += blockDim.x) mx = fmaxf(mx, s[i]);
+  mx = blockReduce(mx, true);
+  float sum = 0.f;
+  for (int i = threadIdx.x; i < lim; i += blockDim.x) sum += __expf(s[i] - mx);
+  sum = blockReduce(sum, false);
+  float inv = 1.f / sum;
+  for (int i = threadIdx.x; i < Nk; i += blockDim.x) out[i] = fromF<T>(i < lim ? __expf(s[i] - mx) * inv : 0.f);
+}
+
+}  // namespace
+
+void attentionUnfusedParams(const AttnParams& p, DType dt) {
+  size_t es = dtypeSize(dt);
+  const int64_t budget = int64_t(512) << 20;
+  int64_t perElem = 4 + (p.p ? 0 : int64_t(es));
+  int64_t perHead = int64_t(p.Nq) * p.Nk * perElem;
+  int Hc = 1, Qc = p.Nq;
+  if (perHead <= budget) Hc = int(std::max<int64_t>(1, std::min<int64_t>(p.H, budget / perHead)));
+  else Qc = int(std::max<int64_t>(1, std::min<int64_t>(p.Nq, budget / (int64_t(p.Nk) * perElem))));
+  Scratch S(size_t(Hc) * Qc * p.Nk * 4);
+  Scratch P(p.p ? 0 : size_t(Hc) * Qc * p.Nk * es);
+  const char* q = static_cast<const char*>(p.q);
+  const char* k = static_cast<const char*>(p.k);
+  const char* v = static_cast<const char*>(p.v);
+  char* o = static_cast<char*>(p.o);
+  for (int b = 0; b < p.B; b++)
+    for (int h0 = 0; h0 < p.H; h0 += Hc)
+      for (int q0 = 0; q0 < p.Nq; q0 += Qc) {
+        int hc = std::min(Hc, p.H - h0), qc = std::min(Qc, p.Nq - q0);
+        // Sᵀ (Nk × qc, col-major) = K_h (as Kᵀ) · Q_hᵀ: heads are strided by d inside a row.
+        gemm(true, false, p.Nk, qc, p.d, p.scale, k + (int64_t(b) * p.Nk * p.kRow + int64_t(h0) * p.d) * es,
+             int(p.kRow), p.d, q + ((int64_t(b) * p.Nq + q0) * p.qRow + int64_t(h0) * p.d) * es, int(p.qRow), p.d,
+             0.f, S.p, p.Nk, int64_t(qc) * p.Nk, hc, dt, DType::F32);
+        char* pt;
+        int64_t pHead;
+        if (p.p) {
+          pt = static_cast<char*>(p.p) + ((int64_t(b) * p.H + h0) * p.Nq + q0) * p.Nk * es;
+          pHead = int64_t(p.Nq) * p.Nk;
+        } else {
+          pt = static_cast<char*>(P.p);
+          pHead = int64_t(qc) * p.Nk;
+        }
+        dim3 grid{unsigned(qc), unsigned(hc)};
+        int threads = p.Nk >= 1024 ? 256 : 128;
+        dispatchFloat(OpCode::ATTENTION, dt, [&](auto tag) {
+          using T = decltype(tag);
+          softmaxRows<T><<<grid, threads, 0, ctx().stream>>>(S.as<float>(), reinterpret_cast<T*>(pt), qc, p.Nk,
+                                                             pHead, q0, p.causal);
+        });
+        CK_LAUNCH("softmaxRows");
+        // O_hᵀ (dv × qc) = V_hᵀ (dv × Nk) · Pᵀ (Nk × qc)
+        gemm(false, false, p.dv, qc, p.Nk, 1.f, v + (int64_t(b) * p.Nk * p.vRow + int64_t(h0) * p.dv) * es,
+             int(p.vRow), p.dv, pt, p.Nk, pHead, 0.f,
+             o + ((int64_t(b) * p.Nq + q0) * p.oRow + int64_t(h0) * p.dv) * es, int(p.oRow), p.dv, hc, dt, dt);
+      }
+}
+
+namespace {
+
+AttnParams makeParams(const OpAttrs& a, const std::vector<TensorView>& in, const std::vector<TensorView>& out) {
+  const OpCode op = OpCode::ATTENTION;
+  if (in.size() < 3) shapeError(op, "expects q, k and v");
+  const TensorView &q = in[0], &k = in[1], &v = in[2], &o = out[0];
+  DType dt = o.dtype;
+  expectFloat(op, q, dt, "q");
+  expectFloat(op, k, dt, "k");
+  expectFloat(op, v, dt, "v");
+  if (q.shape.size() != 3 || k.shape.size() != 3 || v.shape.size() != 3)
+    shapeError(op, "q, k, v must be [B, N, H·d]");
+  int64_t H = a.heads;
+  if (H < 1 || q.shape[2] % H || k.shape[2] % H || v.shape[2] % H) shapeError(op, "heads must divide the last dims");
+  if (k.shape[2] != q.shape[2]) shapeError(op, "q and k last dims differ: " + shapeStr(q.shape) + " vs " + shapeStr(k.shape));
+  if (k.shape[0] != q.shape[0] || v.shape[0] != q.shape[0] || v.shape[1] != k.shape[1])
+    shapeError(op, "batch or key counts differ: q " + shapeStr(q.shape) + ", k " + shapeStr(k.shape) + ", v " + shapeStr(v.shape));
+  Shape os = {q.shape[0], q.shape[1], v.shape[2]};
+  if (o.shape != os) shapeError(op, "output " + shapeStr(o.shape) + ", expected " + shapeStr(os));
+  AttnParams p{};
+  p.q = q.data;
+  p.k = k.data;
+  p.v = v.data;
+  p.o = o.data;
+  p.B = int(q.shape[0]);
+  p.H = int(H);
+  p.Nq = int(q.shape[1]);
+  p.Nk = int(k.shape[1]);
+  p.d = int(q.shape[2] / H);
+  p.dv = int(v.shape[2] / H);
+  p.qRow = q.shape[2];
+  p.kRow = k.shape[2];
+  p.vRow = v.shape[2];
+  p.oRow = v.shape[2];
+  p.scale = float(a.scale);
+  p.scaleLog2 = float(a.scale * 1.4426950408889634);
+  p.causal = a.causal ? 1 : 0;
+  if (a.capture) {
+    if (out.size() < 2 || !out[1].data) shapeError(op, "capture needs a second output for the probabilities");
+    expectFloat(op, out[1], dt, "p");
+    if (out[1].numel() != int64_t(p.B) * H * p.Nq * p.Nk)
+      shapeError(op, "probabilities output " + shapeStr(out[1].shape) + " is not [B·H, Nq, Nk]");
+    p.p = out[1].data;
+  }
+  return p;
+}
+
+bool aligned16(const void* x) { return (reinterpret_cast<uintptr_t>(x) & 15) == 0; }
+
+}  // namespace
+
+void opAttention(const OpAttrs& a, const std::vector<TensorView>& in, const std::vector<TensorView>& out) {
+  AttnParams p = makeParams(a, in, out);
+  DType dt = out[0].dtype;
+  if (p.Nq == 0 || p.B == 0) return;
+  if (p.Nk == 0) shapeError(OpCode::ATTENTION, "no keys");
+  bool flash = dt == DType::F16 && flashSupports(p.d, p.dv) && aligned16(p.q) && aligned16(p.k) && aligned16(p.v) &&
+               p.qRow % 8 == 0 && p.vRow % 8 == 0;
+  if (flash) return flashAttention(p, p.d, p.p != nullptr);
+  int64_t work = int64_t(p.B) * p.H * p.Nq * p.Nk;
+  bool small = work <= (int64_t(1) << 22) || (dt == DType::F16 && work <= (int64_t(1) << 26));
+  if (p.d <= 256 && p.dv <= 256 && small) {
+    if (dt == DType::F16) generic<__half>(p);
+    else generic<float>(p);
+    return;
+  }
+  attentionUnfusedParams(p, dt);
+}
+
+void attentionUnfused(const OpAttrs& a, const std::vector<TensorView>& in, const std::vector<TensorView>& out) {
+  AttnParams p = makeParams(a, in, out);
+  if (p.Nq == 0 || p.B == 0) return;
+  attentionUnfusedParams(p, out[0].dtype);
+}
+
+void attentionGenericForTest(const OpAttrs& a, const std::vector<TensorView>& in, const std::vector<TensorView>& out) {
+  AttnParams p = makeParams(a, in, out);
+  if (p.d > 256 || p.dv > 256) shapeError(OpCode::ATTENTION, "generic kernel takes head dims <= 256");
+  if (out[0].dtype == DType::F16) generic<__half>(p);
+  else generic<float>(p);
+}
+
+}  // namespace cuda
+}  // namespace idforge

@@ -1,0 +1,298 @@
+// The CUDA backend object, the process-wide device context (stream, cuBLAS handle, caching
+// allocator) and cudaInfo(). Ops live in one .cu per family; this file only dispatches.
+#include <dlfcn.h>
+
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <sstream>
+#include <unordered_map>
+
+#include "cuda_common.h"
+
+namespace idforge {
+namespace cuda {
+
+[[noreturn]] void throwCuda(cudaError_t e, const char* what, const char* file, int line) {
+  const char* base = std::strrchr(file, '/');
+  std::ostringstream o;
+  o << "CUDA error in " << what << ": " << cudaGetErrorName(e) << " (" << cudaGetErrorString(e) << ") at "
+    << (base ? base + 1 : file) << ":" << line;
+  if (e == cudaErrorMemoryAllocation) throw Error("E_OOM", o.str());
+  throw Error("E_BACKEND", o.str());
+}
+
+[[noreturn]] void throwCublas(int status, const char* what, const char* file, int line) {
+  const char* base = std::strrchr(file, '/');
+  static const std::unordered_map<int, const char*> names = {
+      {1, "NOT_INITIALIZED"}, {3, "ALLOC_FAILED"},    {7, "INVALID_VALUE"},   {8, "ARCH_MISMATCH"},
+      {11, "MAPPING_ERROR"},  {13, "EXECUTION_FAILED"}, {14, "INTERNAL_ERROR"}, {15, "NOT_SUPPORTED"},
+      {16, "LICENSE_ERROR"}};
+  auto it = names.find(status);
+  std::ostringstream o;
+  o << "cuBLAS error in " << what << ": CUBLAS_STATUS_" << (it == names.end() ? "UNKNOWN" : it->second) << " ("
+    << status << ") at " << (base ? base + 1 : file) << ":" << line;
+  throw Error(status == 3 ? "E_OOM" : "E_BACKEND", o.str());
+}
+
+[[noreturn]] void shapeError(OpCode op, const std::string& msg) {
+  throw Error("E_SHAPE", std::string("cuda ") + opName(op) + ": " + msg);
+}
+
+void expectFloat(OpCode op, const TensorView& t, DType dt, const char* name) {
+  if (t.dtype != dt)
+    shapeError(op, std::string(name) + " is " + dtypeName(t.dtype) + ", expected " + dtypeName(dt) + " like the output");
+}
+
+namespace {
+
+__global__ void probeKernel(int* p) {
+  if (p) *p = 1;
+}
+
+// Size buckets: 4 per power of two above 4 KiB keep rounding waste under 25% while letting a
+// freed buffer serve any request that rounds to the same bucket.
+size_t bucketOf(size_t bytes) {
+  if (bytes <= 4096) return bytes <= 512 ? 512 : ((bytes + 511) / 512) * 512;
+  size_t p = 1;
+  while (p * 2 <= bytes) p *= 2;
+  size_t step = p / 4;
+  return ((bytes + step - 1) / step) * step;
+}
+
+struct Pool {
+  std::mutex mu;
+  std::unordered_map<size_t, std::vector<void*>> freeLists;
+  std::unordered_map<void*, size_t> live;  // pointer -> bucket
+  size_t cachedBytes = 0, liveBytes = 0;
+
+  void trim() {  // caller holds mu
+    for (auto& kv : freeLists)
+      for (void* p : kv.second) cudaFree(p);
+    freeLists.clear();
+    cachedBytes = 0;
+  }
+};
+Pool& pool() {
+  static Pool* p = new Pool();  // never destroyed: the driver may be gone at exit
+  return *p;
+}
+
+std::string initError;
+
+Context* makeContext() {
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    // Without libcuda the runtime only says "driver version is insufficient": name the real cause.
+    void* drv = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+    if (!drv) initError = "no NVIDIA driver found (libcuda.so.1 cannot be loaded)";
+    else initError = std::string("no usable CUDA driver (cudaGetDeviceCount: ") + cudaGetErrorString(e) + ")";
+    if (drv) dlclose(drv);
+    cudaGetLastError();
+    return nullptr;
+  }
+  if (n == 0) {
+    initError = "no CUDA device found";
+    return nullptr;
+  }
+  cudaFuncAttributes fa;
+  e = cudaFuncGetAttributes(&fa, probeKernel);
+  if (e != cudaSuccess) {
+    cudaDeviceProp p;
+    cudaGetDeviceProperties(&p, 0);
+    std::ostringstream o;
+    o << "GPU " << p.name << " (sm_" << p.major << p.minor << ") cannot run this build's kernels ("
+      << cudaGetErrorString(e) << "); rebuild with IDFORGE_CUDA_ARCHS=" << p.major << p.minor
+      << " (sm_80 or newer is required)";
+    initError = o.str();
+    cudaGetLastError();
+    return nullptr;
+  }
+  std::string why;
+  const Cublas* api = loadCublas(&why);
+  if (!api) {
+    initError = why;
+    return nullptr;
+  }
+  auto* c = new Context();
+  c->api = api;
+  try {
+    CK(cudaSetDevice(0));
+    cudaDeviceProp p;
+    CK(cudaGetDeviceProperties(&p, 0));
+    c->sms = p.multiProcessorCount;
+    CK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    CKB(api->create(&c->blas));
+    CKB(api->setStream(c->blas, reinterpret_cast<CUstream_st*>(c->stream)));
+    // fp32 accumulation also inside split-K reductions (fp16 outputs would otherwise allow fp16).
+    CKB(api->setMathMode(c->blas, CUBLAS_DEFAULT_MATH | 16));
+    CK(cudaHostAlloc(&c->errFlagHost, sizeof(int), cudaHostAllocMapped));
+    *c->errFlagHost = 0;
+    CK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&c->errFlagDev), c->errFlagHost, 0));
+  } catch (const Error& err) {
+    initError = std::string("CUDA initialisation failed: ") + err.what();
+    return nullptr;
+  }
+  return c;
+}
+
+}  // namespace
+
+Context& ctx() {
+  static std::once_flag once;
+  static Context* c = nullptr;
+  std::call_once(once, [] { c = makeContext(); });
+  if (!c) throw Error("E_BACKEND", initError);
+  return *c;
+}
+
+void* Context::alloc(size_t bytes) {
+  Pool& P = pool();
+  size_t b = bucketOf(bytes ? bytes : 1);
+  std::lock_guard<std::mutex> lock(P.mu);
+  auto it = P.freeLists.find(b);
+  void* p = nullptr;
+  if (it != P.freeLists.end() && !it->second.empty()) {
+    p = it->second.back();
+    it->second.pop_back();
+    P.cachedBytes -= b;
+  } else {
+    cudaError_t e = cudaMalloc(&p, b);
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();  // not sticky: give the cache back to the driver and try once more
+      P.trim();
+      e = cudaMalloc(&p, b);
+    }
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      size_t freeB = 0, totalB = 0;
+      cudaMemGetInfo(&freeB, &totalB);
+      std::ostringstream o;
+      o << "CUDA out of memory allocating " << b << " bytes (" << (b >> 20) << " MiB): " << cudaGetErrorString(e)
+        << "; idforge holds " << (P.liveBytes >> 20) << " MiB, the device has " << (freeB >> 20) << " of "
+        << (totalB >> 20) << " MiB free";
+      throw Error(e == cudaErrorMemoryAllocation ? "E_OOM" : "E_BACKEND", o.str());
+    }
+  }
+  P.live[p] = b;
+  P.liveBytes += b;
+  return p;
+}
+
+void Context::release(void* p) {
+  if (!p) return;
+  Pool& P = pool();
+  std::lock_guard<std::mutex> lock(P.mu);
+  auto it = P.live.find(p);
+  if (it == P.live.end()) throw Error("E_BACKEND", "cuda release: pointer was not allocated by this backend");
+  size_t b = it->second;
+  P.live.erase(it);
+  P.liveBytes -= b;
+  P.freeLists[b].push_back(p);
+  P.cachedBytes += b;
+}
+
+void Context::checkDeferredErrors() {
+  int f = *errFlagHost;
+  if (!f) return;
+  *errFlagHost = 0;
+  if (f & 1) throw Error("E_ARGUMENT", "EMBEDDING: a token id is out of range of the embedding table");
+  if (f & 2) throw Error("E_ARGUMENT", "INJECT: a slot index is out of range of the injected vectors");
+  throw Error("E_ARGUMENT", "a CUDA kernel flagged invalid input");
+}
+
+namespace {
+
+class CudaBackend : public Backend {
+ public:
+  explicit CudaBackend(DType t) : compute_(t) {}
+  Device device() const override { return Device::CUDA; }
+  DType computeType() const override { return compute_; }
+  void* alloc(size_t bytes) override { return ctx().alloc(bytes); }
+  void release(void* p, size_t) override { ctx().release(p); }
+  void upload(void* dst, const void* host, size_t bytes) override {
+    // Pageable source: the call returns once the host bytes are staged, so the caller may reuse them.
+    CK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, ctx().stream));
+  }
+  void download(void* host, const void* src, size_t bytes) override {
+    Context& c = ctx();
+    CK(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, c.stream));
+    CK(cudaStreamSynchronize(c.stream));
+    c.checkDeferredErrors();
+  }
+  void synchronize() override {
+    Context& c = ctx();
+    CK(cudaStreamSynchronize(c.stream));
+    c.checkDeferredErrors();
+  }
+  void run(OpCode op, const OpAttrs& a, const std::vector<TensorView>& in,
+           const std::vector<TensorView>& out) override {
+    if (out.empty()) shapeError(op, "no output tensor");
+    switch (op) {
+      case OpCode::LINEAR: return opLinear(a, in, out);
+      case OpCode::MATMUL: return opMatmul(a, in, out);
+      case OpCode::CONV2D: return opConv2d(a, in, out);
+      case OpCode::ATTENTION: return opAttention(a, in, out);
+      case OpCode::GROUP_NORM: return opGroupNorm(a, in, out);
+      case OpCode::LAYER_NORM: return opLayerNorm(a, in, out);
+      case OpCode::GEGLU:
+      case OpCode::GELU:
+      case OpCode::QUICK_GELU:
+      case OpCode::SILU:
+      case OpCode::SCALE: return opUnary(op, a, in, out);
+      case OpCode::ADD:
+      case OpCode::MUL:
+      case OpCode::CFG: return opBinary(op, a, in, out);
+      case OpCode::UPSAMPLE2X:
+      case OpCode::CONCAT:
+      case OpCode::PERMUTE:
+      case OpCode::RESHAPE:
+      case OpCode::SLICE: return opLayout(op, a, in, out);
+      case OpCode::TIMESTEP_EMB:
+      case OpCode::EMBEDDING:
+      case OpCode::INJECT: return opMisc(op, a, in, out);
+      case OpCode::DDIM_STEP: return opDdimStep(a, in, out);
+    }
+    shapeError(op, "op not implemented by the CUDA backend");
+  }
+
+ private:
+  DType compute_;
+};
+
+}  // namespace
+}  // namespace cuda
+
+CudaInfo cudaInfo() {
+  CudaInfo i;
+  i.compiled = true;
+  try {
+    cuda::ctx();
+  } catch (const Error& e) {
+    i.available = false;
+    i.reason = e.what();
+    return i;
+  }
+  cudaDeviceProp p;
+  if (cudaGetDeviceProperties(&p, 0) == cudaSuccess) {
+    char buf[512];
+    std::snprintf(buf, sizeof buf, "%s (sm_%d%d, %.1f GiB)", p.name, p.major, p.minor,
+                  double(p.totalGlobalMem) / double(1ull << 30));
+    i.device = buf;
+  }
+  i.available = true;
+  return i;
+}
+
+Backend* cudaBackend(DType compute) {
+  if (compute != DType::F16 && compute != DType::F32)
+    throw Error("E_ARGUMENT", std::string("the CUDA backend computes in float16 or float32, not ") + dtypeName(compute));
+  cuda::ctx();  // throws E_BACKEND with the reason
+  // Never destroyed: they may outlive the driver at process exit.
+  static Backend* f16 = new cuda::CudaBackend(DType::F16);
+  static Backend* f32 = new cuda::CudaBackend(DType::F32);
+  return compute == DType::F16 ? f16 : f32;
+}
+
+}  // namespace idforge

@@ -1,0 +1,123 @@
+// Shared pieces of the CUDA backend: error checking, the per-process device context (stream,
+// cuBLAS handle, caching allocator), dtype dispatch and small device helpers. Included by every
+// kernels/*.cu; nothing here is visible outside kernels/.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "cublas_loader.h"
+
+namespace idforge {
+namespace cuda {
+
+[[noreturn]] void throwCuda(cudaError_t e, const char* what, const char* file, int line);
+[[noreturn]] void throwCublas(int status, const char* what, const char* file, int line);
+
+// Every CUDA runtime call goes through CK so a failure becomes E_BACKEND naming the call.
+#define CK(call)                                                              \
+  do {                                                                        \
+    cudaError_t e_ = (call);                                                  \
+    if (e_ != cudaSuccess) ::idforge::cuda::throwCuda(e_, #call, __FILE__, __LINE__); \
+  } while (0)
+#define CKB(call)                                                             \
+  do {                                                                        \
+    int s_ = (call);                                                          \
+    if (s_ != 0) ::idforge::cuda::throwCublas(s_, #call, __FILE__, __LINE__); \
+  } while (0)
+// Launch errors (bad grid, missing kernel image) are reported by cudaGetLastError right away;
+// faults inside kernels surface at the next synchronising call, which is checked too.
+#define CK_LAUNCH(name) CK(cudaGetLastError())
+
+// One context for the process: both compute dtypes share the stream, the pool and the handle,
+// so memory released by one backend can be reused by the other.
+struct Context {
+  cudaStream_t stream = nullptr;
+  cublasHandle_t blas = nullptr;
+  const Cublas* api = nullptr;
+  int sms = 0;
+  // Device-side error flag (pinned, mapped): kernels that find bad ids set it instead of
+  // faulting; it is read after the next synchronisation, which costs nothing extra.
+  int* errFlagHost = nullptr;
+  int* errFlagDev = nullptr;
+  void* alloc(size_t bytes);
+  void release(void* p);
+  void checkDeferredErrors();  // after a sync: throws E_ARGUMENT if a kernel flagged bad input
+};
+Context& ctx();  // throws E_BACKEND when no usable device / cuBLAS
+
+// RAII scratch memory from the pool; stream ordering makes immediate reuse safe.
+struct Scratch {
+  void* p = nullptr;
+  explicit Scratch(size_t bytes) : p(bytes ? ctx().alloc(bytes) : nullptr) {}
+  ~Scratch() {
+    if (p) ctx().release(p);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  template <typename T>
+  T* as() const { return static_cast<T*>(p); }
+};
+
+[[noreturn]] void shapeError(OpCode op, const std::string& msg);
+void expectFloat(OpCode op, const TensorView& t, DType dt, const char* name);
+
+inline int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline unsigned gridFor(int64_t n, int threads, int64_t cap = 65535LL * 32) {
+  int64_t g = ceilDiv(n, threads);
+  if (g < 1) g = 1;
+  return unsigned(g < cap ? g : cap);
+}
+
+// Float tensors are F32 or F16; kernels are templated on the element type and compute in fp32.
+template <typename T> __device__ __forceinline__ float toF(T v);
+template <> __device__ __forceinline__ float toF<float>(float v) { return v; }
+template <> __device__ __forceinline__ float toF<__half>(__half v) { return __half2float(v); }
+template <typename T> __device__ __forceinline__ T fromF(float v);
+template <> __device__ __forceinline__ float fromF<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half fromF<__half>(float v) { return __float2half_rn(v); }
+
+// Calls f.template operator()<T>() with T = float or __half after the dtype.
+template <typename F>
+void dispatchFloat(OpCode op, DType dt, F&& f) {
+  if (dt == DType::F32) f(float{});
+  else if (dt == DType::F16) f(__half{});
+  else shapeError(op, std::string("expected a float32 or float16 tensor, got ") + dtypeName(dt));
+}
+
+// Op entry points, one family per .cu (see cuda_backend.cu for the dispatch table).
+void opLinear(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
+void opMatmul(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
+void opConv2d(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
+void opAttention(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
+void opGroupNorm(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
+void opLayerNorm(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
+void opUnary(OpCode, const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
+void opBinary(OpCode, const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
+void opLayout(OpCode, const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
+void opMisc(OpCode, const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
+void opDdimStep(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
+
+// Exposed for the benchmark harness: the unfused cuBLAS QKᵀ → softmax → PV path.
+void attentionUnfused(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
+
+// Strided-batched GEMM in cuBLAS's column-major terms; T selects the data type, accumulation is
+// fp32 (tensor cores for fp16, exact fp32 FMA for fp32). cType lets fp16 inputs produce fp32.
+void gemm(bool transA, bool transB, int m, int n, int k, float alpha, const void* A, int lda,
+          long long strideA, const void* B, int ldb, long long strideB, float beta, void* C, int ldc,
+          long long strideC, int batch, DType abType, DType cType);
+
+}  // namespace cuda
+}  // namespace idforge
+
+namespace idforge {
+namespace cuda {
+// Forces the generic fused kernel (the harness checks it on shapes the dispatcher would route elsewhere).
+void attentionGenericForTest(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
+}  // namespace cuda
+}  // namespace idforge

@@ -1,0 +1,192 @@
+// LINEAR, MATMUL and CONV2D: all cuBLAS GEMMs (fp16 in, fp32 accumulate on tensor cores; fp32 in
+// exact fp32). Row-major tensors are handed to column-major cuBLAS as their transposes, so no
+// data is ever transposed. Bias is broadcast into the output first and the GEMM adds onto it
+// (beta = 1), which costs the same traffic as a separate epilogue and one kernel fewer.
+#include "cuda_common.h"
+
+namespace idforge {
+namespace cuda {
+
+namespace {
+
+int cublasType(DType t) { return t == DType::F16 ? CUDA_R_16F_ : CUDA_R_32F_; }
+
+int checkedInt(OpCode op, int64_t v, const char* what) {
+  if (v < 0 || v > 0x7fffffffLL) shapeError(op, std::string(what) + " does not fit cuBLAS's 32-bit sizes");
+  return int(v);
+}
+
+// out[r, n] (inner = 1) or out[b, n, p] (inner = p) = bias[n]
+template <typename T>
+__global__ void fillBias(T* __restrict__ out, const T* __restrict__ bias, int64_t total, int64_t n, int64_t inner) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = bias[(i / inner) % n];
+}
+
+template <typename T>
+void launchFillBias(const TensorView& out, const TensorView& bias, int64_t n, int64_t inner) {
+  int64_t total = out.numel();
+  fillBias<T><<<gridFor(total, 256), 256, 0, ctx().stream>>>(out.as<T>(), bias.as<T>(), total, n, inner);
+  CK_LAUNCH("fillBias");
+}
+
+void fillBiasAny(const TensorView& out, const TensorView& bias, int64_t n, int64_t inner) {
+  if (out.dtype == DType::F16) launchFillBias<__half>(out, bias, n, inner);
+  else launchFillBias<float>(out, bias, n, inner);
+}
+
+// col[b][(c·kh + i)·kw + j][p - p0] = x[b][c][oy·s − pad + i][ox·s − pad + j] (zero outside)
+template <typename T>
+__global__ void im2col(const T* __restrict__ x, T* __restrict__ col, int C, int H, int W, int kh, int kw,
+                       int stride, int pad, int Wo, int64_t p0, int64_t P, int64_t HWo, int nb) {
+  int64_t rows = int64_t(C) * kh * kw;
+  int64_t per = rows * P;
+  int64_t total = per * nb;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t b = i / per;
+    int64_t r = (i - b * per) / P;
+    int64_t p = i - b * per - r * P + p0;
+    int j = int(r % kw);
+    int ii = int((r / kw) % kh);
+    int c = int(r / (int64_t(kw) * kh));
+    int oy = int(p / Wo), ox = int(p - int64_t(oy) * Wo);
+    int iy = oy * stride - pad + ii, ix = ox * stride - pad + j;
+    T v = fromF<T>(0.f);
+    if (iy >= 0 && iy < H && ix >= 0 && ix < W) v = x[((b * C + c) * int64_t(H) + iy) * W + ix];
+    col[i] = v;
+  }
+  (void)HWo;
+}
+
+}  // namespace
+
+void gemm(bool transA, bool transB, int m, int n, int k, float alpha, const void* A, int lda, long long strideA,
+          const void* B, int ldb, long long strideB, float beta, void* C, int ldc, long long strideC, int batch,
+          DType abType, DType cType) {
+  Context& c = ctx();
+  int at = cublasType(abType), ct = cublasType(cType);
+  if (batch == 1) {
+    CKB(c.api->gemmEx(c.blas, transA ? CUBLAS_OP_T : CUBLAS_OP_N, transB ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &alpha,
+                      A, at, lda, B, at, ldb, &beta, C, ct, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  } else {
+    CKB(c.api->gemmStridedBatchedEx(c.blas, transA ? CUBLAS_OP_T : CUBLAS_OP_N, transB ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                    m, n, k, &alpha, A, at, lda, strideA, B, at, ldb, strideB, &beta, C, ct, ldc,
+                                    strideC, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+}
+
+void opLinear(const OpAttrs&, const std::vector<TensorView>& in, const std::vector<TensorView>& out) {
+  const OpCode op = OpCode::LINEAR;
+  if (in.size() < 2) shapeError(op, "expects x, w and optional b");
+  const TensorView &x = in[0], &w = in[1], &y = out[0];
+  bool hasBias = in.size() > 2 && in[2].data;
+  DType dt = y.dtype;
+  expectFloat(op, x, dt, "x");
+  expectFloat(op, w, dt, "w");
+  if (w.shape.size() != 2 || x.shape.empty()) shapeError(op, "w must be [N, K], x [.., K]");
+  int64_t N = w.shape[0], K = w.shape[1];
+  if (x.shape.back() != K) shapeError(op, "x " + shapeStr(x.shape) + " does not end in K of w " + shapeStr(w.shape));
+  int64_t R = x.numel() / K;
+  Shape ys = x.shape;
+  ys.back() = N;
+  if (y.shape != ys) shapeError(op, "output " + shapeStr(y.shape) + ", expected " + shapeStr(ys));
+  if (hasBias) {
+    expectFloat(op, in[2], dt, "b");
+    if (in[2].numel() != N) shapeError(op, "bias has " + std::to_string(in[2].numel()) + " elements, expected " + std::to_string(N));
+    fillBiasAny(y, in[2], N, 1);
+  }
+  if (R == 0) return;
+  // yᵀ[N, R] = wᵀ·xᵀ in column-major terms: A = w (stored [N,K] = col-major K×N, transposed).
+  gemm(true, false, checkedInt(op, N, "N"), checkedInt(op, R, "rows"), checkedInt(op, K, "K"), 1.f, w.data,
+       int(K), 0, x.data, int(K), 0, hasBias ? 1.f : 0.f, y.data, int(N), 0, 1, dt, dt);
+}
+
+void opMatmul(const OpAttrs& a, const std::vector<TensorView>& in, const std::vector<TensorView>& out) {
+  const OpCode op = OpCode::MATMUL;
+  if (in.size() < 2) shapeError(op, "expects a and b");
+  const TensorView &A = in[0], &B = in[1], &Y = out[0];
+  DType dt = Y.dtype;
+  expectFloat(op, A, dt, "a");
+  expectFloat(op, B, dt, "b");
+  if (A.shape.size() < 2 || B.shape.size() < 2) shapeError(op, "a and b need at least 2 dims");
+  int64_t M = A.shape[A.shape.size() - 2], K = A.shape.back();
+  int64_t Kb = a.transB ? B.shape.back() : B.shape[B.shape.size() - 2];
+  int64_t N = a.transB ? B.shape[B.shape.size() - 2] : B.shape.back();
+  if (Kb != K) shapeError(op, "inner dims differ: a " + shapeStr(A.shape) + ", b " + shapeStr(B.shape) + (a.transB ? " (transB)" : ""));
+  int64_t Ba = A.numel() / (M * K), Bb = B.numel() / (K * N);
+  int64_t batch = Ba > Bb ? Ba : Bb;
+  if ((Ba != batch && Ba != 1) || (Bb != batch && Bb != 1))
+    shapeError(op, "batch dims do not match: a " + shapeStr(A.shape) + ", b " + shapeStr(B.shape));
+  if (Y.numel() != batch * M * N || Y.shape.back() != N)
+    shapeError(op, "output " + shapeStr(Y.shape) + " is not [batch, M, N] = [" + std::to_string(batch) + ", " +
+                       std::to_string(M) + ", " + std::to_string(N) + "]");
+  if (Y.numel() == 0) return;
+  // Yᵀ = op(B)ᵀ·Aᵀ: column-major B is [N, K] (ld N), or with transB [K, N] stored as [N][K] (ld K).
+  gemm(a.transB, false, checkedInt(op, N, "N"), checkedInt(op, M, "M"), checkedInt(op, K, "K"), 1.f, B.data,
+       a.transB ? int(K) : int(N), Bb == 1 ? 0 : K * N, A.data, int(K), Ba == 1 ? 0 : M * K, 0.f, Y.data, int(N),
+       M * N, checkedInt(op, batch, "batch"), dt, dt);
+}
+
+void opConv2d(const OpAttrs& a, const std::vector<TensorView>& in, const std::vector<TensorView>& out) {
+  const OpCode op = OpCode::CONV2D;
+  if (in.size() < 2) shapeError(op, "expects x, w and optional b");
+  const TensorView &x = in[0], &w = in[1], &y = out[0];
+  DType dt = y.dtype;
+  expectFloat(op, x, dt, "x");
+  expectFloat(op, w, dt, "w");
+  if (a.groups != 1) shapeError(op, "only groups = 1 is supported");
+  if (x.shape.size() != 4 || w.shape.size() != 4) shapeError(op, "x must be [B, C, H, W] and w [O, C, kh, kw]");
+  int64_t Bn = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3];
+  int64_t O = w.shape[0], kh = w.shape[2], kw = w.shape[3];
+  if (w.shape[1] != C) shapeError(op, "w " + shapeStr(w.shape) + " does not take " + std::to_string(C) + " channels");
+  int64_t s = a.stride, pad = a.pad;
+  if (s < 1 || pad < 0) shapeError(op, "stride must be >= 1 and pad >= 0");
+  int64_t Ho = (H + 2 * pad - kh) / s + 1, Wo = (W + 2 * pad - kw) / s + 1;
+  Shape ys = {Bn, O, Ho, Wo};
+  if (Ho < 1 || Wo < 1 || y.shape != ys) shapeError(op, "output " + shapeStr(y.shape) + ", expected " + shapeStr(ys));
+  bool hasBias = in.size() > 2 && in[2].data;
+  int64_t HWo = Ho * Wo;
+  if (hasBias) {
+    expectFloat(op, in[2], dt, "b");
+    if (in[2].numel() != O) shapeError(op, "bias must have O elements");
+    fillBiasAny(y, in[2], O, HWo);
+  }
+  float beta = hasBias ? 1.f : 0.f;
+  int64_t CK_ = C * kh * kw;
+  size_t es = dtypeSize(dt);
+  if (kh == 1 && kw == 1 && s == 1 && pad == 0) {
+    // yᵀ[b] (HW × O, col-major) = xᵀ[b] (HW × C) · wᵀ (C × O): a plain batched GEMM.
+    gemm(false, false, checkedInt(op, HWo, "H·W"), checkedInt(op, O, "O"), checkedInt(op, C, "C"), 1.f, x.data,
+         int(HWo), C * HWo, w.data, int(C), 0, beta, y.data, int(HWo), O * HWo, checkedInt(op, Bn, "batch"), dt, dt);
+    return;
+  }
+  // im2col in slices small enough for a bounded scratch buffer (the VAE's 512×512 convs would
+  // otherwise need gigabytes): whole images when they fit, else pixel ranges of one image.
+  const int64_t budget = int64_t(256) << 20;
+  int64_t perImage = CK_ * HWo * int64_t(es);
+  int64_t nb = perImage > 0 ? std::max<int64_t>(1, std::min<int64_t>(Bn, budget / perImage)) : 1;
+  int64_t P = nb > 1 || perImage <= budget ? HWo : std::max<int64_t>(256, budget / (CK_ * int64_t(es)));
+  if (P > HWo) P = HWo;
+  Scratch col(size_t(CK_ * P * nb) * es);
+  for (int64_t b0 = 0; b0 < Bn; b0 += nb) {
+    int64_t nbb = std::min(nb, Bn - b0);
+    for (int64_t p0 = 0; p0 < HWo; p0 += P) {
+      int64_t Pc = std::min(P, HWo - p0);
+      int64_t total = CK_ * Pc * nbb;
+      dispatchFloat(op, dt, [&](auto tag) {
+        using T = decltype(tag);
+        im2col<T><<<gridFor(total, 256), 256, 0, ctx().stream>>>(
+            x.as<T>() + b0 * C * H * W, col.as<T>(), int(C), int(H), int(W), int(kh), int(kw), int(s), int(pad),
+            int(Wo), p0, Pc, HWo, int(nbb));
+      });
+      CK_LAUNCH("im2col");
+      // yᵀ[b][p0:p0+Pc, :] = colᵀ (Pc × CK) · wᵀ (CK × O)
+      char* yb = static_cast<char*>(y.data) + size_t((b0 * O * HWo + p0) * int64_t(es));
+      gemm(false, false, checkedInt(op, Pc, "pixels"), checkedInt(op, O, "O"), checkedInt(op, CK_, "C·kh·kw"), 1.f,
+           col.p, int(Pc), CK_ * Pc, w.data, int(CK_), 0, beta, yb, int(HWo), O * HWo, int(nbb), dt, dt);
+    }
+  }
+}
+
+}  // namespace cuda
+}  // namespace idforge

@@ -1,0 +1,524 @@
+// Standalone check of every CUDA op against the CPU backend (the reference), in fp32 and fp16,
+// at SD 1.5 shapes and odd ones, plus attention benchmarks (fused vs unfused cuBLAS baseline).
+// Inputs are random and never zero; outputs are poisoned with NaN before each run so an
+// unwritten element fails. Built and run by scripts/gpu-check.sh; on a machine without a GPU it
+// prints cudaInfo()'s reason and exits 0.
+//
+//   cuda_ops_test [--json out.json] [--bench] [--only substring]
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "cuda_common.h"
+
+using namespace idforge;
+
+namespace {
+
+uint64_t rngState = 0x9e3779b97f4a7c15ull;
+double urand() {
+  rngState ^= rngState << 13;
+  rngState ^= rngState >> 7;
+  rngState ^= rngState << 17;
+  return double(rngState >> 11) / double(1ull << 53);
+}
+// Never zero: |v| in [0.1·amp, amp], random sign, plus an offset.
+float nz(float amp = 1.f, float offset = 0.f) {
+  float m = float(0.1 + 0.9 * urand()) * amp;
+  return (urand() < 0.5 ? -m : m) + offset;
+}
+
+struct HostTensor {
+  Shape shape;
+  bool ids = false;  // int32
+  std::vector<float> f;
+  std::vector<int32_t> i;
+};
+
+HostTensor randT(Shape s, float amp = 1.f, float offset = 0.f) {
+  HostTensor t;
+  t.shape = s;
+  t.f.resize(size_t(numel(s)));
+  for (auto& v : t.f) v = nz(amp, offset);
+  return t;
+}
+HostTensor idsT(Shape s, std::function<int32_t(int64_t)> gen) {
+  HostTensor t;
+  t.shape = s;
+  t.ids = true;
+  t.i.resize(size_t(numel(s)));
+  for (size_t k = 0; k < t.i.size(); k++) t.i[k] = gen(int64_t(k));
+  return t;
+}
+
+struct Case {
+  std::string name;
+  OpCode op;
+  OpAttrs a;
+  std::vector<HostTensor> in;
+  std::vector<Shape> out;
+  std::string path;  // which CUDA path this is expected to take (for the report)
+  // Runs the CUDA side instead of Backend::run (to force a kernel path).
+  std::function<void(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&)> custom;
+  double tolF32 = 1e-5, tolF16 = 2e-3;
+};
+
+struct Result {
+  std::string name, dtype, path, note;
+  double rel = 0, maxAbs = 0;
+  int64_t nans = 0;
+  bool pass = false;
+};
+
+std::vector<Result> results;
+
+float roundHalf(float v) { return __half2float(__float2half_rn(v)); }
+
+Result runCase(const Case& c, DType dt) {
+  Result r;
+  r.name = c.name;
+  r.dtype = dtypeName(dt);
+  r.path = c.path;
+  Backend* gpu = cudaBackend(dt);
+  Backend* cpu = cpuBackend();
+  std::vector<std::vector<float>> cpuIn(c.in.size());
+  std::vector<TensorView> cin, gin, cout, gout;
+  std::vector<void*> gbufs;
+  auto galloc = [&](size_t bytes) {
+    void* p = gpu->alloc(bytes ? bytes : 1);
+    gbufs.push_back(p);
+    return p;
+  };
+  size_t es = dtypeSize(dt);
+  for (size_t k = 0; k < c.in.size(); k++) {
+    const HostTensor& h = c.in[k];
+    TensorView cv, gv;
+    cv.shape = gv.shape = h.shape;
+    if (h.ids) {
+      cv.dtype = gv.dtype = DType::I32;
+      cv.data = const_cast<int32_t*>(h.i.data());
+      gv.data = galloc(h.i.size() * 4);
+      gpu->upload(gv.data, h.i.data(), h.i.size() * 4);
+    } else {
+      cpuIn[k] = h.f;
+      if (dt == DType::F16)
+        for (auto& v : cpuIn[k]) v = roundHalf(v);  // both sides see the same fp16 values
+      cv.dtype = DType::F32;
+      cv.data = cpuIn[k].data();
+      gv.dtype = dt;
+      gv.data = galloc(h.f.size() * es);
+      if (dt == DType::F16) {
+        std::vector<__half> hv(h.f.size());
+        for (size_t j = 0; j < hv.size(); j++) hv[j] = __float2half_rn(h.f[j]);
+        gpu->upload(gv.data, hv.data(), hv.size() * 2);
+      } else {
+        gpu->upload(gv.data, h.f.data(), h.f.size() * 4);
+      }
+    }
+    cin.push_back(cv);
+    gin.push_back(gv);
+  }
+  std::vector<std::vector<float>> cpuOut(c.out.size());
+  for (size_t k = 0; k < c.out.size(); k++) {
+    cpuOut[k].assign(size_t(numel(c.out[k])), NAN);
+    TensorView cv{cpuOut[k].data(), DType::F32, c.out[k]};
+    TensorView gv{galloc(size_t(numel(c.out[k])) * es), dt, c.out[k]};
+    CK(cudaMemsetAsync(gv.data, 0xff, size_t(numel(c.out[k])) * es, cuda::ctx().stream));  // NaN in f16 and f32
+    cout.push_back(cv);
+    gout.push_back(gv);
+  }
+  try {
+    cpu->run(c.op, c.a, cin, cout);
+  } catch (const std::exception& e) {
+    r.note = std::string("cpu reference failed: ") + e.what();
+    for (void* p : gbufs) gpu->release(p, 0);
+    return r;
+  }
+  try {
+    if (c.custom) c.custom(c.a, gin, gout);
+    else gpu->run(c.op, c.a, gin, gout);
+    gpu->synchronize();
+  } catch (const std::exception& e) {
+    r.note = std::string("cuda failed: ") + e.what();
+    for (void* p : gbufs) gpu->release(p, 0);
+    return r;
+  }
+  double num = 0, den = 0;
+  for (size_t k = 0; k < c.out.size(); k++) {
+    size_t n = cpuOut[k].size();
+    std::vector<float> g(n);
+    if (dt == DType::F16) {
+      std::vector<__half> hv(n);
+      gpu->download(hv.data(), gout[k].data, n * 2);
+      for (size_t j = 0; j < n; j++) g[j] = __half2float(hv[j]);
+    } else {
+      gpu->download(g.data(), gout[k].data, n * 4);
+    }
+    for (size_t j = 0; j < n; j++) {
+      double ref = cpuOut[k][j], v = g[j];
+      if (std::isnan(v) || std::isinf(v)) {
+        r.nans++;
+        continue;
+      }
+      double d = v - ref;
+      num += d * d;
+      den += ref * ref;
+      r.maxAbs = std::max(r.maxAbs, std::fabs(d));
+    }
+  }
+  for (void* p : gbufs) gpu->release(p, 0);
+  r.rel = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  double tol = dt == DType::F16 ? c.tolF16 : c.tolF32;
+  r.pass = r.nans == 0 && r.rel <= tol;
+  return r;
+}
+
+OpAttrs attrs(std::function<void(OpAttrs&)> f) {
+  OpAttrs a;
+  f(a);
+  return a;
+}
+
+std::vector<Case> buildCases() {
+  std::vector<Case> cs;
+  auto add = [&](Case c) { cs.push_back(std::move(c)); };
+  // ---- GEMM family
+  add({"linear x[2,77,768]·w[320,768]ᵀ+b", OpCode::LINEAR, {}, {randT({2, 77, 768}), randT({320, 768}, 0.05f), randT({320})}, {{2, 77, 320}}, "cublas"});
+  add({"linear x[1,256,640]·w[5120,640]ᵀ+b", OpCode::LINEAR, {}, {randT({1, 256, 640}), randT({5120, 640}, 0.05f), randT({5120})}, {{1, 256, 5120}}, "cublas"});
+  add({"linear odd x[3,7,13]·w[5,13]ᵀ", OpCode::LINEAR, {}, {randT({3, 7, 13}), randT({5, 13})}, {{3, 7, 5}}, "cublas"});
+  add({"matmul a[4,33,17]·b[4,17,29]", OpCode::MATMUL, {}, {randT({4, 33, 17}), randT({4, 17, 29})}, {{4, 33, 29}}, "cublas"});
+  add({"matmul transB a[2,64,40]·b[2,50,40]ᵀ", OpCode::MATMUL, attrs([](OpAttrs& a) { a.transB = true; }), {randT({2, 64, 40}), randT({2, 50, 40})}, {{2, 64, 50}}, "cublas"});
+  add({"matmul bcast a[3,16,8]·b[1,8,12]", OpCode::MATMUL, {}, {randT({3, 16, 8}), randT({1, 8, 12})}, {{3, 16, 12}}, "cublas"});
+  auto conv = [&](std::string n, Shape x, Shape w, int s, int p, bool bias) {
+    int64_t Ho = (x[2] + 2 * p - w[2]) / s + 1, Wo = (x[3] + 2 * p - w[3]) / s + 1;
+    std::vector<HostTensor> in = {randT(x), randT(w, float(1.0 / std::sqrt(double(w[1] * w[2] * w[3]))))};
+    if (bias) in.push_back(randT({w[0]}));
+    OpAttrs a;
+    a.stride = s;
+    a.pad = p;
+    add({n, OpCode::CONV2D, a, in, {{x[0], w[0], Ho, Wo}}, w[2] == 1 && s == 1 ? "cublas 1x1" : "im2col+cublas"});
+  };
+  conv("conv3x3 [1,320,32,32]→320 +b", {1, 320, 32, 32}, {320, 320, 3, 3}, 1, 1, true);
+  conv("conv3x3 s2 [2,64,17,17]→64", {2, 64, 17, 17}, {64, 64, 3, 3}, 2, 1, false);
+  conv("conv1x1 [2,640,16,16]→320 +b", {2, 640, 16, 16}, {320, 640, 1, 1}, 1, 0, true);
+  conv("conv_in [2,4,64,64]→320 +b", {2, 4, 64, 64}, {320, 4, 3, 3}, 1, 1, true);
+  conv("conv tiny [2,4,8,8]→8 +b", {2, 4, 8, 8}, {8, 4, 3, 3}, 1, 1, true);
+  conv("patch16 s16 [1,3,224,224]→64 +b", {1, 3, 224, 224}, {64, 3, 16, 16}, 16, 0, true);
+  // ---- norms
+  auto gn = [&](std::string n, Shape x, int g, bool silu, float off, double eps) {
+    OpAttrs a;
+    a.groups = g;
+    a.silu = silu;
+    a.eps = eps;
+    add({n, OpCode::GROUP_NORM, a, {randT(x, 1.f, off), randT({x[1]}), randT({x[1]})}, {x}, "welford split"});
+  };
+  gn("group_norm+silu [2,320,32,32] G32", {2, 320, 32, 32}, 32, true, 0.f, 1e-5);
+  gn("group_norm [2,640,16,16] G32 eps1e-6", {2, 640, 16, 16}, 32, false, 0.f, 1e-6);
+  gn("group_norm offset mean [1,128,64,64]", {1, 128, 64, 64}, 32, true, 3.f, 1e-6);
+  gn("group_norm odd [2,6,5,3] G3", {2, 6, 5, 3}, 3, false, 0.f, 1e-5);
+  gn("group_norm [2,1280] G32 (no spatial)", {2, 1280}, 32, true, 0.f, 1e-5);
+  auto ln = [&](std::string n, Shape x) {
+    int64_t C = x.back();
+    add({n, OpCode::LAYER_NORM, {}, {randT(x, 1.f, 0.5f), randT({C}), randT({C})}, {x}, "warp/row"});
+  };
+  ln("layer_norm [2,1024,320]", {2, 1024, 320});
+  ln("layer_norm [2,77,768]", {2, 77, 768});
+  ln("layer_norm odd [3,5,7]", {3, 5, 7});
+  // ---- attention
+  auto att = [&](std::string n, int B, int H, int Nq, int Nk, int d, int dv, bool causal, bool capture,
+                 std::string path, bool forceUnfused = false, bool forceGeneric = false) {
+    OpAttrs a;
+    a.heads = H;
+    a.scale = 1.0 / std::sqrt(double(d));
+    a.causal = causal;
+    a.capture = capture;
+    std::vector<Shape> outs = {{B, Nq, int64_t(H) * dv}};
+    if (capture) outs.push_back({int64_t(B) * H, Nq, Nk});
+    Case c{n, OpCode::ATTENTION, a,
+           {randT({B, Nq, int64_t(H) * d}), randT({B, Nk, int64_t(H) * d}), randT({B, Nk, int64_t(H) * dv})},
+           outs, path};
+    if (forceUnfused) c.custom = cuda::attentionUnfused;
+    if (forceGeneric) c.custom = cuda::attentionGenericForTest;
+    add(c);
+  };
+  att("attn self N4096 d40 H8", 1, 8, 4096, 4096, 40, 40, false, false, "flash(f16)/unfused(f32)");
+  att("attn self N1024 d80 H8 B2", 2, 8, 1024, 1024, 80, 80, false, false, "flash(f16)/unfused(f32)");
+  att("attn self N256 d160 H8 B2", 2, 8, 256, 256, 160, 160, false, false, "flash(f16)/generic(f32)");
+  att("attn self N64 d160 H8 B2", 2, 8, 64, 64, 160, 160, false, false, "flash/generic");
+  att("attn clip N77 d64 H12 causal", 2, 12, 77, 77, 64, 64, true, false, "flash/generic");
+  att("attn cross Nq4096 Nk77 d40 capture", 1, 8, 4096, 77, 40, 40, false, true, "flash+capture/generic");
+  att("attn cross Nq1024 Nk77 d80 capture B2", 2, 8, 1024, 77, 80, 80, false, true, "flash+capture/generic");
+  att("attn cross Nq64 Nk77 d160 capture B2", 2, 8, 64, 77, 160, 160, false, true, "flash+capture/generic");
+  att("attn self N1000 d64 causal capture", 1, 2, 1000, 1000, 64, 64, true, true, "flash+capture/generic");
+  att("attn tiny d4 H2 Nq64 Nk77", 2, 2, 64, 77, 4, 4, false, false, "generic");
+  att("attn tiny d8 H2 N64 capture", 2, 2, 64, 64, 8, 8, false, true, "generic");
+  att("attn id-enc d16 H4 N197 capture", 2, 4, 197, 197, 16, 16, false, true, "generic");
+  att("attn d40 odd Nq100 Nk33 causal", 2, 3, 100, 33, 40, 40, true, false, "flash/generic");
+  att("attn dv!=d d24 dv40", 1, 2, 50, 70, 24, 40, false, false, "generic");
+  att("attn vae H1 d512 N1024", 1, 1, 1024, 1024, 512, 512, false, false, "unfused");
+  att("attn forced unfused N1024 d40 H8", 1, 8, 1024, 1024, 40, 40, false, false, "unfused", true);
+  att("attn forced unfused capture causal", 1, 2, 300, 300, 40, 40, true, true, "unfused", true);
+  att("attn forced generic N1024 d80", 1, 8, 1024, 1024, 80, 80, false, false, "generic", false, true);
+  att("attn forced generic cross d160 capture", 1, 8, 256, 77, 160, 160, false, true, "generic", false, true);
+  // ---- elementwise
+  add({"geglu [2,256,2560]", OpCode::GEGLU, {}, {randT({2, 256, 2560}, 3.f)}, {{2, 256, 1280}}, "vec4"});
+  add({"geglu odd [3,5,6]", OpCode::GEGLU, {}, {randT({3, 5, 6}, 3.f)}, {{3, 5, 3}}, "scalar"});
+  add({"gelu [1001]", OpCode::GELU, {}, {randT({1001}, 4.f)}, {{1001}}, "scalar"});
+  add({"gelu [2,77,3072]", OpCode::GELU, {}, {randT({2, 77, 3072}, 4.f)}, {{2, 77, 3072}}, "vec4"});
+  add({"quick_gelu [2,77,3072]", OpCode::QUICK_GELU, {}, {randT({2, 77, 3072}, 4.f)}, {{2, 77, 3072}}, "vec4"});
+  add({"silu [2,320,64,64]", OpCode::SILU, {}, {randT({2, 320, 64, 64}, 4.f)}, {{2, 320, 64, 64}}, "vec4"});
+  add({"silu odd [7,3]", OpCode::SILU, {}, {randT({7, 3}, 4.f)}, {{7, 3}}, "scalar"});
+  add({"scale [5,9] ·0.18215+0.5", OpCode::SCALE, attrs([](OpAttrs& a) { a.scale = 0.18215; a.shift = 0.5; }), {randT({5, 9})}, {{5, 9}}, "scalar"});
+  add({"add same [2,320,32,32]", OpCode::ADD, {}, {randT({2, 320, 32, 32}), randT({2, 320, 32, 32})}, {{2, 320, 32, 32}}, "vec4"});
+  add({"add chan [2,320,32,32]+[2,320,1,1]", OpCode::ADD, {}, {randT({2, 320, 32, 32}), randT({2, 320, 1, 1})}, {{2, 320, 32, 32}}, "bin2"});
+  add({"add bias [2,1024,320]+[320]", OpCode::ADD, {}, {randT({2, 1024, 320}), randT({320})}, {{2, 1024, 320}}, "bin2"});
+  add({"mul bcast [3,1,5]*[4,1]", OpCode::MUL, {}, {randT({3, 1, 5}), randT({4, 1})}, {{3, 4, 5}}, "bin2"});
+  add({"mul general [2,3,1,5]*[1,3,4,1]", OpCode::MUL, {}, {randT({2, 3, 1, 5}), randT({1, 3, 4, 1})}, {{2, 3, 4, 5}}, "general"});
+  add({"add scalar [4,6]+[1]", OpCode::ADD, {}, {randT({4, 6}), randT({1})}, {{4, 6}}, "bin2"});
+  add({"cfg [4,4,64,64] 7.5", OpCode::CFG, attrs([](OpAttrs& a) { a.scale = 7.5; }), {randT({4, 4, 64, 64})}, {{2, 4, 64, 64}}, "scalar"});
+  add({"ddim_step noise", OpCode::DDIM_STEP, attrs([](OpAttrs& a) { a.a_t = 0.3; a.a_prev = 0.5; a.sigma = 0.1; }), {randT({2, 4, 64, 64}), randT({2, 4, 64, 64}), randT({2, 4, 64, 64})}, {{2, 4, 64, 64}}, "one kernel"});
+  add({"ddim_step eta0", OpCode::DDIM_STEP, attrs([](OpAttrs& a) { a.a_t = 0.05; a.a_prev = 0.9; }), {randT({1, 4, 9, 7}), randT({1, 4, 9, 7})}, {{1, 4, 9, 7}}, "one kernel"});
+  // ---- layout
+  add({"upsample2x [2,640,16,16]", OpCode::UPSAMPLE2X, {}, {randT({2, 640, 16, 16})}, {{2, 640, 32, 32}}, "gather"});
+  add({"concat axis1 [2,640,16,16]+[2,320,16,16]", OpCode::CONCAT, attrs([](OpAttrs& a) { a.axis = 1; }), {randT({2, 640, 16, 16}), randT({2, 320, 16, 16})}, {{2, 960, 16, 16}}, "memcpy2d"});
+  add({"concat axis-1 [3,5]+[3,2]+[3,1]", OpCode::CONCAT, attrs([](OpAttrs& a) { a.axis = -1; }), {randT({3, 5}), randT({3, 2}), randT({3, 1})}, {{3, 8}}, "memcpy2d"});
+  add({"permute (0,2,3,1) [2,320,32,32]", OpCode::PERMUTE, attrs([](OpAttrs& a) { a.perm = {0, 2, 3, 1}; }), {randT({2, 320, 32, 32})}, {{2, 32, 32, 320}}, "transpose"});
+  add({"permute (0,3,1,2) [2,32,32,320]", OpCode::PERMUTE, attrs([](OpAttrs& a) { a.perm = {0, 3, 1, 2}; }), {randT({2, 32, 32, 320})}, {{2, 320, 32, 32}}, "transpose"});
+  add({"permute (2,0,3,1) [3,4,5,6]", OpCode::PERMUTE, attrs([](OpAttrs& a) { a.perm = {2, 0, 3, 1}; }), {randT({3, 4, 5, 6})}, {{5, 3, 6, 4}}, "general"});
+  add({"reshape [2,77,768]→[154,768]", OpCode::RESHAPE, {}, {randT({2, 77, 768})}, {{154, 768}}, "memcpy"});
+  add({"slice axis-1 [2,77,1536] 768:1536", OpCode::SLICE, attrs([](OpAttrs& a) { a.axis = -1; a.start = 768; a.end = 1536; }), {randT({2, 77, 1536})}, {{2, 77, 768}}, "memcpy2d"});
+  add({"slice axis0 [4,3,5] 1:3", OpCode::SLICE, attrs([](OpAttrs& a) { a.axis = 0; a.start = 1; a.end = 3; }), {randT({4, 3, 5})}, {{2, 3, 5}}, "memcpy"});
+  // ---- misc
+  {
+    HostTensor t;
+    t.shape = {4};
+    t.f = {999.f, 981.f, 1.f, 500.f};
+    add({"timestep_emb dim320 flip shift1", OpCode::TIMESTEP_EMB, attrs([](OpAttrs& a) { a.dim = 320; a.flip = true; a.shift = 1; }), {t}, {{4, 320}}, "double sin/cos"});
+    add({"timestep_emb dim7 odd", OpCode::TIMESTEP_EMB, attrs([](OpAttrs& a) { a.dim = 7; }), {t}, {{4, 7}}, "double sin/cos"});
+  }
+  add({"embedding ids[2,77] table[1000,768]", OpCode::EMBEDDING, {}, {idsT({2, 77}, [](int64_t k) { return int32_t((k * 7919) % 1000); }), randT({1000, 768})}, {{2, 77, 768}}, "gather"});
+  add({"inject x[2,77,768] slots vectors[3,768]", OpCode::INJECT, {}, {randT({2, 77, 768}), idsT({2, 77}, [](int64_t k) { return k % 77 == 5 ? 0 : k % 77 == 6 ? 2 : k % 77 == 7 ? 1 : -1; }), randT({3, 768})}, {{2, 77, 768}}, "gather"});
+  return cs;
+}
+
+// ---- benchmarks ---------------------------------------------------------------------------------
+
+struct DevT {
+  TensorView v;
+  explicit DevT(Shape s, DType dt) {
+    v.shape = s;
+    v.dtype = dt;
+    size_t n = size_t(numel(s));
+    v.data = cuda::ctx().alloc(n * dtypeSize(dt));
+    std::vector<__half> h(n);
+    for (auto& x : h) x = __float2half_rn(nz());
+    CK(cudaMemcpy(v.data, h.data(), n * 2, cudaMemcpyHostToDevice));
+  }
+  ~DevT() { cuda::ctx().release(v.data); }
+};
+
+double timeMs(const std::function<void()>& f) {
+  cudaStream_t s = cuda::ctx().stream;
+  for (int i = 0; i < 3; i++) f();
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  CK(cudaEventRecord(a, s));
+  f();
+  CK(cudaEventRecord(b, s));
+  CK(cudaEventSynchronize(b));
+  float one = 0;
+  CK(cudaEventElapsedTime(&one, a, b));
+  int iters = std::max(3, std::min(200, int(100.0 / std::max(one, 0.001f))));
+  CK(cudaEventRecord(a, s));
+  for (int i = 0; i < iters; i++) f();
+  CK(cudaEventRecord(b, s));
+  CK(cudaEventSynchronize(b));
+  float ms = 0;
+  CK(cudaEventElapsedTime(&ms, a, b));
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return double(ms) / iters;
+}
+
+std::string benchJson;
+
+void benchAttention() {
+  const int B = 2, H = 8;
+  std::printf("\nattention fp16, B=%d H=%d (TFLOP/s = 4·B·H·Nq·Nk·d / time)\n", B, H);
+  std::printf("%-26s %10s %10s %10s %10s\n", "shape", "fused ms", "fused TF", "unfused ms", "unfused TF");
+  Backend* gpu = cudaBackend(DType::F16);
+  struct S { int nq, nk, d; bool cap; };
+  std::vector<S> shapes;
+  for (int n : {4096, 1024, 256, 64})
+    for (int d : {40, 80, 160}) shapes.push_back({n, n, d, false});
+  shapes.push_back({4096, 77, 40, false});
+  shapes.push_back({4096, 77, 40, true});
+  shapes.push_back({1024, 77, 80, false});
+  shapes.push_back({1024, 77, 80, true});
+  for (const S& s : shapes) {
+    DevT q({B, s.nq, H * s.d}, DType::F16), k({B, s.nk, H * s.d}, DType::F16), v({B, s.nk, H * s.d}, DType::F16);
+    DevT o({B, s.nq, H * s.d}, DType::F16);
+    OpAttrs a;
+    a.heads = H;
+    a.scale = 1.0 / std::sqrt(double(s.d));
+    a.capture = s.cap;
+    std::vector<TensorView> outs = {o.v};
+    std::unique_ptr<DevT> p;
+    if (s.cap) {
+      p.reset(new DevT({B * H, s.nq, s.nk}, DType::F16));
+      outs.push_back(p->v);
+    }
+    std::vector<TensorView> ins = {q.v, k.v, v.v};
+    double fused = timeMs([&] { gpu->run(OpCode::ATTENTION, a, ins, outs); });
+    double unf = timeMs([&] { cuda::attentionUnfused(a, ins, outs); });
+    double flops = 4.0 * B * H * double(s.nq) * s.nk * s.d;
+    char name[64];
+    std::snprintf(name, sizeof name, "Nq%d Nk%d d%d%s", s.nq, s.nk, s.d, s.cap ? " cap" : "");
+    std::printf("%-26s %10.4f %10.1f %10.4f %10.1f\n", name, fused, flops / fused * 1e-9, unf, flops / unf * 1e-9);
+    char js[512];
+    std::snprintf(js, sizeof js,
+                  "%s{\"kind\":\"attention\",\"B\":%d,\"H\":%d,\"Nq\":%d,\"Nk\":%d,\"d\":%d,\"capture\":%s,"
+                  "\"fused_ms\":%.5f,\"fused_tflops\":%.2f,\"unfused_ms\":%.5f,\"unfused_tflops\":%.2f}",
+                  benchJson.empty() ? "" : ",\n", B, H, s.nq, s.nk, s.d, s.cap ? "true" : "false", fused,
+                  flops / fused * 1e-9, unf, flops / unf * 1e-9);
+    benchJson += js;
+  }
+}
+
+void benchOps() {
+  std::printf("\nSD 1.5 op timings, fp16, batch 2 (UNet at 64x64 latents)\n");
+  Backend* gpu = cudaBackend(DType::F16);
+  auto one = [&](const char* name, OpCode op, OpAttrs a, std::vector<Shape> ins, std::vector<Shape> outs,
+                 double flops, double bytes) {
+    std::vector<std::unique_ptr<DevT>> keep;
+    std::vector<TensorView> iv, ov;
+    for (auto& s : ins) keep.emplace_back(new DevT(s, DType::F16)), iv.push_back(keep.back()->v);
+    for (auto& s : outs) keep.emplace_back(new DevT(s, DType::F16)), ov.push_back(keep.back()->v);
+    double ms = timeMs([&] { gpu->run(op, a, iv, ov); });
+    std::printf("%-44s %9.4f ms  %8.1f TFLOP/s  %7.0f GB/s\n", name, ms, flops / ms * 1e-9, bytes / ms * 1e-6);
+    char js[512];
+    std::snprintf(js, sizeof js, ",\n{\"kind\":\"op\",\"name\":\"%s\",\"ms\":%.5f,\"tflops\":%.2f,\"gbps\":%.1f}", name,
+                  ms, flops / ms * 1e-9, bytes / ms * 1e-6);
+    benchJson += js;
+  };
+  auto convF = [](double B, double C, double O, double HW, double k) { return 2 * B * C * O * HW * k * k; };
+  OpAttrs c3;
+  c3.pad = 1;
+  one("conv3x3 [2,320,64,64]→320", OpCode::CONV2D, c3, {{2, 320, 64, 64}, {320, 320, 3, 3}, {320}}, {{2, 320, 64, 64}}, convF(2, 320, 320, 4096, 3), 0);
+  one("conv3x3 [2,640,32,32]→640", OpCode::CONV2D, c3, {{2, 640, 32, 32}, {640, 640, 3, 3}, {640}}, {{2, 640, 32, 32}}, convF(2, 640, 640, 1024, 3), 0);
+  one("conv3x3 [2,1280,16,16]→1280", OpCode::CONV2D, c3, {{2, 1280, 16, 16}, {1280, 1280, 3, 3}, {1280}}, {{2, 1280, 16, 16}}, convF(2, 1280, 1280, 256, 3), 0);
+  one("conv3x3 [2,1280,8,8]→1280", OpCode::CONV2D, c3, {{2, 1280, 8, 8}, {1280, 1280, 3, 3}, {1280}}, {{2, 1280, 8, 8}}, convF(2, 1280, 1280, 64, 3), 0);
+  one("linear [2·4096,320]→2560 (geglu proj)", OpCode::LINEAR, {}, {{2, 4096, 320}, {2560, 320}, {2560}}, {{2, 4096, 2560}}, 2.0 * 8192 * 320 * 2560, 0);
+  OpAttrs g;
+  g.groups = 32;
+  g.silu = true;
+  g.eps = 1e-5;
+  double gnB = 2.0 * 2 * 320 * 4096 * 2;
+  one("group_norm+silu [2,320,64,64]", OpCode::GROUP_NORM, g, {{2, 320, 64, 64}, {320}, {320}}, {{2, 320, 64, 64}}, 0, gnB);
+  one("layer_norm [2,4096,320]", OpCode::LAYER_NORM, {}, {{2, 4096, 320}, {320}, {320}}, {{2, 4096, 320}}, 0, gnB);
+  one("geglu [2,4096,2560]→1280", OpCode::GEGLU, {}, {{2, 4096, 2560}}, {{2, 4096, 1280}}, 0, 2.0 * 8192 * 3840);
+  one("add [2,320,64,64]+[2,320,1,1]", OpCode::ADD, {}, {{2, 320, 64, 64}, {2, 320, 1, 1}}, {{2, 320, 64, 64}}, 0, gnB);
+  OpAttrs pm;
+  pm.perm = {0, 2, 3, 1};
+  one("permute (0,2,3,1) [2,320,64,64]", OpCode::PERMUTE, pm, {{2, 320, 64, 64}}, {{2, 64, 64, 320}}, 0, gnB);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string jsonPath, only;
+  bool bench = false;
+  for (int i = 1; i < argc; i++) {
+    std::string s = argv[i];
+    if (s == "--json" && i + 1 < argc) jsonPath = argv[++i];
+    else if (s == "--bench") bench = true;
+    else if (s == "--only" && i + 1 < argc) only = argv[++i];
+  }
+  CudaInfo info = cudaInfo();
+  std::printf("cudaInfo: compiled=%d available=%d device='%s' reason='%s'\n", info.compiled, info.available,
+              info.device.c_str(), info.reason.c_str());
+  if (!info.available) {
+    try {
+      cudaBackend(DType::F16);
+      std::printf("FAIL: cudaBackend did not throw without a device\n");
+      return 1;
+    } catch (const Error& e) {
+      std::printf("cudaBackend throws %s: %s\nno GPU: nothing else to check\n", e.code().c_str(), e.what());
+      return 0;
+    }
+  }
+  std::printf("cuBLAS: %s\n\n", cuda::ctx().api->path.c_str());
+  int fails = 0;
+  auto t0 = std::chrono::steady_clock::now();
+  for (const Case& c : buildCases()) {
+    if (!only.empty() && c.name.find(only) == std::string::npos) continue;
+    for (DType dt : {DType::F32, DType::F16}) {
+      Result r = runCase(c, dt);
+      results.push_back(r);
+      if (!r.pass) fails++;
+      std::printf("%-4s %-44s %-8s rel %.3e  max %.3e  nan %lld  %s %s\n", r.pass ? "ok" : "FAIL", r.name.c_str(),
+                  r.dtype.c_str(), r.rel, r.maxAbs, (long long)r.nans, r.path.c_str(), r.note.c_str());
+      std::fflush(stdout);
+    }
+  }
+  // Bad ids must surface as E_ARGUMENT at the next synchronisation, not as a fault.
+  {
+    Backend* gpu = cudaBackend(DType::F32);
+    Case c{"embedding bad id", OpCode::EMBEDDING, {}, {idsT({1, 3}, [](int64_t k) { return k == 1 ? 5000 : 1; }), randT({10, 4})}, {{1, 3, 4}}, ""};
+    Result r;
+    r.name = "embedding out-of-range id → E_ARGUMENT";
+    r.dtype = "float32";
+    void* ids = gpu->alloc(12);
+    void* tb = gpu->alloc(160);
+    void* out = gpu->alloc(48);
+    gpu->upload(ids, c.in[0].i.data(), 12);
+    gpu->upload(tb, c.in[1].f.data(), 160);
+    try {
+      gpu->run(OpCode::EMBEDDING, {}, {{ids, DType::I32, {1, 3}}, {tb, DType::F32, {10, 4}}}, {{out, DType::F32, {1, 3, 4}}});
+      gpu->synchronize();
+      r.note = "no error raised";
+    } catch (const Error& e) {
+      r.pass = e.code() == "E_ARGUMENT";
+      r.note = e.code() + ": " + e.what();
+    }
+    gpu->release(ids, 12);
+    gpu->release(tb, 160);
+    gpu->release(out, 48);
+    results.push_back(r);
+    if (!r.pass) fails++;
+    std::printf("%-4s %s  %s\n", r.pass ? "ok" : "FAIL", r.name.c_str(), r.note.c_str());
+  }
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("\n%d of %zu checks failed (%.1f s)\n", fails, results.size(), secs);
+  if (bench) {
+    benchAttention();
+    benchOps();
+  }
+  if (!jsonPath.empty()) {
+    FILE* f = std::fopen(jsonPath.c_str(), "w");
+    if (f) {
+      std::fprintf(f, "{\"device\":\"%s\",\"cublas\":\"%s\",\"checks\":[\n", info.device.c_str(), cuda::ctx().api->path.c_str());
+      for (size_t i = 0; i < results.size(); i++) {
+        const Result& r = results[i];
+        std::string note;
+        for (char ch : r.note) note += (ch == '"' || ch == '\\') ? '\'' : (ch == '\n' ? ' ' : ch);
+        std::fprintf(f, "%s{\"name\":\"%s\",\"dtype\":\"%s\",\"path\":\"%s\",\"rel_l2\":%.4e,\"max_abs\":%.4e,\"nan\":%lld,\"pass\":%s,\"note\":\"%s\"}",
+                     i ? ",\n" : "", r.name.c_str(), r.dtype.c_str(), r.path.c_str(), r.rel, r.maxAbs,
+                     (long long)r.nans, r.pass ? "true" : "false", note.c_str());
+      }
+      std::fprintf(f, "\n],\"bench\":[\n%s\n]}\n", benchJson.c_str());
+      std::fclose(f);
+    }
+  }
+  return fails ? 1 : 0;
+}
