@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import t from 'tap';
 import { IdEncoder, parseIdEncoderConfig } from '../lib/identity/encoder.js';
 import { Identity } from '../lib/identity/identity.js';
+import { backends } from '../lib/native.js';
 import { Tensor } from '../lib/tensor.js';
 import { GoldenFile, TINY_ID, fixture } from './helpers/fixtures.js';
 import { relL2 } from './helpers/metrics.js';
@@ -32,6 +33,23 @@ t.test('golden: image → tap features and words (CPU float32)', async (t) => {
   t.ok(relL2(ids[1]!.kFlat(0), g.f32('words').subarray(4 * 32)) <= 1e-4);
   one.dispose();
   img.dispose();
+});
+
+const cuda = backends().cuda;
+t.test('golden on CUDA (float32 and float16)', { skip: cuda.available ? false : `no CUDA: ${cuda.reason ?? 'not compiled'}` }, async (t) => {
+  const g = new GoldenFile('id_encoder');
+  t.teardown(() => g.close());
+  for (const [dtype, tol] of [['float32', 1e-4], ['float16', 2e-2]] as const) {
+    const enc = await IdEncoder.load(TINY_ID, { device: 'cuda', dtype });
+    const img = g.tensor('image'); // host float32: encodeFeatures moves it
+    const f = await enc.encodeFeatures(img);
+    const eTap = relL2(f.taps, g.f32('tap_features'));
+    const eWord = relL2(f.words, g.f32('words'));
+    t.comment(`cuda ${dtype}: rel L2 taps ${eTap.toExponential(2)}, words ${eWord.toExponential(2)}`);
+    t.ok(eTap <= tol && eWord <= tol, `cuda ${dtype} within ${tol}`);
+    img.dispose();
+    enc.dispose();
+  }
 });
 
 const FACES = fixture('faces');

@@ -270,3 +270,9 @@ t.test('placeholders: 77-token limit', async (t) => {
   t.same(Array.from(tail.slots.subarray(0, 6)), [-1, 0, 1, 2, 3, -1]);
   t.equal(tail.tokenCount, 77);
 });
+
+t.test('lib/identity/index.ts re-exports the layer', async (t) => {
+  const api = await import('../lib/identity/index.js');
+  for (const name of ['Identity', 'expandPrompt', 'IdEncoder', 'prepareFace', 'estimateSimilarity', 'stageIndex'])
+    t.type((api as Record<string, unknown>)[name], 'function', name);
+});
