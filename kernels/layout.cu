@@ -206,7 +206,7 @@ void opLayout(OpCode op, const OpAttrs& a, const std::vector<TensorView>& in, co
       size_t r = od.size();
       // [A, C, R] out of x [A, R, C]: out dims (A?, C, R) with input strides (R·C, 1, C)
       bool tr = is[r - 2] == 1 && is[r - 1] == od[r - 2] && (r == 2 || (r == 3 && is[0] == od[1] * od[2]));
-      if (tr && od[r - 1] < 65536LL * 32 && od[r - 2] < 65536LL * 32) {
+      if (tr && od[r - 1] < 65536LL * 32 && od[r - 2] < 65536LL * 32 && (r == 2 || od[0] < 65536)) {
         int Rr = int(od[r - 1]), Cc = int(od[r - 2]);
         int A = r == 3 ? int(od[0]) : 1;
         dim3 grid{unsigned(ceilDiv(Cc, 32)), unsigned(ceilDiv(Rr, 32)), unsigned(A)};
