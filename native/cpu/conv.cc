@@ -1,7 +1,11 @@
-// CONV2D as GEMM per image: out[O, Ho*Wo] = W[O, C*kh*kw] · col[C*kh*kw, Ho*Wo]. The weights are
-// packed once per call and shared by the images of the batch; the im2col matrix is never built
-// whole: each GEMM task packs the K-slab x column-block it needs straight from the image, so it
-// is written to and read from L2 instead of memory. 1x1 stride-1 convolutions read the image as B.
+// CONV2D as GEMM: out[O, Ho*Wo] = W[O, C*kh*kw] · col[C*kh*kw, Ho*Wo]. The im2col matrix is never
+// built whole: each GEMM task packs the K-slab x column-block it needs straight from the image, so
+// it lives in L2 instead of memory. Two schedules, picked by which operand is bigger:
+//  - large images (Ho*Wo >= O/2): one GEMM per image, weights packed once per call and shared by
+//    the images, tasks split the columns (so no task packs the same im2col block twice);
+//  - small images (the 16x16 .. 4x4 levels, O up to 1280): one GEMM over the columns of all images,
+//    tasks split the rows and pack their own weight rows, so the (large) weights are packed
+//    exactly once and the (small) im2col blocks are the ones repacked.
 #include <cstring>
 
 #include "gemm.h"
@@ -13,6 +17,7 @@ namespace {
 
 class Im2colB : public GemmB {
  public:
+  // Columns j of all images: image j / (Ho*Wo), x images C*H*W floats apart.
   Im2colB(const float* x, int64_t C, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t stride, int64_t pad,
           int64_t Ho, int64_t Wo, int nr)
       : x_(x), C_(C), H_(H), W_(W), kh_(kh), kw_(kw), s_(stride), p_(pad), Ho_(Ho), Wo_(Wo), nr_(nr) {}
@@ -24,10 +29,12 @@ class Im2colB : public GemmB {
       int64_t c = p0 / (kh_ * kw_), ky = (p0 / kw_) % kh_, kx = p0 % kw_;
       for (int64_t k = 0; k < kc; k++) {
         float* d = panel + k * nr_;
-        const float* plane = x_ + c * H_ * W_;
         int64_t col = 0, j = jbase;
         while (col < ncols) {
-          const int64_t oy = j / Wo_, ox = j % Wo_, run = std::min(ncols - col, Wo_ - ox);
+          // A run ends with its output row, hence never crosses into the next image.
+          const int64_t img = j / (Ho_ * Wo_), jj = j % (Ho_ * Wo_);
+          const float* plane = x_ + (img * C_ + c) * H_ * W_;
+          const int64_t oy = jj / Wo_, ox = jj % Wo_, run = std::min(ncols - col, Wo_ - ox);
           const int64_t iy = oy * s_ - p_ + ky;
           if (iy < 0 || iy >= H_) {
             std::memset(d + col, 0, sizeof(float) * size_t(run));
@@ -98,21 +105,50 @@ void op_CONV2D(const OpAttrs& a, const Views& in, const Views& out) {
   float* y = out[0].as<float>();
   if (B == 0 || O == 0 || N == 0) return;
   const float* x = in[0].as<float>();
-  GemmTile t = gemmTile(O, N);
-  PackedA wA(in[1].as<float>(), K, 1, O, K, t.mr);
-  for (int64_t b = 0; b < B; b++) {
-    float* yb = y + b * O * N;
-    const float* xb = x + b * C * H * W;
-    if (bias)
-      for (int64_t o = 0; o < O; o++) std::fill(yb + o * N, yb + (o + 1) * N, in[2].as<float>()[o]);
-    if (kh == 1 && kw == 1 && s == 1 && p == 0) {
-      StridedB xB(xb, H * W, 1, t.nr);
-      gemm(O, N, K, t, wA, xB, yb, N, bias);
-    } else {
-      Im2colB col(xb, C, H, W, kh, kw, s, p, Ho, Wo, t.nr);
-      gemm(O, N, K, t, wA, col, yb, N, bias);
+  const float* bv = bias ? in[2].as<float>() : nullptr;
+  const bool direct = kh == 1 && kw == 1 && s == 1 && p == 0;
+  if (2 * N >= O) {
+    GemmTile t = gemmTile(O, N);
+    PackedA wA(in[1].as<float>(), K, 1, O, K, t.mr);
+    for (int64_t b = 0; b < B; b++) {
+      float* yb = y + b * O * N;
+      const float* xb = x + b * C * H * W;
+      if (bias)
+        for (int64_t o = 0; o < O; o++) std::fill(yb + o * N, yb + (o + 1) * N, bv[o]);
+      if (direct) {
+        StridedB xB(xb, H * W, 1, t.nr);
+        gemm(O, N, K, t, wA, xB, yb, N, bias);
+      } else {
+        Im2colB col(xb, C, H, W, kh, kw, s, p, Ho, Wo, t.nr);
+        gemm(O, N, K, t, wA, col, yb, N, bias);
+      }
     }
+    return;
   }
+  const int64_t NB = N * B;
+  GemmTile t = gemmTile(O, NB);
+  StridedA wA(in[1].as<float>(), K, 1, t.mr);
+  Im2colB col(x, C, H, W, kh, kw, s, p, Ho, Wo, t.nr);
+  if (B == 1) {
+    if (bias)
+      for (int64_t o = 0; o < O; o++) std::fill(y + o * N, y + (o + 1) * N, bv[o]);
+    gemm(O, N, K, t, wA, col, y, N, bias);
+    return;
+  }
+  // [O, B*N] result, then scattered to [B, O, N] with the bias (small: these images are small).
+  float* tmp = static_cast<float*>(alignedAlloc(sizeof(float) * size_t(O * NB)));
+  struct Free {
+    float* p;
+    ~Free() { alignedFree(p); }
+  } guard{tmp};
+  gemm(O, NB, K, t, wA, col, tmp, NB, false);
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t o = 0; o < O; o++) {
+      const float* src = tmp + o * NB + b * N;
+      float* dst = y + (b * O + o) * N;
+      const float add = bv ? bv[o] : 0.f;
+      for (int64_t j = 0; j < N; j++) dst[j] = src[j] + add;
+    }
 }
 
 }  // namespace cpu

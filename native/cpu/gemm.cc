@@ -172,13 +172,20 @@ void gemm(int64_t M, int64_t N, int64_t K, const GemmTile& t, const GemmA& A, co
   const int T = numThreads();
   // Two tasks per thread balance the dynamic schedule; tiny products are not worth a dispatch.
   int64_t target = (T > 1 && double(M) * N * K > 4e5) ? 2 * T : 1;
-  int64_t tm, tn;
-  if (A.prepacked()) {  // packing B is the only cost: give each task all of M if possible
-    tn = std::min(nPanels, target);
-    tm = std::min(mPanels, (target + tn - 1) / tn);
-  } else {  // packing A costs: give each task all of N if possible
-    tm = std::min(mPanels, target);
-    tn = std::min(nPanels, (target + tm - 1) / tm);
+  // Split C into tm x tn tasks. Every extra row split repacks B and every extra column split
+  // repacks A (unless prepacked): pick the grid with the least packing, costed in multiply-adds
+  // (packing a float costs about as much as 16 of them), plus idle time when too few tasks.
+  int64_t tm = 1, tn = 1;
+  double best = -1;
+  for (int64_t m = 1; m <= std::min(mPanels, target); m++) {
+    int64_t n = std::min(nPanels, (target + m - 1) / m);
+    double cost = 16.0 * (double(m) * double(N) * double(K) + (A.prepacked() ? 0.0 : double(n) * double(M) * double(K)));
+    if (m * n < target) cost += double(M) * double(N) * double(K) * double(target - m * n) / double(2 * target);
+    if (best < 0 || cost < best) {
+      best = cost;
+      tm = m;
+      tn = n;
+    }
   }
   tn = std::max(tn, (N + kNCMax - 1) / kNCMax);
   const int64_t mChunk = (mPanels + tm - 1) / tm * t.mr, nChunk = (nPanels + tn - 1) / tn * t.nr;

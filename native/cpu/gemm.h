@@ -13,8 +13,14 @@
 namespace idforge {
 namespace cpu {
 
-constexpr int64_t kKC = 256;   // depth of a K slab: an NR-wide B panel (32 KiB) stays in L1
-constexpr int64_t kMC = 168;   // rows of A per L2-resident block (a multiple of every MR)
+#ifndef IDFORGE_GEMM_KC
+#define IDFORGE_GEMM_KC 256
+#endif
+#ifndef IDFORGE_GEMM_MC
+#define IDFORGE_GEMM_MC 168
+#endif
+constexpr int64_t kKC = IDFORGE_GEMM_KC;  // depth of a K slab: an NR-wide B panel (32 KiB) stays in L1
+constexpr int64_t kMC = IDFORGE_GEMM_MC;  // rows of A per L2-resident block (a multiple of every MR)
 constexpr int64_t kNCMax = 2048;
 
 // Register tile: wide (MR x 32 on AVX-512) or narrow (2*MR x 16); see gemm_kernels.h.

@@ -706,9 +706,15 @@ void bench() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool doBench = true;
-  for (int i = 1; i < argc; i++)
+  bool doBench = true, doTests = true;
+  for (int i = 1; i < argc; i++) {
     if (std::string(argv[i]) == "--no-bench") doBench = false;
+    if (std::string(argv[i]) == "--bench-only") doTests = false;
+  }
+  if (!doTests) {
+    bench();
+    return 0;
+  }
   std::printf("-- cpu backend ops vs double-precision references (tolerance: relative L2 1e-5) --\n");
   testPool();
   // LINEAR / MATMUL: odd shapes cross every edge (MR, NR, KC = 256, MC = 168 blocks).
@@ -730,6 +736,11 @@ int main(int argc, char** argv) {
   testConv({1, 5, 12, 7}, 6, 5, 3, 2, 2, true);
   testConv({2, 33, 6, 5}, 65, 1, 1, 1, 0, true);
   testConv({1, 4, 7, 7}, 3, 3, 3, 3, 0, true);
+  // Small images (Ho*Wo < O/2): one GEMM over all images' columns.
+  testConv({2, 37, 4, 5}, 65, 3, 3, 1, 1, true);
+  testConv({2, 37, 5, 6}, 96, 3, 3, 2, 1, false);
+  testConv({2, 33, 3, 3}, 70, 1, 1, 1, 0, true);
+  testConv({1, 20, 3, 3}, 50, 3, 3, 1, 1, true);
   testConv({2, 4, 64, 64}, 320, 3, 3, 1, 1, true, 3000);
   testConv({2, 320, 64, 64}, 320, 3, 3, 1, 1, true, 3000);
   testConv({2, 320, 64, 64}, 320, 3, 3, 2, 1, true, 3000);
