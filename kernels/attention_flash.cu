@@ -1,5 +1,5 @@
-// Fused fp16 attention, FlashAttention-2 style: one block of 4 warps per (batch·head, 64 query
-// rows); K/V tiles of 64 keys stream through shared memory (cp.async, double-buffered), scores
+// Fused fp16 attention, FlashAttention-2 style: one block of 4 or 8 warps per (batch·head, 16
+// query rows per warp); K/V tiles of 64 keys stream through shared memory (cp.async, double-buffered), scores
 // and probabilities never leave registers (mma.sync m16n8k16, fp32 accumulation, online softmax
 // in exp2 units). Head dims 40, 64, 80 and 160 are instantiated (40 pads its k-dim to 48 with
 // zeros). With capture a second pass recomputes the scores and writes exp(s − lse): layers that
@@ -13,10 +13,14 @@ namespace cuda {
 
 namespace {
 
-constexpr int BM = 64, BN = 64, THREADS = 128;
+constexpr int BN = 64;
 
-template <int D>
+// W warps, 16 query rows each. 8 warps halve the K/V traffic from L2 per FLOP (each block
+// streams the head's whole K and V), which is what limits long sequences; 4 warps make more
+// blocks when there are too few query tiles to fill the GPU.
+template <int D, int W>
 struct Cfg {
+  static constexpr int BM = 16 * W, THREADS = 32 * W;
   static constexpr int DP = (D + 15) / 16 * 16;  // k-dim of QKᵀ, padded to the mma's 16
   static constexpr int STR = DP + 8;             // smem row stride (halves): +16 bytes keeps ldmatrix conflict-free
   static constexpr int KSTEPS = DP / 16;
@@ -58,40 +62,42 @@ __device__ __forceinline__ uint32_t pack(float lo, float hi) {
 
 // rows [r0, r0 + rows) of a [N, rowStride] fp16 matrix (D columns from col0) into smem; rows past
 // N are zero-filled so that masked keys contribute 0·V, never 0·garbage.
-template <int D>
+template <int D, int W, int ROWS>
 __device__ __forceinline__ void loadTile(__half* dst, const __half* src, int64_t rowStride, int r0, int N) {
-  constexpr int C = Cfg<D>::CHUNKS;
-  for (int i = threadIdx.x; i < BN * C; i += THREADS) {
+  constexpr int C = Cfg<D, W>::CHUNKS;
+  for (int i = threadIdx.x; i < ROWS * C; i += Cfg<D, W>::THREADS) {
     int r = i / C, ch = i - r * C;
     bool ok = r0 + r < N;
     const __half* s = ok ? src + int64_t(r0 + r) * rowStride + ch * 8 : src;
-    cpAsync16(smemAddr(dst + r * Cfg<D>::STR + ch * 8), s, ok);
+    cpAsync16(smemAddr(dst + r * Cfg<D, W>::STR + ch * 8), s, ok);
   }
 }
 
 // S = Q·Kᵀ for this warp's 16 rows and the 64 keys of the tile in Ks (in exp2 units).
 template <int D>
-__device__ __forceinline__ void scores(float (&s)[BN / 8][4], const uint32_t (&qf)[Cfg<D>::KSTEPS][4],
+__device__ __forceinline__ void scores(float (&s)[BN / 8][4], const uint32_t (&qf)[Cfg<D, 4>::KSTEPS][4],
                                        const __half* Ks, int lane) {
+  using C = Cfg<D, 4>;  // the k-dim layout does not depend on the warp count
 #pragma unroll
   for (int nb = 0; nb < BN / 8; nb++) s[nb][0] = s[nb][1] = s[nb][2] = s[nb][3] = 0.f;
 #pragma unroll
-  for (int ks = 0; ks < Cfg<D>::KSTEPS; ks++) {
+  for (int ks = 0; ks < C::KSTEPS; ks++) {
 #pragma unroll
     for (int np = 0; np < BN / 16; np++) {
       uint32_t b[4];
       int row = np * 16 + (lane & 7) + ((lane >> 4) << 3);
       int col = ks * 16 + (((lane >> 3) & 1) << 3);
-      ldsm4(b, smemAddr(Ks + row * Cfg<D>::STR + col));
+      ldsm4(b, smemAddr(Ks + row * C::STR + col));
       mma(s[2 * np], qf[ks], b[0], b[1]);
       mma(s[2 * np + 1], qf[ks], b[2], b[3]);
     }
   }
 }
 
-template <int D, bool CAPTURE>
-__global__ void __launch_bounds__(THREADS) flashKernel(AttnParams p) {
-  using C = Cfg<D>;
+template <int D, bool CAPTURE, int W>
+__global__ void __launch_bounds__(32 * W) flashKernel(AttnParams p) {
+  using C = Cfg<D, W>;
+  constexpr int BM = C::BM, THREADS = C::THREADS;
   extern __shared__ __align__(16) unsigned char smemRaw[];
   __half* Qs = reinterpret_cast<__half*>(smemRaw);
   __half* Ks = Qs + BM * C::STR;  // [2][BN][STR]
@@ -109,9 +115,9 @@ __global__ void __launch_bounds__(THREADS) flashKernel(AttnParams p) {
     for (int r = threadIdx.x; r < BM + 2 * BN; r += THREADS)
       for (int c = D; c < C::DP; c++) Qs[r * C::STR + c] = __float2half(0.f);
   }
-  loadTile<D>(Qs, qp, p.qRow, q0, p.Nq);
-  loadTile<D>(Ks, kp, p.kRow, 0, p.Nk);
-  loadTile<D>(Vs, vp, p.vRow, 0, p.Nk);
+  loadTile<D, W, BM>(Qs, qp, p.qRow, q0, p.Nq);
+  loadTile<D, W, BN>(Ks, kp, p.kRow, 0, p.Nk);
+  loadTile<D, W, BN>(Vs, vp, p.vRow, 0, p.Nk);
   cpCommit();
 
   const int nkTiles = (p.Nk + BN - 1) / BN;
@@ -127,8 +133,8 @@ __global__ void __launch_bounds__(THREADS) flashKernel(AttnParams p) {
   for (int j = 0; j < nTiles; j++) {
     const int st = j & 1;
     if (j + 1 < nTiles) {
-      loadTile<D>(Ks + (st ^ 1) * BN * C::STR, kp, p.kRow, (j + 1) * BN, p.Nk);
-      loadTile<D>(Vs + (st ^ 1) * BN * C::STR, vp, p.vRow, (j + 1) * BN, p.Nk);
+      loadTile<D, W, BN>(Ks + (st ^ 1) * BN * C::STR, kp, p.kRow, (j + 1) * BN, p.Nk);
+      loadTile<D, W, BN>(Vs + (st ^ 1) * BN * C::STR, vp, p.vRow, (j + 1) * BN, p.Nk);
       cpCommit();
       cpWait<1>();
     } else {
@@ -228,7 +234,7 @@ __global__ void __launch_bounds__(THREADS) flashKernel(AttnParams p) {
   // key tile is visited so that causally masked entries are written as zeros.
   __half* pp = static_cast<__half*>(p.p) + int64_t(bh) * p.Nq * p.Nk;
   for (int j = 0; j < nkTiles; j++) {
-    loadTile<D>(Ks, kp, p.kRow, j * BN, p.Nk);
+    loadTile<D, W, BN>(Ks, kp, p.kRow, j * BN, p.Nk);
     cpCommit();
     cpWait<0>();
     __syncthreads();
@@ -250,17 +256,25 @@ __global__ void __launch_bounds__(THREADS) flashKernel(AttnParams p) {
   }
 }
 
-template <int D, bool CAP>
-void launch(const AttnParams& p) {
-  auto k = flashKernel<D, CAP>;
+template <int D, bool CAP, int W>
+void launchW(const AttnParams& p) {
+  using C = Cfg<D, W>;
+  auto k = flashKernel<D, CAP, W>;
   static bool configured = false;  // the opt-in above 48 KiB is per kernel, once per process
   if (!configured) {
-    CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg<D>::SMEM));
+    CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM));
     configured = true;
   }
-  dim3 grid(unsigned((p.Nq + BM - 1) / BM), unsigned(p.B * p.H));
-  k<<<grid, THREADS, Cfg<D>::SMEM, ctx().stream>>>(p);
+  dim3 grid(unsigned((p.Nq + C::BM - 1) / C::BM), unsigned(p.B * p.H));
+  k<<<grid, C::THREADS, C::SMEM, ctx().stream>>>(p);
   CK_LAUNCH("flashKernel");
+}
+
+template <int D, bool CAP>
+void launch(const AttnParams& p) {
+  int64_t tiles8 = int64_t((p.Nq + 127) / 128) * p.B * p.H;
+  if (tiles8 >= ctx().sms) launchW<D, CAP, 8>(p);
+  else launchW<D, CAP, 4>(p);
 }
 
 }  // namespace

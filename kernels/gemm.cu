@@ -16,17 +16,27 @@ int checkedInt(OpCode op, int64_t v, const char* what) {
   return int(v);
 }
 
-// out[r, n] (inner = 1) or out[b, n, p] (inner = p) = bias[n]
+// Broadcasts the bias into the output, viewed as rows of `len` elements: LINEAR rows are
+// [.., N] with the bias along the row; CONV2D rows are the (b, o) planes of H·W pixels with the
+// bias constant per row. A 2-D grid keeps 64-bit divisions out of the per-element path (they
+// cost more than the store).
 template <typename T>
-__global__ void fillBias(T* __restrict__ out, const T* __restrict__ bias, int64_t total, int64_t n, int64_t inner) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = bias[(i / inner) % n];
+__global__ void fillBias(T* __restrict__ out, const T* __restrict__ bias, int64_t rows, int len, int n, int perRow) {
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    T* o = out + r * len;
+    T rowVal = perRow ? bias[int(r % n)] : T{};
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < len; c += gridDim.x * blockDim.x)
+      o[c] = perRow ? rowVal : bias[c];
+  }
 }
 
 template <typename T>
 void launchFillBias(const TensorView& out, const TensorView& bias, int64_t n, int64_t inner) {
   int64_t total = out.numel();
-  fillBias<T><<<gridFor(total, 256), 256, 0, ctx().stream>>>(out.as<T>(), bias.as<T>(), total, n, inner);
+  bool perRow = inner > 1;
+  int64_t len = perRow ? inner : n, rows = total / len;
+  dim3 grid{unsigned(std::min<int64_t>(ceilDiv(len, 256), 64)), unsigned(std::min<int64_t>(rows, 65535))};
+  fillBias<T><<<grid, 256, 0, ctx().stream>>>(out.as<T>(), bias.as<T>(), rows, int(len), int(n), perRow ? 1 : 0);
   CK_LAUNCH("fillBias");
 }
 
@@ -35,27 +45,24 @@ void fillBiasAny(const TensorView& out, const TensorView& bias, int64_t n, int64
   else launchFillBias<float>(out, bias, n, inner);
 }
 
-// col[b][(c·kh + i)·kw + j][p - p0] = x[b][c][oy·s − pad + i][ox·s − pad + j] (zero outside)
+// col[b][(c·kh + i)·kw + j][p − p0] = x[b][c][oy·s − pad + i][ox·s − pad + j] (zero outside).
+// grid.y walks the C·kh·kw rows (one 32-bit decomposition per block), grid.z the images, threads
+// the pixels: writes are coalesced and the per-element work is one division by Wo.
 template <typename T>
 __global__ void im2col(const T* __restrict__ x, T* __restrict__ col, int C, int H, int W, int kh, int kw,
-                       int stride, int pad, int Wo, int64_t p0, int64_t P, int64_t HWo, int nb) {
-  int64_t rows = int64_t(C) * kh * kw;
-  int64_t per = rows * P;
-  int64_t total = per * nb;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    int64_t b = i / per;
-    int64_t r = (i - b * per) / P;
-    int64_t p = i - b * per - r * P + p0;
-    int j = int(r % kw);
-    int ii = int((r / kw) % kh);
-    int c = int(r / (int64_t(kw) * kh));
-    int oy = int(p / Wo), ox = int(p - int64_t(oy) * Wo);
-    int iy = oy * stride - pad + ii, ix = ox * stride - pad + j;
-    T v = fromF<T>(0.f);
-    if (iy >= 0 && iy < H && ix >= 0 && ix < W) v = x[((b * C + c) * int64_t(H) + iy) * W + ix];
-    col[i] = v;
+                       int stride, int pad, int Wo, int p0, int P, int rows) {
+  const int b = blockIdx.z;
+  const T* xb = x + int64_t(b) * C * H * W;
+  for (int r = blockIdx.y; r < rows; r += gridDim.y) {
+    int j = r % kw, ii = (r / kw) % kh, c = r / (kw * kh);
+    const T* xc = xb + int64_t(c) * H * W;
+    T* out = col + (int64_t(b) * rows + r) * P;
+    for (int q = blockIdx.x * blockDim.x + threadIdx.x; q < P; q += gridDim.x * blockDim.x) {
+      int p = q + p0, oy = p / Wo, ox = p - oy * Wo;
+      int iy = oy * stride - pad + ii, ix = ox * stride - pad + j;
+      out[q] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? xc[iy * W + ix] : fromF<T>(0.f);
+    }
   }
-  (void)HWo;
 }
 
 }  // namespace
@@ -172,12 +179,15 @@ void opConv2d(const OpAttrs& a, const std::vector<TensorView>& in, const std::ve
     int64_t nbb = std::min(nb, Bn - b0);
     for (int64_t p0 = 0; p0 < HWo; p0 += P) {
       int64_t Pc = std::min(P, HWo - p0);
-      int64_t total = CK_ * Pc * nbb;
+      if (H * W >= (int64_t(1) << 31) || HWo >= (int64_t(1) << 31) || CK_ >= (int64_t(1) << 31))
+        shapeError(op, "image too large for 32-bit pixel indexing");
+      dim3 grid{unsigned(std::min<int64_t>(ceilDiv(Pc, 256), 1024)), unsigned(std::min<int64_t>(CK_, 65535)),
+                unsigned(nbb)};
       dispatchFloat(op, dt, [&](auto tag) {
         using T = decltype(tag);
-        im2col<T><<<gridFor(total, 256), 256, 0, ctx().stream>>>(
-            x.as<T>() + b0 * C * H * W, col.as<T>(), int(C), int(H), int(W), int(kh), int(kw), int(s), int(pad),
-            int(Wo), p0, Pc, HWo, int(nbb));
+        im2col<T><<<grid, 256, 0, ctx().stream>>>(x.as<T>() + b0 * C * H * W, col.as<T>(), int(C), int(H), int(W),
+                                                   int(kh), int(kw), int(s), int(pad), int(Wo), int(p0), int(Pc),
+                                                   int(CK_));
       });
       CK_LAUNCH("im2col");
       // yᵀ[b][p0:p0+Pc, :] = colᵀ (Pc × CK) · wᵀ (CK × O)

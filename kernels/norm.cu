@@ -80,8 +80,10 @@ __global__ void __launch_bounds__(GN_THREADS) gnApply(const T* __restrict__ x, T
   const T* xg = x + int64_t(group) * groupSize;
   T* yg = y + int64_t(group) * groupSize;
   int64_t lo = int64_t(split) * chunk, hi = min(groupSize, lo + chunk);
+  // Chunks are < 2^31 elements apart, so the channel of element i needs only a 32-bit division.
+  const unsigned uS = unsigned(S);
   for (int64_t i = lo + threadIdx.x; i < hi; i += GN_THREADS) {
-    int c = c0 + int(i / S);
+    int c = c0 + int(unsigned(i) / uS);
     float v = (toF(xg[i]) - mean) * rstd * toF(gamma[c]) + toF(beta[c]);
     if (silu) v = v / (1.f + __expf(-v));
     yg[i] = fromF<T>(v);
@@ -128,6 +130,7 @@ void opGroupNorm(const OpAttrs& a, const std::vector<TensorView>& in, const std:
   if (y.shape != x.shape) shapeError(op, "output shape differs from input");
   if (x.numel() == 0) return;
   int64_t S = x.numel() / (B * C), Cg = C / G, groupSize = Cg * S;
+  if (groupSize >= (int64_t(1) << 32)) shapeError(op, "a group of 2^32 or more elements is not supported");
   int64_t splits = std::min<int64_t>(1024, std::max<int64_t>(1, ceilDiv(groupSize, 8192)));
   int64_t chunk = ceilDiv(groupSize, splits);
   Scratch part(size_t(B * G * splits) * sizeof(Welford));
