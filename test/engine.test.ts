@@ -1,0 +1,135 @@
+// Engine API behaviour on the tiny model: argument validation, determinism, abort, dispose, memory.
+import t from 'tap';
+import { Engine } from '../lib/engine.js';
+import { memory } from '../lib/native.js';
+import { Tensor } from '../lib/tensor.js';
+import { TINY_SD, fixture } from './helpers/fixtures.js';
+
+// tap's deep equality formats whole typed arrays on failure and is slow on 49k elements: compare bytes.
+const eq = (a: Uint8Array, b: Uint8Array) => Buffer.compare(Buffer.from(a), Buffer.from(b)) === 0;
+
+const base = { prompt: 'a photo of the face of person', width: 128, height: 128, steps: 3, seed: 7 };
+
+t.test('engine behaviour', async (t) => {
+  const engine = await Engine.load(TINY_SD, { device: 'cpu' });
+  t.teardown(() => engine.dispose());
+
+  t.test('tokenize and encodeText shapes', async (t) => {
+    const ids = engine.tokenize('a photo');
+    t.equal(ids.length, 77);
+    t.equal(ids[0], 49406);
+    using ctx = await engine.encodeText('a photo');
+    t.same(ctx.shape, [1, 77, 32]);
+    using ctx2 = await engine.encodeText(ids);
+    t.ok(Buffer.from(ctx2.toFloat32().buffer).equals(Buffer.from(ctx.toFloat32().buffer)), 'ids and text give the same embedding');
+    await t.rejects(engine.encodeText(new Int32Array(5)), { code: 'E_SHAPE' });
+    await t.rejects(engine.encodeText(new Int32Array(77).fill(60000)), { code: 'E_ARGUMENT' });
+  });
+
+  t.test('same seed, same image; another seed, another image', async (t) => {
+    const a = await engine.generate(base);
+    const b = await engine.generate(base);
+    const c = await engine.generate({ ...base, seed: 8 });
+    t.ok(eq(a.images[0]!.data, b.images[0]!.data), 'identical pixels');
+    t.notOk(eq(a.images[0]!.data, c.images[0]!.data), 'different pixels');
+    t.equal(a.images[0]!.width, 128);
+    t.equal(a.images[0]!.channels, 3);
+    t.equal(a.images[0]!.data.length, 128 * 128 * 3);
+    t.same(a.latents.shape, [1, 4, 16, 16]);
+    for (const r of [a, b, c]) { r.latents.dispose(); r.pixels.dispose(); }
+  });
+
+  t.test('eta > 0 uses seeded noise and stays deterministic', async (t) => {
+    const a = await engine.generate({ ...base, eta: 1 });
+    const b = await engine.generate({ ...base, eta: 1 });
+    const c = await engine.generate({ ...base, eta: 0 });
+    t.ok(eq(a.images[0]!.data, b.images[0]!.data), 'identical pixels');
+    t.notOk(eq(a.images[0]!.data, c.images[0]!.data), 'different pixels');
+    for (const r of [a, b, c]) { r.latents.dispose(); r.pixels.dispose(); }
+  });
+
+  t.test('guidance ≤ 1 runs without the unconditional branch', async (t) => {
+    const r = await engine.generate({ ...base, guidanceScale: 1 });
+    t.equal(r.images.length, 1);
+    r.latents.dispose(); r.pixels.dispose();
+  });
+
+  t.test('bad arguments are typed errors', async (t) => {
+    const e1 = await t.rejects(engine.generate({ ...base, width: 100 }), { code: 'E_SHAPE' });
+    t.match((e1 as unknown as Error).message, /nearest valid: 64 or 128/);
+    await t.rejects(engine.generate({ ...base, height: 0 }), { code: 'E_SHAPE' });
+    await t.rejects(engine.generate({ ...base, steps: 0 }), { code: 'E_ARGUMENT' });
+    await t.rejects(engine.generate({ ...base, steps: 1001 }), { code: 'E_ARGUMENT' });
+    await t.rejects(engine.generate({ ...base, steps: 2.5 }), { code: 'E_ARGUMENT' });
+    await t.rejects(engine.generate({ ...base, guidanceScale: NaN }), { code: 'E_ARGUMENT' });
+    await t.rejects(engine.generate({ ...base, guidanceScale: -1 }), { code: 'E_ARGUMENT' });
+    await t.rejects(engine.generate({ ...base, eta: NaN }), { code: 'E_ARGUMENT' });
+    await t.rejects(engine.generate({ ...base, seed: -3 }), { code: 'E_ARGUMENT' });
+    await t.rejects(engine.generate({ ...base, prompt: 42 as unknown as string }), { code: 'E_ARGUMENT' });
+    using wrong = Tensor.zeros([1, 4, 8, 8]);
+    await t.rejects(engine.generate({ ...base, latents: wrong }), { code: 'E_SHAPE' });
+    using wrongC = Tensor.zeros([1, 3, 16, 16]);
+    await t.rejects(engine.generate({ ...base, latents: wrongC }), { code: 'E_SHAPE' });
+    using x = Tensor.zeros([1, 4, 16, 16]);
+    using ctx = Tensor.zeros([1, 77, 31]);
+    await t.rejects(engine.predictNoise(x, 10, ctx), { code: 'E_SHAPE' });
+    using ctxOk = Tensor.zeros([1, 77, 32]);
+    await t.rejects(engine.predictNoise(x, NaN, ctxOk), { code: 'E_ARGUMENT' });
+    await t.rejects(engine.predictNoise(x, 1000, ctxOk), { code: 'E_ARGUMENT' });
+    using odd = Tensor.zeros([1, 4, 12, 12]);
+    await t.rejects(engine.predictNoise(odd, 10, ctxOk), { code: 'E_SHAPE' });
+    await t.rejects(engine.predictNoiseWithAttention(x, 10, ctxOk, ['nope.attn2']), { code: 'E_ARGUMENT' });
+    using img = Tensor.zeros([1, 3, 100, 100]);
+    await t.rejects(engine.encodeImage(img), { code: 'E_SHAPE' });
+    using z = Tensor.zeros([1, 3, 16, 16]);
+    await t.rejects(engine.decodeLatents(z), { code: 'E_SHAPE' });
+  });
+
+  t.test('over-long prompts are truncated with a warning', async (t) => {
+    const r = await engine.generate({ ...base, prompt: 'a photo of a very long prompt '.repeat(20) });
+    t.match(r.warnings.join('\n'), /truncated/);
+    r.latents.dispose(); r.pixels.dispose();
+  });
+
+  t.test('abort mid-generation rejects with E_ABORTED and frees everything', async (t) => {
+    const before = memory().cpu;
+    const ac = new AbortController();
+    await t.rejects(
+      engine.generate({ ...base, steps: 20, signal: ac.signal, onProgress: (p) => { if (p.step === 3) ac.abort(); } }),
+      { code: 'E_ABORTED' },
+    );
+    t.equal(memory().cpu, before, 'no tensor memory left behind');
+    const pre = new AbortController();
+    pre.abort();
+    await t.rejects(engine.generate({ ...base, signal: pre.signal }), { code: 'E_ABORTED' });
+  });
+
+  t.test('progress reports every step', async (t) => {
+    const seen: number[] = [];
+    const r = await engine.generate({ ...base, steps: 4, onProgress: (p) => { seen.push(p.step); t.equal(p.steps, 4); t.ok(p.elapsedMs >= 0); t.ok(p.timestep >= 0); } });
+    t.same(seen, [1, 2, 3, 4]);
+    r.latents.dispose(); r.pixels.dispose();
+  });
+
+  t.test('ten generate() calls do not grow memory', async (t) => {
+    const run = async () => { const r = await engine.generate(base); r.latents.dispose(); r.pixels.dispose(); };
+    await run();
+    const before = memory().cpu;
+    for (let i = 0; i < 10; i++) await run();
+    t.equal(memory().cpu, before, 'native live bytes unchanged');
+    t.equal(engine.programCount > 0, true);
+  });
+});
+
+t.test('load errors and calls after dispose', async (t) => {
+  await t.rejects(Engine.load('/nonexistent/model'), { code: 'E_NOT_FOUND' });
+  await t.rejects(Engine.load(fixture('golden/tokenizer.json')), { code: 'E_MODEL_FORMAT' });
+  await t.rejects(Engine.load(TINY_SD, { device: 'tpu' as 'cpu' }), { code: 'E_ARGUMENT' });
+  await t.rejects(Engine.load(TINY_SD, { device: 'cpu', dtype: 'float16' }), { code: 'E_ARGUMENT' });
+  const e = await Engine.load(TINY_SD, { device: 'cpu' });
+  e.dispose();
+  t.equal(e.disposed, true);
+  await t.rejects(e.generate(base), { code: 'E_DISPOSED' });
+  await t.rejects(e.encodeText('x'), { code: 'E_DISPOSED' });
+  e.dispose();
+});
