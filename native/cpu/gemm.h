@@ -17,7 +17,7 @@ namespace cpu {
 #define IDFORGE_GEMM_KC 256
 #endif
 #ifndef IDFORGE_GEMM_MC
-#define IDFORGE_GEMM_MC 168
+#define IDFORGE_GEMM_MC 336
 #endif
 constexpr int64_t kKC = IDFORGE_GEMM_KC;  // depth of a K slab: an NR-wide B panel (32 KiB) stays in L1
 constexpr int64_t kMC = IDFORGE_GEMM_MC;  // rows of A per L2-resident block (a multiple of every MR)
