@@ -15,6 +15,9 @@ import { ClipTokenizer } from './text/tokenizer.js';
 import { buildUNet, crossAttentionLayers, type CrossContext } from './unet/unet.js';
 import { buildVaeDecoder, buildVaeEncoder } from './vae/vae.js';
 import type { RawImage } from './io/image.js';
+import { conditionalMaps, layerDownsampling, selectLayers, selectSteps, type AttentionCapture, type AttentionMap, type CaptureAttentionOptions } from './attention.js';
+import { Identity } from './identity/identity.js';
+import { expandPrompt, type ExpandedPrompt } from './identity/placeholders.js';
 
 export interface LoadOptions {
   /** 'auto' (default) takes CUDA when backends().cuda.available, else the CPU. */
@@ -32,6 +35,8 @@ export interface ProgressInfo {
   steps: number;
   timestep: number;
   elapsedMs: number;
+  /** The identity stage whose K/V words this step used (0 without an identity). */
+  stage: number;
 }
 
 export interface GenerateOptions {
@@ -48,6 +53,21 @@ export interface GenerateOptions {
   latents?: Tensor;
   onProgress?: (p: ProgressInfo) => void;
   signal?: AbortSignal;
+  /** The identity that `<id>` in the prompt names. */
+  identity?: Identity;
+  /** Several identities, named in the prompt as `<id:name>`. */
+  identities?: Record<string, Identity> | Map<string, Identity>;
+  /** Return cross-attention probabilities (result.attention) for the chosen layers and steps. */
+  captureAttention?: CaptureAttentionOptions;
+}
+
+export interface TextOptions {
+  identity?: Identity;
+  identities?: Record<string, Identity> | Map<string, Identity>;
+  /** Which stage's words to inject (SeFi-IDE identities have 5). */
+  stage?: number;
+  /** Inject the key ('k', default) or value ('v') words. */
+  kind?: 'k' | 'v';
 }
 
 export interface GenerateResult {
@@ -57,6 +77,21 @@ export interface GenerateResult {
   /** The decoded image in [0, 1], [1, 3, H, W] float32 on the CPU. */
   pixels: Tensor;
   warnings: string[];
+  /** Present when captureAttention was given. */
+  attention?: AttentionCapture;
+}
+
+function identityMap(o: { identity?: Identity; identities?: Record<string, Identity> | Map<string, Identity> }): Map<string, Identity> | undefined {
+  if (o.identity !== undefined && o.identities !== undefined)
+    throw new IdforgeError('E_ARGUMENT', 'pass either identity or identities, not both');
+  if (o.identity !== undefined) {
+    if (!(o.identity instanceof Identity)) throw new IdforgeError('E_ARGUMENT', 'identity must be an Identity');
+    return new Map([[o.identity.name ?? 'id', o.identity]]);
+  }
+  if (o.identities === undefined) return undefined;
+  const m = o.identities instanceof Map ? o.identities : new Map(Object.entries(o.identities));
+  for (const [k, v] of m) if (!(v instanceof Identity)) throw new IdforgeError('E_ARGUMENT', `identities.${k} must be an Identity`);
+  return m;
 }
 
 function describe(v: unknown): string {
@@ -171,8 +206,23 @@ export class Engine implements Disposable {
     return Tensor.from(flat, [ids.length, 77], { device: this.backend.device });
   }
 
-  /** last_hidden_state [B, 77, D] of the text encoder for token ids (or prompts). Returned on the CPU in float32. */
-  async encodeText(input: string | Int32Array | number[] | (string | Int32Array)[]): Promise<Tensor> {
+  /**
+   * last_hidden_state [B, 77, D] of the text encoder for token ids or prompts, on the CPU in float32.
+   * With an identity, `<id>` / `<id:name>` placeholders expand to the identity's word slots whose
+   * token embeddings are replaced by the identity's `kind` vectors of `stage`.
+   */
+  async encodeText(input: string | Int32Array | number[] | (string | Int32Array)[], opts: TextOptions = {}): Promise<Tensor> {
+    this.w;
+    const idMap = identityMap(opts);
+    if (idMap || (typeof input === 'string' && /<id(:[^<>]*)?>/.test(input))) {
+      if (typeof input !== 'string') throw new IdforgeError('E_ARGUMENT', 'identities apply to a prompt string, not to token ids');
+      const e = this.expand(input, idMap);
+      if (e.rows.length === 0) return toHost(await this.runText([e.ids]));
+      const stage = opts.stage ?? 0;
+      const kind = opts.kind ?? 'k';
+      if (kind !== 'k' && kind !== 'v') throw new IdforgeError('E_ARGUMENT', `kind must be 'k' or 'v', got ${describe(kind)}`);
+      return toHost(await this.runText([e.ids], { slots: [e.slots], vectors: e.vectors(stage, kind) }));
+    }
     const list: (string | Int32Array | number[])[] = Array.isArray(input) && (input.length === 0 || typeof input[0] !== 'number') ? (input as (string | Int32Array)[]) : [input as string | Int32Array | number[]];
     const ids = list.map((x) => {
       if (typeof x === 'string') return this.tokenize(x);
@@ -182,8 +232,15 @@ export class Engine implements Disposable {
       for (const id of a) if (id < 0 || id >= vocab) throw new IdforgeError('E_ARGUMENT', `token id ${id} is outside the vocabulary (0..${vocab - 1})`);
       return a;
     });
-    const out = await this.runText(ids);
-    return toHost(out);
+    return toHost(await this.runText(ids));
+  }
+
+  /** A prompt's placeholders expanded against the identities, checked against this model's text width. */
+  private expand(prompt: string, idMap: Map<string, Identity> | undefined): ExpandedPrompt {
+    const e = expandPrompt(this.tokenizer, prompt, idMap);
+    if (e.rows.length && e.dim !== this.configs.text.hiddenSize)
+      throw new IdforgeError('E_IDENTITY', `identity has dim ${e.dim}, the model's text width is ${this.configs.text.hiddenSize}`);
+    return e;
   }
 
   /**
@@ -306,24 +363,30 @@ export class Engine implements Disposable {
     return { mean: toHost(mean!), logvar: Tensor.from(data, shape) };
   }
 
-  /** A UNet step program with classifier-free guidance folded in: (latents [1], t [2], context [2]) → guided eps [1]. */
-  /** @internal */
-  guidedUNet(h: number, w: number, n: number, guidance: number | null): Program {
+  /**
+   * @internal A UNet step program with classifier-free guidance folded in: (latents [1], t [b],
+   * key context [b], value context [b] when dual) → guided eps [1] and the captured maps.
+   */
+  guidedUNet(h: number, w: number, n: number, guidance: number | null, opts: { dual?: boolean; capture?: string[] } = {}): Program {
     const ch = this.configs.unet.inChannels;
     const D = this.configs.unet.crossAttentionDim;
     const cfg = guidance !== null;
-    return this.program(`unet-step:${h}x${w}:${n}:${guidance}`, (g) => {
+    const dual = !!opts.dual;
+    const capture = opts.capture ?? [];
+    return this.program(`unet-step:${h}x${w}:${n}:${guidance}:${dual}:${capture.join(',')}`, (g) => {
       const x = g.input([1, ch, h, w]);
       const b = cfg ? 2 : 1;
       const t = g.input([b]);
-      const ctx = g.input([b, n, D]);
+      const k = g.input([b, n, D]);
+      const v = dual ? g.input([b, n, D]) : k;
       const xx = cfg ? g.concat([x, x], 0) : x;
-      const eps = buildUNet(g, this.w.unet, this.configs.unet, xx, t, { k: ctx, v: ctx }).eps;
-      g.output(cfg ? g.cfg(eps, guidance) : eps);
+      const r = buildUNet(g, this.w.unet, this.configs.unet, xx, t, { k, v }, { capture: new Set(capture) });
+      g.output(cfg ? g.cfg(r.eps, guidance) : r.eps);
+      for (const l of capture) g.output(r.attention.get(l)!, l);
     });
   }
 
-  /** Text → image with DDIM and classifier-free guidance. */
+  /** Text → image with DDIM and classifier-free guidance, optionally with identities and attention capture. */
   async generate(opts: GenerateOptions): Promise<GenerateResult> {
     this.w;
     const o = validateGenerate(opts, this.sizeMultiple);
@@ -333,15 +396,20 @@ export class Engine implements Disposable {
     const h = o.height / this.latentFactor;
     const w = o.width / this.latentFactor;
     const ch = this.configs.unet.inChannels;
-    const cond = this.tokenizer.encode(opts.prompt);
-    if (cond.truncated) warnings.push('the prompt is longer than 75 tokens and was truncated');
+    const e = this.expand(opts.prompt, identityMap(opts));
+    if (e.truncated) warnings.push('the prompt is longer than 75 tokens and was truncated');
     const cfg = o.guidanceScale > 1;
-    const ids = [cond.ids];
+    const ids = [e.ids];
+    const slots = [e.slots];
     if (cfg) {
+      // The unconditional branch never sees an identity: its slots are all −1.
       const neg = this.tokenizer.encode(o.negativePrompt);
       if (neg.truncated) warnings.push('the negative prompt is longer than 75 tokens and was truncated');
       ids.unshift(neg.ids);
+      slots.unshift(new Int32Array(77).fill(-1));
     }
+    const withId = e.rows.length > 0;
+    const dual = withId && !e.kvShared;
     let latents: Float32Array;
     if (opts.latents) {
       this.checkLatents(opts.latents, 'latents');
@@ -351,32 +419,63 @@ export class Engine implements Disposable {
     } else {
       latents = randn(o.seed, ch * h * w);
     }
+    const levels = this.configs.unet.blockOutChannels.length;
+    const capLayers = opts.captureAttention ? selectLayers(opts.captureAttention.layers, this.crossAttentionLayers, h, levels) : [];
+    const capSteps = opts.captureAttention ? selectSteps(opts.captureAttention.steps, o.steps) : new Set<number>();
+    const reduce = opts.captureAttention?.reduce === 'mean';
+    if (opts.captureAttention?.reduce !== undefined && !reduce) throw new IdforgeError('E_ARGUMENT', "captureAttention.reduce must be 'mean'");
+    const maps: AttentionMap[] = [];
     const noiseSeed = o.seed + 1;
     const timesteps = this.scheduler.timesteps(o.steps);
-    const program = this.guidedUNet(h, w, 77, cfg ? o.guidanceScale : null);
     const start = Date.now();
-    const context = await this.runText(ids);
+    // One text-encoder run per distinct (stage, K|V) set, cached across steps.
+    const contexts = new Map<string, Tensor>();
+    const context = async (stage: number, kind: 'k' | 'v'): Promise<Tensor> => {
+      const key = withId ? `${stage}:${e.kvShared ? 'k' : kind}` : 'plain';
+      let c = contexts.get(key);
+      if (!c) {
+        c = withId ? await this.runText(ids, { slots, vectors: e.vectors(stage, e.kvShared ? 'k' : kind) }) : await this.runText(ids);
+        contexts.set(key, c);
+      }
+      return c;
+    };
     try {
       for (let i = 0; i < timesteps.length; i++) {
         throwIfAborted(signal, 'generate');
         const t = timesteps[i]!;
+        const stage = withId ? e.stageFor(t, this.configs.scheduler.numTrainTimesteps) : 0;
+        const capture = capSteps.has(i + 1) ? capLayers : [];
+        const program = this.guidedUNet(h, w, 77, cfg ? o.guidanceScale : null, { dual, capture });
+        const ctxK = await context(stage, 'k');
+        const ctxV = dual ? await context(stage, 'v') : undefined;
         const tIn = Tensor.from(new Float32Array(ids.length).fill(t), [ids.length], { dtype: this.backend.dtype, device: this.backend.device });
         const xIn = Tensor.from(latents, [1, ch, h, w], { dtype: this.backend.dtype, device: this.backend.device });
         let eps: Float32Array;
         try {
-          const [e] = await program.run([xIn, tIn, context]);
-          eps = e!.toFloat32();
-          e!.dispose();
+          const [out, ...probs] = await program.run(ctxV ? [xIn, tIn, ctxK, ctxV] : [xIn, tIn, ctxK]);
+          eps = out!.toFloat32();
+          out!.dispose();
+          capture.forEach((layer, j) => {
+            const p = probs[j]!;
+            const [bh, hw, n] = p.shape as [number, number, number];
+            const blockHeads = bh / ids.length;
+            const lh = h / layerDownsampling(layer, levels);
+            maps.push({
+              layer, step: i + 1, timestep: t, heads: reduce ? 1 : blockHeads, height: lh, width: hw / lh, tokens: n,
+              data: conditionalMaps(p.toFloat32(), bh, blockHeads, hw, n, reduce),
+            });
+            p.dispose();
+          });
         } finally {
           tIn.dispose();
           xIn.dispose();
         }
         const noise = o.eta > 0 ? randn(noiseSeed + i, latents.length) : undefined;
         latents = this.scheduler.step(eps, t, latents, { steps: o.steps, eta: o.eta, ...(noise ? { noise } : {}) }).prevSample;
-        opts.onProgress?.({ step: i + 1, steps: timesteps.length, timestep: t, elapsedMs: Date.now() - start });
+        opts.onProgress?.({ step: i + 1, steps: timesteps.length, timestep: t, elapsedMs: Date.now() - start, stage });
       }
     } finally {
-      context.dispose();
+      for (const c of contexts.values()) c.dispose();
     }
     throwIfAborted(signal, 'generate');
     const sf = this.configs.vae.scalingFactor;
@@ -384,7 +483,12 @@ export class Engine implements Disposable {
     using decoded = await this.decodeLatents(z);
     const px = decoded.toFloat32().map((v) => Math.min(1, Math.max(0, v / 2 + 0.5)));
     const pixels = Tensor.from(px, decoded.shape);
-    return { images: [toRawImage(px, o.width, o.height)], latents: Tensor.from(latents, [1, ch, h, w]), pixels, warnings };
+    const result: GenerateResult = { images: [toRawImage(px, o.width, o.height)], latents: Tensor.from(latents, [1, ch, h, w]), pixels, warnings };
+    if (opts.captureAttention) {
+      const tokens = [...e.ids].map((id, i) => (e.slots[i]! >= 0 ? '<id>' : (this.tokenizer.piece(id) ?? String(id))));
+      result.attention = { maps, ids: e.ids, tokens, slots: e.slots };
+    }
+    return result;
   }
 
   /** Every cross-attention layer name of this model's UNet. */

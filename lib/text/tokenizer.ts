@@ -285,6 +285,11 @@ export class ClipTokenizer {
     return pack(this.idsFor(text), { bos: this.bos, eos: this.eos, maxLength: this.maxLength });
   }
 
+  /** The token string of a vocabulary id (e.g. 1125 → "photo</w>"), or undefined. */
+  piece(id: number): string | undefined {
+    return this.decoder.get(id);
+  }
+
   /** Vocabulary id of one token string (e.g. `"person</w>"`), or undefined. */
   tokenId(token: string): number | undefined {
     return this.encoder.get(token);

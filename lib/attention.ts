@@ -1,0 +1,145 @@
+// Cross-attention maps for users: which layers/steps generate() captures, and the heatmap overlay
+// SeFi-IDE uses to show attention overfit (an identity token whose map covers the whole image).
+import sharp from 'sharp';
+import { IdforgeError } from './errors.js';
+import type { RawImage } from './io/image.js';
+
+export interface CaptureAttentionOptions {
+  /** 'cross' (default: every cross-attention layer), layer names, or the layers whose maps are resolution×resolution... (latent side / 2^level). */
+  layers?: 'cross' | string[] | { resolution: number };
+  /** 'all' (default) or 1-based step numbers (as in onProgress). */
+  steps?: 'all' | number[];
+  /** 'mean' averages the heads. */
+  reduce?: 'mean';
+}
+
+/** One captured map set: the conditional branch's softmax probabilities of one layer at one step. */
+export interface AttentionMap {
+  layer: string;
+  step: number;
+  timestep: number;
+  /** 1 when heads were averaged */
+  heads: number;
+  height: number;
+  width: number;
+  tokens: number;
+  /** [heads, height·width, tokens] row-major */
+  data: Float32Array;
+}
+
+export interface AttentionCapture {
+  maps: AttentionMap[];
+  /** The 77 prompt ids the maps' token axis refers to. */
+  ids: Int32Array;
+  /** The BPE piece of each of the 77 positions ('<|startoftext|>', 'photo</w>', '<id>' for identity slots). */
+  tokens: string[];
+  /** For each position: the identity slot row, or −1. */
+  slots: Int32Array;
+}
+
+/** The spatial side ratio of each cross-attention layer (1 = latent resolution). */
+export function layerDownsampling(layer: string, levels: number): number {
+  const m = /^(down_blocks|up_blocks)\.(\d+)\./.exec(layer);
+  if (!m) return 2 ** (levels - 1); // mid block
+  const i = Number(m[2]);
+  return m[1] === 'down_blocks' ? 2 ** i : 2 ** (levels - 1 - i);
+}
+
+/** Resolves the layer selection against the model's cross-attention layers. */
+export function selectLayers(opt: CaptureAttentionOptions['layers'], all: string[], latentH: number, levels: number): string[] {
+  if (opt === undefined || opt === 'cross') return all;
+  if (Array.isArray(opt)) {
+    for (const l of opt) if (!all.includes(l)) throw new IdforgeError('E_ARGUMENT', `captureAttention: unknown cross-attention layer '${l}'`);
+    return [...new Set(opt)];
+  }
+  if (opt && typeof opt === 'object' && Number.isInteger(opt.resolution)) {
+    const sel = all.filter((l) => latentH / layerDownsampling(l, levels) === opt.resolution);
+    if (sel.length === 0)
+      throw new IdforgeError('E_ARGUMENT', `captureAttention: no cross-attention layer works at ${opt.resolution}x${opt.resolution} for this image size`);
+    return sel;
+  }
+  throw new IdforgeError('E_ARGUMENT', "captureAttention.layers must be 'cross', an array of layer names or { resolution }");
+}
+
+export function selectSteps(opt: CaptureAttentionOptions['steps'], steps: number): Set<number> {
+  if (opt === undefined || opt === 'all') return new Set(Array.from({ length: steps }, (_, i) => i + 1));
+  if (!Array.isArray(opt) || opt.some((s) => !Number.isInteger(s) || s < 1 || s > steps))
+    throw new IdforgeError('E_ARGUMENT', `captureAttention.steps must be 'all' or step numbers in [1, ${steps}]`);
+  return new Set(opt);
+}
+
+/**
+ * Keeps the conditional half of probabilities [2·heads or heads, h·w, n] and optionally averages
+ * the heads.
+ */
+export function conditionalMaps(p: Float32Array, batchHeads: number, heads: number, hw: number, n: number, reduce: boolean): Float32Array {
+  const off = batchHeads === 2 * heads ? heads * hw * n : 0;
+  const cond = p.subarray(off, off + heads * hw * n);
+  if (!reduce) return cond.slice();
+  const out = new Float32Array(hw * n);
+  for (let h = 0; h < heads; h++) {
+    const src = cond.subarray(h * hw * n, (h + 1) * hw * n);
+    for (let i = 0; i < src.length; i++) out[i]! += src[i]! / heads;
+  }
+  return out;
+}
+
+/** Positions of `token` (an index, or a word/piece of the prompt, or '<id>' for identity slots). */
+export function tokenPositions(capture: AttentionCapture, token: number | string): number[] {
+  if (typeof token === 'number') {
+    if (!Number.isInteger(token) || token < 0 || token >= capture.tokens.length)
+      throw new IdforgeError('E_ARGUMENT', `token index must be in [0, ${capture.tokens.length})`);
+    return [token];
+  }
+  if (/^<[^>]*>$/.test(token) && token !== '<|startoftext|>' && token !== '<|endoftext|>') {
+    const pos = [...capture.slots.keys()].filter((i) => capture.slots[i]! >= 0);
+    if (pos.length) return pos;
+  }
+  const want = token.toLowerCase();
+  const pos = capture.tokens.map((p, i) => (p.replace(/<\/w>$/, '') === want ? i : -1)).filter((i) => i >= 0);
+  if (pos.length === 0) throw new IdforgeError('E_ARGUMENT', `'${token}' is not a token of the prompt (tokens: ${capture.tokens.filter((x) => x !== '<|endoftext|>').join(' ')})`);
+  return pos;
+}
+
+/**
+ * A heatmap of how much the image attends to `token`, averaged over the captured layers and
+ * steps (each map resized to the image), blended over `image` (or shown alone without one).
+ */
+export async function attentionHeatmap(
+  result: { attention?: AttentionCapture; images?: RawImage[] },
+  token: number | string,
+  opts: { image?: RawImage; alpha?: number } = {},
+): Promise<RawImage> {
+  const cap = result.attention;
+  if (!cap || cap.maps.length === 0) throw new IdforgeError('E_ARGUMENT', 'no attention was captured: pass captureAttention to generate()');
+  const base = opts.image ?? result.images?.[0];
+  const W = base?.width ?? cap.maps[0]!.width * 8;
+  const H = base?.height ?? cap.maps[0]!.height * 8;
+  const pos = tokenPositions(cap, token);
+  const acc = new Float32Array(W * H);
+  for (const m of cap.maps) {
+    const hw = m.height * m.width;
+    const small = new Float32Array(hw);
+    for (let h = 0; h < m.heads; h++)
+      for (let i = 0; i < hw; i++) for (const p of pos) small[i]! += m.data[(h * hw + i) * m.tokens + p]! / m.heads;
+    let max = 0;
+    for (const v of small) max = Math.max(max, v);
+    const u8 = Uint8Array.from(small, (v) => (max > 0 ? Math.round((v / max) * 255) : 0));
+    const big = await sharp(Buffer.from(u8), { raw: { width: m.width, height: m.height, channels: 1 } }).resize(W, H, { kernel: 'cubic' }).raw().toBuffer();
+    for (let i = 0; i < W * H; i++) acc[i]! += big[i]! / 255 / cap.maps.length;
+  }
+  let max = 0;
+  for (const v of acc) max = Math.max(max, v);
+  const alpha = opts.alpha ?? 0.55;
+  const data = new Uint8Array(W * H * 3);
+  for (let i = 0; i < W * H; i++) {
+    const v = max > 0 ? acc[i]! / max : 0;
+    // A black → red → yellow → white ramp.
+    const heat = [Math.min(1, v * 3), Math.min(1, Math.max(0, v * 3 - 1)), Math.max(0, v * 3 - 2)];
+    for (let c = 0; c < 3; c++) {
+      const under = base ? base.data[i * 3 + c]! / 255 : 0;
+      data[i * 3 + c] = Math.round(255 * (base ? (1 - alpha) * under + alpha * heat[c]! : heat[c]!));
+    }
+  }
+  return { width: W, height: H, channels: 3, data };
+}
