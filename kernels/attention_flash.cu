@@ -270,10 +270,14 @@ void launchW(const AttnParams& p) {
   CK_LAUNCH("flashKernel");
 }
 
+// 8 warps only where the register budget still leaves 16+ warps per SM in flight (d 40: 85
+// registers) or where 4-warp blocks were already limited to 8 warps per SM (d 160: 2 blocks of
+// 107 KiB smem). At d 64/80 an 8-warp block would halve the resident warps: measured slower on
+// the H100 (d 80, N 4096: 174 vs 193 TFLOP/s).
 template <int D, bool CAP>
 void launch(const AttnParams& p) {
   int64_t tiles8 = int64_t((p.Nq + 127) / 128) * p.B * p.H;
-  if (tiles8 >= ctx().sms) launchW<D, CAP, 8>(p);
+  if ((D == 40 || D == 160) && tiles8 >= ctx().sms) launchW<D, CAP, 8>(p);
   else launchW<D, CAP, 4>(p);
 }
 

@@ -181,7 +181,8 @@ void opConv2d(const OpAttrs& a, const std::vector<TensorView>& in, const std::ve
       int64_t Pc = std::min(P, HWo - p0);
       if (H * W >= (int64_t(1) << 31) || HWo >= (int64_t(1) << 31) || CK_ >= (int64_t(1) << 31))
         shapeError(op, "image too large for 32-bit pixel indexing");
-      dim3 grid{unsigned(std::min<int64_t>(ceilDiv(Pc, 256), 1024)), unsigned(std::min<int64_t>(CK_, 65535)),
+      // ~4 pixels per thread: one pixel per thread made the launch block-scheduling bound.
+      dim3 grid{unsigned(std::min<int64_t>(ceilDiv(Pc, 1024), 1024)), unsigned(std::min<int64_t>(CK_, 65535)),
                 unsigned(nbb)};
       dispatchFloat(op, dt, [&](auto tag) {
         using T = decltype(tag);

@@ -259,9 +259,10 @@ std::vector<Case> buildCases() {
   att("attn cross Nq1024 Nk77 d80 capture B2", 2, 8, 1024, 77, 80, 80, false, true, "flash+capture/generic");
   att("attn cross Nq64 Nk77 d160 capture B2", 2, 8, 64, 77, 160, 160, false, true, "flash+capture/generic");
   att("attn self N1000 d64 causal capture", 1, 2, 1000, 1000, 64, 64, true, true, "flash+capture/generic");
-  att("attn 8-warp N1000 d64 H12 B2 causal", 2, 12, 1000, 1000, 64, 64, true, false, "flash 8 warps/generic");
+  att("attn 8-warp N1000 d40 H12 B2 causal", 2, 12, 1000, 1000, 40, 40, true, false, "flash 8 warps/generic");
   att("attn 8-warp N2048 d160 H8 B2", 2, 8, 2048, 2048, 160, 160, false, false, "flash 8 warps/unfused");
-  att("attn 8-warp N2000 d80 H8 B2 capture", 2, 8, 2000, 2000, 80, 80, false, true, "flash 8 warps+capture/unfused");
+  att("attn 8-warp N2000 d40 H8 B2 capture", 2, 8, 2000, 2000, 40, 40, false, true, "flash 8 warps+capture/unfused");
+  att("attn N2000 d80 H8 B2 capture", 2, 8, 2000, 2000, 80, 80, false, true, "flash 4 warps+capture/unfused");
   att("attn tiny d4 H2 Nq64 Nk77", 2, 2, 64, 77, 4, 4, false, false, "generic");
   att("attn tiny d8 H2 N64 capture", 2, 2, 64, 64, 8, 8, false, true, "generic");
   att("attn id-enc d16 H4 N197 capture", 2, 4, 197, 197, 16, 16, false, true, "generic");
