@@ -1,6 +1,5 @@
 // Cross-attention maps for users: which layers/steps generate() captures, and the heatmap overlay
 // SeFi-IDE uses to show attention overfit (an identity token whose map covers the whole image).
-import sharp from 'sharp';
 import { IdforgeError } from './errors.js';
 import type { RawImage } from './io/image.js';
 
@@ -116,6 +115,8 @@ export async function attentionHeatmap(
   const W = base?.width ?? cap.maps[0]!.width * 8;
   const H = base?.height ?? cap.maps[0]!.height * 8;
   const pos = tokenPositions(cap, token);
+  // sharp is loaded on demand so that engines without image I/O (servers, the GPU check) need not load it.
+  const { default: sharp } = await import('sharp');
   const acc = new Float32Array(W * H);
   for (const m of cap.maps) {
     const hw = m.height * m.width;
