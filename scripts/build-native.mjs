@@ -29,11 +29,15 @@ const forceGyp = process.env.IDFORGE_BUILD === 'gyp';
 let status;
 if (!forceGyp && has('cmake')) {
   const cmakeJs = require.resolve('cmake-js/bin/cmake-js');
-  const args = [cmakeJs, 'compile', '--out', 'build'];
-  if (process.env.IDFORGE_CUDA !== undefined) args.push(`--CDIDFORGE_CUDA=${process.env.IDFORGE_CUDA}`);
-  if (process.env.IDFORGE_CUDA_ARCHS) args.push(`--CDIDFORGE_CUDA_ARCHS=${process.env.IDFORGE_CUDA_ARCHS}`);
+  // configure on every install so that changed options (IDFORGE_CUDA, archs) reach CMake's cache.
+  const args = ['--out', 'build'];
+  // Always pass both: CMake caches them, and a stale cache must not keep an earlier choice.
+  const cuda = process.env.IDFORGE_CUDA;
+  args.push(`--CDIDFORGE_CUDA=${cuda === undefined || cuda === '' ? 'ON' : ['0', 'off', 'false', 'no'].includes(cuda.toLowerCase()) ? 'OFF' : 'ON'}`);
+  args.push(`--CDIDFORGE_CUDA_ARCHS=${process.env.IDFORGE_CUDA_ARCHS || '80;86;89;90'}`);
   if (process.env.IDFORGE_PARALLEL) args.push('--parallel', process.env.IDFORGE_PARALLEL);
-  status = run(process.execPath, args);
+  status = run(process.execPath, [cmakeJs, 'configure', ...args]);
+  if (status === 0) status = run(process.execPath, [cmakeJs, 'build', ...args.filter((a) => !a.startsWith('--CD'))]);
 } else {
   console.error('[idforge] cmake not found (or IDFORGE_BUILD=gyp): building the CPU-only addon with node-gyp');
   const gyp = process.env.npm_config_node_gyp;
