@@ -9,3 +9,7 @@ export { openModel, type ModelSource } from './io/checkpoint.js';
 export { ClipTokenizer } from './text/tokenizer.js';
 export { DDIMScheduler } from './sched/ddim.js';
 export { randn } from './sched/random.js';
+export { Identity, IdEncoder, prepareFace, expandPrompt, type IdentityMethod, type PreparedFace, type Landmarks } from './identity/index.js';
+export { attentionHeatmap, type AttentionCapture, type AttentionMap, type CaptureAttentionOptions } from './attention.js';
+export { bench, type BenchOptions, type BenchReport } from './bench/index.js';
+export type { TextOptions } from './engine.js';
