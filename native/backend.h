@@ -76,6 +76,21 @@ struct TensorView {
 //   DDIM_STEP    in: sample, eps, noise?   attrs a_t, a_prev, sigma (see lib/sched/ddim.ts)
 //                out: prev sample = √a_prev·x0 + √(1−a_prev−σ²)·eps + σ·noise,
 //                x0 = (sample − √(1−a_t)·eps)/√a_t
+// Backward ops (vector-Jacobian products for lib/graph/autodiff.ts; gradients w.r.t. activations
+// only, weights are frozen; softmax / norm statistics are recomputed from the forward inputs):
+//   GELU_BACKWARD, QUICK_GELU_BACKWARD, SILU_BACKWARD   in: x, dy (same shape)   out: dx = dy·f'(x)
+//   GEGLU_BACKWARD  in: x[.., 2F], dy[.., F]   out: dx[.., 2F]
+//   UPSAMPLE2X_BACKWARD  in: dy[B, C, 2H, 2W]   out: [B, C, H, W], each 2x2 block summed
+//   REDUCE_SUM   in: x   out: any shape x broadcasts from (right aligned, extents 1 or equal):
+//                x summed over the dims where out has extent 1 (or no dim)
+//   GROUP_NORM_BACKWARD  in: dy, x, w, b   attrs groups, eps, silu (as the forward op)   out: dx
+//   LAYER_NORM_BACKWARD  in: dy, x, w      attrs eps   out: dx
+//   CONV2D_BACKWARD_INPUT  in: dy[B, O, Ho, Wo], w[O, C, kh, kw]   attrs stride, pad
+//                out: dx[B, C, H, W] (its shape, given by the out tensor, fixes H and W)
+//   ATTENTION_BACKWARD  in: q, k, v, do[B, Nq, H·dv], dp?[B·H, Nq, Nk] (a gradient on the
+//                probabilities, optional)   attrs heads, scale, causal   out: dq, dk, dv
+//   INJECT_BACKWARD  in: dy[B, N, D], slots[B, N] (I32)   out: dvectors[M, D] = Σ of the dy rows
+//                whose slot is m (rows with slot −1 contribute nothing)
 #define IDFORGE_OPS(X) \
   X(LINEAR)            \
   X(MATMUL)            \
@@ -99,7 +114,18 @@ struct TensorView {
   X(EMBEDDING)         \
   X(INJECT)            \
   X(CFG)               \
-  X(DDIM_STEP)
+  X(DDIM_STEP)         \
+  X(GELU_BACKWARD)     \
+  X(QUICK_GELU_BACKWARD) \
+  X(SILU_BACKWARD)     \
+  X(GEGLU_BACKWARD)    \
+  X(UPSAMPLE2X_BACKWARD) \
+  X(REDUCE_SUM)        \
+  X(GROUP_NORM_BACKWARD) \
+  X(LAYER_NORM_BACKWARD) \
+  X(CONV2D_BACKWARD_INPUT) \
+  X(ATTENTION_BACKWARD) \
+  X(INJECT_BACKWARD)
 
 enum class OpCode : int {
 #define IDFORGE_OP_ENUM(name) name,

@@ -216,6 +216,31 @@ export class Graph {
     return this.emit('cfg', [eps], [eps.dim(0) / 2, ...eps.shape.slice(1)], { scale });
   }
 
+  /** x summed down to `shape` (x must broadcast from it: right aligned, extents 1 or equal). */
+  reduceSum(x: Value, shape: readonly number[]): Value {
+    broadcastShapes('reduce_sum', x.shape, shape);
+    if (shape.length > x.rank || shape.some((d, i) => d !== 1 && d !== x.dim(x.rank - shape.length + i)))
+      throw shapeErr('reduce_sum', `${S(x.shape)} does not reduce to ${S(shape)}`);
+    return this.emit('reduce_sum', [x], shape);
+  }
+
+  /**
+   * @internal Any backend op (lib/graph/autodiff.ts emits the backward ops through this) with
+   * output shapes given by the caller; the backend validates them when the program runs.
+   */
+  op(name: string, inputs: Value[], outShapes: readonly (readonly number[])[], attrs?: NativeOp['attrs']): Value[] {
+    const outs = outShapes.map((s) => this.value(s));
+    this.ops.push({ op: name, in: inputs.map((v) => v.id), out: outs.map((v) => v.id), ...(attrs ? { attrs } : {}) });
+    return outs;
+  }
+
+  /** @internal the Value handle of a value id */
+  valueOf(id: number): Value {
+    const d = this.values[id];
+    if (!d) throw new IdforgeError('E_INTERNAL', `graph: no value ${id}`);
+    return new Value(id, d.shape, d.dtype);
+  }
+
   ddimStep(sample: Value, eps: Value, noise: Value | undefined, c: { aT: number; aPrev: number; sigma: number }): Value {
     return this.emit('ddim_step', noise ? [sample, eps, noise] : [sample, eps], sample.shape, { a_t: c.aT, a_prev: c.aPrev, sigma: c.sigma });
   }

@@ -1,0 +1,243 @@
+// Reverse-mode differentiation over the graph IR (DESIGN.md "Execution model"): grad() walks the
+// recorded op list backwards and emits each op's vector-Jacobian product with the same builder,
+// into the SAME graph, so one Program computes the loss and its gradients. Forward activations a
+// VJP reads are ordinary values read later: the program's buffer planner keeps them alive until
+// their last reader. Weights are frozen: gradients flow to activations and to the `wrt` values only.
+import { IdforgeError } from '../errors.js';
+import type { NativeOp } from '../native.js';
+import { numel } from '../tensor.js';
+import { type Graph, type Value } from './graph.js';
+
+export interface GradOptions {
+  /** Values treated as constants (stop-gradient): nothing flows through them. */
+  stop?: readonly Value[];
+  /** The incoming gradient of `loss` (default: ones of its shape). */
+  seed?: Value;
+}
+
+type Attrs = NonNullable<NativeOp['attrs']>;
+
+const num = (a: Attrs | undefined, k: string, d: number): number => (a && typeof a[k] === 'number' ? (a[k] as number) : d);
+const flag = (a: Attrs | undefined, k: string): boolean => !!(a && a[k]);
+
+/** dy summed down to `shape` (the adjoint of numpy broadcasting). */
+function reduceTo(g: Graph, dy: Value, shape: readonly number[]): Value {
+  if (dy.rank === shape.length && dy.shape.every((d, i) => d === shape[i])) return dy;
+  return g.reduceSum(dy, shape);
+}
+
+function zerosLike(g: Graph, x: Value): Value {
+  return g.scale(x, 0, 0);
+}
+
+/**
+ * Gradients of the scalar-ish `loss` w.r.t. each of `wrt` (same shapes), emitted into `g`.
+ * A `wrt` value the loss does not depend on gets a zero gradient. Throws E_ARGUMENT for an op
+ * on the path that has no rule (timestep embedding, CFG, DDIM, embedding lookups).
+ */
+export function grad(g: Graph, loss: Value, wrt: readonly Value[], opts: GradOptions = {}): Value[] {
+  const nOps = g.ops.length;
+  const stop = new Set((opts.stop ?? []).map((v) => v.id));
+  // Values that depend on a wrt value (forward sweep).
+  const needs = new Set<number>();
+  for (const w of wrt) if (!stop.has(w.id)) needs.add(w.id);
+  for (let i = 0; i < nOps; i++) {
+    const op = g.ops[i]!;
+    if (op.in.some((id) => needs.has(id))) for (const id of op.out) if (!stop.has(id)) needs.add(id);
+  }
+  // Values the loss depends on through differentiable paths (backward sweep).
+  const useful = new Set<number>([loss.id]);
+  for (let i = nOps - 1; i >= 0; i--) {
+    const op = g.ops[i]!;
+    if (op.out.some((id) => useful.has(id))) for (const id of op.in) if (needs.has(id)) useful.add(id);
+  }
+
+  const grads = new Map<number, Value>();
+  const accumulate = (id: number, d: Value): void => {
+    if (!needs.has(id) || !useful.has(id)) return;
+    const prev = grads.get(id);
+    grads.set(id, prev ? g.add(prev, d) : d);
+  };
+  if (needs.has(loss.id)) grads.set(loss.id, opts.seed ?? g.scale(loss, 0, 1));
+
+  for (let i = nOps - 1; i >= 0; i--) {
+    const op = g.ops[i]!;
+    if (!op.in.some((id) => needs.has(id) && useful.has(id))) continue;
+    const douts = op.out.map((id) => grads.get(id));
+    if (douts.every((d) => d === undefined)) continue;
+    const ins = op.in.map((id) => g.valueOf(id));
+    const want = (k: number): boolean => needs.has(op.in[k]!) && useful.has(op.in[k]!);
+    const dy = douts[0]!;
+    const a = op.attrs;
+    switch (op.op) {
+      case 'linear': {
+        // dx = dy·W: MATMUL with a rank-2 right operand broadcasts it over dy's batch.
+        if (want(0)) {
+          const [x, w] = ins as [Value, Value];
+          accumulate(x.id, g.op('matmul', [dy, w], [[...dy.shape.slice(0, -1), w.dim(1)]])[0]!);
+        }
+        break;
+      }
+      case 'matmul': {
+        const [x, y] = ins as [Value, Value];
+        const transB = flag(a, 'transB');
+        if (want(0)) accumulate(x.id, g.matmul(dy, y, { transB: !transB }));
+        if (want(1)) {
+          const xt = g.permute(x, [0, 2, 1]);
+          accumulate(y.id, transB ? g.matmul(g.permute(dy, [0, 2, 1]), x) : g.matmul(xt, dy));
+        }
+        break;
+      }
+      case 'conv2d': {
+        if (want(0)) {
+          const [x, w] = ins as [Value, Value];
+          accumulate(x.id, g.op('conv2d_backward_input', [dy, w], [x.shape], { stride: num(a, 'stride', 1), pad: num(a, 'pad', 0) })[0]!);
+        }
+        break;
+      }
+      case 'group_norm': {
+        if (want(0)) {
+          const [x, w, b] = ins as [Value, Value, Value];
+          accumulate(x.id, g.op('group_norm_backward', [dy, x, w, b], [x.shape], { groups: num(a, 'groups', 1), eps: num(a, 'eps', 1e-5), silu: flag(a, 'silu') })[0]!);
+        }
+        break;
+      }
+      case 'layer_norm': {
+        if (want(0)) {
+          const [x, w] = ins as [Value, Value];
+          accumulate(x.id, g.op('layer_norm_backward', [dy, x, w], [x.shape], { eps: num(a, 'eps', 1e-5) })[0]!);
+        }
+        break;
+      }
+      case 'attention': {
+        const [q, k, v] = ins as [Value, Value, Value];
+        const o = g.valueOf(op.out[0]!);
+        const dO = douts[0] ?? zerosLike(g, o);
+        const dp = douts[1];
+        const [dq, dk, dv] = g.op('attention_backward', dp ? [q, k, v, dO, dp] : [q, k, v, dO], [q.shape, k.shape, v.shape], {
+          heads: num(a, 'heads', 1), scale: num(a, 'scale', 1), causal: flag(a, 'causal'),
+        });
+        if (want(0)) accumulate(q.id, dq!);
+        if (want(1)) accumulate(k.id, dk!);
+        if (want(2)) accumulate(v.id, dv!);
+        break;
+      }
+      case 'geglu':
+      case 'gelu':
+      case 'quick_gelu':
+      case 'silu': {
+        const x = ins[0]!;
+        accumulate(x.id, g.op(`${op.op}_backward`, [x, dy], [x.shape])[0]!);
+        break;
+      }
+      case 'add': {
+        const [x, y] = ins as [Value, Value];
+        if (want(0)) accumulate(x.id, reduceTo(g, dy, x.shape));
+        if (want(1)) accumulate(y.id, reduceTo(g, dy, y.shape));
+        break;
+      }
+      case 'mul': {
+        const [x, y] = ins as [Value, Value];
+        if (want(0)) accumulate(x.id, reduceTo(g, g.mul(dy, y), x.shape));
+        if (want(1)) accumulate(y.id, reduceTo(g, g.mul(dy, x), y.shape));
+        break;
+      }
+      case 'scale':
+        accumulate(ins[0]!.id, g.scale(dy, num(a, 'scale', 1), 0));
+        break;
+      case 'upsample2x': {
+        const x = ins[0]!;
+        accumulate(x.id, g.op('upsample2x_backward', [dy], [x.shape])[0]!);
+        break;
+      }
+      case 'concat': {
+        const axis = num(a, 'axis', 0);
+        let off = 0;
+        ins.forEach((x, k) => {
+          const n = x.dim(axis);
+          if (want(k)) accumulate(x.id, ins.length === 1 ? dy : g.slice(dy, axis, off, off + n));
+          off += n;
+        });
+        break;
+      }
+      case 'permute': {
+        const perm = (a?.perm as number[] | undefined) ?? [];
+        const inv = perm.map((_, i) => perm.indexOf(i));
+        accumulate(ins[0]!.id, g.permute(dy, inv));
+        break;
+      }
+      case 'reshape':
+        accumulate(ins[0]!.id, g.reshape(dy, [...ins[0]!.shape]));
+        break;
+      case 'slice': {
+        const x = ins[0]!;
+        const axis = num(a, 'axis', 0);
+        const start = num(a, 'start', 0);
+        const end = num(a, 'end', 0);
+        const parts: Value[] = [];
+        if (start > 0) parts.push(zerosLike(g, g.slice(x, axis, 0, start)));
+        parts.push(dy);
+        if (end < x.dim(axis)) parts.push(zerosLike(g, g.slice(x, axis, end, x.dim(axis))));
+        accumulate(x.id, parts.length === 1 ? dy : g.concat(parts, axis));
+        break;
+      }
+      case 'reduce_sum': {
+        const x = ins[0]!;
+        accumulate(x.id, g.add(zerosLike(g, x), dy));
+        break;
+      }
+      case 'inject': {
+        const [x, slots, vectors] = ins as [Value, Value, Value];
+        if (want(2)) accumulate(vectors.id, g.op('inject_backward', [dy, slots], [vectors.shape])[0]!);
+        if (want(0)) accumulate(x.id, g.inject(dy, slots, zerosLike(g, vectors)));
+        break;
+      }
+      default:
+        throw new IdforgeError('E_ARGUMENT', `grad: no gradient rule for op '${op.op}' on the path from the loss to the inputs`);
+    }
+  }
+  return wrt.map((w) => grads.get(w.id) ?? zerosLike(g, w));
+}
+
+/** mean((a − b)²) as a [1] value. */
+export function mseLoss(g: Graph, a: Value, b: Value): Value {
+  const d = g.add(a, g.scale(b, -1));
+  return g.scale(g.reduceSum(g.mul(d, d), [1]), 1 / numel(d.shape));
+}
+
+/**
+ * Planned activation memory of a graph run as the native runner executes it (native/program.cc):
+ * every op output is allocated when its op runs and released after its last reader (outputs are
+ * kept to the end); inputs are live for the whole run, constants are not counted. Returns the peak
+ * of the live bytes and where it happens.
+ */
+export function planMemory(g: Graph, bytesPerElement = 4): { peakBytes: number; peakOp: number; peakOpName: string; inputBytes: number; outputBytes: number } {
+  const n = g.values.length;
+  const lastUse = new Int32Array(n).fill(-1);
+  const produced = new Int32Array(n).fill(-1);
+  g.ops.forEach((op, i) => {
+    for (const id of op.in) lastUse[id] = i;
+    for (const id of op.out) produced[id] = i;
+  });
+  const isOut = new Set(g.outputs.map((v) => v.id));
+  const size = (id: number) => numel(g.values[id]!.shape) * (g.values[id]!.dtype === 'int32' ? 4 : bytesPerElement);
+  const release: number[][] = g.ops.map(() => []);
+  for (let id = 0; id < n; id++)
+    if (produced[id]! >= 0 && !isOut.has(id)) release[lastUse[id]! >= 0 ? lastUse[id]! : produced[id]!]!.push(id);
+  let live = 0;
+  for (const v of g.inputs) live += size(v.id);
+  const inputBytes = live;
+  let peak = live;
+  let peakOp = -1;
+  g.ops.forEach((op, i) => {
+    for (const id of op.out) live += size(id);
+    if (live > peak) {
+      peak = live;
+      peakOp = i;
+    }
+    for (const id of release[i]!) live -= size(id);
+  });
+  let outputBytes = 0;
+  for (const v of g.outputs) outputBytes += size(v.id);
+  return { peakBytes: peak, peakOp, peakOpName: peakOp >= 0 ? g.ops[peakOp]!.op : 'input', inputBytes, outputBytes };
+}
