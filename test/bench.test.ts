@@ -141,6 +141,7 @@ function checkReport(t: Test, r: BenchReport, withGenerate: boolean): void {
   pos(res.unet.gflopPerStep, 'UNet GFLOP');
   pos(res.unet.gflops, 'UNet GFLOP/s');
   t.equal(res.unet.outputFinite, true, 'UNet output finite');
+  t.ok(res.unet.cpu.own >= 0 && (res.unet.cpu.others ?? 0) >= 0, 'CPU meter');
   pos(res.memory.maxRssBytes, 'maxRSS');
   pos(res.memory.nativePeakBytes.cpu, 'native cpu bytes');
   pos(res.memory.weightsBytes.unet, 'UNet weight bytes');

@@ -4,7 +4,9 @@
  * breaks one profiled UNet step down per op with FLOP and byte counts. `npm run bench` is its CLI
  * (lib/bench/cli.ts); bench(opts) returns the same JSON the CLI writes.
  */
+import { execFileSync } from 'node:child_process';
 import * as os from 'node:os';
+import { fileURLToPath } from 'node:url';
 import { Engine } from '../engine.js';
 import { IdforgeError } from '../errors.js';
 import type { Program } from '../graph/program.js';
@@ -14,7 +16,7 @@ import { Tensor } from '../tensor.js';
 import { buildUNet } from '../unet/unet.js';
 import type { ModelSource } from '../io/checkpoint.js';
 import { aggregateOps, programFlops, type OpInstance, type OpRow } from './flops.js';
-import { describeMachine, type MachineInfo } from './machine.js';
+import { cpuMeter, describeMachine, type MachineInfo } from './machine.js';
 import { randomModelSource, type RandomPreset } from './random-model.js';
 
 export { randomModelSource, modelLayout, unetLayout, vaeLayout, textLayout, paramCount, sd15Configs } from './random-model.js';
@@ -75,6 +77,8 @@ export interface BenchConfig {
   warmup: number;
   seed: number;
   prompt: string;
+  /** `git describe --always --dirty` of the package checkout, when it is one. */
+  revision?: string;
 }
 
 export interface BenchResults {
@@ -91,6 +95,8 @@ export interface BenchResults {
     gflops: number;
     ofPeak?: number;
     outputFinite: boolean;
+    /** CPUs busy on average during the timed steps: this process, and everything else (Linux). */
+    cpu: { own: number; others?: number };
   };
   vaeDecode: { batch: number; firstMs: number; ms: Stats };
   generate: { steps: number; s: number } | null;
@@ -190,7 +196,8 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
       if (v % mult) throw new IdforgeError('E_SHAPE', `${k} ${v} is not a multiple of ${mult}`);
     const lh = height / engine.latentFactor;
     const lw = width / engine.latentFactor;
-    const config: BenchConfig = { model, device, dtype, width, height, latent: [lh, lw], batch, steps, warmup, seed, prompt };
+    const rev = revision();
+    const config: BenchConfig = { model, device, dtype, width, height, latent: [lh, lw], batch, steps, warmup, seed, prompt, ...(rev ? { revision: rev } : {}) };
     log(`model ${model} on ${device} ${dtype}, ${width}x${height} (latent ${lh}x${lw}), UNet batch ${batch}`);
 
     // Text encoder: the prompts of one guided step (negative first), as generate() encodes them.
@@ -228,6 +235,7 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
     const inputs = [x, tt, context!];
     let outputFinite = true;
     let unetFirst = 0;
+    let unetCpu: { own: number; others?: number } = { own: 0 };
     const unetSamples: number[] = [];
     let ops: BenchResults['ops'] = null;
     try {
@@ -238,6 +246,7 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
         e!.dispose();
         if (i === 0) log(`UNet: first step ${unetFirst.toFixed(0)} ms`);
       }
+      const meter = cpuMeter();
       for (let i = 0; i < steps; i++) {
         const s = now();
         const [e] = await program.run(inputs);
@@ -246,6 +255,7 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
         e!.dispose();
         log(`UNet: step ${i + 1}/${steps} ${unetSamples[i]!.toFixed(0)} ms`);
       }
+      unetCpu = meter();
       sample();
       if (opts.ops !== false) {
         const r = await program.runProfiled(inputs);
@@ -303,7 +313,7 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
     const results: BenchResults = {
       loadMs,
       textEncoder: { batch, firstMs: first.ms, ms: stats(textSamples) },
-      unet: { batch, buildMs, firstMs: unetFirst, ms: unetStats, gflopPerStep, gflops, ...(peak ? { ofPeak: gflops / peak } : {}), outputFinite },
+      unet: { batch, buildMs, firstMs: unetFirst, ms: unetStats, gflopPerStep, gflops, ...(peak ? { ofPeak: gflops / peak } : {}), outputFinite, cpu: unetCpu },
       vaeDecode: { batch: 1, firstMs: vaeFirst, ms: stats(vaeSamples) },
       generate,
       memory: {
@@ -317,6 +327,15 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
     return { command: opts.command ?? `bench(${JSON.stringify(publicOpts(opts))})`, date: new Date().toISOString(), machine, config, results };
   } finally {
     engine.dispose();
+  }
+}
+
+function revision(): string | undefined {
+  try {
+    const cwd = fileURLToPath(new URL('../../', import.meta.url));
+    return execFileSync('git', ['describe', '--always', '--dirty'], { cwd, stdio: ['ignore', 'pipe', 'ignore'], timeout: 5000 }).toString().trim() || undefined;
+  } catch {
+    return undefined;
   }
 }
 

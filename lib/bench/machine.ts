@@ -100,3 +100,35 @@ export function describeMachine(): MachineInfo {
     cuda,
   };
 }
+
+/**
+ * Measures how much CPU this process and everything else used over an interval (Linux
+ * /proc/stat; elsewhere `others` is undefined): `own` and `others` in CPUs (cores busy on
+ * average). Others above ~0.1 mean the timings of that interval were shared with other work.
+ */
+export function cpuMeter(): () => { own: number; others?: number } {
+  const sys0 = systemTimes();
+  const own0 = process.cpuUsage();
+  const t0 = performance.now();
+  return () => {
+    const wall = (performance.now() - t0) / 1000;
+    const d = process.cpuUsage(own0);
+    const own = wall > 0 ? (d.user + d.system) / 1e6 / wall : 0;
+    const sys1 = systemTimes();
+    if (!sys0 || !sys1 || sys1.total <= sys0.total) return { own };
+    const busy = ((sys1.busy - sys0.busy) / (sys1.total - sys0.total)) * os.cpus().length;
+    return { own, others: Math.max(0, busy - own) };
+  };
+}
+
+function systemTimes(): { busy: number; total: number } | undefined {
+  try {
+    const line = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0]!;
+    const v = line.trim().split(/\s+/).slice(1, 9).map(Number);
+    const total = v.reduce((a, b) => a + b, 0);
+    const idle = v[3]! + v[4]!;
+    return { busy: total - idle, total };
+  } catch {
+    return undefined;
+  }
+}

@@ -29,7 +29,7 @@ export function formatReport(r: BenchReport): string {
     `load average ${m.loadavg.start}${m.loadavg.end !== undefined ? ` → ${m.loadavg.end}` : ''}`);
   out.push(`model: ${c.model}  device: ${c.device} ${c.dtype}  size: ${c.width}x${c.height} (latent ${c.latent[0]}x${c.latent[1]})  ` +
     `UNet batch ${c.batch}  n=${c.steps} after ${c.warmup} warm-up`);
-  out.push(`command: ${r.command}`);
+  out.push(`command: ${r.command}${c.revision ? `  (revision ${c.revision})` : ''}`);
   out.push('');
   const rows: string[][] = [['stage', 'first ms', 'median ms', 'min ms', 'max ms', 'IQR ms', 'n']];
   rows.push(statRow(`text encoder (batch ${res.textEncoder.batch})`, res.textEncoder.firstMs, res.textEncoder.ms));
@@ -41,6 +41,8 @@ export function formatReport(r: BenchReport): string {
   out.push(`UNet: ${num(u.gflopPerStep)} GFLOP per step → ${num(u.gflops)} GFLOP/s at the median` +
     (u.ofPeak !== undefined ? ` (${f(u.ofPeak * 100, 1)}% of peak)` : '') +
     `; graph build + weight upload ${f(u.buildMs / 1000, 2)} s; output finite: ${u.outputFinite}`);
+  out.push(`CPUs busy during the timed UNet steps: this process ${f(u.cpu.own, 2)}` +
+    (u.cpu.others !== undefined ? `, other processes ${f(u.cpu.others, 2)}${u.cpu.others > 0.1 ? '  ← shared machine: timings inflated' : ''}` : ''));
   out.push(res.generate ? `generate(): ${res.generate.steps} steps in ${f(res.generate.s, 2)} s` : 'generate(): skipped (--no-generate)');
   out.push(`memory: peak RSS ${gib(res.memory.maxRssBytes)}; native peak cpu ${gib(res.memory.nativePeakBytes.cpu)}, cuda ${gib(res.memory.nativePeakBytes.cuda)}; ` +
     `weights unet ${gib(res.memory.weightsBytes.unet)}, vae ${gib(res.memory.weightsBytes.vae)}, text ${gib(res.memory.weightsBytes.text)}; model open ${ms(res.loadMs)} ms`);
