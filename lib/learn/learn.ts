@@ -1,0 +1,414 @@
+/**
+ * SeFi-IDE per-identity learning (DESIGN.md): from one face photo, learn 5 per-stage (K, V) token
+ * pairs produced by a small generator (lib/learn/generator.ts) through the frozen text encoder and
+ * UNet. One Program per (latent size, λ) computes, in one native call, both text-encoder passes
+ * (the stage's K token and V token injected at the `<id>` slot), the UNet with keys from the K
+ * context and values from the V context, the loss
+ *   L = mean((ε_θ(z_t, t, c_K, c_V) − ε)²) + λ · mean_layers mean((A − A_ref)²)
+ * and its gradients w.r.t. the two injected vectors (lib/graph/autodiff.ts). A is the
+ * cross-attention map (all 77 tokens) at each layer whose resolution is latent/2, A_ref the map of
+ * the same template with the init word ("person") in place of V*, taken with the queries of the
+ * target pass and treated as a constant. The generator's backward and Adam run in TypeScript.
+ *
+ * Data: the face is centre-cropped to a square and resized to the model's native size
+ * (latentFactor · unet.sampleSize: 512 for SD 1.5, 128 for the tiny test model). Augmentation is
+ * applied to the image before VAE encoding: horizontal flip (p = 0.5), colour jitter (brightness,
+ * contrast, saturation ×[0.9, 1.1]) and a random scale s ∈ [0.1, 1] (the face is shrunk by s and
+ * pasted at a random place on a canvas of its mean colour). To keep a step to one UNet
+ * forward/backward, a pool of augmented images (min(steps, 8)) is VAE-encoded once up front; each
+ * step draws one, samples z0 = (mean + σ·ε)·scaling_factor afresh, a timestep t ∈ [0, 1000) and
+ * the noise; the stage is floor(t·S/1000).
+ */
+import type { Engine } from '../engine.js';
+import { IdforgeError, throwIfAborted } from '../errors.js';
+import { grad } from '../graph/autodiff.js';
+import type { Program } from '../graph/program.js';
+import { layerDownsampling } from '../attention.js';
+import { Identity } from '../identity/identity.js';
+import { decodeFace, prepareFace } from '../identity/face.js';
+import { expandPrompt } from '../identity/placeholders.js';
+import type { RawImage } from '../io/image.js';
+import { Xoshiro128, randn } from '../sched/random.js';
+import { Tensor } from '../tensor.js';
+import { buildTextEncoder } from '../text/clip.js';
+import { buildUNetLoss } from './objective.js';
+import { TokenGenerator } from './generator.js';
+
+/** The seven training templates of SeFi-IDE; `<id>` is the identity placeholder V*. */
+export const SEFI_TEMPLATES: readonly string[] = Object.freeze([
+  'a photo of a face of <id>',
+  'a photo of a rendering of a face of <id>',
+  'a close-up photo of the face of <id>',
+  'a photo of the cool face of <id>',
+  'a rendition of the face of <id>',
+  'an illustration of a face of <id>',
+  'a depiction of a face of <id>',
+]);
+
+export interface LearnProgress {
+  step: number;
+  steps: number;
+  loss: number;
+  lossDiff: number;
+  lossAtt: number;
+  elapsedMs: number;
+}
+
+export interface AugmentOptions {
+  flip?: boolean;
+  jitter?: boolean;
+  /** [min, max] of the random scale (default [0.1, 1]); false disables it. */
+  scale?: false | [number, number];
+}
+
+export interface LearnOptions {
+  steps?: number;
+  lr?: number;
+  lambda?: number;
+  stages?: number;
+  /** The word whose embedding initialises every token, and that the reference prompts use. */
+  init?: string;
+  templates?: readonly string[];
+  /** true (default) for all augmentations, false for none, or a selection. */
+  augment?: boolean | AugmentOptions;
+  seed?: number;
+  name?: string;
+  onProgress?: (p: LearnProgress) => void;
+  signal?: AbortSignal;
+}
+
+const arg = (msg: string) => new IdforgeError('E_ARGUMENT', `learnIdentity: ${msg}`);
+
+function posNumber(v: unknown, what: string, allowZero: boolean): number {
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || (!allowZero && v === 0))
+    throw arg(`${what} must be a finite number ${allowZero ? '≥ 0' : '> 0'}, got ${String(v)}`);
+  return v;
+}
+
+interface Valid {
+  steps: number;
+  lr: number;
+  lambda: number;
+  stages: number;
+  init: string;
+  templates: readonly string[];
+  augment: Required<AugmentOptions>;
+  seed: number;
+}
+
+function validate(o: LearnOptions): Valid {
+  if (o === null || typeof o !== 'object') throw arg('options must be an object');
+  const steps = o.steps ?? 1000;
+  if (!Number.isInteger(steps) || steps < 1 || steps > 1e6) throw arg(`steps must be an integer ≥ 1, got ${String(steps)}`);
+  const lr = posNumber(o.lr ?? 0.005, 'lr', false);
+  const lambda = posNumber(o.lambda ?? 0.003, 'lambda', true);
+  const stages = o.stages ?? 5;
+  if (!Number.isInteger(stages) || stages < 1 || stages > 1000) throw arg(`stages must be an integer in 1..1000, got ${String(stages)}`);
+  const init = o.init ?? 'person';
+  if (typeof init !== 'string' || !init.trim()) throw arg('init must be a word');
+  const templates = o.templates ?? SEFI_TEMPLATES;
+  if (!Array.isArray(templates) || templates.length === 0) throw arg('templates must be a non-empty array of prompts');
+  for (const tp of templates)
+    if (typeof tp !== 'string' || (tp.match(/<id>/g) ?? []).length !== 1) throw arg(`every template must contain <id> exactly once, got ${JSON.stringify(tp)}`);
+  const a = o.augment ?? true;
+  const on = a === true;
+  const ao: AugmentOptions = typeof a === 'object' && a !== null ? a : {};
+  if (typeof a !== 'boolean' && (typeof a !== 'object' || a === null)) throw arg('augment must be a boolean or { flip, jitter, scale }');
+  const scale = typeof a === 'object' ? (ao.scale ?? [0.1, 1]) : on ? ([0.1, 1] as [number, number]) : false;
+  if (scale !== false && (!Array.isArray(scale) || scale.length !== 2 || !(scale[0] > 0) || !(scale[1] <= 1) || scale[0] > scale[1]))
+    throw arg('augment.scale must be [min, max] with 0 < min ≤ max ≤ 1, or false');
+  const augment = { flip: typeof a === 'object' ? ao.flip ?? true : on, jitter: typeof a === 'object' ? ao.jitter ?? true : on, scale };
+  const seed = o.seed ?? Math.floor(Math.random() * 2 ** 31);
+  if (!Number.isSafeInteger(seed) || seed < 0) throw arg(`seed must be a non-negative integer, got ${String(seed)}`);
+  return { steps, lr, lambda, stages, init, templates, augment, seed };
+}
+
+/** The model's native image side: latent factor × UNet sample size (512 for SD 1.5). */
+export function nativeSize(engine: Engine): number {
+  return engine.latentFactor * engine.configs.unet.sampleSize;
+}
+
+/** Cross-attention layers whose maps have side latent/2 (the face-wise attention loss layers). */
+export function attentionLossLayers(engine: Engine): string[] {
+  const levels = engine.configs.unet.blockOutChannels.length;
+  return engine.crossAttentionLayers.filter((l) => layerDownsampling(l, levels) === 2);
+}
+
+/** RGB bytes → [3, S, S] in [−1, 1], with the chosen augmentations. */
+function augmentImage(img: RawImage, aug: Required<AugmentOptions> | null, rnd: () => number): Float32Array {
+  const S = img.width;
+  const n = S * S;
+  const src = new Float32Array(3 * n);
+  for (let i = 0; i < n; i++) for (let c = 0; c < 3; c++) src[c * n + i] = img.data[i * 3 + c]! / 255;
+  if (!aug) return src.map((v) => v * 2 - 1);
+  let out = src;
+  if (aug.flip && rnd() < 0.5) {
+    out = new Float32Array(3 * n);
+    for (let c = 0; c < 3; c++) for (let y = 0; y < S; y++) for (let x = 0; x < S; x++) out[c * n + y * S + x] = src[c * n + y * S + (S - 1 - x)]!;
+  }
+  if (aug.jitter) {
+    const br = 0.9 + 0.2 * rnd();
+    const ct = 0.9 + 0.2 * rnd();
+    const sat = 0.9 + 0.2 * rnd();
+    let mean = 0;
+    for (let i = 0; i < 3 * n; i++) mean += out[i]!;
+    mean /= 3 * n;
+    const j = new Float32Array(3 * n);
+    for (let i = 0; i < n; i++) {
+      const gray = 0.299 * out[i]! + 0.587 * out[n + i]! + 0.114 * out[2 * n + i]!;
+      for (let c = 0; c < 3; c++) {
+        let v = out[c * n + i]! * br;
+        v = (v - mean) * ct + mean;
+        v = (v - gray * br) * sat + gray * br;
+        j[c * n + i] = Math.min(1, Math.max(0, v));
+      }
+    }
+    out = j;
+  }
+  if (aug.scale) {
+    const s = aug.scale[0] + (aug.scale[1] - aug.scale[0]) * rnd();
+    const side = Math.max(1, Math.round(S * s));
+    if (side < S) {
+      const ox = Math.floor(rnd() * (S - side + 1));
+      const oy = Math.floor(rnd() * (S - side + 1));
+      const sc = new Float32Array(3 * n);
+      for (let c = 0; c < 3; c++) {
+        let m = 0;
+        for (let i = 0; i < n; i++) m += out[c * n + i]!;
+        sc.fill(m / n, c * n, (c + 1) * n);
+        // Box-filtered downscale: each target pixel averages its source footprint.
+        for (let y = 0; y < side; y++)
+          for (let x = 0; x < side; x++) {
+            const y0 = Math.floor((y * S) / side);
+            const y1 = Math.max(y0 + 1, Math.floor(((y + 1) * S) / side));
+            const x0 = Math.floor((x * S) / side);
+            const x1 = Math.max(x0 + 1, Math.floor(((x + 1) * S) / side));
+            let acc = 0;
+            for (let yy = y0; yy < y1; yy++) for (let xx = x0; xx < x1; xx++) acc += out[c * n + yy * S + xx]!;
+            sc[c * n + (oy + y) * S + ox + x] = acc / ((y1 - y0) * (x1 - x0));
+          }
+      }
+      out = sc;
+    }
+  }
+  return out.map((v) => v * 2 - 1);
+}
+
+/** Decodes and checks the face, then centre-crops it to the model's native size. */
+export async function prepareLearningImage(engine: Engine, face: RawImage | string | Buffer): Promise<RawImage> {
+  if (face === undefined || face === null) throw arg('a face image is required (a RawImage, a file path or an encoded Buffer)');
+  const img = await decodeFace(face as RawImage | string | Buffer);
+  const size = nativeSize(engine);
+  const min = Math.min(64, size);
+  if (Math.min(img.width, img.height) < min)
+    throw new IdforgeError('E_SHAPE', `learnIdentity: the face image is ${img.width}x${img.height}; it needs at least ${min}x${min} pixels`);
+  return (await prepareFace(img, { size })).image;
+}
+
+interface Sample {
+  template: number;
+  t: number;
+  noiseSeed: number;
+}
+
+/** The learning program: (ids, slots, vK, vV, refContext, z_t, t, ε) → loss, lossDiff, lossAtt, dvK, dvV. */
+function learnProgram(engine: Engine, h: number, w: number, lambda: number): Program {
+  const layers = attentionLossLayers(engine);
+  return engine.program(`learn:${h}x${w}:${lambda}:${layers.join(',')}`, (g) => {
+    const D = engine.configs.text.hiddenSize;
+    const C = engine.configs.unet.inChannels;
+    const ids = g.input([1, 77], 'int32');
+    const slots = g.input([1, 77], 'int32');
+    const vk = g.input([1, D]);
+    const vv = g.input([1, D]);
+    const ref = g.input([1, 77, engine.configs.unet.crossAttentionDim]);
+    const x = g.input([1, C, h, w]);
+    const t = g.input([1]);
+    const eps = g.input([1, C, h, w]);
+    const ck = buildTextEncoder(g, engine.w.text, engine.configs.text, { ids, inject: { slots, vectors: vk } });
+    const cv = buildTextEncoder(g, engine.w.text, engine.configs.text, { ids, inject: { slots, vectors: vv } });
+    const r = buildUNetLoss(g, engine.w.unet, engine.configs.unet, { x, t, ctx: { k: ck, v: cv }, epsTarget: eps, ...(layers.length ? { reference: { context: ref, layers } } : {}) });
+    const lossAtt = r.lossAtt ?? g.scale(r.lossDiff!, 0);
+    const loss = g.add(r.lossDiff!, g.scale(lossAtt, lambda));
+    const [dk, dv] = grad(g, loss, [vk, vv], { stop: r.stop });
+    g.output(loss, 'loss');
+    g.output(r.lossDiff!, 'lossDiff');
+    g.output(lossAtt, 'lossAtt');
+    g.output(dk!, 'dk');
+    g.output(dv!, 'dv');
+  });
+}
+
+/** Per-template token ids, slot rows and reference contexts (the init word in place of V*), on the backend. */
+class Prompts implements Disposable {
+  readonly ids: Int32Array[] = [];
+  readonly slots: Int32Array[] = [];
+  readonly refs: Tensor[] = [];
+  constructor(readonly engine: Engine) {}
+  static async build(engine: Engine, templates: readonly string[], init: string): Promise<Prompts> {
+    const p = new Prompts(engine);
+    const tok = engine.tokenizer;
+    try {
+      const dummy = new Identity({ k: new Float32Array(engine.configs.text.hiddenSize), stages: 1, words: 1, dim: engine.configs.text.hiddenSize, method: 'custom' });
+      for (const tp of templates) {
+        const e = expandPrompt(tok, tp, new Map([['id', dummy]]));
+        const ids = e.ids;
+        const slots = e.slots;
+        const ref = tok.encode(tp.replace('<id>', init));
+        if (ref.tokenCount !== e.tokenCount) throw arg(`the init word '${init}' must be a single token`);
+        const refIds = ref.ids;
+        p.ids.push(ids);
+        p.slots.push(slots);
+        p.refs.push(await engine.runText([refIds]));
+      }
+    } catch (e) {
+      p.dispose();
+      throw e;
+    }
+    return p;
+  }
+  dispose(): void {
+    for (const r of this.refs) r.dispose();
+  }
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+interface StepResult { loss: number; lossDiff: number; lossAtt: number; dk: Float32Array; dv: Float32Array }
+
+async function runStep(engine: Engine, prog: Program, prompts: Prompts, s: Sample, z0: Float32Array, shape: number[], vk: Float32Array, vv: Float32Array): Promise<StepResult> {
+  const be = engine.backend;
+  const a = engine.scheduler.alphasCumprod[s.t]!;
+  const eps = randn(s.noiseSeed, z0.length);
+  const zt = new Float32Array(z0.length);
+  const sa = Math.sqrt(a);
+  const sb = Math.sqrt(1 - a);
+  for (let i = 0; i < zt.length; i++) zt[i] = sa * z0[i]! + sb * eps[i]!;
+  const D = vk.length;
+  const dev = { dtype: be.dtype, device: be.device } as const;
+  const inputs = [
+    Tensor.from(prompts.ids[s.template]!, [1, 77], { device: be.device }),
+    Tensor.from(prompts.slots[s.template]!, [1, 77], { device: be.device }),
+    Tensor.from(vk, [1, D], dev),
+    Tensor.from(vv, [1, D], dev),
+  ];
+  const owned = [...inputs];
+  inputs.push(prompts.refs[s.template]!);
+  const rest = [Tensor.from(zt, shape, dev), Tensor.from(new Float32Array([s.t]), [1], dev), Tensor.from(eps, shape, dev)];
+  owned.push(...rest);
+  inputs.push(...rest);
+  try {
+    const outs = await prog.run(inputs);
+    const f = outs.map((o) => o.to('float32', 'cpu'));
+    const vals = f.map((o) => o.toFloat32());
+    outs.forEach((o) => o.dispose());
+    f.forEach((o) => o.dispose());
+    return { loss: vals[0]![0]!, lossDiff: vals[1]![0]!, lossAtt: vals[2]![0]!, dk: vals[3]!, dv: vals[4]! };
+  } finally {
+    owned.forEach((x) => x.dispose());
+  }
+}
+
+/** The token embedding row of a single-token word. */
+function wordEmbedding(engine: Engine, word: string): Float32Array {
+  const e = engine.tokenizer.encode(word);
+  if (e.tokenCount !== 3) throw arg(`the init word '${word}' must be a single token (it is ${e.tokenCount - 2})`);
+  const id = e.ids[1]!;
+  const table = engine.w.text.tensor('text_model.embeddings.token_embedding.weight');
+  const D = table.shape[1]!;
+  using host = table.to('float32', 'cpu');
+  return host.toFloat32().slice(id * D, (id + 1) * D);
+}
+
+async function encodePool(engine: Engine, img: RawImage, aug: Required<AugmentOptions> | null, count: number, rnd: () => number): Promise<{ mean: Float32Array; std: Float32Array; shape: number[] }[]> {
+  const pool = [];
+  const S = img.width;
+  for (let i = 0; i < count; i++) {
+    using x = Tensor.from(augmentImage(img, aug, rnd), [1, 3, S, S]);
+    const { mean, logvar } = await engine.encodeImage(x);
+    pool.push({ mean: mean.toFloat32(), std: logvar.toFloat32().map((v) => Math.exp(0.5 * v)), shape: mean.shape });
+    mean.dispose();
+    logvar.dispose();
+  }
+  return pool;
+}
+
+/** Learns a SeFi-IDE identity (S stages × 1 word, separate K and V) from one face image. */
+export async function learnIdentity(engine: Engine, face: RawImage | string | Buffer, opts: LearnOptions = {}): Promise<Identity> {
+  const o = validate(opts);
+  const { signal } = opts;
+  throwIfAborted(signal, 'learnIdentity');
+  const img = await prepareLearningImage(engine, face);
+  const rng = new Xoshiro128(o.seed);
+  const rnd = () => rng.nextDouble();
+  const e0 = wordEmbedding(engine, o.init);
+  const D = e0.length;
+  const gen = new TokenGenerator(e0, { dim: D, stages: o.stages }, o.seed);
+  const sf = engine.configs.vae.scalingFactor;
+  const pool = await encodePool(engine, img, o.augment.flip || o.augment.jitter || o.augment.scale ? o.augment : null, Math.min(o.steps, 8), rnd);
+  const shape = pool[0]!.shape;
+  const prog = learnProgram(engine, shape[2]!, shape[3]!, o.lambda);
+  using prompts = await Prompts.build(engine, o.templates, o.init);
+  const T = engine.configs.scheduler.numTrainTimesteps;
+  const start = Date.now();
+  for (let step = 0; step < o.steps; step++) {
+    throwIfAborted(signal, 'learnIdentity');
+    const p = pool[Math.floor(rnd() * pool.length)]!;
+    const zs = randn(o.seed * 7919 + step * 2 + 1, p.mean.length);
+    const z0 = p.mean.map((m, i) => (m + p.std[i]! * zs[i]!) * sf);
+    const s: Sample = { template: Math.floor(rnd() * o.templates.length), t: Math.floor(rnd() * T), noiseSeed: o.seed * 7919 + step * 2 + 2 };
+    const stage = Math.min(o.stages - 1, Math.floor((s.t * o.stages) / T));
+    const { out, tape } = gen.forward();
+    const vk = Float32Array.from(out.subarray(stage * D, (stage + 1) * D));
+    const vv = Float32Array.from(out.subarray((o.stages + stage) * D, (o.stages + stage + 1) * D));
+    const r = await runStep(engine, prog, prompts, s, z0, shape, vk, vv);
+    if (!Number.isFinite(r.loss)) throw new IdforgeError('E_INTERNAL', `learnIdentity: the loss became ${r.loss} at step ${step + 1}`);
+    const dOut = new Float64Array(out.length);
+    dOut.set(r.dk, stage * D);
+    dOut.set(r.dv, (o.stages + stage) * D);
+    gen.adam(gen.backward(tape, dOut), o.lr);
+    opts.onProgress?.({ step: step + 1, steps: o.steps, loss: r.loss, lossDiff: r.lossDiff, lossAtt: r.lossAtt, elapsedMs: Date.now() - start });
+  }
+  throwIfAborted(signal, 'learnIdentity');
+  const v = gen.vectors();
+  return new Identity({ k: v.k, v: v.v, stages: o.stages, words: 1, dim: D, method: 'sefi-ide', ...(opts.name !== undefined ? { name: opts.name } : {}) });
+}
+
+/**
+ * The learning loss of an identity on a fixed batch (no augmentation, latent = the VAE mean):
+ * `count` samples (template, timestep, noise) drawn from `seed`. For tests and monitoring.
+ */
+export async function identityLoss(engine: Engine, face: RawImage | string | Buffer, identity: Identity, opts: { count?: number; seed?: number; lambda?: number; init?: string; templates?: readonly string[] } = {}): Promise<{ loss: number; lossDiff: number; lossAtt: number }> {
+  const img = await prepareLearningImage(engine, face);
+  const [p] = await encodePool(engine, img, null, 1, () => 0);
+  const z0 = p!.mean.map((m) => m * engine.configs.vae.scalingFactor);
+  const prog = learnProgram(engine, p!.shape[2]!, p!.shape[3]!, opts.lambda ?? 0.003);
+  const templates = opts.templates ?? SEFI_TEMPLATES;
+  using prompts = await Prompts.build(engine, templates, opts.init ?? 'person');
+  const rng = new Xoshiro128(opts.seed ?? 1);
+  const T = engine.configs.scheduler.numTrainTimesteps;
+  const n = opts.count ?? 8;
+  const D = identity.dim;
+  const acc = { loss: 0, lossDiff: 0, lossAtt: 0 };
+  for (let i = 0; i < n; i++) {
+    const s: Sample = { template: Math.floor(rng.nextDouble() * templates.length), t: Math.floor(rng.nextDouble() * T), noiseSeed: 1000003 + i };
+    const stage = Math.min(identity.stages - 1, Math.floor((s.t * identity.stages) / T));
+    const vk = identity.kData.slice(stage * identity.words * D, stage * identity.words * D + D);
+    const vv = identity.vData.slice(stage * identity.words * D, stage * identity.words * D + D);
+    const r = await runStep(engine, prog, prompts, s, z0, p!.shape, vk, vv);
+    acc.loss += r.loss / n;
+    acc.lossDiff += r.lossDiff / n;
+    acc.lossAtt += r.lossAtt / n;
+  }
+  return acc;
+}
+
+/** The identity the generator produces before any step: every token = the init word's embedding. */
+export function initialIdentity(engine: Engine, opts: { stages?: number; init?: string } = {}): Identity {
+  const e0 = wordEmbedding(engine, opts.init ?? 'person');
+  const S = opts.stages ?? 5;
+  const k = new Float32Array(S * e0.length);
+  for (let s = 0; s < S; s++) k.set(e0, s * e0.length);
+  return new Identity({ k, v: k.slice(), stages: S, words: 1, dim: e0.length, method: 'sefi-ide' });
+}
