@@ -126,13 +126,19 @@ void op_CONV2D(const OpAttrs& a, const Views& in, const Views& out) {
     return;
   }
   const int64_t NB = N * B;
+  // Few columns in all (8x8 and 4x4 images): multiply the weights in place, unpacked.
+  const bool rowA = NB <= kRowANMax;
   GemmTile t = gemmTile(O, NB);
   StridedA wA(in[1].as<float>(), K, 1, t.mr);
-  Im2colB col(x, C, H, W, kh, kw, s, p, Ho, Wo, t.nr);
+  Im2colB col(x, C, H, W, kh, kw, s, p, Ho, Wo, rowA ? rowANr() : t.nr);
+  auto product = [&](float* dst, bool acc) {
+    if (rowA) gemmRowA(O, NB, K, in[1].as<float>(), K, col, dst, NB, acc);
+    else gemm(O, NB, K, t, wA, col, dst, NB, acc);
+  };
   if (B == 1) {
     if (bias)
       for (int64_t o = 0; o < O; o++) std::fill(y + o * N, y + (o + 1) * N, bv[o]);
-    gemm(O, N, K, t, wA, col, y, N, bias);
+    product(y, bias);
     return;
   }
   // [O, B*N] result, then scattered to [B, O, N] with the bias (small: these images are small).
@@ -141,7 +147,7 @@ void op_CONV2D(const OpAttrs& a, const Views& in, const Views& out) {
     float* p;
     ~Free() { alignedFree(p); }
   } guard{tmp};
-  gemm(O, NB, K, t, wA, col, tmp, NB, false);
+  product(tmp, false);
   for (int64_t b = 0; b < B; b++)
     for (int64_t o = 0; o < O; o++) {
       const float* src = tmp + o * NB + b * N;

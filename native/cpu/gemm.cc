@@ -102,6 +102,14 @@ void packB(const float* X, int64_t rs, int64_t cs, int64_t kc, int64_t nc, int n
 }
 
 namespace {
+void microKernelEdgeRowA(int64_t kc, const float* a, int64_t lda, const float* b, float* c, int64_t ldc, int64_t n,
+                         bool acc) {
+  alignas(64) float t[kWideMR * kWideNR];
+  microKernelRowA<kWideMR, kWideNV>(kc, a, lda, b, t, kWideNR, false);
+  for (int64_t i = 0; i < kWideMR; i++)
+    for (int64_t j = 0; j < n; j++) c[i * ldc + j] = acc ? c[i * ldc + j] + t[i * kWideNR + j] : t[i * kWideNR + j];
+}
+
 template <int MR, int NV>
 void blockLoop(int64_t mc, int64_t nc, int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc,
                bool accumulate) {
@@ -213,6 +221,69 @@ void gemm(int64_t M, int64_t N, int64_t K, const GemmTile& t, const GemmA& A, co
     task(0, 1);
   else
     parallel_for(tm * tn, task, 1);
+}
+
+void gemmRowA(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const GemmB& B, float* C, int64_t ldc,
+              bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < M; i++) std::memset(C + i * ldc, 0, sizeof(float) * size_t(N));
+    return;
+  }
+  constexpr int MR = kWideMR, NV = kWideNV, NR = kWideNR;
+  const int64_t nPad = roundUp(N, NR), mPanels = (M + MR - 1) / MR, slabs = (K + kKC - 1) / kKC;
+  const int T = numThreads();
+  const bool par = T > 1 && double(M) * N * K > 4e5;
+  // B is small here (N <= kRowANMax): pack all of it once, shared by the row tasks, so no task
+  // repacks it (for an im2col B that would cost as much as the product).
+  float* Bp = static_cast<float*>(alignedAlloc(sizeof(float) * size_t(K * nPad)));
+  struct Free {
+    float* p;
+    ~Free() { alignedFree(p); }
+  } guard{Bp};
+  auto packSlabs = [&](int64_t b, int64_t e) {
+    for (int64_t s = b; s < e; s++) {
+      const int64_t p0 = s * kKC, kc = std::min(kKC, K - p0);
+      float* dst = Bp + p0 * nPad;
+      const float* src = B.get(p0, kc, 0, N, dst);
+      if (src != dst) std::memcpy(dst, src, sizeof(float) * size_t(kc * nPad));
+    }
+  };
+  if (par && slabs > 1) parallel_for(slabs, packSlabs, 1);
+  else packSlabs(0, slabs);
+  const int64_t tasks = std::min<int64_t>(mPanels, par ? 4 * T : 1);
+  const int64_t mChunk = (mPanels + tasks - 1) / tasks * MR;
+  auto task = [&](int64_t b, int64_t e) {
+    float* edgeA = threadScratch(1, size_t(kKC * MR));
+    for (int64_t id = b; id < e; id++) {
+      const int64_t i0 = id * mChunk, i1 = std::min(M, i0 + mChunk);
+      for (int64_t p0 = 0; p0 < K; p0 += kKC) {
+        const int64_t kc = std::min(kKC, K - p0);
+        const bool acc = accumulate || p0 > 0;
+        const float* Bs = Bp + p0 * nPad;
+        // The A sliver (MR x kc) stays in L1 across the column panels.
+        for (int64_t i = i0; i < i1; i += MR) {
+          const int64_t m = std::min<int64_t>(MR, i1 - i);
+          const float* a = A + i * lda + p0;
+          if (m < MR) packA(a, lda, 1, m, kc, MR, edgeA);
+          for (int64_t j = 0; j < N; j += NR) {
+            const int64_t n = std::min<int64_t>(NR, N - j);
+            float* c = C + i * ldc + j;
+            if (m == MR && n == NR)
+              microKernelRowA<MR, NV>(kc, a, lda, Bs + j * kc, c, ldc, acc);
+            else if (m == MR)
+              microKernelEdgeRowA(kc, a, lda, Bs + j * kc, c, ldc, n, acc);
+            else
+              microKernelEdge<MR, NV, 1, MR>(kc, edgeA, Bs + j * kc, c, ldc, m, n, acc);
+          }
+        }
+      }
+    }
+  };
+  const int64_t nt = (mPanels * MR + mChunk - 1) / mChunk;
+  if (nt <= 1) task(0, 1);
+  else parallel_for(nt, task, 1);
 }
 
 void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa, int64_t csa, const float* B, int64_t rsb,

@@ -102,6 +102,15 @@ class PackedA : public GemmA {
 void gemm(int64_t M, int64_t N, int64_t K, const GemmTile& t, const GemmA& A, const GemmB& B, float* C,
           int64_t ldc, bool accumulate);
 
+// C[M x N] (row stride ldc) = (accumulate ? C : 0) + A·B with A row-major [M x K] (row stride
+// lda) read in place, never packed. For weight-bound products with few columns (N <= 128: convs
+// on 8x8 and 4x4 images, linears over few tokens with the weight as A): the weights are then
+// read exactly once, straight from memory, instead of being copied first. B is packed whole, once.
+void gemmRowA(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const GemmB& B, float* C, int64_t ldc,
+              bool accumulate);
+constexpr int64_t kRowANMax = 128;
+inline int rowANr() { return gemmTile(1 << 20, 1 << 20).nr; }
+
 // Convenience: A(i, k) = A[i*rsa + k*csa], B(k, j) = B[k*rsb + j*csb].
 void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa, int64_t csa, const float* B, int64_t rsb,
            int64_t csb, float* C, int64_t ldc, bool accumulate);

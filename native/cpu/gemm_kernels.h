@@ -106,6 +106,47 @@ inline void microKernel(int64_t kc, const float* __restrict A, const float* __re
 #endif
 }
 
+// Same with A row-major in place (A(i, k) = A[i*lda + k], runtime lda): for weight-bound products
+// (small images, few tokens) where packing the weights would cost more than multiplying them.
+template <int MR, int NV>
+inline void microKernelRowA(int64_t kc, const float* __restrict A, int64_t lda, const float* __restrict B,
+                            float* __restrict C, int64_t ldc, bool accumulate) {
+  constexpr int NR = NV * kLanes;
+#ifndef IDFORGE_GEMM_PORTABLE
+  VecF c[MR][NV];
+#pragma GCC unroll 32
+  for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) c[i][v] = accumulate ? vLoad(C + i * ldc + v * kLanes) : vZero();
+  for (int64_t k = 0; k < kc; k++) {
+    VecF b[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) b[v] = vLoad(B + k * NR + v * kLanes);
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; i++) {
+      VecF a = vBroadcast(A + i * lda + k);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; v++) c[i][v] = vFma(a, b[v], c[i][v]);
+    }
+  }
+#pragma GCC unroll 32
+  for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) vStore(C + i * ldc + v * kLanes, c[i][v]);
+#else
+  float c[MR][NR];
+  for (int i = 0; i < MR; i++)
+    for (int j = 0; j < NR; j++) c[i][j] = accumulate ? C[i * ldc + j] : 0.f;
+  for (int64_t k = 0; k < kc; k++)
+    for (int i = 0; i < MR; i++) {
+      float a = A[i * lda + k];
+      for (int j = 0; j < NR; j++) c[i][j] += a * B[k * NR + j];
+    }
+  for (int i = 0; i < MR; i++)
+    for (int j = 0; j < NR; j++) C[i * ldc + j] = c[i][j];
+#endif
+}
+
 // Same, for a tile cut by the edge of C: computes the full tile into a scratch buffer (A and B
 // are zero-padded) and writes only m x n elements.
 template <int MR, int NV, int ARS, int ACS>

@@ -41,6 +41,21 @@ void op_LINEAR(const OpAttrs&, const Views& in, const Views& out) {
   float* y = out[0].as<float>();
   // Rows from the output: with K = 0 the input has no elements to count them by.
   const int64_t M = N ? out[0].numel() / N : 0;
+  if (M > 0 && M <= kRowANMax && double(N) * double(K) >= 262144.0) {
+    // Few tokens: yᵀ = w · xᵀ with the weight read in place (packing it would cost about as much
+    // as the product), then transposed into y with the bias.
+    float* yt = static_cast<float*>(alignedAlloc(sizeof(float) * size_t(N * M)));
+    struct Free {
+      float* p;
+      ~Free() { alignedFree(p); }
+    } guard{yt};
+    StridedB xT(in[0].as<float>(), 1, K, rowANr());
+    gemmRowA(N, M, K, in[1].as<float>(), K, xT, yt, M, false);
+    const float* bv = bias ? in[2].as<float>() : nullptr;
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t n = 0; n < N; n++) y[m * N + n] = yt[n * M + m] + (bv ? bv[n] : 0.f);
+    return;
+  }
   if (bias) fillRows(y, M, N, in[2].as<float>());
   // y = x · wᵀ: B(k, j) = w[j*K + k].
   sgemm(M, N, K, in[0].as<float>(), K, 1, in[1].as<float>(), 1, K, y, N, bias);

@@ -662,8 +662,8 @@ void testPool() {
   for (int h : hit) ok = ok && h == 1;
   bool threw = false;
   try {
-    cpu::parallel_for(64, [&](int64_t b, int64_t) {
-      if (b == 32) throw Error("E_INTERNAL", "boom");
+    cpu::parallel_for(64, [&](int64_t b, int64_t e) {
+      if (b <= 32 && 32 < e) throw Error("E_INTERNAL", "boom");
     }, 1);
   } catch (const Error& e) {
     threw = e.code() == "E_INTERNAL";
@@ -766,6 +766,10 @@ int main(int argc, char** argv) {
   testLinear({1001, 70}, 45, true);
   testLinear({2, 77, 768}, 320, true);
   testLinear({2, 1}, 1280, true);
+  // Few tokens, large weights: the weight-in-place path (yᵀ = w·xᵀ), with odd edges.
+  testLinear({2, 1280}, 1283, true);
+  testLinear({3, 41, 517}, 1001, false);
+  testLinear({2, 64, 1280}, 10240, true, 4000);
   testLinear({2, 4096, 320}, 320, true, 4000);
   testLinear({2, 1024, 640}, 5120, true, 4000);
   testMatmul(3, 19, 35, 23, false, false);
@@ -789,6 +793,9 @@ int main(int argc, char** argv) {
   testConv({2, 320, 64, 64}, 320, 3, 3, 2, 1, true, 3000);
   testConv({2, 640, 32, 32}, 320, 1, 1, 1, 0, true, 3000);
   testConv({2, 1280, 4, 4}, 1280, 3, 3, 1, 1, true, 3000);
+  testConv({2, 1280, 8, 8}, 1280, 3, 3, 1, 1, true, 3000);
+  testConv({1, 2560, 4, 4}, 1283, 3, 3, 1, 1, false, 3000);
+  testConv({2, 1280, 8, 8}, 1280, 3, 3, 2, 1, true, 3000);
   testConv({2, 320, 64, 64}, 4, 3, 3, 1, 1, true);
   // Norms
   testGroupNorm({2, 12, 5, 3}, 4, false);
