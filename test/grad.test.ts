@@ -7,6 +7,8 @@ import { grad, mseLoss, planMemory } from '../lib/graph/autodiff.js';
 import { Graph, type Value } from '../lib/graph/graph.js';
 import { Program } from '../lib/graph/program.js';
 import { buildUNetLoss } from '../lib/learn/objective.js';
+import { learningMemoryPlan } from '../lib/learn/plan.js';
+import { sd15Configs } from '../lib/bench/random-model.js';
 import { Tensor } from '../lib/tensor.js';
 import { GoldenFile, MODELS } from './helpers/fixtures.js';
 import { relL2 } from './helpers/metrics.js';
@@ -138,6 +140,14 @@ t.test('grad refuses ops without a rule', async (t) => {
   const x = g.input([2, 3]);
   const y = g.cfg(x, 7.5);
   t.throws(() => grad(g, y, [x]), { code: 'E_ARGUMENT' });
+});
+
+t.test('activation memory plan of a learning step (SD 1.5 at 512x512, no weights needed)', async (t) => {
+  const p = learningMemoryPlan(sd15Configs(), 512);
+  const gib = (b: number) => (b / 2 ** 30).toFixed(2);
+  t.comment(`SD 1.5 512x512 learning step: ${p.ops} ops, planned activation peak ${gib(p.learnPeakBytes)} GiB at ${p.learnPeakOp} (forward alone ${gib(p.forwardPeakBytes)} GiB; UNet + text weights ${gib(p.weightBytes)} GiB), float32`);
+  t.ok(p.learnPeakBytes > p.forwardPeakBytes, 'the backward keeps activations alive');
+  t.ok(p.learnPeakBytes < 4 * 2 ** 30, 'under 4 GiB of activations');
 });
 
 const TOL = 1e-4;

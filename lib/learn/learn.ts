@@ -22,7 +22,11 @@
 import type { Engine } from '../engine.js';
 import { IdforgeError, throwIfAborted } from '../errors.js';
 import { grad } from '../graph/autodiff.js';
+import type { Graph } from '../graph/graph.js';
 import type { Program } from '../graph/program.js';
+import type { Weights } from '../graph/weights.js';
+import type { ModelConfigs, UNetConfig } from '../io/configs.js';
+import { crossAttentionLayers } from '../unet/unet.js';
 import { layerDownsampling } from '../attention.js';
 import { Identity } from '../identity/identity.js';
 import { decodeFace, prepareFace } from '../identity/face.js';
@@ -130,8 +134,12 @@ export function nativeSize(engine: Engine): number {
 
 /** Cross-attention layers whose maps have side latent/2 (the face-wise attention loss layers). */
 export function attentionLossLayers(engine: Engine): string[] {
-  const levels = engine.configs.unet.blockOutChannels.length;
-  return engine.crossAttentionLayers.filter((l) => layerDownsampling(l, levels) === 2);
+  return attentionLossLayersOf(engine.configs.unet);
+}
+
+export function attentionLossLayersOf(cfg: UNetConfig): string[] {
+  const levels = cfg.blockOutChannels.length;
+  return crossAttentionLayers(cfg).filter((l) => layerDownsampling(l, levels) === 2);
 }
 
 /** RGB bytes → [3, S, S] in [−1, 1], with the chosen augmentations. */
@@ -211,32 +219,37 @@ interface Sample {
   noiseSeed: number;
 }
 
-/** The learning program: (ids, slots, vK, vV, refContext, z_t, t, ε) → loss, lossDiff, lossAtt, dvK, dvV. */
+/**
+ * The learning graph: (ids, slots, vK, vV, refContext, z_t, t, ε) → loss, lossDiff, lossAtt,
+ * dvK, dvV. Exported for the memory planner (lib/learn/plan.ts).
+ */
+export function buildLearnGraph(g: Graph, w: { text: Weights; unet: Weights }, configs: Pick<ModelConfigs, 'text' | 'unet'>, layers: readonly string[], h: number, wd: number, lambda: number): void {
+  const D = configs.text.hiddenSize;
+  const C = configs.unet.inChannels;
+  const ids = g.input([1, 77], 'int32');
+  const slots = g.input([1, 77], 'int32');
+  const vk = g.input([1, D]);
+  const vv = g.input([1, D]);
+  const ref = g.input([1, 77, configs.unet.crossAttentionDim]);
+  const x = g.input([1, C, h, wd]);
+  const t = g.input([1]);
+  const eps = g.input([1, C, h, wd]);
+  const ck = buildTextEncoder(g, w.text, configs.text, { ids, inject: { slots, vectors: vk } });
+  const cv = buildTextEncoder(g, w.text, configs.text, { ids, inject: { slots, vectors: vv } });
+  const r = buildUNetLoss(g, w.unet, configs.unet, { x, t, ctx: { k: ck, v: cv }, epsTarget: eps, ...(layers.length ? { reference: { context: ref, layers } } : {}) });
+  const lossAtt = r.lossAtt ?? g.scale(r.lossDiff!, 0);
+  const loss = g.add(r.lossDiff!, g.scale(lossAtt, lambda));
+  const [dk, dv] = grad(g, loss, [vk, vv], { stop: r.stop });
+  g.output(loss, 'loss');
+  g.output(r.lossDiff!, 'lossDiff');
+  g.output(lossAtt, 'lossAtt');
+  g.output(dk!, 'dk');
+  g.output(dv!, 'dv');
+}
+
 function learnProgram(engine: Engine, h: number, w: number, lambda: number): Program {
   const layers = attentionLossLayers(engine);
-  return engine.program(`learn:${h}x${w}:${lambda}:${layers.join(',')}`, (g) => {
-    const D = engine.configs.text.hiddenSize;
-    const C = engine.configs.unet.inChannels;
-    const ids = g.input([1, 77], 'int32');
-    const slots = g.input([1, 77], 'int32');
-    const vk = g.input([1, D]);
-    const vv = g.input([1, D]);
-    const ref = g.input([1, 77, engine.configs.unet.crossAttentionDim]);
-    const x = g.input([1, C, h, w]);
-    const t = g.input([1]);
-    const eps = g.input([1, C, h, w]);
-    const ck = buildTextEncoder(g, engine.w.text, engine.configs.text, { ids, inject: { slots, vectors: vk } });
-    const cv = buildTextEncoder(g, engine.w.text, engine.configs.text, { ids, inject: { slots, vectors: vv } });
-    const r = buildUNetLoss(g, engine.w.unet, engine.configs.unet, { x, t, ctx: { k: ck, v: cv }, epsTarget: eps, ...(layers.length ? { reference: { context: ref, layers } } : {}) });
-    const lossAtt = r.lossAtt ?? g.scale(r.lossDiff!, 0);
-    const loss = g.add(r.lossDiff!, g.scale(lossAtt, lambda));
-    const [dk, dv] = grad(g, loss, [vk, vv], { stop: r.stop });
-    g.output(loss, 'loss');
-    g.output(r.lossDiff!, 'lossDiff');
-    g.output(lossAtt, 'lossAtt');
-    g.output(dk!, 'dk');
-    g.output(dv!, 'dv');
-  });
+  return engine.program(`learn:${h}x${w}:${lambda}:${layers.join(',')}`, (g) => buildLearnGraph(g, engine.w, engine.configs, layers, h, w, lambda));
 }
 
 /** Per-template token ids, slot rows and reference contexts (the init word in place of V*), on the backend. */
