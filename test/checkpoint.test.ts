@@ -8,9 +8,10 @@ import { applyOverrides, guessNormGroups, guessTextHeads, parseUNetConfig, SD15_
 import { convertLdmUnet, convertLdmVae, modernVaeName } from '../lib/io/ldm.js';
 import { SafetensorsFile, writeSafetensors, type StDType } from '../lib/io/safetensors.js';
 
+import { TINY_LDM } from './helpers/fixtures.js';
 const FIXTURES = fileURLToPath(new URL('./fixtures/', import.meta.url));
 const FOLDER = path.join(FIXTURES, 'tiny-sd');
-const LDM = path.join(FIXTURES, 'tiny-sd-ldm.safetensors');
+const LDM = TINY_LDM;
 
 const COMPONENTS = ['unet', 'vae', 'text'] as const;
 

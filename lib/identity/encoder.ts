@@ -18,7 +18,7 @@ import type { TensorRef } from '../io/checkpoint.js';
 import type { RawImage } from '../io/image.js';
 import { SafetensorsFile } from '../io/safetensors.js';
 import { Tensor } from '../tensor.js';
-import { prepareFace, type PrepareFaceOptions } from './face.js';
+import type { PrepareFaceOptions } from './face.js';
 import { Identity } from './identity.js';
 
 export interface IdEncoderConfig {
@@ -234,6 +234,8 @@ export class IdEncoder implements Disposable {
       const f = await this.encodeFeatures(face);
       return Array.from({ length: f.batch }, (_, i) => this.#identity(f.words, i, opts.name));
     }
+    // face.ts (and sharp) load on demand: tensor inputs and servers without image I/O never need them.
+    const { prepareFace } = await import('./face.js');
     const prepared = await prepareFace(face, {
       size: this.config.imageSize,
       ...(opts.landmarks !== undefined ? { landmarks: opts.landmarks } : {}),
