@@ -491,6 +491,18 @@ export class Engine implements Disposable {
     return result;
   }
 
+  /**
+   * SeFi-IDE: learns an identity (S staged K/V tokens) from one face photo by optimising a small
+   * token generator through the frozen text encoder and UNet (diffusion loss + λ·face-wise
+   * attention loss, Adam). See lib/learn/learn.ts for every option.
+   */
+  async learnIdentity(face: RawImage | string | Buffer, opts: import('./learn/learn.js').LearnOptions = {}): Promise<Identity> {
+    this.w;
+    // Loaded on demand: learning pulls in autodiff and image augmentation that generation never needs.
+    const { learnIdentity } = await import('./learn/learn.js');
+    return learnIdentity(this, face, opts);
+  }
+
   /** Every cross-attention layer name of this model's UNet. */
   get crossAttentionLayers(): string[] {
     return crossAttentionLayers(this.configs.unet);

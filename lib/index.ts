@@ -13,3 +13,4 @@ export { Identity, IdEncoder, prepareFace, expandPrompt, type IdentityMethod, ty
 export { attentionHeatmap, type AttentionCapture, type AttentionMap, type CaptureAttentionOptions } from './attention.js';
 export { bench, type BenchOptions, type BenchReport } from './bench/index.js';
 export type { TextOptions } from './engine.js';
+export { SEFI_TEMPLATES, type LearnOptions, type LearnProgress } from './learn/learn.js';

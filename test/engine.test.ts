@@ -121,6 +121,18 @@ t.test('engine behaviour', async (t) => {
   });
 });
 
+t.test('engine.learnIdentity runs SeFi-IDE and the identity generates', async (t) => {
+  const engine = await Engine.load(TINY_SD, { device: 'cpu' });
+  t.teardown(() => engine.dispose());
+  const steps: number[] = [];
+  const id = await engine.learnIdentity(fixture('faces/face-a.png'), { steps: 2, seed: 1, onProgress: (p) => steps.push(p.step) });
+  t.same(steps, [1, 2]);
+  t.same([id.stages, id.words, id.dim, id.method], [5, 1, 32, 'sefi-ide']);
+  const r = await engine.generate({ ...base, prompt: 'a photo of <id>', identity: id });
+  t.equal(r.images.length, 1);
+  r.latents.dispose(); r.pixels.dispose();
+});
+
 t.test('load errors and calls after dispose', async (t) => {
   await t.rejects(Engine.load('/nonexistent/model'), { code: 'E_NOT_FOUND' });
   await t.rejects(Engine.load(fixture('golden/tokenizer.json')), { code: 'E_MODEL_FORMAT' });
