@@ -2,7 +2,8 @@
 //   npm install && node examples/sefi-ide.mjs
 import { Engine, Identity, saveImage } from 'idforge';
 
-const engine = await Engine.load('test/fixtures/tiny-sd', { device: 'auto' });
+// Learning runs on the CPU backend (the CUDA backward kernels are not written yet).
+const engine = await Engine.load('test/fixtures/tiny-sd', { device: 'cpu' });
 const identity = await engine.learnIdentity('test/fixtures/faces/face-a.png', {
   steps: 30, // the paper uses ~1000 on SD 1.5
   seed: 1,

@@ -254,7 +254,8 @@ class CudaBackend : public Backend {
       case OpCode::INJECT: return opMisc(op, a, in, out);
       case OpCode::DDIM_STEP: return opDdimStep(a, in, out);
     }
-    shapeError(op, "op not implemented by the CUDA backend");
+    // The backward ops of learning (lib/learn) exist on the CPU only so far.
+    throw Error("E_BACKEND", std::string(opName(op)) + " is not implemented by the CUDA backend yet (learning runs on the CPU backend)");
   }
 
  private:

@@ -3,12 +3,13 @@ import { readFileSync } from 'node:fs';
 import { DDIMScheduler } from '../lib/sched/ddim.js';
 import { torchLinspaceF32, makeBetas, alphasCumprodF32, betasForAlphaBar } from '../lib/sched/betas.js';
 import { randn, normalGenerator, Xoshiro128 } from '../lib/sched/random.js';
-import { Golden } from './helpers/golden.js';
+import { GoldenFile } from './helpers/fixtures.js';
 import { relL2, maxAbs, maxRel } from './helpers/metrics.js';
 
 const cfgPath = new URL('./fixtures/tiny-sd/scheduler/scheduler_config.json', import.meta.url);
 const sdConfig = JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>;
-const g = new Golden(new URL('./fixtures/golden/scheduler.safetensors', import.meta.url));
+const g = new GoldenFile('scheduler');
+t.teardown(() => g.close());
 const sched = DDIMScheduler.fromConfig(sdConfig);
 const E_ARG = { name: 'IdforgeError', code: 'E_ARGUMENT' };
 
