@@ -120,7 +120,11 @@ void opMatmul(const OpAttrs& a, const std::vector<TensorView>& in, const std::ve
   int64_t Kb = a.transB ? B.shape.back() : B.shape[B.shape.size() - 2];
   int64_t N = a.transB ? B.shape[B.shape.size() - 2] : B.shape.back();
   if (Kb != K) shapeError(op, "inner dims differ: a " + shapeStr(A.shape) + ", b " + shapeStr(B.shape) + (a.transB ? " (transB)" : ""));
-  int64_t Ba = A.numel() / (M * K), Bb = B.numel() / (K * N);
+  // Batch = product of the leading dims (as the CPU op): a rank-2 b (linear backward's
+  // matmul(dy, W)) is batch 1 and broadcast over a's batch.
+  int64_t Ba = 1, Bb = 1;
+  for (size_t i = 0; i + 2 < A.shape.size(); i++) Ba *= A.shape[i];
+  for (size_t i = 0; i + 2 < B.shape.size(); i++) Bb *= B.shape[i];
   int64_t batch = Ba > Bb ? Ba : Bb;
   if ((Ba != batch && Ba != 1) || (Bb != batch && Bb != 1))
     shapeError(op, "batch dims do not match: a " + shapeStr(A.shape) + ", b " + shapeStr(B.shape));
@@ -128,8 +132,15 @@ void opMatmul(const OpAttrs& a, const std::vector<TensorView>& in, const std::ve
     shapeError(op, "output " + shapeStr(Y.shape) + " is not [batch, M, N] = [" + std::to_string(batch) + ", " +
                        std::to_string(M) + ", " + std::to_string(N) + "]");
   if (Y.numel() == 0) return;
+  if (K == 0) {  // empty inner dim: the product is zero
+    CK(cudaMemsetAsync(Y.data, 0, size_t(Y.numel()) * dtypeSize(dt), ctx().stream));
+    return;
+  }
+  // A b shared by the whole batch: a's rows are contiguous, so the batch folds into M (one GEMM).
+  int64_t rows = M;
+  if (Bb == 1 && Ba == batch) rows = M * batch, batch = 1;
   // Yᵀ = op(B)ᵀ·Aᵀ: column-major B is [N, K] (ld N), or with transB [K, N] stored as [N][K] (ld K).
-  gemm(a.transB, false, checkedInt(op, N, "N"), checkedInt(op, M, "M"), checkedInt(op, K, "K"), 1.f, B.data,
+  gemm(a.transB, false, checkedInt(op, N, "N"), checkedInt(op, rows, "M"), checkedInt(op, K, "K"), 1.f, B.data,
        a.transB ? int(K) : int(N), Bb == 1 ? 0 : K * N, A.data, int(K), Ba == 1 ? 0 : M * K, 0.f, Y.data, int(N),
        M * N, checkedInt(op, batch, "batch"), dt, dt);
 }

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "backward.h"
 #include "cuda_common.h"
 
 using namespace idforge;
@@ -311,6 +312,102 @@ std::vector<Case> buildCases() {
   }
   add({"embedding ids[2,77] table[1000,768]", OpCode::EMBEDDING, {}, {idsT({2, 77}, [](int64_t k) { return int32_t((k * 7919) % 1000); }), randT({1000, 768})}, {{2, 77, 768}}, "gather"});
   add({"inject x[2,77,768] slots vectors[3,768]", OpCode::INJECT, {}, {randT({2, 77, 768}), idsT({2, 77}, [](int64_t k) { return k % 77 == 5 ? 0 : k % 77 == 6 ? 2 : k % 77 == 7 ? 1 : -1; }), randT({3, 768})}, {{2, 77, 768}}, "gather"});
+  // ---- linear backward's matmul(dy, W) with a rank-2 W
+  add({"matmul rank-2 b dy[2,77,320]·W[320,768]", OpCode::MATMUL, {}, {randT({2, 77, 320}), randT({320, 768}, 0.05f)}, {{2, 77, 768}}, "cublas folded"});
+  add({"matmul rank-2 a[5,7]·b[7,3]", OpCode::MATMUL, {}, {randT({5, 7}), randT({7, 3})}, {{5, 3}}, "cublas"});
+  add({"matmul rank-2 b transB a[3,9,6]·b[4,6]ᵀ", OpCode::MATMUL, attrs([](OpAttrs& a) { a.transB = true; }), {randT({3, 9, 6}), randT({4, 6})}, {{3, 9, 4}}, "cublas folded"});
+  // ---- backward ops (learning)
+  auto unaryB = [&](std::string n, OpCode op, Shape s) {
+    add({n, op, {}, {randT(s, 4.f), randT(s)}, {s}, "elementwise"});
+  };
+  unaryB("gelu_backward [2,77,3072]", OpCode::GELU_BACKWARD, {2, 77, 3072});
+  unaryB("gelu_backward odd [1001]", OpCode::GELU_BACKWARD, {1001});
+  unaryB("quick_gelu_backward [2,77,3072]", OpCode::QUICK_GELU_BACKWARD, {2, 77, 3072});
+  unaryB("quick_gelu_backward odd [7,3]", OpCode::QUICK_GELU_BACKWARD, {7, 3});
+  unaryB("silu_backward [2,320,64,64]", OpCode::SILU_BACKWARD, {2, 320, 64, 64});
+  unaryB("silu_backward odd [5,3,1]", OpCode::SILU_BACKWARD, {5, 3, 1});
+  add({"geglu_backward [2,256,2560]", OpCode::GEGLU_BACKWARD, {}, {randT({2, 256, 2560}, 3.f), randT({2, 256, 1280})}, {{2, 256, 2560}}, "elementwise"});
+  add({"geglu_backward odd [3,5,6]", OpCode::GEGLU_BACKWARD, {}, {randT({3, 5, 6}, 3.f), randT({3, 5, 3})}, {{3, 5, 6}}, "elementwise"});
+  add({"upsample2x_backward [2,640,32,32]", OpCode::UPSAMPLE2X_BACKWARD, {}, {randT({2, 640, 32, 32})}, {{2, 640, 16, 16}}, "2x2 sums"});
+  add({"upsample2x_backward odd [1,3,10,6]", OpCode::UPSAMPLE2X_BACKWARD, {}, {randT({1, 3, 10, 6})}, {{1, 3, 5, 3}}, "2x2 sums"});
+  auto red = [&](std::string n, Shape x, Shape o) { add({n, OpCode::REDUCE_SUM, {}, {randT(x)}, {o}, "reduce"}); };
+  red("reduce_sum [2,320,32,32]→[2,320,1,1]", {2, 320, 32, 32}, {2, 320, 1, 1});
+  red("reduce_sum [2,320,32,32]→[320,1,1]", {2, 320, 32, 32}, {320, 1, 1});
+  red("reduce_sum [2,1024,320]→[320]", {2, 1024, 320}, {320});
+  red("reduce_sum [2,77,768]→[1,77,768]", {2, 77, 768}, {1, 77, 768});
+  red("reduce_sum general [2,3,4,5]→[3,1,5]", {2, 3, 4, 5}, {3, 1, 5});
+  red("reduce_sum full [2,4,64,64]→[1]", {2, 4, 64, 64}, {1});
+  red("reduce_sum full odd [3,5]→[]", {3, 5}, {});
+  red("reduce_sum identity [4,6]→[4,6]", {4, 6}, {4, 6});
+  red("reduce_sum mid [3,40,1,7]→[3,1,1,7]", {3, 40, 1, 7}, {3, 1, 1, 7});
+  auto gnb = [&](std::string n, Shape x, int g, bool silu, float off, double eps) {
+    OpAttrs a;
+    a.groups = g;
+    a.silu = silu;
+    a.eps = eps;
+    add({n, OpCode::GROUP_NORM_BACKWARD, a, {randT(x), randT(x, 1.f, off), randT({x[1]}), randT({x[1]})}, {x}, "3-pass split"});
+  };
+  gnb("group_norm_backward+silu [2,320,32,32] G32", {2, 320, 32, 32}, 32, true, 0.f, 1e-5);
+  gnb("group_norm_backward [2,640,16,16] G32 eps1e-6", {2, 640, 16, 16}, 32, false, 0.f, 1e-6);
+  gnb("group_norm_backward+silu offset [1,256,64,64]", {1, 256, 64, 64}, 32, true, 3.f, 1e-6);
+  gnb("group_norm_backward odd [2,6,5,3] G3", {2, 6, 5, 3}, 3, false, 0.f, 1e-5);
+  gnb("group_norm_backward+silu [2,1280] G32", {2, 1280}, 32, true, 0.f, 1e-5);
+  auto lnb = [&](std::string n, Shape x) {
+    add({n, OpCode::LAYER_NORM_BACKWARD, {}, {randT(x), randT(x, 1.f, 0.5f), randT({x.back()})}, {x}, "warp/row"});
+  };
+  lnb("layer_norm_backward [2,1024,320]", {2, 1024, 320});
+  lnb("layer_norm_backward [2,77,768]", {2, 77, 768});
+  lnb("layer_norm_backward odd [3,5,7]", {3, 5, 7});
+  auto convb = [&](std::string n, Shape x, Shape w, int s, int p, int64_t budget = 0) {
+    int64_t Ho = (x[2] + 2 * p - w[2]) / s + 1, Wo = (x[3] + 2 * p - w[3]) / s + 1;
+    OpAttrs a;
+    a.stride = s;
+    a.pad = p;
+    Case c{n, OpCode::CONV2D_BACKWARD_INPUT, a,
+           {randT({x[0], w[0], Ho, Wo}), randT(w, float(1.0 / std::sqrt(double(w[0] * w[2] * w[3]))))}, {x},
+           w[2] == 1 && w[3] == 1 && s == 1 && p == 0 ? "cublas 1x1" : budget ? "col chunks+col2im" : "cublas+col2im"};
+    if (budget)
+      c.custom = [budget](const OpAttrs& a, const std::vector<TensorView>& in, const std::vector<TensorView>& out) {
+        cuda::conv2dBackwardInputBudget(a, in, out, budget);
+      };
+    add(c);
+  };
+  convb("conv_backward 3x3 [1,320,32,32]←320", {1, 320, 32, 32}, {320, 320, 3, 3}, 1, 1);
+  convb("conv_backward 3x3 s2 [2,64,17,17]←64", {2, 64, 17, 17}, {64, 64, 3, 3}, 2, 1);
+  convb("conv_backward 3x3 s2 [2,8,16,16]←8", {2, 8, 16, 16}, {8, 8, 3, 3}, 2, 1);
+  convb("conv_backward 1x1 [2,640,16,16]←320", {2, 640, 16, 16}, {320, 640, 1, 1}, 1, 0);
+  convb("conv_backward conv_in [2,4,64,64]←320", {2, 4, 64, 64}, {320, 4, 3, 3}, 1, 1);
+  convb("conv_backward odd 3x2 p0 [1,5,9,7]←6", {1, 5, 9, 7}, {6, 5, 3, 2}, 1, 0);
+  convb("conv_backward patch16 s16 [1,3,224,224]←64", {1, 3, 224, 224}, {64, 3, 16, 16}, 16, 0);
+  convb("conv_backward channel chunks [1,70,24,24]←32", {1, 70, 24, 24}, {32, 70, 3, 3}, 1, 1, int64_t(9) * 576 * 4 * 16);
+  convb("conv_backward image chunks [3,16,20,20]←8", {3, 16, 20, 20}, {8, 16, 3, 3}, 1, 1, int64_t(144) * 400 * 4 * 2);
+  auto attb = [&](std::string n, int B, int H, int Nq, int Nk, int d, int dv, bool causal, bool dp, int64_t budget = 0) {
+    OpAttrs a;
+    a.heads = H;
+    a.scale = 1.0 / std::sqrt(double(d));
+    a.causal = causal;
+    std::vector<HostTensor> in = {randT({B, Nq, int64_t(H) * d}), randT({B, Nk, int64_t(H) * d}),
+                                  randT({B, Nk, int64_t(H) * dv}), randT({B, Nq, int64_t(H) * dv})};
+    if (dp) in.push_back(randT({int64_t(B) * H, Nq, Nk}));
+    Case c{n, OpCode::ATTENTION_BACKWARD, a, in,
+           {{B, Nq, int64_t(H) * d}, {B, Nk, int64_t(H) * d}, {B, Nk, int64_t(H) * dv}},
+           budget ? "cublas, query chunks" : "cublas per head chunk"};
+    if (budget)
+      c.custom = [budget](const OpAttrs& a, const std::vector<TensorView>& in, const std::vector<TensorView>& out) {
+        cuda::attentionBackwardBudget(a, in, out, budget);
+      };
+    add(c);
+  };
+  attb("attn_backward tiny d8 H2 N64", 2, 2, 64, 64, 8, 8, false, false);
+  attb("attn_backward cross Nq1024 Nk77 d80 H8 B2 dp", 2, 8, 1024, 77, 80, 80, false, true);
+  attb("attn_backward clip N77 d64 H12 B2 causal", 2, 12, 77, 77, 64, 64, true, false);
+  attb("attn_backward odd Nq100 Nk33 d24 dv40 H3 causal dp", 2, 3, 100, 33, 24, 40, true, true);
+  attb("attn_backward self N1024 d40 H8 B2", 2, 8, 1024, 1024, 40, 40, false, false);
+  attb("attn_backward self N4096 d40 H8 (head chunks)", 1, 8, 4096, 4096, 40, 40, false, false);
+  attb("attn_backward query chunks N1000 d64 H2 causal dp", 1, 2, 1000, 1000, 64, 64, true, true, int64_t(1) << 20);
+  attb("attn_backward query chunks Nq300 Nk77 d40 H3 B2", 2, 3, 300, 77, 40, 40, false, false, int64_t(77) * 12 * 50);
+  add({"inject_backward dy[2,77,768] slots → [3,768]", OpCode::INJECT_BACKWARD, {}, {randT({2, 77, 768}), idsT({2, 77}, [](int64_t k) { return k % 77 == 5 ? 0 : k % 77 == 6 ? 2 : k % 77 == 7 ? 1 : k % 77 == 9 ? 2 : -1; })}, {{3, 768}}, "per-slot sums"});
+  add({"inject_backward odd dy[1,5,3] → [4,3] (unused slot)", OpCode::INJECT_BACKWARD, {}, {randT({1, 5, 3}), idsT({1, 5}, [](int64_t k) { return k == 0 ? 1 : k == 3 ? 0 : k == 4 ? 1 : -1; })}, {{4, 3}}, "per-slot sums"});
   return cs;
 }
 
@@ -498,6 +595,34 @@ int main(int argc, char** argv) {
     gpu->release(ids, 12);
     gpu->release(tb, 160);
     gpu->release(out, 48);
+    results.push_back(r);
+    if (!r.pass) fails++;
+    std::printf("%-4s %s  %s\n", r.pass ? "ok" : "FAIL", r.name.c_str(), r.note.c_str());
+  }
+  // INJECT_BACKWARD with a slot beyond the vectors: E_ARGUMENT at the next synchronisation.
+  {
+    Backend* gpu = cudaBackend(DType::F32);
+    Result r;
+    r.name = "inject_backward out-of-range slot → E_ARGUMENT";
+    r.dtype = "float32";
+    std::vector<int32_t> sl = {0, 7, -1};
+    std::vector<float> dy(12, 1.f);
+    void* slots = gpu->alloc(12);
+    void* d = gpu->alloc(48);
+    void* out = gpu->alloc(32);
+    gpu->upload(slots, sl.data(), 12);
+    gpu->upload(d, dy.data(), 48);
+    try {
+      gpu->run(OpCode::INJECT_BACKWARD, {}, {{d, DType::F32, {1, 3, 4}}, {slots, DType::I32, {1, 3}}}, {{out, DType::F32, {2, 4}}});
+      gpu->synchronize();
+      r.note = "no error raised";
+    } catch (const Error& e) {
+      r.pass = e.code() == "E_ARGUMENT";
+      r.note = e.code() + ": " + e.what();
+    }
+    gpu->release(slots, 12);
+    gpu->release(d, 48);
+    gpu->release(out, 32);
     results.push_back(r);
     if (!r.pass) fails++;
     std::printf("%-4s %s  %s\n", r.pass ? "ok" : "FAIL", r.name.c_str(), r.note.c_str());
