@@ -6,7 +6,9 @@
 #include <cstring>
 #include <mutex>
 #include <sstream>
+#include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "cuda_common.h"
 
@@ -65,6 +67,11 @@ struct Pool {
   std::unordered_map<size_t, std::vector<void*>> freeLists;
   std::unordered_map<void*, size_t> live;  // pointer -> bucket
   size_t cachedBytes = 0, liveBytes = 0;
+  // Graph capture (see poolBeginCapture): the capturing thread's buffers and their free list.
+  bool capturing = false;
+  std::thread::id capThread;
+  std::unordered_map<size_t, std::vector<void*>> capFree;
+  std::unordered_set<void*> capOwned;
 
   void trim() {  // caller holds mu
     for (auto& kv : freeLists)
@@ -151,6 +158,15 @@ void* Context::alloc(size_t bytes) {
   Pool& P = pool();
   size_t b = bucketOf(bytes ? bytes : 1);
   std::lock_guard<std::mutex> lock(P.mu);
+  const bool cap = P.capturing && std::this_thread::get_id() == P.capThread;
+  if (cap) {  // graph capture: reuse the capture's own released buffers first (stream order holds)
+    auto ci = P.capFree.find(b);
+    if (ci != P.capFree.end() && !ci->second.empty()) {
+      void* q = ci->second.back();
+      ci->second.pop_back();
+      return q;
+    }
+  }
   auto it = P.freeLists.find(b);
   void* p = nullptr;
   if (it != P.freeLists.end() && !it->second.empty()) {
@@ -177,6 +193,7 @@ void* Context::alloc(size_t bytes) {
   }
   P.live[p] = b;
   P.liveBytes += b;
+  if (cap) P.capOwned.insert(p);
   return p;
 }
 
@@ -186,11 +203,37 @@ void Context::release(void* p) {
   std::lock_guard<std::mutex> lock(P.mu);
   auto it = P.live.find(p);
   if (it == P.live.end()) throw Error("E_BACKEND", "cuda release: pointer was not allocated by this backend");
+  if (P.capturing && P.capOwned.count(p)) {  // stays with the capture (its address is in the graph)
+    P.capFree[it->second].push_back(p);
+    return;
+  }
   size_t b = it->second;
   P.live.erase(it);
   P.liveBytes -= b;
   P.freeLists[b].push_back(p);
   P.cachedBytes += b;
+}
+
+void poolBeginCapture() {
+  Pool& P = pool();
+  std::lock_guard<std::mutex> lock(P.mu);
+  P.capturing = true;
+  P.capThread = std::this_thread::get_id();
+  P.capFree.clear();
+  P.capOwned.clear();
+}
+
+std::vector<void*> poolEndCapture() {
+  Pool& P = pool();
+  std::lock_guard<std::mutex> lock(P.mu);
+  std::vector<void*> owned;
+  for (auto& kv : P.capFree)
+    for (void* p : kv.second) owned.push_back(p);
+  // Buffers taken during the capture and still held are ordinary allocations from now on.
+  P.capFree.clear();
+  P.capOwned.clear();
+  P.capturing = false;
+  return owned;
 }
 
 void Context::checkDeferredErrors() {
@@ -212,16 +255,19 @@ class CudaBackend : public Backend {
   void* alloc(size_t bytes) override { return ctx().alloc(bytes); }
   void release(void* p, size_t) override { ctx().release(p); }
   void upload(void* dst, const void* host, size_t bytes) override {
+    StreamGate g;
     // Pageable source: the call returns once the host bytes are staged, so the caller may reuse them.
     CK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, ctx().stream));
   }
   void download(void* host, const void* src, size_t bytes) override {
+    StreamGate g;
     Context& c = ctx();
     CK(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, c.stream));
     CK(cudaStreamSynchronize(c.stream));
     c.checkDeferredErrors();
   }
   void synchronize() override {
+    StreamGate g;
     Context& c = ctx();
     CK(cudaStreamSynchronize(c.stream));
     c.checkDeferredErrors();
@@ -229,6 +275,7 @@ class CudaBackend : public Backend {
   void run(OpCode op, const OpAttrs& a, const std::vector<TensorView>& in,
            const std::vector<TensorView>& out) override {
     if (out.empty()) shapeError(op, "no output tensor");
+    StreamGate g;
     switch (op) {
       case OpCode::LINEAR: return opLinear(a, in, out);
       case OpCode::MATMUL: return opMatmul(a, in, out);
@@ -257,6 +304,17 @@ class CudaBackend : public Backend {
     // The backward ops of learning (lib/learn) exist on the CPU only so far.
     throw Error("E_BACKEND", std::string(opName(op)) + " is not implemented by the CUDA backend yet (learning runs on the CPU backend)");
   }
+
+  // CUDA graphs (cuda_graph.cu).
+  bool graphsSupported() const override { return true; }
+  void beginCapture() override { graphBeginCapture(); }
+  void* endCapture(std::string* why) override { return graphEndCapture(why); }
+  void abortCapture() override { graphAbortCapture(); }
+  void launchGraph(void* g) override {
+    StreamGate gate;
+    graphLaunch(g);
+  }
+  void destroyGraph(void* g) override { graphDestroy(g); }
 
  private:
   DType compute_;

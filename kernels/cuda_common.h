@@ -51,6 +51,32 @@ struct Context {
 };
 Context& ctx();  // throws E_BACKEND when no usable device / cuBLAS
 
+// CUDA graph capture (cuda_graph.cu). While one thread captures, buffers it takes from the pool
+// belong to the capture (reused only inside it, then kept by the graph: their addresses are baked
+// in), and every other thread's stream work waits on the stream gate, so nothing foreign lands in
+// the captured graph.
+void poolBeginCapture();
+std::vector<void*> poolEndCapture();  // the capture's buffers, all released by now: the graph keeps them
+bool capturingHere();                 // this thread is capturing
+void gateShared();                    // other threads: enter / leave the stream gate (shared)
+void gateSharedRelease();
+struct StreamGate {
+  bool held;
+  StreamGate() : held(!capturingHere()) {
+    if (held) gateShared();
+  }
+  ~StreamGate() {
+    if (held) gateSharedRelease();
+  }
+  StreamGate(const StreamGate&) = delete;
+  StreamGate& operator=(const StreamGate&) = delete;
+};
+void graphBeginCapture();
+void* graphEndCapture(std::string* why);
+void graphAbortCapture();
+void graphLaunch(void* g);
+void graphDestroy(void* g);
+
 // RAII scratch memory from the pool; stream ordering makes immediate reuse safe.
 struct Scratch {
   void* p = nullptr;

@@ -240,7 +240,9 @@ class ProgramWrap : public Napi::ObjectWrap<ProgramWrap> {
     Napi::Function f = DefineClass(env, "NativeProgram",
                                    {InstanceMethod<&ProgramWrap::Run>("run"),
                                     InstanceMethod<&ProgramWrap::Dispose>("dispose"),
-                                    InstanceAccessor<&ProgramWrap::ConstBytes>("constBytes")});
+                                    InstanceAccessor<&ProgramWrap::ConstBytes>("constBytes"),
+                                    InstanceAccessor<&ProgramWrap::ArenaBytes>("arenaBytes"),
+                                    InstanceAccessor<&ProgramWrap::IntermediateBytes>("intermediateBytes")});
     ctor = Napi::Persistent(f);
     exports.Set("NativeProgram", f);
   }
@@ -250,6 +252,13 @@ class ProgramWrap : public Napi::ObjectWrap<ProgramWrap> {
  private:
   Napi::Value ConstBytes(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), prog ? static_cast<double>(prog->constBytes()) : 0);
+  }
+  // The static buffer plan (program.h): arena bytes, and what one buffer per intermediate would take.
+  Napi::Value ArenaBytes(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), prog ? static_cast<double>(prog->arenaBytes()) : 0);
+  }
+  Napi::Value IntermediateBytes(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), prog ? static_cast<double>(prog->intermediateBytes()) : 0);
   }
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
     prog.reset();
@@ -359,7 +368,8 @@ Napi::Value Compile(const Napi::CallbackInfo& info) {
       ops.push_back({opFromName(o.Get("op").As<Napi::String>()), attrsFrom(o.Get("attrs")), idsFrom(o.Get("in")), idsFrom(o.Get("out"))});
     }
     auto prog = std::make_shared<Program>(be, std::move(values), std::move(consts), idsFrom(d.Get("inputs")),
-                                          idsFrom(d.Get("outputs")), std::move(ops));
+                                          idsFrom(d.Get("outputs")), std::move(ops),
+                                          d.Get("cudaGraph").IsBoolean() ? int(d.Get("cudaGraph").ToBoolean().Value()) : -1);
     Napi::Object w = ProgramWrap::ctor.New({});
     ProgramWrap::Unwrap(w)->prog = prog;
     return w;

@@ -63,7 +63,8 @@ struct TensorView {
 //   UPSAMPLE2X   in: x[B, C, H, W]   out: [B, C, 2H, 2W] nearest
 //   CONCAT       in: n tensors   attrs axis   out: concatenation along axis
 //   PERMUTE      in: x   attrs perm   out: x transposed (out dim i = in dim perm[i])
-//   RESHAPE      in: x   out: the same elements, another shape (a copy)
+//   RESHAPE      in: x   out: the same elements, another shape (a copy; Program turns most
+//                RESHAPEs into aliases and never calls the backend for them)
 //   SLICE        in: x   attrs axis, start, end   out: x[.., start:end, ..]
 //   TIMESTEP_EMB in: t[B] (float)   attrs dim, flip, shift, maxPeriod
 //                out: [B, dim]: f_i = exp(-ln(maxPeriod)·i/(half − shift)), [sin(t·f), cos(t·f)]
@@ -157,6 +158,21 @@ class Backend {
   virtual void run(OpCode op, const OpAttrs& a, const std::vector<TensorView>& in,
                    const std::vector<TensorView>& out) = 0;
   virtual void synchronize() {}
+
+  // Graph capture (CUDA graphs; the CPU backend has none and keeps these defaults). Program uses
+  // them once its buffers are fixed: beginCapture() makes this thread's following run() calls be
+  // recorded on the backend's stream instead of executed; endCapture() returns an opaque replayable
+  // graph, or nullptr with *why (the capture is then discarded). abortCapture() ends a capture
+  // after an exception. launchGraph() enqueues a replay (asynchronous, like run()).
+  virtual bool graphsSupported() const { return false; }
+  virtual void beginCapture() { throw Error("E_BACKEND", "this backend cannot capture graphs"); }
+  virtual void* endCapture(std::string* why) {
+    if (why) *why = "this backend cannot capture graphs";
+    return nullptr;
+  }
+  virtual void abortCapture() {}
+  virtual void launchGraph(void* /*graph*/) {}
+  virtual void destroyGraph(void* /*graph*/) {}
 };
 
 Backend* cpuBackend();

@@ -1,19 +1,37 @@
 #include "program.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 
 namespace idforge {
 
+namespace {
+
+constexpr size_t kAlign = 256;
+size_t alignUp(size_t n) { return (std::max<size_t>(n, 1) + kAlign - 1) / kAlign * kAlign; }
+size_t valueBytes(const ValueDesc& v) { return static_cast<size_t>(numel(v.shape)) * dtypeSize(v.dtype); }
+
+bool envFlag(const char* name, int* v) {
+  const char* s = std::getenv(name);
+  if (!s || !*s) return false;
+  *v = (std::strcmp(s, "0") == 0 || std::strcmp(s, "false") == 0 || std::strcmp(s, "off") == 0) ? 0 : 1;
+  return true;
+}
+
+}  // namespace
+
 Program::Program(Backend* be, std::vector<ValueDesc> values,
                  std::vector<std::pair<int, std::shared_ptr<NTensor>>> consts, std::vector<int> inputs,
-                 std::vector<int> outputs, std::vector<OpDesc> ops)
+                 std::vector<int> outputs, std::vector<OpDesc> ops, int graph)
     : be_(be), values_(std::move(values)), inputs_(std::move(inputs)), outputs_(std::move(outputs)), ops_(std::move(ops)) {
   const int n = static_cast<int>(values_.size());
   auto check = [&](int id, const char* what) {
     if (id < 0 || id >= n) throw Error("E_INTERNAL", std::string("program: ") + what + " refers to an unknown value");
   };
   consts_.assign(n, nullptr);
-  std::vector<int> producer(n, -1);  // -2 const, -3 input, >= 0 op index
+  producer_.assign(n, -1);
   for (auto& [id, t] : consts) {
     check(id, "a constant");
     if (t->device() != be->device())
@@ -23,40 +41,160 @@ Program::Program(Backend* be, std::vector<ValueDesc> values,
                                  dtypeName(t->dtype) + ", declared " + shapeStr(values_[id].shape) + " " +
                                  dtypeName(values_[id].dtype));
     consts_[id] = t;
-    producer[id] = -2;
+    producer_[id] = -2;
     constBytes_ += t->bytes();
   }
   for (int id : inputs_) {
     check(id, "an input");
-    producer[id] = -3;
+    producer_[id] = -3;
   }
-  std::vector<int> lastUse(n, -1);
+  lastUse_.assign(n, -1);
   for (size_t i = 0; i < ops_.size(); i++) {
     for (int id : ops_[i].in) {
       check(id, "an op input");
-      if (producer[id] == -1)
+      if (producer_[id] == -1)
         throw Error("E_INTERNAL", std::string("program: op ") + opName(ops_[i].op) + " reads a value before it is computed");
-      lastUse[id] = static_cast<int>(i);
+      lastUse_[id] = static_cast<int>(i);
     }
     for (int id : ops_[i].out) {
       check(id, "an op output");
-      if (producer[id] != -1) throw Error("E_INTERNAL", "program: a value is written twice");
-      producer[id] = static_cast<int>(i);
+      if (producer_[id] != -1) throw Error("E_INTERNAL", "program: a value is written twice");
+      producer_[id] = static_cast<int>(i);
     }
   }
   isOutput_.assign(n, false);
   for (int id : outputs_) {
     check(id, "an output");
-    if (producer[id] == -1) throw Error("E_INTERNAL", "program: an output is never computed");
+    if (producer_[id] == -1) throw Error("E_INTERNAL", "program: an output is never computed");
     isOutput_[id] = true;
   }
-  releaseAfter_.assign(ops_.size(), {});
-  for (int id = 0; id < n; id++)
-    if (producer[id] >= 0 && !isOutput_[id]) {
-      // A value nobody reads is released right after the op that made it (e.g. an unused capture).
-      int last = lastUse[id] >= 0 ? lastUse[id] : producer[id];
-      releaseAfter_[last].push_back(id);
+  if (graph < 0 && !envFlag("IDFORGE_CUDA_GRAPH", &graph)) graph = 1;
+  graphMode_ = graph == 1 && be_->graphsSupported() && !ops_.empty();
+  plan();
+  int log = 0;
+  if (envFlag("IDFORGE_PROGRAM_LOG", &log) && log)
+    std::fprintf(stderr, "idforge program: %zu ops, %d values; arena %.1f MiB for %.1f MiB of intermediates; graph %s\n",
+                 ops_.size(), n, double(arenaBytes_) / 1048576.0, double(naiveBytes_) / 1048576.0,
+                 graphMode_ ? "on" : "off");
+}
+
+Program::~Program() {
+  if (graph_) {
+    try {
+      be_->destroyGraph(graph_);
+    } catch (...) {
     }
+    graph_ = nullptr;
+  }
+}
+
+// Static buffer plan. Arena values: op results (and, in graph mode, the inputs and the outputs,
+// which are then copied in and out so that a captured graph sees fixed addresses). A RESHAPE whose
+// input and output are both arena values is an alias: the output uses the input's buffer, the
+// buffer's lifetime is the union, and the op is skipped. Lifetimes are inclusive op-index ranges
+// [first writer, last reader] (inputs start at 0, outputs end past the last op), so an op's
+// outputs never share memory with its inputs. Placement is greedy best-fit, largest first.
+void Program::plan() {
+  const int n = static_cast<int>(values_.size());
+  const int nOps = static_cast<int>(ops_.size());
+  auto inArena = [&](int id) {
+    int p = producer_[id];
+    if (p >= 0) return !isOutput_[id] || graphMode_;
+    return p == -3 && graphMode_;
+  };
+  root_.resize(n);
+  for (int id = 0; id < n; id++) root_[id] = id;
+  skip_.assign(ops_.size(), false);
+  for (int i = 0; i < nOps; i++) {
+    const OpDesc& op = ops_[i];
+    if (op.op != OpCode::RESHAPE || op.in.size() != 1 || op.out.size() != 1) continue;
+    int x = op.in[0], y = op.out[0];
+    if (!inArena(x) || !inArena(y) || values_[x].dtype != values_[y].dtype || valueBytes(values_[x]) != valueBytes(values_[y]))
+      continue;
+    root_[y] = root_[x];
+    skip_[i] = true;
+  }
+  std::vector<int> start(n, -1), end(n, -1);
+  std::vector<size_t> size(n, 0);
+  for (int id = 0; id < n; id++) {
+    if (!inArena(id)) continue;
+    naiveBytes_ += alignUp(valueBytes(values_[id]));
+    int r = root_[id];
+    int s = producer_[id] >= 0 ? producer_[id] : 0;
+    int e = std::max(s, lastUse_[id]);
+    if (isOutput_[id]) e = nOps;
+    if (start[r] < 0 || s < start[r]) start[r] = s;
+    end[r] = std::max(end[r], e);
+    size[r] = std::max(size[r], alignUp(valueBytes(values_[id])));
+  }
+  std::vector<int> order;
+  for (int id = 0; id < n; id++)
+    if (inArena(id) && root_[id] == id) order.push_back(id);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+    if (size[a] != size[b]) return size[a] > size[b];
+    return start[a] < start[b];
+  });
+  offset_.assign(n, -1);
+  std::vector<int> placed;
+  std::vector<std::pair<int64_t, int64_t>> busy;  // [offset, end) of placed values alive at the same time
+  for (int id : order) {
+    busy.clear();
+    for (int p : placed)
+      if (start[p] <= end[id] && start[id] <= end[p]) busy.push_back({offset_[p], offset_[p] + int64_t(size[p])});
+    std::sort(busy.begin(), busy.end());
+    int64_t best = -1, bestGap = INT64_MAX, cursor = 0;
+    for (auto& [b, e] : busy) {
+      if (b > cursor) {
+        int64_t gap = b - cursor;
+        if (gap >= int64_t(size[id]) && gap < bestGap) {
+          best = cursor;
+          bestGap = gap;
+        }
+      }
+      cursor = std::max(cursor, e);
+    }
+    if (best < 0) best = cursor;
+    offset_[id] = best;
+    arenaBytes_ = std::max(arenaBytes_, size_t(best) + size[id]);
+    placed.push_back(id);
+  }
+  for (int id = 0; id < n; id++)
+    if (inArena(id)) offset_[id] = offset_[root_[id]];
+}
+
+void Program::prepare() {
+  if (arenaBytes_ > 0) arena_ = std::make_shared<Storage>(be_, arenaBytes_);
+  char* base = arena_ ? static_cast<char*>(arena_->data) : nullptr;
+  in_.assign(ops_.size(), {});
+  out_.assign(ops_.size(), {});
+  dynamic_.clear();
+  auto viewOf = [&](int i, int id, bool isOut, int index) {
+    TensorView v{nullptr, values_[id].dtype, values_[id].shape};
+    if (consts_[id]) v.data = consts_[id]->storage->data;
+    else if (offset_[id] >= 0) v.data = base + offset_[id];
+    else dynamic_.push_back({i, id, isOut, index});
+    return v;
+  };
+  for (size_t i = 0; i < ops_.size(); i++) {
+    if (skip_[i]) continue;
+    for (size_t k = 0; k < ops_[i].in.size(); k++) in_[i].push_back(viewOf(int(i), ops_[i].in[k], false, int(k)));
+    for (size_t k = 0; k < ops_[i].out.size(); k++) out_[i].push_back(viewOf(int(i), ops_[i].out[k], true, int(k)));
+  }
+  live_.assign(values_.size(), nullptr);
+  prepared_ = true;
+}
+
+void Program::runOps(std::vector<OpTiming>* timings) {
+  for (size_t i = 0; i < ops_.size(); i++) {
+    if (skip_[i]) continue;
+    auto t0 = std::chrono::steady_clock::now();
+    be_->run(ops_[i].op, ops_[i].attrs, in_[i], out_[i]);
+    if (timings) {
+      be_->synchronize();
+      double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      timings->push_back({ops_[i].op, static_cast<int>(i), ms});
+    }
+  }
 }
 
 std::vector<std::shared_ptr<NTensor>> Program::run(const std::vector<std::shared_ptr<NTensor>>& inputs,
@@ -65,7 +203,6 @@ std::vector<std::shared_ptr<NTensor>> Program::run(const std::vector<std::shared
   if (inputs.size() != inputs_.size())
     throw Error("E_ARGUMENT", "program expects " + std::to_string(inputs_.size()) + " inputs, got " +
                                   std::to_string(inputs.size()));
-  std::vector<std::shared_ptr<NTensor>> live = consts_;
   for (size_t i = 0; i < inputs.size(); i++) {
     const auto& t = inputs[i];
     const auto& d = values_[inputs_[i]];
@@ -75,34 +212,81 @@ std::vector<std::shared_ptr<NTensor>> Program::run(const std::vector<std::shared
     if (t->shape != d.shape || t->dtype != d.dtype)
       throw Error("E_SHAPE", "program input " + std::to_string(i) + " is " + shapeStr(t->shape) + " " +
                                  dtypeName(t->dtype) + ", expected " + shapeStr(d.shape) + " " + dtypeName(d.dtype));
-    live[inputs_[i]] = t;
   }
-  std::vector<TensorView> in, out;
-  for (size_t i = 0; i < ops_.size(); i++) {
-    const OpDesc& op = ops_[i];
-    in.clear();
-    out.clear();
-    for (int id : op.in) in.push_back(live[id]->view());
-    for (int id : op.out) {
+  if (!prepared_) prepare();
+  char* base = arena_ ? static_cast<char*>(arena_->data) : nullptr;
+  auto arenaView = [&](int id) { return TensorView{base + offset_[id], values_[id].dtype, values_[id].shape}; };
+  struct Clear {  // the run's own tensors are not kept past the run
+    std::vector<std::shared_ptr<NTensor>>& v;
+    ~Clear() { std::fill(v.begin(), v.end(), nullptr); }
+  } clear{live_};
+  for (size_t i = 0; i < inputs.size(); i++) live_[inputs_[i]] = inputs[i];
+  if (graphMode_) {
+    // Inputs are arena regions: copy them in (a RESHAPE is a plain device copy).
+    for (size_t i = 0; i < inputs.size(); i++)
+      if (offset_[inputs_[i]] >= 0) be_->run(OpCode::RESHAPE, OpAttrs{}, {inputs[i]->view()}, {arenaView(inputs_[i])});
+  } else {
+    for (int id : outputs_)
+      if (producer_[id] >= 0 && !live_[id]) {
+        auto t = std::make_shared<NTensor>();
+        t->dtype = values_[id].dtype;
+        t->shape = values_[id].shape;
+        t->storage = std::make_shared<Storage>(be_, t->bytes());
+        live_[id] = t;
+      }
+    for (const Slot& s : dynamic_)
+      (s.isOut ? out_ : in_)[s.op][s.index].data = live_[s.value]->storage->data;
+  }
+  bool wantGraph = graphMode_ && !graphFailed_ && !timings;
+  auto fallBack = [&](const std::string& why) {
+    graphFailed_ = true;
+    std::fprintf(stderr, "idforge: CUDA graph disabled for a program of %zu ops, running op by op: %s\n",
+                 ops_.size(), why.c_str());
+  };
+  if (wantGraph && graph_) {
+    be_->launchGraph(graph_);
+  } else if (wantGraph && runs_ >= 1) {
+    // Capture on the second run: the first, eager one has set up every lazily created resource
+    // (kernel attributes, pooled scratch buffers, cuBLAS state) and reported any shape error.
+    bool captured = false;
+    try {
+      be_->beginCapture();
+      try {
+        runOps(nullptr);
+      } catch (...) {
+        be_->abortCapture();
+        throw;
+      }
+      std::string why;
+      graph_ = be_->endCapture(&why);
+      if (graph_) captured = true;
+      else fallBack(why);
+    } catch (const std::exception& e) {
+      fallBack(e.what());
+    }
+    if (captured) be_->launchGraph(graph_);
+    else runOps(nullptr);
+  } else {
+    runOps(timings);
+  }
+  std::vector<std::shared_ptr<NTensor>> result;
+  for (int id : outputs_) {
+    if (consts_[id]) {
+      result.push_back(consts_[id]);
+    } else if (producer_[id] == -3 || !graphMode_) {
+      result.push_back(live_[id]);
+    } else {
+      // Graph mode: outputs live in the arena; hand JS a fresh copy.
       auto t = std::make_shared<NTensor>();
       t->dtype = values_[id].dtype;
       t->shape = values_[id].shape;
       t->storage = std::make_shared<Storage>(be_, t->bytes());
-      live[id] = t;
-      out.push_back(t->view());
+      be_->run(OpCode::RESHAPE, OpAttrs{}, {arenaView(id)}, {t->view()});
+      result.push_back(t);
     }
-    auto t0 = std::chrono::steady_clock::now();
-    be_->run(op.op, op.attrs, in, out);
-    if (timings) {
-      be_->synchronize();
-      double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-      timings->push_back({op.op, static_cast<int>(i), ms});
-    }
-    for (int id : releaseAfter_[i]) live[id].reset();
   }
   be_->synchronize();
-  std::vector<std::shared_ptr<NTensor>> result;
-  for (int id : outputs_) result.push_back(live[id]);
+  runs_++;
   return result;
 }
 

@@ -1,5 +1,6 @@
-// A compiled graph: the op list built in TypeScript (lib/graph), validated once, with buffer
-// lifetimes planned so that every intermediate is released right after its last reader. run() is
+// A compiled graph: the op list built in TypeScript (lib/graph), validated once, with a static
+// buffer plan (one arena per program, offsets from value lifetimes, RESHAPEs as aliases) and, on
+// backends that have them, the whole op sequence replayed as one captured graph. run() is
 // one native call per graph evaluation (a whole UNet step), executed off the JS thread.
 #pragma once
 
@@ -32,26 +33,62 @@ struct OpTiming {
 
 class Program {
  public:
+  // graph: 1 = capture the run into a backend graph (CUDA graphs) after one eager run, 0 = never,
+  // -1 = IDFORGE_CUDA_GRAPH (0/1) when set, else on wherever the backend supports graphs.
   Program(Backend* be, std::vector<ValueDesc> values, std::vector<std::pair<int, std::shared_ptr<NTensor>>> consts,
-          std::vector<int> inputs, std::vector<int> outputs, std::vector<OpDesc> ops);
+          std::vector<int> inputs, std::vector<int> outputs, std::vector<OpDesc> ops, int graph = -1);
+  ~Program();
+  Program(const Program&) = delete;
+  Program& operator=(const Program&) = delete;
   // Runs the graph. Inputs must match the declared dtypes/shapes and live on this backend's device.
-  // With `timings`, each op is synchronised and timed (for the benchmark harness only).
+  // With `timings`, each op is synchronised and timed (for the benchmark harness only; never a graph).
   std::vector<std::shared_ptr<NTensor>> run(const std::vector<std::shared_ptr<NTensor>>& inputs,
                                             std::vector<OpTiming>* timings);
   Backend* backend() const { return be_; }
   size_t inputCount() const { return inputs_.size(); }
   size_t constBytes() const { return constBytes_; }
+  // The static buffer plan: every intermediate lives at a fixed offset of one arena (allocated on
+  // the first run, kept until the program is destroyed); intermediateBytes is what one buffer per
+  // value would take (256-byte aligned), arenaBytes what the plan takes.
+  size_t arenaBytes() const { return arenaBytes_; }
+  size_t intermediateBytes() const { return naiveBytes_; }
+  bool graphEnabled() const { return graphMode_ && !graphFailed_; }
+  bool graphCaptured() const { return graph_ != nullptr; }
 
  private:
+  void plan();
+  void prepare();  // first run: the arena and the per-op views
+  void runOps(std::vector<OpTiming>* timings);
+
   Backend* be_;
   std::vector<ValueDesc> values_;
   std::vector<std::shared_ptr<NTensor>> consts_;  // indexed by value id, null when not a constant
   std::vector<int> inputs_, outputs_;
   std::vector<OpDesc> ops_;
-  std::vector<std::vector<int>> releaseAfter_;  // op index → values whose last reader it is
+  std::vector<int> producer_;     // -2 const, -3 input, >= 0 op index
+  std::vector<int> lastUse_;
   std::vector<bool> isOutput_;
-  size_t constBytes_ = 0;
-  std::mutex mu_;  // one run at a time per program: the buffers are per-run but the backend stream is shared
+  std::vector<int> root_;         // value → the value whose buffer it uses (itself unless a RESHAPE alias)
+  std::vector<int64_t> offset_;   // arena offset of a root, -1 when not in the arena
+  std::vector<bool> skip_;        // op → an aliased RESHAPE (nothing to run)
+  size_t constBytes_ = 0, arenaBytes_ = 0, naiveBytes_ = 0;
+  bool graphMode_ = false;        // inputs and outputs are arena regions too (copied in / out)
+  bool graphFailed_ = false;
+  void* graph_ = nullptr;
+  int runs_ = 0;
+  std::shared_ptr<Storage> arena_;
+  // Per-op views, built once; the slots that name a run's own tensors (inputs read in place,
+  // fresh outputs) are patched on every run.
+  std::vector<std::vector<TensorView>> in_, out_;
+  struct Slot {
+    int op, value;
+    bool isOut;
+    int index;
+  };
+  std::vector<Slot> dynamic_;
+  std::vector<std::shared_ptr<NTensor>> live_;  // value → the run's own tensor (dynamic values only)
+  bool prepared_ = false;
+  std::mutex mu_;  // one run at a time per program: the arena and the backend stream are shared
 };
 
 }  // namespace idforge

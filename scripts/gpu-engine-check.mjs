@@ -100,13 +100,30 @@ for (const dtype of ['float32', 'float16']) {
 }
 
 if (!process.argv.includes('--no-bench')) {
+  // The UNet step with and without CUDA graphs (Program reads IDFORGE_CUDA_GRAPH when it is
+  // compiled; every bench() loads its own engine). IDFORGE_PROGRAM_LOG makes each program print
+  // its static buffer plan (arena vs one buffer per intermediate) to stderr.
   const { bench, formatReport } = await d('bench/index.js');
-  for (const [size, gen] of [[512, true], [256, false]]) {
-    const r = await bench({ random: 'sd15', device: 'cuda', dtype: 'float16', width: size, height: size, batch: 2, steps: 20, warmup: 3, generate: gen, ops: true, command: `scripts/gpu-engine-check.mjs (size ${size})`, log: (s) => console.log(s) });
-    report.bench.push(r);
-    const text = formatReport(r);
-    log(text);
+  const graphEnv = process.env.IDFORGE_CUDA_GRAPH;
+  process.env.IDFORGE_PROGRAM_LOG = '1';
+  const summary = [];
+  for (const size of [512, 256]) {
+    for (const graph of ['0', '1']) {
+      process.env.IDFORGE_CUDA_GRAPH = graph;
+      const on = graph === '1';
+      const r = await bench({ random: 'sd15', device: 'cuda', dtype: 'float16', width: size, height: size, batch: 2, steps: 30, warmup: 5, generate: on && size === 512, ops: on, command: `scripts/gpu-engine-check.mjs (size ${size}, CUDA graph ${on ? 'on' : 'off'})`, log: (s) => console.log(s) });
+      r.cudaGraph = on;
+      report.bench.push(r);
+      log(formatReport(r));
+      const u = r.results.unetStep ?? r.results.unet;
+      summary.push({ size, graph: on, median: u?.ms?.median, min: u?.ms?.min, q1: u?.ms?.q1, q3: u?.ms?.q3, n: u?.ms?.n });
+    }
   }
+  if (graphEnv === undefined) delete process.env.IDFORGE_CUDA_GRAPH;
+  else process.env.IDFORGE_CUDA_GRAPH = graphEnv;
+  report.graphSummary = summary;
+  log('SD 1.5 UNet step (fp16, batch 2), ms: median [q1 – q3] min, n after warm-up');
+  for (const x of summary) log(`  ${x.size}²  CUDA graph ${x.graph ? 'on ' : 'off'}  ${x.median?.toFixed(2)} [${x.q1?.toFixed(2)} – ${x.q3?.toFixed(2)}] min ${x.min?.toFixed(2)}  n=${x.n}`);
 }
 
 report.memory = memory();

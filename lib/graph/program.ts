@@ -9,6 +9,16 @@ export interface BackendSpec {
   dtype: 'float32' | 'float16';
 }
 
+/** Compile options. */
+export interface ProgramOptions {
+  /**
+   * Capture the run into a CUDA graph (after one eager run) and replay it: one launch per run
+   * instead of one per op. Default: IDFORGE_CUDA_GRAPH (0/1) when set, else on for CUDA; a no-op
+   * on the CPU.
+   */
+  cudaGraph?: boolean;
+}
+
 /** A compiled graph: one native call per run(). */
 export class Program implements Disposable {
   #p: NativeProgram | null;
@@ -17,19 +27,19 @@ export class Program implements Disposable {
   readonly opNames: string[];
   readonly opShapes: { in: number[][]; out: number[][] }[];
 
-  constructor(graph: Graph, readonly backend: BackendSpec) {
+  constructor(graph: Graph, readonly backend: BackendSpec, options: ProgramOptions = {}) {
     if (graph.outputs.length === 0) throw new IdforgeError('E_INTERNAL', 'a program needs at least one output');
-    this.#p = call(() =>
-      native().compile({
-        device: backend.device,
-        dtype: backend.dtype,
-        values: graph.values,
-        consts: [...graph.consts].map(([id, t]) => [id, t.handle]),
-        inputs: graph.inputs.map((v) => v.id),
-        outputs: graph.outputs.map((v) => v.id),
-        ops: graph.ops,
-      }),
-    );
+    const desc = {
+      device: backend.device,
+      dtype: backend.dtype,
+      values: graph.values,
+      consts: [...graph.consts].map(([id, t]) => [id, t.handle] as [number, typeof t.handle]),
+      inputs: graph.inputs.map((v) => v.id),
+      outputs: graph.outputs.map((v) => v.id),
+      ops: graph.ops,
+      ...(options.cudaGraph === undefined ? {} : { cudaGraph: options.cudaGraph }),
+    };
+    this.#p = call(() => native().compile(desc));
     this.inputShapes = graph.inputs.map((v) => [...v.shape]);
     this.outputNames = graph.outputs.map((v) => graph.names.get(v.id));
     this.opNames = graph.ops.map((o) => o.op);
@@ -37,6 +47,15 @@ export class Program implements Disposable {
       in: o.in.map((i) => graph.values[i]!.shape),
       out: o.out.map((i) => graph.values[i]!.shape),
     }));
+  }
+
+  /**
+   * The static buffer plan: `arena` bytes hold every intermediate (allocated on the first run and
+   * kept until dispose()); `intermediates` is what one buffer per intermediate would take.
+   */
+  get memoryPlan(): { arena: number; intermediates: number } {
+    const p = this.#p as (NativeProgram & { arenaBytes?: number; intermediateBytes?: number }) | null;
+    return { arena: p?.arenaBytes ?? 0, intermediates: p?.intermediateBytes ?? 0 };
   }
 
   get disposed(): boolean {

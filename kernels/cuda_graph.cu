@@ -1,0 +1,149 @@
+// CUDA graphs for Program (native/program.cc): once a program's buffers are fixed (its arena), its
+// whole op sequence is captured from the shared stream into one graph and replayed with a single
+// cudaGraphLaunch, which removes the per-op launch and host overhead (~700 ops per UNet step).
+//
+// Capture safety of the ops: scratch buffers (im2col, split-K Welford partials, unfused attention
+// scores) come from the caching pool; while capturing, the pool gives the capturing thread
+// buffers that belong to the capture and that the graph keeps afterwards (cuda_backend.cu), so no
+// cudaMalloc is needed on a warm pool (Program captures on its second run) and no captured address
+// is ever handed to anyone else. cuBLAS gets a fixed workspace before the first capture. The error
+// flag is mapped host memory, written by kernels inside the graph and read after the run's
+// synchronisation as before. Other threads' stream work waits on the stream gate while a capture
+// is open, so it cannot be recorded into the graph.
+#include <cstdio>
+#include <mutex>
+#include <shared_mutex>
+
+#include "cuda_common.h"
+
+namespace idforge {
+namespace cuda {
+
+namespace {
+
+std::shared_mutex& gate() {
+  static auto* g = new std::shared_mutex();
+  return *g;
+}
+thread_local bool tlsCapturing = false;
+
+struct Graph {
+  cudaGraphExec_t exec = nullptr;
+  std::vector<void*> scratch;  // pool buffers whose addresses the graph uses
+};
+
+void releaseAll(const std::vector<void*>& v) {
+  for (void* p : v) {
+    try {
+      ctx().release(p);
+    } catch (...) {
+    }
+  }
+}
+
+// cuBLAS needs a user workspace to be capture-safe without restricting its algorithms; one per
+// handle for the process (the handle and the stream are shared, so one workspace serves all).
+void ensureWorkspace(Context& c) {
+  static bool done = false;
+  if (done) return;
+  done = true;
+  if (!c.api->setWorkspace) return;
+  const size_t bytes = size_t(32) << 20;
+  void* ws = c.alloc(bytes);  // kept for the process
+  CK(cudaStreamSynchronize(c.stream));
+  CKB(c.api->setWorkspace(c.blas, ws, bytes));
+}
+
+void endLocked() {
+  tlsCapturing = false;
+  gate().unlock();
+}
+
+}  // namespace
+
+bool capturingHere() { return tlsCapturing; }
+void gateShared() { gate().lock_shared(); }
+void gateSharedRelease() { gate().unlock_shared(); }
+
+void graphBeginCapture() {
+  Context& c = ctx();
+  if (tlsCapturing) throw Error("E_INTERNAL", "nested graph capture");
+  gate().lock();
+  try {
+    ensureWorkspace(c);
+  } catch (...) {
+    gate().unlock();
+    throw;
+  }
+  tlsCapturing = true;
+  poolBeginCapture();
+  // Relaxed: a pool miss (cudaMalloc) or a kernel attribute set during the capture is allowed.
+  cudaError_t e = cudaStreamBeginCapture(c.stream, cudaStreamCaptureModeRelaxed);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    releaseAll(poolEndCapture());
+    endLocked();
+    throwCuda(e, "cudaStreamBeginCapture", __FILE__, __LINE__);
+  }
+}
+
+void* graphEndCapture(std::string* why) {
+  Context& c = ctx();
+  if (!tlsCapturing) {
+    if (why) *why = "no capture in progress";
+    return nullptr;
+  }
+  cudaGraph_t g = nullptr;
+  cudaError_t e = cudaStreamEndCapture(c.stream, &g);
+  std::vector<void*> owned = poolEndCapture();
+  endLocked();
+  if (e != cudaSuccess || !g) {
+    if (why) *why = std::string("cudaStreamEndCapture: ") + cudaGetErrorString(e);
+    cudaGetLastError();
+    if (g) cudaGraphDestroy(g);
+    releaseAll(owned);
+    return nullptr;
+  }
+  cudaGraphExec_t x = nullptr;
+  e = cudaGraphInstantiate(&x, g, 0);
+  cudaGraphDestroy(g);
+  if (e != cudaSuccess || !x) {
+    if (why) *why = std::string("cudaGraphInstantiate: ") + cudaGetErrorString(e);
+    cudaGetLastError();
+    releaseAll(owned);
+    return nullptr;
+  }
+  auto* r = new Graph();
+  r->exec = x;
+  r->scratch = std::move(owned);
+  return r;
+}
+
+void graphAbortCapture() {
+  if (!tlsCapturing) return;
+  Context& c = ctx();
+  cudaGraph_t g = nullptr;
+  cudaStreamEndCapture(c.stream, &g);
+  if (g) cudaGraphDestroy(g);
+  cudaGetLastError();
+  releaseAll(poolEndCapture());
+  endLocked();
+}
+
+void graphLaunch(void* g) { CK(cudaGraphLaunch(static_cast<Graph*>(g)->exec, ctx().stream)); }
+
+void graphDestroy(void* p) {
+  auto* g = static_cast<Graph*>(p);
+  if (!g) return;
+  Context& c = ctx();
+  {
+    StreamGate gate;
+    cudaStreamSynchronize(c.stream);  // a replay may still read or write the scratch
+  }
+  cudaGraphExecDestroy(g->exec);
+  releaseAll(g->scratch);
+  delete g;
+}
+
+}  // namespace cuda
+}  // namespace idforge
