@@ -34,12 +34,18 @@ export interface ProgramDesc {
   inputs: number[];
   outputs: number[];
   ops: NativeOp[];
+  /** CUDA only: capture the op sequence as a CUDA graph and replay it (default on; IDFORGE_CUDA_GRAPH=0 turns it off). */
+  cudaGraph?: boolean;
 }
 
 export interface OpTiming { op: string; index: number; ms: number }
 
 export interface NativeProgram {
   readonly constBytes: number;
+  /** Bytes of the one arena that holds every intermediate (planned by lifetimes). */
+  readonly arenaBytes: number;
+  /** What the intermediates would take with a buffer each. */
+  readonly intermediateBytes: number;
   run(inputs: NativeTensor[], profile?: boolean): Promise<{ outputs: NativeTensor[]; timings?: OpTiming[] }>;
   dispose(): void;
 }

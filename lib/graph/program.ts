@@ -54,7 +54,7 @@ export class Program implements Disposable {
    * kept until dispose()); `intermediates` is what one buffer per intermediate would take.
    */
   get memoryPlan(): { arena: number; intermediates: number } {
-    const p = this.#p as (NativeProgram & { arenaBytes?: number; intermediateBytes?: number }) | null;
+    const p = this.#p;
     return { arena: p?.arenaBytes ?? 0, intermediates: p?.intermediateBytes ?? 0 };
   }
 
