@@ -10,6 +10,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "backward.h"
 #include "cuda_common.h"
 
 namespace idforge {
@@ -300,9 +301,19 @@ class CudaBackend : public Backend {
       case OpCode::EMBEDDING:
       case OpCode::INJECT: return opMisc(op, a, in, out);
       case OpCode::DDIM_STEP: return opDdimStep(a, in, out);
+      case OpCode::GELU_BACKWARD:
+      case OpCode::QUICK_GELU_BACKWARD:
+      case OpCode::SILU_BACKWARD:
+      case OpCode::GEGLU_BACKWARD:
+      case OpCode::UPSAMPLE2X_BACKWARD:
+      case OpCode::REDUCE_SUM:
+      case OpCode::GROUP_NORM_BACKWARD:
+      case OpCode::LAYER_NORM_BACKWARD:
+      case OpCode::CONV2D_BACKWARD_INPUT:
+      case OpCode::ATTENTION_BACKWARD:
+      case OpCode::INJECT_BACKWARD: return opBackward(op, a, in, out);
     }
-    // The backward ops of learning (lib/learn) exist on the CPU only so far.
-    throw Error("E_BACKEND", std::string(opName(op)) + " is not implemented by the CUDA backend yet (learning runs on the CPU backend)");
+    throw Error("E_BACKEND", std::string(opName(op)) + " is not implemented by the CUDA backend");
   }
 
   // CUDA graphs (cuda_graph.cu).
