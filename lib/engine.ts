@@ -482,8 +482,6 @@ export class Engine implements Disposable {
    */
   async learnIdentity(face: RawImage | string | Buffer, opts: import('./learn/learn.js').LearnOptions = {}): Promise<Identity> {
     this.w;
-    if (this.backend.device !== 'cpu')
-      throw new IdforgeError('E_BACKEND', "learnIdentity runs on the CPU backend only in this version (the CUDA backward kernels are not written yet): load an engine with { device: 'cpu' } to learn, then generate with the identity on any engine");
     // Loaded on demand: learning pulls in autodiff and image augmentation that generation never needs.
     const { learnIdentity } = await import('./learn/learn.js');
     return learnIdentity(this, face, opts);

@@ -34,6 +34,12 @@ rc=0
 if [ "${SKIP_OPS:-0}" != 1 ]; then
   bash scripts/gpu-check.sh "$@" || rc=1
 fi
-node scripts/gpu-engine-check.mjs "${ENGINE_ARGS:-}" 2>&1 | tee "$OUT/engine-log.txt"
-[ "${PIPESTATUS[0]}" = 0 ] || rc=1
+if [ "${SKIP_ENGINE:-0}" != 1 ]; then
+  node scripts/gpu-engine-check.mjs "${ENGINE_ARGS:-}" 2>&1 | tee "$OUT/engine-log.txt"
+  [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+fi
+if [ "${SKIP_LEARN:-0}" != 1 ]; then
+  node scripts/gpu-learn-check.mjs "${LEARN_ARGS:-}" 2>&1 | tee "$OUT/learn-log.txt"
+  [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+fi
 exit $rc

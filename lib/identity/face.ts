@@ -7,7 +7,6 @@
  * SCRFD, MTCNN) and the ArcFace template line up without a half-pixel shift.
  */
 import { existsSync } from 'node:fs';
-import sharp from 'sharp';
 import { IdforgeError } from '../errors.js';
 import { loadImage, type RawImage } from '../io/image.js';
 
@@ -193,6 +192,9 @@ export async function prepareFace(input: RawImage | string | Buffer, opts: Prepa
 }
 
 async function centreCrop(img: RawImage, size: number): Promise<RawImage> {
+  // Already the crop asked for: nothing to do (and no need for sharp, which loads on demand).
+  if (img.width === size && img.height === size) return { ...img, data: img.data.slice() };
+  const { default: sharp } = await import('sharp');
   const side = Math.min(img.width, img.height);
   const left = Math.floor((img.width - side) / 2);
   const top = Math.floor((img.height - side) / 2);

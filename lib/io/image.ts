@@ -1,5 +1,4 @@
 // Images in and out, through sharp.
-import sharp from 'sharp';
 import { IdforgeError } from '../errors.js';
 
 /** 8-bit interleaved pixels, row-major. */
@@ -18,6 +17,7 @@ function check(img: RawImage): void {
 /** Writes a RawImage; the format follows the extension (.png, .jpg, .webp, ...). */
 export async function saveImage(img: RawImage, file: string): Promise<void> {
   check(img);
+  const { default: sharp } = await import('sharp');
   try {
     await sharp(Buffer.from(img.data.buffer, img.data.byteOffset, img.data.byteLength), {
       raw: { width: img.width, height: img.height, channels: 3 },
@@ -29,6 +29,8 @@ export async function saveImage(img: RawImage, file: string): Promise<void> {
 
 /** Decodes any image sharp reads (EXIF orientation applied) into RGB RawImage. */
 export async function loadImage(input: string | Buffer | Uint8Array): Promise<RawImage> {
+  // sharp loads on demand: engines that never touch image files (servers fed tensors, the GPU check) do without it.
+  const { default: sharp } = await import('sharp');
   try {
     const { data, info } = await sharp(input).rotate().removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
     if (info.channels !== 3) throw new Error(`decoded ${info.channels} channels`);
