@@ -6,6 +6,7 @@ import { Graph, type Value } from './graph/graph.js';
 import { Program, type BackendSpec } from './graph/program.js';
 import { Weights } from './graph/weights.js';
 import { openModel, type ModelSource } from './io/checkpoint.js';
+import { modelLayout } from './io/layout.js';
 import type { ConfigOverrides, ModelConfigs } from './io/configs.js';
 import { backends } from './native.js';
 import { DDIMScheduler } from './sched/ddim.js';
@@ -102,6 +103,7 @@ export class Engine implements Disposable {
     this.loadWarnings = [...source.warnings];
     this.tokenizer = ClipTokenizer.fromDir(source.tokenizerDir);
     this.scheduler = DDIMScheduler.fromConfig(source.configs.scheduler);
+    this.loadWarnings.push(...checkWeights(source));
     this.#weights = {
       unet: new Weights('unet', source.weights.unet, backend),
       vae: new Weights('vae', source.weights.vae, backend),
@@ -521,6 +523,30 @@ export class Engine implements Disposable {
   [Symbol.dispose](): void {
     this.dispose();
   }
+}
+
+/**
+ * Every weight the configs imply must be present with its exact shape before anything runs (a
+ * wrong or missing tensor otherwise gives wrong images, not an error); extra tensors are reported
+ * as warnings. Reads headers only.
+ */
+function checkWeights(source: ModelSource): string[] {
+  const layout = modelLayout(source.configs);
+  const warnings: string[] = [];
+  for (const comp of ['unet', 'vae', 'text'] as const) {
+    const refs = source.weights[comp];
+    const expected = new Set<string>();
+    for (const e of layout[comp]) {
+      expected.add(e.name);
+      const r = refs.get(e.name);
+      if (!r) throw new IdforgeError('E_MODEL_FORMAT', `${source.path}: the ${comp} has no weight '${e.name}' (expected shape ${JSON.stringify(e.shape)} from its config)`);
+      if (r.shape.length !== e.shape.length || r.shape.some((d, i) => d !== e.shape[i]))
+        throw new IdforgeError('E_MODEL_FORMAT', `${source.path}: ${comp} weight '${e.name}' (${r.key} in ${r.file}) is ${JSON.stringify(r.shape)}, the ${comp} config implies ${JSON.stringify(e.shape)}`);
+    }
+    const extra = [...refs.keys()].filter((n) => !expected.has(n));
+    if (extra.length) warnings.push(`${comp}: ${extra.length} tensor(s) the model does not use were ignored (e.g. '${extra[0]}')`);
+  }
+  return warnings;
 }
 
 /** A float32 CPU copy of a program output (disposing the original when it was elsewhere). */

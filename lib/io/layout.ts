@@ -1,0 +1,202 @@
+/**
+ * The module layout of a Stable Diffusion 1.x UNet, VAE and CLIP text encoder, derived from the
+ * configs: every weight name (diffusers / transformers naming, as the loaders present it
+ * internally) with its shape and how a synthetic model would initialise it. Used to validate a
+ * loaded model's weights before anything runs, and by the benchmark's random-weight models.
+ * test/bench.test.ts checks that, built from the tiny fixture's configs, it yields exactly the
+ * fixture's tensor names and shapes.
+ */
+import type { Component } from './checkpoint.js';
+import type { ModelConfigs, TextConfig, UNetConfig, VaeConfig } from './configs.js';
+
+/** How a tensor is initialised: N(0, std), or a constant (norm weights 1, norm biases 0). */
+export type Init = { kind: 'normal'; std: number } | { kind: 'const'; value: number };
+
+export interface LayoutEntry {
+  name: string;
+  shape: number[];
+  init: Init;
+}
+
+const STD = 0.02;
+const NORMAL: Init = { kind: 'normal', std: STD };
+const ONES: Init = { kind: 'const', value: 1 };
+const ZEROS: Init = { kind: 'const', value: 0 };
+
+class Layout {
+  readonly entries: LayoutEntry[] = [];
+  add(name: string, shape: number[], init: Init = NORMAL): void {
+    this.entries.push({ name, shape, init });
+  }
+  norm(p: string, c: number): void {
+    this.add(`${p}.weight`, [c], ONES);
+    this.add(`${p}.bias`, [c], ZEROS);
+  }
+  linear(p: string, out: number, inp: number, bias = true): void {
+    this.add(`${p}.weight`, [out, inp]);
+    if (bias) this.add(`${p}.bias`, [out]);
+  }
+  conv(p: string, out: number, inp: number, k: number): void {
+    this.add(`${p}.weight`, [out, inp, k, k]);
+    this.add(`${p}.bias`, [out]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// UNet2DConditionModel
+
+function unetResnet(l: Layout, p: string, inp: number, out: number, temb: number): void {
+  l.norm(`${p}.norm1`, inp);
+  l.conv(`${p}.conv1`, out, inp, 3);
+  l.linear(`${p}.time_emb_proj`, out, temb);
+  l.norm(`${p}.norm2`, out);
+  l.conv(`${p}.conv2`, out, out, 3);
+  if (inp !== out) l.conv(`${p}.conv_shortcut`, out, inp, 1);
+}
+
+// Transformer2DModel with BasicTransformerBlock(s); SD 1.x: inner dim = heads · head dim = channels.
+function unetTransformer(l: Layout, cfg: UNetConfig, p: string, c: number): void {
+  l.norm(`${p}.norm`, c);
+  if (cfg.useLinearProjection) l.linear(`${p}.proj_in`, c, c);
+  else l.conv(`${p}.proj_in`, c, c, 1);
+  for (let t = 0; t < cfg.transformerLayersPerBlock; t++) {
+    const b = `${p}.transformer_blocks.${t}`;
+    l.norm(`${b}.norm1`, c);
+    for (const [attn, kv] of [['attn1', c], ['attn2', cfg.crossAttentionDim]] as const) {
+      l.linear(`${b}.${attn}.to_q`, c, c, false);
+      l.linear(`${b}.${attn}.to_k`, c, kv, false);
+      l.linear(`${b}.${attn}.to_v`, c, kv, false);
+      l.linear(`${b}.${attn}.to_out.0`, c, c);
+      if (attn === 'attn1') l.norm(`${b}.norm2`, c);
+    }
+    l.norm(`${b}.norm3`, c);
+    // GEGLU: one projection to 2 × (4c), then back from 4c.
+    l.linear(`${b}.ff.net.0.proj`, 8 * c, c);
+    l.linear(`${b}.ff.net.2`, c, 4 * c);
+  }
+  if (cfg.useLinearProjection) l.linear(`${p}.proj_out`, c, c);
+  else l.conv(`${p}.proj_out`, c, c, 1);
+}
+
+export function unetLayout(cfg: UNetConfig): LayoutEntry[] {
+  const l = new Layout();
+  const boc = cfg.blockOutChannels;
+  const levels = boc.length;
+  const temb = 4 * boc[0]!;
+  l.conv('conv_in', boc[0]!, cfg.inChannels, 3);
+  l.linear('time_embedding.linear_1', temb, boc[0]!);
+  l.linear('time_embedding.linear_2', temb, temb);
+
+  let out = boc[0]!;
+  cfg.downBlockTypes.forEach((type, i) => {
+    const inp = out;
+    out = boc[i]!;
+    for (let j = 0; j < cfg.layersPerBlock; j++) {
+      unetResnet(l, `down_blocks.${i}.resnets.${j}`, j === 0 ? inp : out, out, temb);
+      if (type.startsWith('CrossAttn')) unetTransformer(l, cfg, `down_blocks.${i}.attentions.${j}`, out);
+    }
+    if (i < levels - 1) l.conv(`down_blocks.${i}.downsamplers.0.conv`, out, out, 3);
+  });
+
+  const mid = boc[levels - 1]!;
+  unetResnet(l, 'mid_block.resnets.0', mid, mid, temb);
+  unetTransformer(l, cfg, 'mid_block.attentions.0', mid);
+  unetResnet(l, 'mid_block.resnets.1', mid, mid, temb);
+
+  const rev = [...boc].reverse();
+  let prev = rev[0]!;
+  cfg.upBlockTypes.forEach((type, i) => {
+    const o = rev[i]!;
+    const skipIn = rev[Math.min(i + 1, levels - 1)]!;
+    for (let j = 0; j <= cfg.layersPerBlock; j++) {
+      const resIn = j === 0 ? prev : o;
+      const skip = j === cfg.layersPerBlock ? skipIn : o;
+      unetResnet(l, `up_blocks.${i}.resnets.${j}`, resIn + skip, o, temb);
+      if (type.startsWith('CrossAttn')) unetTransformer(l, cfg, `up_blocks.${i}.attentions.${j}`, o);
+    }
+    if (i < levels - 1) l.conv(`up_blocks.${i}.upsamplers.0.conv`, o, o, 3);
+    prev = o;
+  });
+
+  l.norm('conv_norm_out', boc[0]!);
+  l.conv('conv_out', cfg.outChannels, boc[0]!, 3);
+  return l.entries;
+}
+
+// ---------------------------------------------------------------------------------------------
+// AutoencoderKL (attention under the current diffusers names, projections as [C, C])
+
+function vaeResnet(l: Layout, p: string, inp: number, out: number): void {
+  l.norm(`${p}.norm1`, inp);
+  l.conv(`${p}.conv1`, out, inp, 3);
+  l.norm(`${p}.norm2`, out);
+  l.conv(`${p}.conv2`, out, out, 3);
+  if (inp !== out) l.conv(`${p}.conv_shortcut`, out, inp, 1);
+}
+
+function vaeMid(l: Layout, p: string, c: number): void {
+  vaeResnet(l, `${p}.mid_block.resnets.0`, c, c);
+  const a = `${p}.mid_block.attentions.0`;
+  l.norm(`${a}.group_norm`, c);
+  for (const n of ['to_q', 'to_k', 'to_v', 'to_out.0']) l.linear(`${a}.${n}`, c, c);
+  vaeResnet(l, `${p}.mid_block.resnets.1`, c, c);
+}
+
+export function vaeLayout(cfg: VaeConfig): LayoutEntry[] {
+  const l = new Layout();
+  const boc = cfg.blockOutChannels;
+  const levels = boc.length;
+  const lat = cfg.latentChannels;
+
+  l.conv('encoder.conv_in', boc[0]!, cfg.inChannels, 3);
+  let out = boc[0]!;
+  for (let i = 0; i < levels; i++) {
+    const inp = out;
+    out = boc[i]!;
+    for (let j = 0; j < cfg.layersPerBlock; j++) vaeResnet(l, `encoder.down_blocks.${i}.resnets.${j}`, j === 0 ? inp : out, out);
+    if (i < levels - 1) l.conv(`encoder.down_blocks.${i}.downsamplers.0.conv`, out, out, 3);
+  }
+  vaeMid(l, 'encoder', boc[levels - 1]!);
+  l.norm('encoder.conv_norm_out', boc[levels - 1]!);
+  l.conv('encoder.conv_out', 2 * lat, boc[levels - 1]!, 3);
+  l.conv('quant_conv', 2 * lat, 2 * lat, 1);
+  l.conv('post_quant_conv', lat, lat, 1);
+
+  const rev = [...boc].reverse();
+  l.conv('decoder.conv_in', rev[0]!, lat, 3);
+  vaeMid(l, 'decoder', rev[0]!);
+  out = rev[0]!;
+  for (let i = 0; i < levels; i++) {
+    const inp = out;
+    out = rev[i]!;
+    for (let j = 0; j <= cfg.layersPerBlock; j++) vaeResnet(l, `decoder.up_blocks.${i}.resnets.${j}`, j === 0 ? inp : out, out);
+    if (i < levels - 1) l.conv(`decoder.up_blocks.${i}.upsamplers.0.conv`, out, out, 3);
+  }
+  l.norm('decoder.conv_norm_out', boc[0]!);
+  l.conv('decoder.conv_out', cfg.outChannels, boc[0]!, 3);
+  return l.entries;
+}
+
+// ---------------------------------------------------------------------------------------------
+// CLIPTextModel (position_ids is a buffer the loaders drop, so it is not listed)
+
+export function textLayout(cfg: TextConfig): LayoutEntry[] {
+  const l = new Layout();
+  const d = cfg.hiddenSize;
+  l.add('text_model.embeddings.token_embedding.weight', [cfg.vocabSize, d]);
+  l.add('text_model.embeddings.position_embedding.weight', [cfg.maxPositionEmbeddings, d]);
+  for (let i = 0; i < cfg.numHiddenLayers; i++) {
+    const p = `text_model.encoder.layers.${i}`;
+    for (const n of ['k_proj', 'v_proj', 'q_proj', 'out_proj']) l.linear(`${p}.self_attn.${n}`, d, d);
+    l.norm(`${p}.layer_norm1`, d);
+    l.linear(`${p}.mlp.fc1`, cfg.intermediateSize, d);
+    l.linear(`${p}.mlp.fc2`, d, cfg.intermediateSize);
+    l.norm(`${p}.layer_norm2`, d);
+  }
+  l.norm('text_model.final_layer_norm', d);
+  return l.entries;
+}
+
+export function modelLayout(configs: Pick<ModelConfigs, 'unet' | 'vae' | 'text'>): Record<Component, LayoutEntry[]> {
+  return { unet: unetLayout(configs.unet), vae: vaeLayout(configs.vae), text: textLayout(configs.text) };
+}
