@@ -164,6 +164,7 @@ export class Engine implements Disposable {
 
   /** 77 token ids (BOS, content, EOS, padding); prompts past 75 tokens are truncated. */
   tokenize(text: string): Int32Array {
+    this.w;
     if (typeof text !== 'string') throw new IdforgeError('E_ARGUMENT', 'tokenize expects a string');
     return this.tokenizer.encode(text).ids;
   }
@@ -172,13 +173,34 @@ export class Engine implements Disposable {
   program(key: string, build: (g: Graph) => void): Program {
     this.w;
     let p = this.#programs.get(key);
-    if (!p) {
-      const g = new Graph();
-      build(g);
-      p = new Program(g, this.backend);
+    if (p) {
+      // Most recently used last: the Map's insertion order is the eviction order.
+      this.#programs.delete(key);
       this.#programs.set(key, p);
+      return p;
+    }
+    const g = new Graph();
+    build(g);
+    p = new Program(g, this.backend);
+    this.#programs.set(key, p);
+    // Each program keeps its activation arena (and on CUDA its graph) until disposed, and keys
+    // include sizes and guidance: bound the cache so that a server sweeping them stays bounded.
+    // A program evicted while a run is in flight is freed by the native side when that run ends.
+    while (this.#programs.size > this.maxPrograms) {
+      const [oldest, q] = this.#programs.entries().next().value as [string, Program];
+      this.#programs.delete(oldest);
+      q.dispose();
     }
     return p;
+  }
+
+  /** How many compiled programs (one per input shape / option set) the engine keeps; LRU beyond. */
+  maxPrograms = Number(process.env.IDFORGE_MAX_PROGRAMS) || 12;
+
+  /** Frees every compiled program (they are rebuilt on demand). */
+  clearPrograms(): void {
+    for (const p of this.#programs.values()) p.dispose();
+    this.#programs.clear();
   }
 
   /** A host float32 tensor moved into this backend's dtype/device (the input is not disposed). */
@@ -209,9 +231,14 @@ export class Engine implements Disposable {
       if (kind !== 'k' && kind !== 'v') throw new IdforgeError('E_ARGUMENT', `kind must be 'k' or 'v', got ${describe(kind)}`);
       return toHost(await this.runText([e.ids], { slots: [e.slots], vectors: e.vectors(stage, kind) }));
     }
-    const list: (string | Int32Array | number[])[] = Array.isArray(input) && (input.length === 0 || typeof input[0] !== 'number') ? (input as (string | Int32Array)[]) : [input as string | Int32Array | number[]];
+    if (input === null || input === undefined || (typeof input !== 'string' && !Array.isArray(input) && !(input instanceof Int32Array)))
+      throw new IdforgeError('E_ARGUMENT', 'encodeText expects a prompt, 77 token ids, or an array of those');
+    if (Array.isArray(input) && input.length === 0) throw new IdforgeError('E_ARGUMENT', 'encodeText got an empty list');
+    const list: (string | Int32Array | number[])[] = Array.isArray(input) && typeof input[0] !== 'number' ? (input as (string | Int32Array)[]) : [input as string | Int32Array | number[]];
     const ids = list.map((x) => {
       if (typeof x === 'string') return this.tokenize(x);
+      if (!(x instanceof Int32Array) && !Array.isArray(x)) throw new IdforgeError('E_ARGUMENT', 'token ids must be an Int32Array or an array of integers');
+      for (const v of x) if (!Number.isInteger(v)) throw new IdforgeError('E_ARGUMENT', `token ids must be integers, got ${describe(v)}`);
       const a = Int32Array.from(x);
       if (a.length !== 77) throw new IdforgeError('E_SHAPE', `token ids must be 77 long, got ${a.length}`);
       const vocab = this.configs.text.vocabSize;
@@ -245,13 +272,16 @@ export class Engine implements Disposable {
       const inj = inject ? { slots: g.input([b, 77], 'int32'), vectors: g.input([rows, D]) } : undefined;
       g.output(buildTextEncoder(g, this.w.text, this.configs.text, { ids: x, ...(inj ? { inject: inj } : {}) }));
     });
-    const inputs = [this.idsTensor(ids)];
-    if (inject) {
+    if (inject)
       for (const v of inject.vectors)
         if (!Number.isFinite(v)) throw new IdforgeError('E_IDENTITY', 'injected word vectors must be finite');
-      inputs.push(this.idsTensor(inject.slots), Tensor.from(inject.vectors, [rows, D], { dtype: this.backend.dtype, device: this.backend.device }));
-    }
+    const inputs: Tensor[] = [];
     try {
+      inputs.push(this.idsTensor(ids));
+      if (inject) {
+        inputs.push(this.idsTensor(inject.slots));
+        inputs.push(Tensor.from(inject.vectors, [rows, D], { dtype: this.backend.dtype, device: this.backend.device }));
+      }
       const [out] = await p.run(inputs);
       return out!;
     } finally {
@@ -301,8 +331,12 @@ export class Engine implements Disposable {
       g.output(r.eps);
       for (const l of capture) g.output(r.attention.get(l)!, l);
     });
-    const inputs = [this.upload(latents), Tensor.from(new Float32Array(b).fill(t), [b], { dtype: this.backend.dtype, device: this.backend.device }), ...ctxs.map((c) => this.upload(c))];
+    const inputs: Tensor[] = [];
     try {
+      // One at a time, so that a failed upload never leaks the ones before it.
+      inputs.push(this.upload(latents));
+      inputs.push(Tensor.from(new Float32Array(b).fill(t), [b], { dtype: this.backend.dtype, device: this.backend.device }));
+      for (const c of ctxs) inputs.push(this.upload(c));
       const [eps, ...maps] = await p.run(inputs);
       const attention = new Map<string, Tensor>();
       capture.forEach((l, i) => attention.set(l, toHost(maps[i]!)));

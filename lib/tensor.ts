@@ -6,18 +6,25 @@ export type { DType, DeviceName };
 type Typed = Float32Array | Float64Array | Uint16Array | Int32Array | BigInt64Array | Uint8Array;
 
 function inferDType(data: Typed): DType {
+  if (!ArrayBuffer.isView(data) || data instanceof DataView)
+    throw new IdforgeError('E_ARGUMENT', 'tensor data must be a typed array (Float32Array, Float64Array, Int32Array, BigInt64Array, Uint8Array, or Uint16Array with a half dtype)');
   if (data instanceof Float32Array || data instanceof Float64Array) return 'float32';
   if (data instanceof Int32Array) return 'int32';
   if (data instanceof BigInt64Array) return 'int64';
   if (data instanceof Uint8Array) return 'uint8';
-  throw new IdforgeError('E_ARGUMENT', 'a Uint16Array needs an explicit dtype: float16 or bfloat16');
+  if (data instanceof Uint16Array) throw new IdforgeError('E_ARGUMENT', 'a Uint16Array needs an explicit dtype: float16 or bfloat16');
+  throw new IdforgeError('E_ARGUMENT', `${(data as object).constructor.name} is not a supported tensor type (use Float32Array, Float64Array, Int32Array, BigInt64Array, Uint8Array, or Uint16Array with a half dtype)`);
 }
+
+/** Larger than any allocation a machine can make: refused before trying (2^40 elements). */
+const MAX_ELEMENTS = 2 ** 40;
 
 function checkShape(shape: readonly number[], what = 'shape'): number[] {
   if (!Array.isArray(shape)) throw new IdforgeError('E_ARGUMENT', `${what} must be an array`);
   for (const d of shape)
     if (!Number.isSafeInteger(d) || d < 0)
       throw new IdforgeError('E_SHAPE', `${what} ${JSON.stringify(shape)} holds an invalid size ${d}`);
+  if (numel(shape) > MAX_ELEMENTS) throw new IdforgeError('E_SHAPE', `${what} ${JSON.stringify(shape)} has more than 2^40 elements`);
   return [...shape];
 }
 
@@ -40,6 +47,8 @@ export class Tensor implements Disposable {
   /** A new tensor holding a copy of `data` (Float64Array is stored as float32). */
   static from(data: Typed, shape: readonly number[], opts: { dtype?: DType; device?: DeviceName } = {}): Tensor {
     const s = checkShape(shape);
+    // A view over a SharedArrayBuffer is copied: the addon reads plain ArrayBuffers only.
+    if (ArrayBuffer.isView(data) && data.buffer instanceof SharedArrayBuffer) data = data.slice() as Typed;
     const src: DType = data instanceof Uint16Array ? (opts.dtype === 'bfloat16' ? 'bfloat16' : 'float16') : inferDType(data);
     if (data instanceof Uint16Array && opts.dtype !== 'float16' && opts.dtype !== 'bfloat16')
       throw new IdforgeError('E_ARGUMENT', 'a Uint16Array needs an explicit dtype: float16 or bfloat16');
@@ -53,7 +62,13 @@ export class Tensor implements Disposable {
   /** A tensor of `dtype` filled with zeros. */
   static zeros(shape: readonly number[], opts: { dtype?: DType; device?: DeviceName } = {}): Tensor {
     const s = checkShape(shape);
-    return Tensor.from(new Float32Array(numel(s)), s, opts);
+    let data: Float32Array;
+    try {
+      data = new Float32Array(numel(s));
+    } catch (e) {
+      throw new IdforgeError('E_OOM', `cannot allocate a tensor of shape ${JSON.stringify(s)}`, { cause: e });
+    }
+    return Tensor.from(data, s, opts);
   }
 
   /** Raw bytes of `dtype` (converted from the tensor's dtype) as a new tensor on `device`. @internal */

@@ -33,6 +33,11 @@ auto guarded(Napi::Env env, F&& f) -> decltype(f()) {
   }
 }
 
+std::string strArg(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (info.Length() <= i || !info[i].IsString()) throw Error("E_ARGUMENT", std::string(what) + " must be a string");
+  return info[i].As<Napi::String>();
+}
+
 Backend* backendFor(const std::string& device, DType compute) {
   if (device == "cpu") return cpuBackend();
   if (device == "cuda") return cudaBackend(compute == DType::F32 ? DType::F32 : DType::F16);
@@ -138,7 +143,7 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
     Napi::Env env = info.Env();
     return guarded(env, [&]() -> Napi::Value {
       NTensor& t = live(env);
-      DType dt = dtypeFromName(info[0].As<Napi::String>());
+      DType dt = dtypeFromName(strArg(info, 0, "dtype"));
       std::string dev = info.Length() > 1 && info[1].IsString() ? std::string(info[1].As<Napi::String>())
                                                                   : std::string(deviceName(t.device()));
       Backend* be = backendFor(dev, dt);
@@ -158,9 +163,9 @@ Napi::FunctionReference TensorWrap::ctor;
 Napi::Value CreateTensor(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
-    DType dt = dtypeFromName(info[0].As<Napi::String>());
+    DType dt = dtypeFromName(strArg(info, 0, "dtype"));
     Shape shape = shapeFrom(info[1], "shape");
-    std::string dev = info[2].As<Napi::String>();
+    std::string dev = strArg(info, 2, "device");
     Backend* be = backendFor(dev, dt);
     const void* src = nullptr;
     DType st = dt;

@@ -115,11 +115,17 @@ void convert(const void* src, DType st, void* dst, DType dt, size_t n) {
     for (size_t i = 0; i < n; i++) d[i] = floatToHalf(s[i]);
     return;
   }
-  if ((dt == DType::I32 || dt == DType::I64) && (st == DType::F32 || st == DType::F16 || st == DType::BF16)) {
+  // Integer targets take only values they can hold exactly (a float→int cast out of range is
+  // undefined behaviour in C++, and silently rounding a fractional id is a bug either way).
+  if (dt == DType::I32 || dt == DType::I64 || dt == DType::U8) {
+    const double lo = dt == DType::U8 ? 0.0 : dt == DType::I32 ? -2147483648.0 : -9007199254740992.0;
+    const double hi = dt == DType::U8 ? 255.0 : dt == DType::I32 ? 2147483647.0 : 9007199254740992.0;
     for (size_t i = 0; i < n; i++) {
       double v = loadAsDouble(src, st, i);
-      if (!std::isfinite(v) || v != std::floor(v) || std::fabs(v) > 2147483647.0)
-        throw Error("E_ARGUMENT", "cannot convert a non-integer float value to " + std::string(dtypeName(dt)));
+      if (!std::isfinite(v) || v != std::floor(v))
+        throw Error("E_ARGUMENT", "cannot convert the non-integer value " + std::to_string(v) + " to " + dtypeName(dt));
+      if (v < lo || v > hi)
+        throw Error("E_ARGUMENT", "the value " + std::to_string(v) + " is out of the range of " + std::string(dtypeName(dt)));
     }
   }
   if (dt == DType::I32 && st == DType::I64) {

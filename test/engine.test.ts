@@ -24,6 +24,9 @@ t.test('engine behaviour', async (t) => {
     t.ok(Buffer.from(ctx2.toFloat32().buffer).equals(Buffer.from(ctx.toFloat32().buffer)), 'ids and text give the same embedding');
     await t.rejects(engine.encodeText(new Int32Array(5)), { code: 'E_SHAPE' });
     await t.rejects(engine.encodeText(new Int32Array(77).fill(60000)), { code: 'E_ARGUMENT' });
+    await t.rejects(engine.encodeText(null as unknown as string), { code: 'E_ARGUMENT' });
+    await t.rejects(engine.encodeText([]), { code: 'E_ARGUMENT' });
+    await t.rejects(engine.encodeText(new Array(77).fill(1.5)), { code: 'E_ARGUMENT', message: /integers/ });
   });
 
   t.test('same seed, same image; another seed, another image', async (t) => {
@@ -111,6 +114,41 @@ t.test('engine behaviour', async (t) => {
     r.latents.dispose(); r.pixels.dispose();
   });
 
+  t.test('impossible sizes are typed errors', async (t) => {
+    await t.rejects(engine.generate({ ...base, width: 1e9 }), { code: 'E_SHAPE' });
+    await t.rejects(engine.generate({ ...base, width: 8193 }), { code: 'E_SHAPE' });
+    await t.rejects(engine.generate({ ...base, height: -128 }), { code: 'E_SHAPE' });
+    await t.rejects(engine.generate({ ...base, width: Infinity }), { code: 'E_SHAPE' });
+  });
+
+  t.test('a mutated identity with NaN is refused without leaking', async (t) => {
+    const { Identity } = await import('../lib/identity/identity.js');
+    const id = new Identity({ k: new Float32Array(32).fill(0.01), words: 1, dim: 32, method: 'custom' });
+    id.kData[0] = NaN;
+    const before = memory().cpu;
+    await t.rejects(engine.generate({ ...base, prompt: 'a <id>', identity: id }), { code: 'E_IDENTITY' });
+    t.equal(memory().cpu, before);
+  });
+
+  t.test('the program cache is bounded (LRU) and can be cleared', async (t) => {
+    const saved = engine.maxPrograms;
+    engine.maxPrograms = 3;
+    for (const g of [2, 3, 4, 5, 6]) {
+      const r = await engine.generate({ ...base, steps: 1, guidanceScale: g });
+      r.latents.dispose(); r.pixels.dispose();
+    }
+    t.ok(engine.programCount <= 3, `at most 3 programs kept (${engine.programCount})`);
+    engine.clearPrograms();
+    t.equal(engine.programCount, 0);
+    engine.maxPrograms = saved;
+  });
+
+  t.test('concurrent generate() calls on one engine give the same images as sequential ones', async (t) => {
+    const [a, b] = await Promise.all([engine.generate(base), engine.generate(base)]);
+    t.ok(eq(a.images[0]!.data, b.images[0]!.data));
+    for (const r of [a, b]) { r.latents.dispose(); r.pixels.dispose(); }
+  });
+
   t.test('ten generate() calls do not grow memory', async (t) => {
     const run = async () => { const r = await engine.generate(base); r.latents.dispose(); r.pixels.dispose(); };
     await run();
@@ -143,5 +181,6 @@ t.test('load errors and calls after dispose', async (t) => {
   t.equal(e.disposed, true);
   await t.rejects(e.generate(base), { code: 'E_DISPOSED' });
   await t.rejects(e.encodeText('x'), { code: 'E_DISPOSED' });
+  t.throws(() => e.tokenize('x'), { code: 'E_DISPOSED' });
   e.dispose();
 });

@@ -55,6 +55,27 @@ t.test('shape and dtype errors', async (t) => {
   t.throws(() => Tensor.from(new Float32Array(1), [1.5]), { code: 'E_SHAPE' });
   t.throws(() => Tensor.from(new Uint16Array(1), [1]), { code: 'E_ARGUMENT' });
   t.throws(() => Tensor.from(new Float32Array(1), [1], { device: 'tpu' as 'cpu' }), { code: 'E_ARGUMENT' });
+  t.throws(() => Tensor.from([1, 2, 3] as unknown as Float32Array, [3]), { code: 'E_ARGUMENT', message: /typed array/ });
+  t.throws(() => Tensor.from(new Int16Array(3) as unknown as Int32Array, [3]), { code: 'E_ARGUMENT', message: /Int16Array is not a supported/ });
+  t.throws(() => Tensor.zeros([1e7, 1e7]), { code: 'E_SHAPE' }, 'more than 2^40 elements is refused before allocating');
+  let code = '';
+  try {
+    Tensor.zeros([1e6, 1e6]).dispose();
+  } catch (e) {
+    code = (e as { code: string }).code;
+  }
+  t.ok(['E_OOM', 'E_SHAPE'].includes(code), `an impossible allocation is a typed error (${code})`);
+  const shared = new Float32Array(new SharedArrayBuffer(8));
+  shared.set([1, 2]);
+  using fromShared = Tensor.from(shared, [2]);
+  t.same([...fromShared.toFloat32()], [1, 2], 'a SharedArrayBuffer view is copied');
+  t.throws(() => Tensor.from(new Float32Array([NaN, 300]), [2], { dtype: 'uint8' }), { code: 'E_ARGUMENT' });
+  t.throws(() => Tensor.from(new Float32Array([300]), [1], { dtype: 'uint8' }), { code: 'E_ARGUMENT', message: /out of the range of uint8/ });
+  using big = Tensor.from(new Float32Array([3e9]), [1]);
+  using asI64 = big.to('int64');
+  t.equal(asI64.dtype, 'int64', 'int64 holds 3e9');
+  t.throws(() => big.to('int32'), { code: 'E_ARGUMENT', message: /out of the range of int32/ });
+  t.throws(() => big.to(undefined as unknown as 'float32'), { code: 'E_ARGUMENT', message: /dtype must be a string/ });
   using a = Tensor.from(new Float32Array([1.5]), [1]);
   t.throws(() => a.to('int32'), { code: 'E_ARGUMENT' }, 'a fractional float does not silently become an int');
   const e = t.throws(() => a.to('float8' as 'float32'));

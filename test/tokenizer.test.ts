@@ -72,3 +72,11 @@ t.test('errors', async (t) => {
   t.throws(() => ClipTokenizer.fromContents('[1,2]', ''), { name: 'IdforgeError', code: 'E_MODEL_FORMAT' });
   t.throws(() => tok.encode(42 as unknown as string), { name: 'IdforgeError', code: 'E_ARGUMENT' });
 });
+
+t.test('a huge single word is truncated, not tokenized in full', async (t) => {
+  const r = tok.encode('a'.repeat(200_000));
+  t.equal(r.truncated, true);
+  t.equal(r.ids.length, 77);
+  t.equal(r.ids[0], 49406);
+  t.equal(r.ids[76], 49407);
+});

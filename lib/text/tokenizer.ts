@@ -245,16 +245,22 @@ export class ClipTokenizer {
       word = merged;
     }
     if (this.cache.size > 50_000) this.cache.clear();
-    this.cache.set(token, word);
+    if (token.length <= 100) this.cache.set(token, word);
     return word;
   }
 
-  private pieces(text: string): string[] {
+  /**
+   * BPE pieces of `text`. With `limit`, stops once more than `limit` pieces exist and runs BPE on at
+   * most the first 4096 characters of any one word: a prompt is truncated to 75 tokens anyway, and
+   * BPE is quadratic in a word's length (a 160k-character word took 8 s).
+   */
+  private pieces(text: string, limit = Infinity): string[] {
     if (typeof text !== 'string') throw new IdforgeError('E_ARGUMENT', `text must be a string, got ${typeof text}`);
     const clean = basicClean(text);
     const out: string[] = [];
     for (const m of clean.matchAll(SPLIT_PATTERN)) {
-      const piece = m[0];
+      if (out.length > limit) break;
+      const piece = Number.isFinite(limit) ? m[0].slice(0, 4096) : m[0];
       let encoded: string;
       if (piece === '<|startoftext|>' || piece === '<|endoftext|>') encoded = piece;
       else {
@@ -271,9 +277,9 @@ export class ClipTokenizer {
     return this.pieces(text);
   }
 
-  /** Content ids of `text`: no BOS/EOS, no truncation. */
-  idsFor(text: string): number[] {
-    return this.pieces(text).map((p) => {
+  /** Content ids of `text`: no BOS/EOS; with `limit`, stops after a little more than `limit` ids. */
+  idsFor(text: string, limit = Infinity): number[] {
+    return this.pieces(text, limit).map((p) => {
       const id = this.encoder.get(p);
       if (id === undefined) throw new IdforgeError('E_MODEL_FORMAT', `BPE piece ${JSON.stringify(p)} is not in vocab.json`);
       return id;
@@ -282,7 +288,7 @@ export class ClipTokenizer {
 
   /** BOS + up to 75 content ids + EOS, padded with EOS to 77. */
   encode(text: string): EncodedPrompt {
-    return pack(this.idsFor(text), { bos: this.bos, eos: this.eos, maxLength: this.maxLength });
+    return pack(this.idsFor(text, this.maxLength - 1), { bos: this.bos, eos: this.eos, maxLength: this.maxLength });
   }
 
   /** The token string of a vocabulary id (e.g. 1125 → "photo</w>"), or undefined. */
