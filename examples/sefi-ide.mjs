@@ -2,8 +2,8 @@
 //   npm install && node examples/sefi-ide.mjs
 import { Engine, Identity, saveImage } from 'idforge';
 
-// Learning runs on the CPU backend (the CUDA backward kernels are not written yet).
-const engine = await Engine.load('test/fixtures/tiny-sd', { device: 'cpu' });
+// Learning needs float32 compute (the CPU, or CUDA loaded with { dtype: 'float32' }).
+const engine = await Engine.load('test/fixtures/tiny-sd', { dtype: 'float32' });
 const identity = await engine.learnIdentity('test/fixtures/faces/face-a.png', {
   steps: 30, // the paper uses ~1000 on SD 1.5
   seed: 1,

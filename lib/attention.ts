@@ -34,6 +34,8 @@ export interface AttentionCapture {
   tokens: string[];
   /** For each position: the identity slot row, or −1. */
   slots: Int32Array;
+  /** For each slot row: the name of the identity it belongs to. */
+  slotNames: string[];
 }
 
 /** The spatial side ratio of each cross-attention layer (1 = latent resolution). */
@@ -90,9 +92,12 @@ export function tokenPositions(capture: AttentionCapture, token: number | string
       throw new IdforgeError('E_ARGUMENT', `token index must be in [0, ${capture.tokens.length})`);
     return [token];
   }
-  if (/^<[^>]*>$/.test(token) && token !== '<|startoftext|>' && token !== '<|endoftext|>') {
-    const pos = [...capture.slots.keys()].filter((i) => capture.slots[i]! >= 0);
+  const placeholder = /^<id(?::([^<>]*))?>$/.exec(token);
+  if (placeholder) {
+    const name = placeholder[1];
+    const pos = [...capture.slots.keys()].filter((i) => capture.slots[i]! >= 0 && (name === undefined || capture.slotNames[capture.slots[i]!] === name));
     if (pos.length) return pos;
+    throw new IdforgeError('E_ARGUMENT', `${token} names no identity slot of the prompt`);
   }
   const want = token.toLowerCase();
   const pos = capture.tokens.map((p, i) => (p.replace(/<\/w>$/, '') === want ? i : -1)).filter((i) => i >= 0);

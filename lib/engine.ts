@@ -506,7 +506,7 @@ export class Engine implements Disposable {
     const result: GenerateResult = { images: [toRawImage(px, o.width, o.height)], latents: Tensor.from(latents, [1, ch, h, w]), pixels, warnings };
     if (opts.captureAttention) {
       const tokens = [...e.ids].map((id, i) => (e.slots[i]! >= 0 ? '<id>' : (this.tokenizer.piece(id) ?? String(id))));
-      result.attention = { maps, ids: e.ids, tokens, slots: e.slots };
+      result.attention = { maps, ids: e.ids, tokens, slots: e.slots, slotNames: e.rows.map((r) => r.name) };
     }
     return result;
   }

@@ -48,8 +48,16 @@ t.test('identities in generate()', async (t) => {
   t.test('two identities in one prompt, separate keys and values', async (t) => {
     const x = new Identity({ k: vec(3), v: vec(4), words: 1, dim: D, method: 'custom', name: 'x' });
     const y = new Identity({ k: [[...vec(5)], [...vec(6)]], words: 2, dim: D, method: 'custom', name: 'y' });
-    const r = await engine.generate({ ...base, prompt: '<id:x> and <id:y> at the beach', identities: { x, y } });
+    const r = await engine.generate({ ...base, prompt: '<id:x> and <id:y> at the beach', identities: { x, y }, captureAttention: { steps: [10], reduce: 'mean' } });
     t.equal(r.images.length, 1);
+    const cap = r.attention!;
+    const slotPos = (name: string) => [...cap.slots.keys()].filter((i) => cap.slots[i]! >= 0 && cap.slotNames[cap.slots[i]!] === name);
+    t.equal(slotPos('x').length, 1);
+    t.equal(slotPos('y').length, 2);
+    const hx = await attentionHeatmap(r, '<id:x>');
+    const hy = await attentionHeatmap(r, '<id:y>');
+    t.notOk(eqBytes(hx.data, hy.data), 'each identity has its own heatmap');
+    await t.rejects(attentionHeatmap(r, '<id:z>'), { code: 'E_ARGUMENT' });
     r.latents.dispose(); r.pixels.dispose();
     using k = await engine.encodeText('<id:x> and <id:y>', { identities: { x, y }, kind: 'k' });
     using v = await engine.encodeText('<id:x> and <id:y>', { identities: { x, y }, kind: 'v' });
