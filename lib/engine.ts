@@ -267,6 +267,7 @@ export class Engine implements Disposable {
     const rows = inject ? inject.vectors.length / D : 0;
     if (inject && (!Number.isInteger(rows) || rows < 1 || inject.slots.length !== b))
       throw new IdforgeError('E_SHAPE', `injected vectors must be [rows, ${D}] with one slot row per prompt`);
+    await this.w.text.preload();
     const p = this.program(`text:${b}:${rows}`, (g) => {
       const x = g.input([b, 77], 'int32');
       const inj = inject ? { slots: g.input([b, 77], 'int32'), vectors: g.input([rows, D]) } : undefined;
@@ -322,6 +323,7 @@ export class Engine implements Disposable {
     const [, ch, h, w] = latents.shape as [number, number, number, number];
     const n = ctxs[0]!.shape[1]!;
     const capture = [...new Set(layers)].sort();
+    await this.w.unet.preload();
     const p = this.program(`unet:${b}x${ch}x${h}x${w}:${n}:${dual}:${capture.join(',')}`, (g) => {
       const x = g.input([b, ch, h, w]);
       const tt = g.input([b]);
@@ -351,6 +353,7 @@ export class Engine implements Disposable {
     const s = z.shape;
     if (s.length !== 4 || s[1] !== this.configs.vae.latentChannels || s[2] === 0 || s[3] === 0)
       throw new IdforgeError('E_SHAPE', `latents to decode must be [B, ${this.configs.vae.latentChannels}, h, w], got ${JSON.stringify(s)}`);
+    await this.w.vae.preload(undefined, isDecoderWeight);
     const p = this.program(`vae-dec:${s.join('x')}`, (g) => {
       g.output(buildVaeDecoder(g, this.w.vae, this.configs.vae, g.input(s)));
     });
@@ -365,6 +368,7 @@ export class Engine implements Disposable {
     const f = this.latentFactor;
     if (s.length !== 4 || s[1] !== this.configs.vae.inChannels || !s[2] || !s[3] || s[2] % f || s[3] % f)
       throw new IdforgeError('E_SHAPE', `image to encode must be [B, ${this.configs.vae.inChannels}, H, W] with H, W multiples of ${f}, got ${JSON.stringify(s)}`);
+    await this.w.vae.preload(undefined, (n) => !isDecoderWeight(n));
     const p = this.program(`vae-enc:${s.join('x')}`, (g) => {
       const r = buildVaeEncoder(g, this.w.vae, this.configs.vae, g.input(s), (shape) => {
         const z = Tensor.zeros(shape, { dtype: this.backend.dtype, device: this.backend.device });
@@ -447,6 +451,10 @@ export class Engine implements Disposable {
     const maps: AttentionMap[] = [];
     const noiseSeed = o.seed + 1;
     const timesteps = this.scheduler.timesteps(o.steps);
+    // Weights load before the clock starts, yielding between tensors so that abort works.
+    await this.w.text.preload(signal);
+    await this.w.unet.preload(signal);
+    await this.w.vae.preload(signal, isDecoderWeight);
     const start = Date.now();
     // One text-encoder run per distinct (stage, K|V) set, cached across steps.
     const contexts = new Map<string, Tensor>();
@@ -558,6 +566,8 @@ export class Engine implements Disposable {
     this.dispose();
   }
 }
+
+const isDecoderWeight = (n: string): boolean => n.startsWith('decoder.') || n.startsWith('post_quant_conv.');
 
 /**
  * Every weight the configs imply must be present with its exact shape before anything runs (a

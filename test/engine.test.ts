@@ -171,6 +171,18 @@ t.test('engine.learnIdentity runs SeFi-IDE and the identity generates', async (t
   r.latents.dispose(); r.pixels.dispose();
 });
 
+t.test('an abort while the weights are still loading stops generate()', async (t) => {
+  const e = await Engine.load(TINY_SD, { device: 'cpu' });
+  t.teardown(() => e.dispose());
+  const ac = new AbortController();
+  const p = e.generate({ ...base, signal: ac.signal });
+  setImmediate(() => ac.abort());
+  await t.rejects(p, { code: 'E_ABORTED', message: /loading/ });
+  const r = await e.generate(base);
+  t.equal(r.images.length, 1, 'the engine still works afterwards');
+  r.latents.dispose(); r.pixels.dispose();
+});
+
 t.test('load errors and calls after dispose', async (t) => {
   await t.rejects(Engine.load('/nonexistent/model'), { code: 'E_NOT_FOUND' });
   await t.rejects(Engine.load(fixture('golden/tokenizer.json')), { code: 'E_MODEL_FORMAT' });

@@ -1,4 +1,4 @@
-import { IdforgeError } from '../errors.js';
+import { IdforgeError, throwIfAborted } from '../errors.js';
 import type { TensorRef } from '../io/checkpoint.js';
 import { Tensor, type DType } from '../tensor.js';
 import type { Graph, Value } from './graph.js';
@@ -43,6 +43,20 @@ export class Weights implements Disposable {
       : Tensor.from(r.readFloat32(), r.shape, { dtype: this.backend.dtype, device: this.backend.device });
     this.#loaded.set(name, t);
     return t;
+  }
+
+  /**
+   * Loads every weight not yet resident, one tensor at a time, yielding to the event loop between
+   * tensors: SD 1.5's 3.4 GB would otherwise block a server for seconds, and an abort could not
+   * interrupt it.
+   */
+  async preload(signal?: AbortSignal, only?: (name: string) => boolean): Promise<void> {
+    for (const name of this.refs.keys()) {
+      if (this.#loaded.has(name) || (only && !only(name))) continue;
+      throwIfAborted(signal, `loading ${this.component} weights`);
+      this.tensor(name);
+      await new Promise<void>((resolve) => setImmediate(resolve));
+    }
   }
 
   /** The weight as a graph constant. */
