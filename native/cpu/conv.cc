@@ -10,6 +10,7 @@
 
 #include "gemm.h"
 #include "ops.h"
+#include "winograd.h"
 
 namespace idforge {
 namespace cpu {
@@ -106,6 +107,10 @@ void op_CONV2D(const OpAttrs& a, const Views& in, const Views& out) {
   if (B == 0 || O == 0 || N == 0) return;
   const float* x = in[0].as<float>();
   const float* bv = bias ? in[2].as<float>() : nullptr;
+  if (const int m = winogradTile(B, C, H, W, O, kh, kw, s, p)) {
+    conv3x3Winograd(m, x, in[1].as<float>(), bv, y, B, C, H, W, O);
+    return;
+  }
   const bool direct = kh == 1 && kw == 1 && s == 1 && p == 0;
   if (2 * N >= O) {
     GemmTile t = gemmTile(O, N);

@@ -18,6 +18,7 @@
 #include "backend.h"
 #include "cpu/gemm.h"
 #include "cpu/parallel.h"
+#include "cpu/winograd.h"
 
 using namespace idforge;
 
@@ -260,6 +261,26 @@ void testConv(Shape xs, int64_t O, int64_t kh, int64_t kw, int64_t s, int64_t p,
   auto idx = sample(y.n(), samples ? samples : y.n());
   check("conv2d x" + S(xs) + " w" + S(w.shape) + " s" + std::to_string(s) + " p" + std::to_string(p) + (bias ? " +b" : ""),
         y, convRef(x, w, bias ? &b : nullptr, s, p, os, idx), samples ? idx : std::vector<int64_t>{});
+}
+
+// 3x3 / stride 1 / pad 1 convs, labelled with the path they take (Winograd F(m,3) or im2col).
+// silu: activations as after GroupNorm + SiLU (mostly positive, nonzero mean), which cancel less
+// kindly in the transforms than zero-mean ones.
+void testConv3x3(Shape xs, int64_t O, bool bias, bool silu = false, int64_t samples = 0) {
+  Tensor x = rnd(xs), w = rnd({O, xs[1], 3, 3}, 0.05, 1.0 / std::sqrt(double(xs[1] * 9)) + 0.05), b = rnd({O});
+  if (silu)
+    for (auto& v : x.f) v = float(double(v) * 2.0 / (1.0 + std::exp(-2.0 * double(v))) + 0.3);
+  Shape os = {xs[0], O, xs[2], xs[3]};
+  Tensor y = nans(os);
+  OpAttrs a;
+  a.stride = 1;
+  a.pad = 1;
+  run(OpCode::CONV2D, a, {&x, &w, bias ? &b : nullptr}, {&y});
+  const int m = cpu::winogradTile(xs[0], xs[1], xs[2], xs[3], O, 3, 3, 1, 1);
+  auto idx = sample(y.n(), samples ? samples : y.n());
+  check("conv2d " + std::string(m ? "wino F" + std::to_string(m) : "im2col") + " x" + S(xs) + " O" + std::to_string(O) +
+            (bias ? " +b" : "") + (silu ? " silu-x" : ""),
+        y, convRef(x, w, bias ? &b : nullptr, 1, 1, os, idx), samples ? idx : std::vector<int64_t>{});
 }
 
 void testGroupNorm(Shape xs, int64_t G, bool silu, double offset = 0) {
@@ -797,6 +818,19 @@ int main(int argc, char** argv) {
   testConv({1, 2560, 4, 4}, 1283, 3, 3, 1, 1, false, 3000);
   testConv({2, 1280, 8, 8}, 1280, 3, 3, 2, 1, true, 3000);
   testConv({2, 320, 64, 64}, 4, 3, 3, 1, 1, true);
+  // 3x3 stride 1 pad 1 with enough channels and pixels: Winograd (native/cpu/winograd.cc).
+  testConv3x3({2, 37, 13, 11}, 41, true);          // odd sizes, F(2,3) edge tiles
+  testConv3x3({2, 37, 27, 29}, 41, true);          // F(4,3) edge tiles
+  testConv3x3({1, 32, 17, 33}, 32, false);
+  testConv3x3({2, 33, 31, 35}, 300, true, true);   // F(4,3), O past several row blocks
+  testConv3x3({2, 300, 9, 15}, 33, true, true);    // two K slabs, one row block
+  testConv3x3({2, 320, 32, 32}, 320, true, false, 3000);
+  testConv3x3({2, 320, 32, 32}, 320, true, true, 3000);
+  testConv3x3({2, 960, 32, 32}, 320, true, true, 3000);
+  testConv3x3({2, 640, 16, 16}, 640, true, true, 3000);
+  testConv3x3({2, 1920, 16, 16}, 640, true, false, 3000);
+  testConv3x3({2, 1280, 16, 16}, 1280, true, true, 3000);
+  testConv3x3({2, 1280, 8, 8}, 1280, true, true, 3000);
   // Norms
   testGroupNorm({2, 12, 5, 3}, 4, false);
   testGroupNorm({1, 6, 7}, 3, true);

@@ -1,0 +1,331 @@
+// Winograd F(m x m, 3 x 3) for 3x3 / stride 1 / pad 1 convolutions (Lavin & Gray 2015).
+//
+// With alpha = m + 2, every m x m output tile of every image is
+//   Y = Aᵀ [ Σ_c (G g_{o,c} Gᵀ) ⊙ (Bᵀ d_{c,tile} B) ] A,
+// so the (alpha^2) element positions t of the transformed domain are independent products
+//   M_t[O, tiles] = U_t[O, C] · V_t[C, tiles],
+// each an ordinary GEMM. U and V are written by their transforms straight into the panel layouts
+// the packed SGEMM (gemm.h) consumes, so the GEMMs copy nothing; M_t comes back row-major and the
+// output transform adds the bias while scattering tiles into y.
+//
+// Transforms are lane-parallel: 16 tiles at once for the input and output transforms, one A panel
+// (MR output channels) at once for the weight transform, so the inner loops are plain vector
+// arithmetic with compile-time coefficients (zero coefficients skipped, unit ones folded).
+//
+// F(2,3) cuts the multiplies 2.25x, F(4,3) 4x; F(4,3) (points 0, ±1, ±2, ∞, as in Lavin) loses a
+// little precision, measured in test/native/cpu_ops_test.cc.
+#include "winograd.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "gemm.h"
+#include "gemm_kernels.h"
+#include "parallel.h"
+
+namespace idforge {
+namespace cpu {
+namespace {
+
+template <int M>
+struct Mats;
+
+template <>
+struct Mats<2> {
+  static constexpr int A = 4;
+  static constexpr float BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
+  static constexpr float G[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
+  static constexpr float AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+};
+
+template <>
+struct Mats<4> {
+  static constexpr int A = 6;
+  static constexpr float BT[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
+                                     {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+  static constexpr float G[6][3] = {{1.f / 4, 0, 0},
+                                    {-1.f / 6, -1.f / 6, -1.f / 6},
+                                    {-1.f / 6, 1.f / 6, -1.f / 6},
+                                    {1.f / 24, 1.f / 12, 1.f / 6},
+                                    {1.f / 24, -1.f / 12, 1.f / 6},
+                                    {0, 0, 1}};
+  static constexpr float AT[4][6] = {
+      {1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+};
+
+// Y[i][j][:] = Σ_k Σ_l P[i][k] X[k][l][:] P[j][l] for R x K coefficients P and L lanes.
+template <int R, int K, int L>
+inline void xform(const float (&P)[R][K], const float* __restrict X, float* __restrict Y) {
+  alignas(64) float T[R * K * L];
+#pragma GCC unroll 8
+  for (int i = 0; i < R; i++)
+#pragma GCC unroll 8
+    for (int l = 0; l < K; l++) {
+      float* t = T + (i * K + l) * L;
+      bool first = true;
+#pragma GCC unroll 8
+      for (int k = 0; k < K; k++) {
+        const float c = P[i][k];
+        if (c == 0.f) continue;
+        const float* x = X + (k * K + l) * L;
+        if (first) {
+          if (c == 1.f)
+            for (int v = 0; v < L; v++) t[v] = x[v];
+          else if (c == -1.f)
+            for (int v = 0; v < L; v++) t[v] = -x[v];
+          else
+            for (int v = 0; v < L; v++) t[v] = c * x[v];
+          first = false;
+        } else if (c == 1.f) {
+          for (int v = 0; v < L; v++) t[v] += x[v];
+        } else if (c == -1.f) {
+          for (int v = 0; v < L; v++) t[v] -= x[v];
+        } else {
+          for (int v = 0; v < L; v++) t[v] += c * x[v];
+        }
+      }
+      if (first)
+        for (int v = 0; v < L; v++) t[v] = 0.f;
+    }
+#pragma GCC unroll 8
+  for (int i = 0; i < R; i++)
+#pragma GCC unroll 8
+    for (int j = 0; j < R; j++) {
+      float* y = Y + (i * R + j) * L;
+      bool first = true;
+#pragma GCC unroll 8
+      for (int l = 0; l < K; l++) {
+        const float c = P[j][l];
+        if (c == 0.f) continue;
+        const float* t = T + (i * K + l) * L;
+        if (first) {
+          if (c == 1.f)
+            for (int v = 0; v < L; v++) y[v] = t[v];
+          else if (c == -1.f)
+            for (int v = 0; v < L; v++) y[v] = -t[v];
+          else
+            for (int v = 0; v < L; v++) y[v] = c * t[v];
+          first = false;
+        } else if (c == 1.f) {
+          for (int v = 0; v < L; v++) y[v] += t[v];
+        } else if (c == -1.f) {
+          for (int v = 0; v < L; v++) y[v] -= t[v];
+        } else {
+          for (int v = 0; v < L; v++) y[v] += c * t[v];
+        }
+      }
+      if (first)
+        for (int v = 0; v < L; v++) y[v] = 0.f;
+    }
+}
+
+// One growing buffer per thread for U, V and M (tens of MB: allocating them per call would
+// page-fault the whole lot in every time).
+struct WinoBuf {
+  float* p = nullptr;
+  size_t n = 0;
+  ~WinoBuf() { alignedFree(p); }
+  float* get(size_t want) {
+    if (want > n) {
+      alignedFree(p);
+      p = nullptr;
+      n = 0;
+      p = static_cast<float*>(alignedAlloc(want * sizeof(float)));
+      n = want;
+    }
+    return p;
+  }
+};
+thread_local WinoBuf t_wino;
+
+constexpr int kL = 16;  // tiles per lane group
+
+// U_t for output rows [o0, o0 + mb) (mb a multiple of MR) and input channels [p0, p0 + kc), in
+// the driver's A panel layout: Ub[t * mb * kc + (panel * kc + k) * MR + r].
+template <int M, int MR>
+void weightBlock(const float* w, int64_t O, int64_t C, int64_t o0, int64_t mb, int64_t p0, int64_t kc, float* Ub) {
+  constexpr int A = Mats<M>::A;
+  alignas(64) float g[9 * MR];
+  alignas(64) float u[A * A * MR];
+  for (int64_t pnl = 0; pnl < mb / MR; pnl++) {
+    const int64_t ob = o0 + pnl * MR, rows = std::max<int64_t>(0, std::min<int64_t>(MR, O - ob));
+    if (rows < MR)
+      for (int e = 0; e < 9 * MR; e++) g[e] = 0.f;
+    for (int64_t k = 0; k < kc; k++) {
+      const float* s = w + (ob * C + p0 + k) * 9;
+      for (int64_t r = 0; r < rows; r++)
+        for (int e = 0; e < 9; e++) g[e * MR + r] = s[r * C * 9 + e];
+      xform<A, 3, MR>(Mats<M>::G, g, u);
+      float* d = Ub + (pnl * kc + k) * MR;
+      for (int t = 0; t < A * A; t++) std::memcpy(d + t * mb * kc, u + t * MR, sizeof(float) * MR);
+    }
+  }
+}
+
+template <int M>
+void run(const float* x, const float* w, const float* bias, float* y, int64_t B, int64_t C, int64_t H, int64_t W,
+         int64_t O) {
+  constexpr int A = Mats<M>::A, AA = A * A;
+  const int64_t tH = (H + M - 1) / M, tW = (W + M - 1) / M, tPer = tH * tW, NT = B * tPer;
+  const GemmTile tile = gemmTile(O, NT);
+  const int64_t nr = tile.nr, mr = tile.mr;
+  const int64_t Npad = roundUp(NT, std::max<int64_t>(nr, kL)), groups = Npad / kL;
+  const size_t vN = size_t(AA * C * Npad), mN = size_t(AA * O * Npad);
+  float* V = t_wino.get(vN + mN);
+  float* Mo = V + vN;
+
+  // Per tile: offset of its input origin (may be negative: pad) and which of the alpha rows and
+  // columns of its input patch lie inside the image.
+  struct Lane {
+    int64_t in, out;  // x offset of patch origin (image, row, col); y offset of output tile origin
+    uint16_t rows, cols;  // bitmasks of in-image patch rows / cols
+    uint8_t orows, ocols;  // output rows / cols of the tile inside the image
+    bool interior;
+  };
+  std::vector<Lane> lanes(static_cast<size_t>(Npad));
+  for (int64_t n = 0; n < Npad; n++) {
+    Lane& L = lanes[size_t(n)];
+    if (n >= NT) {
+      L = Lane{0, 0, 0, 0, 0, 0, false};
+      continue;
+    }
+    const int64_t b = n / tPer, ty = (n % tPer) / tW, tx = n % tW;
+    const int64_t iy0 = ty * M - 1, ix0 = tx * M - 1;
+    L.in = b * C * H * W + iy0 * W + ix0;
+    L.out = b * O * H * W + ty * M * W + tx * M;
+    L.rows = L.cols = 0;
+    for (int i = 0; i < A; i++) {
+      if (iy0 + i >= 0 && iy0 + i < H) L.rows |= uint16_t(1u << i);
+      if (ix0 + i >= 0 && ix0 + i < W) L.cols |= uint16_t(1u << i);
+    }
+    L.interior = L.rows == (1u << A) - 1 && L.cols == (1u << A) - 1;
+    L.orows = uint8_t(std::min<int64_t>(M, H - ty * M));
+    L.ocols = uint8_t(std::min<int64_t>(M, W - tx * M));
+  }
+
+  // Input transform: V_t[c][n] in B panel layout.
+  parallel_for(groups * C, [&](int64_t ib, int64_t ie) {
+    alignas(64) float d[AA * kL];
+    alignas(64) float v[AA * kL];
+    for (int64_t it = ib; it < ie; it++) {
+      const int64_t g = it / C, c = it % C, n0 = g * kL;
+      const Lane* ln = lanes.data() + n0;
+      const float* xc = x + c * H * W;
+      for (int l = 0; l < kL; l++) {
+        const Lane& L = ln[l];
+        const float* p = xc + L.in;
+        if (L.interior) {
+          for (int i = 0; i < A; i++)
+            for (int j = 0; j < A; j++) d[(i * A + j) * kL + l] = p[i * W + j];
+        } else {
+          for (int i = 0; i < A; i++)
+            for (int j = 0; j < A; j++)
+              d[(i * A + j) * kL + l] = ((L.rows >> i) & (L.cols >> j) & 1) ? p[i * W + j] : 0.f;
+        }
+      }
+      xform<A, A, kL>(Mats<M>::BT, d, v);
+      const int64_t p0 = c / kKC * kKC, kc = std::min(kKC, C - p0);
+      // 16 columns: one run within a B panel when nr >= 16, else 16 / nr runs (portable builds).
+      for (int64_t l = 0; l < kL;) {
+        const int64_t n = n0 + l, run = std::min<int64_t>(kL - l, nr - n % nr);
+        const int64_t off = p0 * Npad + (n / nr) * nr * kc + (c - p0) * nr + n % nr;
+        for (int t = 0; t < AA; t++) std::memcpy(V + t * C * Npad + off, v + t * kL + l, sizeof(float) * size_t(run));
+        l += run;
+      }
+    }
+  });
+
+  // The AA products, fused with the weight transform: a task owns a block of mb output rows (and
+  // a column chunk), transforms its weights one K slab at a time into L2-resident panels for all
+  // t and multiplies them right away, so U never goes to memory.
+  {
+    const int T = numThreads();
+    const int64_t mb = std::max<int64_t>(1, 112 / mr) * mr;
+    const int64_t rowBlocks = (O + mb - 1) / mb, nPanels = Npad / nr;
+    int64_t colChunks = 1;
+    if (T > 1 && rowBlocks < 2 * T) colChunks = std::min<int64_t>(nPanels, (2 * T + rowBlocks - 1) / rowBlocks);
+    const int64_t nChunk = (nPanels + colChunks - 1) / colChunks * nr;
+    colChunks = (Npad + nChunk - 1) / nChunk;
+    parallel_for(rowBlocks * colChunks, [&](int64_t tb, int64_t te) {
+      float* Ub = threadScratch(6, size_t(AA * mb * kKC));
+      for (int64_t task = tb; task < te; task++) {
+        const int64_t o0 = (task / colChunks) * mb, j0 = (task % colChunks) * nChunk;
+        const int64_t mc = std::min(mb, O - o0), nc = std::min(nChunk, NT - j0);
+        if (nc <= 0) continue;
+        for (int64_t p0 = 0; p0 < C; p0 += kKC) {
+          const int64_t kc = std::min(kKC, C - p0);
+          if (mr == kWideMR)
+            weightBlock<M, kWideMR>(w, O, C, o0, mb, p0, kc, Ub);
+          else
+            weightBlock<M, kNarrowMR>(w, O, C, o0, mb, p0, kc, Ub);
+          for (int t = 0; t < AA; t++)
+            gemmBlock(tile, mc, nc, kc, Ub + t * mb * kc, V + t * C * Npad + p0 * Npad + j0 * kc,
+                      Mo + t * O * Npad + o0 * Npad + j0, Npad, p0 > 0);
+        }
+      }
+    }, 1);
+  }
+  // Output transform (+ bias) into y.
+  const int64_t ogroups = (NT + kL - 1) / kL;
+  parallel_for(ogroups * O, [&](int64_t ib, int64_t ie) {
+    alignas(64) float m[AA * kL];
+    alignas(64) float r[M * M * kL];
+    for (int64_t it = ib; it < ie; it++) {
+      const int64_t g = it / O, o = it % O, n0 = g * kL;
+      const int lanesN = int(std::min<int64_t>(kL, NT - n0));
+      for (int t = 0; t < AA; t++) {
+        const float* s = Mo + (t * O + o) * Npad + n0;
+        if (lanesN == kL)
+          std::memcpy(m + t * kL, s, sizeof(float) * kL);
+        else
+          for (int l = 0; l < kL; l++) m[t * kL + l] = l < lanesN ? s[l] : 0.f;
+      }
+      xform<M, A, kL>(Mats<M>::AT, m, r);
+      const float bv = bias ? bias[o] : 0.f;
+      float* yo = y + o * H * W;
+      for (int l = 0; l < lanesN; l++) {
+        const Lane& L = lanes[size_t(n0 + l)];
+        float* dst = yo + L.out;
+        for (int i = 0; i < L.orows; i++)
+          for (int j = 0; j < L.ocols; j++) dst[i * W + j] = r[(i * M + j) * kL + l] + bv;
+      }
+    }
+  });
+}
+
+}  // namespace
+
+int winogradTile(int64_t B, int64_t C, int64_t H, int64_t W, int64_t O, int64_t kh, int64_t kw, int64_t stride,
+                 int64_t pad) {
+  if (kh != 3 || kw != 3 || stride != 1 || pad != 1) return 0;
+  // Few channels: the transforms cost as much as the products save.
+  if (C < 32 || O < 32) return 0;
+  // IDFORGE_WINOGRAD=0 disables Winograd, =2 / =4 forces F(2,3) / F(4,3) wherever it applies.
+  static const int forced = [] {
+    const char* e = std::getenv("IDFORGE_WINOGRAD");
+    if (!e || !*e) return -1;
+    const int v = std::atoi(e);
+    return v == 0 || v == 2 || v == 4 ? v : -1;
+  }();
+  if (forced >= 0) return forced;
+  // The weights are transformed on every call, once per column chunk: worth it only with enough
+  // tiles to share them. Small images (the 8x8 and 4x4 UNet levels) are weight-bound and stay on
+  // the im2col path; F(4,3) needs 4x as many pixels per tile as F(2,3) to fill its GEMMs.
+  const int64_t t4 = B * ((H + 3) / 4) * ((W + 3) / 4), t2 = B * ((H + 1) / 2) * ((W + 1) / 2);
+  if (t4 >= 96) return 4;
+  if (t2 >= 64) return 2;
+  return 0;
+}
+
+void conv3x3Winograd(int m, const float* x, const float* w, const float* b, float* y, int64_t B, int64_t C,
+                     int64_t H, int64_t W, int64_t O) {
+  if (m == 4)
+    run<4>(x, w, b, y, B, C, H, W, O);
+  else
+    run<2>(x, w, b, y, B, C, H, W, O);
+}
+
+}  // namespace cpu
+}  // namespace idforge
