@@ -320,19 +320,11 @@ export class Engine implements Disposable {
         throw new IdforgeError('E_SHAPE', `context must be [${b}, N, ${D}], got ${c instanceof Tensor ? JSON.stringify(c.shape) : typeof c}`);
     const known = new Set(this.crossAttentionLayers);
     for (const l of layers) if (!known.has(l)) throw new IdforgeError('E_ARGUMENT', `unknown cross-attention layer '${l}'`);
-    const [, ch, h, w] = latents.shape as [number, number, number, number];
+    const [, , h, w] = latents.shape as [number, number, number, number];
     const n = ctxs[0]!.shape[1]!;
     const capture = [...new Set(layers)].sort();
     await this.w.unet.preload();
-    const p = this.program(`unet:${b}x${ch}x${h}x${w}:${n}:${dual}:${capture.join(',')}`, (g) => {
-      const x = g.input([b, ch, h, w]);
-      const tt = g.input([b]);
-      const k = g.input([b, n, D]);
-      const v = dual ? g.input([b, n, D]) : k;
-      const r = buildUNet(g, this.w.unet, this.configs.unet, x, tt, { k, v }, { capture: new Set(capture) });
-      g.output(r.eps);
-      for (const l of capture) g.output(r.attention.get(l)!, l);
-    });
+    const p = this.unetProgram(b, h, w, n, null, { dual, capture });
     const inputs: Tensor[] = [];
     try {
       // One at a time, so that a failed upload never leaks the ones before it.
@@ -388,26 +380,33 @@ export class Engine implements Disposable {
   }
 
   /**
-   * @internal A UNet step program with classifier-free guidance folded in: (latents [1], t [b],
-   * key context [b], value context [b] when dual) → guided eps [1] and the captured maps.
+   * @internal The UNet as a program: latents [b, C, h, w], timesteps, key context (and a value
+   * context when dual) → eps and the captured maps. With a guidance scale the latents are
+   * duplicated inside the program (unconditional first, timesteps and contexts are [2b, ..]) and
+   * classifier-free guidance is folded in: → guided eps [b].
    */
-  guidedUNet(h: number, w: number, n: number, guidance: number | null, opts: { dual?: boolean; capture?: string[] } = {}): Program {
+  unetProgram(b: number, h: number, w: number, n: number, guidance: number | null, opts: { dual?: boolean; capture?: string[] } = {}): Program {
     const ch = this.configs.unet.inChannels;
     const D = this.configs.unet.crossAttentionDim;
     const cfg = guidance !== null;
     const dual = !!opts.dual;
     const capture = opts.capture ?? [];
-    return this.program(`unet-step:${h}x${w}:${n}:${guidance}:${dual}:${capture.join(',')}`, (g) => {
-      const x = g.input([1, ch, h, w]);
-      const b = cfg ? 2 : 1;
-      const t = g.input([b]);
-      const k = g.input([b, n, D]);
-      const v = dual ? g.input([b, n, D]) : k;
+    return this.program(`unet:${b}x${ch}x${h}x${w}:${n}:${guidance}:${dual}:${capture.join(',')}`, (g) => {
+      const x = g.input([b, ch, h, w]);
+      const bb = cfg ? 2 * b : b;
+      const t = g.input([bb]);
+      const k = g.input([bb, n, D]);
+      const v = dual ? g.input([bb, n, D]) : k;
       const xx = cfg ? g.concat([x, x], 0) : x;
       const r = buildUNet(g, this.w.unet, this.configs.unet, xx, t, { k, v }, { capture: new Set(capture) });
       g.output(cfg ? g.cfg(r.eps, guidance) : r.eps);
       for (const l of capture) g.output(r.attention.get(l)!, l);
     });
+  }
+
+  /** @internal The guided single-image step of generate(). */
+  guidedUNet(h: number, w: number, n: number, guidance: number | null, opts: { dual?: boolean; capture?: string[] } = {}): Program {
+    return this.unetProgram(1, h, w, n, guidance, opts);
   }
 
   /** Text → image with DDIM and classifier-free guidance, optionally with identities and attention capture. */

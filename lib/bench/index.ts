@@ -13,7 +13,6 @@ import type { Program } from '../graph/program.js';
 import { memory } from '../native.js';
 import { randn } from '../sched/random.js';
 import { Tensor } from '../tensor.js';
-import { buildUNet } from '../unet/unet.js';
 import type { ModelSource } from '../io/checkpoint.js';
 import { aggregateOps, programFlops, type OpInstance, type OpRow } from './flops.js';
 import { cpuMeter, describeMachine, type MachineInfo } from './machine.js';
@@ -350,13 +349,5 @@ function publicOpts(o: BenchOptions): Omit<BenchOptions, 'log' | 'source'> {
  */
 function unetProgram(engine: Engine, batch: number, h: number, w: number): Program {
   if (batch === 2) return engine.guidedUNet(h, w, 77, 7.5);
-  if (batch === 1) return engine.guidedUNet(h, w, 77, null);
-  const cfg = engine.configs.unet;
-  const D = cfg.crossAttentionDim;
-  return engine.program(`bench-unet:${batch}x${h}x${w}`, (g) => {
-    const x = g.input([batch, cfg.inChannels, h, w]);
-    const t = g.input([batch]);
-    const ctx = g.input([batch, 77, D]);
-    g.output(buildUNet(g, engine.w.unet, cfg, x, t, { k: ctx, v: ctx }).eps);
-  });
+  return engine.unetProgram(batch, h, w, 77, null);
 }

@@ -28,7 +28,7 @@ import type { Weights } from '../graph/weights.js';
 import type { ModelConfigs, UNetConfig } from '../io/configs.js';
 import { crossAttentionLayers } from '../unet/unet.js';
 import { layerDownsampling } from '../attention.js';
-import { Identity } from '../identity/identity.js';
+import { Identity, stageIndex } from '../identity/identity.js';
 import { decodeFace, prepareFace } from '../identity/face.js';
 import { expandPrompt } from '../identity/placeholders.js';
 import type { RawImage } from '../io/image.js';
@@ -371,7 +371,7 @@ export async function learnIdentity(engine: Engine, face: RawImage | string | Bu
     const zs = randn(o.seed * 7919 + step * 2 + 1, p.mean.length);
     const z0 = p.mean.map((m, i) => (m + p.std[i]! * zs[i]!) * sf);
     const s: Sample = { template: Math.floor(rnd() * o.templates.length), t: Math.floor(rnd() * T), noiseSeed: o.seed * 7919 + step * 2 + 2 };
-    const stage = Math.min(o.stages - 1, Math.floor((s.t * o.stages) / T));
+    const stage = stageIndex(s.t, o.stages, T);
     const { out, tape } = gen.forward();
     const vk = Float32Array.from(out.subarray(stage * D, (stage + 1) * D));
     const vv = Float32Array.from(out.subarray((o.stages + stage) * D, (o.stages + stage + 1) * D));
@@ -406,7 +406,7 @@ export async function identityLoss(engine: Engine, face: RawImage | string | Buf
   const acc = { loss: 0, lossDiff: 0, lossAtt: 0 };
   for (let i = 0; i < n; i++) {
     const s: Sample = { template: Math.floor(rng.nextDouble() * templates.length), t: Math.floor(rng.nextDouble() * T), noiseSeed: 1000003 + i };
-    const stage = Math.min(identity.stages - 1, Math.floor((s.t * identity.stages) / T));
+    const stage = identity.stageFor(s.t, T);
     const vk = identity.kData.slice(stage * identity.words * D, stage * identity.words * D + D);
     const vv = identity.vData.slice(stage * identity.words * D, stage * identity.words * D + D);
     const r = await runStep(engine, prog, prompts, s, z0, p!.shape, vk, vv);
