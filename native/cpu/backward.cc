@@ -16,18 +16,6 @@ namespace idforge {
 namespace cpu {
 namespace {
 
-constexpr int64_t kGrain = 1 << 14;
-
-template <typename F>
-void forChunks(int64_t n, F&& fn) {
-  if (n <= kGrain) {
-    if (n > 0) fn(int64_t(0), n);
-    return;
-  }
-  int64_t chunks = (n + kGrain - 1) / kGrain;
-  parallel_for(chunks, [&](int64_t b, int64_t e) { fn(b * kGrain, std::min(n, e * kGrain)); });
-}
-
 void f32(const char* op, const Views& in, const Views& out) {
   for (size_t i = 0; i < in.size(); i++) checkDtype(op, in[i], DType::F32, "input");
   for (size_t i = 0; i < out.size(); i++) checkDtype(op, out[i], DType::F32, "output");

@@ -10,19 +10,6 @@ namespace idforge {
 namespace cpu {
 namespace {
 
-constexpr int64_t kGrain = 1 << 14;  // elements per chunk: smaller chunks cost more than they save
-
-// fn(begin, end) over [0, n) in parallel chunks of at least kGrain elements.
-template <typename F>
-void forChunks(int64_t n, F&& fn) {
-  if (n <= kGrain) {
-    if (n > 0) fn(int64_t(0), n);
-    return;
-  }
-  int64_t chunks = (n + kGrain - 1) / kGrain;
-  parallel_for(chunks, [&](int64_t b, int64_t e) { fn(b * kGrain, std::min(n, e * kGrain)); });
-}
-
 void unaryCheck(const char* op, const Views& in, const Views& out) {
   checkArity(op, in, 1, 1, out, 1);
   checkDtype(op, in[0], DType::F32, "x");
@@ -76,7 +63,7 @@ void op_GEGLU(const OpAttrs&, const Views& in, const Views& out) {
   const int64_t F = os.back(), rows = F ? out[0].numel() / F : 0;
   const float* x = in[0].as<float>();
   float* y = out[0].as<float>();
-  int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(F, 1));
+  int64_t grain = std::max<int64_t>(1, kElementGrain / std::max<int64_t>(F, 1));
   auto body = [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; r++) {
       const float* h = x + r * 2 * F;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <algorithm>
 #include <functional>
 
 namespace idforge {
@@ -18,6 +19,20 @@ int numThreads();
 // rethrows the first exception a chunk threw. A call made from inside a chunk runs inline, so
 // nested parallel code cannot deadlock the pool.
 void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t grain = 0);
+
+// Elementwise work: fn(begin, end) over [0, n) in parallel chunks of at least kElementGrain
+// elements (smaller chunks cost more in hand-off than they save).
+constexpr int64_t kElementGrain = 1 << 14;
+
+template <typename F>
+void forChunks(int64_t n, F&& fn) {
+  if (n <= kElementGrain) {
+    if (n > 0) fn(int64_t(0), n);
+    return;
+  }
+  int64_t chunks = (n + kElementGrain - 1) / kElementGrain;
+  parallel_for(chunks, [&](int64_t b, int64_t e) { fn(b * kElementGrain, std::min(n, e * kElementGrain)); });
+}
 
 }  // namespace cpu
 }  // namespace idforge
