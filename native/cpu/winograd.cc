@@ -25,6 +25,10 @@
 #include "gemm_kernels.h"
 #include "parallel.h"
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace idforge {
 namespace cpu {
 namespace {
@@ -142,24 +146,86 @@ thread_local WinoBuf t_wino;
 
 constexpr int kL = 16;  // tiles per lane group
 
+// dst[0, n) = src[0, n) for src 64-byte aligned and just written by vector stores: whole-vector
+// loads (memcpy's overlapping unaligned tail load would miss store forwarding and stall).
+template <int N>
+inline void copyLanes(float* dst, const float* src) {
+#if defined(__AVX512F__)
+  for (int v = 0; v + 16 <= N; v += 16) _mm512_storeu_ps(dst + v, _mm512_load_ps(src + v));
+  if (N % 16) _mm512_mask_storeu_ps(dst + N / 16 * 16, __mmask16((1u << (N % 16)) - 1), _mm512_load_ps(src + N / 16 * 16));
+#else
+  for (int v = 0; v < N; v++) dst[v] = src[v];
+#endif
+}
+
+#if defined(__AVX512F__)
+// dst[j * ld + r] = src[r][off + j] for j, r < 16 (src[r] null: zeros).
+inline void transpose16(const float* const* src, int off, float* dst, int ld) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; i++) r[i] = src[i] ? _mm512_loadu_ps(src[i] + off) : _mm512_setzero_ps();
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  // Per 128-bit lane: r[4g + c] now holds column (4 * lane + c) of rows 4g .. 4g + 3.
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; c++) {
+    const __m512 v0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88), v1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
+    const __m512 w0 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88), w1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
+    _mm512_store_ps(dst + (c + 0) * ld, _mm512_shuffle_f32x4(v0, w0, 0x88));
+    _mm512_store_ps(dst + (c + 8) * ld, _mm512_shuffle_f32x4(v0, w0, 0xDD));
+    _mm512_store_ps(dst + (c + 4) * ld, _mm512_shuffle_f32x4(v1, w1, 0x88));
+    _mm512_store_ps(dst + (c + 12) * ld, _mm512_shuffle_f32x4(v1, w1, 0xDD));
+  }
+}
+#endif
+
 // U_t for output rows [o0, o0 + mb) (mb a multiple of MR) and input channels [p0, p0 + kc), in
-// the driver's A panel layout: Ub[t * mb * kc + (panel * kc + k) * MR + r].
+// the driver's A panel layout: Ub[t * mb * kc + (panel * kc + k) * MR + r]. Lanes are the MR rows
+// of a panel (padded to whole vectors); the 3x3 kernels of 16 channels are gathered into lane
+// order first, in one pass over each row's contiguous 144 floats, then transformed one by one
+// (gathering and transforming channel by channel stalls on store forwarding).
 template <int M, int MR>
 void weightBlock(const float* w, int64_t O, int64_t C, int64_t o0, int64_t mb, int64_t p0, int64_t kc, float* Ub) {
-  constexpr int A = Mats<M>::A;
-  alignas(64) float g[9 * MR];
-  alignas(64) float u[A * A * MR];
+  constexpr int A = Mats<M>::A, L = (MR + 15) / 16 * 16, KB = 16;
+  alignas(64) float g[KB * 9 * L];
+  alignas(64) float u[A * A * L];
+  std::memset(g, 0, sizeof(g));
   for (int64_t pnl = 0; pnl < mb / MR; pnl++) {
     const int64_t ob = o0 + pnl * MR, rows = std::max<int64_t>(0, std::min<int64_t>(MR, O - ob));
-    if (rows < MR)
-      for (int e = 0; e < 9 * MR; e++) g[e] = 0.f;
-    for (int64_t k = 0; k < kc; k++) {
-      const float* s = w + (ob * C + p0 + k) * 9;
-      for (int64_t r = 0; r < rows; r++)
-        for (int e = 0; e < 9; e++) g[e * MR + r] = s[r * C * 9 + e];
-      xform<A, 3, MR>(Mats<M>::G, g, u);
-      float* d = Ub + (pnl * kc + k) * MR;
-      for (int t = 0; t < A * A; t++) std::memcpy(d + t * mb * kc, u + t * MR, sizeof(float) * MR);
+    if (rows < MR) std::memset(g, 0, sizeof(g));
+    for (int64_t k0 = 0; k0 < kc; k0 += KB) {
+      const int kn = int(std::min<int64_t>(KB, kc - k0));
+#if defined(__AVX512F__)
+      if (kn == KB) {
+        // 16 rows x 144 floats -> [144][16 lanes], as 9 x (lanes / 16) 16x16 transposes.
+        for (int r0 = 0; r0 < L; r0 += 16) {
+          const float* src[16];
+          for (int r = 0; r < 16; r++)
+            src[r] = r0 + r < rows ? w + ((ob + r0 + r) * C + p0 + k0) * 9 : nullptr;
+          for (int q = 0; q < 9; q++) transpose16(src, q * 16, g + q * 16 * L + r0, L);
+        }
+        goto transform;
+      }
+#endif
+      for (int64_t r = 0; r < rows; r++) {
+        const float* s = w + ((ob + r) * C + p0 + k0) * 9;
+        for (int k = 0; k < kn; k++)
+          for (int e = 0; e < 9; e++) g[(k * 9 + e) * L + r] = s[k * 9 + e];
+      }
+#if defined(__AVX512F__)
+    transform:
+#endif
+      for (int k = 0; k < kn; k++) {
+        xform<A, 3, L>(Mats<M>::G, g + k * 9 * L, u);
+        float* d = Ub + (pnl * kc + k0 + k) * MR;
+        for (int t = 0; t < A * A; t++) copyLanes<MR>(d + t * mb * kc, u + t * L);
+      }
     }
   }
 }
@@ -310,12 +376,14 @@ int winogradTile(int64_t B, int64_t C, int64_t H, int64_t W, int64_t O, int64_t 
     return v == 0 || v == 2 || v == 4 ? v : -1;
   }();
   if (forced >= 0) return forced;
-  // The weights are transformed on every call, once per column chunk: worth it only with enough
-  // tiles to share them. Small images (the 8x8 and 4x4 UNet levels) are weight-bound and stay on
-  // the im2col path; F(4,3) needs 4x as many pixels per tile as F(2,3) to fill its GEMMs.
+  // The weights are transformed on every call (once per column chunk): worth it only with enough
+  // tiles to share them. Measured on a 2-core AVX-512 machine (SD-1.5 shapes, batch 2): F(2,3)
+  // beats im2col from 32 tiles up (8x8 images: ~15%; 16x16: ~2x), loses at 4x4 (8 tiles, 2x
+  // slower) and at 8x8 batch 1; F(4,3) beats F(2,3) at 32x32 (128 tiles: 1.3-1.5x) and ties at
+  // 16x16, where F(2,3) is kept for its precision.
   const int64_t t4 = B * ((H + 3) / 4) * ((W + 3) / 4), t2 = B * ((H + 1) / 2) * ((W + 1) / 2);
   if (t4 >= 96) return 4;
-  if (t2 >= 64) return 2;
+  if (t2 >= 32) return 2;
   return 0;
 }
 

@@ -824,6 +824,7 @@ int main(int argc, char** argv) {
   testConv3x3({1, 32, 17, 33}, 32, false);
   testConv3x3({2, 33, 31, 35}, 300, true, true);   // F(4,3), O past several row blocks
   testConv3x3({2, 300, 9, 15}, 33, true, true);    // two K slabs, one row block
+  testConv3x3({2, 64, 8, 12}, 100, true, true);    // 48 tiles: the narrow (2*MR x 16) GEMM tile
   testConv3x3({2, 320, 32, 32}, 320, true, false, 3000);
   testConv3x3({2, 320, 32, 32}, 320, true, true, 3000);
   testConv3x3({2, 960, 32, 32}, 320, true, true, 3000);
