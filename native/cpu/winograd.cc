@@ -146,6 +146,10 @@ thread_local WinoBuf t_wino;
 
 constexpr int kL = 16;  // tiles per lane group
 
+// Floats between the U_t blocks of a task: mb * kc is a multiple of 4096 bytes, and 16-36 store
+// streams that far apart would all land in the same L1 set; one cache line of skew per t spreads them.
+inline int64_t uStride(int64_t mb, int64_t kc) { return mb * kc + 16; }
+
 // dst[0, n) = src[0, n) for src 64-byte aligned and just written by vector stores: whole-vector
 // loads (memcpy's overlapping unaligned tail load would miss store forwarding and stall).
 template <int N>
@@ -186,12 +190,13 @@ inline void transpose16(const float* const* src, int off, float* dst, int ld) {
 #endif
 
 // U_t for output rows [o0, o0 + mb) (mb a multiple of MR) and input channels [p0, p0 + kc), in
-// the driver's A panel layout: Ub[t * mb * kc + (panel * kc + k) * MR + r]. Lanes are the MR rows
+// the driver's A panel layout: Ub[t * ts + (panel * kc + k) * MR + r], ts = uStride(mb, kc). Lanes are the MR rows
 // of a panel (padded to whole vectors); the 3x3 kernels of 16 channels are gathered into lane
 // order first, in one pass over each row's contiguous 144 floats, then transformed one by one
 // (gathering and transforming channel by channel stalls on store forwarding).
 template <int M, int MR>
 void weightBlock(const float* w, int64_t O, int64_t C, int64_t o0, int64_t mb, int64_t p0, int64_t kc, float* Ub) {
+  const int64_t ts = uStride(mb, kc);
   constexpr int A = Mats<M>::A, L = (MR + 15) / 16 * 16, KB = 16;
   alignas(64) float g[KB * 9 * L];
   alignas(64) float u[A * A * L];
@@ -224,7 +229,7 @@ void weightBlock(const float* w, int64_t O, int64_t C, int64_t o0, int64_t mb, i
       for (int k = 0; k < kn; k++) {
         xform<A, 3, L>(Mats<M>::G, g + k * 9 * L, u);
         float* d = Ub + (pnl * kc + k0 + k) * MR;
-        for (int t = 0; t < A * A; t++) copyLanes<MR>(d + t * mb * kc, u + t * L);
+        for (int t = 0; t < A * A; t++) copyLanes<MR>(d + t * ts, u + t * L);
       }
     }
   }
@@ -315,7 +320,7 @@ void run(const float* x, const float* w, const float* bias, float* y, int64_t B,
     const int64_t nChunk = (nPanels + colChunks - 1) / colChunks * nr;
     colChunks = (Npad + nChunk - 1) / nChunk;
     parallel_for(rowBlocks * colChunks, [&](int64_t tb, int64_t te) {
-      float* Ub = threadScratch(6, size_t(AA * mb * kKC));
+      float* Ub = threadScratch(6, size_t(AA * uStride(mb, kKC)));
       for (int64_t task = tb; task < te; task++) {
         const int64_t o0 = (task / colChunks) * mb, j0 = (task % colChunks) * nChunk;
         const int64_t mc = std::min(mb, O - o0), nc = std::min(nChunk, NT - j0);
@@ -327,7 +332,7 @@ void run(const float* x, const float* w, const float* bias, float* y, int64_t B,
           else
             weightBlock<M, kNarrowMR>(w, O, C, o0, mb, p0, kc, Ub);
           for (int t = 0; t < AA; t++)
-            gemmBlock(tile, mc, nc, kc, Ub + t * mb * kc, V + t * C * Npad + p0 * Npad + j0 * kc,
+            gemmBlock(tile, mc, nc, kc, Ub + t * uStride(mb, kc), V + t * C * Npad + p0 * Npad + j0 * kc,
                       Mo + t * O * Npad + o0 * Npad + j0, Npad, p0 > 0);
         }
       }
