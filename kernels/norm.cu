@@ -3,48 +3,12 @@
 // over many blocks (a stats pass and an apply pass) because SD has only B·32 groups of up to a
 // million elements: one block per group would leave most of the GPU idle.
 #include "cuda_common.h"
+#include "welford.cuh"
 
 namespace idforge {
 namespace cuda {
 
 namespace {
-
-struct Welford {
-  float n, mean, m2;
-};
-
-__device__ __forceinline__ Welford merge(Welford a, Welford b) {
-  float n = a.n + b.n;
-  if (n == 0.f) return a;
-  float delta = b.mean - a.mean, wb = b.n / n;
-  return {n, a.mean + delta * wb, a.m2 + b.m2 + delta * delta * a.n * wb};
-}
-
-__device__ __forceinline__ Welford warpMerge(Welford w) {
-  for (int o = 16; o; o >>= 1) {
-    Welford x{__shfl_xor_sync(0xffffffff, w.n, o), __shfl_xor_sync(0xffffffff, w.mean, o),
-              __shfl_xor_sync(0xffffffff, w.m2, o)};
-    w = merge(w, x);
-  }
-  return w;
-}
-
-// Block-wide merge; every thread gets the result.
-__device__ Welford blockMerge(Welford w) {
-  __shared__ Welford red[32];
-  __shared__ Welford total;
-  w = warpMerge(w);
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = w;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    int nw = blockDim.x >> 5;
-    Welford v = threadIdx.x < nw ? red[threadIdx.x] : Welford{0.f, 0.f, 0.f};
-    v = warpMerge(v);
-    if (threadIdx.x == 0) total = v;
-  }
-  __syncthreads();
-  return total;
-}
 
 constexpr int GN_THREADS = 256;
 
@@ -62,7 +26,7 @@ __global__ void __launch_bounds__(GN_THREADS) gnStats(const T* __restrict__ x, W
     w.mean += d / w.n;
     w.m2 += d * (v - w.mean);
   }
-  w = blockMerge(w);
+  w = wBlockMerge(w);
   if (threadIdx.x == 0) part[int64_t(group) * gridDim.y + split] = w;
 }
 
@@ -73,8 +37,8 @@ __global__ void __launch_bounds__(GN_THREADS) gnApply(const T* __restrict__ x, T
                                                      int64_t S, int C, int Cg, int G, float eps, int silu) {
   const int group = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
   Welford w{0.f, 0.f, 0.f};
-  for (int i = threadIdx.x; i < splits; i += GN_THREADS) w = merge(w, part[int64_t(group) * splits + i]);
-  w = blockMerge(w);
+  for (int i = threadIdx.x; i < splits; i += GN_THREADS) w = wMerge(w, part[int64_t(group) * splits + i]);
+  w = wBlockMerge(w);
   const float mean = w.mean, rstd = rsqrtf(w.m2 / w.n + eps);
   const int c0 = (group % G) * Cg;
   const T* xg = x + int64_t(group) * groupSize;
