@@ -6,6 +6,8 @@
 //  - small images (the 16x16 .. 4x4 levels, O up to 1280): one GEMM over the columns of all images,
 //    tasks split the rows and pack their own weight rows, so the (large) weights are packed
 //    exactly once and the (small) im2col blocks are the ones repacked.
+// 3x3 / stride 1 / pad 1 convs with enough channels and pixels go to Winograd instead
+// (winograd.cc; winogradTile() decides, IDFORGE_WINOGRAD=0 forces this im2col path).
 #include <cstring>
 
 #include "gemm.h"
