@@ -61,6 +61,11 @@ export interface GenerateOptions {
   identities?: Record<string, Identity> | Map<string, Identity>;
   /** Return cross-attention probabilities (result.attention) for the chosen layers and steps. */
   captureAttention?: CaptureAttentionOptions;
+  /**
+   * Identity strength: each injected word vector becomes p + s·(v − p), p the token embedding of
+   * "person". 1 (default) is the identity as learned/encoded, 0 a generic person, > 1 exaggerates.
+   */
+  identityScale?: number;
 }
 
 export interface TextOptions {
@@ -246,6 +251,24 @@ export class Engine implements Disposable {
       return a;
     });
     return toHost(await this.runText(ids));
+  }
+
+  /** The token embedding (before positions) of a one-token word, e.g. "person". */
+  async wordEmbedding(word: string): Promise<Float32Array> {
+    const ids = this.tokenizer.idsFor(word);
+    if (ids.length !== 1) throw new IdforgeError('E_ARGUMENT', `'${word}' is ${ids.length} tokens, not one`);
+    const D = this.configs.text.hiddenSize;
+    await this.w.text.preload(undefined, (n) => n.endsWith('token_embedding.weight'));
+    const p = this.program('word-embedding', (g) => {
+      g.output(g.embedding(g.input([1, 1], 'int32'), this.w.text.in(g, 'text_model.embeddings.token_embedding.weight')));
+    });
+    using id = Tensor.from(Int32Array.from(ids), [1, 1], { device: this.backend.device });
+    const [out] = await p.run([id]);
+    const host = toHost(out!);
+    const v = host.toFloat32();
+    host.dispose();
+    if (v.length !== D) throw new IdforgeError('E_INTERNAL', 'word embedding has the wrong width');
+    return v;
   }
 
   /** A prompt's placeholders expanded against the identities, checked against this model's text width. */
@@ -455,13 +478,22 @@ export class Engine implements Disposable {
     await this.w.unet.preload(signal);
     await this.w.vae.preload(signal, isDecoderWeight);
     const start = Date.now();
+    const idScale = opts.identityScale ?? 1;
+    if (typeof idScale !== 'number' || !Number.isFinite(idScale) || idScale < 0)
+      throw new IdforgeError('E_ARGUMENT', `identityScale must be a finite number ≥ 0, got ${describe(idScale)}`);
+    const scaled = async (v: Float32Array): Promise<Float32Array> => {
+      if (idScale === 1) return v;
+      const p = await this.wordEmbedding('person');
+      const D = p.length;
+      return v.map((x, i) => p[i % D]! + idScale * (x - p[i % D]!));
+    };
     // One text-encoder run per distinct (stage, K|V) set, cached across steps.
     const contexts = new Map<string, Tensor>();
     const context = async (stage: number, kind: 'k' | 'v'): Promise<Tensor> => {
       const key = withId ? `${stage}:${e.kvShared ? 'k' : kind}` : 'plain';
       let c = contexts.get(key);
       if (!c) {
-        c = withId ? await this.runText(ids, { slots, vectors: e.vectors(stage, e.kvShared ? 'k' : kind) }) : await this.runText(ids);
+        c = withId ? await this.runText(ids, { slots, vectors: await scaled(e.vectors(stage, e.kvShared ? 'k' : kind)) }) : await this.runText(ids);
         contexts.set(key, c);
       }
       return c;

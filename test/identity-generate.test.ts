@@ -65,6 +65,24 @@ t.test('identities in generate()', async (t) => {
     t.notOk(eqBytes(k.toFloat32(), v.toFloat32()), 'k and v contexts differ when the identity has separate K/V words');
   });
 
+  t.test('identityScale interpolates the words towards "person"', async (t) => {
+    const id = new Identity({ k: vec(2), words: 1, dim: D, method: 'custom' });
+    const person = new Identity({ k: await engine.wordEmbedding('person'), words: 1, dim: D, method: 'custom' });
+    const one = await engine.generate({ ...base, identity: id });
+    const dflt = await engine.generate({ ...base, identity: id, identityScale: 1 });
+    const zero = await engine.generate({ ...base, identity: id, identityScale: 0 });
+    const asPerson = await engine.generate({ ...base, identity: person });
+    const half = await engine.generate({ ...base, identity: id, identityScale: 0.5 });
+    t.ok(eqBytes(one.images[0]!.data, dflt.images[0]!.data), 'scale 1 is the default');
+    t.ok(eqBytes(zero.images[0]!.data, asPerson.images[0]!.data), 'scale 0 is the word "person" in the slots');
+    t.notOk(eqBytes(half.images[0]!.data, one.images[0]!.data));
+    t.notOk(eqBytes(half.images[0]!.data, zero.images[0]!.data));
+    for (const r of [one, dflt, zero, asPerson, half]) { r.latents.dispose(); r.pixels.dispose(); }
+    await t.rejects(engine.generate({ ...base, identity: id, identityScale: NaN }), { code: 'E_ARGUMENT' });
+    await t.rejects(engine.generate({ ...base, identity: id, identityScale: -1 }), { code: 'E_ARGUMENT' });
+    await t.rejects(engine.wordEmbedding('a photo'), { code: 'E_ARGUMENT' });
+  });
+
   t.test('identity errors', async (t) => {
     const wrongDim = new Identity({ k: vec(1, 16), words: 1, dim: 16, method: 'custom' });
     await t.rejects(engine.generate({ ...base, identity: wrongDim }), { code: 'E_IDENTITY', message: /dim 16.*32/ });
