@@ -6,7 +6,8 @@ import { Graph, type Value } from './graph/graph.js';
 import { Program, type BackendSpec } from './graph/program.js';
 import { Weights } from './graph/weights.js';
 import { openModel, type ModelSource } from './io/checkpoint.js';
-import { modelLayout } from './io/layout.js';
+import { checkWeights } from './io/layout.js';
+import { toRawImage } from './io/image.js';
 import type { ConfigOverrides, ModelConfigs } from './io/configs.js';
 import { backends } from './native.js';
 import { DDIMScheduler } from './sched/ddim.js';
@@ -600,30 +601,6 @@ export class Engine implements Disposable {
 
 const isDecoderWeight = (n: string): boolean => n.startsWith('decoder.') || n.startsWith('post_quant_conv.');
 
-/**
- * Every weight the configs imply must be present with its exact shape before anything runs (a
- * wrong or missing tensor otherwise gives wrong images, not an error); extra tensors are reported
- * as warnings. Reads headers only.
- */
-function checkWeights(source: ModelSource): string[] {
-  const layout = modelLayout(source.configs);
-  const warnings: string[] = [];
-  for (const comp of ['unet', 'vae', 'text'] as const) {
-    const refs = source.weights[comp];
-    const expected = new Set<string>();
-    for (const e of layout[comp]) {
-      expected.add(e.name);
-      const r = refs.get(e.name);
-      if (!r) throw new IdforgeError('E_MODEL_FORMAT', `${source.path}: the ${comp} has no weight '${e.name}' (expected shape ${JSON.stringify(e.shape)} from its config)`);
-      if (r.shape.length !== e.shape.length || r.shape.some((d, i) => d !== e.shape[i]))
-        throw new IdforgeError('E_MODEL_FORMAT', `${source.path}: ${comp} weight '${e.name}' (${r.key} in ${r.file}) is ${JSON.stringify(r.shape)}, the ${comp} config implies ${JSON.stringify(e.shape)}`);
-    }
-    const extra = [...refs.keys()].filter((n) => !expected.has(n));
-    if (extra.length) warnings.push(`${comp}: ${extra.length} tensor(s) the model does not use were ignored (e.g. '${extra[0]}')`);
-  }
-  return warnings;
-}
-
 /** A float32 CPU copy of a program output (disposing the original when it was elsewhere). */
 function toHost(t: Tensor): Tensor {
   if (t.device === 'cpu' && t.dtype === 'float32') return t;
@@ -632,14 +609,6 @@ function toHost(t: Tensor): Tensor {
   return h;
 }
 
-/** [1, 3, H, W] in [0, 1] → 8-bit HWC, round(x·255). */
-export function toRawImage(px: Float32Array, width: number, height: number): RawImage {
-  const data = new Uint8Array(width * height * 3);
-  const plane = width * height;
-  for (let c = 0; c < 3; c++)
-    for (let i = 0; i < plane; i++) data[i * 3 + c] = Math.round(px[c * plane + i]! * 255);
-  return { width, height, channels: 3, data };
-}
 
 export { numel };
 export type { Value, CrossContext };

@@ -41,3 +41,12 @@ export async function loadImage(input: string | Buffer | Uint8Array): Promise<Ra
     throw new IdforgeError(code, `could not decode ${what}: ${(e as Error).message}`, { cause: e });
   }
 }
+
+/** [1, 3, H, W] in [0, 1] → 8-bit HWC, round(x·255). */
+export function toRawImage(px: Float32Array, width: number, height: number): RawImage {
+  const data = new Uint8Array(width * height * 3);
+  const plane = width * height;
+  for (let c = 0; c < 3; c++)
+    for (let i = 0; i < plane; i++) data[i * 3 + c] = Math.round(px[c * plane + i]! * 255);
+  return { width, height, channels: 3, data };
+}

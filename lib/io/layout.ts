@@ -6,7 +6,8 @@
  * test/bench.test.ts checks that, built from the tiny fixture's configs, it yields exactly the
  * fixture's tensor names and shapes.
  */
-import type { Component } from './checkpoint.js';
+import { IdforgeError } from '../errors.js';
+import type { Component, ModelSource } from './checkpoint.js';
 import type { ModelConfigs, TextConfig, UNetConfig, VaeConfig } from './configs.js';
 
 /** How a tensor is initialised: N(0, std), or a constant (norm weights 1, norm biases 0). */
@@ -200,3 +201,28 @@ export function textLayout(cfg: TextConfig): LayoutEntry[] {
 export function modelLayout(configs: Pick<ModelConfigs, 'unet' | 'vae' | 'text'>): Record<Component, LayoutEntry[]> {
   return { unet: unetLayout(configs.unet), vae: vaeLayout(configs.vae), text: textLayout(configs.text) };
 }
+
+/**
+ * Every weight the configs imply must be present with its exact shape before anything runs (a
+ * wrong or missing tensor otherwise gives wrong images, not an error); extra tensors are reported
+ * as warnings. Reads headers only.
+ */
+export function checkWeights(source: ModelSource): string[] {
+  const layout = modelLayout(source.configs);
+  const warnings: string[] = [];
+  for (const comp of ['unet', 'vae', 'text'] as const) {
+    const refs = source.weights[comp];
+    const expected = new Set<string>();
+    for (const e of layout[comp]) {
+      expected.add(e.name);
+      const r = refs.get(e.name);
+      if (!r) throw new IdforgeError('E_MODEL_FORMAT', `${source.path}: the ${comp} has no weight '${e.name}' (expected shape ${JSON.stringify(e.shape)} from its config)`);
+      if (r.shape.length !== e.shape.length || r.shape.some((d, i) => d !== e.shape[i]))
+        throw new IdforgeError('E_MODEL_FORMAT', `${source.path}: ${comp} weight '${e.name}' (${r.key} in ${r.file}) is ${JSON.stringify(r.shape)}, the ${comp} config implies ${JSON.stringify(e.shape)}`);
+    }
+    const extra = [...refs.keys()].filter((n) => !expected.has(n));
+    if (extra.length) warnings.push(`${comp}: ${extra.length} tensor(s) the model does not use were ignored (e.g. '${extra[0]}')`);
+  }
+  return warnings;
+}
+
