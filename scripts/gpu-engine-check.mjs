@@ -5,12 +5,8 @@
 //   node scripts/gpu-engine-check.mjs [--no-bench]
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const out = process.env.OUT || path.join(root, 'gpu-out');
-fs.mkdirSync(out, { recursive: true });
-const d = (p) => import(path.join(root, 'dist', p));
+import { dist as d, fx, out, relL2 } from './gpu-common.mjs';
 const { Engine } = await d('engine.js');
 const { Tensor } = await d('tensor.js');
 const { backends, memory } = await d('native.js');
@@ -26,16 +22,10 @@ if (!report.backends.cuda.available) {
   process.exit(2);
 }
 
-const fx = (p) => path.join(root, 'test/fixtures', p);
 // The single-file fixture is stored gzipped (see test/helpers/fixtures.ts).
 const { gunzipSync } = await import('node:zlib');
 const ldm = path.join(out, 'tiny-sd-ldm.safetensors');
 fs.writeFileSync(ldm, gunzipSync(fs.readFileSync(fx('tiny-sd-ldm.safetensors.gz'))));
-const relL2 = (a, b) => {
-  let n = 0, m = 0;
-  for (let i = 0; i < b.length; i++) { n += (a[i] - b[i]) ** 2; m += b[i] ** 2; }
-  return Math.sqrt(n / m);
-};
 let failures = 0;
 const check = (dtype, name, out, ref, tol) => {
   const e = relL2(out, ref);

@@ -4,12 +4,8 @@
 // seconds per SeFi-IDE learning step for SD 1.5 (random weights) at 512². Writes $OUT/learn.json.
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const out = process.env.OUT || path.join(root, 'gpu-out');
-fs.mkdirSync(out, { recursive: true });
-const d = (p) => import(path.join(root, 'dist', p));
+import { dist as d, fx, out, relL2 } from './gpu-common.mjs';
 const { Engine } = await d('engine.js');
 const { Tensor } = await d('tensor.js');
 const { Graph } = await d('graph/graph.js');
@@ -19,12 +15,6 @@ const { buildUNetLoss } = await d('learn/objective.js');
 const { SafetensorsFile } = await d('io/safetensors.js');
 const { randomModelSource, sd15Configs } = await d('bench/random-model.js');
 
-const fx = (p) => path.join(root, 'test/fixtures', p);
-const relL2 = (a, b) => {
-  let n = 0, m = 0;
-  for (let i = 0; i < b.length; i++) { n += (a[i] - b[i]) ** 2; m += b[i] ** 2; }
-  return Math.sqrt(n / m);
-};
 const report = { grads: [], learn: [] };
 // A synthetic square face at the model's native size: learnIdentity takes it as is (no decoding or
 // resizing, so the GPU machine needs no sharp).
