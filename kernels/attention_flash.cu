@@ -5,6 +5,7 @@
 // zeros). With capture a second pass recomputes the scores and writes exp(s − lse): layers that
 // do not capture run the one-pass kernel and pay nothing for it.
 #include <cfloat>
+#include <mutex>
 
 #include "attention.h"
 
@@ -260,11 +261,10 @@ template <int D, bool CAP, int W>
 void launchW(const AttnParams& p) {
   using C = Cfg<D, W>;
   auto k = flashKernel<D, CAP, W>;
-  static bool configured = false;  // the opt-in above 48 KiB is per kernel, once per process
-  if (!configured) {
-    CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM));
-    configured = true;
-  }
+  // The opt-in above 48 KiB is per kernel, once per process; engines on other threads may get here
+  // at the same time (call_once retries after a throw).
+  static std::once_flag configured;
+  std::call_once(configured, [&] { CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM)); });
   dim3 grid(unsigned((p.Nq + C::BM - 1) / C::BM), unsigned(p.B * p.H));
   k<<<grid, C::THREADS, C::SMEM, ctx().stream>>>(p);
   CK_LAUNCH("flashKernel");

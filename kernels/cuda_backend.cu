@@ -1,5 +1,6 @@
-// The CUDA backend object, the process-wide device context (stream, cuBLAS handle, caching
-// allocator) and cudaInfo(). Ops live in one .cu per family; this file only dispatches.
+// The CUDA backend objects, the stream contexts (one per engine: stream, cuBLAS handle, error
+// flag), the shared caching allocator and cudaInfo(). Ops live in one .cu per family; this file
+// only dispatches.
 #include <dlfcn.h>
 
 #include <cstdio>
@@ -65,8 +66,13 @@ size_t bucketOf(size_t bytes) {
 
 struct Pool {
   std::mutex mu;
-  std::unordered_map<size_t, std::vector<void*>> freeLists;
-  std::unordered_map<void*, size_t> live;  // pointer -> bucket
+  // Free buffers per owning context (the stream that last used them) and bucket.
+  std::unordered_map<const Context*, std::unordered_map<size_t, std::vector<void*>>> freeLists;
+  struct Live {
+    size_t bucket;
+    const Context* owner;
+  };
+  std::unordered_map<void*, Live> live;
   size_t cachedBytes = 0, liveBytes = 0;
   // Graph capture (see poolBeginCapture): the capturing thread's buffers and their free list.
   bool capturing = false;
@@ -74,9 +80,10 @@ struct Pool {
   std::unordered_map<size_t, std::vector<void*>> capFree;
   std::unordered_set<void*> capOwned;
 
-  void trim() {  // caller holds mu
-    for (auto& kv : freeLists)
-      for (void* p : kv.second) cudaFree(p);
+  void trim() {  // caller holds mu; cudaFree waits for the device, so queued work is done first
+    for (auto& owner : freeLists)
+      for (auto& kv : owner.second)
+        for (void* p : kv.second) cudaFree(p);
     freeLists.clear();
     cachedBytes = 0;
   }
@@ -87,8 +94,11 @@ Pool& pool() {
 }
 
 std::string initError;
+const Cublas* gApi = nullptr;
+int gSms = 0;
 
-Context* makeContext() {
+// Finds the driver, a device this build can run on and cuBLAS; sets initError when not.
+bool initDevice() {
   int n = 0;
   cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess) {
@@ -98,11 +108,11 @@ Context* makeContext() {
     else initError = std::string("no usable CUDA driver (cudaGetDeviceCount: ") + cudaGetErrorString(e) + ")";
     if (drv) dlclose(drv);
     cudaGetLastError();
-    return nullptr;
+    return false;
   }
   if (n == 0) {
     initError = "no CUDA device found";
-    return nullptr;
+    return false;
   }
   cudaFuncAttributes fa;
   e = cudaFuncGetAttributes(&fa, probeKernel);
@@ -115,44 +125,99 @@ Context* makeContext() {
       << " (sm_80 or newer is required)";
     initError = o.str();
     cudaGetLastError();
-    return nullptr;
+    return false;
   }
   std::string why;
   const Cublas* api = loadCublas(&why);
   if (!api) {
     initError = why;
-    return nullptr;
+    return false;
   }
-  auto* c = new Context();
-  c->api = api;
   try {
     CK(cudaSetDevice(0));
     cudaDeviceProp p;
     CK(cudaGetDeviceProperties(&p, 0));
-    c->sms = p.multiProcessorCount;
-    CK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
-    CKB(api->create(&c->blas));
-    CKB(api->setStream(c->blas, reinterpret_cast<CUstream_st*>(c->stream)));
-    // fp32 accumulation also inside split-K reductions (fp16 outputs would otherwise allow fp16).
-    CKB(api->setMathMode(c->blas, CUBLAS_DEFAULT_MATH | 16));
-    CK(cudaHostAlloc(&c->errFlagHost, sizeof(int), cudaHostAllocMapped));
-    *c->errFlagHost = 0;
-    CK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&c->errFlagDev), c->errFlagHost, 0));
+    gSms = p.multiProcessorCount;
   } catch (const Error& err) {
     initError = std::string("CUDA initialisation failed: ") + err.what();
-    return nullptr;
+    return false;
   }
+  gApi = api;
+  return true;
+}
+
+void requireDevice() {
+  static std::once_flag once;
+  static bool ok = false;
+  std::call_once(once, [] { ok = initDevice(); });
+  if (!ok) throw Error("E_BACKEND", initError);
+}
+
+// A new stream context; throws E_BACKEND / E_OOM. Contexts are never destroyed (a released one is
+// handed to the next engine), so a tensor or program never outlives the stream it refers to.
+Context* newContext(int id) {
+  auto* c = new Context();
+  c->id = id;
+  c->api = gApi;
+  c->sms = gSms;
+  CK(cudaSetDevice(0));
+  CK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+  CKB(gApi->create(&c->blas));
+  CKB(gApi->setStream(c->blas, reinterpret_cast<CUstream_st*>(c->stream)));
+  // fp32 accumulation also inside split-K reductions (fp16 outputs would otherwise allow fp16).
+  CKB(gApi->setMathMode(c->blas, CUBLAS_DEFAULT_MATH | 16));
+  CK(cudaHostAlloc(&c->errFlagHost, sizeof(int), cudaHostAllocMapped));
+  *c->errFlagHost = 0;
+  CK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&c->errFlagDev), c->errFlagHost, 0));
   return c;
 }
+
+// The registry of stream contexts: index = stream id; 0 is the default context.
+constexpr int kMaxStreams = 256;
+struct Registry {
+  std::mutex mu;
+  std::vector<Context*> contexts;
+  std::vector<bool> inUse;
+};
+Registry& registry() {
+  static auto* r = new Registry();  // never destroyed: the driver may be gone at exit
+  return *r;
+}
+
+Context* contextById(int id) {
+  requireDevice();
+  Registry& R = registry();
+  std::lock_guard<std::mutex> lock(R.mu);
+  if (R.contexts.empty()) {
+    try {
+      R.contexts.push_back(newContext(0));
+    } catch (const Error& err) {
+      throw Error("E_BACKEND", std::string("CUDA initialisation failed: ") + err.what());
+    }
+    R.inUse.push_back(true);
+  }
+  if (id < 0 || id >= int(R.contexts.size()) || !R.inUse[size_t(id)])
+    throw Error("E_ARGUMENT", "CUDA stream " + std::to_string(id) + " does not exist (it was released or never created)");
+  return R.contexts[size_t(id)];
+}
+
+thread_local Context* tlsCtx = nullptr;
+
+// Binds a context to the calling thread for the duration of a backend call: every op, scratch
+// buffer and cuBLAS call in it goes to that context's stream.
+struct Bind {
+  Context* prev;
+  explicit Bind(Context* c) : prev(tlsCtx) { tlsCtx = c; }
+  ~Bind() { tlsCtx = prev; }
+  Bind(const Bind&) = delete;
+  Bind& operator=(const Bind&) = delete;
+};
 
 }  // namespace
 
 Context& ctx() {
-  static std::once_flag once;
-  static Context* c = nullptr;
-  std::call_once(once, [] { c = makeContext(); });
-  if (!c) throw Error("E_BACKEND", initError);
-  return *c;
+  if (tlsCtx) return *tlsCtx;
+  return *contextById(0);
 }
 
 void* Context::alloc(size_t bytes) {
@@ -168,9 +233,10 @@ void* Context::alloc(size_t bytes) {
       return q;
     }
   }
-  auto it = P.freeLists.find(b);
+  auto& mine = P.freeLists[this];
+  auto it = mine.find(b);
   void* p = nullptr;
-  if (it != P.freeLists.end() && !it->second.empty()) {
+  if (it != mine.end() && !it->second.empty()) {
     p = it->second.back();
     it->second.pop_back();
     P.cachedBytes -= b;
@@ -192,7 +258,7 @@ void* Context::alloc(size_t bytes) {
       throw Error(e == cudaErrorMemoryAllocation ? "E_OOM" : "E_BACKEND", o.str());
     }
   }
-  P.live[p] = b;
+  P.live[p] = Pool::Live{b, this};
   P.liveBytes += b;
   if (cap) P.capOwned.insert(p);
   return p;
@@ -205,13 +271,14 @@ void Context::release(void* p) {
   auto it = P.live.find(p);
   if (it == P.live.end()) throw Error("E_BACKEND", "cuda release: pointer was not allocated by this backend");
   if (P.capturing && P.capOwned.count(p)) {  // stays with the capture (its address is in the graph)
-    P.capFree[it->second].push_back(p);
+    P.capFree[it->second.bucket].push_back(p);
     return;
   }
-  size_t b = it->second;
+  size_t b = it->second.bucket;
+  const Context* owner = it->second.owner;
   P.live.erase(it);
   P.liveBytes -= b;
-  P.freeLists[b].push_back(p);
+  P.freeLists[owner][b].push_back(p);
   P.cachedBytes += b;
 }
 
@@ -250,32 +317,45 @@ namespace {
 
 class CudaBackend : public Backend {
  public:
-  explicit CudaBackend(DType t) : compute_(t) {}
+  CudaBackend(DType t, Context* c) : compute_(t), c_(c) {}
   Device device() const override { return Device::CUDA; }
   DType computeType() const override { return compute_; }
-  void* alloc(size_t bytes) override { return ctx().alloc(bytes); }
-  void release(void* p, size_t) override { ctx().release(p); }
+  const void* queue() const override { return c_; }
+  void* alloc(size_t bytes) override {
+    Bind b(c_);
+    return c_->alloc(bytes);
+  }
+  void release(void* p, size_t) override {
+    Bind b(c_);
+    c_->release(p);
+  }
   void upload(void* dst, const void* host, size_t bytes) override {
+    Bind b(c_);
     StreamGate g;
     // Pageable source: the call returns once the host bytes are staged, so the caller may reuse them.
-    CK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, ctx().stream));
+    CK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, c_->stream));
   }
   void download(void* host, const void* src, size_t bytes) override {
+    Bind b(c_);
     StreamGate g;
-    Context& c = ctx();
-    CK(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, c.stream));
-    CK(cudaStreamSynchronize(c.stream));
-    c.checkDeferredErrors();
+    CK(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, c_->stream));
+    CK(cudaStreamSynchronize(c_->stream));
+    c_->checkDeferredErrors();
   }
   void synchronize() override {
+    Bind b(c_);
     StreamGate g;
-    Context& c = ctx();
-    CK(cudaStreamSynchronize(c.stream));
-    c.checkDeferredErrors();
+    CK(cudaStreamSynchronize(c_->stream));
+    c_->checkDeferredErrors();
+  }
+  void drain() override {
+    StreamGate g;
+    CK(cudaStreamSynchronize(c_->stream));
   }
   void run(OpCode op, const OpAttrs& a, const std::vector<TensorView>& in,
            const std::vector<TensorView>& out) override {
     if (out.empty()) shapeError(op, "no output tensor");
+    Bind bind(c_);
     StreamGate g;
     switch (op) {
       case OpCode::LINEAR: return opLinear(a, in, out);
@@ -316,19 +396,33 @@ class CudaBackend : public Backend {
     throw Error("E_BACKEND", std::string(opName(op)) + " is not implemented by the CUDA backend");
   }
 
-  // CUDA graphs (cuda_graph.cu).
+  // CUDA graphs (cuda_graph.cu), captured from and replayed on this backend's stream.
   bool graphsSupported() const override { return true; }
-  void beginCapture() override { graphBeginCapture(); }
-  void* endCapture(std::string* why) override { return graphEndCapture(why); }
-  void abortCapture() override { graphAbortCapture(); }
+  void beginCapture() override {
+    Bind b(c_);
+    graphBeginCapture();
+  }
+  void* endCapture(std::string* why) override {
+    Bind b(c_);
+    return graphEndCapture(why);
+  }
+  void abortCapture() override {
+    Bind b(c_);
+    graphAbortCapture();
+  }
   void launchGraph(void* g) override {
+    Bind b(c_);
     StreamGate gate;
     graphLaunch(g);
   }
-  void destroyGraph(void* g) override { graphDestroy(g); }
+  void destroyGraph(void* g) override {
+    Bind b(c_);
+    graphDestroy(g);
+  }
 
  private:
   DType compute_;
+  Context* c_;
 };
 
 }  // namespace
@@ -355,14 +449,58 @@ CudaInfo cudaInfo() {
   return i;
 }
 
-Backend* cudaBackend(DType compute) {
+Backend* cudaBackend(DType compute, int stream) {
   if (compute != DType::F16 && compute != DType::F32)
     throw Error("E_ARGUMENT", std::string("the CUDA backend computes in float16 or float32, not ") + dtypeName(compute));
-  cuda::ctx();  // throws E_BACKEND with the reason
-  // Never destroyed: they may outlive the driver at process exit.
-  static Backend* f16 = new cuda::CudaBackend(DType::F16);
-  static Backend* f32 = new cuda::CudaBackend(DType::F32);
-  return compute == DType::F16 ? f16 : f32;
+  cuda::Context* c = cuda::contextById(stream);  // throws E_BACKEND with the reason
+  // One backend object per (stream, dtype), never destroyed: tensors and programs keep raw
+  // pointers to them, and they may outlive the driver at process exit.
+  static std::mutex mu;
+  static auto* backends = new std::unordered_map<int, Backend*>();
+  std::lock_guard<std::mutex> lock(mu);
+  int key = stream * 2 + (compute == DType::F16 ? 1 : 0);
+  auto it = backends->find(key);
+  if (it != backends->end()) return it->second;
+  Backend* b = new cuda::CudaBackend(compute, c);
+  backends->emplace(key, b);
+  return b;
+}
+
+int cudaCreateStream() {
+  cuda::contextById(0);  // the device, cuBLAS and the default context exist first
+  cuda::Registry& R = cuda::registry();
+  std::lock_guard<std::mutex> lock(R.mu);
+  for (size_t i = 1; i < R.contexts.size(); i++)
+    if (!R.inUse[i]) {
+      R.inUse[i] = true;
+      return int(i);
+    }
+  if (R.contexts.size() >= size_t(cuda::kMaxStreams))
+    throw Error("E_BACKEND", "too many CUDA streams: " + std::to_string(cuda::kMaxStreams - 1) +
+                                 " engines hold one each; dispose() engines that are no longer used");
+  int id = int(R.contexts.size());
+  cuda::Context* c = nullptr;
+  try {
+    c = cuda::newContext(id);
+  } catch (const Error& e) {
+    throw Error(e.code(), std::string("cannot create a CUDA stream: ") + e.what());
+  }
+  R.contexts.push_back(c);
+  R.inUse.push_back(true);
+  return id;
+}
+
+void cudaReleaseStream(int stream) {
+  if (stream <= 0) return;  // the default stream stays
+  cuda::Context* c = cuda::contextById(stream);
+  {
+    cuda::StreamGate g;
+    cudaStreamSynchronize(c->stream);  // the engine's last work is done before anyone else gets the stream
+  }
+  *c->errFlagHost = 0;  // a stale flag must not surface in the next owner's calls
+  cuda::Registry& R = cuda::registry();
+  std::lock_guard<std::mutex> lock(R.mu);
+  R.inUse[size_t(stream)] = false;
 }
 
 }  // namespace idforge

@@ -1,5 +1,5 @@
-// Shared pieces of the CUDA backend: error checking, the per-process device context (stream,
-// cuBLAS handle, caching allocator), dtype dispatch and small device helpers. Included by every
+// Shared pieces of the CUDA backend: error checking, the stream contexts (stream, cuBLAS
+// handle, error flag), the caching allocator, dtype dispatch and small device helpers. Included by every
 // kernels/*.cu; nothing here is visible outside kernels/.
 #pragma once
 
@@ -34,13 +34,19 @@ namespace cuda {
 // faults inside kernels surface at the next synchronising call, which is checked too.
 #define CK_LAUNCH(name) CK(cudaGetLastError())
 
-// One context for the process: both compute dtypes share the stream, the pool and the handle,
-// so memory released by one backend can be reused by the other.
+// A stream context: one per engine (cudaCreateStream) plus the default one (id 0) for tensors
+// made outside an engine. Each has its own stream, cuBLAS handle (and capture workspace) and
+// device-side error flag, so two engines run concurrently and one engine's bad input is never
+// reported by another's call. The device, the loaded cuBLAS and the caching pool are shared; a
+// pooled buffer returns to the free list of the context that allocated it, so stream order
+// alone makes its reuse safe.
 struct Context {
+  int id = 0;
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
   const Cublas* api = nullptr;
   int sms = 0;
+  bool workspaceSet = false;  // cuBLAS workspace for graph capture (cuda_graph.cu)
   // Device-side error flag (pinned, mapped): kernels that find bad ids set it instead of
   // faulting; it is read after the next synchronisation, which costs nothing extra.
   int* errFlagHost = nullptr;
@@ -49,6 +55,9 @@ struct Context {
   void release(void* p);
   void checkDeferredErrors();  // after a sync: throws E_ARGUMENT if a kernel flagged bad input
 };
+// The context the calling thread works in: the one a CudaBackend bound for the duration of its
+// call (see Bind in cuda_backend.cu), else the default context. Throws E_BACKEND when no usable
+// device / cuBLAS.
 Context& ctx();  // throws E_BACKEND when no usable device / cuBLAS
 
 // CUDA graph capture (cuda_graph.cu). While one thread captures, buffers it takes from the pool

@@ -1,5 +1,5 @@
 // CUDA graphs for Program (native/program.cc): once a program's buffers are fixed (its arena), its
-// whole op sequence is captured from the shared stream into one graph and replayed with a single
+// whole op sequence is captured from its engine's stream into one graph and replayed with a single
 // cudaGraphLaunch, which removes the per-op launch and host overhead (~700 ops per UNet step).
 //
 // Capture safety of the ops: scratch buffers (im2col, split-K Welford partials, unfused attention
@@ -42,14 +42,13 @@ void releaseAll(const std::vector<void*>& v) {
 }
 
 // cuBLAS needs a user workspace to be capture-safe without restricting its algorithms; one per
-// handle for the process (the handle and the stream are shared, so one workspace serves all).
+// stream context (its handle), set before its first capture and kept with the context.
 void ensureWorkspace(Context& c) {
-  static bool done = false;
-  if (done) return;
-  done = true;
+  if (c.workspaceSet) return;
+  c.workspaceSet = true;
   if (!c.api->setWorkspace) return;
   const size_t bytes = size_t(32) << 20;
-  void* ws = c.alloc(bytes);  // kept for the process
+  void* ws = c.alloc(bytes);  // kept with the context (contexts are recycled, never destroyed)
   CK(cudaStreamSynchronize(c.stream));
   CKB(c.api->setWorkspace(c.blas, ws, bytes));
 }

@@ -9,7 +9,7 @@ import { openModel, type ModelSource } from './io/checkpoint.js';
 import { checkWeights } from './io/layout.js';
 import { toRawImage } from './io/image.js';
 import type { ConfigOverrides, ModelConfigs } from './io/configs.js';
-import { backends } from './native.js';
+import { backends, call, native } from './native.js';
 import { DDIMScheduler } from './sched/ddim.js';
 import { randn } from './sched/random.js';
 import { Tensor, numel } from './tensor.js';
@@ -100,16 +100,28 @@ export class Engine implements Disposable {
   #weights: { unet: Weights; vae: Weights; text: Weights } | null;
   #programs = new Map<string, Program>();
   #extra: Tensor[] = [];
+  /** The CUDA stream this engine created (released by dispose()), 0 when none. */
+  #ownStream = 0;
+  /** Where int32 inputs (token ids, slots) are made: the engine's device and stream. */
+  get #ints(): { device: 'cpu' | 'cuda'; stream: number } {
+    return { device: this.backend.device, stream: this.backend.stream ?? 0 };
+  }
 
   private constructor(source: ModelSource, backend: BackendSpec) {
     this.#source = source;
     this.modelPath = source.path;
     this.configs = source.configs;
-    this.backend = backend;
     this.loadWarnings = [...source.warnings];
     this.tokenizer = ClipTokenizer.fromDir(source.tokenizerDir);
     this.scheduler = DDIMScheduler.fromConfig(source.configs.scheduler);
     this.loadWarnings.push(...checkWeights(source));
+    // On CUDA each engine queues its work on a stream of its own (with its own cuBLAS handle and
+    // error flag): two engines in one process run concurrently and never see each other's errors.
+    if (backend.device === 'cuda' && backend.stream === undefined) {
+      this.#ownStream = call(() => native().createStream());
+      backend = { ...backend, stream: this.#ownStream };
+    }
+    this.backend = backend;
     this.#weights = {
       unet: new Weights('unet', source.weights.unet, backend),
       vae: new Weights('vae', source.weights.vae, backend),
@@ -211,13 +223,13 @@ export class Engine implements Disposable {
 
   /** A host float32 tensor moved into this backend's dtype/device (the input is not disposed). */
   private upload(t: Tensor): Tensor {
-    return t.to(this.backend.dtype, this.backend.device);
+    return t.to(this.backend.dtype, this.backend.device, this.backend.stream ?? 0);
   }
 
   private idsTensor(ids: Int32Array[]): Tensor {
     const flat = new Int32Array(ids.length * 77);
     ids.forEach((a, i) => flat.set(a, i * 77));
-    return Tensor.from(flat, [ids.length, 77], { device: this.backend.device });
+    return Tensor.from(flat, [ids.length, 77], this.#ints);
   }
 
   /**
@@ -263,7 +275,7 @@ export class Engine implements Disposable {
     const p = this.program('word-embedding', (g) => {
       g.output(g.embedding(g.input([1, 1], 'int32'), this.w.text.in(g, 'text_model.embeddings.token_embedding.weight')));
     });
-    using id = Tensor.from(Int32Array.from(ids), [1, 1], { device: this.backend.device });
+    using id = Tensor.from(Int32Array.from(ids), [1, 1], this.#ints);
     const [out] = await p.run([id]);
     const host = toHost(out!);
     const v = host.toFloat32();
@@ -305,7 +317,7 @@ export class Engine implements Disposable {
       inputs.push(this.idsTensor(ids));
       if (inject) {
         inputs.push(this.idsTensor(inject.slots));
-        inputs.push(Tensor.from(inject.vectors, [rows, D], { dtype: this.backend.dtype, device: this.backend.device }));
+        inputs.push(Tensor.from(inject.vectors, [rows, D], this.backend));
       }
       const [out] = await p.run(inputs);
       return out!;
@@ -353,7 +365,7 @@ export class Engine implements Disposable {
     try {
       // One at a time, so that a failed upload never leaks the ones before it.
       inputs.push(this.upload(latents));
-      inputs.push(Tensor.from(new Float32Array(b).fill(t), [b], { dtype: this.backend.dtype, device: this.backend.device }));
+      inputs.push(Tensor.from(new Float32Array(b).fill(t), [b], this.backend));
       for (const c of ctxs) inputs.push(this.upload(c));
       const [eps, ...maps] = await p.run(inputs);
       const attention = new Map<string, Tensor>();
@@ -387,7 +399,7 @@ export class Engine implements Disposable {
     await this.w.vae.preload(undefined, (n) => !isDecoderWeight(n));
     const p = this.program(`vae-enc:${s.join('x')}`, (g) => {
       const r = buildVaeEncoder(g, this.w.vae, this.configs.vae, g.input(s), (shape) => {
-        const z = Tensor.zeros(shape, { dtype: this.backend.dtype, device: this.backend.device });
+        const z = Tensor.zeros(shape, this.backend);
         this.#extra.push(z);
         return z;
       });
@@ -508,8 +520,8 @@ export class Engine implements Disposable {
         const program = this.guidedUNet(h, w, 77, cfg ? o.guidanceScale : null, { dual, capture });
         const ctxK = await context(stage, 'k');
         const ctxV = dual ? await context(stage, 'v') : undefined;
-        const tIn = Tensor.from(new Float32Array(ids.length).fill(t), [ids.length], { dtype: this.backend.dtype, device: this.backend.device });
-        const xIn = Tensor.from(latents, [1, ch, h, w], { dtype: this.backend.dtype, device: this.backend.device });
+        const tIn = Tensor.from(new Float32Array(ids.length).fill(t), [ids.length], this.backend);
+        const xIn = Tensor.from(latents, [1, ch, h, w], this.backend);
         let eps: Float32Array;
         try {
           const [out, ...probs] = await program.run(ctxV ? [xIn, tIn, ctxK, ctxV] : [xIn, tIn, ctxK]);
@@ -592,6 +604,11 @@ export class Engine implements Disposable {
     }
     this.#source?.close();
     this.#source = null;
+    if (this.#ownStream) {
+      const id = this.#ownStream;
+      this.#ownStream = 0;
+      call(() => native().releaseStream(id));
+    }
   }
 
   [Symbol.dispose](): void {

@@ -1,6 +1,6 @@
 // idforge: identity-preserving Stable Diffusion 1.x from one face photo.
 export { Engine, type LoadOptions, type GenerateOptions, type GenerateResult, type ProgressInfo } from './engine.js';
-export { Tensor, type DType, type DeviceName } from './tensor.js';
+export { Tensor, type DType, type DeviceName, type TensorOptions } from './tensor.js';
 export { IdforgeError, type ErrorCode } from './errors.js';
 export { backends, memory, type Backends, type CudaStatus } from './native.js';
 export { saveImage, loadImage, type RawImage } from './io/image.js';

@@ -15,7 +15,7 @@ export interface NativeTensor {
   readonly nbytes: number;
   readonly disposed: boolean;
   read(dtype?: DType): ArrayBuffer;
-  to(dtype: DType, device?: DeviceName): NativeTensor;
+  to(dtype: DType, device?: DeviceName, stream?: number): NativeTensor;
   dispose(): void;
 }
 
@@ -29,6 +29,8 @@ export interface NativeOp {
 export interface ProgramDesc {
   device: DeviceName;
   dtype: 'float32' | 'float16';
+  /** CUDA stream id (createStream()); 0 or absent: the default stream. */
+  stream?: number;
   values: { dtype: 'float' | DType; shape: number[] }[];
   consts: [number, NativeTensor][];
   inputs: number[];
@@ -55,10 +57,14 @@ export interface Backends { cpu: true; cuda: CudaStatus }
 
 interface Addon {
   NativeTensor: { prototype: NativeTensor };
-  createTensor(dtype: DType, shape: number[], device: DeviceName, data?: ArrayBufferView, srcDtype?: DType): NativeTensor;
+  createTensor(dtype: DType, shape: number[], device: DeviceName, data?: ArrayBufferView, srcDtype?: DType, stream?: number): NativeTensor;
   compile(desc: ProgramDesc): NativeProgram;
   backends(): Backends;
   memory(): { cpu: number; cuda: number };
+  /** A new CUDA stream context (stream, cuBLAS handle, error flag); E_BACKEND without CUDA. */
+  createStream(): number;
+  /** Waits for the stream's work and recycles it. */
+  releaseStream(id: number): void;
 }
 
 let addon: Addon | undefined;

@@ -32,6 +32,19 @@ export function numel(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
 }
 
+/** Where a new tensor is made. */
+export interface TensorOptions {
+  dtype?: DType;
+  device?: DeviceName;
+  /**
+   * CUDA only: the stream the upload is queued on, an engine's `engine.backend.stream`, so that
+   * the engine's programs read it without waiting for another stream. Default 0, the stream shared
+   * by tensors made outside an engine; a tensor of any stream works with any engine (the engine
+   * then waits for that stream first).
+   */
+  stream?: number;
+}
+
 /**
  * A tensor whose memory is owned by the native addon (host memory for 'cpu', device memory for
  * 'cuda'). Free it with dispose() (or `using`); the garbage collector frees it too, eventually.
@@ -45,7 +58,7 @@ export class Tensor implements Disposable {
   }
 
   /** A new tensor holding a copy of `data` (Float64Array is stored as float32). */
-  static from(data: Typed, shape: readonly number[], opts: { dtype?: DType; device?: DeviceName } = {}): Tensor {
+  static from(data: Typed, shape: readonly number[], opts: TensorOptions = {}): Tensor {
     const s = checkShape(shape);
     // A view over a SharedArrayBuffer is copied: the addon reads plain ArrayBuffers only.
     if (ArrayBuffer.isView(data) && data.buffer instanceof SharedArrayBuffer) data = data.slice() as Typed;
@@ -56,11 +69,11 @@ export class Tensor implements Disposable {
     if (buf.length !== numel(s))
       throw new IdforgeError('E_SHAPE', `data has ${buf.length} elements, shape ${JSON.stringify(s)} needs ${numel(s)}`);
     const dtype = opts.dtype ?? src;
-    return new Tensor(call(() => native().createTensor(dtype, s, opts.device ?? 'cpu', buf, src)));
+    return new Tensor(call(() => native().createTensor(dtype, s, opts.device ?? 'cpu', buf, src, opts.stream ?? 0)));
   }
 
   /** A tensor of `dtype` filled with zeros. */
-  static zeros(shape: readonly number[], opts: { dtype?: DType; device?: DeviceName } = {}): Tensor {
+  static zeros(shape: readonly number[], opts: TensorOptions = {}): Tensor {
     const s = checkShape(shape);
     let data: Float32Array;
     try {
@@ -72,8 +85,8 @@ export class Tensor implements Disposable {
   }
 
   /** Raw bytes of `dtype` (converted from the tensor's dtype) as a new tensor on `device`. @internal */
-  static fromBytes(bytes: ArrayBufferView, srcDtype: DType, shape: readonly number[], dtype: DType, device: DeviceName): Tensor {
-    return new Tensor(call(() => native().createTensor(dtype, checkShape(shape), device, bytes, srcDtype)));
+  static fromBytes(bytes: ArrayBufferView, srcDtype: DType, shape: readonly number[], dtype: DType, device: DeviceName, stream = 0): Tensor {
+    return new Tensor(call(() => native().createTensor(dtype, checkShape(shape), device, bytes, srcDtype, stream)));
   }
 
   /** @internal the native handle; throws E_DISPOSED after dispose(). */
@@ -99,10 +112,10 @@ export class Tensor implements Disposable {
     return new Int32Array(call(() => h.read('int32')));
   }
 
-  /** A copy in another dtype and/or on another device. */
-  to(dtype: DType, device?: DeviceName): Tensor {
+  /** A copy in another dtype and/or on another device (and CUDA stream, see TensorOptions.stream). */
+  to(dtype: DType, device?: DeviceName, stream = 0): Tensor {
     const h = this.handle;
-    return new Tensor(call(() => h.to(dtype, device)));
+    return new Tensor(call(() => h.to(dtype, device, stream)));
   }
 
   /** The same elements under another shape (a copy). */

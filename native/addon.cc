@@ -38,10 +38,21 @@ std::string strArg(const Napi::CallbackInfo& info, size_t i, const char* what) {
   return info[i].As<Napi::String>();
 }
 
-Backend* backendFor(const std::string& device, DType compute) {
+// device "cpu" | "cuda"; stream: a CUDA stream id from createStream() (0, the default, for
+// tensors made outside an engine). The CPU ignores it.
+Backend* backendFor(const std::string& device, DType compute, int stream = 0) {
   if (device == "cpu") return cpuBackend();
-  if (device == "cuda") return cudaBackend(compute == DType::F32 ? DType::F32 : DType::F16);
+  if (device == "cuda") return cudaBackend(compute == DType::F32 ? DType::F32 : DType::F16, stream);
   throw Error("E_ARGUMENT", "unknown device '" + device + "' (expected 'cpu' or 'cuda')");
+}
+
+int streamArg(const Napi::Value& v) {
+  if (v.IsUndefined() || v.IsNull()) return 0;
+  if (!v.IsNumber()) throw Error("E_ARGUMENT", "stream must be a stream id (a number from createStream())");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= 0) || d > 1e6 || d != static_cast<double>(static_cast<int>(d)))
+    throw Error("E_ARGUMENT", "stream must be a non-negative integer stream id");
+  return static_cast<int>(d);
 }
 
 Shape shapeFrom(const Napi::Value& v, const char* what) {
@@ -138,7 +149,7 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
     });
   }
 
-  // to(dtype, device) → a new tensor (a copy, even when nothing changes).
+  // to(dtype, device, stream?) → a new tensor (a copy, even when nothing changes).
   Napi::Value To(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     return guarded(env, [&]() -> Napi::Value {
@@ -146,7 +157,7 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
       DType dt = dtypeFromName(strArg(info, 0, "dtype"));
       std::string dev = info.Length() > 1 && info[1].IsString() ? std::string(info[1].As<Napi::String>())
                                                                   : std::string(deviceName(t.device()));
-      Backend* be = backendFor(dev, dt);
+      Backend* be = backendFor(dev, dt, info.Length() > 2 ? streamArg(info[2]) : 0);
       std::vector<uint8_t> host = readAs(t, dt);
       return Wrap(env, makeTensor(be, dt, t.shape, host.data(), dt));
     });
@@ -159,14 +170,14 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
 };
 Napi::FunctionReference TensorWrap::ctor;
 
-// createTensor(dtype, shape, device, data?: ArrayBufferView, srcDtype?)
+// createTensor(dtype, shape, device, data?: ArrayBufferView, srcDtype?, stream?)
 Napi::Value CreateTensor(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     DType dt = dtypeFromName(strArg(info, 0, "dtype"));
     Shape shape = shapeFrom(info[1], "shape");
     std::string dev = strArg(info, 2, "device");
-    Backend* be = backendFor(dev, dt);
+    Backend* be = backendFor(dev, dt, info.Length() > 5 ? streamArg(info[5]) : 0);
     const void* src = nullptr;
     DType st = dt;
     if (info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsNull()) {
@@ -345,14 +356,14 @@ Napi::Value ProgramWrap::Run(const Napi::CallbackInfo& info) {
   });
 }
 
-// compile({ device, dtype, values: [{dtype, shape}], consts: [[id, tensor]], inputs, outputs, ops })
+// compile({ device, dtype, stream?, values: [{dtype, shape}], consts: [[id, tensor]], inputs, outputs, ops })
 Napi::Value Compile(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
     auto d = info[0].As<Napi::Object>();
     std::string dev = d.Get("device").As<Napi::String>();
     DType compute = dtypeFromName(d.Get("dtype").As<Napi::String>());
-    Backend* be = backendFor(dev, compute);
+    Backend* be = backendFor(dev, compute, streamArg(d.Get("stream")));
     std::vector<ValueDesc> values;
     auto va = d.Get("values").As<Napi::Array>();
     for (uint32_t i = 0; i < va.Length(); i++) {
@@ -395,6 +406,22 @@ Napi::Value Backends(const Napi::CallbackInfo& info) {
   return r;
 }
 
+// createStream() → a new CUDA stream id (its own stream, cuBLAS handle and error flag) for one
+// engine; releaseStream(id) waits for its work and recycles it. E_BACKEND without CUDA.
+Napi::Value CreateStream(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value { return Napi::Number::New(env, cudaCreateStream()); });
+}
+
+Napi::Value ReleaseStream(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    if (info.Length() < 1) throw Error("E_ARGUMENT", "releaseStream needs a stream id");
+    cudaReleaseStream(streamArg(info[0]));
+    return env.Undefined();
+  });
+}
+
 Napi::Value Memory(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto r = Napi::Object::New(env);
@@ -410,6 +437,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("compile", Napi::Function::New(env, Compile));
   exports.Set("backends", Napi::Function::New(env, Backends));
   exports.Set("memory", Napi::Function::New(env, Memory));
+  exports.Set("createStream", Napi::Function::New(env, CreateStream));
+  exports.Set("releaseStream", Napi::Function::New(env, ReleaseStream));
   return exports;
 }
 

@@ -158,6 +158,13 @@ class Backend {
   virtual void run(OpCode op, const OpAttrs& a, const std::vector<TensorView>& in,
                    const std::vector<TensorView>& out) = 0;
   virtual void synchronize() {}
+  // The queue this backend's work runs on (the CUDA stream context), nullptr for the CPU, where
+  // every call completes before it returns. Two CUDA backends with different queues run
+  // concurrently: a tensor made on one and read on the other needs drain() first.
+  virtual const void* queue() const { return nullptr; }
+  // Waits for the queued work without reporting deferred kernel errors (those belong to the
+  // queue's owner and surface in its own next synchronize()).
+  virtual void drain() {}
 
   // Graph capture (CUDA graphs; the CPU backend has none and keeps these defaults). Program uses
   // them once its buffers are fixed: beginCapture() makes this thread's following run() calls be
@@ -184,9 +191,15 @@ struct CudaInfo {
   std::string reason;  // why not available
 };
 CudaInfo cudaInfo();
-// The CUDA backend for a compute dtype (F16 or F32). Throws Error("E_BACKEND", reason) when CUDA
-// was not compiled in, or no driver/GPU/cuBLAS can be found.
-Backend* cudaBackend(DType compute);
+// The CUDA backend for a compute dtype (F16 or F32) on a stream: 0 is the default stream, others
+// come from cudaCreateStream() (one per engine). Throws Error("E_BACKEND", reason) when CUDA was
+// not compiled in, or no driver/GPU/cuBLAS can be found; E_ARGUMENT for an unknown stream.
+Backend* cudaBackend(DType compute, int stream = 0);
+// A new stream context (stream, cuBLAS handle, error flag) for one engine; its id for
+// cudaBackend(). cudaReleaseStream waits for its work and hands it to the next caller of
+// cudaCreateStream (contexts are recycled, never destroyed, so no tensor outlives its stream).
+int cudaCreateStream();
+void cudaReleaseStream(int stream);
 
 // Live bytes per device, updated by Storage (native/tensor.h).
 int64_t liveBytes(Device d);

@@ -85,7 +85,9 @@ CudaInfo cudaInfo() {
   i.reason = "idforge was built without CUDA (no nvcc at install time, or IDFORGE_CUDA=0)";
   return i;
 }
-Backend* cudaBackend(DType) { throw Error("E_BACKEND", cudaInfo().reason); }
+Backend* cudaBackend(DType, int) { throw Error("E_BACKEND", cudaInfo().reason); }
+int cudaCreateStream() { throw Error("E_BACKEND", cudaInfo().reason); }
+void cudaReleaseStream(int) {}
 #endif
 
 }  // namespace idforge

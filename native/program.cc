@@ -40,6 +40,9 @@ Program::Program(Backend* be, std::vector<ValueDesc> values,
       throw Error("E_SHAPE", "program: constant " + std::to_string(id) + " is " + shapeStr(t->shape) + " " +
                                  dtypeName(t->dtype) + ", declared " + shapeStr(values_[id].shape) + " " +
                                  dtypeName(values_[id].dtype));
+    // A constant uploaded on another stream (another engine's, or the default one): wait for it once.
+    const void* q = t->storage->backend->queue();
+    if (q && q != be->queue()) t->storage->backend->drain();
     consts_[id] = t;
     producer_[id] = -2;
     constBytes_ += t->bytes();
@@ -212,6 +215,13 @@ std::vector<std::shared_ptr<NTensor>> Program::run(const std::vector<std::shared
     if (t->shape != d.shape || t->dtype != d.dtype)
       throw Error("E_SHAPE", "program input " + std::to_string(i) + " is " + shapeStr(t->shape) + " " +
                                  dtypeName(t->dtype) + ", expected " + shapeStr(d.shape) + " " + dtypeName(d.dtype));
+  }
+  // Inputs made on another stream (e.g. a tensor of another engine, still being uploaded): their
+  // stream finishes first. The run itself ends with a synchronisation of this program's stream,
+  // so nothing of it is pending when those tensors are released to their own stream's pool.
+  for (const auto& t : inputs) {
+    const void* q = t->storage->backend->queue();
+    if (q && q != be_->queue()) t->storage->backend->drain();
   }
   if (!prepared_) prepare();
   char* base = arena_ ? static_cast<char*>(arena_->data) : nullptr;

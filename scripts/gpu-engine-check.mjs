@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // The engine-level GPU check (run by scripts/gpu-all.sh on a machine with a GPU, the CUDA toolkit
 // and Node): the whole tiny model on CUDA in float32 and float16 against the reference goldens,
-// the ID encoder, and the SD 1.5 UNet-step benchmark. Writes JSON + text to $OUT (or ./gpu-out).
+// the ID encoder, one CUDA stream per engine (scripts/streams-check.mjs), and the SD 1.5 UNet-step benchmark. Writes JSON + text to $OUT (or ./gpu-out).
 //   node scripts/gpu-engine-check.mjs [--no-bench]
 import fs from 'node:fs';
 import path from 'node:path';
@@ -87,6 +87,26 @@ for (const dtype of ['float32', 'float16']) {
   check(`${dtype} id-encoder`, 'tap_features', f.taps, id.f32('tap_features'), tol);
   check(`${dtype} id-encoder`, 'words', f.words, id.f32('words'), tol);
   enc.dispose();
+}
+
+// One stream per engine (scripts/streams-check.mjs, the same checks as test/cuda-streams.test.ts).
+{
+  const { streamChecks } = await import('./streams-check.mjs');
+  const { Graph } = await d('graph/graph.js');
+  const { Program } = await d('graph/program.js');
+  report.streams = [];
+  for (const dtype of ['float32', 'float16']) {
+    try {
+      await streamChecks({ Engine, Graph, Program, Tensor }, fx('tiny-sd'), (ok, msg) => {
+        if (!ok) failures++;
+        report.streams.push({ ok, msg });
+        log(`${ok ? 'ok  ' : 'FAIL'} streams ${msg}`);
+      }, dtype);
+    } catch (e) {
+      failures++;
+      log(`FAIL streams [${dtype}] threw ${e?.code ?? ''} ${e?.stack ?? e}`);
+    }
+  }
 }
 
 if (!process.argv.includes('--no-bench')) {

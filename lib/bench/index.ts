@@ -229,8 +229,8 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
     sample();
     log(`UNet: graph built, weights uploaded and compiled in ${(buildMs / 1000).toFixed(1)} s`);
     const xb = batch <= 2 ? 1 : batch;
-    const x = Tensor.from(randn(seed + 7, xb * ch * lh * lw), [xb, ch, lh, lw], { dtype, device });
-    const tt = Tensor.from(new Float32Array(batch).fill(500), [batch], { dtype, device });
+    const x = Tensor.from(randn(seed + 7, xb * ch * lh * lw), [xb, ch, lh, lw], engine.backend);
+    const tt = Tensor.from(new Float32Array(batch).fill(500), [batch], engine.backend);
     const inputs = [x, tt, context!];
     let outputFinite = true;
     let unetFirst = 0;

@@ -7,6 +7,12 @@ import type { Graph } from './graph.js';
 export interface BackendSpec {
   device: 'cpu' | 'cuda';
   dtype: 'float32' | 'float16';
+  /**
+   * CUDA only: the stream its tensors and programs run on (an id from the addon's createStream()).
+   * Each Engine takes one, so engines run concurrently and report their own kernel errors;
+   * absent or 0 is the default stream.
+   */
+  stream?: number;
 }
 
 /** Compile options. */
@@ -32,6 +38,7 @@ export class Program implements Disposable {
     const desc = {
       device: backend.device,
       dtype: backend.dtype,
+      ...(backend.stream ? { stream: backend.stream } : {}),
       values: graph.values,
       consts: [...graph.consts].map(([id, t]) => [id, t.handle] as [number, typeof t.handle]),
       inputs: graph.inputs.map((v) => v.id),

@@ -39,8 +39,8 @@ export class Weights implements Disposable {
     const r = this.ref(name);
     const src = ST_TO_DTYPE[r.dtype];
     t = src
-      ? Tensor.fromBytes(r.readBytes(), src, r.shape, this.backend.dtype, this.backend.device)
-      : Tensor.from(r.readFloat32(), r.shape, { dtype: this.backend.dtype, device: this.backend.device });
+      ? Tensor.fromBytes(r.readBytes(), src, r.shape, this.backend.dtype, this.backend.device, this.backend.stream ?? 0)
+      : Tensor.from(r.readFloat32(), r.shape, this.backend);
     this.#loaded.set(name, t);
     return t;
   }

@@ -299,16 +299,16 @@ async function runStep(engine: Engine, prog: Program, prompts: Prompts, s: Sampl
   const sb = Math.sqrt(1 - a);
   for (let i = 0; i < zt.length; i++) zt[i] = sa * z0[i]! + sb * eps[i]!;
   const D = vk.length;
-  const dev = { dtype: be.dtype, device: be.device } as const;
+  const ints = { device: be.device, stream: be.stream ?? 0 };
   const inputs = [
-    Tensor.from(prompts.ids[s.template]!, [1, 77], { device: be.device }),
-    Tensor.from(prompts.slots[s.template]!, [1, 77], { device: be.device }),
-    Tensor.from(vk, [1, D], dev),
-    Tensor.from(vv, [1, D], dev),
+    Tensor.from(prompts.ids[s.template]!, [1, 77], ints),
+    Tensor.from(prompts.slots[s.template]!, [1, 77], ints),
+    Tensor.from(vk, [1, D], be),
+    Tensor.from(vv, [1, D], be),
   ];
   const owned = [...inputs];
   inputs.push(prompts.refs[s.template]!);
-  const rest = [Tensor.from(zt, shape, dev), Tensor.from(new Float32Array([s.t]), [1], dev), Tensor.from(eps, shape, dev)];
+  const rest = [Tensor.from(zt, shape, be), Tensor.from(new Float32Array([s.t]), [1], be), Tensor.from(eps, shape, be)];
   owned.push(...rest);
   inputs.push(...rest);
   try {
