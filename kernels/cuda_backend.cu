@@ -202,6 +202,8 @@ Context* contextById(int id) {
 }
 
 thread_local Context* tlsCtx = nullptr;
+thread_local std::vector<cudaEvent_t> tlsEvents;  // profiling marks (CudaBackend::beginTimings)
+thread_local size_t tlsMarks = 0;
 
 // Binds a context to the calling thread for the duration of a backend call: every op, scratch
 // buffer and cuBLAS call in it goes to that context's stream.
@@ -351,6 +353,33 @@ class CudaBackend : public Backend {
   void drain() override {
     StreamGate g;
     CK(cudaStreamSynchronize(c_->stream));
+  }
+  // Op timing by events (thread-local: a profiling run is one thread's sequence of calls).
+  bool beginTimings(size_t marks) override {
+    Bind b(c_);
+    while (tlsEvents.size() < marks) {
+      cudaEvent_t e;
+      CK(cudaEventCreate(&e));
+      tlsEvents.push_back(e);
+    }
+    tlsMarks = 0;
+    return true;
+  }
+  void mark() override {
+    if (tlsMarks >= tlsEvents.size()) throw Error("E_INTERNAL", "more timing marks than prepared");
+    StreamGate g;
+    CK(cudaEventRecord(tlsEvents[tlsMarks++], c_->stream));
+  }
+  std::vector<double> endTimings() override {
+    synchronize();
+    std::vector<double> ms;
+    for (size_t k = 0; k + 1 < tlsMarks; k++) {
+      float t = 0;
+      CK(cudaEventElapsedTime(&t, tlsEvents[k], tlsEvents[k + 1]));
+      ms.push_back(double(t));
+    }
+    tlsMarks = 0;
+    return ms;
   }
   void run(OpCode op, const OpAttrs& a, const std::vector<TensorView>& in,
            const std::vector<TensorView>& out) override {

@@ -165,6 +165,13 @@ class Backend {
   // Waits for the queued work without reporting deferred kernel errors (those belong to the
   // queue's owner and surface in its own next synchronize()).
   virtual void drain() {}
+  // Device-side op timing for the profiler: beginTimings(n) prepares up to n marks and returns
+  // false where the backend keeps no device clock (the CPU: Program then times each op on the host);
+  // mark() records a mark on the queue without waiting; endTimings() waits and returns the
+  // milliseconds between consecutive marks.
+  virtual bool beginTimings(size_t /*marks*/) { return false; }
+  virtual void mark() {}
+  virtual std::vector<double> endTimings() { return {}; }
 
   // Graph capture (CUDA graphs; the CPU backend has none and keeps these defaults). Program uses
   // them once its buffers are fixed: beginCapture() makes this thread's following run() calls be

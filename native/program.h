@@ -41,7 +41,8 @@ class Program {
   Program(const Program&) = delete;
   Program& operator=(const Program&) = delete;
   // Runs the graph. Inputs must match the declared dtypes/shapes and live on this backend's device.
-  // With `timings`, each op is synchronised and timed (for the benchmark harness only; never a graph).
+  // With `timings`, each op is timed (for the benchmark harness only; never a graph): by device
+  // events between ops on CUDA, by a synchronised host clock on the CPU.
   std::vector<std::shared_ptr<NTensor>> run(const std::vector<std::shared_ptr<NTensor>>& inputs,
                                             std::vector<OpTiming>* timings);
   Backend* backend() const { return be_; }

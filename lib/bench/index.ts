@@ -106,7 +106,8 @@ export interface BenchResults {
     nativePeakBytes: { cpu: number; cuda: number };
     weightsBytes: { unet: number; vae: number; text: number };
   };
-  ops: { profiledMs: number; stepMs: number; rows: OpRow[]; top: OpInstance[] } | null;
+  /** clock: 'device' = CUDA events between ops (no host sync), 'host' = each op synchronised and timed. */
+  ops: { profiledMs: number; stepMs: number; clock: 'device' | 'host'; rows: OpRow[]; top: OpInstance[] } | null;
 }
 
 export interface BenchReport {
@@ -261,7 +262,7 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
         for (const o of r.outputs) o.dispose();
         if (r.timings) {
           const agg = aggregateOps(r.timings, program.opShapes, elem, device === 'cpu' ? machine.fp32PeakGflops ?? undefined : undefined, program.opNames);
-          ops = { profiledMs: agg.totalMs, stepMs: stats(unetSamples).median, rows: agg.rows, top: agg.top };
+          ops = { profiledMs: agg.totalMs, stepMs: stats(unetSamples).median, clock: device === 'cuda' ? 'device' : 'host', rows: agg.rows, top: agg.top };
         }
       }
     } finally {
