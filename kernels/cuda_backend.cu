@@ -80,12 +80,19 @@ struct Pool {
   std::unordered_map<size_t, std::vector<void*>> capFree;
   std::unordered_set<void*> capOwned;
 
-  void trim() {  // caller holds mu; cudaFree waits for the device, so queued work is done first
-    for (auto& owner : freeLists)
-      for (auto& kv : owner.second)
-        for (void* p : kv.second) cudaFree(p);
+  // Gives every cached buffer back to the driver. Called with `lock` held; the cudaFree calls
+  // (each waits for the whole device) run with it released, so other threads' allocations do not
+  // stall behind them. Not while a capture is open anywhere: a device-wide wait would invalidate it.
+  void trim(std::unique_lock<std::mutex>& lock) {
+    if (capturing) return;
+    auto lists = std::move(freeLists);
     freeLists.clear();
     cachedBytes = 0;
+    lock.unlock();
+    for (auto& owner : lists)
+      for (auto& kv : owner.second)
+        for (void* p : kv.second) cudaFree(p);
+    lock.lock();
   }
 };
 Pool& pool() {
@@ -160,15 +167,23 @@ Context* newContext(int id) {
   c->id = id;
   c->api = gApi;
   c->sms = gSms;
-  CK(cudaSetDevice(0));
-  CK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
-  CKB(gApi->create(&c->blas));
-  CKB(gApi->setStream(c->blas, reinterpret_cast<CUstream_st*>(c->stream)));
-  // fp32 accumulation also inside split-K reductions (fp16 outputs would otherwise allow fp16).
-  CKB(gApi->setMathMode(c->blas, CUBLAS_DEFAULT_MATH | 16));
-  CK(cudaHostAlloc(&c->errFlagHost, sizeof(int), cudaHostAllocMapped));
-  *c->errFlagHost = 0;
-  CK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&c->errFlagDev), c->errFlagHost, 0));
+  try {
+    CK(cudaSetDevice(0));
+    CK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    CKB(gApi->create(&c->blas));
+    CKB(gApi->setStream(c->blas, reinterpret_cast<CUstream_st*>(c->stream)));
+    // fp32 accumulation also inside split-K reductions (fp16 outputs would otherwise allow fp16).
+    CKB(gApi->setMathMode(c->blas, CUBLAS_DEFAULT_MATH | 16));
+    CK(cudaHostAlloc(&c->errFlagHost, sizeof(int), cudaHostAllocMapped));
+    *c->errFlagHost = 0;
+    CK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&c->errFlagDev), c->errFlagHost, 0));
+  } catch (...) {  // nothing half-made stays behind
+    if (c->errFlagHost) cudaFreeHost(c->errFlagHost);
+    if (c->blas && gApi->destroy) gApi->destroy(c->blas);
+    if (c->stream) cudaStreamDestroy(c->stream);
+    delete c;
+    throw;
+  }
   return c;
 }
 
@@ -225,7 +240,7 @@ Context& ctx() {
 void* Context::alloc(size_t bytes) {
   Pool& P = pool();
   size_t b = bucketOf(bytes ? bytes : 1);
-  std::lock_guard<std::mutex> lock(P.mu);
+  std::unique_lock<std::mutex> lock(P.mu);
   const bool cap = P.capturing && std::this_thread::get_id() == P.capThread;
   if (cap) {  // graph capture: reuse the capture's own released buffers first (stream order holds)
     auto ci = P.capFree.find(b);
@@ -246,7 +261,7 @@ void* Context::alloc(size_t bytes) {
     cudaError_t e = cudaMalloc(&p, b);
     if (e == cudaErrorMemoryAllocation) {
       cudaGetLastError();  // not sticky: give the cache back to the driver and try once more
-      P.trim();
+      P.trim(lock);
       e = cudaMalloc(&p, b);
     }
     if (e != cudaSuccess) {
@@ -306,10 +321,13 @@ std::vector<void*> poolEndCapture() {
   return owned;
 }
 
+void Context::discardDeferredErrors() { __atomic_store_n(errFlagHost, 0, __ATOMIC_RELEASE); }
+
+// The flag belongs to the stream, not to a call: threads sharing a stream (stream 0, or two runs
+// of one engine at once) take it atomically, so exactly one call reports a flagged error.
 void Context::checkDeferredErrors() {
-  int f = *errFlagHost;
+  int f = __atomic_exchange_n(errFlagHost, 0, __ATOMIC_ACQ_REL);
   if (!f) return;
-  *errFlagHost = 0;
   if (f & 1) throw Error("E_ARGUMENT", "EMBEDDING: a token id is out of range of the embedding table");
   if (f & 2) throw Error("E_ARGUMENT", "INJECT: a slot index is out of range of the injected vectors");
   throw Error("E_ARGUMENT", "a CUDA kernel flagged invalid input");
@@ -333,27 +351,37 @@ class CudaBackend : public Backend {
   }
   void upload(void* dst, const void* host, size_t bytes) override {
     Bind b(c_);
-    StreamGate g;
+    StreamGate g(*c_);
     // Pageable source: the call returns once the host bytes are staged, so the caller may reuse them.
     CK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, c_->stream));
   }
   void download(void* host, const void* src, size_t bytes) override {
     Bind b(c_);
-    StreamGate g;
+    StreamGate g(*c_);
     CK(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, c_->stream));
     CK(cudaStreamSynchronize(c_->stream));
     c_->checkDeferredErrors();
   }
   void synchronize() override {
     Bind b(c_);
-    StreamGate g;
+    StreamGate g(*c_);
     CK(cudaStreamSynchronize(c_->stream));
     c_->checkDeferredErrors();
   }
   void drain() override {
-    StreamGate g;
+    StreamGate g(*c_);
     CK(cudaStreamSynchronize(c_->stream));
   }
+  void discardPending() override {
+    {
+      StreamGate g(*c_);
+      cudaStreamSynchronize(c_->stream);
+      cudaGetLastError();
+    }
+    c_->discardDeferredErrors();
+  }
+  void pin() override { c_->pins.fetch_add(1); }
+  void unpin() override { c_->pins.fetch_sub(1); }
   // Op timing by events (thread-local: a profiling run is one thread's sequence of calls).
   bool beginTimings(size_t marks) override {
     Bind b(c_);
@@ -367,7 +395,7 @@ class CudaBackend : public Backend {
   }
   void mark() override {
     if (tlsMarks >= tlsEvents.size()) throw Error("E_INTERNAL", "more timing marks than prepared");
-    StreamGate g;
+    StreamGate g(*c_);
     CK(cudaEventRecord(tlsEvents[tlsMarks++], c_->stream));
   }
   std::vector<double> endTimings() override {
@@ -385,7 +413,7 @@ class CudaBackend : public Backend {
            const std::vector<TensorView>& out) override {
     if (out.empty()) shapeError(op, "no output tensor");
     Bind bind(c_);
-    StreamGate g;
+    StreamGate g(*c_);
     switch (op) {
       case OpCode::LINEAR: return opLinear(a, in, out);
       case OpCode::MATMUL: return opMatmul(a, in, out);
@@ -441,7 +469,7 @@ class CudaBackend : public Backend {
   }
   void launchGraph(void* g) override {
     Bind b(c_);
-    StreamGate gate;
+    StreamGate gate(*c_);
     graphLaunch(g);
   }
   void destroyGraph(void* g) override {
@@ -499,11 +527,18 @@ int cudaCreateStream() {
   cuda::contextById(0);  // the device, cuBLAS and the default context exist first
   cuda::Registry& R = cuda::registry();
   std::lock_guard<std::mutex> lock(R.mu);
-  for (size_t i = 1; i < R.contexts.size(); i++)
-    if (!R.inUse[i]) {
-      R.inUse[i] = true;
-      return int(i);
+  for (size_t i = 1; i < R.contexts.size(); i++) {
+    cuda::Context* c = R.contexts[i];
+    // Released, and no program of its last engine is left (a run still in flight pins it).
+    if (R.inUse[i] || c->pins.load() != 0) continue;
+    {
+      cuda::StreamGate g(*c);
+      cudaStreamSynchronize(c->stream);  // whatever its tensors queued since
     }
+    c->discardDeferredErrors();  // a stale flag must not surface in the new owner's calls
+    R.inUse[i] = true;
+    return int(i);
+  }
   if (R.contexts.size() >= size_t(cuda::kMaxStreams))
     throw Error("E_BACKEND", "too many CUDA streams: " + std::to_string(cuda::kMaxStreams - 1) +
                                  " engines hold one each; dispose() engines that are no longer used");
@@ -523,10 +558,9 @@ void cudaReleaseStream(int stream) {
   if (stream <= 0) return;  // the default stream stays
   cuda::Context* c = cuda::contextById(stream);
   {
-    cuda::StreamGate g;
-    cudaStreamSynchronize(c->stream);  // the engine's last work is done before anyone else gets the stream
+    cuda::StreamGate g(*c);
+    cudaStreamSynchronize(c->stream);  // the engine's queued work is done
   }
-  *c->errFlagHost = 0;  // a stale flag must not surface in the next owner's calls
   cuda::Registry& R = cuda::registry();
   std::lock_guard<std::mutex> lock(R.mu);
   R.inUse[size_t(stream)] = false;

@@ -6,7 +6,9 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -42,6 +44,12 @@ namespace cuda {
 // alone makes its reuse safe.
 struct Context {
   int id = 0;
+  // Programs compiled on this stream (Program pins its backend for its lifetime, in-flight runs
+  // included): a released stream is handed to another engine only once nothing pins it.
+  std::atomic<int> pins{0};
+  // The stream gate: shared by every call that queues work on this stream, exclusive while a
+  // thread captures it into a CUDA graph, so no other thread's work lands in the graph.
+  std::shared_mutex gate;
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
   const Cublas* api = nullptr;
@@ -54,28 +62,27 @@ struct Context {
   void* alloc(size_t bytes);
   void release(void* p);
   void checkDeferredErrors();  // after a sync: throws E_ARGUMENT if a kernel flagged bad input
+  void discardDeferredErrors();  // forgets a flag (after a failed run, whose error was reported)
 };
 // The context the calling thread works in: the one a CudaBackend bound for the duration of its
 // call (see Bind in cuda_backend.cu), else the default context. Throws E_BACKEND when no usable
 // device / cuBLAS.
 Context& ctx();  // throws E_BACKEND when no usable device / cuBLAS
 
-// CUDA graph capture (cuda_graph.cu). While one thread captures, buffers it takes from the pool
-// belong to the capture (reused only inside it, then kept by the graph: their addresses are baked
-// in), and every other thread's stream work waits on the stream gate, so nothing foreign lands in
-// the captured graph.
+// CUDA graph capture (cuda_graph.cu). One capture at a time in the process: while a thread
+// captures, buffers it takes from the pool belong to the capture (reused only inside it, then
+// kept by the graph: their addresses are baked in), and other threads' work on the captured
+// stream waits on that stream's gate, so nothing foreign lands in the graph. Other streams go on.
 void poolBeginCapture();
 std::vector<void*> poolEndCapture();  // the capture's buffers, all released by now: the graph keeps them
 bool capturingHere();                 // this thread is capturing
-void gateShared();                    // other threads: enter / leave the stream gate (shared)
-void gateSharedRelease();
 struct StreamGate {
-  bool held;
-  StreamGate() : held(!capturingHere()) {
-    if (held) gateShared();
+  std::shared_mutex* gate;
+  explicit StreamGate(Context& c) : gate(capturingHere() ? nullptr : &c.gate) {
+    if (gate) gate->lock_shared();
   }
   ~StreamGate() {
-    if (held) gateSharedRelease();
+    if (gate) gate->unlock_shared();
   }
   StreamGate(const StreamGate&) = delete;
   StreamGate& operator=(const StreamGate&) = delete;

@@ -6,10 +6,11 @@
 // scores) come from the caching pool; while capturing, the pool gives the capturing thread
 // buffers that belong to the capture and that the graph keeps afterwards (cuda_backend.cu), so no
 // cudaMalloc is needed on a warm pool (Program captures on its second run) and no captured address
-// is ever handed to anyone else. cuBLAS gets a fixed workspace before the first capture. The error
-// flag is mapped host memory, written by kernels inside the graph and read after the run's
-// synchronisation as before. Other threads' stream work waits on the stream gate while a capture
-// is open, so it cannot be recorded into the graph.
+// is ever handed to anyone else. cuBLAS gets a fixed workspace (per stream context) before the
+// first capture. The error flag is mapped host memory, written by kernels inside the graph and read
+// after the run's synchronisation as before. Other threads' work on the captured stream waits on
+// that stream's gate while the capture is open, so it cannot be recorded into the graph; other
+// engines' streams go on (captures are relaxed-mode and per stream).
 #include <cstdio>
 #include <mutex>
 #include <shared_mutex>
@@ -21,11 +22,13 @@ namespace cuda {
 
 namespace {
 
-std::shared_mutex& gate() {
-  static auto* g = new std::shared_mutex();
-  return *g;
+// One capture at a time in the process (the pool keeps one capture's buffers apart).
+std::mutex& captureMutex() {
+  static auto* m = new std::mutex();
+  return *m;
 }
 thread_local bool tlsCapturing = false;
+thread_local Context* tlsCaptured = nullptr;  // the context whose gate this thread holds
 
 struct Graph {
   cudaGraphExec_t exec = nullptr;
@@ -45,36 +48,48 @@ void releaseAll(const std::vector<void*>& v) {
 // stream context (its handle), set before its first capture and kept with the context.
 void ensureWorkspace(Context& c) {
   if (c.workspaceSet) return;
-  c.workspaceSet = true;
-  if (!c.api->setWorkspace) return;
+  if (!c.api->setWorkspace) {
+    c.workspaceSet = true;
+    return;
+  }
   const size_t bytes = size_t(32) << 20;
   void* ws = c.alloc(bytes);  // kept with the context (contexts are recycled, never destroyed)
-  CK(cudaStreamSynchronize(c.stream));
-  CKB(c.api->setWorkspace(c.blas, ws, bytes));
+  try {
+    CK(cudaStreamSynchronize(c.stream));
+    CKB(c.api->setWorkspace(c.blas, ws, bytes));
+  } catch (...) {
+    c.release(ws);
+    throw;
+  }
+  c.workspaceSet = true;  // only now: a failed attempt (e.g. out of memory) is retried next capture
 }
 
 void endLocked() {
   tlsCapturing = false;
-  gate().unlock();
+  Context* c = tlsCaptured;
+  tlsCaptured = nullptr;
+  c->gate.unlock();
+  captureMutex().unlock();
 }
 
 }  // namespace
 
 bool capturingHere() { return tlsCapturing; }
-void gateShared() { gate().lock_shared(); }
-void gateSharedRelease() { gate().unlock_shared(); }
 
 void graphBeginCapture() {
   Context& c = ctx();
   if (tlsCapturing) throw Error("E_INTERNAL", "nested graph capture");
-  gate().lock();
+  captureMutex().lock();
+  c.gate.lock();
   try {
     ensureWorkspace(c);
   } catch (...) {
-    gate().unlock();
+    c.gate.unlock();
+    captureMutex().unlock();
     throw;
   }
   tlsCapturing = true;
+  tlsCaptured = &c;
   poolBeginCapture();
   // Relaxed: a pool miss (cudaMalloc) or a kernel attribute set during the capture is allowed.
   cudaError_t e = cudaStreamBeginCapture(c.stream, cudaStreamCaptureModeRelaxed);
@@ -136,7 +151,7 @@ void graphDestroy(void* p) {
   if (!g) return;
   Context& c = ctx();
   {
-    StreamGate gate;
+    StreamGate gate(c);
     cudaStreamSynchronize(c.stream);  // a replay may still read or write the scratch
   }
   cudaGraphExecDestroy(g->exec);

@@ -22,6 +22,15 @@ import { conditionalMaps, layerDownsampling, selectLayers, selectSteps, type Att
 import { Identity } from './identity/identity.js';
 import { expandPrompt, type ExpandedPrompt } from './identity/placeholders.js';
 
+/** Engines that are never disposed still hand their CUDA stream back when collected. */
+const streams = new FinalizationRegistry<number>((id) => {
+  try {
+    native().releaseStream(id);
+  } catch {
+    // the addon reports nothing useful to a finalizer
+  }
+});
+
 export interface LoadOptions {
   /** 'auto' (default) takes CUDA when backends().cuda.available, else the CPU. */
   device?: 'auto' | 'cpu' | 'cuda';
@@ -119,6 +128,7 @@ export class Engine implements Disposable {
     // error flag): two engines in one process run concurrently and never see each other's errors.
     if (backend.device === 'cuda' && backend.stream === undefined) {
       this.#ownStream = call(() => native().createStream());
+      streams.register(this, this.#ownStream, this);
       backend = { ...backend, stream: this.#ownStream };
     }
     this.backend = backend;
@@ -607,6 +617,7 @@ export class Engine implements Disposable {
     if (this.#ownStream) {
       const id = this.#ownStream;
       this.#ownStream = 0;
+      streams.unregister(this);
       call(() => native().releaseStream(id));
     }
   }
@@ -626,6 +637,6 @@ function toHost(t: Tensor): Tensor {
   return h;
 }
 
-
 export { numel };
 export type { Value, CrossContext };
+

@@ -165,6 +165,13 @@ class Backend {
   // Waits for the queued work without reporting deferred kernel errors (those belong to the
   // queue's owner and surface in its own next synchronize()).
   virtual void drain() {}
+  // After a failed run (its error already thrown): waits for what it queued and forgets deferred
+  // kernel errors it may still raise, so the next call on this queue does not report them.
+  virtual void discardPending() {}
+  // Program pins its backend for its lifetime (in-flight runs included): a CUDA stream whose
+  // engine was disposed is handed to another engine only once nothing pins it.
+  virtual void pin() {}
+  virtual void unpin() {}
   // Device-side op timing for the profiler: beginTimings(n) prepares up to n marks and returns
   // false where the backend keeps no device clock (the CPU: Program then times each op on the host);
   // mark() records a mark on the queue without waiting; endTimings() waits and returns the

@@ -79,6 +79,7 @@ Program::Program(Backend* be, std::vector<ValueDesc> values,
     std::fprintf(stderr, "idforge program: %zu ops, %d values; arena %.1f MiB for %.1f MiB of intermediates; graph %s\n",
                  ops_.size(), n, double(arenaBytes_) / 1048576.0, double(naiveBytes_) / 1048576.0,
                  graphMode_ ? "on" : "off");
+  be_->pin();  // last: a constructor that throws has nothing to unpin
 }
 
 Program::~Program() {
@@ -89,6 +90,8 @@ Program::~Program() {
     }
     graph_ = nullptr;
   }
+  arena_.reset();
+  be_->unpin();
 }
 
 // Static buffer plan. Arena values: op results (and, in graph mode, the inputs and the outputs,
@@ -245,71 +248,81 @@ std::vector<std::shared_ptr<NTensor>> Program::run(const std::vector<std::shared
     ~Clear() { std::fill(v.begin(), v.end(), nullptr); }
   } clear{live_};
   for (size_t i = 0; i < inputs.size(); i++) live_[inputs_[i]] = inputs[i];
-  if (graphMode_) {
-    // Inputs are arena regions: copy them in (a RESHAPE is a plain device copy).
-    for (size_t i = 0; i < inputs.size(); i++)
-      if (offset_[inputs_[i]] >= 0) be_->run(OpCode::RESHAPE, OpAttrs{}, {inputs[i]->view()}, {arenaView(inputs_[i])});
-  } else {
-    for (int id : outputs_)
-      if (producer_[id] >= 0 && !live_[id]) {
+  std::vector<std::shared_ptr<NTensor>> result;
+  try {
+    if (graphMode_) {
+      // Inputs are arena regions: copy them in (a RESHAPE is a plain device copy).
+      for (size_t i = 0; i < inputs.size(); i++)
+        if (offset_[inputs_[i]] >= 0) be_->run(OpCode::RESHAPE, OpAttrs{}, {inputs[i]->view()}, {arenaView(inputs_[i])});
+    } else {
+      for (int id : outputs_)
+        if (producer_[id] >= 0 && !live_[id]) {
+          auto t = std::make_shared<NTensor>();
+          t->dtype = values_[id].dtype;
+          t->shape = values_[id].shape;
+          t->storage = std::make_shared<Storage>(be_, t->bytes());
+          live_[id] = t;
+        }
+      for (const Slot& s : dynamic_)
+        (s.isOut ? out_ : in_)[s.op][s.index].data = live_[s.value]->storage->data;
+    }
+    bool wantGraph = graphMode_ && !graphFailed_ && !timings;
+    auto fallBack = [&](const std::string& why) {
+      graphFailed_ = true;
+      std::fprintf(stderr, "idforge: CUDA graph disabled for a program of %zu ops, running op by op: %s\n",
+                   ops_.size(), why.c_str());
+    };
+    if (wantGraph && graph_) {
+      be_->launchGraph(graph_);
+    } else if (wantGraph && runs_ >= 1) {
+      // Capture on the second run: the first, eager one has set up every lazily created resource
+      // (kernel attributes, pooled scratch buffers, cuBLAS state) and reported any shape error.
+      bool captured = false;
+      try {
+        be_->beginCapture();
+        try {
+          runOps(nullptr);
+        } catch (...) {
+          be_->abortCapture();
+          throw;
+        }
+        std::string why;
+        graph_ = be_->endCapture(&why);
+        if (graph_) captured = true;
+        else fallBack(why);
+      } catch (const std::exception& e) {
+        fallBack(e.what());
+      }
+      if (captured) be_->launchGraph(graph_);
+      else runOps(nullptr);
+    } else {
+      runOps(timings);
+    }
+    for (int id : outputs_) {
+      if (consts_[id]) {
+        result.push_back(consts_[id]);
+      } else if (producer_[id] == -3 || !graphMode_) {
+        result.push_back(live_[id]);
+      } else {
+        // Graph mode: outputs live in the arena; hand JS a fresh copy.
         auto t = std::make_shared<NTensor>();
         t->dtype = values_[id].dtype;
         t->shape = values_[id].shape;
         t->storage = std::make_shared<Storage>(be_, t->bytes());
-        live_[id] = t;
+        be_->run(OpCode::RESHAPE, OpAttrs{}, {arenaView(id)}, {t->view()});
+        result.push_back(t);
       }
-    for (const Slot& s : dynamic_)
-      (s.isOut ? out_ : in_)[s.op][s.index].data = live_[s.value]->storage->data;
-  }
-  bool wantGraph = graphMode_ && !graphFailed_ && !timings;
-  auto fallBack = [&](const std::string& why) {
-    graphFailed_ = true;
-    std::fprintf(stderr, "idforge: CUDA graph disabled for a program of %zu ops, running op by op: %s\n",
-                 ops_.size(), why.c_str());
-  };
-  if (wantGraph && graph_) {
-    be_->launchGraph(graph_);
-  } else if (wantGraph && runs_ >= 1) {
-    // Capture on the second run: the first, eager one has set up every lazily created resource
-    // (kernel attributes, pooled scratch buffers, cuBLAS state) and reported any shape error.
-    bool captured = false;
+    }
+    be_->synchronize();
+  } catch (...) {
+    // What this run queued may still be executing (and may still flag a kernel error): wait for
+    // it and forget such flags, so neither reaches the stream's next, valid call.
     try {
-      be_->beginCapture();
-      try {
-        runOps(nullptr);
-      } catch (...) {
-        be_->abortCapture();
-        throw;
-      }
-      std::string why;
-      graph_ = be_->endCapture(&why);
-      if (graph_) captured = true;
-      else fallBack(why);
-    } catch (const std::exception& e) {
-      fallBack(e.what());
+      be_->discardPending();
+    } catch (...) {
     }
-    if (captured) be_->launchGraph(graph_);
-    else runOps(nullptr);
-  } else {
-    runOps(timings);
+    throw;
   }
-  std::vector<std::shared_ptr<NTensor>> result;
-  for (int id : outputs_) {
-    if (consts_[id]) {
-      result.push_back(consts_[id]);
-    } else if (producer_[id] == -3 || !graphMode_) {
-      result.push_back(live_[id]);
-    } else {
-      // Graph mode: outputs live in the arena; hand JS a fresh copy.
-      auto t = std::make_shared<NTensor>();
-      t->dtype = values_[id].dtype;
-      t->shape = values_[id].shape;
-      t->storage = std::make_shared<Storage>(be_, t->bytes());
-      be_->run(OpCode::RESHAPE, OpAttrs{}, {arenaView(id)}, {t->view()});
-      result.push_back(t);
-    }
-  }
-  be_->synchronize();
   runs_++;
   return result;
 }

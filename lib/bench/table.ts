@@ -49,7 +49,7 @@ export function formatReport(r: BenchReport): string {
   if (res.ops) {
     const o = res.ops;
     out.push('');
-    out.push(`per op, one profiled UNet step (${o.clock === 'device' ? 'CUDA events between ops, launched without waiting' : 'ops synchronised and timed one by one'}): ${ms(o.profiledMs)} ms profiled vs ${ms(o.stepMs)} ms median step`);
+    out.push(`per op, one profiled UNet step (${o.clock === 'device' ? 'CUDA events between ops, launched without waiting; an interval also holds any GPU idle time before the op' : 'ops synchronised and timed one by one'}): ${ms(o.profiledMs)} ms profiled vs ${ms(o.stepMs)} ms median step`);
     const hasPeak = o.rows.some((x) => x.ofPeak !== undefined);
     const head = ['op', 'calls', 'total ms', '%', 'GFLOP', 'GFLOP/s', ...(hasPeak ? ['% peak'] : []), 'GB', 'GB/s'];
     const t: string[][] = [head];

@@ -38,7 +38,7 @@ export class Program implements Disposable {
     const desc = {
       device: backend.device,
       dtype: backend.dtype,
-      ...(backend.stream ? { stream: backend.stream } : {}),
+      ...(backend.stream !== undefined ? { stream: backend.stream } : {}),
       values: graph.values,
       consts: [...graph.consts].map(([id, t]) => [id, t.handle] as [number, typeof t.handle]),
       inputs: graph.inputs.map((v) => v.id),
