@@ -52,6 +52,7 @@ Program::Program(Backend* be, std::vector<ValueDesc> values,
     producer_[id] = -3;
   }
   lastUse_.assign(n, -1);
+  constView_.assign(ops_.size(), false);
   for (size_t i = 0; i < ops_.size(); i++) {
     for (int id : ops_[i].in) {
       check(id, "an op input");
@@ -63,6 +64,22 @@ Program::Program(Backend* be, std::vector<ValueDesc> values,
       check(id, "an op output");
       if (producer_[id] != -1) throw Error("E_INTERNAL", "program: a value is written twice");
       producer_[id] = static_cast<int>(i);
+    }
+    // A RESHAPE of a constant (a 1x1 conv kernel used as a linear weight) is a constant itself: a
+    // view of the same storage, made once here instead of a copy on every run.
+    const OpDesc& op = ops_[i];
+    if (op.op == OpCode::RESHAPE && op.in.size() == 1 && op.out.size() == 1 && consts_[op.in[0]]) {
+      const auto& src = consts_[op.in[0]];
+      int y = op.out[0];
+      if (values_[y].dtype == src->dtype && numel(values_[y].shape) == numel(src->shape)) {
+        auto v = std::make_shared<NTensor>();
+        v->storage = src->storage;
+        v->dtype = src->dtype;
+        v->shape = values_[y].shape;
+        consts_[y] = v;
+        producer_[y] = -2;
+        constView_[i] = true;
+      }
     }
   }
   isOutput_.assign(n, false);
@@ -110,7 +127,7 @@ void Program::plan() {
   };
   root_.resize(n);
   for (int id = 0; id < n; id++) root_[id] = id;
-  skip_.assign(ops_.size(), false);
+  skip_ = constView_;
   for (int i = 0; i < nOps; i++) {
     const OpDesc& op = ops_[i];
     if (op.op != OpCode::RESHAPE || op.in.size() != 1 || op.out.size() != 1) continue;

@@ -72,6 +72,7 @@ class Program {
   std::vector<int> root_;         // value → the value whose buffer it uses (itself unless a RESHAPE alias)
   std::vector<int64_t> offset_;   // arena offset of a root, -1 when not in the arena
   std::vector<bool> skip_;        // op → an aliased RESHAPE (nothing to run)
+  std::vector<bool> constView_;   // op → a RESHAPE of a constant, made a constant view at compile time
   size_t constBytes_ = 0, arenaBytes_ = 0, naiveBytes_ = 0;
   bool graphMode_ = false;        // inputs and outputs are arena regions too (copied in / out)
   bool graphFailed_ = false;
