@@ -1,7 +1,8 @@
 // LINEAR and CONV2D take, after x and w, an optional bias and an optional residual (backend.h).
 // Which trailing input is which is decided here, once, for both backends (native/cpu and
-// kernels/gemm.cu) and mirrored by lib/graph/graph.ts (fusedOperands): the op list carries no
-// flag for it (OpAttrs has none), so the rule is by position and shape:
+// kernels/gemm.cu); lib/graph/graph.ts (fusedInputs) emits inputs in this order and
+// lib/graph/autodiff.ts reads them back by the same shapes. The op list carries no flag for it
+// (OpAttrs has no such attribute), so the rule is by position and shape:
 //   - four inputs: in[2] is the bias, in[3] the residual; either may be absent (no data);
 //   - three inputs: in[2] is the residual when it has exactly the output's shape, else the bias.
 //     A one-row output ([N], [1, N], [1, O, 1, 1]) has a bias-sized residual: both readings then
