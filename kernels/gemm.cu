@@ -1,8 +1,10 @@
 // LINEAR, MATMUL and CONV2D: all cuBLAS GEMMs (fp16 in, fp32 accumulate on tensor cores; fp32 in
 // exact fp32). Row-major tensors are handed to column-major cuBLAS as their transposes, so no
-// data is ever transposed. Bias is broadcast into the output first and the GEMM adds onto it
+// data is ever transposed. Bias (per channel, or per image for CONV2D) plus residual (the fused
+// skip connection, native/fused.h) is written into the output first and the GEMM adds onto it
 // (beta = 1), which costs the same traffic as a separate epilogue and one kernel fewer.
 #include "cuda_common.h"
+#include "fused.h"
 
 namespace idforge {
 namespace cuda {
@@ -16,33 +18,77 @@ int checkedInt(OpCode op, int64_t v, const char* what) {
   return int(v);
 }
 
-// Broadcasts the bias into the output, viewed as rows of `len` elements: LINEAR rows are
-// [.., N] with the bias along the row; CONV2D rows are the (b, o) planes of H·W pixels with the
-// bias constant per row. A 2-D grid keeps 64-bit divisions out of the per-element path (they
-// cost more than the store).
+// Writes what the GEMM accumulates onto (beta = 1): out = bias + residual, the output viewed as
+// rows of `len` elements. LINEAR rows are [.., N] with the bias along the row; CONV2D rows are
+// the (b, o) planes of H·W pixels with the bias constant per row, bias[r % n] (n = O for a
+// per-channel bias, B·O for a per-image [B, O] one, whose index is then the row itself). Either
+// part may be absent (null). A fused residual thus costs this one pass, the same traffic as the
+// bias fill alone; a separate ADD would read and write the whole output once more. The residual
+// may be `out` itself (every element is read before it is written, by the same thread). A 2-D
+// grid keeps 64-bit divisions out of the per-element path (they cost more than the store).
 template <typename T>
-__global__ void fillBias(T* __restrict__ out, const T* __restrict__ bias, int64_t rows, int len, int n, int perRow) {
+__global__ void fillEpilogue(T* out, const T* __restrict__ bias, const T* res, int64_t rows, int len, int n,
+                             int perRow) {
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     T* o = out + r * len;
-    T rowVal = perRow ? bias[int(r % n)] : T{};
-    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < len; c += gridDim.x * blockDim.x)
-      o[c] = perRow ? rowVal : bias[c];
+    const T* rr = res ? res + r * len : nullptr;
+    const float rowVal = perRow && bias ? toF(bias[int(r % n)]) : 0.f;
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < len; c += gridDim.x * blockDim.x) {
+      float v = perRow ? rowVal : bias ? toF(bias[c]) : 0.f;
+      if (rr) v += toF(rr[c]);
+      o[c] = fromF<T>(v);
+    }
   }
 }
 
 template <typename T>
-void launchFillBias(const TensorView& out, const TensorView& bias, int64_t n, int64_t inner) {
+void launchFillEpilogue(const TensorView& out, const void* bias, const void* res, int64_t n, int64_t inner) {
   int64_t total = out.numel();
   bool perRow = inner > 1;
   int64_t len = perRow ? inner : n, rows = total / len;
   dim3 grid{unsigned(std::min<int64_t>(ceilDiv(len, 256), 64)), unsigned(std::min<int64_t>(rows, 65535))};
-  fillBias<T><<<grid, 256, 0, ctx().stream>>>(out.as<T>(), bias.as<T>(), rows, int(len), int(n), perRow ? 1 : 0);
-  CK_LAUNCH("fillBias");
+  fillEpilogue<T><<<grid, 256, 0, ctx().stream>>>(out.as<T>(), static_cast<const T*>(bias), static_cast<const T*>(res),
+                                                   rows, int(len), int(n), perRow ? 1 : 0);
+  CK_LAUNCH("fillEpilogue");
 }
 
-void fillBiasAny(const TensorView& out, const TensorView& bias, int64_t n, int64_t inner) {
-  if (out.dtype == DType::F16) launchFillBias<__half>(out, bias, n, inner);
-  else launchFillBias<float>(out, bias, n, inner);
+// The bias and residual of a LINEAR / CONV2D (native/fused.h, which both backends share), checked.
+struct Epilogue {
+  const void* bias = nullptr;
+  const void* residual = nullptr;
+  bool perImage = false;
+  bool any() const { return bias || residual; }
+};
+
+Epilogue epilogueOf(OpCode op, const std::vector<TensorView>& in, const TensorView& y, int64_t channels, int64_t images) {
+  const FusedOperands f = fusedOperands(in, y.shape, channels, images);
+  if (!f.error.empty()) shapeError(op, f.error);
+  Epilogue e;
+  if (f.bias >= 0) {
+    expectFloat(op, in[size_t(f.bias)], y.dtype, "b");
+    e.bias = in[size_t(f.bias)].data;
+    e.perImage = f.biasPerImage;
+  }
+  if (f.residual >= 0) {
+    expectFloat(op, in[size_t(f.residual)], y.dtype, "residual");
+    e.residual = in[size_t(f.residual)].data;
+  }
+  return e;
+}
+
+// Fills y with the epilogue. n: the bias length along a row (LINEAR: N, inner = 1) or the number
+// of distinct per-row biases (CONV2D: O, or B·O per image; inner = H·W). A residual alone is a
+// plain copy (none when it already is y).
+void fillEpilogueAny(const TensorView& y, const Epilogue& e, int64_t n, int64_t inner) {
+  if (!e.bias) {
+    if (e.residual && e.residual != y.data)
+      CK(cudaMemcpyAsync(y.data, e.residual, size_t(y.numel()) * dtypeSize(y.dtype), cudaMemcpyDeviceToDevice,
+                         ctx().stream));
+    return;
+  }
+  if (y.numel() == 0) return;
+  if (y.dtype == DType::F16) launchFillEpilogue<__half>(y, e.bias, e.residual, n, inner);
+  else launchFillEpilogue<float>(y, e.bias, e.residual, n, inner);
 }
 
 // col[b][(c·kh + i)·kw + j][p − p0] = x[b][c][oy·s − pad + i][ox·s − pad + j] (zero outside).
@@ -84,9 +130,8 @@ void gemm(bool transA, bool transB, int m, int n, int k, float alpha, const void
 
 void opLinear(const OpAttrs&, const std::vector<TensorView>& in, const std::vector<TensorView>& out) {
   const OpCode op = OpCode::LINEAR;
-  if (in.size() < 2) shapeError(op, "expects x, w and optional b");
+  if (in.size() < 2) shapeError(op, "expects x, w, optional b and optional residual");
   const TensorView &x = in[0], &w = in[1], &y = out[0];
-  bool hasBias = in.size() > 2 && in[2].data;
   DType dt = y.dtype;
   expectFloat(op, x, dt, "x");
   expectFloat(op, w, dt, "w");
@@ -97,15 +142,12 @@ void opLinear(const OpAttrs&, const std::vector<TensorView>& in, const std::vect
   Shape ys = x.shape;
   ys.back() = N;
   if (y.shape != ys) shapeError(op, "output " + shapeStr(y.shape) + ", expected " + shapeStr(ys));
-  if (hasBias) {
-    expectFloat(op, in[2], dt, "b");
-    if (in[2].numel() != N) shapeError(op, "bias has " + std::to_string(in[2].numel()) + " elements, expected " + std::to_string(N));
-    fillBiasAny(y, in[2], N, 1);
-  }
+  const Epilogue e = epilogueOf(op, in, y, N, 0);
+  fillEpilogueAny(y, e, N, 1);
   if (R == 0) return;
   // yᵀ[N, R] = wᵀ·xᵀ in column-major terms: A = w (stored [N,K] = col-major K×N, transposed).
   gemm(true, false, checkedInt(op, N, "N"), checkedInt(op, R, "rows"), checkedInt(op, K, "K"), 1.f, w.data,
-       int(K), 0, x.data, int(K), 0, hasBias ? 1.f : 0.f, y.data, int(N), 0, 1, dt, dt);
+       int(K), 0, x.data, int(K), 0, e.any() ? 1.f : 0.f, y.data, int(N), 0, 1, dt, dt);
 }
 
 void opMatmul(const OpAttrs& a, const std::vector<TensorView>& in, const std::vector<TensorView>& out) {
@@ -147,7 +189,7 @@ void opMatmul(const OpAttrs& a, const std::vector<TensorView>& in, const std::ve
 
 void opConv2d(const OpAttrs& a, const std::vector<TensorView>& in, const std::vector<TensorView>& out) {
   const OpCode op = OpCode::CONV2D;
-  if (in.size() < 2) shapeError(op, "expects x, w and optional b");
+  if (in.size() < 2) shapeError(op, "expects x, w, optional b and optional residual");
   const TensorView &x = in[0], &w = in[1], &y = out[0];
   DType dt = y.dtype;
   expectFloat(op, x, dt, "x");
@@ -162,14 +204,10 @@ void opConv2d(const OpAttrs& a, const std::vector<TensorView>& in, const std::ve
   int64_t Ho = (H + 2 * pad - kh) / s + 1, Wo = (W + 2 * pad - kw) / s + 1;
   Shape ys = {Bn, O, Ho, Wo};
   if (Ho < 1 || Wo < 1 || y.shape != ys) shapeError(op, "output " + shapeStr(y.shape) + ", expected " + shapeStr(ys));
-  bool hasBias = in.size() > 2 && in[2].data;
   int64_t HWo = Ho * Wo;
-  if (hasBias) {
-    expectFloat(op, in[2], dt, "b");
-    if (in[2].numel() != O) shapeError(op, "bias must have O elements");
-    fillBiasAny(y, in[2], O, HWo);
-  }
-  float beta = hasBias ? 1.f : 0.f;
+  const Epilogue e = epilogueOf(op, in, y, O, Bn);
+  if (HWo > 0) fillEpilogueAny(y, e, e.perImage ? Bn * O : O, HWo);
+  float beta = e.any() ? 1.f : 0.f;
   int64_t CK_ = C * kh * kw;
   size_t es = dtypeSize(dt);
   if (kh == 1 && kw == 1 && s == 1 && pad == 0) {

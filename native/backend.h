@@ -47,10 +47,16 @@ struct TensorView {
 
 // Every op a backend implements. Semantics (all float tensors are in the backend's compute dtype,
 // contiguous, row-major; "[..]" means any leading dims):
-//   LINEAR       in: x[.., K], w[N, K], b[N]?            out: [.., N]   y = x·wᵀ + b
+//   LINEAR       in: x[.., K], w[N, K], b[N]?, r[.., N]?   out: [.., N]   y = x·wᵀ + b + r
 //   MATMUL       in: a[B, M, K], b[B, K, N] (or b[B, N, K] with transB)   out: [B, M, N]
-//   CONV2D       in: x[B, C, H, W], w[O, C/groups... (groups=1 only), kh, kw], b[O]?
-//                attrs stride, pad (symmetric zero padding)   out: [B, O, Ho, Wo]
+//   CONV2D       in: x[B, C, H, W], w[O, C/groups... (groups=1 only), kh, kw], b[O] or b[B, O]?,
+//                r[B, O, Ho, Wo]?   attrs stride, pad (symmetric zero padding)
+//                out: [B, O, Ho, Wo] = conv + b (per channel, or per image and channel) + r
+//                LINEAR / CONV2D's r is a fused residual (a skip connection added in the op's
+//                epilogue instead of by an ADD pass), exactly the output's shape. There is no
+//                attribute for it: four inputs are x, w, b, r (b or r may be absent, no data);
+//                with three, the third is r when it has the output's shape, else b (a one-row
+//                output adds the same values either way). native/fused.h has the rule.
 //   GROUP_NORM   in: x[B, C, ..], w[C], b[C]   attrs groups, eps, silu (apply SiLU after affine)
 //   LAYER_NORM   in: x[.., C], w[C], b[C]      attrs eps
 //   ATTENTION    in: q[B, Nq, H·d], k[B, Nk, H·d], v[B, Nk, H·dv]   attrs heads, scale, causal,

@@ -101,9 +101,14 @@ async function checkOp(tt: typeof t, c: OpCase): Promise<void> {
 t.test('backward ops against finite differences', async (t) => {
   const cases: OpCase[] = [
     { name: 'linear', inputs: [[2, 3, 6]], consts: [{ shape: [5, 6] }, { shape: [5] }], build: (g, [x], [w, b]) => g.linear(x!, w!, b!) },
+    { name: 'linear + residual', inputs: [[2, 3, 6], [2, 3, 5]], consts: [{ shape: [5, 6] }, { shape: [5] }], build: (g, [x, r], [w, b]) => g.linear(x!, w!, b!, { residual: r! }) },
     { name: 'matmul', inputs: [[2, 3, 4], [2, 4, 5]], build: (g, [a, b]) => g.matmul(a!, b!) },
     { name: 'matmul transB', inputs: [[2, 3, 4], [2, 5, 4]], build: (g, [a, b]) => g.matmul(a!, b!, { transB: true }) },
     { name: 'conv2d 3x3 pad 1', inputs: [[2, 3, 5, 6]], consts: [{ shape: [4, 3, 3, 3] }, { shape: [4] }], build: (g, [x], [w, b]) => g.conv2d(x!, w!, b!, { pad: 1 }) },
+    {
+      name: 'conv2d 3x3 + per-image bias + residual', inputs: [[2, 3, 5, 6], [2, 4], [2, 4, 5, 6]], consts: [{ shape: [4, 3, 3, 3] }],
+      build: (g, [x, b, r], [w]) => g.conv2d(x!, w!, b!, { pad: 1, residual: r! }),
+    },
     { name: 'conv2d 3x3 stride 2', inputs: [[1, 3, 6, 6]], consts: [{ shape: [4, 3, 3, 3] }], build: (g, [x], [w]) => g.conv2d(x!, w!, undefined, { stride: 2, pad: 1 }) },
     { name: 'conv2d 1x1', inputs: [[1, 3, 4, 4]], consts: [{ shape: [5, 3, 1, 1] }], build: (g, [x], [w]) => g.conv2d(x!, w!, undefined) },
     { name: 'group_norm', inputs: [[2, 4, 3, 3]], consts: [{ shape: [4] }, { shape: [4] }], build: (g, [x], [w, b]) => g.groupNorm(x!, w!, b!, { groups: 2, eps: 1e-5 }) },

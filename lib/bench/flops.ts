@@ -3,10 +3,11 @@
  * and bytes touched, so a profiled run can be read as GFLOP/s (compute-bound ops) and GB/s
  * (memory-bound ones).
  *
- * Conventions: a multiply-add is 2 FLOPs; bias adds are counted; attention counts its two matrix
- * products (QKᵀ and PV) only, in full even when causal (the shapes do not say; only the text
- * encoder is causal and it is not in the UNet breakdown). Element-wise ops get nominal per-element
- * costs (below): they are memory-bound, and their GB/s is the number to read.
+ * Conventions: a multiply-add is 2 FLOPs; bias adds and fused residual adds (a third / fourth
+ * input of linear and conv2d) are counted, one per output element each; attention counts its two
+ * matrix products (QKᵀ and PV) only, in full even when causal (the shapes do not say; only the
+ * text encoder is causal and it is not in the UNet breakdown). Element-wise ops get nominal
+ * per-element costs (below): they are memory-bound, and their GB/s is the number to read.
  */
 import { numel } from '../tensor.js';
 
@@ -43,7 +44,7 @@ export function opFlops(op: string, s: OpShapes): number {
       const n = w[0]!;
       const k = w[1]!;
       const m = numel(in0) / k;
-      return 2 * m * n * k + (s.in.length > 2 ? m * n : 0);
+      return 2 * m * n * k + Math.max(0, s.in.length - 2) * m * n;
     }
     case 'matmul': {
       const [b, m, k] = in0 as [number, number, number];
@@ -52,7 +53,7 @@ export function opFlops(op: string, s: OpShapes): number {
     case 'conv2d': {
       const w = s.in[1]!;
       const perOut = w[1]! * w[2]! * w[3]!;
-      return 2 * numel(out0) * perOut + (s.in.length > 2 ? numel(out0) : 0);
+      return 2 * numel(out0) * perOut + Math.max(0, s.in.length - 2) * numel(out0);
     }
     case 'attention': {
       const [b, nq, c] = in0 as [number, number, number];

@@ -76,6 +76,9 @@ export function grad(g: Graph, loss: Value, wrt: readonly Value[], opts: GradOpt
           const [x, w] = ins as [Value, Value];
           accumulate(x.id, g.op('matmul', [dy, w], [[...dy.shape.slice(0, -1), w.dim(1)]])[0]!);
         }
+        // The bias [N] and the fused residual (shaped like y, native/fused.h): dy summed down to
+        // each one's shape (a residual takes dy as it is).
+        for (let k = 2; k < ins.length; k++) if (want(k)) accumulate(ins[k]!.id, reduceTo(g, dy, ins[k]!.shape));
         break;
       }
       case 'matmul': {
@@ -92,6 +95,14 @@ export function grad(g: Graph, loss: Value, wrt: readonly Value[], opts: GradOpt
         if (want(0)) {
           const [x, w] = ins as [Value, Value];
           accumulate(x.id, g.op('conv2d_backward_input', [dy, w], [x.shape], { stride: num(a, 'stride', 1), pad: num(a, 'pad', 0) })[0]!);
+        }
+        // The fused residual (shaped like y) takes dy; a bias [O], or per image [B, O] (a resnet's
+        // time embedding), takes dy summed over the pixels (and the images).
+        for (let k = 2; k < ins.length; k++) {
+          if (!want(k)) continue;
+          const v = ins[k]!;
+          if (v.rank === dy.rank && v.shape.every((d, i) => d === dy.dim(i))) accumulate(v.id, dy);
+          else accumulate(v.id, g.reshape(g.reduceSum(dy, [...v.shape, 1, 1]), [...v.shape]));
         }
         break;
       }

@@ -39,6 +39,21 @@ export function broadcastShapes(op: string, a: readonly number[], b: readonly nu
   return out;
 }
 
+function checkResidual(op: string, r: Value, shape: readonly number[]): void {
+  if (r.dtype !== 'float' || r.rank !== shape.length || r.shape.some((d, i) => d !== shape[i]))
+    throw shapeErr(op, `residual ${S(r.shape)} must have the output's shape ${S(shape)}`);
+}
+
+/**
+ * LINEAR / CONV2D inputs: x, w, then the bias and the residual when given. The op list carries no
+ * flag for which trailing input is which: native/fused.h tells them apart by count and shape
+ * (with three inputs the third is the residual when it has the output's shape, else the bias; a
+ * one-row output reads a residual as a bias, which adds the same values).
+ */
+function fusedInputs(x: Value, w: Value, b: Value | undefined, r: Value | undefined): Value[] {
+  return [x, w, ...(b ? [b] : []), ...(r ? [r] : [])];
+}
+
 export class Graph {
   readonly values: { dtype: VDType; shape: number[] }[] = [];
   readonly consts = new Map<number, Tensor>();
@@ -82,11 +97,18 @@ export class Graph {
     return v;
   }
 
-  linear(x: Value, w: Value, b?: Value): Value {
+  /**
+   * x·wᵀ + b (+ residual): `residual`, shaped exactly like the output, is added in the op's
+   * epilogue (the skip connections of the transformer blocks) instead of by a separate ADD.
+   */
+  linear(x: Value, w: Value, b?: Value, opts: { residual?: Value } = {}): Value {
     const [n, k] = w.shape as [number, number];
     if (w.rank !== 2 || x.dim(-1) !== k) throw shapeErr('linear', `x ${S(x.shape)} does not fit weight ${S(w.shape)}`);
     if (b && (b.rank !== 1 || b.dim(0) !== n)) throw shapeErr('linear', `bias ${S(b.shape)} does not fit weight ${S(w.shape)}`);
-    return this.emit('linear', b ? [x, w, b] : [x, w], [...x.shape.slice(0, -1), n]);
+    const shape = [...x.shape.slice(0, -1), n];
+    const r = opts.residual;
+    if (r) checkResidual('linear', r, shape);
+    return this.emit('linear', fusedInputs(x, w, b, r), shape);
   }
 
   matmul(a: Value, b: Value, opts: { transB?: boolean } = {}): Value {
@@ -97,7 +119,12 @@ export class Graph {
     return this.emit('matmul', [a, b], [a.dim(0), a.dim(1), n], opts.transB ? { transB: true } : undefined);
   }
 
-  conv2d(x: Value, w: Value, b: Value | undefined, opts: { stride?: number; pad?: number } = {}): Value {
+  /**
+   * Convolution + b (+ residual). The bias is per output channel [O], or per image [B, O] (the
+   * UNet's resnets fold their time embedding into conv1 this way); `residual`, shaped exactly like
+   * the output, is added in the op's epilogue (a resnet's skip connection) instead of by an ADD.
+   */
+  conv2d(x: Value, w: Value, b: Value | undefined, opts: { stride?: number; pad?: number; residual?: Value } = {}): Value {
     const stride = opts.stride ?? 1;
     const pad = opts.pad ?? 0;
     if (x.rank !== 4 || w.rank !== 4 || x.dim(1) !== w.dim(1))
@@ -105,7 +132,13 @@ export class Graph {
     const ho = Math.floor((x.dim(2) + 2 * pad - w.dim(2)) / stride) + 1;
     const wo = Math.floor((x.dim(3) + 2 * pad - w.dim(3)) / stride) + 1;
     if (ho <= 0 || wo <= 0) throw shapeErr('conv2d', `input ${S(x.shape)} too small for kernel ${S(w.shape)}`);
-    return this.emit('conv2d', b ? [x, w, b] : [x, w], [x.dim(0), w.dim(0), ho, wo], { stride, pad });
+    const o = w.dim(0);
+    if (b && !((b.rank === 1 && b.dim(0) === o) || (b.rank === 2 && b.dim(0) === x.dim(0) && b.dim(1) === o)))
+      throw shapeErr('conv2d', `bias ${S(b.shape)} must be [${o}] or [${x.dim(0)}, ${o}]`);
+    const shape = [x.dim(0), o, ho, wo];
+    const r = opts.residual;
+    if (r) checkResidual('conv2d', r, shape);
+    return this.emit('conv2d', fusedInputs(x, w, b, r), shape, { stride, pad });
   }
 
   groupNorm(x: Value, w: Value, b: Value, opts: { groups: number; eps: number; silu?: boolean }): Value {

@@ -86,13 +86,27 @@ export class Weights implements Disposable {
 }
 
 /** Builders shared by the model graphs. */
-export function linearW(g: Graph, w: Weights, x: Value, prefix: string): Value {
-  return g.linear(x, w.in(g, `${prefix}.weight`), w.maybe(g, `${prefix}.bias`));
+export function linearW(g: Graph, w: Weights, x: Value, prefix: string, opts: { residual?: Value } = {}): Value {
+  return g.linear(x, w.in(g, `${prefix}.weight`), w.maybe(g, `${prefix}.bias`), opts);
 }
 
-export function convW(g: Graph, w: Weights, x: Value, prefix: string, opts: { stride?: number; pad?: number } = {}): Value {
+/**
+ * A conv layer. `residual` is added in the conv's epilogue (Graph.conv2d); `addBias` [B, O] is
+ * added to the layer's own bias (a tiny ADD when it has one) and the sum becomes the conv's
+ * per-image bias, so a per-image shift of the output (a resnet's time embedding) costs nothing.
+ */
+export function convW(
+  g: Graph, w: Weights, x: Value, prefix: string,
+  opts: { stride?: number; pad?: number; residual?: Value; addBias?: Value } = {},
+): Value {
   const k = w.shape(`${prefix}.weight`)[2]!;
-  return g.conv2d(x, w.in(g, `${prefix}.weight`), w.maybe(g, `${prefix}.bias`), { stride: opts.stride ?? 1, pad: opts.pad ?? (k - 1) / 2 });
+  const own = w.maybe(g, `${prefix}.bias`);
+  const bias = opts.addBias ? (own ? g.add(opts.addBias, own) : opts.addBias) : own;
+  return g.conv2d(x, w.in(g, `${prefix}.weight`), bias, {
+    stride: opts.stride ?? 1,
+    pad: opts.pad ?? (k - 1) / 2,
+    ...(opts.residual ? { residual: opts.residual } : {}),
+  });
 }
 
 export function groupNormW(g: Graph, w: Weights, x: Value, prefix: string, opts: { groups: number; eps: number; silu?: boolean }): Value {

@@ -324,9 +324,9 @@ export function buildIdEncoder(g: Graph, w: Weights, c: IdEncoderConfig, x: Valu
     const q = g.slice(qkv, -1, 0, W);
     const k = g.slice(qkv, -1, W, 2 * W);
     const v = g.slice(qkv, -1, 2 * W, 3 * W);
-    h = g.add(h, linearW(g, w, g.attention(q, k, v, { heads: c.numHeads }), `${p}.attn.proj`));
-    const m = linearW(g, w, g.gelu(linearW(g, w, layerNormW(g, w, h, `${p}.norm2`, c.eps), `${p}.mlp.fc1`)), `${p}.mlp.fc2`);
-    h = g.add(h, m);
+    // Skip connections as residuals of the closing linears (added in their epilogues).
+    h = linearW(g, w, g.attention(q, k, v, { heads: c.numHeads }), `${p}.attn.proj`, { residual: h });
+    h = linearW(g, w, g.gelu(linearW(g, w, layerNormW(g, w, h, `${p}.norm2`, c.eps), `${p}.mlp.fc1`)), `${p}.mlp.fc2`, { residual: h });
     if (c.taps.includes(i + 1)) clsAt.set(i + 1, g.slice(h, 1, 0, 1));
   }
   if (c.taps.includes('final')) clsAt.set('final', layerNormW(g, w, g.slice(h, 1, 0, 1), 'norm', c.eps));

@@ -28,11 +28,12 @@ export function buildTextEncoder(g: Graph, w: Weights, cfg: TextConfig, inp: Tex
     const k = linearW(g, w, h, `${l}.self_attn.k_proj`);
     const v = linearW(g, w, h, `${l}.self_attn.v_proj`);
     h = g.attention(q, k, v, { heads: cfg.numAttentionHeads, causal: true });
-    x = g.add(x, linearW(g, w, h, `${l}.self_attn.out_proj`));
+    // Both skip connections are residuals of the closing linear (added in its epilogue).
+    x = linearW(g, w, h, `${l}.self_attn.out_proj`, { residual: x });
     h = layerNormW(g, w, x, `${l}.layer_norm2`, cfg.layerNormEps);
     h = linearW(g, w, h, `${l}.mlp.fc1`);
     h = act === 'gelu' ? g.gelu(h) : g.quickGelu(h);
-    x = g.add(x, linearW(g, w, h, `${l}.mlp.fc2`));
+    x = linearW(g, w, h, `${l}.mlp.fc2`, { residual: x });
   }
   return layerNormW(g, w, x, `${p}.final_layer_norm`, cfg.layerNormEps);
 }

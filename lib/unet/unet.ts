@@ -48,20 +48,21 @@ class UNetBuilder {
     readonly capture: ReadonlySet<string>,
   ) {}
 
+  // Both adds of a resnet are fused into its convs: the time embedding becomes conv1's per-image
+  // bias (time_emb_proj + conv1.bias, a [B, O] add) and the skip connection conv2's residual.
   resnet(x: Value, emb: Value, p: string): Value {
     const { g, w, cfg } = this;
     const gn = { groups: cfg.normNumGroups, eps: cfg.normEps, silu: true };
     let h = groupNormW(g, w, x, `${p}.norm1`, gn);
-    h = convW(g, w, h, `${p}.conv1`);
     const t = linearW(g, w, g.silu(emb), `${p}.time_emb_proj`);
-    h = g.add(h, g.reshape(t, [t.dim(0), t.dim(1), 1, 1]));
+    h = convW(g, w, h, `${p}.conv1`, { addBias: t });
     h = groupNormW(g, w, h, `${p}.norm2`, gn);
-    h = convW(g, w, h, `${p}.conv2`);
     const skip = w.has(`${p}.conv_shortcut.weight`) ? convW(g, w, x, `${p}.conv_shortcut`) : x;
-    return g.add(skip, h);
+    return convW(g, w, h, `${p}.conv2`, { residual: skip });
   }
 
-  attn(x: Value, p: string, heads: number, kv?: CrossContext): Value {
+  /** Attention whose output projection adds `residual` (the block's skip connection) in its epilogue. */
+  attn(x: Value, p: string, heads: number, residual: Value, kv?: CrossContext): Value {
     const { g, w } = this;
     const q = linearW(g, w, x, `${p}.to_q`);
     const k = linearW(g, w, kv ? kv.k : x, `${p}.to_k`);
@@ -74,7 +75,7 @@ class UNetBuilder {
     } else {
       o = g.attention(q, k, v, { heads });
     }
-    return linearW(g, w, o, `${p}.to_out.0`);
+    return linearW(g, w, o, `${p}.to_out.0`, { residual });
   }
 
   transformer(x: Value, p: string, heads: number): Value {
@@ -88,18 +89,16 @@ class UNetBuilder {
     }
     for (let t = 0; t < cfg.transformerLayersPerBlock; t++) {
       const b = `${p}.transformer_blocks.${t}`;
-      h = g.add(h, this.attn(layerNormW(g, w, h, `${b}.norm1`, 1e-5), `${b}.attn1`, heads));
-      h = g.add(h, this.attn(layerNormW(g, w, h, `${b}.norm2`, 1e-5), `${b}.attn2`, heads, this.ctx));
+      h = this.attn(layerNormW(g, w, h, `${b}.norm1`, 1e-5), `${b}.attn1`, heads, h);
+      h = this.attn(layerNormW(g, w, h, `${b}.norm2`, 1e-5), `${b}.attn2`, heads, h, this.ctx);
       let f = layerNormW(g, w, h, `${b}.norm3`, 1e-5);
       f = g.geglu(linearW(g, w, f, `${b}.ff.net.0.proj`));
-      h = g.add(h, linearW(g, w, f, `${b}.ff.net.2`));
+      h = linearW(g, w, f, `${b}.ff.net.2`, { residual: h });
     }
-    if (cfg.useLinearProjection) {
-      h = toImage(g, linearW(g, w, h, `${p}.proj_out`), hh, ww);
-    } else {
-      h = convW(g, w, toImage(g, h, hh, ww), `${p}.proj_out`);
-    }
-    return g.add(h, x);
+    // The block's skip connection: fused into the 1x1 proj_out conv; with a linear proj_out the
+    // output is in token layout, and x would need a permute (a pass of its own) to match it.
+    if (cfg.useLinearProjection) return g.add(toImage(g, linearW(g, w, h, `${p}.proj_out`), hh, ww), x);
+    return convW(g, w, toImage(g, h, hh, ww), `${p}.proj_out`, { residual: x });
   }
 }
 

@@ -7,12 +7,14 @@ import { convW, groupNormW, linearW, toImage, toTokens, type Weights } from '../
 function resnet(g: Graph, w: Weights, cfg: VaeConfig, x: Value, p: string): Value {
   const gn = { groups: cfg.normNumGroups, eps: cfg.normEps, silu: true };
   let h = convW(g, w, groupNormW(g, w, x, `${p}.norm1`, gn), `${p}.conv1`);
-  h = convW(g, w, groupNormW(g, w, h, `${p}.norm2`, gn), `${p}.conv2`);
+  h = groupNormW(g, w, h, `${p}.norm2`, gn);
+  // The skip connection is conv2's residual (added in its epilogue, no ADD pass).
   const skip = w.has(`${p}.conv_shortcut.weight`) ? convW(g, w, x, `${p}.conv_shortcut`) : x;
-  return g.add(skip, h);
+  return convW(g, w, h, `${p}.conv2`, { residual: skip });
 }
 
-// Single-head spatial self-attention of the mid block.
+// Single-head spatial self-attention of the mid block. Its skip connection stays an ADD: to_out's
+// output is in token layout, and x would need a permute (a pass of its own) to be its residual.
 function attention(g: Graph, w: Weights, cfg: VaeConfig, x: Value, p: string): Value {
   const [, , hh, ww] = x.shape as [number, number, number, number];
   const h = toTokens(g, groupNormW(g, w, x, `${p}.group_norm`, { groups: cfg.normNumGroups, eps: cfg.normEps }));

@@ -2,6 +2,7 @@
 #include <cstring>
 
 #include "../backend.h"
+#include "../fused.h"
 #include "gemm.h"
 #include "ops.h"
 
@@ -43,6 +44,22 @@ void checkNumel(const char* op, const TensorView& t, int64_t n, const char* what
 
 void checkShape(const char* op, const TensorView& t, const Shape& s, const char* what) {
   if (t.shape != s) shapeError(op, std::string(what) + " is " + shapeOf(t) + ", expected " + shapeStr(s));
+}
+
+Epilogue epilogueOf(const char* op, const Views& in, const TensorView& out, int64_t channels, int64_t images) {
+  const FusedOperands f = fusedOperands(in, out.shape, channels, images);
+  if (!f.error.empty()) shapeError(op, f.error);
+  Epilogue e;
+  if (f.bias >= 0) {
+    checkDtype(op, in[size_t(f.bias)], DType::F32, "b");
+    e.bias = in[size_t(f.bias)].as<float>();
+    e.biasImageStride = f.biasPerImage ? channels : 0;
+  }
+  if (f.residual >= 0) {
+    checkDtype(op, in[size_t(f.residual)], DType::F32, "residual");
+    e.residual = in[size_t(f.residual)].as<float>();
+  }
+  return e;
 }
 
 namespace {

@@ -8,10 +8,13 @@
 //    exactly once and the (small) im2col blocks are the ones repacked.
 // 3x3 / stride 1 / pad 1 convs with enough channels and pixels go to Winograd instead
 // (winograd.cc; winogradTile() decides, IDFORGE_WINOGRAD=0 forces this im2col path).
+// Bias (per channel or per image) and residual (native/fused.h) are what the GEMM accumulates
+// onto, or are added while the result is scattered / transformed into y: never an extra pass.
 #include <cstring>
 
 #include "gemm.h"
 #include "ops.h"
+#include "parallel.h"
 #include "winograd.h"
 
 namespace idforge {
@@ -78,11 +81,36 @@ class Im2colB : public GemmB {
   int nr_;
 };
 
+// Image b's output planes before its GEMM accumulates onto them: y[o] = bias(b, o) + residual[o]
+// over the N pixels of each plane (one pass; a residual that is y itself is left in place).
+void fillPlanes(float* yb, int64_t b, int64_t O, int64_t N, const Epilogue& e) {
+  const float* rb = e.residual ? e.residual + b * O * N : nullptr;
+  auto body = [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; o++) {
+      float* d = yb + o * N;
+      const float bv = e.biasAt(b, o);
+      if (!rb) {
+        std::fill(d, d + N, bv);
+      } else {
+        const float* r = rb + o * N;
+        if (!e.bias) {
+          if (r != d) std::memcpy(d, r, sizeof(float) * size_t(N));
+        } else {
+          for (int64_t j = 0; j < N; j++) d[j] = r[j] + bv;
+        }
+      }
+    }
+  };
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(N, 1));
+  if (O <= grain) body(0, O);
+  else parallel_for(O, body, grain);
+}
+
 }  // namespace
 
 void op_CONV2D(const OpAttrs& a, const Views& in, const Views& out) {
   const char* op = "conv2d";
-  checkArity(op, in, 2, 3, out, 1);
+  checkArity(op, in, 2, 4, out, 1);
   checkDtype(op, in[0], DType::F32, "x");
   checkDtype(op, in[1], DType::F32, "w");
   checkDtype(op, out[0], DType::F32, "out");
@@ -99,18 +127,13 @@ void op_CONV2D(const OpAttrs& a, const Views& in, const Views& out) {
   if (kh < 1 || kw < 1 || H + 2 * p < kh || W + 2 * p < kw)
     shapeError(op, "kernel " + shapeOf(in[1]) + " does not fit x " + shapeOf(in[0]) + " with pad " + std::to_string(p));
   checkShape(op, out[0], {B, O, Ho, Wo}, "out");
-  const bool bias = given(in, 2);
-  if (bias) {
-    checkDtype(op, in[2], DType::F32, "b");
-    checkNumel(op, in[2], O, "b");
-  }
+  const Epilogue e = epilogueOf(op, in, out[0], O, B);
   const int64_t K = C * kh * kw, N = Ho * Wo;
   float* y = out[0].as<float>();
   if (B == 0 || O == 0 || N == 0) return;
   const float* x = in[0].as<float>();
-  const float* bv = bias ? in[2].as<float>() : nullptr;
   if (const int m = winogradTile(B, C, H, W, O, kh, kw, s, p)) {
-    conv3x3Winograd(m, x, in[1].as<float>(), bv, y, B, C, H, W, O);
+    conv3x3Winograd(m, x, in[1].as<float>(), e, y, B, C, H, W, O);
     return;
   }
   const bool direct = kh == 1 && kw == 1 && s == 1 && p == 0;
@@ -120,14 +143,13 @@ void op_CONV2D(const OpAttrs& a, const Views& in, const Views& out) {
     for (int64_t b = 0; b < B; b++) {
       float* yb = y + b * O * N;
       const float* xb = x + b * C * H * W;
-      if (bias)
-        for (int64_t o = 0; o < O; o++) std::fill(yb + o * N, yb + (o + 1) * N, bv[o]);
+      if (e.any()) fillPlanes(yb, b, O, N, e);
       if (direct) {
         StridedB xB(xb, H * W, 1, t.nr);
-        gemm(O, N, K, t, wA, xB, yb, N, bias);
+        gemm(O, N, K, t, wA, xB, yb, N, e.any());
       } else {
         Im2colB col(xb, C, H, W, kh, kw, s, p, Ho, Wo, t.nr);
-        gemm(O, N, K, t, wA, col, yb, N, bias);
+        gemm(O, N, K, t, wA, col, yb, N, e.any());
       }
     }
     return;
@@ -143,12 +165,12 @@ void op_CONV2D(const OpAttrs& a, const Views& in, const Views& out) {
     else gemm(O, NB, K, t, wA, col, dst, NB, acc);
   };
   if (B == 1) {
-    if (bias)
-      for (int64_t o = 0; o < O; o++) std::fill(y + o * N, y + (o + 1) * N, bv[o]);
-    product(y, bias);
+    if (e.any()) fillPlanes(y, 0, O, N, e);
+    product(y, e.any());
     return;
   }
-  // [O, B*N] result, then scattered to [B, O, N] with the bias (small: these images are small).
+  // [O, B*N] result, then scattered to [B, O, N] with the bias and residual (small: these images
+  // are small).
   float* tmp = static_cast<float*>(alignedAlloc(sizeof(float) * size_t(O * NB)));
   struct Free {
     float* p;
@@ -159,8 +181,13 @@ void op_CONV2D(const OpAttrs& a, const Views& in, const Views& out) {
     for (int64_t o = 0; o < O; o++) {
       const float* src = tmp + o * NB + b * N;
       float* dst = y + (b * O + o) * N;
-      const float add = bv ? bv[o] : 0.f;
-      for (int64_t j = 0; j < N; j++) dst[j] = src[j] + add;
+      const float add = e.biasAt(b, o);
+      if (e.residual) {
+        const float* r = e.residual + (b * O + o) * N;
+        for (int64_t j = 0; j < N; j++) dst[j] = src[j] + add + r[j];
+      } else {
+        for (int64_t j = 0; j < N; j++) dst[j] = src[j] + add;
+      }
     }
 }
 

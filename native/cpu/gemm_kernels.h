@@ -28,6 +28,7 @@ inline VecF vLoad(const float* p) { return _mm512_loadu_ps(p); }
 inline void vStore(float* p, VecF v) { _mm512_storeu_ps(p, v); }
 inline VecF vBroadcast(const float* p) { return _mm512_set1_ps(*p); }
 inline VecF vFma(VecF a, VecF b, VecF c) { return _mm512_fmadd_ps(a, b, c); }
+inline VecF vAdd(VecF a, VecF b) { return _mm512_add_ps(a, b); }
 // Two tile shapes, both 28 accumulators of the 32 zmm registers: wide for large N, narrow
 // where N is small or padding N to 32 would waste more than 16 lanes (attention's dv = 40, 80).
 constexpr int kWideMR = 14, kWideNV = 2;
@@ -41,6 +42,7 @@ inline VecF vLoad(const float* p) { return _mm256_loadu_ps(p); }
 inline void vStore(float* p, VecF v) { _mm256_storeu_ps(p, v); }
 inline VecF vBroadcast(const float* p) { return _mm256_broadcast_ss(p); }
 inline VecF vFma(VecF a, VecF b, VecF c) { return _mm256_fmadd_ps(a, b, c); }
+inline VecF vAdd(VecF a, VecF b) { return _mm256_add_ps(a, b); }
 constexpr int kWideMR = 6, kWideNV = 2;
 constexpr int kNarrowMR = 12, kNarrowNV = 1;
 #else
@@ -58,23 +60,19 @@ constexpr int kMaxMR = kWideMR > kNarrowMR ? kWideMR : kNarrowMR;
 constexpr int kMaxNR = kWideNR > kNarrowNR ? kWideNR : kNarrowNR;
 
 // C[MR x NR] (row stride ldc) = (accumulate ? C : 0) + sum_k A(i, k) * B[k*NR + j]
+// The sum is formed from zero and C added once at the end, not FMA'd onto C: C may hold a bias
+// plus a fused residual (a skip connection, typically much larger than the product), and
+// accumulating onto it would round every FMA at the residual's magnitude.
 template <int MR, int NV, int ARS, int ACS>
 inline void microKernel(int64_t kc, const float* __restrict A, const float* __restrict B,
                         float* __restrict C, int64_t ldc, bool accumulate) {
   constexpr int NR = NV * kLanes;
 #ifndef IDFORGE_GEMM_PORTABLE
   VecF c[MR][NV];
-  if (accumulate) {
 #pragma GCC unroll 32
-    for (int i = 0; i < MR; i++)
+  for (int i = 0; i < MR; i++)
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; v++) c[i][v] = vLoad(C + i * ldc + v * kLanes);
-  } else {
-#pragma GCC unroll 32
-    for (int i = 0; i < MR; i++)
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; v++) c[i][v] = vZero();
-  }
+    for (int v = 0; v < NV; v++) c[i][v] = vZero();
   for (int64_t k = 0; k < kc; k++) {
     VecF b[NV];
 #pragma GCC unroll 4
@@ -86,14 +84,21 @@ inline void microKernel(int64_t kc, const float* __restrict A, const float* __re
       for (int v = 0; v < NV; v++) c[i][v] = vFma(a, b[v], c[i][v]);
     }
   }
+  if (accumulate) {
 #pragma GCC unroll 32
-  for (int i = 0; i < MR; i++)
+    for (int i = 0; i < MR; i++)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; v++) vStore(C + i * ldc + v * kLanes, c[i][v]);
+      for (int v = 0; v < NV; v++) vStore(C + i * ldc + v * kLanes, vAdd(vLoad(C + i * ldc + v * kLanes), c[i][v]));
+  } else {
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; v++) vStore(C + i * ldc + v * kLanes, c[i][v]);
+  }
 #else
   float c[MR][NR];
   for (int i = 0; i < MR; i++)
-    for (int j = 0; j < NR; j++) c[i][j] = accumulate ? C[i * ldc + j] : 0.f;
+    for (int j = 0; j < NR; j++) c[i][j] = 0.f;
   for (int64_t k = 0; k < kc; k++) {
     const float* b = B + k * NR;
     for (int i = 0; i < MR; i++) {
@@ -102,7 +107,7 @@ inline void microKernel(int64_t kc, const float* __restrict A, const float* __re
     }
   }
   for (int i = 0; i < MR; i++)
-    for (int j = 0; j < NR; j++) C[i * ldc + j] = c[i][j];
+    for (int j = 0; j < NR; j++) C[i * ldc + j] = accumulate ? C[i * ldc + j] + c[i][j] : c[i][j];
 #endif
 }
 
@@ -117,7 +122,7 @@ inline void microKernelRowA(int64_t kc, const float* __restrict A, int64_t lda, 
 #pragma GCC unroll 32
   for (int i = 0; i < MR; i++)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; v++) c[i][v] = accumulate ? vLoad(C + i * ldc + v * kLanes) : vZero();
+    for (int v = 0; v < NV; v++) c[i][v] = vZero();
   for (int64_t k = 0; k < kc; k++) {
     VecF b[NV];
 #pragma GCC unroll 4
@@ -132,18 +137,19 @@ inline void microKernelRowA(int64_t kc, const float* __restrict A, int64_t lda, 
 #pragma GCC unroll 32
   for (int i = 0; i < MR; i++)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; v++) vStore(C + i * ldc + v * kLanes, c[i][v]);
+    for (int v = 0; v < NV; v++)
+      vStore(C + i * ldc + v * kLanes, accumulate ? vAdd(vLoad(C + i * ldc + v * kLanes), c[i][v]) : c[i][v]);
 #else
   float c[MR][NR];
   for (int i = 0; i < MR; i++)
-    for (int j = 0; j < NR; j++) c[i][j] = accumulate ? C[i * ldc + j] : 0.f;
+    for (int j = 0; j < NR; j++) c[i][j] = 0.f;
   for (int64_t k = 0; k < kc; k++)
     for (int i = 0; i < MR; i++) {
       float a = A[i * lda + k];
       for (int j = 0; j < NR; j++) c[i][j] += a * B[k * NR + j];
     }
   for (int i = 0; i < MR; i++)
-    for (int j = 0; j < NR; j++) C[i * ldc + j] = c[i][j];
+    for (int j = 0; j < NR; j++) C[i * ldc + j] = accumulate ? C[i * ldc + j] + c[i][j] : c[i][j];
 #endif
 }
 

@@ -1,4 +1,4 @@
-// LINEAR and MATMUL on top of the packed SGEMM.
+// LINEAR (+ bias + residual, native/fused.h) and MATMUL on top of the packed SGEMM.
 #include <cstring>
 
 #include "gemm.h"
@@ -8,10 +8,21 @@
 namespace idforge {
 namespace cpu {
 
-// Fills each of `rows` rows of y (length n) with bias, so the GEMM can accumulate onto it.
-static void fillRows(float* y, int64_t rows, int64_t n, const float* bias) {
-  auto body = [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; r++) std::memcpy(y + r * n, bias, sizeof(float) * size_t(n));
+// Writes what the GEMM then accumulates onto: y[r][n] = bias[n] + residual[r][n] (either may be
+// absent; a residual that is y itself needs no copy). One pass, the same traffic the bias fill
+// alone cost, so the fused add is free of the extra read-modify-write a separate ADD would do.
+static void fillRows(float* y, int64_t rows, int64_t n, const Epilogue& e) {
+  auto body = [&](int64_t b, int64_t end) {
+    for (int64_t r = b; r < end; r++) {
+      float* yr = y + r * n;
+      const float* rr = e.residual ? e.residual + r * n : nullptr;
+      if (!rr) std::memcpy(yr, e.bias, sizeof(float) * size_t(n));
+      else if (!e.bias) {
+        if (rr != yr) std::memcpy(yr, rr, sizeof(float) * size_t(n));
+      } else {
+        for (int64_t j = 0; j < n; j++) yr[j] = rr[j] + e.bias[j];
+      }
+    }
   };
   int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1));
   if (rows <= grain) body(0, rows);
@@ -20,7 +31,7 @@ static void fillRows(float* y, int64_t rows, int64_t n, const float* bias) {
 
 void op_LINEAR(const OpAttrs&, const Views& in, const Views& out) {
   const char* op = "linear";
-  checkArity(op, in, 2, 3, out, 1);
+  checkArity(op, in, 2, 4, out, 1);
   checkDtype(op, in[0], DType::F32, "x");
   checkDtype(op, in[1], DType::F32, "w");
   checkDtype(op, out[0], DType::F32, "out");
@@ -33,17 +44,13 @@ void op_LINEAR(const OpAttrs&, const Views& in, const Views& out) {
   Shape os = xs;
   os.back() = N;
   checkShape(op, out[0], os, "out");
-  const bool bias = given(in, 2);
-  if (bias) {
-    checkDtype(op, in[2], DType::F32, "b");
-    checkNumel(op, in[2], N, "b");
-  }
+  const Epilogue e = epilogueOf(op, in, out[0], N, 0);
   float* y = out[0].as<float>();
   // Rows from the output: with K = 0 the input has no elements to count them by.
   const int64_t M = N ? out[0].numel() / N : 0;
   if (M > 0 && M <= kRowANMax && double(N) * double(K) >= 262144.0) {
     // Few tokens: yᵀ = w · xᵀ with the weight read in place (packing it would cost about as much
-    // as the product), then transposed into y with the bias.
+    // as the product), then transposed into y with the bias and residual.
     float* yt = static_cast<float*>(alignedAlloc(sizeof(float) * size_t(N * M)));
     struct Free {
       float* p;
@@ -51,14 +58,16 @@ void op_LINEAR(const OpAttrs&, const Views& in, const Views& out) {
     } guard{yt};
     StridedB xT(in[0].as<float>(), 1, K, rowANr());
     gemmRowA(N, M, K, in[1].as<float>(), K, xT, yt, M, false);
-    const float* bv = bias ? in[2].as<float>() : nullptr;
+    const float* bv = e.bias;
+    const float* rv = e.residual;
     for (int64_t m = 0; m < M; m++)
-      for (int64_t n = 0; n < N; n++) y[m * N + n] = yt[n * M + m] + (bv ? bv[n] : 0.f);
+      for (int64_t n = 0; n < N; n++)
+        y[m * N + n] = yt[n * M + m] + (bv ? bv[n] : 0.f) + (rv ? rv[m * N + n] : 0.f);
     return;
   }
-  if (bias) fillRows(y, M, N, in[2].as<float>());
+  if (e.any()) fillRows(y, M, N, e);
   // y = x · wᵀ: B(k, j) = w[j*K + k].
-  sgemm(M, N, K, in[0].as<float>(), K, 1, in[1].as<float>(), 1, K, y, N, bias);
+  sgemm(M, N, K, in[0].as<float>(), K, 1, in[1].as<float>(), 1, K, y, N, e.any());
 }
 
 void op_MATMUL(const OpAttrs& a, const Views& in, const Views& out) {

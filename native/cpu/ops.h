@@ -22,6 +22,20 @@ void checkShape(const char* op, const TensorView& t, const Shape& s, const char*
 inline bool given(const Views& in, size_t i) { return in.size() > i && in[i].data != nullptr; }
 std::string shapeOf(const TensorView& t);
 
+// What LINEAR and CONV2D add to their product (native/fused.h): a bias, one value per output
+// channel or (CONV2D) per image and channel, and a residual shaped like the output. Applied in the
+// ops' epilogues (or as the values the GEMM accumulates onto), never as a separate pass.
+struct Epilogue {
+  const float* bias = nullptr;
+  int64_t biasImageStride = 0;  // per-image bias [B, O]: O (image b's row starts at b * O); else 0
+  const float* residual = nullptr;
+  bool any() const { return bias || residual; }
+  float biasAt(int64_t image, int64_t channel) const { return bias ? bias[image * biasImageStride + channel] : 0.f; }
+};
+// Finds and validates LINEAR / CONV2D's bias and residual (E_SHAPE / E_ARGUMENT on a bad one).
+// channels: N or O; images: B for CONV2D, 0 for LINEAR.
+Epilogue epilogueOf(const char* op, const Views& in, const TensorView& out, int64_t channels, int64_t images);
+
 #define IDFORGE_CPU_OP_DECL(name) void op_##name(const OpAttrs& a, const Views& in, const Views& out);
 IDFORGE_OPS(IDFORGE_CPU_OP_DECL)
 #undef IDFORGE_CPU_OP_DECL

@@ -6,7 +6,8 @@
 //   M_t[O, tiles] = U_t[O, C] · V_t[C, tiles],
 // each an ordinary GEMM. U and V are written by their transforms straight into the panel layouts
 // the packed SGEMM (gemm.h) consumes, so the GEMMs copy nothing; M_t comes back row-major and the
-// output transform adds the bias while scattering tiles into y.
+// output transform adds the bias (per channel or per image) and the residual while scattering
+// tiles into y.
 //
 // Transforms are lane-parallel: 16 tiles at once for the input and output transforms, one A panel
 // (MR output channels) at once for the weight transform, so the inner loops are plain vector
@@ -236,7 +237,7 @@ void weightBlock(const float* w, int64_t O, int64_t C, int64_t o0, int64_t mb, i
 }
 
 template <int M>
-void run(const float* x, const float* w, const float* bias, float* y, int64_t B, int64_t C, int64_t H, int64_t W,
+void run(const float* x, const float* w, const Epilogue& e, float* y, int64_t B, int64_t C, int64_t H, int64_t W,
          int64_t O) {
   constexpr int A = Mats<M>::A, AA = A * A;
   const int64_t tH = (H + M - 1) / M, tW = (W + M - 1) / M, tPer = tH * tW, NT = B * tPer;
@@ -251,6 +252,7 @@ void run(const float* x, const float* w, const float* bias, float* y, int64_t B,
   // columns of its input patch lie inside the image.
   struct Lane {
     int64_t in, out;  // x offset of patch origin (image, row, col); y offset of output tile origin
+    int64_t img;
     uint16_t rows, cols;  // bitmasks of in-image patch rows / cols
     uint8_t orows, ocols;  // output rows / cols of the tile inside the image
     bool interior;
@@ -259,13 +261,14 @@ void run(const float* x, const float* w, const float* bias, float* y, int64_t B,
   for (int64_t n = 0; n < Npad; n++) {
     Lane& L = lanes[size_t(n)];
     if (n >= NT) {
-      L = Lane{0, 0, 0, 0, 0, 0, false};
+      L = Lane{0, 0, 0, 0, 0, 0, 0, false};
       continue;
     }
     const int64_t b = n / tPer, ty = (n % tPer) / tW, tx = n % tW;
     const int64_t iy0 = ty * M - 1, ix0 = tx * M - 1;
     L.in = b * C * H * W + iy0 * W + ix0;
     L.out = b * O * H * W + ty * M * W + tx * M;
+    L.img = b;
     L.rows = L.cols = 0;
     for (int i = 0; i < A; i++) {
       if (iy0 + i >= 0 && iy0 + i < H) L.rows |= uint16_t(1u << i);
@@ -338,7 +341,7 @@ void run(const float* x, const float* w, const float* bias, float* y, int64_t B,
       }
     }, 1);
   }
-  // Output transform (+ bias) into y.
+  // Output transform (+ bias + residual) into y.
   const int64_t ogroups = (NT + kL - 1) / kL;
   parallel_for(ogroups * O, [&](int64_t ib, int64_t ie) {
     alignas(64) float m[AA * kL];
@@ -354,13 +357,20 @@ void run(const float* x, const float* w, const float* bias, float* y, int64_t B,
           for (int l = 0; l < kL; l++) m[t * kL + l] = l < lanesN ? s[l] : 0.f;
       }
       xform<M, A, kL>(Mats<M>::AT, m, r);
-      const float bv = bias ? bias[o] : 0.f;
       float* yo = y + o * H * W;
+      const float* ro = e.residual ? e.residual + o * H * W : nullptr;
       for (int l = 0; l < lanesN; l++) {
         const Lane& L = lanes[size_t(n0 + l)];
+        const float bv = e.biasAt(L.img, o);
         float* dst = yo + L.out;
-        for (int i = 0; i < L.orows; i++)
-          for (int j = 0; j < L.ocols; j++) dst[i * W + j] = r[(i * M + j) * kL + l] + bv;
+        if (ro) {
+          const float* res = ro + L.out;
+          for (int i = 0; i < L.orows; i++)
+            for (int j = 0; j < L.ocols; j++) dst[i * W + j] = r[(i * M + j) * kL + l] + bv + res[i * W + j];
+        } else {
+          for (int i = 0; i < L.orows; i++)
+            for (int j = 0; j < L.ocols; j++) dst[i * W + j] = r[(i * M + j) * kL + l] + bv;
+        }
       }
     }
   });
@@ -392,12 +402,12 @@ int winogradTile(int64_t B, int64_t C, int64_t H, int64_t W, int64_t O, int64_t 
   return 0;
 }
 
-void conv3x3Winograd(int m, const float* x, const float* w, const float* b, float* y, int64_t B, int64_t C,
+void conv3x3Winograd(int m, const float* x, const float* w, const Epilogue& e, float* y, int64_t B, int64_t C,
                      int64_t H, int64_t W, int64_t O) {
   if (m == 4)
-    run<4>(x, w, b, y, B, C, H, W, O);
+    run<4>(x, w, e, y, B, C, H, W, O);
   else
-    run<2>(x, w, b, y, B, C, H, W, O);
+    run<2>(x, w, e, y, B, C, H, W, O);
 }
 
 }  // namespace cpu

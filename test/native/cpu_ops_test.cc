@@ -283,6 +283,134 @@ void testConv3x3(Shape xs, int64_t O, bool bias, bool silu = false, int64_t samp
         y, convRef(x, w, bias ? &b : nullptr, 1, 1, os, idx), samples ? idx : std::vector<int64_t>{});
 }
 
+// Fused epilogues (native/fused.h): a residual shaped like the output, and for CONV2D a bias per
+// image [B, O]. How the residual is passed: as the third input (no bias), as the fourth after a
+// bias or after an absent (null) bias, or in place (the output buffer already holds it).
+enum class Res { None, Third, Fourth, FourthNoBias, InPlace };
+const char* resName(Res r) {
+  switch (r) {
+    case Res::None: return "";
+    case Res::Third: return " +res(3rd)";
+    case Res::Fourth: return " +res";
+    case Res::FourthNoBias: return " +res(null b)";
+    case Res::InPlace: return " +res(in place)";
+  }
+  return "";
+}
+
+// Runs op with x, w, the bias (or null) and the residual placed as `mode` says, into y.
+void runFused(OpCode op, const OpAttrs& a, Tensor& x, Tensor& w, Tensor* b, Tensor& r, Res mode, Tensor& y) {
+  switch (mode) {
+    case Res::None: run(op, a, {&x, &w, b}, {&y}); break;
+    case Res::Third: run(op, a, {&x, &w, &r}, {&y}); break;
+    case Res::Fourth: run(op, a, {&x, &w, b, &r}, {&y}); break;
+    case Res::FourthNoBias: run(op, a, {&x, &w, nullptr, &r}, {&y}); break;
+    case Res::InPlace:
+      y.f = r.f;
+      run(op, a, {&x, &w, b, &y}, {&y});
+      break;
+  }
+}
+
+void testLinearFused(Shape xs, int64_t N, bool bias, Res mode, int64_t samples = 0) {
+  const int64_t K = xs.back();
+  Shape os = xs;
+  os.back() = N;
+  Tensor x = rnd(xs), w = rnd({N, K}), b = rnd({N}), r = rnd(os), y = nans(os);
+  if (mode == Res::Third || mode == Res::FourthNoBias) bias = false;
+  runFused(OpCode::LINEAR, {}, x, w, bias ? &b : nullptr, r, mode, y);
+  auto idx = sample(y.n(), samples ? samples : y.n());
+  auto ref = linearRef(x, w, bias ? &b : nullptr, N, K, idx);
+  if (mode != Res::None)
+    for (size_t k = 0; k < idx.size(); k++) ref[k] += r[idx[k]];
+  check("linear x" + S(xs) + " w[" + std::to_string(N) + "," + std::to_string(K) + "]" + (bias ? " +b" : "") +
+            resName(mode),
+        y, ref, samples ? idx : std::vector<int64_t>{});
+}
+
+// perImage: the bias is [B, O] instead of [O].
+void testConvFused(Shape xs, int64_t O, int64_t kh, int64_t kw, int64_t s, int64_t p, bool bias, bool perImage, Res mode,
+                   int64_t samples = 0) {
+  const int64_t B = xs[0];
+  Shape os = {B, O, (xs[2] + 2 * p - kh) / s + 1, (xs[3] + 2 * p - kw) / s + 1};
+  Tensor x = rnd(xs), w = rnd({O, xs[1], kh, kw}, 0.05, 1.0 / std::sqrt(double(xs[1] * kh * kw)) + 0.05);
+  Tensor b = perImage ? rnd({B, O}) : rnd({O}), r = rnd(os), y = nans(os);
+  if (mode == Res::Third || mode == Res::FourthNoBias) bias = false;
+  OpAttrs a;
+  a.stride = s;
+  a.pad = p;
+  runFused(OpCode::CONV2D, a, x, w, bias ? &b : nullptr, r, mode, y);
+  auto idx = sample(y.n(), samples ? samples : y.n());
+  auto ref = convRef(x, w, nullptr, s, p, os, idx);
+  const int64_t plane = os[2] * os[3];
+  for (size_t k = 0; k < idx.size(); k++) {
+    const int64_t o = (idx[k] / plane) % O, bb = idx[k] / (plane * O);
+    if (bias) ref[k] += b[perImage ? bb * O + o : o];
+    if (mode != Res::None) ref[k] += r[idx[k]];
+  }
+  const bool wino = kh == 3 && kw == 3 && s == 1 && p == 1 && cpu::winogradTile(B, xs[1], xs[2], xs[3], O, 3, 3, 1, 1);
+  check("conv2d " + std::string(wino ? "wino " : "") + "x" + S(xs) + " w" + S(w.shape) + " s" + std::to_string(s) + " p" +
+            std::to_string(p) + (bias ? (perImage ? " +b[B,O]" : " +b") : "") + resName(mode),
+        y, ref, samples ? idx : std::vector<int64_t>{});
+}
+
+void testFused() {
+  // LINEAR: the packed-SGEMM path (bias + residual as the values it accumulates onto) and the
+  // few-tokens weight-in-place path (added while transposing), every way of passing the residual.
+  for (Res m : {Res::Third, Res::Fourth, Res::FourthNoBias, Res::InPlace}) {
+    testLinearFused({3, 7, 13}, 17, true, m);
+    testLinearFused({2, 77, 768}, 320, true, m, 3000);
+    testLinearFused({2, 1280}, 1283, true, m);
+    testLinearFused({3, 41, 517}, 1001, true, m, 3000);
+  }
+  testLinearFused({1, 1, 9}, 5, false, Res::Third);  // one row: the residual reads as a bias, same sum
+  // CONV2D, every path of conv.cc / winograd.cc:
+  struct C {
+    Shape x;
+    int64_t O, k, s, p, samples;
+  };
+  const C convs[] = {
+      {{2, 40, 8, 8}, 32, 1, 1, 0, 0},        // 1x1, per-image GEMMs (large images)
+      {{2, 33, 3, 3}, 70, 1, 1, 0, 0},        // 1x1, small images, weight-in-place GEMM + scatter
+      {{2, 16, 9, 11}, 20, 3, 1, 1, 0},       // 3x3 im2col, large images
+      {{2, 37, 10, 13}, 29, 3, 2, 1, 0},      // 3x3 stride 2
+      {{1, 20, 3, 3}, 50, 3, 1, 1, 0},        // small image, batch 1 (accumulates onto y)
+      {{2, 37, 4, 5}, 65, 3, 1, 1, 0},        // small images, weight-in-place GEMM + scatter
+      {{2, 16, 8, 9}, 150, 3, 1, 1, 0},       // small images, packed GEMM + scatter
+      {{2, 37, 13, 11}, 41, 3, 1, 1, 0},      // Winograd F(2,3), edge tiles
+      {{2, 37, 27, 29}, 41, 3, 1, 1, 0},      // Winograd F(4,3), edge tiles
+      {{2, 1280, 8, 8}, 1280, 3, 1, 1, 3000}, // SD 1.5 shapes: Winograd F(2,3) and F(4,3)
+      {{2, 320, 32, 32}, 320, 3, 1, 1, 3000},
+      {{2, 640, 32, 32}, 320, 1, 1, 0, 3000}, // resnet conv_shortcut-like 1x1
+  };
+  for (const C& c : convs) {
+    testConvFused(c.x, c.O, c.k, c.k, c.s, c.p, true, true, Res::None, c.samples);
+    testConvFused(c.x, c.O, c.k, c.k, c.s, c.p, true, false, Res::Fourth, c.samples);
+    testConvFused(c.x, c.O, c.k, c.k, c.s, c.p, true, true, Res::Fourth, c.samples);
+    testConvFused(c.x, c.O, c.k, c.k, c.s, c.p, false, false, Res::Third, c.samples);
+  }
+  testConvFused({2, 37, 13, 11}, 41, 3, 3, 1, 1, true, true, Res::InPlace);
+  testConvFused({2, 16, 9, 11}, 20, 3, 3, 1, 1, false, false, Res::FourthNoBias);
+  testConvFused({2, 37, 4, 5}, 65, 3, 3, 1, 1, true, true, Res::InPlace);
+  testConvFused({1, 4, 1, 1}, 6, 1, 1, 1, 0, false, false, Res::Third);  // one-pixel output: residual = bias-sized
+
+  // Bad bias / residual shapes are E_SHAPE, never a silent broadcast.
+  Tensor x = rnd({2, 3, 8}), w = rnd({5, 8}), b = rnd({5}), y = nans({2, 3, 5});
+  Tensor rBad = rnd({2, 3, 6}), bBad = rnd({6}), extra = rnd({2, 3, 5});
+  expectError("linear residual of the wrong shape -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::LINEAR, {}, {&x, &w, &b, &rBad}, {&y}); });
+  expectError("linear 3rd input neither bias nor residual -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::LINEAR, {}, {&x, &w, &rBad}, {&y}); });
+  expectError("linear bias of the wrong size, with residual -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::LINEAR, {}, {&x, &w, &bBad, &extra}, {&y}); });
+  expectError("linear 5 inputs -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::LINEAR, {}, {&x, &w, &b, &extra, &extra}, {&y}); });
+  Tensor cx = rnd({2, 3, 6, 6}), cw = rnd({4, 3, 3, 3}), cy = nans({2, 4, 6, 6});
+  Tensor cbT = rnd({4, 2}), cb3 = rnd({3, 4}), crBad = rnd({2, 4, 6, 5}), cr = rnd({2, 4, 6, 6}), cb = rnd({4});
+  OpAttrs pa;
+  pa.pad = 1;
+  expectError("conv2d bias [O, B] (transposed) -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::CONV2D, pa, {&cx, &cw, &cbT}, {&cy}); });
+  expectError("conv2d bias [3, O] for batch 2 -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::CONV2D, pa, {&cx, &cw, &cb3, &cr}, {&cy}); });
+  expectError("conv2d residual of the wrong shape -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::CONV2D, pa, {&cx, &cw, &cb, &crBad}, {&cy}); });
+  expectError("conv2d 3rd input rank 4, not the output's shape -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::CONV2D, pa, {&cx, &cw, &crBad}, {&cy}); });
+}
+
 void testGroupNorm(Shape xs, int64_t G, bool silu, double offset = 0) {
   Tensor x = rnd(xs), w = rnd({xs[1]}), b = rnd({xs[1]}), y = nans(xs);
   for (auto& v : x.f) v += float(offset);
@@ -832,6 +960,8 @@ int main(int argc, char** argv) {
   testConv3x3({2, 1920, 16, 16}, 640, true, false, 3000);
   testConv3x3({2, 1280, 16, 16}, 1280, true, true, 3000);
   testConv3x3({2, 1280, 8, 8}, 1280, true, true, 3000);
+  // LINEAR / CONV2D with residual and per-image bias
+  testFused();
   // Norms
   testGroupNorm({2, 12, 5, 3}, 4, false);
   testGroupNorm({1, 6, 7}, 3, true);

@@ -214,6 +214,30 @@ std::vector<Case> buildCases() {
   conv("conv_in [2,4,64,64]→320 +b", {2, 4, 64, 64}, {320, 4, 3, 3}, 1, 1, true);
   conv("conv tiny [2,4,8,8]→8 +b", {2, 4, 8, 8}, {8, 4, 3, 3}, 1, 1, true);
   conv("patch16 s16 [1,3,224,224]→64 +b", {1, 3, 224, 224}, {64, 3, 16, 16}, 16, 0, true);
+  // ---- fused epilogues (native/fused.h): residual (3rd input alone, or 4th after the bias) and
+  // CONV2D's per-image bias [B, O], on the linear GEMM, the 1x1 batched GEMM and im2col paths.
+  add({"linear +b +res x[2,77,768]·w[320,768]ᵀ", OpCode::LINEAR, {}, {randT({2, 77, 768}), randT({320, 768}, 0.05f), randT({320}), randT({2, 77, 320})}, {{2, 77, 320}}, "fill+cublas"});
+  add({"linear +res odd x[3,7,13]·w[5,13]ᵀ", OpCode::LINEAR, {}, {randT({3, 7, 13}), randT({5, 13}), randT({3, 7, 5})}, {{3, 7, 5}}, "copy+cublas"});
+  add({"linear +b +res x[1,256,640]·w[5120,640]ᵀ", OpCode::LINEAR, {}, {randT({1, 256, 640}), randT({5120, 640}, 0.05f), randT({5120}), randT({1, 256, 5120})}, {{1, 256, 5120}}, "fill+cublas"});
+  auto convF = [&](std::string n, Shape x, Shape w, int s, int p, int bias /* 0 none, 1 [O], 2 [B, O] */, bool res) {
+    int64_t Ho = (x[2] + 2 * p - w[2]) / s + 1, Wo = (x[3] + 2 * p - w[3]) / s + 1;
+    std::vector<HostTensor> in = {randT(x), randT(w, float(1.0 / std::sqrt(double(w[1] * w[2] * w[3]))))};
+    if (bias == 1) in.push_back(randT({w[0]}));
+    if (bias == 2) in.push_back(randT({x[0], w[0]}));
+    if (res) in.push_back(randT({x[0], w[0], Ho, Wo}));
+    OpAttrs a;
+    a.stride = s;
+    a.pad = p;
+    add({n, OpCode::CONV2D, a, in, {{x[0], w[0], Ho, Wo}}, w[2] == 1 && s == 1 ? "fill+cublas 1x1" : "fill+im2col+cublas"});
+  };
+  convF("conv1x1 [2,640,16,16]→320 +b[B,O] +res", {2, 640, 16, 16}, {320, 640, 1, 1}, 1, 0, 2, true);
+  convF("conv1x1 [2,320,16,16]→320 +res", {2, 320, 16, 16}, {320, 320, 1, 1}, 1, 0, 0, true);
+  convF("conv3x3 [1,320,32,32]→320 +res", {1, 320, 32, 32}, {320, 320, 3, 3}, 1, 1, 0, true);
+  convF("conv3x3 [2,320,16,16]→320 +b[B,O]", {2, 320, 16, 16}, {320, 320, 3, 3}, 1, 1, 2, false);
+  convF("conv3x3 [2,320,16,16]→320 +b[B,O] +res", {2, 320, 16, 16}, {320, 320, 3, 3}, 1, 1, 2, true);
+  convF("conv3x3 [2,64,16,16]→64 +b +res", {2, 64, 16, 16}, {64, 64, 3, 3}, 1, 1, 1, true);
+  convF("conv3x3 s2 [2,64,17,17]→64 +b +res", {2, 64, 17, 17}, {64, 64, 3, 3}, 2, 1, 1, true);
+  convF("conv3x3 p0 [2,8,3,3]→16 (1x1 out) +b[B,O] +res", {2, 8, 3, 3}, {16, 8, 3, 3}, 1, 0, 2, true);
   // ---- norms
   auto gn = [&](std::string n, Shape x, int g, bool silu, float off, double eps) {
     OpAttrs a;

@@ -1,0 +1,226 @@
+// Adds fused into LINEAR / CONV2D (native/fused.h): a residual input shaped like the output and a
+// per-image conv bias [B, O]. The model graphs must have no activation-sized ADD left where a
+// fusion applies, and a fused op must compute (and differentiate) exactly what the unfused graph does.
+import t from 'tap';
+import { Engine } from '../lib/engine.js';
+import { grad } from '../lib/graph/autodiff.js';
+import { Graph, type Value } from '../lib/graph/graph.js';
+import { Program } from '../lib/graph/program.js';
+import { Weights } from '../lib/graph/weights.js';
+import { sd15Configs, textLayout, unetLayout, vaeLayout, type LayoutEntry } from '../lib/bench/random-model.js';
+import type { TensorRef } from '../lib/io/checkpoint.js';
+import { buildTextEncoder } from '../lib/text/clip.js';
+import { Tensor } from '../lib/tensor.js';
+import { buildUNet, crossAttentionLayers } from '../lib/unet/unet.js';
+import { buildVaeDecoder } from '../lib/vae/vae.js';
+import { TINY_SD } from './helpers/fixtures.js';
+import { relL2 } from './helpers/metrics.js';
+
+const CPU = { device: 'cpu', dtype: 'float32' } as const;
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s * 1664525 + 1013904223) >>> 0;
+    return s / 2 ** 32;
+  };
+}
+/** Random values in ±[0.1, 1]·amp (never zero). */
+function rand(n: number, seed: number, amp = 1): Float32Array {
+  const r = rng(seed);
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = amp * (0.1 + 0.9 * r()) * (r() < 0.5 ? -1 : 1);
+  return a;
+}
+const size = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
+
+/** The output shapes of a graph's ADD ops. */
+const adds = (g: Graph): number[][] => g.ops.filter((o) => o.op === 'add').map((o) => g.values[o.out[0]!]!.shape);
+
+/** Ops that take a residual (a trailing input shaped like their output). */
+const residualOps = (g: Graph, op: string): number => g.ops.filter((o) => o.op === op && o.in.slice(2).some((id) => {
+  const s = g.values[id]!.shape;
+  const out = g.values[o.out[0]!]!.shape;
+  return s.length === out.length && s.every((d, i) => d === out[i]);
+})).length;
+/** Convs with a per-image bias [B, O]. */
+const imageBiasConvs = (g: Graph): number => g.ops.filter((o) => o.op === 'conv2d' && g.values[o.in[2] ?? -1]?.shape.length === 2).length;
+
+/** Shape-only weights (no data, no device): enough to build a graph and count its ops. */
+class ShapeWeights extends Weights {
+  constructor(name: string, entries: LayoutEntry[]) {
+    super(name, new Map(entries.map((e) => [e.name, { shape: e.shape, dtype: 'F32' } as unknown as TensorRef])), CPU);
+  }
+  override tensor(name: string): Tensor {
+    return { shape: this.shape(name) } as unknown as Tensor;
+  }
+}
+
+t.test('SD 1.5 graphs: every skip connection fused where the layout allows', async (t) => {
+  const cfg = sd15Configs();
+  const g = new Graph();
+  const ctx = g.input([2, 77, 768]);
+  buildUNet(g, new ShapeWeights('unet', unetLayout(cfg.unet)), cfg.unet, g.input([2, 4, 32, 32]), g.input([2]), { k: ctx, v: ctx });
+  const a = adds(g);
+  // Was 108: 2 per resnet, 4 per transformer. Left: one [B, O] add per resnet (time_emb_proj +
+  // conv1.bias, conv1's per-image bias).
+  t.equal(a.length, 22, 'one add per resnet (22), none per transformer');
+  t.ok(a.every((s) => s.length === 2 && s[0] === 2), `every add is a [B, O] bias sum: ${JSON.stringify(a.slice(0, 3))}…`);
+  t.equal(imageBiasConvs(g), 22, '22 convs (resnet conv1) take a per-image bias');
+  t.equal(residualOps(g, 'conv2d'), 22 + 16, '38 convs (resnet conv2, transformer proj_out) take a residual');
+  t.equal(residualOps(g, 'linear'), 3 * 16, '48 linears (to_out x2, ff.net.2 per transformer block) take a residual');
+
+  const gt = new Graph();
+  buildTextEncoder(gt, new ShapeWeights('text', textLayout(cfg.text)), cfg.text, { ids: gt.input([2, 77], 'int32') });
+  t.same(adds(gt), [[2, 77, 768]], 'text encoder: only the position-embedding add is left (24 residual adds fused)');
+
+  const gv = new Graph();
+  buildVaeDecoder(gv, new ShapeWeights('vae', vaeLayout(cfg.vae)), cfg.vae, gv.input([1, 4, 32, 32]));
+  t.same(adds(gv), [[1, 512, 32, 32]], 'VAE decoder: only the mid attention add is left (token layout)');
+});
+
+t.test('tiny UNet graph: no activation-sized add left, goldens unchanged by the fusion', async (t) => {
+  const engine = await Engine.load(TINY_SD, { device: 'cpu' });
+  t.teardown(() => engine.dispose());
+  const cfg = engine.configs.unet;
+  const B = 2;
+  const g = new Graph();
+  const sample = g.input([B, cfg.inChannels, 16, 16]);
+  const ts = g.input([B]);
+  const ctx = g.input([B, 77, engine.configs.text.hiddenSize]);
+  const { eps } = buildUNet(g, engine.w.unet, cfg, sample, ts, { k: ctx, v: ctx });
+  g.output(eps);
+  const a = adds(g);
+  const resnets = imageBiasConvs(g);
+  const models = crossAttentionLayers(cfg).length / cfg.transformerLayersPerBlock;
+  t.ok(resnets > 0 && models > 0, `${resnets} resnets fold their time embedding into conv1; ${models} transformers`);
+  t.ok(a.every((s) => s.length === 2 && s[0] === B), `${a.length} adds, all [B, O]: ${JSON.stringify(a)}`);
+  t.ok(a.length <= resnets, 'at most one per resnet');
+  t.equal(residualOps(g, 'conv2d'), resnets + models, 'resnet conv2 and transformer proj_out take the skip as residual');
+  t.equal(residualOps(g, 'linear'), 3 * models * cfg.transformerLayersPerBlock, 'attention outputs and ff.net.2 take the skip as residual');
+  // And it runs: finite output of the right shape.
+  const p = new Program(g, CPU);
+  t.teardown(() => p.dispose());
+  const [out] = await p.run([
+    Tensor.from(rand(B * cfg.inChannels * 256, 1), [B, cfg.inChannels, 16, 16]),
+    Tensor.from(new Float32Array([999, 500]), [B]),
+    Tensor.from(rand(B * 77 * engine.configs.text.hiddenSize, 2), [B, 77, engine.configs.text.hiddenSize]),
+  ]);
+  t.same(out!.shape, [B, cfg.inChannels, 16, 16]);
+  t.ok(out!.toFloat32().every(Number.isFinite), 'finite');
+  out!.dispose();
+});
+
+interface Case {
+  name: string;
+  x: number[];
+  w: number[];
+  /** 'channel': [N] / [O] constant; 'image': conv bias [B, O] as a graph input. */
+  bias?: 'channel' | 'image';
+  residual: boolean;
+  conv?: { stride?: number; pad?: number };
+}
+
+/**
+ * The fused op against ADDs of the unfused graph, forward and backward (gradients w.r.t. x, the
+ * residual and a per-image bias through loss = Σ y·r), on random inputs.
+ */
+async function fusedVsUnfused(tt: typeof t, c: Case): Promise<void> {
+  const conv = !!c.conv;
+  const o = c.w[0]!;
+  const outShape = conv
+    ? [c.x[0]!, o, Math.floor((c.x[2]! + 2 * (c.conv!.pad ?? 0) - c.w[2]!) / (c.conv!.stride ?? 1)) + 1,
+      Math.floor((c.x[3]! + 2 * (c.conv!.pad ?? 0) - c.w[3]!) / (c.conv!.stride ?? 1)) + 1]
+    : [...c.x.slice(0, -1), o];
+  const wT = Tensor.from(rand(size(c.w), 11, 1 / Math.sqrt(size(c.w.slice(1)))), c.w);
+  const bT = c.bias === 'channel' ? Tensor.from(rand(o, 12), [o]) : undefined;
+  const rT = Tensor.from(rand(size(outShape), 13), outShape);
+  const imageBias = c.bias === 'image' ? [c.x[0]!, o] : undefined;
+  const build = (fused: boolean) => {
+    const g = new Graph();
+    const x = g.input(c.x);
+    const res = c.residual ? g.input(outShape) : undefined;
+    const ib = imageBias ? g.input(imageBias) : undefined;
+    const w = g.constant(wT);
+    const b = bT ? g.constant(bT) : undefined;
+    let y: Value;
+    if (fused) {
+      const bias = ib ?? b;
+      y = conv
+        ? g.conv2d(x, w, bias, { ...c.conv, ...(res ? { residual: res } : {}) })
+        : g.linear(x, w, bias, res ? { residual: res } : {});
+    } else {
+      y = conv ? g.conv2d(x, w, b, c.conv) : g.linear(x, w, b);
+      if (ib) y = g.add(y, g.reshape(ib, [...imageBias!, 1, 1]));
+      if (res) y = g.add(y, res);
+    }
+    const forwardAdds = adds(g).length;
+    const loss = g.reduceSum(g.mul(y, g.constant(rT)), [1]);
+    g.output(y);
+    const wrt = [x, ...(res ? [res] : []), ...(ib ? [ib] : [])];
+    for (const d of grad(g, loss, wrt)) g.output(d);
+    return { g, forwardAdds };
+  };
+  const inputs = [c.x, ...(c.residual ? [outShape] : []), ...(imageBias ? [imageBias] : [])].map((s, i) => rand(size(s), 100 + i));
+  const shapes = [c.x, ...(c.residual ? [outShape] : []), ...(imageBias ? [imageBias] : [])];
+  const run = async (g: Graph) => {
+    const p = new Program(g, CPU);
+    const outs = await p.run(inputs.map((a, i) => Tensor.from(a, shapes[i]!)));
+    const r = outs.map((v) => v.toFloat32());
+    outs.forEach((v) => v.dispose());
+    p.dispose();
+    return r;
+  };
+  const gf = build(true);
+  const gu = build(false);
+  tt.ok(gu.forwardAdds > 0 && gf.forwardAdds === 0, `${c.name}: the fused forward has no add`);
+  const [fused, ref] = [await run(gf.g), await run(gu.g)];
+  const names = ['y', 'dx', ...(c.residual ? ['dresidual'] : []), ...(imageBias ? ['dbias[B,O]'] : [])];
+  names.forEach((n, i) => {
+    const e = relL2(fused[i]!, ref[i]!);
+    tt.ok(e <= 1e-6, `${c.name}: ${n} rel L2 ${e.toExponential(2)}`);
+  });
+  wT.dispose();
+  bT?.dispose();
+  rT.dispose();
+}
+
+t.test('fused linear / conv2d = the unfused graph, forward and backward', async (t) => {
+  const cases: Case[] = [
+    { name: 'linear +b +residual', x: [2, 5, 24], w: [17, 24], bias: 'channel', residual: true },
+    { name: 'linear +residual', x: [2, 5, 24], w: [17, 24], residual: true },
+    { name: 'linear few tokens (weight in place) +b +residual', x: [2, 300], w: [1000, 300], bias: 'channel', residual: true },
+    { name: 'linear one row +residual', x: [1, 7], w: [5, 7], residual: true },
+    { name: 'conv 1x1 +b +residual', x: [2, 40, 8, 8], w: [32, 40, 1, 1], bias: 'channel', residual: true, conv: {} },
+    { name: 'conv 3x3 Winograd +b[B,O] +residual', x: [2, 32, 16, 16], w: [32, 32, 3, 3], bias: 'image', residual: true, conv: { pad: 1 } },
+    { name: 'conv 3x3 Winograd +b[B,O]', x: [2, 32, 16, 16], w: [32, 32, 3, 3], bias: 'image', residual: false, conv: { pad: 1 } },
+    { name: 'conv 3x3 im2col +b[B,O] +residual', x: [2, 8, 9, 7], w: [12, 8, 3, 3], bias: 'image', residual: true, conv: { pad: 1 } },
+    { name: 'conv 3x3 stride 2 +b +residual', x: [2, 8, 10, 10], w: [12, 8, 3, 3], bias: 'channel', residual: true, conv: { stride: 2, pad: 1 } },
+    { name: 'conv 3x3 small images +b[B,O] +residual', x: [2, 16, 4, 4], w: [64, 16, 3, 3], bias: 'image', residual: true, conv: { pad: 1 } },
+    { name: 'conv 3x3 +residual, no bias', x: [1, 8, 6, 6], w: [12, 8, 3, 3], residual: true, conv: { pad: 1 } },
+  ];
+  for (const c of cases) await fusedVsUnfused(t, c);
+});
+
+t.test('bad bias / residual shapes are E_SHAPE, in the builder and in the backend', async (t) => {
+  const g = new Graph();
+  const x = g.input([2, 3, 8]);
+  const w = g.input([5, 8]);
+  t.throws(() => g.linear(x, w, undefined, { residual: g.input([2, 3, 6]) }), { code: 'E_SHAPE', message: /residual/ });
+  t.throws(() => g.linear(x, w, undefined, { residual: g.input([3, 5]) }), { code: 'E_SHAPE' });
+  const cx = g.input([2, 3, 6, 6]);
+  const cw = g.input([4, 3, 3, 3]);
+  t.throws(() => g.conv2d(cx, cw, g.input([4, 2]), { pad: 1 }), { code: 'E_SHAPE', message: /bias/ });
+  t.throws(() => g.conv2d(cx, cw, g.input([3, 4]), { pad: 1 }), { code: 'E_SHAPE' });
+  t.throws(() => g.conv2d(cx, cw, undefined, { pad: 1, residual: g.input([2, 4, 6, 5]) }), { code: 'E_SHAPE', message: /residual/ });
+
+  // An op list the builder would refuse still fails cleanly in the backend.
+  const gb = new Graph();
+  const bx = gb.input([2, 3, 6, 6]);
+  const bw = gb.constant(Tensor.from(rand(4 * 3 * 9, 3), [4, 3, 3, 3]));
+  const bad = gb.input([2, 4, 6, 5]);
+  gb.output(gb.op('conv2d', [bx, bw, bad], [[2, 4, 6, 6]], { pad: 1 })[0]!);
+  const p = new Program(gb, CPU);
+  t.teardown(() => p.dispose());
+  await t.rejects(p.run([Tensor.from(rand(2 * 3 * 36, 4), [2, 3, 6, 6]), Tensor.from(rand(2 * 4 * 30, 5), [2, 4, 6, 5])]), { code: 'E_SHAPE' });
+});
