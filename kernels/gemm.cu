@@ -128,13 +128,49 @@ void gemm(bool transA, bool transB, int m, int n, int k, float alpha, const void
   }
 }
 
-void opLinear(const OpAttrs&, const std::vector<TensorView>& in, const std::vector<TensorView>& out) {
+// LINEAR with transX (x [B, K, R] → y [B, R, N]) or transY (x [B, R, K] → y [B, N, R]): one
+// strided-batched GEMM with the transposes in cuBLAS's operand flags, so the token ↔ image layout
+// change of proj_in / proj_out costs no PERMUTE pass.
+void linearTransposed(const OpAttrs& a, const std::vector<TensorView>& in, const TensorView& y) {
+  const OpCode op = OpCode::LINEAR;
+  const TensorView &x = in[0], &w = in[1];
+  const DType dt = y.dtype;
+  if (a.transX && a.transY) shapeError(op, "transX and transY cannot both be set");
+  if (x.shape.size() != 3) shapeError(op, std::string(a.transX ? "transX" : "transY") + " needs x of rank 3, got " + shapeStr(x.shape));
+  const int64_t B = x.shape[0], K = a.transX ? x.shape[1] : x.shape[2], R = a.transX ? x.shape[2] : x.shape[1];
+  if (w.shape.size() != 2 || w.shape[1] != K)
+    shapeError(op, "w " + shapeStr(w.shape) + " must be [N, " + std::to_string(K) + "] for x " + shapeStr(x.shape) +
+                       (a.transX ? " (transX)" : " (transY)"));
+  const int64_t N = w.shape[0];
+  const Shape ys = a.transX ? Shape{B, R, N} : Shape{B, N, R};
+  if (y.shape != ys) shapeError(op, "output " + shapeStr(y.shape) + ", expected " + shapeStr(ys));
+  const Epilogue e = epilogueOf(op, in, y, N, 0);
+  // transX: rows of N with the bias along them; transY: (b, n) planes of R with bias[n] each.
+  if (a.transX) fillEpilogueAny(y, e, N, 1);
+  else fillEpilogueAny(y, e, N, R);
+  if (y.numel() == 0) return;
+  const float beta = e.any() ? 1.f : 0.f;
+  const int n32 = checkedInt(op, N, "N"), r32 = checkedInt(op, R, "R"), k32 = checkedInt(op, K, "K"),
+            b32 = checkedInt(op, B, "batch");
+  if (a.transX) {
+    // Column-major: y_b (N × R, ld N) = op(w)(N × K) · op(x_b)(K × R); w is col-major K × N (T),
+    // x_b is col-major R × K (T).
+    gemm(true, true, n32, r32, k32, 1.f, w.data, k32, 0, x.data, r32, K * R, beta, y.data, n32, R * N, b32, dt, dt);
+  } else {
+    // Column-major: y_b (R × N, ld R) = op(x_b)(R × K) · op(w)(K × N); x_b is col-major K × R (T),
+    // w is col-major K × N (N).
+    gemm(true, false, r32, n32, k32, 1.f, x.data, k32, R * K, w.data, k32, 0, beta, y.data, r32, N * R, b32, dt, dt);
+  }
+}
+
+void opLinear(const OpAttrs& a, const std::vector<TensorView>& in, const std::vector<TensorView>& out) {
   const OpCode op = OpCode::LINEAR;
   if (in.size() < 2) shapeError(op, "expects x, w, optional b and optional residual");
   const TensorView &x = in[0], &w = in[1], &y = out[0];
   DType dt = y.dtype;
   expectFloat(op, x, dt, "x");
   expectFloat(op, w, dt, "w");
+  if (a.transX || a.transY) return linearTransposed(a, in, y);
   if (w.shape.size() != 2 || x.shape.empty()) shapeError(op, "w must be [N, K], x [.., K]");
   int64_t N = w.shape[0], K = w.shape[1];
   if (x.shape.back() != K) shapeError(op, "x " + shapeStr(x.shape) + " does not end in K of w " + shapeStr(w.shape));

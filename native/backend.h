@@ -48,6 +48,10 @@ struct TensorView {
 // Every op a backend implements. Semantics (all float tensors are in the backend's compute dtype,
 // contiguous, row-major; "[..]" means any leading dims):
 //   LINEAR       in: x[.., K], w[N, K], b[N]?, r[.., N]?   out: [.., N]   y = x·wᵀ + b + r
+//                attrs transX: x is [B, K, R] (channels first, an NCHW image as [B, C, H·W]), out
+//                [B, R, N]; transY: out is [B, N, R] (x [B, R, K]): the token ↔ image layout
+//                change of a transformer block's proj_in / proj_out happens inside the GEMM
+//                instead of by a PERMUTE pass (r, when given, has the out shape either way)
 //   MATMUL       in: a[B, M, K], b[B, K, N] (or b[B, N, K] with transB)   out: [B, M, N]
 //   CONV2D       in: x[B, C, H, W], w[O, C/groups... (groups=1 only), kh, kw], b[O] or b[B, O]?,
 //                r[B, O, Ho, Wo]?   attrs stride, pad (symmetric zero padding)
@@ -146,7 +150,7 @@ struct OpAttrs {
   int64_t stride = 1, pad = 0, groups = 1, heads = 1, axis = 0, start = 0, end = 0, dim = 0;
   double eps = 1e-5, scale = 1.0, shift = 0.0, maxPeriod = 10000.0;
   double a_t = 1.0, a_prev = 1.0, sigma = 0.0;
-  bool silu = false, causal = false, flip = false, capture = false, transB = false;
+  bool silu = false, causal = false, flip = false, capture = false, transB = false, transX = false, transY = false;
   std::vector<int64_t> perm;
 };
 

@@ -37,6 +37,8 @@ const size = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
 /** The output shapes of a graph's ADD ops. */
 const adds = (g: Graph): number[][] => g.ops.filter((o) => o.op === 'add').map((o) => g.values[o.out[0]!]!.shape);
 
+const ofOp = (g: Graph, op: string): number => g.ops.filter((o) => o.op === op).length;
+
 /** Ops that take a residual (a trailing input shaped like their output). */
 const residualOps = (g: Graph, op: string): number => g.ops.filter((o) => o.op === op && o.in.slice(2).some((id) => {
   const s = g.values[id]!.shape;
@@ -67,8 +69,11 @@ t.test('SD 1.5 graphs: every skip connection fused where the layout allows', asy
   t.equal(a.length, 22, 'one add per resnet (22), none per transformer');
   t.ok(a.every((s) => s.length === 2 && s[0] === 2), `every add is a [B, O] bias sum: ${JSON.stringify(a.slice(0, 3))}…`);
   t.equal(imageBiasConvs(g), 22, '22 convs (resnet conv1) take a per-image bias');
-  t.equal(residualOps(g, 'conv2d'), 22 + 16, '38 convs (resnet conv2, transformer proj_out) take a residual');
-  t.equal(residualOps(g, 'linear'), 3 * 16, '48 linears (to_out x2, ff.net.2 per transformer block) take a residual');
+  t.equal(residualOps(g, 'conv2d'), 22, '22 convs (resnet conv2) take a residual');
+  t.equal(residualOps(g, 'linear'), 4 * 16, '64 linears (to_out x2, ff.net.2, proj_out per transformer block) take a residual');
+  t.equal(ofOp(g, 'permute'), 0, 'no permute: proj_in / proj_out change the layout inside their GEMMs');
+  t.equal(g.ops.filter((o) => o.op === 'linear' && o.attrs?.['transX']).length, 16, '16 proj_in with transX');
+  t.equal(g.ops.filter((o) => o.op === 'linear' && o.attrs?.['transY']).length, 16, '16 proj_out with transY');
 
   const gt = new Graph();
   buildTextEncoder(gt, new ShapeWeights('text', textLayout(cfg.text)), cfg.text, { ids: gt.input([2, 77], 'int32') });
@@ -76,7 +81,8 @@ t.test('SD 1.5 graphs: every skip connection fused where the layout allows', asy
 
   const gv = new Graph();
   buildVaeDecoder(gv, new ShapeWeights('vae', vaeLayout(cfg.vae)), cfg.vae, gv.input([1, 4, 32, 32]));
-  t.same(adds(gv), [[1, 512, 32, 32]], 'VAE decoder: only the mid attention add is left (token layout)');
+  t.same(adds(gv), [], 'VAE decoder: no add left (the mid attention skip is to_out\'s residual)');
+  t.equal(ofOp(gv, 'permute'), 0, 'VAE decoder: no permute (q/k/v read channels first, to_out writes channels first)');
 });
 
 t.test('tiny UNet graph: no activation-sized add left, goldens unchanged by the fusion', async (t) => {
@@ -96,8 +102,9 @@ t.test('tiny UNet graph: no activation-sized add left, goldens unchanged by the 
   t.ok(resnets > 0 && models > 0, `${resnets} resnets fold their time embedding into conv1; ${models} transformers`);
   t.ok(a.every((s) => s.length === 2 && s[0] === B), `${a.length} adds, all [B, O]: ${JSON.stringify(a)}`);
   t.ok(a.length <= resnets, 'at most one per resnet');
-  t.equal(residualOps(g, 'conv2d'), resnets + models, 'resnet conv2 and transformer proj_out take the skip as residual');
-  t.equal(residualOps(g, 'linear'), 3 * models * cfg.transformerLayersPerBlock, 'attention outputs and ff.net.2 take the skip as residual');
+  t.equal(residualOps(g, 'conv2d'), resnets, 'resnet conv2 takes the skip as residual');
+  t.equal(residualOps(g, 'linear'), 3 * models * cfg.transformerLayersPerBlock + models, 'attention outputs, ff.net.2 and proj_out take the skip as residual');
+  t.equal(ofOp(g, 'permute'), 0, 'no permute');
   // And it runs: finite output of the right shape.
   const p = new Program(g, CPU);
   t.teardown(() => p.dispose());
@@ -223,4 +230,69 @@ t.test('bad bias / residual shapes are E_SHAPE, in the builder and in the backen
   const p = new Program(gb, CPU);
   t.teardown(() => p.dispose());
   await t.rejects(p.run([Tensor.from(rand(2 * 3 * 36, 4), [2, 3, 6, 6]), Tensor.from(rand(2 * 4 * 30, 5), [2, 4, 6, 5])]), { code: 'E_SHAPE' });
+});
+
+t.test('linear with transX / transY = permute + linear, forward and backward', async (t) => {
+  // [B, K, R] channels-first in (transX) or [B, N, R] channels-first out (transY), with bias and
+  // residual, against the explicit permutes, through loss = Σ y·r (gradients w.r.t. x and r).
+  for (const [mode, B, K, R, N, withBias, withRes] of [
+    ['transX', 2, 24, 35, 17, true, true],
+    ['transX', 1, 8, 5, 3, false, false],
+    ['transY', 2, 24, 35, 17, true, true],
+    ['transY', 2, 6, 4, 9, false, true],
+    ['transY', 1, 300, 2, 1000, true, false],
+  ] as const) {
+    const xShape = mode === 'transX' ? [B, K, R] : [B, R, K];
+    const yShape = mode === 'transX' ? [B, R, N] : [B, N, R];
+    const wT = Tensor.from(rand(N * K, 21, 1 / Math.sqrt(K)), [N, K]);
+    const bT = withBias ? Tensor.from(rand(N, 22), [N]) : undefined;
+    const rT = Tensor.from(rand(size(yShape), 23), yShape);
+    const build = (fused: boolean) => {
+      const g = new Graph();
+      const x = g.input(xShape);
+      const res = withRes ? g.input(yShape) : undefined;
+      const w = g.constant(wT);
+      const b = bT ? g.constant(bT) : undefined;
+      let y: Value;
+      if (fused) {
+        y = g.linear(x, w, b, { [mode]: true, ...(res ? { residual: res } : {}) });
+      } else {
+        const tokens = mode === 'transX' ? g.permute(x, [0, 2, 1]) : x;
+        y = g.linear(tokens, w, b);
+        if (mode === 'transY') y = g.permute(y, [0, 2, 1]);
+        if (res) y = g.add(y, res);
+      }
+      const forward = ofOp(g, 'permute') + adds(g).length;
+      const loss = g.reduceSum(g.mul(y, g.constant(rT)), [1]);
+      g.output(y);
+      for (const d of grad(g, loss, [x, ...(res ? [res] : [])])) g.output(d);
+      return { g, forward };
+    };
+    const inputs = [xShape, ...(withRes ? [yShape] : [])].map((s, i) => Tensor.from(rand(size(s), 200 + i), s));
+    const run = async (g: Graph) => {
+      const p = new Program(g, CPU);
+      const outs = await p.run(inputs);
+      const r = outs.map((v) => v.toFloat32());
+      outs.forEach((v) => v.dispose());
+      p.dispose();
+      return r;
+    };
+    const gf = build(true);
+    t.equal(gf.forward, 0, `${mode} ${JSON.stringify(xShape)}: the fused forward has no permute or add`);
+    const [fused, ref] = [await run(gf.g), await run(build(false).g)];
+    ['y', 'dx', ...(withRes ? ['dresidual'] : [])].forEach((n, i) => {
+      const e = relL2(fused[i]!, ref[i]!);
+      t.ok(e <= 1e-6, `${mode} ${JSON.stringify(xShape)} → ${JSON.stringify(yShape)}${withBias ? ' +b' : ''}${withRes ? ' +residual' : ''}: ${n} rel L2 ${e.toExponential(2)}`);
+    });
+    inputs.forEach((v) => v.dispose());
+    wT.dispose();
+    bT?.dispose();
+    rT.dispose();
+  }
+  const g = new Graph();
+  const w = g.input([5, 4]);
+  t.throws(() => g.linear(g.input([2, 4, 3]), w, undefined, { transX: true, transY: true }), { code: 'E_SHAPE', message: /both/ });
+  t.throws(() => g.linear(g.input([4, 3]), w, undefined, { transX: true }), { code: 'E_SHAPE', message: /rank 3/ });
+  t.throws(() => g.linear(g.input([2, 3, 4]), w, undefined, { transX: true }), { code: 'E_SHAPE' });
+  t.throws(() => g.linear(g.input([2, 3, 4]), w, undefined, { transY: true, residual: g.input([2, 3, 5]) }), { code: 'E_SHAPE', message: /residual/ });
 });

@@ -71,14 +71,23 @@ export function grad(g: Graph, loss: Value, wrt: readonly Value[], opts: GradOpt
     const a = op.attrs;
     switch (op.op) {
       case 'linear': {
-        // dx = dy·W: MATMUL with a rank-2 right operand broadcasts it over dy's batch.
+        const transX = flag(a, 'transX'), transY = flag(a, 'transY');
+        // dx = dy·W: MATMUL with a rank-2 right operand broadcasts it over dy's batch. With
+        // transX / transY, dy or dx is channels first: a PERMUTE (backward passes only).
         if (want(0)) {
           const [x, w] = ins as [Value, Value];
-          accumulate(x.id, g.op('matmul', [dy, w], [[...dy.shape.slice(0, -1), w.dim(1)]])[0]!);
+          const tokens = transY ? g.permute(dy, [0, 2, 1]) : dy;  // [B, R, N]
+          const dx = g.op('matmul', [tokens, w], [[...tokens.shape.slice(0, -1), w.dim(1)]])[0]!;
+          accumulate(x.id, transX ? g.permute(dx, [0, 2, 1]) : dx);
         }
         // The bias [N] and the fused residual (shaped like y, native/fused.h): dy summed down to
-        // each one's shape (a residual takes dy as it is).
-        for (let k = 2; k < ins.length; k++) if (want(k)) accumulate(ins[k]!.id, reduceTo(g, dy, ins[k]!.shape));
+        // each one's shape (a residual takes dy as it is; with transY the bias runs along dim 1).
+        for (let k = 2; k < ins.length; k++) {
+          if (!want(k)) continue;
+          const s = ins[k]!.shape;
+          const isBias = s.length === 1 && dy.rank > 1;
+          accumulate(ins[k]!.id, transY && isBias ? g.reshape(reduceTo(g, dy, [s[0]!, 1]), [...s]) : reduceTo(g, dy, s));
+        }
         break;
       }
       case 'matmul': {

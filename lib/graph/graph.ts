@@ -101,14 +101,25 @@ export class Graph {
    * x·wᵀ + b (+ residual): `residual`, shaped exactly like the output, is added in the op's
    * epilogue (the skip connections of the transformer blocks) instead of by a separate ADD.
    */
-  linear(x: Value, w: Value, b?: Value, opts: { residual?: Value } = {}): Value {
+  /**
+   * With `transX`, x is channels first, [B, K, R] (an NCHW image viewed as [B, C, H·W]), and the
+   * result tokens [B, R, N]; with `transY`, x is [B, R, K] and the result channels first,
+   * [B, N, R]. The layout change then happens inside the GEMM instead of a PERMUTE pass (a
+   * transformer block's proj_in / proj_out).
+   */
+  linear(x: Value, w: Value, b?: Value, opts: { residual?: Value; transX?: boolean; transY?: boolean } = {}): Value {
     const [n, k] = w.shape as [number, number];
-    if (w.rank !== 2 || x.dim(-1) !== k) throw shapeErr('linear', `x ${S(x.shape)} does not fit weight ${S(w.shape)}`);
+    const { transX = false, transY = false } = opts;
+    if (transX && transY) throw shapeErr('linear', 'transX and transY cannot both be set');
+    if ((transX || transY) && x.rank !== 3)
+      throw shapeErr('linear', `${transX ? 'transX' : 'transY'} needs x of rank 3, got ${S(x.shape)}`);
+    if (w.rank !== 2 || (transX ? x.dim(1) : x.dim(-1)) !== k)
+      throw shapeErr('linear', `x ${S(x.shape)}${transX ? ' (transX)' : ''} does not fit weight ${S(w.shape)}`);
     if (b && (b.rank !== 1 || b.dim(0) !== n)) throw shapeErr('linear', `bias ${S(b.shape)} does not fit weight ${S(w.shape)}`);
-    const shape = [...x.shape.slice(0, -1), n];
+    const shape = transX ? [x.dim(0), x.dim(2), n] : transY ? [x.dim(0), n, x.dim(1)] : [...x.shape.slice(0, -1), n];
     const r = opts.residual;
     if (r) checkResidual('linear', r, shape);
-    return this.emit('linear', fusedInputs(x, w, b, r), shape);
+    return this.emit('linear', fusedInputs(x, w, b, r), shape, transX ? { transX } : transY ? { transY } : undefined);
   }
 
   matmul(a: Value, b: Value, opts: { transB?: boolean } = {}): Value {

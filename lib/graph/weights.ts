@@ -86,8 +86,11 @@ export class Weights implements Disposable {
 }
 
 /** Builders shared by the model graphs. */
-export function linearW(g: Graph, w: Weights, x: Value, prefix: string, opts: { residual?: Value } = {}): Value {
-  return g.linear(x, w.in(g, `${prefix}.weight`), w.maybe(g, `${prefix}.bias`), opts);
+export function linearW(g: Graph, w: Weights, x: Value, prefix: string, opts: { residual?: Value; transX?: boolean; transY?: boolean } = {}): Value {
+  let wt = w.in(g, `${prefix}.weight`);
+  // A 1x1 conv kernel [O, C, 1, 1] serves as the weight [O, C] (a constant view: no copy per run).
+  if (wt.rank === 4 && wt.dim(2) === 1 && wt.dim(3) === 1) wt = g.reshape(wt, [wt.dim(0), wt.dim(1)]);
+  return g.linear(x, wt, w.maybe(g, `${prefix}.bias`), opts);
 }
 
 /**
@@ -121,10 +124,4 @@ export function layerNormW(g: Graph, w: Weights, x: Value, prefix: string, eps: 
 export function toTokens(g: Graph, x: Value): Value {
   const [b, c, h, wd] = x.shape as [number, number, number, number];
   return g.reshape(g.permute(x, [0, 2, 3, 1]), [b, h * wd, c]);
-}
-
-/** [B, H·W, C] → [B, C, H, W] */
-export function toImage(g: Graph, x: Value, h: number, wd: number): Value {
-  const [b, , c] = x.shape as [number, number, number];
-  return g.permute(g.reshape(x, [b, h, wd, c]), [0, 3, 1, 2]);
 }

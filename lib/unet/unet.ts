@@ -3,7 +3,7 @@
 import { IdforgeError } from '../errors.js';
 import type { UNetConfig } from '../io/configs.js';
 import type { Graph, Value } from '../graph/graph.js';
-import { convW, groupNormW, layerNormW, linearW, toImage, toTokens, type Weights } from '../graph/weights.js';
+import { convW, groupNormW, layerNormW, linearW, type Weights } from '../graph/weights.js';
 
 /** Cross-attention contexts: keys from `k`, values from `v` (the same Value for ordinary prompts). */
 export interface CrossContext {
@@ -80,13 +80,12 @@ class UNetBuilder {
 
   transformer(x: Value, p: string, heads: number): Value {
     const { g, w, cfg } = this;
-    const [, , hh, ww] = x.shape as [number, number, number, number];
-    let h = groupNormW(g, w, x, `${p}.norm`, { groups: cfg.normNumGroups, eps: 1e-6 });
-    if (cfg.useLinearProjection) {
-      h = linearW(g, w, toTokens(g, h), `${p}.proj_in`);
-    } else {
-      h = toTokens(g, convW(g, w, h, `${p}.proj_in`));
-    }
+    const [bn, c, hh, ww] = x.shape as [number, number, number, number];
+    // proj_in / proj_out (a linear, or a 1x1 conv whose kernel serves as the linear weight) change
+    // between the image layout [B, C, H·W] and tokens [B, H·W, C] inside their GEMMs (transX /
+    // transY): no permute pass, and the block's skip connection x is added in proj_out's epilogue.
+    const norm = groupNormW(g, w, x, `${p}.norm`, { groups: cfg.normNumGroups, eps: 1e-6 });
+    let h = linearW(g, w, g.reshape(norm, [bn, c, hh * ww]), `${p}.proj_in`, { transX: true });
     for (let t = 0; t < cfg.transformerLayersPerBlock; t++) {
       const b = `${p}.transformer_blocks.${t}`;
       h = this.attn(layerNormW(g, w, h, `${b}.norm1`, 1e-5), `${b}.attn1`, heads, h);
@@ -95,10 +94,8 @@ class UNetBuilder {
       f = g.geglu(linearW(g, w, f, `${b}.ff.net.0.proj`));
       h = linearW(g, w, f, `${b}.ff.net.2`, { residual: h });
     }
-    // The block's skip connection: fused into the 1x1 proj_out conv; with a linear proj_out the
-    // output is in token layout, and x would need a permute (a pass of its own) to match it.
-    if (cfg.useLinearProjection) return g.add(toImage(g, linearW(g, w, h, `${p}.proj_out`), hh, ww), x);
-    return convW(g, w, toImage(g, h, hh, ww), `${p}.proj_out`, { residual: x });
+    const out = linearW(g, w, h, `${p}.proj_out`, { transY: true, residual: g.reshape(x, [bn, c, hh * ww]) });
+    return g.reshape(out, [bn, out.dim(1), hh, ww]);
   }
 }
 

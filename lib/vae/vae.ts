@@ -2,7 +2,7 @@
 import type { VaeConfig } from '../io/configs.js';
 import type { Graph, Value } from '../graph/graph.js';
 import { Tensor } from '../tensor.js';
-import { convW, groupNormW, linearW, toImage, toTokens, type Weights } from '../graph/weights.js';
+import { convW, groupNormW, linearW, type Weights } from '../graph/weights.js';
 
 function resnet(g: Graph, w: Weights, cfg: VaeConfig, x: Value, p: string): Value {
   const gn = { groups: cfg.normNumGroups, eps: cfg.normEps, silu: true };
@@ -13,16 +13,17 @@ function resnet(g: Graph, w: Weights, cfg: VaeConfig, x: Value, p: string): Valu
   return convW(g, w, h, `${p}.conv2`, { residual: skip });
 }
 
-// Single-head spatial self-attention of the mid block. Its skip connection stays an ADD: to_out's
-// output is in token layout, and x would need a permute (a pass of its own) to be its residual.
+// Single-head spatial self-attention of the mid block. q, k and v read the normalised image
+// channels first ([B, C, H·W], transX) and to_out writes it back channels first (transY) with the
+// skip connection x added in its epilogue: no permute and no ADD pass.
 function attention(g: Graph, w: Weights, cfg: VaeConfig, x: Value, p: string): Value {
-  const [, , hh, ww] = x.shape as [number, number, number, number];
-  const h = toTokens(g, groupNormW(g, w, x, `${p}.group_norm`, { groups: cfg.normNumGroups, eps: cfg.normEps }));
-  const q = linearW(g, w, h, `${p}.to_q`);
-  const k = linearW(g, w, h, `${p}.to_k`);
-  const v = linearW(g, w, h, `${p}.to_v`);
-  const o = linearW(g, w, g.attention(q, k, v, { heads: 1 }), `${p}.to_out.0`);
-  return g.add(toImage(g, o, hh, ww), x);
+  const [b, c, hh, ww] = x.shape as [number, number, number, number];
+  const img = g.reshape(groupNormW(g, w, x, `${p}.group_norm`, { groups: cfg.normNumGroups, eps: cfg.normEps }), [b, c, hh * ww]);
+  const q = linearW(g, w, img, `${p}.to_q`, { transX: true });
+  const k = linearW(g, w, img, `${p}.to_k`, { transX: true });
+  const v = linearW(g, w, img, `${p}.to_v`, { transX: true });
+  const o = linearW(g, w, g.attention(q, k, v, { heads: 1 }), `${p}.to_out.0`, { transY: true, residual: g.reshape(x, [b, c, hh * ww]) });
+  return g.reshape(o, [b, o.dim(1), hh, ww]);
 }
 
 function mid(g: Graph, w: Weights, cfg: VaeConfig, x: Value, p: string): Value {

@@ -81,6 +81,8 @@ class Im2colB : public GemmB {
   int nr_;
 };
 
+}  // namespace
+
 // Image b's output planes before its GEMM accumulates onto them: y[o] = bias(b, o) + residual[o]
 // over the N pixels of each plane (one pass; a residual that is y itself is left in place).
 void fillPlanes(float* yb, int64_t b, int64_t O, int64_t N, const Epilogue& e) {
@@ -105,8 +107,6 @@ void fillPlanes(float* yb, int64_t b, int64_t O, int64_t N, const Epilogue& e) {
   if (O <= grain) body(0, O);
   else parallel_for(O, body, grain);
 }
-
-}  // namespace
 
 void op_CONV2D(const OpAttrs& a, const Views& in, const Views& out) {
   const char* op = "conv2d";

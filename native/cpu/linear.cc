@@ -29,12 +29,47 @@ static void fillRows(float* y, int64_t rows, int64_t n, const Epilogue& e) {
   else parallel_for(rows, body, grain);
 }
 
-void op_LINEAR(const OpAttrs&, const Views& in, const Views& out) {
+// LINEAR with transX (x [B, K, R] → y [B, R, N]) or transY (x [B, R, K] → y [B, N, R]): the
+// same product with other strides, so the layout change costs nothing.
+static void linearTransposed(const OpAttrs& a, const Views& in, const Views& out) {
+  const char* op = "linear";
+  const Shape& xs = in[0].shape;
+  const Shape& ws = in[1].shape;
+  if (a.transX && a.transY) shapeError(op, "transX and transY cannot both be set");
+  if (xs.size() != 3) shapeError(op, std::string(a.transX ? "transX" : "transY") + " needs x of rank 3, got " + shapeOf(in[0]));
+  const int64_t B = xs[0], K = a.transX ? xs[1] : xs[2], R = a.transX ? xs[2] : xs[1];
+  if (ws.size() != 2 || ws[1] != K)
+    shapeError(op, "w " + shapeOf(in[1]) + " must be [N, " + std::to_string(K) + "] for x " + shapeOf(in[0]) +
+                       (a.transX ? " (transX)" : " (transY)"));
+  const int64_t N = ws[0];
+  const Shape os = a.transX ? Shape{B, R, N} : Shape{B, N, R};
+  checkShape(op, out[0], os, "out");
+  const Epilogue e = epilogueOf(op, in, out[0], N, 0);
+  const float* x = in[0].as<float>();
+  const float* w = in[1].as<float>();
+  float* y = out[0].as<float>();
+  for (int64_t b = 0; b < B; b++) {
+    const float* xb = x + b * K * R;
+    float* yb = y + b * R * N;
+    if (a.transX) {
+      // y_b[r][n] = Σ_k x_b[k][r] · w[n][k]: A(r, k) = x_b[k·R + r], B(k, n) = w[n·K + k].
+      if (e.any()) fillRows(yb, R, N, e.residual ? Epilogue{e.bias, 0, e.residual + b * R * N} : e);
+      sgemm(R, N, K, xb, 1, R, w, 1, K, yb, N, e.any());
+    } else {
+      // y_b[n][r] = Σ_k w[n][k] · x_b[r][k]: A(n, k) = w[n·K + k], B(k, r) = x_b[r·K + k].
+      if (e.any()) fillPlanes(yb, b, N, R, e);
+      sgemm(N, R, K, w, K, 1, xb, 1, K, yb, R, e.any());
+    }
+  }
+}
+
+void op_LINEAR(const OpAttrs& a, const Views& in, const Views& out) {
   const char* op = "linear";
   checkArity(op, in, 2, 4, out, 1);
   checkDtype(op, in[0], DType::F32, "x");
   checkDtype(op, in[1], DType::F32, "w");
   checkDtype(op, out[0], DType::F32, "out");
+  if (a.transX || a.transY) return linearTransposed(a, in, out);
   const Shape& xs = in[0].shape;
   const Shape& ws = in[1].shape;
   if (xs.empty()) shapeError(op, "x " + shapeOf(in[0]) + " must be [.., K]");

@@ -354,7 +354,50 @@ void testConvFused(Shape xs, int64_t O, int64_t kh, int64_t kw, int64_t s, int64
         y, ref, samples ? idx : std::vector<int64_t>{});
 }
 
+// LINEAR transX (x [B, K, R] → y [B, R, N]) / transY (x [B, R, K] → y [B, N, R]) against loops.
+void testLinearTrans(bool transX, int64_t B, int64_t K, int64_t R, int64_t N, bool bias, bool residual) {
+  Shape xs = transX ? Shape{B, K, R} : Shape{B, R, K};
+  Shape os = transX ? Shape{B, R, N} : Shape{B, N, R};
+  Tensor x = rnd(xs), w = rnd({N, K}), b = rnd({N}), r = rnd(os), y = nans(os);
+  OpAttrs a;
+  a.transX = transX;
+  a.transY = !transX;
+  if (residual) run(OpCode::LINEAR, a, {&x, &w, bias ? &b : nullptr, &r}, {&y});
+  else run(OpCode::LINEAR, a, {&x, &w, bias ? &b : nullptr}, {&y});
+  std::vector<double> ref(size_t(numel(os)));
+  for (int64_t bi = 0; bi < B; bi++)
+    for (int64_t ri = 0; ri < R; ri++)
+      for (int64_t n = 0; n < N; n++) {
+        double acc = bias ? b.f[size_t(n)] : 0.0;
+        for (int64_t k = 0; k < K; k++)
+          acc += double(transX ? x.f[size_t((bi * K + k) * R + ri)] : x.f[size_t((bi * R + ri) * K + k)]) * w.f[size_t(n * K + k)];
+        int64_t o = transX ? (bi * R + ri) * N + n : (bi * N + n) * R + ri;
+        if (residual) acc += r.f[size_t(o)];
+        ref[size_t(o)] = acc;
+      }
+  check(std::string("linear ") + (transX ? "transX x" : "transY x") + S(xs) + " w[" + std::to_string(N) + "," +
+            std::to_string(K) + "]" + (bias ? " +b" : "") + (residual ? " +res" : ""),
+        y, ref);
+}
+
 void testFused() {
+  for (bool tx : {true, false}) {
+    testLinearTrans(tx, 2, 24, 35, 17, true, true);
+    testLinearTrans(tx, 1, 8, 5, 3, false, false);
+    testLinearTrans(tx, 2, 64, 256, 48, true, false);
+    testLinearTrans(tx, 3, 13, 1, 7, false, true);
+  }
+  {
+    Tensor x = rnd({2, 4, 3}), w = rnd({5, 4}), y = nans({2, 3, 5}), yBad = nans({2, 5, 3});
+    OpAttrs both;
+    both.transX = both.transY = true;
+    OpAttrs tx;
+    tx.transX = true;
+    expectError("linear transX and transY -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::LINEAR, both, {&x, &w}, {&y}); });
+    expectError("linear transX wrong out -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::LINEAR, tx, {&x, &w}, {&yBad}); });
+    Tensor x2 = rnd({4, 3});
+    expectError("linear transX rank 2 -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::LINEAR, tx, {&x2, &w}, {&y}); });
+  }
   // LINEAR: the packed-SGEMM path (bias + residual as the values it accumulates onto) and the
   // few-tokens weight-in-place path (added while transposing), every way of passing the residual.
   for (Res m : {Res::Third, Res::Fourth, Res::FourthNoBias, Res::InPlace}) {

@@ -219,6 +219,15 @@ std::vector<Case> buildCases() {
   add({"linear +b +res x[2,77,768]·w[320,768]ᵀ", OpCode::LINEAR, {}, {randT({2, 77, 768}), randT({320, 768}, 0.05f), randT({320}), randT({2, 77, 320})}, {{2, 77, 320}}, "fill+cublas"});
   add({"linear +res odd x[3,7,13]·w[5,13]ᵀ", OpCode::LINEAR, {}, {randT({3, 7, 13}), randT({5, 13}), randT({3, 7, 5})}, {{3, 7, 5}}, "copy+cublas"});
   add({"linear +b +res x[1,256,640]·w[5120,640]ᵀ", OpCode::LINEAR, {}, {randT({1, 256, 640}), randT({5120, 640}, 0.05f), randT({5120}), randT({1, 256, 5120})}, {{1, 256, 5120}}, "fill+cublas"});
+  // transX (x channels first [B, K, R] → tokens) and transY (tokens → channels first [B, N, R]):
+  // proj_in / proj_out of the transformer blocks, the VAE's mid attention.
+  OpAttrs tx = attrs([](OpAttrs& a) { a.transX = true; });
+  OpAttrs ty = attrs([](OpAttrs& a) { a.transY = true; });
+  add({"linear transX x[2,320,4096]→[2,4096,320] +b", OpCode::LINEAR, tx, {randT({2, 320, 4096}), randT({320, 320}, 0.05f), randT({320})}, {{2, 4096, 320}}, "cublas TT"});
+  add({"linear transX odd x[3,13,7]→[3,7,5]", OpCode::LINEAR, tx, {randT({3, 13, 7}), randT({5, 13})}, {{3, 7, 5}}, "cublas TT"});
+  add({"linear transY x[2,1024,640]→[2,640,1024] +b +res", OpCode::LINEAR, ty, {randT({2, 1024, 640}), randT({640, 640}, 0.05f), randT({640}), randT({2, 640, 1024})}, {{2, 640, 1024}}, "fill+cublas TN"});
+  add({"linear transY odd x[2,7,13]→[2,5,7] +res", OpCode::LINEAR, ty, {randT({2, 7, 13}), randT({5, 13}), randT({2, 5, 7})}, {{2, 5, 7}}, "copy+cublas TN"});
+  add({"linear transY x[1,1,8]→[1,6,1] +b", OpCode::LINEAR, ty, {randT({1, 1, 8}), randT({6, 8}), randT({6})}, {{1, 6, 1}}, "fill+cublas TN"});
   auto convF = [&](std::string n, Shape x, Shape w, int s, int p, int bias /* 0 none, 1 [O], 2 [B, O] */, bool res) {
     int64_t Ho = (x[2] + 2 * p - w[2]) / s + 1, Wo = (x[3] + 2 * p - w[3]) / s + 1;
     std::vector<HostTensor> in = {randT(x), randT(w, float(1.0 / std::sqrt(double(w[1] * w[2] * w[3]))))};
