@@ -64,6 +64,27 @@ export class Weights implements Disposable {
     return g.constant(this.tensor(name));
   }
 
+  /**
+   * a + b as one graph constant, summed on the host when first used (in float32, rounded once to
+   * the compute dtype): two biases that always add (a resnet's time-projection bias and its conv1
+   * bias) then cost no ADD per step.
+   */
+  sum(g: Graph, a: string, b: string): Value {
+    const key = `${a} + ${b}`;
+    let t = this.#loaded.get(key);
+    if (!t || t.disposed) {
+      const ra = this.ref(a), rb = this.ref(b);
+      if (ra.shape.length !== rb.shape.length || ra.shape.some((d, i) => d !== rb.shape[i]))
+        throw new IdforgeError('E_MODEL_FORMAT', `${this.component}: '${a}' ${JSON.stringify(ra.shape)} and '${b}' ${JSON.stringify(rb.shape)} should have one shape`);
+      const x = ra.readFloat32();
+      const y = rb.readFloat32();
+      for (let i = 0; i < x.length; i++) x[i]! += y[i]!;
+      t = Tensor.from(x, ra.shape, this.backend);
+      this.#loaded.set(key, t);
+    }
+    return g.constant(t);
+  }
+
   /** The weight as a graph constant, or undefined when the model does not have it. */
   maybe(g: Graph, name: string): Value | undefined {
     return this.has(name) ? this.in(g, name) : undefined;
@@ -85,6 +106,22 @@ export class Weights implements Disposable {
   }
 }
 
+/**
+ * Shape-only stand-ins for a component's weights (no data, no device): enough to build a graph
+ * and count its ops or plan its memory (lib/learn/plan.ts, tests).
+ */
+export class ShapeWeights extends Weights {
+  constructor(name: string, entries: readonly { name: string; shape: readonly number[] }[]) {
+    super(name, new Map(entries.map((e) => [e.name, { shape: [...e.shape], dtype: 'F32' } as unknown as TensorRef])), { device: 'cpu', dtype: 'float32' });
+  }
+  override tensor(name: string): Tensor {
+    return { shape: this.shape(name) } as unknown as Tensor;
+  }
+  override sum(g: Graph, a: string): Value {
+    return g.constant(this.tensor(a));
+  }
+}
+
 /** Builders shared by the model graphs. */
 export function linearW(g: Graph, w: Weights, x: Value, prefix: string, opts: { residual?: Value; transX?: boolean; transY?: boolean } = {}): Value {
   let wt = w.in(g, `${prefix}.weight`);
@@ -94,17 +131,16 @@ export function linearW(g: Graph, w: Weights, x: Value, prefix: string, opts: { 
 }
 
 /**
- * A conv layer. `residual` is added in the conv's epilogue (Graph.conv2d); `addBias` [B, O] is
- * added to the layer's own bias (a tiny ADD when it has one) and the sum becomes the conv's
- * per-image bias, so a per-image shift of the output (a resnet's time embedding) costs nothing.
+ * A conv layer. `residual` is added in the conv's epilogue (Graph.conv2d); `bias` replaces the
+ * layer's own bias: a per-image [B, O] one (a resnet's time embedding, with the layer's own bias
+ * already folded in by the caller) makes a per-image shift of the output cost nothing.
  */
 export function convW(
   g: Graph, w: Weights, x: Value, prefix: string,
-  opts: { stride?: number; pad?: number; residual?: Value; addBias?: Value } = {},
+  opts: { stride?: number; pad?: number; residual?: Value; bias?: Value } = {},
 ): Value {
   const k = w.shape(`${prefix}.weight`)[2]!;
-  const own = w.maybe(g, `${prefix}.bias`);
-  const bias = opts.addBias ? (own ? g.add(opts.addBias, own) : opts.addBias) : own;
+  const bias = opts.bias ?? w.maybe(g, `${prefix}.bias`);
   return g.conv2d(x, w.in(g, `${prefix}.weight`), bias, {
     stride: opts.stride ?? 1,
     pad: opts.pad ?? (k - 1) / 2,

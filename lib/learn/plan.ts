@@ -6,23 +6,12 @@
  */
 import { Graph } from '../graph/graph.js';
 import { planMemory } from '../graph/autodiff.js';
-import { Weights } from '../graph/weights.js';
-import type { TensorRef } from '../io/checkpoint.js';
+import { ShapeWeights } from '../graph/weights.js';
 import type { ModelConfigs } from '../io/configs.js';
-import { textLayout, unetLayout, type LayoutEntry } from '../bench/random-model.js';
-import type { Tensor } from '../tensor.js';
+import { textLayout, unetLayout } from '../bench/random-model.js';
 import { buildUNet } from '../unet/unet.js';
 import { buildTextEncoder } from '../text/clip.js';
 import { attentionLossLayersOf, buildLearnGraph } from './learn.js';
-
-class ShapeWeights extends Weights {
-  constructor(name: string, entries: LayoutEntry[]) {
-    super(name, new Map(entries.map((e) => [e.name, { shape: e.shape, dtype: 'F32' } as unknown as TensorRef])), { device: 'cpu', dtype: 'float32' });
-  }
-  override tensor(name: string): Tensor {
-    return { shape: this.shape(name) } as unknown as Tensor;
-  }
-}
 
 export interface MemoryPlan {
   /** Peak live activation bytes of one learning step (loss + gradients), float32. */

@@ -50,12 +50,19 @@ class UNetBuilder {
 
   // Both adds of a resnet are fused into its convs: the time embedding becomes conv1's per-image
   // bias (time_emb_proj + conv1.bias, a [B, O] add) and the skip connection conv2's residual.
-  resnet(x: Value, emb: Value, p: string): Value {
+  /** embAct: silu(time embedding), computed once for every resnet. */
+  resnet(x: Value, embAct: Value, p: string): Value {
     const { g, w, cfg } = this;
     const gn = { groups: cfg.normNumGroups, eps: cfg.normEps, silu: true };
     let h = groupNormW(g, w, x, `${p}.norm1`, gn);
-    const t = linearW(g, w, g.silu(emb), `${p}.time_emb_proj`);
-    h = convW(g, w, h, `${p}.conv1`, { addBias: t });
+    // The time projection with conv1's bias folded into its own (summed once, on the host) is
+    // conv1's per-image bias [B, O]: the time embedding costs no ADD.
+    const tb = `${p}.time_emb_proj.bias`, cb = `${p}.conv1.bias`;
+    const bias = w.has(tb) && w.has(cb) ? w.sum(g, tb, cb) : w.maybe(g, w.has(tb) ? tb : cb);
+    const proj = w.in(g, `${p}.time_emb_proj.weight`);
+    let t = g.linear(embAct, proj, w.has(tb) ? bias : undefined);
+    if (!w.has(tb) && bias) t = g.add(t, bias);  // no time-projection bias: conv1's alone, added
+    h = convW(g, w, h, `${p}.conv1`, { bias: t });
     h = groupNormW(g, w, h, `${p}.norm2`, gn);
     const skip = w.has(`${p}.conv_shortcut.weight`) ? convW(g, w, x, `${p}.conv_shortcut`) : x;
     return convW(g, w, h, `${p}.conv2`, { residual: skip });
@@ -111,13 +118,14 @@ export function buildUNet(g: Graph, w: Weights, cfg: UNetConfig, sample: Value, 
   const u = new UNetBuilder(g, w, cfg, ctx, opts.capture ?? new Set());
   const temb = g.timestepEmbedding(t, { dim: cfg.blockOutChannels[0]!, flip: cfg.flipSinToCos, shift: cfg.freqShift });
   const emb = linearW(g, w, g.silu(linearW(g, w, temb, 'time_embedding.linear_1')), 'time_embedding.linear_2');
+  const embAct = g.silu(emb);  // what every resnet's time projection reads
 
   let x = convW(g, w, sample, 'conv_in');
   const skips: Value[] = [x];
   cfg.downBlockTypes.forEach((type, i) => {
     const heads = cfg.attentionHeads[i]!;
     for (let j = 0; j < cfg.layersPerBlock; j++) {
-      x = u.resnet(x, emb, `down_blocks.${i}.resnets.${j}`);
+      x = u.resnet(x, embAct, `down_blocks.${i}.resnets.${j}`);
       if (type.startsWith('CrossAttn')) x = u.transformer(x, `down_blocks.${i}.attentions.${j}`, heads);
       skips.push(x);
     }
@@ -127,15 +135,15 @@ export function buildUNet(g: Graph, w: Weights, cfg: UNetConfig, sample: Value, 
     }
   });
 
-  x = u.resnet(x, emb, 'mid_block.resnets.0');
+  x = u.resnet(x, embAct, 'mid_block.resnets.0');
   x = u.transformer(x, 'mid_block.attentions.0', cfg.attentionHeads[levels - 1]!);
-  x = u.resnet(x, emb, 'mid_block.resnets.1');
+  x = u.resnet(x, embAct, 'mid_block.resnets.1');
 
   const upHeads = [...cfg.attentionHeads].reverse();
   cfg.upBlockTypes.forEach((type, i) => {
     for (let j = 0; j <= cfg.layersPerBlock; j++) {
       x = g.concat([x, skips.pop()!], 1);
-      x = u.resnet(x, emb, `up_blocks.${i}.resnets.${j}`);
+      x = u.resnet(x, embAct, `up_blocks.${i}.resnets.${j}`);
       if (type.startsWith('CrossAttn')) x = u.transformer(x, `up_blocks.${i}.attentions.${j}`, upHeads[i]!);
     }
     if (i < levels - 1) x = convW(g, w, g.upsample2x(x), `up_blocks.${i}.upsamplers.0.conv`);
