@@ -3,6 +3,8 @@
 // data is ever transposed. Bias (per channel, or per image for CONV2D) plus residual (the fused
 // skip connection, native/fused.h) is written into the output first and the GEMM adds onto it
 // (beta = 1), which costs the same traffic as a separate epilogue and one kernel fewer.
+#include <algorithm>
+
 #include "cuda_common.h"
 #include "fused.h"
 
@@ -128,6 +130,14 @@ void gemm(bool transA, bool transB, int m, int n, int k, float alpha, const void
   }
 }
 
+// An empty reduction (K = 0 or C = 0): the product is zero, so y is the epilogue alone (already
+// written) or zeros. cuBLAS would reject the zero leading dimensions.
+bool emptyProduct(const TensorView& y, int64_t k, bool epilogue) {
+  if (y.numel() > 0 && k > 0) return false;
+  if (y.numel() > 0 && !epilogue) CK(cudaMemsetAsync(y.data, 0, size_t(y.numel()) * dtypeSize(y.dtype), ctx().stream));
+  return true;
+}
+
 // LINEAR with transX (x [B, K, R] → y [B, R, N]) or transY (x [B, R, K] → y [B, N, R]): one
 // strided-batched GEMM with the transposes in cuBLAS's operand flags, so the token ↔ image layout
 // change of proj_in / proj_out costs no PERMUTE pass.
@@ -148,7 +158,7 @@ void linearTransposed(const OpAttrs& a, const std::vector<TensorView>& in, const
   // transX: rows of N with the bias along them; transY: (b, n) planes of R with bias[n] each.
   if (a.transX) fillEpilogueAny(y, e, N, 1);
   else fillEpilogueAny(y, e, N, R);
-  if (y.numel() == 0) return;
+  if (emptyProduct(y, K, e.any())) return;
   const float beta = e.any() ? 1.f : 0.f;
   const int n32 = checkedInt(op, N, "N"), r32 = checkedInt(op, R, "R"), k32 = checkedInt(op, K, "K"),
             b32 = checkedInt(op, B, "batch");
@@ -174,13 +184,14 @@ void opLinear(const OpAttrs& a, const std::vector<TensorView>& in, const std::ve
   if (w.shape.size() != 2 || x.shape.empty()) shapeError(op, "w must be [N, K], x [.., K]");
   int64_t N = w.shape[0], K = w.shape[1];
   if (x.shape.back() != K) shapeError(op, "x " + shapeStr(x.shape) + " does not end in K of w " + shapeStr(w.shape));
-  int64_t R = x.numel() / K;
   Shape ys = x.shape;
   ys.back() = N;
   if (y.shape != ys) shapeError(op, "output " + shapeStr(y.shape) + ", expected " + shapeStr(ys));
+  // Rows from the output: with K = 0 the input has no elements to count them by.
+  const int64_t R = N ? y.numel() / N : 0;
   const Epilogue e = epilogueOf(op, in, y, N, 0);
   fillEpilogueAny(y, e, N, 1);
-  if (R == 0) return;
+  if (emptyProduct(y, K, e.any())) return;
   // yᵀ[N, R] = wᵀ·xᵀ in column-major terms: A = w (stored [N,K] = col-major K×N, transposed).
   gemm(true, false, checkedInt(op, N, "N"), checkedInt(op, R, "rows"), checkedInt(op, K, "K"), 1.f, w.data,
        int(K), 0, x.data, int(K), 0, e.any() ? 1.f : 0.f, y.data, int(N), 0, 1, dt, dt);
@@ -237,12 +248,18 @@ void opConv2d(const OpAttrs& a, const std::vector<TensorView>& in, const std::ve
   if (w.shape[1] != C) shapeError(op, "w " + shapeStr(w.shape) + " does not take " + std::to_string(C) + " channels");
   int64_t s = a.stride, pad = a.pad;
   if (s < 1 || pad < 0) shapeError(op, "stride must be >= 1 and pad >= 0");
+  // As the CPU op: C++ division rounds toward zero, so an input smaller than the kernel would
+  // otherwise still give Ho = 1.
+  if (kh < 1 || kw < 1 || H + 2 * pad < kh || W + 2 * pad < kw)
+    shapeError(op, "input " + shapeStr(x.shape) + " with pad " + std::to_string(pad) + " is smaller than the kernel " +
+                       shapeStr(w.shape));
   int64_t Ho = (H + 2 * pad - kh) / s + 1, Wo = (W + 2 * pad - kw) / s + 1;
   Shape ys = {Bn, O, Ho, Wo};
   if (Ho < 1 || Wo < 1 || y.shape != ys) shapeError(op, "output " + shapeStr(y.shape) + ", expected " + shapeStr(ys));
   int64_t HWo = Ho * Wo;
   const Epilogue e = epilogueOf(op, in, y, O, Bn);
   if (HWo > 0) fillEpilogueAny(y, e, e.perImage ? Bn * O : O, HWo);
+  if (emptyProduct(y, C, e.any())) return;
   float beta = e.any() ? 1.f : 0.f;
   int64_t CK_ = C * kh * kw;
   size_t es = dtypeSize(dt);
@@ -256,7 +273,8 @@ void opConv2d(const OpAttrs& a, const std::vector<TensorView>& in, const std::ve
   // otherwise need gigabytes): whole images when they fit, else pixel ranges of one image.
   const int64_t budget = int64_t(256) << 20;
   int64_t perImage = CK_ * HWo * int64_t(es);
-  int64_t nb = perImage > 0 ? std::max<int64_t>(1, std::min<int64_t>(Bn, budget / perImage)) : 1;
+  // (at most 65535 images a chunk: they are grid.z of the im2col launch)
+  int64_t nb = perImage > 0 ? std::max<int64_t>(1, std::min<int64_t>({Bn, budget / perImage, int64_t(65535)})) : 1;
   int64_t P = nb > 1 || perImage <= budget ? HWo : std::max<int64_t>(256, budget / (CK_ * int64_t(es)));
   if (P > HWo) P = HWo;
   Scratch col(size_t(CK_ * P * nb) * es);

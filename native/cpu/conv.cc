@@ -120,6 +120,7 @@ void op_CONV2D(const OpAttrs& a, const Views& in, const Views& out) {
   if (ws.size() != 4 || ws[1] != xs[1])
     shapeError(op, "w " + shapeOf(in[1]) + " must be [O, " + std::to_string(xs[1]) + ", kh, kw] for x " + shapeOf(in[0]) +
                        " (groups = 1 only)");
+  if (a.groups != 1) shapeError(op, "only groups = 1 is supported");
   const int64_t B = xs[0], C = xs[1], H = xs[2], W = xs[3], O = ws[0], kh = ws[2], kw = ws[3];
   const int64_t s = a.stride, p = a.pad;
   if (s < 1 || p < 0) shapeError(op, "stride must be >= 1 and pad >= 0");

@@ -451,6 +451,11 @@ void testFused() {
   expectError("conv2d bias [O, B] (transposed) -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::CONV2D, pa, {&cx, &cw, &cbT}, {&cy}); });
   expectError("conv2d bias [3, O] for batch 2 -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::CONV2D, pa, {&cx, &cw, &cb3, &cr}, {&cy}); });
   expectError("conv2d residual of the wrong shape -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::CONV2D, pa, {&cx, &cw, &cb, &crBad}, {&cy}); });
+  {
+    OpAttrs g2 = pa;
+    g2.groups = 2;
+    expectError("conv2d groups 2 -> E_SHAPE (groups = 1 only)", "E_SHAPE", [&] { run(OpCode::CONV2D, g2, {&cx, &cw, &cb}, {&cy}); });
+  }
   expectError("conv2d 3rd input rank 4, not the output's shape -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::CONV2D, pa, {&cx, &cw, &crBad}, {&cy}); });
 }
 

@@ -228,6 +228,12 @@ std::vector<Case> buildCases() {
   add({"linear transY x[2,1024,640]→[2,640,1024] +b +res", OpCode::LINEAR, ty, {randT({2, 1024, 640}), randT({640, 640}, 0.05f), randT({640}), randT({2, 640, 1024})}, {{2, 640, 1024}}, "fill+cublas TN"});
   add({"linear transY odd x[2,7,13]→[2,5,7] +res", OpCode::LINEAR, ty, {randT({2, 7, 13}), randT({5, 13}), randT({2, 5, 7})}, {{2, 5, 7}}, "copy+cublas TN"});
   add({"linear transY x[1,1,8]→[1,6,1] +b", OpCode::LINEAR, ty, {randT({1, 1, 8}), randT({6, 8}), randT({6})}, {{1, 6, 1}}, "fill+cublas TN"});
+  // Non-square weights (a K/N mix-up in a leading dimension would show) with bias and residual.
+  add({"linear transX x[2,96,200]→[2,200,40] +b +res", OpCode::LINEAR, tx, {randT({2, 96, 200}), randT({40, 96}, 0.1f), randT({40}), randT({2, 200, 40})}, {{2, 200, 40}}, "fill+cublas TT"});
+  add({"linear transY x[2,200,96]→[2,40,200] +b", OpCode::LINEAR, ty, {randT({2, 200, 96}), randT({40, 96}, 0.1f), randT({40})}, {{2, 40, 200}}, "fill+cublas TN"});
+  // Empty reductions: the product is zero, y the epilogue alone (cuBLAS would refuse lda = 0).
+  add({"linear K=0 x[2,3,0]·w[4,0]ᵀ +b", OpCode::LINEAR, {}, {randT({2, 3, 0}), randT({4, 0}), randT({4})}, {{2, 3, 4}}, "fill only"});
+  add({"linear transY K=0 x[2,3,0]→[2,4,3] +res", OpCode::LINEAR, ty, {randT({2, 3, 0}), randT({4, 0}), randT({2, 4, 3})}, {{2, 4, 3}}, "copy only"});
   auto convF = [&](std::string n, Shape x, Shape w, int s, int p, int bias /* 0 none, 1 [O], 2 [B, O] */, bool res) {
     int64_t Ho = (x[2] + 2 * p - w[2]) / s + 1, Wo = (x[3] + 2 * p - w[3]) / s + 1;
     std::vector<HostTensor> in = {randT(x), randT(w, float(1.0 / std::sqrt(double(w[1] * w[2] * w[3]))))};
@@ -247,6 +253,10 @@ std::vector<Case> buildCases() {
   convF("conv3x3 [2,64,16,16]→64 +b +res", {2, 64, 16, 16}, {64, 64, 3, 3}, 1, 1, 1, true);
   convF("conv3x3 s2 [2,64,17,17]→64 +b +res", {2, 64, 17, 17}, {64, 64, 3, 3}, 2, 1, 1, true);
   convF("conv3x3 p0 [2,8,3,3]→16 (1x1 out) +b[B,O] +res", {2, 8, 3, 3}, {16, 8, 3, 3}, 1, 0, 2, true);
+  // The im2col scratch budget (256 MiB) split into chunks: pixel ranges of one image (fp32 needs
+  // 302 MB of columns for one image here) and one image per chunk (170 MB per image).
+  convF("conv3x3 [1,128,256,256]→32 +b +res (pixel chunks in fp32)", {1, 128, 256, 256}, {32, 128, 3, 3}, 1, 1, 1, true);
+  convF("conv3x3 [3,128,192,192]→16 +b[B,O] +res (image chunks in fp32)", {3, 128, 192, 192}, {16, 128, 3, 3}, 1, 1, 2, true);
   // ---- norms
   auto gn = [&](std::string n, Shape x, int g, bool silu, float off, double eps) {
     OpAttrs a;
