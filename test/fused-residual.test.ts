@@ -15,24 +15,10 @@ import { buildUNet, crossAttentionLayers } from '../lib/unet/unet.js';
 import { buildVaeDecoder } from '../lib/vae/vae.js';
 import { TINY_SD } from './helpers/fixtures.js';
 import { relL2 } from './helpers/metrics.js';
+import { rand, size } from './helpers/random.js';
 
 const CPU = { device: 'cpu', dtype: 'float32' } as const;
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s * 1664525 + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
-}
-/** Random values in ±[0.1, 1]·amp (never zero). */
-function rand(n: number, seed: number, amp = 1): Float32Array {
-  const r = rng(seed);
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) a[i] = amp * (0.1 + 0.9 * r()) * (r() < 0.5 ? -1 : 1);
-  return a;
-}
-const size = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
 
 /** The output shapes of a graph's ADD ops. */
 const adds = (g: Graph): number[][] => g.ops.filter((o) => o.op === 'add').map((o) => g.values[o.out[0]!]!.shape);
