@@ -15,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "backend.h"
@@ -577,6 +578,138 @@ void benchOps() {
   one("permute (0,2,3,1) [2,320,64,64]", OpCode::PERMUTE, pm, {{2, 320, 64, 64}}, {{2, 64, 64, 320}}, 0, gnB);
 }
 
+// Streams under load: 4 threads, each on a stream of its own (cudaCreateStream), run a fused
+// LINEAR (+b +residual, fp16) 60 times with pool churn (buffers released and taken again each
+// round); one of them also captures its op into a CUDA graph and replays it. Meanwhile a fifth
+// thread raises an out-of-range EMBEDDING id on its own stream over and over. Every worker's
+// result must match the CPU op, and none of them may see that error; the erring thread must see
+// it every time; and released streams are handed out again.
+Result streamStress() {
+  Result r;
+  r.name = "4 streams × 60 fused linears + graph replay, bad ids on a 5th stream";
+  r.dtype = "float16";
+  HostTensor x = randT({2, 1024, 320}), w = randT({320, 320}, 0.05f), b = randT({320}), res = randT({2, 1024, 320});
+  const size_t n = size_t(2 * 1024 * 320);
+  std::vector<float> ref(n);
+  {
+    Backend* cpu = cpuBackend();
+    cpu->run(OpCode::LINEAR, {}, {{x.f.data(), DType::F32, x.shape}, {w.f.data(), DType::F32, w.shape},
+                                  {b.f.data(), DType::F32, b.shape}, {res.f.data(), DType::F32, res.shape}},
+             {{ref.data(), DType::F32, {2, 1024, 320}}});
+  }
+  auto half = [](const HostTensor& t) {
+    std::vector<__half> h(t.f.size());
+    for (size_t i = 0; i < h.size(); i++) h[i] = __float2half_rn(t.f[i]);
+    return h;
+  };
+  const auto hx = half(x), hw = half(w), hb = half(b), hr = half(res);
+  constexpr int kThreads = 4, kRounds = 60;
+  std::vector<int> ids;
+  for (int i = 0; i <= kThreads; i++) ids.push_back(cudaCreateStream());
+  std::vector<double> err(kThreads, -1);
+  std::vector<std::string> why(kThreads);
+  int badSeen = 0, badRuns = 0;
+  std::string badWhy;
+  std::vector<std::thread> pool;
+  for (int t = 0; t < kThreads; t++)
+    pool.emplace_back([&, t] {
+      Backend* be = cudaBackend(DType::F16, ids[size_t(t)]);
+      try {
+        auto up = [&](const std::vector<__half>& h) {
+          void* p = be->alloc(h.size() * 2);
+          be->upload(p, h.data(), h.size() * 2);
+          return p;
+        };
+        void *dx = up(hx), *dw = up(hw), *db = up(hb), *dr = up(hr);
+        std::vector<TensorView> in = {{dx, DType::F16, x.shape}, {dw, DType::F16, w.shape}, {db, DType::F16, b.shape}, {dr, DType::F16, res.shape}};
+        void* out = nullptr;
+        void* graph = nullptr;
+        const std::vector<TensorView> o = {{nullptr, DType::F16, {2, 1024, 320}}};
+        for (int k = 0; k < kRounds; k++) {
+          if (graph) {  // replays write the buffer the graph was captured with: `out` stays
+            be->launchGraph(graph);
+            continue;
+          }
+          if (out) be->release(out, n * 2);
+          out = be->alloc(n * 2);
+          std::vector<TensorView> ov = o;
+          ov[0].data = out;
+          if (t == 0 && k == kRounds / 2) {  // thread 0: capture once (after 30 eager rounds), then replay
+            be->beginCapture();
+            try {
+              be->run(OpCode::LINEAR, {}, in, ov);
+            } catch (...) {
+              be->abortCapture();
+              throw;
+            }
+            std::string whyNot;
+            graph = be->endCapture(&whyNot);
+            if (!graph) throw Error("E_BACKEND", "capture failed: " + whyNot);
+            be->launchGraph(graph);
+            continue;
+          }
+          be->run(OpCode::LINEAR, {}, in, ov);
+        }
+        be->synchronize();
+        std::vector<__half> got(n);
+        be->download(got.data(), out, n * 2);  // for thread 0: what the last replay wrote
+        double num = 0, den = 0;
+        for (size_t i = 0; i < n; i++) {
+          double d = double(__half2float(got[i])) - ref[i];
+          num += d * d;
+          den += double(ref[i]) * ref[i];
+        }
+        err[size_t(t)] = std::sqrt(num / den);
+        if (graph) be->destroyGraph(graph);
+        for (void* p : {dx, dw, db, dr, out}) be->release(p, 0);
+      } catch (const std::exception& e) {
+        why[size_t(t)] = e.what();
+      }
+    });
+  std::thread bad([&] {
+    Backend* be = cudaBackend(DType::F32, ids[kThreads]);
+    std::vector<int32_t> badIds = {1, 5000, 2};
+    std::vector<float> tab(40, 0.5f);
+    void* di = be->alloc(12);
+    void* dt = be->alloc(160);
+    void* dout = be->alloc(48);
+    be->upload(di, badIds.data(), 12);
+    be->upload(dt, tab.data(), 160);
+    for (int k = 0; k < 200; k++) {
+      badRuns++;
+      try {
+        be->run(OpCode::EMBEDDING, {}, {{di, DType::I32, {1, 3}}, {dt, DType::F32, {10, 4}}}, {{dout, DType::F32, {1, 3, 4}}});
+        be->synchronize();
+      } catch (const Error& e) {
+        if (e.code() == "E_ARGUMENT") badSeen++;
+        else badWhy = e.what();
+      }
+    }
+    for (void* p : {di, dt, dout}) be->release(p, 0);
+  });
+  for (auto& th : pool) th.join();
+  bad.join();
+  r.pass = badSeen == badRuns && badWhy.empty();
+  r.note = "bad ids reported " + std::to_string(badSeen) + "/" + std::to_string(badRuns) + (badWhy.empty() ? "" : " (" + badWhy + ")");
+  for (int t = 0; t < kThreads; t++) {
+    r.rel = std::max(r.rel, err[size_t(t)]);
+    if (!why[size_t(t)].empty() || !(err[size_t(t)] >= 0 && err[size_t(t)] <= 2e-3)) {
+      r.pass = false;
+      r.note += "; stream " + std::to_string(ids[size_t(t)]) + ": " + (why[size_t(t)].empty() ? "rel " + std::to_string(err[size_t(t)]) : why[size_t(t)]);
+    }
+  }
+  for (int id : ids) cudaReleaseStream(id);
+  std::vector<int> again;
+  for (int i = 0; i <= kThreads; i++) again.push_back(cudaCreateStream());
+  bool reused = again == ids;
+  for (int id : again) cudaReleaseStream(id);
+  if (!reused) {
+    r.pass = false;
+    r.note += "; released streams were not handed out again";
+  }
+  return r;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -669,6 +802,12 @@ int main(int argc, char** argv) {
     results.push_back(r);
     if (!r.pass) fails++;
     std::printf("%-4s %s  %s\n", r.pass ? "ok" : "FAIL", r.name.c_str(), r.note.c_str());
+  }
+  {
+    Result r = streamStress();
+    results.push_back(r);
+    if (!r.pass) fails++;
+    std::printf("%-4s %s  max rel %.3e  %s\n", r.pass ? "ok" : "FAIL", r.name.c_str(), r.rel, r.note.c_str());
   }
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("\n%d of %zu checks failed (%.1f s)\n", fails, results.size(), secs);
