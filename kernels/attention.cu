@@ -7,6 +7,7 @@
 #include <cfloat>
 
 #include "attention.h"
+#include "reduce.cuh"
 
 namespace idforge {
 namespace cuda {
@@ -16,14 +17,6 @@ namespace {
 constexpr int GK = 32;      // keys per tile in the generic kernel (one per lane)
 constexpr int GROWS = 4;    // query rows per block (one per warp)
 
-__device__ __forceinline__ float warpMax(float v) {
-  for (int o = 16; o; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
-  return v;
-}
-__device__ __forceinline__ float warpSum(float v) {
-  for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-  return v;
-}
 
 // One warp per query row, lane j scores key j of a 32-key tile shared through smem; the output
 // row is spread over the lanes (NACC columns each, dv <= 32·NACC).
@@ -127,29 +120,17 @@ void generic(const AttnParams& p) {
 template <typename T>
 __global__ void softmaxRows(const float* __restrict__ S, T* __restrict__ P, int rows, int Nk, int64_t pHead,
                             int qOff, int causal) {
-  __shared__ float red[32];
+  __shared__ float red[33];
   const int rr = blockIdx.x, head = blockIdx.y;
   const float* s = S + (int64_t(head) * rows + rr) * Nk;
   T* out = P + int64_t(head) * pHead + int64_t(rr) * Nk;
   const int lim = causal ? min(Nk, qOff + rr + 1) : Nk;
-  auto blockReduce = [&](float v, bool isMax) {
-    v = isMax ? warpMax(v) : warpSum(v);
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    int nw = blockDim.x >> 5;
-    float r = threadIdx.x < nw ? red[threadIdx.x] : (isMax ? -INFINITY : 0.f);
-    if (threadIdx.x < 32) r = isMax ? warpMax(r) : warpSum(r);
-    if (threadIdx.x == 0) red[0] = r;
-    __syncthreads();
-    return red[0];
-  };
   float mx = -INFINITY;
   for (int i = threadIdx.x; i < lim; i += blockDim.x) mx = fmaxf(mx, s[i]);
-  mx = blockReduce(mx, true);
+  mx = blockReduce(mx, true, red);
   float sum = 0.f;
   for (int i = threadIdx.x; i < lim; i += blockDim.x) sum += __expf(s[i] - mx);
-  sum = blockReduce(sum, false);
+  sum = blockReduce(sum, false, red);
   float inv = 1.f / sum;
   for (int i = threadIdx.x; i < Nk; i += blockDim.x) out[i] = fromF<T>(i < lim ? __expf(s[i] - mx) * inv : 0.f);
 }

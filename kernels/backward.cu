@@ -19,6 +19,7 @@
 #include <cstring>
 
 #include "backward.h"
+#include "reduce.cuh"
 #include "welford.cuh"
 
 namespace idforge {
@@ -62,36 +63,6 @@ __device__ __forceinline__ float geluGradF(float x) {
 __device__ __forceinline__ float siluGradF(float x, float alpha) {
   float s = 1.f / (1.f + expf(-alpha * x));
   return s + alpha * x * s * (1.f - s);
-}
-
-__device__ __forceinline__ float warpSumF(float v) {
-  for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-  return v;
-}
-__device__ __forceinline__ float warpMaxF(float v) {
-  for (int o = 16; o; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
-  return v;
-}
-__device__ __forceinline__ double warpSumD(double v) {
-  for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-  return v;
-}
-
-// Block-wide sum or max (blockDim.x a multiple of 32, at most 1024); every thread gets the
-// result. `red` is a __shared__ float[33] owned by the caller; safe to call back to back.
-__device__ float blockReduceF(float v, bool isMax, float* red) {
-  v = isMax ? warpMaxF(v) : warpSumF(v);
-  __syncthreads();  // a previous call's readers of red[32] are done
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    const int nw = blockDim.x >> 5;
-    float r = threadIdx.x < nw ? red[threadIdx.x] : (isMax ? -INFINITY : 0.f);
-    r = isMax ? warpMaxF(r) : warpSumF(r);
-    if (threadIdx.x == 0) red[32] = r;
-  }
-  __syncthreads();
-  return red[32];
 }
 
 // ---- elementwise ------------------------------------------------------------------------------
@@ -172,13 +143,13 @@ __global__ void reduceBlock(const T* __restrict__ x, T* __restrict__ y, RedDims 
     const int64_t base = decompose(o, d.nk, d.kExt, d.kStr);
     double s = 0;
     for (int64_t n = threadIdx.x; n < nRed; n += blockDim.x) s += toF(x[base + decompose(n, d.nr, d.rExt, d.rStr)]);
-    s = warpSumD(s);
+    s = warpSum(s);
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = s;
     __syncthreads();
     if (threadIdx.x < 32) {
       const int nw = blockDim.x >> 5;
       double v = threadIdx.x < nw ? red[threadIdx.x] : 0.0;
-      v = warpSumD(v);
+      v = warpSum(v);
       if (threadIdx.x == 0) y[o] = fromF<T>(float(v));
     }
     __syncthreads();  // red is rewritten by the next output
@@ -211,16 +182,16 @@ __global__ void injectBackward(const T* __restrict__ dy, const int32_t* __restri
 __device__ float2 blockSum2(float a, float b) {
   __shared__ float2 red[32];
   __shared__ float2 total;
-  a = warpSumF(a);
-  b = warpSumF(b);
+  a = warpSum(a);
+  b = warpSum(b);
   __syncthreads();
   if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = make_float2(a, b);
   __syncthreads();
   if (threadIdx.x < 32) {
     const int nw = blockDim.x >> 5;
     float2 v = threadIdx.x < nw ? red[threadIdx.x] : make_float2(0.f, 0.f);
-    v.x = warpSumF(v.x);
-    v.y = warpSumF(v.y);
+    v.x = warpSum(v.x);
+    v.y = warpSum(v.y);
     if (threadIdx.x == 0) total = v;
   }
   __syncthreads();
@@ -229,23 +200,6 @@ __device__ float2 blockSum2(float a, float b) {
 
 constexpr int GN_THREADS = 256;
 
-template <typename T>
-__global__ void __launch_bounds__(GN_THREADS) gnbStats(const T* __restrict__ x, Welford* __restrict__ part,
-                                                      int64_t groupSize, int64_t chunk) {
-  const int group = blockIdx.x, split = blockIdx.y;
-  const T* xg = x + int64_t(group) * groupSize;
-  const int64_t lo = int64_t(split) * chunk, hi = min(groupSize, lo + chunk);
-  Welford w{0.f, 0.f, 0.f};
-  for (int64_t i = lo + threadIdx.x; i < hi; i += GN_THREADS) {
-    float v = toF(xg[i]);
-    w.n += 1.f;
-    float d = v - w.mean;
-    w.mean += d / w.n;
-    w.m2 += d * (v - w.mean);
-  }
-  w = wBlockMerge(w);
-  if (threadIdx.x == 0) part[int64_t(group) * gridDim.y + split] = w;
-}
 
 struct GnbArgs {
   int64_t groupSize, chunk;
@@ -343,13 +297,13 @@ __global__ void layerNormBackward(const T* __restrict__ dy, const T* __restrict_
   T* o = dx + row * C;
   float s = 0.f;
   for (int i = lane; i < C; i += 32) s += toF(xr[i]);
-  const float mean = warpSumF(s) / float(C);
+  const float mean = warpSum(s) / float(C);
   float v = 0.f;
   for (int i = lane; i < C; i += 32) {
     float d = toF(xr[i]) - mean;
     v += d * d;
   }
-  const float rstd = rsqrtf(warpSumF(v) / float(C) + eps);
+  const float rstd = rsqrtf(warpSum(v) / float(C) + eps);
   float sg = 0.f, sgx = 0.f;
   for (int i = lane; i < C; i += 32) {
     float g = toF(dr[i]) * toF(gamma[i]);
@@ -357,7 +311,7 @@ __global__ void layerNormBackward(const T* __restrict__ dy, const T* __restrict_
     sg += g;
     sgx += g * xh;
   }
-  const float mg = warpSumF(sg) / float(C), mgx = warpSumF(sgx) / float(C);
+  const float mg = warpSum(sg) / float(C), mgx = warpSum(sgx) / float(C);
   for (int i = lane; i < C; i += 32) {
     float g = toF(dr[i]) * toF(gamma[i]);
     float xh = (toF(xr[i]) - mean) * rstd;
@@ -421,17 +375,17 @@ __global__ void attnBackwardRows(const float* S, const float* dP, const T* __res
   const int lim = causal ? min(Nk, qOff + rr + 1) : Nk;
   float mx = -INFINITY;
   for (int i = threadIdx.x; i < lim; i += blockDim.x) mx = fmaxf(mx, s[i]);
-  mx = blockReduceF(mx, true, red);
+  mx = blockReduce(mx, true, red);
   float sum = 0.f;
   for (int i = threadIdx.x; i < lim; i += blockDim.x) sum += expf(s[i] - mx);
-  sum = blockReduceF(sum, false, red);
+  sum = blockReduce(sum, false, red);
   const float inv = 1.f / sum;
   float dot = 0.f;
   for (int i = threadIdx.x; i < lim; i += blockDim.x) {
     float gi = g[i] + (dp ? toF(dp[i]) : 0.f);
     dot += expf(s[i] - mx) * inv * gi;
   }
-  dot = blockReduceF(dot, false, red);
+  dot = blockReduce(dot, false, red);
   for (int i = threadIdx.x; i < Nk; i += blockDim.x) {
     const float p = i < lim ? expf(s[i] - mx) * inv : 0.f;
     const float gi = g[i] + (dp ? toF(dp[i]) : 0.f);
@@ -617,8 +571,8 @@ void groupNorm(const OpAttrs& a, const Views& in, const Views& out) {
   cudaStream_t st = ctx().stream;
   dispatchFloat(op, dt, [&](auto tag) {
     using T = decltype(tag);
-    gnbStats<T><<<grid, GN_THREADS, 0, st>>>(x.as<T>(), part.as<Welford>(), groupSize, ga.chunk);
-    CK_LAUNCH("gnbStats");
+    groupStats<T, GN_THREADS><<<grid, GN_THREADS, 0, st>>>(x.as<T>(), part.as<Welford>(), groupSize, ga.chunk);
+    CK_LAUNCH("groupStats");
     gnbSums<T><<<grid, GN_THREADS, 0, st>>>(dy.as<T>(), x.as<T>(), part.as<Welford>(), w.as<T>(), b.as<T>(),
                                             sums.as<float2>(), ga);
     CK_LAUNCH("gnbSums");

@@ -3,6 +3,7 @@
 // over many blocks (a stats pass and an apply pass) because SD has only B·32 groups of up to a
 // million elements: one block per group would leave most of the GPU idle.
 #include "cuda_common.h"
+#include "reduce.cuh"
 #include "welford.cuh"
 
 namespace idforge {
@@ -12,23 +13,6 @@ namespace {
 
 constexpr int GN_THREADS = 256;
 
-template <typename T>
-__global__ void __launch_bounds__(GN_THREADS) gnStats(const T* __restrict__ x, Welford* __restrict__ part,
-                                                     int64_t groupSize, int64_t chunk) {
-  const int group = blockIdx.x, split = blockIdx.y;
-  const T* xg = x + int64_t(group) * groupSize;
-  int64_t lo = int64_t(split) * chunk, hi = min(groupSize, lo + chunk);
-  Welford w{0.f, 0.f, 0.f};
-  for (int64_t i = lo + threadIdx.x; i < hi; i += GN_THREADS) {
-    float v = toF(xg[i]);
-    w.n += 1.f;
-    float d = v - w.mean;
-    w.mean += d / w.n;
-    w.m2 += d * (v - w.mean);
-  }
-  w = wBlockMerge(w);
-  if (threadIdx.x == 0) part[int64_t(group) * gridDim.y + split] = w;
-}
 
 template <typename T>
 __global__ void __launch_bounds__(GN_THREADS) gnApply(const T* __restrict__ x, T* __restrict__ y,
@@ -67,15 +51,13 @@ __global__ void layerNorm(const T* __restrict__ x, T* __restrict__ y, const T* _
   T* yr = y + row * C;
   float s = 0.f;
   for (int i = lane; i < C; i += 32) s += toF(xr[i]);
-  for (int o = 16; o; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
-  const float mean = s / C;
+  const float mean = warpSum(s) / C;
   float v = 0.f;
   for (int i = lane; i < C; i += 32) {
     float d = toF(xr[i]) - mean;
     v += d * d;
   }
-  for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-  const float rstd = rsqrtf(v / C + eps);
+  const float rstd = rsqrtf(warpSum(v) / C + eps);
   for (int i = lane; i < C; i += 32) yr[i] = fromF<T>((toF(xr[i]) - mean) * rstd * toF(gamma[i]) + toF(beta[i]));
 }
 
@@ -101,8 +83,8 @@ void opGroupNorm(const OpAttrs& a, const std::vector<TensorView>& in, const std:
   dim3 grid{unsigned(B * G), unsigned(splits)};
   dispatchFloat(op, dt, [&](auto tag) {
     using T = decltype(tag);
-    gnStats<T><<<grid, GN_THREADS, 0, ctx().stream>>>(x.as<T>(), part.as<Welford>(), groupSize, chunk);
-    CK_LAUNCH("gnStats");
+    groupStats<T, GN_THREADS><<<grid, GN_THREADS, 0, ctx().stream>>>(x.as<T>(), part.as<Welford>(), groupSize, chunk);
+    CK_LAUNCH("groupStats");
     gnApply<T><<<grid, GN_THREADS, 0, ctx().stream>>>(x.as<T>(), y.as<T>(), part.as<Welford>(), in[1].as<T>(),
                                                       in[2].as<T>(), groupSize, chunk, S, int(C), int(Cg), int(G),
                                                       float(a.eps), a.silu ? 1 : 0);

@@ -1,5 +1,6 @@
 // Welford mean/variance merging shared by the norm kernels (forward in norm.cu, backward in
-// backward.cu): statistics in fp32 with a numerically stable merge of partial results.
+// backward.cu): statistics in fp32 with a numerically stable merge of partial results, and the
+// group-norm statistics kernel both use. Needs cuda_common.h (toF) first.
 #pragma once
 
 namespace idforge {
@@ -43,6 +44,27 @@ __device__ Welford wBlockMerge(Welford w) {
   }
   __syncthreads();
   return total;
+}
+
+// Group-norm statistics, split: block (group, split) merges elements [split·chunk, +chunk) of
+// its group (groupSize contiguous elements) into part[group · gridDim.y + split]. Used by the
+// forward (norm.cu) and the backward (backward.cu), which merge the parts themselves.
+template <typename T, int THREADS>
+__global__ void __launch_bounds__(THREADS) groupStats(const T* __restrict__ x, Welford* __restrict__ part,
+                                                      int64_t groupSize, int64_t chunk) {
+  const int group = blockIdx.x, split = blockIdx.y;
+  const T* xg = x + int64_t(group) * groupSize;
+  const int64_t lo = int64_t(split) * chunk, hi = min(groupSize, lo + chunk);
+  Welford w{0.f, 0.f, 0.f};
+  for (int64_t i = lo + threadIdx.x; i < hi; i += THREADS) {
+    float v = toF(xg[i]);
+    w.n += 1.f;
+    float d = v - w.mean;
+    w.mean += d / w.n;
+    w.m2 += d * (v - w.mean);
+  }
+  w = wBlockMerge(w);
+  if (threadIdx.x == 0) part[int64_t(group) * gridDim.y + split] = w;
 }
 
 }  // namespace
