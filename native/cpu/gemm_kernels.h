@@ -59,13 +59,16 @@ constexpr int kNarrowNR = kNarrowNV * kLanes;
 constexpr int kMaxMR = kWideMR > kNarrowMR ? kWideMR : kNarrowMR;
 constexpr int kMaxNR = kWideNR > kNarrowNR ? kWideNR : kNarrowNR;
 
-// C[MR x NR] (row stride ldc) = (accumulate ? C : 0) + sum_k A(i, k) * B[k*NR + j]
-// The sum is formed from zero and C added once at the end, not FMA'd onto C: C may hold a bias
-// plus a fused residual (a skip connection, typically much larger than the product), and
-// accumulating onto it would round every FMA at the residual's magnitude.
-template <int MR, int NV, int ARS, int ACS>
-inline void microKernel(int64_t kc, const float* __restrict A, const float* __restrict B,
-                        float* __restrict C, int64_t ldc, bool accumulate) {
+// C[MR x NR] (row stride ldc) = (accumulate ? C : 0) + sum_k A(i, k) * B[k*NR + j], with
+// A(i, k) = A[i*ars + k*ACS]. The sum is formed from zero and C added once at the end, not FMA'd
+// onto C: C may hold a bias plus a fused residual (a skip connection, typically much larger than
+// the product), and accumulating onto it would round every FMA at the residual's magnitude.
+// Always inlined, so that a compile-time row stride (packed panels) folds into the addressing
+// as if it were a template argument.
+template <int MR, int NV, int ACS>
+__attribute__((always_inline)) inline void microTile(int64_t kc, const float* __restrict A, int64_t ars,
+                                                     const float* __restrict B, float* __restrict C, int64_t ldc,
+                                                     bool accumulate) {
   constexpr int NR = NV * kLanes;
 #ifndef IDFORGE_GEMM_PORTABLE
   VecF c[MR][NV];
@@ -79,7 +82,7 @@ inline void microKernel(int64_t kc, const float* __restrict A, const float* __re
     for (int v = 0; v < NV; v++) b[v] = vLoad(B + k * NR + v * kLanes);
 #pragma GCC unroll 32
     for (int i = 0; i < MR; i++) {
-      VecF a = vBroadcast(A + i * ARS + k * ACS);
+      VecF a = vBroadcast(A + i * ars + k * ACS);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; v++) c[i][v] = vFma(a, b[v], c[i][v]);
     }
@@ -102,7 +105,7 @@ inline void microKernel(int64_t kc, const float* __restrict A, const float* __re
   for (int64_t k = 0; k < kc; k++) {
     const float* b = B + k * NR;
     for (int i = 0; i < MR; i++) {
-      float a = A[i * ARS + k * ACS];
+      float a = A[i * ars + k * ACS];
       for (int j = 0; j < NR; j++) c[i][j] += a * b[j];
     }
   }
@@ -111,46 +114,19 @@ inline void microKernel(int64_t kc, const float* __restrict A, const float* __re
 #endif
 }
 
-// Same with A row-major in place (A(i, k) = A[i*lda + k], runtime lda): for weight-bound products
-// (small images, few tokens) where packing the weights would cost more than multiplying them.
+// Packed A panels: A(i, k) = A[i*ARS + k*ACS].
+template <int MR, int NV, int ARS, int ACS>
+inline void microKernel(int64_t kc, const float* __restrict A, const float* __restrict B,
+                        float* __restrict C, int64_t ldc, bool accumulate) {
+  microTile<MR, NV, ACS>(kc, A, ARS, B, C, ldc, accumulate);
+}
+
+// A row-major in place (A(i, k) = A[i*lda + k], runtime lda): for weight-bound products (small
+// images, few tokens) where packing the weights would cost more than multiplying them.
 template <int MR, int NV>
 inline void microKernelRowA(int64_t kc, const float* __restrict A, int64_t lda, const float* __restrict B,
                             float* __restrict C, int64_t ldc, bool accumulate) {
-  constexpr int NR = NV * kLanes;
-#ifndef IDFORGE_GEMM_PORTABLE
-  VecF c[MR][NV];
-#pragma GCC unroll 32
-  for (int i = 0; i < MR; i++)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; v++) c[i][v] = vZero();
-  for (int64_t k = 0; k < kc; k++) {
-    VecF b[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; v++) b[v] = vLoad(B + k * NR + v * kLanes);
-#pragma GCC unroll 32
-    for (int i = 0; i < MR; i++) {
-      VecF a = vBroadcast(A + i * lda + k);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; v++) c[i][v] = vFma(a, b[v], c[i][v]);
-    }
-  }
-#pragma GCC unroll 32
-  for (int i = 0; i < MR; i++)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; v++)
-      vStore(C + i * ldc + v * kLanes, accumulate ? vAdd(vLoad(C + i * ldc + v * kLanes), c[i][v]) : c[i][v]);
-#else
-  float c[MR][NR];
-  for (int i = 0; i < MR; i++)
-    for (int j = 0; j < NR; j++) c[i][j] = 0.f;
-  for (int64_t k = 0; k < kc; k++)
-    for (int i = 0; i < MR; i++) {
-      float a = A[i * lda + k];
-      for (int j = 0; j < NR; j++) c[i][j] += a * B[k * NR + j];
-    }
-  for (int i = 0; i < MR; i++)
-    for (int j = 0; j < NR; j++) C[i * ldc + j] = accumulate ? C[i * ldc + j] + c[i][j] : c[i][j];
-#endif
+  microTile<MR, NV, 1>(kc, A, lda, B, C, ldc, accumulate);
 }
 
 // Same, for a tile cut by the edge of C: computes the full tile into a scratch buffer (A and B
