@@ -14,12 +14,6 @@ void sameDtype(OpCode op, const TensorView& x, const TensorView& o) {
                                   " differs from input dtype " + dtypeName(x.dtype));
 }
 
-int64_t normAxis(OpCode op, int64_t axis, size_t rank) {
-  int64_t r = int64_t(rank);
-  if (axis < -r || axis >= r) shapeError(op, "axis " + std::to_string(axis) + " out of range for rank " + std::to_string(rank));
-  return axis < 0 ? axis + r : axis;
-}
-
 void copyRows(void* dst, int64_t dstPitch, const void* src, int64_t srcPitch, int64_t rows, int64_t bytes) {
   if (rows <= 0 || bytes <= 0) return;
   if (rows == 1 || (dstPitch == bytes && srcPitch == bytes)) {
@@ -110,40 +104,21 @@ void opLayout(OpCode op, const OpAttrs& a, const std::vector<TensorView>& in, co
     }
     case OpCode::SLICE: {
       sameDtype(op, x, y);
-      const Shape& xs = x.shape;
-      int64_t ax = normAxis(op, a.axis, xs.size()), d = xs[size_t(ax)];
-      int64_t s = a.start < 0 ? a.start + d : a.start, e = a.end < 0 ? a.end + d : a.end;
-      s = std::max<int64_t>(0, std::min(s, d));
-      e = std::max<int64_t>(s, std::min(e, d));
-      Shape os = xs;
-      os[size_t(ax)] = e - s;
-      if (y.shape != os) shapeError(op, "output " + shapeStr(y.shape) + ", expected " + shapeStr(os));
-      int64_t inner = es, outer = 1;
-      for (size_t k = size_t(ax) + 1; k < xs.size(); k++) inner *= xs[k];
-      for (size_t k = 0; k < size_t(ax); k++) outer *= xs[k];
-      copyRows(y.data, (e - s) * inner, static_cast<const char*>(x.data) + s * inner, d * inner, outer, (e - s) * inner);
+      const AxisCopy g = sliceGeometry(a, x.shape);
+      if (y.shape != g.out) shapeError(op, "output " + shapeStr(y.shape) + ", expected " + shapeStr(g.out));
+      const int64_t inner = g.inner * es, d = x.shape[size_t(g.axis)], row = (g.end - g.start) * inner;
+      copyRows(y.data, row, static_cast<const char*>(x.data) + g.start * inner, d * inner, g.outer, row);
       return;
     }
     case OpCode::CONCAT: {
-      const Shape& s0 = x.shape;
-      int64_t ax = normAxis(op, a.axis, s0.size());
-      Shape os = s0;
-      os[size_t(ax)] = 0;
+      for (const auto& t : in) sameDtype(op, t, y);
+      const AxisCopy g = concatGeometry(a, in);
+      if (y.shape != g.out) shapeError(op, "output " + shapeStr(y.shape) + ", expected " + shapeStr(g.out));
+      const int64_t inner = g.inner * es, rowOut = g.out[size_t(g.axis)] * inner;
+      int64_t off = 0;
       for (const auto& t : in) {
-        sameDtype(op, t, y);
-        bool ok = t.shape.size() == s0.size();
-        for (size_t k = 0; ok && k < s0.size(); k++) ok = k == size_t(ax) || t.shape[k] == s0[k];
-        if (!ok) shapeError(op, "input " + shapeStr(t.shape) + " does not match " + shapeStr(s0) + " outside the axis");
-        os[size_t(ax)] += t.shape[size_t(ax)];
-      }
-      if (y.shape != os) shapeError(op, "output " + shapeStr(y.shape) + ", expected " + shapeStr(os));
-      int64_t inner = es, outer = 1;
-      for (size_t k = size_t(ax) + 1; k < s0.size(); k++) inner *= s0[k];
-      for (size_t k = 0; k < size_t(ax); k++) outer *= s0[k];
-      int64_t rowOut = os[size_t(ax)] * inner, off = 0;
-      for (const auto& t : in) {
-        int64_t row = t.shape[size_t(ax)] * inner;
-        copyRows(static_cast<char*>(y.data) + off, rowOut, t.data, row, outer, row);
+        const int64_t row = t.shape[size_t(g.axis)] * inner;
+        copyRows(static_cast<char*>(y.data) + off, rowOut, t.data, row, g.outer, row);
         off += row;
       }
       return;

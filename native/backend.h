@@ -154,6 +154,17 @@ struct OpAttrs {
   std::vector<int64_t> perm;
 };
 
+// SLICE / CONCAT geometry, shared by both backends: the normalised axis, the output shape, and
+// the copy as `outer` rows of `inner` elements per unit of the axis (the elements after it).
+// Throws Error("E_SHAPE") for an axis out of range or CONCAT inputs that disagree off the axis.
+struct AxisCopy {
+  int64_t axis = 0, outer = 1, inner = 1;
+  int64_t start = 0, end = 0;  // SLICE: the range on the axis, clamped like Python's slices
+  Shape out;
+};
+AxisCopy sliceGeometry(const OpAttrs& a, const Shape& x);
+AxisCopy concatGeometry(const OpAttrs& a, const std::vector<TensorView>& in);
+
 class Backend {
  public:
   virtual ~Backend() = default;

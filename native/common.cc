@@ -1,4 +1,5 @@
 // Small shared pieces of the backend interface: dtype/op names, shape helpers, live-byte counters.
+#include <algorithm>
 #include <atomic>
 #include <sstream>
 
@@ -70,6 +71,56 @@ OpCode opFromName(const std::string& name) {
   for (size_t i = 0; i < sizeof(kOpNames) / sizeof(kOpNames[0]); i++)
     if (up == kOpNames[i]) return static_cast<OpCode>(i);
   throw Error("E_ARGUMENT", "unknown op '" + name + "'");
+}
+
+namespace {
+
+int64_t normAxis(const char* op, int64_t axis, size_t rank) {
+  int64_t r = int64_t(rank);
+  if (axis < -r || axis >= r)
+    throw Error("E_SHAPE", std::string(op) + ": axis " + std::to_string(axis) + " out of range for rank " +
+                               std::to_string(rank));
+  return axis < 0 ? axis + r : axis;
+}
+
+void splitAround(AxisCopy& g, const Shape& s) {
+  for (size_t k = size_t(g.axis) + 1; k < s.size(); k++) g.inner *= s[k];
+  for (size_t k = 0; k < size_t(g.axis); k++) g.outer *= s[k];
+}
+
+}  // namespace
+
+AxisCopy sliceGeometry(const OpAttrs& a, const Shape& xs) {
+  AxisCopy g;
+  g.axis = normAxis("slice", a.axis, xs.size());
+  const int64_t d = xs[size_t(g.axis)];
+  int64_t s = a.start < 0 ? a.start + d : a.start, e = a.end < 0 ? a.end + d : a.end;
+  g.start = std::max<int64_t>(0, std::min(s, d));
+  g.end = std::max<int64_t>(g.start, std::min(e, d));
+  g.out = xs;
+  g.out[size_t(g.axis)] = g.end - g.start;
+  splitAround(g, xs);
+  return g;
+}
+
+AxisCopy concatGeometry(const OpAttrs& a, const std::vector<TensorView>& in) {
+  if (in.empty()) throw Error("E_SHAPE", "concat: needs at least one input");
+  const Shape& s0 = in[0].shape;
+  AxisCopy g;
+  g.axis = normAxis("concat", a.axis, s0.size());
+  const size_t ax = size_t(g.axis);
+  g.out = s0;
+  g.out[ax] = 0;
+  for (const auto& t : in) {
+    bool ok = t.shape.size() == s0.size();
+    for (size_t k = 0; ok && k < s0.size(); k++) ok = k == ax || t.shape[k] == s0[k];
+    if (!ok)
+      throw Error("E_SHAPE", "concat: input " + shapeStr(t.shape) + " does not match " + shapeStr(s0) + " outside axis " +
+                                 std::to_string(ax));
+    g.out[ax] += t.shape[ax];
+  }
+  splitAround(g, s0);
+  return g;
 }
 
 static std::atomic<int64_t> g_live[2];

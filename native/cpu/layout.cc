@@ -19,13 +19,6 @@ void sameDtype(const char* op, const TensorView& x, const TensorView& o) {
                                   dtypeName(x.dtype));
 }
 
-int64_t normAxis(const char* op, int64_t axis, size_t rank) {
-  int64_t r = int64_t(rank);
-  if (axis < -r || axis >= r)
-    shapeError(op, "axis " + std::to_string(axis) + " out of range for rank " + std::to_string(rank));
-  return axis < 0 ? axis + r : axis;
-}
-
 // Copies `rows` blocks of `bytes` bytes from src (stride srcStride) to dst (stride dstStride).
 void copyRows(char* dst, int64_t dstStride, const char* src, int64_t srcStride, int64_t rows, int64_t bytes) {
   if (rows <= 0 || bytes <= 0) return;
@@ -57,45 +50,25 @@ void op_SLICE(const OpAttrs& a, const Views& in, const Views& out) {
   const char* op = "slice";
   checkArity(op, in, 1, 1, out, 1);
   sameDtype(op, in[0], out[0]);
-  const Shape& xs = in[0].shape;
-  int64_t ax = normAxis(op, a.axis, xs.size()), d = xs[size_t(ax)];
-  int64_t s = a.start < 0 ? a.start + d : a.start, e = a.end < 0 ? a.end + d : a.end;
-  s = std::max<int64_t>(0, std::min(s, d));
-  e = std::max<int64_t>(s, std::min(e, d));
-  Shape os = xs;
-  os[size_t(ax)] = e - s;
-  checkShape(op, out[0], os, "out");
-  int64_t es = int64_t(dtypeSize(in[0].dtype)), inner = es;
-  for (size_t k = size_t(ax) + 1; k < xs.size(); k++) inner *= xs[k];
-  int64_t outer = 1;
-  for (size_t k = 0; k < size_t(ax); k++) outer *= xs[k];
-  copyRows(out[0].as<char>(), (e - s) * inner, in[0].as<char>() + s * inner, d * inner, outer, (e - s) * inner);
+  const AxisCopy g = sliceGeometry(a, in[0].shape);
+  checkShape(op, out[0], g.out, "out");
+  const int64_t inner = g.inner * int64_t(dtypeSize(in[0].dtype)), d = in[0].shape[size_t(g.axis)];
+  const int64_t row = (g.end - g.start) * inner;
+  copyRows(out[0].as<char>(), row, in[0].as<char>() + g.start * inner, d * inner, g.outer, row);
 }
 
 void op_CONCAT(const OpAttrs& a, const Views& in, const Views& out) {
   const char* op = "concat";
   if (in.empty()) shapeError(op, "needs at least one input");
   checkArity(op, in, in.size(), in.size(), out, 1);
-  const Shape& s0 = in[0].shape;
-  int64_t ax = normAxis(op, a.axis, s0.size());
-  Shape os = s0;
-  os[size_t(ax)] = 0;
+  for (const auto& t : in) sameDtype(op, t, out[0]);
+  const AxisCopy g = concatGeometry(a, in);
+  checkShape(op, out[0], g.out, "out");
+  const int64_t inner = g.inner * int64_t(dtypeSize(out[0].dtype)), rowOut = g.out[size_t(g.axis)] * inner;
+  int64_t off = 0;
   for (const auto& t : in) {
-    sameDtype(op, t, out[0]);
-    bool ok = t.shape.size() == s0.size();
-    for (size_t k = 0; ok && k < s0.size(); k++) ok = k == size_t(ax) || t.shape[k] == s0[k];
-    if (!ok) shapeError(op, "input " + shapeOf(t) + " does not match " + shapeOf(in[0]) + " outside axis " +
-                                std::to_string(ax));
-    os[size_t(ax)] += t.shape[size_t(ax)];
-  }
-  checkShape(op, out[0], os, "out");
-  int64_t es = int64_t(dtypeSize(out[0].dtype)), inner = es, outer = 1;
-  for (size_t k = size_t(ax) + 1; k < s0.size(); k++) inner *= s0[k];
-  for (size_t k = 0; k < size_t(ax); k++) outer *= s0[k];
-  int64_t rowOut = os[size_t(ax)] * inner, off = 0;
-  for (const auto& t : in) {
-    int64_t row = t.shape[size_t(ax)] * inner;
-    copyRows(out[0].as<char>() + off, rowOut, t.as<char>(), row, outer, row);
+    const int64_t row = t.shape[size_t(g.axis)] * inner;
+    copyRows(out[0].as<char>() + off, rowOut, t.as<char>(), row, g.outer, row);
     off += row;
   }
 }
