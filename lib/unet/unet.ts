@@ -58,10 +58,9 @@ class UNetBuilder {
     // The time projection with conv1's bias folded into its own (summed once, on the host) is
     // conv1's per-image bias [B, O]: the time embedding costs no ADD.
     const tb = `${p}.time_emb_proj.bias`, cb = `${p}.conv1.bias`;
-    const bias = w.has(tb) && w.has(cb) ? w.sum(g, tb, cb) : w.maybe(g, w.has(tb) ? tb : cb);
-    const proj = w.in(g, `${p}.time_emb_proj.weight`);
-    let t = g.linear(embAct, proj, w.has(tb) ? bias : undefined);
-    if (!w.has(tb) && bias) t = g.add(t, bias);  // no time-projection bias: conv1's alone, added
+    const hasT = w.has(tb), hasC = w.has(cb);
+    let t = g.linear(embAct, w.in(g, `${p}.time_emb_proj.weight`), hasT && hasC ? w.sum(g, tb, cb) : w.maybe(g, tb));
+    if (!hasT && hasC) t = g.add(t, w.in(g, cb));  // no time-projection bias to fold conv1's into
     h = convW(g, w, h, `${p}.conv1`, { bias: t });
     h = groupNormW(g, w, h, `${p}.norm2`, gn);
     const skip = w.has(`${p}.conv_shortcut.weight`) ? convW(g, w, x, `${p}.conv_shortcut`) : x;
