@@ -13,8 +13,7 @@ import * as path from 'node:path';
 import { IdforgeError } from '../errors.js';
 import { Graph, type Value } from '../graph/graph.js';
 import { Program, type BackendSpec } from '../graph/program.js';
-import { Weights, layerNormW, linearW, toTokens } from '../graph/weights.js';
-import type { TensorRef } from '../io/checkpoint.js';
+import { Weights, layerNormW, linearW, safetensorsRefs, toTokens } from '../graph/weights.js';
 import type { RawImage } from '../io/image.js';
 import { SafetensorsFile } from '../io/safetensors.js';
 import { Tensor } from '../tensor.js';
@@ -108,18 +107,6 @@ export function parseIdEncoderConfig(json: unknown, file = 'config.json'): IdEnc
   };
 }
 
-function refsOf(st: SafetensorsFile): Map<string, TensorRef> {
-  const m = new Map<string, TensorRef>();
-  for (const name of st.names()) {
-    const info = st.info(name);
-    m.set(name, {
-      name, shape: [...info.shape], dtype: info.dtype, file: st.path, key: name,
-      readFloat32: () => st.readFloat32(name), readBytes: () => st.readBytes(name),
-    });
-  }
-  return m;
-}
-
 export class IdEncoder implements Disposable {
   readonly #programs = new Map<number, Program>();
   #weights: Weights | null;
@@ -127,7 +114,7 @@ export class IdEncoder implements Disposable {
 
   private constructor(readonly config: IdEncoderConfig, readonly backend: BackendSpec, file: SafetensorsFile, readonly dir: string) {
     this.#file = file;
-    this.#weights = new Weights('id-encoder', refsOf(file), backend);
+    this.#weights = new Weights('id-encoder', safetensorsRefs(file), backend);
   }
 
   /** Opens an encoder folder (config.json + model.safetensors) and checks every weight's shape. */
