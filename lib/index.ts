@@ -14,3 +14,5 @@ export { attentionHeatmap, type AttentionCapture, type AttentionMap, type Captur
 export { bench, type BenchOptions, type BenchReport } from './bench/index.js';
 export type { TextOptions } from './engine.js';
 export { SEFI_TEMPLATES, type LearnOptions, type LearnProgress } from './learn/learn.js';
+export { ClipScorer, cosine, clipScore, type ClipLoadOptions, type ClipScore } from './clip/index.js';
+export { evaluate, writeReport, DEFAULT_PROMPTS, type EvaluateOptions, type EvalResult, type ReportFiles } from './eval/index.js';
