@@ -63,7 +63,14 @@ async function loadFaces(): Promise<FaceMetric & Disposable> {
   return mod.FaceAnalyzer.load();
 }
 
-export async function main(argv: string[]): Promise<number> {
+/** Where main() writes: the process's streams, or a test's collectors. */
+export interface CliIO {
+  stdout: { write(s: string): unknown };
+  stderr: { write(s: string): unknown };
+}
+
+/** `idforge eval …` → exit code (0 done, 2 usage); failures reject with an IdforgeError. */
+export async function main(argv: string[], io: CliIO = process): Promise<number> {
   const { values } = parseArgs({
     args: argv,
     options: {
@@ -75,7 +82,7 @@ export async function main(argv: string[]): Promise<number> {
     },
   });
   if (values.help || !values.model || !values.clip || !values.reference) {
-    process.stderr.write(`${EVAL_USAGE}\n`);
+    io.stderr.write(`${EVAL_USAGE}\n`);
     return values.help ? 0 : 2;
   }
   const seeds = values.seeds === undefined ? undefined : values.seeds.split(',').map((s) => num(s.trim(), 'seeds')!);
@@ -90,10 +97,13 @@ export async function main(argv: string[]): Promise<number> {
     throw e;
   });
   let faces: (FaceMetric & Disposable) | undefined;
+  let cleanup = () => {};
   try {
     faces = await loadFaces();
     const ac = new AbortController();
-    process.once('SIGINT', () => ac.abort());
+    const onSigint = () => ac.abort();
+    process.once('SIGINT', onSigint);
+    cleanup = () => process.off('SIGINT', onSigint);
     const result = await evaluate({
       engine, clip, faces, reference: values.reference,
       ...opt('identity', identity), ...opt('prompts', prompts), ...opt('seeds', seeds),
@@ -102,18 +112,19 @@ export async function main(argv: string[]): Promise<number> {
       ...opt('identityScale', num(values.scale, 'scale')), ...opt('threshold', num(values.threshold, 'threshold')),
       baseline: !values['no-baseline'],
       signal: ac.signal,
-      onProgress: (p) => process.stderr.write(`\r${p.done}/${p.total} ${p.variant} ${(p.elapsedMs / 1000).toFixed(1)}s   `),
+      onProgress: (p) => io.stderr.write(`\r${p.done}/${p.total} ${p.variant} ${(p.elapsedMs / 1000).toFixed(1)}s   `),
     });
-    process.stderr.write('\n');
-    for (const w of result.warnings) process.stderr.write(`warning: ${w}\n`);
+    io.stderr.write('\n');
+    for (const w of result.warnings) io.stderr.write(`warning: ${w}\n`);
     const files = await writeReport(result, values.out ?? 'eval-report');
     const line = (r: NonNullable<typeof result.rows.generic>) =>
       `${r.label}: ID ${r.idSimilarity.mean.toFixed(3)} ± ${r.idSimilarity.std.toFixed(3)}, face ${(100 * r.faceRate).toFixed(0)}%, ` +
       `CLIP ${r.clipScore.mean.toFixed(1)} ± ${r.clipScore.std.toFixed(1)}, ID(Prompt) ${r.idPrompt.mean.toFixed(3)} ± ${r.idPrompt.std.toFixed(3)}\n`;
-    for (const r of [result.rows.identity, result.rows.generic, result.rows.reference]) if (r) process.stdout.write(line(r));
-    process.stderr.write(`wrote ${files.json}, ${files.contactSheet}, ${files.html}\n`);
+    for (const r of [result.rows.identity, result.rows.generic, result.rows.reference]) if (r) io.stdout.write(line(r));
+    io.stderr.write(`wrote ${files.json}, ${files.contactSheet}, ${files.html}\n`);
     return 0;
   } finally {
+    cleanup();
     faces?.[Symbol.dispose]();
     clip.dispose();
     engine.dispose();
