@@ -7,24 +7,20 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { IdforgeError } from '../errors.js';
-import { Graph } from '../graph/graph.js';
-import { Program, type BackendSpec } from '../graph/program.js';
-import { Weights, safetensorsRefs } from '../graph/weights.js';
+import type { BackendSpec, Program } from '../graph/program.js';
+import { safetensorsRefs, type Weights } from '../graph/weights.js';
 import type { RawImage } from '../io/image.js';
 import { SafetensorsFile } from '../io/safetensors.js';
-import { backends } from '../native.js';
+import type { DeviceOptions } from '../options.js';
+import { ModelRuntime, resolveBackend, toHost } from '../runtime/runtime.js';
 import { Tensor } from '../tensor.js';
 import { ClipTokenizer, pack } from '../text/tokenizer.js';
 import { checkClipWeights, parseClipConfig, parsePreprocessConfig, type ClipConfig } from './config.js';
 import { clipPixels } from './preprocess.js';
 import { buildImageTower, buildTextTower } from './towers.js';
 
-export interface ClipLoadOptions {
-  /** 'auto' (default) takes CUDA when it is available, else the CPU. */
-  device?: 'auto' | 'cpu' | 'cuda';
-  /** float16 on CUDA by default, float32 on the CPU (the only CPU choice). */
-  dtype?: 'float32' | 'float16';
-}
+/** Device and dtype: the runtime's rule ('auto' takes CUDA when usable; float16 on CUDA, float32 on the CPU). */
+export type ClipLoadOptions = DeviceOptions;
 
 export interface ClipScore {
   /** cos(image embedding, text embedding), in [−1, 1]. */
@@ -33,34 +29,12 @@ export interface ClipScore {
   score: number;
 }
 
-/** How many compiled programs (one per tower and batch size) a scorer keeps; LRU beyond. */
-const MAX_PROGRAMS = 8;
-
 function readJson(file: string): unknown {
   try {
     return JSON.parse(fs.readFileSync(file, 'utf8'));
   } catch (e) {
     throw new IdforgeError('E_MODEL_FORMAT', `${file}: is not valid JSON (${(e as Error).message})`, { cause: e });
   }
-}
-
-/** The device/dtype rule Engine.load follows. */
-function chooseBackend(opts: ClipLoadOptions): BackendSpec {
-  const device = opts.device ?? 'auto';
-  if (device !== 'auto' && device !== 'cpu' && device !== 'cuda')
-    throw new IdforgeError('E_ARGUMENT', `device must be 'auto', 'cpu' or 'cuda', got ${JSON.stringify(device)}`);
-  if (opts.dtype !== undefined && opts.dtype !== 'float32' && opts.dtype !== 'float16')
-    throw new IdforgeError('E_ARGUMENT', `dtype must be 'float32' or 'float16', got ${JSON.stringify(opts.dtype)}`);
-  let dev: 'cpu' | 'cuda' = 'cpu';
-  if (device === 'cuda') {
-    const c = backends().cuda;
-    if (!c.available) throw new IdforgeError('E_BACKEND', `device 'cuda' requested but CUDA is not available: ${c.reason}`);
-    dev = 'cuda';
-  } else if (device === 'auto' && backends().cuda.available) dev = 'cuda';
-  const dtype = opts.dtype ?? (dev === 'cuda' ? 'float16' : 'float32');
-  if (dev === 'cpu' && dtype !== 'float32')
-    throw new IdforgeError('E_ARGUMENT', "the CPU backend computes in float32 only; use dtype 'float32' or device 'cuda'");
-  return { device: dev, dtype };
 }
 
 /** Cosine of two vectors (0 when either is zero). */
@@ -80,26 +54,37 @@ export function clipScore(cos: number): number {
   return 100 * Math.max(cos, 0);
 }
 
+/** The scorer's model runtime: its weights (one group), device, stream and programs (per tower and batch size). */
+class ClipRuntime extends ModelRuntime {
+  readonly weights: Weights;
+  constructor(backend: BackendSpec, file: SafetensorsFile) {
+    super(backend, 'ClipScorer');
+    this.adopt(() => file.close());
+    this.weights = this.addWeights('clip', safetensorsRefs(file));
+  }
+}
+
 export class ClipScorer implements Disposable {
-  readonly #programs = new Map<string, Program>();
-  #weights: Weights | null;
-  #file: SafetensorsFile | null;
+  readonly #rt: ClipRuntime;
 
   private constructor(
     readonly config: ClipConfig,
     readonly tokenizer: ClipTokenizer,
-    readonly backend: BackendSpec,
-    file: SafetensorsFile,
+    rt: ClipRuntime,
     readonly dir: string,
   ) {
-    this.#file = file;
-    this.#weights = new Weights('clip', safetensorsRefs(file), backend);
+    this.#rt = rt;
+  }
+
+  /** Device, dtype and (on CUDA) the scorer's own stream. */
+  get backend(): BackendSpec {
+    return this.#rt.backend;
   }
 
   /** Opens a CLIPModel folder and checks every weight's name and shape against config.json. */
   static async load(dir: string, opts: ClipLoadOptions = {}): Promise<ClipScorer> {
     if (opts === null || typeof opts !== 'object') throw new IdforgeError('E_ARGUMENT', 'ClipScorer.load options must be an object');
-    const backend = chooseBackend(opts);
+    const backend = resolveBackend(opts);
     if (typeof dir !== 'string' || !dir) throw new IdforgeError('E_ARGUMENT', `CLIP folder must be a non-empty path, got ${JSON.stringify(dir)}`);
     if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new IdforgeError('E_NOT_FOUND', `CLIP folder not found: ${dir}`);
     const cfgFile = path.join(dir, 'config.json');
@@ -119,7 +104,7 @@ export class ClipScorer implements Disposable {
     const st = SafetensorsFile.open(modelFile);
     try {
       const preNorm = checkClipWeights(st, base);
-      return new ClipScorer({ ...base, preprocess, preNorm }, tokenizer, backend, st, dir);
+      return new ClipScorer({ ...base, preprocess, preNorm }, tokenizer, new ClipRuntime(backend, st), dir);
     } catch (e) {
       st.close();
       throw e;
@@ -137,44 +122,18 @@ export class ClipScorer implements Disposable {
   }
 
   get disposed(): boolean {
-    return !this.#weights;
-  }
-
-  #w(): Weights {
-    if (!this.#weights) throw new IdforgeError('E_DISPOSED', 'ClipScorer used after dispose()');
-    return this.#weights;
-  }
-
-  #program(key: string, build: (g: Graph, w: Weights) => void): Program {
-    const w = this.#w();
-    let p = this.#programs.get(key);
-    if (p) {
-      this.#programs.delete(key);
-    } else {
-      const g = new Graph();
-      build(g, w);
-      p = new Program(g, this.backend);
-      while (this.#programs.size >= MAX_PROGRAMS) {
-        const [oldest, q] = this.#programs.entries().next().value as [string, Program];
-        this.#programs.delete(oldest);
-        q.dispose();
-      }
-    }
-    this.#programs.set(key, p);
-    return p;
+    return this.#rt.disposed;
   }
 
   async #run(p: Program, inputs: Tensor[]): Promise<Tensor> {
     const [out] = await p.run(inputs);
-    if (out!.device === 'cpu' && out!.dtype === 'float32') return out!;
-    const host = out!.to('float32', 'cpu');
-    out!.dispose();
-    return host;
+    return toHost(out!);
   }
 
   /** Projected image embeddings [B, E] (float32, CPU) of pixels [B, 3, S, S] already normalised by preprocess(). */
   async embedImage(pixels: Tensor): Promise<Tensor> {
-    const w = this.#w();
+    const rt = this.#rt;
+    rt.assertLive();
     const s = this.imageSize;
     if (!(pixels instanceof Tensor)) throw new IdforgeError('E_ARGUMENT', 'embedImage expects a Tensor [B, 3, S, S] (use preprocess() for images)');
     const shape = pixels.shape;
@@ -182,12 +141,12 @@ export class ClipScorer implements Disposable {
       throw new IdforgeError('E_SHAPE', `CLIP image input must be [B, 3, ${s}, ${s}], got ${JSON.stringify(shape)}`);
     if (pixels.dtype !== 'float32' && pixels.dtype !== 'float16') throw new IdforgeError('E_ARGUMENT', `CLIP image input must be float, got ${pixels.dtype}`);
     const b = shape[0]!;
-    await w.preload(undefined, (n) => n.startsWith('vision_model.') || n.startsWith('visual_projection.'));
-    const p = this.#program(`image:${b}`, (g, w) => {
-      g.output(buildImageTower(g, w, this.config.vision, this.config.preNorm, g.input([b, 3, s, s])));
+    await rt.weights.preload(undefined, (n) => n.startsWith('vision_model.') || n.startsWith('visual_projection.'));
+    const p = rt.program(`image:${b}`, (g) => {
+      g.output(buildImageTower(g, rt.weights, this.config.vision, this.config.preNorm, g.input([b, 3, s, s])));
     });
     const own = pixels.device !== this.backend.device || pixels.dtype !== this.backend.dtype;
-    const input = own ? pixels.to(this.backend.dtype, this.backend.device, this.backend.stream ?? 0) : pixels;
+    const input = own ? rt.upload(pixels) : pixels;
     try {
       return await this.#run(p, [input]);
     } finally {
@@ -203,7 +162,8 @@ export class ClipScorer implements Disposable {
 
   /** Projected text embeddings [B, E] (float32, CPU) of texts or token id rows (each max_position_embeddings long). */
   async embedText(texts: string | readonly (string | Int32Array)[]): Promise<Tensor> {
-    const w = this.#w();
+    const rt = this.#rt;
+    rt.assertLive();
     const list = typeof texts === 'string' ? [texts] : texts;
     if (!Array.isArray(list) || list.length === 0) throw new IdforgeError('E_ARGUMENT', 'embedText expects a text or a non-empty list of texts / Int32Array token ids');
     const { maxPositionEmbeddings: n, vocabSize, eosTokenId } = this.config.text;
@@ -225,13 +185,12 @@ export class ClipScorer implements Disposable {
       ids.set(row, i * n);
       rows[i] = i * n + eos;
     });
-    await w.preload(undefined, (name) => name.startsWith('text_model.') || name.startsWith('text_projection.'));
-    const p = this.#program(`text:${b}`, (g, w) => {
-      g.output(buildTextTower(g, w, this.config.text, g.input([b, n], 'int32'), g.input([b], 'int32')));
+    await rt.weights.preload(undefined, (name) => name.startsWith('text_model.') || name.startsWith('text_projection.'));
+    const p = rt.program(`text:${b}`, (g) => {
+      g.output(buildTextTower(g, rt.weights, this.config.text, g.input([b, n], 'int32'), g.input([b], 'int32')));
     });
-    const where = { device: this.backend.device, stream: this.backend.stream ?? 0 };
-    using idsT = Tensor.from(ids, [b, n], where);
-    using rowsT = Tensor.from(rows, [b], where);
+    using idsT = rt.ints(ids, [b, n]);
+    using rowsT = rt.ints(rows, [b]);
     return this.#run(p, [idsT, rowsT]);
   }
 
@@ -240,7 +199,7 @@ export class ClipScorer implements Disposable {
    * of the shortest side, centre crop, preprocessor_config.json's mean/std → [1, 3, S, S] float32 CPU.
    */
   async preprocess(image: RawImage | string | Buffer): Promise<Tensor> {
-    this.#w();
+    this.#rt.assertLive();
     const { decodeFace } = await import('../identity/face.js');
     const img = await decodeFace(image);
     const c = this.config.preprocess;
@@ -262,12 +221,7 @@ export class ClipScorer implements Disposable {
   }
 
   dispose(): void {
-    for (const p of this.#programs.values()) p.dispose();
-    this.#programs.clear();
-    this.#weights?.dispose();
-    this.#weights = null;
-    this.#file?.close();
-    this.#file = null;
+    this.#rt.dispose();
   }
 
   [Symbol.dispose](): void {
