@@ -6,7 +6,8 @@ import { ClipScorer } from '../clip/scorer.js';
 import { Engine } from '../engine.js';
 import { IdforgeError } from '../errors.js';
 import { Identity } from '../identity/identity.js';
-import { evaluate, type FaceMetric } from './evaluate.js';
+import type { FaceAnalyzer } from '../faces/index.js';
+import { evaluate } from './evaluate.js';
 import { DEFAULT_PROMPTS } from './prompts.js';
 import { writeReport } from './report.js';
 
@@ -53,16 +54,6 @@ export function readPrompts(file: string): string[] {
   return text.split(/\r?\n/).map((l) => l.trim()).filter((l) => l.length > 0);
 }
 
-/** Loads the face analyser evaluate() measures identity with. */
-async function loadFaces(): Promise<FaceMetric & Disposable> {
-  // TODO(faces merge): a static import of lib/faces; until then it is looked up at run time.
-  const spec = '../faces/index.js';
-  const mod = (await import(spec).catch((e: unknown) => {
-    throw new IdforgeError('E_BACKEND', `the face analyser (lib/faces) is not available: ${(e as Error).message}`, { cause: e });
-  })) as { FaceAnalyzer: { load(): Promise<FaceMetric & Disposable> } };
-  return mod.FaceAnalyzer.load();
-}
-
 /** Where main() writes: the process's streams, or a test's collectors. */
 export interface CliIO {
   stdout: { write(s: string): unknown };
@@ -96,10 +87,12 @@ export async function main(argv: string[], io: CliIO = process): Promise<number>
     engine.dispose();
     throw e;
   });
-  let faces: (FaceMetric & Disposable) | undefined;
+  let faces: FaceAnalyzer | undefined;
   let cleanup = () => {};
   try {
-    faces = await loadFaces();
+    // The face models (tfjs) load only here: generate never needs them.
+    const { FaceAnalyzer } = await import('../faces/index.js');
+    faces = await FaceAnalyzer.load();
     const ac = new AbortController();
     const onSigint = () => ac.abort();
     process.once('SIGINT', onSigint);
@@ -125,7 +118,7 @@ export async function main(argv: string[], io: CliIO = process): Promise<number>
     return 0;
   } finally {
     cleanup();
-    faces?.[Symbol.dispose]();
+    faces?.dispose();
     clip.dispose();
     engine.dispose();
   }

@@ -17,19 +17,8 @@ import type { Engine } from '../engine.js';
 import type { Identity } from '../identity/identity.js';
 import type { RawImage } from '../io/image.js';
 import { cosine, clipScore, type ClipScorer } from '../clip/scorer.js';
+import { similarity, type Face, type FaceAnalyzer } from '../faces/index.js';
 import { DEFAULT_PROMPTS, plainPrompt } from './prompts.js';
-
-/** A detected face: its box [x0, y0, x1, y1] picks the largest; the rest passes through to embed(). */
-export interface DetectedFace {
-  box: readonly [number, number, number, number] | readonly number[];
-}
-
-/** What evaluate() needs of a face analyser (lib/faces FaceAnalyzer). */
-export interface FaceMetric<F extends DetectedFace = DetectedFace> {
-  detect(image: RawImage): Promise<F[]>;
-  /** A unit-length identity embedding of `face` in `image`. */
-  embed(image: RawImage, face?: F): Promise<Float32Array>;
-}
 
 export interface EvalProgress {
   /** Images finished so far / in all (both rows). */
@@ -46,7 +35,7 @@ export type EvalVariant = 'identity' | 'generic';
 export interface EvaluateOptions {
   engine: Engine;
   clip: ClipScorer;
-  faces: FaceMetric<any>; // any: each analyser has its own Face type
+  faces: FaceAnalyzer;
   /** The reference face photo: RawImage, file path or encoded Buffer. */
   reference: RawImage | string | Buffer;
   /** The identity `<id>` names; without one, `<id>` reads as "a person" and only the generic row is made. */
@@ -130,11 +119,11 @@ function num(v: unknown, name: string, min: number, max = Infinity, integer = fa
   return v;
 }
 
-const area = (f: DetectedFace): number => Math.max(0, f.box[2]! - f.box[0]!) * Math.max(0, f.box[3]! - f.box[1]!);
+const area = (f: Face): number => Math.max(0, f.box[2]! - f.box[0]!) * Math.max(0, f.box[3]! - f.box[1]!);
 
 /** The largest face in the image (the person the prompt is about), or null. */
-async function largestFace<F extends DetectedFace>(faces: FaceMetric<F>, image: RawImage): Promise<F | null> {
-  let best: F | null = null;
+async function largestFace(faces: FaceAnalyzer, image: RawImage): Promise<Face | null> {
+  let best: Face | null = null;
   for (const f of await faces.detect(image)) if (!best || area(f) > area(best)) best = f;
   return best;
 }
@@ -192,7 +181,7 @@ export async function evaluate(opts: EvaluateOptions): Promise<EvalResult> {
     using e = await clip.embedImage(px);
     refImgEmb = e.toFloat32();
   }
-  const refSelf = refEmbedding ? cosine(refEmbedding, refEmbedding) : 0;
+  const refSelf = refEmbedding ? similarity(refEmbedding, refEmbedding) : 0;
   const refRecs = textRows.map((t) => {
     const c = cosine(refImgEmb, t);
     return { idSimilarity: refSelf, faceDetected: !!refFace, clipCosine: c, clipScore: clipScore(c), idPrompt: c >= threshold ? refSelf : 0, timeMs: 0 };
@@ -220,7 +209,7 @@ export async function evaluate(opts: EvaluateOptions): Promise<EvalResult> {
         for (const w of r.warnings) if (!warnings.includes(w)) warnings.push(w);
         const image = r.images[0]!;
         const face = await largestFace(faces, image);
-        const idSimilarity = face && refEmbedding ? cosine(await faces.embed(image, face), refEmbedding) : 0;
+        const idSimilarity = face && refEmbedding ? similarity(await faces.embed(image, face), refEmbedding) : 0;
         using px = await clip.preprocess(image);
         using ie = await clip.embedImage(px);
         const c = cosine(ie.toFloat32(), textRows[pi]!);
