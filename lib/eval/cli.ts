@@ -24,6 +24,7 @@ export const EVAL_USAGE = `usage: idforge eval --model <dir|file.safetensors> --
   --no-baseline       skip the generic-person row (identityScale 0)
   --device D          auto | cpu | cuda (auto), for the model and CLIP
   --dtype T           float32 | float16
+  --cell N            contact-sheet cell size in pixels (160)
   --out DIR           report folder (eval-report)`;
 
 function num(v: string | undefined, name: string): number | undefined {
@@ -68,7 +69,7 @@ export async function main(argv: string[], io: CliIO = process): Promise<number>
       model: { type: 'string' }, clip: { type: 'string' }, reference: { type: 'string' }, identity: { type: 'string' },
       prompts: { type: 'string' }, seeds: { type: 'string' }, steps: { type: 'string' }, width: { type: 'string' },
       height: { type: 'string' }, guidance: { type: 'string' }, scale: { type: 'string' }, threshold: { type: 'string' },
-      'no-baseline': { type: 'boolean' }, device: { type: 'string' }, dtype: { type: 'string' }, out: { type: 'string' },
+      'no-baseline': { type: 'boolean' }, device: { type: 'string' }, dtype: { type: 'string' }, out: { type: 'string' }, cell: { type: 'string' },
       help: { type: 'boolean' },
     },
   });
@@ -109,10 +110,10 @@ export async function main(argv: string[], io: CliIO = process): Promise<number>
     });
     io.stderr.write('\n');
     for (const w of result.warnings) io.stderr.write(`warning: ${w}\n`);
-    const files = await writeReport(result, values.out ?? 'eval-report');
+    const files = await writeReport(result, values.out ?? 'eval-report', opt('cell', num(values.cell, 'cell')));
     const line = (r: NonNullable<typeof result.rows.generic>) =>
       `${r.label}: ID ${r.idSimilarity.mean.toFixed(3)} ± ${r.idSimilarity.std.toFixed(3)}, face ${(100 * r.faceRate).toFixed(0)}%, ` +
-      `CLIP ${r.clipScore.mean.toFixed(1)} ± ${r.clipScore.std.toFixed(1)}, ID(Prompt) ${r.idPrompt.mean.toFixed(3)} ± ${r.idPrompt.std.toFixed(3)}\n`;
+      `CLIP ${r.clipScore.mean.toFixed(1)} ± ${r.clipScore.std.toFixed(1)} (cos ${r.clipCosine.mean.toFixed(3)} ± ${r.clipCosine.std.toFixed(3)}), ID(Prompt) ${r.idPrompt.mean.toFixed(3)} ± ${r.idPrompt.std.toFixed(3)}\n`;
     for (const r of [result.rows.identity, result.rows.generic, result.rows.reference]) if (r) io.stdout.write(line(r));
     io.stderr.write(`wrote ${files.json}, ${files.contactSheet}, ${files.html}\n`);
     return 0;

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { IdforgeError } from '../errors.js';
 import { saveImage } from '../io/image.js';
 import type { EvalResult, ImageRecord, RowSummary, Stat } from './evaluate.js';
-import { contactSheet } from './sheet.js';
+import { contactSheet, type SheetTile } from './sheet.js';
 
 export interface ReportFiles {
   json: string;
@@ -105,8 +105,16 @@ export async function writeReport(result: EvalResult, dir: string, opts: { colum
   };
   await saveImage(result.reference.image, files.reference);
   for (let i = 0; i < result.images.length; i++) await saveImage(result.images[i]!.image, files.images[i]!);
-  const tiles = [{ image: result.reference.image, label: 'R' }, ...result.images.map((r) => ({ image: r.image, label: String(r.index) }))];
-  await saveImage(contactSheet(tiles, { columns: opts.columns ?? 10, ...(opts.cell ? { cell: opts.cell } : {}) }), files.contactSheet);
+  // The reference first, then each row (identity, generic) starting on a new line of the grid.
+  const columns = opts.columns ?? 10;
+  const tiles: SheetTile[] = [{ image: result.reference.image, label: 'R' }];
+  let variant: string | undefined;
+  for (const r of result.images) {
+    if (r.variant !== variant) while (tiles.length % columns) tiles.push({ image: null, label: '' });
+    variant = r.variant;
+    tiles.push({ image: r.image, label: String(r.index) });
+  }
+  await saveImage(contactSheet(tiles, { columns, ...(opts.cell ? { cell: opts.cell } : {}) }), files.contactSheet);
   fs.writeFileSync(files.json, `${JSON.stringify(reportJson(result), null, 1)}\n`);
   fs.writeFileSync(files.html, html(result));
   return files;

@@ -24,7 +24,8 @@ const GLYPHS: Record<string, string[]> = {
 };
 
 export interface SheetTile {
-  image: RawImage;
+  /** null leaves the cell empty (to start a group on a new row). */
+  image: RawImage | null;
   /** Digits, 'R', 'G', '-' and spaces. */
   label: string;
 }
@@ -79,6 +80,7 @@ export function contactSheet(tiles: readonly SheetTile[], opts: { columns?: numb
   const height = rows * (cell + labelH) + gap;
   const sheet: RawImage = { width, height, channels: 3, data: new Uint8Array(width * height * 3).fill(255) };
   tiles.forEach((t, i) => {
+    if (!t.image) return;
     const x = gap + (i % columns) * (cell + gap);
     const y = gap + Math.floor(i / columns) * (cell + labelH);
     blitScaled(sheet, t.image, x, y, cell);
