@@ -21,7 +21,7 @@ import { fixture, TINY_ID, TINY_SD } from './helpers/fixtures.js';
 const TINY_CLIP = fixture('tiny-clip');
 const PHOTO = fixture('faces/grace_hopper.jpg');
 const PROMPTS = ['a photo of <id> on the beach', 'an oil painting of <id>', 'a close-up photo of <id> smiling'];
-const GEN = { steps: 2, width: 64, height: 64 };
+const GEN = { steps: 1, width: 64, height: 64 };
 
 t.test('evaluate() on the tiny models: identity, generic and reference rows, report files', async (t) => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'idforge-eval-'));
@@ -144,7 +144,7 @@ t.test('idforge eval (lib/eval/cli.ts main) writes the report', async (t) => {
     return { code, out: io.out, err: io.err };
   };
   const r = await run(['--model', TINY_SD, '--clip', TINY_CLIP, '--reference', PHOTO, '--prompts', path.join(dir, 'prompts.txt'),
-    '--steps', '2', '--width', '64', '--height', '64', '--seeds', '4,5', '--device', 'cpu', '--out', path.join(dir, 'out')]);
+    '--steps', '1', '--width', '64', '--height', '64', '--seeds', '4,5', '--device', 'cpu', '--out', path.join(dir, 'out')]);
   t.equal(r.code, 0, r.err);
   t.match(r.out, /generic "person" \(identityScale 0\): ID .* CLIP/);
   t.match(r.out, /reference photo vs itself: ID 1\.000/);
