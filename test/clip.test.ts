@@ -152,6 +152,15 @@ t.test('bad CLIP folders and inputs give typed errors', async (t) => {
   const heads = copy('heads');
   writeFileSync(path.join(heads, 'config.json'), JSON.stringify({ ...cfg, text_config: { ...cfg.text_config, num_attention_heads: 5 } }));
   await code(ClipScorer.load(heads, { device: 'cpu' }), 'E_MODEL_FORMAT', /heads/);
+  // The older layout: sizes in text_config_dict / vision_config_dict (they win over *_config).
+  const dicts = copy('dicts');
+  writeFileSync(path.join(dicts, 'config.json'), JSON.stringify({
+    ...cfg, text_config: null, text_config_dict: cfg.text_config,
+    vision_config: { ...cfg.vision_config, num_hidden_layers: 3 }, vision_config_dict: { num_hidden_layers: 2 },
+  }));
+  const fromDicts = await ClipScorer.load(dicts, { device: 'cpu' });
+  t.same([fromDicts.config.text.hiddenSize, fromDicts.config.vision.numHiddenLayers], [32, 2], 'config from *_config_dict');
+  fromDicts.dispose();
   const badJson = copy('bad-json');
   writeFileSync(path.join(badJson, 'config.json'), '{ not json');
   await code(ClipScorer.load(badJson, { device: 'cpu' }), 'E_MODEL_FORMAT', /JSON/);

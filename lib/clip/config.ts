@@ -87,8 +87,10 @@ function tower(c: Record<string, unknown>, file: string, scope: string, defaults
 export function parseClipConfig(json: unknown, file = 'config.json'): Omit<ClipConfig, 'preprocess' | 'preNorm'> {
   const c = obj(json, file, 'config');
   if (c.model_type !== undefined && c.model_type !== 'clip') throw fmt(file, `model_type ${JSON.stringify(c.model_type)} is not "clip"`);
-  const tc = obj(c.text_config, file, 'text_config');
-  const vc = obj(c.vision_config, file, 'vision_config');
+  // Older configs (e.g. openai/clip-vit-large-patch14's) also carry text_config_dict /
+  // vision_config_dict, whose values win, as in transformers' CLIPConfig.
+  const tc = { ...obj(c.text_config ?? undefined, file, 'text_config'), ...obj(c.text_config_dict ?? undefined, file, 'text_config_dict') };
+  const vc = { ...obj(c.vision_config ?? undefined, file, 'vision_config'), ...obj(c.vision_config_dict ?? undefined, file, 'vision_config_dict') };
   const tr = reader(tc, file, 'text_config.');
   const vr = reader(vc, file, 'vision_config.');
   const text: ClipTextTowerConfig = {
