@@ -97,6 +97,7 @@ t.test('evaluate() on the tiny models: identity, generic and reference rows, rep
   await bad({ prompts: [] }, 'E_ARGUMENT');
   await bad({ seeds: [-1] }, 'E_ARGUMENT');
   await bad({ threshold: 2 }, 'E_ARGUMENT');
+  await bad({ width: 65 }, 'E_SHAPE');
   await bad({ prompts: ['<id:ann> on a boat'] }, 'E_ARGUMENT');
   await bad({ reference: path.join(dir, 'missing.jpg') }, 'E_NOT_FOUND');
 });

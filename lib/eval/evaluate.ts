@@ -13,6 +13,8 @@
  * prompts and seeds with identityScale 0, i.e. the identity's words replaced by "person").
  */
 import { IdforgeError, throwIfAborted } from '../errors.js';
+import type { EvalSettings } from '../options.js';
+import { validateEvaluate } from '../validate.js';
 import type { Engine } from '../engine.js';
 import type { Identity } from '../identity/identity.js';
 import type { RawImage } from '../io/image.js';
@@ -32,7 +34,7 @@ export interface EvalProgress {
 
 export type EvalVariant = 'identity' | 'generic';
 
-export interface EvaluateOptions {
+export interface EvaluateOptions extends EvalSettings {
   engine: Engine;
   clip: ClipScorer;
   faces: FaceAnalyzer;
@@ -40,21 +42,6 @@ export interface EvaluateOptions {
   reference: RawImage | string | Buffer;
   /** The identity `<id>` names; without one, `<id>` reads as "a person" and only the generic row is made. */
   identity?: Identity;
-  /** Prompts with `<id>` where the person goes (default DEFAULT_PROMPTS). */
-  prompts?: readonly string[];
-  /** One image per prompt and seed (default [0]). */
-  seeds?: readonly number[];
-  steps?: number;
-  width?: number;
-  height?: number;
-  guidanceScale?: number;
-  negativePrompt?: string;
-  /** The identity's strength in the identity row (default 1). */
-  identityScale?: number;
-  /** CLIP cosine from which an image's ID similarity counts towards ID(Prompt) (default 0.23, as in SeFi-IDE). */
-  threshold?: number;
-  /** Also generate the generic-person row (default true when there is an identity). */
-  baseline?: boolean;
   onProgress?: (p: EvalProgress) => void;
   signal?: AbortSignal;
 }
@@ -113,12 +100,6 @@ export function stat(xs: readonly number[]): Stat {
   return { mean, std: Math.sqrt(v) };
 }
 
-function num(v: unknown, name: string, min: number, max = Infinity, integer = false): number {
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max || (integer && !Number.isInteger(v)))
-    throw new IdforgeError('E_ARGUMENT', `evaluate: ${name} must be ${integer ? 'an integer' : 'a number'} in [${min}, ${max}], got ${JSON.stringify(v)}`);
-  return v;
-}
-
 const area = (f: Face): number => Math.max(0, f.box[2]! - f.box[0]!) * Math.max(0, f.box[3]! - f.box[1]!);
 
 /** The largest face in the image (the person the prompt is about), or null. */
@@ -145,22 +126,9 @@ export async function evaluate(opts: EvaluateOptions): Promise<EvalResult> {
   if (!opts || typeof opts !== 'object') throw new IdforgeError('E_ARGUMENT', 'evaluate expects an options object');
   const { engine, clip, faces, signal } = opts;
   if (!engine || !clip || !faces) throw new IdforgeError('E_ARGUMENT', 'evaluate needs an engine, a ClipScorer and a face analyser');
-  const prompts = [...(opts.prompts ?? DEFAULT_PROMPTS)];
-  if (prompts.length === 0 || prompts.some((p) => typeof p !== 'string' || !p.trim()))
-    throw new IdforgeError('E_ARGUMENT', 'evaluate: prompts must be a non-empty list of non-empty strings');
-  if (prompts.some((p) => /<id:[^<>]*>/.test(p))) throw new IdforgeError('E_ARGUMENT', 'evaluate: prompts name the one identity as <id>, not <id:name>');
-  const seeds = [...(opts.seeds ?? [0])];
-  if (seeds.length === 0) throw new IdforgeError('E_ARGUMENT', 'evaluate: seeds must be a non-empty list');
-  seeds.forEach((s, i) => num(s, `seeds[${i}]`, 0, 2 ** 32 - 1, true));
-  const threshold = num(opts.threshold ?? 0.23, 'threshold', -1, 1);
-  const identityScale = num(opts.identityScale ?? 1, 'identityScale', 0);
-  const steps = num(opts.steps ?? 30, 'steps', 1, 1000, true);
-  const width = num(opts.width ?? 512, 'width', 8, 4096, true);
-  const height = num(opts.height ?? 512, 'height', 8, 4096, true);
-  const guidanceScale = num(opts.guidanceScale ?? 7.5, 'guidanceScale', 0);
-  const negativePrompt = opts.negativePrompt ?? '';
+  const { prompts, seeds, threshold, identityScale, steps, width, height, guidanceScale, negativePrompt, baseline } =
+    validateEvaluate(opts, engine.sizeMultiple, DEFAULT_PROMPTS);
   const identity = opts.identity;
-  const baseline = opts.baseline ?? true;
   const warnings: string[] = [];
   throwIfAborted(signal, 'evaluate');
 
