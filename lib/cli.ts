@@ -30,8 +30,10 @@ function bar(step: number, steps: number, ms: number): string {
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
+  // `eval` lives in lib/eval/cli.ts (it loads CLIP and the face models, which generate never needs).
+  if (cmd === 'eval') return (await import('./eval/cli.js')).main(rest);
   if (cmd !== 'generate') {
-    process.stderr.write(`${USAGE}\n`);
+    process.stderr.write(`${USAGE}\n       idforge eval --help\n`);
     return cmd === undefined || cmd === '--help' || cmd === '-h' ? 0 : 2;
   }
   const { values } = parseArgs({

@@ -110,3 +110,22 @@ export interface LearnOptions {
   onProgress?: (p: LearnProgress) => void;
   signal?: AbortSignal;
 }
+
+/** The measuring settings of evaluate() (lib/eval/evaluate.ts); defaults in lib/validate.ts validateEvaluate. */
+export interface EvalSettings {
+  /** Prompts with `<id>` where the person goes (default: the 20 of lib/eval/prompts.ts). */
+  prompts?: readonly string[];
+  /** One image per prompt and seed (default [0]). */
+  seeds?: readonly number[];
+  steps?: number;
+  width?: number;
+  height?: number;
+  guidanceScale?: number;
+  negativePrompt?: string;
+  /** The identity's strength in the identity row (default 1). */
+  identityScale?: number;
+  /** CLIP cosine from which an image's ID similarity counts towards ID(Prompt) (default 0.23, as in SeFi-IDE). */
+  threshold?: number;
+  /** Also generate the generic-person row (default true when there is an identity). */
+  baseline?: boolean;
+}

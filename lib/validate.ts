@@ -2,7 +2,7 @@
 // (E_ARGUMENT, or E_SHAPE for sizes) that names the argument and the range it must lie in.
 // The option types themselves are in lib/options.ts; model-file checks are in lib/io/.
 import { IdforgeError } from './errors.js';
-import type { DeviceOptions, GenerateOptions, LearnOptions, AugmentOptions } from './options.js';
+import type { DeviceOptions, EvalSettings, GenerateOptions, LearnOptions, AugmentOptions } from './options.js';
 import { Identity } from './identity/identity.js';
 import { Tensor } from './tensor.js';
 
@@ -177,4 +177,32 @@ export function validateLearn(o: LearnOptions, defaultTemplates: readonly string
   const augment = { flip: typeof a === 'object' ? ao.flip ?? true : on, jitter: typeof a === 'object' ? ao.jitter ?? true : on, scale };
   const seed = seedOf(o.seed, where);
   return { steps, lr, lambda, stages, init, templates, augment, seed };
+}
+
+export type ValidEval = Required<Omit<EvalSettings, 'prompts' | 'seeds'>> & { prompts: string[]; seeds: number[] };
+
+/** evaluate()'s settings with their defaults; `multiple` is the model's size multiple. */
+export function validateEvaluate(o: EvalSettings, multiple: number, defaultPrompts: readonly string[]): ValidEval {
+  const where = 'evaluate';
+  const prompts = [...(o.prompts ?? defaultPrompts)];
+  if (!Array.isArray(o.prompts ?? defaultPrompts) || prompts.length === 0 || prompts.some((p) => typeof p !== 'string' || !p.trim()))
+    throw argError('prompts must be a non-empty list of non-empty strings', where);
+  if (prompts.some((p) => /<id:[^<>]*>/.test(p))) throw argError('prompts name the one identity as <id>, not <id:name>', where);
+  const seeds = [...(o.seeds ?? [0])];
+  if (seeds.length === 0) throw argError('seeds must be a non-empty list', where);
+  seeds.forEach((s, i) => integer(s, `seeds[${i}]`, 0, 2 ** 32 - 1, where));
+  const threshold = o.threshold ?? 0.23;
+  if (typeof threshold !== 'number' || !(threshold >= -1 && threshold <= 1)) throw argError(`threshold must be a cosine in [-1, 1], got ${describe(threshold)}`, where);
+  const negativePrompt = o.negativePrompt ?? '';
+  if (typeof negativePrompt !== 'string') throw argError('negativePrompt must be a string', where);
+  const baseline = o.baseline ?? true;
+  if (typeof baseline !== 'boolean') throw argError('baseline must be a boolean', where);
+  return {
+    prompts, seeds, threshold, negativePrompt, baseline,
+    identityScale: nonNegative(o.identityScale ?? 1, 'identityScale', { where }),
+    steps: integer(o.steps ?? 30, 'steps', 1, 1000, where),
+    width: imageSide(o.width ?? 512, 'width', multiple),
+    height: imageSide(o.height ?? 512, 'height', multiple),
+    guidanceScale: nonNegative(o.guidanceScale ?? 7.5, 'guidanceScale', { where }),
+  };
 }

@@ -13,8 +13,7 @@ import * as path from 'node:path';
 import { IdforgeError } from '../errors.js';
 import type { Graph, Value } from '../graph/graph.js';
 import type { BackendSpec, Program } from '../graph/program.js';
-import { layerNormW, linearW, toTokens, type Weights } from '../graph/weights.js';
-import type { TensorRef } from '../io/checkpoint.js';
+import { layerNormW, linearW, safetensorsRefs, toTokens, type Weights } from '../graph/weights.js';
 import type { RawImage } from '../io/image.js';
 import { SafetensorsFile } from '../io/safetensors.js';
 import type { DeviceOptions } from '../options.js';
@@ -107,25 +106,13 @@ export function parseIdEncoderConfig(json: unknown, file = 'config.json'): IdEnc
   };
 }
 
-function refsOf(st: SafetensorsFile): Map<string, TensorRef> {
-  const m = new Map<string, TensorRef>();
-  for (const name of st.names()) {
-    const info = st.info(name);
-    m.set(name, {
-      name, shape: [...info.shape], dtype: info.dtype, file: st.path, key: name,
-      readFloat32: () => st.readFloat32(name), readBytes: () => st.readBytes(name),
-    });
-  }
-  return m;
-}
-
 /** The encoder's model runtime: its weights (one group), device, stream and programs (one per batch size). */
 class IdEncoderRuntime extends ModelRuntime {
   readonly weights: Weights;
   constructor(backend: BackendSpec, file: SafetensorsFile) {
     super(backend, 'IdEncoder');
     this.adopt(() => file.close());
-    this.weights = this.addWeights('id-encoder', refsOf(file));
+    this.weights = this.addWeights('id-encoder', safetensorsRefs(file));
   }
 }
 
