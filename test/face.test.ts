@@ -154,7 +154,7 @@ t.test('bad inputs', async (t) => {
   await t.rejects(prepareFace(png, { landmarks: [...lms.slice(0, 4), [NaN, 3]] }), { code: 'E_ARGUMENT', message: /landmark 4/ });
   await t.rejects(prepareFace(png, { landmarks: [...lms.slice(0, 4), [1]] as [number, number][] }), { code: 'E_ARGUMENT' });
   await t.rejects(prepareFace(png, { landmarks: Array(5).fill([3, 3]) }), { code: 'E_ARGUMENT', message: /coincide/ });
-  await t.rejects(prepareFace(png, { landmarks: 'detect' }), { code: 'E_ARGUMENT', message: /no face detector is bundled yet/ });
+  await t.rejects(prepareFace(png, { landmarks: 'detect', faceIndex: -1 }), { code: 'E_ARGUMENT', message: /faceIndex/ });
   await t.rejects(prepareFace(`${FACES}/nope.png`), { code: 'E_NOT_FOUND', message: /nope\.png/ });
   await t.rejects(prepareFace(''), { code: 'E_ARGUMENT' });
   await t.rejects(prepareFace(Buffer.from('not an image at all')), { code: 'E_ARGUMENT' });

@@ -46,6 +46,8 @@ export function similarity(a: Float32Array, b: Float32Array): number {
   return aa > 0 && bb > 0 ? ab / Math.sqrt(aa * bb) : 0;
 }
 
+let shared: Promise<FaceAnalyzer> | null = null;
+
 export class FaceAnalyzer implements Disposable {
   #detector: FaceDetector | null;
   #embedder: FaceEmbedder | null;
@@ -65,6 +67,14 @@ export class FaceAnalyzer implements Disposable {
     const embFile = path.join(embDir, 'face_recognition_model-weights_manifest.json');
     const embedder = new FaceEmbedder(tf, await readWeights(embFile), embFile);
     return new FaceAnalyzer(new FaceDetector(tf, blazeface, facemesh), embedder);
+  }
+
+  /** One analyzer with the default models, loaded on first call and kept for the process (prepareFace's default). */
+  static async shared(): Promise<FaceAnalyzer> {
+    if (shared && (await shared.catch(() => null))?.disposed === false) return shared;
+    shared = FaceAnalyzer.load();
+    shared.catch(() => { shared = null; });
+    return shared;
   }
 
   #live(): { detector: FaceDetector; embedder: FaceEmbedder } {

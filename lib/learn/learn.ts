@@ -10,8 +10,9 @@
  * the same template with the init word ("person") in place of V*, taken with the queries of the
  * target pass and treated as a constant. The generator's backward and Adam run in TypeScript.
  *
- * Data: the face is centre-cropped to a square and resized to the model's native size
- * (latentFactor · unet.sampleSize: 512 for SD 1.5, 128 for the tiny test model). Augmentation is
+ * Data: a square around the detected face (when `init` names a person; lib/faces), else the photo's
+ * centre square, resized to the model's native size (latentFactor · unet.sampleSize: 512 for SD 1.5,
+ * 128 for the tiny test model). Augmentation is
  * applied to the image before VAE encoding: horizontal flip (p = 0.5), colour jitter (brightness,
  * contrast, saturation ×[0.9, 1.1]) and a random scale s ∈ [0.1, 1] (the face is shrunk by s and
  * pasted at a random place on a canvas of its mean colour). To keep a step to one UNet
@@ -29,7 +30,7 @@ import type { ModelConfigs, UNetConfig } from '../io/configs.js';
 import { crossAttentionLayers } from '../unet/unet.js';
 import { layerDownsampling } from '../attention.js';
 import { Identity, stageIndex } from '../identity/identity.js';
-import { decodeFace, prepareFace } from '../identity/face.js';
+import { centreCrop, chooseFace, cropAroundFace, decodeFace, type FaceChoiceOptions } from '../identity/face.js';
 import { expandPrompt } from '../identity/placeholders.js';
 import type { RawImage } from '../io/image.js';
 import { Xoshiro128, randn } from '../sched/random.js';
@@ -77,9 +78,23 @@ export interface LearnOptions {
   augment?: boolean | AugmentOptions;
   seed?: number;
   name?: string;
+  /**
+   * The crop: a square around the detected face (the default when `init` names a person; the
+   * options pick the face and what to do without one: E_NO_FACE by default), or false for the
+   * photo's centre square (the default for other init words: SeFi-IDE learns a dog the same way).
+   */
+  face?: false | FaceChoiceOptions;
+  /** Receives preparation warnings (several faces, the no-face fallback). */
+  onWarning?: (message: string) => void;
   onProgress?: (p: LearnProgress) => void;
   signal?: AbortSignal;
 }
+
+/** Init words that name a person: the photo is then cropped around the detected face. */
+const PERSON_WORDS = new Set(['person', 'man', 'woman', 'boy', 'girl', 'child', 'kid', 'baby', 'lady', 'guy', 'human', 'face', 'people', 'gentleman']);
+
+/** The photo-crop options of learnIdentity / identityLoss. */
+type CropOptions = Pick<LearnOptions, 'face' | 'init' | 'onWarning'>;
 
 const arg = (msg: string) => new IdforgeError('E_ARGUMENT', `learnIdentity: ${msg}`);
 
@@ -122,6 +137,7 @@ function validate(o: LearnOptions): Valid {
   if (scale !== false && (!Array.isArray(scale) || scale.length !== 2 || !(scale[0] > 0) || !(scale[1] <= 1) || scale[0] > scale[1]))
     throw arg('augment.scale must be [min, max] with 0 < min ≤ max ≤ 1, or false');
   const augment = { flip: typeof a === 'object' ? ao.flip ?? true : on, jitter: typeof a === 'object' ? ao.jitter ?? true : on, scale };
+  if (o.face !== undefined && o.face !== false && (typeof o.face !== 'object' || o.face === null)) throw arg('face must be false or { faceIndex, noFaceFallback, analyzer }');
   const seed = o.seed ?? Math.floor(Math.random() * 2 ** 31);
   if (!Number.isSafeInteger(seed) || seed < 0) throw arg(`seed must be a non-negative integer, got ${String(seed)}`);
   return { steps, lr, lambda, stages, init, templates, augment, seed };
@@ -202,15 +218,23 @@ function augmentImage(img: RawImage, aug: Required<AugmentOptions> | null, rnd: 
   return out.map((v) => v * 2 - 1);
 }
 
-/** Decodes and checks the face, then centre-crops it to the model's native size. */
-export async function prepareLearningImage(engine: Engine, face: RawImage | string | Buffer): Promise<RawImage> {
+/**
+ * Decodes and checks the photo, then crops a square around the detected face (init names a person,
+ * or `face` options given) or the photo's centre, at the model's native size.
+ */
+export async function prepareLearningImage(engine: Engine, face: RawImage | string | Buffer, opts: CropOptions = {}): Promise<RawImage> {
   if (face === undefined || face === null) throw arg('a face image is required (a RawImage, a file path or an encoded Buffer)');
   const img = await decodeFace(face as RawImage | string | Buffer);
   const size = nativeSize(engine);
   const min = Math.min(64, size);
   if (Math.min(img.width, img.height) < min)
     throw new IdforgeError('E_SHAPE', `learnIdentity: the face image is ${img.width}x${img.height}; it needs at least ${min}x${min} pixels`);
-  return (await prepareFace(img, { size })).image;
+  const detect = opts.face !== false && (opts.face !== undefined || PERSON_WORDS.has((opts.init ?? 'person').trim().toLowerCase()));
+  if (!detect) return centreCrop(img, size);
+  const warnings: string[] = [];
+  const found = await chooseFace(img, face, opts.face || {}, warnings);
+  for (const w of warnings) opts.onWarning?.(w);
+  return found ? cropAroundFace(img, found, size) : centreCrop(img, size);
 }
 
 interface Sample {
@@ -352,7 +376,7 @@ export async function learnIdentity(engine: Engine, face: RawImage | string | Bu
   const o = validate(opts);
   const { signal } = opts;
   throwIfAborted(signal, 'learnIdentity');
-  const img = await prepareLearningImage(engine, face);
+  const img = await prepareLearningImage(engine, face, { ...opts, init: o.init });
   const rng = new Xoshiro128(o.seed);
   const rnd = () => rng.nextDouble();
   const e0 = wordEmbedding(engine, o.init);
@@ -392,8 +416,8 @@ export async function learnIdentity(engine: Engine, face: RawImage | string | Bu
  * The learning loss of an identity on a fixed batch (no augmentation, latent = the VAE mean):
  * `count` samples (template, timestep, noise) drawn from `seed`. For tests and monitoring.
  */
-export async function identityLoss(engine: Engine, face: RawImage | string | Buffer, identity: Identity, opts: { count?: number; seed?: number; lambda?: number; init?: string; templates?: readonly string[] } = {}): Promise<{ loss: number; lossDiff: number; lossAtt: number }> {
-  const img = await prepareLearningImage(engine, face);
+export async function identityLoss(engine: Engine, face: RawImage | string | Buffer, identity: Identity, opts: CropOptions & { count?: number; seed?: number; lambda?: number; templates?: readonly string[] } = {}): Promise<{ loss: number; lossDiff: number; lossAtt: number }> {
+  const img = await prepareLearningImage(engine, face, opts);
   const [p] = await encodePool(engine, img, null, 1, () => 0);
   const z0 = p!.mean.map((m) => m * engine.configs.vae.scalingFactor);
   const prog = learnProgram(engine, p!.shape[2]!, p!.shape[3]!, opts.lambda ?? 0.003);
