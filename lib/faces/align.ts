@@ -25,6 +25,22 @@ function checkRaw(img: RawImage): RawImage {
   return img;
 }
 
+/** 5 finite [x, y] points in the ArcFace order, copied; E_ARGUMENT otherwise. */
+export function checkLandmarks(l: unknown): [number, number][] {
+  if (!Array.isArray(l) || l.length !== 5)
+    throw arg(`landmarks must be 5 [x, y] points (left eye, right eye, nose, left mouth, right mouth), got ${Array.isArray(l) ? `${l.length} points` : typeof l}`);
+  return l.map((p, i) => {
+    if (!Array.isArray(p) || p.length !== 2 || !p.every((c) => typeof c === 'number' && Number.isFinite(c)))
+      throw arg(`landmark ${i} must be [x, y] with finite numbers, got ${JSON.stringify(p)}`);
+    return [p[0], p[1]] as [number, number];
+  });
+}
+
+/** How messages name an image input: its path, else what it is. */
+export function describeImage(input: RawImage | string | Buffer): string {
+  return typeof input === 'string' ? input : Buffer.isBuffer(input) ? 'the image buffer' : 'the image';
+}
+
 /** Decodes a file path, an encoded Buffer or a RawImage into RGB pixels (EXIF orientation applied). */
 export async function decodeFace(input: RawImage | string | Buffer | Uint8Array): Promise<RawImage> {
   if (typeof input === 'string') {

@@ -8,7 +8,7 @@
  * SCRFD, MTCNN) and the ArcFace template line up without a half-pixel shift.
  */
 import { IdforgeError } from '../errors.js';
-import { applyTransform, decodeFace, estimateSimilarity, warpAffine } from '../faces/align.js';
+import { applyTransform, checkLandmarks, decodeFace, describeImage, estimateSimilarity, warpAffine } from '../faces/align.js';
 import { FaceAnalyzer } from '../faces/analyzer.js';
 import type { Face } from '../faces/detect.js';
 import type { RawImage } from '../io/image.js';
@@ -62,16 +62,6 @@ function arg(msg: string): IdforgeError {
   return new IdforgeError('E_ARGUMENT', `prepareFace: ${msg}`);
 }
 
-function checkLandmarks(l: unknown): [number, number][] {
-  if (!Array.isArray(l) || l.length !== 5)
-    throw arg(`landmarks must be 5 [x, y] points (left eye, right eye, nose, left mouth, right mouth), got ${Array.isArray(l) ? `${l.length} points` : typeof l}`);
-  return l.map((p, i) => {
-    if (!Array.isArray(p) || p.length !== 2 || !p.every((c) => typeof c === 'number' && Number.isFinite(c)))
-      throw arg(`landmark ${i} must be [x, y] with finite numbers, got ${JSON.stringify(p)}`);
-    return [p[0], p[1]] as [number, number];
-  });
-}
-
 /** The template scaled to a size×size output. */
 export function faceTemplate(size: number): [number, number][] {
   return ARCFACE_TEMPLATE_112.map(([x, y]) => [(x * size) / 112, (y * size) / 112]);
@@ -120,10 +110,6 @@ function checkChoice(o: FaceChoiceOptions): void {
   if (o.analyzer !== undefined && !(o.analyzer instanceof FaceAnalyzer)) throw arg('analyzer must be a FaceAnalyzer');
 }
 
-function describe(input: RawImage | string | Buffer): string {
-  return typeof input === 'string' ? input : Buffer.isBuffer(input) ? 'the image buffer' : 'the image';
-}
-
 /**
  * Detects the faces in `img` and returns the one `opts` asks for (the largest by default), with a
  * warning when there are several; none: E_NO_FACE naming the file, or undefined and a warning with
@@ -133,7 +119,7 @@ export async function chooseFace(img: RawImage, input: RawImage | string | Buffe
   checkChoice(opts);
   const analyzer = opts.analyzer ?? (await FaceAnalyzer.shared());
   const faces = await analyzer.detect(img);
-  const what = describe(input);
+  const what = describeImage(input);
   const index = opts.faceIndex ?? 0;
   if (faces.length === 0) {
     if (!opts.noFaceFallback) throw new IdforgeError('E_NO_FACE', `no face found in ${what} (pass noFaceFallback: true to use the photo's centre instead)`);
