@@ -4,10 +4,10 @@ import { Engine, IdEncoder, attentionHeatmap, saveImage } from 'idforge';
 
 const engine = await Engine.load('test/fixtures/tiny-sd', { device: 'auto' });
 const encoder = await IdEncoder.load('test/fixtures/tiny-id-encoder');
-// Five landmarks (eyes, nose, mouth corners) align the face onto the ArcFace template; without
-// them the face is centre-cropped (with a warning).
-const identity = await encoder.encode('test/fixtures/faces/face-a.png');
-identity.save('face-a.idforge.safetensors', { textDim: 32, vocabHash: engine.tokenizer.vocabHash });
+// The face detector (lib/faces) finds five landmarks (eyes, nose, mouth corners) that align the
+// face onto the ArcFace template; { landmarks: 'centre' } takes the photo's centre instead.
+const identity = await encoder.encode('test/fixtures/faces/astronaut.jpg');
+identity.save('astronaut.idforge.safetensors', { textDim: 32, vocabHash: engine.tokenizer.vocabHash });
 
 const result = await engine.generate({
   prompt: 'a photo of <id> as an astronaut, oil painting',

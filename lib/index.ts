@@ -12,6 +12,7 @@ export { openModel, type ModelSource } from './io/checkpoint.js';
 export { ClipTokenizer } from './text/tokenizer.js';
 export { DDIMScheduler } from './sched/ddim.js';
 export { randn } from './sched/random.js';
+export { FaceAnalyzer, similarity, type Face, type DetectOptions, type FaceAnalyzerOptions } from './faces/index.js';
 export { Identity, IdEncoder, prepareFace, expandPrompt, type IdentityMethod, type PreparedFace, type Landmarks } from './identity/index.js';
 export { attentionHeatmap, type AttentionCapture, type AttentionMap, type CaptureAttentionOptions } from './attention.js';
 export { bench, type BenchOptions, type BenchReport } from './bench/index.js';

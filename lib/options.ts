@@ -2,6 +2,7 @@
 // module of types only: lib/validate.ts checks them, the pipelines consume them, and none of those
 // has to import another to name them.
 import type { AttentionCapture, CaptureAttentionOptions } from './attention.js';
+import type { FaceChoiceOptions } from './identity/face.js';
 import type { Identity } from './identity/identity.js';
 import type { ConfigOverrides } from './io/configs.js';
 import type { RawImage } from './io/image.js';
@@ -107,6 +108,14 @@ export interface LearnOptions {
   augment?: boolean | AugmentOptions;
   seed?: number;
   name?: string;
+  /**
+   * The crop: a square around the detected face (the default when `init` names a person; the
+   * options pick the face and what to do without one: E_NO_FACE by default), or false for the
+   * photo's centre square (the default for other init words: SeFi-IDE learns a dog the same way).
+   */
+  face?: false | FaceChoiceOptions;
+  /** Receives preparation warnings (several faces, the no-face fallback). */
+  onWarning?: (message: string) => void;
   onProgress?: (p: LearnProgress) => void;
   signal?: AbortSignal;
 }

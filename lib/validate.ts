@@ -175,6 +175,8 @@ export function validateLearn(o: LearnOptions, defaultTemplates: readonly string
   if (scale !== false && (!Array.isArray(scale) || scale.length !== 2 || !(scale[0] > 0) || !(scale[1] <= 1) || scale[0] > scale[1]))
     throw argError('augment.scale must be [min, max] with 0 < min ≤ max ≤ 1, or false', where);
   const augment = { flip: typeof a === 'object' ? ao.flip ?? true : on, jitter: typeof a === 'object' ? ao.jitter ?? true : on, scale };
+  if (o.face !== undefined && o.face !== false && (typeof o.face !== 'object' || o.face === null))
+    throw argError('face must be false or { faceIndex, noFaceFallback, analyzer }', where);
   const seed = seedOf(o.seed, where);
   return { steps, lr, lambda, stages, init, templates, augment, seed };
 }

@@ -154,7 +154,7 @@ t.test('bad inputs', async (t) => {
   await t.rejects(prepareFace(png, { landmarks: [...lms.slice(0, 4), [NaN, 3]] }), { code: 'E_ARGUMENT', message: /landmark 4/ });
   await t.rejects(prepareFace(png, { landmarks: [...lms.slice(0, 4), [1]] as [number, number][] }), { code: 'E_ARGUMENT' });
   await t.rejects(prepareFace(png, { landmarks: Array(5).fill([3, 3]) }), { code: 'E_ARGUMENT', message: /coincide/ });
-  await t.rejects(prepareFace(png, { landmarks: 'detect' }), { code: 'E_ARGUMENT', message: /no face detector is bundled yet/ });
+  await t.rejects(prepareFace(png, { landmarks: 'detect', faceIndex: -1 }), { code: 'E_ARGUMENT', message: /faceIndex/ });
   await t.rejects(prepareFace(`${FACES}/nope.png`), { code: 'E_NOT_FOUND', message: /nope\.png/ });
   await t.rejects(prepareFace(''), { code: 'E_ARGUMENT' });
   await t.rejects(prepareFace(Buffer.from('not an image at all')), { code: 'E_ARGUMENT' });
@@ -163,4 +163,25 @@ t.test('bad inputs', async (t) => {
   await t.rejects(prepareFace(42 as unknown as string), { code: 'E_ARGUMENT' });
   await t.rejects(prepareFace(png, { size: 0 }), { code: 'E_ARGUMENT', message: /size/ });
   await t.rejects(prepareFace(png, { size: 1.5 }), { code: 'E_ARGUMENT' });
+});
+
+t.test('ImagePyramid.warp: strong shrinks from a halved level, antialiased', async (t) => {
+  const { ImagePyramid, antialiasSamples } = await import('../lib/faces/align.js');
+  const img = await decodeFace(`${FACES}/grace_hopper.jpg`); // 512×600, a real photo with fine detail
+  const pyr = new ImagePyramid(img);
+  const mad = (a: RawImage, b: RawImage) => a.data.reduce((s, v, i) => s + Math.abs(v - b.data[i]!), 0) / a.data.length;
+  t.equal(mad(pyr.warp([1, 0, -7, 0, 1, 3], 64), warpAffine(img, [1, 0, -7, 0, 1, 3], 64)), 0, 'no shrink: the plain warp');
+  for (const [k, deg] of [[0.5, 0], [0.2, 0], [0.13, 17]] as const) {
+    const m = similarity(deg, k, 3, -5);
+    const ref = warpAffine(img, m, 64, 16); // 256 taps per output pixel: a near-ideal box filter
+    const viaPyr = mad(pyr.warp(m, 64), ref);
+    const plain = mad(warpAffine(img, m, 64), ref);
+    t.ok(viaPyr < 5 && viaPyr < plain, `scale ${k}: mean abs difference to the reference ${viaPyr.toFixed(2)} (one bilinear tap: ${plain.toFixed(2)})`);
+  }
+  // 2×2 means; the odd last row and column are dropped
+  const data = Uint8Array.from({ length: 5 * 5 * 3 }, (_, i) => (Math.floor(i / 3) * 10) % 256);
+  const half = new ImagePyramid({ width: 5, height: 5, channels: 3, data }).warp([0.5, 0, -0.25, 0, 0.5, -0.25], 2);
+  const v = (x: number, y: number) => (y * 5 + x) * 10;
+  const want = [[0, 0], [1, 0], [0, 1], [1, 1]].map(([x, y]) => Math.floor((v(2 * x!, 2 * y!) + v(2 * x! + 1, 2 * y!) + v(2 * x!, 2 * y! + 1) + v(2 * x! + 1, 2 * y! + 1) + 2) / 4));
+  t.same(Array.from(half.data).filter((_, i) => i % 3 === 0), want);
 });

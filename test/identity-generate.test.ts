@@ -98,8 +98,9 @@ t.test('identities in generate()', async (t) => {
   t.test('an encoder identity from a real image file', async (t) => {
     const enc = await IdEncoder.load(TINY_ID, { device: 'cpu' });
     t.teardown(() => enc.dispose());
-    const id = await enc.encode(fixture('faces/face-a.png'));
-    const id2 = await enc.encode(fixture('faces/face-a.png'));
+    // a drawn face, which the face detector does not take for one: the centre crop
+    const id = await enc.encode(fixture('faces/face-a.png'), { landmarks: 'centre' });
+    const id2 = await enc.encode(fixture('faces/face-a.png'), { landmarks: 'centre' });
     t.ok(eqBytes(id.kData, id2.kData), 'encoding is deterministic');
     const a = await engine.generate({ ...base, identity: id });
     const b = await engine.generate({ ...base, identity: id });

@@ -11,6 +11,8 @@ import { TokenGenerator } from '../lib/learn/generator.js';
 import { IdentityLearner } from '../lib/learn/learn.js';
 import { fixture, TINY_SD } from './helpers/fixtures.js';
 
+// A drawn face, which the face detector does not take for one: these tests learn from the whole
+// photo (face: false); cropping around a detected face is in faces-prepare.test.ts.
 const FACE = fixture('faces/face-a.png');
 
 t.test('generator: outputs start at the init embedding; parameter gradients match finite differences', async (t) => {
@@ -57,7 +59,7 @@ t.test('learning on the tiny model', async (t) => {
 
   t.test('30 seeded steps lower the held-batch loss and are deterministic', async (t) => {
     const progress: number[] = [];
-    const opts = { steps: 30, seed: 11, lr: 0.01, onProgress: (p: { step: number }) => progress.push(p.step) };
+    const opts = { steps: 30, seed: 11, lr: 0.01, face: false as const, onProgress: (p: { step: number }) => progress.push(p.step) };
     const t0 = Date.now();
     const a = await learner.learn(FACE, opts);
     const ms = (Date.now() - t0) / 30;
@@ -70,8 +72,8 @@ t.test('learning on the tiny model', async (t) => {
     const b = await learner.learn(FACE, { ...opts, onProgress: () => {} });
     t.same(Array.from(b.kData), Array.from(a.kData), 'same seed, same K tokens');
     t.same(Array.from(b.vData), Array.from(a.vData), 'same seed, same V tokens');
-    const before = await learner.loss(FACE, await learner.initialIdentity(), { count: 12, seed: 5 });
-    const after = await learner.loss(FACE, a, { count: 12, seed: 5 });
+    const before = await learner.loss(FACE, await learner.initialIdentity(), { count: 12, seed: 5, face: false });
+    const after = await learner.loss(FACE, a, { count: 12, seed: 5, face: false });
     t.ok(after.loss < before.loss, `held loss ${before.loss.toFixed(5)} → ${after.loss.toFixed(5)}`);
 
     const dir = mkdtempSync(path.join(tmpdir(), 'idforge-learn-'));
@@ -92,7 +94,7 @@ t.test('learning on the tiny model', async (t) => {
     const seen: { step: number; steps: number; loss: number; lossDiff: number; lossAtt: number; elapsedMs: number }[] = [];
     await t.rejects(
       learner.learn(FACE, {
-        steps: 50, seed: 2, signal: ac.signal,
+        steps: 50, seed: 2, signal: ac.signal, face: false,
         onProgress: (p) => {
           seen.push(p);
           if (p.step === 2) ac.abort();

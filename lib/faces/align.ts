@@ -25,6 +25,22 @@ function checkRaw(img: RawImage): RawImage {
   return img;
 }
 
+/** 5 finite [x, y] points in the ArcFace order, copied; E_ARGUMENT otherwise. */
+export function checkLandmarks(l: unknown): [number, number][] {
+  if (!Array.isArray(l) || l.length !== 5)
+    throw arg(`landmarks must be 5 [x, y] points (left eye, right eye, nose, left mouth, right mouth), got ${Array.isArray(l) ? `${l.length} points` : typeof l}`);
+  return l.map((p, i) => {
+    if (!Array.isArray(p) || p.length !== 2 || !p.every((c) => typeof c === 'number' && Number.isFinite(c)))
+      throw arg(`landmark ${i} must be [x, y] with finite numbers, got ${JSON.stringify(p)}`);
+    return [p[0], p[1]] as [number, number];
+  });
+}
+
+/** How messages name an image input: its path, else what it is. */
+export function describeImage(input: RawImage | string | Buffer): string {
+  return typeof input === 'string' ? input : Buffer.isBuffer(input) ? 'the image buffer' : 'the image';
+}
+
 /** Decodes a file path, an encoded Buffer or a RawImage into RGB pixels (EXIF orientation applied). */
 export async function decodeFace(input: RawImage | string | Buffer | Uint8Array): Promise<RawImage> {
   if (typeof input === 'string') {
@@ -130,4 +146,47 @@ export function warpAffine(img: RawImage, m: readonly number[], size: number, sa
 export function antialiasSamples(m: readonly number[]): number {
   const scale = Math.hypot(m[0]!, m[3]!); // output pixels per input pixel
   return scale >= 1 ? 1 : Math.min(16, Math.ceil(1 / scale));
+}
+
+/** Halves an image: each pixel the mean of a 2×2 block (an odd last row or column is dropped). */
+function halve(img: RawImage): RawImage {
+  const w = Math.max(1, img.width >> 1), h = Math.max(1, img.height >> 1);
+  const W = img.width, src = img.data, out = new Uint8Array(w * h * 3);
+  const x1 = Math.min(1, img.width - 1), y1 = Math.min(1, img.height - 1) * W; // 1-pixel images average with themselves
+  for (let y = 0; y < h; y++)
+    for (let x = 0; x < w; x++) {
+      const o = (2 * y * W + 2 * x) * 3;
+      for (let c = 0; c < 3; c++)
+        out[(y * w + x) * 3 + c] = (src[o + c]! + src[o + x1 * 3 + c]! + src[o + y1 * 3 + c]! + src[o + (y1 + x1) * 3 + c]! + 2) >> 2;
+    }
+  return { width: w, height: h, channels: 3, data: out };
+}
+
+/**
+ * An image with its successive 2× box-filtered halvings, built on demand: warps that shrink a lot
+ * (the detector's passes over a large photo) sample the level just above the output resolution,
+ * which costs a few taps per output pixel where supersampling the full image costs dozens.
+ */
+export class ImagePyramid {
+  readonly #levels: RawImage[];
+
+  constructor(readonly image: RawImage) {
+    this.#levels = [image];
+  }
+
+  #level(j: number): RawImage {
+    while (this.#levels.length <= j) this.#levels.push(halve(this.#levels[this.#levels.length - 1]!));
+    return this.#levels[j]!;
+  }
+
+  /** warpAffine(image, m, size) with antialiasing, from the coarsest level that still has ≥ 1 pixel per output pixel. */
+  warp(m: readonly number[], size: number): RawImage {
+    const s = Math.hypot(m[0]!, m[3]!);
+    let j = s < 1 ? Math.floor(Math.log2(1 / s)) : 0;
+    while (j > 0 && Math.min(this.image.width, this.image.height) >> j < 2) j--;
+    // level-j pixel centre x_j is level-0 point 2^j·x_j + (2^j − 1)/2
+    const k = 2 ** j, off = (k - 1) / 2;
+    const mj = [m[0]! * k, m[1]! * k, (m[0]! + m[1]!) * off + m[2]!, m[3]! * k, m[4]! * k, (m[3]! + m[4]!) * off + m[5]!];
+    return warpAffine(this.#level(j), mj, size, antialiasSamples(mj));
+  }
 }

@@ -6,7 +6,7 @@
 import * as path from 'node:path';
 import { IdforgeError } from '../errors.js';
 import type { RawImage } from '../io/image.js';
-import { decodeFace } from './align.js';
+import { checkLandmarks, decodeFace, describeImage } from './align.js';
 import { FaceDetector, type DetectOptions, type Face } from './detect.js';
 import { FaceEmbedder, faceChip } from './embed.js';
 import { loadTf, packageDir, readGraphModel, readWeights } from './tf.js';
@@ -18,10 +18,6 @@ export interface FaceAnalyzerOptions {
   detectorDir?: string;
   /** Folder holding face_recognition_model-weights_manifest.json (default: @vladmandic/face-api's model/). */
   embedderDir?: string;
-}
-
-function describe(input: FaceImage): string {
-  return typeof input === 'string' ? input : Buffer.isBuffer(input) ? 'the image buffer' : 'the image';
 }
 
 function checkDetectOptions(o: DetectOptions): Required<DetectOptions> {
@@ -46,6 +42,8 @@ export function similarity(a: Float32Array, b: Float32Array): number {
   return aa > 0 && bb > 0 ? ab / Math.sqrt(aa * bb) : 0;
 }
 
+let shared: Promise<FaceAnalyzer> | null = null;
+
 export class FaceAnalyzer implements Disposable {
   #detector: FaceDetector | null;
   #embedder: FaceEmbedder | null;
@@ -67,6 +65,14 @@ export class FaceAnalyzer implements Disposable {
     return new FaceAnalyzer(new FaceDetector(tf, blazeface, facemesh), embedder);
   }
 
+  /** One analyzer with the default models, loaded on first call and kept for the process (prepareFace's default). */
+  static async shared(): Promise<FaceAnalyzer> {
+    if (shared && (await shared.catch(() => null))?.disposed === false) return shared;
+    shared = FaceAnalyzer.load();
+    shared.catch(() => { shared = null; });
+    return shared;
+  }
+
   #live(): { detector: FaceDetector; embedder: FaceEmbedder } {
     if (!this.#detector || !this.#embedder) throw new IdforgeError('E_DISPOSED', 'FaceAnalyzer used after dispose()');
     return { detector: this.#detector, embedder: this.#embedder };
@@ -86,12 +92,10 @@ export class FaceAnalyzer implements Disposable {
   async embed(image: FaceImage, face?: Pick<Face, 'landmarks'>): Promise<Float32Array> {
     const { detector, embedder } = this.#live();
     const img = await decodeFace(image);
-    let landmarks = face?.landmarks;
-    if (face !== undefined && (!Array.isArray(landmarks) || landmarks.length !== 5 || !landmarks.every((p) => Array.isArray(p) && p.length === 2 && p.every(Number.isFinite))))
-      throw new IdforgeError('E_ARGUMENT', 'embed: face.landmarks must be 5 [x, y] points (as detect() returns them)');
+    let landmarks = face === undefined ? undefined : checkLandmarks(face?.landmarks);
     if (!landmarks) {
       const [largest] = await detector.detect(img, checkDetectOptions({ maxFaces: 1 }));
-      if (!largest) throw new IdforgeError('E_NO_FACE', `no face found in ${describe(image)}`);
+      if (!largest) throw new IdforgeError('E_NO_FACE', `no face found in ${describeImage(image)}`);
       landmarks = largest.landmarks;
     }
     return embedder.embedChip(faceChip(img, landmarks));

@@ -11,7 +11,7 @@
  * landmarks give (rotated upright by the eye line), and its face score decides what is a face.
  */
 import type { RawImage } from '../io/image.js';
-import { antialiasSamples, applyTransform, warpAffine } from './align.js';
+import { ImagePyramid, applyTransform } from './align.js';
 import type { GraphModel, Tf } from './tf.js';
 
 export type Point = [number, number];
@@ -126,13 +126,12 @@ export class FaceDetector {
   }
 
   /** BlazeFace on the square (x0, y0, side) of the image (edge coordinates; outside is black). */
-  async #propose(img: RawImage, x0: number, y0: number, side: number): Promise<Proposal[]> {
+  async #propose(img: ImagePyramid, x0: number, y0: number, side: number): Promise<Proposal[]> {
     const tf = this.tf;
     // pixel centres: input (x + 0.5 − x0)·k − 0.5 = crop u
     const k = DET_SIZE / side;
     const m = [k, 0, (0.5 - x0) * k - 0.5, 0, k, (0.5 - y0) * k - 0.5];
-    const crop = warpAffine(img, m, DET_SIZE, antialiasSamples(m));
-    const input = toInput(tf, crop, 1 / 127.5, -1);
+    const input = toInput(tf, img.warp(m, DET_SIZE), 1 / 127.5, -1);
     const outs = this.blazeface.execute(input) as ReturnType<Tf['tensor']>[];
     input.dispose();
     try {
@@ -158,10 +157,9 @@ export class FaceDetector {
   }
 
   /** FaceMesh on the ROI: face score and the 468 points in input pixels. */
-  async #mesh(img: RawImage, centre: Point, side: number, angle: number): Promise<{ score: number; points: Point[] }> {
+  async #mesh(img: ImagePyramid, centre: Point, side: number, angle: number): Promise<{ score: number; points: Point[] }> {
     const m = cropTransform(centre, side, angle, MESH_SIZE);
-    const crop = warpAffine(img, m, MESH_SIZE, antialiasSamples(m));
-    const input = toInput(this.tf, crop, 1 / 255, 0);
+    const input = toInput(this.tf, img.warp(m, MESH_SIZE), 1 / 255, 0);
     const outs = this.facemesh.execute(input) as ReturnType<Tf['tensor']>[];
     input.dispose();
     try {
@@ -178,10 +176,12 @@ export class FaceDetector {
   }
 
   /** Faces in the image, the largest first. */
-  async detect(img: RawImage, opts: Required<DetectOptions>): Promise<Face[]> {
-    const L = Math.max(img.width, img.height);
+  async detect(image: RawImage, opts: Required<DetectOptions>): Promise<Face[]> {
+    const img = new ImagePyramid(image);
+    const L = Math.max(image.width, image.height);
+    const { width: W, height: H } = image;
     // the whole photo, fitted (centred) into one square, then tile levels over that square
-    const sx = (img.width - L) / 2, sy = (img.height - L) / 2;
+    const sx = (W - L) / 2, sy = (H - L) / 2;
     let proposals = await this.#propose(img, sx, sy, L);
     if (opts.tiles)
       for (let tile = L / 2; tile >= MIN_TILE; tile /= 2) {
@@ -190,7 +190,7 @@ export class FaceDetector {
           for (let i = 0; i <= steps; i++) {
             const x0 = sx + (i * tile) / 2, y0 = sy + (j * tile) / 2;
             // skip tiles that lie wholly in the letterbox
-            if (x0 + tile <= 0 || y0 + tile <= 0 || x0 >= img.width || y0 >= img.height) continue;
+            if (x0 + tile <= 0 || y0 + tile <= 0 || x0 >= W || y0 >= H) continue;
             proposals.push(...(await this.#propose(img, x0, y0, tile)));
           }
       }

@@ -212,7 +212,8 @@ export class IdEncoder implements Disposable {
   /**
    * An Identity (S=1, M = taps, k = v, method 'dreamidentity') from a face. A Tensor [B, 3, size, size]
    * (already normalised) gives one Identity per row; an image (RawImage, file path, encoded Buffer) is
-   * decoded, aligned with `landmarks` (or centre-cropped), resized and normalised first.
+   * decoded, aligned with `landmarks` (detected by default: E_NO_FACE when there is none, see
+   * PrepareFaceOptions; 'centre' for a centre crop), resized and normalised first.
    */
   async encode(face: Tensor, opts?: EncodeOptions): Promise<Identity[]>;
   async encode(face: RawImage | string | Buffer, opts?: EncodeOptions): Promise<Identity>;
@@ -223,10 +224,9 @@ export class IdEncoder implements Disposable {
     }
     // face.ts (and sharp) load on demand: tensor inputs and servers without image I/O never need them.
     const { prepareFace } = await import('./face.js');
-    const prepared = await prepareFace(face, {
-      size: this.config.imageSize,
-      ...(opts.landmarks !== undefined ? { landmarks: opts.landmarks } : {}),
-    });
+    // Default: landmarks from the face detector (lib/faces); 'centre' or 5 given points skip it.
+    const { name: _n, onWarning: _w, ...choice } = opts;
+    const prepared = await prepareFace(face, { ...choice, landmarks: opts.landmarks ?? 'detect', size: this.config.imageSize });
     for (const w of prepared.warnings) opts.onWarning?.(w);
     const s = this.config.imageSize;
     const t = Tensor.from(this.normalize(prepared.image), [1, 3, s, s]);

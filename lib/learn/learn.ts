@@ -30,7 +30,7 @@ import type { SdRuntime } from '../runtime/sd.js';
 import { crossAttentionLayers } from '../unet/unet.js';
 import { layerDownsampling } from '../attention.js';
 import { Identity, stageIndex } from '../identity/identity.js';
-import { decodeFace, prepareFace } from '../identity/face.js';
+import { centreCrop, chooseFace, cropAroundFace, decodeFace } from '../identity/face.js';
 import { expandPrompt } from '../identity/placeholders.js';
 import type { RawImage } from '../io/image.js';
 import { DDIMScheduler } from '../sched/ddim.js';
@@ -120,15 +120,29 @@ function augmentImage(img: RawImage, aug: Required<AugmentOptions> | null, rnd: 
   return out.map((v) => v * 2 - 1);
 }
 
-/** Decodes and checks the face, then centre-crops it to the model's native size. */
-export async function prepareLearningImage(rt: SdRuntime, face: RawImage | string | Buffer): Promise<RawImage> {
+/** Init words that name a person: the photo is then cropped around the detected face. */
+const PERSON_WORDS = new Set(['person', 'man', 'woman', 'boy', 'girl', 'child', 'kid', 'baby', 'lady', 'guy', 'human', 'face', 'people', 'gentleman']);
+
+/** The photo-crop options of learn / loss. */
+export type CropOptions = Pick<LearnOptions, 'face' | 'init' | 'onWarning'>;
+
+/**
+ * Decodes and checks the photo, then crops a square around the detected face (init names a person,
+ * or `face` options given) or the photo's centre, at the model's native size.
+ */
+export async function prepareLearningImage(rt: SdRuntime, face: RawImage | string | Buffer, opts: CropOptions = {}): Promise<RawImage> {
   if (face === undefined || face === null) throw argError('a face image is required (a RawImage, a file path or an encoded Buffer)', 'learnIdentity');
   const img = await decodeFace(face as RawImage | string | Buffer);
   const size = rt.nativeSize;
   const min = Math.min(64, size);
   if (Math.min(img.width, img.height) < min)
     throw new IdforgeError('E_SHAPE', `learnIdentity: the face image is ${img.width}x${img.height}; it needs at least ${min}x${min} pixels`);
-  return (await prepareFace(img, { size })).image;
+  const detect = opts.face !== false && (opts.face !== undefined || PERSON_WORDS.has((opts.init ?? 'person').trim().toLowerCase()));
+  if (!detect) return centreCrop(img, size);
+  const warnings: string[] = [];
+  const found = await chooseFace(img, face, opts.face || {}, warnings);
+  for (const w of warnings) opts.onWarning?.(w);
+  return found ? cropAroundFace(img, found, size) : centreCrop(img, size);
 }
 
 interface Sample {
@@ -201,7 +215,7 @@ class Prompts implements Disposable {
 interface StepResult { loss: number; lossDiff: number; lossAtt: number; dk: Float32Array; dv: Float32Array }
 
 /** The learning loss of an identity on a fixed batch: see IdentityLearner.loss. */
-export interface LossOptions {
+export interface LossOptions extends CropOptions {
   count?: number;
   seed?: number;
   lambda?: number;
@@ -234,7 +248,7 @@ export class IdentityLearner {
     const o = validateLearn(opts, SEFI_TEMPLATES);
     const { signal } = opts;
     throwIfAborted(signal, 'learnIdentity');
-    const img = await prepareLearningImage(rt, face);
+    const img = await prepareLearningImage(rt, face, { ...opts, init: o.init });
     const rng = new Xoshiro128(o.seed);
     const rnd = () => rng.nextDouble();
     const e0 = await this.#initWord(o.init);
@@ -276,7 +290,7 @@ export class IdentityLearner {
    */
   async loss(face: RawImage | string | Buffer, identity: Identity, opts: LossOptions = {}): Promise<{ loss: number; lossDiff: number; lossAtt: number }> {
     const rt = this.runtime;
-    const img = await prepareLearningImage(rt, face);
+    const img = await prepareLearningImage(rt, face, opts);
     const [p] = await this.#encodePool(img, null, 1, () => 0);
     const z0 = p!.mean.map((m) => m * rt.configs.vae.scalingFactor);
     const prog = this.#program(p!.shape[2]!, p!.shape[3]!, opts.lambda ?? 0.003);
