@@ -108,6 +108,10 @@ export function fold(
   };
 }
 
+export function isSamplerName(v: unknown): v is SamplerName {
+  return typeof v === 'string' && (SAMPLERS as readonly string[]).includes(v);
+}
+
 export function badSampler(name: unknown): IdforgeError {
   return new IdforgeError('E_ARGUMENT', `sampler must be one of ${SAMPLERS.join(', ')}; got ${typeof name === 'string' ? JSON.stringify(name) : String(name)}`);
 }

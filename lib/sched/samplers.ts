@@ -3,11 +3,7 @@ import { IdforgeError } from '../errors.js';
 import { DDIMScheduler } from './ddim.js';
 import { dpmSolverSampler } from './dpmsolver.js';
 import { eulerSampler } from './euler.js';
-import { badSampler, SAMPLERS, type Sampler, type SamplerName, type SamplerOptions } from './sampler.js';
-
-export function isSamplerName(v: unknown): v is SamplerName {
-  return typeof v === 'string' && (SAMPLERS as readonly string[]).includes(v);
-}
+import { badSampler, isSamplerName, SAMPLERS, type Sampler, type SamplerName, type SamplerOptions } from './sampler.js';
 
 /**
  * The sampler `name` for `steps` steps, built from `config` (any diffusers scheduler config: the
@@ -31,4 +27,4 @@ export function makeSampler(name: unknown, config: object, steps: number, opts: 
   }
 }
 
-export { SAMPLERS, type Sampler, type SamplerName };
+export { SAMPLERS, isSamplerName, type Sampler, type SamplerName };

@@ -1,0 +1,168 @@
+// The samplers beside DDIM (DPM-Solver++ 2M with and without Karras sigmas, Euler, Euler
+// ancestral) against diffusers 0.21.4's runs (golden/samplers.safetensors): the latents after
+// every step and the final latents through generate(), the update running inside the step program.
+// Also: the schedules themselves, batches of images, image to image, and the typed errors.
+import t from 'tap';
+import { readFileSync } from 'node:fs';
+import { Engine } from '../lib/engine.js';
+import { Program } from '../lib/graph/program.js';
+import { backends } from '../lib/native.js';
+import { makeSampler } from '../lib/sched/samplers.js';
+import { Tensor } from '../lib/tensor.js';
+import { GoldenFile, TINY_SD } from './helpers/fixtures.js';
+import { relL2 } from './helpers/metrics.js';
+
+const cases = JSON.parse(readFileSync(new URL('./fixtures/golden/cases.json', import.meta.url), 'utf8')) as {
+  samplers: { runs: Record<string, { steps: number }>; guidance: number };
+};
+const cfg = JSON.parse(readFileSync(`${TINY_SD}/scheduler/scheduler_config.json`, 'utf8')) as object;
+const NAMES: Record<string, 'dpmpp-2m' | 'dpmpp-2m-karras' | 'euler' | 'euler-a'> = {
+  dpmpp2m: 'dpmpp-2m', dpmpp2m_karras: 'dpmpp-2m-karras', euler: 'euler', euler_a: 'euler-a',
+};
+const PROMPT = 'a photo of the face of person'; // tokenizer.json case 1; case 0 ("") is the negative
+const TOL = 1e-4;
+const g = new GoldenFile('samplers');
+t.teardown(() => g.close());
+
+t.test('schedules: timesteps and sigmas as diffusers sets them', async (t) => {
+  for (const [gname, run] of Object.entries(cases.samplers.runs)) {
+    const s = makeSampler(NAMES[gname], cfg, run.steps);
+    t.same(s.timesteps, [...g.f32(`${gname}:timesteps`)], `${gname} timesteps`);
+    if (gname.startsWith('euler')) {
+      const sig = g.f32(`${gname}:sigmas`);
+      t.equal(s.initNoiseSigma, sig[0], `${gname} init_noise_sigma = max σ`);
+      // σ_i comes back as the (negated) ε coefficient of x0 = x − σ·ε.
+      const ours = s.timesteps.map((_, i) => -s.coefficients(i, i === 0).ce);
+      t.ok(relL2(Float32Array.from(ours), sig.subarray(0, ours.length)) < 1e-7, `${gname} sigmas`);
+    } else t.equal(s.initNoiseSigma, 1);
+  }
+});
+
+const devices: ('cpu' | 'cuda')[] = ['cpu', ...(backends().cuda.available ? (['cuda'] as const) : [])];
+for (const device of devices) {
+  t.test(`goldens through generate() on ${device}`, async (t) => {
+    const engine = await Engine.load(TINY_SD, { device, dtype: 'float32' });
+    t.teardown(() => engine.dispose());
+    using init = g.tensor('init_latents');
+    for (const [gname, run] of Object.entries(cases.samplers.runs)) {
+      const n = init.size;
+      const perStep = g.f32(`${gname}:latents_per_step`);
+      let worst = 0;
+      let steps = 0;
+      using stepNoise = gname === 'euler_a' ? g.tensor('euler_a:noise') : undefined;
+      const r = await engine.generate({
+        prompt: PROMPT, negativePrompt: '', steps: run.steps, guidanceScale: cases.samplers.guidance, width: 128, height: 128,
+        sampler: NAMES[gname], latents: init, ...(stepNoise ? { stepNoise } : {}),
+        onProgress: (p) => {
+          using l = p.latents();
+          worst = Math.max(worst, relL2(l.toFloat32(), perStep.subarray((p.step - 1) * n, p.step * n)));
+          steps++;
+        },
+      });
+      t.equal(steps, run.steps);
+      const eFinal = relL2(r.latents.toFloat32(), g.f32(`${gname}:final_latents`));
+      const eImg = relL2(r.pixels.toFloat32(), g.f32(`${gname}:image`));
+      t.ok(worst <= TOL, `${gname}: latents after every step, worst rel L2 ${worst.toExponential(2)}`);
+      t.ok(eFinal <= TOL, `${gname}: final latents rel L2 ${eFinal.toExponential(2)}`);
+      t.ok(eImg <= TOL, `${gname}: image rel L2 ${eImg.toExponential(2)}`);
+      r.latents.dispose();
+      r.pixels.dispose();
+    }
+  });
+}
+
+t.test('generate on the tiny model', async (t) => {
+  const engine = await Engine.load(TINY_SD, { device: 'cpu' });
+  t.teardown(() => engine.dispose());
+  const base = { prompt: PROMPT, width: 128, height: 128, steps: 4 };
+  const E = (code: string, arg: string) => ({ name: 'IdforgeError', code, message: new RegExp(arg) });
+
+  t.test('one native call per step: UNet, guidance and the sampler update in one program', async (t) => {
+    const calls: string[][] = [];
+    const orig = Program.prototype.runProfiled;
+    Program.prototype.runProfiled = function (this: Program, inputs, profile) {
+      calls.push(this.opNames);
+      return orig.call(this, inputs, profile);
+    };
+    let r;
+    try {
+      r = await engine.generate({ ...base, seed: 1, sampler: 'dpmpp-2m-karras' });
+    } finally {
+      Program.prototype.runProfiled = orig;
+    }
+    const steps = calls.filter((ops) => ops.includes('sampler_step'));
+    t.equal(steps.length, 4, 'four step programs ran');
+    for (const ops of steps) {
+      t.equal(ops.filter((o) => o === 'sampler_step').length, 1);
+      t.equal(ops.filter((o) => o === 'cfg').length, 1);
+      t.ok(ops.includes('conv2d') && ops.includes('attention'), 'the UNet is in the same program');
+    }
+    // The rest: the text encoder before the loop and the VAE decoder after it.
+    t.same(calls.filter((ops) => !ops.includes('sampler_step')).length, 2, 'no other native program between steps');
+    r.latents.dispose();
+    r.pixels.dispose();
+  });
+
+  t.test('numImages 3 is one batch and equals three single runs (seed + i)', async (t) => {
+    for (const sampler of ['euler-a', 'dpmpp-2m'] as const) {
+      const cap = { layers: ['mid_block.attentions.0.transformer_blocks.0.attn2'], steps: [4] };
+      const r = await engine.generate({ ...base, seed: 10, sampler, numImages: 3, captureAttention: cap });
+      t.equal(r.images.length, 3);
+      t.same(r.latents.shape, [3, 4, 16, 16]);
+      t.equal(r.attention!.maps.length, 3, 'one map per image');
+      const all = r.latents.toFloat32();
+      for (let i = 0; i < 3; i++) {
+        const one = await engine.generate({ ...base, seed: 10 + i, sampler, captureAttention: cap });
+        const e = relL2(all.subarray(i * 1024, (i + 1) * 1024), one.latents.toFloat32());
+        let d = 0;
+        for (let k = 0; k < one.images[0]!.data.length; k++) d = Math.max(d, Math.abs(one.images[0]!.data[k]! - r.images[i]!.data[k]!));
+        const em = relL2(r.attention!.maps[i]!.data, one.attention!.maps[0]!.data);
+        t.equal(r.attention!.maps[i]!.image, i);
+        t.ok(e <= 1e-5 && d <= 1 && em <= 1e-5, `${sampler} image ${i}: latents rel L2 ${e.toExponential(2)}, uint8 max diff ${d}, attention rel L2 ${em.toExponential(2)}`);
+        one.latents.dispose();
+        one.pixels.dispose();
+      }
+      r.latents.dispose();
+      r.pixels.dispose();
+    }
+  });
+
+  t.test('memory is checked before allocation', async (t) => {
+    process.env.IDFORGE_MEMORY_LIMIT = String(1 << 20);
+    try {
+      await t.rejects(engine.generate({ ...base, seed: 1, numImages: 8 }), E('E_OOM', 'numImages|image\\(s\\)'));
+    } finally {
+      delete process.env.IDFORGE_MEMORY_LIMIT;
+    }
+  });
+
+  t.test('image to image', async (t) => {
+    const src = await engine.generate({ ...base, seed: 5 });
+    const image = src.images[0]!;
+    for (const sampler of ['ddim', 'dpmpp-2m-karras', 'euler', 'euler-a'] as const) {
+      const a = await engine.generate({ ...base, seed: 7, sampler, image, strength: 1 });
+      const b = await engine.generate({ ...base, seed: 7, sampler });
+      t.same(a.latents.toFloat32(), b.latents.toFloat32(), `${sampler}: strength 1 equals text-to-image from the same noise`);
+      let steps = 0;
+      const c = await engine.generate({ ...base, seed: 7, sampler, image, strength: 0.5, onProgress: () => steps++ });
+      t.equal(steps, 2, `${sampler}: strength 0.5 of 4 steps runs the last 2`);
+      t.ok(relL2(c.latents.toFloat32(), b.latents.toFloat32()) > 1e-3, `${sampler}: the image changes the result`);
+      for (const r of [a, b, c]) { r.latents.dispose(); r.pixels.dispose(); }
+    }
+    await t.rejects(engine.generate({ ...base, image, strength: 0.2 }), E('E_ARGUMENT', 'strength'), 'int(4 · 0.2) = 0 steps');
+    await t.rejects(engine.generate({ ...base, image, width: 256 }), { code: 'E_SHAPE' });
+    await t.rejects(engine.generate({ ...base, strength: 0.5 }), E('E_ARGUMENT', 'strength'));
+    await t.rejects(engine.generate({ ...base, image: 42 as never }), E('E_ARGUMENT', 'image'));
+    src.latents.dispose();
+    src.pixels.dispose();
+  });
+
+  t.test('bad sampler, numImages and stepNoise are typed errors naming the argument', async (t) => {
+    await t.rejects(engine.generate({ ...base, sampler: 'k_lms' as never }), E('E_ARGUMENT', 'sampler'));
+    t.throws(() => makeSampler('Euler', cfg, 10), E('E_ARGUMENT', 'sampler'));
+    for (const numImages of [0, 1.5, 65]) await t.rejects(engine.generate({ ...base, numImages }), E('E_ARGUMENT', 'numImages'));
+    using wrong = Tensor.zeros([4, 2, 4, 16, 16]);
+    await t.rejects(engine.generate({ ...base, sampler: 'euler-a', stepNoise: wrong }), E('E_SHAPE', 'stepNoise'));
+    await t.rejects(engine.generate({ ...base, sampler: 'euler-a', stepNoise: [1, 2] as never }), E('E_ARGUMENT', 'stepNoise'));
+  });
+});
