@@ -1,5 +1,8 @@
 // idforge: identity-preserving Stable Diffusion 1.x from one face photo.
-export { Engine, type LoadOptions, type GenerateOptions, type GenerateResult, type ProgressInfo } from './engine.js';
+export { Engine } from './engine.js';
+export type { DeviceOptions, LoadOptions, GenerateOptions, GenerateResult, ProgressInfo, TextOptions, LearnOptions, LearnProgress, AugmentOptions } from './options.js';
+export { ModelRuntime, resolveBackend } from './runtime/runtime.js';
+export { SdRuntime, type SdWeights, type TextInjection, type UNetProgramOptions } from './runtime/sd.js';
 export { Tensor, type DType, type DeviceName, type TensorOptions } from './tensor.js';
 export { IdforgeError, type ErrorCode } from './errors.js';
 export { backends, memory, type Backends, type CudaStatus } from './native.js';
@@ -12,5 +15,4 @@ export { randn } from './sched/random.js';
 export { Identity, IdEncoder, prepareFace, expandPrompt, type IdentityMethod, type PreparedFace, type Landmarks } from './identity/index.js';
 export { attentionHeatmap, type AttentionCapture, type AttentionMap, type CaptureAttentionOptions } from './attention.js';
 export { bench, type BenchOptions, type BenchReport } from './bench/index.js';
-export type { TextOptions } from './engine.js';
-export { SEFI_TEMPLATES, type LearnOptions, type LearnProgress } from './learn/learn.js';
+export { SEFI_TEMPLATES, IdentityLearner } from './learn/learn.js';

@@ -1,91 +1,132 @@
-// Argument checking for Engine.generate / encodeText: every bad value becomes a typed error that
-// names the argument (and, for sizes, the nearest valid ones).
-import { IdforgeError } from './errors.js';
-import type { GenerateOptions } from './engine.js';
-import { Identity } from './identity/identity.js';
-import { Tensor } from './tensor.js';
-import { badSampler, isSamplerName, type SamplerName } from './sched/sampler.js';
+// The option and result types of the public API (Engine, the runtime, SeFi-IDE learning), in a
+// module of types only: lib/validate.ts checks them, the pipelines consume them, and none of those
+// has to import another to name them.
+import type { AttentionCapture, CaptureAttentionOptions } from './attention.js';
+import type { Identity } from './identity/identity.js';
+import type { ConfigOverrides } from './io/configs.js';
+import type { RawImage } from './io/image.js';
+import type { SamplerName } from './sched/sampler.js';
+import type { Tensor } from './tensor.js';
 
-export function identityMap(o: { identity?: Identity; identities?: Record<string, Identity> | Map<string, Identity> }): Map<string, Identity> | undefined {
-  if (o.identity !== undefined && o.identities !== undefined)
-    throw new IdforgeError('E_ARGUMENT', 'pass either identity or identities, not both');
-  if (o.identity !== undefined) {
-    if (!(o.identity instanceof Identity)) throw new IdforgeError('E_ARGUMENT', 'identity must be an Identity');
-    return new Map([[o.identity.name ?? 'id', o.identity]]);
-  }
-  if (o.identities === undefined) return undefined;
-  const m = o.identities instanceof Map ? o.identities : new Map(Object.entries(o.identities));
-  for (const [k, v] of m) if (!(v instanceof Identity)) throw new IdforgeError('E_ARGUMENT', `identities.${k} must be an Identity`);
-  return m;
+/** Where a model runs; one rule for every model idforge loads (lib/runtime/runtime.ts resolveBackend). */
+export interface DeviceOptions {
+  /** 'auto' (default) takes CUDA when backends().cuda.available, else the CPU. */
+  device?: 'auto' | 'cpu' | 'cuda';
+  /** Compute precision: float16 on CUDA by default, float32 on the CPU (the only CPU choice). */
+  dtype?: 'float32' | 'float16';
 }
 
-export function describe(v: unknown): string {
-  return typeof v === 'number' ? String(v) : JSON.stringify(v);
+export interface LoadOptions extends DeviceOptions {
+  /** Prefer `*.fp16.safetensors` files in a diffusers folder. */
+  variant?: 'fp16';
+  /** Pin config values (e.g. for a single-file checkpoint whose sizes cannot be derived). */
+  config?: ConfigOverrides;
 }
 
-export interface ValidGenerate {
-  width: number;
-  height: number;
+export interface ProgressInfo {
+  step: number;
   steps: number;
-  guidanceScale: number;
-  eta: number;
-  seed: number;
-  negativePrompt: string;
-  sampler: SamplerName;
-  numImages: number;
-  /** Image-to-image strength (1 without an image). */
-  strength: number;
+  timestep: number;
+  elapsedMs: number;
+  /** The identity stage whose K/V words this step used (0 without an identity). */
+  stage: number;
+  /**
+   * A float32 CPU copy of the latents after this step, [numImages, C, h, w]: a download, made
+   * only when called, and only during the callback.
+   */
+  latents(): Tensor;
 }
 
-function nearest(x: number, m: number): string {
-  const lo = Math.max(m, Math.floor(x / m) * m);
-  const hi = Math.max(m, Math.ceil(x / m) * m);
-  return lo === hi ? `${lo}` : `${lo} or ${hi}`;
+export interface GenerateOptions {
+  prompt: string;
+  negativePrompt?: string;
+  width?: number;
+  height?: number;
+  steps?: number;
+  guidanceScale?: number;
+  eta?: number;
+  /**
+   * Seeds the documented generator (lib/sched/random.ts): image i draws its initial noise, then
+   * (image to image) its VAE posterior sample, then each step's noise from seed + i.
+   */
+  seed?: number;
+  /** 'ddim' (default), 'dpmpp-2m', 'dpmpp-2m-karras', 'euler' or 'euler-a' (the README says which to use when). */
+  sampler?: SamplerName;
+  /** Images per call, run as one batch (default 1); image i equals a one-image call with seed + i. */
+  numImages?: number;
+  /** Initial noise [numImages, C, height/8, width/8] (multiplied by the sampler's init_noise_sigma); bypasses the seed for it. */
+  latents?: Tensor;
+  /** The per-step noise of a stochastic sampler (euler-a, ddim with eta > 0): [steps run, numImages, C, h, w]. */
+  stepNoise?: Tensor;
+  /** Image to image: the init image (a RawImage, a file path or an encoded Buffer), width × height. */
+  image?: RawImage | string | Buffer;
+  /** How much of the schedule image to image runs, (0, 1] (default 0.8): int(steps·strength) steps, from the matching noise level. */
+  strength?: number;
+  onProgress?: (p: ProgressInfo) => void;
+  signal?: AbortSignal;
+  /** The identity that `<id>` in the prompt names. */
+  identity?: Identity;
+  /** Several identities, named in the prompt as `<id:name>`. */
+  identities?: Record<string, Identity> | Map<string, Identity>;
+  /** Return cross-attention probabilities (result.attention) for the chosen layers and steps. */
+  captureAttention?: CaptureAttentionOptions;
+  /**
+   * Identity strength: each injected word vector becomes p + s·(v − p), p the token embedding of
+   * "person". 1 (default) is the identity as learned/encoded, 0 a generic person, > 1 exaggerates.
+   */
+  identityScale?: number;
 }
 
-/** `size`: the init image's size for image-to-image, the default width and height. */
-export function validateGenerate(opts: GenerateOptions, multiple: number, size?: { width: number; height: number }): ValidGenerate {
-  if (!opts || typeof opts.prompt !== 'string')
-    throw new IdforgeError('E_ARGUMENT', 'generate needs a prompt string');
-  const negativePrompt = opts.negativePrompt ?? '';
-  if (typeof negativePrompt !== 'string') throw new IdforgeError('E_ARGUMENT', 'negativePrompt must be a string');
-  const width = opts.width ?? size?.width ?? 512;
-  const height = opts.height ?? size?.height ?? 512;
-  if (size && (size.width !== width || size.height !== height))
-    throw new IdforgeError('E_SHAPE', `image is ${size.width}x${size.height} but width x height is ${width}x${height}: resize the image or leave width and height out`);
-  for (const [k, v] of [['width', width], ['height', height]] as const) {
-    if (!Number.isInteger(v) || v <= 0 || v > 8192)
-      throw new IdforgeError('E_SHAPE', `${k} must be a positive integer up to 8192, got ${describe(v)}`);
-    if (v % multiple)
-      throw new IdforgeError('E_SHAPE', `${k} ${v} is not a multiple of ${multiple} (the VAE × UNet downsampling); nearest valid: ${nearest(v, multiple)}`);
-  }
-  const steps = opts.steps ?? 50;
-  if (!Number.isInteger(steps) || steps < 1 || steps > 1000)
-    throw new IdforgeError('E_ARGUMENT', `steps must be an integer in [1, 1000], got ${describe(steps)}`);
-  const guidanceScale = opts.guidanceScale ?? 7.5;
-  if (typeof guidanceScale !== 'number' || !Number.isFinite(guidanceScale) || guidanceScale < 0)
-    throw new IdforgeError('E_ARGUMENT', `guidanceScale must be a finite number ≥ 0, got ${describe(guidanceScale)}`);
-  const eta = opts.eta ?? 0;
-  if (typeof eta !== 'number' || !Number.isFinite(eta) || eta < 0 || eta > 1)
-    throw new IdforgeError('E_ARGUMENT', `eta must be in [0, 1], got ${describe(eta)}`);
-  const seed = opts.seed ?? Math.floor(Math.random() * 2 ** 31);
-  if (!Number.isSafeInteger(seed) || seed < 0)
-    throw new IdforgeError('E_ARGUMENT', `seed must be a non-negative integer, got ${describe(seed)}`);
-  if (opts.latents !== undefined && !(opts.latents instanceof Tensor))
-    throw new IdforgeError('E_ARGUMENT', 'latents must be a Tensor');
-  const sampler = opts.sampler ?? 'ddim';
-  if (!isSamplerName(sampler)) throw badSampler(sampler);
-  const numImages = opts.numImages ?? 1;
-  if (!Number.isInteger(numImages) || numImages < 1 || numImages > 64)
-    throw new IdforgeError('E_ARGUMENT', `numImages must be an integer in [1, 64], got ${describe(numImages)}`);
-  if (!Number.isSafeInteger(seed + numImages - 1))
-    throw new IdforgeError('E_ARGUMENT', `seed + numImages − 1 must be a safe integer (image i is seeded with seed + i)`);
-  if (opts.stepNoise !== undefined && !(opts.stepNoise instanceof Tensor))
-    throw new IdforgeError('E_ARGUMENT', 'stepNoise must be a Tensor [steps, numImages, C, h, w]');
-  if (opts.strength !== undefined && opts.image === undefined)
-    throw new IdforgeError('E_ARGUMENT', 'strength applies to image-to-image: pass an image too');
-  const strength = opts.strength ?? (opts.image !== undefined ? 0.8 : 1);
-  if (typeof strength !== 'number' || !Number.isFinite(strength) || strength <= 0 || strength > 1)
-    throw new IdforgeError('E_ARGUMENT', `strength must be in (0, 1], got ${describe(strength)}`);
-  return { width, height, steps, guidanceScale, eta, seed, negativePrompt, sampler, numImages, strength };
+export interface TextOptions {
+  identity?: Identity;
+  identities?: Record<string, Identity> | Map<string, Identity>;
+  /** Which stage's words to inject (SeFi-IDE identities have 5). */
+  stage?: number;
+  /** Inject the key ('k', default) or value ('v') words. */
+  kind?: 'k' | 'v';
+}
+
+export interface GenerateResult {
+  /** numImages images. */
+  images: RawImage[];
+  /** Final latents [numImages, C, h, w] (before the VAE scaling). */
+  latents: Tensor;
+  /** The decoded images in [0, 1], [numImages, 3, H, W] float32 on the CPU. */
+  pixels: Tensor;
+  warnings: string[];
+  /** Present when captureAttention was given. */
+  attention?: AttentionCapture;
+}
+
+export interface LearnProgress {
+  step: number;
+  steps: number;
+  loss: number;
+  lossDiff: number;
+  lossAtt: number;
+  elapsedMs: number;
+}
+
+export interface AugmentOptions {
+  flip?: boolean;
+  jitter?: boolean;
+  /** [min, max] of the random scale (default [0.1, 1]); false disables it. */
+  scale?: false | [number, number];
+}
+
+/** SeFi-IDE learning (lib/learn/learn.ts); defaults in lib/validate.ts validateLearn. */
+export interface LearnOptions {
+  steps?: number;
+  lr?: number;
+  lambda?: number;
+  stages?: number;
+  /** The word whose embedding initialises every token, and that the reference prompts use. */
+  init?: string;
+  templates?: readonly string[];
+  /** true (default) for all augmentations, false for none, or a selection. */
+  augment?: boolean | AugmentOptions;
+  seed?: number;
+  name?: string;
+  onProgress?: (p: LearnProgress) => void;
+  signal?: AbortSignal;
 }

@@ -15,11 +15,11 @@ import { COEFFICIENTS, packCoefficients, type Sampler } from './sched/sampler.js
 import { Tensor } from './tensor.js';
 import { buildUNet } from './unet/unet.js';
 
-/** What the loop needs from the model's owner (the engine / runtime). */
+/** What the step program needs from the model's runtime (lib/runtime/sd.ts SdRuntime). */
 export interface StepHost {
   readonly configs: ModelConfigs;
   readonly backend: BackendSpec;
-  readonly w: { unet: Weights };
+  readonly weights: { unet: Weights };
   program(key: string, build: (g: Graph) => void): Program;
 }
 
@@ -59,7 +59,7 @@ export function stepProgram(host: StepHost, s: StepShape): Program {
     const k = g.input([rows, s.tokens, D]);
     const v = s.dual ? g.input([rows, s.tokens, D]) : k;
     const z = s.noise ? g.input(lat) : undefined;
-    const r = buildUNet(g, host.w.unet, host.configs.unet, cfg ? g.concat([xin, xin], 0) : xin, t, { k, v }, { capture: new Set(s.capture) });
+    const r = buildUNet(g, host.weights.unet, host.configs.unet, cfg ? g.concat([xin, xin], 0) : xin, t, { k, v }, { capture: new Set(s.capture) });
     const [next, x0, nextIn] = g.samplerStep(x, cfg ? g.cfg(r.eps, s.guidance!) : r.eps, state, coefs, z);
     g.output(next);
     g.output(x0);

@@ -51,7 +51,7 @@ for (const dtype of process.argv.includes('--only-sd15') ? [] : ['float32', 'flo
   {
     const g = new Graph();
     const x = g.input(xs), tt = g.input([1]), c = g.input(cs), e = g.input(xs);
-    const r = buildUNetLoss(g, engine.w.unet, engine.configs.unet, { x, t: tt, ctx: { k: c, v: c }, epsTarget: e });
+    const r = buildUNetLoss(g, engine.runtime.weights.unet, engine.configs.unet, { x, t: tt, ctx: { k: c, v: c }, epsTarget: e });
     g.output(r.lossDiff);
     g.output(grad(g, r.lossDiff, [c])[0]);
     const p = new Program(g, be);
@@ -62,7 +62,7 @@ for (const dtype of process.argv.includes('--only-sd15') ? [] : ['float32', 'flo
   {
     const g = new Graph();
     const x = g.input(xs), tt = g.input([1]), c = g.input(cs), cr = g.input(cs);
-    const r = buildUNetLoss(g, engine.w.unet, engine.configs.unet, { x, t: tt, ctx: { k: c, v: c }, reference: { context: cr, layers: cases.att_layers } });
+    const r = buildUNetLoss(g, engine.runtime.weights.unet, engine.configs.unet, { x, t: tt, ctx: { k: c, v: c }, reference: { context: cr, layers: cases.att_layers } });
     g.output(r.lossAtt);
     g.output(grad(g, r.lossAtt, [c], { stop: r.stop })[0]);
     const p = new Program(g, be);
@@ -73,7 +73,7 @@ for (const dtype of process.argv.includes('--only-sd15') ? [] : ['float32', 'flo
   {
     const g = new Graph();
     const x = g.input(xs), tt = g.input([1]), k = g.input(cs), v = g.input(cs), e = g.input(xs);
-    const r = buildUNetLoss(g, engine.w.unet, engine.configs.unet, { x, t: tt, ctx: { k, v }, epsTarget: e });
+    const r = buildUNetLoss(g, engine.runtime.weights.unet, engine.configs.unet, { x, t: tt, ctx: { k, v }, epsTarget: e });
     g.output(r.lossDiff);
     const [dk, dv] = grad(g, r.lossDiff, [k, v]);
     g.output(dk);

@@ -71,7 +71,7 @@ t.test('tiny UNet graph: no activation-sized add left, goldens unchanged by the 
   const sample = g.input([B, cfg.inChannels, 16, 16]);
   const ts = g.input([B]);
   const ctx = g.input([B, 77, engine.configs.text.hiddenSize]);
-  const { eps } = buildUNet(g, engine.w.unet, cfg, sample, ts, { k: ctx, v: ctx });
+  const { eps } = buildUNet(g, engine.runtime.weights.unet, cfg, sample, ts, { k: ctx, v: ctx });
   g.output(eps);
   const a = adds(g);
   const resnets = imageBiasConvs(g);

@@ -30,7 +30,7 @@ for (const [layout, path] of MODELS) {
       const positions = g.i32('inject_slots');
       const slots = new Int32Array(77).fill(-1);
       positions.forEach((pos, i) => (slots[pos] = i));
-      const raw = await engine.runText([g.i32('inject_ids')], { slots: [slots], vectors: g.f32('inject_vectors') });
+      const raw = await engine.runtime.runText([g.i32('inject_ids')], { slots: [slots], vectors: g.f32('inject_vectors') });
       const out = raw.toFloat32();
       raw.dispose();
       const e = relL2(out, g.f32('inject_last_hidden_state'));

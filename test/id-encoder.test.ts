@@ -11,7 +11,7 @@ import { relL2 } from './helpers/metrics.js';
 
 t.test('golden: image → tap features and words (CPU float32)', async (t) => {
   const g = new GoldenFile('id_encoder');
-  const enc = await IdEncoder.load(TINY_ID);
+  const enc = await IdEncoder.load(TINY_ID, { device: 'cpu' });
   t.teardown(() => { enc.dispose(); g.close(); });
   const img = g.tensor('image');
   const f = await enc.encodeFeatures(img);
@@ -56,7 +56,7 @@ const FACES = fixture('faces');
 const LANDMARKS = JSON.parse(fs.readFileSync(`${FACES}/landmarks.json`, 'utf8')) as Record<string, [number, number][]>;
 
 t.test('encode: image files are decoded, aligned and encoded deterministically', async (t) => {
-  const enc = await IdEncoder.load(TINY_ID);
+  const enc = await IdEncoder.load(TINY_ID, { device: 'cpu' });
   t.teardown(() => enc.dispose());
   const warnings: string[] = [];
   const a1 = await enc.encode(`${FACES}/face-a.png`, { landmarks: LANDMARKS['face-a']!, name: 'a', onWarning: (w) => warnings.push(w) });
@@ -105,7 +105,8 @@ t.test('encoder: argument and model errors', async (t) => {
 
   await t.rejects(IdEncoder.load(fixture('nope')), { code: 'E_NOT_FOUND' });
   await t.rejects(IdEncoder.load(TINY_ID, { device: 'tpu' as 'cpu' }), { code: 'E_ARGUMENT' });
-  await t.rejects(IdEncoder.load(TINY_ID, { dtype: 'float16' }), { code: 'E_ARGUMENT', message: /float32 only/ });
+  await t.rejects(IdEncoder.load(TINY_ID, { device: 'cpu', dtype: 'float16' }), { code: 'E_ARGUMENT', message: /float32 only/ });
+  await t.rejects(IdEncoder.load(TINY_ID, { dtype: 'float64' as 'float32' }), { code: 'E_ARGUMENT' });
 
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'idforge-idenc-'));
   t.teardown(() => fs.rmSync(tmp, { recursive: true, force: true }));

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { Engine } from '../lib/engine.js';
 import { Identity } from '../lib/identity/identity.js';
 import { TokenGenerator } from '../lib/learn/generator.js';
-import { identityLoss, initialIdentity, learnIdentity, nativeSize } from '../lib/learn/learn.js';
+import { IdentityLearner } from '../lib/learn/learn.js';
 import { fixture, TINY_SD } from './helpers/fixtures.js';
 
 const FACE = fixture('faces/face-a.png');
@@ -52,13 +52,14 @@ t.test('generator: outputs start at the init embedding; parameter gradients matc
 t.test('learning on the tiny model', async (t) => {
   const engine = await Engine.load(TINY_SD, { device: 'cpu' });
   t.teardown(() => engine.dispose());
-  t.equal(nativeSize(engine), 128);
+  t.equal(engine.runtime.nativeSize, 128);
+  const learner = new IdentityLearner(engine.runtime);
 
   t.test('30 seeded steps lower the held-batch loss and are deterministic', async (t) => {
     const progress: number[] = [];
     const opts = { steps: 30, seed: 11, lr: 0.01, onProgress: (p: { step: number }) => progress.push(p.step) };
     const t0 = Date.now();
-    const a = await learnIdentity(engine, FACE, opts);
+    const a = await learner.learn(FACE, opts);
     const ms = (Date.now() - t0) / 30;
     t.comment(`tiny model, CPU: ${ms.toFixed(0)} ms per learning step (including set-up)`);
     t.same(progress, Array.from({ length: 30 }, (_, i) => i + 1), 'progress every step');
@@ -66,11 +67,11 @@ t.test('learning on the tiny model', async (t) => {
     t.equal(a.stages, 5);
     t.equal(a.words, 1);
     t.equal(a.dim, engine.configs.text.hiddenSize);
-    const b = await learnIdentity(engine, FACE, { ...opts, onProgress: () => {} });
+    const b = await learner.learn(FACE, { ...opts, onProgress: () => {} });
     t.same(Array.from(b.kData), Array.from(a.kData), 'same seed, same K tokens');
     t.same(Array.from(b.vData), Array.from(a.vData), 'same seed, same V tokens');
-    const before = await identityLoss(engine, FACE, initialIdentity(engine), { count: 12, seed: 5 });
-    const after = await identityLoss(engine, FACE, a, { count: 12, seed: 5 });
+    const before = await learner.loss(FACE, await learner.initialIdentity(), { count: 12, seed: 5 });
+    const after = await learner.loss(FACE, a, { count: 12, seed: 5 });
     t.ok(after.loss < before.loss, `held loss ${before.loss.toFixed(5)} → ${after.loss.toFixed(5)}`);
 
     const dir = mkdtempSync(path.join(tmpdir(), 'idforge-learn-'));
@@ -90,7 +91,7 @@ t.test('learning on the tiny model', async (t) => {
     const ac = new AbortController();
     const seen: { step: number; steps: number; loss: number; lossDiff: number; lossAtt: number; elapsedMs: number }[] = [];
     await t.rejects(
-      learnIdentity(engine, FACE, {
+      learner.learn(FACE, {
         steps: 50, seed: 2, signal: ac.signal,
         onProgress: (p) => {
           seen.push(p);
@@ -106,16 +107,16 @@ t.test('learning on the tiny model', async (t) => {
     t.ok(Math.abs(p.loss - (p.lossDiff + 0.003 * p.lossAtt)) <= 1e-6 * p.loss, 'loss = lossDiff + λ·lossAtt');
     const pre = new AbortController();
     pre.abort();
-    await t.rejects(learnIdentity(engine, FACE, { steps: 1, signal: pre.signal }), { code: 'E_ABORTED' });
+    await t.rejects(learner.learn(FACE, { steps: 1, signal: pre.signal }), { code: 'E_ABORTED' });
   });
 
   t.test('bad input', async (t) => {
-    await t.rejects(learnIdentity(engine, undefined as unknown as string, { steps: 1 }), { code: 'E_ARGUMENT' });
-    await t.rejects(learnIdentity(engine, Buffer.from('not an image'), { steps: 1 }), { code: 'E_ARGUMENT' });
-    await t.rejects(learnIdentity(engine, fixture('faces/missing.png'), { steps: 1 }), { code: 'E_NOT_FOUND' });
+    await t.rejects(learner.learn(undefined as unknown as string, { steps: 1 }), { code: 'E_ARGUMENT' });
+    await t.rejects(learner.learn(Buffer.from('not an image'), { steps: 1 }), { code: 'E_ARGUMENT' });
+    await t.rejects(learner.learn(fixture('faces/missing.png'), { steps: 1 }), { code: 'E_NOT_FOUND' });
     const tiny = { width: 32, height: 32, channels: 3 as const, data: new Uint8Array(32 * 32 * 3).fill(128) };
-    await t.rejects(learnIdentity(engine, tiny, { steps: 1 }), { code: 'E_SHAPE' });
+    await t.rejects(learner.learn(tiny, { steps: 1 }), { code: 'E_SHAPE' });
     for (const o of [{ steps: 0 }, { steps: 1.5 }, { lr: NaN }, { lr: -1 }, { lr: 0 }, { lambda: NaN }, { lambda: -0.1 }, { stages: 0 }, { init: 'a photo' }, { templates: ['no placeholder'] }, { seed: -1 }])
-      await t.rejects(learnIdentity(engine, FACE, { steps: 1, ...o }), { code: 'E_ARGUMENT' }, JSON.stringify(o));
+      await t.rejects(learner.learn(FACE, { steps: 1, ...o }), { code: 'E_ARGUMENT' }, JSON.stringify(o));
   });
 });

@@ -1,7 +1,7 @@
 // Command-line options of `npm run bench` (see bench/README.md).
 import { parseArgs } from 'node:util';
 import { IdforgeError } from '../errors.js';
-import type { BenchOptions } from './index.js';
+import type { BenchOptions } from './report.js';
 
 export const USAGE = `usage: npm run bench -- (--model DIR|FILE | --random sd15) [options]
   --device cpu|cuda|auto    backend (default auto: CUDA when available)

@@ -11,115 +11,24 @@ import { Engine } from '../engine.js';
 import { IdforgeError } from '../errors.js';
 import type { Program } from '../graph/program.js';
 import { memory } from '../native.js';
+import { resolveBackend } from '../runtime/runtime.js';
+import type { SdRuntime } from '../runtime/sd.js';
 import { randn } from '../sched/random.js';
 import { Tensor } from '../tensor.js';
-import type { ModelSource } from '../io/checkpoint.js';
-import { aggregateOps, programFlops, type OpInstance, type OpRow } from './flops.js';
-import { cpuMeter, describeMachine, type MachineInfo } from './machine.js';
-import { randomModelSource, type RandomPreset } from './random-model.js';
+import { argError, integer } from '../validate.js';
+import { aggregateOps, programFlops } from './flops.js';
+import { cpuMeter, describeMachine } from './machine.js';
+import { randomModelSource } from './random-model.js';
+import type { BenchConfig, BenchOptions, BenchReport, BenchResults, Stats } from './report.js';
 
 export { randomModelSource, modelLayout, unetLayout, vaeLayout, textLayout, paramCount, sd15Configs } from './random-model.js';
 export { opFlops, opBytes, aggregateOps, programFlops } from './flops.js';
 export { describeMachine, type MachineInfo } from './machine.js';
 export { formatReport } from './table.js';
-
-export interface BenchOptions {
-  /** A diffusers folder or single .safetensors file. */
-  model?: string;
-  /** Synthetic weights with a real architecture instead of a model on disk. */
-  random?: RandomPreset;
-  /** An already opened source (taken over and closed). */
-  source?: ModelSource;
-  device?: 'auto' | 'cpu' | 'cuda';
-  dtype?: 'float32' | 'float16';
-  /** Image size (default 512×512). */
-  width?: number;
-  height?: number;
-  /** UNet batch: 2 = one image with classifier-free guidance (default), 1 = no guidance. */
-  batch?: number;
-  /** Timed repetitions per stage after warm-up, and the steps of the timed generate() (default 5). */
-  steps?: number;
-  /** Untimed runs before timing (default 1; the first run also builds and uploads). */
-  warmup?: number;
-  /** Time a whole generate() (default true). */
-  generate?: boolean;
-  /** Profile one UNet step per op (default true). */
-  ops?: boolean;
-  seed?: number;
-  prompt?: string;
-  /** Recorded in the result (the CLI passes its command line). */
-  command?: string;
-  /** Progress lines. */
-  log?: (line: string) => void;
-}
-
-export interface Stats {
-  n: number;
-  median: number;
-  min: number;
-  max: number;
-  q1: number;
-  q3: number;
-  mean: number;
-  samples: number[];
-}
-
-export interface BenchConfig {
-  model: string;
-  device: 'cpu' | 'cuda';
-  dtype: 'float32' | 'float16';
-  width: number;
-  height: number;
-  latent: [number, number];
-  batch: number;
-  steps: number;
-  warmup: number;
-  seed: number;
-  prompt: string;
-  /** `git describe --always --dirty` of the package checkout, when it is one. */
-  revision?: string;
-}
-
-export interface BenchResults {
-  /** Opening the model (headers and configs; weights load lazily on first use). */
-  loadMs: number;
-  textEncoder: { batch: number; firstMs: number; ms: Stats };
-  unet: {
-    batch: number;
-    /** Building the step graph: weights read (or generated) and uploaded, program compiled. */
-    buildMs: number;
-    firstMs: number;
-    ms: Stats;
-    gflopPerStep: number;
-    gflops: number;
-    ofPeak?: number;
-    outputFinite: boolean;
-    /** CPUs busy on average during the timed steps: this process, and everything else (Linux). */
-    cpu: { own: number; others?: number };
-  };
-  vaeDecode: { batch: number; firstMs: number; ms: Stats };
-  generate: { steps: number; s: number } | null;
-  memory: {
-    /** process.resourceUsage().maxRSS, bytes. */
-    maxRssBytes: number;
-    /** Highest live native tensor bytes seen between stages (idforge memory()). */
-    nativePeakBytes: { cpu: number; cuda: number };
-    weightsBytes: { unet: number; vae: number; text: number };
-  };
-  /** clock: 'device' = CUDA events between ops (no host sync), 'host' = each op synchronised and timed. */
-  ops: { profiledMs: number; stepMs: number; clock: 'device' | 'host'; rows: OpRow[]; top: OpInstance[] } | null;
-}
-
-export interface BenchReport {
-  command: string;
-  date: string;
-  machine: MachineInfo;
-  config: BenchConfig;
-  results: BenchResults;
-}
+export type { BenchConfig, BenchOptions, BenchReport, BenchResults, Stats } from './report.js';
 
 export function stats(samples: readonly number[]): Stats {
-  if (samples.length === 0) throw new IdforgeError('E_ARGUMENT', 'stats of no samples');
+  if (samples.length === 0) throw argError('stats of no samples');
   const s = [...samples].sort((a, b) => a - b);
   const q = (p: number) => {
     const x = (s.length - 1) * p;
@@ -141,42 +50,26 @@ export function stats(samples: readonly number[]): Stats {
 
 const now = () => performance.now();
 
-function posInt(v: unknown, what: string, min = 1): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min)
-    throw new IdforgeError('E_ARGUMENT', `${what} must be an integer ≥ ${min}, got ${JSON.stringify(v)}`);
-  return v;
-}
-
 async function openEngine(o: BenchOptions, device: 'cpu' | 'cuda', dtype: 'float32' | 'float16'): Promise<{ engine: Engine; model: string }> {
   const given = [o.model !== undefined, o.random !== undefined, o.source !== undefined].filter(Boolean).length;
-  if (given !== 1) throw new IdforgeError('E_ARGUMENT', 'bench needs exactly one of model (a path), random (e.g. "sd15") or source');
+  if (given !== 1) throw argError('bench needs exactly one of model (a path), random (e.g. "sd15") or source');
   if (o.model !== undefined) return { engine: await Engine.load(o.model, { device, dtype }), model: o.model };
   if (o.source) return { engine: Engine.fromSource(o.source, { device, dtype }), model: o.source.path };
   const src = randomModelSource(o.random!, { seed: o.seed ?? 0, dtype: dtype === 'float16' ? 'F16' : 'F32' });
   return { engine: Engine.fromSource(src, { device, dtype }), model: `random ${o.random} (seed ${o.seed ?? 0})` };
 }
 
-function resolveDevice(o: BenchOptions, cudaAvailable: () => boolean): { device: 'cpu' | 'cuda'; dtype: 'float32' | 'float16' } {
-  const d = o.device ?? 'auto';
-  if (!['auto', 'cpu', 'cuda'].includes(d)) throw new IdforgeError('E_ARGUMENT', `device must be auto, cpu or cuda, got ${JSON.stringify(d)}`);
-  const device = d === 'auto' ? (cudaAvailable() ? 'cuda' : 'cpu') : d;
-  const dtype = o.dtype ?? (device === 'cuda' ? 'float16' : 'float32');
-  if (dtype !== 'float32' && dtype !== 'float16') throw new IdforgeError('E_ARGUMENT', `dtype must be float32 or float16, got ${JSON.stringify(dtype)}`);
-  if (device === 'cpu' && dtype !== 'float32') throw new IdforgeError('E_ARGUMENT', 'the CPU backend computes in float32 only');
-  return { device, dtype };
-}
-
 /** Runs the benchmark and returns its report (the JSON `npm run bench -- --json` writes). */
 export async function bench(opts: BenchOptions): Promise<BenchReport> {
   const log = opts.log ?? (() => {});
   const machine = describeMachine();
-  const { device, dtype } = resolveDevice(opts, () => machine.cuda.available);
-  const width = posInt(opts.width ?? 512, 'width');
-  const height = posInt(opts.height ?? opts.width ?? 512, 'height');
-  const batch = posInt(opts.batch ?? 2, 'batch');
-  const steps = posInt(opts.steps ?? 5, 'steps');
-  const warmup = posInt(opts.warmup ?? 1, 'warmup', 0);
-  const seed = posInt(opts.seed ?? 0, 'seed', 0);
+  const { device, dtype } = resolveBackend(opts);
+  const width = integer(opts.width ?? 512, 'width', 1);
+  const height = integer(opts.height ?? opts.width ?? 512, 'height', 1);
+  const batch = integer(opts.batch ?? 2, 'batch', 1);
+  const steps = integer(opts.steps ?? 5, 'steps', 1);
+  const warmup = integer(opts.warmup ?? 1, 'warmup', 0);
+  const seed = integer(opts.seed ?? 0, 'seed', 0);
   const prompt = opts.prompt ?? 'a photo of the face of person, oil painting';
   const elem = dtype === 'float16' ? 2 : 4;
 
@@ -190,6 +83,7 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
   let t0 = now();
   const { engine, model } = await openEngine(opts, device, dtype);
   const loadMs = now() - t0;
+  const rt = engine.runtime;
   try {
     const mult = engine.sizeMultiple;
     for (const [k, v] of [['width', width], ['height', height]] as const)
@@ -204,7 +98,7 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
     const ids = Array.from({ length: batch }, (_, i) => engine.tokenize(i === 0 && batch > 1 ? '' : prompt));
     const timeText = async () => {
       const s = now();
-      const out = await engine.runText(ids);
+      const out = await rt.runText(ids);
       return { ms: now() - s, out };
     };
     const first = await timeText();
@@ -225,13 +119,13 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
     // UNet step.
     const ch = engine.configs.unet.inChannels;
     t0 = now();
-    const program = unetProgram(engine, batch, lh, lw);
+    const program = unetProgram(rt, batch, lh, lw);
     const buildMs = now() - t0;
     sample();
     log(`UNet: graph built, weights uploaded and compiled in ${(buildMs / 1000).toFixed(1)} s`);
     const xb = batch <= 2 ? 1 : batch;
-    const x = Tensor.from(randn(seed + 7, xb * ch * lh * lw), [xb, ch, lh, lw], engine.backend);
-    const tt = Tensor.from(new Float32Array(batch).fill(500), [batch], engine.backend);
+    const x = Tensor.from(randn(seed + 7, xb * ch * lh * lw), [xb, ch, lh, lw], rt.backend);
+    const tt = Tensor.from(new Float32Array(batch).fill(500), [batch], rt.backend);
     const inputs = [x, tt, context!];
     let outputFinite = true;
     let unetFirst = 0;
@@ -309,7 +203,7 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
       log(`generate: ${steps} steps in ${generate.s.toFixed(2)} s`);
     }
 
-    const w = engine.w;
+    const w = rt.residentBytes();
     const results: BenchResults = {
       loadMs,
       textEncoder: { batch, firstMs: first.ms, ms: stats(textSamples) },
@@ -319,7 +213,7 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
       memory: {
         maxRssBytes: process.resourceUsage().maxRSS * 1024,
         nativePeakBytes: nativePeak,
-        weightsBytes: { unet: w.unet.residentBytes, vae: w.vae.residentBytes, text: w.text.residentBytes },
+        weightsBytes: { unet: w.unet!, vae: w.vae!, text: w.text_encoder! },
       },
       ops,
     };
@@ -348,7 +242,7 @@ function publicOpts(o: BenchOptions): Omit<BenchOptions, 'log' | 'source'> {
  * The UNet step program: generate()'s own guided step for batch 1 and 2 (one latent, duplicated
  * for classifier-free guidance inside the graph), or a plain batch-B UNet otherwise.
  */
-function unetProgram(engine: Engine, batch: number, h: number, w: number): Program {
-  if (batch === 2) return engine.guidedUNet(h, w, 77, 7.5);
-  return engine.unetProgram(batch, h, w, 77, null);
+function unetProgram(rt: SdRuntime, batch: number, h: number, w: number): Program {
+  if (batch === 2) return rt.unetProgram(1, h, w, 77, 7.5);
+  return rt.unetProgram(batch, h, w, 77, null);
 }

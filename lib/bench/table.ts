@@ -1,5 +1,5 @@
 // Plain-text rendering of a benchmark report (what `npm run bench` prints).
-import type { BenchReport, Stats } from './index.js';
+import type { BenchReport, Stats } from './report.js';
 
 function pad(cells: string[][], right: boolean[]): string {
   const widths = cells[0]!.map((_, i) => Math.max(...cells.map((r) => (r[i] ?? '').length)));

@@ -11,12 +11,14 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { IdforgeError } from '../errors.js';
-import { Graph, type Value } from '../graph/graph.js';
-import { Program, type BackendSpec } from '../graph/program.js';
-import { Weights, layerNormW, linearW, toTokens } from '../graph/weights.js';
+import type { Graph, Value } from '../graph/graph.js';
+import type { BackendSpec, Program } from '../graph/program.js';
+import { layerNormW, linearW, toTokens, type Weights } from '../graph/weights.js';
 import type { TensorRef } from '../io/checkpoint.js';
 import type { RawImage } from '../io/image.js';
 import { SafetensorsFile } from '../io/safetensors.js';
+import type { DeviceOptions } from '../options.js';
+import { ModelRuntime, resolveBackend } from '../runtime/runtime.js';
 import { Tensor } from '../tensor.js';
 import type { PrepareFaceOptions } from './face.js';
 import { Identity } from './identity.js';
@@ -37,11 +39,8 @@ export interface IdEncoderConfig {
   std: [number, number, number];
 }
 
-export interface IdEncoderLoadOptions {
-  device?: 'cpu' | 'cuda';
-  /** Compute dtype (default float32; float16 needs device 'cuda'). */
-  dtype?: 'float32' | 'float16';
-}
+/** Device and dtype: the rule every model follows (default 'auto'; float16 on CUDA, float32 on the CPU). */
+export type IdEncoderLoadOptions = DeviceOptions;
 
 export interface EncodeOptions extends Omit<PrepareFaceOptions, 'size'> {
   /** Name stored in the Identity. */
@@ -120,23 +119,31 @@ function refsOf(st: SafetensorsFile): Map<string, TensorRef> {
   return m;
 }
 
-export class IdEncoder implements Disposable {
-  readonly #programs = new Map<number, Program>();
-  #weights: Weights | null;
-  #file: SafetensorsFile | null;
+/** The encoder's model runtime: its weights (one group), device, stream and programs (one per batch size). */
+class IdEncoderRuntime extends ModelRuntime {
+  readonly weights: Weights;
+  constructor(backend: BackendSpec, file: SafetensorsFile) {
+    super(backend, 'IdEncoder');
+    this.adopt(() => file.close());
+    this.weights = this.addWeights('id-encoder', refsOf(file));
+  }
+}
 
-  private constructor(readonly config: IdEncoderConfig, readonly backend: BackendSpec, file: SafetensorsFile, readonly dir: string) {
-    this.#file = file;
-    this.#weights = new Weights('id-encoder', refsOf(file), backend);
+export class IdEncoder implements Disposable {
+  readonly #rt: IdEncoderRuntime;
+
+  private constructor(readonly config: IdEncoderConfig, rt: IdEncoderRuntime, readonly dir: string) {
+    this.#rt = rt;
+  }
+
+  /** Device, dtype and (on CUDA) the encoder's own stream. */
+  get backend(): BackendSpec {
+    return this.#rt.backend;
   }
 
   /** Opens an encoder folder (config.json + model.safetensors) and checks every weight's shape. */
   static async load(dir: string, opts: IdEncoderLoadOptions = {}): Promise<IdEncoder> {
-    const device = opts.device ?? 'cpu';
-    if (device !== 'cpu' && device !== 'cuda') throw new IdforgeError('E_ARGUMENT', `device must be 'cpu' or 'cuda', got ${JSON.stringify(device)}`);
-    const dtype = opts.dtype ?? 'float32';
-    if (dtype !== 'float32' && dtype !== 'float16') throw new IdforgeError('E_ARGUMENT', `dtype must be 'float32' or 'float16', got ${JSON.stringify(dtype)}`);
-    if (device === 'cpu' && dtype !== 'float32') throw new IdforgeError('E_ARGUMENT', "the CPU backend computes in float32 only; use dtype 'float32' or device 'cuda'");
+    const backend = resolveBackend(opts);
     if (typeof dir !== 'string' || !fs.existsSync(dir)) throw new IdforgeError('E_NOT_FOUND', `ID encoder folder not found: ${String(dir)}`);
     const cfgFile = path.join(dir, 'config.json');
     const modelFile = path.join(dir, 'model.safetensors');
@@ -151,11 +158,11 @@ export class IdEncoder implements Disposable {
     const st = SafetensorsFile.open(modelFile);
     try {
       checkWeights(st, config);
+      return new IdEncoder(config, new IdEncoderRuntime(backend, st), dir);
     } catch (e) {
       st.close();
       throw e;
     }
-    return new IdEncoder(config, { device, dtype }, st, dir);
   }
 
   /** Number of words an identity from this encoder has (one per tap). */
@@ -168,23 +175,16 @@ export class IdEncoder implements Disposable {
   }
 
   get disposed(): boolean {
-    return !this.#weights;
+    return this.#rt.disposed;
   }
 
   #program(batch: number): Program {
-    const w = this.#weights;
-    if (!w) throw new IdforgeError('E_DISPOSED', 'IdEncoder used after dispose()');
-    let p = this.#programs.get(batch);
-    if (!p) {
-      const g = new Graph();
+    return this.#rt.program(`id-encoder:${batch}`, (g) => {
       const x = g.input([batch, 3, this.config.imageSize, this.config.imageSize], 'float', 'image');
-      const { taps, words } = buildIdEncoder(g, w, this.config, x);
+      const { taps, words } = buildIdEncoder(g, this.#rt.weights, this.config, x);
       g.output(taps, 'taps');
       g.output(words, 'words');
-      p = new Program(g, this.backend);
-      this.#programs.set(batch, p);
-    }
-    return p;
+    });
   }
 
   /** Tap features and words for a batch of faces [B, 3, size, size] already normalised (x/255 − mean)/std. */
@@ -196,7 +196,7 @@ export class IdEncoder implements Disposable {
     const b = shape[0]!;
     const p = this.#program(b);
     const own = images.device !== this.backend.device || images.dtype !== this.backend.dtype;
-    const input = own ? images.to(this.backend.dtype, this.backend.device) : images;
+    const input = own ? this.#rt.upload(images) : images;
     try {
       const outs = await p.run([input]);
       try {
@@ -261,12 +261,7 @@ export class IdEncoder implements Disposable {
   }
 
   dispose(): void {
-    for (const p of this.#programs.values()) p.dispose();
-    this.#programs.clear();
-    this.#weights?.dispose();
-    this.#weights = null;
-    this.#file?.close();
-    this.#file = null;
+    this.#rt.dispose();
   }
 
   [Symbol.dispose](): void {

@@ -19,24 +19,29 @@
  * step draws one, samples z0 = (mean + σ·ε)·scaling_factor afresh, a timestep t ∈ [0, 1000) and
  * the noise; the stage is floor(t·S/1000).
  */
-import type { Engine } from '../engine.js';
 import { IdforgeError, throwIfAborted } from '../errors.js';
 import { grad } from '../graph/autodiff.js';
 import type { Graph } from '../graph/graph.js';
 import type { Program } from '../graph/program.js';
 import type { Weights } from '../graph/weights.js';
 import type { ModelConfigs, UNetConfig } from '../io/configs.js';
+import type { AugmentOptions, LearnOptions } from '../options.js';
+import type { SdRuntime } from '../runtime/sd.js';
 import { crossAttentionLayers } from '../unet/unet.js';
 import { layerDownsampling } from '../attention.js';
 import { Identity, stageIndex } from '../identity/identity.js';
 import { decodeFace, prepareFace } from '../identity/face.js';
 import { expandPrompt } from '../identity/placeholders.js';
 import type { RawImage } from '../io/image.js';
+import { DDIMScheduler } from '../sched/ddim.js';
 import { Xoshiro128, randn } from '../sched/random.js';
 import { Tensor } from '../tensor.js';
 import { buildTextEncoder } from '../text/clip.js';
+import { argError, validateLearn } from '../validate.js';
 import { buildUNetLoss } from './objective.js';
 import { TokenGenerator } from './generator.js';
+
+export type { AugmentOptions, LearnOptions, LearnProgress } from '../options.js';
 
 /** The seven training templates of SeFi-IDE; `<id>` is the identity placeholder V*. */
 export const SEFI_TEMPLATES: readonly string[] = Object.freeze([
@@ -49,94 +54,7 @@ export const SEFI_TEMPLATES: readonly string[] = Object.freeze([
   'a depiction of a face of <id>',
 ]);
 
-export interface LearnProgress {
-  step: number;
-  steps: number;
-  loss: number;
-  lossDiff: number;
-  lossAtt: number;
-  elapsedMs: number;
-}
-
-export interface AugmentOptions {
-  flip?: boolean;
-  jitter?: boolean;
-  /** [min, max] of the random scale (default [0.1, 1]); false disables it. */
-  scale?: false | [number, number];
-}
-
-export interface LearnOptions {
-  steps?: number;
-  lr?: number;
-  lambda?: number;
-  stages?: number;
-  /** The word whose embedding initialises every token, and that the reference prompts use. */
-  init?: string;
-  templates?: readonly string[];
-  /** true (default) for all augmentations, false for none, or a selection. */
-  augment?: boolean | AugmentOptions;
-  seed?: number;
-  name?: string;
-  onProgress?: (p: LearnProgress) => void;
-  signal?: AbortSignal;
-}
-
-const arg = (msg: string) => new IdforgeError('E_ARGUMENT', `learnIdentity: ${msg}`);
-
-function posNumber(v: unknown, what: string, allowZero: boolean): number {
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || (!allowZero && v === 0))
-    throw arg(`${what} must be a finite number ${allowZero ? '≥ 0' : '> 0'}, got ${String(v)}`);
-  return v;
-}
-
-interface Valid {
-  steps: number;
-  lr: number;
-  lambda: number;
-  stages: number;
-  init: string;
-  templates: readonly string[];
-  augment: Required<AugmentOptions>;
-  seed: number;
-}
-
-function validate(o: LearnOptions): Valid {
-  if (o === null || typeof o !== 'object') throw arg('options must be an object');
-  const steps = o.steps ?? 1000;
-  if (!Number.isInteger(steps) || steps < 1 || steps > 1e6) throw arg(`steps must be an integer ≥ 1, got ${String(steps)}`);
-  const lr = posNumber(o.lr ?? 0.005, 'lr', false);
-  const lambda = posNumber(o.lambda ?? 0.003, 'lambda', true);
-  const stages = o.stages ?? 5;
-  if (!Number.isInteger(stages) || stages < 1 || stages > 1000) throw arg(`stages must be an integer in 1..1000, got ${String(stages)}`);
-  const init = o.init ?? 'person';
-  if (typeof init !== 'string' || !init.trim()) throw arg('init must be a word');
-  const templates = o.templates ?? SEFI_TEMPLATES;
-  if (!Array.isArray(templates) || templates.length === 0) throw arg('templates must be a non-empty array of prompts');
-  for (const tp of templates)
-    if (typeof tp !== 'string' || (tp.match(/<id>/g) ?? []).length !== 1) throw arg(`every template must contain <id> exactly once, got ${JSON.stringify(tp)}`);
-  const a = o.augment ?? true;
-  const on = a === true;
-  const ao: AugmentOptions = typeof a === 'object' && a !== null ? a : {};
-  if (typeof a !== 'boolean' && (typeof a !== 'object' || a === null)) throw arg('augment must be a boolean or { flip, jitter, scale }');
-  const scale = typeof a === 'object' ? (ao.scale ?? [0.1, 1]) : on ? ([0.1, 1] as [number, number]) : false;
-  if (scale !== false && (!Array.isArray(scale) || scale.length !== 2 || !(scale[0] > 0) || !(scale[1] <= 1) || scale[0] > scale[1]))
-    throw arg('augment.scale must be [min, max] with 0 < min ≤ max ≤ 1, or false');
-  const augment = { flip: typeof a === 'object' ? ao.flip ?? true : on, jitter: typeof a === 'object' ? ao.jitter ?? true : on, scale };
-  const seed = o.seed ?? Math.floor(Math.random() * 2 ** 31);
-  if (!Number.isSafeInteger(seed) || seed < 0) throw arg(`seed must be a non-negative integer, got ${String(seed)}`);
-  return { steps, lr, lambda, stages, init, templates, augment, seed };
-}
-
-/** The model's native image side: latent factor × UNet sample size (512 for SD 1.5). */
-export function nativeSize(engine: Engine): number {
-  return engine.latentFactor * engine.configs.unet.sampleSize;
-}
-
 /** Cross-attention layers whose maps have side latent/2 (the face-wise attention loss layers). */
-export function attentionLossLayers(engine: Engine): string[] {
-  return attentionLossLayersOf(engine.configs.unet);
-}
-
 export function attentionLossLayersOf(cfg: UNetConfig): string[] {
   const levels = cfg.blockOutChannels.length;
   return crossAttentionLayers(cfg).filter((l) => layerDownsampling(l, levels) === 2);
@@ -203,10 +121,10 @@ function augmentImage(img: RawImage, aug: Required<AugmentOptions> | null, rnd: 
 }
 
 /** Decodes and checks the face, then centre-crops it to the model's native size. */
-export async function prepareLearningImage(engine: Engine, face: RawImage | string | Buffer): Promise<RawImage> {
-  if (face === undefined || face === null) throw arg('a face image is required (a RawImage, a file path or an encoded Buffer)');
+export async function prepareLearningImage(rt: SdRuntime, face: RawImage | string | Buffer): Promise<RawImage> {
+  if (face === undefined || face === null) throw argError('a face image is required (a RawImage, a file path or an encoded Buffer)', 'learnIdentity');
   const img = await decodeFace(face as RawImage | string | Buffer);
-  const size = nativeSize(engine);
+  const size = rt.nativeSize;
   const min = Math.min(64, size);
   if (Math.min(img.width, img.height) < min)
     throw new IdforgeError('E_SHAPE', `learnIdentity: the face image is ${img.width}x${img.height}; it needs at least ${min}x${min} pixels`);
@@ -247,32 +165,24 @@ export function buildLearnGraph(g: Graph, w: { text: Weights; unet: Weights }, c
   g.output(dv!, 'dv');
 }
 
-function learnProgram(engine: Engine, h: number, w: number, lambda: number): Program {
-  const layers = attentionLossLayers(engine);
-  return engine.program(`learn:${h}x${w}:${lambda}:${layers.join(',')}`, (g) => buildLearnGraph(g, engine.w, engine.configs, layers, h, w, lambda));
-}
-
 /** Per-template token ids, slot rows and reference contexts (the init word in place of V*), on the backend. */
 class Prompts implements Disposable {
   readonly ids: Int32Array[] = [];
   readonly slots: Int32Array[] = [];
   readonly refs: Tensor[] = [];
-  constructor(readonly engine: Engine) {}
-  static async build(engine: Engine, templates: readonly string[], init: string): Promise<Prompts> {
-    const p = new Prompts(engine);
-    const tok = engine.tokenizer;
+  static async build(rt: SdRuntime, templates: readonly string[], init: string): Promise<Prompts> {
+    const p = new Prompts();
+    const tok = rt.tokenizer;
     try {
-      const dummy = new Identity({ k: new Float32Array(engine.configs.text.hiddenSize), stages: 1, words: 1, dim: engine.configs.text.hiddenSize, method: 'custom' });
+      const D = rt.configs.text.hiddenSize;
+      const dummy = new Identity({ k: new Float32Array(D), stages: 1, words: 1, dim: D, method: 'custom' });
       for (const tp of templates) {
         const e = expandPrompt(tok, tp, new Map([['id', dummy]]));
-        const ids = e.ids;
-        const slots = e.slots;
         const ref = tok.encode(tp.replace('<id>', init));
-        if (ref.tokenCount !== e.tokenCount) throw arg(`the init word '${init}' must be a single token`);
-        const refIds = ref.ids;
-        p.ids.push(ids);
-        p.slots.push(slots);
-        p.refs.push(await engine.runText([refIds]));
+        if (ref.tokenCount !== e.tokenCount) throw argError(`the init word '${init}' must be a single token`, 'learnIdentity');
+        p.ids.push(e.ids);
+        p.slots.push(e.slots);
+        p.refs.push(await rt.runText([ref.ids]));
       }
     } catch (e) {
       p.dispose();
@@ -290,138 +200,169 @@ class Prompts implements Disposable {
 
 interface StepResult { loss: number; lossDiff: number; lossAtt: number; dk: Float32Array; dv: Float32Array }
 
-async function runStep(engine: Engine, prog: Program, prompts: Prompts, s: Sample, z0: Float32Array, shape: number[], vk: Float32Array, vv: Float32Array): Promise<StepResult> {
-  const be = engine.backend;
-  const a = engine.scheduler.alphasCumprod[s.t]!;
-  const eps = randn(s.noiseSeed, z0.length);
-  const zt = new Float32Array(z0.length);
-  const sa = Math.sqrt(a);
-  const sb = Math.sqrt(1 - a);
-  for (let i = 0; i < zt.length; i++) zt[i] = sa * z0[i]! + sb * eps[i]!;
-  const D = vk.length;
-  const ints = { device: be.device, stream: be.stream ?? 0 };
-  const inputs = [
-    Tensor.from(prompts.ids[s.template]!, [1, 77], ints),
-    Tensor.from(prompts.slots[s.template]!, [1, 77], ints),
-    Tensor.from(vk, [1, D], be),
-    Tensor.from(vv, [1, D], be),
-  ];
-  const owned = [...inputs];
-  inputs.push(prompts.refs[s.template]!);
-  const rest = [Tensor.from(zt, shape, be), Tensor.from(new Float32Array([s.t]), [1], be), Tensor.from(eps, shape, be)];
-  owned.push(...rest);
-  inputs.push(...rest);
-  try {
-    const outs = await prog.run(inputs);
-    const f = outs.map((o) => o.to('float32', 'cpu'));
-    const vals = f.map((o) => o.toFloat32());
-    outs.forEach((o) => o.dispose());
-    f.forEach((o) => o.dispose());
-    return { loss: vals[0]![0]!, lossDiff: vals[1]![0]!, lossAtt: vals[2]![0]!, dk: vals[3]!, dv: vals[4]! };
-  } finally {
-    owned.forEach((x) => x.dispose());
-  }
-}
-
-/** The token embedding row of a single-token word. */
-function wordEmbedding(engine: Engine, word: string): Float32Array {
-  const e = engine.tokenizer.encode(word);
-  if (e.tokenCount !== 3) throw arg(`the init word '${word}' must be a single token (it is ${e.tokenCount - 2})`);
-  const id = e.ids[1]!;
-  const table = engine.w.text.tensor('text_model.embeddings.token_embedding.weight');
-  const D = table.shape[1]!;
-  using host = table.to('float32', 'cpu');
-  return host.toFloat32().slice(id * D, (id + 1) * D);
-}
-
-async function encodePool(engine: Engine, img: RawImage, aug: Required<AugmentOptions> | null, count: number, rnd: () => number): Promise<{ mean: Float32Array; std: Float32Array; shape: number[] }[]> {
-  const pool = [];
-  const S = img.width;
-  for (let i = 0; i < count; i++) {
-    using x = Tensor.from(augmentImage(img, aug, rnd), [1, 3, S, S]);
-    const { mean, logvar } = await engine.encodeImage(x);
-    pool.push({ mean: mean.toFloat32(), std: logvar.toFloat32().map((v) => Math.exp(0.5 * v)), shape: mean.shape });
-    mean.dispose();
-    logvar.dispose();
-  }
-  return pool;
-}
-
-/** Learns a SeFi-IDE identity (S stages × 1 word, separate K and V) from one face image. */
-export async function learnIdentity(engine: Engine, face: RawImage | string | Buffer, opts: LearnOptions = {}): Promise<Identity> {
-  const o = validate(opts);
-  const { signal } = opts;
-  throwIfAborted(signal, 'learnIdentity');
-  const img = await prepareLearningImage(engine, face);
-  const rng = new Xoshiro128(o.seed);
-  const rnd = () => rng.nextDouble();
-  const e0 = wordEmbedding(engine, o.init);
-  const D = e0.length;
-  const gen = new TokenGenerator(e0, { dim: D, stages: o.stages }, o.seed);
-  const sf = engine.configs.vae.scalingFactor;
-  const pool = await encodePool(engine, img, o.augment.flip || o.augment.jitter || o.augment.scale ? o.augment : null, Math.min(o.steps, 8), rnd);
-  const shape = pool[0]!.shape;
-  const prog = learnProgram(engine, shape[2]!, shape[3]!, o.lambda);
-  using prompts = await Prompts.build(engine, o.templates, o.init);
-  const T = engine.configs.scheduler.numTrainTimesteps;
-  const start = Date.now();
-  for (let step = 0; step < o.steps; step++) {
-    throwIfAborted(signal, 'learnIdentity');
-    const p = pool[Math.floor(rnd() * pool.length)]!;
-    const zs = randn(o.seed * 7919 + step * 2 + 1, p.mean.length);
-    const z0 = p.mean.map((m, i) => (m + p.std[i]! * zs[i]!) * sf);
-    const s: Sample = { template: Math.floor(rnd() * o.templates.length), t: Math.floor(rnd() * T), noiseSeed: o.seed * 7919 + step * 2 + 2 };
-    const stage = stageIndex(s.t, o.stages, T);
-    const { out, tape } = gen.forward();
-    const vk = Float32Array.from(out.subarray(stage * D, (stage + 1) * D));
-    const vv = Float32Array.from(out.subarray((o.stages + stage) * D, (o.stages + stage + 1) * D));
-    const r = await runStep(engine, prog, prompts, s, z0, shape, vk, vv);
-    if (!Number.isFinite(r.loss)) throw new IdforgeError('E_INTERNAL', `learnIdentity: the loss became ${r.loss} at step ${step + 1}`);
-    const dOut = new Float64Array(out.length);
-    dOut.set(r.dk, stage * D);
-    dOut.set(r.dv, (o.stages + stage) * D);
-    gen.adam(gen.backward(tape, dOut), o.lr);
-    opts.onProgress?.({ step: step + 1, steps: o.steps, loss: r.loss, lossDiff: r.lossDiff, lossAtt: r.lossAtt, elapsedMs: Date.now() - start });
-  }
-  throwIfAborted(signal, 'learnIdentity');
-  const v = gen.vectors();
-  return new Identity({ k: v.k, v: v.v, stages: o.stages, words: 1, dim: D, method: 'sefi-ide', ...(opts.name !== undefined ? { name: opts.name } : {}) });
+/** The learning loss of an identity on a fixed batch: see IdentityLearner.loss. */
+export interface LossOptions {
+  count?: number;
+  seed?: number;
+  lambda?: number;
+  init?: string;
+  templates?: readonly string[];
 }
 
 /**
- * The learning loss of an identity on a fixed batch (no augmentation, latent = the VAE mean):
- * `count` samples (template, timestep, noise) drawn from `seed`. For tests and monitoring.
+ * SeFi-IDE learning on an SD runtime: a client of the runtime (its text encoder, VAE encoder,
+ * word embeddings, and the learning program it compiles over the runtime's weights), of no
+ * other pipeline.
  */
-export async function identityLoss(engine: Engine, face: RawImage | string | Buffer, identity: Identity, opts: { count?: number; seed?: number; lambda?: number; init?: string; templates?: readonly string[] } = {}): Promise<{ loss: number; lossDiff: number; lossAtt: number }> {
-  const img = await prepareLearningImage(engine, face);
-  const [p] = await encodePool(engine, img, null, 1, () => 0);
-  const z0 = p!.mean.map((m) => m * engine.configs.vae.scalingFactor);
-  const prog = learnProgram(engine, p!.shape[2]!, p!.shape[3]!, opts.lambda ?? 0.003);
-  const templates = opts.templates ?? SEFI_TEMPLATES;
-  using prompts = await Prompts.build(engine, templates, opts.init ?? 'person');
-  const rng = new Xoshiro128(opts.seed ?? 1);
-  const T = engine.configs.scheduler.numTrainTimesteps;
-  const n = opts.count ?? 8;
-  const D = identity.dim;
-  const acc = { loss: 0, lossDiff: 0, lossAtt: 0 };
-  for (let i = 0; i < n; i++) {
-    const s: Sample = { template: Math.floor(rng.nextDouble() * templates.length), t: Math.floor(rng.nextDouble() * T), noiseSeed: 1000003 + i };
-    const stage = identity.stageFor(s.t, T);
-    const vk = identity.kData.slice(stage * identity.words * D, stage * identity.words * D + D);
-    const vv = identity.vData.slice(stage * identity.words * D, stage * identity.words * D + D);
-    const r = await runStep(engine, prog, prompts, s, z0, p!.shape, vk, vv);
-    acc.loss += r.loss / n;
-    acc.lossDiff += r.lossDiff / n;
-    acc.lossAtt += r.lossAtt / n;
-  }
-  return acc;
-}
+export class IdentityLearner {
+  readonly #alphasCumprod: Float32Array;
 
-/** The identity the generator produces before any step: every token = the init word's embedding. */
-export function initialIdentity(engine: Engine, opts: { stages?: number; init?: string } = {}): Identity {
-  const e0 = wordEmbedding(engine, opts.init ?? 'person');
-  const S = opts.stages ?? 5;
-  const k = new Float32Array(S * e0.length);
-  for (let s = 0; s < S; s++) k.set(e0, s * e0.length);
-  return new Identity({ k, v: k.slice(), stages: S, words: 1, dim: e0.length, method: 'sefi-ide' });
+  constructor(readonly runtime: SdRuntime) {
+    this.#alphasCumprod = DDIMScheduler.fromConfig(runtime.configs.scheduler).alphasCumprod;
+  }
+
+  /** Learns a SeFi-IDE identity (S stages × 1 word, separate K and V) from one face image. */
+  async learn(face: RawImage | string | Buffer, opts: LearnOptions = {}): Promise<Identity> {
+    const rt = this.runtime;
+    rt.assertLive();
+    // Measured on an H100: in float16 the face-wise attention loss (a mean of squared differences
+    // of two nearly equal probability maps) loses its gradient to rounding (rel. error 0.39 against
+    // the golden); every other gradient is fine. Until that loss runs in float32, learning needs a
+    // float32 runtime.
+    if (rt.backend.dtype !== 'float32')
+      throw argError("learnIdentity needs a float32 engine (its attention loss is not accurate in float16): load one with { dtype: 'float32' } to learn, then generate with the identity on any engine");
+    const o = validateLearn(opts, SEFI_TEMPLATES);
+    const { signal } = opts;
+    throwIfAborted(signal, 'learnIdentity');
+    const img = await prepareLearningImage(rt, face);
+    const rng = new Xoshiro128(o.seed);
+    const rnd = () => rng.nextDouble();
+    const e0 = await this.#initWord(o.init);
+    const D = e0.length;
+    const gen = new TokenGenerator(e0, { dim: D, stages: o.stages }, o.seed);
+    const sf = rt.configs.vae.scalingFactor;
+    const pool = await this.#encodePool(img, o.augment.flip || o.augment.jitter || o.augment.scale ? o.augment : null, Math.min(o.steps, 8), rnd);
+    const shape = pool[0]!.shape;
+    const prog = this.#program(shape[2]!, shape[3]!, o.lambda);
+    using prompts = await Prompts.build(rt, o.templates, o.init);
+    const T = rt.configs.scheduler.numTrainTimesteps;
+    const start = Date.now();
+    for (let step = 0; step < o.steps; step++) {
+      throwIfAborted(signal, 'learnIdentity');
+      const p = pool[Math.floor(rnd() * pool.length)]!;
+      const zs = randn(o.seed * 7919 + step * 2 + 1, p.mean.length);
+      const z0 = p.mean.map((m, i) => (m + p.std[i]! * zs[i]!) * sf);
+      const s: Sample = { template: Math.floor(rnd() * o.templates.length), t: Math.floor(rnd() * T), noiseSeed: o.seed * 7919 + step * 2 + 2 };
+      const stage = stageIndex(s.t, o.stages, T);
+      const { out, tape } = gen.forward();
+      const vk = Float32Array.from(out.subarray(stage * D, (stage + 1) * D));
+      const vv = Float32Array.from(out.subarray((o.stages + stage) * D, (o.stages + stage + 1) * D));
+      const r = await this.#step(prog, prompts, s, z0, shape, vk, vv);
+      if (!Number.isFinite(r.loss)) throw new IdforgeError('E_INTERNAL', `learnIdentity: the loss became ${r.loss} at step ${step + 1}`);
+      const dOut = new Float64Array(out.length);
+      dOut.set(r.dk, stage * D);
+      dOut.set(r.dv, (o.stages + stage) * D);
+      gen.adam(gen.backward(tape, dOut), o.lr);
+      opts.onProgress?.({ step: step + 1, steps: o.steps, loss: r.loss, lossDiff: r.lossDiff, lossAtt: r.lossAtt, elapsedMs: Date.now() - start });
+    }
+    throwIfAborted(signal, 'learnIdentity');
+    const v = gen.vectors();
+    return new Identity({ k: v.k, v: v.v, stages: o.stages, words: 1, dim: D, method: 'sefi-ide', ...(opts.name !== undefined ? { name: opts.name } : {}) });
+  }
+
+  /**
+   * The learning loss of an identity on a fixed batch (no augmentation, latent = the VAE mean):
+   * `count` samples (template, timestep, noise) drawn from `seed`. For tests and monitoring.
+   */
+  async loss(face: RawImage | string | Buffer, identity: Identity, opts: LossOptions = {}): Promise<{ loss: number; lossDiff: number; lossAtt: number }> {
+    const rt = this.runtime;
+    const img = await prepareLearningImage(rt, face);
+    const [p] = await this.#encodePool(img, null, 1, () => 0);
+    const z0 = p!.mean.map((m) => m * rt.configs.vae.scalingFactor);
+    const prog = this.#program(p!.shape[2]!, p!.shape[3]!, opts.lambda ?? 0.003);
+    const templates = opts.templates ?? SEFI_TEMPLATES;
+    using prompts = await Prompts.build(rt, templates, opts.init ?? 'person');
+    const rng = new Xoshiro128(opts.seed ?? 1);
+    const T = rt.configs.scheduler.numTrainTimesteps;
+    const n = opts.count ?? 8;
+    const D = identity.dim;
+    const acc = { loss: 0, lossDiff: 0, lossAtt: 0 };
+    for (let i = 0; i < n; i++) {
+      const s: Sample = { template: Math.floor(rng.nextDouble() * templates.length), t: Math.floor(rng.nextDouble() * T), noiseSeed: 1000003 + i };
+      const stage = identity.stageFor(s.t, T);
+      const vk = identity.kData.slice(stage * identity.words * D, stage * identity.words * D + D);
+      const vv = identity.vData.slice(stage * identity.words * D, stage * identity.words * D + D);
+      const r = await this.#step(prog, prompts, s, z0, p!.shape, vk, vv);
+      acc.loss += r.loss / n;
+      acc.lossDiff += r.lossDiff / n;
+      acc.lossAtt += r.lossAtt / n;
+    }
+    return acc;
+  }
+
+  /** The identity the generator produces before any step: every token = the init word's embedding. */
+  async initialIdentity(opts: { stages?: number; init?: string } = {}): Promise<Identity> {
+    const e0 = await this.#initWord(opts.init ?? 'person');
+    const S = opts.stages ?? 5;
+    const k = new Float32Array(S * e0.length);
+    for (let s = 0; s < S; s++) k.set(e0, s * e0.length);
+    return new Identity({ k, v: k.slice(), stages: S, words: 1, dim: e0.length, method: 'sefi-ide' });
+  }
+
+  /** The init word's token embedding (it must be one token). */
+  async #initWord(word: string): Promise<Float32Array> {
+    return this.runtime.wordEmbedding(word);
+  }
+
+  #program(h: number, w: number, lambda: number): Program {
+    const rt = this.runtime;
+    const layers = attentionLossLayersOf(rt.configs.unet);
+    return rt.program(`learn:${h}x${w}:${lambda}:${layers.join(',')}`, (g) => buildLearnGraph(g, rt.weights, rt.configs, layers, h, w, lambda));
+  }
+
+  async #step(prog: Program, prompts: Prompts, s: Sample, z0: Float32Array, shape: number[], vk: Float32Array, vv: Float32Array): Promise<StepResult> {
+    const rt = this.runtime;
+    const a = this.#alphasCumprod[s.t]!;
+    const eps = randn(s.noiseSeed, z0.length);
+    const zt = new Float32Array(z0.length);
+    const sa = Math.sqrt(a);
+    const sb = Math.sqrt(1 - a);
+    for (let i = 0; i < zt.length; i++) zt[i] = sa * z0[i]! + sb * eps[i]!;
+    const D = vk.length;
+    const inputs = [
+      rt.ints(prompts.ids[s.template]!, [1, 77]),
+      rt.ints(prompts.slots[s.template]!, [1, 77]),
+      rt.floats(vk, [1, D]),
+      rt.floats(vv, [1, D]),
+    ];
+    const owned = [...inputs];
+    inputs.push(prompts.refs[s.template]!);
+    const rest = [rt.floats(zt, shape), rt.floats(new Float32Array([s.t]), [1]), rt.floats(eps, shape)];
+    owned.push(...rest);
+    inputs.push(...rest);
+    try {
+      const outs = await prog.run(inputs);
+      const f = outs.map((o) => o.to('float32', 'cpu'));
+      const vals = f.map((o) => o.toFloat32());
+      outs.forEach((o) => o.dispose());
+      f.forEach((o) => o.dispose());
+      return { loss: vals[0]![0]!, lossDiff: vals[1]![0]!, lossAtt: vals[2]![0]!, dk: vals[3]!, dv: vals[4]! };
+    } finally {
+      owned.forEach((x) => x.dispose());
+    }
+  }
+
+  /** VAE-encodes `count` augmented copies of the face once, up front (a step then costs one UNet forward/backward). */
+  async #encodePool(img: RawImage, aug: Required<AugmentOptions> | null, count: number, rnd: () => number): Promise<{ mean: Float32Array; std: Float32Array; shape: number[] }[]> {
+    const pool = [];
+    const S = img.width;
+    for (let i = 0; i < count; i++) {
+      using x = Tensor.from(augmentImage(img, aug, rnd), [1, 3, S, S]);
+      const { mean, logvar } = await this.runtime.vaeEncode(x);
+      pool.push({ mean: mean.toFloat32(), std: logvar.toFloat32().map((v) => Math.exp(0.5 * v)), shape: mean.shape });
+      mean.dispose();
+      logvar.dispose();
+    }
+    return pool;
+  }
 }

@@ -1,0 +1,254 @@
+/**
+ * The SD 1.x runtime: an opened model (configs, tokenizer, the text encoder's, UNet's and VAE's
+ * weights) on a ModelRuntime, and the programs every SD pipeline runs: text encoding (with
+ * pseudo-word injection), the UNet step, the VAE decoder and encoder, and a word's token
+ * embedding. Pipelines (lib/engine.ts generation, lib/learn/ SeFi-IDE learning, lib/bench/) ask it
+ * for these; a pipeline with a graph of its own (the learning loss) compiles it through program()
+ * over `weights`.
+ */
+import { IdforgeError } from '../errors.js';
+import type { Program } from '../graph/program.js';
+import type { Weights } from '../graph/weights.js';
+import { openModel, type ModelSource } from '../io/checkpoint.js';
+import type { ModelConfigs } from '../io/configs.js';
+import { checkWeights } from '../io/layout.js';
+import type { LoadOptions } from '../options.js';
+import { Tensor } from '../tensor.js';
+import { buildTextEncoder } from '../text/clip.js';
+import { ClipTokenizer } from '../text/tokenizer.js';
+import { buildUNet, crossAttentionLayers } from '../unet/unet.js';
+import { buildVaeDecoder, buildVaeEncoder } from '../vae/vae.js';
+import { ModelRuntime, resolveBackend, toHost } from './runtime.js';
+
+/** The three weight groups of an SD 1.x model. */
+export interface SdWeights {
+  text: Weights;
+  unet: Weights;
+  vae: Weights;
+}
+
+/** Token-embedding replacement of the text encoder: rows where slots[b][i] ≥ 0 take vectors[slots[b][i]]. */
+export interface TextInjection {
+  slots: Int32Array[];
+  /** [rows, D] row-major. */
+  vectors: Float32Array;
+}
+
+/** What a UNet step program is built for, besides the latent shape. */
+export interface UNetProgramOptions {
+  /** Separate key and value contexts (identities whose K and V words differ). */
+  dual?: boolean;
+  /** Cross-attention layers whose probabilities are extra outputs, in this order. */
+  capture?: readonly string[];
+}
+
+const isDecoderWeight = (n: string): boolean => n.startsWith('decoder.') || n.startsWith('post_quant_conv.');
+
+export class SdRuntime extends ModelRuntime {
+  readonly configs: ModelConfigs;
+  readonly tokenizer: ClipTokenizer;
+  readonly modelPath: string;
+  /** Notes from opening the model (layout quirks, unused weights). */
+  readonly loadWarnings: string[];
+  readonly #weights: SdWeights;
+
+  private constructor(source: ModelSource, backend: { device: 'cpu' | 'cuda'; dtype: 'float32' | 'float16'; stream?: number }) {
+    super(backend, 'engine');
+    this.adopt(() => source.close());
+    try {
+      this.modelPath = source.path;
+      this.configs = source.configs;
+      this.loadWarnings = [...source.warnings];
+      this.tokenizer = ClipTokenizer.fromDir(source.tokenizerDir);
+      this.loadWarnings.push(...checkWeights(source));
+      this.#weights = {
+        unet: this.addWeights('unet', source.weights.unet),
+        vae: this.addWeights('vae', source.weights.vae),
+        text: this.addWeights('text_encoder', source.weights.text),
+      };
+    } catch (e) {
+      this.dispose(); // closes the source and hands the stream back
+      throw e;
+    }
+  }
+
+  /** Opens a diffusers folder or a single original-layout .safetensors file. Nothing is downloaded. */
+  static load(path: string, opts: LoadOptions = {}): SdRuntime {
+    const backend = resolveBackend(opts);
+    const source = openModel(path, { ...(opts.variant ? { variant: opts.variant } : {}), ...(opts.config ? { configOverrides: opts.config } : {}) });
+    return SdRuntime.fromSource(source, backend);
+  }
+
+  /** A runtime over an already opened model source (e.g. the benchmark's synthetic SD 1.5). Takes ownership of it. */
+  static fromSource(source: ModelSource, backend: { device: 'cpu' | 'cuda'; dtype: 'float32' | 'float16'; stream?: number }): SdRuntime {
+    try {
+      return new SdRuntime(source, backend);
+    } catch (e) {
+      source.close(); // idempotent: the constructor may have closed it already
+      throw e;
+    }
+  }
+
+  /** The resident weights, for graphs a pipeline builds itself (through program()). */
+  get weights(): SdWeights {
+    this.assertLive();
+    return this.#weights;
+  }
+
+  /** The VAE's spatial downsampling factor. */
+  get latentFactor(): number {
+    return 2 ** (this.configs.vae.blockOutChannels.length - 1);
+  }
+
+  /** The UNet's downsampling: a latent side must be a multiple of it. */
+  get latentMultiple(): number {
+    return 2 ** (this.configs.unet.blockOutChannels.length - 1);
+  }
+
+  /** Image sides must be multiples of this (VAE × UNet downsampling). */
+  get sizeMultiple(): number {
+    return this.latentFactor * this.latentMultiple;
+  }
+
+  /** The model's native image side: latent factor × UNet sample size (512 for SD 1.5). */
+  get nativeSize(): number {
+    return this.latentFactor * this.configs.unet.sampleSize;
+  }
+
+  /** Every cross-attention layer name of the UNet. */
+  get crossAttentionLayers(): string[] {
+    return crossAttentionLayers(this.configs.unet);
+  }
+
+  /**
+   * Uploads the weights that the named parts need before their first use, one tensor at a time
+   * (so that an abort can interrupt it): 'vae-decoder' and 'vae-encoder' are the VAE's halves.
+   */
+  async preload(parts: readonly ('text' | 'unet' | 'vae-decoder' | 'vae-encoder')[], signal?: AbortSignal): Promise<void> {
+    for (const p of parts) {
+      if (p === 'text') await this.weights.text.preload(signal);
+      else if (p === 'unet') await this.weights.unet.preload(signal);
+      else await this.weights.vae.preload(signal, p === 'vae-decoder' ? isDecoderWeight : (n) => !isDecoderWeight(n));
+    }
+  }
+
+  /**
+   * The text encoder's last_hidden_state [B, 77, D] for token ids, left on the backend. With
+   * `inject`, the token embeddings at rows where slots[b][i] ≥ 0 are replaced by
+   * vectors[slots[b][i]] (before the position embeddings are added): the pseudo-word mechanism
+   * of both identity methods.
+   */
+  async runText(ids: Int32Array[], inject?: TextInjection): Promise<Tensor> {
+    const b = ids.length;
+    const D = this.configs.text.hiddenSize;
+    const rows = inject ? inject.vectors.length / D : 0;
+    if (inject && (!Number.isInteger(rows) || rows < 1 || inject.slots.length !== b))
+      throw new IdforgeError('E_SHAPE', `injected vectors must be [rows, ${D}] with one slot row per prompt`);
+    await this.preload(['text']);
+    const p = this.program(`text:${b}:${rows}`, (g) => {
+      const x = g.input([b, 77], 'int32');
+      const inj = inject ? { slots: g.input([b, 77], 'int32'), vectors: g.input([rows, D]) } : undefined;
+      g.output(buildTextEncoder(g, this.weights.text, this.configs.text, { ids: x, ...(inj ? { inject: inj } : {}) }));
+    });
+    if (inject)
+      for (const v of inject.vectors)
+        if (!Number.isFinite(v)) throw new IdforgeError('E_IDENTITY', 'injected word vectors must be finite');
+    const inputs: Tensor[] = [];
+    try {
+      // One at a time, so that a failed upload never leaks the ones before it.
+      inputs.push(this.#idsTensor(ids));
+      if (inject) {
+        inputs.push(this.#idsTensor(inject.slots));
+        inputs.push(this.floats(inject.vectors, [rows, D]));
+      }
+      const [out] = await p.run(inputs);
+      return out!;
+    } finally {
+      for (const t of inputs) t.dispose();
+    }
+  }
+
+  #idsTensor(ids: Int32Array[]): Tensor {
+    const flat = new Int32Array(ids.length * 77);
+    ids.forEach((a, i) => flat.set(a, i * 77));
+    return this.ints(flat, [ids.length, 77]);
+  }
+
+  /** The token embedding (before positions) of a one-token word, e.g. "person", float32. */
+  async wordEmbedding(word: string): Promise<Float32Array> {
+    const ids = this.tokenizer.idsFor(word);
+    if (ids.length !== 1) throw new IdforgeError('E_ARGUMENT', `'${word}' is ${ids.length} tokens, not one`);
+    const D = this.configs.text.hiddenSize;
+    const table = 'text_model.embeddings.token_embedding.weight';
+    await this.weights.text.preload(undefined, (n) => n === table);
+    const p = this.program('word-embedding', (g) => {
+      g.output(g.embedding(g.input([1, 1], 'int32'), this.weights.text.in(g, table)));
+    });
+    using id = this.ints(Int32Array.from(ids), [1, 1]);
+    const [out] = await p.run([id]);
+    using host = toHost(out!);
+    const v = host.toFloat32();
+    if (v.length !== D) throw new IdforgeError('E_INTERNAL', 'word embedding has the wrong width');
+    return v;
+  }
+
+  /**
+   * The UNet step program: latents [b, C, h, w], timesteps, key context [·, n, D] (and a value
+   * context when dual) → eps and the captured maps. With a guidance scale the latents are
+   * duplicated inside the program (unconditional first; timesteps and contexts are [2b, ..]) and
+   * classifier-free guidance is folded in: → guided eps [b]. Call preload(['unet']) first to
+   * upload the weights with abort checks; otherwise building uploads them.
+   */
+  unetProgram(b: number, h: number, w: number, n: number, guidance: number | null, opts: UNetProgramOptions = {}): Program {
+    const ch = this.configs.unet.inChannels;
+    const D = this.configs.unet.crossAttentionDim;
+    const cfg = guidance !== null;
+    const dual = !!opts.dual;
+    const capture = opts.capture ?? [];
+    return this.program(`unet:${b}x${ch}x${h}x${w}:${n}:${guidance}:${dual}:${capture.join(',')}`, (g) => {
+      const x = g.input([b, ch, h, w]);
+      const bb = cfg ? 2 * b : b;
+      const t = g.input([bb]);
+      const k = g.input([bb, n, D]);
+      const v = dual ? g.input([bb, n, D]) : k;
+      const xx = cfg ? g.concat([x, x], 0) : x;
+      const r = buildUNet(g, this.weights.unet, this.configs.unet, xx, t, { k, v }, { capture: new Set(capture) });
+      g.output(cfg ? g.cfg(r.eps, guidance) : r.eps);
+      for (const l of capture) g.output(r.attention.get(l)!, l);
+    });
+  }
+
+  /** The VAE decoder: image [B, 3, 8h, 8w] in [−1, 1] from z [B, C, h, w] (already divided by the scaling factor), float32 on the CPU. */
+  async vaeDecode(z: Tensor): Promise<Tensor> {
+    const s = z.shape;
+    await this.preload(['vae-decoder']);
+    const p = this.program(`vae-dec:${s.join('x')}`, (g) => {
+      g.output(buildVaeDecoder(g, this.weights.vae, this.configs.vae, g.input(s)));
+    });
+    using zin = this.upload(z);
+    const [img] = await p.run([zin]);
+    return toHost(img!);
+  }
+
+  /** The VAE encoder: latent mean and logvar (clamped to [−30, 20] as diffusers does) of img [B, 3, H, W] in [−1, 1], float32 on the CPU. */
+  async vaeEncode(img: Tensor): Promise<{ mean: Tensor; logvar: Tensor }> {
+    const s = img.shape;
+    await this.preload(['vae-encoder']);
+    const p = this.program(`vae-enc:${s.join('x')}`, (g) => {
+      const r = buildVaeEncoder(g, this.weights.vae, this.configs.vae, g.input(s), (shape) => {
+        const z = Tensor.zeros(shape, this.backend);
+        this.adopt(() => z.dispose());
+        return z;
+      });
+      g.output(r.mean);
+      g.output(r.logvar);
+    });
+    using x = this.upload(img);
+    const [mean, logvar] = await p.run([x]);
+    const lv = toHost(logvar!);
+    const data = lv.toFloat32().map((v) => Math.min(20, Math.max(-30, v)));
+    const shape = lv.shape;
+    lv.dispose();
+    return { mean: toHost(mean!), logvar: Tensor.from(data, shape) };
+  }
+}
