@@ -5,7 +5,11 @@
 import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { Engine } from '../lib/engine.js';
+import { Graph } from '../lib/graph/graph.js';
 import { Program } from '../lib/graph/program.js';
+import { coefficientTensor } from '../lib/sampling.js';
+import { DDIMScheduler } from '../lib/sched/ddim.js';
+import { COEFFICIENTS } from '../lib/sched/sampler.js';
 import { backends } from '../lib/native.js';
 import { makeSampler } from '../lib/sched/samplers.js';
 import { Tensor } from '../lib/tensor.js';
@@ -35,6 +39,29 @@ t.test('schedules: timesteps and sigmas as diffusers sets them', async (t) => {
       const ours = s.timesteps.map((_, i) => -s.coefficients(i, i === 0).ce);
       t.ok(relL2(Float32Array.from(ours), sig.subarray(0, ours.length)) < 1e-7, `${gname} sigmas`);
     } else t.equal(s.initNoiseSigma, 1);
+  }
+});
+
+t.test('DDIM single steps through SAMPLER_STEP against diffusers (golden/scheduler)', async (t) => {
+  const sg = new GoldenFile('scheduler');
+  t.teardown(() => sg.close());
+  const shape = sg.shape('sample');
+  const ddim = DDIMScheduler.fromConfig(cfg);
+  for (const [name, eta, i] of [['prev_t981_eta0', 0, 0], ['prev_t981_eta1', 1, 0], ['prev_t1_eta0', 0, 49]] as const) {
+    const s = ddim.sampler(50, eta);
+    const gr = new Graph();
+    const [x, m, st] = [0, 1, 2].map(() => gr.input(shape));
+    const c = gr.input([COEFFICIENTS], 'int32');
+    const z = gr.input(shape);
+    gr.output(gr.samplerStep(x!, m!, st!, c, z)[0]);
+    using p = new Program(gr, { device: 'cpu', dtype: 'float32' });
+    const ins = [sg.tensor('sample'), sg.tensor('model_output'), Tensor.zeros(shape), sg.tensor('variance_noise'), coefficientTensor(s, i, i === 0, { device: 'cpu', dtype: 'float32' })];
+    const [xs, ms, ss, zs, k] = ins;
+    const [out] = await p.run([xs!, ms!, ss!, k!, zs!]);
+    const e = relL2(out!.toFloat32(), sg.f32(name));
+    t.ok(e <= 1e-6, `${name}: rel L2 ${e.toExponential(2)}`);
+    out!.dispose();
+    for (const v of ins) v.dispose();
   }
 });
 
@@ -101,6 +128,31 @@ t.test('generate on the tiny model', async (t) => {
     t.same(calls.filter((ops) => !ops.includes('sampler_step')).length, 2, 'no other native program between steps');
     r.latents.dispose();
     r.pixels.dispose();
+  });
+
+  t.test('DDIM with eta 1 draws its noise from stepNoise, as DDIMScheduler.step with that noise', async (t) => {
+    // The host scheduler step is the one test/scheduler.test.ts checks against diffusers (eta 1).
+    using init = Tensor.from(new Float32Array(1024).map((_, i) => Math.sin(i)), [1, 4, 16, 16]);
+    const noise = new Float32Array(4 * 1024).map((_, i) => Math.cos(i * 0.7));
+    using stepNoise = Tensor.from(noise, [4, 1, 4, 16, 16]);
+    const r = await engine.generate({ ...base, negativePrompt: '', eta: 1, latents: init, stepNoise });
+    using ctx = await engine.encodeText(['', PROMPT]);
+    let lat = init.toFloat32();
+    const ts = engine.scheduler.timesteps(4);
+    for (let i = 0; i < ts.length; i++) {
+      using x2 = Tensor.from(new Float32Array([...lat, ...lat]), [2, 4, 16, 16]);
+      using eps = await engine.predictNoise(x2, ts[i]!, ctx);
+      const e = eps.toFloat32();
+      const guided = e.subarray(0, 1024).map((u, j) => u + 7.5 * (e[1024 + j]! - u));
+      lat = engine.scheduler.step(guided, ts[i]!, lat, { steps: 4, eta: 1, noise: noise.subarray(i * 1024, (i + 1) * 1024) }).prevSample;
+    }
+    const err = relL2(r.latents.toFloat32(), lat);
+    t.ok(err <= 1e-5, `final latents vs the host DDIM loop: rel L2 ${err.toExponential(2)}`);
+    // Without stepNoise the seeded generator supplies it: deterministic, and different noise.
+    const a = await engine.generate({ ...base, eta: 1, seed: 3 });
+    const b = await engine.generate({ ...base, eta: 1, seed: 3 });
+    t.same(a.latents.toFloat32(), b.latents.toFloat32(), 'same seed, same image');
+    for (const x of [r, a, b]) { x.latents.dispose(); x.pixels.dispose(); }
   });
 
   t.test('numImages 3 is one batch and equals three single runs (seed + i)', async (t) => {
