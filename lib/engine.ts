@@ -295,13 +295,13 @@ export class Engine implements Disposable {
     const capSteps = opts.captureAttention ? selectSteps(opts.captureAttention.steps, timesteps.length) : new Set<number>();
     const reduce = opts.captureAttention?.reduce === 'mean';
     const idScale = o.identityScale;
-    const shape = { batch: N, h, w, tokens: 77, guidance: cfg ? o.guidanceScale : null, dual, noise: stochastic };
-    // Memory is checked against the largest program (the one that captures, if any) before any weight loads.
-    const probe = stepProgram(rt, { ...shape, capture: capLayers.length && capSteps.size ? capLayers : [] });
-    checkFits(probe, { ...shape, capture: [] }, this.backend, 'generate');
     const maps: AttentionMap[] = [];
     // Weights load before the clock starts, yielding between tensors so that abort works.
     await rt.preload(['text', 'unet', 'vae-decoder'], signal);
+    // The activation memory N images need is checked before anything is allocated for them.
+    const shape = { batch: N, h, w, tokens: 77, guidance: cfg ? o.guidanceScale : null, dual, noise: stochastic };
+    const largest = capLayers.length && capSteps.size ? capLayers : [];
+    checkFits(stepProgram(rt, { ...shape, capture: largest }), { ...shape, capture: largest }, this.backend, 'generate');
     // The starting latents: noise × init_noise_sigma, or (image to image) the image's latents
     // noised to the first timestep run. Strength 1 starts from pure noise, as diffusers'
     // inpainting pipeline does (is_strength_max), so that it equals text-to-image.
@@ -386,14 +386,18 @@ export class Engine implements Disposable {
         const now = x;
         opts.onProgress?.({ step: i + 1, steps: timesteps.length, timestep: t, elapsedMs: Date.now() - start0, stage, latents: () => now.to('float32', 'cpu') });
       }
+    } catch (err) {
+      x.dispose();
+      throw err;
     } finally {
       for (const c of contexts.values()) c.dispose();
       state.dispose();
       xin.dispose();
     }
+    const final = x.toFloat32();
+    x.dispose();
     throwIfAborted(signal, 'generate');
     const sf = this.configs.vae.scalingFactor;
-    const final = toHost(x).toFloat32();
     // One image at a time through the VAE: its peak memory does not grow with numImages.
     const images: RawImage[] = [];
     const px = new Float32Array(N * 3 * o.width * o.height);
