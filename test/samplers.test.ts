@@ -65,6 +65,24 @@ t.test('DDIM single steps through SAMPLER_STEP against diffusers (golden/schedul
   }
 });
 
+t.test('a timestep_spacing the config names is used; without one DPM-Solver and Euler space "linspace"', async (t) => {
+  // diffusers 0.21.4 set_timesteps, 8 steps, steps_offset 1. DPM "leading": (arange(9)·(1000 // 9))[::-1][:-1] + 1.
+  t.same(makeSampler('dpmpp-2m', { ...cfg, timestep_spacing: 'leading' }, 8).timesteps, [889, 778, 667, 556, 445, 334, 223, 112]);
+  // "trailing": round(arange(1000, 0, −125)) − 1.
+  t.same(makeSampler('dpmpp-2m', { ...cfg, timestep_spacing: 'trailing' }, 8).timesteps, [999, 874, 749, 624, 499, 374, 249, 124]);
+  // Euler "leading": arange(8)·125 reversed + 1, and init_noise_sigma = (max σ² + 1)^½.
+  const e = makeSampler('euler', { ...cfg, timestep_spacing: 'leading' }, 8);
+  t.same(e.timesteps, [876, 751, 626, 501, 376, 251, 126, 1]);
+  const s0 = -e.coefficients(0, true).ce;
+  t.ok(Math.abs(e.initNoiseSigma - Math.sqrt(s0 * s0 + 1)) < 1e-6);
+  // The engine's parsed config keeps "not named" (null), so the model's PNDM config gives linspace.
+  const engine = await Engine.load(TINY_SD, { device: 'cpu' });
+  t.teardown(() => engine.dispose());
+  t.equal(engine.configs.scheduler.timestepSpacing, null);
+  t.same(makeSampler('euler', engine.configs.scheduler, 9).timesteps, [...g.f32('euler:timesteps')]);
+  t.equal(engine.scheduler.config.timestepSpacing, 'leading', 'DDIM keeps its own default');
+});
+
 const devices: ('cpu' | 'cuda')[] = ['cpu', ...(backends().cuda.available ? (['cuda'] as const) : [])];
 for (const device of devices) {
   t.test(`goldens through generate() on ${device}`, async (t) => {

@@ -7,7 +7,8 @@
  *   x0   = cx·x + ce·m        (clamped to ±clip when clip > 0; m = the guided model output)
  *   next = px·x + p0·x0 + pe·m + pp·state + pn·noise,    state' = x0
  *
- * `state` is the previous step's x0 (what DPM-Solver++ 2M carries); the others ignore it. Every
+ * `state` is the previous step's x0 (what DPM-Solver++ 2M carries); the others ignore it. The op
+ * also writes the next step's UNet input, so the scaling never needs a pass of its own. Every
  * coefficient is computed here in float64 from the float32 schedule; the backend applies them.
  * One module per sampler family: ddim.ts, dpmsolver.ts, euler.ts.
  */
@@ -33,7 +34,10 @@ const ORDER: (keyof StepCoefficients)[] = ['cin', 'cx', 'ce', 'clip', 'px', 'p0'
 /** Length of SAMPLER_STEP's coefficient input. */
 export const COEFFICIENTS = ORDER.length;
 
-/** The float32 vector SAMPLER_STEP reads. */
+/**
+ * The float32 vector SAMPLER_STEP reads. Its first slot is the op's next_in, the scale of the
+ * NEXT step's UNet input (the op writes in' = next_in·x'): callers pass { ...c, cin: next.cin }.
+ */
 export function packCoefficients(c: StepCoefficients): Float32Array {
   return Float32Array.from(ORDER, (k) => c[k]);
 }
