@@ -437,7 +437,7 @@ class CudaBackend : public Backend {
       case OpCode::TIMESTEP_EMB:
       case OpCode::EMBEDDING:
       case OpCode::INJECT: return opMisc(op, a, in, out);
-      case OpCode::DDIM_STEP: return opDdimStep(a, in, out);
+      case OpCode::SAMPLER_STEP: return opSamplerStep(a, in, out);
       case OpCode::GELU_BACKWARD:
       case OpCode::QUICK_GELU_BACKWARD:
       case OpCode::SILU_BACKWARD:

@@ -143,7 +143,7 @@ void opUnary(OpCode, const OpAttrs&, const std::vector<TensorView>&, const std::
 void opBinary(OpCode, const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
 void opLayout(OpCode, const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
 void opMisc(OpCode, const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
-void opDdimStep(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
+void opSamplerStep(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
 
 // Exposed for the benchmark harness: the unfused cuBLAS QKᵀ → softmax → PV path.
 void attentionUnfused(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);

@@ -17,6 +17,8 @@ export interface AttentionMap {
   layer: string;
   step: number;
   timestep: number;
+  /** Which of generate()'s numImages images (0-based). */
+  image: number;
   /** 1 when heads were averaged */
   heads: number;
   height: number;

@@ -4,10 +4,15 @@ import { parseArgs } from 'node:util';
 import { Engine } from './engine.js';
 import { IdforgeError } from './errors.js';
 import { saveImage } from './io/image.js';
+import type { SamplerName } from './sched/sampler.js';
 
 const USAGE = `usage: idforge generate --model <dir|file.safetensors> --prompt "text" [options]
   --negative TEXT     negative prompt ("")
-  --steps N           DDIM steps (50)
+  --steps N           sampler steps (50)
+  --sampler S         ddim | dpmpp-2m | dpmpp-2m-karras | euler | euler-a (ddim)
+  --num-images N      images in one batch, image i seeded with seed + i (1); written as out-0.png, ...
+  --image FILE        image to image: start from this picture (its size unless --width/--height)
+  --strength X        image to image: how much of the schedule runs, (0, 1] (0.8)
   --guidance X        classifier-free guidance scale (7.5)
   --seed N            seed of the deterministic generator (random)
   --width N --height N  image size (512x512; multiples of the model's downsampling)
@@ -43,6 +48,7 @@ async function main(argv: string[]): Promise<number> {
       steps: { type: 'string' }, guidance: { type: 'string' }, seed: { type: 'string' },
       width: { type: 'string' }, height: { type: 'string' }, device: { type: 'string' },
       dtype: { type: 'string' }, out: { type: 'string' }, help: { type: 'boolean' },
+      sampler: { type: 'string' }, 'num-images': { type: 'string' }, image: { type: 'string' }, strength: { type: 'string' },
     },
   });
   if (values.help || !values.model || values.prompt === undefined) {
@@ -65,16 +71,22 @@ async function main(argv: string[]): Promise<number> {
       ...opt('seed', num(values.seed, 'seed')),
       ...opt('width', num(values.width, 'width')),
       ...opt('height', num(values.height, 'height')),
+      ...opt('sampler', values.sampler as SamplerName | undefined),
+      ...opt('numImages', num(values['num-images'], 'num-images')),
+      ...opt('image', values.image),
+      ...opt('strength', num(values.strength, 'strength')),
       signal: ac.signal,
       onProgress: (p) => process.stderr.write(bar(p.step, p.steps, p.elapsedMs)),
     });
     process.stderr.write('\n');
     for (const w of r.warnings) process.stderr.write(`warning: ${w}\n`);
     const out = values.out ?? 'out.png';
-    await saveImage(r.images[0]!, out);
+    const dot = out.lastIndexOf('.') > out.lastIndexOf('/') ? out.lastIndexOf('.') : out.length;
+    const files = r.images.length === 1 ? [out] : r.images.map((_, i) => `${out.slice(0, dot)}-${i}${out.slice(dot)}`);
+    for (let i = 0; i < files.length; i++) await saveImage(r.images[i]!, files[i]!);
     r.latents.dispose();
     r.pixels.dispose();
-    process.stderr.write(`wrote ${out} (${r.images[0]!.width}x${r.images[0]!.height}, ${engine.backend.device} ${engine.backend.dtype})\n`);
+    process.stderr.write(`wrote ${files.join(', ')} (${r.images[0]!.width}x${r.images[0]!.height}, ${engine.backend.device} ${engine.backend.dtype})\n`);
     return 0;
   } finally {
     engine.dispose();

@@ -1,5 +1,5 @@
-// Engine: the text → image generation pipeline (DDIM with classifier-free guidance, identities,
-// attention capture) and the public API around it. The model itself (backend, stream, weights,
+// Engine: the text/image → image generation pipeline (DDIM, DPM-Solver++ and Euler samplers with
+// classifier-free guidance, batches, identities, attention capture) and the public API around it. The model itself (backend, stream, weights,
 // programs) is the SD runtime it runs on (lib/runtime/sd.ts); SeFi-IDE learning is another client
 // of that runtime (lib/learn/learn.ts), reached through learnIdentity().
 import { IdforgeError, throwIfAborted } from './errors.js';
@@ -12,7 +12,9 @@ import type { GenerateOptions, GenerateResult, LearnOptions, LoadOptions, TextOp
 import { toHost } from './runtime/runtime.js';
 import { SdRuntime } from './runtime/sd.js';
 import { DDIMScheduler } from './sched/ddim.js';
-import { randn } from './sched/random.js';
+import { normalGenerator } from './sched/random.js';
+import { makeSampler } from './sched/samplers.js';
+import { checkFits, coefficientTensor, decodeInitImage, img2imgStart, markRun, stepProgram } from './sampling.js';
 import { Tensor } from './tensor.js';
 import type { ClipTokenizer } from './text/tokenizer.js';
 import { conditionalMaps, layerDownsampling, selectLayers, selectSteps, type AttentionMap } from './attention.js';
@@ -212,51 +214,90 @@ export class Engine implements Disposable {
     return this.runtime.vaeEncode(img);
   }
 
-  /** Text → image with DDIM and classifier-free guidance, optionally with identities and attention capture. */
+  /**
+   * Text → image (or image → image) with a sampler and classifier-free guidance, optionally with
+   * identities and attention capture; `numImages` images run as one batch. Each denoising step is
+   * one native call (lib/sampling.ts): the latents stay on the backend until the VAE decodes them.
+   */
   async generate(opts: GenerateOptions): Promise<GenerateResult> {
     const rt = this.runtime;
     rt.assertLive();
-    const o = validateGenerate(opts, this.sizeMultiple);
+    const init = opts?.image !== undefined ? await decodeInitImage(opts.image) : undefined;
+    const o = validateGenerate(opts, this.sizeMultiple, init);
     const warnings: string[] = [];
     const { signal } = opts;
     throwIfAborted(signal, 'generate');
     const h = o.height / this.latentFactor;
     const w = o.width / this.latentFactor;
     const ch = this.configs.unet.inChannels;
+    const N = o.numImages;
+    const n = ch * h * w;
     const e = this.expand(opts.prompt, identityMap(opts));
     if (e.truncated) warnings.push('the prompt is longer than 75 tokens and was truncated');
     const cfg = o.guidanceScale > 1;
-    const ids = [e.ids];
-    const slots = [e.slots];
+    // Text rows: [negative × N, prompt × N] with guidance (the unconditional rows first, as CFG
+    // reads them), else [prompt × N]. The unconditional branch never sees an identity.
+    const ids: Int32Array[] = Array.from({ length: N }, () => e.ids);
+    const slots: Int32Array[] = Array.from({ length: N }, () => e.slots);
     if (cfg) {
-      // The unconditional branch never sees an identity: its slots are all −1.
       const neg = this.tokenizer.encode(o.negativePrompt);
       if (neg.truncated) warnings.push('the negative prompt is longer than 75 tokens and was truncated');
-      ids.unshift(neg.ids);
-      slots.unshift(new Int32Array(77).fill(-1));
+      ids.unshift(...Array.from({ length: N }, () => neg.ids));
+      slots.unshift(...Array.from({ length: N }, () => new Int32Array(77).fill(-1)));
     }
     const withId = e.rows.length > 0;
     const dual = withId && !e.kvShared;
-    let latents: Float32Array;
+    const sampler = makeSampler(o.sampler, this.configs.scheduler, o.steps, { eta: o.eta });
+    const start = init ? img2imgStart(o.steps, o.strength, sampler.timesteps.length) : 0;
+    const timesteps = sampler.timesteps.slice(start);
+    // Image i draws from its own generator, seeded with seed + i: its initial noise, then (image
+    // to image below strength 1) the VAE posterior sample, then each step's noise.
+    const gens = Array.from({ length: N }, (_, i) => normalGenerator(o.seed + i));
+    const draw = (i: number) => Float32Array.from({ length: n }, gens[i]!);
+    const noise0 = new Float32Array(N * n);
     if (opts.latents) {
       imageTensorShape(opts.latents, 'latents', ch, rt.latentMultiple);
-      if (opts.latents.shape[0] !== 1 || opts.latents.shape[2] !== h || opts.latents.shape[3] !== w)
-        throw new IdforgeError('E_SHAPE', `latents must be [1, ${ch}, ${h}, ${w}] for ${o.width}x${o.height}, got ${JSON.stringify(opts.latents.shape)}`);
-      latents = opts.latents.toFloat32();
-    } else {
-      latents = randn(o.seed, ch * h * w);
+      if (opts.latents.shape[0] !== N || opts.latents.shape[2] !== h || opts.latents.shape[3] !== w)
+        throw new IdforgeError('E_SHAPE', `latents must be [${N}, ${ch}, ${h}, ${w}] for ${N} image(s) of ${o.width}x${o.height}, got ${JSON.stringify(opts.latents.shape)}`);
+      noise0.set(opts.latents.toFloat32());
+    }
+    // Drawn even when latents are given, so that the later draws do not depend on it.
+    for (let i = 0; i < N; i++) {
+      const z = draw(i);
+      if (!opts.latents) noise0.set(z, i * n);
+    }
+    const stochastic = sampler.stochastic;
+    let stepNoise: Float32Array | undefined;
+    if (opts.stepNoise !== undefined) {
+      const want = [timesteps.length, N, ch, h, w];
+      const s = opts.stepNoise.shape;
+      if (s.length !== 5 || s.some((d, i) => d !== want[i]))
+        throw new IdforgeError('E_SHAPE', `stepNoise must be [steps run, numImages, C, h, w] = ${JSON.stringify(want)}, got ${JSON.stringify(s)}`);
+      if (stochastic) stepNoise = opts.stepNoise.toFloat32();
+      else warnings.push(`stepNoise is ignored: sampler ${o.sampler}${o.sampler === 'ddim' ? ' with eta 0' : ''} adds no noise`);
     }
     const levels = this.configs.unet.blockOutChannels.length;
     const capLayers = opts.captureAttention ? selectLayers(opts.captureAttention.layers, this.crossAttentionLayers, h, levels) : [];
-    const capSteps = opts.captureAttention ? selectSteps(opts.captureAttention.steps, o.steps) : new Set<number>();
+    const capSteps = opts.captureAttention ? selectSteps(opts.captureAttention.steps, timesteps.length) : new Set<number>();
     const reduce = opts.captureAttention?.reduce === 'mean';
+    const idScale = o.identityScale;
     const maps: AttentionMap[] = [];
-    const noiseSeed = o.seed + 1;
-    const timesteps = this.scheduler.timesteps(o.steps);
     // Weights load before the clock starts, yielding between tensors so that abort works.
     await rt.preload(['text', 'unet', 'vae-decoder'], signal);
-    const start = Date.now();
-    const idScale = o.identityScale;
+    // The activation memory N images need is checked before anything is allocated for them.
+    const shape = { batch: N, h, w, tokens: 77, guidance: cfg ? o.guidanceScale : null, dual, noise: stochastic };
+    const largest = capLayers.length && capSteps.size ? capLayers : [];
+    checkFits(stepProgram(rt, { ...shape, capture: largest }), { ...shape, capture: largest }, this.backend, 'generate');
+    // The starting latents: noise × init_noise_sigma, or (image to image) the image's latents
+    // noised to the first timestep run. Strength 1 starts from pure noise, as diffusers'
+    // inpainting pipeline does (is_strength_max), so that it equals text-to-image.
+    let lat = noise0.map((v) => v * sampler.initNoiseSigma);
+    if (init && o.strength < 1) {
+      const { a, b } = sampler.noiseScales(start);
+      const x0 = await this.imageLatents(init, N, draw);
+      lat = noise0.map((z, i) => a * x0[i]! + b * z);
+    }
+    const start0 = Date.now();
     const scaled = async (v: Float32Array): Promise<Float32Array> => {
       if (idScale === 1) return v;
       const p = await rt.wordEmbedding('person');
@@ -274,56 +315,114 @@ export class Engine implements Disposable {
       }
       return c;
     };
+    const c0 = sampler.coefficients(start, true).cin;
+    let x = rt.floats(lat, [N, ch, h, w]);
+    let xin = rt.floats(c0 === 1 ? lat : lat.map((v) => v * c0), [N, ch, h, w]);
+    let state = Tensor.zeros([N, ch, h, w], this.backend);
     try {
       for (let i = 0; i < timesteps.length; i++) {
         throwIfAborted(signal, 'generate');
         const t = timesteps[i]!;
         const stage = withId ? e.stageFor(t, this.configs.scheduler.numTrainTimesteps) : 0;
         const capture = capSteps.has(i + 1) ? capLayers : [];
-        const program = rt.unetProgram(1, h, w, 77, cfg ? o.guidanceScale : null, { dual, capture });
+        const program = stepProgram(rt, { ...shape, capture });
+        checkFits(program, { ...shape, capture }, this.backend, 'generate');
         const ctxK = await context(stage, 'k');
         const ctxV = dual ? await context(stage, 'v') : undefined;
-        const tIn = rt.floats(new Float32Array(ids.length).fill(t), [ids.length]);
-        const xIn = rt.floats(latents, [1, ch, h, w]);
-        let eps: Float32Array;
+        const inputs: Tensor[] = [];
+        let outs: Tensor[];
         try {
-          const [out, ...probs] = await program.run(ctxV ? [xIn, tIn, ctxK, ctxV] : [xIn, tIn, ctxK]);
-          eps = out!.toFloat32();
-          out!.dispose();
-          capture.forEach((layer, j) => {
-            const p = probs[j]!;
-            const [bh, hw, n] = p.shape as [number, number, number];
-            const blockHeads = bh / ids.length;
-            const lh = h / layerDownsampling(layer, levels);
-            maps.push({
-              layer, step: i + 1, timestep: t, heads: reduce ? 1 : blockHeads, height: lh, width: hw / lh, tokens: n,
-              data: conditionalMaps(p.toFloat32(), bh, blockHeads, hw, n, reduce),
-            });
-            p.dispose();
-          });
+          inputs.push(coefficientTensor(sampler, start + i, i === 0, this.backend));
+          inputs.push(rt.floats(new Float32Array(ids.length).fill(t), [ids.length]));
+          if (stochastic) {
+            const z = stepNoise ? stepNoise.subarray(i * N * n, (i + 1) * N * n) : new Float32Array(N * n);
+            if (!stepNoise) for (let j = 0; j < N; j++) z.set(draw(j), j * n);
+            inputs.push(rt.floats(z, [N, ch, h, w]));
+          }
+          const [coefs, tIn, zIn] = inputs;
+          outs = await program.run([x, xin, state, coefs!, tIn!, ctxK, ...(ctxV ? [ctxV] : []), ...(zIn ? [zIn] : [])]);
+          markRun(program);
         } finally {
-          tIn.dispose();
-          xIn.dispose();
+          for (const v of inputs) v.dispose();
         }
-        const noise = o.eta > 0 ? randn(noiseSeed + i, latents.length) : undefined;
-        latents = this.scheduler.step(eps, t, latents, { steps: o.steps, eta: o.eta, ...(noise ? { noise } : {}) }).prevSample;
-        opts.onProgress?.({ step: i + 1, steps: timesteps.length, timestep: t, elapsedMs: Date.now() - start, stage });
+        const [nx, ns, nin, ...probs] = outs;
+        x.dispose();
+        state.dispose();
+        xin.dispose();
+        x = nx!;
+        state = ns!;
+        xin = nin!;
+        capture.forEach((layer, j) => {
+          const p = toHost(probs[j]!);
+          const [bh, hw, tokens] = p.shape as [number, number, number];
+          const heads = bh / ids.length;
+          const lh = h / layerDownsampling(layer, levels);
+          const all = p.toFloat32();
+          p.dispose();
+          // Rows are [uncond × N, cond × N] with guidance: image k's conditional block is row N + k.
+          const per = heads * hw * tokens;
+          for (let k = 0; k < N; k++) {
+            const block = all.subarray((cfg ? N + k : k) * per, (cfg ? N + k + 1 : k + 1) * per);
+            maps.push({
+              layer, step: i + 1, timestep: t, image: k, heads: reduce ? 1 : heads, height: lh, width: hw / lh, tokens,
+              data: conditionalMaps(block, heads, heads, hw, tokens, reduce),
+            });
+          }
+        });
+        const now = x;
+        opts.onProgress?.({ step: i + 1, steps: timesteps.length, timestep: t, elapsedMs: Date.now() - start0, stage, latents: () => now.to('float32', 'cpu') });
       }
+    } catch (err) {
+      x.dispose();
+      throw err;
     } finally {
       for (const c of contexts.values()) c.dispose();
+      state.dispose();
+      xin.dispose();
     }
+    const final = x.toFloat32();
+    x.dispose();
     throwIfAborted(signal, 'generate');
     const sf = this.configs.vae.scalingFactor;
-    using z = Tensor.from(latents.map((v) => v / sf), [1, ch, h, w]);
-    using decoded = await this.decodeLatents(z);
-    const px = decoded.toFloat32().map((v) => Math.min(1, Math.max(0, v / 2 + 0.5)));
-    const pixels = Tensor.from(px, decoded.shape);
-    const result: GenerateResult = { images: [toRawImage(px, o.width, o.height)], latents: Tensor.from(latents, [1, ch, h, w]), pixels, warnings };
+    // One image at a time through the VAE: its peak memory does not grow with numImages.
+    const images: RawImage[] = [];
+    const px = new Float32Array(N * 3 * o.width * o.height);
+    for (let k = 0; k < N; k++) {
+      using z = Tensor.from(final.subarray(k * n, (k + 1) * n).map((v) => v / sf), [1, ch, h, w]);
+      using decoded = await this.decodeLatents(z);
+      const p = decoded.toFloat32().map((v) => Math.min(1, Math.max(0, v / 2 + 0.5)));
+      px.set(p, k * p.length);
+      images.push(toRawImage(p, o.width, o.height));
+    }
+    const result: GenerateResult = { images, latents: Tensor.from(final, [N, ch, h, w]), pixels: Tensor.from(px, [N, 3, o.height, o.width]), warnings };
     if (opts.captureAttention) {
       const tokens = [...e.ids].map((id, i) => (e.slots[i]! >= 0 ? '<id>' : (this.tokenizer.piece(id) ?? String(id))));
       result.attention = { maps, ids: e.ids, tokens, slots: e.slots, slotNames: e.rows.map((r) => r.name) };
     }
     return result;
+  }
+
+  /**
+   * Image-to-image: the init image's latents for each of N images, each a sample of the VAE
+   * posterior (mean + exp(logvar/2)·noise, noise from `draw(image)`) times the scaling factor.
+   */
+  private async imageLatents(img: RawImage, N: number, draw: (i: number) => Float32Array): Promise<Float32Array> {
+    const { width: W, height: H } = img;
+    const chw = new Float32Array(3 * W * H);
+    for (let c = 0; c < 3; c++) for (let i = 0; i < W * H; i++) chw[c * W * H + i] = (img.data[i * 3 + c]! / 255) * 2 - 1;
+    using x = Tensor.from(chw, [1, 3, H, W]);
+    const { mean, logvar } = await this.encodeImage(x);
+    const m = mean.toFloat32();
+    const lv = logvar.toFloat32();
+    mean.dispose();
+    logvar.dispose();
+    const sf = this.configs.vae.scalingFactor;
+    const out = new Float32Array(N * m.length);
+    for (let k = 0; k < N; k++) {
+      const z = draw(k);
+      for (let i = 0; i < m.length; i++) out[k * m.length + i] = (m[i]! + Math.exp(0.5 * lv[i]!) * z[i]!) * sf;
+    }
+    return out;
   }
 
   /**

@@ -11,6 +11,7 @@ export { SafetensorsFile, writeSafetensors } from './io/safetensors.js';
 export { openModel, type ModelSource } from './io/checkpoint.js';
 export { ClipTokenizer } from './text/tokenizer.js';
 export { DDIMScheduler } from './sched/ddim.js';
+export { makeSampler, SAMPLERS, type Sampler, type SamplerName } from './sched/samplers.js';
 export { randn } from './sched/random.js';
 export { FaceAnalyzer, similarity, type Face, type DetectOptions, type FaceAnalyzerOptions } from './faces/index.js';
 export { Identity, IdEncoder, prepareFace, expandPrompt, type IdentityMethod, type PreparedFace, type Landmarks } from './identity/index.js';

@@ -6,6 +6,7 @@ import type { FaceChoiceOptions } from './identity/face.js';
 import type { Identity } from './identity/identity.js';
 import type { ConfigOverrides } from './io/configs.js';
 import type { RawImage } from './io/image.js';
+import type { SamplerName } from './sched/sampler.js';
 import type { Tensor } from './tensor.js';
 
 /** Where a model runs; one rule for every model idforge loads (lib/runtime/runtime.ts resolveBackend). */
@@ -30,6 +31,11 @@ export interface ProgressInfo {
   elapsedMs: number;
   /** The identity stage whose K/V words this step used (0 without an identity). */
   stage: number;
+  /**
+   * A float32 CPU copy of the latents after this step, [numImages, C, h, w]: a download, made
+   * only when called, and only during the callback.
+   */
+  latents(): Tensor;
 }
 
 export interface GenerateOptions {
@@ -40,10 +46,23 @@ export interface GenerateOptions {
   steps?: number;
   guidanceScale?: number;
   eta?: number;
-  /** Seeds the documented generator (lib/sched/random.ts) for the initial latents and DDIM noise. */
+  /**
+   * Seeds the documented generator (lib/sched/random.ts): image i draws its initial noise, then
+   * (image to image) its VAE posterior sample, then each step's noise from seed + i.
+   */
   seed?: number;
-  /** Initial latents [1, C, height/8, width/8]; bypasses the seed for them. */
+  /** 'ddim' (default), 'dpmpp-2m', 'dpmpp-2m-karras', 'euler' or 'euler-a' (the README says which to use when). */
+  sampler?: SamplerName;
+  /** Images per call, run as one batch (default 1); image i equals a one-image call with seed + i. */
+  numImages?: number;
+  /** Initial noise [numImages, C, height/8, width/8] (multiplied by the sampler's init_noise_sigma); bypasses the seed for it. */
   latents?: Tensor;
+  /** The per-step noise of a stochastic sampler (euler-a, ddim with eta > 0): [steps run, numImages, C, h, w]. */
+  stepNoise?: Tensor;
+  /** Image to image: the init image (a RawImage, a file path or an encoded Buffer), width × height. */
+  image?: RawImage | string | Buffer;
+  /** How much of the schedule image to image runs, (0, 1] (default 0.8): int(steps·strength) steps, from the matching noise level. */
+  strength?: number;
   onProgress?: (p: ProgressInfo) => void;
   signal?: AbortSignal;
   /** The identity that `<id>` in the prompt names. */
@@ -69,10 +88,11 @@ export interface TextOptions {
 }
 
 export interface GenerateResult {
+  /** numImages images. */
   images: RawImage[];
-  /** Final latents [1, C, h, w] (before the VAE scaling). */
+  /** Final latents [numImages, C, h, w] (before the VAE scaling). */
   latents: Tensor;
-  /** The decoded image in [0, 1], [1, 3, H, W] float32 on the CPU. */
+  /** The decoded images in [0, 1], [numImages, 3, H, W] float32 on the CPU. */
   pixels: Tensor;
   warnings: string[];
   /** Present when captureAttention was given. */

@@ -4,6 +4,7 @@
 import { IdforgeError } from './errors.js';
 import type { DeviceOptions, EvalSettings, GenerateOptions, LearnOptions, AugmentOptions } from './options.js';
 import { Identity } from './identity/identity.js';
+import { badSampler, isSamplerName, type SamplerName } from './sched/sampler.js';
 import { Tensor } from './tensor.js';
 
 /** A value as an error message shows it. */
@@ -72,6 +73,10 @@ export interface ValidGenerate {
   seed: number;
   negativePrompt: string;
   identityScale: number;
+  sampler: SamplerName;
+  numImages: number;
+  /** Image-to-image strength (1 without an image). */
+  strength: number;
 }
 
 function nearest(x: number, m: number): string {
@@ -89,13 +94,18 @@ export function imageSide(v: unknown, what: string, multiple: number): number {
   return v;
 }
 
-/** generate()'s options with their defaults; `multiple` is the model's size multiple. */
-export function validateGenerate(opts: GenerateOptions, multiple: number): ValidGenerate {
+/**
+ * generate()'s options with their defaults; `multiple` is the model's size multiple, `image` the
+ * init image's size (image to image: the default width and height).
+ */
+export function validateGenerate(opts: GenerateOptions, multiple: number, image?: { width: number; height: number }): ValidGenerate {
   if (!opts || typeof opts.prompt !== 'string') throw argError('generate needs a prompt string');
   const negativePrompt = opts.negativePrompt ?? '';
   if (typeof negativePrompt !== 'string') throw argError('negativePrompt must be a string');
-  const width = imageSide(opts.width ?? 512, 'width', multiple);
-  const height = imageSide(opts.height ?? 512, 'height', multiple);
+  const width = imageSide(opts.width ?? image?.width ?? 512, 'width', multiple);
+  const height = imageSide(opts.height ?? image?.height ?? 512, 'height', multiple);
+  if (image && (image.width !== width || image.height !== height))
+    throw new IdforgeError('E_SHAPE', `image is ${image.width}x${image.height} but width x height is ${width}x${height}: resize the image or leave width and height out`);
   const steps = opts.steps ?? 50;
   if (!Number.isInteger(steps) || steps < 1 || steps > 1000) throw argError(`steps must be an integer in [1, 1000], got ${describe(steps)}`);
   const guidanceScale = nonNegative(opts.guidanceScale ?? 7.5, 'guidanceScale');
@@ -105,7 +115,15 @@ export function validateGenerate(opts: GenerateOptions, multiple: number): Valid
   if (opts.latents !== undefined && !(opts.latents instanceof Tensor)) throw argError('latents must be a Tensor');
   if (opts.captureAttention?.reduce !== undefined && opts.captureAttention.reduce !== 'mean') throw argError("captureAttention.reduce must be 'mean'");
   const identityScale = nonNegative(opts.identityScale ?? 1, 'identityScale');
-  return { width, height, steps, guidanceScale, eta, seed, negativePrompt, identityScale };
+  const sampler = opts.sampler ?? 'ddim';
+  if (!isSamplerName(sampler)) throw badSampler(sampler);
+  const numImages = integer(opts.numImages ?? 1, 'numImages', 1, 64);
+  if (!Number.isSafeInteger(seed + numImages - 1)) throw argError('seed + numImages − 1 must be a safe integer (image i is seeded with seed + i)');
+  if (opts.stepNoise !== undefined && !(opts.stepNoise instanceof Tensor)) throw argError('stepNoise must be a Tensor [steps, numImages, C, h, w]');
+  if (opts.strength !== undefined && opts.image === undefined) throw argError('strength applies to image to image: pass an image too');
+  const strength = opts.strength ?? (opts.image !== undefined ? 0.8 : 1);
+  if (typeof strength !== 'number' || !Number.isFinite(strength) || strength <= 0 || strength > 1) throw argError(`strength must be in (0, 1], got ${describe(strength)}`);
+  return { width, height, steps, guidanceScale, eta, seed, negativePrompt, identityScale, sampler, numImages, strength };
 }
 
 /** The diffusion timestep of predictNoise: a number in [0, T). */

@@ -227,9 +227,6 @@ OpAttrs attrsFrom(const Napi::Value& v) {
     else if (k == "scale") a.scale = num();
     else if (k == "shift") a.shift = num();
     else if (k == "maxPeriod") a.maxPeriod = num();
-    else if (k == "a_t") a.a_t = num();
-    else if (k == "a_prev") a.a_prev = num();
-    else if (k == "sigma") a.sigma = num();
     else if (k == "silu") a.silu = flag();
     else if (k == "causal") a.causal = flag();
     else if (k == "flip") a.flip = flag();

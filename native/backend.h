@@ -84,9 +84,12 @@ struct TensorView {
 //                out: x with the selected rows replaced
 //   CFG          in: eps[2B, ..] (first B rows unconditional)   attrs scale
 //                out: [B, ..] = u + scale·(c − u)
-//   DDIM_STEP    in: sample, eps, noise?   attrs a_t, a_prev, sigma (see lib/sched/ddim.ts)
-//                out: prev sample = √a_prev·x0 + √(1−a_prev−σ²)·eps + σ·noise,
-//                x0 = (sample − √(1−a_t)·eps)/√a_t
+//   SAMPLER_STEP in: x, m (the guided model output), state (the previous step's x0), c[9] (I32:
+//                the bits of 9 float32 coefficients, SamplerCoefs below; float16 programs would
+//                round them too coarsely), noise? (x, m, state, noise: one shape)
+//                out: x' = px·x + p0·x0 + pe·m + pp·state + pn·noise, state' = x0, in' = next_in·x'
+//                with x0 = cx·x + ce·m, clamped to ±clip when clip > 0: one step of any sampler
+//                (lib/sched/sampler.ts computes the coefficients), in' the next UNet input
 // Backward ops (vector-Jacobian products for lib/graph/autodiff.ts; gradients w.r.t. activations
 // only, weights are frozen; softmax / norm statistics are recomputed from the forward inputs):
 //   GELU_BACKWARD, QUICK_GELU_BACKWARD, SILU_BACKWARD   in: x, dy (same shape)   out: dx = dy·f'(x)
@@ -125,7 +128,7 @@ struct TensorView {
   X(EMBEDDING)         \
   X(INJECT)            \
   X(CFG)               \
-  X(DDIM_STEP)         \
+  X(SAMPLER_STEP)      \
   X(GELU_BACKWARD)     \
   X(QUICK_GELU_BACKWARD) \
   X(SILU_BACKWARD)     \
@@ -149,7 +152,6 @@ OpCode opFromName(const std::string& name);  // lower-case names: "linear", "gro
 struct OpAttrs {
   int64_t stride = 1, pad = 0, groups = 1, heads = 1, axis = 0, start = 0, end = 0, dim = 0;
   double eps = 1e-5, scale = 1.0, shift = 0.0, maxPeriod = 10000.0;
-  double a_t = 1.0, a_prev = 1.0, sigma = 0.0;
   bool silu = false, causal = false, flip = false, capture = false, transB = false, transX = false, transY = false;
   std::vector<int64_t> perm;
 };
@@ -164,6 +166,13 @@ struct AxisCopy {
 };
 AxisCopy sliceGeometry(const OpAttrs& a, const Shape& x);
 AxisCopy concatGeometry(const OpAttrs& a, const std::vector<TensorView>& in);
+
+// SAMPLER_STEP's coefficient input, in order (the layout of lib/sched/sampler.ts packCoefficients).
+struct SamplerCoefs {
+  float next_in, cx, ce, clip, px, p0, pe, pp, pn;
+};
+constexpr int64_t kSamplerCoefs = sizeof(SamplerCoefs) / sizeof(float);
+static_assert(kSamplerCoefs == 9, "SamplerCoefs is 9 packed floats");
 
 class Backend {
  public:

@@ -120,6 +120,8 @@ t.test('command line', async (t) => {
   t.throws(() => parseBenchArgs(['--random', 'sdxl']), { code: 'E_ARGUMENT' });
   t.throws(() => parseBenchArgs(['--steps', 'many']), { code: 'E_ARGUMENT' });
   t.throws(() => parseBenchArgs(['--bogus']));
+  t.match(parseBenchArgs(['--sampler', 'dpmpp-2m-karras', '--images', '3']).opts, { sampler: 'dpmpp-2m-karras', images: 3 });
+  t.throws(() => parseBenchArgs(['--sampler', 'lms']), { code: 'E_ARGUMENT', message: /sampler/ });
 });
 
 function checkReport(t: Test, r: BenchReport, withGenerate: boolean): void {
@@ -145,13 +147,16 @@ function checkReport(t: Test, r: BenchReport, withGenerate: boolean): void {
   pos(res.memory.maxRssBytes, 'maxRSS');
   pos(res.memory.nativePeakBytes.cpu, 'native cpu bytes');
   pos(res.memory.weightsBytes.unet, 'UNet weight bytes');
-  if (withGenerate) pos(res.generate?.s, 'generate s');
-  else t.equal(res.generate, null);
+  if (withGenerate) {
+    pos(res.generate?.perImage.median, 'generate s per image');
+    pos(res.generate?.perStepMs, 'generate ms per step');
+  } else t.equal(res.generate, null);
 }
 
 t.test('smoke: bench() on the tiny model', async (t) => {
-  const r = await bench({ model: TINY_SD, device: 'cpu', width: 64, height: 64, batch: 2, steps: 2, warmup: 1 });
+  const r = await bench({ model: TINY_SD, device: 'cpu', width: 64, height: 64, batch: 2, steps: 2, warmup: 1, sampler: 'euler-a', images: 2 });
   checkReport(t, r, true);
+  t.match(r.results.generate, { sampler: 'euler-a', steps: 2, perImage: { n: 2 } });
   t.same(r.config.latent, [8, 8]);
   t.ok(r.results.ops, 'per-op profile');
   const ops = r.results.ops!;
@@ -161,6 +166,7 @@ t.test('smoke: bench() on the tiny model', async (t) => {
   t.equal(ops.top.length, Math.min(12, ops.rows.reduce((a, x) => a + x.calls, 0)));
   const text = formatReport(r);
   t.match(text, /UNet step \(batch 2\)/);
+  t.match(text, /generate\(\): euler-a, 2 steps: [\d.]+ s per image/);
   t.match(text, /conv2d/);
   t.ok(JSON.parse(JSON.stringify(r)), 'JSON round trip');
 });

@@ -1,5 +1,6 @@
 // Command-line options of `npm run bench` (see bench/README.md).
 import { parseArgs } from 'node:util';
+import { badSampler, isSamplerName } from '../sched/sampler.js';
 import { IdforgeError } from '../errors.js';
 import type { BenchOptions } from './report.js';
 
@@ -11,6 +12,8 @@ export const USAGE = `usage: npm run bench -- (--model DIR|FILE | --random sd15)
   --steps N                 timed runs per stage, and steps of the timed generate() (default 5)
   --warmup N                untimed runs first (default 1)
   --no-generate             skip the whole-generate() timing (for big sizes)
+  --sampler NAME            sampler of the timed generate(): ddim (default), dpmpp-2m, dpmpp-2m-karras, euler, euler-a
+  --images N                timed generate() calls, one image each: the time per image (default 1)
   --no-ops                  skip the per-op profile
   --threads N               CPU backend threads (sets IDFORGE_THREADS)
   --seed N                  seeds the random weights and inputs (default 0)
@@ -51,6 +54,8 @@ export function parseBenchArgs(argv: string[]): { opts: BenchOptions; json?: str
       steps: { type: 'string' },
       warmup: { type: 'string' },
       'no-generate': { type: 'boolean' },
+      sampler: { type: 'string' },
+      images: { type: 'string' },
       'no-ops': { type: 'boolean' },
       threads: { type: 'string' },
       seed: { type: 'string' },
@@ -78,6 +83,12 @@ export function parseBenchArgs(argv: string[]): { opts: BenchOptions; json?: str
   set('warmup', v.warmup);
   set('seed', v.seed);
   if (v['no-generate']) opts.generate = false;
+  if (v.sampler !== undefined) {
+    if (!isSamplerName(v.sampler)) throw badSampler(v.sampler);
+    opts.sampler = v.sampler;
+  }
+  const images = int(v.images, '--images');
+  if (images !== undefined) opts.images = images;
   if (v['no-ops']) opts.ops = false;
   if (v.prompt !== undefined) opts.prompt = v.prompt;
   if (v.threads !== undefined) {

@@ -28,7 +28,7 @@ const PER_ELEMENT: Record<string, number> = {
   group_norm: 7,
   layer_norm: 7,
   cfg: 3,
-  ddim_step: 6,
+  sampler_step: 12,
   timestep_emb: 4,
 };
 

@@ -192,13 +192,25 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
 
     let generate: BenchResults['generate'] = null;
     if (opts.generate !== false) {
-      const s = now();
-      const g = await engine.generate({ prompt, width, height, steps, seed, guidanceScale: batch === 1 ? 1 : 7.5 });
-      generate = { steps, s: (now() - s) / 1000 };
-      g.latents.dispose();
-      g.pixels.dispose();
+      const sampler = opts.sampler ?? 'ddim';
+      const images = integer(opts.images ?? 1, 'images', 1);
+      const run = (n: number) => engine.generate({ prompt, width, height, steps: n, seed, sampler, guidanceScale: batch === 1 ? 1 : 7.5 });
+      // One untimed step first: the step program (one for every step count) compiles there.
+      const warm = await run(1);
+      warm.latents.dispose();
+      warm.pixels.dispose();
+      const perImage: number[] = [];
+      for (let i = 0; i < images; i++) {
+        const s = now();
+        const g = await run(steps);
+        perImage.push((now() - s) / 1000);
+        g.latents.dispose();
+        g.pixels.dispose();
+        log(`generate: ${sampler}, ${steps} steps, image ${i + 1}/${images}: ${perImage[i]!.toFixed(2)} s`);
+      }
+      const st = stats(perImage);
+      generate = { sampler, steps, perImage: st, perStepMs: (st.median * 1000) / steps };
       sample();
-      log(`generate: ${steps} steps in ${generate.s.toFixed(2)} s`);
     }
 
     const w = rt.residentBytes();

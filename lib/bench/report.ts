@@ -1,6 +1,7 @@
 // The benchmark's options and its report (the JSON `npm run bench -- --json` writes), as types only:
 // the harness (index.ts), the CLI's argument parser (args.ts) and the table printer (table.ts) all
 // name them without importing one another.
+import type { SamplerName } from '../sched/sampler.js';
 import type { ModelSource } from '../io/checkpoint.js';
 import type { MachineInfo } from './machine.js';
 import type { OpInstance, OpRow } from './flops.js';
@@ -26,6 +27,10 @@ export interface BenchOptions {
   warmup?: number;
   /** Time a whole generate() (default true). */
   generate?: boolean;
+  /** The sampler of the timed generate() (default 'ddim'). */
+  sampler?: SamplerName;
+  /** How many timed generate() calls (one image each) give the time per image (default 1). */
+  images?: number;
   /** Profile one UNet step per op (default true). */
   ops?: boolean;
   seed?: number;
@@ -81,7 +86,8 @@ export interface BenchResults {
     cpu: { own: number; others?: number };
   };
   vaeDecode: { batch: number; firstMs: number; ms: Stats };
-  generate: { steps: number; s: number } | null;
+  /** Time per image: `images` generate() calls of `steps` steps each, after an untimed one-step call compiled its programs. */
+  generate: { sampler: SamplerName; steps: number; perImage: Stats; perStepMs: number } | null;
   memory: {
     /** process.resourceUsage().maxRSS, bytes. */
     maxRssBytes: number;

@@ -285,7 +285,16 @@ export class Graph {
     return new Value(id, d.shape, d.dtype);
   }
 
-  ddimStep(sample: Value, eps: Value, noise: Value | undefined, c: { aT: number; aPrev: number; sigma: number }): Value {
-    return this.emit('ddim_step', noise ? [sample, eps, noise] : [sample, eps], sample.shape, { a_t: c.aT, a_prev: c.aPrev, sigma: c.sigma });
+  /**
+   * One sampler step (native/backend.h SAMPLER_STEP): x, the guided model output m, the carried
+   * state (previous x0) and the coefficients [9] (int32: float32 bits, lib/sched/sampler.ts) →
+   * [next x, state (x0), next UNet input].
+   */
+  samplerStep(x: Value, m: Value, state: Value, coefs: Value, noise?: Value): [Value, Value, Value] {
+    for (const v of [m, state, ...(noise ? [noise] : [])])
+      if (v.rank !== x.rank || v.shape.some((d, i) => d !== x.dim(i))) throw shapeErr('sampler_step', `${S(v.shape)} differs from the sample's ${S(x.shape)}`);
+    if (coefs.dtype !== 'int32' || coefs.rank !== 1 || coefs.dim(0) !== 9) throw shapeErr('sampler_step', `coefficients must be int32 [9], got ${S(coefs.shape)}`);
+    const [y, x0, xin] = this.op('sampler_step', noise ? [x, m, state, coefs, noise] : [x, m, state, coefs], [x.shape, x.shape, x.shape]);
+    return [y!, x0!, xin!];
   }
 }

@@ -73,7 +73,8 @@ export interface SchedulerConfig {
   stepsOffset: number;
   clipSample: boolean;
   predictionType: string;
-  timestepSpacing: string;
+  /** null when the file names none: DDIM then spaces "leading", DPM-Solver and Euler "linspace" (diffusers' defaults). */
+  timestepSpacing: string | null;
   clipSampleRange: number;
   rescaleBetasZeroSnr: boolean;
 }
@@ -355,7 +356,7 @@ export function parseSchedulerConfig(json: Json, file: string): SchedulerConfig 
     stepsOffset: r.int('steps_offset', 0),
     clipSample: r.bool('clip_sample', false),
     predictionType: r.str('prediction_type', 'epsilon'),
-    timestepSpacing: r.str('timestep_spacing', 'leading'),
+    timestepSpacing: r.json.timestep_spacing == null ? null : r.str('timestep_spacing', 'leading'),
     clipSampleRange: r.num('clip_sample_range', 1),
     rescaleBetasZeroSnr: r.bool('rescale_betas_zero_snr', false),
   };
@@ -397,6 +398,7 @@ function overrideFits(key: string, cur: unknown, v: unknown): boolean {
   const isNums = (x: unknown) => Array.isArray(x) && x.every(isNum);
   if (key === 'attentionHeadDim') return isNum(v) || isNums(v);
   if (key === 'trainedBetas') return v === null || isNums(v);
+  if (key === 'timestepSpacing') return v === null || typeof v === 'string';
   if (Array.isArray(cur)) return Array.isArray(v) && v.every((x) => typeof x === typeof cur[0]) && (typeof cur[0] !== 'number' || isNums(v));
   if (typeof cur === 'number') return isNum(v);
   return typeof v === typeof cur;

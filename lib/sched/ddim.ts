@@ -14,6 +14,7 @@
 import { readFileSync } from 'node:fs';
 import { IdforgeError } from '../errors.js';
 import { alphasCumprodF32, makeBetas, rescaleZeroTerminalSnr } from './betas.js';
+import { fold, roundHalfEven, vpPrediction, type Sampler } from './sampler.js';
 
 const f32 = Math.fround;
 
@@ -158,12 +159,6 @@ function checkEta(eta: unknown): number {
     throw bad(`eta must be a finite number >= 0, got ${String(eta)}`);
   }
   return eta;
-}
-
-/** numpy's round (half to even). */
-function roundHalfEven(x: number): number {
-  const r = Math.round(x);
-  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
 }
 
 /**
@@ -334,6 +329,31 @@ export class DDIMScheduler {
       sqrtBT: f32(Math.sqrt(betaT)),
       sqrtAPrev: f32(Math.sqrt(aPrev)),
       dirCoef: f32(Math.sqrt(Math.max(0, dir2))),
+    };
+  }
+
+  /**
+   * DDIM as a {@link Sampler}: its step as SAMPLER_STEP coefficients (x0 clamped when clip_sample;
+   * diffusers' pipelines never pass use_clipped_model_output, so eps stays the model's).
+   */
+  sampler(steps: number, eta = 0): Sampler {
+    const timesteps = [...this.timesteps(steps)];
+    checkEta(eta);
+    const clip = this.config.clipSample ? this.config.clipSampleRange : 0;
+    return {
+      name: 'ddim',
+      timesteps,
+      initNoiseSigma: 1,
+      stochastic: eta > 0,
+      coefficients: (i) => {
+        const c = this.stepCoefficients(timesteps[i]!, steps, eta);
+        const p = vpPrediction(this.config.predictionType, c.sqrtAT, c.sqrtBT);
+        return fold(p, { clip, ux: 0, u0: c.sqrtAPrev, ue: c.dirCoef, pn: c.sigma });
+      },
+      noiseScales: (i) => {
+        const a = this.alphasCumprod[timesteps[i]!]!;
+        return { a: Math.sqrt(a), b: Math.sqrt(1 - a) };
+      },
     };
   }
 

@@ -225,33 +225,43 @@ void op_CFG(const OpAttrs& a, const Views& in, const Views& out) {
   });
 }
 
-void op_DDIM_STEP(const OpAttrs& a, const Views& in, const Views& out) {
-  const char* op = "ddim_step";
-  checkArity(op, in, 2, 3, out, 1);
-  checkDtype(op, in[0], DType::F32, "sample");
-  checkDtype(op, in[1], DType::F32, "eps");
-  checkDtype(op, out[0], DType::F32, "out");
-  checkShape(op, in[1], in[0].shape, "eps");
-  checkShape(op, out[0], in[0].shape, "out");
-  const bool noisy = given(in, 2);
-  if (noisy) {
-    checkDtype(op, in[2], DType::F32, "noise");
-    checkShape(op, in[2], in[0].shape, "noise");
+void op_SAMPLER_STEP(const OpAttrs&, const Views& in, const Views& out) {
+  const char* op = "sampler_step";
+  checkArity(op, in, 4, 5, out, 3);
+  const char* names[] = {"sample", "model output", "state"};
+  for (int k = 0; k < 3; k++) {
+    checkDtype(op, in[k], DType::F32, names[k]);
+    checkShape(op, in[k], in[0].shape, names[k]);
   }
-  if (!(a.a_t > 0.0)) throw Error("E_ARGUMENT", "ddim_step: a_t must be > 0, got " + std::to_string(a.a_t));
-  const double rest = 1.0 - a.a_prev - a.sigma * a.sigma;
-  const double ca = std::sqrt(1.0 - a.a_t), rsa = 1.0 / std::sqrt(a.a_t), cp = std::sqrt(a.a_prev);
-  const double cd = std::sqrt(rest > 0.0 ? rest : 0.0), sg = a.sigma;
+  checkDtype(op, in[3], DType::I32, "coefficients (float32 bits)");
+  checkShape(op, in[3], {kSamplerCoefs}, "coefficients");
+  const bool noisy = given(in, 4);
+  if (noisy) {
+    checkDtype(op, in[4], DType::F32, "noise");
+    checkShape(op, in[4], in[0].shape, "noise");
+  }
+  for (int k = 0; k < 3; k++) {
+    checkDtype(op, out[k], DType::F32, "out");
+    checkShape(op, out[k], in[0].shape, "out");
+  }
+  SamplerCoefs c;
+  std::memcpy(&c, in[3].data, sizeof c);
   const float* x = in[0].as<float>();
-  const float* e = in[1].as<float>();
-  const float* z = noisy ? in[2].as<float>() : nullptr;
-  float* o = out[0].as<float>();
-  forChunks(in[0].numel(), [&](int64_t b, int64_t end) {
-    for (int64_t i = b; i < end; i++) {
-      double x0 = (double(x[i]) - ca * e[i]) * rsa;
-      double v = cp * x0 + cd * e[i];
-      if (z) v += sg * z[i];
-      o[i] = float(v);
+  const float* m = in[1].as<float>();
+  const float* s = in[2].as<float>();
+  const float* z = noisy ? in[4].as<float>() : nullptr;
+  float* y = out[0].as<float>();
+  float* x0o = out[1].as<float>();
+  float* xin = out[2].as<float>();
+  forChunks(in[0].numel(), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i++) {
+      double x0 = c.cx * x[i] + c.ce * m[i];
+      if (c.clip > 0.0) x0 = x0 < -c.clip ? -c.clip : x0 > c.clip ? c.clip : x0;
+      double v = c.px * x[i] + c.p0 * x0 + c.pe * m[i] + c.pp * s[i];
+      if (z) v += c.pn * z[i];
+      y[i] = float(v);
+      x0o[i] = float(x0);
+      xin[i] = float(c.next_in * float(v));
     }
   });
 }

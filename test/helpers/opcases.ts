@@ -11,6 +11,8 @@ export interface InputSpec {
   int?: [number, number];
   /** keep values positive (e.g. timesteps) */
   positive?: boolean;
+  /** an int32 input holding the bits of these float32 values (SAMPLER_STEP's coefficients) */
+  f32bits?: number[];
 }
 
 export interface OpCase {
@@ -34,6 +36,7 @@ export function nonZeroRandom(seed: number, n: number, scale = 1): Float32Array 
 export function makeInputs(c: OpCase, seed: number): { data: (Float32Array | Int32Array)[]; specs: InputSpec[] } {
   const data = c.inputs.map((s, i) => {
     const n = numel(s.shape);
+    if (s.f32bits) return new Int32Array(Float32Array.from(s.f32bits).buffer);
     if (s.int) {
       const r = randn(seed * 31 + i, n);
       const [lo, hi] = s.int;
@@ -49,7 +52,7 @@ export function makeInputs(c: OpCase, seed: number): { data: (Float32Array | Int
 export async function runCase(c: OpCase, be: BackendSpec, seed = 1): Promise<Float32Array[]> {
   const { data, specs } = makeInputs(c, seed);
   const g = new Graph();
-  const vals = specs.map((s) => g.input(s.shape, s.int ? 'int32' : 'float'));
+  const vals = specs.map((s) => g.input(s.shape, s.int || s.f32bits ? 'int32' : 'float'));
   const out = c.build(g, vals);
   for (const o of Array.isArray(out) ? out : [out]) g.output(o);
   const p = new Program(g, be);
@@ -109,8 +112,7 @@ export function opCases(big: boolean): OpCase[] {
     { name: 'embedding', inputs: [{ shape: [2, 7], int: [0, 50] }, { shape: [50, 6] }], build: (g, [i, tb]) => g.embedding(i!, tb!) },
     { name: 'inject', inputs: [{ shape: [2, 7, 6] }, { shape: [2, 7], int: [-1, 3] }, { shape: [3, 6] }], build: (g, [x, s, v]) => g.inject(x!, s!, v!) },
     { name: 'cfg', inputs: [{ shape: [4, 3, 5] }], build: (g, [e]) => g.cfg(e!, 7.5) },
-    { name: 'ddim_step eta 0', inputs: [{ shape: [1, 4, 5, 6] }, { shape: [1, 4, 5, 6] }], build: (g, [s, e]) => g.ddimStep(s!, e!, undefined, { aT: 0.3, aPrev: 0.6, sigma: 0 }) },
-    { name: 'ddim_step with noise', inputs: [{ shape: [1, 4, 5, 6] }, { shape: [1, 4, 5, 6] }, { shape: [1, 4, 5, 6] }], build: (g, [s, e, n]) => g.ddimStep(s!, e!, n, { aT: 0.3, aPrev: 0.6, sigma: 0.2 }) },
+    { name: 'sampler_step state noise', inputs: [{ shape: [2, 4, 5, 6] }, { shape: [2, 4, 5, 6] }, { shape: [2, 4, 5, 6] }, { shape: [9], f32bits: [0.8, 1.3, -0.4, 0.9, 0.7, 0.2, 0.3, -0.15, 0.5] }, { shape: [2, 4, 5, 6] }], build: (g, [x, m, s, c, z]) => g.samplerStep(x!, m!, s!, c!, z) },
   ];
   if (big) {
     for (const [n, c, heads] of [[4096, 320, 8], [1024, 640, 8], [256, 1280, 8], [64, 1280, 8]] as const) {

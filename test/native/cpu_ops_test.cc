@@ -618,19 +618,28 @@ void testElementwise() {
     check("cfg eps" + S(e.shape) + " scale 7.5", y, ref);
   }
   for (bool noise : {false, true}) {
-    Tensor x = rnd({2, 4, 8, 12}), e = rnd({2, 4, 8, 12}), z = rnd({2, 4, 8, 12}), y = nans({2, 4, 8, 12});
-    OpAttrs a;
-    a.a_t = 0.3;
-    a.a_prev = 0.45;
-    a.sigma = noise ? 0.2 : 0.0;
-    run(OpCode::DDIM_STEP, a, {&x, &e, noise ? &z : nullptr}, {&y});
-    std::vector<double> ref;
+    // SAMPLER_STEP against the naive formula: a second-order step with a clamp, and a noisy one.
+    Tensor x = rnd({2, 4, 8, 12}), m = rnd({2, 4, 8, 12}), st = rnd({2, 4, 8, 12}), z = rnd({2, 4, 8, 12});
+    Tensor y = nans({2, 4, 8, 12}), x0o = nans({2, 4, 8, 12}), xin = nans({2, 4, 8, 12});
+    const std::vector<float> c = noise ? std::vector<float>{0.3f, 1.f, -2.f, 0.f, 1.f, 0.f, -0.8f, 0.f, 0.5f}
+                                       : std::vector<float>{0.8f, 1.3f, -0.4f, 0.9f, 0.7f, 0.2f, 0.f, -0.15f, 0.f};
+    std::vector<int32_t> bits(9);
+    std::memcpy(bits.data(), c.data(), 36);
+    Tensor cb = ints({9}, bits);
+    run(OpCode::SAMPLER_STEP, {}, {&x, &m, &st, &cb, noise ? &z : nullptr}, {&y, &x0o, &xin});
+    std::vector<double> ry, r0, rin;
     for (int64_t i = 0; i < y.n(); i++) {
-      double x0 = (x[i] - std::sqrt(1 - a.a_t) * e[i]) / std::sqrt(a.a_t);
-      ref.push_back(std::sqrt(a.a_prev) * x0 + std::sqrt(1 - a.a_prev - a.sigma * a.sigma) * e[i] +
-                    (noise ? a.sigma * z[i] : 0.0));
+      double x0 = double(c[1]) * x[i] + double(c[2]) * m[i];
+      if (c[3] > 0) x0 = std::min<double>(c[3], std::max<double>(-c[3], x0));
+      double v = double(c[4]) * x[i] + double(c[5]) * x0 + double(c[6]) * m[i] + double(c[7]) * st[i] + (noise ? double(c[8]) * z[i] : 0.0);
+      ry.push_back(v);
+      r0.push_back(x0);
+      rin.push_back(double(c[0]) * v);
     }
-    check(std::string("ddim_step ") + (noise ? "with noise sigma 0.2" : "eta 0"), y, ref);
+    const std::string name = noise ? "sampler_step noise" : "sampler_step state clip";
+    check(name + " x'", y, ry);
+    check(name + " x0", x0o, r0);
+    check(name + " next input", xin, rin);
   }
 }
 

@@ -334,8 +334,15 @@ std::vector<Case> buildCases() {
   add({"mul general [2,3,1,5]*[1,3,4,1]", OpCode::MUL, {}, {randT({2, 3, 1, 5}), randT({1, 3, 4, 1})}, {{2, 3, 4, 5}}, "general"});
   add({"add scalar [4,6]+[1]", OpCode::ADD, {}, {randT({4, 6}), randT({1})}, {{4, 6}}, "bin2"});
   add({"cfg [4,4,64,64] 7.5", OpCode::CFG, attrs([](OpAttrs& a) { a.scale = 7.5; }), {randT({4, 4, 64, 64})}, {{2, 4, 64, 64}}, "scalar"});
-  add({"ddim_step noise", OpCode::DDIM_STEP, attrs([](OpAttrs& a) { a.a_t = 0.3; a.a_prev = 0.5; a.sigma = 0.1; }), {randT({2, 4, 64, 64}), randT({2, 4, 64, 64}), randT({2, 4, 64, 64})}, {{2, 4, 64, 64}}, "one kernel"});
-  add({"ddim_step eta0", OpCode::DDIM_STEP, attrs([](OpAttrs& a) { a.a_t = 0.05; a.a_prev = 0.9; }), {randT({1, 4, 9, 7}), randT({1, 4, 9, 7})}, {{1, 4, 9, 7}}, "one kernel"});
+  {
+    // SAMPLER_STEP: the coefficients travel as the int32 bits of 9 floats (a DPM-Solver++ 2M step
+    // with clipping, and an Euler ancestral one with noise).
+    auto coefs = [](std::vector<float> c) {
+      return idsT({kSamplerCoefs}, [c](int64_t k) { int32_t b; std::memcpy(&b, &c[size_t(k)], 4); return b; });
+    };
+    add({"sampler_step state clip", OpCode::SAMPLER_STEP, {}, {randT({2, 4, 64, 64}), randT({2, 4, 64, 64}), randT({2, 4, 64, 64}), coefs({1.f, 1.3f, -0.4f, 0.9f, 0.7f, 0.2f, 0.f, -0.15f, 0.f})}, {{2, 4, 64, 64}, {2, 4, 64, 64}, {2, 4, 64, 64}}, "one kernel"});
+    add({"sampler_step noise", OpCode::SAMPLER_STEP, {}, {randT({1, 4, 9, 7}), randT({1, 4, 9, 7}), randT({1, 4, 9, 7}), coefs({0.3f, 1.f, -2.f, 0.f, 1.f, 0.f, -0.8f, 0.f, 0.5f}), randT({1, 4, 9, 7})}, {{1, 4, 9, 7}, {1, 4, 9, 7}, {1, 4, 9, 7}}, "one kernel"});
+  }
   // ---- layout
   add({"upsample2x [2,640,16,16]", OpCode::UPSAMPLE2X, {}, {randT({2, 640, 16, 16})}, {{2, 640, 32, 32}}, "gather"});
   add({"concat axis1 [2,640,16,16]+[2,320,16,16]", OpCode::CONCAT, attrs([](OpAttrs& a) { a.axis = 1; }), {randT({2, 640, 16, 16}), randT({2, 320, 16, 16})}, {{2, 960, 16, 16}}, "memcpy2d"});

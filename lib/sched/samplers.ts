@@ -1,0 +1,30 @@
+/** The sampler factory: a {@link Sampler} by name, from a model's scheduler_config.json. */
+import { IdforgeError } from '../errors.js';
+import { DDIMScheduler } from './ddim.js';
+import { dpmSolverSampler } from './dpmsolver.js';
+import { eulerSampler } from './euler.js';
+import { badSampler, isSamplerName, SAMPLERS, type Sampler, type SamplerName, type SamplerOptions } from './sampler.js';
+
+/**
+ * The sampler `name` for `steps` steps, built from `config` (any diffusers scheduler config: the
+ * betas, prediction_type, timestep_spacing and steps_offset are read, as each diffusers scheduler's
+ * from_config does). Throws E_ARGUMENT naming `sampler` for an unknown name.
+ */
+export function makeSampler(name: unknown, config: object, steps: number, opts: SamplerOptions = {}): Sampler {
+  if (!isSamplerName(name)) throw badSampler(name);
+  const base = DDIMScheduler.fromConfig(config);
+  const n = base.numTrainTimesteps;
+  if (!Number.isInteger(steps) || steps < 1 || steps > n) throw new IdforgeError('E_ARGUMENT', `steps must be an integer in 1..${n}, got ${String(steps)}`);
+  switch (name) {
+    case 'ddim':
+      return base.sampler(steps, opts.eta ?? 0);
+    case 'dpmpp-2m':
+    case 'dpmpp-2m-karras':
+      return dpmSolverSampler(base, config, steps, name === 'dpmpp-2m-karras');
+    case 'euler':
+    case 'euler-a':
+      return eulerSampler(base, config, steps, name === 'euler-a');
+  }
+}
+
+export { SAMPLERS, isSamplerName, type Sampler, type SamplerName };
