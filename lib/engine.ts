@@ -20,7 +20,7 @@ import type { ClipTokenizer } from './text/tokenizer.js';
 import { conditionalMaps, layerDownsampling, selectLayers, selectSteps, type AttentionMap } from './attention.js';
 import type { Identity } from './identity/identity.js';
 import { expandPrompt, type ExpandedPrompt } from './identity/placeholders.js';
-import { argError, describe, identityMap, imageTensorShape, timestep, validateGenerate } from './validate.js';
+import { argError, identityMap, imageTensorShape, oneOf, timestep, tokenIds, unetContexts, validateGenerate } from './validate.js';
 
 export type { GenerateOptions, GenerateResult, LoadOptions, ProgressInfo, TextOptions } from './options.js';
 
@@ -139,24 +139,14 @@ export class Engine implements Disposable {
       const e = this.expand(input, idMap);
       if (e.rows.length === 0) return toHost(await this.runtime.runText([e.ids]));
       const stage = opts.stage ?? 0;
-      const kind = opts.kind ?? 'k';
-      if (kind !== 'k' && kind !== 'v') throw argError(`kind must be 'k' or 'v', got ${describe(kind)}`);
+      const kind = oneOf(opts.kind ?? 'k', 'kind', ['k', 'v'] as const);
       return toHost(await this.runtime.runText([e.ids], { slots: [e.slots], vectors: e.vectors(stage, kind) }));
     }
     if (input === null || input === undefined || (typeof input !== 'string' && !Array.isArray(input) && !(input instanceof Int32Array)))
       throw argError('encodeText expects a prompt, 77 token ids, or an array of those');
     if (Array.isArray(input) && input.length === 0) throw argError('encodeText got an empty list');
     const list: (string | Int32Array | number[])[] = Array.isArray(input) && typeof input[0] !== 'number' ? (input as (string | Int32Array)[]) : [input as string | Int32Array | number[]];
-    const ids = list.map((x) => {
-      if (typeof x === 'string') return this.tokenize(x);
-      if (!(x instanceof Int32Array) && !Array.isArray(x)) throw argError('token ids must be an Int32Array or an array of integers');
-      for (const v of x) if (!Number.isInteger(v)) throw argError(`token ids must be integers, got ${describe(v)}`);
-      const a = Int32Array.from(x);
-      if (a.length !== 77) throw new IdforgeError('E_SHAPE', `token ids must be 77 long, got ${a.length}`);
-      const vocab = this.configs.text.vocabSize;
-      for (const id of a) if (id < 0 || id >= vocab) throw argError(`token id ${id} is outside the vocabulary (0..${vocab - 1})`);
-      return a;
-    });
+    const ids = list.map((x) => (typeof x === 'string' ? this.tokenize(x) : tokenIds(x, this.configs.text.vocabSize)));
     return toHost(await this.runtime.runText(ids));
   }
 
@@ -187,12 +177,8 @@ export class Engine implements Disposable {
     rt.assertLive();
     const [b, , h, w] = imageTensorShape(latents, 'latents', this.configs.unet.inChannels, rt.latentMultiple);
     timestep(t, this.configs.scheduler.numTrainTimesteps);
-    const dual = !(context instanceof Tensor);
-    const ctxs = dual ? [context.k, context.v] : [context];
-    const D = this.configs.unet.crossAttentionDim;
-    for (const c of ctxs)
-      if (!(c instanceof Tensor) || c.shape.length !== 3 || c.shape[0] !== b || c.shape[2] !== D || c.shape[1] !== ctxs[0]!.shape[1])
-        throw new IdforgeError('E_SHAPE', `context must be [${b}, N, ${D}], got ${c instanceof Tensor ? JSON.stringify(c.shape) : typeof c}`);
+    const ctxs = unetContexts(context, b, this.configs.unet.crossAttentionDim);
+    const dual = ctxs.length === 2;
     const known = new Set(this.crossAttentionLayers);
     for (const l of layers) if (!known.has(l)) throw argError(`unknown cross-attention layer '${l}'`);
     const n = ctxs[0]!.shape[1]!;

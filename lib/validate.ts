@@ -141,6 +141,25 @@ export function imageTensorShape(x: Tensor, what: string, channels: number, mult
   return s as [number, number, number, number];
 }
 
+/** 77 token ids, integers inside the vocabulary, as an Int32Array. */
+export function tokenIds(x: unknown, vocabSize: number): Int32Array {
+  if (!(x instanceof Int32Array) && !Array.isArray(x)) throw argError('token ids must be an Int32Array or an array of integers');
+  for (const v of x) if (!Number.isInteger(v)) throw argError(`token ids must be integers, got ${describe(v)}`);
+  const a = Int32Array.from(x as ArrayLike<number>);
+  if (a.length !== 77) throw new IdforgeError('E_SHAPE', `token ids must be 77 long, got ${a.length}`);
+  for (const id of a) if (id < 0 || id >= vocabSize) throw argError(`token id ${id} is outside the vocabulary (0..${vocabSize - 1})`);
+  return a;
+}
+
+/** A UNet context [b, N, D], or key and value contexts of one shape: → [context] or [k, v]. */
+export function unetContexts(context: Tensor | { k: Tensor; v: Tensor }, b: number, D: number): Tensor[] {
+  const ctxs = context instanceof Tensor ? [context] : [context?.k, context?.v];
+  for (const c of ctxs)
+    if (!(c instanceof Tensor) || c.shape.length !== 3 || c.shape[0] !== b || c.shape[2] !== D || c.shape[1] !== ctxs[0]!.shape[1])
+      throw new IdforgeError('E_SHAPE', `context must be [${b}, N, ${D}], got ${c instanceof Tensor ? JSON.stringify(c.shape) : typeof c}`);
+  return ctxs as Tensor[];
+}
+
 /** The SeFi-IDE learning options with their defaults (lib/learn/learn.ts). */
 export interface ValidLearn {
   steps: number;

@@ -8,14 +8,13 @@ import { execFileSync } from 'node:child_process';
 import * as os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Engine } from '../engine.js';
-import { IdforgeError } from '../errors.js';
 import type { Program } from '../graph/program.js';
 import { memory } from '../native.js';
 import { resolveBackend } from '../runtime/runtime.js';
 import type { SdRuntime } from '../runtime/sd.js';
 import { randn } from '../sched/random.js';
 import { Tensor } from '../tensor.js';
-import { argError, integer } from '../validate.js';
+import { argError, imageSide, integer } from '../validate.js';
 import { aggregateOps, programFlops } from './flops.js';
 import { cpuMeter, describeMachine } from './machine.js';
 import { randomModelSource } from './random-model.js';
@@ -85,9 +84,8 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
   const loadMs = now() - t0;
   const rt = engine.runtime;
   try {
-    const mult = engine.sizeMultiple;
-    for (const [k, v] of [['width', width], ['height', height]] as const)
-      if (v % mult) throw new IdforgeError('E_SHAPE', `${k} ${v} is not a multiple of ${mult}`);
+    imageSide(width, 'width', engine.sizeMultiple);
+    imageSide(height, 'height', engine.sizeMultiple);
     const lh = height / engine.latentFactor;
     const lw = width / engine.latentFactor;
     const rev = revision();

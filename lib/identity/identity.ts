@@ -1,5 +1,5 @@
 /**
- * One representation of an identity for both methods (DESIGN.md "One representation of an
+ * One representation of an identity for both methods (docs/ARCHITECTURE.md "One representation of an
  * identity"): S stages × M words × D dims of key vectors `k` and value vectors `v`.
  * DreamIdentity is S=1 with k = v; SeFi-IDE is S=5, M=1 with separate K and V tokens.
  * Stage i serves timesteps [i·T/S, (i+1)·T/S) of the T training timesteps.

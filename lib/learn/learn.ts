@@ -1,7 +1,7 @@
 /**
- * SeFi-IDE per-identity learning (DESIGN.md): from one face photo, learn 5 per-stage (K, V) token
- * pairs produced by a small generator (lib/learn/generator.ts) through the frozen text encoder and
- * UNet. One Program per (latent size, λ) computes, in one native call, both text-encoder passes
+ * SeFi-IDE per-identity learning (IdentityLearner, a client of the SD runtime): from one face
+ * photo, learn 5 per-stage (K, V) token pairs produced by a small generator
+ * (lib/learn/generator.ts) through the frozen text encoder and UNet. One Program per (latent size, λ) computes, in one native call, both text-encoder passes
  * (the stage's K token and V token injected at the `<id>` slot), the UNet with keys from the K
  * context and values from the V context, the loss
  *   L = mean((ε_θ(z_t, t, c_K, c_V) − ε)²) + λ · mean_layers mean((A − A_ref)²)

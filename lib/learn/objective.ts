@@ -1,5 +1,5 @@
 // The per-identity objectives as graphs over the frozen UNet: the diffusion MSE and the face-wise
-// attention loss of SeFi-IDE (DESIGN.md), differentiated by lib/graph/autodiff.ts.
+// attention loss of SeFi-IDE (README "SeFi-IDE"), differentiated by lib/graph/autodiff.ts.
 import { IdforgeError } from '../errors.js';
 import { mseLoss } from '../graph/autodiff.js';
 import type { Graph, Value } from '../graph/graph.js';
