@@ -62,8 +62,9 @@ struct Epilogue {
   bool any() const { return bias || residual; }
 };
 
-Epilogue epilogueOf(OpCode op, const std::vector<TensorView>& in, const TensorView& y, int64_t channels, int64_t images) {
-  const FusedOperands f = fusedOperands(in, y.shape, channels, images);
+Epilogue epilogueOf(OpCode op, const OpAttrs& a, const std::vector<TensorView>& in, const TensorView& y, int64_t channels,
+                    int64_t images) {
+  const FusedOperands f = fusedOperands(in, a, y.shape, channels, images);
   if (!f.error.empty()) shapeError(op, f.error);
   Epilogue e;
   if (f.bias >= 0) {
@@ -154,7 +155,7 @@ void linearTransposed(const OpAttrs& a, const std::vector<TensorView>& in, const
   const int64_t N = w.shape[0];
   const Shape ys = a.transX ? Shape{B, R, N} : Shape{B, N, R};
   if (y.shape != ys) shapeError(op, "output " + shapeStr(y.shape) + ", expected " + shapeStr(ys));
-  const Epilogue e = epilogueOf(op, in, y, N, 0);
+  const Epilogue e = epilogueOf(op, a, in, y, N, 0);
   // transX: rows of N with the bias along them; transY: (b, n) planes of R with bias[n] each.
   if (a.transX) fillEpilogueAny(y, e, N, 1);
   else fillEpilogueAny(y, e, N, R);
@@ -189,7 +190,7 @@ void opLinear(const OpAttrs& a, const std::vector<TensorView>& in, const std::ve
   if (y.shape != ys) shapeError(op, "output " + shapeStr(y.shape) + ", expected " + shapeStr(ys));
   // Rows from the output: with K = 0 the input has no elements to count them by.
   const int64_t R = N ? y.numel() / N : 0;
-  const Epilogue e = epilogueOf(op, in, y, N, 0);
+  const Epilogue e = epilogueOf(op, a, in, y, N, 0);
   fillEpilogueAny(y, e, N, 1);
   if (emptyProduct(y, K, e.any())) return;
   // yᵀ[N, R] = wᵀ·xᵀ in column-major terms: A = w (stored [N,K] = col-major K×N, transposed).
@@ -257,7 +258,7 @@ void opConv2d(const OpAttrs& a, const std::vector<TensorView>& in, const std::ve
   Shape ys = {Bn, O, Ho, Wo};
   if (Ho < 1 || Wo < 1 || y.shape != ys) shapeError(op, "output " + shapeStr(y.shape) + ", expected " + shapeStr(ys));
   int64_t HWo = Ho * Wo;
-  const Epilogue e = epilogueOf(op, in, y, O, Bn);
+  const Epilogue e = epilogueOf(op, a, in, y, O, Bn);
   if (HWo > 0) fillEpilogueAny(y, e, e.perImage ? Bn * O : O, HWo);
   if (emptyProduct(y, C, e.any())) return;
   float beta = e.any() ? 1.f : 0.f;

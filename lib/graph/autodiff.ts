@@ -6,7 +6,7 @@
 import { IdforgeError } from '../errors.js';
 import type { NativeOp } from '../native.js';
 import { numel } from '../tensor.js';
-import { type Graph, type Value } from './graph.js';
+import { fusedOperands, type Graph, type Value } from './graph.js';
 
 export interface GradOptions {
   /** Values treated as constants (stop-gradient): nothing flows through them. */
@@ -67,26 +67,27 @@ export function grad(g: Graph, loss: Value, wrt: readonly Value[], opts: GradOpt
     if (douts.every((d) => d === undefined)) continue;
     const ins = op.in.map((id) => g.valueOf(id));
     const want = (k: number): boolean => needs.has(op.in[k]!) && useful.has(op.in[k]!);
+    const wants = (id: number | undefined): id is number => id !== undefined && needs.has(id) && useful.has(id);
     const dy = douts[0]!;
     const a = op.attrs;
     switch (op.op) {
       case 'linear': {
         const transX = flag(a, 'transX'), transY = flag(a, 'transY');
+        const f = fusedOperands(op);
         // dx = dy·W: MATMUL with a rank-2 right operand broadcasts it over dy's batch. With
         // transX / transY, dy or dx is channels first: a PERMUTE (backward passes only).
-        if (want(0)) {
-          const [x, w] = ins as [Value, Value];
+        if (wants(f.x)) {
+          const w = g.valueOf(f.w);
           const tokens = transY ? g.permute(dy, [0, 2, 1]) : dy;  // [B, R, N]
           const dx = g.op('matmul', [tokens, w], [[...tokens.shape.slice(0, -1), w.dim(1)]])[0]!;
-          accumulate(x.id, transX ? g.permute(dx, [0, 2, 1]) : dx);
+          accumulate(f.x, transX ? g.permute(dx, [0, 2, 1]) : dx);
         }
-        // The bias [N] and the fused residual (shaped like y, native/fused.h): dy summed down to
-        // each one's shape (a residual takes dy as it is; with transY the bias runs along dim 1).
-        for (let k = 2; k < ins.length; k++) {
-          if (!want(k)) continue;
-          const s = ins[k]!.shape;
-          const isBias = s.length === 1 && dy.rank > 1;
-          accumulate(ins[k]!.id, transY && isBias ? g.reshape(reduceTo(g, dy, [s[0]!, 1]), [...s]) : reduceTo(g, dy, s));
+        // The residual (shaped like y) takes dy; the bias [N], dy summed over the rows (with
+        // transY the channels run along dim 1).
+        if (wants(f.residual)) accumulate(f.residual, dy);
+        if (wants(f.bias)) {
+          const n = g.valueOf(f.bias).shape;
+          accumulate(f.bias, transY ? g.reshape(reduceTo(g, dy, [n[0]!, 1]), [...n]) : reduceTo(g, dy, n));
         }
         break;
       }
@@ -101,17 +102,17 @@ export function grad(g: Graph, loss: Value, wrt: readonly Value[], opts: GradOpt
         break;
       }
       case 'conv2d': {
-        if (want(0)) {
-          const [x, w] = ins as [Value, Value];
-          accumulate(x.id, g.op('conv2d_backward_input', [dy, w], [x.shape], { stride: num(a, 'stride', 1), pad: num(a, 'pad', 0) })[0]!);
+        const f = fusedOperands(op);
+        if (wants(f.x)) {
+          const x = g.valueOf(f.x);
+          accumulate(f.x, g.op('conv2d_backward_input', [dy, g.valueOf(f.w)], [x.shape], { stride: num(a, 'stride', 1), pad: num(a, 'pad', 0) })[0]!);
         }
-        // The fused residual (shaped like y) takes dy; a bias [O], or per image [B, O] (a resnet's
+        // The residual (shaped like y) takes dy; a bias [O], or per image [B, O] (a resnet's
         // time embedding), takes dy summed over the pixels (and the images).
-        for (let k = 2; k < ins.length; k++) {
-          if (!want(k)) continue;
-          const v = ins[k]!;
-          if (v.rank === dy.rank && v.shape.every((d, i) => d === dy.dim(i))) accumulate(v.id, dy);
-          else accumulate(v.id, g.reshape(g.reduceSum(dy, [...v.shape, 1, 1]), [...v.shape]));
+        if (wants(f.residual)) accumulate(f.residual, dy);
+        if (wants(f.bias)) {
+          const b = g.valueOf(f.bias).shape;
+          accumulate(f.bias, g.reshape(g.reduceSum(dy, [...b, 1, 1]), [...b]));
         }
         break;
       }

@@ -46,8 +46,9 @@ void checkShape(const char* op, const TensorView& t, const Shape& s, const char*
   if (t.shape != s) shapeError(op, std::string(what) + " is " + shapeOf(t) + ", expected " + shapeStr(s));
 }
 
-Epilogue epilogueOf(const char* op, const Views& in, const TensorView& out, int64_t channels, int64_t images) {
-  const FusedOperands f = fusedOperands(in, out.shape, channels, images);
+Epilogue epilogueOf(const char* op, const OpAttrs& a, const Views& in, const TensorView& out, int64_t channels,
+                    int64_t images) {
+  const FusedOperands f = fusedOperands(in, a, out.shape, channels, images);
   if (!f.error.empty()) shapeError(op, f.error);
   Epilogue e;
   if (f.bias >= 0) {

@@ -128,7 +128,7 @@ void op_CONV2D(const OpAttrs& a, const Views& in, const Views& out) {
   if (kh < 1 || kw < 1 || H + 2 * p < kh || W + 2 * p < kw)
     shapeError(op, "kernel " + shapeOf(in[1]) + " does not fit x " + shapeOf(in[0]) + " with pad " + std::to_string(p));
   checkShape(op, out[0], {B, O, Ho, Wo}, "out");
-  const Epilogue e = epilogueOf(op, in, out[0], O, B);
+  const Epilogue e = epilogueOf(op, a, in, out[0], O, B);
   const int64_t K = C * kh * kw, N = Ho * Wo;
   float* y = out[0].as<float>();
   if (B == 0 || O == 0 || N == 0) return;

@@ -34,7 +34,8 @@ struct Epilogue {
 };
 // Finds and validates LINEAR / CONV2D's bias and residual (E_SHAPE / E_ARGUMENT on a bad one).
 // channels: N or O; images: B for CONV2D, 0 for LINEAR.
-Epilogue epilogueOf(const char* op, const Views& in, const TensorView& out, int64_t channels, int64_t images);
+Epilogue epilogueOf(const char* op, const OpAttrs& a, const Views& in, const TensorView& out, int64_t channels,
+                    int64_t images);
 // Image b's O output planes of N elements before a GEMM accumulates onto them: bias(b, o) +
 // residual (conv.cc; also LINEAR's transY output, whose planes are the N output channels).
 void fillPlanes(float* yb, int64_t b, int64_t O, int64_t N, const Epilogue& e);

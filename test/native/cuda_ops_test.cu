@@ -215,26 +215,30 @@ std::vector<Case> buildCases() {
   conv("conv_in [2,4,64,64]→320 +b", {2, 4, 64, 64}, {320, 4, 3, 3}, 1, 1, true);
   conv("conv tiny [2,4,8,8]→8 +b", {2, 4, 8, 8}, {8, 4, 3, 3}, 1, 1, true);
   conv("patch16 s16 [1,3,224,224]→64 +b", {1, 3, 224, 224}, {64, 3, 16, 16}, 16, 0, true);
-  // ---- fused epilogues (native/fused.h): residual (3rd input alone, or 4th after the bias) and
-  // CONV2D's per-image bias [B, O], on the linear GEMM, the 1x1 batched GEMM and im2col paths.
-  add({"linear +b +res x[2,77,768]·w[320,768]ᵀ", OpCode::LINEAR, {}, {randT({2, 77, 768}), randT({320, 768}, 0.05f), randT({320}), randT({2, 77, 320})}, {{2, 77, 320}}, "fill+cublas"});
-  add({"linear +res odd x[3,7,13]·w[5,13]ᵀ", OpCode::LINEAR, {}, {randT({3, 7, 13}), randT({5, 13}), randT({3, 7, 5})}, {{3, 7, 5}}, "copy+cublas"});
-  add({"linear +b +res x[1,256,640]·w[5120,640]ᵀ", OpCode::LINEAR, {}, {randT({1, 256, 640}), randT({5120, 640}, 0.05f), randT({5120}), randT({1, 256, 5120})}, {{1, 256, 5120}}, "fill+cublas"});
+  // ---- fused epilogues (native/fused.h): residual (attrs.residual; 3rd input alone, or 4th after
+  // the bias) and CONV2D's per-image bias [B, O], on the linear GEMM, the 1x1 batched GEMM and
+  // im2col paths.
+  OpAttrs res = attrs([](OpAttrs& a) { a.residual = true; });
+  add({"linear +b +res x[2,77,768]·w[320,768]ᵀ", OpCode::LINEAR, res, {randT({2, 77, 768}), randT({320, 768}, 0.05f), randT({320}), randT({2, 77, 320})}, {{2, 77, 320}}, "fill+cublas"});
+  add({"linear +res odd x[3,7,13]·w[5,13]ᵀ", OpCode::LINEAR, res, {randT({3, 7, 13}), randT({5, 13}), randT({3, 7, 5})}, {{3, 7, 5}}, "copy+cublas"});
+  add({"linear +b +res x[1,256,640]·w[5120,640]ᵀ", OpCode::LINEAR, res, {randT({1, 256, 640}), randT({5120, 640}, 0.05f), randT({5120}), randT({1, 256, 5120})}, {{1, 256, 5120}}, "fill+cublas"});
   // transX (x channels first [B, K, R] → tokens) and transY (tokens → channels first [B, N, R]):
   // proj_in / proj_out of the transformer blocks, the VAE's mid attention.
   OpAttrs tx = attrs([](OpAttrs& a) { a.transX = true; });
   OpAttrs ty = attrs([](OpAttrs& a) { a.transY = true; });
+  OpAttrs txr = attrs([](OpAttrs& a) { a.transX = a.residual = true; });
+  OpAttrs tyr = attrs([](OpAttrs& a) { a.transY = a.residual = true; });
   add({"linear transX x[2,320,4096]→[2,4096,320] +b", OpCode::LINEAR, tx, {randT({2, 320, 4096}), randT({320, 320}, 0.05f), randT({320})}, {{2, 4096, 320}}, "cublas TT"});
   add({"linear transX odd x[3,13,7]→[3,7,5]", OpCode::LINEAR, tx, {randT({3, 13, 7}), randT({5, 13})}, {{3, 7, 5}}, "cublas TT"});
-  add({"linear transY x[2,1024,640]→[2,640,1024] +b +res", OpCode::LINEAR, ty, {randT({2, 1024, 640}), randT({640, 640}, 0.05f), randT({640}), randT({2, 640, 1024})}, {{2, 640, 1024}}, "fill+cublas TN"});
-  add({"linear transY odd x[2,7,13]→[2,5,7] +res", OpCode::LINEAR, ty, {randT({2, 7, 13}), randT({5, 13}), randT({2, 5, 7})}, {{2, 5, 7}}, "copy+cublas TN"});
+  add({"linear transY x[2,1024,640]→[2,640,1024] +b +res", OpCode::LINEAR, tyr, {randT({2, 1024, 640}), randT({640, 640}, 0.05f), randT({640}), randT({2, 640, 1024})}, {{2, 640, 1024}}, "fill+cublas TN"});
+  add({"linear transY odd x[2,7,13]→[2,5,7] +res", OpCode::LINEAR, tyr, {randT({2, 7, 13}), randT({5, 13}), randT({2, 5, 7})}, {{2, 5, 7}}, "copy+cublas TN"});
   add({"linear transY x[1,1,8]→[1,6,1] +b", OpCode::LINEAR, ty, {randT({1, 1, 8}), randT({6, 8}), randT({6})}, {{1, 6, 1}}, "fill+cublas TN"});
   // Non-square weights (a K/N mix-up in a leading dimension would show) with bias and residual.
-  add({"linear transX x[2,96,200]→[2,200,40] +b +res", OpCode::LINEAR, tx, {randT({2, 96, 200}), randT({40, 96}, 0.1f), randT({40}), randT({2, 200, 40})}, {{2, 200, 40}}, "fill+cublas TT"});
+  add({"linear transX x[2,96,200]→[2,200,40] +b +res", OpCode::LINEAR, txr, {randT({2, 96, 200}), randT({40, 96}, 0.1f), randT({40}), randT({2, 200, 40})}, {{2, 200, 40}}, "fill+cublas TT"});
   add({"linear transY x[2,200,96]→[2,40,200] +b", OpCode::LINEAR, ty, {randT({2, 200, 96}), randT({40, 96}, 0.1f), randT({40})}, {{2, 40, 200}}, "fill+cublas TN"});
   // Empty reductions: the product is zero, y the epilogue alone (cuBLAS would refuse lda = 0).
   add({"linear K=0 x[2,3,0]·w[4,0]ᵀ +b", OpCode::LINEAR, {}, {randT({2, 3, 0}), randT({4, 0}), randT({4})}, {{2, 3, 4}}, "fill only"});
-  add({"linear transY K=0 x[2,3,0]→[2,4,3] +res", OpCode::LINEAR, ty, {randT({2, 3, 0}), randT({4, 0}), randT({2, 4, 3})}, {{2, 4, 3}}, "copy only"});
+  add({"linear transY K=0 x[2,3,0]→[2,4,3] +res", OpCode::LINEAR, tyr, {randT({2, 3, 0}), randT({4, 0}), randT({2, 4, 3})}, {{2, 4, 3}}, "copy only"});
   auto convF = [&](std::string n, Shape x, Shape w, int s, int p, int bias /* 0 none, 1 [O], 2 [B, O] */, bool res) {
     int64_t Ho = (x[2] + 2 * p - w[2]) / s + 1, Wo = (x[3] + 2 * p - w[3]) / s + 1;
     std::vector<HostTensor> in = {randT(x), randT(w, float(1.0 / std::sqrt(double(w[1] * w[2] * w[3]))))};
@@ -244,6 +248,7 @@ std::vector<Case> buildCases() {
     OpAttrs a;
     a.stride = s;
     a.pad = p;
+    a.residual = res;
     add({n, OpCode::CONV2D, a, in, {{x[0], w[0], Ho, Wo}}, w[2] == 1 && s == 1 ? "fill+cublas 1x1" : "fill+im2col+cublas"});
   };
   convF("conv1x1 [2,640,16,16]→320 +b[B,O] +res", {2, 640, 16, 16}, {320, 640, 1, 1}, 1, 0, 2, true);
@@ -589,11 +594,13 @@ Result streamStress() {
   r.name = "4 streams × 60 fused linears + graph replay, bad ids on a 5th stream";
   r.dtype = "float16";
   HostTensor x = randT({2, 1024, 320}), w = randT({320, 320}, 0.05f), b = randT({320}), res = randT({2, 1024, 320});
+  OpAttrs fusedRes;
+  fusedRes.residual = true;
   const size_t n = size_t(2 * 1024 * 320);
   std::vector<float> ref(n);
   {
     Backend* cpu = cpuBackend();
-    cpu->run(OpCode::LINEAR, {}, {{x.f.data(), DType::F32, x.shape}, {w.f.data(), DType::F32, w.shape},
+    cpu->run(OpCode::LINEAR, fusedRes, {{x.f.data(), DType::F32, x.shape}, {w.f.data(), DType::F32, w.shape},
                                   {b.f.data(), DType::F32, b.shape}, {res.f.data(), DType::F32, res.shape}},
              {{ref.data(), DType::F32, {2, 1024, 320}}});
   }
@@ -637,7 +644,7 @@ Result streamStress() {
           if (t == 0 && k == kRounds / 2) {  // thread 0: capture once (after 30 eager rounds), then replay
             be->beginCapture();
             try {
-              be->run(OpCode::LINEAR, {}, in, ov);
+              be->run(OpCode::LINEAR, fusedRes, in, ov);
             } catch (...) {
               be->abortCapture();
               throw;
@@ -648,7 +655,7 @@ Result streamStress() {
             be->launchGraph(graph);
             continue;
           }
-          be->run(OpCode::LINEAR, {}, in, ov);
+          be->run(OpCode::LINEAR, fusedRes, in, ov);
         }
         be->synchronize();
         std::vector<__half> got(n);
