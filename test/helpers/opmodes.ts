@@ -6,7 +6,7 @@ import { grad } from '../../lib/graph/autodiff.js';
 import type { Graph, Value } from '../../lib/graph/graph.js';
 import { Program, type BackendSpec } from '../../lib/graph/program.js';
 import { numel } from '../../lib/tensor.js';
-import { caseGraph, makeInputs, runCase, runOn, type InputSpec, type OpCase } from './opcases.js';
+import { caseGraph, makeInputs, roundHalf, runCase, runOn, type InputSpec, type OpCase } from './opcases.js';
 import { relL2 } from './metrics.js';
 import { rand, rng } from './random.js';
 
@@ -52,17 +52,17 @@ export function gradGraph(c: OpCase): { g: Graph; specs: InputSpec[] } {
 }
 
 /** Inputs of gradGraph: the case's, then the r_i. */
-export function gradInputs(c: OpCase, specs: InputSpec[]): (Float32Array | Int32Array)[] {
-  const base = makeInputs(c, 1);
-  return [...base, ...specs.slice(base.length).map((s, i) => rand(numel(s.shape), 500 + i))];
+export function gradInputs(c: OpCase, specs: InputSpec[], half = false): (Float32Array | Int32Array)[] {
+  const base = makeInputs(c, 1, half);
+  return [...base, ...specs.slice(base.length).map((s, i) => rand(numel(s.shape), 500 + i).map(half ? roundHalf : (v) => v))];
 }
 
-/** The loss and its gradients on a backend. */
-export async function runGrad(c: OpCase, be: BackendSpec): Promise<Float32Array[]> {
+/** The loss and its gradients on a backend (half: inputs rounded to float16). */
+export async function runGrad(c: OpCase, be: BackendSpec, half = false): Promise<Float32Array[]> {
   const { g, specs } = gradGraph(c);
   const p = new Program(g, be);
   try {
-    return await runOn(p, gradInputs(c, specs), specs, be);
+    return await runOn(p, gradInputs(c, specs, half), specs, be);
   } finally {
     p.dispose();
   }
