@@ -186,12 +186,6 @@ Result runCase(const Case& c, DType dt) {
   return r;
 }
 
-OpAttrs attrs(std::function<void(OpAttrs&)> f) {
-  OpAttrs a;
-  f(a);
-  return a;
-}
-
 std::vector<Case> buildCases() {
   std::vector<Case> cs;
   auto add = [&](Case c) { cs.push_back(std::move(c)); };
