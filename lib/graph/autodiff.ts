@@ -17,8 +17,15 @@ export interface GradOptions {
 
 type Attrs = NonNullable<NativeOp['attrs']>;
 
-const num = (a: Attrs | undefined, k: string, d: number): number => (a && typeof a[k] === 'number' ? (a[k] as number) : d);
+// Attribute defaults are stated once, by native/backend.h's OpAttrs: a backward op takes the
+// forward op's attributes as they are (pick), and the few a rule computes with are ones the
+// builder always writes (num throws when one is missing).
+const num = (a: Attrs | undefined, k: string): number => {
+  if (a && typeof a[k] === 'number') return a[k] as number;
+  throw new IdforgeError('E_INTERNAL', `grad: the op has no '${k}' attribute`);
+};
 const flag = (a: Attrs | undefined, k: string): boolean => !!(a && a[k]);
+const pick = (a: Attrs | undefined, ...keys: string[]): Attrs => Object.fromEntries(keys.filter((k) => a && k in a).map((k) => [k, a![k]!]));
 
 /** dy summed down to `shape` (the adjoint of numpy broadcasting). */
 function reduceTo(g: Graph, dy: Value, shape: readonly number[]): Value {
@@ -105,7 +112,7 @@ export function grad(g: Graph, loss: Value, wrt: readonly Value[], opts: GradOpt
         const f = fusedOperands(op);
         if (wants(f.x)) {
           const x = g.valueOf(f.x);
-          accumulate(f.x, g.op('conv2d_backward_input', [dy, g.valueOf(f.w)], [x.shape], { stride: num(a, 'stride', 1), pad: num(a, 'pad', 0) })[0]!);
+          accumulate(f.x, g.op('conv2d_backward_input', [dy, g.valueOf(f.w)], [x.shape], pick(a, 'stride', 'pad'))[0]!);
         }
         // The residual (shaped like y) takes dy; a bias [O], or per image [B, O] (a resnet's
         // time embedding), takes dy summed over the pixels (and the images).
@@ -119,14 +126,14 @@ export function grad(g: Graph, loss: Value, wrt: readonly Value[], opts: GradOpt
       case 'group_norm': {
         if (want(0)) {
           const [x, w, b] = ins as [Value, Value, Value];
-          accumulate(x.id, g.op('group_norm_backward', [dy, x, w, b], [x.shape], { groups: num(a, 'groups', 1), eps: num(a, 'eps', 1e-5), silu: flag(a, 'silu') })[0]!);
+          accumulate(x.id, g.op('group_norm_backward', [dy, x, w, b], [x.shape], pick(a, 'groups', 'eps', 'silu'))[0]!);
         }
         break;
       }
       case 'layer_norm': {
         if (want(0)) {
           const [x, w] = ins as [Value, Value];
-          accumulate(x.id, g.op('layer_norm_backward', [dy, x, w], [x.shape], { eps: num(a, 'eps', 1e-5) })[0]!);
+          accumulate(x.id, g.op('layer_norm_backward', [dy, x, w], [x.shape], pick(a, 'eps'))[0]!);
         }
         break;
       }
@@ -135,9 +142,7 @@ export function grad(g: Graph, loss: Value, wrt: readonly Value[], opts: GradOpt
         const o = g.valueOf(op.out[0]!);
         const dO = douts[0] ?? zerosLike(g, o);
         const dp = douts[1];
-        const [dq, dk, dv] = g.op('attention_backward', dp ? [q, k, v, dO, dp] : [q, k, v, dO], [q.shape, k.shape, v.shape], {
-          heads: num(a, 'heads', 1), scale: num(a, 'scale', 1), causal: flag(a, 'causal'),
-        });
+        const [dq, dk, dv] = g.op('attention_backward', dp ? [q, k, v, dO, dp] : [q, k, v, dO], [q.shape, k.shape, v.shape], pick(a, 'heads', 'scale', 'causal'));
         if (want(0)) accumulate(q.id, dq!);
         if (want(1)) accumulate(k.id, dk!);
         if (want(2)) accumulate(v.id, dv!);
@@ -164,7 +169,7 @@ export function grad(g: Graph, loss: Value, wrt: readonly Value[], opts: GradOpt
         break;
       }
       case 'scale':
-        accumulate(ins[0]!.id, g.scale(dy, num(a, 'scale', 1), 0));
+        accumulate(ins[0]!.id, g.scale(dy, num(a, 'scale'), 0));
         break;
       case 'upsample2x': {
         const x = ins[0]!;
@@ -172,7 +177,7 @@ export function grad(g: Graph, loss: Value, wrt: readonly Value[], opts: GradOpt
         break;
       }
       case 'concat': {
-        const axis = num(a, 'axis', 0);
+        const axis = num(a, 'axis');
         let off = 0;
         ins.forEach((x, k) => {
           const n = x.dim(axis);
@@ -192,9 +197,9 @@ export function grad(g: Graph, loss: Value, wrt: readonly Value[], opts: GradOpt
         break;
       case 'slice': {
         const x = ins[0]!;
-        const axis = num(a, 'axis', 0);
-        const start = num(a, 'start', 0);
-        const end = num(a, 'end', 0);
+        const axis = num(a, 'axis');
+        const start = num(a, 'start');
+        const end = num(a, 'end');
         const parts: Value[] = [];
         if (start > 0) parts.push(zerosLike(g, g.slice(x, axis, 0, start)));
         parts.push(dy);

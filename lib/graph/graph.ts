@@ -256,9 +256,8 @@ export class Graph {
   }
 
   timestepEmbedding(t: Value, opts: { dim: number; flip: boolean; shift: number; maxPeriod?: number }): Value {
-    return this.emit('timestep_emb', [t], [t.dim(0), opts.dim], {
-      dim: opts.dim, flip: opts.flip, shift: opts.shift, maxPeriod: opts.maxPeriod ?? 10000,
-    });
+    const { dim, flip, shift, maxPeriod } = opts;  // maxPeriod's default: native/backend.h
+    return this.emit('timestep_emb', [t], [t.dim(0), dim], { dim, flip, shift, ...(maxPeriod !== undefined ? { maxPeriod } : {}) });
   }
 
   embedding(ids: Value, table: Value): Value {

@@ -37,6 +37,11 @@ void checkDtype(const char* op, const TensorView& t, DType want, const char* wha
                                dtypeName(t.dtype));
 }
 
+void checkF32(const char* op, const Views& in, const Views& out) {
+  for (size_t i = 0; i < in.size(); i++) checkDtype(op, in[i], DType::F32, "input");
+  for (size_t i = 0; i < out.size(); i++) checkDtype(op, out[i], DType::F32, "output");
+}
+
 void checkNumel(const char* op, const TensorView& t, int64_t n, const char* what) {
   if (t.numel() != n)
     shapeError(op, std::string(what) + " " + shapeOf(t) + " must have " + std::to_string(n) + " elements");

@@ -16,6 +16,8 @@ using Views = std::vector<TensorView>;
 // in.size() in [minIn, maxIn] and out.size() >= nOut, every present tensor non-null.
 void checkArity(const char* op, const Views& in, size_t minIn, size_t maxIn, const Views& out, size_t nOut);
 void checkDtype(const char* op, const TensorView& t, DType want, const char* what);
+// Every input and output float32 (the backward ops).
+void checkF32(const char* op, const Views& in, const Views& out);
 void checkNumel(const char* op, const TensorView& t, int64_t n, const char* what);
 void checkShape(const char* op, const TensorView& t, const Shape& s, const char* what);
 // An optional input (bias, noise) counts as given when it is present with data.

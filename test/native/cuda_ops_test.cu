@@ -21,7 +21,6 @@
 #include <vector>
 
 #include "backend.h"
-#include "backward.h"
 #include "cuda_common.h"
 
 using namespace idforge;
