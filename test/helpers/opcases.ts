@@ -255,6 +255,7 @@ export function opCases(): OpCase[] {
     linearCase([1, 8, 5], 3, { trans: 'transX' }),
     linearCase([2, 35, 24], 17, { bias: true, res: true, trans: 'transY' }),
     linearCase([2, 4, 6], 9, { res: true, trans: 'transY' }),
+    linearCase([2, 3, 0], 4, { bias: true, res: true }),  // K = 0: the epilogue alone
     matmulCase([2, 5, 7], [2, 7, 3]),
     matmulCase([2, 5, 7], [2, 3, 7], true),
     matmulCase([2, 3, 4], [2, 4, 5]),

@@ -16,7 +16,7 @@ export function strides(s: Shape): number[] {
 export function linear(x: A, xs: Shape, w: A, ws: Shape, b?: A, r?: A, mode: 'plain' | 'transX' | 'transY' = 'plain'): Float64Array {
   const [N, K] = ws as [number, number];
   const B = mode === 'plain' ? 1 : xs[0]!;
-  const R = mode === 'plain' ? numel(xs) / K : mode === 'transX' ? xs[2]! : xs[1]!;
+  const R = mode === 'plain' ? numel(xs.slice(0, -1)) : mode === 'transX' ? xs[2]! : xs[1]!;  // rows (K may be 0)
   const y = new Float64Array(B * R * N);
   for (let bi = 0; bi < B; bi++)
     for (let ri = 0; ri < R; ri++)
