@@ -73,8 +73,8 @@ export function grad(g: Graph, loss: Value, wrt: readonly Value[], opts: GradOpt
     const douts = op.out.map((id) => grads.get(id));
     if (douts.every((d) => d === undefined)) continue;
     const ins = op.in.map((id) => g.valueOf(id));
-    const want = (k: number): boolean => needs.has(op.in[k]!) && useful.has(op.in[k]!);
     const wants = (id: number | undefined): id is number => id !== undefined && needs.has(id) && useful.has(id);
+    const want = (k: number): boolean => wants(op.in[k]);
     const dy = douts[0]!;
     const a = op.attrs;
     switch (op.op) {
