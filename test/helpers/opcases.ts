@@ -412,6 +412,11 @@ function gpuCases(): OpCase[] {
     { name: 'embedding ids[2,77] table[1000,768]', inputs: [ids([2, 77], (k) => (k * 7919) % 1000), { shape: [1000, 768] }], build: (g, [i, tb]) => g.embedding(i!, tb!), gpu: true },
     { name: 'inject x[2,77,768] vectors[3,768]', inputs: [{ shape: [2, 77, 768] }, ids([2, 77], (k) => (k % 77 === 5 ? 0 : k % 77 === 6 ? 2 : k % 77 === 7 ? 1 : -1)), { shape: [3, 768] }], build: (g, [x, s, v]) => g.inject(x!, s!, v!), gpu: true },
   ];
+  // SD 1.5's attention layers at batch 2 that the kernel-path shapes above leave out.
+  cs.push(attentionCase(2, 8, 4096, 4096, 40, 40, { gpu: true, tolF16: 5e-3 }));
+  cs.push(attentionCase(2, 8, 4096, 77, 40, 40, { capture: true, gpu: true }));
+  cs.push(attentionCase(2, 8, 256, 77, 160, 160, { capture: true, gpu: true }));
+  cs.push({ name: 'linear + geglu SD1.5 proj x[2,4096,320]→2560→1280', inputs: [{ shape: [2, 4096, 320] }, { shape: [2560, 320], amp: 0.05 }, { shape: [2560] }], build: (g, [x, w, b]) => g.geglu(g.linear(x!, w!, b)), gpu: true });
   // Backward ops at SD 1.5 and odd shapes (their CPU side is checked by the grad mode).
   for (const [op, s] of [['gelu', [2, 77, 3072]], ['gelu', [1001]], ['quick_gelu', [2, 77, 3072]], ['quick_gelu', [7, 3]], ['silu', [2, 320, 64, 64]], ['silu', [5, 3, 1]]] as const)
     cs.push(rawCase(`${op}_backward ${S(s)}`, `${op}_backward`, [{ shape: [...s], amp: 4 }, { shape: [...s] }], [[...s]]));
