@@ -265,5 +265,200 @@ void attentionGenericForTest(const OpAttrs& a, const std::vector<TensorView>& in
   else generic<float>(p);
 }
 
+// ---- backward (a vector-Jacobian product for lib/graph/autodiff.ts) ------------------------
+// ATTENTION_BACKWARD per (batch, head chunk, query chunk): cuBLAS S = scale·QKᵀ and dP = dO·Vᵀ
+// into fp32, a row kernel (softmax, dS = P⊙(dP − rowsum(P⊙dP))), cuBLAS dQ = dS·K, dK += dSᵀ·Q,
+// dV += Pᵀ·dO. Probabilities recomputed, never stored by the forward op.
+
+using Views = std::vector<TensorView>;
+
+namespace {
+
+// ---- ATTENTION_BACKWARD -----------------------------------------------------------------------
+
+// One block per (query row, head) of a chunk. S (already scaled) and dP are fp32 [head][rows][Nk];
+// dpIn (optional, T) is the incoming gradient on the probabilities, head stride dpHead, row
+// stride Nk. Writes P and dS·scale (T) where dS = P ⊙ (dP + dp − Σ P⊙(dP + dp)). For T = float
+// P aliases S and dS aliases dP: each element is read and written by the same thread, after the
+// reductions (no __restrict__ on those).
+template <typename T>
+__global__ void attnBackwardRows(const float* S, const float* dP, const T* __restrict__ dpIn, T* P, T* dS, int rows,
+                                 int Nk, int64_t dpHead, int qOff, int causal, float scale) {
+  __shared__ float red[33];
+  const int rr = blockIdx.x, head = blockIdx.y;
+  const int64_t off = (int64_t(head) * rows + rr) * Nk;
+  const float* s = S + off;
+  const float* g = dP + off;
+  T* po = P + off;
+  T* so = dS + off;
+  const T* dp = dpIn ? dpIn + int64_t(head) * dpHead + int64_t(rr) * Nk : nullptr;
+  const int lim = causal ? min(Nk, qOff + rr + 1) : Nk;
+  float mx = -INFINITY;
+  for (int i = threadIdx.x; i < lim; i += blockDim.x) mx = fmaxf(mx, s[i]);
+  mx = blockReduce(mx, true, red);
+  float sum = 0.f;
+  for (int i = threadIdx.x; i < lim; i += blockDim.x) sum += expf(s[i] - mx);
+  sum = blockReduce(sum, false, red);
+  const float inv = 1.f / sum;
+  float dot = 0.f;
+  for (int i = threadIdx.x; i < lim; i += blockDim.x) {
+    float gi = g[i] + (dp ? toF(dp[i]) : 0.f);
+    dot += expf(s[i] - mx) * inv * gi;
+  }
+  dot = blockReduce(dot, false, red);
+  for (int i = threadIdx.x; i < Nk; i += blockDim.x) {
+    const float p = i < lim ? expf(s[i] - mx) * inv : 0.f;
+    const float gi = g[i] + (dp ? toF(dp[i]) : 0.f);
+    po[i] = fromF<T>(p);
+    so[i] = fromF<T>(p * (gi - dot) * scale);
+  }
+}
+
+// dst[r·ldDst + c] = src[r·cols + c]
+template <typename T>
+__global__ void storeRows(const float* __restrict__ src, T* __restrict__ dst, int64_t rows, int64_t cols,
+                          int64_t ldDst) {
+  const int64_t n = rows * cols, stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += stride) {
+    const int64_t r = i / cols, c = i - r * cols;
+    dst[r * ldDst + c] = fromF<T>(src[i]);
+  }
+}
+
+}  // namespace
+
+void attentionBackwardBudget(const OpAttrs& a, const Views& in, const Views& out, int64_t budget) {
+  const OpCode op = OpCode::ATTENTION_BACKWARD;
+  arity(op, in, 4, 5, out, 3);
+  const TensorView &q = in[0], &k = in[1], &v = in[2], &dO = in[3];
+  const TensorView &dq = out[0], &dk = out[1], &dv = out[2];
+  DType dt = dq.dtype;
+  expectFloat(op, q, dt, "q");
+  expectFloat(op, k, dt, "k");
+  expectFloat(op, v, dt, "v");
+  expectFloat(op, dO, dt, "do");
+  expectFloat(op, dk, dt, "dk");
+  expectFloat(op, dv, dt, "dv");
+  const Shape &qs = q.shape, &ks = k.shape, &vs = v.shape;
+  if (qs.size() != 3 || ks.size() != 3 || vs.size() != 3 || qs[0] != ks[0] || ks[0] != vs[0] || ks[1] != vs[1] ||
+      qs[2] != ks[2])
+    shapeError(op, "q " + shapeStr(qs) + ", k " + shapeStr(ks) + ", v " + shapeStr(vs));
+  const int64_t B = qs[0], Nq = qs[1], Nk = ks[1], H = a.heads;
+  if (H <= 0 || qs[2] % H || vs[2] % H) shapeError(op, "widths do not split into heads");
+  const int64_t d = qs[2] / H, dvw = vs[2] / H, Wq = qs[2], Wv = vs[2];
+  if (dO.shape != Shape{B, Nq, Wv}) shapeError(op, "do " + shapeStr(dO.shape) + ", expected [B, Nq, H·dv]");
+  const bool hasDp = in.size() > 4 && in[4].data != nullptr;
+  if (hasDp) {
+    expectFloat(op, in[4], dt, "dp");
+    if (in[4].shape != Shape{B * H, Nq, Nk}) shapeError(op, "dp " + shapeStr(in[4].shape) + ", expected [B·H, Nq, Nk]");
+  }
+  if (dq.shape != qs || dk.shape != ks || dv.shape != vs)
+    shapeError(op, "dq " + shapeStr(dq.shape) + ", dk " + shapeStr(dk.shape) + ", dv " + shapeStr(dv.shape) +
+                       " must match q, k, v");
+  if (!B) return;
+  if (!Nq) {  // no queries: no gradient reaches k or v
+    zeroFill(dk);
+    zeroFill(dv);
+    return;
+  }
+  if (!Nk) {
+    zeroFill(dq);
+    return;
+  }
+  if (!d || !dvw) shapeError(op, "zero-width heads are not supported");
+  toInt(op, Nq, "Nq");
+  toInt(op, Nk, "Nk");
+  toInt(op, B * H, "B·H");
+  toInt(op, Wq, "H·d");
+  toInt(op, Wv, "H·dv");
+  const bool f16 = dt == DType::F16;
+  const size_t es = dtypeSize(dt);
+  // fp32 S and dP; fp16 also keeps P and dS·scale as fp16 GEMM operands.
+  const int64_t perElem = 8 + (f16 ? 2 * int64_t(es) : 0);
+  const int64_t perHead = Nq * Nk * perElem;
+  int64_t Hc = 1, Qc = Nq;
+  if (perHead <= budget) Hc = std::max<int64_t>(1, std::min<int64_t>(H, budget / perHead));
+  else Qc = std::max<int64_t>(1, std::min<int64_t>(Nq, budget / (Nk * perElem)));
+  const bool qChunked = Qc < Nq;  // then Hc = 1
+  // fp16 with query chunks: dK/dV accumulate over the chunks in fp32, stored once at the end.
+  const bool acc32 = qChunked && f16;
+  const size_t blk = size_t(Hc * Qc * Nk);
+  Scratch S(blk * 4), dP(blk * 4);
+  Scratch Ph(f16 ? blk * es : 0), dSh(f16 ? blk * es : 0);
+  Scratch accK(acc32 ? size_t(Nk * d) * 4 : 0), accV(acc32 ? size_t(Nk * dvw) * 4 : 0);
+  void* Pt = f16 ? Ph.p : S.p;
+  void* dSt = f16 ? dSh.p : dP.p;
+  const char* qp = static_cast<const char*>(q.data);
+  const char* kp = static_cast<const char*>(k.data);
+  const char* vp = static_cast<const char*>(v.data);
+  const char* op_ = static_cast<const char*>(dO.data);
+  const char* dpp = hasDp ? static_cast<const char*>(in[4].data) : nullptr;
+  char* dqp = static_cast<char*>(dq.data);
+  char* dkp = static_cast<char*>(dk.data);
+  char* dvp = static_cast<char*>(dv.data);
+  cudaStream_t st = ctx().stream;
+  const int iNk = int(Nk), iD = int(d), iDv = int(dvw), iWq = int(Wq), iWv = int(Wv);
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h0 = 0; h0 < H; h0 += Hc) {
+      const int64_t hc = std::min(Hc, H - h0);
+      const char* kb = kp + size_t(b * Nk * Wq + h0 * d) * es;    // K_h rows, head h0
+      const char* vb = vp + size_t(b * Nk * Wv + h0 * dvw) * es;  // V_h rows
+      char* dkb = dkp + size_t(b * Nk * Wq + h0 * d) * es;
+      char* dvb = dvp + size_t(b * Nk * Wv + h0 * dvw) * es;
+      for (int64_t q0 = 0; q0 < Nq; q0 += Qc) {
+        const int64_t qc = std::min(Qc, Nq - q0);
+        const long long cStride = qc * Nk;  // one head's block in S / dP / P / dS
+        const char* qb = qp + size_t((b * Nq + q0) * Wq + h0 * d) * es;
+        const char* ob = op_ + size_t((b * Nq + q0) * Wv + h0 * dvw) * es;
+        char* dqb = dqp + size_t((b * Nq + q0) * Wq + h0 * d) * es;
+        // S (qc × Nk row-major = Nk × qc col-major) = scale · K_h Q_hᵀ, heads strided by d in a row.
+        gemm(true, false, iNk, int(qc), iD, float(a.scale), kb, iWq, d, qb, iWq, d, 0.f, S.p, iNk, cStride, int(hc),
+             dt, DType::F32);
+        // dP = dO_h V_hᵀ
+        gemm(true, false, iNk, int(qc), iDv, 1.f, vb, iWv, dvw, ob, iWv, dvw, 0.f, dP.p, iNk, cStride, int(hc), dt,
+             DType::F32);
+        dim3 grid{unsigned(qc), unsigned(hc)};
+        const int threads = Nk >= 1024 ? 256 : 128;
+        dispatchFloat(op, dt, [&](auto tag) {
+          using T = decltype(tag);
+          const T* dpb = dpp ? reinterpret_cast<const T*>(dpp + size_t(((b * H + h0) * Nq + q0) * Nk) * es) : nullptr;
+          attnBackwardRows<T><<<grid, threads, 0, st>>>(S.as<float>(), dP.as<float>(), dpb, static_cast<T*>(Pt),
+                                                        static_cast<T*>(dSt), int(qc), iNk, Nq * Nk, int(q0),
+                                                        a.causal ? 1 : 0, float(a.scale));
+        });
+        CK_LAUNCH("attnBackwardRows");
+        // dQ_h (qc × d) = (scale·dS) K_h: col-major dQᵀ (d × qc) = K_hᵀ (d × Nk) · dSᵀ (Nk × qc).
+        gemm(false, false, iD, int(qc), iNk, 1.f, kb, iWq, d, dSt, iNk, cStride, 0.f, dqb, iWq, d, int(hc), dt, dt);
+        // dK_h (Nk × d) += (scale·dS)ᵀ Q_h: col-major dKᵀ (d × Nk) = Q_hᵀ (d × qc) · dS (qc × Nk).
+        // dV_h (Nk × dv) += Pᵀ dO_h.
+        const float beta = q0 == 0 ? 0.f : 1.f;
+        if (acc32) {
+          gemm(false, true, iD, iNk, int(qc), 1.f, qb, iWq, d, dSt, iNk, cStride, beta, accK.p, iD, Nk * d, int(hc),
+               dt, DType::F32);
+          gemm(false, true, iDv, iNk, int(qc), 1.f, ob, iWv, dvw, Pt, iNk, cStride, beta, accV.p, iDv, Nk * dvw,
+               int(hc), dt, DType::F32);
+        } else {
+          gemm(false, true, iD, iNk, int(qc), 1.f, qb, iWq, d, dSt, iNk, cStride, beta, dkb, iWq, d, int(hc), dt, dt);
+          gemm(false, true, iDv, iNk, int(qc), 1.f, ob, iWv, dvw, Pt, iNk, cStride, beta, dvb, iWv, dvw, int(hc), dt,
+               dt);
+        }
+      }
+      if (acc32) {  // hc = 1 here
+        dispatchFloat(op, dt, [&](auto tag) {
+          using T = decltype(tag);
+          storeRows<T><<<gridFor(Nk * d, 256), 256, 0, st>>>(accK.as<float>(), reinterpret_cast<T*>(dkb), Nk, d, Wq);
+          CK_LAUNCH("storeRows");
+          storeRows<T><<<gridFor(Nk * dvw, 256), 256, 0, st>>>(accV.as<float>(), reinterpret_cast<T*>(dvb), Nk, dvw,
+                                                               Wv);
+          CK_LAUNCH("storeRows");
+        });
+      }
+    }
+}
+
+void opAttentionBackward(const OpAttrs& a, const std::vector<TensorView>& in, const std::vector<TensorView>& out) {
+  attentionBackwardBudget(a, in, out, int64_t(512) << 20);
+}
+
 }  // namespace cuda
 }  // namespace idforge

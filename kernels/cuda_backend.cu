@@ -11,7 +11,6 @@
 #include <unordered_map>
 #include <unordered_set>
 
-#include "backward.h"
 #include "cuda_common.h"
 
 namespace idforge {
@@ -46,6 +45,28 @@ namespace cuda {
 void expectFloat(OpCode op, const TensorView& t, DType dt, const char* name) {
   if (t.dtype != dt)
     shapeError(op, std::string(name) + " is " + dtypeName(t.dtype) + ", expected " + dtypeName(dt) + " like the output");
+}
+
+void arity(OpCode op, const std::vector<TensorView>& in, size_t lo, size_t hi, const std::vector<TensorView>& out,
+           size_t nOut) {
+  if (in.size() < lo || in.size() > hi || out.size() < nOut)
+    shapeError(op, "expects " + std::to_string(lo) + (hi > lo ? "-" + std::to_string(hi) : std::string()) +
+                       " inputs and " + std::to_string(nOut) + " output(s), got " + std::to_string(in.size()) +
+                       " and " + std::to_string(out.size()));
+  for (size_t i = 0; i < lo; i++)
+    if (!in[i].data && in[i].numel() > 0) shapeError(op, "input " + std::to_string(i) + " has no data");
+  for (size_t i = 0; i < nOut; i++)
+    if (!out[i].data && out[i].numel() > 0) shapeError(op, "output " + std::to_string(i) + " has no data");
+}
+
+int toInt(OpCode op, int64_t v, const char* what) {
+  if (v < 0 || v > 0x7fffffffLL) shapeError(op, std::string(what) + " does not fit 32 bits");
+  return int(v);
+}
+
+void zeroFill(const TensorView& t) {
+  size_t bytes = size_t(t.numel()) * dtypeSize(t.dtype);
+  if (bytes) CK(cudaMemsetAsync(t.data, 0, bytes, ctx().stream));
 }
 
 namespace {
@@ -441,14 +462,14 @@ class CudaBackend : public Backend {
       case OpCode::GELU_BACKWARD:
       case OpCode::QUICK_GELU_BACKWARD:
       case OpCode::SILU_BACKWARD:
-      case OpCode::GEGLU_BACKWARD:
+      case OpCode::GEGLU_BACKWARD: return opActivationBackward(op, a, in, out);
       case OpCode::UPSAMPLE2X_BACKWARD:
-      case OpCode::REDUCE_SUM:
-      case OpCode::GROUP_NORM_BACKWARD:
-      case OpCode::LAYER_NORM_BACKWARD:
-      case OpCode::CONV2D_BACKWARD_INPUT:
-      case OpCode::ATTENTION_BACKWARD:
-      case OpCode::INJECT_BACKWARD: return opBackward(op, a, in, out);
+      case OpCode::REDUCE_SUM: return opLayoutBackward(op, a, in, out);
+      case OpCode::GROUP_NORM_BACKWARD: return opGroupNormBackward(a, in, out);
+      case OpCode::LAYER_NORM_BACKWARD: return opLayerNormBackward(a, in, out);
+      case OpCode::CONV2D_BACKWARD_INPUT: return opConv2dBackwardInput(a, in, out);
+      case OpCode::ATTENTION_BACKWARD: return opAttentionBackward(a, in, out);
+      case OpCode::INJECT_BACKWARD: return opInjectBackward(a, in, out);
     }
     throw Error("E_BACKEND", std::string(opName(op)) + " is not implemented by the CUDA backend");
   }

@@ -108,6 +108,11 @@ struct Scratch {
 
 [[noreturn]] void shapeError(OpCode op, const std::string& msg);
 void expectFloat(OpCode op, const TensorView& t, DType dt, const char* name);
+// in.size() in [lo, hi], out.size() >= nOut, the required tensors non-null (E_SHAPE otherwise).
+void arity(OpCode op, const std::vector<TensorView>& in, size_t lo, size_t hi, const std::vector<TensorView>& out,
+           size_t nOut);
+int toInt(OpCode op, int64_t v, const char* what);  // E_SHAPE past 32 bits
+void zeroFill(const TensorView& t);                  // on the stream
 
 inline int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline unsigned gridFor(int64_t n, int threads, int64_t cap = 65535LL * 32) {
@@ -144,6 +149,20 @@ void opBinary(OpCode, const OpAttrs&, const std::vector<TensorView>&, const std:
 void opLayout(OpCode, const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
 void opMisc(OpCode, const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
 void opSamplerStep(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
+// Backward ops (vector-Jacobian products), each next to its forward family.
+void opActivationBackward(OpCode, const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
+void opLayoutBackward(OpCode, const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
+void opInjectBackward(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
+void opGroupNormBackward(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
+void opLayerNormBackward(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
+void opConv2dBackwardInput(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
+void opAttentionBackward(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
+// ATTENTION_BACKWARD / CONV2D_BACKWARD_INPUT with an explicit scratch budget in bytes (the native
+// test harness forces the query-chunked / channel-chunked paths with a small one).
+void attentionBackwardBudget(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&,
+                             int64_t budgetBytes);
+void conv2dBackwardInputBudget(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&,
+                               int64_t budgetBytes);
 
 // Exposed for the benchmark harness: the unfused cuBLAS QKᵀ → softmax → PV path.
 void attentionUnfused(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);

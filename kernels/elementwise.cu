@@ -2,6 +2,7 @@
 // All math in fp32 whatever the storage type; 4-wide vector loads wherever sizes and alignment
 // allow, since these ops are purely bandwidth-bound.
 #include "cuda_common.h"
+#include "derivatives.cuh"
 
 namespace idforge {
 namespace cuda {
@@ -277,6 +278,95 @@ void opBinary(OpCode op, const OpAttrs& a, const std::vector<TensorView>& in, co
     if (op == OpCode::ADD) runBinary<T, 0>(in[0].as<T>(), in[1].as<T>(), y.as<T>(), n, p);
     else runBinary<T, 1>(in[0].as<T>(), in[1].as<T>(), y.as<T>(), n, p);
   });
+}
+
+// ---- backward (vector-Jacobian products for lib/graph/autodiff.ts) ------------------------
+// GELU/QUICK_GELU/SILU/GEGLU backward: one grid-stride kernel each, fp32 math.
+
+namespace {
+
+using Views = std::vector<TensorView>;
+
+// ---- elementwise ------------------------------------------------------------------------------
+
+enum BwdKind { KB_GELU, KB_QGELU, KB_SILU };
+
+template <typename T, int K>
+__global__ void unaryBackward(const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, int64_t n) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += stride) {
+    const float v = toF(x[i]);
+    const float g = K == KB_GELU ? geluGradF(v) : siluGradF(v, K == KB_QGELU ? 1.702f : 1.f);
+    dx[i] = fromF<T>(toF(dy[i]) * g);
+  }
+}
+
+// x[r, 0:F] = h, x[r, F:2F] = gate;  y = h·gelu(gate)
+template <typename T>
+__global__ void gegluBackward(const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, int64_t rows,
+                              int64_t F) {
+  const int64_t n = rows * F, stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += stride) {
+    const int64_t r = i / F, c = i - r * F;
+    const int64_t base = r * 2 * F + c;
+    const float h = toF(x[base]), g = toF(x[base + F]), d = toF(dy[i]);
+    dx[base] = fromF<T>(d * geluF(g));
+    dx[base + F] = fromF<T>(d * h * geluGradF(g));
+  }
+}
+
+void activationBackward(OpCode op, const Views& in, const Views& out) {
+  arity(op, in, 2, 2, out, 1);
+  const TensorView &x = in[0], &dy = in[1], &dx = out[0];
+  DType dt = dx.dtype;
+  expectFloat(op, x, dt, "x");
+  expectFloat(op, dy, dt, "dy");
+  if (dy.shape != x.shape || dx.shape != x.shape)
+    shapeError(op, "x " + shapeStr(x.shape) + ", dy " + shapeStr(dy.shape) + " and dx " + shapeStr(dx.shape) +
+                       " must match");
+  const int64_t n = x.numel();
+  if (!n) return;
+  cudaStream_t st = ctx().stream;
+  dispatchFloat(op, dt, [&](auto tag) {
+    using T = decltype(tag);
+    const unsigned grid = gridFor(n, 256);
+    if (op == OpCode::GELU_BACKWARD)
+      unaryBackward<T, KB_GELU><<<grid, 256, 0, st>>>(x.as<T>(), dy.as<T>(), dx.as<T>(), n);
+    else if (op == OpCode::QUICK_GELU_BACKWARD)
+      unaryBackward<T, KB_QGELU><<<grid, 256, 0, st>>>(x.as<T>(), dy.as<T>(), dx.as<T>(), n);
+    else
+      unaryBackward<T, KB_SILU><<<grid, 256, 0, st>>>(x.as<T>(), dy.as<T>(), dx.as<T>(), n);
+  });
+  CK_LAUNCH("unaryBackward");
+}
+
+void gegluBackwardOp(const Views& in, const Views& out) {
+  const OpCode op = OpCode::GEGLU_BACKWARD;
+  arity(op, in, 2, 2, out, 1);
+  const TensorView &x = in[0], &dy = in[1], &dx = out[0];
+  DType dt = dx.dtype;
+  expectFloat(op, x, dt, "x");
+  expectFloat(op, dy, dt, "dy");
+  if (x.shape.empty() || x.shape.back() % 2) shapeError(op, "x " + shapeStr(x.shape) + " must be [.., 2F]");
+  const int64_t F = x.shape.back() / 2;
+  Shape ys = x.shape;
+  ys.back() = F;
+  if (dy.shape != ys) shapeError(op, "dy " + shapeStr(dy.shape) + ", expected " + shapeStr(ys));
+  if (dx.shape != x.shape) shapeError(op, "dx " + shapeStr(dx.shape) + ", expected " + shapeStr(x.shape));
+  if (!F || !x.numel()) return;
+  const int64_t rows = x.numel() / (2 * F);
+  dispatchFloat(op, dt, [&](auto tag) {
+    using T = decltype(tag);
+    gegluBackward<T><<<gridFor(rows * F, 256), 256, 0, ctx().stream>>>(x.as<T>(), dy.as<T>(), dx.as<T>(), rows, F);
+  });
+  CK_LAUNCH("gegluBackward");
+}
+
+}  // namespace
+
+void opActivationBackward(OpCode op, const OpAttrs&, const std::vector<TensorView>& in, const std::vector<TensorView>& out) {
+  if (op == OpCode::GEGLU_BACKWARD) return gegluBackwardOp(in, out);
+  activationBackward(op, in, out);
 }
 
 }  // namespace cuda

@@ -62,8 +62,9 @@ struct Epilogue {
   bool any() const { return bias || residual; }
 };
 
-Epilogue epilogueOf(OpCode op, const std::vector<TensorView>& in, const TensorView& y, int64_t channels, int64_t images) {
-  const FusedOperands f = fusedOperands(in, y.shape, channels, images);
+Epilogue epilogueOf(OpCode op, const OpAttrs& a, const std::vector<TensorView>& in, const TensorView& y, int64_t channels,
+                    int64_t images) {
+  const FusedOperands f = fusedOperands(in, a, y.shape, channels, images);
   if (!f.error.empty()) shapeError(op, f.error);
   Epilogue e;
   if (f.bias >= 0) {
@@ -154,7 +155,7 @@ void linearTransposed(const OpAttrs& a, const std::vector<TensorView>& in, const
   const int64_t N = w.shape[0];
   const Shape ys = a.transX ? Shape{B, R, N} : Shape{B, N, R};
   if (y.shape != ys) shapeError(op, "output " + shapeStr(y.shape) + ", expected " + shapeStr(ys));
-  const Epilogue e = epilogueOf(op, in, y, N, 0);
+  const Epilogue e = epilogueOf(op, a, in, y, N, 0);
   // transX: rows of N with the bias along them; transY: (b, n) planes of R with bias[n] each.
   if (a.transX) fillEpilogueAny(y, e, N, 1);
   else fillEpilogueAny(y, e, N, R);
@@ -189,7 +190,7 @@ void opLinear(const OpAttrs& a, const std::vector<TensorView>& in, const std::ve
   if (y.shape != ys) shapeError(op, "output " + shapeStr(y.shape) + ", expected " + shapeStr(ys));
   // Rows from the output: with K = 0 the input has no elements to count them by.
   const int64_t R = N ? y.numel() / N : 0;
-  const Epilogue e = epilogueOf(op, in, y, N, 0);
+  const Epilogue e = epilogueOf(op, a, in, y, N, 0);
   fillEpilogueAny(y, e, N, 1);
   if (emptyProduct(y, K, e.any())) return;
   // yᵀ[N, R] = wᵀ·xᵀ in column-major terms: A = w (stored [N,K] = col-major K×N, transposed).
@@ -257,7 +258,7 @@ void opConv2d(const OpAttrs& a, const std::vector<TensorView>& in, const std::ve
   Shape ys = {Bn, O, Ho, Wo};
   if (Ho < 1 || Wo < 1 || y.shape != ys) shapeError(op, "output " + shapeStr(y.shape) + ", expected " + shapeStr(ys));
   int64_t HWo = Ho * Wo;
-  const Epilogue e = epilogueOf(op, in, y, O, Bn);
+  const Epilogue e = epilogueOf(op, a, in, y, O, Bn);
   if (HWo > 0) fillEpilogueAny(y, e, e.perImage ? Bn * O : O, HWo);
   if (emptyProduct(y, C, e.any())) return;
   float beta = e.any() ? 1.f : 0.f;
@@ -300,6 +301,115 @@ void opConv2d(const OpAttrs& a, const std::vector<TensorView>& in, const std::ve
            col.p, int(Pc), CK_ * Pc, w.data, int(CK_), 0, beta, yb, int(HWo), O * HWo, int(nbb), dt, dt);
     }
   }
+}
+
+// ---- backward (a vector-Jacobian product for lib/graph/autodiff.ts) ------------------------
+// CONV2D_BACKWARD_INPUT: cuBLAS col = Wᵀ·dy (fp32 col) + a gather col2im (no atomics), in image or
+// channel chunks under a scratch budget; 1x1/s1/p0 is one batched GEMM.
+
+using Views = std::vector<TensorView>;
+
+namespace {
+
+// ---- CONV2D_BACKWARD_INPUT --------------------------------------------------------------------
+
+// dx[b][c][y][x] = Σ_{ky,kx} col[b][(c·kh + ky)·kw + kx][oy·Wo + ox] over y = oy·s − pad + ky,
+// x = ox·s − pad + kx (the adjoint of im2col, as a gather: no atomics, every dx element written
+// once). grid.y = channel in the chunk, grid.z = image in the chunk, threads walk the pixels.
+template <typename T>
+__global__ void col2im(const float* __restrict__ col, T* __restrict__ dx, int H, int W, int kh, int kw, int s,
+                       int pad, int Ho, int Wo, int64_t dxImage, int64_t colImage) {
+  const int c = blockIdx.y, b = blockIdx.z;
+  const int HW = H * W;
+  const int64_t HWo = int64_t(Ho) * Wo;
+  const float* cb = col + int64_t(b) * colImage + int64_t(c) * kh * kw * HWo;
+  T* xb = dx + int64_t(b) * dxImage + int64_t(c) * HW;
+  for (int q = blockIdx.x * blockDim.x + threadIdx.x; q < HW; q += gridDim.x * blockDim.x) {
+    const int y = q / W, xx = q - y * W;
+    float acc = 0.f;
+    for (int ky = 0; ky < kh; ky++) {
+      const int ty = y + pad - ky;
+      if (ty < 0) break;  // decreasing in ky
+      if (ty % s) continue;
+      const int oy = ty / s;
+      if (oy >= Ho) continue;
+      for (int kx = 0; kx < kw; kx++) {
+        const int tx = xx + pad - kx;
+        if (tx < 0) break;
+        if (tx % s) continue;
+        const int ox = tx / s;
+        if (ox >= Wo) continue;
+        acc += cb[(int64_t(ky) * kw + kx) * HWo + int64_t(oy) * Wo + ox];
+      }
+    }
+    xb[q] = fromF<T>(acc);
+  }
+}
+
+}  // namespace
+
+void conv2dBackwardInputBudget(const OpAttrs& a, const Views& in, const Views& out, int64_t budget) {
+  const OpCode op = OpCode::CONV2D_BACKWARD_INPUT;
+  arity(op, in, 2, 2, out, 1);
+  const TensorView &dy = in[0], &w = in[1], &dx = out[0];
+  DType dt = dx.dtype;
+  expectFloat(op, dy, dt, "dy");
+  expectFloat(op, w, dt, "w");
+  const Shape &ds = dy.shape, &ws = w.shape, &xs = dx.shape;
+  if (ds.size() != 4 || ws.size() != 4 || xs.size() != 4 || ds[1] != ws[0] || xs[1] != ws[1] || ds[0] != xs[0])
+    shapeError(op, "dy " + shapeStr(ds) + ", w " + shapeStr(ws) + ", dx " + shapeStr(xs));
+  const int64_t B = xs[0], C = xs[1], H = xs[2], W = xs[3], O = ws[0], kh = ws[2], kw = ws[3];
+  const int64_t Ho = ds[2], Wo = ds[3], s = a.stride, p = a.pad;
+  if (s < 1 || p < 0) shapeError(op, "stride must be >= 1 and pad >= 0");
+  if (kh < 1 || kw < 1) shapeError(op, "empty kernel " + shapeStr(ws));
+  if ((H + 2 * p - kh) / s + 1 != Ho || (W + 2 * p - kw) / s + 1 != Wo)
+    shapeError(op, "dy " + shapeStr(ds) + " is not the output size of dx " + shapeStr(xs));
+  if (!dx.numel()) return;
+  if (!dy.numel()) {  // O = 0 (or no output pixels): nothing flows back
+    zeroFill(dx);
+    return;
+  }
+  const int64_t HW = H * W, HWo = Ho * Wo, KK = kh * kw, CK_ = C * KK;
+  if (HW >= (int64_t(1) << 31) || HWo >= (int64_t(1) << 31) || CK_ >= (int64_t(1) << 31) || B > 65535)
+    shapeError(op, "too large for 32-bit pixel indexing");
+  cudaStream_t st = ctx().stream;
+  if (kh == 1 && kw == 1 && s == 1 && p == 0) {
+    // dxᵀ[b] (HW × C, col-major) = dyᵀ[b] (HW × O) · W (O × C): W stored [O][C] is col-major C × O.
+    gemm(false, true, toInt(op, HWo, "H·W"), toInt(op, C, "C"), toInt(op, O, "O"), 1.f, dy.data, int(HWo), O * HWo,
+         w.data, int(C), 0, 0.f, dx.data, int(HWo), C * HWo, toInt(op, B, "batch"), dt, dt);
+    return;
+  }
+  // col (fp32) in image chunks (all channels) when an image fits the budget, else in channel
+  // chunks of one image: dx channels depend only on their own col rows, so chunks never overlap.
+  const int64_t perImage = CK_ * HWo * 4;
+  int64_t nb = 1, Cc = C;
+  if (perImage <= budget) nb = std::max<int64_t>(1, std::min<int64_t>(B, budget / perImage));
+  else Cc = std::max<int64_t>(1, std::min<int64_t>(C, budget / (KK * HWo * 4)));
+  Scratch col(size_t(nb * Cc * KK * HWo) * 4);
+  const size_t es = dtypeSize(dt);
+  for (int64_t b0 = 0; b0 < B; b0 += nb) {
+    const int64_t nbb = std::min(nb, B - b0);
+    for (int64_t c0 = 0; c0 < C; c0 += Cc) {
+      const int64_t cc = std::min(Cc, C - c0), rowsC = cc * KK;
+      // colᵀ (HWo × rowsC, col-major) = dyᵀ (HWo × O) · W[:, c0·KK : (c0+cc)·KK] (O × rowsC)
+      const char* dyb = static_cast<const char*>(dy.data) + size_t(b0 * O * HWo) * es;
+      const char* wc = static_cast<const char*>(w.data) + size_t(c0 * KK) * es;
+      gemm(false, true, int(HWo), toInt(op, rowsC, "C·kh·kw"), toInt(op, O, "O"), 1.f, dyb, int(HWo), O * HWo, wc,
+           int(CK_), 0, 0.f, col.p, int(HWo), rowsC * HWo, int(nbb), dt, DType::F32);
+      dim3 grid{unsigned(std::min<int64_t>(ceilDiv(HW, 256), 1024)), unsigned(cc), unsigned(nbb)};
+      if (cc > 65535) shapeError(op, "too many channels for one launch");
+      dispatchFloat(op, dt, [&](auto tag) {
+        using T = decltype(tag);
+        col2im<T><<<grid, 256, 0, st>>>(col.as<float>(), dx.as<T>() + b0 * C * HW + c0 * HW, int(H), int(W), int(kh),
+                                        int(kw), int(s), int(p), int(Ho), int(Wo), C * HW, rowsC * HWo);
+      });
+      CK_LAUNCH("col2im");
+    }
+  }
+}
+
+void opConv2dBackwardInput(const OpAttrs& a, const std::vector<TensorView>& in, const std::vector<TensorView>& out) {
+  conv2dBackwardInputBudget(a, in, out, int64_t(256) << 20);
 }
 
 }  // namespace cuda

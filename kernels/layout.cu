@@ -2,6 +2,7 @@
 // of any dtype; contiguous row copies go through cudaMemcpy2DAsync (the copy engine's strided
 // path), permutes through a 32×32 shared-memory transpose when they reduce to one.
 #include "cuda_common.h"
+#include "reduce.cuh"
 
 namespace idforge {
 namespace cuda {
@@ -205,6 +206,167 @@ void opLayout(OpCode op, const OpAttrs& a, const std::vector<TensorView>& in, co
     }
     default: shapeError(op, "not a layout op");
   }
+}
+
+// ---- backward (vector-Jacobian products for lib/graph/autodiff.ts) ------------------------
+// UPSAMPLE2X_BACKWARD: 2x2 sums, one thread per output. REDUCE_SUM: dims collapsed into kept /
+// reduced runs; a thread per output (short sums) or a block per output (long sums), double sums.
+
+namespace {
+
+using Views = std::vector<TensorView>;
+
+// dy[p, 2H, 2W] → dx[p, H, W]
+template <typename T>
+__global__ void upsample2xBackward(const T* __restrict__ dy, T* __restrict__ dx, int64_t n, int64_t H, int64_t W) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; o < n; o += stride) {
+    const int64_t xx = o % W, t = o / W, y = t % H, p = t / H;
+    const T* r0 = dy + (p * 2 * H + 2 * y) * 2 * W + 2 * xx;
+    const T* r1 = r0 + 2 * W;
+    dx[o] = fromF<T>((toF(r0[0]) + toF(r0[1])) + (toF(r1[0]) + toF(r1[1])));
+  }
+}
+
+// ---- REDUCE_SUM -------------------------------------------------------------------------------
+
+constexpr int RED_MAXD = 8;
+struct RedDims {
+  int nk = 0, nr = 0;
+  int64_t kExt[RED_MAXD], kStr[RED_MAXD], rExt[RED_MAXD], rStr[RED_MAXD];
+};
+
+// Element offset in x of output element o (row-major over the kept runs) / of reduction index n.
+__device__ __forceinline__ int64_t decompose(int64_t i, int nd, const int64_t* ext, const int64_t* str) {
+  int64_t off = 0;
+  for (int k = nd - 1; k >= 0; k--) {
+    const int64_t e = ext[k];
+    const int64_t q = i / e;
+    off += (i - q * e) * str[k];
+    i = q;
+  }
+  return off;
+}
+
+template <typename T>
+__global__ void reduceSerial(const T* __restrict__ x, T* __restrict__ y, RedDims d, int64_t nOut, int64_t nRed) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; o < nOut; o += stride) {
+    const int64_t base = decompose(o, d.nk, d.kExt, d.kStr);
+    double s = 0;
+    for (int64_t n = 0; n < nRed; n++) s += toF(x[base + decompose(n, d.nr, d.rExt, d.rStr)]);
+    y[o] = fromF<T>(float(s));
+  }
+}
+
+template <typename T>
+__global__ void reduceBlock(const T* __restrict__ x, T* __restrict__ y, RedDims d, int64_t nOut, int64_t nRed) {
+  __shared__ double red[32];
+  for (int64_t o = blockIdx.x; o < nOut; o += gridDim.x) {  // uniform across the block
+    const int64_t base = decompose(o, d.nk, d.kExt, d.kStr);
+    double s = 0;
+    for (int64_t n = threadIdx.x; n < nRed; n += blockDim.x) s += toF(x[base + decompose(n, d.nr, d.rExt, d.rStr)]);
+    s = warpSum(s);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+      const int nw = blockDim.x >> 5;
+      double v = threadIdx.x < nw ? red[threadIdx.x] : 0.0;
+      v = warpSum(v);
+      if (threadIdx.x == 0) y[o] = fromF<T>(float(v));
+    }
+    __syncthreads();  // red is rewritten by the next output
+  }
+}
+
+void upsampleBackwardOp(const Views& in, const Views& out) {
+  const OpCode op = OpCode::UPSAMPLE2X_BACKWARD;
+  arity(op, in, 1, 1, out, 1);
+  const TensorView &dy = in[0], &dx = out[0];
+  DType dt = dx.dtype;
+  expectFloat(op, dy, dt, "dy");
+  const Shape& s = dy.shape;
+  if (s.size() != 4 || s[2] % 2 || s[3] % 2) shapeError(op, "dy " + shapeStr(s) + " must be [B, C, 2H, 2W]");
+  const int64_t H = s[2] / 2, W = s[3] / 2;
+  Shape xs = {s[0], s[1], H, W};
+  if (dx.shape != xs) shapeError(op, "dx " + shapeStr(dx.shape) + ", expected " + shapeStr(xs));
+  const int64_t n = dx.numel();
+  if (!n) return;
+  dispatchFloat(op, dt, [&](auto tag) {
+    using T = decltype(tag);
+    upsample2xBackward<T><<<gridFor(n, 256), 256, 0, ctx().stream>>>(dy.as<T>(), dx.as<T>(), n, H, W);
+  });
+  CK_LAUNCH("upsample2xBackward");
+}
+
+void reduceSumOp(const Views& in, const Views& out) {
+  const OpCode op = OpCode::REDUCE_SUM;
+  arity(op, in, 1, 1, out, 1);
+  const TensorView &x = in[0], &y = out[0];
+  DType dt = y.dtype;
+  expectFloat(op, x, dt, "x");
+  const Shape& xs = x.shape;
+  const Shape& os0 = y.shape;
+  if (os0.size() > xs.size()) shapeError(op, "out " + shapeStr(os0) + " has more dims than x " + shapeStr(xs));
+  const size_t r = xs.size();
+  Shape os(r - os0.size(), 1);
+  os.insert(os.end(), os0.begin(), os0.end());
+  for (size_t i = 0; i < r; i++)
+    if (os[i] != xs[i] && os[i] != 1) shapeError(op, "x " + shapeStr(xs) + " does not reduce to " + shapeStr(os0));
+  const int64_t nOut = y.numel();
+  if (!nOut) return;
+  // Collapse: drop extent-1 dims, merge neighbouring dims of the same kind (x is contiguous, so
+  // neighbours once the 1s are gone are always mergeable).
+  std::vector<int64_t> xstr(r, 1);
+  for (size_t i = r; i-- > 1;) xstr[i - 1] = xstr[i] * xs[i];
+  struct Run {
+    bool kept;
+    int64_t ext, str;
+  };
+  std::vector<Run> runs;
+  for (size_t i = 0; i < r; i++) {
+    if (xs[i] == 1) continue;
+    bool kept = os[i] == xs[i];
+    if (!runs.empty() && runs.back().kept == kept) {
+      runs.back().ext *= xs[i];
+      runs.back().str = xstr[i];
+    } else {
+      runs.push_back({kept, xs[i], xstr[i]});
+    }
+  }
+  RedDims d;
+  int64_t nRed = 1;
+  for (const Run& u : runs) {
+    if (u.kept) {
+      if (d.nk == RED_MAXD) shapeError(op, "too many alternating kept/reduced dims");
+      d.kExt[d.nk] = u.ext;
+      d.kStr[d.nk++] = u.str;
+    } else {
+      if (d.nr == RED_MAXD) shapeError(op, "too many alternating kept/reduced dims");
+      d.rExt[d.nr] = u.ext;
+      d.rStr[d.nr++] = u.str;
+      nRed *= u.ext;
+    }
+  }
+  cudaStream_t st = ctx().stream;
+  dispatchFloat(op, dt, [&](auto tag) {
+    using T = decltype(tag);
+    if (nRed <= 64) {
+      reduceSerial<T><<<gridFor(nOut, 256), 256, 0, st>>>(x.as<T>(), y.as<T>(), d, nOut, nRed);
+    } else {
+      const int threads = nRed >= 4096 ? 256 : 128;
+      const unsigned grid = unsigned(std::min<int64_t>(nOut, int64_t(1) << 20));
+      reduceBlock<T><<<grid, threads, 0, st>>>(x.as<T>(), y.as<T>(), d, nOut, nRed);
+    }
+  });
+  CK_LAUNCH("reduceSum");
+}
+
+}  // namespace
+
+void opLayoutBackward(OpCode op, const OpAttrs&, const std::vector<TensorView>& in, const std::vector<TensorView>& out) {
+  if (op == OpCode::REDUCE_SUM) return reduceSumOp(in, out);
+  upsampleBackwardOp(in, out);
 }
 
 }  // namespace cuda

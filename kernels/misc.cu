@@ -129,5 +129,61 @@ void opMisc(OpCode op, const OpAttrs& a, const std::vector<TensorView>& in, cons
   shapeError(op, "not a misc op");
 }
 
+// ---- backward (vector-Jacobian products for lib/graph/autodiff.ts) ------------------------
+// INJECT_BACKWARD: a thread per (vector, column), a deterministic sum over the rows.
+
+namespace {
+
+using Views = std::vector<TensorView>;
+
+// ---- INJECT_BACKWARD --------------------------------------------------------------------------
+
+template <typename T>
+__global__ void injectBackward(const T* __restrict__ dy, const int32_t* __restrict__ slots, T* __restrict__ dv,
+                               int64_t rows, int64_t D, int64_t M, int* err) {
+  const int64_t n = M * D, stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += stride) {
+    const int64_t m = i / D, c = i - m * D;
+    double s = 0;
+    for (int64_t r = 0; r < rows; r++)
+      if (int64_t(slots[r]) == m) s += toF(dy[r * D + c]);
+    dv[i] = fromF<T>(float(s));
+  }
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    bool bad = false;
+    for (int64_t r = 0; r < rows; r++) bad |= int64_t(slots[r]) >= M;
+    if (bad) atomicOr(err, 2);
+  }
+}
+
+void injectBackwardOp(const Views& in, const Views& out) {
+  const OpCode op = OpCode::INJECT_BACKWARD;
+  arity(op, in, 2, 2, out, 1);
+  const TensorView &dy = in[0], &sl = in[1], &dv = out[0];
+  DType dt = dv.dtype;
+  expectFloat(op, dy, dt, "dy");
+  if (sl.dtype != DType::I32) shapeError(op, "slots must be int32");
+  const Shape& ys = dy.shape;
+  if (ys.size() != 3 || sl.shape != Shape{ys[0], ys[1]} || dv.shape.size() != 2 || dv.shape[1] != ys[2])
+    shapeError(op, "dy " + shapeStr(ys) + ", slots " + shapeStr(sl.shape) + ", dvectors " + shapeStr(dv.shape));
+  const int64_t rows = ys[0] * ys[1], D = ys[2], M = dv.shape[0];
+  if (!rows) {
+    zeroFill(dv);
+    return;
+  }
+  dispatchFloat(op, dt, [&](auto tag) {
+    using T = decltype(tag);
+    injectBackward<T><<<gridFor(M * D, 128), 128, 0, ctx().stream>>>(dy.as<T>(), sl.as<int32_t>(), dv.as<T>(), rows,
+                                                                      D, M, ctx().errFlagDev);
+  });
+  CK_LAUNCH("injectBackward");
+}
+
+}  // namespace
+
+void opInjectBackward(const OpAttrs&, const std::vector<TensorView>& in, const std::vector<TensorView>& out) {
+  injectBackwardOp(in, out);
+}
+
 }  // namespace cuda
 }  // namespace idforge

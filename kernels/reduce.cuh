@@ -1,4 +1,4 @@
-// Warp- and block-wide reductions shared by the kernels (attention.cu, backward.cu, norm.cu).
+// Warp- and block-wide reductions shared by the kernels (attention.cu, norm.cu: forward and backward).
 #pragma once
 
 #include <cmath>

@@ -1,5 +1,5 @@
-// Welford mean/variance merging shared by the norm kernels (forward in norm.cu, backward in
-// backward.cu): statistics in fp32 with a numerically stable merge of partial results, and the
+// Welford mean/variance merging shared by the norm kernels (norm.cu, forward and backward):
+// statistics in fp32 with a numerically stable merge of partial results, and the
 // group-norm statistics kernel both use. Needs cuda_common.h (toF) first.
 #pragma once
 
@@ -48,7 +48,7 @@ __device__ Welford wBlockMerge(Welford w) {
 
 // Group-norm statistics, split: block (group, split) merges elements [split·chunk, +chunk) of
 // its group (groupSize contiguous elements) into part[group · gridDim.y + split]. Used by the
-// forward (norm.cu) and the backward (backward.cu), which merge the parts themselves.
+// forward and the backward group norm (norm.cu), which merge the parts themselves.
 template <typename T, int THREADS>
 __global__ void __launch_bounds__(THREADS) groupStats(const T* __restrict__ x, Welford* __restrict__ part,
                                                       int64_t groupSize, int64_t chunk) {

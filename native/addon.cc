@@ -234,6 +234,7 @@ OpAttrs attrsFrom(const Napi::Value& v) {
     else if (k == "transB") a.transB = flag();
     else if (k == "transX") a.transX = flag();
     else if (k == "transY") a.transY = flag();
+    else if (k == "residual") a.residual = flag();
     else if (k == "perm") a.perm = shapeFrom(x, "perm");
     else throw Error("E_INTERNAL", "unknown op attribute '" + k + "'");
   }

@@ -47,20 +47,19 @@ struct TensorView {
 
 // Every op a backend implements. Semantics (all float tensors are in the backend's compute dtype,
 // contiguous, row-major; "[..]" means any leading dims):
-//   LINEAR       in: x[.., K], w[N, K], b[N]?, r[.., N]?   out: [.., N]   y = x·wᵀ + b + r
+//   LINEAR       in: x[.., K], w[N, K], b[N]?, r[.., N]?   attrs residual   out: [.., N]   y = x·wᵀ + b + r
 //                attrs transX: x is [B, K, R] (channels first, an NCHW image as [B, C, H·W]), out
 //                [B, R, N]; transY: out is [B, N, R] (x [B, R, K]): the token ↔ image layout
 //                change of a transformer block's proj_in / proj_out happens inside the GEMM
 //                instead of by a PERMUTE pass (r, when given, has the out shape either way)
 //   MATMUL       in: a[B, M, K], b[B, K, N] (or b[B, N, K] with transB)   out: [B, M, N]
 //   CONV2D       in: x[B, C, H, W], w[O, C/groups... (groups=1 only), kh, kw], b[O] or b[B, O]?,
-//                r[B, O, Ho, Wo]?   attrs stride, pad (symmetric zero padding)
+//                r[B, O, Ho, Wo]?   attrs stride, pad (symmetric zero padding), residual
 //                out: [B, O, Ho, Wo] = conv + b (per channel, or per image and channel) + r
 //                LINEAR / CONV2D's r is a fused residual (a skip connection added in the op's
-//                epilogue instead of by an ADD pass), exactly the output's shape. There is no
-//                attribute for it: four inputs are x, w, b, r (b or r may be absent, no data);
-//                with three, the third is r when it has the output's shape, else b (a one-row
-//                output adds the same values either way). native/fused.h has the rule.
+//                epilogue instead of by an ADD pass), exactly the output's shape. Operands are
+//                explicit: x, w, b when given, then r, the last input, iff attrs.residual
+//                (native/fused.h states the order; a b view without data is absent).
 //   GROUP_NORM   in: x[B, C, ..], w[C], b[C]   attrs groups, eps, silu (apply SiLU after affine)
 //   LAYER_NORM   in: x[.., C], w[C], b[C]      attrs eps
 //   ATTENTION    in: q[B, Nq, H·d], k[B, Nk, H·d], v[B, Nk, H·dv]   attrs heads, scale, causal,
@@ -153,6 +152,7 @@ struct OpAttrs {
   int64_t stride = 1, pad = 0, groups = 1, heads = 1, axis = 0, start = 0, end = 0, dim = 0;
   double eps = 1e-5, scale = 1.0, shift = 0.0, maxPeriod = 10000.0;
   bool silu = false, causal = false, flip = false, capture = false, transB = false, transX = false, transY = false;
+  bool residual = false;  // LINEAR / CONV2D: the last input is a residual (native/fused.h)
   std::vector<int64_t> perm;
 };
 

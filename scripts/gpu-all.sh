@@ -3,7 +3,10 @@
 # possibly no Node or npm: unpacks a carried node binary (.gpu/node.xz) when node is missing, builds
 # the addon with CUDA (sm_90 unless IDFORGE_CUDA_ARCHS says otherwise) straight through CMake
 # (node-addon-api and node-api-headers come from the carried node_modules), then runs
-#   1. scripts/gpu-check.sh          every CUDA op vs the CPU op + kernel benchmarks + torch SDPA
+#   0. with tap installed (npm's dev dependencies): the CUDA tests of `npm test` themselves
+#      (test/ops-cuda.test.ts: the op table on CUDA; cuda-streams.test.ts; cuda-native.test.ts and
+#      gpu-goldens.test.ts: 1-3 below without benchmarks). Without tap, the op table's CUDA mode cannot run: say so.
+#   1. scripts/gpu-check.sh          native checks (forced kernel paths, stream stress) + kernel benchmarks + torch SDPA
 #   2. scripts/gpu-engine-check.mjs  the tiny model on CUDA fp32/fp16 vs the goldens + SD 1.5 UNet bench
 # Results land in $OUT (default ./gpu-out); copy them into bench/results/.
 set -uo pipefail
@@ -31,6 +34,12 @@ cmake -S . -B build/gpu -DCMAKE_BUILD_TYPE=Release -DIDFORGE_CUDA_ARCHS="${IDFOR
 echo "built in $(( $(date +%s) - t0 )) s"
 
 rc=0
+if [ -x node_modules/.bin/tap ]; then
+  node_modules/.bin/tap --disable-coverage test/ops-cuda.test.ts test/cuda-streams.test.ts test/cuda-native.test.ts test/gpu-goldens.test.ts 2>&1 | tee "$OUT/tests.txt"
+  [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+else
+  echo "== tap not installed: the op table's CUDA mode (test/ops-cuda.test.ts) is NOT run" | tee "$OUT/tests.txt"
+fi
 if [ "${SKIP_OPS:-0}" != 1 ]; then
   bash scripts/gpu-check.sh "$@" || rc=1
 fi

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds test/native/cuda_ops_test.cu with the CPU backend (the reference) and every kernel, runs
-# the op checks and the benchmarks, and benchmarks torch's scaled_dot_product_attention on the
-# same shapes. Results go to $OUT (default ./gpu-check-out): cuda_ops.json/.txt, torch_sdpa.json.
+# its native checks (kernel paths only a native call can force, bad ids, the stream stress; every
+# op's own cases are the op table's, test/ops-cuda.test.ts) and the benchmarks, and benchmarks
+# torch's scaled_dot_product_attention on the same shapes. Results go to $OUT (default
+# ./gpu-check-out): cuda_ops.json/.txt, torch_sdpa.json. test/cuda-native.test.ts runs it with --no-bench.
 #   scripts/gpu-check.sh [--no-bench] [--arch 90]
 set -uo pipefail
 cd "$(dirname "$0")/.."

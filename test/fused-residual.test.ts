@@ -4,7 +4,7 @@
 import t from 'tap';
 import { Engine } from '../lib/engine.js';
 import { grad } from '../lib/graph/autodiff.js';
-import { Graph, type Value } from '../lib/graph/graph.js';
+import { fusedOperands, Graph, type Value } from '../lib/graph/graph.js';
 import { Program } from '../lib/graph/program.js';
 import { ShapeWeights, Weights } from '../lib/graph/weights.js';
 import { sd15Configs, textLayout, unetLayout, vaeLayout } from '../lib/bench/random-model.js';
@@ -25,14 +25,16 @@ const adds = (g: Graph): number[][] => g.ops.filter((o) => o.op === 'add').map((
 
 const ofOp = (g: Graph, op: string): number => g.ops.filter((o) => o.op === op).length;
 
-/** Ops that take a residual (a trailing input shaped like their output). */
-const residualOps = (g: Graph, op: string): number => g.ops.filter((o) => o.op === op && o.in.slice(2).some((id) => {
-  const s = g.values[id]!.shape;
+/** Ops that take a residual (flagged, and shaped like their output). */
+const residualOps = (g: Graph, op: string): number => g.ops.filter((o) => {
+  const r = o.op === op ? fusedOperands(o).residual : undefined;
+  if (r === undefined) return false;
+  const s = g.values[r]!.shape;
   const out = g.values[o.out[0]!]!.shape;
   return s.length === out.length && s.every((d, i) => d === out[i]);
-})).length;
+}).length;
 /** Convs with a per-image bias [B, O]. */
-const imageBiasConvs = (g: Graph): number => g.ops.filter((o) => o.op === 'conv2d' && g.values[o.in[2] ?? -1]?.shape.length === 2).length;
+const imageBiasConvs = (g: Graph): number => g.ops.filter((o) => o.op === 'conv2d' && g.values[fusedOperands(o).bias ?? -1]?.shape.length === 2).length;
 
 
 t.test('SD 1.5 graphs: every skip connection fused where the layout allows', async (t) => {

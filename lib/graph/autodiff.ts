@@ -6,7 +6,7 @@
 import { IdforgeError } from '../errors.js';
 import type { NativeOp } from '../native.js';
 import { numel } from '../tensor.js';
-import { type Graph, type Value } from './graph.js';
+import { fusedOperands, type Graph, type Value } from './graph.js';
 
 export interface GradOptions {
   /** Values treated as constants (stop-gradient): nothing flows through them. */
@@ -17,8 +17,15 @@ export interface GradOptions {
 
 type Attrs = NonNullable<NativeOp['attrs']>;
 
-const num = (a: Attrs | undefined, k: string, d: number): number => (a && typeof a[k] === 'number' ? (a[k] as number) : d);
+// Attribute defaults are stated once, by native/backend.h's OpAttrs: a backward op takes the
+// forward op's attributes as they are (pick), and the few a rule computes with are ones the
+// builder always writes (num throws when one is missing).
+const num = (a: Attrs | undefined, k: string): number => {
+  if (a && typeof a[k] === 'number') return a[k] as number;
+  throw new IdforgeError('E_INTERNAL', `grad: the op has no '${k}' attribute`);
+};
 const flag = (a: Attrs | undefined, k: string): boolean => !!(a && a[k]);
+const pick = (a: Attrs | undefined, ...keys: string[]): Attrs => Object.fromEntries(keys.filter((k) => a && k in a).map((k) => [k, a![k]!]));
 
 /** dy summed down to `shape` (the adjoint of numpy broadcasting). */
 function reduceTo(g: Graph, dy: Value, shape: readonly number[]): Value {
@@ -66,27 +73,28 @@ export function grad(g: Graph, loss: Value, wrt: readonly Value[], opts: GradOpt
     const douts = op.out.map((id) => grads.get(id));
     if (douts.every((d) => d === undefined)) continue;
     const ins = op.in.map((id) => g.valueOf(id));
-    const want = (k: number): boolean => needs.has(op.in[k]!) && useful.has(op.in[k]!);
+    const wants = (id: number | undefined): id is number => id !== undefined && needs.has(id) && useful.has(id);
+    const want = (k: number): boolean => wants(op.in[k]);
     const dy = douts[0]!;
     const a = op.attrs;
     switch (op.op) {
       case 'linear': {
         const transX = flag(a, 'transX'), transY = flag(a, 'transY');
+        const f = fusedOperands(op);
         // dx = dy·W: MATMUL with a rank-2 right operand broadcasts it over dy's batch. With
         // transX / transY, dy or dx is channels first: a PERMUTE (backward passes only).
-        if (want(0)) {
-          const [x, w] = ins as [Value, Value];
+        if (wants(f.x)) {
+          const w = g.valueOf(f.w);
           const tokens = transY ? g.permute(dy, [0, 2, 1]) : dy;  // [B, R, N]
           const dx = g.op('matmul', [tokens, w], [[...tokens.shape.slice(0, -1), w.dim(1)]])[0]!;
-          accumulate(x.id, transX ? g.permute(dx, [0, 2, 1]) : dx);
+          accumulate(f.x, transX ? g.permute(dx, [0, 2, 1]) : dx);
         }
-        // The bias [N] and the fused residual (shaped like y, native/fused.h): dy summed down to
-        // each one's shape (a residual takes dy as it is; with transY the bias runs along dim 1).
-        for (let k = 2; k < ins.length; k++) {
-          if (!want(k)) continue;
-          const s = ins[k]!.shape;
-          const isBias = s.length === 1 && dy.rank > 1;
-          accumulate(ins[k]!.id, transY && isBias ? g.reshape(reduceTo(g, dy, [s[0]!, 1]), [...s]) : reduceTo(g, dy, s));
+        // The residual (shaped like y) takes dy; the bias [N], dy summed over the rows (with
+        // transY the channels run along dim 1).
+        if (wants(f.residual)) accumulate(f.residual, dy);
+        if (wants(f.bias)) {
+          const n = g.valueOf(f.bias).shape;
+          accumulate(f.bias, transY ? g.reshape(reduceTo(g, dy, [n[0]!, 1]), [...n]) : reduceTo(g, dy, n));
         }
         break;
       }
@@ -101,31 +109,31 @@ export function grad(g: Graph, loss: Value, wrt: readonly Value[], opts: GradOpt
         break;
       }
       case 'conv2d': {
-        if (want(0)) {
-          const [x, w] = ins as [Value, Value];
-          accumulate(x.id, g.op('conv2d_backward_input', [dy, w], [x.shape], { stride: num(a, 'stride', 1), pad: num(a, 'pad', 0) })[0]!);
+        const f = fusedOperands(op);
+        if (wants(f.x)) {
+          const x = g.valueOf(f.x);
+          accumulate(f.x, g.op('conv2d_backward_input', [dy, g.valueOf(f.w)], [x.shape], pick(a, 'stride', 'pad'))[0]!);
         }
-        // The fused residual (shaped like y) takes dy; a bias [O], or per image [B, O] (a resnet's
+        // The residual (shaped like y) takes dy; a bias [O], or per image [B, O] (a resnet's
         // time embedding), takes dy summed over the pixels (and the images).
-        for (let k = 2; k < ins.length; k++) {
-          if (!want(k)) continue;
-          const v = ins[k]!;
-          if (v.rank === dy.rank && v.shape.every((d, i) => d === dy.dim(i))) accumulate(v.id, dy);
-          else accumulate(v.id, g.reshape(g.reduceSum(dy, [...v.shape, 1, 1]), [...v.shape]));
+        if (wants(f.residual)) accumulate(f.residual, dy);
+        if (wants(f.bias)) {
+          const b = g.valueOf(f.bias).shape;
+          accumulate(f.bias, g.reshape(g.reduceSum(dy, [...b, 1, 1]), [...b]));
         }
         break;
       }
       case 'group_norm': {
         if (want(0)) {
           const [x, w, b] = ins as [Value, Value, Value];
-          accumulate(x.id, g.op('group_norm_backward', [dy, x, w, b], [x.shape], { groups: num(a, 'groups', 1), eps: num(a, 'eps', 1e-5), silu: flag(a, 'silu') })[0]!);
+          accumulate(x.id, g.op('group_norm_backward', [dy, x, w, b], [x.shape], pick(a, 'groups', 'eps', 'silu'))[0]!);
         }
         break;
       }
       case 'layer_norm': {
         if (want(0)) {
           const [x, w] = ins as [Value, Value];
-          accumulate(x.id, g.op('layer_norm_backward', [dy, x, w], [x.shape], { eps: num(a, 'eps', 1e-5) })[0]!);
+          accumulate(x.id, g.op('layer_norm_backward', [dy, x, w], [x.shape], pick(a, 'eps'))[0]!);
         }
         break;
       }
@@ -134,9 +142,7 @@ export function grad(g: Graph, loss: Value, wrt: readonly Value[], opts: GradOpt
         const o = g.valueOf(op.out[0]!);
         const dO = douts[0] ?? zerosLike(g, o);
         const dp = douts[1];
-        const [dq, dk, dv] = g.op('attention_backward', dp ? [q, k, v, dO, dp] : [q, k, v, dO], [q.shape, k.shape, v.shape], {
-          heads: num(a, 'heads', 1), scale: num(a, 'scale', 1), causal: flag(a, 'causal'),
-        });
+        const [dq, dk, dv] = g.op('attention_backward', dp ? [q, k, v, dO, dp] : [q, k, v, dO], [q.shape, k.shape, v.shape], pick(a, 'heads', 'scale', 'causal'));
         if (want(0)) accumulate(q.id, dq!);
         if (want(1)) accumulate(k.id, dk!);
         if (want(2)) accumulate(v.id, dv!);
@@ -163,7 +169,7 @@ export function grad(g: Graph, loss: Value, wrt: readonly Value[], opts: GradOpt
         break;
       }
       case 'scale':
-        accumulate(ins[0]!.id, g.scale(dy, num(a, 'scale', 1), 0));
+        accumulate(ins[0]!.id, g.scale(dy, num(a, 'scale'), 0));
         break;
       case 'upsample2x': {
         const x = ins[0]!;
@@ -171,7 +177,7 @@ export function grad(g: Graph, loss: Value, wrt: readonly Value[], opts: GradOpt
         break;
       }
       case 'concat': {
-        const axis = num(a, 'axis', 0);
+        const axis = num(a, 'axis');
         let off = 0;
         ins.forEach((x, k) => {
           const n = x.dim(axis);
@@ -191,9 +197,9 @@ export function grad(g: Graph, loss: Value, wrt: readonly Value[], opts: GradOpt
         break;
       case 'slice': {
         const x = ins[0]!;
-        const axis = num(a, 'axis', 0);
-        const start = num(a, 'start', 0);
-        const end = num(a, 'end', 0);
+        const axis = num(a, 'axis');
+        const start = num(a, 'start');
+        const end = num(a, 'end');
         const parts: Value[] = [];
         if (start > 0) parts.push(zerosLike(g, g.slice(x, axis, 0, start)));
         parts.push(dy);

@@ -44,14 +44,30 @@ function checkResidual(op: string, r: Value, shape: readonly number[]): void {
     throw shapeErr(op, `residual ${S(r.shape)} must have the output's shape ${S(shape)}`);
 }
 
+/** The operands of a LINEAR / CONV2D op by role (value ids). */
+export interface FusedOperands {
+  x: number;
+  w: number;
+  bias?: number;
+  residual?: number;
+}
+
 /**
- * LINEAR / CONV2D inputs: x, w, then the bias and the residual when given. The op list carries no
- * flag for which trailing input is which: native/fused.h tells them apart by count and shape
- * (with three inputs the third is the residual when it has the output's shape, else the bias; a
- * one-row output reads a residual as a bias, which adds the same values).
+ * LINEAR / CONV2D operands in op-list order, the order native/fused.h states: x, w, the bias when
+ * given, then the residual when given (the last input, flagged by the `residual` attribute).
+ * The builder emits them with fusedInputs; autodiff and the tests read them back with fusedOperands.
  */
-function fusedInputs(x: Value, w: Value, b: Value | undefined, r: Value | undefined): Value[] {
-  return [x, w, ...(b ? [b] : []), ...(r ? [r] : [])];
+function fusedInputs(x: Value, w: Value, b: Value | undefined, r: Value | undefined): { ins: Value[]; attrs: NativeOp['attrs'] } {
+  return { ins: [x, w, ...(b ? [b] : []), ...(r ? [r] : [])], attrs: r ? { residual: true } : {} };
+}
+
+export function fusedOperands(op: NativeOp): FusedOperands {
+  const residual = !!op.attrs?.['residual'];
+  const [x, w] = op.in as [number, number];
+  const f: FusedOperands = { x, w };
+  if (op.in.length > (residual ? 3 : 2)) f.bias = op.in[2]!;
+  if (residual) f.residual = op.in[op.in.length - 1]!;
+  return f;
 }
 
 export class Graph {
@@ -119,7 +135,9 @@ export class Graph {
     const shape = transX ? [x.dim(0), x.dim(2), n] : transY ? [x.dim(0), n, x.dim(1)] : [...x.shape.slice(0, -1), n];
     const r = opts.residual;
     if (r) checkResidual('linear', r, shape);
-    return this.emit('linear', fusedInputs(x, w, b, r), shape, transX ? { transX } : transY ? { transY } : undefined);
+    const f = fusedInputs(x, w, b, r);
+    const attrs = { ...f.attrs, ...(transX ? { transX } : transY ? { transY } : {}) };
+    return this.emit('linear', f.ins, shape, Object.keys(attrs).length ? attrs : undefined);
   }
 
   matmul(a: Value, b: Value, opts: { transB?: boolean } = {}): Value {
@@ -149,7 +167,8 @@ export class Graph {
     const shape = [x.dim(0), o, ho, wo];
     const r = opts.residual;
     if (r) checkResidual('conv2d', r, shape);
-    return this.emit('conv2d', fusedInputs(x, w, b, r), shape, { stride, pad });
+    const f = fusedInputs(x, w, b, r);
+    return this.emit('conv2d', f.ins, shape, { stride, pad, ...f.attrs });
   }
 
   groupNorm(x: Value, w: Value, b: Value, opts: { groups: number; eps: number; silu?: boolean }): Value {
@@ -237,9 +256,8 @@ export class Graph {
   }
 
   timestepEmbedding(t: Value, opts: { dim: number; flip: boolean; shift: number; maxPeriod?: number }): Value {
-    return this.emit('timestep_emb', [t], [t.dim(0), opts.dim], {
-      dim: opts.dim, flip: opts.flip, shift: opts.shift, maxPeriod: opts.maxPeriod ?? 10000,
-    });
+    const { dim, flip, shift, maxPeriod } = opts;  // maxPeriod's default: native/backend.h
+    return this.emit('timestep_emb', [t], [t.dim(0), dim], { dim, flip, shift, ...(maxPeriod !== undefined ? { maxPeriod } : {}) });
   }
 
   embedding(ids: Value, table: Value): Value {

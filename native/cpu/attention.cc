@@ -1,4 +1,5 @@
-// ATTENTION: softmax(scale·Q·Kᵀ [+ causal mask]) · V per (batch, head), flash-style.
+// ATTENTION: softmax(scale·Q·Kᵀ [+ causal mask]) · V per (batch, head), flash-style; at the end,
+// ATTENTION_BACKWARD (probabilities recomputed).
 //
 // Without capture, no Nq x Nk score matrix exists: each task owns a block of kBq queries of one
 // head and streams over kBk-key tiles, keeping a running max m and sum l per query (online
@@ -10,6 +11,8 @@
 // are then multiplied by V tile by tile.
 #include <cmath>
 #include <cstring>
+#include <mutex>
+#include <vector>
 
 #include "gemm.h"
 #include "gemm_kernels.h"
@@ -222,6 +225,101 @@ void op_ATTENTION(const OpAttrs& a, const Views& in, const Views& out) {
       }
     }
   }, 1);
+}
+
+// ---- backward (a vector-Jacobian product for lib/graph/autodiff.ts) -------------------------------
+
+// Gradients of o = softmax(scale·q·kᵀ)·v per (batch, head), probabilities recomputed. An optional
+// 5th input dp[B·H, Nq, Nk] is an incoming gradient on the probabilities themselves (captured maps
+// in a loss). dP = dO·Vᵀ + dp;  dS = P ⊙ (dP − rowsum(P ⊙ dP));  dQ = scale·dS·K;
+// dK = scale·dSᵀ·Q;  dV = Pᵀ·dO. Query rows are processed in blocks; dK/dV are accumulated per
+// worker and summed under a lock.
+void op_ATTENTION_BACKWARD(const OpAttrs& a, const Views& in, const Views& out) {
+  const char* op = "attention_backward";
+  checkArity(op, in, 4, 5, out, 3);
+  checkF32(op, in, out);
+  const Shape &qs = in[0].shape, &ks = in[1].shape, &vs = in[2].shape;
+  if (qs.size() != 3 || ks.size() != 3 || vs.size() != 3 || qs[0] != ks[0] || ks[0] != vs[0] || ks[1] != vs[1] ||
+      qs[2] != ks[2])
+    shapeError(op, "q " + shapeOf(in[0]) + ", k " + shapeOf(in[1]) + ", v " + shapeOf(in[2]));
+  const int64_t B = qs[0], Nq = qs[1], Nk = ks[1], H = a.heads;
+  if (H <= 0 || qs[2] % H || vs[2] % H) shapeError(op, "widths do not split into heads");
+  const int64_t d = qs[2] / H, dv = vs[2] / H, Wq = qs[2], Wv = vs[2];
+  checkShape(op, in[3], {B, Nq, Wv}, "do");
+  const bool hasDp = given(in, 4);
+  if (hasDp) checkShape(op, in[4], {B * H, Nq, Nk}, "dp");
+  checkShape(op, out[0], qs, "dq");
+  checkShape(op, out[1], ks, "dk");
+  checkShape(op, out[2], vs, "dv");
+  const float* q = in[0].as<float>();
+  const float* k = in[1].as<float>();
+  const float* v = in[2].as<float>();
+  const float* dO = in[3].as<float>();
+  const float* dp = hasDp ? in[4].as<float>() : nullptr;
+  float* dq = out[0].as<float>();
+  float* dk = out[1].as<float>();
+  float* dvv = out[2].as<float>();
+  std::memset(dk, 0, sizeof(float) * size_t(out[1].numel()));
+  std::memset(dvv, 0, sizeof(float) * size_t(out[2].numel()));
+  const float scale = float(a.scale);
+  constexpr int64_t kQ = 64;
+  const int64_t qBlocks = (Nq + kQ - 1) / kQ;
+  std::mutex mu;
+  for (int64_t bh = 0; bh < B * H; bh++) {
+    const int64_t b = bh / H, h = bh % H;
+    const float* qb = q + b * Nq * Wq + h * d;
+    const float* kb = k + b * Nk * Wq + h * d;
+    const float* vb = v + b * Nk * Wv + h * dv;
+    const float* ob = dO + b * Nq * Wv + h * dv;
+    float* dqb = dq + b * Nq * Wq + h * d;
+    float* dkb = dk + b * Nk * Wq + h * d;
+    float* dvb = dvv + b * Nk * Wv + h * dv;
+    parallel_for(qBlocks, [&](int64_t j0, int64_t j1) {
+      std::vector<float> P(size_t(kQ * Nk)), dP(size_t(kQ * Nk)), accK(size_t(Nk * d), 0.f), accV(size_t(Nk * dv), 0.f);
+      for (int64_t j = j0; j < j1; j++) {
+        const int64_t i0 = j * kQ, m = std::min(kQ, Nq - i0);
+        // S = Q·Kᵀ (unscaled), then the softmax in place.
+        sgemm(m, Nk, d, qb + i0 * Wq, Wq, 1, kb, 1, Wq, P.data(), Nk, false);
+        for (int64_t i = 0; i < m; i++) {
+          float* pr = P.data() + i * Nk;
+          int64_t valid = a.causal ? std::min(Nk, i0 + i + 1) : Nk;
+          float mx = -INFINITY;
+          for (int64_t c = 0; c < valid; c++) mx = std::max(mx, pr[c] * scale);
+          double sum = 0;
+          for (int64_t c = 0; c < valid; c++) {
+            pr[c] = std::exp(pr[c] * scale - mx);
+            sum += pr[c];
+          }
+          float inv = float(1.0 / sum);
+          for (int64_t c = 0; c < valid; c++) pr[c] *= inv;
+          for (int64_t c = valid; c < Nk; c++) pr[c] = 0.f;
+        }
+        // dP = dO·Vᵀ (+ dp)
+        sgemm(m, Nk, dv, ob + i0 * Wv, Wv, 1, vb, 1, Wv, dP.data(), Nk, false);
+        for (int64_t i = 0; i < m; i++) {
+          float* pr = P.data() + i * Nk;
+          float* gr = dP.data() + i * Nk;
+          if (dp) {
+            const float* in4 = dp + (bh * Nq + i0 + i) * Nk;
+            for (int64_t c = 0; c < Nk; c++) gr[c] += in4[c];
+          }
+          double dot = 0;
+          for (int64_t c = 0; c < Nk; c++) dot += double(pr[c]) * gr[c];
+          for (int64_t c = 0; c < Nk; c++) gr[c] = pr[c] * (gr[c] - float(dot)) * scale;  // dS·scale
+        }
+        // dQ rows = (scale·dS)·K
+        sgemm(m, d, Nk, dP.data(), Nk, 1, kb, Wq, 1, dqb + i0 * Wq, Wq, false);
+        // dK += (scale·dS)ᵀ·Q;  dV += Pᵀ·dO
+        sgemm(Nk, d, m, dP.data(), 1, Nk, qb + i0 * Wq, Wq, 1, accK.data(), d, true);
+        sgemm(Nk, dv, m, P.data(), 1, Nk, ob + i0 * Wv, Wv, 1, accV.data(), dv, true);
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      for (int64_t r = 0; r < Nk; r++) {
+        for (int64_t c = 0; c < d; c++) dkb[r * Wq + c] += accK[size_t(r * d + c)];
+        for (int64_t c = 0; c < dv; c++) dvb[r * Wv + c] += accV[size_t(r * dv + c)];
+      }
+    });
+  }
 }
 
 }  // namespace cpu

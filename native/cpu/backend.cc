@@ -37,6 +37,11 @@ void checkDtype(const char* op, const TensorView& t, DType want, const char* wha
                                dtypeName(t.dtype));
 }
 
+void checkF32(const char* op, const Views& in, const Views& out) {
+  for (size_t i = 0; i < in.size(); i++) checkDtype(op, in[i], DType::F32, "input");
+  for (size_t i = 0; i < out.size(); i++) checkDtype(op, out[i], DType::F32, "output");
+}
+
 void checkNumel(const char* op, const TensorView& t, int64_t n, const char* what) {
   if (t.numel() != n)
     shapeError(op, std::string(what) + " " + shapeOf(t) + " must have " + std::to_string(n) + " elements");
@@ -46,8 +51,9 @@ void checkShape(const char* op, const TensorView& t, const Shape& s, const char*
   if (t.shape != s) shapeError(op, std::string(what) + " is " + shapeOf(t) + ", expected " + shapeStr(s));
 }
 
-Epilogue epilogueOf(const char* op, const Views& in, const TensorView& out, int64_t channels, int64_t images) {
-  const FusedOperands f = fusedOperands(in, out.shape, channels, images);
+Epilogue epilogueOf(const char* op, const OpAttrs& a, const Views& in, const TensorView& out, int64_t channels,
+                    int64_t images) {
+  const FusedOperands f = fusedOperands(in, a, out.shape, channels, images);
   if (!f.error.empty()) shapeError(op, f.error);
   Epilogue e;
   if (f.bias >= 0) {

@@ -10,7 +10,9 @@
 // (winograd.cc; winogradTile() decides, IDFORGE_WINOGRAD=0 forces this im2col path).
 // Bias (per channel or per image) and residual (native/fused.h) are what the GEMM accumulates
 // onto, or are added while the result is scattered / transformed into y: never an extra pass.
+// At the end, CONV2D_BACKWARD_INPUT: a transposed convolution (col = Wᵀ·dy, then col2im).
 #include <cstring>
+#include <vector>
 
 #include "gemm.h"
 #include "ops.h"
@@ -128,7 +130,7 @@ void op_CONV2D(const OpAttrs& a, const Views& in, const Views& out) {
   if (kh < 1 || kw < 1 || H + 2 * p < kh || W + 2 * p < kw)
     shapeError(op, "kernel " + shapeOf(in[1]) + " does not fit x " + shapeOf(in[0]) + " with pad " + std::to_string(p));
   checkShape(op, out[0], {B, O, Ho, Wo}, "out");
-  const Epilogue e = epilogueOf(op, in, out[0], O, B);
+  const Epilogue e = epilogueOf(op, a, in, out[0], O, B);
   const int64_t K = C * kh * kw, N = Ho * Wo;
   float* y = out[0].as<float>();
   if (B == 0 || O == 0 || N == 0) return;
@@ -190,6 +192,56 @@ void op_CONV2D(const OpAttrs& a, const Views& in, const Views& out) {
         for (int64_t j = 0; j < N; j++) dst[j] = src[j] + add;
       }
     }
+}
+
+// ---- backward (a vector-Jacobian product for lib/graph/autodiff.ts; weights are frozen) -----------
+
+// dx of a convolution (groups 1) w.r.t. its input: col = Wᵀ·dy per image, then col2im (the
+// adjoint of im2col), i.e. a transposed convolution. out carries the input's shape.
+void op_CONV2D_BACKWARD_INPUT(const OpAttrs& a, const Views& in, const Views& out) {
+  const char* op = "conv2d_backward_input";
+  checkArity(op, in, 2, 2, out, 1);
+  checkF32(op, in, out);
+  const Shape &ds = in[0].shape, &ws = in[1].shape, &xs = out[0].shape;
+  if (ds.size() != 4 || ws.size() != 4 || xs.size() != 4 || ds[1] != ws[0] || xs[1] != ws[1] || ds[0] != xs[0])
+    shapeError(op, "dy " + shapeOf(in[0]) + ", w " + shapeOf(in[1]) + ", dx " + shapeOf(out[0]));
+  const int64_t B = xs[0], C = xs[1], H = xs[2], W = xs[3], O = ws[0], kh = ws[2], kw = ws[3];
+  const int64_t Ho = ds[2], Wo = ds[3], s = a.stride, p = a.pad;
+  if ((H + 2 * p - kh) / s + 1 != Ho || (W + 2 * p - kw) / s + 1 != Wo)
+    shapeError(op, "dy " + shapeOf(in[0]) + " is not the output size of dx " + shapeOf(out[0]));
+  const int64_t CK = C * kh * kw, HWo = Ho * Wo;
+  const float* dy = in[0].as<float>();
+  const float* w = in[1].as<float>();
+  float* dx = out[0].as<float>();
+  const bool direct = kh == 1 && kw == 1 && s == 1 && p == 0;
+  std::vector<float> col(direct ? 0 : size_t(CK * HWo));
+  for (int64_t b = 0; b < B; b++) {
+    float* xb = dx + b * C * H * W;
+    float* cb = direct ? xb : col.data();
+    // col[i, j] = Σ_o w[o, i] · dy[o, j]
+    sgemm(CK, HWo, O, w, 1, CK, dy + b * O * HWo, HWo, 1, cb, HWo, false);
+    if (direct) continue;
+    parallel_for(C, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; c++) {
+        float* xc = xb + c * H * W;
+        std::memset(xc, 0, sizeof(float) * size_t(H * W));
+        for (int64_t ky = 0; ky < kh; ky++)
+          for (int64_t kx = 0; kx < kw; kx++) {
+            const float* cr = cb + ((c * kh + ky) * kw + kx) * HWo;
+            for (int64_t oy = 0; oy < Ho; oy++) {
+              int64_t y = oy * s - p + ky;
+              if (y < 0 || y >= H) continue;
+              float* xr = xc + y * W;
+              const float* crr = cr + oy * Wo;
+              for (int64_t ox = 0; ox < Wo; ox++) {
+                int64_t xx = ox * s - p + kx;
+                if (xx >= 0 && xx < W) xr[xx] += crr[ox];
+              }
+            }
+          }
+      }
+    });
+  }
 }
 
 }  // namespace cpu

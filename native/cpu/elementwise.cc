@@ -1,7 +1,9 @@
-// Elementwise ops: activations, broadcast ADD/MUL, SCALE, and the two sampler updates.
+// Elementwise ops: activations, broadcast ADD/MUL, SCALE, and the two sampler updates; at the end,
+// the activations' backward ops (GELU/QUICK_GELU/SILU/GEGLU_BACKWARD).
 #include <cmath>
 #include <cstring>
 
+#include "derivatives.h"
 #include "ops.h"
 #include "parallel.h"
 #include "vmath.h"
@@ -262,6 +264,65 @@ void op_SAMPLER_STEP(const OpAttrs&, const Views& in, const Views& out) {
       y[i] = float(v);
       x0o[i] = float(x0);
       xin[i] = float(c.next_in * float(v));
+    }
+  });
+}
+
+// ---- backward (vector-Jacobian products for lib/graph/autodiff.ts; derivatives.h) ----------------
+
+namespace {
+
+// Elementwise backward: in x, dy (same shape) → dx.
+template <typename G>
+void unaryBackward(const char* op, const Views& in, const Views& out, G grad) {
+  checkArity(op, in, 2, 2, out, 1);
+  checkF32(op, in, out);
+  if (in[1].shape != in[0].shape || out[0].shape != in[0].shape)
+    shapeError(op, "x " + shapeOf(in[0]) + ", dy " + shapeOf(in[1]) + " and dx " + shapeOf(out[0]) + " must match");
+  const float* x = in[0].as<float>();
+  const float* dy = in[1].as<float>();
+  float* dx = out[0].as<float>();
+  forChunks(in[0].numel(), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i++) dx[i] = dy[i] * grad(x[i]);
+  });
+}
+
+}  // namespace
+
+void op_GELU_BACKWARD(const OpAttrs&, const Views& in, const Views& out) {
+  unaryBackward("gelu_backward", in, out, [](float x) { return geluGrad(x); });
+}
+void op_QUICK_GELU_BACKWARD(const OpAttrs&, const Views& in, const Views& out) {
+  unaryBackward("quick_gelu_backward", in, out, [](float x) { return siluGrad(x, 1.702); });
+}
+void op_SILU_BACKWARD(const OpAttrs&, const Views& in, const Views& out) {
+  unaryBackward("silu_backward", in, out, [](float x) { return siluGrad(x, 1.0); });
+}
+
+void op_GEGLU_BACKWARD(const OpAttrs&, const Views& in, const Views& out) {
+  const char* op = "geglu_backward";
+  checkArity(op, in, 2, 2, out, 1);
+  checkF32(op, in, out);
+  const Shape& xs = in[0].shape;
+  if (xs.empty() || xs.back() % 2) shapeError(op, "x " + shapeOf(in[0]) + " must be [.., 2F]");
+  const int64_t F = xs.back() / 2, rows = F ? in[0].numel() / (2 * F) : 0;
+  Shape ys = xs;
+  ys.back() = F;
+  checkShape(op, in[1], ys, "dy");
+  checkShape(op, out[0], xs, "dx");
+  const float* x = in[0].as<float>();
+  const float* dy = in[1].as<float>();
+  float* dx = out[0].as<float>();
+  parallel_for(rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+      const float* h = x + r * 2 * F;
+      const float* gt = h + F;
+      const float* d = dy + r * F;
+      float* o = dx + r * 2 * F;
+      for (int64_t j = 0; j < F; j++) {
+        o[j] = d[j] * geluF(gt[j]);
+        o[F + j] = d[j] * h[j] * geluGrad(gt[j]);
+      }
     }
   });
 }

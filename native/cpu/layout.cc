@@ -1,8 +1,10 @@
 // Data-movement ops (UPSAMPLE2X, CONCAT, PERMUTE, RESHAPE, SLICE) and the small index/embedding
 // ops (TIMESTEP_EMB, EMBEDDING, INJECT). Movement ops accept any dtype (ids get sliced and
-// concatenated too) as long as input and output agree.
+// concatenated too) as long as input and output agree. At the end, their backward ops
+// (UPSAMPLE2X_BACKWARD, REDUCE_SUM: the adjoint of broadcasting, INJECT_BACKWARD).
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "ops.h"
 #include "parallel.h"
@@ -261,6 +263,102 @@ void op_INJECT(const OpAttrs&, const Views& in, const Views& out) {
     const float* src = slots[i] >= 0 ? v + int64_t(slots[i]) * D : x + i * D;
     if (src != y + i * D) std::memcpy(y + i * D, src, sizeof(float) * size_t(D));
   }
+}
+
+// ---- backward (vector-Jacobian products for lib/graph/autodiff.ts) --------------------------------
+
+// 2x2 sums: the adjoint of nearest-neighbour upsampling.
+void op_UPSAMPLE2X_BACKWARD(const OpAttrs&, const Views& in, const Views& out) {
+  const char* op = "upsample2x_backward";
+  checkArity(op, in, 1, 1, out, 1);
+  checkF32(op, in, out);
+  const Shape& s = in[0].shape;
+  if (s.size() != 4 || s[2] % 2 || s[3] % 2) shapeError(op, "dy " + shapeOf(in[0]) + " must be [B, C, 2H, 2W]");
+  const int64_t H = s[2] / 2, W = s[3] / 2, planes = s[0] * s[1];
+  checkShape(op, out[0], {s[0], s[1], H, W}, "dx");
+  const float* dy = in[0].as<float>();
+  float* dx = out[0].as<float>();
+  parallel_for(planes, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; p++)
+      for (int64_t y = 0; y < H; y++) {
+        const float* r0 = dy + (p * 2 * H + 2 * y) * 2 * W;
+        const float* r1 = r0 + 2 * W;
+        float* o = dx + (p * H + y) * W;
+        for (int64_t x = 0; x < W; x++) o[x] = (r0[2 * x] + r0[2 * x + 1]) + (r1[2 * x] + r1[2 * x + 1]);
+      }
+  });
+}
+
+// Sums x over the dims where out (right-aligned, missing leading dims = 1) has extent 1.
+void op_REDUCE_SUM(const OpAttrs&, const Views& in, const Views& out) {
+  const char* op = "reduce_sum";
+  checkArity(op, in, 1, 1, out, 1);
+  checkF32(op, in, out);
+  const Shape& xs = in[0].shape;
+  const Shape& os0 = out[0].shape;
+  if (os0.size() > xs.size()) shapeError(op, "out " + shapeOf(out[0]) + " has more dims than x " + shapeOf(in[0]));
+  const size_t r = xs.size();
+  Shape os(r - os0.size(), 1);
+  os.insert(os.end(), os0.begin(), os0.end());
+  for (size_t i = 0; i < r; i++)
+    if (os[i] != xs[i] && os[i] != 1) shapeError(op, "x " + shapeOf(in[0]) + " does not reduce to " + shapeOf(out[0]));
+  // Strides of x; out element o sums x over the reduced dims.
+  std::vector<int64_t> xstr(r, 1), kept, red;
+  for (size_t i = r; i-- > 1;) xstr[i - 1] = xstr[i] * xs[i];
+  for (size_t i = 0; i < r; i++) (os[i] == xs[i] ? kept : red).push_back(int64_t(i));
+  int64_t nOut = out[0].numel(), nRed = 1;
+  for (auto i : red) nRed *= xs[size_t(i)];
+  const float* x = in[0].as<float>();
+  float* y = out[0].as<float>();
+  parallel_for(nOut, [&](int64_t o0, int64_t o1) {
+    std::vector<int64_t> idx(red.size());
+    for (int64_t o = o0; o < o1; o++) {
+      int64_t base = 0, rem = o;
+      for (size_t k = kept.size(); k-- > 0;) {
+        int64_t d = xs[size_t(kept[k])];
+        base += (rem % d) * xstr[size_t(kept[k])];
+        rem /= d;
+      }
+      double s = 0;
+      std::fill(idx.begin(), idx.end(), 0);
+      int64_t off = 0;
+      for (int64_t n = 0; n < nRed; n++) {
+        s += x[base + off];
+        for (size_t k = red.size(); k-- > 0;) {
+          size_t dim = size_t(red[k]);
+          off += xstr[dim];
+          if (++idx[k] < xs[dim]) break;
+          off -= idx[k] * xstr[dim];
+          idx[k] = 0;
+        }
+      }
+      y[o] = float(s);
+    }
+  });
+}
+
+// Gradient w.r.t. the injected vectors: dvec[m] = Σ of dy rows whose slot is m.
+void op_INJECT_BACKWARD(const OpAttrs&, const Views& in, const Views& out) {
+  const char* op = "inject_backward";
+  checkArity(op, in, 2, 2, out, 1);
+  checkDtype(op, in[0], DType::F32, "dy");
+  checkDtype(op, in[1], DType::I32, "slots");
+  checkDtype(op, out[0], DType::F32, "dvectors");
+  const Shape& ys = in[0].shape;
+  if (ys.size() != 3 || in[1].shape != Shape{ys[0], ys[1]} || out[0].shape.size() != 2 || out[0].shape[1] != ys[2])
+    shapeError(op, "dy " + shapeOf(in[0]) + ", slots " + shapeOf(in[1]) + ", dvectors " + shapeOf(out[0]));
+  const int64_t rows = ys[0] * ys[1], D = ys[2], M = out[0].shape[0];
+  const float* dy = in[0].as<float>();
+  const int32_t* sl = in[1].as<int32_t>();
+  float* o = out[0].as<float>();
+  std::vector<double> acc(size_t(M * D), 0.0);
+  for (int64_t r = 0; r < rows; r++) {
+    int32_t s = sl[r];
+    if (s < 0) continue;
+    if (s >= M) throw Error("E_ARGUMENT", std::string(op) + ": slot " + std::to_string(s) + " out of range");
+    for (int64_t c = 0; c < D; c++) acc[size_t(s * D + c)] += dy[r * D + c];
+  }
+  for (int64_t i = 0; i < M * D; i++) o[i] = float(acc[size_t(i)]);
 }
 
 }  // namespace cpu

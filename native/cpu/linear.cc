@@ -44,7 +44,7 @@ static void linearTransposed(const OpAttrs& a, const Views& in, const Views& out
   const int64_t N = ws[0];
   const Shape os = a.transX ? Shape{B, R, N} : Shape{B, N, R};
   checkShape(op, out[0], os, "out");
-  const Epilogue e = epilogueOf(op, in, out[0], N, 0);
+  const Epilogue e = epilogueOf(op, a, in, out[0], N, 0);
   const float* x = in[0].as<float>();
   const float* w = in[1].as<float>();
   float* y = out[0].as<float>();
@@ -79,7 +79,7 @@ void op_LINEAR(const OpAttrs& a, const Views& in, const Views& out) {
   Shape os = xs;
   os.back() = N;
   checkShape(op, out[0], os, "out");
-  const Epilogue e = epilogueOf(op, in, out[0], N, 0);
+  const Epilogue e = epilogueOf(op, a, in, out[0], N, 0);
   float* y = out[0].as<float>();
   // Rows from the output: with K = 0 the input has no elements to count them by.
   const int64_t M = N ? out[0].numel() / N : 0;

@@ -16,6 +16,8 @@ using Views = std::vector<TensorView>;
 // in.size() in [minIn, maxIn] and out.size() >= nOut, every present tensor non-null.
 void checkArity(const char* op, const Views& in, size_t minIn, size_t maxIn, const Views& out, size_t nOut);
 void checkDtype(const char* op, const TensorView& t, DType want, const char* what);
+// Every input and output float32 (the backward ops).
+void checkF32(const char* op, const Views& in, const Views& out);
 void checkNumel(const char* op, const TensorView& t, int64_t n, const char* what);
 void checkShape(const char* op, const TensorView& t, const Shape& s, const char* what);
 // An optional input (bias, noise) counts as given when it is present with data.
@@ -34,7 +36,8 @@ struct Epilogue {
 };
 // Finds and validates LINEAR / CONV2D's bias and residual (E_SHAPE / E_ARGUMENT on a bad one).
 // channels: N or O; images: B for CONV2D, 0 for LINEAR.
-Epilogue epilogueOf(const char* op, const Views& in, const TensorView& out, int64_t channels, int64_t images);
+Epilogue epilogueOf(const char* op, const OpAttrs& a, const Views& in, const TensorView& out, int64_t channels,
+                    int64_t images);
 // Image b's O output planes of N elements before a GEMM accumulates onto them: bias(b, o) +
 // residual (conv.cc; also LINEAR's transY output, whose planes are the N output channels).
 void fillPlanes(float* yb, int64_t b, int64_t O, int64_t N, const Epilogue& e);

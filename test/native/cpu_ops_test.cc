@@ -283,9 +283,10 @@ void testConv3x3(Shape xs, int64_t O, bool bias, bool silu = false, int64_t samp
         y, convRef(x, w, bias ? &b : nullptr, 1, 1, os, idx), samples ? idx : std::vector<int64_t>{});
 }
 
-// Fused epilogues (native/fused.h): a residual shaped like the output, and for CONV2D a bias per
-// image [B, O]. How the residual is passed: as the third input (no bias), as the fourth after a
-// bias or after an absent (null) bias, or in place (the output buffer already holds it).
+// Fused epilogues (native/fused.h): a residual shaped like the output (attrs.residual: the last
+// input), and for CONV2D a bias per image [B, O]. How the residual is passed: as the third input
+// (no bias), as the fourth after a bias or after an absent (null) bias, or in place (the output
+// buffer already holds it).
 enum class Res { None, Third, Fourth, FourthNoBias, InPlace };
 const char* resName(Res r) {
   switch (r) {
@@ -299,7 +300,8 @@ const char* resName(Res r) {
 }
 
 // Runs op with x, w, the bias (or null) and the residual placed as `mode` says, into y.
-void runFused(OpCode op, const OpAttrs& a, Tensor& x, Tensor& w, Tensor* b, Tensor& r, Res mode, Tensor& y) {
+void runFused(OpCode op, OpAttrs a, Tensor& x, Tensor& w, Tensor* b, Tensor& r, Res mode, Tensor& y) {
+  a.residual = mode != Res::None;
   switch (mode) {
     case Res::None: run(op, a, {&x, &w, b}, {&y}); break;
     case Res::Third: run(op, a, {&x, &w, &r}, {&y}); break;
@@ -362,6 +364,7 @@ void testLinearTrans(bool transX, int64_t B, int64_t K, int64_t R, int64_t N, bo
   OpAttrs a;
   a.transX = transX;
   a.transY = !transX;
+  a.residual = residual;
   if (residual) run(OpCode::LINEAR, a, {&x, &w, bias ? &b : nullptr, &r}, {&y});
   else run(OpCode::LINEAR, a, {&x, &w, bias ? &b : nullptr}, {&y});
   std::vector<double> ref(size_t(numel(os)));
@@ -406,7 +409,7 @@ void testFused() {
     testLinearFused({2, 1280}, 1283, true, m);
     testLinearFused({3, 41, 517}, 1001, true, m, 3000);
   }
-  testLinearFused({1, 1, 9}, 5, false, Res::Third);  // one row: the residual reads as a bias, same sum
+  testLinearFused({1, 1, 9}, 5, false, Res::Third);  // one row: a bias-sized residual, flagged as such
   // CONV2D, every path of conv.cc / winograd.cc:
   struct C {
     Shape x;
@@ -435,28 +438,36 @@ void testFused() {
   testConvFused({2, 37, 13, 11}, 41, 3, 3, 1, 1, true, true, Res::InPlace);
   testConvFused({2, 16, 9, 11}, 20, 3, 3, 1, 1, false, false, Res::FourthNoBias);
   testConvFused({2, 37, 4, 5}, 65, 3, 3, 1, 1, true, true, Res::InPlace);
-  testConvFused({1, 4, 1, 1}, 6, 1, 1, 1, 0, false, false, Res::Third);  // one-pixel output: residual = bias-sized
+  testConvFused({1, 4, 1, 1}, 6, 1, 1, 1, 0, false, false, Res::Third);  // one-pixel output: a bias-sized residual
 
   // Bad bias / residual shapes are E_SHAPE, never a silent broadcast.
   Tensor x = rnd({2, 3, 8}), w = rnd({5, 8}), b = rnd({5}), y = nans({2, 3, 5});
   Tensor rBad = rnd({2, 3, 6}), bBad = rnd({6}), extra = rnd({2, 3, 5});
-  expectError("linear residual of the wrong shape -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::LINEAR, {}, {&x, &w, &b, &rBad}, {&y}); });
+  OpAttrs res;
+  res.residual = true;
+  expectError("linear residual of the wrong shape -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::LINEAR, res, {&x, &w, &b, &rBad}, {&y}); });
   expectError("linear 3rd input neither bias nor residual -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::LINEAR, {}, {&x, &w, &rBad}, {&y}); });
-  expectError("linear bias of the wrong size, with residual -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::LINEAR, {}, {&x, &w, &bBad, &extra}, {&y}); });
-  expectError("linear 5 inputs -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::LINEAR, {}, {&x, &w, &b, &extra, &extra}, {&y}); });
+  expectError("linear output-shaped 3rd input, no residual flag -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::LINEAR, {}, {&x, &w, &extra}, {&y}); });
+  expectError("linear residual flag, no residual -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::LINEAR, res, {&x, &w}, {&y}); });
+  expectError("linear bias of the wrong size, with residual -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::LINEAR, res, {&x, &w, &bBad, &extra}, {&y}); });
+  expectError("linear 4 inputs, no residual flag -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::LINEAR, {}, {&x, &w, &b, &extra}, {&y}); });
+  expectError("linear 5 inputs -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::LINEAR, res, {&x, &w, &b, &extra, &extra}, {&y}); });
   Tensor cx = rnd({2, 3, 6, 6}), cw = rnd({4, 3, 3, 3}), cy = nans({2, 4, 6, 6});
   Tensor cbT = rnd({4, 2}), cb3 = rnd({3, 4}), crBad = rnd({2, 4, 6, 5}), cr = rnd({2, 4, 6, 6}), cb = rnd({4});
   OpAttrs pa;
   pa.pad = 1;
+  OpAttrs pr = pa;
+  pr.residual = true;
   expectError("conv2d bias [O, B] (transposed) -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::CONV2D, pa, {&cx, &cw, &cbT}, {&cy}); });
-  expectError("conv2d bias [3, O] for batch 2 -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::CONV2D, pa, {&cx, &cw, &cb3, &cr}, {&cy}); });
-  expectError("conv2d residual of the wrong shape -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::CONV2D, pa, {&cx, &cw, &cb, &crBad}, {&cy}); });
+  expectError("conv2d bias [3, O] for batch 2 -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::CONV2D, pr, {&cx, &cw, &cb3, &cr}, {&cy}); });
+  expectError("conv2d residual of the wrong shape -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::CONV2D, pr, {&cx, &cw, &cb, &crBad}, {&cy}); });
   {
     OpAttrs g2 = pa;
     g2.groups = 2;
     expectError("conv2d groups 2 -> E_SHAPE (groups = 1 only)", "E_SHAPE", [&] { run(OpCode::CONV2D, g2, {&cx, &cw, &cb}, {&cy}); });
   }
   expectError("conv2d 3rd input rank 4, not the output's shape -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::CONV2D, pa, {&cx, &cw, &crBad}, {&cy}); });
+  expectError("conv2d residual (flagged, 3rd input) of the wrong shape -> E_SHAPE", "E_SHAPE", [&] { run(OpCode::CONV2D, pr, {&cx, &cw, &crBad}, {&cy}); });
 }
 
 void testGroupNorm(Shape xs, int64_t G, bool silu, double offset = 0) {

@@ -1,5 +1,7 @@
-// Standalone check of every CUDA op against the CPU backend (the reference), in fp32 and fp16,
-// at SD 1.5 shapes and odd ones, plus attention benchmarks (fused vs unfused cuBLAS baseline).
+// Native CUDA checks against the CPU backend (the reference), in fp32 and fp16: the kernel paths
+// only a native call can force, bad ids raised at synchronisation, and the stream stress check;
+// plus attention benchmarks (fused vs unfused cuBLAS baseline). Every op's own cases are the op
+// table's (test/helpers/opcases.ts, run on CUDA by test/ops-cuda.test.ts).
 // Inputs are random and never zero; outputs are poisoned with NaN before each run so an
 // unwritten element fails. Built and run by scripts/gpu-check.sh; on a machine without a GPU it
 // prints cudaInfo()'s reason and exits 0.
@@ -19,7 +21,6 @@
 #include <vector>
 
 #include "backend.h"
-#include "backward.h"
 #include "cuda_common.h"
 
 using namespace idforge;
@@ -184,101 +185,12 @@ Result runCase(const Case& c, DType dt) {
   return r;
 }
 
-OpAttrs attrs(std::function<void(OpAttrs&)> f) {
-  OpAttrs a;
-  f(a);
-  return a;
-}
-
 std::vector<Case> buildCases() {
   std::vector<Case> cs;
   auto add = [&](Case c) { cs.push_back(std::move(c)); };
-  // ---- GEMM family
-  add({"linear x[2,77,768]·w[320,768]ᵀ+b", OpCode::LINEAR, {}, {randT({2, 77, 768}), randT({320, 768}, 0.05f), randT({320})}, {{2, 77, 320}}, "cublas"});
-  add({"linear x[1,256,640]·w[5120,640]ᵀ+b", OpCode::LINEAR, {}, {randT({1, 256, 640}), randT({5120, 640}, 0.05f), randT({5120})}, {{1, 256, 5120}}, "cublas"});
-  add({"linear odd x[3,7,13]·w[5,13]ᵀ", OpCode::LINEAR, {}, {randT({3, 7, 13}), randT({5, 13})}, {{3, 7, 5}}, "cublas"});
-  add({"matmul a[4,33,17]·b[4,17,29]", OpCode::MATMUL, {}, {randT({4, 33, 17}), randT({4, 17, 29})}, {{4, 33, 29}}, "cublas"});
-  add({"matmul transB a[2,64,40]·b[2,50,40]ᵀ", OpCode::MATMUL, attrs([](OpAttrs& a) { a.transB = true; }), {randT({2, 64, 40}), randT({2, 50, 40})}, {{2, 64, 50}}, "cublas"});
-  add({"matmul bcast a[3,16,8]·b[1,8,12]", OpCode::MATMUL, {}, {randT({3, 16, 8}), randT({1, 8, 12})}, {{3, 16, 12}}, "cublas"});
-  auto conv = [&](std::string n, Shape x, Shape w, int s, int p, bool bias) {
-    int64_t Ho = (x[2] + 2 * p - w[2]) / s + 1, Wo = (x[3] + 2 * p - w[3]) / s + 1;
-    std::vector<HostTensor> in = {randT(x), randT(w, float(1.0 / std::sqrt(double(w[1] * w[2] * w[3]))))};
-    if (bias) in.push_back(randT({w[0]}));
-    OpAttrs a;
-    a.stride = s;
-    a.pad = p;
-    add({n, OpCode::CONV2D, a, in, {{x[0], w[0], Ho, Wo}}, w[2] == 1 && s == 1 ? "cublas 1x1" : "im2col+cublas"});
-  };
-  conv("conv3x3 [1,320,32,32]→320 +b", {1, 320, 32, 32}, {320, 320, 3, 3}, 1, 1, true);
-  conv("conv3x3 s2 [2,64,17,17]→64", {2, 64, 17, 17}, {64, 64, 3, 3}, 2, 1, false);
-  conv("conv1x1 [2,640,16,16]→320 +b", {2, 640, 16, 16}, {320, 640, 1, 1}, 1, 0, true);
-  conv("conv_in [2,4,64,64]→320 +b", {2, 4, 64, 64}, {320, 4, 3, 3}, 1, 1, true);
-  conv("conv tiny [2,4,8,8]→8 +b", {2, 4, 8, 8}, {8, 4, 3, 3}, 1, 1, true);
-  conv("patch16 s16 [1,3,224,224]→64 +b", {1, 3, 224, 224}, {64, 3, 16, 16}, 16, 0, true);
-  // ---- fused epilogues (native/fused.h): residual (3rd input alone, or 4th after the bias) and
-  // CONV2D's per-image bias [B, O], on the linear GEMM, the 1x1 batched GEMM and im2col paths.
-  add({"linear +b +res x[2,77,768]·w[320,768]ᵀ", OpCode::LINEAR, {}, {randT({2, 77, 768}), randT({320, 768}, 0.05f), randT({320}), randT({2, 77, 320})}, {{2, 77, 320}}, "fill+cublas"});
-  add({"linear +res odd x[3,7,13]·w[5,13]ᵀ", OpCode::LINEAR, {}, {randT({3, 7, 13}), randT({5, 13}), randT({3, 7, 5})}, {{3, 7, 5}}, "copy+cublas"});
-  add({"linear +b +res x[1,256,640]·w[5120,640]ᵀ", OpCode::LINEAR, {}, {randT({1, 256, 640}), randT({5120, 640}, 0.05f), randT({5120}), randT({1, 256, 5120})}, {{1, 256, 5120}}, "fill+cublas"});
-  // transX (x channels first [B, K, R] → tokens) and transY (tokens → channels first [B, N, R]):
-  // proj_in / proj_out of the transformer blocks, the VAE's mid attention.
-  OpAttrs tx = attrs([](OpAttrs& a) { a.transX = true; });
-  OpAttrs ty = attrs([](OpAttrs& a) { a.transY = true; });
-  add({"linear transX x[2,320,4096]→[2,4096,320] +b", OpCode::LINEAR, tx, {randT({2, 320, 4096}), randT({320, 320}, 0.05f), randT({320})}, {{2, 4096, 320}}, "cublas TT"});
-  add({"linear transX odd x[3,13,7]→[3,7,5]", OpCode::LINEAR, tx, {randT({3, 13, 7}), randT({5, 13})}, {{3, 7, 5}}, "cublas TT"});
-  add({"linear transY x[2,1024,640]→[2,640,1024] +b +res", OpCode::LINEAR, ty, {randT({2, 1024, 640}), randT({640, 640}, 0.05f), randT({640}), randT({2, 640, 1024})}, {{2, 640, 1024}}, "fill+cublas TN"});
-  add({"linear transY odd x[2,7,13]→[2,5,7] +res", OpCode::LINEAR, ty, {randT({2, 7, 13}), randT({5, 13}), randT({2, 5, 7})}, {{2, 5, 7}}, "copy+cublas TN"});
-  add({"linear transY x[1,1,8]→[1,6,1] +b", OpCode::LINEAR, ty, {randT({1, 1, 8}), randT({6, 8}), randT({6})}, {{1, 6, 1}}, "fill+cublas TN"});
-  // Non-square weights (a K/N mix-up in a leading dimension would show) with bias and residual.
-  add({"linear transX x[2,96,200]→[2,200,40] +b +res", OpCode::LINEAR, tx, {randT({2, 96, 200}), randT({40, 96}, 0.1f), randT({40}), randT({2, 200, 40})}, {{2, 200, 40}}, "fill+cublas TT"});
-  add({"linear transY x[2,200,96]→[2,40,200] +b", OpCode::LINEAR, ty, {randT({2, 200, 96}), randT({40, 96}, 0.1f), randT({40})}, {{2, 40, 200}}, "fill+cublas TN"});
-  // Empty reductions: the product is zero, y the epilogue alone (cuBLAS would refuse lda = 0).
-  add({"linear K=0 x[2,3,0]·w[4,0]ᵀ +b", OpCode::LINEAR, {}, {randT({2, 3, 0}), randT({4, 0}), randT({4})}, {{2, 3, 4}}, "fill only"});
-  add({"linear transY K=0 x[2,3,0]→[2,4,3] +res", OpCode::LINEAR, ty, {randT({2, 3, 0}), randT({4, 0}), randT({2, 4, 3})}, {{2, 4, 3}}, "copy only"});
-  auto convF = [&](std::string n, Shape x, Shape w, int s, int p, int bias /* 0 none, 1 [O], 2 [B, O] */, bool res) {
-    int64_t Ho = (x[2] + 2 * p - w[2]) / s + 1, Wo = (x[3] + 2 * p - w[3]) / s + 1;
-    std::vector<HostTensor> in = {randT(x), randT(w, float(1.0 / std::sqrt(double(w[1] * w[2] * w[3]))))};
-    if (bias == 1) in.push_back(randT({w[0]}));
-    if (bias == 2) in.push_back(randT({x[0], w[0]}));
-    if (res) in.push_back(randT({x[0], w[0], Ho, Wo}));
-    OpAttrs a;
-    a.stride = s;
-    a.pad = p;
-    add({n, OpCode::CONV2D, a, in, {{x[0], w[0], Ho, Wo}}, w[2] == 1 && s == 1 ? "fill+cublas 1x1" : "fill+im2col+cublas"});
-  };
-  convF("conv1x1 [2,640,16,16]→320 +b[B,O] +res", {2, 640, 16, 16}, {320, 640, 1, 1}, 1, 0, 2, true);
-  convF("conv1x1 [2,320,16,16]→320 +res", {2, 320, 16, 16}, {320, 320, 1, 1}, 1, 0, 0, true);
-  convF("conv3x3 [1,320,32,32]→320 +res", {1, 320, 32, 32}, {320, 320, 3, 3}, 1, 1, 0, true);
-  convF("conv3x3 [2,320,16,16]→320 +b[B,O]", {2, 320, 16, 16}, {320, 320, 3, 3}, 1, 1, 2, false);
-  convF("conv3x3 [2,320,16,16]→320 +b[B,O] +res", {2, 320, 16, 16}, {320, 320, 3, 3}, 1, 1, 2, true);
-  convF("conv3x3 [2,64,16,16]→64 +b +res", {2, 64, 16, 16}, {64, 64, 3, 3}, 1, 1, 1, true);
-  convF("conv3x3 s2 [2,64,17,17]→64 +b +res", {2, 64, 17, 17}, {64, 64, 3, 3}, 2, 1, 1, true);
-  convF("conv3x3 p0 [2,8,3,3]→16 (1x1 out) +b[B,O] +res", {2, 8, 3, 3}, {16, 8, 3, 3}, 1, 0, 2, true);
-  // The im2col scratch budget (256 MiB) split into chunks: pixel ranges of one image (fp32 needs
-  // 302 MB of columns for one image here) and one image per chunk (170 MB per image).
-  convF("conv3x3 [1,128,256,256]→32 +b +res (pixel chunks in fp32)", {1, 128, 256, 256}, {32, 128, 3, 3}, 1, 1, 1, true);
-  convF("conv3x3 [3,128,192,192]→16 +b[B,O] +res (image chunks in fp32)", {3, 128, 192, 192}, {16, 128, 3, 3}, 1, 1, 2, true);
-  // ---- norms
-  auto gn = [&](std::string n, Shape x, int g, bool silu, float off, double eps) {
-    OpAttrs a;
-    a.groups = g;
-    a.silu = silu;
-    a.eps = eps;
-    add({n, OpCode::GROUP_NORM, a, {randT(x, 1.f, off), randT({x[1]}), randT({x[1]})}, {x}, "welford split"});
-  };
-  gn("group_norm+silu [2,320,32,32] G32", {2, 320, 32, 32}, 32, true, 0.f, 1e-5);
-  gn("group_norm [2,640,16,16] G32 eps1e-6", {2, 640, 16, 16}, 32, false, 0.f, 1e-6);
-  gn("group_norm offset mean [1,128,64,64]", {1, 128, 64, 64}, 32, true, 3.f, 1e-6);
-  gn("group_norm odd [2,6,5,3] G3", {2, 6, 5, 3}, 3, false, 0.f, 1e-5);
-  gn("group_norm [2,1280] G32 (no spatial)", {2, 1280}, 32, true, 0.f, 1e-5);
-  auto ln = [&](std::string n, Shape x) {
-    int64_t C = x.back();
-    add({n, OpCode::LAYER_NORM, {}, {randT(x, 1.f, 0.5f), randT({C}), randT({C})}, {x}, "warp/row"});
-  };
-  ln("layer_norm [2,1024,320]", {2, 1024, 320});
-  ln("layer_norm [2,77,768]", {2, 77, 768});
-  ln("layer_norm odd [3,5,7]", {3, 5, 7});
-  // ---- attention
+  // Every op at SD 1.5, odd and kernel-path shapes is a case of the op table (test/helpers/opcases.ts,
+  // run on CUDA by test/ops-cuda.test.ts). Here: the paths only a native call can force (the
+  // unfused and generic attention kernels, the scratch-budget chunking of the backward ops).
   auto att = [&](std::string n, int B, int H, int Nq, int Nk, int d, int dv, bool causal, bool capture,
                  std::string path, bool forceUnfused = false, bool forceGeneric = false) {
     OpAttrs a;
@@ -295,120 +207,6 @@ std::vector<Case> buildCases() {
     if (forceGeneric) c.custom = cuda::attentionGenericForTest;
     add(c);
   };
-  att("attn self N4096 d40 H8", 1, 8, 4096, 4096, 40, 40, false, false, "flash(f16)/unfused(f32)");
-  att("attn self N1024 d80 H8 B2", 2, 8, 1024, 1024, 80, 80, false, false, "flash(f16)/unfused(f32)");
-  att("attn self N256 d160 H8 B2", 2, 8, 256, 256, 160, 160, false, false, "flash(f16)/generic(f32)");
-  att("attn self N64 d160 H8 B2", 2, 8, 64, 64, 160, 160, false, false, "flash/generic");
-  att("attn clip N77 d64 H12 causal", 2, 12, 77, 77, 64, 64, true, false, "flash/generic");
-  att("attn cross Nq4096 Nk77 d40 capture", 1, 8, 4096, 77, 40, 40, false, true, "flash+capture/generic");
-  att("attn cross Nq1024 Nk77 d80 capture B2", 2, 8, 1024, 77, 80, 80, false, true, "flash+capture/generic");
-  att("attn cross Nq64 Nk77 d160 capture B2", 2, 8, 64, 77, 160, 160, false, true, "flash+capture/generic");
-  att("attn self N1000 d64 causal capture", 1, 2, 1000, 1000, 64, 64, true, true, "flash+capture/generic");
-  att("attn 8-warp N1000 d40 H12 B2 causal", 2, 12, 1000, 1000, 40, 40, true, false, "flash 8 warps/generic");
-  att("attn 8-warp N2048 d160 H8 B2", 2, 8, 2048, 2048, 160, 160, false, false, "flash 8 warps/unfused");
-  att("attn 8-warp N2000 d40 H8 B2 capture", 2, 8, 2000, 2000, 40, 40, false, true, "flash 8 warps+capture/unfused");
-  att("attn N2000 d80 H8 B2 capture", 2, 8, 2000, 2000, 80, 80, false, true, "flash 4 warps+capture/unfused");
-  att("attn tiny d4 H2 Nq64 Nk77", 2, 2, 64, 77, 4, 4, false, false, "generic");
-  att("attn tiny d8 H2 N64 capture", 2, 2, 64, 64, 8, 8, false, true, "generic");
-  att("attn id-enc d16 H4 N197 capture", 2, 4, 197, 197, 16, 16, false, true, "generic");
-  att("attn d40 odd Nq100 Nk33 causal", 2, 3, 100, 33, 40, 40, true, false, "flash/generic");
-  att("attn dv!=d d24 dv40", 1, 2, 50, 70, 24, 40, false, false, "generic");
-  att("attn vae H1 d512 N1024", 1, 1, 1024, 1024, 512, 512, false, false, "unfused");
-  att("attn forced unfused N1024 d40 H8", 1, 8, 1024, 1024, 40, 40, false, false, "unfused", true);
-  att("attn forced unfused capture causal", 1, 2, 300, 300, 40, 40, true, true, "unfused", true);
-  att("attn forced generic N1024 d80", 1, 8, 1024, 1024, 80, 80, false, false, "generic", false, true);
-  att("attn forced generic cross d160 capture", 1, 8, 256, 77, 160, 160, false, true, "generic", false, true);
-  // ---- elementwise
-  add({"geglu [2,256,2560]", OpCode::GEGLU, {}, {randT({2, 256, 2560}, 3.f)}, {{2, 256, 1280}}, "vec4"});
-  add({"geglu odd [3,5,6]", OpCode::GEGLU, {}, {randT({3, 5, 6}, 3.f)}, {{3, 5, 3}}, "scalar"});
-  add({"gelu [1001]", OpCode::GELU, {}, {randT({1001}, 4.f)}, {{1001}}, "scalar"});
-  add({"gelu [2,77,3072]", OpCode::GELU, {}, {randT({2, 77, 3072}, 4.f)}, {{2, 77, 3072}}, "vec4"});
-  add({"quick_gelu [2,77,3072]", OpCode::QUICK_GELU, {}, {randT({2, 77, 3072}, 4.f)}, {{2, 77, 3072}}, "vec4"});
-  add({"silu [2,320,64,64]", OpCode::SILU, {}, {randT({2, 320, 64, 64}, 4.f)}, {{2, 320, 64, 64}}, "vec4"});
-  add({"silu odd [7,3]", OpCode::SILU, {}, {randT({7, 3}, 4.f)}, {{7, 3}}, "scalar"});
-  add({"scale [5,9] ·0.18215+0.5", OpCode::SCALE, attrs([](OpAttrs& a) { a.scale = 0.18215; a.shift = 0.5; }), {randT({5, 9})}, {{5, 9}}, "scalar"});
-  add({"add same [2,320,32,32]", OpCode::ADD, {}, {randT({2, 320, 32, 32}), randT({2, 320, 32, 32})}, {{2, 320, 32, 32}}, "vec4"});
-  add({"add chan [2,320,32,32]+[2,320,1,1]", OpCode::ADD, {}, {randT({2, 320, 32, 32}), randT({2, 320, 1, 1})}, {{2, 320, 32, 32}}, "bin2"});
-  add({"add bias [2,1024,320]+[320]", OpCode::ADD, {}, {randT({2, 1024, 320}), randT({320})}, {{2, 1024, 320}}, "bin2"});
-  add({"mul bcast [3,1,5]*[4,1]", OpCode::MUL, {}, {randT({3, 1, 5}), randT({4, 1})}, {{3, 4, 5}}, "bin2"});
-  add({"mul general [2,3,1,5]*[1,3,4,1]", OpCode::MUL, {}, {randT({2, 3, 1, 5}), randT({1, 3, 4, 1})}, {{2, 3, 4, 5}}, "general"});
-  add({"add scalar [4,6]+[1]", OpCode::ADD, {}, {randT({4, 6}), randT({1})}, {{4, 6}}, "bin2"});
-  add({"cfg [4,4,64,64] 7.5", OpCode::CFG, attrs([](OpAttrs& a) { a.scale = 7.5; }), {randT({4, 4, 64, 64})}, {{2, 4, 64, 64}}, "scalar"});
-  {
-    // SAMPLER_STEP: the coefficients travel as the int32 bits of 9 floats (a DPM-Solver++ 2M step
-    // with clipping, and an Euler ancestral one with noise).
-    auto coefs = [](std::vector<float> c) {
-      return idsT({kSamplerCoefs}, [c](int64_t k) { int32_t b; std::memcpy(&b, &c[size_t(k)], 4); return b; });
-    };
-    add({"sampler_step state clip", OpCode::SAMPLER_STEP, {}, {randT({2, 4, 64, 64}), randT({2, 4, 64, 64}), randT({2, 4, 64, 64}), coefs({1.f, 1.3f, -0.4f, 0.9f, 0.7f, 0.2f, 0.f, -0.15f, 0.f})}, {{2, 4, 64, 64}, {2, 4, 64, 64}, {2, 4, 64, 64}}, "one kernel"});
-    add({"sampler_step noise", OpCode::SAMPLER_STEP, {}, {randT({1, 4, 9, 7}), randT({1, 4, 9, 7}), randT({1, 4, 9, 7}), coefs({0.3f, 1.f, -2.f, 0.f, 1.f, 0.f, -0.8f, 0.f, 0.5f}), randT({1, 4, 9, 7})}, {{1, 4, 9, 7}, {1, 4, 9, 7}, {1, 4, 9, 7}}, "one kernel"});
-  }
-  // ---- layout
-  add({"upsample2x [2,640,16,16]", OpCode::UPSAMPLE2X, {}, {randT({2, 640, 16, 16})}, {{2, 640, 32, 32}}, "gather"});
-  add({"concat axis1 [2,640,16,16]+[2,320,16,16]", OpCode::CONCAT, attrs([](OpAttrs& a) { a.axis = 1; }), {randT({2, 640, 16, 16}), randT({2, 320, 16, 16})}, {{2, 960, 16, 16}}, "memcpy2d"});
-  add({"concat axis-1 [3,5]+[3,2]+[3,1]", OpCode::CONCAT, attrs([](OpAttrs& a) { a.axis = -1; }), {randT({3, 5}), randT({3, 2}), randT({3, 1})}, {{3, 8}}, "memcpy2d"});
-  add({"permute (0,2,3,1) [2,320,32,32]", OpCode::PERMUTE, attrs([](OpAttrs& a) { a.perm = {0, 2, 3, 1}; }), {randT({2, 320, 32, 32})}, {{2, 32, 32, 320}}, "transpose"});
-  add({"permute (0,3,1,2) [2,32,32,320]", OpCode::PERMUTE, attrs([](OpAttrs& a) { a.perm = {0, 3, 1, 2}; }), {randT({2, 32, 32, 320})}, {{2, 320, 32, 32}}, "transpose"});
-  add({"permute (2,0,3,1) [3,4,5,6]", OpCode::PERMUTE, attrs([](OpAttrs& a) { a.perm = {2, 0, 3, 1}; }), {randT({3, 4, 5, 6})}, {{5, 3, 6, 4}}, "general"});
-  add({"reshape [2,77,768]→[154,768]", OpCode::RESHAPE, {}, {randT({2, 77, 768})}, {{154, 768}}, "memcpy"});
-  add({"slice axis-1 [2,77,1536] 768:1536", OpCode::SLICE, attrs([](OpAttrs& a) { a.axis = -1; a.start = 768; a.end = 1536; }), {randT({2, 77, 1536})}, {{2, 77, 768}}, "memcpy2d"});
-  add({"slice axis0 [4,3,5] 1:3", OpCode::SLICE, attrs([](OpAttrs& a) { a.axis = 0; a.start = 1; a.end = 3; }), {randT({4, 3, 5})}, {{2, 3, 5}}, "memcpy"});
-  // ---- misc
-  {
-    HostTensor t;
-    t.shape = {4};
-    t.f = {999.f, 981.f, 1.f, 500.f};
-    add({"timestep_emb dim320 flip shift1", OpCode::TIMESTEP_EMB, attrs([](OpAttrs& a) { a.dim = 320; a.flip = true; a.shift = 1; }), {t}, {{4, 320}}, "double sin/cos"});
-    add({"timestep_emb dim7 odd", OpCode::TIMESTEP_EMB, attrs([](OpAttrs& a) { a.dim = 7; }), {t}, {{4, 7}}, "double sin/cos"});
-  }
-  add({"embedding ids[2,77] table[1000,768]", OpCode::EMBEDDING, {}, {idsT({2, 77}, [](int64_t k) { return int32_t((k * 7919) % 1000); }), randT({1000, 768})}, {{2, 77, 768}}, "gather"});
-  add({"inject x[2,77,768] slots vectors[3,768]", OpCode::INJECT, {}, {randT({2, 77, 768}), idsT({2, 77}, [](int64_t k) { return k % 77 == 5 ? 0 : k % 77 == 6 ? 2 : k % 77 == 7 ? 1 : -1; }), randT({3, 768})}, {{2, 77, 768}}, "gather"});
-  // ---- linear backward's matmul(dy, W) with a rank-2 W
-  add({"matmul rank-2 b dy[2,77,320]·W[320,768]", OpCode::MATMUL, {}, {randT({2, 77, 320}), randT({320, 768}, 0.05f)}, {{2, 77, 768}}, "cublas folded"});
-  add({"matmul rank-2 a[5,7]·b[7,3]", OpCode::MATMUL, {}, {randT({5, 7}), randT({7, 3})}, {{5, 3}}, "cublas"});
-  add({"matmul rank-2 b transB a[3,9,6]·b[4,6]ᵀ", OpCode::MATMUL, attrs([](OpAttrs& a) { a.transB = true; }), {randT({3, 9, 6}), randT({4, 6})}, {{3, 9, 4}}, "cublas folded"});
-  // ---- backward ops (learning)
-  auto unaryB = [&](std::string n, OpCode op, Shape s) {
-    add({n, op, {}, {randT(s, 4.f), randT(s)}, {s}, "elementwise"});
-  };
-  unaryB("gelu_backward [2,77,3072]", OpCode::GELU_BACKWARD, {2, 77, 3072});
-  unaryB("gelu_backward odd [1001]", OpCode::GELU_BACKWARD, {1001});
-  unaryB("quick_gelu_backward [2,77,3072]", OpCode::QUICK_GELU_BACKWARD, {2, 77, 3072});
-  unaryB("quick_gelu_backward odd [7,3]", OpCode::QUICK_GELU_BACKWARD, {7, 3});
-  unaryB("silu_backward [2,320,64,64]", OpCode::SILU_BACKWARD, {2, 320, 64, 64});
-  unaryB("silu_backward odd [5,3,1]", OpCode::SILU_BACKWARD, {5, 3, 1});
-  add({"geglu_backward [2,256,2560]", OpCode::GEGLU_BACKWARD, {}, {randT({2, 256, 2560}, 3.f), randT({2, 256, 1280})}, {{2, 256, 2560}}, "elementwise"});
-  add({"geglu_backward odd [3,5,6]", OpCode::GEGLU_BACKWARD, {}, {randT({3, 5, 6}, 3.f), randT({3, 5, 3})}, {{3, 5, 6}}, "elementwise"});
-  add({"upsample2x_backward [2,640,32,32]", OpCode::UPSAMPLE2X_BACKWARD, {}, {randT({2, 640, 32, 32})}, {{2, 640, 16, 16}}, "2x2 sums"});
-  add({"upsample2x_backward odd [1,3,10,6]", OpCode::UPSAMPLE2X_BACKWARD, {}, {randT({1, 3, 10, 6})}, {{1, 3, 5, 3}}, "2x2 sums"});
-  auto red = [&](std::string n, Shape x, Shape o) { add({n, OpCode::REDUCE_SUM, {}, {randT(x)}, {o}, "reduce"}); };
-  red("reduce_sum [2,320,32,32]→[2,320,1,1]", {2, 320, 32, 32}, {2, 320, 1, 1});
-  red("reduce_sum [2,320,32,32]→[320,1,1]", {2, 320, 32, 32}, {320, 1, 1});
-  red("reduce_sum [2,1024,320]→[320]", {2, 1024, 320}, {320});
-  red("reduce_sum [2,77,768]→[1,77,768]", {2, 77, 768}, {1, 77, 768});
-  red("reduce_sum general [2,3,4,5]→[3,1,5]", {2, 3, 4, 5}, {3, 1, 5});
-  red("reduce_sum full [2,4,64,64]→[1]", {2, 4, 64, 64}, {1});
-  red("reduce_sum full odd [3,5]→[]", {3, 5}, {});
-  red("reduce_sum identity [4,6]→[4,6]", {4, 6}, {4, 6});
-  red("reduce_sum mid [3,40,1,7]→[3,1,1,7]", {3, 40, 1, 7}, {3, 1, 1, 7});
-  auto gnb = [&](std::string n, Shape x, int g, bool silu, float off, double eps) {
-    OpAttrs a;
-    a.groups = g;
-    a.silu = silu;
-    a.eps = eps;
-    add({n, OpCode::GROUP_NORM_BACKWARD, a, {randT(x), randT(x, 1.f, off), randT({x[1]}), randT({x[1]})}, {x}, "3-pass split"});
-  };
-  gnb("group_norm_backward+silu [2,320,32,32] G32", {2, 320, 32, 32}, 32, true, 0.f, 1e-5);
-  gnb("group_norm_backward [2,640,16,16] G32 eps1e-6", {2, 640, 16, 16}, 32, false, 0.f, 1e-6);
-  gnb("group_norm_backward+silu offset [1,256,64,64]", {1, 256, 64, 64}, 32, true, 3.f, 1e-6);
-  gnb("group_norm_backward odd [2,6,5,3] G3", {2, 6, 5, 3}, 3, false, 0.f, 1e-5);
-  gnb("group_norm_backward+silu [2,1280] G32", {2, 1280}, 32, true, 0.f, 1e-5);
-  auto lnb = [&](std::string n, Shape x) {
-    add({n, OpCode::LAYER_NORM_BACKWARD, {}, {randT(x), randT(x, 1.f, 0.5f), randT({x.back()})}, {x}, "warp/row"});
-  };
-  lnb("layer_norm_backward [2,1024,320]", {2, 1024, 320});
-  lnb("layer_norm_backward [2,77,768]", {2, 77, 768});
-  lnb("layer_norm_backward odd [3,5,7]", {3, 5, 7});
   auto convb = [&](std::string n, Shape x, Shape w, int s, int p, int64_t budget = 0) {
     int64_t Ho = (x[2] + 2 * p - w[2]) / s + 1, Wo = (x[3] + 2 * p - w[3]) / s + 1;
     OpAttrs a;
@@ -423,15 +221,6 @@ std::vector<Case> buildCases() {
       };
     add(c);
   };
-  convb("conv_backward 3x3 [1,320,32,32]←320", {1, 320, 32, 32}, {320, 320, 3, 3}, 1, 1);
-  convb("conv_backward 3x3 s2 [2,64,17,17]←64", {2, 64, 17, 17}, {64, 64, 3, 3}, 2, 1);
-  convb("conv_backward 3x3 s2 [2,8,16,16]←8", {2, 8, 16, 16}, {8, 8, 3, 3}, 2, 1);
-  convb("conv_backward 1x1 [2,640,16,16]←320", {2, 640, 16, 16}, {320, 640, 1, 1}, 1, 0);
-  convb("conv_backward conv_in [2,4,64,64]←320", {2, 4, 64, 64}, {320, 4, 3, 3}, 1, 1);
-  convb("conv_backward odd 3x2 p0 [1,5,9,7]←6", {1, 5, 9, 7}, {6, 5, 3, 2}, 1, 0);
-  convb("conv_backward patch16 s16 [1,3,224,224]←64", {1, 3, 224, 224}, {64, 3, 16, 16}, 16, 0);
-  convb("conv_backward channel chunks [1,70,24,24]←32", {1, 70, 24, 24}, {32, 70, 3, 3}, 1, 1, int64_t(9) * 576 * 4 * 16);
-  convb("conv_backward image chunks [3,16,20,20]←8", {3, 16, 20, 20}, {8, 16, 3, 3}, 1, 1, int64_t(144) * 400 * 4 * 2);
   auto attb = [&](std::string n, int B, int H, int Nq, int Nk, int d, int dv, bool causal, bool dp, int64_t budget = 0) {
     OpAttrs a;
     a.heads = H;
@@ -449,16 +238,14 @@ std::vector<Case> buildCases() {
       };
     add(c);
   };
-  attb("attn_backward tiny d8 H2 N64", 2, 2, 64, 64, 8, 8, false, false);
-  attb("attn_backward cross Nq1024 Nk77 d80 H8 B2 dp", 2, 8, 1024, 77, 80, 80, false, true);
-  attb("attn_backward clip N77 d64 H12 B2 causal", 2, 12, 77, 77, 64, 64, true, false);
-  attb("attn_backward odd Nq100 Nk33 d24 dv40 H3 causal dp", 2, 3, 100, 33, 24, 40, true, true);
-  attb("attn_backward self N1024 d40 H8 B2", 2, 8, 1024, 1024, 40, 40, false, false);
-  attb("attn_backward self N4096 d40 H8 (head chunks)", 1, 8, 4096, 4096, 40, 40, false, false);
+  att("attn forced unfused N1024 d40 H8", 1, 8, 1024, 1024, 40, 40, false, false, "unfused", true);
+  att("attn forced unfused capture causal", 1, 2, 300, 300, 40, 40, true, true, "unfused", true);
+  att("attn forced generic N1024 d80", 1, 8, 1024, 1024, 80, 80, false, false, "generic", false, true);
+  att("attn forced generic cross d160 capture", 1, 8, 256, 77, 160, 160, false, true, "generic", false, true);
+  convb("conv_backward channel chunks [1,70,24,24]←32", {1, 70, 24, 24}, {32, 70, 3, 3}, 1, 1, int64_t(9) * 576 * 4 * 16);
+  convb("conv_backward image chunks [3,16,20,20]←8", {3, 16, 20, 20}, {8, 16, 3, 3}, 1, 1, int64_t(144) * 400 * 4 * 2);
   attb("attn_backward query chunks N1000 d64 H2 causal dp", 1, 2, 1000, 1000, 64, 64, true, true, int64_t(1) << 20);
   attb("attn_backward query chunks Nq300 Nk77 d40 H3 B2", 2, 3, 300, 77, 40, 40, false, false, int64_t(77) * 12 * 50);
-  add({"inject_backward dy[2,77,768] slots → [3,768]", OpCode::INJECT_BACKWARD, {}, {randT({2, 77, 768}), idsT({2, 77}, [](int64_t k) { return k % 77 == 5 ? 0 : k % 77 == 6 ? 2 : k % 77 == 7 ? 1 : k % 77 == 9 ? 2 : -1; })}, {{3, 768}}, "per-slot sums"});
-  add({"inject_backward odd dy[1,5,3] → [4,3] (unused slot)", OpCode::INJECT_BACKWARD, {}, {randT({1, 5, 3}), idsT({1, 5}, [](int64_t k) { return k == 0 ? 1 : k == 3 ? 0 : k == 4 ? 1 : -1; })}, {{4, 3}}, "per-slot sums"});
   return cs;
 }
 
@@ -596,11 +383,13 @@ Result streamStress() {
   r.name = "4 streams × 60 fused linears + graph replay, bad ids on a 5th stream";
   r.dtype = "float16";
   HostTensor x = randT({2, 1024, 320}), w = randT({320, 320}, 0.05f), b = randT({320}), res = randT({2, 1024, 320});
+  OpAttrs fusedRes;
+  fusedRes.residual = true;
   const size_t n = size_t(2 * 1024 * 320);
   std::vector<float> ref(n);
   {
     Backend* cpu = cpuBackend();
-    cpu->run(OpCode::LINEAR, {}, {{x.f.data(), DType::F32, x.shape}, {w.f.data(), DType::F32, w.shape},
+    cpu->run(OpCode::LINEAR, fusedRes, {{x.f.data(), DType::F32, x.shape}, {w.f.data(), DType::F32, w.shape},
                                   {b.f.data(), DType::F32, b.shape}, {res.f.data(), DType::F32, res.shape}},
              {{ref.data(), DType::F32, {2, 1024, 320}}});
   }
@@ -644,7 +433,7 @@ Result streamStress() {
           if (t == 0 && k == kRounds / 2) {  // thread 0: capture once (after 30 eager rounds), then replay
             be->beginCapture();
             try {
-              be->run(OpCode::LINEAR, {}, in, ov);
+              be->run(OpCode::LINEAR, fusedRes, in, ov);
             } catch (...) {
               be->abortCapture();
               throw;
@@ -655,7 +444,7 @@ Result streamStress() {
             be->launchGraph(graph);
             continue;
           }
-          be->run(OpCode::LINEAR, {}, in, ov);
+          be->run(OpCode::LINEAR, fusedRes, in, ov);
         }
         be->synchronize();
         std::vector<__half> got(n);
