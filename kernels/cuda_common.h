@@ -144,6 +144,8 @@ void opBinary(OpCode, const OpAttrs&, const std::vector<TensorView>&, const std:
 void opLayout(OpCode, const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
 void opMisc(OpCode, const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
 void opDdimStep(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
+// NaN/Inf elements of a float tensor on the current context's stream (finite.cu); synchronises it.
+int64_t countNonFinite(const TensorView& t);
 
 // Exposed for the benchmark harness: the unfused cuBLAS QKᵀ → softmax → PV path.
 void attentionUnfused(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
