@@ -10,6 +10,8 @@ import { checkWeights } from './io/layout.js';
 import { toRawImage } from './io/image.js';
 import type { ConfigOverrides, ModelConfigs } from './io/configs.js';
 import { backends, call, native } from './native.js';
+import { checkLatentsFinite } from './numeric.js'; // [safety]
+import { checkPrompt } from './io/bounds.js'; // [safety]
 import { DDIMScheduler } from './sched/ddim.js';
 import { randn } from './sched/random.js';
 import { Tensor, numel } from './tensor.js';
@@ -49,6 +51,8 @@ export interface ProgressInfo {
   elapsedMs: number;
   /** The identity stage whose K/V words this step used (0 without an identity). */
   stage: number;
+  /** [safety] Reports inside a long step (about every second): the fraction of step `step + 1` done. */
+  fraction?: number;
 }
 
 export interface GenerateOptions {
@@ -65,6 +69,8 @@ export interface GenerateOptions {
   latents?: Tensor;
   onProgress?: (p: ProgressInfo) => void;
   signal?: AbortSignal;
+  /** [safety] NaN/Inf latents after a step: 'error' (default, E_NUMERIC) or 'warn' (a warning in result.warnings). */
+  nonFinite?: 'error' | 'warn';
   /** The identity that `<id>` in the prompt names. */
   identity?: Identity;
   /** Several identities, named in the prompt as `<id:name>`. */
@@ -194,6 +200,7 @@ export class Engine implements Disposable {
   tokenize(text: string): Int32Array {
     this.w;
     if (typeof text !== 'string') throw new IdforgeError('E_ARGUMENT', 'tokenize expects a string');
+    checkPrompt(text, 'prompt'); // [safety]
     return this.tokenizer.encode(text).ids;
   }
 
@@ -387,7 +394,7 @@ export class Engine implements Disposable {
   }
 
   /** The VAE decoder: image [B, 3, 8h, 8w] in [−1, 1] from z [B, C, h, w] (z already divided by the scaling factor). */
-  async decodeLatents(z: Tensor): Promise<Tensor> {
+  async decodeLatents(z: Tensor, signal?: AbortSignal): Promise<Tensor> {
     const s = z.shape;
     if (s.length !== 4 || s[1] !== this.configs.vae.latentChannels || s[2] === 0 || s[3] === 0)
       throw new IdforgeError('E_SHAPE', `latents to decode must be [B, ${this.configs.vae.latentChannels}, h, w], got ${JSON.stringify(s)}`);
@@ -396,7 +403,7 @@ export class Engine implements Disposable {
       g.output(buildVaeDecoder(g, this.w.vae, this.configs.vae, g.input(s)));
     });
     using zin = this.upload(z);
-    const [img] = await p.run([zin]);
+    const [img] = await p.run([zin], { signal }); // [safety] abortable inside the decode
     return toHost(img!);
   }
 
@@ -458,7 +465,7 @@ export class Engine implements Disposable {
   /** Text → image with DDIM and classifier-free guidance, optionally with identities and attention capture. */
   async generate(opts: GenerateOptions): Promise<GenerateResult> {
     this.w;
-    const o = validateGenerate(opts, this.sizeMultiple);
+    const o = validateGenerate(opts, this.sizeMultiple, this.scheduler); // [safety] steps checked against the schedule
     const warnings: string[] = [];
     const { signal } = opts;
     throwIfAborted(signal, 'generate');
@@ -521,6 +528,7 @@ export class Engine implements Disposable {
       }
       return c;
     };
+    let numericWarned = false; // [safety]
     try {
       for (let i = 0; i < timesteps.length; i++) {
         throwIfAborted(signal, 'generate');
@@ -534,7 +542,9 @@ export class Engine implements Disposable {
         const xIn = Tensor.from(latents, [1, ch, h, w], this.backend);
         let eps: Float32Array;
         try {
-          const [out, ...probs] = await program.run(ctxV ? [xIn, tIn, ctxK, ctxV] : [xIn, tIn, ctxK]);
+          // [safety] abort stops the native run within ms; progress about every second inside long steps
+          const onTick = (fraction: number) => opts.onProgress?.({ step: i, steps: timesteps.length, timestep: t, elapsedMs: Date.now() - start, stage, fraction });
+          const [out, ...probs] = await program.run(ctxV ? [xIn, tIn, ctxK, ctxV] : [xIn, tIn, ctxK], { signal, ...(opts.onProgress ? { onTick } : {}) });
           eps = out!.toFloat32();
           out!.dispose();
           capture.forEach((layer, j) => {
@@ -554,6 +564,9 @@ export class Engine implements Disposable {
         }
         const noise = o.eta > 0 ? randn(noiseSeed + i, latents.length) : undefined;
         latents = this.scheduler.step(eps, t, latents, { steps: o.steps, eta: o.eta, ...(noise ? { noise } : {}) }).prevSample;
+        // [safety] no silent black image: NaN/Inf latents are E_NUMERIC (or one warning with nonFinite: 'warn')
+        const nanWarning = numericWarned ? undefined : checkLatentsFinite(latents, { step: i + 1, steps: timesteps.length, timestep: t, guidanceScale: o.guidanceScale, dtype: this.backend.dtype }, opts.nonFinite === 'warn' ? 'warn' : 'error');
+        if (nanWarning) { warnings.push(nanWarning); numericWarned = true; }
         opts.onProgress?.({ step: i + 1, steps: timesteps.length, timestep: t, elapsedMs: Date.now() - start, stage });
       }
     } finally {
@@ -562,7 +575,7 @@ export class Engine implements Disposable {
     throwIfAborted(signal, 'generate');
     const sf = this.configs.vae.scalingFactor;
     using z = Tensor.from(latents.map((v) => v / sf), [1, ch, h, w]);
-    using decoded = await this.decodeLatents(z);
+    using decoded = await this.decodeLatents(z, signal); // [safety]
     const px = decoded.toFloat32().map((v) => Math.min(1, Math.max(0, v / 2 + 0.5)));
     const pixels = Tensor.from(px, decoded.shape);
     const result: GenerateResult = { images: [toRawImage(px, o.width, o.height)], latents: Tensor.from(latents, [1, ch, h, w]), pixels, warnings };

@@ -1,6 +1,8 @@
 // Argument checking for Engine.generate / encodeText: every bad value becomes a typed error that
 // names the argument (and, for sizes, the nearest valid ones).
 import { IdforgeError } from './errors.js';
+import { checkPrompt, MAX_GUIDANCE } from './io/bounds.js'; // [safety]
+import { checkInputFinite } from './numeric.js'; // [safety]
 import type { GenerateOptions } from './engine.js';
 import { Identity } from './identity/identity.js';
 import { Tensor } from './tensor.js';
@@ -38,11 +40,11 @@ function nearest(x: number, m: number): string {
   return lo === hi ? `${lo}` : `${lo} or ${hi}`;
 }
 
-export function validateGenerate(opts: GenerateOptions, multiple: number): ValidGenerate {
+export function validateGenerate(opts: GenerateOptions, multiple: number, schedule?: { timesteps(steps: number): unknown }): ValidGenerate {
   if (!opts || typeof opts.prompt !== 'string')
     throw new IdforgeError('E_ARGUMENT', 'generate needs a prompt string');
-  const negativePrompt = opts.negativePrompt ?? '';
-  if (typeof negativePrompt !== 'string') throw new IdforgeError('E_ARGUMENT', 'negativePrompt must be a string');
+  checkPrompt(opts.prompt, 'prompt'); // [safety] huge prompts: a typed error, not a RangeError
+  const negativePrompt = checkPrompt(opts.negativePrompt ?? '', 'negativePrompt'); // [safety]
   const width = opts.width ?? 512;
   const height = opts.height ?? 512;
   for (const [k, v] of [['width', width], ['height', height]] as const) {
@@ -54,9 +56,10 @@ export function validateGenerate(opts: GenerateOptions, multiple: number): Valid
   const steps = opts.steps ?? 50;
   if (!Number.isInteger(steps) || steps < 1 || steps > 1000)
     throw new IdforgeError('E_ARGUMENT', `steps must be an integer in [1, 1000], got ${describe(steps)}`);
+  schedule?.timesteps(steps); // [safety] E_ARGUMENT now when this schedule cannot give `steps` steps
   const guidanceScale = opts.guidanceScale ?? 7.5;
-  if (typeof guidanceScale !== 'number' || !Number.isFinite(guidanceScale) || guidanceScale < 0)
-    throw new IdforgeError('E_ARGUMENT', `guidanceScale must be a finite number ≥ 0, got ${describe(guidanceScale)}`);
+  if (typeof guidanceScale !== 'number' || !Number.isFinite(guidanceScale) || guidanceScale < 0 || guidanceScale > MAX_GUIDANCE) // [safety] bound
+    throw new IdforgeError('E_ARGUMENT', `guidanceScale must be a finite number in [0, ${MAX_GUIDANCE}], got ${describe(guidanceScale)}`);
   const eta = opts.eta ?? 0;
   if (typeof eta !== 'number' || !Number.isFinite(eta) || eta < 0 || eta > 1)
     throw new IdforgeError('E_ARGUMENT', `eta must be in [0, 1], got ${describe(eta)}`);
@@ -65,5 +68,8 @@ export function validateGenerate(opts: GenerateOptions, multiple: number): Valid
     throw new IdforgeError('E_ARGUMENT', `seed must be a non-negative integer, got ${describe(seed)}`);
   if (opts.latents !== undefined && !(opts.latents instanceof Tensor))
     throw new IdforgeError('E_ARGUMENT', 'latents must be a Tensor');
+  if (opts.latents && opts.latents.countNonFinite()) checkInputFinite(opts.latents.toFloat32(), 'latents'); // [safety]
+  if (opts.nonFinite !== undefined && opts.nonFinite !== 'error' && opts.nonFinite !== 'warn') // [safety]
+    throw new IdforgeError('E_ARGUMENT', `nonFinite must be 'error' or 'warn', got ${describe(opts.nonFinite)}`);
   return { width, height, steps, guidanceScale, eta, seed, negativePrompt };
 }

@@ -28,6 +28,11 @@ struct AddonData {
   std::mutex mu;
   std::unordered_set<std::shared_ptr<CancelFlag>> inflight;
   bool tearingDown = false;
+  void cancelAll() {
+    std::lock_guard<std::mutex> lock(mu);
+    tearingDown = true;
+    for (auto& f : inflight) f->store(true);
+  }
 };
 
 AddonData& data(Napi::Env env) {
@@ -539,14 +544,11 @@ Napi::Value Memory(const Napi::CallbackInfo& info) {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData(new AddonData());  // deleted by the environment at its teardown
-  // At teardown (a worker terminated, Electron closing a utility process): stop this
-  // environment's runs at their next check so the teardown does not wait for whole steps.
+  // Node waits for an environment's in-flight thread-pool work before it runs cleanup hooks, so a
+  // run in flight at teardown (worker.terminate()) finishes its current step first; this hook
+  // then makes sure nothing queued later starts.
   env.AddCleanupHook([env]() {
-    if (AddonData* d = env.GetInstanceData<AddonData>()) {
-      std::lock_guard<std::mutex> lock(d->mu);
-      d->tearingDown = true;
-      for (auto& f : d->inflight) f->store(true);
-    }
+    if (AddonData* d = env.GetInstanceData<AddonData>()) d->cancelAll();
   });
   TensorWrap::Init(env, exports);
   ProgramWrap::Init(env, exports);
