@@ -10,9 +10,12 @@
 // without touching JS; its outputs are freed.
 #include <napi.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_set>
 
 #include "program.h"
@@ -30,10 +33,82 @@ struct AddonData {
   bool tearingDown = false;
   void cancelAll() {
     std::lock_guard<std::mutex> lock(mu);
+    cancelAllLocked();
+  }
+  void cancelAllLocked() {
     tearingDown = true;
     for (auto& f : inflight) f->store(true);
   }
+
+  // Teardown watch. Node tears an environment down (worker.terminate(), process.exit() inside a
+  // worker) by first waiting for its in-flight thread-pool work, and only then running cleanup
+  // hooks: a run in flight would finish its whole step (a minute at 2048² on a CPU) before the
+  // worker could go. While runs are in flight, a watchdog thread pings the environment through a
+  // thread-safe function every 100 ms; the ping runs on the environment's own loop, which keeps
+  // turning during that wait, and once the environment can no longer run JS it cancels the runs,
+  // which stop at their next check.
+  napi_threadsafe_function tsfn = nullptr;
+  std::thread watchdog;
+  std::condition_variable cv;
+  bool watching = false, stopped = false;
+
+  void ensureWatchdog() {  // with mu held, on the JS thread
+    if (watching || stopped || !tsfn) return;
+    if (watchdog.joinable()) watchdog.join();  // the previous one has left its loop
+    watching = true;
+    watchdog = std::thread([this] {
+      std::unique_lock<std::mutex> lock(mu);
+      while (!stopped && !inflight.empty()) {
+        cv.wait_for(lock, std::chrono::milliseconds(100));
+        if (stopped || inflight.empty()) break;
+        lock.unlock();
+        napi_status st = napi_call_threadsafe_function(tsfn, nullptr, napi_tsfn_nonblocking);
+        lock.lock();
+        if (st == napi_closing) cancelAllLocked();
+      }
+      watching = false;
+    });
+  }
+  void stopWatchdog() {  // environment cleanup, on the JS thread
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      stopped = true;
+      cancelAllLocked();
+    }
+    cv.notify_all();
+    if (watchdog.joinable()) watchdog.join();
+    if (tsfn) napi_release_threadsafe_function(tsfn, napi_tsfn_abort);
+    tsfn = nullptr;
+  }
 };
+
+// True while `env` can still run JS (a plain property set goes through N-API's JS-call preamble).
+bool canRunJs(napi_env env) {
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return false;
+  napi_value o;
+  bool ok = napi_create_object(env, &o) == napi_ok && napi_set_named_property(env, o, "alive", o) == napi_ok;
+  bool pending = false;
+  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+    napi_value ignored;
+    napi_get_and_clear_last_exception(env, &ignored);
+  }
+  napi_close_handle_scope(env, scope);
+  return ok;
+}
+
+void startTeardownWatch(Napi::Env env, AddonData* d) {
+  napi_value name;
+  if (napi_create_string_utf8(env, "idforge teardown watch", NAPI_AUTO_LENGTH, &name) != napi_ok) return;
+  auto ping = [](napi_env env, napi_value, void* ctx, void*) {
+    if (env && !canRunJs(env)) static_cast<AddonData*>(ctx)->cancelAll();
+  };
+  if (napi_create_threadsafe_function(env, nullptr, nullptr, name, 1, 1, nullptr, nullptr, d, ping, &d->tsfn) != napi_ok) {
+    d->tsfn = nullptr;
+    return;
+  }
+  napi_unref_threadsafe_function(env, d->tsfn);  // never keeps the loop alive
+}
 
 AddonData& data(Napi::Env env) {
   AddonData* d = env.GetInstanceData<AddonData>();
@@ -366,6 +441,7 @@ class RunWorker : public Napi::AsyncWorker {
     std::lock_guard<std::mutex> lock(d.mu);
     if (d.tearingDown) cancel_->store(true);
     d.inflight.insert(cancel_);
+    d.ensureWatchdog();
   }
   ~RunWorker() override {
     // The environment's data outlives its runs: teardown waits for in-flight work before freeing it.
@@ -543,13 +619,11 @@ Napi::Value Memory(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  env.SetInstanceData(new AddonData());  // deleted by the environment at its teardown
-  // Node waits for an environment's in-flight thread-pool work before it runs cleanup hooks, so a
-  // run in flight at teardown (worker.terminate()) finishes its current step first; this hook
-  // then makes sure nothing queued later starts.
-  env.AddCleanupHook([env]() {
-    if (AddonData* d = env.GetInstanceData<AddonData>()) d->cancelAll();
-  });
+  auto* d = new AddonData();
+  env.SetInstanceData(d);  // deleted by the environment at its teardown, after the cleanup hook
+  startTeardownWatch(env, d);
+  // Registered after the thread-safe function, so it runs before that function's own cleanup.
+  env.AddCleanupHook([d]() { d->stopWatchdog(); });
   TensorWrap::Init(env, exports);
   ProgramWrap::Init(env, exports);
   CancelWrap::Init(env, exports);
