@@ -39,6 +39,19 @@ function variant(name: string, edit: (dir: string) => void): string {
   edit(dir);
   return dir;
 }
+/** Rewrites a variant's UNet weights file through `edit` (tensor name, stored dtype, a copy of its bytes). */
+function rewriteUnet(dir: string, edit: (key: string, dtype: StDType, data: Buffer) => { dtype: StDType; data: Buffer }): void {
+  const file = path.join(dir, 'unet/diffusion_pytorch_model.safetensors');
+  const src = SafetensorsFile.open(path.join(TINY_SD, 'unet/diffusion_pytorch_model.safetensors'));
+  const out: Record<string, { dtype: StDType; shape: number[]; data: ArrayBufferView }> = {};
+  for (const k of src.names()) {
+    const i = src.info(k);
+    out[k] = { ...edit(k, i.dtype, Buffer.from(src.readBytes(k))), shape: i.shape };
+  }
+  src.close();
+  fs.rmSync(file);
+  writeSafetensors(file, out);
+}
 const setJson = (file: string, patch: Record<string, unknown>) =>
   fs.writeFileSync(file, JSON.stringify({ ...JSON.parse(fs.readFileSync(file, 'utf8')), ...patch }));
 
@@ -170,37 +183,16 @@ t.test('strict formats: duplicate JSON keys, integer weights, a size that disagr
   const dup = variant('dup-key', (d) => fs.writeFileSync(path.join(d, 'unet/config.json'), fs.readFileSync(path.join(TINY_SD, 'unet/config.json'), 'utf8').replace('"layers_per_block": 2,', '"layers_per_block": 2, "layers_per_block": 3,')));
   await t.rejects(Engine.load(dup, { device: 'cpu' }), { code: 'E_MODEL_FORMAT', message: /"layers_per_block" appears twice/ });
   // A float weight stored under an integer dtype label (same byte size): refused, not converted.
-  const ints = variant('int-weight', (d) => {
-    const file = path.join(d, 'unet/diffusion_pytorch_model.safetensors');
-    const src = SafetensorsFile.open(path.join(TINY_SD, 'unet/diffusion_pytorch_model.safetensors'));
-    const out: Record<string, { dtype: StDType; shape: number[]; data: ArrayBufferView }> = {};
-    for (const k of src.names()) {
-      const i = src.info(k);
-      out[k] = { dtype: k === 'conv_in.bias' ? 'I16' : i.dtype, shape: i.shape, data: src.readBytes(k) };
-    }
-    src.close();
-    fs.rmSync(file);
-    writeSafetensors(file, out);
-  });
+  const ints = variant('int-weight', (d) => rewriteUnet(d, (k, dtype, data) => ({ dtype: k === 'conv_in.bias' ? 'I16' : dtype, data })));
   await t.rejects(Engine.load(ints, { device: 'cpu' }), { code: 'E_MODEL_FORMAT', message: /conv_in\.bias.*stored as I16; model weights are floating point/ });
 });
 
 t.test('NaN / Inf: weights on upload, latents during generation, arguments', async (t) => {
   // A NaN weight: E_NUMERIC naming the weight when it is uploaded, not a black image.
-  const nan = variant('nan-weight', (d) => {
-    const file = path.join(d, 'unet/diffusion_pytorch_model.safetensors');
-    const src = SafetensorsFile.open(path.join(TINY_SD, 'unet/diffusion_pytorch_model.safetensors'));
-    const out: Record<string, { dtype: StDType; shape: number[]; data: ArrayBufferView }> = {};
-    for (const k of src.names()) {
-      const i = src.info(k);
-      const data = Buffer.from(src.readBytes(k));
-      if (k === 'conv_out.bias') data.writeUInt16LE(0x7e00, 2); // float16 NaN
-      out[k] = { dtype: i.dtype, shape: i.shape, data };
-    }
-    src.close();
-    fs.rmSync(file);
-    writeSafetensors(file, out);
-  });
+  const nan = variant('nan-weight', (d) => rewriteUnet(d, (k, dtype, data) => {
+    if (k === 'conv_out.bias') data.writeUInt16LE(0x7e00, 2); // float16 NaN
+    return { dtype, data };
+  }));
   const e1 = await Engine.load(nan, { device: 'cpu' });
   await t.rejects(e1.generate({ prompt: 'x', steps: 1, width: 64, height: 64, seed: 1 }), { code: 'E_NUMERIC', message: /unet weight 'conv_out\.bias'.*1 NaN\/Inf/ });
   e1.dispose();
