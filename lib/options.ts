@@ -66,10 +66,10 @@ export function validateGenerate(opts: GenerateOptions, multiple: number, schedu
   const seed = opts.seed ?? Math.floor(Math.random() * 2 ** 31);
   if (!Number.isSafeInteger(seed) || seed < 0)
     throw new IdforgeError('E_ARGUMENT', `seed must be a non-negative integer, got ${describe(seed)}`);
-  if (opts.latents !== undefined && !(opts.latents instanceof Tensor))
+  if (opts.latents != null && !(opts.latents instanceof Tensor)) // [safety] null = absent, as for every other option
     throw new IdforgeError('E_ARGUMENT', 'latents must be a Tensor');
   if (opts.latents && opts.latents.countNonFinite()) checkInputFinite(opts.latents.toFloat32(), 'latents'); // [safety]
-  if (opts.nonFinite !== undefined && opts.nonFinite !== 'error' && opts.nonFinite !== 'warn') // [safety]
+  if (opts.nonFinite != null && opts.nonFinite !== 'error' && opts.nonFinite !== 'warn') // [safety]
     throw new IdforgeError('E_ARGUMENT', `nonFinite must be 'error' or 'warn', got ${describe(opts.nonFinite)}`);
   return { width, height, steps, guidanceScale, eta, seed, negativePrompt };
 }

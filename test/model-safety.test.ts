@@ -213,6 +213,9 @@ t.test('NaN / Inf: weights on upload, latents during generation, arguments', asy
   // The schedule (leading spacing, steps_offset 1) cannot give 1000 steps: refused up front.
   await t.rejects(engine.generate({ prompt: 'x', steps: 1000, width: 64, height: 64 }), { code: 'E_ARGUMENT', message: /1000 steps .*timestep 1000/ });
   await t.rejects(engine.generate({ prompt: 'x', steps: 1, width: 64, height: 64, nonFinite: 'ignore' as 'warn' }), { code: 'E_ARGUMENT' });
+  // null means "absent" for every option, as the run itself treats it.
+  const nulls = await engine.generate({ prompt: 'x', steps: 1, width: 64, height: 64, seed: 1, latents: null, nonFinite: null, negativePrompt: null, guidanceScale: null } as never);
+  t.equal(nulls.images[0]!.width, 64);
   // The check itself, on host arrays and on device tensors.
   const ctx = { step: 3, steps: 10, timestep: 500, guidanceScale: 50, dtype: 'float16' };
   t.throws(() => checkLatentsFinite(new Float32Array([1, NaN]), ctx), { code: 'E_NUMERIC', message: /guidance scale 50 .*float16/ });
