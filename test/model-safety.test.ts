@@ -147,6 +147,11 @@ t.test('non-regular files, symlink loops and unreadable files are refused up fro
     execFileSync('mkfifo', [path.join(d, 'vae/config.json')]);
   });
   await t.rejects(Engine.load(cfgFifo, { device: 'cpu' }), { code: 'E_MODEL_FORMAT', message: /vae\/config\.json: is a FIFO/ });
+  const vocabFifo = variant('fifo-vocab', (d) => {
+    fs.rmSync(path.join(d, 'tokenizer/vocab.json'));
+    execFileSync('mkfifo', [path.join(d, 'tokenizer/vocab.json')]);
+  });
+  await t.rejects(Engine.load(vocabFifo, { device: 'cpu' }), { code: 'E_MODEL_FORMAT', message: /vocab\.json: is a FIFO/ });
   const loop = variant('loop', (d) => {
     fs.rmSync(weights(d));
     fs.symlinkSync(weights(d), weights(d));

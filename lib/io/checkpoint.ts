@@ -14,7 +14,7 @@ import {
   type ConfigOverrides, type ModelConfigs, type SchedulerConfig, type TextConfig, type UNetConfig, type VaeConfig,
 } from './configs.js';
 import { checkConfigs } from './bounds.js';
-import { entryExists, fileError } from './files.js';
+import { entryExists, fileError, openRegularFile } from './files.js';
 import {
   convertLdmText, convertLdmUnet, convertLdmVae, isDroppedBuffer, isVaeAttentionProjection, LDM_TEXT_PREFIX,
   LDM_UNET_PREFIX, LDM_VAE_PREFIX, modernVaeName, type KeyMapping,
@@ -160,7 +160,11 @@ function isDir(p: string): boolean {
 }
 
 function hasTokenizer(dir: string): boolean {
-  return fs.existsSync(path.join(dir, 'vocab.json')) && fs.existsSync(path.join(dir, 'merges.txt'));
+  const files = [path.join(dir, 'vocab.json'), path.join(dir, 'merges.txt')];
+  if (!files.every(entryExists)) return false;
+  // Present: then they must be readable regular files (a FIFO here would hang the tokenizer's read).
+  for (const f of files) fs.closeSync(openRegularFile(f, 'tokenizer file').fd);
+  return true;
 }
 
 function bundledTokenizer(model: string): string {
