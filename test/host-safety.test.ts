@@ -11,20 +11,24 @@ const child = fileURLToPath(new URL('./helpers/host-child.ts', import.meta.url))
 // The TypeScript loader this runner uses, without coverage instrumentation.
 const loader = process.execArgv.filter((a) => a.includes('@tapjs/typescript') || a.includes('--import=tsx') || a.includes('ts-node'));
 
-function runChild(mode: string): { status: number | null; signal: string | null; out: Record<string, unknown> | undefined; stderr: string } {
-  const r = spawnSync(process.execPath, [...loader, child, mode], { encoding: 'utf8', timeout: 240_000, env: { ...process.env, IDFORGE_THREADS: '2' } });
-  const line = r.stdout.trim().split('\n').pop() ?? '';
-  let out: Record<string, unknown> | undefined;
-  try {
-    out = JSON.parse(line) as Record<string, unknown>;
-  } catch {
-    out = undefined;
+type Child = { status: number | null; signal: string | null; out: Record<string, unknown> | undefined; stderr: string };
+/** Runs the modes in one child process; one result per mode (the JSON line it printed, if any). */
+function runChild(...modes: string[]): Child[] {
+  const r = spawnSync(process.execPath, [...loader, child, ...modes], { encoding: 'utf8', timeout: 400_000, env: { ...process.env, IDFORGE_THREADS: '2' } });
+  const lines = new Map<string, Record<string, unknown>>();
+  for (const l of r.stdout.trim().split('\n')) {
+    try {
+      const o = JSON.parse(l) as Record<string, unknown>;
+      lines.set(String(o.mode), o);
+    } catch {
+      // not a result line
+    }
   }
-  return { status: r.status, signal: r.signal, out, stderr: r.stderr.slice(-2000) };
+  return modes.map((m) => ({ status: r.status, signal: r.signal, out: lines.get(m), stderr: r.stderr.slice(-2000) }));
 }
 
 t.test('engines in the main thread and two workers generate at the same time', async (t) => {
-  const r = runChild('parallel');
+  const [r] = runChild('parallel') as [Child];
   t.equal(r.signal, null, `no crash (stderr: ${r.stderr})`);
   t.equal(r.status, 0, 'the process exits cleanly');
   const sums = r.out?.sums as number[] | undefined;
@@ -33,8 +37,11 @@ t.test('engines in the main thread and two workers generate at the same time', a
   t.ok(sums && sums.every((s) => s === sums[0]) && sums[0]! > 0, `identical, non-black images in every environment: ${JSON.stringify(sums)}`);
 });
 
+// Both teardown cases in one child process, one after the other.
+const [terminated, tornDown] = runChild('terminate', 'teardown') as [Child, Child];
+
 t.test('a worker terminated mid-run: the process lives and its memory is freed', async (t) => {
-  const r = runChild('terminate');
+  const r = terminated;
   t.equal(r.signal, null, `no crash (stderr: ${r.stderr})`);
   t.equal(r.status, 0);
   t.equal(r.out?.code, 1, 'the worker exits with the terminate code');
@@ -46,7 +53,7 @@ t.test('a worker terminated mid-run: the process lives and its memory is freed',
 });
 
 t.test('a worker environment torn down with a run in flight', async (t) => {
-  const r = runChild('teardown');
+  const r = tornDown;
   t.equal(r.signal, null, `no crash (stderr: ${r.stderr})`);
   t.equal(r.status, 0);
   t.equal(r.out?.code, 0, 'the worker exits with its own process.exit code');

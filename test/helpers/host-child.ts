@@ -3,7 +3,7 @@
 //   parallel   the main thread and two workers each load tiny-sd and generate at the same time
 //   terminate  a worker is terminated in the middle of a long native run; the process lives on
 //   teardown   a worker's environment exits (process.exit inside it) with a native run in flight
-// Prints one JSON line on success; any crash or rejection makes the child exit non-zero.
+// Prints one JSON line per mode on success; any crash or rejection makes the child exit non-zero.
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { Engine } from '../../lib/engine.js';
@@ -51,7 +51,11 @@ if (!isMainThread) {
     await run;
   }
 } else {
-  const mode = process.argv[2];
+  // Modes run one after the other in this process (one process start for several cases).
+  for (const mode of process.argv.slice(2)) await main(mode);
+}
+
+async function main(mode: string | undefined): Promise<void> {
   const t0 = Date.now();
   if (mode === 'parallel') {
     const ws = [spawn('generate'), spawn('generate')];
