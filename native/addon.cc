@@ -436,7 +436,8 @@ class RunWorker : public Napi::AsyncWorker {
   RunWorker(Napi::Env env, std::shared_ptr<Program> p, std::vector<std::shared_ptr<NTensor>> in, bool profile,
             std::shared_ptr<CancelFlag> cancel)
       : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), prog_(std::move(p)),
-        in_(std::move(in)), profile_(profile), cancel_(cancel ? std::move(cancel) : std::make_shared<CancelFlag>(false)) {
+        in_(std::move(in)), profile_(profile), fine_(cancel != nullptr),
+        cancel_(cancel ? std::move(cancel) : std::make_shared<CancelFlag>(false)) {
     AddonData& d = data(env);
     std::lock_guard<std::mutex> lock(d.mu);
     if (d.tearingDown) cancel_->store(true);
@@ -454,7 +455,9 @@ class RunWorker : public Napi::AsyncWorker {
 
   void Execute() override {
     try {
-      out_ = prog_->run(in_, profile_ ? &timings_ : nullptr, cancel_.get());
+      // Every run is cancelled at its environment's teardown; only a caller's token asks for
+      // fine-grained checks inside CPU ops (cancel.h).
+      out_ = prog_->run(in_, profile_ ? &timings_ : nullptr, cancel_.get(), fine_);
     } catch (const Error& e) {
       fail(e.code(), e.what());
     } catch (const std::bad_alloc&) {
@@ -518,7 +521,7 @@ class RunWorker : public Napi::AsyncWorker {
   std::shared_ptr<Program> prog_;
   std::vector<std::shared_ptr<NTensor>> in_, out_;
   std::vector<OpTiming> timings_;
-  bool profile_;
+  bool profile_, fine_;
   std::shared_ptr<CancelFlag> cancel_;
   std::string code_, errorMessage_;
   void fail(const std::string& code, const std::string& msg) {

@@ -14,16 +14,23 @@ using CancelFlag = std::atomic<bool>;
 // The token of the run executing on this thread (nullptr outside a cancellable run).
 const CancelFlag* currentCancel();
 
+// Whether the current run asked for fine-grained checks: the CPU pool then sub-splits its chunks
+// (timing-dependent partitions: fine for ops whose items are independent, but an op that sums
+// per-chunk partials, like ATTENTION_BACKWARD, would no longer be bit-reproducible). Runs with a
+// caller's AbortSignal ask for it; the teardown-only token of every run does not.
+bool currentCancelFine();
+
 // Installs `flag` as this thread's token for the scope's lifetime (nesting restores the outer one).
 class CancelScope {
  public:
-  explicit CancelScope(const CancelFlag* flag);
+  explicit CancelScope(const CancelFlag* flag, bool fine = true);
   ~CancelScope();
   CancelScope(const CancelScope&) = delete;
   CancelScope& operator=(const CancelScope&) = delete;
 
  private:
   const CancelFlag* prev_;
+  bool prevFine_;
 };
 
 inline bool isCancelled(const CancelFlag* f) { return f && f->load(std::memory_order_relaxed); }

@@ -237,10 +237,11 @@ void Program::runOps(std::vector<OpTiming>* timings, const CancelFlag* cancel) {
 }
 
 std::vector<std::shared_ptr<NTensor>> Program::run(const std::vector<std::shared_ptr<NTensor>>& inputs,
-                                                   std::vector<OpTiming>* timings, const CancelFlag* cancel) {
+                                                   std::vector<OpTiming>* timings, const CancelFlag* cancel,
+                                                   bool fine) {
   std::lock_guard<std::mutex> lock(mu_);
   throwIfCancelled(cancel);  // aborted while waiting for the program's lock
-  CancelScope scope(cancel);  // the CPU pool checks it per chunk
+  CancelScope scope(cancel, fine);  // the CPU pool checks it per chunk
   opsDone_.store(0, std::memory_order_relaxed);
   if (inputs.size() != inputs_.size())
     throw Error("E_ARGUMENT", "program expects " + std::to_string(inputs_.size()) + " inputs, got " +

@@ -47,9 +47,11 @@ class Program {
   // events between ops on CUDA, by a synchronised host clock on the CPU.
   // `cancel` (may be null): checked before every op (on CUDA: before every launch; a replayed
   // graph is one launch) and, on the CPU, before every parallel chunk of an op; when set, the run
-  // stops with Error("E_ABORTED") and its outputs are freed.
+  // stops with Error("E_ABORTED") and its outputs are freed. `fine`: the CPU pool also sub-splits
+  // its chunks to check more often (see cancel.h; for a caller's AbortSignal).
   std::vector<std::shared_ptr<NTensor>> run(const std::vector<std::shared_ptr<NTensor>>& inputs,
-                                            std::vector<OpTiming>* timings, const CancelFlag* cancel = nullptr);
+                                            std::vector<OpTiming>* timings, const CancelFlag* cancel = nullptr,
+                                            bool fine = false);
   Backend* backend() const { return be_; }
   size_t inputCount() const { return inputs_.size(); }
   size_t constBytes() const { return constBytes_; }

@@ -25,7 +25,7 @@ namespace {
 
 thread_local bool t_inPool = false;
 
-// Runs fn over [b, e) for a cancellable run: in sub-ranges that start at one item and double while
+// Runs fn over [b, e) for a run with fine-grained cancellation (cancel.h): in sub-ranges that start at one item and double while
 // a call takes under ~2 ms (halving past ~20 ms), checking the token before each. fn's contract
 // (disjoint ranges covering the whole) allows any split, so a chunk of a long op (a whole
 // attention head at 2048²) stops within a few milliseconds of an abort instead of at its end, and
@@ -76,6 +76,7 @@ class Pool {
     // One dispatch at a time: the addon may call ops from several libuv threads.
     std::lock_guard<std::mutex> dispatch(dispatch_);
     cancel_ = currentCancel();  // the dispatching run's token: every thread checks it per chunk
+    fine_ = currentCancelFine();
     fn_ = &fn;
     n_ = n;
     grain_ = grain;
@@ -114,7 +115,7 @@ class Pool {
       if (b >= n_) break;
       int64_t e = b + grain_ < n_ ? b + grain_ : n_;
       try {
-        if (cancel_) runCancellable(*fn_, b, e, cancel_);
+        if (fine_) runCancellable(*fn_, b, e, cancel_);
         else (*fn_)(b, e);
       } catch (...) {
         std::lock_guard<std::mutex> g(errM_);
@@ -154,6 +155,7 @@ class Pool {
   bool stop_ = false;
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
   const CancelFlag* cancel_ = nullptr;
+  bool fine_ = false;
   int64_t n_ = 0, grain_ = 1;
   std::exception_ptr error_;
 };
@@ -176,7 +178,7 @@ void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, in
   int T = p.size();
   if (grain <= 0) grain = (n + T - 1) / T;
   if (T == 1 || t_inPool || grain >= n) {
-    if (const CancelFlag* c = t_inPool ? nullptr : currentCancel()) runCancellable(fn, 0, n, c);
+    if (!t_inPool && currentCancelFine()) runCancellable(fn, 0, n, currentCancel());
     else fn(0, n);
     return;
   }
