@@ -383,6 +383,13 @@ class CudaBackend : public Backend {
     CK(cudaStreamSynchronize(c_->stream));
     c_->checkDeferredErrors();
   }
+  int64_t countNonFinite(const TensorView& t) override {
+    Bind b(c_);
+    StreamGate g(*c_);
+    int64_t n = cuda::countNonFinite(t);
+    c_->checkDeferredErrors();
+    return n;
+  }
   void synchronize() override {
     Bind b(c_);
     StreamGate g(*c_);

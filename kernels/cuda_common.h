@@ -163,6 +163,8 @@ void attentionBackwardBudget(const OpAttrs&, const std::vector<TensorView>&, con
                              int64_t budgetBytes);
 void conv2dBackwardInputBudget(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&,
                                int64_t budgetBytes);
+// NaN/Inf elements of a float tensor on the current context's stream (finite.cu); synchronises it.
+int64_t countNonFinite(const TensorView& t);
 
 // Exposed for the benchmark harness: the unfused cuBLAS QKᵀ → softmax → PV path.
 void attentionUnfused(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);

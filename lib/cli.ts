@@ -3,7 +3,7 @@
 import { parseArgs } from 'node:util';
 import { Engine } from './engine.js';
 import { IdforgeError } from './errors.js';
-import { saveImage } from './io/image.js';
+import { checkImageOutput, saveImage } from './io/image.js';
 import type { SamplerName } from './sched/sampler.js';
 
 const USAGE = `usage: idforge generate --model <dir|file.safetensors> --prompt "text" [options]
@@ -14,7 +14,7 @@ const USAGE = `usage: idforge generate --model <dir|file.safetensors> --prompt "
   --image FILE        image to image: start from this picture (its size unless --width/--height)
   --strength X        image to image: how much of the schedule runs, (0, 1] (0.8)
   --guidance X        classifier-free guidance scale (7.5)
-  --seed N            seed of the deterministic generator (random)
+  --seed N            seed of the deterministic generator (random; -1: random)
   --width N --height N  image size (512x512; multiples of the model's downsampling)
   --device D          auto | cpu | cuda (auto)
   --dtype T           float32 | float16 (float16 on CUDA, float32 on the CPU)
@@ -27,10 +27,25 @@ function num(v: string | undefined, name: string): number | undefined {
   return n;
 }
 
-function bar(step: number, steps: number, ms: number): string {
+function bar(step: number, fraction: number | undefined, steps: number, ms: number): string {
   const w = 30;
-  const done = Math.round((step / steps) * w);
-  return `\r[${'#'.repeat(done)}${'.'.repeat(w - done)}] ${step}/${steps} ${(ms / 1000).toFixed(1)}s`;
+  const done = Math.round(((step + (fraction ?? 0)) / steps) * w);
+  const where = fraction === undefined ? `${step}/${steps}` : `${step}/${steps} (step ${step + 1}: ${Math.round(fraction * 100)}%)`;
+  return `\r[${'#'.repeat(done)}${'.'.repeat(w - done)}] ${where} ${(ms / 1000).toFixed(1)}s\x1b[K`;
+}
+
+/** `--seed -1` → `--seed=-1`: parseArgs would read a negative number as an option. */
+function joinNegativeNumbers(args: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    const next = args[i + 1];
+    if (a.startsWith('--') && !a.includes('=') && next !== undefined && /^-\d/.test(next)) {
+      out.push(`${a}=${next}`);
+      i++;
+    } else out.push(a);
+  }
+  return out;
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -42,7 +57,7 @@ async function main(argv: string[]): Promise<number> {
     return cmd === undefined || cmd === '--help' || cmd === '-h' ? 0 : 2;
   }
   const { values } = parseArgs({
-    args: rest,
+    args: joinNegativeNumbers(rest),
     options: {
       model: { type: 'string' }, prompt: { type: 'string' }, negative: { type: 'string' },
       steps: { type: 'string' }, guidance: { type: 'string' }, seed: { type: 'string' },
@@ -55,20 +70,28 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`${USAGE}\n`);
     return values.help ? 0 : 2;
   }
+  // Checked before the model loads: a run must not end in "cannot write" after minutes of work.
+  const out = values.out ?? 'out.png';
+  checkImageOutput(out);
+  const seed = num(values.seed, 'seed');
   const engine = await Engine.load(values.model, {
     device: (values.device ?? 'auto') as 'auto' | 'cpu' | 'cuda',
     ...(values.dtype ? { dtype: values.dtype as 'float32' | 'float16' } : {}),
   });
   try {
     const ac = new AbortController();
-    process.once('SIGINT', () => ac.abort());
+    // First Ctrl-C: abort the run (it stops within a fraction of a second); a second one exits now.
+    process.once('SIGINT', () => {
+      ac.abort();
+      process.once('SIGINT', () => process.exit(130));
+    });
     const opt = <T>(k: string, v: T | undefined) => (v === undefined ? {} : { [k]: v });
     const r = await engine.generate({
       prompt: values.prompt,
       ...opt('negativePrompt', values.negative),
       ...opt('steps', num(values.steps, 'steps')),
       ...opt('guidanceScale', num(values.guidance, 'guidance')),
-      ...opt('seed', num(values.seed, 'seed')),
+      ...opt('seed', seed === -1 ? undefined : seed),
       ...opt('width', num(values.width, 'width')),
       ...opt('height', num(values.height, 'height')),
       ...opt('sampler', values.sampler as SamplerName | undefined),
@@ -76,11 +99,10 @@ async function main(argv: string[]): Promise<number> {
       ...opt('image', values.image),
       ...opt('strength', num(values.strength, 'strength')),
       signal: ac.signal,
-      onProgress: (p) => process.stderr.write(bar(p.step, p.steps, p.elapsedMs)),
+      onProgress: (p) => process.stderr.write(bar(p.step, p.fraction, p.steps, p.elapsedMs)),
     });
     process.stderr.write('\n');
     for (const w of r.warnings) process.stderr.write(`warning: ${w}\n`);
-    const out = values.out ?? 'out.png';
     const dot = out.lastIndexOf('.') > out.lastIndexOf('/') ? out.lastIndexOf('.') : out.length;
     const files = r.images.length === 1 ? [out] : r.images.map((_, i) => `${out.slice(0, dot)}-${i}${out.slice(dot)}`);
     for (let i = 0; i < files.length; i++) await saveImage(r.images[i]!, files[i]!);
@@ -93,11 +115,21 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+/** One line: the code and the first line of the message (no stack, no library internals). */
+function errorLine(e: unknown): { line: string; status: number } {
+  if (e instanceof IdforgeError) return { line: `${e.code}: ${e.message.split('\n')[0]}`, status: e.code === 'E_ABORTED' ? 130 : 1 };
+  const err = e as { code?: unknown; message?: unknown };
+  const msg = (typeof err?.message === 'string' ? err.message : String(e)).split('\n')[0];
+  // node:util parseArgs errors (unknown option, missing value) are usage errors.
+  if (typeof err?.code === 'string' && err.code.startsWith('ERR_PARSE_ARGS')) return { line: `E_ARGUMENT: ${msg} (see idforge --help)`, status: 2 };
+  return { line: `E_INTERNAL: ${msg}`, status: 1 };
+}
+
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (e: unknown) => {
-    const err = e as IdforgeError;
-    process.stderr.write(`\nidforge: ${err.code ? `${err.code}: ` : ''}${err.message}\n`);
-    process.exit(1);
+    const { line, status } = errorLine(e);
+    process.stderr.write(`\nidforge: ${line}\n`);
+    process.exit(status);
   },
 );

@@ -14,6 +14,8 @@ import { SdRuntime } from './runtime/sd.js';
 import { DDIMScheduler } from './sched/ddim.js';
 import { normalGenerator } from './sched/random.js';
 import { makeSampler } from './sched/samplers.js';
+import { checkPrompt } from './io/bounds.js';
+import { checkLatentsFinite } from './numeric.js';
 import { checkFits, coefficientTensor, decodeInitImage, img2imgStart, markRun, stepProgram } from './sampling.js';
 import { Tensor } from './tensor.js';
 import type { ClipTokenizer } from './text/tokenizer.js';
@@ -123,6 +125,7 @@ export class Engine implements Disposable {
   tokenize(text: string): Int32Array {
     this.runtime.assertLive();
     if (typeof text !== 'string') throw argError('tokenize expects a string');
+    checkPrompt(text, 'prompt');
     return this.tokenizer.encode(text).ids;
   }
 
@@ -201,10 +204,10 @@ export class Engine implements Disposable {
   }
 
   /** The VAE decoder: image [B, 3, 8h, 8w] in [−1, 1] from z [B, C, h, w] (z already divided by the scaling factor). */
-  async decodeLatents(z: Tensor): Promise<Tensor> {
+  async decodeLatents(z: Tensor, signal?: AbortSignal): Promise<Tensor> {
     this.runtime.assertLive();
     imageTensorShape(z, 'latents to decode', this.configs.vae.latentChannels, 1);
-    return this.runtime.vaeDecode(z);
+    return this.runtime.vaeDecode(z, signal);
   }
 
   /** The VAE encoder: latent mean and logvar (clamped to [−30, 20] as diffusers does) of img [B, 3, H, W] in [−1, 1]. */
@@ -319,6 +322,7 @@ export class Engine implements Disposable {
     let x = rt.floats(lat, [N, ch, h, w]);
     let xin = rt.floats(c0 === 1 ? lat : lat.map((v) => v * c0), [N, ch, h, w]);
     let state = Tensor.zeros([N, ch, h, w], this.backend);
+    let numericWarned = false;
     try {
       for (let i = 0; i < timesteps.length; i++) {
         throwIfAborted(signal, 'generate');
@@ -340,7 +344,9 @@ export class Engine implements Disposable {
             inputs.push(rt.floats(z, [N, ch, h, w]));
           }
           const [coefs, tIn, zIn] = inputs;
-          outs = await program.run([x, xin, state, coefs!, tIn!, ctxK, ...(ctxV ? [ctxV] : []), ...(zIn ? [zIn] : [])]);
+          // Abort stops the native run within milliseconds; progress about every second inside long steps.
+          const onTick = (fraction: number) => opts.onProgress?.({ step: i, steps: timesteps.length, timestep: t, elapsedMs: Date.now() - start0, stage, fraction, latents: () => x.to('float32', 'cpu') });
+          outs = await program.run([x, xin, state, coefs!, tIn!, ctxK, ...(ctxV ? [ctxV] : []), ...(zIn ? [zIn] : [])], { signal, ...(opts.onProgress ? { onTick } : {}) });
           markRun(program);
         } finally {
           for (const v of inputs) v.dispose();
@@ -369,6 +375,12 @@ export class Engine implements Disposable {
             });
           }
         });
+        // No silent black image: NaN/Inf latents are E_NUMERIC (or one warning with nonFinite: 'warn').
+        const nanWarning = numericWarned ? undefined : checkLatentsFinite(x, { step: i + 1, steps: timesteps.length, timestep: t, guidanceScale: o.guidanceScale, dtype: this.backend.dtype }, opts.nonFinite === 'warn' ? 'warn' : 'error');
+        if (nanWarning) {
+          warnings.push(nanWarning);
+          numericWarned = true;
+        }
         const now = x;
         opts.onProgress?.({ step: i + 1, steps: timesteps.length, timestep: t, elapsedMs: Date.now() - start0, stage, latents: () => now.to('float32', 'cpu') });
       }
@@ -389,7 +401,7 @@ export class Engine implements Disposable {
     const px = new Float32Array(N * 3 * o.width * o.height);
     for (let k = 0; k < N; k++) {
       using z = Tensor.from(final.subarray(k * n, (k + 1) * n).map((v) => v / sf), [1, ch, h, w]);
-      using decoded = await this.decodeLatents(z);
+      using decoded = await this.decodeLatents(z, signal);
       const p = decoded.toFloat32().map((v) => Math.min(1, Math.max(0, v / 2 + 0.5)));
       px.set(p, k * p.length);
       images.push(toRawImage(p, o.width, o.height));

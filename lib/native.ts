@@ -15,6 +15,8 @@ export interface NativeTensor {
   readonly nbytes: number;
   readonly disposed: boolean;
   read(dtype?: DType): ArrayBuffer;
+  /** Elements that are NaN or ±Inf, counted on the tensor's device (0 for integer dtypes). */
+  countNonFinite(): number;
   to(dtype: DType, device?: DeviceName, stream?: number): NativeTensor;
   dispose(): void;
 }
@@ -48,8 +50,17 @@ export interface NativeProgram {
   readonly arenaBytes: number;
   /** What the intermediates would take with a buffer each. */
   readonly intermediateBytes: number;
-  run(inputs: NativeTensor[], profile?: boolean): Promise<{ outputs: NativeTensor[]; timings?: OpTiming[] }>;
+  /** Fraction of the running (or last) run's ops done. */
+  readonly progress: number;
+  /** `cancel`: a token whose cancel() stops the run at its next check (E_ABORTED). */
+  run(inputs: NativeTensor[], profile?: boolean, cancel?: NativeCancel): Promise<{ outputs: NativeTensor[]; timings?: OpTiming[] }>;
   dispose(): void;
+}
+
+/** A cancellation token shared with native runs (native/cancel.h). */
+export interface NativeCancel {
+  cancel(): void;
+  readonly cancelled: boolean;
 }
 
 export interface CudaStatus { compiled: boolean; available: boolean; device?: string; reason?: string }
@@ -57,6 +68,7 @@ export interface Backends { cpu: true; cuda: CudaStatus }
 
 interface Addon {
   NativeTensor: { prototype: NativeTensor };
+  NativeCancel: new () => NativeCancel;
   createTensor(dtype: DType, shape: number[], device: DeviceName, data?: ArrayBufferView, srcDtype?: DType, stream?: number): NativeTensor;
   compile(desc: ProgramDesc): NativeProgram;
   backends(): Backends;
@@ -113,4 +125,19 @@ export function backends(): Backends {
 /** Live bytes of native tensor memory per device (weights, activations, outputs). */
 export function memory(): { cpu: number; cuda: number } {
   return native().memory();
+}
+
+/**
+ * A native cancellation token tied to `signal`: when the signal fires, runs holding the token stop
+ * at their next check (between ops, and between parallel chunks of a long CPU op), so an abort
+ * takes effect within milliseconds instead of at the end of a step. Call release() after the run
+ * (it removes the listener). Without a signal: no token.
+ */
+export function cancelToken(signal: AbortSignal | undefined): { token: NativeCancel | undefined; release(): void } {
+  if (!signal) return { token: undefined, release: () => {} };
+  const token = new (native().NativeCancel)();
+  const onAbort = () => token.cancel();
+  if (signal.aborted) token.cancel();
+  else signal.addEventListener('abort', onAbort, { once: true });
+  return { token, release: () => signal.removeEventListener('abort', onAbort) };
 }

@@ -36,6 +36,8 @@ export interface ProgressInfo {
    * only when called, and only during the callback.
    */
   latents(): Tensor;
+  /** Present only on the reports made inside a long step (about every second): the fraction of step `step + 1` done. */
+  fraction?: number;
 }
 
 export interface GenerateOptions {
@@ -65,6 +67,8 @@ export interface GenerateOptions {
   strength?: number;
   onProgress?: (p: ProgressInfo) => void;
   signal?: AbortSignal;
+  /** NaN/Inf latents after a step: 'error' (default, E_NUMERIC) or 'warn' (one warning in result.warnings). */
+  nonFinite?: 'error' | 'warn';
   /** The identity that `<id>` in the prompt names. */
   identity?: Identity;
   /** Several identities, named in the prompt as `<id:name>`. */

@@ -107,6 +107,12 @@ export class Tensor implements Disposable {
     return new Float32Array(call(() => h.read('float32')));
   }
 
+  /** How many elements are NaN or ±Inf, counted where the tensor lives (no host copy on CUDA). */
+  countNonFinite(): number {
+    const h = this.handle;
+    return call(() => h.countNonFinite());
+  }
+
   toInt32(): Int32Array {
     const h = this.handle;
     return new Int32Array(call(() => h.read('int32')));

@@ -4,6 +4,8 @@
 import { IdforgeError } from './errors.js';
 import type { DeviceOptions, EvalSettings, GenerateOptions, LearnOptions, AugmentOptions } from './options.js';
 import { Identity } from './identity/identity.js';
+import { checkPrompt, MAX_GUIDANCE } from './io/bounds.js';
+import { checkInputFinite } from './numeric.js';
 import { badSampler, isSamplerName, type SamplerName } from './sched/sampler.js';
 import { Tensor } from './tensor.js';
 
@@ -100,8 +102,8 @@ export function imageSide(v: unknown, what: string, multiple: number): number {
  */
 export function validateGenerate(opts: GenerateOptions, multiple: number, image?: { width: number; height: number }): ValidGenerate {
   if (!opts || typeof opts.prompt !== 'string') throw argError('generate needs a prompt string');
-  const negativePrompt = opts.negativePrompt ?? '';
-  if (typeof negativePrompt !== 'string') throw argError('negativePrompt must be a string');
+  checkPrompt(opts.prompt, 'prompt'); // huge prompts: a typed error, not a RangeError
+  const negativePrompt = checkPrompt(opts.negativePrompt ?? '', 'negativePrompt');
   const width = imageSide(opts.width ?? image?.width ?? 512, 'width', multiple);
   const height = imageSide(opts.height ?? image?.height ?? 512, 'height', multiple);
   if (image && (image.width !== width || image.height !== height))
@@ -109,10 +111,14 @@ export function validateGenerate(opts: GenerateOptions, multiple: number, image?
   const steps = opts.steps ?? 50;
   if (!Number.isInteger(steps) || steps < 1 || steps > 1000) throw argError(`steps must be an integer in [1, 1000], got ${describe(steps)}`);
   const guidanceScale = nonNegative(opts.guidanceScale ?? 7.5, 'guidanceScale');
+  if (guidanceScale > MAX_GUIDANCE) throw argError(`guidanceScale must be a finite number in [0, ${MAX_GUIDANCE}], got ${describe(guidanceScale)}`);
   const eta = opts.eta ?? 0;
   if (typeof eta !== 'number' || !Number.isFinite(eta) || eta < 0 || eta > 1) throw argError(`eta must be in [0, 1], got ${describe(eta)}`);
   const seed = seedOf(opts.seed);
-  if (opts.latents !== undefined && !(opts.latents instanceof Tensor)) throw argError('latents must be a Tensor');
+  if (opts.latents != null && !(opts.latents instanceof Tensor)) throw argError('latents must be a Tensor'); // null = absent
+  if (opts.latents && opts.latents.countNonFinite()) checkInputFinite(opts.latents.toFloat32(), 'latents');
+  if (opts.nonFinite != null && opts.nonFinite !== 'error' && opts.nonFinite !== 'warn')
+    throw argError(`nonFinite must be 'error' or 'warn', got ${describe(opts.nonFinite)}`);
   if (opts.captureAttention?.reduce !== undefined && opts.captureAttention.reduce !== 'mean') throw argError("captureAttention.reduce must be 'mean'");
   const identityScale = nonNegative(opts.identityScale ?? 1, 'identityScale');
   const sampler = opts.sampler ?? 'ddim';

@@ -1,16 +1,120 @@
 // N-API surface of the addon. lib/native.ts is the only JS file that loads it and types this surface.
 //   backends(), memory(), createTensor(...), compile(desc) → Program, Tensor/Program classes.
 // Native errors become JS errors with a `code`; lib/errors.ts turns them into IdforgeError.
+//
+// Many environments in one process (worker threads, Electron's main and utility processes): every
+// JS handle the addon keeps (class constructors, in-flight runs) lives in per-environment instance
+// data (AddonData), never in statics, and is only touched from its own environment. Process-wide
+// state (the CPU pool, CUDA contexts, live-byte counters) is native and shared under its own locks.
+// A run whose environment is torn down (a worker terminated mid-run) is cancelled and completes
+// without touching JS; its outputs are freed.
 #include <napi.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
 #include <string>
+#include <thread>
+#include <unordered_set>
 
 #include "program.h"
 #include "tensor.h"
 
 namespace idforge {
 namespace {
+
+// Everything of one JS environment. Owned by the environment (freed at its teardown).
+struct AddonData {
+  Napi::FunctionReference tensorCtor, programCtor, cancelCtor;
+  // Tokens of this environment's in-flight runs: cancelled when the environment is torn down.
+  std::mutex mu;
+  std::unordered_set<std::shared_ptr<CancelFlag>> inflight;
+  bool tearingDown = false;
+  void cancelAll() {
+    std::lock_guard<std::mutex> lock(mu);
+    cancelAllLocked();
+  }
+  void cancelAllLocked() {
+    tearingDown = true;
+    for (auto& f : inflight) f->store(true);
+  }
+
+  // Teardown watch. Node tears an environment down (worker.terminate(), process.exit() inside a
+  // worker) by first waiting for its in-flight thread-pool work, and only then running cleanup
+  // hooks: a run in flight would finish its whole step (a minute at 2048² on a CPU) before the
+  // worker could go. While runs are in flight, a watchdog thread pings the environment through a
+  // thread-safe function every 100 ms; the ping runs on the environment's own loop, which keeps
+  // turning during that wait, and once the environment can no longer run JS it cancels the runs,
+  // which stop at their next check.
+  napi_threadsafe_function tsfn = nullptr;
+  std::thread watchdog;
+  std::condition_variable cv;
+  bool watching = false, stopped = false;
+
+  void ensureWatchdog() {  // with mu held, on the JS thread
+    if (watching || stopped || !tsfn) return;
+    if (watchdog.joinable()) watchdog.join();  // the previous one has left its loop
+    watching = true;
+    watchdog = std::thread([this] {
+      std::unique_lock<std::mutex> lock(mu);
+      while (!stopped && !inflight.empty()) {
+        cv.wait_for(lock, std::chrono::milliseconds(100));
+        if (stopped || inflight.empty()) break;
+        lock.unlock();
+        napi_status st = napi_call_threadsafe_function(tsfn, nullptr, napi_tsfn_nonblocking);
+        lock.lock();
+        if (st == napi_closing) cancelAllLocked();
+      }
+      watching = false;
+    });
+  }
+  void stopWatchdog() {  // environment cleanup, on the JS thread
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      stopped = true;
+      cancelAllLocked();
+    }
+    cv.notify_all();
+    if (watchdog.joinable()) watchdog.join();
+    if (tsfn) napi_release_threadsafe_function(tsfn, napi_tsfn_abort);
+    tsfn = nullptr;
+  }
+};
+
+// True while `env` can still run JS (a plain property set goes through N-API's JS-call preamble).
+bool canRunJs(napi_env env) {
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return false;
+  napi_value o;
+  bool ok = napi_create_object(env, &o) == napi_ok && napi_set_named_property(env, o, "alive", o) == napi_ok;
+  bool pending = false;
+  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+    napi_value ignored;
+    napi_get_and_clear_last_exception(env, &ignored);
+  }
+  napi_close_handle_scope(env, scope);
+  return ok;
+}
+
+void startTeardownWatch(Napi::Env env, AddonData* d) {
+  napi_value name;
+  if (napi_create_string_utf8(env, "idforge teardown watch", NAPI_AUTO_LENGTH, &name) != napi_ok) return;
+  auto ping = [](napi_env env, napi_value, void* ctx, void*) {
+    if (env && !canRunJs(env)) static_cast<AddonData*>(ctx)->cancelAll();
+  };
+  if (napi_create_threadsafe_function(env, nullptr, nullptr, name, 1, 1, nullptr, nullptr, d, ping, &d->tsfn) != napi_ok) {
+    d->tsfn = nullptr;
+    return;
+  }
+  napi_unref_threadsafe_function(env, d->tsfn);  // never keeps the loop alive
+}
+
+AddonData& data(Napi::Env env) {
+  AddonData* d = env.GetInstanceData<AddonData>();
+  if (!d) throw Error("E_INTERNAL", "idforge addon used in an environment it was not initialised in");
+  return *d;
+}
 
 Napi::Error jsError(Napi::Env env, const std::string& code, const std::string& msg) {
   Napi::Error e = Napi::Error::New(env, msg);
@@ -79,8 +183,6 @@ Napi::Array shapeToJs(Napi::Env env, const Shape& s) {
 // ---------------------------------------------------------------------------------------------
 class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
  public:
-  static Napi::FunctionReference ctor;
-
   static void Init(Napi::Env env, Napi::Object exports) {
     Napi::Function f = DefineClass(env, "NativeTensor",
                                    {InstanceAccessor<&TensorWrap::Shape_>("shape"),
@@ -89,14 +191,15 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
                                     InstanceAccessor<&TensorWrap::Bytes_>("nbytes"),
                                     InstanceAccessor<&TensorWrap::Disposed_>("disposed"),
                                     InstanceMethod<&TensorWrap::Read>("read"),
+                                    InstanceMethod<&TensorWrap::CountNonFinite>("countNonFinite"),
                                     InstanceMethod<&TensorWrap::To>("to"),
                                     InstanceMethod<&TensorWrap::Dispose>("dispose")});
-    ctor = Napi::Persistent(f);
+    data(env).tensorCtor = Napi::Persistent(f);
     exports.Set("NativeTensor", f);
   }
 
   static Napi::Object Wrap(Napi::Env env, std::shared_ptr<NTensor> t) {
-    Napi::Object o = ctor.New({});
+    Napi::Object o = data(env).tensorCtor.New({});
     TensorWrap* w = Unwrap(o);
     w->t_ = std::move(t);
     w->reported_ = static_cast<int64_t>(w->t_->bytes());
@@ -105,7 +208,7 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
   }
 
   static std::shared_ptr<NTensor> From(Napi::Value v, const char* what) {
-    if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(ctor.Value()))
+    if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(data(v.Env()).tensorCtor.Value()))
       throw Error("E_ARGUMENT", std::string(what) + " is not a native tensor");
     TensorWrap* w = Unwrap(v.As<Napi::Object>());
     if (!w->t_) throw Error("E_DISPOSED", std::string(what) + " was disposed");
@@ -119,10 +222,12 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
   std::shared_ptr<NTensor> t_;
   int64_t reported_ = 0;
 
+  // Also runs from the finalizer during an environment's teardown: nothing here may throw.
   void release(Napi::Env env) {
     t_.reset();
     if (reported_) {
-      Napi::MemoryManagement::AdjustExternalMemory(env, -reported_);
+      int64_t ignored;
+      napi_adjust_external_memory(env, -reported_, &ignored);
       reported_ = 0;
     }
   }
@@ -149,6 +254,15 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
     });
   }
 
+  // countNonFinite() → how many elements are NaN or ±Inf, counted on the tensor's device.
+  Napi::Value CountNonFinite(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guarded(env, [&]() -> Napi::Value {
+      NTensor& t = live(env);
+      return Napi::Number::New(env, double(t.storage->backend->countNonFinite(t.view())));
+    });
+  }
+
   // to(dtype, device, stream?) → a new tensor (a copy, even when nothing changes).
   Napi::Value To(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
@@ -168,7 +282,6 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
     return info.Env().Undefined();
   }
 };
-Napi::FunctionReference TensorWrap::ctor;
 
 // createTensor(dtype, shape, device, data?: ArrayBufferView, srcDtype?, stream?)
 Napi::Value CreateTensor(const Napi::CallbackInfo& info) {
@@ -251,15 +364,15 @@ std::vector<int> idsFrom(const Napi::Value& v) {
 
 class ProgramWrap : public Napi::ObjectWrap<ProgramWrap> {
  public:
-  static Napi::FunctionReference ctor;
   static void Init(Napi::Env env, Napi::Object exports) {
     Napi::Function f = DefineClass(env, "NativeProgram",
                                    {InstanceMethod<&ProgramWrap::Run>("run"),
                                     InstanceMethod<&ProgramWrap::Dispose>("dispose"),
                                     InstanceAccessor<&ProgramWrap::ConstBytes>("constBytes"),
                                     InstanceAccessor<&ProgramWrap::ArenaBytes>("arenaBytes"),
+                                    InstanceAccessor<&ProgramWrap::Progress>("progress"),
                                     InstanceAccessor<&ProgramWrap::IntermediateBytes>("intermediateBytes")});
-    ctor = Napi::Persistent(f);
+    data(env).programCtor = Napi::Persistent(f);
     exports.Set("NativeProgram", f);
   }
   ProgramWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ProgramWrap>(info) {}
@@ -276,33 +389,79 @@ class ProgramWrap : public Napi::ObjectWrap<ProgramWrap> {
   Napi::Value IntermediateBytes(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), prog ? static_cast<double>(prog->intermediateBytes()) : 0);
   }
+  // Fraction of the running (or last) run's ops done: progress reports inside long steps.
+  Napi::Value Progress(const Napi::CallbackInfo& info) {
+    double total = prog ? double(prog->opsTotal()) : 0;
+    return Napi::Number::New(info.Env(), total > 0 ? double(prog->opsDone()) / total : 0);
+  }
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
     prog.reset();
     return info.Env().Undefined();
   }
   Napi::Value Run(const Napi::CallbackInfo& info);
 };
-Napi::FunctionReference ProgramWrap::ctor;
+
+// A cancellation token for one or more runs: new NativeCancel(); cancel() (an AbortSignal listener
+// calls it) makes the runs holding it stop at their next check (native/cancel.h).
+class CancelWrap : public Napi::ObjectWrap<CancelWrap> {
+ public:
+  static void Init(Napi::Env env, Napi::Object exports) {
+    Napi::Function f = DefineClass(env, "NativeCancel",
+                                   {InstanceMethod<&CancelWrap::Cancel>("cancel"),
+                                    InstanceAccessor<&CancelWrap::Cancelled>("cancelled")});
+    data(env).cancelCtor = Napi::Persistent(f);
+    exports.Set("NativeCancel", f);
+  }
+  CancelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<CancelWrap>(info), flag(std::make_shared<CancelFlag>(false)) {}
+  static std::shared_ptr<CancelFlag> From(Napi::Value v) {
+    if (v.IsUndefined() || v.IsNull()) return nullptr;
+    if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(data(v.Env()).cancelCtor.Value()))
+      throw Error("E_ARGUMENT", "a run's cancel token must be a NativeCancel");
+    return Unwrap(v.As<Napi::Object>())->flag;
+  }
+  std::shared_ptr<CancelFlag> flag;
+
+ private:
+  Napi::Value Cancel(const Napi::CallbackInfo& info) {
+    flag->store(true);
+    return info.Env().Undefined();
+  }
+  Napi::Value Cancelled(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), flag->load()); }
+};
 
 class RunWorker : public Napi::AsyncWorker {
  public:
-  RunWorker(Napi::Env env, std::shared_ptr<Program> p, std::vector<std::shared_ptr<NTensor>> in, bool profile)
+  RunWorker(Napi::Env env, std::shared_ptr<Program> p, std::vector<std::shared_ptr<NTensor>> in, bool profile,
+            std::shared_ptr<CancelFlag> cancel)
       : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), prog_(std::move(p)),
-        in_(std::move(in)), profile_(profile) {}
+        in_(std::move(in)), profile_(profile), fine_(cancel != nullptr),
+        cancel_(cancel ? std::move(cancel) : std::make_shared<CancelFlag>(false)) {
+    AddonData& d = data(env);
+    std::lock_guard<std::mutex> lock(d.mu);
+    if (d.tearingDown) cancel_->store(true);
+    d.inflight.insert(cancel_);
+    d.ensureWatchdog();
+  }
+  ~RunWorker() override {
+    // The environment's data outlives its runs: teardown waits for in-flight work before freeing it.
+    if (AddonData* d = Env().GetInstanceData<AddonData>()) {
+      std::lock_guard<std::mutex> lock(d->mu);
+      d->inflight.erase(cancel_);
+    }
+  }
   Napi::Promise promise() { return deferred_.Promise(); }
 
   void Execute() override {
     try {
-      out_ = prog_->run(in_, profile_ ? &timings_ : nullptr);
+      // Every run is cancelled at its environment's teardown; only a caller's token asks for
+      // fine-grained checks inside CPU ops (cancel.h).
+      out_ = prog_->run(in_, profile_ ? &timings_ : nullptr, cancel_.get(), fine_);
     } catch (const Error& e) {
-      code_ = e.code();
-      SetError(e.what());
+      fail(e.code(), e.what());
     } catch (const std::bad_alloc&) {
-      code_ = "E_OOM";
-      SetError("out of host memory while running a program");
+      fail("E_OOM", "out of host memory while running a program");
     } catch (const std::exception& e) {
-      code_ = "E_INTERNAL";
-      SetError(e.what());
+      fail("E_INTERNAL", e.what());
     }
     in_.clear();
   }
@@ -330,14 +489,43 @@ class RunWorker : public Napi::AsyncWorker {
     Napi::Error err = jsError(Env(), code_.empty() ? "E_INTERNAL" : code_, e.Message());
     deferred_.Reject(err.Value());
   }
+  // Replaces node-addon-api's version, whose HandleScope and callback wrapper throw a C++
+  // exception when the environment can no longer run JS (a terminated worker), which aborts the
+  // process. Here every failure is contained: the promise is rejected when that is still
+  // possible, else the results are just freed.
+  void OnWorkComplete(Napi::Env env, napi_status status) override {
+    if (status != napi_cancelled) {
+      napi_handle_scope scope = nullptr;
+      if (napi_open_handle_scope(env, &scope) == napi_ok) {
+        try {
+          if (code_.empty() && errorMessage_.empty()) OnOK();
+          else OnError(Napi::Error::New(env, errorMessage_));
+        } catch (const Napi::Error& e) {
+          try {
+            deferred_.Reject(e.Value());
+          } catch (...) {
+          }
+        } catch (...) {
+        }
+        napi_close_handle_scope(env, scope);
+      }
+    }
+    out_.clear();
+    Destroy();
+  }
 
  private:
   Napi::Promise::Deferred deferred_;
   std::shared_ptr<Program> prog_;
   std::vector<std::shared_ptr<NTensor>> in_, out_;
   std::vector<OpTiming> timings_;
-  bool profile_;
-  std::string code_;
+  bool profile_, fine_;
+  std::shared_ptr<CancelFlag> cancel_;
+  std::string code_, errorMessage_;
+  void fail(const std::string& code, const std::string& msg) {
+    code_ = code;
+    errorMessage_ = msg.empty() ? "native run failed" : msg;
+  }
 };
 
 Napi::Value ProgramWrap::Run(const Napi::CallbackInfo& info) {
@@ -349,7 +537,8 @@ Napi::Value ProgramWrap::Run(const Napi::CallbackInfo& info) {
     auto a = info[0].As<Napi::Array>();
     for (uint32_t i = 0; i < a.Length(); i++) in.push_back(TensorWrap::From(a.Get(i), "program input"));
     bool profile = info.Length() > 1 && info[1].ToBoolean().Value();
-    auto* w = new RunWorker(env, prog, std::move(in), profile);
+    auto cancel = info.Length() > 2 ? CancelWrap::From(info[2]) : nullptr;
+    auto* w = new RunWorker(env, prog, std::move(in), profile, std::move(cancel));
     Napi::Promise p = w->promise();
     w->Queue();
     return p;
@@ -386,7 +575,7 @@ Napi::Value Compile(const Napi::CallbackInfo& info) {
     auto prog = std::make_shared<Program>(be, std::move(values), std::move(consts), idsFrom(d.Get("inputs")),
                                           idsFrom(d.Get("outputs")), std::move(ops),
                                           d.Get("cudaGraph").IsBoolean() ? int(d.Get("cudaGraph").ToBoolean().Value()) : -1);
-    Napi::Object w = ProgramWrap::ctor.New({});
+    Napi::Object w = data(env).programCtor.New({});
     ProgramWrap::Unwrap(w)->prog = prog;
     return w;
   });
@@ -431,8 +620,14 @@ Napi::Value Memory(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  auto* d = new AddonData();
+  env.SetInstanceData(d);  // deleted by the environment at its teardown, after the cleanup hook
+  startTeardownWatch(env, d);
+  // Registered after the thread-safe function, so it runs before that function's own cleanup.
+  env.AddCleanupHook([d]() { d->stopWatchdog(); });
   TensorWrap::Init(env, exports);
   ProgramWrap::Init(env, exports);
+  CancelWrap::Init(env, exports);
   exports.Set("createTensor", Napi::Function::New(env, CreateTensor));
   exports.Set("compile", Napi::Function::New(env, Compile));
   exports.Set("backends", Napi::Function::New(env, Backends));

@@ -184,6 +184,9 @@ class Backend {
   virtual void release(void* p, size_t bytes) = 0;
   virtual void upload(void* dst, const void* host, size_t bytes) = 0;
   virtual void download(void* host, const void* src, size_t bytes) = 0;
+  // How many elements of t are NaN or ±Inf (0 for integer dtypes), computed where t lives; waits
+  // for t's pending work. Used on weight upload and on the latents of every step (no silent NaN).
+  virtual int64_t countNonFinite(const TensorView& t) = 0;
   // Validates shapes it depends on (throws Error("E_SHAPE", ...)), then computes out from in.
   virtual void run(OpCode op, const OpAttrs& a, const std::vector<TensorView>& in,
                    const std::vector<TensorView>& out) = 0;

@@ -207,7 +207,7 @@ void Program::prepare() {
   prepared_ = true;
 }
 
-void Program::runOps(std::vector<OpTiming>* timings) {
+void Program::runOps(std::vector<OpTiming>* timings, const CancelFlag* cancel) {
   // Profiling: device events between ops where the backend has them (no host synchronisation, so
   // the queue stays full and small ops are not charged the round trip), else a synchronised
   // host clock around each op.
@@ -215,12 +215,14 @@ void Program::runOps(std::vector<OpTiming>* timings) {
   std::vector<int> timed;
   for (size_t i = 0; i < ops_.size(); i++) {
     if (skip_[i]) continue;
+    throwIfCancelled(cancel);
     if (onDevice) {
       be_->mark();
       timed.push_back(static_cast<int>(i));
     }
     auto t0 = std::chrono::steady_clock::now();
     be_->run(ops_[i].op, ops_[i].attrs, in_[i], out_[i]);
+    opsDone_.store(static_cast<int64_t>(i) + 1, std::memory_order_relaxed);
     if (timings && !onDevice) {
       be_->synchronize();
       double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -235,8 +237,12 @@ void Program::runOps(std::vector<OpTiming>* timings) {
 }
 
 std::vector<std::shared_ptr<NTensor>> Program::run(const std::vector<std::shared_ptr<NTensor>>& inputs,
-                                                   std::vector<OpTiming>* timings) {
+                                                   std::vector<OpTiming>* timings, const CancelFlag* cancel,
+                                                   bool fine) {
   std::lock_guard<std::mutex> lock(mu_);
+  throwIfCancelled(cancel);  // aborted while waiting for the program's lock
+  CancelScope scope(cancel, fine);  // the CPU pool checks it per chunk
+  opsDone_.store(0, std::memory_order_relaxed);
   if (inputs.size() != inputs_.size())
     throw Error("E_ARGUMENT", "program expects " + std::to_string(inputs_.size()) + " inputs, got " +
                                   std::to_string(inputs.size()));
@@ -298,7 +304,7 @@ std::vector<std::shared_ptr<NTensor>> Program::run(const std::vector<std::shared
       try {
         be_->beginCapture();
         try {
-          runOps(nullptr);
+          runOps(nullptr, nullptr);  // a capture only records launches: never interrupted half-way
         } catch (...) {
           be_->abortCapture();
           throw;
@@ -311,9 +317,9 @@ std::vector<std::shared_ptr<NTensor>> Program::run(const std::vector<std::shared
         fallBack(e.what());
       }
       if (captured) be_->launchGraph(graph_);
-      else runOps(nullptr);
+      else runOps(nullptr, cancel);
     } else {
-      runOps(timings);
+      runOps(timings, cancel);
     }
     for (int id : outputs_) {
       if (consts_[id]) {

@@ -4,12 +4,14 @@
 // one native call per graph evaluation (a whole UNet step), executed off the JS thread.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <mutex>
 #include <vector>
 
 #include "backend.h"
+#include "cancel.h"
 #include "tensor.h"
 
 namespace idforge {
@@ -43,8 +45,13 @@ class Program {
   // Runs the graph. Inputs must match the declared dtypes/shapes and live on this backend's device.
   // With `timings`, each op is timed (for the benchmark harness only; never a graph): by device
   // events between ops on CUDA, by a synchronised host clock on the CPU.
+  // `cancel` (may be null): checked before every op (on CUDA: before every launch; a replayed
+  // graph is one launch) and, on the CPU, before every parallel chunk of an op; when set, the run
+  // stops with Error("E_ABORTED") and its outputs are freed. `fine`: the CPU pool also sub-splits
+  // its chunks to check more often (see cancel.h; for a caller's AbortSignal).
   std::vector<std::shared_ptr<NTensor>> run(const std::vector<std::shared_ptr<NTensor>>& inputs,
-                                            std::vector<OpTiming>* timings);
+                                            std::vector<OpTiming>* timings, const CancelFlag* cancel = nullptr,
+                                            bool fine = false);
   Backend* backend() const { return be_; }
   size_t inputCount() const { return inputs_.size(); }
   size_t constBytes() const { return constBytes_; }
@@ -53,13 +60,17 @@ class Program {
   // value would take (256-byte aligned), arenaBytes what the plan takes.
   size_t arenaBytes() const { return arenaBytes_; }
   size_t intermediateBytes() const { return naiveBytes_; }
+  // Ops of the current (or last) run done so far, of opsTotal(): read from the JS thread while a
+  // run is in flight, for progress during long steps.
+  int64_t opsDone() const { return opsDone_.load(std::memory_order_relaxed); }
+  int64_t opsTotal() const { return static_cast<int64_t>(ops_.size()); }
   bool graphEnabled() const { return graphMode_ && !graphFailed_; }
   bool graphCaptured() const { return graph_ != nullptr; }
 
  private:
   void plan();
   void prepare();  // first run: the arena and the per-op views
-  void runOps(std::vector<OpTiming>* timings);
+  void runOps(std::vector<OpTiming>* timings, const CancelFlag* cancel);
 
   Backend* be_;
   std::vector<ValueDesc> values_;
@@ -90,6 +101,7 @@ class Program {
   std::vector<Slot> dynamic_;
   std::vector<std::shared_ptr<NTensor>> live_;  // value → the run's own tensor (dynamic values only)
   bool prepared_ = false;
+  std::atomic<int64_t> opsDone_{0};
   std::mutex mu_;  // one run at a time per program: the arena and the backend stream are shared
 };
 

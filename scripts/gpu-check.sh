@@ -29,7 +29,7 @@ echo "== build (sm_$ARCH, $(nproc) jobs)"
 t0=$(date +%s)
 pids=()
 objs=()
-for f in native/common.cc native/cpu/*.cc kernels/*.cc; do
+for f in native/common.cc native/cancel.cc native/cpu/*.cc kernels/*.cc; do
   o="$BUILD/$(echo "$f" | tr / _).o"
   objs+=("$o")
   g++ $CXXFLAGS -c "$f" -o "$o" &

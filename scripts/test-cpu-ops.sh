@@ -26,13 +26,13 @@ done
 status=0
 if [ "$which" != native ]; then
   echo "== portable build: $CXX -O2 -std=c++17 =="
-  $CXX -O2 -std=c++17 -Inative native/common.cc native/cpu/*.cc test/native/cpu_ops_test.cc -lpthread -o "$OUT/portable"
+  $CXX -O2 -std=c++17 -Inative native/common.cc native/cancel.cc native/cpu/*.cc test/native/cpu_ops_test.cc -lpthread -o "$OUT/portable"
   # The portable kernels are slow: correctness only.
   "$OUT/portable" --no-bench || status=1
 fi
 if [ "$which" != portable ]; then
   echo "== native build: $CXX -O3 -march=native -std=c++17 =="
-  $CXX -O3 -march=native -std=c++17 -Inative native/common.cc native/cpu/*.cc test/native/cpu_ops_test.cc -lpthread -o "$OUT/native"
+  $CXX -O3 -march=native -std=c++17 -Inative native/common.cc native/cancel.cc native/cpu/*.cc test/native/cpu_ops_test.cc -lpthread -o "$OUT/native"
   "$OUT/native" $bench || status=1
 fi
 exit $status

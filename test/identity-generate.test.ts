@@ -25,7 +25,7 @@ t.test('identities in generate()', async (t) => {
     const B = new Identity({ k: diff0, v: same, stages: 5, words: 1, dim: D, method: 'sefi-ide' });
     const stages: number[] = [];
     const cap = { layers: ['mid_block.attentions.0.transformer_blocks.0.attn2'] };
-    const ra = await engine.generate({ ...base, identity: A, captureAttention: cap, onProgress: (p) => stages.push(p.stage) });
+    const ra = await engine.generate({ ...base, identity: A, captureAttention: cap, onProgress: (p) => p.fraction === undefined && stages.push(p.stage) });
     const rb = await engine.generate({ ...base, identity: B, captureAttention: cap });
     const ts = engine.scheduler.timesteps(10);
     t.same(stages, [...ts].map((x) => Math.floor((x * 5) / 1000)), 'reported stage per step');

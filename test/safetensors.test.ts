@@ -249,6 +249,11 @@ const BAD: [string, Buffer, RegExp][] = [
   ['overlapping tensors', withHeader(ok({ b: { dtype: 'F32', shape: [2], data_offsets: [4, 12] } }), { data: 12 }), /"a" and "b" overlap/],
   ['metadata not an object', withHeader(ok({ __metadata__: ['x'] }), { data: 8 }), /__metadata__ is not a JSON object/],
   ['metadata value not a string', withHeader(ok({ __metadata__: { n: 1 } }), { data: 8 }), /__metadata__\["n"\]/],
+  // Refused because the spec forbids them (JSON.parse would keep the last duplicate silently).
+  ['duplicate tensor key', withHeader('{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "a": {"dtype": "F16", "shape": [4], "data_offsets": [0, 8]}}', { data: 8 }), /key "a" appears twice/],
+  ['duplicate key inside an entry', withHeader('{"a": {"dtype": "F32", "dtype": "I32", "shape": [2], "data_offsets": [0, 8]}}', { data: 8 }), /key "dtype" appears twice/],
+  ['hole between tensors', withHeader(ok({ b: { dtype: 'U8', shape: [2], data_offsets: [10, 12] } }), { data: 12 }), /bytes 8\.\.10 of the data area belong to no tensor/],
+  ['trailing bytes after the last tensor', withHeader(ok(), { data: 12 }), /4 byte\(s\) after the last tensor/],
 ];
 
 t.test('malformed files are E_MODEL_FORMAT naming the file', async (t) => {
@@ -274,7 +279,8 @@ t.test('malformed files are E_MODEL_FORMAT naming the file', async (t) => {
 
 t.test('valid edge cases are accepted', async (t) => {
   const dir = tmpdir(t);
-  // Zero-size tensors may share an offset with a real one; gaps and trailing bytes are tolerated.
+  // Zero-size tensors may share an offset with a real one (gaps and trailing bytes are refused:
+  // see the malformed cases).
   const file = path.join(dir, 'edge.safetensors');
   fs.writeFileSync(
     file,
@@ -283,9 +289,9 @@ t.test('valid edge cases are accepted', async (t) => {
         z: { dtype: 'F32', shape: [0], data_offsets: [0, 0] },
         a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] },
         z2: { dtype: 'I64', shape: [3, 0], data_offsets: [2, 2] },
-        b: { dtype: 'U8', shape: [2], data_offsets: [8, 10] },
+        b: { dtype: 'U8', shape: [2], data_offsets: [4, 6] },
       }),
-      { data: 16 },
+      { data: 6 },
     ),
   );
   using f = SafetensorsFile.open(file);

@@ -1,5 +1,5 @@
 import { IdforgeError } from '../errors.js';
-import { callAsync, call, native, type NativeProgram, type OpTiming } from '../native.js';
+import { callAsync, call, cancelToken, native, type NativeProgram, type OpTiming } from '../native.js';
 import { Tensor } from '../tensor.js';
 import type { Graph } from './graph.js';
 
@@ -23,6 +23,15 @@ export interface ProgramOptions {
    * on the CPU.
    */
   cudaGraph?: boolean;
+}
+
+/** Per-run options of Program.run. */
+export interface RunOptions {
+  /** Aborts the run at its next native check (between ops and between chunks of long CPU ops). */
+  signal?: AbortSignal | undefined;
+  /** Called about every tickMs while the run is in flight with the fraction of its ops done. */
+  onTick?: ((fraction: number) => void) | undefined;
+  tickMs?: number;
 }
 
 /** A compiled graph: one native call per run(). */
@@ -69,17 +78,30 @@ export class Program implements Disposable {
     return !this.#p;
   }
 
-  /** Runs the graph; inputs in graph.input() order. Returns outputs in graph.output() order. */
-  async run(inputs: Tensor[]): Promise<Tensor[]> {
-    return (await this.runProfiled(inputs, false)).outputs;
+  /**
+   * Runs the graph; inputs in graph.input() order. Returns outputs in graph.output() order.
+   * `signal` stops the run within milliseconds (E_ABORTED); `onTick(fraction)` is called about
+   * every `tickMs` (default 1000) while the run is in flight, with the fraction of its ops done.
+   */
+  async run(inputs: Tensor[], opts: RunOptions = {}): Promise<Tensor[]> {
+    return (await this.runProfiled(inputs, false, opts)).outputs;
   }
 
-  async runProfiled(inputs: Tensor[], profile = true): Promise<{ outputs: Tensor[]; timings?: OpTiming[] }> {
+  async runProfiled(inputs: Tensor[], profile = true, opts: RunOptions = {}): Promise<{ outputs: Tensor[]; timings?: OpTiming[] }> {
     const p = this.#p;
     if (!p) throw new IdforgeError('E_DISPOSED', 'program used after dispose()');
     const handles = inputs.map((t) => t.handle);
-    const r = await callAsync(() => p.run(handles, profile));
-    return { outputs: r.outputs.map((h) => new Tensor(h)), ...(r.timings ? { timings: r.timings } : {}) };
+    const { signal, onTick } = opts;
+    if (signal?.aborted) throw new IdforgeError('E_ABORTED', 'the run was aborted', { cause: signal.reason });
+    const cancel = cancelToken(signal);
+    const timer = onTick ? setInterval(() => onTick(p.progress), opts.tickMs ?? 1000) : undefined;
+    try {
+      const r = await callAsync(() => p.run(handles, profile, cancel.token));
+      return { outputs: r.outputs.map((h) => new Tensor(h)), ...(r.timings ? { timings: r.timings } : {}) };
+    } finally {
+      if (timer) clearInterval(timer);
+      cancel.release();
+    }
   }
 
   dispose(): void {

@@ -1,6 +1,7 @@
 import { IdforgeError, throwIfAborted } from '../errors.js';
 import type { TensorRef } from '../io/checkpoint.js';
 import type { SafetensorsFile } from '../io/safetensors.js';
+import { checkWeightFinite } from '../numeric.js';
 import { Tensor, type DType } from '../tensor.js';
 import type { Graph, Value } from './graph.js';
 import type { BackendSpec } from './program.js';
@@ -34,6 +35,18 @@ export class Weights implements Disposable {
     return r;
   }
 
+  /** Keeps a freshly uploaded weight resident once it is known finite (no NaN image from a broken checkpoint). */
+  #keep(key: string, t: Tensor, file: string): Tensor {
+    try {
+      checkWeightFinite(t, this.component, key, file);
+    } catch (e) {
+      t.dispose();
+      throw e;
+    }
+    this.#loaded.set(key, t);
+    return t;
+  }
+
   tensor(name: string): Tensor {
     let t = this.#loaded.get(name);
     if (t && !t.disposed) return t;
@@ -42,8 +55,7 @@ export class Weights implements Disposable {
     t = src
       ? Tensor.fromBytes(r.readBytes(), src, r.shape, this.backend.dtype, this.backend.device, this.backend.stream ?? 0)
       : Tensor.from(r.readFloat32(), r.shape, this.backend);
-    this.#loaded.set(name, t);
-    return t;
+    return this.#keep(name, t, r.file);
   }
 
   /**
@@ -80,8 +92,7 @@ export class Weights implements Disposable {
       const x = ra.readFloat32();
       const y = rb.readFloat32();
       for (let i = 0; i < x.length; i++) x[i]! += y[i]!;
-      t = Tensor.from(x, ra.shape, this.backend);
-      this.#loaded.set(key, t);
+      t = this.#keep(key, Tensor.from(x, ra.shape, this.backend), ra.file);
     }
     return g.constant(t);
   }

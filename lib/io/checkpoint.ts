@@ -13,6 +13,8 @@ import {
   parseVaeConfig, readJsonFile, sd15Scheduler, SD15_TEXT, SD15_UNET, SD15_VAE,
   type ConfigOverrides, type ModelConfigs, type SchedulerConfig, type TextConfig, type UNetConfig, type VaeConfig,
 } from './configs.js';
+import { checkConfigs } from './bounds.js';
+import { entryExists, fileError, openRegularFile } from './files.js';
 import {
   convertLdmText, convertLdmUnet, convertLdmVae, isDroppedBuffer, isVaeAttentionProjection, LDM_TEXT_PREFIX,
   LDM_UNET_PREFIX, LDM_VAE_PREFIX, modernVaeName, type KeyMapping,
@@ -135,7 +137,7 @@ export function openModel(p: string, opts: OpenModelOptions = {}): ModelSource {
   try {
     st = fs.statSync(p);
   } catch (e) {
-    throw new IdforgeError('E_NOT_FOUND', `${p}: no such file or folder`, { cause: e });
+    throw fileError(p, e, 'file or folder');
   }
   if (st.isDirectory()) {
     if (fs.existsSync(path.join(p, 'model_index.json')) || isDir(path.join(p, 'unet'))) return openDiffusers(p, opts);
@@ -158,7 +160,11 @@ function isDir(p: string): boolean {
 }
 
 function hasTokenizer(dir: string): boolean {
-  return fs.existsSync(path.join(dir, 'vocab.json')) && fs.existsSync(path.join(dir, 'merges.txt'));
+  const files = [path.join(dir, 'vocab.json'), path.join(dir, 'merges.txt')];
+  if (!files.every(entryExists)) return false;
+  // Present: then they must be readable regular files (a FIFO here would hang the tokenizer's read).
+  for (const f of files) fs.closeSync(openRegularFile(f, 'tokenizer file').fd);
+  return true;
 }
 
 function bundledTokenizer(model: string): string {
@@ -190,7 +196,8 @@ function pickWeightFiles(dir: string, comp: Component, variant: 'fp16' | undefin
   const order = variant === 'fp16' ? [true, false] : [false, true];
   for (const v of order) {
     for (const c of cand(v)) {
-      if (!fs.existsSync(c.file)) continue;
+      // lstat, not existsSync: a broken or looping link is there (and opening it says what is wrong).
+      if (!entryExists(c.file)) continue;
       if (variant === 'fp16' && !v) warnings.push(`${dir}: no fp16 variant; using ${path.basename(c.file)}`);
       return c.index ? shardsOf(c.file) : [c.file];
     }
@@ -263,6 +270,7 @@ function openDiffusers(dir: string, opts: OpenModelOptions): ModelSource {
     },
     opts.configOverrides,
   );
+  checkConfigs(configs, { unet: unetCfg, vae: vaeCfg, text: textCfg, scheduler: schedFile });
 
   let tokenizerDir = path.join(dir, 'tokenizer');
   if (!hasTokenizer(tokenizerDir)) {
@@ -364,6 +372,7 @@ function openLdm(file: string, opts: OpenModelOptions): ModelSource {
     };
     checkAlphasCumprod(st, derived.scheduler, warnings);
     const configs = applyOverrides(derived, opts.configOverrides);
+    checkConfigs(configs, { unet: file, vae: file, text: file, scheduler: '<SD 1.5 default scheduler config>' });
 
     const local = path.join(path.dirname(file), 'tokenizer');
     const tokenizerDir = hasTokenizer(local) ? local : bundledTokenizer(file);

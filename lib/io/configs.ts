@@ -6,8 +6,11 @@
  * Defaults are Stable Diffusion 1.x's (not diffusers' class defaults: e.g. cross_attention_dim is
  * 768 here, 1280 in diffusers), because SD 1.x is the only family idforge runs.
  */
-import * as fs from 'node:fs';
 import { IdforgeError } from '../errors.js';
+import { parseStrictJson, readRegularFile } from './files.js';
+
+/** Config and index files are kilobytes; a sharded index of a huge model a few megabytes. */
+const MAX_JSON_BYTES = 64 * 2 ** 20;
 
 export interface UNetConfig {
   sampleSize: number;
@@ -226,20 +229,15 @@ class Reader {
 
 /** Reads and parses a JSON object file: E_NOT_FOUND when absent, E_MODEL_FORMAT when not a JSON object. */
 export function readJsonFile(file: string): Json {
+  // A regular file of sane size only (a FIFO would hang the read); duplicate keys are refused.
+  const bytes = readRegularFile(file, MAX_JSON_BYTES, 'JSON file');
   let text: string;
   try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') throw new IdforgeError('E_NOT_FOUND', `${file}: no such file`, { cause: e });
-    throw new IdforgeError('E_MODEL_FORMAT', `${file}: cannot read (${code ?? String(e)})`, { cause: e });
+    text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    throw new IdforgeError('E_MODEL_FORMAT', `${file}: not valid UTF-8`);
   }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new IdforgeError('E_MODEL_FORMAT', `${file}: not valid JSON (${(e as Error).message})`, { cause: e });
-  }
+  const json = parseStrictJson(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text, file);
   if (json === null || typeof json !== 'object' || Array.isArray(json)) {
     throw new IdforgeError('E_MODEL_FORMAT', `${file}: not a JSON object`);
   }

@@ -1,4 +1,6 @@
 // Images in and out, through sharp.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { IdforgeError } from '../errors.js';
 
 /** 8-bit interleaved pixels, row-major. */
@@ -14,16 +16,58 @@ function check(img: RawImage): void {
     throw new IdforgeError('E_ARGUMENT', 'expected a RawImage { width, height, channels: 3, data: Uint8Array of width·height·3 }');
 }
 
+/** Output formats by extension (what sharp writes). */
+export const IMAGE_EXTENSIONS = ['.png', '.jpg', '.jpeg', '.webp', '.avif', '.tif', '.tiff', '.gif'] as const;
+
+/**
+ * Throws (E_ARGUMENT) unless `file` can be written as an image: a known extension, an existing
+ * writable folder, and no folder or unwritable file at that name. Cheap; call it before working.
+ */
+export function checkImageOutput(file: string): void {
+  if (typeof file !== 'string' || file === '') throw new IdforgeError('E_ARGUMENT', 'the output image path must be a non-empty string');
+  const ext = path.extname(file).toLowerCase();
+  if (!(IMAGE_EXTENSIONS as readonly string[]).includes(ext))
+    throw new IdforgeError('E_ARGUMENT', `${file}: unknown image format '${ext || '(no extension)'}' (use ${IMAGE_EXTENSIONS.join(', ')})`);
+  const dir = path.dirname(path.resolve(file));
+  let st: fs.Stats | undefined;
+  try {
+    st = fs.statSync(dir);
+  } catch {
+    throw new IdforgeError('E_NOT_FOUND', `${file}: the folder ${dir} does not exist`);
+  }
+  if (!st.isDirectory()) throw new IdforgeError('E_ARGUMENT', `${file}: ${dir} is not a folder`);
+  try {
+    fs.accessSync(dir, fs.constants.W_OK);
+  } catch {
+    throw new IdforgeError('E_ARGUMENT', `${file}: the folder ${dir} is not writable`);
+  }
+  let target: fs.Stats | undefined;
+  try {
+    target = fs.statSync(file);
+  } catch {
+    return; // a new file in a writable folder
+  }
+  if (!target.isFile()) throw new IdforgeError('E_ARGUMENT', `${file}: exists and is not a regular file`);
+  try {
+    fs.accessSync(file, fs.constants.W_OK);
+  } catch {
+    throw new IdforgeError('E_ARGUMENT', `${file}: exists and is not writable`);
+  }
+}
+
 /** Writes a RawImage; the format follows the extension (.png, .jpg, .webp, ...). */
 export async function saveImage(img: RawImage, file: string): Promise<void> {
   check(img);
+  checkImageOutput(file);
   const { default: sharp } = await import('sharp');
   try {
     await sharp(Buffer.from(img.data.buffer, img.data.byteOffset, img.data.byteLength), {
       raw: { width: img.width, height: img.height, channels: 3 },
     }).toFile(file);
   } catch (e) {
-    throw new IdforgeError('E_ARGUMENT', `could not write image ${file}: ${(e as Error).message}`, { cause: e });
+    // libvips messages are multi-line and name its internals: keep the first line, minus "vips_…: ".
+    const first = ((e as Error).message ?? '').split('\n')[0]!.replace(/^vips[_\w]*:\s*/, '');
+    throw new IdforgeError('E_ARGUMENT', `could not write image ${file}: ${first}`, { cause: e });
   }
 }
 

@@ -6,7 +6,9 @@
  * test/bench.test.ts checks that, built from the tiny fixture's configs, it yields exactly the
  * fixture's tensor names and shapes.
  */
+import * as os from 'node:os';
 import { IdforgeError } from '../errors.js';
+import { checkConfigs } from './bounds.js';
 import type { Component, ModelSource } from './checkpoint.js';
 import type { ModelConfigs, TextConfig, UNetConfig, VaeConfig } from './configs.js';
 
@@ -207,8 +209,10 @@ export function modelLayout(configs: Pick<ModelConfigs, 'unet' | 'vae' | 'text'>
  * wrong or missing tensor otherwise gives wrong images, not an error); extra tensors are reported
  * as warnings. Reads headers only.
  */
-export function checkWeights(source: ModelSource): string[] {
+export function checkWeights(source: ModelSource, memoryBytes = os.totalmem()): string[] {
+  checkConfigs(source.configs);  // bounded before the layout is built from them
   const layout = modelLayout(source.configs);
+  checkWeightMemory(source.configs, layout, memoryBytes);
   const warnings: string[] = [];
   for (const comp of ['unet', 'vae', 'text'] as const) {
     const refs = source.weights[comp];
@@ -217,6 +221,8 @@ export function checkWeights(source: ModelSource): string[] {
       expected.add(e.name);
       const r = refs.get(e.name);
       if (!r) throw new IdforgeError('E_MODEL_FORMAT', `${source.path}: the ${comp} has no weight '${e.name}' (expected shape ${JSON.stringify(e.shape)} from its config)`);
+      if (!['F32', 'F16', 'BF16', 'F64'].includes(r.dtype))
+        throw new IdforgeError('E_MODEL_FORMAT', `${source.path}: ${comp} weight '${e.name}' (${r.key} in ${r.file}) is stored as ${r.dtype}; model weights are floating point (F32, F16, BF16 or F64)`);
       if (r.shape.length !== e.shape.length || r.shape.some((d, i) => d !== e.shape[i]))
         throw new IdforgeError('E_MODEL_FORMAT', `${source.path}: ${comp} weight '${e.name}' (${r.key} in ${r.file}) is ${JSON.stringify(r.shape)}, the ${comp} config implies ${JSON.stringify(e.shape)}`);
     }
@@ -226,3 +232,26 @@ export function checkWeights(source: ModelSource): string[] {
   return warnings;
 }
 
+
+const gib = (n: number): string => `${(n / 2 ** 30).toFixed(n < 2 ** 30 ? 3 : 1)} GiB`;
+
+/**
+ * Refuses (E_OOM) configs whose weights cannot fit in `memoryBytes` even at 2 bytes an element
+ * (float16, the smallest compute dtype), naming the largest component and its sizes.
+ */
+export function checkWeightMemory(configs: ModelConfigs, layout: Record<Component, LayoutEntry[]>, memoryBytes: number): void {
+  const per = { unet: 0, vae: 0, text: 0 };
+  for (const comp of ['unet', 'vae', 'text'] as const)
+    for (const e of layout[comp]) per[comp] += 2 * e.shape.reduce((a, b) => a * b, 1);
+  const total = per.unet + per.vae + per.text;
+  if (total <= memoryBytes) return;
+  const comp = (['unet', 'vae', 'text'] as const).reduce((a, b) => (per[b] > per[a] ? b : a));
+  const sizes = comp === 'text'
+    ? { hidden_size: configs.text.hiddenSize, num_hidden_layers: configs.text.numHiddenLayers, intermediate_size: configs.text.intermediateSize }
+    : { block_out_channels: configs[comp].blockOutChannels, layers_per_block: configs[comp].layersPerBlock };
+  throw new IdforgeError(
+    'E_OOM',
+    `the model's configs describe ${gib(total)} of weights even in float16 (${comp}: ${gib(per[comp])} from ${JSON.stringify(sizes)}), ` +
+      `more than this machine's ${gib(memoryBytes)} of memory`,
+  );
+}

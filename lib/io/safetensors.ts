@@ -13,6 +13,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { constants as bufferConstants } from 'node:buffer';
 import { IdforgeError } from '../errors.js';
+import { openRegularFile, parseStrictJson } from './files.js';
 import { bf16ToF32, f16ToF32 } from './half.js';
 
 export type StDType = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
@@ -98,19 +99,12 @@ export class SafetensorsFile implements Disposable {
       if (!fs.existsSync(p)) throw new IdforgeError('E_NOT_FOUND', `${p}: no such file`);
       throw pickleRefusal(p);
     }
-    let fd: number;
+    // Regular files only (a FIFO would hang the read, a device never ends); typed errors for
+    // missing files, symlink loops and permissions.
+    const { fd, size } = openRegularFile(p, '.safetensors file');
     try {
-      fd = fs.openSync(p, 'r');
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT' || code === 'ENOTDIR') throw new IdforgeError('E_NOT_FOUND', `${p}: no such file`, { cause: e });
-      throw new IdforgeError('E_MODEL_FORMAT', `${p}: cannot open (${code ?? String(e)})`, { cause: e });
-    }
-    try {
-      const st = fs.fstatSync(fd);
-      if (st.isDirectory()) fail(p, 'is a folder, not a .safetensors file');
-      const { tensors, metadata } = parseHeader(fd, st.size, p);
-      return new SafetensorsFile(p, fd, st.size, tensors, metadata);
+      const { tensors, metadata } = parseHeader(fd, size, p);
+      return new SafetensorsFile(p, fd, size, tensors, metadata);
     } catch (e) {
       fs.closeSync(fd);
       throw e;
@@ -264,12 +258,8 @@ function parseHeader(fd: number, size: number, file: string): { tensors: Map<str
   } catch {
     fail(file, 'header is not valid UTF-8');
   }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    fail(file, `header is not valid JSON (${(e as Error).message})`);
-  }
+  // Duplicate keys are refused: the spec forbids them, and JSON.parse would silently keep one.
+  const json = parseStrictJson(text, `${file}: header`);
   if (json === null || typeof json !== 'object' || Array.isArray(json)) fail(file, 'header is not a JSON object');
 
   const dataSize = size - 8 - n;
@@ -294,6 +284,14 @@ function parseHeader(fd: number, size: number, file: string): { tensors: Map<str
       fail(file, `tensors "${prev.name}" and "${cur.name}" overlap (bytes ${prev.begin - dataStart}..${prev.end - dataStart} and ${cur.begin - dataStart}..${cur.end - dataStart} of the data area)`);
     }
   }
+  // The spec: "the byte buffer needs to be entirely indexed, and cannot contain holes" (no room
+  // for a second payload: polyglot files). Holes and bytes after the last tensor are refused.
+  let covered = dataStart;
+  for (const t of spans) {
+    if (t.begin !== covered) fail(file, `bytes ${covered - dataStart}..${t.begin - dataStart} of the data area belong to no tensor (a hole before "${t.name}"; the safetensors spec forbids holes)`);
+    covered = t.end;
+  }
+  if (covered !== size) fail(file, `${size - covered} byte(s) after the last tensor belong to no tensor (trailing data; the safetensors spec requires the data area to be fully indexed)`);
   return { tensors, metadata };
 }
 

@@ -219,14 +219,14 @@ export class SdRuntime extends ModelRuntime {
   }
 
   /** The VAE decoder: image [B, 3, 8h, 8w] in [−1, 1] from z [B, C, h, w] (already divided by the scaling factor), float32 on the CPU. */
-  async vaeDecode(z: Tensor): Promise<Tensor> {
+  async vaeDecode(z: Tensor, signal?: AbortSignal): Promise<Tensor> {
     const s = z.shape;
     await this.preload(['vae-decoder']);
     const p = this.program(`vae-dec:${s.join('x')}`, (g) => {
       g.output(buildVaeDecoder(g, this.weights.vae, this.configs.vae, g.input(s)));
     });
     using zin = this.upload(z);
-    const [img] = await p.run([zin]);
+    const [img] = await p.run([zin], { signal }); // abortable inside the decode
     return toHost(img!);
   }
 

@@ -1,9 +1,11 @@
 // The CPU backend: float32 everywhere, host memory, ops run synchronously on the thread pool.
+#include <atomic>
 #include <cstring>
 
 #include "../backend.h"
 #include "../fused.h"
 #include "gemm.h"
+#include "parallel.h"
 #include "ops.h"
 
 namespace idforge {
@@ -81,6 +83,25 @@ class CpuBackend : public Backend {
   }
   void download(void* host, const void* src, size_t bytes) override {
     if (bytes) std::memcpy(host, src, bytes);
+  }
+  int64_t countNonFinite(const TensorView& t) override {
+    const int64_t n = t.numel();
+    std::atomic<int64_t> bad{0};
+    // Float bit patterns: every exponent bit set is Inf or NaN (F16: 0x7c00, BF16: 0x7f80).
+    auto count = [&](auto* p, auto mask) {
+      forChunks(n, [&](int64_t b, int64_t e) {
+        int64_t k = 0;
+        for (int64_t i = b; i < e; i++) k += (p[i] & mask) == mask;
+        if (k) bad.fetch_add(k, std::memory_order_relaxed);
+      });
+    };
+    switch (t.dtype) {
+      case DType::F32: count(static_cast<const uint32_t*>(t.data), uint32_t(0x7f800000u)); break;
+      case DType::F16: count(static_cast<const uint16_t*>(t.data), uint16_t(0x7c00u)); break;
+      case DType::BF16: count(static_cast<const uint16_t*>(t.data), uint16_t(0x7f80u)); break;
+      default: break;
+    }
+    return bad.load();
   }
   void run(OpCode op, const OpAttrs& a, const std::vector<TensorView>& in,
            const std::vector<TensorView>& out) override {

@@ -2,7 +2,7 @@
 // with dummy weights, timed per op and shape: where the CPU backend's time goes in the benchmark
 // that matters (target < 3 s). Not a model: no skip of any real layer's cost is intended, but
 // values are meaningless. Build and run:
-//   g++ -O3 -march=native -std=c++17 -Inative native/common.cc native/cpu/*.cc \
+//   g++ -O3 -march=native -std=c++17 -Inative native/common.cc native/cancel.cc native/cpu/*.cc \
 //       test/native/cpu_unet_bench.cc -lpthread -o /tmp/unet && /tmp/unet
 #include "backend.h"
 #include <chrono>
