@@ -6,6 +6,7 @@ import { IdforgeError } from './errors.js';
 import { saveImage } from './io/image.js';
 
 const USAGE = `usage: idforge generate --model <dir|file.safetensors> --prompt "text" [options]
+       idforge serve | worker | build --help   (HTTP server, BullMQ worker, compile the addon)
   --negative TEXT     negative prompt ("")
   --steps N           DDIM steps (50)
   --guidance X        classifier-free guidance scale (7.5)
@@ -28,8 +29,16 @@ function bar(step: number, steps: number, ms: number): string {
   return `\r[${'#'.repeat(done)}${'.'.repeat(w - done)}] ${step}/${steps} ${(ms / 1000).toFixed(1)}s`;
 }
 
+/** Subcommands that live in their own files (loaded on demand: `generate` never loads Fastify). */
+const COMMANDS: Record<string, () => Promise<(argv: string[]) => Promise<number>>> = {
+  serve: async () => (await import('./serve/cli.js')).serve,
+  worker: async () => (await import('./serve/cli.js')).worker,
+  build: async () => (await import('./build.js')).build,
+};
+
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
+  if (cmd !== undefined && Object.hasOwn(COMMANDS, cmd)) return (await COMMANDS[cmd]!())(rest);
   if (cmd !== 'generate') {
     process.stderr.write(`${USAGE}\n`);
     return cmd === undefined || cmd === '--help' || cmd === '-h' ? 0 : 2;
