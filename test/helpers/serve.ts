@@ -1,5 +1,6 @@
 /** Real parts for the server tests: a redis-server on a free loopback port, CLI child processes, HTTP. */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -48,8 +49,27 @@ export async function redis(): Promise<{ url: string; stop(): void }> {
   return { url: `redis://127.0.0.1:${port}`, stop: () => p.kill('SIGKILL') };
 }
 
-/** The TypeScript loader tap runs us with, so that children run lib/cli.ts from source. */
-const tsLoader = process.execArgv.filter((a) => a.startsWith('--import=') && a.includes('typescript'));
+/**
+ * Children run the compiled CLI (dist/cli.js): compiling lib/ on the fly costs every child 10-30 s
+ * on 2 busy cores. `npm test` compiles first (pretest); a dist older than its source fails loudly
+ * instead of testing old code.
+ */
+function compiledCli(): string {
+  const stale: string[] = [];
+  const walk = (dir: string): void => {
+    for (const e of readdirSync(path.join(root, dir), { withFileTypes: true })) {
+      const rel = path.join(dir, e.name);
+      if (e.isDirectory()) walk(rel);
+      else if (e.name.endsWith('.ts') && !e.name.endsWith('.d.ts')) {
+        const js = path.join(root, 'dist', path.relative('lib', rel).replace(/\.ts$/, '.js'));
+        if (!existsSync(js) || statSync(js).mtimeMs < statSync(path.join(root, rel)).mtimeMs) stale.push(rel);
+      }
+    }
+  };
+  walk('lib');
+  if (stale.length) throw new Error(`dist/ is older than ${stale.slice(0, 5).join(', ')}: run \`npm run build\` (npm test does)`);
+  return path.join(root, 'dist/cli.js');
+}
 
 export interface Child {
   proc: ChildProcess;
@@ -60,9 +80,9 @@ export interface Child {
   exited: Promise<number | null>;
 }
 
-/** Runs `idforge <args>` (lib/cli.ts) in a child process. */
+/** Runs `idforge <args>` (dist/cli.js) in a child process. */
 export function cli(args: string[], env: Record<string, string> = {}): Child {
-  const proc = spawn(process.execPath, [...tsLoader, path.join(root, 'lib/cli.ts'), ...args], {
+  const proc = spawn(process.execPath, [compiledCli(), ...args], {
     cwd: root, env: { ...process.env, NODE_OPTIONS: '', ...env }, stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
