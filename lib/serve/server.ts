@@ -2,9 +2,11 @@
 // into jobs on a JobQueue, streams progress as Server-Sent Events, serves PNGs and the identity
 // store. It never opens a model: engines belong to the queue (in-process) or to workers.
 import { timingSafeEqual } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import { IdforgeError } from '../errors.js';
-import type { IdEncoder } from '../identity/encoder.js';
+import type { EncodeOptions, IdEncoder } from '../identity/encoder.js';
+import type { Identity } from '../identity/identity.js';
 import type { Landmarks } from '../identity/face.js';
 import {
   DEFAULT_LIMITS, SAMPLERS, fromWire, generateBody, idParam, identityBody, imageParam, jobParam, responses, toWire,
@@ -63,6 +65,7 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
     if (result?.kind === 'learn' && !store.has(result.identityId)) store.save(result.identityId, fromWire(result.identity));
   };
   queue.onCompleted = (_id, result) => keepLearned(result);
+  const encode = o.encoder ? serially(o.encoder) : undefined;
 
   app.setErrorHandler((err: FastifyError | HttpError | IdforgeError, _req, reply) => {
     if (err instanceof HttpError) return reply.code(err.status).send({ error: { code: err.code, message: err.message } });
@@ -142,7 +145,7 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
       if (store.has(id)) throw new HttpError(409, 'E_EXISTS', `identity ${id} exists`);
       if ((b.method ?? 'dreamidentity') === 'dreamidentity') {
         if (!o.encoder) throw new HttpError(501, 'E_NO_ENCODER', 'this server has no ID encoder (start it with --encoder DIR)');
-        const identity = await encodeSerially(o.encoder, image, { ...(b.name !== undefined ? { name: b.name } : {}), ...(b.landmarks ? { landmarks: b.landmarks as Landmarks } : {}) });
+        const identity = await encode!(image, { ...(b.name !== undefined ? { name: b.name } : {}), ...(b.landmarks ? { landmarks: b.landmarks as Landmarks } : {}) });
         return reply.code(201).send(store.save(id, identity, { textDim: identity.dim }));
       }
       const job = await queue.submit({
@@ -157,7 +160,6 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
     async (req) => store.info(req.params.id));
   app.get<{ Params: { id: string } }>('/identities/:id/file', { schema: { params: idParam, response: err4 } }, async (req, reply) => {
     store.info(req.params.id);
-    const { readFile } = await import('node:fs/promises');
     return reply.type('application/octet-stream').send(await readFile(store.file(req.params.id)));
   });
   app.delete<{ Params: { id: string } }>('/identities/:id', { schema: { params: idParam, response: err4 } }, async (req, reply) => {
@@ -182,11 +184,13 @@ async function checkUpload(image: Buffer, maxSide: number): Promise<void> {
 }
 
 /** One encoder runs one image at a time (its compiled program has one arena). */
-let encoding: Promise<unknown> = Promise.resolve();
-function encodeSerially(encoder: IdEncoder, image: Buffer, opts: Parameters<IdEncoder['encode']>[1]): ReturnType<IdEncoder['encode']> {
-  const run = encoding.then(() => encoder.encode(image, opts));
-  encoding = run.catch(() => {});
-  return run as ReturnType<IdEncoder['encode']>;
+function serially(encoder: IdEncoder): (image: Buffer, opts: EncodeOptions) => Promise<Identity> {
+  let last: Promise<unknown> = Promise.resolve();
+  return (image, opts) => {
+    const run = last.then(() => encoder.encode(image, opts));
+    last = run.catch(() => {});
+    return run;
+  };
 }
 
 /**
