@@ -19,7 +19,7 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const cliJs = path.join(root, 'dist/cli.js');
 const { values: o } = parseArgs({
   options: {
-    model: { type: 'string', default: path.join(root, 'test/fixtures/tiny-sd') }, workers: { type: 'string', default: '1,2' },
+    model: { type: 'string', default: path.relative(process.cwd(), path.join(root, 'test/fixtures/tiny-sd')) }, workers: { type: 'string', default: '1,2' },
     requests: { type: 'string', default: '16' }, rounds: { type: 'string', default: '2' }, size: { type: 'string', default: '128' },
     steps: { type: 'string', default: '4' }, threads: { type: 'string', default: 'auto' }, json: { type: 'string' },
   },
