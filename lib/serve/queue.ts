@@ -17,7 +17,7 @@ export interface JobQueue {
   /** Queues a job; E_QUEUE_FULL (QueueFullError) when maxQueue jobs are waiting. */
   submit(data: JobData): Promise<string>;
   get(id: string): Promise<JobView | undefined>;
-  /** Events of one job from now on; returns the unsubscribe function. */
+  /** Events of one job: the progress so far at once (every step seen), then live; returns the unsubscribe function. */
   subscribe(id: string, fn: (e: JobEvent) => void): () => void;
   /** Called once per finished job (the server stores learned identities from it). */
   onCompleted?: (id: string, result: JobResult) => void;
@@ -35,6 +35,7 @@ export function jobError(e: unknown): JobError {
 
 interface LocalJob {
   view: JobView;
+  steps: Progress[];
   data: JobData;
   listeners: Set<(e: JobEvent) => void>;
   abort: AbortController;
@@ -60,7 +61,7 @@ export class LocalQueue implements JobQueue {
     if (this.#waiting.length >= this.maxQueue) throw new QueueFullError(`the queue is full (${this.maxQueue} jobs waiting)`);
     this.#prune();
     const id = randomUUID();
-    this.#jobs.set(id, { view: { id, kind: data.kind, state: 'queued' }, data, listeners: new Set(), abort: new AbortController(), finished: 0 });
+    this.#jobs.set(id, { view: { id, kind: data.kind, state: 'queued' }, steps: [], data, listeners: new Set(), abort: new AbortController(), finished: 0 });
     this.#waiting.push(id);
     this.#pump();
     return id;
@@ -72,6 +73,7 @@ export class LocalQueue implements JobQueue {
 
   subscribe(id: string, fn: (e: JobEvent) => void): () => void {
     const j = this.#jobs.get(id);
+    for (const progress of j?.steps ?? []) fn({ type: 'progress', progress });
     j?.listeners.add(fn);
     return () => j?.listeners.delete(fn);
   }
@@ -98,6 +100,7 @@ export class LocalQueue implements JobQueue {
     try {
       const result = await runJob(engine, j.data, (progress) => {
         j.view.progress = progress;
+        j.steps.push(progress);
         this.#emit(j, { type: 'progress', progress });
       }, j.abort.signal);
       j.view.state = 'done';

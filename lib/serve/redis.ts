@@ -30,22 +30,31 @@ export class RedisQueue implements JobQueue {
   readonly #queue: Queue<JobData, JobResult>;
   readonly #events: QueueEvents;
   readonly #listeners = new Map<string, Set<(e: JobEvent) => void>>();
+  /** Every step this server has seen per running job, so that a late SSE client still gets each one. */
+  readonly #steps = new Map<string, Progress[]>();
 
   private constructor(queue: Queue<JobData, JobResult>, events: QueueEvents, readonly maxQueue: number) {
     this.#queue = queue;
     this.#events = events;
     events.on('progress', ({ jobId, data }) => {
-      if (isProgress(data)) this.#emit(jobId, { type: 'progress', progress: { step: data.step, steps: data.steps } });
+      if (!isProgress(data)) return;
+      const progress = { step: data.step, steps: data.steps };
+      let seen = this.#steps.get(jobId);
+      if (!seen || progress.step <= (seen.at(-1)?.step ?? 0)) this.#steps.set(jobId, (seen = [])); // new or retried run
+      seen.push(progress);
+      this.#emit(jobId, { type: 'progress', progress });
     });
     events.on('completed', ({ jobId, returnvalue }) => {
       const result = (typeof returnvalue === 'string' ? JSON.parse(returnvalue) : returnvalue) as JobResult;
       this.onCompleted?.(jobId, result);
       this.#emit(jobId, { type: 'done', result });
+      this.#forget(jobId);
     });
     events.on('failed', ({ jobId, failedReason }) => {
       void this.#queue.getJob(jobId).then((job) => {
         const error = parseReason(failedReason ?? job?.failedReason);
         this.#emit(jobId, { type: 'failed', error });
+        this.#forget(jobId);
       });
     });
   }
@@ -80,7 +89,12 @@ export class RedisQueue implements JobQueue {
     return view;
   }
 
+  #forget(id: string): void {
+    setTimeout(() => this.#steps.delete(id), 60_000).unref();
+  }
+
   subscribe(id: string, fn: (e: JobEvent) => void): () => void {
+    for (const progress of this.#steps.get(id) ?? []) fn({ type: 'progress', progress });
     let set = this.#listeners.get(id);
     if (!set) this.#listeners.set(id, (set = new Set()));
     set.add(fn);
