@@ -7,6 +7,7 @@ import { checkImageOutput, saveImage } from './io/image.js';
 import type { SamplerName } from './sched/sampler.js';
 
 const USAGE = `usage: idforge generate --model <dir|file.safetensors> --prompt "text" [options]
+       idforge serve | worker | build | eval --help   (HTTP server, BullMQ worker, compile the addon, identity report)
   --negative TEXT     negative prompt ("")
   --steps N           sampler steps (50)
   --sampler S         ddim | dpmpp-2m | dpmpp-2m-karras | euler | euler-a (ddim)
@@ -48,12 +49,20 @@ function joinNegativeNumbers(args: string[]): string[] {
   return out;
 }
 
+/** Subcommands that live in their own files (loaded on demand: `generate` never loads Fastify). */
+const COMMANDS: Record<string, () => Promise<(argv: string[]) => Promise<number>>> = {
+  serve: async () => (await import('./serve/cli.js')).serve,
+  worker: async () => (await import('./serve/cli.js')).worker,
+  build: async () => (await import('./build.js')).build,
+  // CLIP and the face models, which generate never needs.
+  eval: async () => (await import('./eval/cli.js')).main,
+};
+
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
-  // `eval` lives in lib/eval/cli.ts (it loads CLIP and the face models, which generate never needs).
-  if (cmd === 'eval') return (await import('./eval/cli.js')).main(rest);
+  if (cmd !== undefined && Object.hasOwn(COMMANDS, cmd)) return (await COMMANDS[cmd]!())(rest);
   if (cmd !== 'generate') {
-    process.stderr.write(`${USAGE}\n       idforge eval --help\n`);
+    process.stderr.write(`${USAGE}\n`);
     return cmd === undefined || cmd === '--help' || cmd === '-h' ? 0 : 2;
   }
   const { values } = parseArgs({

@@ -1,9 +1,10 @@
-// The one file that loads the native addon (node-gyp-build finds build/Release/idforge.node) and
+// The one file that loads the native addon (a local build or the prebuilt platform package) and
 // types its surface. Everything else goes through Tensor / Program wrappers.
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { IdforgeError, fromNative } from './errors.js';
+import { platformKey, platformPackage } from './platform.js';
 
 export type DType = 'float32' | 'float16' | 'bfloat16' | 'int32' | 'int64' | 'uint8';
 export type DeviceName = 'cpu' | 'cuda';
@@ -81,22 +82,39 @@ interface Addon {
 
 let addon: Addon | undefined;
 
-/** The loaded addon; throws E_BACKEND with build instructions when it is missing. */
+/**
+ * The loaded addon, from the first of: IDFORGE_ADDON (a .node file), a local build
+ * (<package>/build/Release: `npx idforge build`, or a clone's `npm install`), the prebuilt platform
+ * package (@idforge/<platform>, an optional dependency). A local build comes first because it only
+ * exists when someone built it on purpose (a developer's rebuilt addon must not lose to a prebuilt
+ * one). Throws E_BACKEND saying how to build from source when none loads.
+ */
 export function native(): Addon {
   if (addon) return addon;
   const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
   const require = createRequire(import.meta.url);
-  try {
-    const load = require('node-gyp-build') as (dir: string) => Addon;
-    addon = load(root);
-  } catch (e) {
+  const tried: string[] = [];
+  const attempt = (what: string, load: () => Addon): Addon | undefined => {
+    try {
+      return load();
+    } catch (e) {
+      tried.push(`${what}: ${(e as Error).message.split('\n')[0]}`);
+      return undefined;
+    }
+  };
+  const file = process.env.IDFORGE_ADDON;
+  const pkg = platformPackage();
+  addon = file
+    ? attempt(`IDFORGE_ADDON=${file}`, () => require(path.resolve(file)) as Addon)
+    : (attempt(`local build (${root}/build/Release)`, () => (require('node-gyp-build') as (dir: string) => Addon)(root)) ??
+      attempt(`prebuilt package ${pkg}`, () => require(`${pkg}/idforge.node`) as Addon));
+  if (!addon)
     throw new IdforgeError(
       'E_BACKEND',
-      `the idforge native addon could not be loaded from ${root}/build/Release (${(e as Error).message}); ` +
-        'rebuild it with `npm run build:native` (needs a C++17 compiler; CMake optional)',
-      { cause: e },
+      `the idforge native addon could not be loaded for ${platformKey()} (tried ${tried.join('; ')}). ` +
+        `No prebuilt package serves this platform here: build from source with \`npx idforge build\` ` +
+        '(needs a C++17 compiler; CMake optional, nvcc for CUDA)',
     );
-  }
   return addon;
 }
 

@@ -4,8 +4,10 @@
 // plain `npm install` never fails for a missing GPU toolkit or CMake.
 //   IDFORGE_CUDA=0          CPU-only build
 //   IDFORGE_CUDA_ARCHS=90   CUDA architecture list (default "80;86;89;90")
+//   IDFORGE_NATIVE_ARCH=0   portable CPU code (no -march=native): prebuilt platform packages
 //   IDFORGE_BUILD=gyp       force the node-gyp path
 import { spawnSync } from 'node:child_process';
+import { copyFileSync, existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -31,16 +33,22 @@ if (!forceGyp && has('cmake')) {
   const cmakeJs = require.resolve('cmake-js/bin/cmake-js');
   // configure on every install so that changed options (IDFORGE_CUDA, archs) reach CMake's cache.
   const args = ['--out', 'build'];
-  // Always pass both: CMake caches them, and a stale cache must not keep an earlier choice.
+  // Always pass every option: CMake caches them, and a stale cache must not keep an earlier choice.
+  const off = (v) => ['0', 'off', 'false', 'no'].includes(v.toLowerCase());
+  const nativeArch = process.env.IDFORGE_NATIVE_ARCH;
+  args.push(`--CDIDFORGE_NATIVE_ARCH=${nativeArch && off(nativeArch) ? 'OFF' : 'ON'}`);
   const cuda = process.env.IDFORGE_CUDA;
-  args.push(`--CDIDFORGE_CUDA=${cuda === undefined || cuda === '' ? 'ON' : ['0', 'off', 'false', 'no'].includes(cuda.toLowerCase()) ? 'OFF' : 'ON'}`);
+  args.push(`--CDIDFORGE_CUDA=${cuda && off(cuda) ? 'OFF' : 'ON'}`);
   args.push(`--CDIDFORGE_CUDA_ARCHS=${process.env.IDFORGE_CUDA_ARCHS || '80;86;89;90'}`);
   if (process.env.IDFORGE_PARALLEL) args.push('--parallel', process.env.IDFORGE_PARALLEL);
   status = run(process.execPath, [cmakeJs, 'configure', ...args]);
   if (status === 0) status = run(process.execPath, [cmakeJs, 'build', ...args.filter((a) => !a.startsWith('--CD'))]);
 } else {
   console.error('[idforge] cmake not found (or IDFORGE_BUILD=gyp): building the CPU-only addon with node-gyp');
-  const gyp = process.env.npm_config_node_gyp;
-  status = gyp ? run(process.execPath, [gyp, 'rebuild']) : run('npx', ['--no-install', 'node-gyp', 'rebuild']);
+  // A packed idforge carries binding.gyp as scripts/binding.gyp (scripts/pack.mjs says why).
+  const gyp = path.join(root, 'binding.gyp');
+  if (!existsSync(gyp) && existsSync(path.join(root, 'scripts/binding.gyp'))) copyFileSync(path.join(root, 'scripts/binding.gyp'), gyp);
+  const nodeGyp = process.env.npm_config_node_gyp;
+  status = nodeGyp ? run(process.execPath, [nodeGyp, 'rebuild']) : run('npx', ['--no-install', 'node-gyp', 'rebuild']);
 }
 process.exit(status);

@@ -1,5 +1,6 @@
 // The fallback build: with CMake missing from PATH, scripts/build-native.mjs builds the CPU-only
-// addon through node-gyp + binding.gyp from the same native sources. Compiling takes a minute or
+// addon through node-gyp + binding.gyp from the same native sources (`npx idforge build` in an
+// installed package, whose binding.gyp sits in scripts/). Compiling takes a minute or
 // two on 2 cores, so it runs when IDFORGE_TEST_GYP=1 (.ci/run sets it).
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
@@ -14,7 +15,9 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 t.test('node-gyp fallback build without cmake', { skip: process.env.IDFORGE_TEST_GYP === '1' ? false : 'set IDFORGE_TEST_GYP=1 to run the 1-2 minute node-gyp build' }, async (t) => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'idforge-gyp-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  for (const p of ['native', 'scripts', 'binding.gyp', 'package.json']) cpSync(path.join(root, p), path.join(dir, p), { recursive: true });
+  for (const p of ['native', 'scripts', 'package.json']) cpSync(path.join(root, p), path.join(dir, p), { recursive: true });
+  // Laid out as scripts/pack.mjs packs it: binding.gyp under scripts/, put back by the build script.
+  cpSync(path.join(root, 'binding.gyp'), path.join(dir, 'scripts/binding.gyp'));
   symlinkSync(path.join(root, 'node_modules'), path.join(dir, 'node_modules'));
   // A cmake that fails stands in for "not installed" (g++ lives next to the real one in /usr/bin).
   const bin = path.join(dir, 'fakebin');

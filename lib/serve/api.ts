@@ -1,0 +1,198 @@
+// The HTTP API's one description: the limits, the JSON schemas of every route, and the job payloads
+// that travel from the server to whoever runs them (an in-process engine or a BullMQ worker).
+import { SAMPLERS as SAMPLER_NAMES } from '../sched/sampler.js';
+import { Identity, type IdentityMethod } from '../identity/identity.js';
+
+/** The samplers a request may name (generate()'s own list). */
+export const SAMPLERS: string[] = [...SAMPLER_NAMES];
+
+export interface Limits {
+  /** Largest request body in bytes (uploads are base64 inside JSON). */
+  bodyBytes: number;
+  /** Largest width or height of a generated image. */
+  maxSide: number;
+  maxSteps: number;
+  /** Jobs waiting (not yet running) before submissions get 429. */
+  maxQueue: number;
+  /** Largest side of an uploaded face photo. */
+  maxUploadSide: number;
+  maxLearnSteps: number;
+}
+
+export const DEFAULT_LIMITS: Limits = {
+  bodyBytes: 8 << 20, maxSide: 1024, maxSteps: 150, maxQueue: 100, maxUploadSide: 4096, maxLearnSteps: 5000,
+};
+
+/** Every SD 1.x model needs sizes in multiples of 64 (VAE ×8, UNet ×8); the engine checks again. */
+export const SIZE_MULTIPLE = 64;
+
+/** Identity ids name files in the store: letters, digits, '_' and '-', never a path. */
+export const ID_PATTERN = '^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$';
+const UUID_PATTERN = '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$';
+
+/** An identity as it travels inside a job (a worker elsewhere has no identity store). */
+export interface WireIdentity {
+  method: IdentityMethod;
+  name?: string;
+  stages: number;
+  words: number;
+  dim: number;
+  /** Row-major float32 [S, M, D], base64. */
+  k: string;
+  /** Absent when K and V are the same words. */
+  v?: string;
+}
+
+export interface GenerateJob {
+  kind: 'generate';
+  prompt: string;
+  negativePrompt: string;
+  width: number;
+  height: number;
+  steps: number;
+  guidanceScale: number;
+  /** Always set (chosen at submission when the request has none): a retried job repeats its image. */
+  seed: number;
+  sampler: string;
+  identity?: WireIdentity;
+  identityScale?: number;
+}
+
+export interface LearnJob {
+  kind: 'learn';
+  /** The store id the learned identity is saved under. */
+  identityId: string;
+  name?: string;
+  /** The face photo, base64. */
+  image: string;
+  steps: number;
+  seed: number;
+}
+
+export type JobData = GenerateJob | LearnJob;
+
+export type JobResult =
+  | { kind: 'generate'; images: string[]; seed: number; warnings: string[] }
+  | { kind: 'learn'; identityId: string; identity: WireIdentity };
+
+export type JobState = 'queued' | 'running' | 'done' | 'failed';
+
+export interface Progress {
+  step: number;
+  steps: number;
+}
+
+export interface JobError {
+  code: string;
+  message: string;
+}
+
+export interface JobView {
+  id: string;
+  kind: JobData['kind'];
+  state: JobState;
+  progress?: Progress;
+  result?: JobResult;
+  error?: JobError;
+}
+
+const f32 = (b64: string): Float32Array => {
+  const buf = Buffer.from(b64, 'base64');
+  return new Float32Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength));
+};
+const b64 = (a: Float32Array): string => Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('base64');
+
+export function toWire(id: Identity): WireIdentity {
+  return {
+    method: id.method, stages: id.stages, words: id.words, dim: id.dim, k: b64(id.kData),
+    ...(id.name !== undefined ? { name: id.name } : {}),
+    ...(id.kvShared ? {} : { v: b64(id.vData) }),
+  };
+}
+
+export function fromWire(w: WireIdentity): Identity {
+  return new Identity({
+    method: w.method, stages: w.stages, words: w.words, dim: w.dim, k: f32(w.k),
+    ...(w.v !== undefined ? { v: f32(w.v) } : {}),
+    ...(w.name !== undefined ? { name: w.name } : {}),
+  });
+}
+
+// ---- JSON schemas (Fastify validates every request against these; additional fields are refused)
+
+const error = {
+  type: 'object',
+  properties: { error: { type: 'object', properties: { code: { type: 'string' }, message: { type: 'string' } } } },
+};
+export const idParam = {
+  type: 'object', required: ['id'], additionalProperties: false,
+  properties: { id: { type: 'string', pattern: ID_PATTERN } },
+};
+export const jobParam = {
+  type: 'object', required: ['id'], additionalProperties: false,
+  properties: { id: { type: 'string', pattern: UUID_PATTERN } },
+};
+export const imageParam = {
+  type: 'object', required: ['id', 'index'], additionalProperties: false,
+  properties: { id: { type: 'string', pattern: UUID_PATTERN }, index: { type: 'string', pattern: '^[0-9]{1,2}$' } },
+};
+
+export function generateBody(l: Limits): object {
+  return {
+    type: 'object', required: ['prompt'], additionalProperties: false,
+    properties: {
+      prompt: { type: 'string', maxLength: 2000 },
+      negativePrompt: { type: 'string', maxLength: 2000 },
+      width: { type: 'integer', minimum: SIZE_MULTIPLE, maximum: l.maxSide, multipleOf: SIZE_MULTIPLE },
+      height: { type: 'integer', minimum: SIZE_MULTIPLE, maximum: l.maxSide, multipleOf: SIZE_MULTIPLE },
+      steps: { type: 'integer', minimum: 1, maximum: l.maxSteps },
+      guidanceScale: { type: 'number', minimum: 0, maximum: 50 },
+      seed: { type: 'integer', minimum: 0, maximum: 2 ** 31 - 1 },
+      sampler: { type: 'string', enum: SAMPLERS },
+      identity: { type: 'string', pattern: ID_PATTERN },
+      identityScale: { type: 'number', minimum: 0, maximum: 10 },
+    },
+  };
+}
+
+export function identityBody(l: Limits): object {
+  return {
+    type: 'object', required: ['image'], additionalProperties: false,
+    properties: {
+      image: { type: 'string', minLength: 16, contentEncoding: 'base64' },
+      method: { type: 'string', enum: ['dreamidentity', 'sefi-ide'] },
+      name: { type: 'string', maxLength: 100 },
+      id: { type: 'string', pattern: ID_PATTERN },
+      landmarks: { type: 'array', minItems: 5, maxItems: 5, items: { type: 'array', minItems: 2, maxItems: 2, items: { type: 'number' } } },
+      steps: { type: 'integer', minimum: 1, maximum: l.maxLearnSteps },
+      seed: { type: 'integer', minimum: 0, maximum: 2 ** 31 - 1 },
+    },
+  };
+}
+
+const jobView = {
+  type: 'object',
+  properties: {
+    id: { type: 'string' }, kind: { type: 'string' }, state: { type: 'string' },
+    progress: { type: 'object', properties: { step: { type: 'integer' }, steps: { type: 'integer' } } },
+    images: { type: 'array', items: { type: 'string' } },
+    seed: { type: 'integer' },
+    warnings: { type: 'array', items: { type: 'string' } },
+    identity: { type: 'string' },
+    error: { type: 'object', properties: { code: { type: 'string' }, message: { type: 'string' } } },
+  },
+};
+export const identityInfo = {
+  type: 'object',
+  properties: {
+    id: { type: 'string' }, name: { type: 'string' }, method: { type: 'string' }, stages: { type: 'integer' },
+    words: { type: 'integer' }, dim: { type: 'integer' }, created: { type: 'string' },
+  },
+};
+export const responses = {
+  error,
+  submitted: { type: 'object', properties: { id: { type: 'string' }, state: { type: 'string' }, identity: { type: 'string' } } },
+  jobView,
+  identityInfo,
+  identityList: { type: 'object', properties: { identities: { type: 'array', items: identityInfo } } },
+};
