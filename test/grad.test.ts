@@ -122,6 +122,18 @@ t.test('backward ops against finite differences', async (t) => {
       consts: [{ shape: [2, 5], int: Int32Array.from([-1, 0, 2, -1, 0, 1, -1, -1, -1, 2]) }],
       build: (g, [x, v], [s]) => g.inject(x!, s!, v!),
     },
+    // Parameter gradients (issue #13): the weights are differentiable inputs here.
+    { name: 'linear w.r.t. x, weight, bias', inputs: [[2, 3, 6], [5, 6], [5]], build: (g, [x, w, b]) => g.linear(x!, w!, b!) },
+    { name: 'linear transX w.r.t. weight, bias', inputs: [[2, 6, 3], [5, 6], [5]], build: (g, [x, w, b]) => g.linear(x!, w!, b!, { transX: true }) },
+    { name: 'linear transY w.r.t. weight, bias', inputs: [[2, 3, 6], [5, 6], [5]], build: (g, [x, w, b]) => g.linear(x!, w!, b!, { transY: true }) },
+    { name: 'linear + residual w.r.t. weight', inputs: [[1, 4, 6], [5, 6], [1, 4, 5]], build: (g, [x, w, r]) => g.linear(x!, w!, undefined, { residual: r! }) },
+    { name: 'patch conv2d (stride = kernel) w.r.t. x, weight, bias', inputs: [[2, 3, 6, 7], [4, 3, 2, 2], [4]], build: (g, [x, w, b]) => g.conv2d(x!, w!, b!, { stride: 2 }) },
+    { name: 'conv2d 1x1 w.r.t. weight', inputs: [[2, 3, 4, 4], [5, 3, 1, 1]], build: (g, [x, w]) => g.conv2d(x!, w!, undefined) },
+    { name: 'layer_norm w.r.t. x, weight, bias', inputs: [[2, 3, 8], [8], [8]], build: (g, [x, w, b]) => g.layerNorm(x!, w!, b!, { eps: 1e-5 }) },
+    {
+      name: 'CLS token + position embedding (concat, broadcast add)', inputs: [[2, 4, 5], [1, 1, 5], [1, 5, 5]],
+      build: (g, [x, c, p]) => g.add(g.concat([g.concat([c!, c!], 0), x!], 1), p!),
+    },
   ];
   for (const c of cases) await checkOp(t, c);
 });
@@ -131,6 +143,10 @@ t.test('grad refuses ops without a rule', async (t) => {
   const x = g.input([2, 3]);
   const y = g.cfg(x, 7.5);
   t.throws(() => grad(g, y, [x]), { code: 'E_ARGUMENT' });
+  // Weight gradients of overlapping convolutions are not implemented: a typed refusal.
+  const w = g.input([4, 3, 3, 3]);
+  const c = g.conv2d(g.input([1, 3, 5, 5]), w, undefined, { pad: 1 });
+  t.throws(() => grad(g, g.reduceSum(c, [1]), [w]), { code: 'E_ARGUMENT' });
 });
 
 t.test('activation memory plan of a learning step (SD 1.5 at 512x512, no weights needed)', async (t) => {
