@@ -57,6 +57,12 @@ export interface IdFeatures {
   batch: number;
 }
 
+/** A weight held on the host in float32 (what a trainer updates and save() writes). */
+export interface HostWeight {
+  shape: number[];
+  data: Float32Array;
+}
+
 function fmt(file: string, msg: string): IdforgeError {
   return new IdforgeError('E_MODEL_FORMAT', `${file}: ${msg}`);
 }
@@ -249,6 +255,13 @@ export class IdEncoder implements Disposable {
     } finally {
       t.dispose();
     }
+  }
+
+  /** Float32 host copies of every weight (name → shape, values) in the file's order: what a trainer starts from. */
+  hostWeights(): Map<string, HostWeight> {
+    const m = new Map<string, HostWeight>();
+    for (const [name, r] of this.#rt.weights.refs) m.set(name, { shape: [...r.shape], data: r.readFloat32() });
+    return m;
   }
 
   #identity(words: Float32Array, row: number, name: string | undefined): Identity {
