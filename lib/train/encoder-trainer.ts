@@ -12,7 +12,7 @@ import { IdforgeError } from '../errors.js';
 import { grad, mseLoss } from '../graph/autodiff.js';
 import { Graph } from '../graph/graph.js';
 import { Program } from '../graph/program.js';
-import { buildIdEncoder, type HostWeight, type IdEncoder, type IdEncoderConfig } from '../identity/encoder.js';
+import { buildIdEncoder, hostRefs, type HostWeight, type IdEncoder, type IdEncoderConfig } from '../identity/encoder.js';
 import { Identity } from '../identity/identity.js';
 import { expandPrompt } from '../identity/placeholders.js';
 import { toHost } from '../runtime/runtime.js';
@@ -21,7 +21,7 @@ import { DDIMScheduler } from '../sched/ddim.js';
 import { Tensor, numel } from '../tensor.js';
 import { buildTextEncoder } from '../text/clip.js';
 import { buildUNet } from '../unet/unet.js';
-import { hostRefs, TrainableWeights } from './params.js';
+import { TrainableWeights } from './params.js';
 
 /**
  * What learns: the projectors only; the projectors plus the last N backbone blocks (and the

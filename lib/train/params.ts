@@ -9,19 +9,6 @@ import type { Graph, Value } from '../graph/graph.js';
 import type { BackendSpec } from '../graph/program.js';
 import { Weights } from '../graph/weights.js';
 import type { TensorRef } from '../io/checkpoint.js';
-import type { HostWeight } from '../identity/encoder.js';
-
-/** TensorRefs over float32 host arrays (the weights a Weights group reads from). */
-export function hostRefs(weights: ReadonlyMap<string, HostWeight>): Map<string, TensorRef> {
-  const m = new Map<string, TensorRef>();
-  for (const [name, w] of weights)
-    m.set(name, {
-      name, shape: [...w.shape], dtype: 'F32', file: '(memory)', key: name,
-      readFloat32: () => w.data.slice(),
-      readBytes: () => Buffer.from(w.data.buffer, w.data.byteOffset, w.data.byteLength),
-    });
-  return m;
-}
 
 /**
  * A weight group whose `trainable` names are graph inputs of the graph it builds (one graph per
