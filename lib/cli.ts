@@ -34,8 +34,10 @@ async function main(argv: string[]): Promise<number> {
   // The DreamIdentity training subcommands live in lib/train/cli.ts.
   const trained = await (await import('./train/cli.js')).trainCli(cmd, rest);
   if (trained !== undefined) return trained;
+  // `eval` lives in lib/eval/cli.ts (it loads CLIP and the face models, which generate never needs).
+  if (cmd === 'eval') return (await import('./eval/cli.js')).main(rest);
   if (cmd !== 'generate') {
-    process.stderr.write(`${USAGE}\n`);
+    process.stderr.write(`${USAGE}\n       idforge eval --help\n`);
     return cmd === undefined || cmd === '--help' || cmd === '-h' ? 0 : 2;
   }
   const { values } = parseArgs({

@@ -9,6 +9,7 @@ export type ErrorCode =
   | 'E_ABORTED' // an AbortSignal fired
   | 'E_BACKEND' // a backend (CUDA driver, cuBLAS, ...) is missing or failed
   | 'E_IDENTITY' // an identity that does not fit the prompt or the model
+  | 'E_NO_FACE' // no face found in a photo where one is needed
   | 'E_INTERNAL'; // a bug in idforge: please report it
 
 /** The one error type idforge throws or rejects with. */
@@ -23,7 +24,7 @@ export class IdforgeError extends Error {
 
 const CODES = new Set<string>([
   'E_MODEL_FORMAT', 'E_NOT_FOUND', 'E_SHAPE', 'E_ARGUMENT', 'E_DISPOSED', 'E_OOM', 'E_ABORTED',
-  'E_BACKEND', 'E_IDENTITY', 'E_INTERNAL',
+  'E_BACKEND', 'E_IDENTITY', 'E_NO_FACE', 'E_INTERNAL',
 ]);
 
 /** Turns an error thrown by the native addon (an Error with a string `code`) into an IdforgeError. */

@@ -16,3 +16,5 @@ export { Identity, IdEncoder, prepareFace, expandPrompt, type IdentityMethod, ty
 export { attentionHeatmap, type AttentionCapture, type AttentionMap, type CaptureAttentionOptions } from './attention.js';
 export { bench, type BenchOptions, type BenchReport } from './bench/index.js';
 export { SEFI_TEMPLATES, IdentityLearner } from './learn/learn.js';
+export { ClipScorer, cosine, clipScore, type ClipLoadOptions, type ClipScore } from './clip/index.js';
+export { evaluate, writeReport, DEFAULT_PROMPTS, type EvaluateOptions, type EvalResult, type ReportFiles } from './eval/index.js';

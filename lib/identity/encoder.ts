@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import { IdforgeError } from '../errors.js';
 import type { Graph, Value } from '../graph/graph.js';
 import type { BackendSpec, Program } from '../graph/program.js';
-import { layerNormW, linearW, toTokens, type Weights } from '../graph/weights.js';
+import { layerNormW, linearW, safetensorsRefs, toTokens, type Weights } from '../graph/weights.js';
 import type { TensorRef } from '../io/checkpoint.js';
 import type { RawImage } from '../io/image.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
@@ -114,18 +114,6 @@ export function parseIdEncoderConfig(json: unknown, file = 'config.json'): IdEnc
   };
 }
 
-function refsOf(st: SafetensorsFile): Map<string, TensorRef> {
-  const m = new Map<string, TensorRef>();
-  for (const name of st.names()) {
-    const info = st.info(name);
-    m.set(name, {
-      name, shape: [...info.shape], dtype: info.dtype, file: st.path, key: name,
-      readFloat32: () => st.readFloat32(name), readBytes: () => st.readBytes(name),
-    });
-  }
-  return m;
-}
-
 /** The encoder's model runtime: its weights (one group), device, stream and programs (one per batch size). */
 class IdEncoderRuntime extends ModelRuntime {
   readonly weights: Weights;
@@ -134,7 +122,7 @@ class IdEncoderRuntime extends ModelRuntime {
     super(backend, 'IdEncoder');
     if (source instanceof SafetensorsFile) {
       this.adopt(() => source.close());
-      this.weights = this.addWeights('id-encoder', refsOf(source));
+      this.weights = this.addWeights('id-encoder', safetensorsRefs(source));
     } else {
       this.weights = this.addWeights('id-encoder', hostRefs(source));
     }
@@ -284,7 +272,7 @@ export class IdEncoder implements Disposable {
     const config = parseIdEncoderConfig(json, cfgFile);
     const st = SafetensorsFile.open(modelFile);
     try {
-      checkWeights(refsOf(st), config, st.path);
+      checkWeights(safetensorsRefs(st), config, st.path);
       return new IdEncoder(config, new IdEncoderRuntime(backend, st), dir);
     } catch (e) {
       st.close();

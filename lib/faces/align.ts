@@ -1,0 +1,133 @@
+/**
+ * Image geometry shared by face detection, embedding and the ID encoder's face preparation:
+ * decoding (EXIF orientation applied), the least-squares similarity between point sets, and an
+ * affine warp.
+ *
+ * Coordinates are in pixels with the CENTRE of pixel (column i, row j) at (i, j) — the convention of
+ * OpenCV's warpAffine, insightface's norm_crop and dlib's extract_image_chip.
+ */
+import { existsSync } from 'node:fs';
+import { IdforgeError } from '../errors.js';
+import { loadImage, type RawImage } from '../io/image.js';
+
+function arg(msg: string): IdforgeError {
+  return new IdforgeError('E_ARGUMENT', `face: ${msg}`);
+}
+
+function isRawImage(x: unknown): x is RawImage {
+  return typeof x === 'object' && x !== null && !Buffer.isBuffer(x) && 'data' in x && 'width' in x;
+}
+
+function checkRaw(img: RawImage): RawImage {
+  if (!Number.isInteger(img.width) || !Number.isInteger(img.height) || img.width <= 0 || img.height <= 0 || img.channels !== 3 ||
+      !(img.data instanceof Uint8Array) || img.data.length !== img.width * img.height * 3)
+    throw arg('expected a RawImage { width, height, channels: 3, data: Uint8Array of width·height·3 }');
+  return img;
+}
+
+/** Decodes a file path, an encoded Buffer or a RawImage into RGB pixels (EXIF orientation applied). */
+export async function decodeFace(input: RawImage | string | Buffer | Uint8Array): Promise<RawImage> {
+  if (typeof input === 'string') {
+    if (!input) throw arg('empty image path');
+    if (!existsSync(input)) throw new IdforgeError('E_NOT_FOUND', `face image not found: ${input}`);
+    return loadImage(input);
+  }
+  if (Buffer.isBuffer(input) || (input instanceof Uint8Array && !isRawImage(input))) {
+    if (input.length === 0) throw arg('empty image buffer');
+    return loadImage(input);
+  }
+  if (isRawImage(input)) return checkRaw(input);
+  throw arg('the face must be a RawImage, a file path or an encoded image Buffer');
+}
+
+/**
+ * Least-squares similarity (rotation, uniform scale, translation; no reflection) mapping `src` onto
+ * `dst`: returns [a, −b, tx, b, a, ty] with x' = a·x − b·y + tx, y' = b·x + a·y + ty. For 2-D points
+ * this closed form is Umeyama's estimate with the reflection excluded (det R = +1).
+ */
+export function estimateSimilarity(src: readonly (readonly [number, number])[], dst: readonly (readonly [number, number])[]): number[] {
+  const n = src.length;
+  if (n < 2 || dst.length !== n) throw arg(`need matching point sets of at least 2 points, got ${n} and ${dst.length}`);
+  let sx = 0, sy = 0, dx = 0, dy = 0;
+  for (let i = 0; i < n; i++) {
+    sx += src[i]![0]; sy += src[i]![1]; dx += dst[i]![0]; dy += dst[i]![1];
+  }
+  sx /= n; sy /= n; dx /= n; dy /= n;
+  let varS = 0, p = 0, q = 0;
+  for (let i = 0; i < n; i++) {
+    const x = src[i]![0] - sx, y = src[i]![1] - sy;
+    const u = dst[i]![0] - dx, v = dst[i]![1] - dy;
+    varS += x * x + y * y;
+    p += x * u + y * v;
+    q += x * v - y * u;
+  }
+  if (!(varS > 1e-12)) throw arg('the landmarks all coincide: cannot estimate an alignment');
+  const a = p / varS, b = q / varS;
+  return [a, -b, dx - (a * sx - b * sy), b, a, dy - (b * sx + a * sy)];
+}
+
+/** Applies a 2×3 affine transform to a point. */
+export function applyTransform(m: readonly number[], pt: readonly [number, number]): [number, number] {
+  return [m[0]! * pt[0] + m[1]! * pt[1] + m[2]!, m[3]! * pt[0] + m[4]! * pt[1] + m[5]!];
+}
+
+/**
+ * Warps `img` by the 2×3 transform (input → output pixels) into a size×size image: each output pixel
+ * centre is mapped back through the inverse and sampled bilinearly; taps outside the input are black
+ * (zero fill, like OpenCV's BORDER_CONSTANT that insightface uses). `samples` > 1 averages a
+ * samples×samples grid of bilinear taps per output pixel: an antialiasing filter for strong
+ * downscales (see antialiasSamples).
+ */
+export function warpAffine(img: RawImage, m: readonly number[], size: number, samples = 1): RawImage {
+  const [a, b, c, d, e, f] = m as [number, number, number, number, number, number];
+  const det = a * e - b * d;
+  if (!(Math.abs(det) > 1e-12)) throw arg('the alignment transform is singular');
+  // inverse of [[a b],[d e]]
+  const ia = e / det, ib = -b / det, id = -d / det, ie = a / det;
+  const { width: W, height: H, data: src } = img;
+  const out = new Uint8Array(size * size * 3);
+  const px = [0, 0, 0];
+  // Adds w × the bilinear sample at input point (x, y) to px.
+  const tap = (x: number, y: number, w: number): void => {
+    const x0 = Math.floor(x), y0 = Math.floor(y);
+    const fx = x - x0, fy = y - y0;
+    for (let j = 0; j < 2; j++) {
+      const yy = y0 + j;
+      if (yy < 0 || yy >= H) continue;
+      const wy = (j ? fy : 1 - fy) * w;
+      for (let i = 0; i < 2; i++) {
+        const xx = x0 + i;
+        if (xx < 0 || xx >= W) continue;
+        const wt = wy * (i ? fx : 1 - fx);
+        if (wt === 0) continue;
+        const o = (yy * W + xx) * 3;
+        px[0] += wt * src[o]!; px[1] += wt * src[o + 1]!; px[2] += wt * src[o + 2]!;
+      }
+    }
+  };
+  const n = Math.max(1, Math.floor(samples));
+  for (let v = 0; v < size; v++) {
+    for (let u = 0; u < size; u++) {
+      px[0] = px[1] = px[2] = 0;
+      // sub-sample centres spread evenly over the output pixel (just its centre when n = 1)
+      for (let sv = 0; sv < n; sv++) {
+        const vv = v + (sv + 0.5) / n - 0.5 - f;
+        for (let su = 0; su < n; su++) {
+          const uu = u + (su + 0.5) / n - 0.5 - c;
+          tap(ia * uu + ib * vv, id * uu + ie * vv, 1 / (n * n));
+        }
+      }
+      const o = (v * size + u) * 3;
+      out[o] = Math.min(255, Math.max(0, Math.round(px[0]!)));
+      out[o + 1] = Math.min(255, Math.max(0, Math.round(px[1]!)));
+      out[o + 2] = Math.min(255, Math.max(0, Math.round(px[2]!)));
+    }
+  }
+  return { width: size, height: size, channels: 3, data: out };
+}
+
+/** Samples per axis that warpAffine needs to average away aliasing when `m` shrinks the image. */
+export function antialiasSamples(m: readonly number[]): number {
+  const scale = Math.hypot(m[0]!, m[3]!); // output pixels per input pixel
+  return scale >= 1 ? 1 : Math.min(16, Math.ceil(1 / scale));
+}
