@@ -14,7 +14,7 @@ const USAGE = `usage: idforge generate --model <dir|file.safetensors> --prompt "
   --device D          auto | cpu | cuda (auto)
   --dtype T           float32 | float16 (float16 on CUDA, float32 on the CPU)
   --out FILE          output image (out.png)
-       idforge train-encoder --help   (DreamIdentity encoder training)`;
+       idforge build-dataset --help, idforge train-encoder --help   (DreamIdentity encoder training)`;
 
 function num(v: string | undefined, name: string): number | undefined {
   if (v === undefined) return undefined;
