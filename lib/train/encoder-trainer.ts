@@ -12,6 +12,8 @@ import { IdforgeError } from '../errors.js';
 import { grad, mseLoss } from '../graph/autodiff.js';
 import { Graph } from '../graph/graph.js';
 import { Program } from '../graph/program.js';
+import type { Weights } from '../graph/weights.js';
+import type { ModelConfigs } from '../io/configs.js';
 import { buildIdEncoder, hostRefs, type HostWeight, type IdEncoder, type IdEncoderConfig } from '../identity/encoder.js';
 import { Identity } from '../identity/identity.js';
 import { expandPrompt } from '../identity/placeholders.js';
@@ -87,6 +89,38 @@ export function trainableNames(names: Iterable<string>, config: IdEncoderConfig,
   }));
 }
 
+/**
+ * The training graph: inputs face [B, 3, S, S], ids and slots [B, 77] (int32), z_t, t [B], noise,
+ * then one input per trainable encoder weight (in `params` order) → outputs loss, lossDiff,
+ * lossReg and the gradient of each trainable weight. Exported for the memory planner (bench).
+ */
+export function buildEncoderTrainGraph(
+  g: Graph, w: { text: Weights; unet: Weights; encoder: TrainableWeights }, configs: Pick<ModelConfigs, 'text' | 'unet'>,
+  cfg: IdEncoderConfig, [b, c, h, wd]: [number, number, number, number], regWeight: number,
+): { params: string[] } {
+  const face = g.input([b, 3, cfg.imageSize, cfg.imageSize], 'float', 'face');
+  const ids = g.input([b, 77], 'int32', 'ids');
+  const slots = g.input([b, 77], 'int32', 'slots');
+  const zt = g.input([b, c, h, wd], 'float', 'z_t');
+  const t = g.input([b], 'float', 't');
+  const eps = g.input([b, c, h, wd], 'float', 'noise');
+  const { words } = buildIdEncoder(g, w.encoder, cfg, face); // [B, M, D]
+  const M = cfg.taps.length;
+  const D = cfg.textDim;
+  const ctx = buildTextEncoder(g, w.text, configs.text, { ids, inject: { slots, vectors: g.reshape(words, [b * M, D]) } });
+  const pred = buildUNet(g, w.unet, configs.unet, zt, t, { k: ctx, v: ctx }).eps;
+  const lossDiff = mseLoss(g, pred, eps);
+  const lossReg = g.scale(g.reduceSum(g.mul(words, words), [1]), 1 / numel(words.shape));
+  const loss = g.add(lossDiff, g.scale(lossReg, regWeight));
+  const params = [...w.encoder.inputs.keys()];
+  const grads = grad(g, loss, [...w.encoder.inputs.values()]);
+  g.output(loss, 'loss');
+  g.output(lossDiff, 'lossDiff');
+  g.output(lossReg, 'lossReg');
+  grads.forEach((d, i) => g.output(d, `grad:${params[i]}`));
+  return { params };
+}
+
 export class EncoderTrainer implements Disposable {
   readonly runtime: SdRuntime;
   readonly config: IdEncoderConfig;
@@ -135,29 +169,9 @@ export class EncoderTrainer implements Disposable {
     let e = this.#programs.get(key);
     if (e) return e;
     const rt = this.runtime;
-    const cfg = this.config;
     const g = new Graph();
-    const face = g.input([b, 3, cfg.imageSize, cfg.imageSize], 'float', 'face');
-    const ids = g.input([b, 77], 'int32', 'ids');
-    const slots = g.input([b, 77], 'int32', 'slots');
-    const zt = g.input([b, c, h, w], 'float', 'z_t');
-    const t = g.input([b], 'float', 't');
-    const eps = g.input([b, c, h, w], 'float', 'noise');
     this.#w.begin();
-    const { words } = buildIdEncoder(g, this.#w, cfg, face); // [B, M, D]
-    const M = cfg.taps.length;
-    const D = cfg.textDim;
-    const ctx = buildTextEncoder(g, rt.weights.text, rt.configs.text, { ids, inject: { slots, vectors: g.reshape(words, [b * M, D]) } });
-    const pred = buildUNet(g, rt.weights.unet, rt.configs.unet, zt, t, { k: ctx, v: ctx }).eps;
-    const lossDiff = mseLoss(g, pred, eps);
-    const lossReg = g.scale(g.reduceSum(g.mul(words, words), [1]), 1 / numel(words.shape));
-    const loss = g.add(lossDiff, g.scale(lossReg, this.regWeight));
-    const params = [...this.#w.inputs.keys()];
-    const grads = grad(g, loss, [...this.#w.inputs.values()]);
-    g.output(loss, 'loss');
-    g.output(lossDiff, 'lossDiff');
-    g.output(lossReg, 'lossReg');
-    grads.forEach((d, i) => g.output(d, `grad:${params[i]}`));
+    const { params } = buildEncoderTrainGraph(g, { text: rt.weights.text, unet: rt.weights.unet, encoder: this.#w }, rt.configs, this.config, [b, c, h, w], this.regWeight);
     e = { p: new Program(g, rt.backend), params };
     this.#programs.set(key, e);
     return e;
