@@ -73,3 +73,17 @@ t.test('bad input: typed errors', async (t) => {
   using small = Tensor.zeros([1, 3, 64, 64]);
   await t.rejects(trainer.lossAndGrads({ faces: small, prompts: ['a photo of <id>'], latents: z, noise: z, timesteps: [1] }), { code: 'E_SHAPE' }, 'face of the wrong size');
 });
+
+t.test('bench --train-encoder on the tiny models', async (t) => {
+  const { benchTrainEncoder, formatTrainReport, randomIdEncoderWeights, vitB16Config, idEncoderLayout } = await import('../lib/bench/train-encoder.js');
+  const r = await benchTrainEncoder(['--train-encoder', '--model', TINY_SD, '--encoder', TINY_ID, '--size', '128', '--batch', '1,2', '--steps', '1', '--warmup', '0'], () => {});
+  t.same(r.rows.map((x) => x.batch), [1, 2]);
+  t.ok(r.rows.every((x) => x.stepMs.median > 0 && x.plannedActivationBytes > 0), 'step times and planned activation peaks');
+  t.ok(r.rows[1]!.plannedActivationBytes > r.rows[0]!.plannedActivationBytes, 'batch 2 plans more activations');
+  t.match(formatTrainReport(r), /batch \| first step ms/);
+  // The random SD-1.5-shaped encoder has the layout IdEncoder checks (a small one, built for real).
+  const c = { ...vitB16Config(32), hiddenSize: 16, numHeads: 2, mlpHidden: 64, numLayers: 9, projectorHidden: 8 };
+  using e = IdEncoder.fromWeights(c, randomIdEncoderWeights(c, 1), { device: 'cpu' });
+  t.equal(e.words, 4);
+  t.equal(idEncoderLayout(vitB16Config()).reduce((n, x) => n + x.shape.reduce((a, b) => a * b, 1), 0) > 85e6, true, 'ViT-B/16 + projectors: > 85 M parameters');
+});
