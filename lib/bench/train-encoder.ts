@@ -12,7 +12,7 @@ import { IdforgeError } from '../errors.js';
 import { planMemory } from '../graph/autodiff.js';
 import { Graph } from '../graph/graph.js';
 import { ShapeWeights } from '../graph/weights.js';
-import { IdEncoder, hostRefs, type HostWeight, type IdEncoderConfig } from '../identity/encoder.js';
+import { IdEncoder, hostRefs, idEncoderLayout, type HostWeight, type IdEncoderConfig } from '../identity/encoder.js';
 import { memory } from '../native.js';
 import { normalGenerator, randn } from '../sched/random.js';
 import { Tensor } from '../tensor.js';
@@ -35,26 +35,6 @@ export function vitB16Config(textDim = 768): IdEncoderConfig {
     imageSize: 112, patchSize: 16, hiddenSize: 768, numLayers: 12, numHeads: 12, mlpHidden: 3072, eps: 1e-6,
     taps: [3, 6, 9, 'final'], projectorHidden: 1024, textDim, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5],
   };
-}
-
-/** The names and shapes of an encoder's weights. */
-export function idEncoderLayout(c: IdEncoderConfig): { name: string; shape: number[] }[] {
-  const W = c.hiddenSize;
-  const n = (c.imageSize / c.patchSize) ** 2;
-  const e: { name: string; shape: number[] }[] = [
-    { name: 'patch_embed.proj.weight', shape: [W, 3, c.patchSize, c.patchSize] }, { name: 'patch_embed.proj.bias', shape: [W] },
-    { name: 'cls_token', shape: [1, 1, W] }, { name: 'pos_embed', shape: [1, n + 1, W] },
-  ];
-  for (let i = 0; i < c.numLayers; i++)
-    for (const [k, s] of [['norm1.weight', [W]], ['norm1.bias', [W]], ['attn.qkv.weight', [3 * W, W]], ['attn.qkv.bias', [3 * W]], ['attn.proj.weight', [W, W]], ['attn.proj.bias', [W]],
-      ['norm2.weight', [W]], ['norm2.bias', [W]], ['mlp.fc1.weight', [c.mlpHidden, W]], ['mlp.fc1.bias', [c.mlpHidden]], ['mlp.fc2.weight', [W, c.mlpHidden]], ['mlp.fc2.bias', [W]]] as [string, number[]][])
-      e.push({ name: `blocks.${i}.${k}`, shape: s });
-  e.push({ name: 'norm.weight', shape: [W] }, { name: 'norm.bias', shape: [W] });
-  c.taps.forEach((_, k) => e.push(
-    { name: `projector.${k}.fc1.weight`, shape: [c.projectorHidden, W] }, { name: `projector.${k}.fc1.bias`, shape: [c.projectorHidden] },
-    { name: `projector.${k}.fc2.weight`, shape: [c.textDim, c.projectorHidden] }, { name: `projector.${k}.fc2.bias`, shape: [c.textDim] },
-  ));
-  return e;
 }
 
 /** Seeded random weights: N(0, 0.02²) matrices and embeddings, unit norms, zero biases. */

@@ -414,30 +414,35 @@ export class IdEncoder implements Disposable {
   }
 }
 
-function checkWeights(refs: ReadonlyMap<string, TensorRef>, c: IdEncoderConfig, where: string): void {
-  const st = { has: (n: string) => refs.has(n), info: (n: string) => refs.get(n)!, path: where };
+/**
+ * The names and shapes of an encoder's weights under `c`; the patch-embedding bias and a
+ * `norm_pre` are optional in checkpoints (say which are there).
+ */
+export function idEncoderLayout(c: IdEncoderConfig, opts: { patchBias?: boolean; normPre?: boolean } = {}): { name: string; shape: number[] }[] {
   const W = c.hiddenSize;
   const n = (c.imageSize / c.patchSize) ** 2;
-  const want = new Map<string, number[]>([
-    ['patch_embed.proj.weight', [W, 3, c.patchSize, c.patchSize]],
-    ['cls_token', [1, 1, W]],
-    ['pos_embed', [1, n + 1, W]],
-    ['norm.weight', [W]], ['norm.bias', [W]],
-  ]);
-  if (st.has('patch_embed.proj.bias')) want.set('patch_embed.proj.bias', [W]);
-  if (st.has('norm_pre.weight') || st.has('norm_pre.bias')) want.set('norm_pre.weight', [W]).set('norm_pre.bias', [W]);
-  for (let i = 0; i < c.numLayers; i++) {
-    const p = `blocks.${i}.`;
+  const e: [string, number[]][] = [['patch_embed.proj.weight', [W, 3, c.patchSize, c.patchSize]]];
+  if (opts.patchBias ?? true) e.push(['patch_embed.proj.bias', [W]]);
+  e.push(['cls_token', [1, 1, W]], ['pos_embed', [1, n + 1, W]]);
+  if (opts.normPre) e.push(['norm_pre.weight', [W]], ['norm_pre.bias', [W]]);
+  for (let i = 0; i < c.numLayers; i++)
     for (const [k, s] of [
       ['norm1.weight', [W]], ['norm1.bias', [W]], ['attn.qkv.weight', [3 * W, W]], ['attn.qkv.bias', [3 * W]],
       ['attn.proj.weight', [W, W]], ['attn.proj.bias', [W]], ['norm2.weight', [W]], ['norm2.bias', [W]],
       ['mlp.fc1.weight', [c.mlpHidden, W]], ['mlp.fc1.bias', [c.mlpHidden]], ['mlp.fc2.weight', [W, c.mlpHidden]], ['mlp.fc2.bias', [W]],
-    ] as [string, number[]][]) want.set(p + k, s);
-  }
-  c.taps.forEach((_, k) => {
-    want.set(`projector.${k}.fc1.weight`, [c.projectorHidden, W]).set(`projector.${k}.fc1.bias`, [c.projectorHidden]);
-    want.set(`projector.${k}.fc2.weight`, [c.textDim, c.projectorHidden]).set(`projector.${k}.fc2.bias`, [c.textDim]);
-  });
+    ] as [string, number[]][]) e.push([`blocks.${i}.${k}`, s]);
+  e.push(['norm.weight', [W]], ['norm.bias', [W]]);
+  c.taps.forEach((_, k) => e.push(
+    [`projector.${k}.fc1.weight`, [c.projectorHidden, W]], [`projector.${k}.fc1.bias`, [c.projectorHidden]],
+    [`projector.${k}.fc2.weight`, [c.textDim, c.projectorHidden]], [`projector.${k}.fc2.bias`, [c.textDim]],
+  ));
+  return e.map(([name, shape]) => ({ name, shape }));
+}
+
+function checkWeights(refs: ReadonlyMap<string, TensorRef>, c: IdEncoderConfig, where: string): void {
+  const st = { has: (n: string) => refs.has(n), info: (n: string) => refs.get(n)!, path: where };
+  const layout = idEncoderLayout(c, { patchBias: st.has('patch_embed.proj.bias'), normPre: st.has('norm_pre.weight') || st.has('norm_pre.bias') });
+  const want = new Map(layout.map((e) => [e.name, e.shape]));
   for (const [name, shape] of want) {
     if (!st.has(name)) throw fmt(st.path, `ID encoder weight "${name}" is missing`);
     const info = st.info(name);
