@@ -19,7 +19,8 @@ const USAGE = `usage: idforge generate --model <dir|file.safetensors> --prompt "
   --width N --height N  image size (512x512; multiples of the model's downsampling)
   --device D          auto | cpu | cuda (auto)
   --dtype T           float32 | float16 (float16 on CUDA, float32 on the CPU)
-  --out FILE          output image (out.png)`;
+  --out FILE          output image (out.png)
+       idforge build-dataset --help, idforge train-encoder --help   (DreamIdentity encoder training)`;
 
 function num(v: string | undefined, name: string): number | undefined {
   if (v === undefined) return undefined;
@@ -60,6 +61,9 @@ const COMMANDS: Record<string, () => Promise<(argv: string[]) => Promise<number>
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
+  // The DreamIdentity training subcommands live in lib/train/cli.ts.
+  const trained = await (await import('./train/cli.js')).trainCli(cmd, rest);
+  if (trained !== undefined) return trained;
   if (cmd !== undefined && Object.hasOwn(COMMANDS, cmd)) return (await COMMANDS[cmd]!())(rest);
   if (cmd !== 'generate') {
     process.stderr.write(`${USAGE}\n`);

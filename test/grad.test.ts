@@ -19,6 +19,10 @@ t.test('grad refuses ops without a rule', async (t) => {
   const x = g.input([2, 3]);
   const y = g.cfg(x, 7.5);
   t.throws(() => grad(g, y, [x]), { code: 'E_ARGUMENT' });
+  // Weight gradients of overlapping convolutions are not implemented: a typed refusal.
+  const w = g.input([4, 3, 3, 3]);
+  const c = g.conv2d(g.input([1, 3, 5, 5]), w, undefined, { pad: 1 });
+  t.throws(() => grad(g, g.reduceSum(c, [1]), [w]), { code: 'E_ARGUMENT' });
 });
 
 t.test('activation memory plan of a learning step (SD 1.5 at 512x512, no weights needed)', async (t) => {

@@ -7,6 +7,19 @@ import { bench } from './index.js';
 import { formatReport } from './table.js';
 
 async function main(): Promise<void> {
+  if (process.argv.includes('--train-encoder')) {
+    const { benchTrainEncoder, formatTrainReport, TRAIN_USAGE } = await import('./train-encoder.js');
+    if (process.argv.includes('--help')) return console.log(TRAIN_USAGE);
+    const argv = process.argv.slice(2);
+    const r = await benchTrainEncoder(argv, argv.includes('--quiet') ? () => {} : (l) => console.error(`[bench] ${l}`));
+    console.log(formatTrainReport(r));
+    const j = argv.indexOf('--json');
+    if (j >= 0 && argv[j + 1]) {
+      fs.mkdirSync(path.dirname(path.resolve(argv[j + 1]!)), { recursive: true });
+      fs.writeFileSync(argv[j + 1]!, `${JSON.stringify(r, null, 2)}\n`);
+    }
+    return;
+  }
   let parsed;
   try {
     parsed = parseBenchArgs(process.argv.slice(2));

@@ -2,7 +2,9 @@
 // recorded op list backwards and emits each op's vector-Jacobian product with the same builder,
 // into the SAME graph, so one Program computes the loss and its gradients. Forward activations a
 // VJP reads are ordinary values read later: the program's buffer planner keeps them alive until
-// their last reader. Weights are frozen: gradients flow to activations and to the `wrt` values only.
+// their last reader. Gradients flow to activations and to the `wrt` values only: a weight is
+// trained by making it a graph input (lib/train/params.ts) and naming it in `wrt`; the weight
+// rules below (linear, patch-embedding conv2d, layer norm) are written with existing ops.
 import { IdforgeError } from '../errors.js';
 import type { NativeOp } from '../native.js';
 import { numel } from '../tensor.js';
@@ -89,6 +91,7 @@ export function grad(g: Graph, loss: Value, wrt: readonly Value[], opts: GradOpt
           const dx = g.op('matmul', [tokens, w], [[...tokens.shape.slice(0, -1), w.dim(1)]])[0]!;
           accumulate(f.x, transX ? g.permute(dx, [0, 2, 1]) : dx);
         }
+        if (wants(f.w)) accumulate(f.w, linearWeightGrad(g, g.valueOf(f.x), g.valueOf(f.w), dy, transX, transY));
         // The residual (shaped like y) takes dy; the bias [N], dy summed over the rows (with
         // transY the channels run along dim 1).
         if (wants(f.residual)) accumulate(f.residual, dy);
@@ -114,6 +117,7 @@ export function grad(g: Graph, loss: Value, wrt: readonly Value[], opts: GradOpt
           const x = g.valueOf(f.x);
           accumulate(f.x, g.op('conv2d_backward_input', [dy, g.valueOf(f.w)], [x.shape], pick(a, 'stride', 'pad'))[0]!);
         }
+        if (wants(f.w)) accumulate(f.w, patchConvWeightGrad(g, g.valueOf(f.x), g.valueOf(f.w), dy, num(a, 'stride'), num(a, 'pad')));
         // The residual (shaped like y) takes dy; a bias [O], or per image [B, O] (a resnet's
         // time embedding), takes dy summed over the pixels (and the images).
         if (wants(f.residual)) accumulate(f.residual, dy);
@@ -135,6 +139,14 @@ export function grad(g: Graph, loss: Value, wrt: readonly Value[], opts: GradOpt
           const [x, w] = ins as [Value, Value];
           accumulate(x.id, g.op('layer_norm_backward', [dy, x, w], [x.shape], pick(a, 'eps'))[0]!);
         }
+        // y = x̂·w + b: dw = Σ dy·x̂ over the rows, db = Σ dy. x̂ is recomputed by LAYER_NORM with
+        // unit weight and zero bias (made from w by SCALE, so no constant needs a device).
+        if (want(1)) {
+          const [x, w] = ins as [Value, Value];
+          const xhat = g.layerNorm(x, g.scale(w, 0, 1), g.scale(w, 0, 0), { eps: num(a, 'eps') });
+          accumulate(w.id, g.reduceSum(g.mul(dy, xhat), [...w.shape]));
+        }
+        if (want(2)) accumulate(ins[2]!.id, g.reduceSum(dy, [...ins[2]!.shape]));
         break;
       }
       case 'attention': {
@@ -223,6 +235,46 @@ export function grad(g: Graph, loss: Value, wrt: readonly Value[], opts: GradOpt
     }
   }
   return wrt.map((w) => grads.get(w.id) ?? zerosLike(g, w));
+}
+
+/**
+ * dW of y = x·Wᵀ (LINEAR, W [N, K]) = Σ over every row r of dy[r]ᵀ·x[r]: one MATMUL over the
+ * flattened rows. With transX (x [B, K, R], dy [B, R, N]) it is Σ_b x_b·dy_b = dWᵀ; with transY
+ * (x [B, R, K], dy [B, N, R]) Σ_b dy_b·x_b.
+ */
+function linearWeightGrad(g: Graph, x: Value, w: Value, dy: Value, transX: boolean, transY: boolean): Value {
+  const [n, k] = w.shape as [number, number];
+  if (transX || transY) {
+    const per = transX ? g.matmul(x, dy) : g.matmul(dy, x); // [B, K, N] or [B, N, K]
+    const sum = g.reshape(per.dim(0) === 1 ? per : g.reduceSum(per, [1, per.dim(1), per.dim(2)]), [per.dim(1), per.dim(2)]);
+    return transX ? g.permute(sum, [1, 0]) : sum;
+  }
+  const rows = numel(x.shape) / k;
+  const x2 = g.reshape(x, [1, rows, k]);
+  const dyT = g.permute(g.reshape(dy, [1, rows, n]), [0, 2, 1]); // [1, N, rows]
+  return g.reshape(g.matmul(dyT, x2), [n, k]);
+}
+
+/**
+ * dW of a CONV2D whose windows do not overlap (stride = kernel, no padding: a ViT's patch
+ * embedding, or a 1×1 conv): the input cut into patches [B·Ho·Wo, C·kh·kw] is the x of a
+ * LINEAR, so dW = dyᵀ·patches. Overlapping convolutions (the UNet's, which stays frozen) have no
+ * weight rule.
+ */
+function patchConvWeightGrad(g: Graph, x: Value, w: Value, dy: Value, stride: number, pad: number): Value {
+  const [o, c, kh, kw] = w.shape as [number, number, number, number];
+  if (pad !== 0 || stride !== kh || stride !== kw)
+    throw new IdforgeError('E_ARGUMENT', `grad: conv2d weight gradients are implemented for non-overlapping windows only (stride = kernel, pad 0), got kernel ${kh}×${kw}, stride ${stride}, pad ${pad}`);
+  const [b, , ho, wo] = dy.shape as [number, number, number, number];
+  let xin = x;
+  if (x.dim(2) !== ho * kh) xin = g.slice(xin, 2, 0, ho * kh);
+  if (x.dim(3) !== wo * kw) xin = g.slice(xin, 3, 0, wo * kw);
+  const rows = b * ho * wo;
+  const patches = kh === 1 && kw === 1
+    ? g.reshape(g.permute(xin, [0, 2, 3, 1]), [1, rows, c])
+    : g.reshape(g.permute(g.reshape(xin, [b, c, ho, kh, wo, kw]), [0, 2, 4, 1, 3, 5]), [1, rows, c * kh * kw]);
+  const dyT = g.reshape(g.permute(dy, [1, 0, 2, 3]), [1, o, rows]); // [1, O, B·Ho·Wo]
+  return g.reshape(g.matmul(dyT, patches), [o, c, kh, kw]);
 }
 
 /** mean((a − b)²) as a [1] value. */

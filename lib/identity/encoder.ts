@@ -14,10 +14,12 @@ import { IdforgeError } from '../errors.js';
 import type { Graph, Value } from '../graph/graph.js';
 import type { BackendSpec, Program } from '../graph/program.js';
 import { layerNormW, linearW, safetensorsRefs, toTokens, type Weights } from '../graph/weights.js';
+import type { TensorRef } from '../io/checkpoint.js';
 import type { RawImage } from '../io/image.js';
-import { SafetensorsFile } from '../io/safetensors.js';
+import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
 import type { DeviceOptions } from '../options.js';
 import { ModelRuntime, resolveBackend } from '../runtime/runtime.js';
+import { normalGenerator } from '../sched/random.js';
 import { Tensor } from '../tensor.js';
 import type { PrepareFaceOptions } from './face.js';
 import { Identity } from './identity.js';
@@ -54,6 +56,12 @@ export interface IdFeatures {
   /** [B, taps, textDim] pseudo-words. */
   words: Float32Array;
   batch: number;
+}
+
+/** A weight held on the host in float32 (what a trainer updates and save() writes). */
+export interface HostWeight {
+  shape: number[];
+  data: Float32Array;
 }
 
 function fmt(file: string, msg: string): IdforgeError {
@@ -109,10 +117,130 @@ export function parseIdEncoderConfig(json: unknown, file = 'config.json'): IdEnc
 /** The encoder's model runtime: its weights (one group), device, stream and programs (one per batch size). */
 class IdEncoderRuntime extends ModelRuntime {
   readonly weights: Weights;
-  constructor(backend: BackendSpec, file: SafetensorsFile) {
+  /** Over an open file (closed at dispose), or over float32 host weights (create(), a trainer's result). */
+  constructor(backend: BackendSpec, source: SafetensorsFile | ReadonlyMap<string, HostWeight>) {
     super(backend, 'IdEncoder');
-    this.adopt(() => file.close());
-    this.weights = this.addWeights('id-encoder', safetensorsRefs(file));
+    if (source instanceof SafetensorsFile) {
+      this.adopt(() => source.close());
+      this.weights = this.addWeights('id-encoder', safetensorsRefs(source));
+    } else {
+      this.weights = this.addWeights('id-encoder', hostRefs(source));
+    }
+  }
+}
+
+/** TensorRefs over float32 host arrays. */
+export function hostRefs(weights: ReadonlyMap<string, HostWeight>): Map<string, TensorRef> {
+  const m = new Map<string, TensorRef>();
+  for (const [name, w] of weights)
+    m.set(name, {
+      name, shape: [...w.shape], dtype: 'F32', file: '(memory)', key: name,
+      readFloat32: () => w.data.slice(),
+      readBytes: () => Buffer.from(w.data.buffer, w.data.byteOffset, w.data.byteLength),
+    });
+  return m;
+}
+
+/** config.json of an encoder (what parseIdEncoderConfig reads back). */
+export function idEncoderConfigJson(c: IdEncoderConfig): Record<string, unknown> {
+  return {
+    architecture: 'm2-id-encoder', image_size: c.imageSize, patch_size: c.patchSize, hidden_size: c.hiddenSize,
+    num_layers: c.numLayers, num_heads: c.numHeads, mlp_ratio: c.mlpHidden / c.hiddenSize, hidden_act: 'gelu',
+    layer_norm_eps: c.eps, pre_norm: true, cls_token: true, taps: [...c.taps],
+    projector: { hidden_size: c.projectorHidden, act: 'gelu' }, text_dim: c.textDim,
+    input_normalization: { mean: [...c.mean], std: [...c.std] },
+  };
+}
+
+export interface IdEncoderCreateOptions extends IdEncoderLoadOptions {
+  /**
+   * A face-recognition ViT in safetensors with timm-style names (patch_embed.proj, cls_token,
+   * pos_embed, [norm_pre], blocks.i.*, norm): a .safetensors file, or a folder holding
+   * model.safetensors (and optionally config.json with num_heads / layer_norm_eps).
+   */
+  backbone: string;
+  /** Where words are taken: block numbers (1-based) or 'final'. */
+  taps: (number | 'final')[];
+  /** The text encoder's width (768 for SD 1.5). */
+  textDim: number;
+  projectorHidden: number;
+  /** Seed of the projector initialisation. */
+  seed: number;
+  /** Attention heads of the backbone (the weights do not say); default: the folder's config.json num_heads. */
+  numHeads?: number;
+  /** LayerNorm eps of the backbone (default: config.json layer_norm_eps, else 1e-6 as timm's ViTs). */
+  eps?: number;
+  /** Input normalisation (default mean = std = 0.5: faces in [−1, 1]). */
+  mean?: [number, number, number];
+  std?: [number, number, number];
+}
+
+/**
+ * A new encoder's config and weights: the backbone's weights as they are (float32) and seeded
+ * projectors — fc1 ~ N(0, 1/W) (unit-variance hidden units), fc2 ~ N(0, 0.02²) so that the first
+ * words are small next to CLIP's token embeddings, zero biases.
+ */
+export function createIdEncoderWeights(o: IdEncoderCreateOptions): { config: IdEncoderConfig; weights: Map<string, HostWeight> } {
+  if (!o || typeof o.backbone !== 'string') throw new IdforgeError('E_ARGUMENT', 'IdEncoder.create: backbone must be a path to a safetensors ViT');
+  if (!Number.isInteger(o.seed)) throw new IdforgeError('E_ARGUMENT', `IdEncoder.create: seed must be an integer, got ${String(o.seed)}`);
+  let file = o.backbone;
+  let json: Record<string, unknown> = {};
+  if (fs.existsSync(file) && fs.statSync(file).isDirectory()) {
+    const cfg = path.join(file, 'config.json');
+    if (fs.existsSync(cfg)) {
+      try {
+        json = JSON.parse(fs.readFileSync(cfg, 'utf8')) as Record<string, unknown>;
+      } catch (e) {
+        throw fmt(cfg, `is not valid JSON (${(e as Error).message})`);
+      }
+    }
+    file = path.join(file, 'model.safetensors');
+  }
+  if (!fs.existsSync(file)) throw new IdforgeError('E_NOT_FOUND', `backbone not found: ${file}`);
+  const st = SafetensorsFile.open(file);
+  try {
+    const need = (n: string): number[] => {
+      if (!st.has(n)) throw fmt(file, `backbone weight "${n}" is missing (timm-style ViT names expected; see README "DreamIdentity")`);
+      return [...st.info(n).shape];
+    };
+    const pe = need('patch_embed.proj.weight');
+    const pos = need('pos_embed');
+    const W = pe[0]!;
+    const patch = pe[2]!;
+    const grid = Math.round(Math.sqrt(pos[1]! - 1));
+    if (grid * grid !== pos[1]! - 1) throw fmt(file, `pos_embed ${JSON.stringify(pos)} is not a square grid plus a CLS row`);
+    let layers = 0;
+    while (st.has(`blocks.${layers}.norm1.weight`)) layers++;
+    const mlp = need('blocks.0.mlp.fc1.weight')[0]!;
+    const heads = o.numHeads ?? json.num_heads;
+    const cfgJson = {
+      architecture: 'm2-id-encoder', image_size: grid * patch, patch_size: patch, hidden_size: W, num_layers: layers,
+      num_heads: heads, mlp_ratio: mlp / W, layer_norm_eps: o.eps ?? json.layer_norm_eps ?? 1e-6, taps: o.taps,
+      projector: { hidden_size: o.projectorHidden }, text_dim: o.textDim,
+      input_normalization: { mean: o.mean ?? [0.5, 0.5, 0.5], std: o.std ?? [0.5, 0.5, 0.5] },
+    };
+    if (heads === undefined) throw new IdforgeError('E_ARGUMENT', 'IdEncoder.create: numHeads is required (the weights do not say; or put num_heads in the backbone folder\'s config.json)');
+    const config = parseIdEncoderConfig(cfgJson, `${file} (create options)`);
+    const weights = new Map<string, HostWeight>();
+    for (const n of st.names()) {
+      if (n === 'head.weight' || n === 'head.bias' || n.startsWith('projector.')) continue; // a classifier head or old projectors
+      const info = st.info(n);
+      if (!['F32', 'F16', 'BF16'].includes(info.dtype)) continue;
+      weights.set(n, { shape: [...info.shape], data: st.readFloat32(n) });
+    }
+    const next = normalGenerator(o.seed);
+    const normal = (n: number, sd: number) => Float32Array.from({ length: n }, () => next() * sd);
+    const H = config.projectorHidden;
+    config.taps.forEach((_, k) => {
+      weights.set(`projector.${k}.fc1.weight`, { shape: [H, W], data: normal(H * W, 1 / Math.sqrt(W)) });
+      weights.set(`projector.${k}.fc1.bias`, { shape: [H], data: new Float32Array(H) });
+      weights.set(`projector.${k}.fc2.weight`, { shape: [config.textDim, H], data: normal(config.textDim * H, 0.02) });
+      weights.set(`projector.${k}.fc2.bias`, { shape: [config.textDim], data: new Float32Array(config.textDim) });
+    });
+    checkWeights(hostRefs(weights), config, file);
+    return { config, weights };
+  } finally {
+    st.close();
   }
 }
 
@@ -144,12 +272,35 @@ export class IdEncoder implements Disposable {
     const config = parseIdEncoderConfig(json, cfgFile);
     const st = SafetensorsFile.open(modelFile);
     try {
-      checkWeights(st, config);
+      checkWeights(safetensorsRefs(st), config, st.path);
       return new IdEncoder(config, new IdEncoderRuntime(backend, st), dir);
     } catch (e) {
       st.close();
       throw e;
     }
+  }
+
+  /** An encoder over float32 host weights (checked against the config like a loaded one). */
+  static fromWeights(config: IdEncoderConfig, weights: ReadonlyMap<string, HostWeight>, opts: IdEncoderLoadOptions = {}, dir = '(memory)'): IdEncoder {
+    const backend = resolveBackend(opts);
+    checkWeights(hostRefs(weights), config, dir);
+    return new IdEncoder(config, new IdEncoderRuntime(backend, weights), dir);
+  }
+
+  /**
+   * A new, untrained encoder: a face-recognition ViT backbone (safetensors, timm-style names)
+   * with seeded projectors, one per tap. Train it (lib/train/), save() it, load() it.
+   */
+  static create(opts: IdEncoderCreateOptions): IdEncoder {
+    const { config, weights } = createIdEncoderWeights(opts);
+    return IdEncoder.fromWeights(config, weights, opts);
+  }
+
+  /** Writes config.json + model.safetensors (float32): the folder IdEncoder.load reads. */
+  save(dir: string): void {
+    this.#rt.assertLive();
+    fs.mkdirSync(dir, { recursive: true });
+    saveIdEncoder(dir, this.config, this.hostWeights());
   }
 
   /** Number of words an identity from this encoder has (one per tap). */
@@ -238,6 +389,13 @@ export class IdEncoder implements Disposable {
     }
   }
 
+  /** Float32 host copies of every weight (name → shape, values) in the file's order: what a trainer starts from. */
+  hostWeights(): Map<string, HostWeight> {
+    const m = new Map<string, HostWeight>();
+    for (const [name, r] of this.#rt.weights.refs) m.set(name, { shape: [...r.shape], data: r.readFloat32() });
+    return m;
+  }
+
   #identity(words: Float32Array, row: number, name: string | undefined): Identity {
     const M = this.words;
     const D = this.config.textDim;
@@ -256,29 +414,35 @@ export class IdEncoder implements Disposable {
   }
 }
 
-function checkWeights(st: SafetensorsFile, c: IdEncoderConfig): void {
+/**
+ * The names and shapes of an encoder's weights under `c`; the patch-embedding bias and a
+ * `norm_pre` are optional in checkpoints (say which are there).
+ */
+export function idEncoderLayout(c: IdEncoderConfig, opts: { patchBias?: boolean; normPre?: boolean } = {}): { name: string; shape: number[] }[] {
   const W = c.hiddenSize;
   const n = (c.imageSize / c.patchSize) ** 2;
-  const want = new Map<string, number[]>([
-    ['patch_embed.proj.weight', [W, 3, c.patchSize, c.patchSize]],
-    ['cls_token', [1, 1, W]],
-    ['pos_embed', [1, n + 1, W]],
-    ['norm.weight', [W]], ['norm.bias', [W]],
-  ]);
-  if (st.has('patch_embed.proj.bias')) want.set('patch_embed.proj.bias', [W]);
-  if (st.has('norm_pre.weight') || st.has('norm_pre.bias')) want.set('norm_pre.weight', [W]).set('norm_pre.bias', [W]);
-  for (let i = 0; i < c.numLayers; i++) {
-    const p = `blocks.${i}.`;
+  const e: [string, number[]][] = [['patch_embed.proj.weight', [W, 3, c.patchSize, c.patchSize]]];
+  if (opts.patchBias ?? true) e.push(['patch_embed.proj.bias', [W]]);
+  e.push(['cls_token', [1, 1, W]], ['pos_embed', [1, n + 1, W]]);
+  if (opts.normPre) e.push(['norm_pre.weight', [W]], ['norm_pre.bias', [W]]);
+  for (let i = 0; i < c.numLayers; i++)
     for (const [k, s] of [
       ['norm1.weight', [W]], ['norm1.bias', [W]], ['attn.qkv.weight', [3 * W, W]], ['attn.qkv.bias', [3 * W]],
       ['attn.proj.weight', [W, W]], ['attn.proj.bias', [W]], ['norm2.weight', [W]], ['norm2.bias', [W]],
       ['mlp.fc1.weight', [c.mlpHidden, W]], ['mlp.fc1.bias', [c.mlpHidden]], ['mlp.fc2.weight', [W, c.mlpHidden]], ['mlp.fc2.bias', [W]],
-    ] as [string, number[]][]) want.set(p + k, s);
-  }
-  c.taps.forEach((_, k) => {
-    want.set(`projector.${k}.fc1.weight`, [c.projectorHidden, W]).set(`projector.${k}.fc1.bias`, [c.projectorHidden]);
-    want.set(`projector.${k}.fc2.weight`, [c.textDim, c.projectorHidden]).set(`projector.${k}.fc2.bias`, [c.textDim]);
-  });
+    ] as [string, number[]][]) e.push([`blocks.${i}.${k}`, s]);
+  e.push(['norm.weight', [W]], ['norm.bias', [W]]);
+  c.taps.forEach((_, k) => e.push(
+    [`projector.${k}.fc1.weight`, [c.projectorHidden, W]], [`projector.${k}.fc1.bias`, [c.projectorHidden]],
+    [`projector.${k}.fc2.weight`, [c.textDim, c.projectorHidden]], [`projector.${k}.fc2.bias`, [c.textDim]],
+  ));
+  return e.map(([name, shape]) => ({ name, shape }));
+}
+
+function checkWeights(refs: ReadonlyMap<string, TensorRef>, c: IdEncoderConfig, where: string): void {
+  const st = { has: (n: string) => refs.has(n), info: (n: string) => refs.get(n)!, path: where };
+  const layout = idEncoderLayout(c, { patchBias: st.has('patch_embed.proj.bias'), normPre: st.has('norm_pre.weight') || st.has('norm_pre.bias') });
+  const want = new Map(layout.map((e) => [e.name, e.shape]));
   for (const [name, shape] of want) {
     if (!st.has(name)) throw fmt(st.path, `ID encoder weight "${name}" is missing`);
     const info = st.info(name);
@@ -286,6 +450,17 @@ function checkWeights(st: SafetensorsFile, c: IdEncoderConfig): void {
     if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i]))
       throw fmt(st.path, `ID encoder weight "${name}" has shape ${JSON.stringify(info.shape)}, the config implies ${JSON.stringify(shape)}`);
   }
+}
+
+/** Writes an encoder folder (config.json + model.safetensors, float32) from a config and host weights. */
+export function saveIdEncoder(dir: string, config: IdEncoderConfig, weights: ReadonlyMap<string, HostWeight>): void {
+  fs.mkdirSync(dir, { recursive: true });
+  const tensors: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
+  for (const [n, w] of weights) tensors[n] = { dtype: 'F32', shape: [...w.shape], data: w.data };
+  writeSafetensors(path.join(dir, 'model.safetensors'), tensors);
+  const cfg = path.join(dir, 'config.json');
+  fs.writeFileSync(`${cfg}.tmp`, JSON.stringify(idEncoderConfigJson(config), null, 2));
+  fs.renameSync(`${cfg}.tmp`, cfg);
 }
 
 /** The encoder graph: image [B, 3, S, S] → taps [B, T, W], words [B, T, textDim]. */

@@ -18,6 +18,7 @@
  * Float64Arrays (the block is tiny next to the UNet); Adam updates all parameters.
  */
 import { normalGenerator } from '../sched/random.js';
+import { Adam } from '../train/adam.js';
 
 export interface GeneratorShape {
   dim: number;
@@ -120,9 +121,7 @@ export class TokenGenerator {
   readonly dim: number;
   readonly stages: number;
   readonly params: Params = new Map();
-  #m: Params = new Map();
-  #v: Params = new Map();
-  #t = 0;
+  readonly #opt = new Adam<Float64Array>();
   /** The init word's embedding (the block's input). */
   readonly input: Float64Array;
 
@@ -155,10 +154,6 @@ export class TokenGenerator {
     const b = new Float64Array(n * D);
     for (let i = 0; i < n; i++) b.set(this.input, i * D);
     this.params.set('out.b', b);
-    for (const [k, v] of this.params) {
-      this.#m.set(k, new Float64Array(v.length));
-      this.#v.set(k, new Float64Array(v.length));
-    }
   }
 
   get parameterCount(): number {
@@ -270,24 +265,9 @@ export class TokenGenerator {
     return grads;
   }
 
-  /** One Adam step (β 0.9 / 0.999, ε 1e-8, no weight decay). */
+  /** One Adam step (lib/train/adam.ts: β 0.9 / 0.999, ε 1e-8, no weight decay). */
   adam(grads: Params, lr: number): void {
-    this.#t++;
-    const b1 = 0.9;
-    const b2 = 0.999;
-    const c1 = 1 - b1 ** this.#t;
-    const c2 = 1 - b2 ** this.#t;
-    for (const [k, p] of this.params) {
-      const g = grads.get(k)!;
-      const m = this.#m.get(k)!;
-      const v = this.#v.get(k)!;
-      for (let i = 0; i < p.length; i++) {
-        const gi = g[i]!;
-        m[i] = b1 * m[i]! + (1 - b1) * gi;
-        v[i] = b2 * v[i]! + (1 - b2) * gi * gi;
-        p[i]! -= (lr * (m[i]! / c1)) / (Math.sqrt(v[i]! / c2) + 1e-8);
-      }
-    }
+    this.#opt.step(this.params, grads, lr);
   }
 
   /** The K and V vectors as float32 [S, 1, D] each. */

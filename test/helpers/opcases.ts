@@ -141,7 +141,7 @@ function linearCase(xs: number[], n: number, o: { bias?: boolean; res?: boolean;
     inputs,
     build: (g, x) => g.linear(x[0]!, x[1]!, bi >= 0 ? x[bi] : undefined, { residual: ri >= 0 ? x[ri] : undefined, transX: o.trans === 'transX', transY: o.trans === 'transY' }),
     ref: (x) => [R.linear(f(x[0]!), xs, f(x[1]!), [n, k], bi >= 0 ? f(x[bi]!) : undefined, ri >= 0 ? f(x[ri]!) : undefined, o.trans ?? 'plain')],
-    grad: [0, ...(bi >= 0 ? [bi] : []), ...(ri >= 0 ? [ri] : [])],
+    grad: [0, 1, ...(bi >= 0 ? [bi] : []), ...(ri >= 0 ? [ri] : [])],
     gpu: o.gpu,
   };
 }
@@ -170,7 +170,8 @@ function convCase(xs: number[], ws: number[], stride: number, pad: number, bias:
     inputs,
     build: (g, x) => g.conv2d(x[0]!, x[1]!, bi >= 0 ? x[bi] : undefined, { stride, pad, residual: ri >= 0 ? x[ri] : undefined }),
     ref: (x) => [R.conv2d(f(x[0]!), xs, f(x[1]!), ws, stride, pad, bi >= 0 ? f(x[bi]!) : undefined, bias === 2, ri >= 0 ? f(x[ri]!) : undefined)],
-    grad: [0, ...(bi >= 0 ? [bi] : []), ...(ri >= 0 ? [ri] : [])],
+    // The weight's gradient exists for non-overlapping kernels (the ViT patch embedding, 1x1).
+    grad: [0, ...(kh === stride && kw === stride && pad === 0 ? [1] : []), ...(bi >= 0 ? [bi] : []), ...(ri >= 0 ? [ri] : [])],
     gpu,
   };
 }
@@ -193,7 +194,7 @@ function layerNormCase(xs: number[], offset = 0, gpu = false): OpCase {
     inputs: [{ shape: xs, offset }, { shape: [c] }, { shape: [c] }],
     build: (g, [x, w, b]) => g.layerNorm(x!, w!, b!, { eps: 1e-5 }),
     ref: (x) => [R.layerNorm(f(x[0]!), xs, f(x[1]!), f(x[2]!), 1e-5)],
-    grad: [0],
+    grad: [0, 1, 2],
     gpu,
   };
 }

@@ -1,0 +1,272 @@
+/**
+ * The DreamIdentity training step as one program (issue #13): faces → M² ID encoder words →
+ * injected at the <id> slots of each prompt → the frozen text encoder → the frozen UNet at z_t →
+ *   loss = mean((ε̂ − ε)²) + regWeight · mean(words²)
+ * and the gradient of the loss with respect to every trainable encoder weight, in one native
+ * call. Trainable weights are graph inputs (lib/train/params.ts); the encoder's frozen weights and
+ * the SD model's are constants. z_t = √ᾱ_t·z0 + √(1 − ᾱ_t)·ε (DDPM add_noise, the model's
+ * schedule). The trainer owns the current weights on the host (float32); an optimizer updates
+ * them in place between steps (lib/train/train.ts).
+ */
+import { IdforgeError } from '../errors.js';
+import { grad, mseLoss } from '../graph/autodiff.js';
+import { Graph } from '../graph/graph.js';
+import { Program } from '../graph/program.js';
+import type { Weights } from '../graph/weights.js';
+import type { ModelConfigs } from '../io/configs.js';
+import { buildIdEncoder, hostRefs, type HostWeight, type IdEncoder, type IdEncoderConfig } from '../identity/encoder.js';
+import { Identity } from '../identity/identity.js';
+import { expandPrompt } from '../identity/placeholders.js';
+import { toHost } from '../runtime/runtime.js';
+import type { SdRuntime } from '../runtime/sd.js';
+import { DDIMScheduler } from '../sched/ddim.js';
+import { Tensor, numel } from '../tensor.js';
+import { buildTextEncoder } from '../text/clip.js';
+import { buildUNet } from '../unet/unet.js';
+import { TrainableWeights } from './params.js';
+
+/**
+ * What learns: the projectors only; the projectors plus the last N backbone blocks (and the
+ * final norm); or every weight ('all', the default).
+ */
+export type TrainScope = 'projectors' | 'all' | { lastBlocks: number };
+
+export interface EncoderTrainerOptions {
+  /** The SD model (an Engine, or anything holding its SdRuntime): frozen, float32. */
+  engine: { readonly runtime: SdRuntime };
+  /** The encoder to train, or its config and weights (IdEncoder.create / a checkpoint). */
+  encoder: IdEncoder | { config: IdEncoderConfig; weights: Map<string, HostWeight> };
+  /** Weight of mean(words²) in the loss (default 0.01). */
+  regWeight?: number;
+  train?: TrainScope;
+}
+
+export interface TrainBatch {
+  /** Normalised faces [B, 3, S, S] (S = the encoder's image size). */
+  faces: Tensor;
+  /** B prompts, each with the <id> placeholder. */
+  prompts: readonly string[];
+  /** Clean latents z0 [B, C, h, w] (VAE mean × scaling factor). */
+  latents: Tensor;
+  /** The noise ε [B, C, h, w]. */
+  noise: Tensor;
+  /** B integer timesteps in [0, numTrainTimesteps). */
+  timesteps: readonly number[];
+}
+
+export interface LossAndGrads {
+  loss: number;
+  lossDiff: number;
+  lossReg: number;
+  /** Weight name (as in the encoder's model.safetensors) → gradient, float32 on the CPU; the caller disposes them. */
+  grads: Map<string, Tensor>;
+}
+
+/** The same on host arrays (what the training loop uses). */
+export interface StepValues {
+  loss: number;
+  lossDiff: number;
+  lossReg: number;
+  grads: Map<string, Float32Array>;
+}
+
+const argErr = (msg: string) => new IdforgeError('E_ARGUMENT', `EncoderTrainer: ${msg}`);
+
+/** The names that learn under `scope`. */
+export function trainableNames(names: Iterable<string>, config: IdEncoderConfig, scope: TrainScope): Set<string> {
+  const all = [...names];
+  if (scope === 'all') return new Set(all);
+  if (scope === 'projectors') return new Set(all.filter((n) => n.startsWith('projector.')));
+  const n = scope?.lastBlocks;
+  if (!Number.isInteger(n) || n < 0 || n > config.numLayers)
+    throw argErr(`train.lastBlocks must be an integer in 0..${config.numLayers}, got ${JSON.stringify(n)}`);
+  const first = config.numLayers - n;
+  return new Set(all.filter((name) => {
+    if (name.startsWith('projector.')) return true;
+    const m = /^blocks\.(\d+)\./.exec(name);
+    if (m) return Number(m[1]) >= first;
+    return n > 0 && name.startsWith('norm.');
+  }));
+}
+
+/**
+ * The training graph: inputs face [B, 3, S, S], ids and slots [B, 77] (int32), z_t, t [B], noise,
+ * then one input per trainable encoder weight (in `params` order) → outputs loss, lossDiff,
+ * lossReg and the gradient of each trainable weight. Exported for the memory planner (bench).
+ */
+export function buildEncoderTrainGraph(
+  g: Graph, w: { text: Weights; unet: Weights; encoder: TrainableWeights }, configs: Pick<ModelConfigs, 'text' | 'unet'>,
+  cfg: IdEncoderConfig, [b, c, h, wd]: [number, number, number, number], regWeight: number,
+): { params: string[] } {
+  const face = g.input([b, 3, cfg.imageSize, cfg.imageSize], 'float', 'face');
+  const ids = g.input([b, 77], 'int32', 'ids');
+  const slots = g.input([b, 77], 'int32', 'slots');
+  const zt = g.input([b, c, h, wd], 'float', 'z_t');
+  const t = g.input([b], 'float', 't');
+  const eps = g.input([b, c, h, wd], 'float', 'noise');
+  const { words } = buildIdEncoder(g, w.encoder, cfg, face); // [B, M, D]
+  const M = cfg.taps.length;
+  const D = cfg.textDim;
+  const ctx = buildTextEncoder(g, w.text, configs.text, { ids, inject: { slots, vectors: g.reshape(words, [b * M, D]) } });
+  const pred = buildUNet(g, w.unet, configs.unet, zt, t, { k: ctx, v: ctx }).eps;
+  const lossDiff = mseLoss(g, pred, eps);
+  const lossReg = g.scale(g.reduceSum(g.mul(words, words), [1]), 1 / numel(words.shape));
+  const loss = g.add(lossDiff, g.scale(lossReg, regWeight));
+  const params = [...w.encoder.inputs.keys()];
+  const grads = grad(g, loss, [...w.encoder.inputs.values()]);
+  g.output(loss, 'loss');
+  g.output(lossDiff, 'lossDiff');
+  g.output(lossReg, 'lossReg');
+  grads.forEach((d, i) => g.output(d, `grad:${params[i]}`));
+  return { params };
+}
+
+export class EncoderTrainer implements Disposable {
+  readonly runtime: SdRuntime;
+  readonly config: IdEncoderConfig;
+  readonly regWeight: number;
+  /** Every encoder weight, current values (trainable ones are updated in place by the optimizer). */
+  readonly weights: Map<string, HostWeight>;
+  /** The trainable names, in the order of `params`. */
+  readonly trainable: Set<string>;
+  readonly #w: TrainableWeights;
+  readonly #programs = new Map<string, { p: Program; params: string[] }>();
+  readonly #alphasCumprod: Float32Array;
+  #disposed = false;
+
+  constructor(opts: EncoderTrainerOptions) {
+    if (!opts || typeof opts !== 'object') throw argErr('options must be an object');
+    const rt = opts.engine?.runtime;
+    if (!rt || typeof rt.program !== 'function') throw argErr('engine must be an Engine (or hold its SdRuntime as `runtime`)');
+    rt.assertLive();
+    if (rt.backend.dtype !== 'float32')
+      throw argErr("training needs a float32 engine (gradients of the diffusion loss are not accurate in float16): load one with { dtype: 'float32' }");
+    const enc = opts.encoder as IdEncoder | { config: IdEncoderConfig; weights: Map<string, HostWeight> };
+    if (!enc || typeof enc !== 'object' || !enc.config) throw argErr('encoder must be an IdEncoder or { config, weights }');
+    this.config = enc.config;
+    this.weights = 'hostWeights' in enc && typeof enc.hostWeights === 'function' ? enc.hostWeights() : (enc as { weights: Map<string, HostWeight> }).weights;
+    const D = rt.configs.text.hiddenSize;
+    if (this.config.textDim !== D)
+      throw new IdforgeError('E_SHAPE', `EncoderTrainer: the encoder's words are ${this.config.textDim} wide, the model's text encoder takes ${D}`);
+    const reg = opts.regWeight ?? 0.01;
+    if (typeof reg !== 'number' || !Number.isFinite(reg) || reg < 0) throw argErr(`regWeight must be a finite number ≥ 0, got ${String(reg)}`);
+    this.regWeight = reg;
+    this.runtime = rt;
+    this.trainable = trainableNames(this.weights.keys(), this.config, opts.train ?? 'all');
+    this.#w = new TrainableWeights('id-encoder (training)', hostRefs(this.weights), rt.backend, this.trainable);
+    this.#alphasCumprod = DDIMScheduler.fromConfig(rt.configs.scheduler).alphasCumprod;
+  }
+
+  /** The trainable weights (name → current float32 values, updated in place by an optimizer). */
+  params(): Map<string, Float32Array> {
+    const m = new Map<string, Float32Array>();
+    for (const n of this.trainable) m.set(n, this.weights.get(n)!.data);
+    return m;
+  }
+
+  #program(b: number, c: number, h: number, w: number): { p: Program; params: string[] } {
+    const key = `${b}:${c}x${h}x${w}`;
+    let e = this.#programs.get(key);
+    if (e) return e;
+    const rt = this.runtime;
+    const g = new Graph();
+    this.#w.begin();
+    const { params } = buildEncoderTrainGraph(g, { text: rt.weights.text, unet: rt.weights.unet, encoder: this.#w }, rt.configs, this.config, [b, c, h, w], this.regWeight);
+    e = { p: new Program(g, rt.backend), params };
+    this.#programs.set(key, e);
+    return e;
+  }
+
+  /** Token ids and slot rows (row b·M + j for word j of prompt b) of B prompts with <id>. */
+  #prompts(prompts: readonly string[]): { ids: Int32Array; slots: Int32Array } {
+    const M = this.config.taps.length;
+    const D = this.config.textDim;
+    const dummy = new Identity({ k: new Float32Array(M * D), stages: 1, words: M, dim: D, method: 'dreamidentity' });
+    const ids = new Int32Array(prompts.length * 77);
+    const slots = new Int32Array(prompts.length * 77);
+    prompts.forEach((p, b) => {
+      const e = expandPrompt(this.runtime.tokenizer, p, new Map([['id', dummy]]));
+      ids.set(e.ids, b * 77);
+      e.slots.forEach((s, i) => (slots[b * 77 + i] = s < 0 ? -1 : b * M + s));
+    });
+    return { ids, slots };
+  }
+
+  /** z_t = √ᾱ_t·z0 + √(1 − ᾱ_t)·ε per batch row (DDPM add_noise). */
+  addNoise(z0: Float32Array, noise: Float32Array, timesteps: readonly number[]): Float32Array {
+    const b = timesteps.length;
+    const n = z0.length / b;
+    const out = new Float32Array(z0.length);
+    timesteps.forEach((t, i) => {
+      const a = this.#alphasCumprod[t]!;
+      const sa = Math.fround(Math.sqrt(a));
+      const sb = Math.fround(Math.sqrt(1 - a));
+      for (let j = i * n; j < (i + 1) * n; j++) out[j] = sa * z0[j]! + sb * noise[j]!;
+    });
+    return out;
+  }
+
+  #check(batch: TrainBatch): void {
+    if (this.#disposed) throw new IdforgeError('E_DISPOSED', 'EncoderTrainer used after dispose()');
+    const { faces, latents, noise, prompts, timesteps } = batch ?? ({} as TrainBatch);
+    const S = this.config.imageSize;
+    if (!(faces instanceof Tensor) || faces.shape.length !== 4 || faces.shape[1] !== 3 || faces.shape[2] !== S || faces.shape[3] !== S || faces.shape[0]! < 1)
+      throw new IdforgeError('E_SHAPE', `EncoderTrainer: faces must be a Tensor [B, 3, ${S}, ${S}], got ${faces instanceof Tensor ? JSON.stringify(faces.shape) : typeof faces}`);
+    const b = faces.shape[0]!;
+    const C = this.runtime.configs.unet.inChannels;
+    for (const [name, t] of [['latents', latents], ['noise', noise]] as const)
+      if (!(t instanceof Tensor) || t.shape.length !== 4 || t.shape[0] !== b || t.shape[1] !== C)
+        throw new IdforgeError('E_SHAPE', `EncoderTrainer: ${name} must be a Tensor [${b}, ${C}, h, w], got ${t instanceof Tensor ? JSON.stringify(t.shape) : typeof t}`);
+    if (latents.shape.some((d, i) => d !== noise.shape[i])) throw new IdforgeError('E_SHAPE', 'EncoderTrainer: latents and noise must have one shape');
+    if (!Array.isArray(prompts) || prompts.length !== b) throw argErr(`prompts must be ${b} strings (one per face)`);
+    const T = this.#alphasCumprod.length;
+    if (!Array.isArray(timesteps) || timesteps.length !== b || !timesteps.every((t) => Number.isInteger(t) && t >= 0 && t < T))
+      throw argErr(`timesteps must be ${b} integers in [0, ${T})`);
+  }
+
+  /** One step's loss and gradients on host arrays (the parameters as they are now). */
+  async step(batch: TrainBatch): Promise<StepValues> {
+    this.#check(batch);
+    const rt = this.runtime;
+    const { ids, slots } = this.#prompts(batch.prompts);
+    const [b, c, h, w] = batch.latents.shape as [number, number, number, number];
+    const { p, params } = this.#program(b, c, h, w);
+    const noise = batch.noise.toFloat32();
+    const zt = this.addNoise(batch.latents.toFloat32(), noise, batch.timesteps);
+    const inputs: Tensor[] = [];
+    try {
+      inputs.push(rt.upload(batch.faces), rt.ints(ids, [b, 77]), rt.ints(slots, [b, 77]), rt.floats(zt, [b, c, h, w]),
+        rt.floats(Float32Array.from(batch.timesteps), [b]), rt.floats(noise, [b, c, h, w]));
+      for (const n of params) inputs.push(rt.floats(this.weights.get(n)!.data, this.weights.get(n)!.shape));
+      const outs = await p.run(inputs);
+      const vals = outs.map((o) => {
+        using hst = toHost(o);
+        return hst.toFloat32();
+      });
+      const grads = new Map<string, Float32Array>();
+      params.forEach((n, i) => grads.set(n, vals[3 + i]!));
+      return { loss: vals[0]![0]!, lossDiff: vals[1]![0]!, lossReg: vals[2]![0]!, grads };
+    } finally {
+      for (const t of inputs) t.dispose();
+    }
+  }
+
+  /** The loss and the gradient of every trainable encoder weight for one batch. */
+  async lossAndGrads(batch: TrainBatch): Promise<LossAndGrads> {
+    const r = await this.step(batch);
+    const grads = new Map<string, Tensor>();
+    for (const [n, d] of r.grads) grads.set(n, Tensor.from(d, this.weights.get(n)!.shape));
+    return { loss: r.loss, lossDiff: r.lossDiff, lossReg: r.lossReg, grads };
+  }
+
+  dispose(): void {
+    this.#disposed = true;
+    for (const e of this.#programs.values()) e.p.dispose();
+    this.#programs.clear();
+    this.#w.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}

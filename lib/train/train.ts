@@ -1,0 +1,330 @@
+/**
+ * trainEncoder(): DreamIdentity encoder training on a frozen SD model (issue #13 part 5).
+ *
+ * Data: a folder of face photos (reconstruction: the photo is the target, prompts from templates
+ * like "a photo of <id>") and/or edit datasets written by buildEditDataset (lib/train/dataset.ts:
+ * the base face in, the edited image as the target, its edit prompt), mixed at `mix` (the chance
+ * that a batch row is an edit sample). Every image is VAE-encoded ONCE and cached in
+ * out/cache/latents.safetensors (mean and σ of the latent posterior), so a step costs one
+ * encoder + text encoder + UNet forward/backward.
+ *
+ * Everything random in step k (rows, templates, timesteps, the latent sample, the noise) is drawn
+ * from (seed, k) alone, so the data position is the step number and a run resumed from a
+ * checkpoint continues bit for bit as if never interrupted. A checkpoint (every
+ * `checkpointEvery` steps and at the end) is out/checkpoint/: the encoder (config.json +
+ * model.safetensors), the Adam state (optimizer.safetensors) and state.json; it is written under
+ * a temporary name and swapped in by renames, so an abort or a crash leaves the last one intact.
+ * The result, out/encoder/, is a normal encoder folder for IdEncoder.load.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { IdforgeError, throwIfAborted } from '../errors.js';
+import { IdEncoder, parseIdEncoderConfig, saveIdEncoder, type HostWeight, type IdEncoderConfig } from '../identity/encoder.js';
+import { decodeFace, prepareFace } from '../identity/face.js';
+import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
+import type { RawImage } from '../io/image.js';
+import type { SdRuntime } from '../runtime/sd.js';
+import { Xoshiro128, randn } from '../sched/random.js';
+import { Tensor } from '../tensor.js';
+import { Adam } from './adam.js';
+import { EncoderTrainer, type TrainScope } from './encoder-trainer.js';
+
+/** Reconstruction prompt templates (the face photo is the target). */
+export const RECONSTRUCTION_TEMPLATES: readonly string[] = Object.freeze([
+  'a photo of <id>', 'a close-up photo of <id>', 'a portrait of <id>', 'a photo of the face of <id>',
+]);
+
+const IMAGE_EXT = /\.(png|jpe?g|webp)$/i;
+
+export interface TrainProgress {
+  step: number;
+  steps: number;
+  loss: number;
+  lossDiff: number;
+  lossReg: number;
+  lr: number;
+  /** Global gradient norm before clipping. */
+  gradNorm: number;
+  elapsedMs: number;
+  etaMs: number;
+}
+
+export interface TrainEncoderOptions {
+  engine: { readonly runtime: SdRuntime };
+  /** The encoder to start from: an IdEncoder (IdEncoder.create / load) or an encoder folder. */
+  encoder: IdEncoder | string;
+  /** A folder of face photos (reconstruction samples). */
+  faces?: string;
+  /** Folders written by buildEditDataset (manifest.jsonl; its kept rows are used). */
+  editSets?: readonly string[];
+  /** Chance that a batch row is an edit sample when both kinds exist (default 0.5). */
+  mix?: number;
+  /** Output folder: cache/, checkpoint/, encoder/. */
+  out: string;
+  steps: number;
+  batchSize?: number;
+  lr?: number;
+  warmupSteps?: number;
+  /** Global gradient-norm clip (default 1; 0 = off). */
+  clipNorm?: number;
+  regWeight?: number;
+  train?: TrainScope;
+  seed?: number;
+  checkpointEvery?: number;
+  /** Continue from out/checkpoint when it exists (default true). */
+  resume?: boolean;
+  templates?: readonly string[];
+  onProgress?: (p: TrainProgress) => void;
+  signal?: AbortSignal;
+}
+
+export interface TrainResult {
+  /** The trained encoder folder (IdEncoder.load reads it). */
+  encoderDir: string;
+  steps: number;
+  /** The step training (re)started from (0 for a fresh run). */
+  startStep: number;
+  /** Losses of the steps run in this call. */
+  losses: number[];
+}
+
+interface Sample {
+  /** Normalised face [3, S, S]. */
+  face: Float32Array;
+  mean: Float32Array;
+  std: Float32Array;
+  /** Edit prompt, or undefined for a reconstruction sample. */
+  prompt?: string;
+}
+
+const arg = (msg: string) => new IdforgeError('E_ARGUMENT', `trainEncoder: ${msg}`);
+
+function listImages(dir: string): string[] {
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new IdforgeError('E_NOT_FOUND', `trainEncoder: faces folder not found: ${dir}`);
+  return fs.readdirSync(dir).filter((f) => IMAGE_EXT.test(f)).sort().map((f) => path.join(dir, f));
+}
+
+/** Kept rows of an edit dataset's manifest: { face, image, prompt } paths relative to the set. */
+export function readEditManifest(dir: string): { face: string; image: string; prompt: string }[] {
+  const file = path.join(dir, 'manifest.jsonl');
+  if (!fs.existsSync(file)) throw new IdforgeError('E_NOT_FOUND', `trainEncoder: ${dir} has no manifest.jsonl (build it with buildEditDataset)`);
+  const rows: { face: string; image: string; prompt: string }[] = [];
+  fs.readFileSync(file, 'utf8').split('\n').forEach((line, i) => {
+    if (!line.trim()) return;
+    let r: Record<string, unknown>;
+    try {
+      r = JSON.parse(line) as Record<string, unknown>;
+    } catch {
+      throw new IdforgeError('E_MODEL_FORMAT', `${file}:${i + 1}: not a JSON line`);
+    }
+    if (r.kept !== true) return;
+    if (typeof r.face !== 'string' || typeof r.image !== 'string' || typeof r.prompt !== 'string')
+      throw new IdforgeError('E_MODEL_FORMAT', `${file}:${i + 1}: a kept row needs face, image and prompt`);
+    rows.push({ face: path.join(dir, r.face), image: path.join(dir, r.image), prompt: r.prompt });
+  });
+  return rows;
+}
+
+/** [3, S, S] in [−1, 1] from RGB bytes (the VAE's input range). */
+function toUnit(img: RawImage): Float32Array {
+  const n = img.width * img.height;
+  const out = new Float32Array(3 * n);
+  for (let i = 0; i < n; i++) for (let c = 0; c < 3; c++) out[c * n + i] = img.data[i * 3 + c]! / 127.5 - 1;
+  return out;
+}
+
+/** Faces and latents of every sample; VAE-encoded once, then read from out/cache/latents.safetensors. */
+async function loadSamples(rt: SdRuntime, encoder: { normalize(img: RawImage): Float32Array; size: number }, items: { face: string; image: string; prompt?: string }[], cacheFile: string, signal?: AbortSignal): Promise<Sample[]> {
+  const key = JSON.stringify(items.map((i) => [i.face, i.image, i.prompt ?? '', fs.statSync(i.image).size, fs.statSync(i.face).size]));
+  const size = rt.nativeSize;
+  if (fs.existsSync(cacheFile)) {
+    try {
+      using st = SafetensorsFile.open(cacheFile);
+      if (st.metadata?.key === key && st.metadata?.size === String(size))
+        return items.map((it, i) => ({ face: st.readFloat32(`face:${i}`), mean: st.readFloat32(`mean:${i}`), std: st.readFloat32(`std:${i}`), ...(it.prompt !== undefined ? { prompt: it.prompt } : {}) }));
+    } catch {
+      // an unreadable cache is rebuilt
+    }
+  }
+  const out: Sample[] = [];
+  const tensors: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
+  for (const [i, it] of items.entries()) {
+    throwIfAborted(signal, 'trainEncoder');
+    const faceImg = await decodeFace(it.face);
+    const face = encoder.normalize((await prepareFace(faceImg, { size: encoder.size })).image);
+    const target = it.image === it.face ? faceImg : await decodeFace(it.image);
+    using x = Tensor.from(toUnit((await prepareFace(target, { size })).image), [1, 3, size, size]);
+    const { mean, logvar } = await rt.vaeEncode(x);
+    const m = mean.toFloat32();
+    const s = logvar.toFloat32().map((v) => Math.exp(0.5 * v));
+    const shape = mean.shape.slice(1);
+    mean.dispose();
+    logvar.dispose();
+    out.push({ face, mean: m, std: s, ...(it.prompt !== undefined ? { prompt: it.prompt } : {}) });
+    tensors[`face:${i}`] = { dtype: 'F32', shape: [3, encoder.size, encoder.size], data: face };
+    tensors[`mean:${i}`] = { dtype: 'F32', shape, data: m };
+    tensors[`std:${i}`] = { dtype: 'F32', shape, data: s };
+  }
+  fs.mkdirSync(path.dirname(cacheFile), { recursive: true });
+  writeSafetensors(cacheFile, tensors, { key, size: String(size) });
+  return out;
+}
+
+interface TrainState {
+  version: 1;
+  step: number;
+  fingerprint: string;
+}
+
+/** Reads out/checkpoint (or the previous one, when a swap was interrupted). Throws E_MODEL_FORMAT when it is corrupt. */
+function readCheckpoint(dir: string, fingerprint: string): { step: number; config: IdEncoderConfig; weights: Map<string, HostWeight>; adam: Adam<Float32Array> } | undefined {
+  const ck = fs.existsSync(path.join(dir, 'checkpoint')) ? path.join(dir, 'checkpoint') : fs.existsSync(path.join(dir, 'checkpoint.old')) ? path.join(dir, 'checkpoint.old') : undefined;
+  if (!ck) return undefined;
+  const bad = (msg: string) => new IdforgeError('E_MODEL_FORMAT', `trainEncoder: the checkpoint ${ck} is corrupt: ${msg}`);
+  let state: TrainState;
+  try {
+    state = JSON.parse(fs.readFileSync(path.join(ck, 'state.json'), 'utf8')) as TrainState;
+  } catch (e) {
+    throw bad(`state.json: ${(e as Error).message}`);
+  }
+  if (!state || state.version !== 1 || !Number.isInteger(state.step) || state.step < 0) throw bad('state.json has no valid step');
+  if (state.fingerprint !== fingerprint)
+    throw arg(`the checkpoint in ${ck} was made with other options or data (seed, batch size, scope, data, schedule); use another out folder or resume: false`);
+  let config: IdEncoderConfig;
+  const weights = new Map<string, HostWeight>();
+  const adam = new Adam<Float32Array>();
+  try {
+    config = parseIdEncoderConfig(JSON.parse(fs.readFileSync(path.join(ck, 'encoder', 'config.json'), 'utf8')));
+    using st = SafetensorsFile.open(path.join(ck, 'encoder', 'model.safetensors'));
+    for (const n of st.names()) weights.set(n, { shape: [...st.info(n).shape], data: st.readFloat32(n) });
+    using os = SafetensorsFile.open(path.join(ck, 'optimizer.safetensors'));
+    adam.t = Number(os.metadata?.t);
+    if (!Number.isInteger(adam.t) || adam.t < 0) throw new Error('optimizer step count missing');
+    for (const n of os.names()) (n.startsWith('m:') ? adam.m : adam.v).set(n.slice(2), os.readFloat32(n));
+  } catch (e) {
+    throw bad((e as Error).message);
+  }
+  return { step: state.step, config, weights, adam };
+}
+
+function writeCheckpoint(dir: string, step: number, fingerprint: string, config: IdEncoderConfig, weights: Map<string, HostWeight>, adam: Adam<Float32Array>): void {
+  const tmp = path.join(dir, `checkpoint.tmp`);
+  fs.rmSync(tmp, { recursive: true, force: true });
+  saveIdEncoder(path.join(tmp, 'encoder'), config, weights);
+  const opt: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
+  for (const [n, a] of adam.m) opt[`m:${n}`] = { dtype: 'F32', shape: [a.length], data: a };
+  for (const [n, a] of adam.v) opt[`v:${n}`] = { dtype: 'F32', shape: [a.length], data: a };
+  writeSafetensors(path.join(tmp, 'optimizer.safetensors'), opt, { t: String(adam.t) });
+  fs.writeFileSync(path.join(tmp, 'state.json'), JSON.stringify({ version: 1, step, fingerprint } satisfies TrainState));
+  const cur = path.join(dir, 'checkpoint');
+  const old = path.join(dir, 'checkpoint.old');
+  fs.rmSync(old, { recursive: true, force: true });
+  if (fs.existsSync(cur)) fs.renameSync(cur, old);
+  fs.renameSync(tmp, cur);
+  fs.rmSync(old, { recursive: true, force: true });
+}
+
+/** A uint32 from (seed, step): the stream every random choice of a step is drawn from. */
+const stepSeed = (seed: number, step: number) => (Math.imul(seed >>> 0, 0x9e3779b1) ^ Math.imul(step + 1, 0x85ebca77)) >>> 0;
+
+export async function trainEncoder(opts: TrainEncoderOptions): Promise<TrainResult> {
+  if (!opts || typeof opts !== 'object') throw arg('options must be an object');
+  const rt = opts.engine?.runtime;
+  if (!rt) throw arg('engine is required');
+  const steps = opts.steps;
+  if (!Number.isInteger(steps) || steps < 1) throw arg(`steps must be a positive integer, got ${String(steps)}`);
+  const B = opts.batchSize ?? 1;
+  const lr = opts.lr ?? 1e-4;
+  const warm = opts.warmupSteps ?? 0;
+  const clip = opts.clipNorm ?? 1;
+  const seed = opts.seed ?? 0;
+  const every = opts.checkpointEvery ?? 100;
+  const mix = opts.mix ?? 0.5;
+  for (const [k, v, ok] of [
+    ['batchSize', B, Number.isInteger(B) && B >= 1], ['lr', lr, typeof lr === 'number' && lr > 0 && Number.isFinite(lr)],
+    ['warmupSteps', warm, Number.isInteger(warm) && warm >= 0], ['clipNorm', clip, typeof clip === 'number' && clip >= 0],
+    ['seed', seed, Number.isInteger(seed)], ['checkpointEvery', every, Number.isInteger(every) && every >= 1], ['mix', mix, typeof mix === 'number' && mix >= 0 && mix <= 1],
+  ] as const) if (!ok) throw arg(`${k} is invalid: ${String(v)}`);
+  if (typeof opts.out !== 'string' || !opts.out) throw arg('out (the output folder) is required');
+  const templates = opts.templates ?? RECONSTRUCTION_TEMPLATES;
+  if (!templates.length || templates.some((t) => typeof t !== 'string' || !t.includes('<id>'))) throw new IdforgeError('E_IDENTITY', 'trainEncoder: every template needs the <id> placeholder');
+
+  // Data.
+  const recon = opts.faces !== undefined ? listImages(opts.faces).map((f) => ({ face: f, image: f })) : [];
+  const edits = (opts.editSets ?? []).flatMap((d) => readEditManifest(d));
+  if (opts.faces !== undefined && recon.length === 0 && edits.length === 0) throw arg(`the faces folder ${opts.faces} has no images (.png, .jpg, .webp)`);
+  if (recon.length + edits.length === 0) throw arg('no training data: give faces (a folder of photos) and/or editSets');
+  for (const e of edits) if (!e.prompt.includes('<id>')) throw new IdforgeError('E_IDENTITY', `trainEncoder: the edit prompt "${e.prompt}" has no <id> placeholder`);
+
+  let encoder: IdEncoder | undefined = typeof opts.encoder === 'string' ? await IdEncoder.load(opts.encoder, { device: 'cpu' }) : opts.encoder;
+  const ownEncoder = typeof opts.encoder === 'string';
+  try {
+    const fingerprint = JSON.stringify({ seed, B, lr, warm, clip, mix, reg: opts.regWeight ?? 0.01, train: opts.train ?? 'all', templates, recon: recon.map((r) => r.face), edits: edits.map((e) => [e.face, e.image, e.prompt]), config: encoder.config });
+    fs.mkdirSync(opts.out, { recursive: true });
+    const ck = opts.resume === false ? undefined : readCheckpoint(opts.out, fingerprint);
+    const start = ck?.step ?? 0;
+    const samples = await loadSamples(rt, { normalize: (img) => encoder!.normalize(img), size: encoder.config.imageSize },
+      [...recon, ...edits], path.join(opts.out, 'cache', 'latents.safetensors'), opts.signal);
+    const nRecon = recon.length;
+    using trainer = new EncoderTrainer({
+      engine: { runtime: rt }, encoder: ck ? { config: ck.config, weights: ck.weights } : encoder,
+      ...(opts.regWeight !== undefined ? { regWeight: opts.regWeight } : {}), ...(opts.train !== undefined ? { train: opts.train } : {}),
+    });
+    if (ownEncoder) {
+      encoder.dispose();
+      encoder = undefined;
+    }
+    const adam = ck?.adam ?? new Adam<Float32Array>();
+    const params = trainer.params();
+    const cfg = trainer.config;
+    const S = cfg.imageSize;
+    const lat = samples[0]!.mean.length;
+    const latShape = [B, rt.configs.unet.inChannels, rt.nativeSize / rt.latentFactor, rt.nativeSize / rt.latentFactor];
+    const T = rt.configs.scheduler.numTrainTimesteps;
+    const sf = rt.configs.vae.scalingFactor;
+    const losses: number[] = [];
+    const t0 = Date.now();
+    for (let step = start; step < steps; step++) {
+      throwIfAborted(opts.signal, 'trainEncoder');
+      const r = new Xoshiro128(stepSeed(seed, step));
+      const faces = new Float32Array(B * 3 * S * S);
+      const z0 = new Float32Array(B * lat);
+      const prompts: string[] = [];
+      const timesteps: number[] = [];
+      for (let b = 0; b < B; b++) {
+        const useEdit = edits.length > 0 && (nRecon === 0 || r.nextDouble() < mix);
+        const idx = useEdit ? nRecon + Math.floor(r.nextDouble() * edits.length) : Math.floor(r.nextDouble() * nRecon);
+        const s = samples[idx]!;
+        faces.set(s.face, b * 3 * S * S);
+        prompts.push(s.prompt ?? templates[Math.floor(r.nextDouble() * templates.length)]!);
+        timesteps.push(Math.floor(r.nextDouble() * T));
+        const e = randn(r.next(), lat);
+        for (let i = 0; i < lat; i++) z0[b * lat + i] = (s.mean[i]! + s.std[i]! * e[i]!) * sf;
+      }
+      using facesT = Tensor.from(faces, [B, 3, S, S]);
+      using latents = Tensor.from(z0, latShape);
+      using noise = Tensor.from(randn(r.next(), B * lat), latShape);
+      const v = await trainer.step({ faces: facesT, prompts, latents, noise, timesteps });
+      if (!Number.isFinite(v.loss)) throw new IdforgeError('E_INTERNAL', `trainEncoder: the loss became ${v.loss} at step ${step + 1}`);
+      let sq = 0;
+      for (const g of v.grads.values()) for (let i = 0; i < g.length; i++) sq += g[i]! * g[i]!;
+      const norm = Math.sqrt(sq);
+      if (clip > 0 && norm > clip) {
+        const f = clip / norm;
+        for (const g of v.grads.values()) for (let i = 0; i < g.length; i++) g[i]! *= f;
+      }
+      const lrNow = warm > 0 ? lr * Math.min(1, (step + 1) / warm) : lr;
+      adam.step(params, v.grads, lrNow);
+      losses.push(v.loss);
+      const done = step + 1;
+      if (done % every === 0 || done === steps) writeCheckpoint(opts.out, done, fingerprint, cfg, trainer.weights, adam);
+      const elapsed = Date.now() - t0;
+      opts.onProgress?.({ step: done, steps, loss: v.loss, lossDiff: v.lossDiff, lossReg: v.lossReg, lr: lrNow, gradNorm: norm, elapsedMs: elapsed, etaMs: (elapsed / (done - start)) * (steps - done) });
+    }
+    const encoderDir = path.join(opts.out, 'encoder');
+    saveIdEncoder(encoderDir, cfg, trainer.weights);
+    return { encoderDir, steps, startStep: start, losses };
+  } finally {
+    if (ownEncoder) encoder?.dispose();
+  }
+}

@@ -1,0 +1,90 @@
+// DreamIdentity encoder training (issue #13): the training step through the frozen tiny SD
+// against the reference golden (loss and the gradient of EVERY encoder weight), the train scopes,
+// and typed errors for bad input.
+import t from 'tap';
+import { Engine } from '../lib/engine.js';
+import { IdEncoder } from '../lib/identity/encoder.js';
+import { EncoderTrainer } from '../lib/train/encoder-trainer.js';
+import { Tensor } from '../lib/tensor.js';
+import { GoldenFile, TINY_ID, TINY_SD, fixture } from './helpers/fixtures.js';
+import { relL2 } from './helpers/metrics.js';
+import { readFileSync } from 'node:fs';
+
+const cases = JSON.parse(readFileSync(fixture('golden/cases.json'), 'utf8')).encoder_train as { prompts: string[]; reg_weight: number };
+
+t.test('encoder training step vs the golden (loss and every gradient)', async (t) => {
+  const engine = await Engine.load(TINY_SD, { device: 'cpu' });
+  const encoder = await IdEncoder.load(TINY_ID, { device: 'cpu' });
+  const gf = new GoldenFile('encoder_train');
+  t.teardown(() => { engine.dispose(); encoder.dispose(); gf.close(); });
+  using trainer = new EncoderTrainer({ engine, encoder, regWeight: cases.reg_weight });
+  using faces = gf.tensor('face');
+  using latents = gf.tensor('z0');
+  using noise = gf.tensor('noise');
+  const timesteps = [...gf.i32('timesteps')];
+  const zt = trainer.addNoise(latents.toFloat32(), noise.toFloat32(), timesteps);
+  t.ok(relL2(zt, gf.f32('z_t')) <= 1e-6, `z_t (DDPM add_noise) rel L2 ${relL2(zt, gf.f32('z_t')).toExponential(2)}`);
+  const r = await trainer.lossAndGrads({ faces, prompts: cases.prompts, latents, noise, timesteps });
+  const rel = (a: number, b: number) => Math.abs(a - b) / Math.abs(b);
+  t.ok(rel(r.loss, gf.f32('loss')[0]!) <= 1e-4, `loss ${r.loss} vs ${gf.f32('loss')[0]} (rel ${rel(r.loss, gf.f32('loss')[0]!).toExponential(2)})`);
+  t.ok(rel(r.lossDiff, gf.f32('loss_diff')[0]!) <= 1e-4, `loss_diff rel ${rel(r.lossDiff, gf.f32('loss_diff')[0]!).toExponential(2)}`);
+  t.ok(rel(r.lossReg, gf.f32('loss_reg')[0]!) <= 1e-4, `loss_reg rel ${rel(r.lossReg, gf.f32('loss_reg')[0]!).toExponential(2)}`);
+  const names = gf.file.names().filter((n) => n.startsWith('grad:')).map((n) => n.slice(5));
+  t.equal(r.grads.size, names.length, `a gradient for every one of the ${names.length} encoder weights`);
+  let worst = 0;
+  let worstName = '';
+  for (const n of names) {
+    const d = r.grads.get(n);
+    if (!d) {
+      t.fail(`no gradient for ${n}`);
+      continue;
+    }
+    const e = relL2(d.toFloat32(), gf.f32(`grad:${n}`));
+    if (!(e <= worst)) [worst, worstName] = [e, n];
+    t.ok(e <= 1e-4, `grad:${n} rel L2 ${e.toExponential(2)}`);
+    d.dispose();
+  }
+  t.comment(`worst gradient: ${worstName} rel L2 ${worst.toExponential(2)}`);
+});
+
+t.test('train scopes: projectors only, last N blocks', async (t) => {
+  const engine = await Engine.load(TINY_SD, { device: 'cpu' });
+  const encoder = await IdEncoder.load(TINY_ID, { device: 'cpu' });
+  t.teardown(() => { engine.dispose(); encoder.dispose(); });
+  using p = new EncoderTrainer({ engine, encoder, train: 'projectors' });
+  t.ok([...p.trainable].every((n) => n.startsWith('projector.')) && p.trainable.size === 16, 'projectors: 16 tensors');
+  using l = new EncoderTrainer({ engine, encoder, train: { lastBlocks: 2 } });
+  t.ok(l.trainable.has('blocks.5.mlp.fc1.weight') && l.trainable.has('blocks.4.norm1.bias') && !l.trainable.has('blocks.3.norm1.bias') && l.trainable.has('norm.weight'), 'last 2 blocks + final norm + projectors');
+  t.throws(() => new EncoderTrainer({ engine, encoder, train: { lastBlocks: 7 } }), { code: 'E_ARGUMENT' });
+});
+
+t.test('bad input: typed errors', async (t) => {
+  const engine = await Engine.load(TINY_SD, { device: 'cpu' });
+  const encoder = await IdEncoder.load(TINY_ID, { device: 'cpu' });
+  t.teardown(() => { engine.dispose(); encoder.dispose(); });
+  const wrongWidth = { config: { ...encoder.config, textDim: 48 }, weights: encoder.hostWeights() };
+  t.throws(() => new EncoderTrainer({ engine, encoder: wrongWidth }), { code: 'E_SHAPE' }, 'text width differs from the model');
+  t.throws(() => new EncoderTrainer({ engine, encoder, regWeight: -1 }), { code: 'E_ARGUMENT' });
+  using trainer = new EncoderTrainer({ engine, encoder, train: 'projectors' });
+  using faces = Tensor.zeros([1, 3, 112, 112]);
+  using z = Tensor.zeros([1, 4, 16, 16]);
+  await t.rejects(trainer.lossAndGrads({ faces, prompts: ['a photo of a chef'], latents: z, noise: z, timesteps: [10] }), { code: 'E_IDENTITY' }, 'prompt without <id>');
+  await t.rejects(trainer.lossAndGrads({ faces, prompts: ['a photo of <id>'], latents: z, noise: z, timesteps: [1000] }), { code: 'E_ARGUMENT' }, 'timestep out of range');
+  using small = Tensor.zeros([1, 3, 64, 64]);
+  await t.rejects(trainer.lossAndGrads({ faces: small, prompts: ['a photo of <id>'], latents: z, noise: z, timesteps: [1] }), { code: 'E_SHAPE' }, 'face of the wrong size');
+});
+
+t.test('bench --train-encoder on the tiny models', async (t) => {
+  const { benchTrainEncoder, formatTrainReport, randomIdEncoderWeights, vitB16Config } = await import('../lib/bench/train-encoder.js');
+  const { idEncoderLayout } = await import('../lib/identity/encoder.js');
+  const r = await benchTrainEncoder(['--train-encoder', '--model', TINY_SD, '--encoder', TINY_ID, '--size', '128', '--batch', '1,2', '--steps', '1', '--warmup', '0'], () => {});
+  t.same(r.rows.map((x) => x.batch), [1, 2]);
+  t.ok(r.rows.every((x) => x.stepMs.median > 0 && x.plannedActivationBytes > 0), 'step times and planned activation peaks');
+  t.ok(r.rows[1]!.plannedActivationBytes > r.rows[0]!.plannedActivationBytes, 'batch 2 plans more activations');
+  t.match(formatTrainReport(r), /batch \| first step ms/);
+  // The random SD-1.5-shaped encoder has the layout IdEncoder checks (a small one, built for real).
+  const c = { ...vitB16Config(32), hiddenSize: 16, numHeads: 2, mlpHidden: 64, numLayers: 9, projectorHidden: 8 };
+  using e = IdEncoder.fromWeights(c, randomIdEncoderWeights(c, 1), { device: 'cpu' });
+  t.equal(e.words, 4);
+  t.equal(idEncoderLayout(vitB16Config()).reduce((n, x) => n + x.shape.reduce((a, b) => a * b, 1), 0) > 85e6, true, 'ViT-B/16 + projectors: > 85 M parameters');
+});
