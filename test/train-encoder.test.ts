@@ -48,7 +48,8 @@ t.test('trainEncoder on one face', async (t) => {
   const faces = path.join(tmp, 'faces');
   fs.mkdirSync(faces);
   fs.copyFileSync(fixture('faces/face-a.png'), path.join(faces, 'face-a.png'));
-  const base = { engine, faces, steps: 12, lr: 3e-3, warmupSteps: 2, seed: 5, checkpointEvery: 6 };
+  // The face is a drawing (no detectable face): the encoder sees its centre square.
+  const base = { engine, faces, steps: 12, lr: 3e-3, warmupSteps: 2, seed: 5, checkpointEvery: 6, align: 'centre' as const };
 
   // Held batch: 4 fixed (template, timestep, noise) samples of the face.
   const held = async (encoder: IdEncoder | { config: IdEncoder['config']; weights: ReturnType<IdEncoder['hostWeights']> }, cache: string) => {
@@ -73,7 +74,7 @@ t.test('trainEncoder on one face', async (t) => {
   using trained = await IdEncoder.load(a.encoderDir, { device: 'cpu' });
   const after = await held(trained, cache);
   t.ok(after < 0.9 * before, `held-batch loss falls clearly: ${before.toFixed(4)} → ${after.toFixed(4)}`);
-  const id = await trained.encode(fixture('faces/face-a.png'));
+  const id = await trained.encode(fixture('faces/face-a.png'), { landmarks: 'centre' });
   t.equal(id.words, 4, 'the result is a normal encoder (encode gives an identity)');
 
   // 6 steps, then resume to 12 == 12 uninterrupted (the same seed).
@@ -107,5 +108,7 @@ t.test('trainEncoder on one face', async (t) => {
   const empty = path.join(tmp, 'empty');
   fs.mkdirSync(empty);
   await t.rejects(trainEncoder({ ...base, encoder: TINY_ID, faces: empty, out: path.join(tmp, 'e') }), { code: 'E_ARGUMENT' }, 'an empty data folder');
+  await t.rejects(trainEncoder({ ...base, encoder: TINY_ID, out: path.join(tmp, 'g'), align: 'detect' }), { code: 'E_NO_FACE' }, 'align detect: a photo without a face is named');
+  await t.rejects(trainEncoder({ ...base, encoder: TINY_ID, out: path.join(tmp, 'h'), align: 'middle' as 'centre' }), { code: 'E_ARGUMENT' }, 'an unknown align');
   await t.rejects(trainEncoder({ ...base, encoder: TINY_ID, out: path.join(tmp, 'f'), templates: ['a photo of a chef'] }), { code: 'E_IDENTITY' }, 'a template without <id>');
 });

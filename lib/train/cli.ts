@@ -13,6 +13,7 @@ export const TRAIN_USAGE = `usage: idforge train-encoder --model <sd> (--encoder
   --mix X             chance a batch row is an edit sample (0.5)
   --steps N (1000)  --batch N (1)  --lr X (1e-4)  --warmup N (100)  --clip X (1)  --reg X (0.01)
   --train S           all | projectors | last:N (all)
+  --align A           detect | centre: how photos are cropped for the encoder (detect, as encode does)
   --seed N (0)  --checkpoint-every N (100)  --no-resume  --device auto|cpu|cuda`;
 
 function num(v: string | undefined, name: string, d: number): number {
@@ -38,7 +39,7 @@ async function trainCmd(args: string[]): Promise<number> {
       'edit-set': { type: 'string', multiple: true }, mix: { type: 'string' }, out: { type: 'string' },
       steps: { type: 'string' }, batch: { type: 'string' }, lr: { type: 'string' }, warmup: { type: 'string' },
       clip: { type: 'string' }, reg: { type: 'string' }, train: { type: 'string' }, seed: { type: 'string' },
-      'checkpoint-every': { type: 'string' }, 'no-resume': { type: 'boolean' }, device: { type: 'string' }, help: { type: 'boolean' },
+      'checkpoint-every': { type: 'string' }, 'no-resume': { type: 'boolean' }, align: { type: 'string' }, device: { type: 'string' }, help: { type: 'boolean' },
     },
   });
   if (values.help || !values.model || !values.out || (!values.encoder && !values.backbone)) {
@@ -64,7 +65,7 @@ async function trainCmd(args: string[]): Promise<number> {
       mix: num(values.mix, 'mix', 0.5), steps: num(values.steps, 'steps', 1000), batchSize: num(values.batch, 'batch', 1),
       lr: num(values.lr, 'lr', 1e-4), warmupSteps: num(values.warmup, 'warmup', 100), clipNorm: num(values.clip, 'clip', 1),
       regWeight: num(values.reg, 'reg', 0.01), train: scope(values.train), checkpointEvery: num(values['checkpoint-every'], 'checkpoint-every', 100),
-      resume: !values['no-resume'],
+      resume: !values['no-resume'], ...(values.align ? { align: values.align as 'detect' | 'centre' } : {}),
       onProgress: (p) => process.stderr.write(`\rstep ${p.step}/${p.steps} loss ${p.loss.toFixed(4)} (diff ${p.lossDiff.toFixed(4)}) lr ${p.lr.toExponential(1)} |g| ${p.gradNorm.toFixed(3)} eta ${(p.etaMs / 1000).toFixed(0)}s   `),
     });
     process.stderr.write(`\nwrote ${r.encoderDir} (steps ${r.startStep}..${r.steps})\n`);

@@ -74,6 +74,12 @@ export interface TrainEncoderOptions {
   /** Continue from out/checkpoint when it exists (default true). */
   resume?: boolean;
   templates?: readonly string[];
+  /**
+   * How the encoder sees a face photo: 'detect' (default) aligns the detected face onto the ArcFace
+   * template, as IdEncoder.encode does at inference (E_NO_FACE naming a photo without one);
+   * 'centre' takes the photo's centre square (already aligned crops, or drawings).
+   */
+  align?: 'detect' | 'centre';
   onProgress?: (p: TrainProgress) => void;
   signal?: AbortSignal;
 }
@@ -134,8 +140,8 @@ function toUnit(img: RawImage): Float32Array {
 }
 
 /** Faces and latents of every sample; VAE-encoded once, then read from out/cache/latents.safetensors. */
-async function loadSamples(rt: SdRuntime, encoder: { normalize(img: RawImage): Float32Array; size: number }, items: { face: string; image: string; prompt?: string }[], cacheFile: string, signal?: AbortSignal): Promise<Sample[]> {
-  const key = JSON.stringify(items.map((i) => [i.face, i.image, i.prompt ?? '', fs.statSync(i.image).size, fs.statSync(i.face).size]));
+async function loadSamples(rt: SdRuntime, encoder: { normalize(img: RawImage): Float32Array; size: number }, items: { face: string; image: string; prompt?: string; align: 'detect' | 'centre' }[], cacheFile: string, signal?: AbortSignal): Promise<Sample[]> {
+  const key = JSON.stringify(items.map((i) => [i.align, i.face, i.image, i.prompt ?? '', fs.statSync(i.image).size, fs.statSync(i.face).size]));
   const size = rt.nativeSize;
   if (fs.existsSync(cacheFile)) {
     try {
@@ -151,7 +157,7 @@ async function loadSamples(rt: SdRuntime, encoder: { normalize(img: RawImage): F
   for (const [i, it] of items.entries()) {
     throwIfAborted(signal, 'trainEncoder');
     const faceImg = await decodeFace(it.face);
-    const face = encoder.normalize((await prepareFace(faceImg, { size: encoder.size })).image);
+    const face = encoder.normalize((await prepareFace(faceImg, { size: encoder.size, landmarks: it.align })).image);
     const target = it.image === it.face ? faceImg : await decodeFace(it.image);
     using x = Tensor.from(toUnit((await prepareFace(target, { size })).image), [1, 3, size, size]);
     const { mean, logvar } = await rt.vaeEncode(x);
@@ -247,6 +253,8 @@ export async function trainEncoder(opts: TrainEncoderOptions): Promise<TrainResu
   ] as const) if (!ok) throw arg(`${k} is invalid: ${String(v)}`);
   if (typeof opts.out !== 'string' || !opts.out) throw arg('out (the output folder) is required');
   const templates = opts.templates ?? RECONSTRUCTION_TEMPLATES;
+  if (opts.align !== undefined && opts.align !== 'detect' && opts.align !== 'centre')
+    throw arg(`align must be 'detect' or 'centre', got ${JSON.stringify(opts.align)}`);
   if (!templates.length || templates.some((t) => typeof t !== 'string' || !t.includes('<id>'))) throw new IdforgeError('E_IDENTITY', 'trainEncoder: every template needs the <id> placeholder');
 
   // Data.
@@ -259,12 +267,14 @@ export async function trainEncoder(opts: TrainEncoderOptions): Promise<TrainResu
   let encoder: IdEncoder | undefined = typeof opts.encoder === 'string' ? await IdEncoder.load(opts.encoder, { device: 'cpu' }) : opts.encoder;
   const ownEncoder = typeof opts.encoder === 'string';
   try {
-    const fingerprint = JSON.stringify({ seed, B, lr, warm, clip, mix, reg: opts.regWeight ?? 0.01, train: opts.train ?? 'all', templates, recon: recon.map((r) => r.face), edits: edits.map((e) => [e.face, e.image, e.prompt]), config: encoder.config });
+    const fingerprint = JSON.stringify({ align: opts.align ?? 'detect', seed, B, lr, warm, clip, mix, reg: opts.regWeight ?? 0.01, train: opts.train ?? 'all', templates, recon: recon.map((r) => r.face), edits: edits.map((e) => [e.face, e.image, e.prompt]), config: encoder.config });
     fs.mkdirSync(opts.out, { recursive: true });
     const ck = opts.resume === false ? undefined : readCheckpoint(opts.out, fingerprint);
     const start = ck?.step ?? 0;
     const samples = await loadSamples(rt, { normalize: (img) => encoder!.normalize(img), size: encoder.config.imageSize },
-      [...recon, ...edits], path.join(opts.out, 'cache', 'latents.safetensors'), opts.signal);
+      // Photos are aligned as encode() aligns them; an edit set's faces are aligned crops already.
+      [...recon.map((r) => ({ ...r, align: opts.align ?? 'detect' })), ...edits.map((e) => ({ ...e, align: 'centre' as const }))],
+      path.join(opts.out, 'cache', 'latents.safetensors'), opts.signal);
     const nRecon = recon.length;
     using trainer = new EncoderTrainer({
       engine: { runtime: rt }, encoder: ck ? { config: ck.config, weights: ck.weights } : encoder,

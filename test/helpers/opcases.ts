@@ -141,7 +141,7 @@ function linearCase(xs: number[], n: number, o: { bias?: boolean; res?: boolean;
     inputs,
     build: (g, x) => g.linear(x[0]!, x[1]!, bi >= 0 ? x[bi] : undefined, { residual: ri >= 0 ? x[ri] : undefined, transX: o.trans === 'transX', transY: o.trans === 'transY' }),
     ref: (x) => [R.linear(f(x[0]!), xs, f(x[1]!), [n, k], bi >= 0 ? f(x[bi]!) : undefined, ri >= 0 ? f(x[ri]!) : undefined, o.trans ?? 'plain')],
-    grad: [0, 1, ...(bi >= 0 ? [bi] : []), ...(ri >= 0 ? [ri] : [])],
+    grad: [0, ...(k > 0 ? [1] : []), ...(bi >= 0 ? [bi] : []), ...(ri >= 0 ? [ri] : [])],
     gpu: o.gpu,
   };
 }
