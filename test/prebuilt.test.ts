@@ -34,7 +34,9 @@ function appLock(main: string, platform: string): object {
     '': { name: 'app', version: '1.0.0', dependencies: { idforge: `file:${main}` } },
     'node_modules/idforge': {
       version: pkg.version, resolved: `file:${main}`, license: pkg.license, bin: pkg.bin, engines: pkg.engines,
-      dependencies: me.dependencies, optionalDependencies: Object.fromEntries(PLATFORMS.map((p) => [platformPackage(p.key), pkg.version])),
+      dependencies: me.dependencies,
+      // The face models' packages (optional, as in package.json) and the platform packages, as scripts/pack.mjs writes them.
+      optionalDependencies: { ...(me.optionalDependencies as object), ...Object.fromEntries(PLATFORMS.map((p) => [platformPackage(p.key), pkg.version])) },
     },
   };
   // As a lockfile records them once published: each platform package with its os / cpu / libc, so
