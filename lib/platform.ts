@@ -24,3 +24,12 @@ export function platformKey(): string {
 }
 
 export const platformPackage = (key = platformKey()): string => `${PLATFORM_SCOPE}/${key}`;
+
+/**
+ * The published package's optionalDependencies: the repository's own (the face models' packages)
+ * and every platform package at this version. Added at pack time (scripts/pack.mjs), not in the
+ * repository's package.json: until they are published, `npm ci` would refuse a lockfile without them.
+ */
+export function packedOptionalDependencies(optional: Record<string, string> | undefined, version: string): Record<string, string> {
+  return { ...optional, ...Object.fromEntries(PLATFORMS.map((p) => [platformPackage(p.key), version])) };
+}

@@ -9,7 +9,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, w
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { PLATFORMS, platformKey, platformPackage } from '../lib/platform.js';
+import { PLATFORMS, packedOptionalDependencies, platformKey, platformPackage } from '../lib/platform.js';
 import { TINY_SD } from './helpers/fixtures.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -34,9 +34,7 @@ function appLock(main: string, platform: string): object {
     '': { name: 'app', version: '1.0.0', dependencies: { idforge: `file:${main}` } },
     'node_modules/idforge': {
       version: pkg.version, resolved: `file:${main}`, license: pkg.license, bin: pkg.bin, engines: pkg.engines,
-      dependencies: me.dependencies,
-      // The face models' packages (optional, as in package.json) and the platform packages, as scripts/pack.mjs writes them.
-      optionalDependencies: { ...(me.optionalDependencies as object), ...Object.fromEntries(PLATFORMS.map((p) => [platformPackage(p.key), pkg.version])) },
+      dependencies: me.dependencies, optionalDependencies: packedOptionalDependencies(me.optionalDependencies as Record<string, string> | undefined, pkg.version),
     },
   };
   // As a lockfile records them once published: each platform package with its os / cpu / libc, so
