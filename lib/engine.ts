@@ -7,7 +7,7 @@ import type { BackendSpec } from './graph/program.js';
 import type { Weights } from './graph/weights.js';
 import type { ModelSource } from './io/checkpoint.js';
 import type { ModelConfigs } from './io/configs.js';
-import { toRawImage, type RawImage } from './io/image.js';
+import { decodeImage, toRawImage, toSignedCHW, type RawImage } from './io/image.js';
 import type { GenerateOptions, GenerateResult, LearnOptions, LoadOptions, TextOptions } from './options.js';
 import { toHost } from './runtime/runtime.js';
 import { SdRuntime } from './runtime/sd.js';
@@ -16,7 +16,7 @@ import { normalGenerator } from './sched/random.js';
 import { makeSampler } from './sched/samplers.js';
 import { checkPrompt } from './io/bounds.js';
 import { checkLatentsFinite } from './numeric.js';
-import { checkFits, coefficientTensor, decodeInitImage, img2imgStart, markRun, stepProgram } from './sampling.js';
+import { checkFits, coefficientTensor, img2imgStart, markRun, stepProgram } from './sampling.js';
 import { Tensor } from './tensor.js';
 import type { ClipTokenizer } from './text/tokenizer.js';
 import { conditionalMaps, layerDownsampling, selectLayers, selectSteps, type AttentionMap } from './attention.js';
@@ -225,7 +225,7 @@ export class Engine implements Disposable {
   async generate(opts: GenerateOptions): Promise<GenerateResult> {
     const rt = this.runtime;
     rt.assertLive();
-    const init = opts?.image !== undefined ? await decodeInitImage(opts.image) : undefined;
+    const init = opts?.image !== undefined ? await decodeImage(opts.image, 'image') : undefined;
     const o = validateGenerate(opts, this.sizeMultiple, init);
     const warnings: string[] = [];
     const { signal } = opts;
@@ -420,9 +420,7 @@ export class Engine implements Disposable {
    */
   private async imageLatents(img: RawImage, N: number, draw: (i: number) => Float32Array): Promise<Float32Array> {
     const { width: W, height: H } = img;
-    const chw = new Float32Array(3 * W * H);
-    for (let c = 0; c < 3; c++) for (let i = 0; i < W * H; i++) chw[c * W * H + i] = (img.data[i * 3 + c]! / 255) * 2 - 1;
-    using x = Tensor.from(chw, [1, 3, H, W]);
+    using x = Tensor.from(toSignedCHW(img), [1, 3, H, W]);
     const { mean, logvar } = await this.encodeImage(x);
     const m = mean.toFloat32();
     const lv = logvar.toFloat32();

@@ -2,14 +2,12 @@
 // UNet, classifier-free guidance and the sampler update (SAMPLER_STEP) in ONE native call per
 // step; the latents stay on the backend from the first step to the last, only the step's
 // timesteps, its 9 sampler coefficients and (stochastic samplers) its noise are uploaded.
-import { existsSync } from 'node:fs';
 import * as os from 'node:os';
 import { IdforgeError } from './errors.js';
 import type { Graph } from './graph/graph.js';
 import type { BackendSpec, Program } from './graph/program.js';
 import type { Weights } from './graph/weights.js';
 import type { ModelConfigs } from './io/configs.js';
-import { loadImage, type RawImage } from './io/image.js';
 import { backends, memory } from './native.js';
 import { COEFFICIENTS, packCoefficients, type Sampler } from './sched/sampler.js';
 import { Tensor } from './tensor.js';
@@ -121,18 +119,3 @@ export function markRun(p: Program): void {
   programsRun.add(p);
 }
 
-/** generate()'s init image: a RawImage, a file path or an encoded image; E_ARGUMENT naming `image` otherwise. */
-export async function decodeInitImage(input: unknown): Promise<RawImage> {
-  const bad = (why: string) => new IdforgeError('E_ARGUMENT', `image ${why}: pass a RawImage { width, height, channels: 3, data }, a file path or an encoded image Buffer`);
-  if (typeof input === 'string') {
-    if (!existsSync(input)) throw new IdforgeError('E_NOT_FOUND', `image not found: ${input}`);
-    return loadImage(input);
-  }
-  if (Buffer.isBuffer(input)) {
-    if (input.length === 0) throw bad('is an empty buffer');
-    return loadImage(input);
-  }
-  const r = input as RawImage;
-  if (r && typeof r === 'object' && r.channels === 3 && r.data instanceof Uint8Array && Number.isInteger(r.width) && Number.isInteger(r.height) && r.width > 0 && r.height > 0 && r.data.length === r.width * r.height * 3) return r;
-  throw bad(`is ${input === null ? 'null' : typeof input}`);
-}

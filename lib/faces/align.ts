@@ -6,23 +6,11 @@
  * Coordinates are in pixels with the CENTRE of pixel (column i, row j) at (i, j) — the convention of
  * OpenCV's warpAffine, insightface's norm_crop and dlib's extract_image_chip.
  */
-import { existsSync } from 'node:fs';
 import { IdforgeError } from '../errors.js';
-import { loadImage, type RawImage } from '../io/image.js';
+import { decodeImage, type RawImage } from '../io/image.js';
 
 function arg(msg: string): IdforgeError {
   return new IdforgeError('E_ARGUMENT', `face: ${msg}`);
-}
-
-function isRawImage(x: unknown): x is RawImage {
-  return typeof x === 'object' && x !== null && !Buffer.isBuffer(x) && 'data' in x && 'width' in x;
-}
-
-function checkRaw(img: RawImage): RawImage {
-  if (!Number.isInteger(img.width) || !Number.isInteger(img.height) || img.width <= 0 || img.height <= 0 || img.channels !== 3 ||
-      !(img.data instanceof Uint8Array) || img.data.length !== img.width * img.height * 3)
-    throw arg('expected a RawImage { width, height, channels: 3, data: Uint8Array of width·height·3 }');
-  return img;
 }
 
 /** 5 finite [x, y] points in the ArcFace order, copied; E_ARGUMENT otherwise. */
@@ -42,18 +30,8 @@ export function describeImage(input: RawImage | string | Buffer): string {
 }
 
 /** Decodes a file path, an encoded Buffer or a RawImage into RGB pixels (EXIF orientation applied). */
-export async function decodeFace(input: RawImage | string | Buffer | Uint8Array): Promise<RawImage> {
-  if (typeof input === 'string') {
-    if (!input) throw arg('empty image path');
-    if (!existsSync(input)) throw new IdforgeError('E_NOT_FOUND', `face image not found: ${input}`);
-    return loadImage(input);
-  }
-  if (Buffer.isBuffer(input) || (input instanceof Uint8Array && !isRawImage(input))) {
-    if (input.length === 0) throw arg('empty image buffer');
-    return loadImage(input);
-  }
-  if (isRawImage(input)) return checkRaw(input);
-  throw arg('the face must be a RawImage, a file path or an encoded image Buffer');
+export function decodeFace(input: RawImage | string | Buffer | Uint8Array): Promise<RawImage> {
+  return decodeImage(input, 'face');
 }
 
 /**

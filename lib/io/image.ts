@@ -11,9 +11,15 @@ export interface RawImage {
   data: Uint8Array;
 }
 
-function check(img: RawImage): void {
+const RAW_SHAPE = 'a RawImage { width, height, channels: 3, data: Uint8Array of width·height·3 }';
+
+function isRawImage(x: unknown): x is RawImage {
+  return typeof x === 'object' && x !== null && !Buffer.isBuffer(x) && 'data' in x && 'width' in x;
+}
+
+function check(img: RawImage, prefix = ''): void {
   if (!img || !Number.isInteger(img.width) || !Number.isInteger(img.height) || img.width <= 0 || img.height <= 0 || img.channels !== 3 || !(img.data instanceof Uint8Array) || img.data.length !== img.width * img.height * 3)
-    throw new IdforgeError('E_ARGUMENT', 'expected a RawImage { width, height, channels: 3, data: Uint8Array of width·height·3 }');
+    throw new IdforgeError('E_ARGUMENT', `${prefix}expected ${RAW_SHAPE}`);
 }
 
 /** Output formats by extension (what sharp writes). */
@@ -84,6 +90,37 @@ export async function loadImage(input: string | Buffer | Uint8Array): Promise<Ra
     const code = typeof input === 'string' && (e as Error).message.includes('missing') ? 'E_NOT_FOUND' : 'E_ARGUMENT';
     throw new IdforgeError(code, `could not decode ${what}: ${(e as Error).message}`, { cause: e });
   }
+}
+
+/**
+ * An image argument → RawImage: a file path or an encoded Buffer (decoded, EXIF orientation
+ * applied) or a RawImage (checked). Typed errors name `what` (e.g. 'face', 'image').
+ */
+export async function decodeImage(input: unknown, what: string): Promise<RawImage> {
+  const arg = (msg: string) => new IdforgeError('E_ARGUMENT', `${what}: ${msg}`);
+  if (typeof input === 'string') {
+    if (!input) throw arg('empty image path');
+    if (!fs.existsSync(input)) throw new IdforgeError('E_NOT_FOUND', `${what} image not found: ${input}`);
+    return loadImage(input);
+  }
+  if (Buffer.isBuffer(input) || (input instanceof Uint8Array && !isRawImage(input))) {
+    if (input.length === 0) throw arg('empty image buffer');
+    return loadImage(input);
+  }
+  if (isRawImage(input)) {
+    check(input, `${what}: `);
+    return input;
+  }
+  throw arg(`must be a RawImage, a file path or an encoded image Buffer, got ${input === null ? 'null' : typeof input}`);
+}
+
+/** 8-bit HWC → [3, H, W] in [−1, 1], (x/255)·2 − 1: the VAE encoder's input range. */
+export function toSignedCHW(img: RawImage): Float32Array {
+  const plane = img.width * img.height;
+  const out = new Float32Array(3 * plane);
+  for (let c = 0; c < 3; c++)
+    for (let i = 0; i < plane; i++) out[c * plane + i] = (img.data[i * 3 + c]! / 255) * 2 - 1;
+  return out;
 }
 
 /** [1, 3, H, W] in [0, 1] → 8-bit HWC, round(x·255). */

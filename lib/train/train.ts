@@ -22,7 +22,7 @@ import { IdforgeError, throwIfAborted } from '../errors.js';
 import { IdEncoder, parseIdEncoderConfig, saveIdEncoder, type HostWeight, type IdEncoderConfig } from '../identity/encoder.js';
 import { decodeFace, prepareFace } from '../identity/face.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
-import type { RawImage } from '../io/image.js';
+import { toSignedCHW, type RawImage } from '../io/image.js';
 import type { SdRuntime } from '../runtime/sd.js';
 import { Xoshiro128, randn } from '../sched/random.js';
 import { Tensor } from '../tensor.js';
@@ -131,14 +131,6 @@ export function readEditManifest(dir: string): { face: string; image: string; pr
   return rows;
 }
 
-/** [3, S, S] in [−1, 1] from RGB bytes (the VAE's input range). */
-function toUnit(img: RawImage): Float32Array {
-  const n = img.width * img.height;
-  const out = new Float32Array(3 * n);
-  for (let i = 0; i < n; i++) for (let c = 0; c < 3; c++) out[c * n + i] = img.data[i * 3 + c]! / 127.5 - 1;
-  return out;
-}
-
 /** Faces and latents of every sample; VAE-encoded once, then read from out/cache/latents.safetensors. */
 async function loadSamples(rt: SdRuntime, encoder: { normalize(img: RawImage): Float32Array; size: number }, items: { face: string; image: string; prompt?: string; align: 'detect' | 'centre' }[], cacheFile: string, signal?: AbortSignal): Promise<Sample[]> {
   const key = JSON.stringify(items.map((i) => [i.align, i.face, i.image, i.prompt ?? '', fs.statSync(i.image).size, fs.statSync(i.face).size]));
@@ -159,7 +151,7 @@ async function loadSamples(rt: SdRuntime, encoder: { normalize(img: RawImage): F
     const faceImg = await decodeFace(it.face);
     const face = encoder.normalize((await prepareFace(faceImg, { size: encoder.size, landmarks: it.align })).image);
     const target = it.image === it.face ? faceImg : await decodeFace(it.image);
-    using x = Tensor.from(toUnit((await prepareFace(target, { size })).image), [1, 3, size, size]);
+    using x = Tensor.from(toSignedCHW((await prepareFace(target, { size })).image), [1, 3, size, size]);
     const { mean, logvar } = await rt.vaeEncode(x);
     const m = mean.toFloat32();
     const s = logvar.toFloat32().map((v) => Math.exp(0.5 * v));
