@@ -47,6 +47,8 @@ export interface OpCase {
   gradTol?: number;
   /** fp16 CUDA vs CPU tolerance (default 2e-3) */
   tolF16?: number;
+  /** the op computes in float32 only (ADAM_STEP: training runs in float32): no float16 mode */
+  float32Only?: boolean;
   /** CUDA modes only: SD 1.5 / kernel-path shapes (the CPU side of those is cpu_ops_test.cc's) */
   gpu?: boolean;
 }
@@ -314,6 +316,10 @@ export function opCases(): OpCase[] {
     { name: 'cfg [4,3,5] 7.5', inputs: [{ shape: [4, 3, 5] }], build: (g, [e]) => g.cfg(e!, 7.5), ref: (x) => [R.cfg(x[0]!, 7.5)] },
     { name: 'sampler_step state noise clip', inputs: [{ shape: [2, 4, 5, 6] }, { shape: [2, 4, 5, 6] }, { shape: [2, 4, 5, 6] }, { shape: [9], f32bits: [0.8, 1.3, -0.4, 0.9, 0.7, 0.2, 0.3, -0.15, 0.5] }, { shape: [2, 4, 5, 6] }], build: (g, [x, m, st, c, z]) => g.samplerStep(x!, m!, st!, c!, z), ref: (x) => R.samplerStep(x[0]!, x[1]!, x[2]!, x[3] as Int32Array, x[4]) },
     { name: 'sampler_step no noise, no clip', inputs: [{ shape: [1, 4, 5, 6] }, { shape: [1, 4, 5, 6] }, { shape: [1, 4, 5, 6] }, { shape: [9], f32bits: [1, 1.2, -0.5, 0, 0.6, 0.3, 0.2, 0, 0] }], build: (g, [x, m, st, c]) => g.samplerStep(x!, m!, st!, c!), ref: (x) => R.samplerStep(x[0]!, x[1]!, x[2]!, x[3] as Int32Array, undefined) },
+    // ---- optimizer update (float32 only)
+    { name: 'adam_step clipped by the global norm', inputs: [{ shape: [3, 5, 7] }, { shape: [3, 5, 7] }, { shape: [3, 5, 7], amp: 0.1 }, { shape: [3, 5, 7], positive: true, amp: 2e-5 }, { shape: [8], f32bits: [1e-3, 0.9, 0.999, 1e-8, 1 - 0.9 ** 3, 1 - 0.999 ** 3, 1, 0] }, { shape: [1], data: [37.5] }], build: (g, [p, gr, m, v, c, q]) => g.adamStep(p!, gr!, m!, v!, c!, q), ref: (x) => R.adamStep(x[0]!, x[1]!, x[2]!, x[3]!, x[4] as Int32Array, x[5]), float32Only: true },
+    { name: 'adam_step unclipped, first step', inputs: [{ shape: [257] }, { shape: [257], amp: 0.01 }, { shape: [257], data: new Array(257).fill(0) }, { shape: [257], data: new Array(257).fill(0) }, { shape: [8], f32bits: [0.05, 0.8, 0.99, 1e-6, 0.2, 0.01, 0, 0] }], build: (g, [p, gr, m, v, c]) => g.adamStep(p!, gr!, m!, v!, c!), ref: (x) => R.adamStep(x[0]!, x[1]!, x[2]!, x[3]!, x[4] as Int32Array, undefined), float32Only: true },
+    { name: 'adam_step non-finite norm: nothing changes', inputs: [{ shape: [4, 9] }, { shape: [4, 9] }, { shape: [4, 9] }, { shape: [4, 9], positive: true, amp: 2e-5 }, { shape: [8], f32bits: [1e-3, 0.9, 0.999, 1e-8, 0.1, 0.001, 1, 0] }, { shape: [1], data: [NaN] }], build: (g, [p, gr, m, v, c, q]) => g.adamStep(p!, gr!, m!, v!, c!, q), ref: (x) => R.adamStep(x[0]!, x[1]!, x[2]!, x[3]!, x[4] as Int32Array, x[5]), float32Only: true },
   ];
   return [...cases, ...gpuCases()];
 }
