@@ -97,8 +97,9 @@ struct TensorView {
 //                A non-finite gsq leaves p, m, v as they were (the caller reports the step). Each
 //                element is read before it is written: the outputs may be p, m, v themselves
 //                (Program.run's `into`: the update in place, on the device)
-// Backward ops (vector-Jacobian products for lib/graph/autodiff.ts; gradients w.r.t. activations
-// only, weights are frozen; softmax / norm statistics are recomputed from the forward inputs):
+// Backward ops (vector-Jacobian products for lib/graph/autodiff.ts, w.r.t. activations; weight
+// gradients are built from the forward ops; softmax / norm statistics are recomputed from the
+// forward inputs):
 //   GELU_BACKWARD, QUICK_GELU_BACKWARD, SILU_BACKWARD   in: x, dy (same shape)   out: dx = dy·f'(x)
 //   GEGLU_BACKWARD  in: x[.., 2F], dy[.., F]   out: dx[.., 2F]
 //   UPSAMPLE2X_BACKWARD  in: dy[B, C, 2H, 2W]   out: [B, C, H, W], each 2x2 block summed
