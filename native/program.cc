@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 
 namespace idforge {
 
@@ -213,9 +214,13 @@ void Program::runOps(std::vector<OpTiming>* timings, const CancelFlag* cancel) {
   // host clock around each op.
   const bool onDevice = timings && be_->beginTimings(ops_.size() + 1);
   std::vector<int> timed;
+  // Once a run starts updating in place (an optimizer step writing its own inputs), it is not
+  // interrupted: a stop half-way would leave some parameters stepped and others not.
+  std::optional<CancelScope> committed;
   for (size_t i = 0; i < ops_.size(); i++) {
     if (skip_[i]) continue;
-    throwIfCancelled(cancel);
+    if (!committed && updatesInPlace(ops_[i].op)) committed.emplace(nullptr, false);
+    if (!committed) throwIfCancelled(cancel);
     if (onDevice) {
       be_->mark();
       timed.push_back(static_cast<int>(i));

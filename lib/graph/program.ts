@@ -27,7 +27,10 @@ export interface ProgramOptions {
 
 /** Per-run options of Program.run. */
 export interface RunOptions {
-  /** Aborts the run at its next native check (between ops and between chunks of long CPU ops). */
+  /**
+   * Aborts the run at its next native check (between ops and between chunks of long CPU ops);
+   * a run that has begun an in-place update (ADAM_STEP) finishes it instead of stopping half-way.
+   */
   signal?: AbortSignal | undefined;
   /** Called about every tickMs while the run is in flight with the fraction of its ops done. */
   onTick?: ((fraction: number) => void) | undefined;

@@ -374,7 +374,7 @@ export class EncoderTrainer implements Disposable {
    * to `clipNorm`, and Adam (step count + 1) applied in place to the weights on the device. A
    * non-finite loss changes nothing and throws E_NUMERIC.
    */
-  async trainStep(batch: TrainBatch, opts: AdamStepOptions, signal?: AbortSignal): Promise<TrainStepValues> {
+  async trainStep(batch: TrainBatch, opts: AdamStepOptions): Promise<TrainStepValues> {
     this.#check(batch);
     const { lr, clipNorm } = opts ?? ({} as AdamStepOptions);
     if (typeof lr !== 'number' || !(lr > 0) || !Number.isFinite(lr)) throw argErr(`lr must be a finite number > 0, got ${String(lr)}`);
@@ -388,7 +388,9 @@ export class EncoderTrainer implements Disposable {
       const ps = params.map((n) => this.#params.get(n)!);
       const state = params.flatMap((n) => [this.#m.get(n)!, this.#v.get(n)!]);
       const into = [undefined, undefined, undefined, undefined, ...params.flatMap((n) => [this.#params.get(n)!, this.#m.get(n)!, this.#v.get(n)!])];
-      const outs = await p.run([...inputs.slice(0, 6), ...ps, inputs[6]!, ...state], { into, ...(signal ? { signal } : {}) });
+      // No AbortSignal inside the step: with one, CPU ops split their work by timing and a step
+      // would not be bit-reproducible (resume must be); callers check theirs between steps.
+      const outs = await p.run([...inputs.slice(0, 6), ...ps, inputs[6]!, ...state], { into });
       const [loss, lossDiff, lossReg, gsq] = outs.slice(0, 4).map((o) => {
         using hst = toHost(o);
         return hst.toFloat32()[0]!;

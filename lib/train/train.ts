@@ -307,7 +307,8 @@ export async function trainEncoder(opts: TrainEncoderOptions): Promise<TrainResu
       const lrNow = warm > 0 ? lr * Math.min(1, (step + 1) / warm) : lr;
       // Forward, backward, clipping and Adam in one native call, in place on the device; a
       // non-finite loss leaves the weights as they were (E_NUMERIC) and the last checkpoint stands.
-      const v = await trainer.trainStep({ faces: facesT, prompts, latents, noise, timesteps }, { lr: lrNow, clipNorm: clip }, opts.signal);
+      // The signal is checked between steps (above).
+      const v = await trainer.trainStep({ faces: facesT, prompts, latents, noise, timesteps }, { lr: lrNow, clipNorm: clip });
       losses.push(v.loss);
       const done = step + 1;
       if (done % every === 0 || done === steps) writeCheckpoint(opts.out, done, fingerprint, cfg, trainer.hostWeights(), trainer.optimizerState());
