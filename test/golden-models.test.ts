@@ -129,22 +129,25 @@ for (const b of testBackends()) {
         t.ok(eLat <= TOL, `final_latents rel L2 ${eLat.toExponential(2)}`);
         const eImg = relL2(r.pixels.toFloat32(), g.f32('image'));
         t.ok(eImg <= TOL, `image rel L2 ${eImg.toExponential(2)}`);
-        const u8 = g.file.readBytes('image_u8_hwc');
-        const px = r.pixels.toFloat32();
-        const hw = 128 * 128;
-        let bad = 0;
-        for (let i = 0; i < hw; i++)
-          for (let c = 0; c < 3; c++) {
-            const ours = r.images[0]!.data[i * 3 + c]!;
-            const ref = u8[i * 3 + c]!;
-            if (ours === ref) continue;
-            const v = px[c * hw + i]! * 255;
-            // Allowed to differ by one only where the float sits within TOL (relative to the range) of
-            // a .5 boundary.
-            if (Math.abs(ours - ref) === 1 && Math.abs(v - Math.floor(v) - 0.5) <= 255 * TOL) continue;
-            bad++;
-          }
-        t.equal(bad, 0, 'uint8 image matches exactly (±1 on .5 boundaries)');
+        // The uint8 image where the floats agree to 1e-4 (float32): float16 rounding moves pixels by
+        // a level or two, which the float image's check above bounds.
+        if (b.dtype === 'float32') {
+          const u8 = g.file.readBytes('image_u8_hwc');
+          const px = r.pixels.toFloat32();
+          const hw = 128 * 128;
+          let bad = 0;
+          for (let i = 0; i < hw; i++)
+            for (let c = 0; c < 3; c++) {
+              const ours = r.images[0]!.data[i * 3 + c]!;
+              const ref = u8[i * 3 + c]!;
+              if (ours === ref) continue;
+              const v = px[c * hw + i]! * 255;
+              // Allowed to differ by one only where the float sits within 1e-4 (relative) of a .5 boundary.
+              if (Math.abs(ours - ref) === 1 && Math.abs(v - Math.floor(v) - 0.5) <= 255e-4) continue;
+              bad++;
+            }
+          t.equal(bad, 0, 'uint8 image matches exactly (±1 on .5 boundaries)');
+        }
         // Per-step latents: replay with the public pieces (text encoder, UNet, scheduler).
         using ctx = await engine.encodeText(['', 'a photo of the face of person, oil painting']);
         let lat = init.toFloat32();
