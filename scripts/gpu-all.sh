@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# The whole GPU check in one command, for a GPU machine with the CUDA toolkit, CMake and Python but
-# possibly no Node or npm: unpacks a carried node binary (.gpu/node.xz) when node is missing, builds
-# the addon with CUDA (sm_90 unless IDFORGE_CUDA_ARCHS says otherwise) straight through CMake
-# (node-addon-api and node-api-headers come from the carried node_modules), then runs
-#   0. with tap installed (npm's dev dependencies): the CUDA tests of `npm test` themselves
-#      (test/ops-cuda.test.ts: the op table on CUDA; cuda-streams.test.ts; cuda-native.test.ts and
-#      gpu-goldens.test.ts: 1-3 below without benchmarks). Without tap, the op table's CUDA mode cannot run: say so.
-#   1. scripts/gpu-check.sh          native checks (forced kernel paths, stream stress) + kernel benchmarks + torch SDPA
-#   2. scripts/gpu-engine-check.mjs  the tiny model on CUDA fp32/fp16 vs the goldens + SD 1.5 UNet bench
-# Results land in $OUT (default ./gpu-out); copy them into bench/results/.
+# The whole GPU run in one command (`npm run test:gpu`), for a machine with an NVIDIA GPU, the CUDA
+# toolkit and CMake; Node and npm optional (scripts/gpu-pack.sh carries what is needed):
+#   1. node from .gpu/node.xz when none is installed; node_modules from .gpu/modules.tar.xz when
+#      tap is not installed (the test runner, the addon's build headers);
+#   2. the addon with CUDA (sm_90 unless IDFORGE_CUDA_ARCHS says otherwise) straight through CMake;
+#   3. the tests: tap on every test file that runs something on CUDA (those using
+#      test/helpers/backends.ts or backends().cuda): the same test bodies CI runs on the CPU, here
+#      also on CUDA in float32 and float16, plus the op table's CUDA modes and the native checks.
+#      Not the whole `npm test`: the rest runs on the CPU only (and needs Redis, sharp, the face
+#      models, which a carried pack cannot hold); where npm is installed, `npm test` runs it all.
+#      `scripts/gpu-all.sh test/a.test.ts …` runs the files named instead;
+#   4. the benchmarks, scripts/gpu-bench.sh (SKIP_BENCH=1 skips them).
+# Results land in $OUT (default ./gpu-out): tests.txt, build.log and the benchmarks' files.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -19,8 +22,7 @@ if ! command -v node >/dev/null; then
   xz -dc .gpu/node.xz > /tmp/idforge-node/node && chmod +x /tmp/idforge-node/node
   export PATH=/tmp/idforge-node:$PATH
 fi
-# Carried node_modules subset (scripts/gpu-pack.sh makes it) when there is no npm here.
-if [ ! -d node_modules/node-addon-api ] && [ -f .gpu/modules.tar ]; then tar -xf .gpu/modules.tar; fi
+if [ ! -x node_modules/.bin/tap ] && [ -f .gpu/modules.tar.xz ]; then tar -xJf .gpu/modules.tar.xz; fi
 CUBLAS=$(find / -xdev \( -path /proc -o -path /sys \) -prune -o -name 'libcublas.so.*' -print 2>/dev/null | head -1)
 [ -n "$CUBLAS" ] && export LD_LIBRARY_PATH="$(dirname "$CUBLAS"):${LD_LIBRARY_PATH:-}"
 echo "== node $(node --version), cuBLAS ${CUBLAS:-not found}"
@@ -35,20 +37,17 @@ echo "built in $(( $(date +%s) - t0 )) s"
 
 rc=0
 if [ -x node_modules/.bin/tap ]; then
-  node_modules/.bin/tap --disable-coverage test/ops-cuda.test.ts test/cuda-streams.test.ts test/cuda-native.test.ts test/gpu-goldens.test.ts 2>&1 | tee "$OUT/tests.txt"
+  files=("$@")
+  [ ${#files[@]} -gt 0 ] || mapfile -t files < <(grep -l -e 'helpers/backends\.js' -e 'backends()\.cuda' test/*.test.ts)
+  echo "== tap ${files[*]}"
+  node_modules/.bin/tap --disable-coverage -j 4 "${files[@]}" 2>&1 | tee "$OUT/tests.txt"
   [ "${PIPESTATUS[0]}" = 0 ] || rc=1
 else
-  echo "== tap not installed: the op table's CUDA mode (test/ops-cuda.test.ts) is NOT run" | tee "$OUT/tests.txt"
+  echo "== FAIL: tap is not installed (npm ci, or carry .gpu/modules.tar.xz from scripts/gpu-pack.sh): no test ran" | tee "$OUT/tests.txt"
+  rc=1
 fi
-if [ "${SKIP_OPS:-0}" != 1 ]; then
-  bash scripts/gpu-check.sh "$@" || rc=1
-fi
-if [ "${SKIP_ENGINE:-0}" != 1 ]; then
-  node scripts/gpu-engine-check.mjs "${ENGINE_ARGS:-}" 2>&1 | tee "$OUT/engine-log.txt"
-  [ "${PIPESTATUS[0]}" = 0 ] || rc=1
-fi
-if [ "${SKIP_LEARN:-0}" != 1 ]; then
-  node scripts/gpu-learn-check.mjs "${LEARN_ARGS:-}" 2>&1 | tee "$OUT/learn-log.txt"
-  [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
+  [ -f dist/bench/cli.js ] || node node_modules/typescript/bin/tsc -p tsconfig.json
+  bash scripts/gpu-bench.sh || rc=1
 fi
 exit $rc

@@ -3,6 +3,7 @@ import t from 'tap';
 import { Engine } from '../lib/engine.js';
 import { memory } from '../lib/native.js';
 import { Tensor } from '../lib/tensor.js';
+import { testBackends } from './helpers/backends.js';
 import { TINY_SD, fixture } from './helpers/fixtures.js';
 
 // tap's deep equality formats whole typed arrays on failure and is slow on 49k elements: compare bytes.
@@ -159,17 +160,26 @@ t.test('engine behaviour', async (t) => {
   });
 });
 
-t.test('engine.learnIdentity runs SeFi-IDE and the identity generates', async (t) => {
-  const engine = await Engine.load(TINY_SD, { device: 'cpu' });
-  t.teardown(() => engine.dispose());
-  const steps: number[] = [];
-  const id = await engine.learnIdentity(fixture('faces/face-a.png'), { steps: 2, seed: 1, face: false, onProgress: (p) => steps.push(p.step) });
-  t.same(steps, [1, 2]);
-  t.same([id.stages, id.words, id.dim, id.method], [5, 1, 32, 'sefi-ide']);
-  const r = await engine.generate({ ...base, prompt: 'a photo of <id>', identity: id });
-  t.equal(r.images.length, 1);
-  r.latents.dispose(); r.pixels.dispose();
-});
+// On every test backend (test/helpers/backends.ts); float16 engines refuse to learn.
+for (const b of testBackends()) {
+  t.test(`engine.learnIdentity runs SeFi-IDE and the identity generates on ${b.name}`, { skip: b.skip }, async (t) => {
+    const engine = await Engine.load(TINY_SD, { device: b.device, dtype: b.dtype });
+    t.teardown(() => engine.dispose());
+    if (b.dtype === 'float16') {
+      await t.rejects(engine.learnIdentity(fixture('faces/face-a.png'), { steps: 2, face: false }), { code: 'E_ARGUMENT', message: /float32/ });
+      return;
+    }
+    const steps: number[] = [];
+    const losses: number[] = [];
+    const id = await engine.learnIdentity(fixture('faces/face-a.png'), { steps: 2, seed: 1, face: false, onProgress: (p) => { steps.push(p.step); losses.push(p.loss); } });
+    t.same(steps, [1, 2]);
+    t.ok(losses.every(Number.isFinite) && [...id.kData].every(Number.isFinite), `finite losses (${losses.join(', ')}) and words`);
+    t.same([id.stages, id.words, id.dim, id.method], [5, 1, 32, 'sefi-ide']);
+    const r = await engine.generate({ ...base, prompt: 'a photo of <id>', identity: id });
+    t.equal(r.images.length, 1);
+    r.latents.dispose(); r.pixels.dispose();
+  });
+}
 
 t.test('an abort while the weights are still loading stops generate()', async (t) => {
   const e = await Engine.load(TINY_SD, { device: 'cpu' });

@@ -4,53 +4,41 @@ import * as path from 'node:path';
 import t from 'tap';
 import { IdEncoder, parseIdEncoderConfig } from '../lib/identity/encoder.js';
 import { Identity } from '../lib/identity/identity.js';
-import { backends } from '../lib/native.js';
 import { Tensor } from '../lib/tensor.js';
+import { testBackends } from './helpers/backends.js';
 import { GoldenFile, TINY_ID, fixture } from './helpers/fixtures.js';
 import { relL2 } from './helpers/metrics.js';
 
-t.test('golden: image → tap features and words (CPU float32)', async (t) => {
-  const g = new GoldenFile('id_encoder');
-  const enc = await IdEncoder.load(TINY_ID, { device: 'cpu' });
-  t.teardown(() => { enc.dispose(); g.close(); });
-  const img = g.tensor('image');
-  const f = await enc.encodeFeatures(img);
-  const eTap = relL2(f.taps, g.f32('tap_features'));
-  const eWord = relL2(f.words, g.f32('words'));
-  t.comment(`rel L2: taps ${eTap.toExponential(2)}, words ${eWord.toExponential(2)}`);
-  t.ok(eTap <= 1e-4, `tap_features rel L2 ${eTap}`);
-  t.ok(eWord <= 1e-4, `words rel L2 ${eWord}`);
-  t.equal(f.batch, 2);
-  // one batch element at a time gives the same words (a second program, batch 1)
-  const one = Tensor.from(g.f32('image').subarray(0, 3 * 112 * 112), [1, 3, 112, 112]);
-  const f1 = await enc.encodeFeatures(one);
-  t.ok(relL2(f1.words, g.f32('words').subarray(0, 4 * 32)) <= 1e-4, 'batch-1 program agrees');
-  const ids = await enc.encode(img);
-  t.equal(ids.length, 2);
-  t.ok(ids[0] instanceof Identity);
-  t.same([ids[0]!.stages, ids[0]!.words, ids[0]!.dim, ids[0]!.method], [1, 4, 32, 'dreamidentity']);
-  t.ok(ids[0]!.kvShared);
-  t.ok(relL2(ids[1]!.kFlat(0), g.f32('words').subarray(4 * 32)) <= 1e-4);
-  one.dispose();
-  img.dispose();
-});
-
-const cuda = backends().cuda;
-t.test('golden on CUDA (float32 and float16)', { skip: cuda.available ? false : `no CUDA: ${cuda.reason ?? 'not compiled'}` }, async (t) => {
-  const g = new GoldenFile('id_encoder');
-  t.teardown(() => g.close());
-  for (const [dtype, tol] of [['float32', 1e-4], ['float16', 2e-2]] as const) {
-    const enc = await IdEncoder.load(TINY_ID, { device: 'cuda', dtype });
+// On every test backend (test/helpers/backends.ts): the CPU, and CUDA in float32 and float16 where
+// a GPU is usable.
+for (const b of testBackends()) {
+  t.test(`golden: image → tap features and words on ${b.name}`, { skip: b.skip }, async (t) => {
+    const TOL = b.tol.golden;
+    const g = new GoldenFile('id_encoder');
+    const enc = await IdEncoder.load(TINY_ID, { device: b.device, dtype: b.dtype });
+    t.teardown(() => { enc.dispose(); g.close(); });
     const img = g.tensor('image'); // host float32: encodeFeatures moves it
     const f = await enc.encodeFeatures(img);
     const eTap = relL2(f.taps, g.f32('tap_features'));
     const eWord = relL2(f.words, g.f32('words'));
-    t.comment(`cuda ${dtype}: rel L2 taps ${eTap.toExponential(2)}, words ${eWord.toExponential(2)}`);
-    t.ok(eTap <= tol && eWord <= tol, `cuda ${dtype} within ${tol}`);
+    t.comment(`rel L2: taps ${eTap.toExponential(2)}, words ${eWord.toExponential(2)}`);
+    t.ok(eTap <= TOL, `tap_features rel L2 ${eTap}`);
+    t.ok(eWord <= TOL, `words rel L2 ${eWord}`);
+    t.equal(f.batch, 2);
+    // one batch element at a time gives the same words (a second program, batch 1)
+    const one = Tensor.from(g.f32('image').subarray(0, 3 * 112 * 112), [1, 3, 112, 112]);
+    const f1 = await enc.encodeFeatures(one);
+    t.ok(relL2(f1.words, g.f32('words').subarray(0, 4 * 32)) <= TOL, 'batch-1 program agrees');
+    const ids = await enc.encode(img);
+    t.equal(ids.length, 2);
+    t.ok(ids[0] instanceof Identity);
+    t.same([ids[0]!.stages, ids[0]!.words, ids[0]!.dim, ids[0]!.method], [1, 4, 32, 'dreamidentity']);
+    t.ok(ids[0]!.kvShared);
+    t.ok(relL2(ids[1]!.kFlat(0), g.f32('words').subarray(4 * 32)) <= TOL);
+    one.dispose();
     img.dispose();
-    enc.dispose();
-  }
-});
+  });
+}
 
 const FACES = fixture('faces');
 const LANDMARKS = JSON.parse(fs.readFileSync(`${FACES}/landmarks.json`, 'utf8')) as Record<string, [number, number][]>;

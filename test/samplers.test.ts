@@ -10,9 +10,9 @@ import { Program } from '../lib/graph/program.js';
 import { coefficientTensor } from '../lib/sampling.js';
 import { DDIMScheduler } from '../lib/sched/ddim.js';
 import { COEFFICIENTS } from '../lib/sched/sampler.js';
-import { backends } from '../lib/native.js';
 import { makeSampler } from '../lib/sched/samplers.js';
 import { Tensor } from '../lib/tensor.js';
+import { testBackends } from './helpers/backends.js';
 import { GoldenFile, TINY_SD } from './helpers/fixtures.js';
 import { relL2 } from './helpers/metrics.js';
 
@@ -24,7 +24,6 @@ const NAMES: Record<string, 'dpmpp-2m' | 'dpmpp-2m-karras' | 'euler' | 'euler-a'
   dpmpp2m: 'dpmpp-2m', dpmpp2m_karras: 'dpmpp-2m-karras', euler: 'euler', euler_a: 'euler-a',
 };
 const PROMPT = 'a photo of the face of person'; // tokenizer.json case 1; case 0 ("") is the negative
-const TOL = 1e-4;
 const g = new GoldenFile('samplers');
 t.teardown(() => g.close());
 
@@ -83,10 +82,11 @@ t.test('a timestep_spacing the config names is used; without one DPM-Solver and 
   t.equal(engine.scheduler.config.timestepSpacing, 'leading', 'DDIM keeps its own default');
 });
 
-const devices: ('cpu' | 'cuda')[] = ['cpu', ...(backends().cuda.available ? (['cuda'] as const) : [])];
-for (const device of devices) {
-  t.test(`goldens through generate() on ${device}`, async (t) => {
-    const engine = await Engine.load(TINY_SD, { device, dtype: 'float32' });
+// On every test backend (test/helpers/backends.ts).
+for (const b of testBackends()) {
+  t.test(`goldens through generate() on ${b.name}`, { skip: b.skip }, async (t) => {
+    const TOL = b.tol.golden;
+    const engine = await Engine.load(TINY_SD, { device: b.device, dtype: b.dtype });
     t.teardown(() => engine.dispose());
     using init = g.tensor('init_latents');
     for (const [gname, run] of Object.entries(cases.samplers.runs)) {

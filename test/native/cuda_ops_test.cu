@@ -3,8 +3,9 @@
 // plus attention benchmarks (fused vs unfused cuBLAS baseline). Every op's own cases are the op
 // table's (test/helpers/opcases.ts, run on CUDA by test/ops-cuda.test.ts).
 // Inputs are random and never zero; outputs are poisoned with NaN before each run so an
-// unwritten element fails. Built and run by scripts/gpu-check.sh; on a machine without a GPU it
-// prints cudaInfo()'s reason and exits 0.
+// unwritten element fails. Built and run by scripts/cuda-ops-test.sh (for test/cuda-native.test.ts;
+// with --bench for scripts/gpu-bench.sh); on a machine without a GPU it prints cudaInfo()'s reason
+// and exits 0.
 //
 //   cuda_ops_test [--json out.json] [--bench] [--only substring]
 #include <cuda_fp16.h>
