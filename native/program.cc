@@ -20,6 +20,17 @@ bool envFlag(const char* name, int* v) {
   return true;
 }
 
+// IDFORGE_POISON=1 (a debug switch, read once): CPU runs start with every output and the whole
+// arena set to NaN (all bits set), so an element a kernel forgets to write comes out non-finite
+// instead of holding a stale, plausible value. The op table's CPU modes set it.
+bool poisonOn() {
+  static const bool on = [] {
+    int v = 0;
+    return envFlag("IDFORGE_POISON", &v) && v == 1;
+  }();
+  return on;
+}
+
 }  // namespace
 
 Program::Program(Backend* be, std::vector<ValueDesc> values,
@@ -286,6 +297,11 @@ std::vector<std::shared_ptr<NTensor>> Program::run(const std::vector<std::shared
           t->storage = std::make_shared<Storage>(be_, t->bytes());
           live_[id] = t;
         }
+      if (be_->device() == Device::CPU && poisonOn()) {
+        for (int id : outputs_)
+          if (producer_[id] >= 0) std::memset(live_[id]->storage->data, 0xff, live_[id]->bytes());
+        if (arena_) std::memset(arena_->data, 0xff, arenaBytes_);
+      }
       for (const Slot& s : dynamic_)
         (s.isOut ? out_ : in_)[s.op][s.index].data = live_[s.value]->storage->data;
     }

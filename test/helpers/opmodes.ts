@@ -1,13 +1,15 @@
 // The modes that run the op table (test/helpers/opcases.ts): forward against the float64
 // reference, gradients against finite differences, and the gradient graph on any backend (the
 // CUDA mode compares it with the CPU's).
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import path from 'node:path';
+import { IdforgeError } from '../../lib/errors.js';
 import { grad } from '../../lib/graph/autodiff.js';
 import type { Graph, Value } from '../../lib/graph/graph.js';
 import { Program, type BackendSpec } from '../../lib/graph/program.js';
 import { numel } from '../../lib/tensor.js';
-import { caseGraph, makeInputs, roundHalf, runCase, runOn, type InputSpec, type OpCase } from './opcases.js';
-import { relL2 } from './metrics.js';
+import { caseGraph, makeInputs, roundHalf, runCase, runOn, type InputSpec, type OpCase } from './opcase.js';
 import { rand, rng } from './random.js';
 
 export interface Check {
@@ -18,17 +20,77 @@ export interface Check {
 /** Every op of native/backend.h (lower case), read from its op list. */
 export const OP_NAMES: string[] = [...fs.readFileSync(new URL('../../native/backend.h', import.meta.url), 'utf8').matchAll(/^\s+X\((\w+)\)/gm)].map((m) => m[1]!.toLowerCase());
 
-/** The case's outputs on `be` against its float64 reference. */
+/**
+ * The forward mode in a child process (test/helpers/ops-forward.ts) on the default addon or the
+ * one `addon` names: one assertion per check, plus the child's exit status.
+ */
+export function forwardInChild(t: { ok(ok: boolean, msg: string): unknown; equal(a: unknown, b: unknown, msg: string): unknown }, o: { addon?: string; which: 'all' | 'cpu' }): void {
+  const env: NodeJS.ProcessEnv = { ...process.env, IDFORGE_POISON: '1' };
+  delete env['NODE_V8_COVERAGE'];  // the child's loops run uninstrumented
+  if (o.addon) env['IDFORGE_ADDON'] = o.addon;
+  const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
+  const r = spawnSync(process.execPath, ['--import=@tapjs/typescript/import', 'test/helpers/ops-forward.ts', ...(o.which === 'cpu' ? ['--cpu'] : [])], { cwd: root, env, encoding: 'utf8', maxBuffer: 64 << 20 });
+  const lines = (r.stdout ?? '').split('\n').filter((l) => /^(ok|FAIL) /.test(l));
+  for (const l of lines) t.ok(l.startsWith('ok '), l.replace(/^(ok|FAIL) /, ''));
+  t.ok(lines.length > 250, `${lines.length} checks ran`);
+  t.equal(r.status, 0, `child exit status (stderr tail: ${(r.stderr ?? '').slice(-2000)})`);
+}
+
+/** Seeded distinct-enough indices of an output of n elements: the first, the last and count − 2 random ones. */
+export function sampleIndices(n: number, count: number, seed: number): number[] {
+  const r = rng(seed);
+  return n <= count ? Array.from({ length: n }, (_, i) => i) : [0, n - 1, ...Array.from({ length: count - 2 }, () => Math.floor(r() * n))];
+}
+
+/**
+ * The case's outputs on `be` against its float64 reference (at sampled indices where the case says
+ * so), or the typed error it must raise. Every output element must be finite except where the
+ * reference is NaN / ±inf, and there it must be the same value: with IDFORGE_POISON=1 an element
+ * no kernel wrote is NaN and fails.
+ */
 export async function checkForward(c: OpCase, be: BackendSpec): Promise<Check[]> {
+  if (c.error) return [await checkError(c, be)];
   const out = await runCase(c, be);
-  const ref = c.ref!(makeInputs(c, 1));
+  const x = makeInputs(c, 1);
+  const full = c.samples && c.refAt ? undefined : c.ref!(x);
   const tol = c.tol ?? 1e-5;
   return out.map((o, i) => {
-    const e = relL2(o, ref[i]!);
-    let finite = true;
-    for (const v of o) if (!Number.isFinite(v)) finite = false;
-    return { ok: finite && o.length === ref[i]!.length && e <= tol, msg: `${c.name} output ${i}: rel L2 ${e.toExponential(2)} vs float64 (≤ ${tol})${finite ? '' : ', non-finite values'}` };
+    const idx = full ? undefined : sampleIndices(o.length, c.samples!, 100 + i);
+    const ref = full ? full[i]! : c.refAt!(x, i, idx!);
+    // Non-finite outputs where the reference is finite, or not the reference's special value.
+    let wrong = 0;
+    for (let k = 0; k < o.length; k++) {
+      const v = o[k]!;
+      if (v - v !== 0 && (idx || !Object.is(v, ref[k]))) wrong++;
+    }
+    // relative L2 over the indices whose reference is finite
+    let num = 0, den = 0;
+    const n = idx ? idx.length : o.length;
+    for (let k = 0; k < n && ref.length === n; k++) {
+      const r = ref[k]!, v = o[idx ? idx[k]! : k]!;
+      if (r - r !== 0) {
+        if (v - v === 0) wrong++;  // the reference's NaN / inf came out finite
+        continue;
+      }
+      const d = v - r;
+      num += d * d;
+      den += r * r;
+    }
+    const e = ref.length !== n || Number.isNaN(num) ? NaN : Math.sqrt(den ? num / den : num);
+    const what = idx ? `${n} sampled of ${o.length}` : `${o.length}`;
+    return { ok: wrong === 0 && e <= tol, msg: `${c.name} output ${i}: rel L2 ${e.toExponential(2)} vs float64 over ${what} (≤ ${tol})${wrong ? `, ${wrong} wrong non-finite values` : ''}` };
   });
+}
+
+/** Building, compiling or running the case throws IdforgeError with the case's code. */
+async function checkError(c: OpCase, be: BackendSpec): Promise<Check> {
+  try {
+    await runCase(c, be);
+    return { ok: false, msg: `${c.name}: no error` };
+  } catch (e) {
+    const code = e instanceof IdforgeError ? e.code : `untyped ${(e as Error).name}`;
+    return { ok: code === c.error, msg: `${c.name}: ${code}: ${(e as Error).message.split('\n')[0]}` };
+  }
 }
 
 /**
