@@ -13,7 +13,6 @@
 // Adding an op: its builder (lib/graph/graph.ts), cases here, the CPU op, the CUDA kernel and the
 // autodiff rule. The CUDA kernel paths that only a native call can force (and the stream stress)
 // keep their own checks (cuda_ops_test.cu).
-import { numel } from '../../lib/tensor.js';
 import type { OpCase, InputSpec } from './opcase.js';
 import { attentionCase, binaryCase, convCase, gegluCase, groupNormCase, ids, layerNormCase, linearCase, matmulCase, rawCase, S, unaryCase } from './opfamilies.js';
 import { pathCases } from './opcases-paths.js';
