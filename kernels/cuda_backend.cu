@@ -466,6 +466,7 @@ class CudaBackend : public Backend {
       case OpCode::EMBEDDING:
       case OpCode::INJECT: return opMisc(op, a, in, out);
       case OpCode::SAMPLER_STEP: return opSamplerStep(a, in, out);
+      case OpCode::ADAM_STEP: return opAdamStep(a, in, out);
       case OpCode::GELU_BACKWARD:
       case OpCode::QUICK_GELU_BACKWARD:
       case OpCode::SILU_BACKWARD:

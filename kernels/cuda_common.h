@@ -149,6 +149,7 @@ void opBinary(OpCode, const OpAttrs&, const std::vector<TensorView>&, const std:
 void opLayout(OpCode, const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
 void opMisc(OpCode, const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
 void opSamplerStep(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
+void opAdamStep(const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
 // Backward ops (vector-Jacobian products), each next to its forward family.
 void opActivationBackward(OpCode, const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);
 void opLayoutBackward(OpCode, const OpAttrs&, const std::vector<TensorView>&, const std::vector<TensorView>&);

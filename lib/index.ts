@@ -20,7 +20,7 @@ export { bench, type BenchOptions, type BenchReport } from './bench/index.js';
 export { SEFI_TEMPLATES, IdentityLearner } from './learn/learn.js';
 export { ClipScorer, cosine, clipScore, type ClipLoadOptions, type ClipScore } from './clip/index.js';
 export { evaluate, writeReport, DEFAULT_PROMPTS, type EvaluateOptions, type EvalResult, type ReportFiles } from './eval/index.js';
-export { EncoderTrainer, type EncoderTrainerOptions, type TrainBatch, type TrainScope, type LossAndGrads } from './train/encoder-trainer.js';
+export { EncoderTrainer, type EncoderTrainerOptions, type TrainBatch, type TrainScope, type LossAndGrads, type AdamStepOptions, type TrainStepValues, type OptimizerState } from './train/encoder-trainer.js';
 export { trainEncoder, RECONSTRUCTION_TEMPLATES, type TrainEncoderOptions, type TrainProgress, type TrainResult } from './train/train.js';
 export { buildEditDataset, engineGenerator, type BuildEditDatasetOptions, type DatasetRow, type ImageGenerator } from './train/dataset.js';
 export { Adam } from './train/adam.js';

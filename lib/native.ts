@@ -53,8 +53,11 @@ export interface NativeProgram {
   readonly intermediateBytes: number;
   /** Fraction of the running (or last) run's ops done. */
   readonly progress: number;
-  /** `cancel`: a token whose cancel() stops the run at its next check (E_ABORTED). */
-  run(inputs: NativeTensor[], profile?: boolean, cancel?: NativeCancel): Promise<{ outputs: NativeTensor[]; timings?: OpTiming[] }>;
+  /**
+   * `cancel`: a token whose cancel() stops the run at its next check (E_ABORTED). `into`: per
+   * output, a tensor to write it to (undefined: a fresh one); see Program.run.
+   */
+  run(inputs: NativeTensor[], profile?: boolean, cancel?: NativeCancel, into?: (NativeTensor | undefined)[]): Promise<{ outputs: NativeTensor[]; timings?: OpTiming[] }>;
   dispose(): void;
 }
 

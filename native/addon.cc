@@ -432,9 +432,9 @@ class CancelWrap : public Napi::ObjectWrap<CancelWrap> {
 class RunWorker : public Napi::AsyncWorker {
  public:
   RunWorker(Napi::Env env, std::shared_ptr<Program> p, std::vector<std::shared_ptr<NTensor>> in, bool profile,
-            std::shared_ptr<CancelFlag> cancel)
+            std::shared_ptr<CancelFlag> cancel, std::vector<std::shared_ptr<NTensor>> into)
       : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), prog_(std::move(p)),
-        in_(std::move(in)), profile_(profile), fine_(cancel != nullptr),
+        in_(std::move(in)), into_(std::move(into)), profile_(profile), fine_(cancel != nullptr),
         cancel_(cancel ? std::move(cancel) : std::make_shared<CancelFlag>(false)) {
     AddonData& d = data(env);
     std::lock_guard<std::mutex> lock(d.mu);
@@ -455,7 +455,7 @@ class RunWorker : public Napi::AsyncWorker {
     try {
       // Every run is cancelled at its environment's teardown; only a caller's token asks for
       // fine-grained checks inside CPU ops (cancel.h).
-      out_ = prog_->run(in_, profile_ ? &timings_ : nullptr, cancel_.get(), fine_);
+      out_ = prog_->run(in_, profile_ ? &timings_ : nullptr, cancel_.get(), fine_, into_.empty() ? nullptr : &into_);
     } catch (const Error& e) {
       fail(e.code(), e.what());
     } catch (const std::bad_alloc&) {
@@ -464,6 +464,7 @@ class RunWorker : public Napi::AsyncWorker {
       fail("E_INTERNAL", e.what());
     }
     in_.clear();
+    into_.clear();
   }
   void OnOK() override {
     Napi::Env env = Env();
@@ -517,7 +518,7 @@ class RunWorker : public Napi::AsyncWorker {
  private:
   Napi::Promise::Deferred deferred_;
   std::shared_ptr<Program> prog_;
-  std::vector<std::shared_ptr<NTensor>> in_, out_;
+  std::vector<std::shared_ptr<NTensor>> in_, into_, out_;
   std::vector<OpTiming> timings_;
   bool profile_, fine_;
   std::shared_ptr<CancelFlag> cancel_;
@@ -538,7 +539,17 @@ Napi::Value ProgramWrap::Run(const Napi::CallbackInfo& info) {
     for (uint32_t i = 0; i < a.Length(); i++) in.push_back(TensorWrap::From(a.Get(i), "program input"));
     bool profile = info.Length() > 1 && info[1].ToBoolean().Value();
     auto cancel = info.Length() > 2 ? CancelWrap::From(info[2]) : nullptr;
-    auto* w = new RunWorker(env, prog, std::move(in), profile, std::move(cancel));
+    // into: an array with a tensor (or undefined) per output, the buffers those outputs go to.
+    std::vector<std::shared_ptr<NTensor>> into;
+    if (info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsNull()) {
+      if (!info[3].IsArray()) throw Error("E_ARGUMENT", "program.run's `into` must be an array");
+      auto b = info[3].As<Napi::Array>();
+      for (uint32_t i = 0; i < b.Length(); i++) {
+        Napi::Value v = b.Get(i);
+        into.push_back(v.IsUndefined() || v.IsNull() ? nullptr : TensorWrap::From(v, "program `into` tensor"));
+      }
+    }
+    auto* w = new RunWorker(env, prog, std::move(in), profile, std::move(cancel), std::move(into));
     Napi::Promise p = w->promise();
     w->Queue();
     return p;

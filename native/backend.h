@@ -89,8 +89,17 @@ struct TensorView {
 //                out: x' = px·x + p0·x0 + pe·m + pp·state + pn·noise, state' = x0, in' = next_in·x'
 //                with x0 = cx·x + ce·m, clamped to ±clip when clip > 0: one step of any sampler
 //                (lib/sched/sampler.ts computes the coefficients), in' the next UNet input
-// Backward ops (vector-Jacobian products for lib/graph/autodiff.ts; gradients w.r.t. activations
-// only, weights are frozen; softmax / norm statistics are recomputed from the forward inputs):
+//   ADAM_STEP    in: p, g, m, v (float32, one shape), c[8] (I32: the bits of 8 float32
+//                coefficients, AdamCoefs below), gsq?[1] (Σ g² over every parameter of the step)
+//                out: p', m', v': one Adam step (lib/train/adam.ts) with g scaled by
+//                s = min(1, clip/√gsq) when clip > 0 and gsq is given (global-norm clipping), else 1:
+//                m' = β1·m + (1−β1)·s·g, v' = β2·v + (1−β2)·(s·g)², p' = p − lr·(m'/c1)/(√(v'/c2) + ε).
+//                A non-finite gsq leaves p, m, v as they were (the caller reports the step). Each
+//                element is read before it is written: the outputs may be p, m, v themselves
+//                (Program.run's `into`: the update in place, on the device)
+// Backward ops (vector-Jacobian products for lib/graph/autodiff.ts, w.r.t. activations; weight
+// gradients are built from the forward ops; softmax / norm statistics are recomputed from the
+// forward inputs):
 //   GELU_BACKWARD, QUICK_GELU_BACKWARD, SILU_BACKWARD   in: x, dy (same shape)   out: dx = dy·f'(x)
 //   GEGLU_BACKWARD  in: x[.., 2F], dy[.., F]   out: dx[.., 2F]
 //   UPSAMPLE2X_BACKWARD  in: dy[B, C, 2H, 2W]   out: [B, C, H, W], each 2x2 block summed
@@ -128,6 +137,7 @@ struct TensorView {
   X(INJECT)            \
   X(CFG)               \
   X(SAMPLER_STEP)      \
+  X(ADAM_STEP)         \
   X(GELU_BACKWARD)     \
   X(QUICK_GELU_BACKWARD) \
   X(SILU_BACKWARD)     \
@@ -173,6 +183,19 @@ struct SamplerCoefs {
 };
 constexpr int64_t kSamplerCoefs = sizeof(SamplerCoefs) / sizeof(float);
 static_assert(kSamplerCoefs == 9, "SamplerCoefs is 9 packed floats");
+
+// ADAM_STEP's coefficient input, in order (the layout of lib/train/adam.ts adamCoefficients):
+// c1 = 1 − β1^t and c2 = 1 − β2^t are the bias corrections of step t; clip ≤ 0 turns clipping off.
+struct AdamCoefs {
+  float lr, beta1, beta2, eps, c1, c2, clip, reserved;
+};
+constexpr int64_t kAdamCoefs = sizeof(AdamCoefs) / sizeof(float);
+static_assert(kAdamCoefs == 8, "AdamCoefs is 8 packed floats");
+
+// Ops whose every output element depends only on the same element of their inputs and is
+// written after those are read (ADAM_STEP): Program.run may hand them an input as an output
+// buffer (an update in place).
+inline bool updatesInPlace(OpCode op) { return op == OpCode::ADAM_STEP; }
 
 class Backend {
  public:

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 
 namespace idforge {
 
@@ -224,9 +225,13 @@ void Program::runOps(std::vector<OpTiming>* timings, const CancelFlag* cancel) {
   // host clock around each op.
   const bool onDevice = timings && be_->beginTimings(ops_.size() + 1);
   std::vector<int> timed;
+  // Once a run starts updating in place (an optimizer step writing its own inputs), it is not
+  // interrupted: a stop half-way would leave some parameters stepped and others not.
+  std::optional<CancelScope> committed;
   for (size_t i = 0; i < ops_.size(); i++) {
     if (skip_[i]) continue;
-    throwIfCancelled(cancel);
+    if (!committed && updatesInPlace(ops_[i].op)) committed.emplace(nullptr, false);
+    if (!committed) throwIfCancelled(cancel);
     if (onDevice) {
       be_->mark();
       timed.push_back(static_cast<int>(i));
@@ -247,9 +252,39 @@ void Program::runOps(std::vector<OpTiming>* timings, const CancelFlag* cancel) {
   }
 }
 
+// The rules of run()'s `into`: one entry per output, each on this device with the output's shape
+// and dtype, computed by an op (not an input or a constant), no storage twice; an input's storage
+// only when the output's op updates in place and nothing reads that input after it.
+void Program::checkInto(const std::vector<std::shared_ptr<NTensor>>& inputs,
+                        const std::vector<std::shared_ptr<NTensor>>& into) const {
+  if (into.size() != outputs_.size())
+    throw Error("E_ARGUMENT", "program.run: `into` has " + std::to_string(into.size()) + " entries, the program has " +
+                                  std::to_string(outputs_.size()) + " outputs");
+  for (size_t k = 0; k < into.size(); k++) {
+    const auto& t = into[k];
+    if (!t) continue;
+    const int id = outputs_[k];
+    const std::string what = "program.run: `into` entry " + std::to_string(k);
+    if (t->device() != be_->device()) throw Error("E_ARGUMENT", what + " is on " + deviceName(t->device()) + ", the program runs on " + deviceName(be_->device()));
+    if (t->shape != values_[id].shape || t->dtype != values_[id].dtype)
+      throw Error("E_SHAPE", what + " is " + shapeStr(t->shape) + " " + dtypeName(t->dtype) + ", the output is " +
+                                 shapeStr(values_[id].shape) + " " + dtypeName(values_[id].dtype));
+    if (producer_[id] < 0) throw Error("E_ARGUMENT", what + ": that output is an input or a constant of the program");
+    for (size_t j = 0; j < k; j++)
+      if (into[j] && into[j]->storage == t->storage) throw Error("E_ARGUMENT", what + " is also entry " + std::to_string(j));
+    for (size_t i = 0; i < inputs.size(); i++) {
+      if (inputs[i]->storage != t->storage) continue;
+      const int op = producer_[id];
+      if (!updatesInPlace(ops_[op].op) || lastUse_[inputs_[i]] > op)
+        throw Error("E_ARGUMENT", what + " is input " + std::to_string(i) + ", which " + opName(ops_[op].op) +
+                                      " cannot update in place" + (updatesInPlace(ops_[op].op) ? " (a later op reads it)" : ""));
+    }
+  }
+}
+
 std::vector<std::shared_ptr<NTensor>> Program::run(const std::vector<std::shared_ptr<NTensor>>& inputs,
                                                    std::vector<OpTiming>* timings, const CancelFlag* cancel,
-                                                   bool fine) {
+                                                   bool fine, const std::vector<std::shared_ptr<NTensor>>* into) {
   std::lock_guard<std::mutex> lock(mu_);
   throwIfCancelled(cancel);  // aborted while waiting for the program's lock
   CancelScope scope(cancel, fine);  // the CPU pool checks it per chunk
@@ -267,13 +302,19 @@ std::vector<std::shared_ptr<NTensor>> Program::run(const std::vector<std::shared
       throw Error("E_SHAPE", "program input " + std::to_string(i) + " is " + shapeStr(t->shape) + " " +
                                  dtypeName(t->dtype) + ", expected " + shapeStr(d.shape) + " " + dtypeName(d.dtype));
   }
+  if (into) checkInto(inputs, *into);
   // Inputs made on another stream (e.g. a tensor of another engine, still being uploaded): their
   // stream finishes first. The run itself ends with a synchronisation of this program's stream,
   // so nothing of it is pending when those tensors are released to their own stream's pool.
-  for (const auto& t : inputs) {
+  auto drainOther = [&](const std::shared_ptr<NTensor>& t) {
     const void* q = t->storage->backend->queue();
     if (q && q != be_->queue()) t->storage->backend->drain();
-  }
+  };
+  for (const auto& t : inputs) drainOther(t);
+  if (into)
+    for (const auto& t : *into)
+      if (t) drainOther(t);
+  auto intoOf = [&](size_t k) { return into && (*into)[k] ? (*into)[k] : nullptr; };
   if (!prepared_) prepare();
   char* base = arena_ ? static_cast<char*>(arena_->data) : nullptr;
   auto arenaView = [&](int id) { return TensorView{base + offset_[id], values_[id].dtype, values_[id].shape}; };
@@ -289,6 +330,8 @@ std::vector<std::shared_ptr<NTensor>> Program::run(const std::vector<std::shared
       for (size_t i = 0; i < inputs.size(); i++)
         if (offset_[inputs_[i]] >= 0) be_->run(OpCode::RESHAPE, OpAttrs{}, {inputs[i]->view()}, {arenaView(inputs_[i])});
     } else {
+      for (size_t k = 0; k < outputs_.size(); k++)
+        if (auto t = intoOf(k)) live_[outputs_[k]] = t;
       for (int id : outputs_)
         if (producer_[id] >= 0 && !live_[id]) {
           auto t = std::make_shared<NTensor>();
@@ -334,17 +377,21 @@ std::vector<std::shared_ptr<NTensor>> Program::run(const std::vector<std::shared
     } else {
       runOps(timings, cancel);
     }
-    for (int id : outputs_) {
+    for (size_t k = 0; k < outputs_.size(); k++) {
+      const int id = outputs_[k];
       if (consts_[id]) {
         result.push_back(consts_[id]);
       } else if (producer_[id] == -3 || !graphMode_) {
         result.push_back(live_[id]);
       } else {
-        // Graph mode: outputs live in the arena; hand JS a fresh copy.
-        auto t = std::make_shared<NTensor>();
-        t->dtype = values_[id].dtype;
-        t->shape = values_[id].shape;
-        t->storage = std::make_shared<Storage>(be_, t->bytes());
+        // Graph mode: outputs live in the arena; hand JS a copy (into the caller's tensor if given).
+        auto t = intoOf(k);
+        if (!t) {
+          t = std::make_shared<NTensor>();
+          t->dtype = values_[id].dtype;
+          t->shape = values_[id].shape;
+          t->storage = std::make_shared<Storage>(be_, t->bytes());
+        }
         be_->run(OpCode::RESHAPE, OpAttrs{}, {arenaView(id)}, {t->view()});
         result.push_back(t);
       }

@@ -47,11 +47,16 @@ class Program {
   // events between ops on CUDA, by a synchronised host clock on the CPU.
   // `cancel` (may be null): checked before every op (on CUDA: before every launch; a replayed
   // graph is one launch) and, on the CPU, before every parallel chunk of an op; when set, the run
-  // stops with Error("E_ABORTED") and its outputs are freed. `fine`: the CPU pool also sub-splits
+  // stops with Error("E_ABORTED") and its outputs are freed. From the first op that updates in
+  // place (updatesInPlace) on, the run is no longer interrupted: it finishes its update. `fine`: the CPU pool also sub-splits
   // its chunks to check more often (see cancel.h; for a caller's AbortSignal).
+  // `into` (may be null; else one entry per output, null for a fresh tensor): tensors the outputs
+  // are written to, returned as those outputs. One may be an input of the run only when the op
+  // computing that output updates in place (updatesInPlace, backend.h) and reads the input last.
   std::vector<std::shared_ptr<NTensor>> run(const std::vector<std::shared_ptr<NTensor>>& inputs,
                                             std::vector<OpTiming>* timings, const CancelFlag* cancel = nullptr,
-                                            bool fine = false);
+                                            bool fine = false,
+                                            const std::vector<std::shared_ptr<NTensor>>* into = nullptr);
   Backend* backend() const { return be_; }
   size_t inputCount() const { return inputs_.size(); }
   size_t constBytes() const { return constBytes_; }
@@ -71,6 +76,7 @@ class Program {
   void plan();
   void prepare();  // first run: the arena and the per-op views
   void runOps(std::vector<OpTiming>* timings, const CancelFlag* cancel);
+  void checkInto(const std::vector<std::shared_ptr<NTensor>>& inputs, const std::vector<std::shared_ptr<NTensor>>& into) const;
 
   Backend* be_;
   std::vector<ValueDesc> values_;

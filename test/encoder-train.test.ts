@@ -4,6 +4,7 @@
 import t from 'tap';
 import { Engine } from '../lib/engine.js';
 import { IdEncoder } from '../lib/identity/encoder.js';
+import { Adam } from '../lib/train/adam.js';
 import { EncoderTrainer } from '../lib/train/encoder-trainer.js';
 import { Tensor } from '../lib/tensor.js';
 import { GoldenFile, TINY_ID, TINY_SD, fixture } from './helpers/fixtures.js';
@@ -56,6 +57,70 @@ t.test('train scopes: projectors only, last N blocks', async (t) => {
   using l = new EncoderTrainer({ engine, encoder, train: { lastBlocks: 2 } });
   t.ok(l.trainable.has('blocks.5.mlp.fc1.weight') && l.trainable.has('blocks.4.norm1.bias') && !l.trainable.has('blocks.3.norm1.bias') && l.trainable.has('norm.weight'), 'last 2 blocks + final norm + projectors');
   t.throws(() => new EncoderTrainer({ engine, encoder, train: { lastBlocks: 7 } }), { code: 'E_ARGUMENT' });
+});
+
+// The training step on the device (one native call: gradients, global-norm clipping, ADAM_STEP in
+// place) against the same step done on the host (lossAndGrads, clipping and the host Adam).
+t.test('trainStep: the in-place device Adam equals the host Adam, and a NaN step changes nothing', async (t) => {
+  const engine = await Engine.load(TINY_SD, { device: 'cpu' });
+  const encoder = await IdEncoder.load(TINY_ID, { device: 'cpu' });
+  const gf = new GoldenFile('encoder_train');
+  t.teardown(() => { engine.dispose(); encoder.dispose(); gf.close(); });
+  using dev = new EncoderTrainer({ engine, encoder, regWeight: cases.reg_weight });
+  using faces = gf.tensor('face');
+  using latents = gf.tensor('z0');
+  using noise = gf.tensor('noise');
+  const batch = { faces, prompts: cases.prompts, latents, noise, timesteps: [...gf.i32('timesteps')] };
+  const adam = new Adam<Float32Array>();
+  const weights = encoder.hostWeights();
+  const host = new Map([...weights].map(([n, w]) => [n, w.data.slice()]));
+  const lrs = [1e-3, 3e-3, 2e-3];
+  // Clip at 0.4: the gradient norms here are 0.61, 0.44, 0.31, so the first two steps are clipped.
+  for (const [i, lr] of lrs.entries()) {
+    // The reference: a trainer holding the host-stepped weights, for their loss and gradients.
+    using ref = new EncoderTrainer({ engine, encoder: { config: encoder.config, weights: new Map([...weights].map(([n, w]) => [n, { shape: w.shape, data: host.get(n)! }])) }, regWeight: cases.reg_weight });
+    const r = await ref.step(batch);
+    let sq = 0;
+    for (const g of r.grads.values()) for (const x of g) sq += x * x;
+    const norm = Math.sqrt(sq);
+    if (norm > 0.4) for (const g of r.grads.values()) for (let k = 0; k < g.length; k++) g[k]! *= 0.4 / norm;
+    adam.step(host, r.grads, lr);
+    const d = await dev.trainStep(batch, { lr, clipNorm: 0.4 });
+    t.ok(Math.abs(d.loss - r.loss) <= 1e-6 * Math.abs(r.loss), `step ${i + 1}: loss ${d.loss} vs ${r.loss}`);
+    t.ok(Math.abs(d.gradNorm - norm) <= 1e-4 * norm, `step ${i + 1}: gradient norm ${d.gradNorm.toFixed(5)} vs ${norm.toFixed(5)}`);
+    // Step 1 starts from the same weights, so the gradients are the same: the updates must agree
+    // to float32 rounding. Later steps see weights that differ in the last bits, and Adam turns
+    // the pure-rounding-noise gradients (a key bias has none in exact arithmetic: softmax is
+    // invariant to it) into ±lr steps, so a few such elements part: the bound is looser.
+    const got = dev.hostWeights();
+    let worst = 0, worstName = '';
+    for (const [n, a] of host) {
+      const e = relL2(got.get(n)!.data, a);
+      if (e > worst) [worst, worstName] = [e, n];
+    }
+    const tol = i === 0 ? 1e-6 : 2e-4;
+    t.ok(worst <= tol, `step ${i + 1}: weights, device vs host Adam: worst rel L2 ${worst.toExponential(2)} (${worstName}; ≤ ${tol})`);
+  }
+  const st = dev.optimizerState();
+  t.equal(st.t, 3, 'step count');
+  t.ok(relL2(st.m.get('projector.0.fc1.weight')!, adam.m.get('projector.0.fc1.weight')!) <= 1e-4, 'first moments match the host Adam');
+
+  // A NaN in the batch: E_NUMERIC, and neither the weights nor the moments nor the step count move.
+  const before = new Map([...dev.hostWeights()].map(([n, w]) => [n, w.data.slice()]));
+  const nan = noise.toFloat32();
+  nan[5] = NaN;
+  using bad = Tensor.from(nan, noise.shape);
+  await t.rejects(dev.trainStep({ ...batch, noise: bad }, { lr: 1e-3, clipNorm: 1 }), { code: 'E_NUMERIC' });
+  const after = dev.hostWeights();
+  t.ok([...before].every(([n, a]) => relL2(after.get(n)!.data, a) === 0), 'the weights are unchanged');
+  t.equal(dev.optimizerState().t, 3, 'the step count is unchanged');
+  t.ok(relL2(dev.optimizerState().m.get('projector.0.fc1.weight')!, st.m.get('projector.0.fc1.weight')!) === 0, 'the moments are unchanged');
+
+  // Bad options and state.
+  await t.rejects(dev.trainStep(batch, { lr: -1, clipNorm: 1 }), { code: 'E_ARGUMENT' });
+  await t.rejects(dev.trainStep(batch, { lr: 1e-3, clipNorm: NaN }), { code: 'E_ARGUMENT' });
+  t.throws(() => dev.setOptimizerState({ t: 1, m: new Map([['nope', new Float32Array(1)]]), v: new Map() }), { code: 'E_MODEL_FORMAT' }, 'a moment of an unknown weight');
+  t.throws(() => dev.setOptimizerState({ t: 1, m: new Map([['projector.0.fc1.weight', new Float32Array(3)]]), v: new Map() }), { code: 'E_MODEL_FORMAT' }, 'a moment of the wrong size');
 });
 
 t.test('bad input: typed errors', async (t) => {

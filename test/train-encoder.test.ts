@@ -1,5 +1,5 @@
 // DreamIdentity encoder training (issue #13 parts 3 and 5): IdEncoder.create from a ViT backbone
-// + save/load; trainEncoder on one face photo (the held-batch loss falls), checkpoint/resume
+// + save/load; trainEncoder on one face photo for 30 steps (the held-batch loss falls), checkpoint/resume
 // equal to an uninterrupted run, abort keeps the last checkpoint, typed errors.
 import * as fs from 'node:fs';
 import os from 'node:os';
@@ -49,7 +49,7 @@ t.test('trainEncoder on one face', async (t) => {
   fs.mkdirSync(faces);
   fs.copyFileSync(fixture('faces/face-a.png'), path.join(faces, 'face-a.png'));
   // The face is a drawing (no detectable face): the encoder sees its centre square.
-  const base = { engine, faces, steps: 12, lr: 3e-3, warmupSteps: 2, seed: 5, checkpointEvery: 6, align: 'centre' as const };
+  const base = { engine, faces, steps: 30, lr: 3e-3, warmupSteps: 2, seed: 5, checkpointEvery: 15, align: 'centre' as const };
 
   // Held batch: 4 fixed (template, timestep, noise) samples of the face.
   const held = async (encoder: IdEncoder | { config: IdEncoder['config']; weights: ReturnType<IdEncoder['hostWeights']> }, cache: string) => {
@@ -67,7 +67,7 @@ t.test('trainEncoder on one face', async (t) => {
   const progress: number[] = [];
   using enc0 = await IdEncoder.load(TINY_ID, { device: 'cpu' });
   const a = await trainEncoder({ ...base, encoder: enc0, out: outA, onProgress: (p) => progress.push(p.etaMs) });
-  t.equal(progress.length, 12, 'progress every step');
+  t.equal(progress.length, 30, 'progress every step');
   t.equal(progress.at(-1), 0, 'ETA 0 at the end');
   const cache = path.join(outA, 'cache', 'latents.safetensors');
   const before = await held(enc0, cache);
@@ -77,12 +77,12 @@ t.test('trainEncoder on one face', async (t) => {
   const id = await trained.encode(fixture('faces/face-a.png'), { landmarks: 'centre' });
   t.equal(id.words, 4, 'the result is a normal encoder (encode gives an identity)');
 
-  // 6 steps, then resume to 12 == 12 uninterrupted (the same seed).
+  // 15 steps, then resume to 30 == 30 uninterrupted (the same seed).
   const outB = path.join(tmp, 'b');
-  const b1 = await trainEncoder({ ...base, encoder: TINY_ID, out: outB, steps: 6 });
+  const b1 = await trainEncoder({ ...base, encoder: TINY_ID, out: outB, steps: 15 });
   t.equal(b1.startStep, 0);
   const b2 = await trainEncoder({ ...base, encoder: TINY_ID, out: outB });
-  t.equal(b2.startStep, 6, 'resumed from the step-6 checkpoint');
+  t.equal(b2.startStep, 15, 'resumed from the step-15 checkpoint');
   using sa = SafetensorsFile.open(path.join(a.encoderDir, 'model.safetensors'));
   using sb = SafetensorsFile.open(path.join(b2.encoderDir, 'model.safetensors'));
   let worst = 0;
@@ -90,7 +90,7 @@ t.test('trainEncoder on one face', async (t) => {
     const x = sa.readFloat32(n), y = sb.readFloat32(n);
     for (let i = 0; i < x.length; i++) worst = Math.max(worst, Math.abs(x[i]! - y[i]!));
   }
-  t.ok(worst <= 1e-6, `6 + resume + 6 steps == 12 steps (max |Δw| ${worst.toExponential(2)})`);
+  t.ok(worst <= 1e-6, `15 + resume + 15 steps == 30 steps (max |Δw| ${worst.toExponential(2)})`);
   t.same(b1.losses.concat(b2.losses), a.losses, 'the same losses step by step');
 
   // Abort after step 4 of a run checkpointing every 3: the step-3 checkpoint stays intact.

@@ -29,6 +29,7 @@ const PER_ELEMENT: Record<string, number> = {
   layer_norm: 7,
   cfg: 3,
   sampler_step: 12,
+  adam_step: 12,
   timestep_emb: 4,
 };
 

@@ -1,8 +1,8 @@
 /**
  * `npm run bench -- --train-encoder`: the time of one DreamIdentity encoder training step
- * (EncoderTrainer.step: encoder + text encoder + UNet forward and backward, one native call) and
- * of the Adam update, per batch size, with peak memory and the planned activation peak of the
- * training graph (planMemory over shape-only weights). The SD-1.5-shaped run uses the synthetic
+ * (EncoderTrainer.trainStep: encoder + text encoder + UNet forward and backward, clipping and the
+ * Adam update in place on the device, one native call) per batch size, with peak memory and the
+ * planned activation peak of the training graph (planMemory over shape-only weights). The SD-1.5-shaped run uses the synthetic
  * SD 1.5 (lib/bench/random-model.ts) and a random ViT-B/16 face encoder at 112² (12 blocks of
  * width 768, taps 3, 6, 9, final, projectors 768 → 1024 → 768).
  */
@@ -16,7 +16,6 @@ import { IdEncoder, hostRefs, idEncoderLayout, type HostWeight, type IdEncoderCo
 import { memory } from '../native.js';
 import { normalGenerator, randn } from '../sched/random.js';
 import { Tensor } from '../tensor.js';
-import { Adam } from '../train/adam.js';
 import { buildEncoderTrainGraph, EncoderTrainer } from '../train/encoder-trainer.js';
 import { TrainableWeights } from '../train/params.js';
 import { stats } from './index.js';
@@ -52,8 +51,8 @@ export function randomIdEncoderWeights(c: IdEncoderConfig, seed = 0): Map<string
 export interface TrainBenchRow {
   batch: number;
   firstMs: number;
+  /** The whole step: forward, backward, clipping and Adam (one native call). */
   stepMs: Stats;
-  adamMs: Stats;
   plannedActivationBytes: number;
 }
 
@@ -88,9 +87,8 @@ export async function benchTrainEncoder(argv: string[], log: (s: string) => void
   const sample = () => (nativePeak = Math.max(nativePeak, memory().cpu));
   try {
     using trainer = new EncoderTrainer({ engine, encoder });
-    const params = trainer.params();
-    let trainable = 0;
-    for (const p of params.values()) trainable += p.length;
+    const trainable = trainer.trainableCount;
+    const weights = trainer.hostWeights();
     const cfg = trainer.config;
     const C = engine.configs.unet.inChannels;
     const h = size / engine.latentFactor;
@@ -100,7 +98,7 @@ export async function benchTrainEncoder(argv: string[], log: (s: string) => void
       const g = new Graph();
       const text = new ShapeWeights('text', textLayout(engine.configs.text));
       const unet = new ShapeWeights('unet', unetLayout(engine.configs.unet));
-      const shapeRefs = hostRefs(new Map([...trainer.weights].map(([n, w]) => [n, { shape: w.shape, data: new Float32Array(0) }])));
+      const shapeRefs = hostRefs(new Map([...weights].map(([n, w]) => [n, { shape: w.shape, data: new Float32Array(0) }])));
       const encW = new TrainableWeights('enc', shapeRefs, { device: 'cpu', dtype: 'float32' }, trainer.trainable);
       buildEncoderTrainGraph(g, { text, unet, encoder: encW }, engine.configs, cfg, [B, C, h, h], trainer.regWeight);
       const planned = planMemory(g).peakBytes;
@@ -108,26 +106,18 @@ export async function benchTrainEncoder(argv: string[], log: (s: string) => void
       using latents = Tensor.from(randn(2, B * C * h * h), [B, C, h, h]);
       using noise = Tensor.from(randn(3, B * C * h * h), [B, C, h, h]);
       const batch = { faces, latents, noise, prompts: Array.from({ length: B }, () => 'a photo of <id> as a chef'), timesteps: Array.from({ length: B }, (_, i) => 100 + 200 * i) };
-      const adam = new Adam<Float32Array>();
       let first = 0;
       const stepMs: number[] = [];
-      const adamMs: number[] = [];
       for (let i = 0; i < warmup + steps; i++) {
         const s = now();
-        const r = await trainer.step(batch);
+        const r = await trainer.trainStep(batch, { lr: 1e-6, clipNorm: 1 });
         const ms = now() - s;
         sample();
-        const a = now();
-        adam.step(params, r.grads, 1e-6);
-        const ams = now() - a;
         if (i === 0) first = ms;
-        if (i >= warmup) {
-          stepMs.push(ms);
-          adamMs.push(ams);
-        }
-        log(`batch ${B}: step ${i + 1}/${warmup + steps} ${ms.toFixed(0)} ms (Adam ${ams.toFixed(0)} ms), loss ${r.loss.toFixed(4)}`);
+        if (i >= warmup) stepMs.push(ms);
+        log(`batch ${B}: step ${i + 1}/${warmup + steps} ${ms.toFixed(0)} ms, loss ${r.loss.toFixed(4)}`);
       }
-      rows.push({ batch: B, firstMs: first, stepMs: stats(stepMs), adamMs: stats(adamMs), plannedActivationBytes: planned });
+      rows.push({ batch: B, firstMs: first, stepMs: stats(stepMs), plannedActivationBytes: planned });
     }
     return {
       command: `npm run bench -- ${argv.join(' ')}`, model: v.model ?? 'random sd15', encoder: v.encoder ?? 'random ViT-B/16 at 112²', size,
@@ -143,10 +133,10 @@ export function formatTrainReport(r: TrainBenchReport): string {
   const gib = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
   const lines = [
     `encoder training step — ${r.model}, ${r.encoder}, ${r.size}×${r.size} (CPU float32), ${(r.trainableParams / 1e6).toFixed(2)} M trainable parameters`,
-    'batch | first step ms | step ms median (min–max) | Adam ms | planned activation peak',
+    'batch | first step ms | step ms median (min–max), Adam included | planned activation peak',
   ];
   for (const x of r.rows)
-    lines.push(`${x.batch} | ${x.firstMs.toFixed(0)} | ${x.stepMs.median.toFixed(0)} (${x.stepMs.min.toFixed(0)}–${x.stepMs.max.toFixed(0)}) | ${x.adamMs.median.toFixed(0)} | ${gib(x.plannedActivationBytes)}`);
+    lines.push(`${x.batch} | ${x.firstMs.toFixed(0)} | ${x.stepMs.median.toFixed(0)} (${x.stepMs.min.toFixed(0)}–${x.stepMs.max.toFixed(0)}) | ${gib(x.plannedActivationBytes)}`);
   lines.push(`peak RSS ${gib(r.maxRssBytes)}, native CPU peak ${gib(r.nativePeakBytes)}`);
   return lines.join('\n');
 }

@@ -315,4 +315,18 @@ export class Graph {
     const [y, x0, xin] = this.op('sampler_step', noise ? [x, m, state, coefs, noise] : [x, m, state, coefs], [x.shape, x.shape, x.shape]);
     return [y!, x0!, xin!];
   }
+
+  /**
+   * One Adam step of one parameter (native/backend.h ADAM_STEP): p, its gradient g, the moments
+   * m and v, the coefficients [8] (int32: float32 bits, lib/train/adam.ts adamCoefficients) and
+   * optionally the squared global gradient norm [1] (clipping) → [p', m', v'].
+   */
+  adamStep(p: Value, g: Value, m: Value, v: Value, coefs: Value, gradNormSq?: Value): [Value, Value, Value] {
+    for (const x of [g, m, v])
+      if (x.rank !== p.rank || x.shape.some((d, i) => d !== p.dim(i))) throw shapeErr('adam_step', `${S(x.shape)} differs from the parameter's ${S(p.shape)}`);
+    if (coefs.dtype !== 'int32' || coefs.rank !== 1 || coefs.dim(0) !== 8) throw shapeErr('adam_step', `coefficients must be int32 [8], got ${S(coefs.shape)}`);
+    if (gradNormSq && (gradNormSq.rank !== 1 || gradNormSq.dim(0) !== 1)) throw shapeErr('adam_step', `the squared gradient norm must be [1], got ${S(gradNormSq.shape)}`);
+    const [p1, m1, v1] = this.op('adam_step', gradNormSq ? [p, g, m, v, coefs, gradNormSq] : [p, g, m, v, coefs], [p.shape, p.shape, p.shape]);
+    return [p1!, m1!, v1!];
+  }
 }

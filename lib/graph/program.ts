@@ -27,11 +27,21 @@ export interface ProgramOptions {
 
 /** Per-run options of Program.run. */
 export interface RunOptions {
-  /** Aborts the run at its next native check (between ops and between chunks of long CPU ops). */
+  /**
+   * Aborts the run at its next native check (between ops and between chunks of long CPU ops);
+   * a run that has begun an in-place update (ADAM_STEP) finishes it instead of stopping half-way.
+   */
   signal?: AbortSignal | undefined;
   /** Called about every tickMs while the run is in flight with the fraction of its ops done. */
   onTick?: ((fraction: number) => void) | undefined;
   tickMs?: number;
+  /**
+   * Per output, a tensor of this backend to write it to instead of a fresh one (undefined: fresh);
+   * run() then returns that very tensor for it. It may be one of the run's inputs only where the
+   * op computing the output updates in place (ADAM_STEP) and no later op reads that input: an
+   * optimizer step on resident parameters without a copy. Anything else is E_ARGUMENT / E_SHAPE.
+   */
+  into?: (Tensor | undefined)[];
 }
 
 /** A compiled graph: one native call per run(). */
@@ -96,8 +106,15 @@ export class Program implements Disposable {
     const cancel = cancelToken(signal);
     const timer = onTick ? setInterval(() => onTick(p.progress), opts.tickMs ?? 1000) : undefined;
     try {
-      const r = await callAsync(() => p.run(handles, profile, cancel.token));
-      return { outputs: r.outputs.map((h) => new Tensor(h)), ...(r.timings ? { timings: r.timings } : {}) };
+      const into = opts.into;
+      const r = await callAsync(() => p.run(handles, profile, cancel.token, into?.map((t) => t?.handle)));
+      const outputs = r.outputs.map((h, k) => {
+        const t = into?.[k];
+        if (!t) return new Tensor(h);
+        h.dispose(); // a second handle on the caller's tensor
+        return t;
+      });
+      return { outputs, ...(r.timings ? { timings: r.timings } : {}) };
     } finally {
       if (timer) clearInterval(timer);
       cancel.release();

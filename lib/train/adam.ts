@@ -1,8 +1,13 @@
 /**
- * Adam (Kingma & Ba; β 0.9 / 0.999, ε 1e-8, no weight decay): the one optimizer of idforge, used
- * by SeFi-IDE's token generator (lib/learn/generator.ts, float64 parameters) and by the ID-encoder
- * trainer (lib/train/, float32 parameters). The moments have their parameter's precision. The
- * state (step count and moments) is what a training checkpoint stores to resume bit for bit.
+ * Adam (Kingma & Ba; β 0.9 / 0.999, ε 1e-8, no weight decay): the one optimizer of idforge.
+ *  - On the host (the Adam class): SeFi-IDE's token generator (lib/learn/generator.ts, a few
+ *    thousand float64 parameters) and the float32 reference the device update is tested against.
+ *  - On the device (the ADAM_STEP op, native/backend.h; adamCoefficients below): the ID-encoder
+ *    trainer's update, fused into its training-step program and applied in place to the resident
+ *    weights (lib/train/encoder-trainer.ts), with global-norm clipping on the device.
+ * Both apply the same step: p ← p − lr·(m/c1)/(√(v/c2) + ε) with the bias corrections
+ * c1 = 1 − β1^t, c2 = 1 − β2^t. The state (step count and moments) is what a training checkpoint
+ * stores to resume bit for bit.
  */
 import { IdforgeError } from '../errors.js';
 
@@ -12,6 +17,21 @@ export interface AdamOptions {
   beta1?: number;
   beta2?: number;
   eps?: number;
+}
+
+/** Length of ADAM_STEP's coefficient input. */
+export const ADAM_COEFS = 8;
+
+/**
+ * ADAM_STEP's coefficient input for step t (1-based) as int32 (the bits of the float32 values
+ * [lr, β1, β2, ε, c1, c2, clip, 0], native/backend.h AdamCoefs): a program input, so one compiled
+ * training step serves every step and learning rate. clip ≤ 0: no clipping.
+ */
+export function adamCoefficients(t: number, lr: number, clip: number, opts: AdamOptions = {}): Int32Array {
+  const b1 = opts.beta1 ?? 0.9;
+  const b2 = opts.beta2 ?? 0.999;
+  const f = Float32Array.from([lr, b1, b2, opts.eps ?? 1e-8, 1 - b1 ** t, 1 - b2 ** t, clip > 0 ? clip : 0, 0]);
+  return new Int32Array(f.buffer);
 }
 
 export class Adam<P extends ParamArray = ParamArray> {

@@ -5,12 +5,18 @@
  * and the gradient of the loss with respect to every trainable encoder weight, in one native
  * call. Trainable weights are graph inputs (lib/train/params.ts); the encoder's frozen weights and
  * the SD model's are constants. z_t = √ᾱ_t·z0 + √(1 − ᾱ_t)·ε (DDPM add_noise, the model's
- * schedule). The trainer owns the current weights on the host (float32); an optimizer updates
- * them in place between steps (lib/train/train.ts).
+ * schedule).
+ *
+ * The trainable weights and their Adam moments live on the engine's device for the trainer's
+ * whole life. trainStep() is the training step as ONE native call: forward, backward, the global
+ * gradient norm, clipping and the Adam update (ADAM_STEP), written in place into those tensors
+ * (Program.run's `into`), so neither weights nor gradients cross to the host. lossAndGrads() is the
+ * same forward and backward with the gradients returned (the golden check). hostWeights() and
+ * optimizerState() read the state back for checkpoints.
  */
 import { IdforgeError } from '../errors.js';
 import { grad, mseLoss } from '../graph/autodiff.js';
-import { Graph } from '../graph/graph.js';
+import { Graph, type Value } from '../graph/graph.js';
 import { Program } from '../graph/program.js';
 import type { Weights } from '../graph/weights.js';
 import type { ModelConfigs } from '../io/configs.js';
@@ -23,6 +29,7 @@ import { DDIMScheduler } from '../sched/ddim.js';
 import { Tensor, numel } from '../tensor.js';
 import { buildTextEncoder } from '../text/clip.js';
 import { buildUNet } from '../unet/unet.js';
+import { ADAM_COEFS, adamCoefficients } from './adam.js';
 import { TrainableWeights } from './params.js';
 
 /**
@@ -62,12 +69,36 @@ export interface LossAndGrads {
   grads: Map<string, Tensor>;
 }
 
-/** The same on host arrays (what the training loop uses). */
+/** The same on host arrays. */
 export interface StepValues {
   loss: number;
   lossDiff: number;
   lossReg: number;
   grads: Map<string, Float32Array>;
+}
+
+/** Options of one optimizer step (trainStep). */
+export interface AdamStepOptions {
+  /** Learning rate of this step (warm-up is the caller's schedule). */
+  lr: number;
+  /** Global gradient-norm clip (0 = off). */
+  clipNorm: number;
+}
+
+/** What one training step reports. */
+export interface TrainStepValues {
+  loss: number;
+  lossDiff: number;
+  lossReg: number;
+  /** Global gradient norm before clipping. */
+  gradNorm: number;
+}
+
+/** Adam's state as host arrays: the step count and a first and second moment per trainable weight. */
+export interface OptimizerState {
+  t: number;
+  m: Map<string, Float32Array>;
+  v: Map<string, Float32Array>;
 }
 
 const argErr = (msg: string) => new IdforgeError('E_ARGUMENT', `EncoderTrainer: ${msg}`);
@@ -91,13 +122,14 @@ export function trainableNames(names: Iterable<string>, config: IdEncoderConfig,
 
 /**
  * The training graph: inputs face [B, 3, S, S], ids and slots [B, 77] (int32), z_t, t [B], noise,
- * then one input per trainable encoder weight (in `params` order) → outputs loss, lossDiff,
- * lossReg and the gradient of each trainable weight. Exported for the memory planner (bench).
+ * then one input per trainable encoder weight (in `params` order) → outputs loss, lossDiff and
+ * lossReg, and the gradient of each trainable weight as values (the caller outputs them or feeds
+ * them to the optimizer). Exported for the memory planner (bench).
  */
 export function buildEncoderTrainGraph(
   g: Graph, w: { text: Weights; unet: Weights; encoder: TrainableWeights }, configs: Pick<ModelConfigs, 'text' | 'unet'>,
   cfg: IdEncoderConfig, [b, c, h, wd]: [number, number, number, number], regWeight: number,
-): { params: string[] } {
+): { params: string[]; loss: Value; lossDiff: Value; lossReg: Value; grads: Value[] } {
   const face = g.input([b, 3, cfg.imageSize, cfg.imageSize], 'float', 'face');
   const ids = g.input([b, 77], 'int32', 'ids');
   const slots = g.input([b, 77], 'int32', 'slots');
@@ -117,21 +149,25 @@ export function buildEncoderTrainGraph(
   g.output(loss, 'loss');
   g.output(lossDiff, 'lossDiff');
   g.output(lossReg, 'lossReg');
-  grads.forEach((d, i) => g.output(d, `grad:${params[i]}`));
-  return { params };
+  return { params, loss, lossDiff, lossReg, grads };
 }
 
 export class EncoderTrainer implements Disposable {
   readonly runtime: SdRuntime;
   readonly config: IdEncoderConfig;
   readonly regWeight: number;
-  /** Every encoder weight, current values (trainable ones are updated in place by the optimizer). */
-  readonly weights: Map<string, HostWeight>;
-  /** The trainable names, in the order of `params`. */
+  /** The trainable names. */
   readonly trainable: Set<string>;
+  /** Every encoder weight; the trainable ones as of the last hostWeights() (the device holds the current values). */
+  readonly #host: Map<string, HostWeight>;
   readonly #w: TrainableWeights;
   readonly #programs = new Map<string, { p: Program; params: string[] }>();
   readonly #alphasCumprod: Float32Array;
+  /** On the device: the trainable weights, Adam's moments (created at the first trainStep), and Adam's step count. */
+  readonly #params = new Map<string, Tensor>();
+  readonly #m = new Map<string, Tensor>();
+  readonly #v = new Map<string, Tensor>();
+  #t = 0;
   #disposed = false;
 
   constructor(opts: EncoderTrainerOptions) {
@@ -144,7 +180,9 @@ export class EncoderTrainer implements Disposable {
     const enc = opts.encoder as IdEncoder | { config: IdEncoderConfig; weights: Map<string, HostWeight> };
     if (!enc || typeof enc !== 'object' || !enc.config) throw argErr('encoder must be an IdEncoder or { config, weights }');
     this.config = enc.config;
-    this.weights = 'hostWeights' in enc && typeof enc.hostWeights === 'function' ? enc.hostWeights() : (enc as { weights: Map<string, HostWeight> }).weights;
+    const given = 'hostWeights' in enc && typeof enc.hostWeights === 'function' ? enc.hostWeights() : (enc as { weights: Map<string, HostWeight> }).weights;
+    // A copy: training never writes into the caller's arrays.
+    this.#host = new Map([...given].map(([n, w]) => [n, { shape: [...w.shape], data: w.data.slice() }]));
     const D = rt.configs.text.hiddenSize;
     if (this.config.textDim !== D)
       throw new IdforgeError('E_SHAPE', `EncoderTrainer: the encoder's words are ${this.config.textDim} wide, the model's text encoder takes ${D}`);
@@ -152,27 +190,96 @@ export class EncoderTrainer implements Disposable {
     if (typeof reg !== 'number' || !Number.isFinite(reg) || reg < 0) throw argErr(`regWeight must be a finite number ≥ 0, got ${String(reg)}`);
     this.regWeight = reg;
     this.runtime = rt;
-    this.trainable = trainableNames(this.weights.keys(), this.config, opts.train ?? 'all');
-    this.#w = new TrainableWeights('id-encoder (training)', hostRefs(this.weights), rt.backend, this.trainable);
+    this.trainable = trainableNames(this.#host.keys(), this.config, opts.train ?? 'all');
+    this.#w = new TrainableWeights('id-encoder (training)', hostRefs(this.#host), rt.backend, this.trainable);
+    for (const n of this.trainable) this.#params.set(n, rt.floats(this.#host.get(n)!.data, this.#host.get(n)!.shape));
     this.#alphasCumprod = DDIMScheduler.fromConfig(rt.configs.scheduler).alphasCumprod;
   }
 
-  /** The trainable weights (name → current float32 values, updated in place by an optimizer). */
-  params(): Map<string, Float32Array> {
-    const m = new Map<string, Float32Array>();
-    for (const n of this.trainable) m.set(n, this.weights.get(n)!.data);
-    return m;
+  /** How many weights learn. */
+  get trainableCount(): number {
+    let n = 0;
+    for (const p of this.#params.values()) n += numel(p.shape);
+    return n;
   }
 
-  #program(b: number, c: number, h: number, w: number): { p: Program; params: string[] } {
-    const key = `${b}:${c}x${h}x${w}`;
+  /** Every encoder weight, the trainable ones read back from the device (for saving). */
+  hostWeights(): Map<string, HostWeight> {
+    this.#live();
+    for (const [n, p] of this.#params) this.#host.get(n)!.data = p.toFloat32();
+    return this.#host;
+  }
+
+  /** Adam's state read back from the device (a checkpoint's optimizer.safetensors). */
+  optimizerState(): OptimizerState {
+    this.#live();
+    const read = (m: Map<string, Tensor>) => new Map([...m].map(([n, x]) => [n, x.toFloat32()]));
+    return { t: this.#t, m: read(this.#m), v: read(this.#v) };
+  }
+
+  /** Restores Adam's state (resuming from a checkpoint); moments missing from it start at zero. */
+  setOptimizerState(s: OptimizerState): void {
+    this.#live();
+    if (!Number.isInteger(s.t) || s.t < 0) throw argErr(`optimizer step count must be an integer ≥ 0, got ${String(s.t)}`);
+    for (const [name, src] of [['first', s.m], ['second', s.v]] as const)
+      for (const [n, a] of src) {
+        const p = this.#params.get(n);
+        if (!p) throw new IdforgeError('E_MODEL_FORMAT', `EncoderTrainer: the optimizer state has a ${name} moment for '${n}', which does not learn here`);
+        if (a.length !== numel(p.shape)) throw new IdforgeError('E_MODEL_FORMAT', `EncoderTrainer: the ${name} moment of '${n}' has ${a.length} values, the weight ${numel(p.shape)}`);
+      }
+    this.#moments();
+    for (const [n, p] of this.#params) {
+      for (const [src, dst] of [[s.m, this.#m], [s.v, this.#v]] as const) {
+        dst.get(n)!.dispose();
+        dst.set(n, this.runtime.floats(src.get(n) ?? new Float32Array(numel(p.shape)), p.shape));
+      }
+    }
+    this.#t = s.t;
+  }
+
+  #live(): void {
+    if (this.#disposed) throw new IdforgeError('E_DISPOSED', 'EncoderTrainer used after dispose()');
+  }
+
+  /** Zero moments for every trainable weight, once. */
+  #moments(): void {
+    if (this.#m.size) return;
+    for (const [n, p] of this.#params) {
+      this.#m.set(n, this.runtime.floats(new Float32Array(numel(p.shape)), p.shape));
+      this.#v.set(n, this.runtime.floats(new Float32Array(numel(p.shape)), p.shape));
+    }
+  }
+
+  /**
+   * The program for a batch shape: with `update`, outputs loss, lossDiff, lossReg, the squared
+   * global gradient norm and each weight's p', m', v' (ADAM_STEP, inputs: coefficients then m, v
+   * per weight); else loss, lossDiff, lossReg and each weight's gradient.
+   */
+  #program(b: number, c: number, h: number, w: number, update: boolean): { p: Program; params: string[] } {
+    const key = `${b}:${c}x${h}x${w}:${update ? 'adam' : 'grads'}`;
     let e = this.#programs.get(key);
     if (e) return e;
     const rt = this.runtime;
     const g = new Graph();
     this.#w.begin();
-    const { params } = buildEncoderTrainGraph(g, { text: rt.weights.text, unet: rt.weights.unet, encoder: this.#w }, rt.configs, this.config, [b, c, h, w], this.regWeight);
-    e = { p: new Program(g, rt.backend), params };
+    const r = buildEncoderTrainGraph(g, { text: rt.weights.text, unet: rt.weights.unet, encoder: this.#w }, rt.configs, this.config, [b, c, h, w], this.regWeight);
+    if (!update) {
+      r.grads.forEach((d, i) => g.output(d, `grad:${r.params[i]}`));
+    } else {
+      const coefs = g.input([ADAM_COEFS], 'int32', 'adam');
+      let gsq = r.grads.map((d) => g.reduceSum(g.mul(d, d), [1])).reduce((a, x) => g.add(a, x));
+      // 0·loss is NaN when the loss is not finite: ADAM_STEP then leaves every weight as it was.
+      gsq = g.add(gsq, g.scale(r.loss, 0));
+      g.output(gsq, 'gradNormSq');
+      const inputs = this.#w.inputs;
+      r.params.forEach((n, i) => {
+        const shape = this.#host.get(n)!.shape;
+        const m = g.input(shape, 'float', `m:${n}`);
+        const v = g.input(shape, 'float', `v:${n}`);
+        for (const o of g.adamStep(inputs.get(n)!, r.grads[i]!, m, v, coefs, gsq)) g.output(o);
+      });
+    }
+    e = { p: new Program(g, rt.backend), params: r.params };
     this.#programs.set(key, e);
     return e;
   }
@@ -207,7 +314,7 @@ export class EncoderTrainer implements Disposable {
   }
 
   #check(batch: TrainBatch): void {
-    if (this.#disposed) throw new IdforgeError('E_DISPOSED', 'EncoderTrainer used after dispose()');
+    this.#live();
     const { faces, latents, noise, prompts, timesteps } = batch ?? ({} as TrainBatch);
     const S = this.config.imageSize;
     if (!(faces instanceof Tensor) || faces.shape.length !== 4 || faces.shape[1] !== 3 || faces.shape[2] !== S || faces.shape[3] !== S || faces.shape[0]! < 1)
@@ -224,21 +331,32 @@ export class EncoderTrainer implements Disposable {
       throw argErr(`timesteps must be ${b} integers in [0, ${T})`);
   }
 
-  /** One step's loss and gradients on host arrays (the parameters as they are now). */
-  async step(batch: TrainBatch): Promise<StepValues> {
-    this.#check(batch);
+  /** The batch's device inputs (faces, ids, slots, z_t, t, noise): the caller disposes them. */
+  #batchInputs(batch: TrainBatch): Tensor[] {
     const rt = this.runtime;
     const { ids, slots } = this.#prompts(batch.prompts);
     const [b, c, h, w] = batch.latents.shape as [number, number, number, number];
-    const { p, params } = this.#program(b, c, h, w);
     const noise = batch.noise.toFloat32();
     const zt = this.addNoise(batch.latents.toFloat32(), noise, batch.timesteps);
     const inputs: Tensor[] = [];
     try {
       inputs.push(rt.upload(batch.faces), rt.ints(ids, [b, 77]), rt.ints(slots, [b, 77]), rt.floats(zt, [b, c, h, w]),
         rt.floats(Float32Array.from(batch.timesteps), [b]), rt.floats(noise, [b, c, h, w]));
-      for (const n of params) inputs.push(rt.floats(this.weights.get(n)!.data, this.weights.get(n)!.shape));
-      const outs = await p.run(inputs);
+      return inputs;
+    } catch (e) {
+      for (const t of inputs) t.dispose();
+      throw e;
+    }
+  }
+
+  /** One step's loss and gradients on host arrays (the weights as they are now; nothing changes). */
+  async step(batch: TrainBatch): Promise<StepValues> {
+    this.#check(batch);
+    const [b, c, h, w] = batch.latents.shape as [number, number, number, number];
+    const { p, params } = this.#program(b, c, h, w, false);
+    const inputs = this.#batchInputs(batch);
+    try {
+      const outs = await p.run([...inputs, ...params.map((n) => this.#params.get(n)!)]);
       const vals = outs.map((o) => {
         using hst = toHost(o);
         return hst.toFloat32();
@@ -251,11 +369,46 @@ export class EncoderTrainer implements Disposable {
     }
   }
 
+  /**
+   * One training step in one native call: loss and gradients, the global gradient norm, clipping
+   * to `clipNorm`, and Adam (step count + 1) applied in place to the weights on the device. A
+   * non-finite loss changes nothing and throws E_NUMERIC.
+   */
+  async trainStep(batch: TrainBatch, opts: AdamStepOptions): Promise<TrainStepValues> {
+    this.#check(batch);
+    const { lr, clipNorm } = opts ?? ({} as AdamStepOptions);
+    if (typeof lr !== 'number' || !(lr > 0) || !Number.isFinite(lr)) throw argErr(`lr must be a finite number > 0, got ${String(lr)}`);
+    if (typeof clipNorm !== 'number' || !(clipNorm >= 0)) throw argErr(`clipNorm must be a number ≥ 0, got ${String(clipNorm)}`);
+    const [b, c, h, w] = batch.latents.shape as [number, number, number, number];
+    const { p, params } = this.#program(b, c, h, w, true);
+    this.#moments();
+    const inputs = this.#batchInputs(batch);
+    try {
+      inputs.push(this.runtime.ints(adamCoefficients(this.#t + 1, lr, clipNorm), [ADAM_COEFS]));
+      const ps = params.map((n) => this.#params.get(n)!);
+      const state = params.flatMap((n) => [this.#m.get(n)!, this.#v.get(n)!]);
+      const into = [undefined, undefined, undefined, undefined, ...params.flatMap((n) => [this.#params.get(n)!, this.#m.get(n)!, this.#v.get(n)!])];
+      // No AbortSignal inside the step: with one, CPU ops split their work by timing and a step
+      // would not be bit-reproducible (resume must be); callers check theirs between steps.
+      const outs = await p.run([...inputs.slice(0, 6), ...ps, inputs[6]!, ...state], { into });
+      const [loss, lossDiff, lossReg, gsq] = outs.slice(0, 4).map((o) => {
+        using hst = toHost(o);
+        return hst.toFloat32()[0]!;
+      }) as [number, number, number, number];
+      if (!Number.isFinite(gsq))
+        throw new IdforgeError('E_NUMERIC', `EncoderTrainer: the loss (${loss}) or a gradient is not finite at step ${this.#t + 1}; the weights are unchanged`);
+      this.#t++;
+      return { loss, lossDiff, lossReg, gradNorm: Math.sqrt(gsq) };
+    } finally {
+      for (const t of inputs) t.dispose();
+    }
+  }
+
   /** The loss and the gradient of every trainable encoder weight for one batch. */
   async lossAndGrads(batch: TrainBatch): Promise<LossAndGrads> {
     const r = await this.step(batch);
     const grads = new Map<string, Tensor>();
-    for (const [n, d] of r.grads) grads.set(n, Tensor.from(d, this.weights.get(n)!.shape));
+    for (const [n, d] of r.grads) grads.set(n, Tensor.from(d, this.#host.get(n)!.shape));
     return { loss: r.loss, lossDiff: r.lossDiff, lossReg: r.lossReg, grads };
   }
 
@@ -263,6 +416,10 @@ export class EncoderTrainer implements Disposable {
     this.#disposed = true;
     for (const e of this.#programs.values()) e.p.dispose();
     this.#programs.clear();
+    for (const m of [this.#params, this.#m, this.#v]) {
+      for (const x of m.values()) x.dispose();
+      m.clear();
+    }
     this.#w.dispose();
   }
 

@@ -26,8 +26,7 @@ import { toSignedCHW, type RawImage } from '../io/image.js';
 import type { SdRuntime } from '../runtime/sd.js';
 import { Xoshiro128, randn } from '../sched/random.js';
 import { Tensor } from '../tensor.js';
-import { Adam } from './adam.js';
-import { EncoderTrainer, type TrainScope } from './encoder-trainer.js';
+import { EncoderTrainer, type OptimizerState, type TrainScope } from './encoder-trainer.js';
 
 /** Reconstruction prompt templates (the face photo is the target). */
 export const RECONSTRUCTION_TEMPLATES: readonly string[] = Object.freeze([
@@ -175,7 +174,7 @@ interface TrainState {
 }
 
 /** Reads out/checkpoint (or the previous one, when a swap was interrupted). Throws E_MODEL_FORMAT when it is corrupt. */
-function readCheckpoint(dir: string, fingerprint: string): { step: number; config: IdEncoderConfig; weights: Map<string, HostWeight>; adam: Adam<Float32Array> } | undefined {
+function readCheckpoint(dir: string, fingerprint: string): { step: number; config: IdEncoderConfig; weights: Map<string, HostWeight>; adam: OptimizerState } | undefined {
   const ck = fs.existsSync(path.join(dir, 'checkpoint')) ? path.join(dir, 'checkpoint') : fs.existsSync(path.join(dir, 'checkpoint.old')) ? path.join(dir, 'checkpoint.old') : undefined;
   if (!ck) return undefined;
   const bad = (msg: string) => new IdforgeError('E_MODEL_FORMAT', `trainEncoder: the checkpoint ${ck} is corrupt: ${msg}`);
@@ -190,7 +189,7 @@ function readCheckpoint(dir: string, fingerprint: string): { step: number; confi
     throw arg(`the checkpoint in ${ck} was made with other options or data (seed, batch size, scope, data, schedule); use another out folder or resume: false`);
   let config: IdEncoderConfig;
   const weights = new Map<string, HostWeight>();
-  const adam = new Adam<Float32Array>();
+  const adam: OptimizerState = { t: 0, m: new Map(), v: new Map() };
   try {
     config = parseIdEncoderConfig(JSON.parse(fs.readFileSync(path.join(ck, 'encoder', 'config.json'), 'utf8')));
     using st = SafetensorsFile.open(path.join(ck, 'encoder', 'model.safetensors'));
@@ -205,7 +204,7 @@ function readCheckpoint(dir: string, fingerprint: string): { step: number; confi
   return { step: state.step, config, weights, adam };
 }
 
-function writeCheckpoint(dir: string, step: number, fingerprint: string, config: IdEncoderConfig, weights: Map<string, HostWeight>, adam: Adam<Float32Array>): void {
+function writeCheckpoint(dir: string, step: number, fingerprint: string, config: IdEncoderConfig, weights: Map<string, HostWeight>, adam: OptimizerState): void {
   const tmp = path.join(dir, `checkpoint.tmp`);
   fs.rmSync(tmp, { recursive: true, force: true });
   saveIdEncoder(path.join(tmp, 'encoder'), config, weights);
@@ -276,8 +275,7 @@ export async function trainEncoder(opts: TrainEncoderOptions): Promise<TrainResu
       encoder.dispose();
       encoder = undefined;
     }
-    const adam = ck?.adam ?? new Adam<Float32Array>();
-    const params = trainer.params();
+    if (ck) trainer.setOptimizerState(ck.adam);
     const cfg = trainer.config;
     const S = cfg.imageSize;
     const lat = samples[0]!.mean.length;
@@ -306,25 +304,19 @@ export async function trainEncoder(opts: TrainEncoderOptions): Promise<TrainResu
       using facesT = Tensor.from(faces, [B, 3, S, S]);
       using latents = Tensor.from(z0, latShape);
       using noise = Tensor.from(randn(r.next(), B * lat), latShape);
-      const v = await trainer.step({ faces: facesT, prompts, latents, noise, timesteps });
-      if (!Number.isFinite(v.loss)) throw new IdforgeError('E_INTERNAL', `trainEncoder: the loss became ${v.loss} at step ${step + 1}`);
-      let sq = 0;
-      for (const g of v.grads.values()) for (let i = 0; i < g.length; i++) sq += g[i]! * g[i]!;
-      const norm = Math.sqrt(sq);
-      if (clip > 0 && norm > clip) {
-        const f = clip / norm;
-        for (const g of v.grads.values()) for (let i = 0; i < g.length; i++) g[i]! *= f;
-      }
       const lrNow = warm > 0 ? lr * Math.min(1, (step + 1) / warm) : lr;
-      adam.step(params, v.grads, lrNow);
+      // Forward, backward, clipping and Adam in one native call, in place on the device; a
+      // non-finite loss leaves the weights as they were (E_NUMERIC) and the last checkpoint stands.
+      // The signal is checked between steps (above).
+      const v = await trainer.trainStep({ faces: facesT, prompts, latents, noise, timesteps }, { lr: lrNow, clipNorm: clip });
       losses.push(v.loss);
       const done = step + 1;
-      if (done % every === 0 || done === steps) writeCheckpoint(opts.out, done, fingerprint, cfg, trainer.weights, adam);
+      if (done % every === 0 || done === steps) writeCheckpoint(opts.out, done, fingerprint, cfg, trainer.hostWeights(), trainer.optimizerState());
       const elapsed = Date.now() - t0;
-      opts.onProgress?.({ step: done, steps, loss: v.loss, lossDiff: v.lossDiff, lossReg: v.lossReg, lr: lrNow, gradNorm: norm, elapsedMs: elapsed, etaMs: (elapsed / (done - start)) * (steps - done) });
+      opts.onProgress?.({ step: done, steps, loss: v.loss, lossDiff: v.lossDiff, lossReg: v.lossReg, lr: lrNow, gradNorm: v.gradNorm, elapsedMs: elapsed, etaMs: (elapsed / (done - start)) * (steps - done) });
     }
     const encoderDir = path.join(opts.out, 'encoder');
-    saveIdEncoder(encoderDir, cfg, trainer.weights);
+    saveIdEncoder(encoderDir, cfg, trainer.hostWeights());
     return { encoderDir, steps, startStep: start, losses };
   } finally {
     if (ownEncoder) encoder?.dispose();

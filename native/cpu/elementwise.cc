@@ -1,5 +1,6 @@
 // Elementwise ops: activations, broadcast ADD/MUL, SCALE, and the two sampler updates; at the end,
 // the activations' backward ops (GELU/QUICK_GELU/SILU/GEGLU_BACKWARD).
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -264,6 +265,61 @@ void op_SAMPLER_STEP(const OpAttrs&, const Views& in, const Views& out) {
       y[i] = float(v);
       x0o[i] = float(x0);
       xin[i] = float(c.next_in * float(v));
+    }
+  });
+}
+
+// ---- optimizer update ---------------------------------------------------------------------------
+
+void op_ADAM_STEP(const OpAttrs&, const Views& in, const Views& out) {
+  const char* op = "adam_step";
+  checkArity(op, in, 5, 6, out, 3);
+  const char* names[] = {"parameter", "gradient", "first moment", "second moment"};
+  for (int k = 0; k < 4; k++) {
+    checkDtype(op, in[k], DType::F32, names[k]);
+    checkShape(op, in[k], in[0].shape, names[k]);
+  }
+  checkDtype(op, in[4], DType::I32, "coefficients (float32 bits)");
+  checkShape(op, in[4], {kAdamCoefs}, "coefficients");
+  const bool clipped = given(in, 5);
+  if (clipped) {
+    checkDtype(op, in[5], DType::F32, "squared gradient norm");
+    checkShape(op, in[5], {1}, "squared gradient norm");
+  }
+  for (int k = 0; k < 3; k++) {
+    checkDtype(op, out[k], DType::F32, "out");
+    checkShape(op, out[k], in[0].shape, "out");
+  }
+  AdamCoefs c;
+  std::memcpy(&c, in[4].data, sizeof c);
+  const int64_t n = in[0].numel();
+  const float* p = in[0].as<float>();
+  const float* g = in[1].as<float>();
+  const float* m = in[2].as<float>();
+  const float* v = in[3].as<float>();
+  float* po = out[0].as<float>();
+  float* mo = out[1].as<float>();
+  float* vo = out[2].as<float>();
+  double s = 1.0;
+  if (clipped) {
+    const double gsq = *in[5].as<float>();
+    if (!std::isfinite(gsq)) {  // a failed step changes nothing (outputs may be the inputs)
+      for (int k = 0; k < 3; k++)
+        if (out[k].data != in[k == 0 ? 0 : k + 1].data) std::memcpy(out[k].data, in[k == 0 ? 0 : k + 1].data, n * sizeof(float));
+      return;
+    }
+    if (c.clip > 0 && gsq > 0) s = std::min(1.0, double(c.clip) / std::sqrt(gsq));
+  }
+  // No restrict: out[k] may be in[k]; element i is read completely before it is written.
+  forChunks(n, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i++) {
+      const double gi = s * g[i];
+      const double mi = c.beta1 * double(m[i]) + (1.0 - c.beta1) * gi;
+      const double vi = c.beta2 * double(v[i]) + (1.0 - c.beta2) * gi * gi;
+      const float mf = float(mi), vf = float(vi);
+      po[i] = float(p[i] - (c.lr * (double(mf) / c.c1)) / (std::sqrt(double(vf) / c.c2) + c.eps));
+      mo[i] = mf;
+      vo[i] = vf;
     }
   });
 }

@@ -49,6 +49,8 @@ export interface OpCase {
   gradTol?: number;
   /** fp16 CUDA vs CPU tolerance (default 2e-3) */
   tolF16?: number;
+  /** the op computes in float32 only (ADAM_STEP: training runs in float32): no float16 mode */
+  float32Only?: boolean;
   /** SD 1.5 and kernel-path shapes (CPU microkernel edges, Winograd tiles, CUDA kernel choices):
    * checked forward on every backend, left out of the finite-difference mode and of the default
    * perf listing */

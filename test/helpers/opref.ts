@@ -320,6 +320,27 @@ export function samplerStep(x: A, m: A, st: A, bits: Int32Array, z: A | undefine
   return out;
 }
 
+/**
+ * ADAM_STEP (native/backend.h): c = the bits of [lr, β1, β2, ε, c1, c2, clip, _]; gsq the squared
+ * global gradient norm (clipping), non-finite → nothing changes.
+ */
+export function adamStep(p: A, g: A, m: A, v: A, bits: Int32Array, gsq: A | undefined): Float64Array[] {
+  const [lr, b1, b2, eps, c1, c2, clip] = new Float32Array(bits.buffer, bits.byteOffset, 8) as unknown as number[];
+  const n = p.length;
+  const out = [Float64Array.from(p), Float64Array.from(m), Float64Array.from(v)];
+  if (gsq && !Number.isFinite(gsq[0]!)) return out;
+  const s = gsq && clip! > 0 && gsq[0]! > 0 ? Math.min(1, clip! / Math.sqrt(gsq[0]!)) : 1;
+  for (let i = 0; i < n; i++) {
+    const gi = s * g[i]!;
+    const mi = b1! * m[i]! + (1 - b1!) * gi;
+    const vi = b2! * v[i]! + (1 - b2!) * gi * gi;
+    out[0]![i] = p[i]! - (lr! * (mi / c1!)) / (Math.sqrt(vi / c2!) + eps!);
+    out[1]![i] = mi;
+    out[2]![i] = vi;
+  }
+  return out;
+}
+
 /** x summed down to `os` (right aligned, extents 1 or equal). */
 export function reduceSum(x: A, xs: Shape, os: Shape): Float64Array {
   const y = new Float64Array(numel(os));
