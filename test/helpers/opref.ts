@@ -194,7 +194,9 @@ export const unary = {
 };
 
 export function map(x: A, f: (v: number) => number): Float64Array {
-  return Float64Array.from(x as ArrayLike<number>, f);
+  const y = new Float64Array(x.length);  // a loop: Float64Array.from(x, f) is several times slower
+  for (let i = 0; i < x.length; i++) y[i] = f(x[i]!);
+  return y;
 }
 
 export function geglu(x: A, xs: Shape): Float64Array {
