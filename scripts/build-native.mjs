@@ -6,6 +6,8 @@
 //   IDFORGE_CUDA_ARCHS=90   CUDA architecture list (default "80;86;89;90")
 //   IDFORGE_NATIVE_ARCH=0   portable CPU code (no -march=native): prebuilt platform packages
 //   IDFORGE_BUILD=gyp       force the node-gyp path
+//   IDFORGE_BUILD_DIR=dir   CMake's build folder (default build; the addon lands in dir/Release):
+//                           test/ops-portable.test.ts builds a portable CPU-only addon apart this way
 import { spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -32,7 +34,7 @@ let status;
 if (!forceGyp && has('cmake')) {
   const cmakeJs = require.resolve('cmake-js/bin/cmake-js');
   // configure on every install so that changed options (IDFORGE_CUDA, archs) reach CMake's cache.
-  const args = ['--out', 'build'];
+  const args = ['--out', process.env.IDFORGE_BUILD_DIR || 'build'];
   // Always pass every option: CMake caches them, and a stale cache must not keep an earlier choice.
   const off = (v) => ['0', 'off', 'false', 'no'].includes(v.toLowerCase());
   const nativeArch = process.env.IDFORGE_NATIVE_ARCH;
@@ -43,6 +45,9 @@ if (!forceGyp && has('cmake')) {
   if (process.env.IDFORGE_PARALLEL) args.push('--parallel', process.env.IDFORGE_PARALLEL);
   status = run(process.execPath, [cmakeJs, 'configure', ...args]);
   if (status === 0) status = run(process.execPath, [cmakeJs, 'build', ...args.filter((a) => !a.startsWith('--CD'))]);
+} else if (process.env.IDFORGE_BUILD_DIR) {
+  console.error('[idforge] IDFORGE_BUILD_DIR needs CMake (node-gyp builds into build/ only)');
+  status = 1;
 } else {
   console.error('[idforge] cmake not found (or IDFORGE_BUILD=gyp): building the CPU-only addon with node-gyp');
   // A packed idforge carries binding.gyp as scripts/binding.gyp (scripts/pack.mjs says why).

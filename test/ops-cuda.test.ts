@@ -21,7 +21,8 @@ const compare = (t: { ok: (ok: boolean, msg: string) => unknown }, name: string,
   });
 
 t.test('forward: CUDA ops vs CPU ops', { skip }, async (t) => {
-  for (const c of opCases()) {
+  // Not the bad-shape cases (CPU-side checks) nor the IEEE special values (the kernels use fast math).
+  for (const c of opCases().filter((c) => !c.error && !c.special)) {
     // float16: the CPU reference sees the same float16-rounded inputs.
     for (const dtype of c.float32Only ? (['float32'] as const) : DTYPES) {
       const half = dtype === 'float16';
@@ -33,7 +34,7 @@ t.test('forward: CUDA ops vs CPU ops', { skip }, async (t) => {
 t.test('grad: the gradient graph on CUDA vs on the CPU', { skip }, async (t) => {
   // Outputs: the loss, then each gradient. float16 differences grow through the chained ops. (The
   // backward kernels at SD 1.5 shapes are forward cases of the table: its backward-op cases.)
-  for (const c of opCases().filter((c) => c.grad && !c.gpu)) {
+  for (const c of opCases().filter((c) => c.grad && !c.stress)) {
     for (const dtype of DTYPES) {
       const half = dtype === 'float16';
       compare(t, `${c.name} (loss, gradients)`, dtype, await runGrad(c, { device: 'cuda', dtype }), await runGrad(c, CPU, half), half ? 2e-2 : 1e-4);

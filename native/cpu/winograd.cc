@@ -14,7 +14,7 @@
 // arithmetic with compile-time coefficients (zero coefficients skipped, unit ones folded).
 //
 // F(2,3) cuts the multiplies 2.25x, F(4,3) 4x; F(4,3) (points 0, ±1, ±2, ∞, as in Lavin) loses a
-// little precision, measured in test/native/cpu_ops_test.cc.
+// little precision, measured by the op table's "wino" cases (test/helpers/opcases-paths.ts).
 #include "winograd.h"
 
 #include <algorithm>

@@ -1,13 +1,15 @@
 // The modes that run the op table (test/helpers/opcases.ts): forward against the float64
 // reference, gradients against finite differences, and the gradient graph on any backend (the
 // CUDA mode compares it with the CPU's).
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import path from 'node:path';
+import { IdforgeError } from '../../lib/errors.js';
 import { grad } from '../../lib/graph/autodiff.js';
 import type { Graph, Value } from '../../lib/graph/graph.js';
 import { Program, type BackendSpec } from '../../lib/graph/program.js';
 import { numel } from '../../lib/tensor.js';
-import { caseGraph, makeInputs, roundHalf, runCase, runOn, type InputSpec, type OpCase } from './opcases.js';
-import { relL2 } from './metrics.js';
+import { caseGraph, makeInputs, roundHalf, runCase, runOn, tensorOf, type InputSpec, type OpCase } from './opcase.js';
 import { rand, rng } from './random.js';
 
 export interface Check {
@@ -18,17 +20,102 @@ export interface Check {
 /** Every op of native/backend.h (lower case), read from its op list. */
 export const OP_NAMES: string[] = [...fs.readFileSync(new URL('../../native/backend.h', import.meta.url), 'utf8').matchAll(/^\s+X\((\w+)\)/gm)].map((m) => m[1]!.toLowerCase());
 
-/** The case's outputs on `be` against its float64 reference. */
+/**
+ * The forward mode in a child process (test/helpers/ops-forward.ts) on the default addon or the
+ * one `addon` names: one assertion per check, plus the child's exit status.
+ */
+export function forwardInChild(t: { ok(ok: boolean, msg: string): unknown; equal(a: unknown, b: unknown, msg: string): unknown }, o: { addon?: string; which: 'all' | 'cpu' }): void {
+  const env: NodeJS.ProcessEnv = { ...process.env, IDFORGE_POISON: '1' };
+  delete env['NODE_V8_COVERAGE'];  // the child's loops run uninstrumented
+  if (o.addon) env['IDFORGE_ADDON'] = o.addon;
+  const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
+  const r = spawnSync(process.execPath, ['--import=@tapjs/typescript/import', 'test/helpers/ops-forward.ts', ...(o.which === 'cpu' ? ['--cpu'] : [])], { cwd: root, env, encoding: 'utf8', maxBuffer: 64 << 20 });
+  const lines = (r.stdout ?? '').split('\n').filter((l) => /^(ok|FAIL) /.test(l));
+  for (const l of lines) t.ok(l.startsWith('ok '), l.replace(/^(ok|FAIL) /, ''));
+  t.ok(lines.length > 250, `${lines.length} checks ran`);
+  t.equal(r.status, 0, `child exit status (stderr tail: ${(r.stderr ?? '').slice(-2000)})`);
+}
+
+/** Seeded distinct-enough indices of an output of n elements: the first, the last and count − 2 random ones. */
+export function sampleIndices(n: number, count: number, seed: number): number[] {
+  const r = rng(seed);
+  return n <= count ? Array.from({ length: n }, (_, i) => i) : [0, n - 1, ...Array.from({ length: count - 2 }, () => Math.floor(r() * n))];
+}
+
+/**
+ * The case's outputs on `be` against its float64 reference (at sampled indices where the case says
+ * so), or the typed error it must raise. Every output element must be finite except where the
+ * reference is NaN / ±inf, and there it must be the same value: with IDFORGE_POISON=1 an element
+ * no kernel wrote is NaN and fails, sampled or not.
+ */
 export async function checkForward(c: OpCase, be: BackendSpec): Promise<Check[]> {
+  if (c.error) return [await checkError(c, be)];
+  if (c.samples && c.refAt) return checkSampled(c, be);
   const out = await runCase(c, be);
   const ref = c.ref!(makeInputs(c, 1));
-  const tol = c.tol ?? 1e-5;
   return out.map((o, i) => {
-    const e = relL2(o, ref[i]!);
-    let finite = true;
-    for (const v of o) if (!Number.isFinite(v)) finite = false;
-    return { ok: finite && o.length === ref[i]!.length && e <= tol, msg: `${c.name} output ${i}: rel L2 ${e.toExponential(2)} vs float64 (≤ ${tol})${finite ? '' : ', non-finite values'}` };
+    // Non-finite outputs where the reference is finite, or not the reference's special value.
+    let wrong = 0;
+    for (let k = 0; k < o.length; k++) {
+      const v = o[k]!;
+      if (v - v !== 0 && !Object.is(v, ref[i]![k])) wrong++;
+    }
+    return compare(c, i, o, ref[i]!, wrong, `${o.length}`);
   });
+}
+
+/**
+ * A big case: the graph also gathers the sampled indices of each output (an embedding of the
+ * output as a one-column table), so only those come back to JS; the poison check counts the
+ * non-finite elements of each whole output natively.
+ */
+async function checkSampled(c: OpCase, be: BackendSpec): Promise<Check[]> {
+  const { g, outs } = caseGraph(c);
+  const idx = outs.map((y, i) => sampleIndices(numel(y.shape), c.samples!, 100 + i));
+  for (const [i, y] of outs.entries()) g.output(g.embedding(g.input([idx[i]!.length], 'int32'), g.reshape(y, [numel(y.shape), 1])));
+  const x = makeInputs(c, 1);
+  const specs: InputSpec[] = [...c.inputs, ...idx.map((ix) => ({ shape: [ix.length], int: [0, 1] as [number, number] }))];
+  const ins = [...x, ...idx.map((ix) => Int32Array.from(ix))].map((d, i) => tensorOf(d, specs[i]!, be));
+  const p = new Program(g, be);
+  try {
+    const res = await p.run(ins);
+    try {
+      return outs.map((y, i) => compare(c, i, res[outs.length + i]!.toFloat32(), c.refAt!(x, i, idx[i]!), res[i]!.countNonFinite(), `${idx[i]!.length} sampled of ${numel(y.shape)}`));
+    } finally {
+      for (const r of res) r.dispose();
+    }
+  } finally {
+    p.dispose();
+    for (const t of ins) t.dispose();
+  }
+}
+
+/** got vs ref: relative L2 over the finite references (a non-finite one must come out the same). */
+function compare(c: OpCase, i: number, got: Float32Array, ref: Float64Array, wrong: number, what: string): Check {
+  let num = 0, den = 0;
+  for (let k = 0; k < got.length && ref.length === got.length; k++) {
+    const r = ref[k]!, v = got[k]!;
+    if (r - r !== 0) {
+      if (v - v === 0) wrong++;  // the reference's NaN / inf came out finite
+      continue;
+    }
+    num += (v - r) * (v - r);
+    den += r * r;
+  }
+  const e = ref.length !== got.length || Number.isNaN(num) ? NaN : Math.sqrt(den ? num / den : num);
+  const tol = c.tol ?? 1e-5;
+  return { ok: wrong === 0 && e <= tol, msg: `${c.name} output ${i}: rel L2 ${e.toExponential(2)} vs float64 over ${what} (≤ ${tol})${wrong ? `, ${wrong} wrong non-finite values` : ''}` };
+}
+
+/** Building, compiling or running the case throws IdforgeError with the case's code. */
+async function checkError(c: OpCase, be: BackendSpec): Promise<Check> {
+  try {
+    await runCase(c, be);
+    return { ok: false, msg: `${c.name}: no error` };
+  } catch (e) {
+    const code = e instanceof IdforgeError ? e.code : `untyped ${(e as Error).name}`;
+    return { ok: code === c.error, msg: `${c.name}: ${code}: ${(e as Error).message.split('\n')[0]}` };
+  }
 }
 
 /**

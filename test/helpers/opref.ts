@@ -12,68 +12,70 @@ export function strides(s: Shape): number[] {
   return st;
 }
 
-/** y[.., n] = Σ_k x[.., k]·w[n, k] + b[n] + r (transX: x [B, K, R] → [B, R, N]; transY: x [B, R, K] → [B, N, R]). */
-export function linear(x: A, xs: Shape, w: A, ws: Shape, b?: A, r?: A, mode: 'plain' | 'transX' | 'transY' = 'plain'): Float64Array {
+/** Every flat index of an output of n elements (a full reference is the sampled one at all of them). */
+export const allIndices = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
+
+/**
+ * y[.., n] = Σ_k x[.., k]·w[n, k] + b[n] + r (transX: x [B, K, R] → [B, R, N]; transY: x [B, R, K] →
+ * [B, N, R]) at the output's flat indices idx (all of them when absent).
+ */
+export function linear(x: A, xs: Shape, w: A, ws: Shape, b?: A, r?: A, mode: 'plain' | 'transX' | 'transY' = 'plain', idx?: number[]): Float64Array {
   const [N, K] = ws as [number, number];
   const B = mode === 'plain' ? 1 : xs[0]!;
   const R = mode === 'plain' ? numel(xs.slice(0, -1)) : mode === 'transX' ? xs[2]! : xs[1]!;  // rows (K may be 0)
-  const y = new Float64Array(B * R * N);
-  for (let bi = 0; bi < B; bi++)
-    for (let ri = 0; ri < R; ri++)
-      for (let n = 0; n < N; n++) {
-        let s = b ? b[n]! : 0;
-        for (let k = 0; k < K; k++) {
-          const xv = mode === 'transX' ? x[(bi * K + k) * R + ri]! : x[(bi * R + ri) * K + k]!;
-          s += xv * w[n * K + k]!;
-        }
-        const o = mode === 'transY' ? (bi * N + n) * R + ri : (bi * R + ri) * N + n;
-        y[o] = s + (r ? r[o]! : 0);
-      }
+  const at = idx ?? allIndices(B * R * N);
+  const y = new Float64Array(at.length);
+  at.forEach((o, t) => {
+    // o = (bi·R + ri)·N + n, or (bi·N + n)·R + ri with transY
+    const bi = Math.floor(o / (R * N));
+    const ri = mode === 'transY' ? o % R : Math.floor(o / N) % R;
+    const n = mode === 'transY' ? Math.floor(o / R) % N : o % N;
+    let s = b ? b[n]! : 0;
+    for (let k = 0; k < K; k++) s += (mode === 'transX' ? x[(bi * K + k) * R + ri]! : x[(bi * R + ri) * K + k]!) * w[n * K + k]!;
+    y[t] = s + (r ? r[o]! : 0);
+  });
   return y;
 }
 
-/** a[B, M, K]·b[B|1, K, N] (or b[B|1, N, K] with transB; a rank-2 b is shared by every batch). */
-export function matmul(a: A, as: Shape, b: A, bs: Shape, transB: boolean): Float64Array {
+/** a[B, M, K]·b[B|1, K, N] (or b[B|1, N, K] with transB; a rank-2 b is shared by every batch), at idx. */
+export function matmul(a: A, as: Shape, b: A, bs: Shape, transB: boolean, idx?: number[]): Float64Array {
   const [B, M, K] = as.length === 3 ? (as as [number, number, number]) : [1, as[0]!, as[1]!];
   const bb = bs.length === 3 ? bs[0]! : 1;
   const N = transB ? bs[bs.length - 2]! : bs[bs.length - 1]!;
-  const y = new Float64Array(B * M * N);
-  for (let i = 0; i < B; i++) {
+  const at = idx ?? allIndices(B * M * N);
+  const y = new Float64Array(at.length);
+  at.forEach((e, t) => {
+    const n = e % N, m = Math.floor(e / N) % M, i = Math.floor(e / (M * N));
     const bo = bb === 1 ? 0 : i * K * N;
-    for (let m = 0; m < M; m++)
-      for (let n = 0; n < N; n++) {
-        let s = 0;
-        for (let k = 0; k < K; k++) s += a[(i * M + m) * K + k]! * (transB ? b[bo + n * K + k]! : b[bo + k * N + n]!);
-        y[(i * M + m) * N + n] = s;
-      }
-  }
+    let s = 0;
+    for (let k = 0; k < K; k++) s += a[(i * M + m) * K + k]! * (transB ? b[bo + n * K + k]! : b[bo + k * N + n]!);
+    y[t] = s;
+  });
   return y;
 }
 
-/** conv2d + b ([O], or per image [B, O]) + r. */
-export function conv2d(x: A, xs: Shape, w: A, ws: Shape, stride: number, pad: number, b?: A, bPerImage = false, r?: A): Float64Array {
+/** conv2d + b ([O], or per image [B, O]) + r, at idx. */
+export function conv2d(x: A, xs: Shape, w: A, ws: Shape, stride: number, pad: number, b?: A, bPerImage = false, r?: A, idx?: number[]): Float64Array {
   const [B, C, H, W] = xs as [number, number, number, number];
   const [O, , kh, kw] = ws as [number, number, number, number];
   const Ho = Math.floor((H + 2 * pad - kh) / stride) + 1, Wo = Math.floor((W + 2 * pad - kw) / stride) + 1;
-  const y = new Float64Array(B * O * Ho * Wo);
-  for (let bi = 0; bi < B; bi++)
-    for (let o = 0; o < O; o++)
-      for (let oy = 0; oy < Ho; oy++)
-        for (let ox = 0; ox < Wo; ox++) {
-          let s = b ? b[bPerImage ? bi * O + o : o]! : 0;
-          for (let c = 0; c < C; c++)
-            for (let i = 0; i < kh; i++) {
-              const iy = oy * stride - pad + i;
-              if (iy < 0 || iy >= H) continue;
-              for (let j = 0; j < kw; j++) {
-                const ix = ox * stride - pad + j;
-                if (ix < 0 || ix >= W) continue;
-                s += x[((bi * C + c) * H + iy) * W + ix]! * w[((o * C + c) * kh + i) * kw + j]!;
-              }
-            }
-          const e = ((bi * O + o) * Ho + oy) * Wo + ox;
-          y[e] = s + (r ? r[e]! : 0);
+  const at = idx ?? allIndices(B * O * Ho * Wo);
+  const y = new Float64Array(at.length);
+  at.forEach((e, t) => {
+    const ox = e % Wo, oy = Math.floor(e / Wo) % Ho, o = Math.floor(e / (Wo * Ho)) % O, bi = Math.floor(e / (Wo * Ho * O));
+    let s = b ? b[bPerImage ? bi * O + o : o]! : 0;
+    for (let c = 0; c < C; c++)
+      for (let i = 0; i < kh; i++) {
+        const iy = oy * stride - pad + i;
+        if (iy < 0 || iy >= H) continue;
+        for (let j = 0; j < kw; j++) {
+          const ix = ox * stride - pad + j;
+          if (ix < 0 || ix >= W) continue;
+          s += x[((bi * C + c) * H + iy) * W + ix]! * w[((o * C + c) * kh + i) * kw + j]!;
         }
+      }
+    y[t] = s + (r ? r[e]! : 0);
+  });
   return y;
 }
 
@@ -113,32 +115,56 @@ export function layerNorm(x: A, xs: Shape, w: A, b: A, eps: number): Float64Arra
   return y;
 }
 
-/** [o] or [o, p] (p: the softmax probabilities [B·H, Nq, Nk]). */
-export function attention(q: A, qs: Shape, k: A, ks: Shape, v: A, vs: Shape, heads: number, scale: number | undefined, causal: boolean, capture: boolean): Float64Array[] {
+/**
+ * [o] or [o, p] (p: the softmax probabilities [B·H, Nq, Nk]); with idx, output `out` (0: o, 1: p) at
+ * those flat indices only (each query row computed once).
+ */
+export function attention(q: A, qs: Shape, k: A, ks: Shape, v: A, vs: Shape, heads: number, scale: number | undefined, causal: boolean, capture: boolean, at?: { out: number; idx: number[] }): Float64Array[] {
   const [B, Nq, Dq] = qs as [number, number, number];
   const Nk = ks[1]!, d = Dq / heads, dv = vs[2]! / heads;
   const sc = scale ?? 1 / Math.sqrt(d);
+  const rows = new Map<number, { p: Float64Array; o: Float64Array }>();
+  // Row (bi, h, i): the probabilities over the keys and the dv outputs of that head.
+  const row = (bi: number, h: number, i: number) => {
+    const key = (bi * heads + h) * Nq + i;
+    let r = rows.get(key);
+    if (r) return r;
+    const s = new Float64Array(Nk);
+    let mx = -Infinity;
+    for (let j = 0; j < Nk; j++) {
+      let acc = 0;
+      for (let c = 0; c < d; c++) acc += q[(bi * Nq + i) * Dq + h * d + c]! * k[(bi * Nk + j) * Dq + h * d + c]!;
+      s[j] = causal && j > i ? -Infinity : acc * sc;
+      mx = Math.max(mx, s[j]!);  // NaN scores make the row NaN, as in torch
+    }
+    let sum = 0;
+    for (let j = 0; j < Nk; j++) sum += s[j] = Math.exp(s[j]! - mx);
+    for (let j = 0; j < Nk; j++) s[j] = s[j]! / sum;
+    const o = new Float64Array(dv);
+    for (let c = 0; c < dv; c++) {
+      let acc = 0;
+      for (let j = 0; j < Nk; j++) acc += s[j]! * v[(bi * Nk + j) * heads * dv + h * dv + c]!;
+      o[c] = acc;
+    }
+    r = { p: s, o };
+    if (at) rows.set(key, r);
+    return r;
+  };
+  if (at) {
+    return [Float64Array.from(at.idx, (e) => {
+      if (at.out === 1) return row(Math.floor(e / (heads * Nq * Nk)), Math.floor(e / (Nq * Nk)) % heads, Math.floor(e / Nk) % Nq).p[e % Nk]!;
+      const c = e % dv, h = Math.floor(e / dv) % heads, i = Math.floor(e / (dv * heads)) % Nq, bi = Math.floor(e / (dv * heads * Nq));
+      return row(bi, h, i).o[c]!;
+    })];
+  }
   const o = new Float64Array(B * Nq * heads * dv);
   const p = new Float64Array(B * heads * Nq * Nk);
-  const s = new Float64Array(Nk);
   for (let bi = 0; bi < B; bi++)
     for (let h = 0; h < heads; h++)
       for (let i = 0; i < Nq; i++) {
-        let mx = -Infinity;
-        for (let j = 0; j < Nk; j++) {
-          let acc = 0;
-          for (let c = 0; c < d; c++) acc += q[(bi * Nq + i) * Dq + h * d + c]! * k[(bi * Nk + j) * Dq + h * d + c]!;
-          s[j] = causal && j > i ? -Infinity : acc * sc;
-          mx = Math.max(mx, s[j]!);
-        }
-        let sum = 0;
-        for (let j = 0; j < Nk; j++) sum += s[j] = Math.exp(s[j]! - mx);
-        for (let j = 0; j < Nk; j++) p[((bi * heads + h) * Nq + i) * Nk + j] = s[j]! / sum;
-        for (let c = 0; c < dv; c++) {
-          let acc = 0;
-          for (let j = 0; j < Nk; j++) acc += (s[j]! / sum) * v[(bi * Nk + j) * heads * dv + h * dv + c]!;
-          o[(bi * Nq + i) * heads * dv + h * dv + c] = acc;
-        }
+        const r = row(bi, h, i);
+        p.set(r.p, ((bi * heads + h) * Nq + i) * Nk);
+        o.set(r.o, (bi * Nq + i) * heads * dv + h * dv);
       }
   return capture ? [o, p] : [o];
 }
@@ -168,7 +194,9 @@ export const unary = {
 };
 
 export function map(x: A, f: (v: number) => number): Float64Array {
-  return Float64Array.from(x as ArrayLike<number>, f);
+  const y = new Float64Array(x.length);  // a loop: Float64Array.from(x, f) is several times slower
+  for (let i = 0; i < x.length; i++) y[i] = f(x[i]!);
+  return y;
 }
 
 export function geglu(x: A, xs: Shape): Float64Array {
