@@ -315,6 +315,13 @@ std::vector<std::shared_ptr<NTensor>> Program::run(const std::vector<std::shared
     for (const auto& t : *into)
       if (t) drainOther(t);
   auto intoOf = [&](size_t k) { return into && (*into)[k] ? (*into)[k] : nullptr; };
+  auto fresh = [&](int id) {  // a new tensor for output value id
+    auto t = std::make_shared<NTensor>();
+    t->dtype = values_[id].dtype;
+    t->shape = values_[id].shape;
+    t->storage = std::make_shared<Storage>(be_, t->bytes());
+    return t;
+  };
   if (!prepared_) prepare();
   char* base = arena_ ? static_cast<char*>(arena_->data) : nullptr;
   auto arenaView = [&](int id) { return TensorView{base + offset_[id], values_[id].dtype, values_[id].shape}; };
@@ -334,10 +341,7 @@ std::vector<std::shared_ptr<NTensor>> Program::run(const std::vector<std::shared
         if (auto t = intoOf(k)) live_[outputs_[k]] = t;
       for (int id : outputs_)
         if (producer_[id] >= 0 && !live_[id]) {
-          auto t = std::make_shared<NTensor>();
-          t->dtype = values_[id].dtype;
-          t->shape = values_[id].shape;
-          t->storage = std::make_shared<Storage>(be_, t->bytes());
+          auto t = fresh(id);
           live_[id] = t;
           if (poison(be_)) std::memset(t->storage->data, 0xff, t->bytes());  // fresh outputs only
         }
@@ -386,12 +390,7 @@ std::vector<std::shared_ptr<NTensor>> Program::run(const std::vector<std::shared
       } else {
         // Graph mode: outputs live in the arena; hand JS a copy (into the caller's tensor if given).
         auto t = intoOf(k);
-        if (!t) {
-          t = std::make_shared<NTensor>();
-          t->dtype = values_[id].dtype;
-          t->shape = values_[id].shape;
-          t->storage = std::make_shared<Storage>(be_, t->bytes());
-        }
+        if (!t) t = fresh(id);
         be_->run(OpCode::RESHAPE, OpAttrs{}, {arenaView(id)}, {t->view()});
         result.push_back(t);
       }

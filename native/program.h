@@ -48,8 +48,9 @@ class Program {
   // `cancel` (may be null): checked before every op (on CUDA: before every launch; a replayed
   // graph is one launch) and, on the CPU, before every parallel chunk of an op; when set, the run
   // stops with Error("E_ABORTED") and its outputs are freed. From the first op that updates in
-  // place (updatesInPlace) on, the run is no longer interrupted: it finishes its update. `fine`: the CPU pool also sub-splits
-  // its chunks to check more often (see cancel.h; for a caller's AbortSignal).
+  // place (updatesInPlace) on, the run is no longer interrupted: it finishes its update. `fine`:
+  // the CPU pool also sub-splits its chunks to check more often (see cancel.h; for a caller's
+  // AbortSignal).
   // `into` (may be null; else one entry per output, null for a fresh tensor): tensors the outputs
   // are written to, returned as those outputs. One may be an input of the run only when the op
   // computing that output updates in place (updatesInPlace, backend.h) and reads the input last.

@@ -26,6 +26,7 @@ import { expandPrompt } from '../identity/placeholders.js';
 import { toHost } from '../runtime/runtime.js';
 import type { SdRuntime } from '../runtime/sd.js';
 import { DDIMScheduler } from '../sched/ddim.js';
+import { integer, nonNegative } from '../validate.js';
 import { Tensor, numel } from '../tensor.js';
 import { buildTextEncoder } from '../text/clip.js';
 import { buildUNet } from '../unet/unet.js';
@@ -186,9 +187,7 @@ export class EncoderTrainer implements Disposable {
     const D = rt.configs.text.hiddenSize;
     if (this.config.textDim !== D)
       throw new IdforgeError('E_SHAPE', `EncoderTrainer: the encoder's words are ${this.config.textDim} wide, the model's text encoder takes ${D}`);
-    const reg = opts.regWeight ?? 0.01;
-    if (typeof reg !== 'number' || !Number.isFinite(reg) || reg < 0) throw argErr(`regWeight must be a finite number ≥ 0, got ${String(reg)}`);
-    this.regWeight = reg;
+    this.regWeight = nonNegative(opts.regWeight ?? 0.01, 'regWeight', { where: 'EncoderTrainer' });
     this.runtime = rt;
     this.trainable = trainableNames(this.#host.keys(), this.config, opts.train ?? 'all');
     this.#w = new TrainableWeights('id-encoder (training)', hostRefs(this.#host), rt.backend, this.trainable);
@@ -220,17 +219,16 @@ export class EncoderTrainer implements Disposable {
   /** Restores Adam's state (resuming from a checkpoint); moments missing from it start at zero. */
   setOptimizerState(s: OptimizerState): void {
     this.#live();
-    if (!Number.isInteger(s.t) || s.t < 0) throw argErr(`optimizer step count must be an integer ≥ 0, got ${String(s.t)}`);
+    integer(s.t, 'the optimizer step count', 0, Number.MAX_SAFE_INTEGER, 'EncoderTrainer');
     for (const [name, src] of [['first', s.m], ['second', s.v]] as const)
       for (const [n, a] of src) {
         const p = this.#params.get(n);
         if (!p) throw new IdforgeError('E_MODEL_FORMAT', `EncoderTrainer: the optimizer state has a ${name} moment for '${n}', which does not learn here`);
         if (a.length !== numel(p.shape)) throw new IdforgeError('E_MODEL_FORMAT', `EncoderTrainer: the ${name} moment of '${n}' has ${a.length} values, the weight ${numel(p.shape)}`);
       }
-    this.#moments();
     for (const [n, p] of this.#params) {
       for (const [src, dst] of [[s.m, this.#m], [s.v, this.#v]] as const) {
-        dst.get(n)!.dispose();
+        dst.get(n)?.dispose();
         dst.set(n, this.runtime.floats(src.get(n) ?? new Float32Array(numel(p.shape)), p.shape));
       }
     }
@@ -377,20 +375,20 @@ export class EncoderTrainer implements Disposable {
   async trainStep(batch: TrainBatch, opts: AdamStepOptions): Promise<TrainStepValues> {
     this.#check(batch);
     const { lr, clipNorm } = opts ?? ({} as AdamStepOptions);
-    if (typeof lr !== 'number' || !(lr > 0) || !Number.isFinite(lr)) throw argErr(`lr must be a finite number > 0, got ${String(lr)}`);
+    nonNegative(lr, 'lr', { positive: true, where: 'EncoderTrainer' });
     if (typeof clipNorm !== 'number' || !(clipNorm >= 0)) throw argErr(`clipNorm must be a number ≥ 0, got ${String(clipNorm)}`);
     const [b, c, h, w] = batch.latents.shape as [number, number, number, number];
     const { p, params } = this.#program(b, c, h, w, true);
     this.#moments();
-    const inputs = this.#batchInputs(batch);
+    const batchIn = this.#batchInputs(batch);
     try {
-      inputs.push(this.runtime.ints(adamCoefficients(this.#t + 1, lr, clipNorm), [ADAM_COEFS]));
+      using coefs = this.runtime.ints(adamCoefficients(this.#t + 1, lr, clipNorm), [ADAM_COEFS]);
       const ps = params.map((n) => this.#params.get(n)!);
       const state = params.flatMap((n) => [this.#m.get(n)!, this.#v.get(n)!]);
       const into = [undefined, undefined, undefined, undefined, ...params.flatMap((n) => [this.#params.get(n)!, this.#m.get(n)!, this.#v.get(n)!])];
       // No AbortSignal inside the step: with one, CPU ops split their work by timing and a step
       // would not be bit-reproducible (resume must be); callers check theirs between steps.
-      const outs = await p.run([...inputs.slice(0, 6), ...ps, inputs[6]!, ...state], { into });
+      const outs = await p.run([...batchIn, ...ps, coefs, ...state], { into });
       const [loss, lossDiff, lossReg, gsq] = outs.slice(0, 4).map((o) => {
         using hst = toHost(o);
         return hst.toFloat32()[0]!;
@@ -400,7 +398,7 @@ export class EncoderTrainer implements Disposable {
       this.#t++;
       return { loss, lossDiff, lossReg, gradNorm: Math.sqrt(gsq) };
     } finally {
-      for (const t of inputs) t.dispose();
+      for (const t of batchIn) t.dispose();
     }
   }
 

@@ -304,8 +304,9 @@ void op_ADAM_STEP(const OpAttrs&, const Views& in, const Views& out) {
   if (clipped) {
     const double gsq = *in[5].as<float>();
     if (!std::isfinite(gsq)) {  // a failed step changes nothing (outputs may be the inputs)
+      const int from[3] = {0, 2, 3};  // p', m', v' ← p, m, v
       for (int k = 0; k < 3; k++)
-        if (out[k].data != in[k == 0 ? 0 : k + 1].data) std::memcpy(out[k].data, in[k == 0 ? 0 : k + 1].data, n * sizeof(float));
+        if (out[k].data != in[from[k]].data) std::memcpy(out[k].data, in[from[k]].data, n * sizeof(float));
       return;
     }
     if (c.clip > 0 && gsq > 0) s = std::min(1.0, double(c.clip) / std::sqrt(gsq));
