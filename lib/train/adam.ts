@@ -19,6 +19,11 @@ export interface AdamOptions {
   eps?: number;
 }
 
+/** The hyperparameters with their defaults filled in (both the host and the device step use these). */
+function hyper(o: AdamOptions): Required<AdamOptions> {
+  return { beta1: o.beta1 ?? 0.9, beta2: o.beta2 ?? 0.999, eps: o.eps ?? 1e-8 };
+}
+
 /** Length of ADAM_STEP's coefficient input. */
 export const ADAM_COEFS = 8;
 
@@ -28,9 +33,8 @@ export const ADAM_COEFS = 8;
  * training step serves every step and learning rate. clip ≤ 0: no clipping.
  */
 export function adamCoefficients(t: number, lr: number, clip: number, opts: AdamOptions = {}): Int32Array {
-  const b1 = opts.beta1 ?? 0.9;
-  const b2 = opts.beta2 ?? 0.999;
-  const f = Float32Array.from([lr, b1, b2, opts.eps ?? 1e-8, 1 - b1 ** t, 1 - b2 ** t, clip > 0 ? clip : 0, 0]);
+  const { beta1: b1, beta2: b2, eps } = hyper(opts);
+  const f = Float32Array.from([lr, b1, b2, eps, 1 - b1 ** t, 1 - b2 ** t, clip > 0 ? clip : 0, 0]);
   return new Int32Array(f.buffer);
 }
 
@@ -44,9 +48,7 @@ export class Adam<P extends ParamArray = ParamArray> {
   readonly v = new Map<string, P>();
 
   constructor(opts: AdamOptions = {}) {
-    this.beta1 = opts.beta1 ?? 0.9;
-    this.beta2 = opts.beta2 ?? 0.999;
-    this.eps = opts.eps ?? 1e-8;
+    ({ beta1: this.beta1, beta2: this.beta2, eps: this.eps } = hyper(opts));
   }
 
   #moment(map: Map<string, P>, name: string, like: P): P {
