@@ -9,9 +9,9 @@ import type { BackendSpec, Program } from './graph/program.js';
 import type { Weights } from './graph/weights.js';
 import type { ModelConfigs } from './io/configs.js';
 import { backends, memory } from './native.js';
+import { buildGuidedUNet } from './runtime/sd.js';
 import { COEFFICIENTS, packCoefficients, type Sampler } from './sched/sampler.js';
 import { Tensor } from './tensor.js';
-import { buildUNet } from './unet/unet.js';
 
 /** What the step program needs from the model's runtime (lib/runtime/sd.ts SdRuntime). */
 export interface StepHost {
@@ -43,8 +43,6 @@ export interface StepShape {
  */
 export function stepProgram(host: StepHost, s: StepShape): Program {
   const ch = host.configs.unet.inChannels;
-  const D = host.configs.unet.crossAttentionDim;
-  const cfg = s.guidance !== null;
   const key = `step:${s.batch}x${ch}x${s.h}x${s.w}:${s.tokens}:${s.guidance}:${s.dual}:${s.noise}:${s.capture.join(',')}`;
   return host.program(key, (g) => {
     const lat = [s.batch, ch, s.h, s.w];
@@ -52,13 +50,9 @@ export function stepProgram(host: StepHost, s: StepShape): Program {
     const xin = g.input(lat);
     const state = g.input(lat);
     const coefs = g.input([COEFFICIENTS], 'int32');
-    const rows = cfg ? 2 * s.batch : s.batch;
-    const t = g.input([rows]);
-    const k = g.input([rows, s.tokens, D]);
-    const v = s.dual ? g.input([rows, s.tokens, D]) : k;
+    const r = buildGuidedUNet(g, host.weights.unet, host.configs, xin, s);
     const z = s.noise ? g.input(lat) : undefined;
-    const r = buildUNet(g, host.weights.unet, host.configs.unet, cfg ? g.concat([xin, xin], 0) : xin, t, { k, v }, { capture: new Set(s.capture) });
-    const [next, x0, nextIn] = g.samplerStep(x, cfg ? g.cfg(r.eps, s.guidance!) : r.eps, state, coefs, z);
+    const [next, x0, nextIn] = g.samplerStep(x, r.eps, state, coefs, z);
     g.output(next);
     g.output(x0);
     g.output(nextIn);

@@ -15,6 +15,7 @@ import type { Graph, Value } from '../graph/graph.js';
 import type { BackendSpec, Program } from '../graph/program.js';
 import { layerNormW, linearW, safetensorsRefs, toTokens, type Weights } from '../graph/weights.js';
 import type { TensorRef } from '../io/checkpoint.js';
+import { readJsonFile } from '../io/configs.js';
 import type { RawImage } from '../io/image.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
 import type { DeviceOptions } from '../options.js';
@@ -117,15 +118,11 @@ export function parseIdEncoderConfig(json: unknown, file = 'config.json'): IdEnc
 /** The encoder's model runtime: its weights (one group), device, stream and programs (one per batch size). */
 class IdEncoderRuntime extends ModelRuntime {
   readonly weights: Weights;
-  /** Over an open file (closed at dispose), or over float32 host weights (create(), a trainer's result). */
-  constructor(backend: BackendSpec, source: SafetensorsFile | ReadonlyMap<string, HostWeight>) {
+  /** Over checked refs: of an open file (`close` runs at dispose) or of float32 host weights (create(), a trainer's result). */
+  constructor(backend: BackendSpec, refs: Map<string, TensorRef>, close?: () => void) {
     super(backend, 'IdEncoder');
-    if (source instanceof SafetensorsFile) {
-      this.adopt(() => source.close());
-      this.weights = this.addWeights('id-encoder', safetensorsRefs(source));
-    } else {
-      this.weights = this.addWeights('id-encoder', hostRefs(source));
-    }
+    if (close) this.adopt(close);
+    this.weights = this.addWeights('id-encoder', refs);
   }
 }
 
@@ -187,13 +184,7 @@ export function createIdEncoderWeights(o: IdEncoderCreateOptions): { config: IdE
   let json: Record<string, unknown> = {};
   if (fs.existsSync(file) && fs.statSync(file).isDirectory()) {
     const cfg = path.join(file, 'config.json');
-    if (fs.existsSync(cfg)) {
-      try {
-        json = JSON.parse(fs.readFileSync(cfg, 'utf8')) as Record<string, unknown>;
-      } catch (e) {
-        throw fmt(cfg, `is not valid JSON (${(e as Error).message})`);
-      }
-    }
+    if (fs.existsSync(cfg)) json = readJsonFile(cfg) as Record<string, unknown>;
     file = path.join(file, 'model.safetensors');
   }
   if (!fs.existsSync(file)) throw new IdforgeError('E_NOT_FOUND', `backbone not found: ${file}`);
@@ -237,7 +228,6 @@ export function createIdEncoderWeights(o: IdEncoderCreateOptions): { config: IdE
       weights.set(`projector.${k}.fc2.weight`, { shape: [config.textDim, H], data: normal(config.textDim * H, 0.02) });
       weights.set(`projector.${k}.fc2.bias`, { shape: [config.textDim], data: new Float32Array(config.textDim) });
     });
-    checkWeights(hostRefs(weights), config, file);
     return { config, weights };
   } finally {
     st.close();
@@ -263,17 +253,12 @@ export class IdEncoder implements Disposable {
     const cfgFile = path.join(dir, 'config.json');
     const modelFile = path.join(dir, 'model.safetensors');
     if (!fs.existsSync(cfgFile)) throw new IdforgeError('E_NOT_FOUND', `${dir}: no config.json (an ID encoder folder holds config.json + model.safetensors)`);
-    let json: unknown;
-    try {
-      json = JSON.parse(fs.readFileSync(cfgFile, 'utf8'));
-    } catch (e) {
-      throw fmt(cfgFile, `is not valid JSON (${(e as Error).message})`);
-    }
-    const config = parseIdEncoderConfig(json, cfgFile);
+    const config = parseIdEncoderConfig(readJsonFile(cfgFile), cfgFile);
     const st = SafetensorsFile.open(modelFile);
     try {
-      checkWeights(safetensorsRefs(st), config, st.path);
-      return new IdEncoder(config, new IdEncoderRuntime(backend, st), dir);
+      const refs = safetensorsRefs(st);
+      checkWeights(refs, config, st.path);
+      return new IdEncoder(config, new IdEncoderRuntime(backend, refs, () => st.close()), dir);
     } catch (e) {
       st.close();
       throw e;
@@ -283,8 +268,9 @@ export class IdEncoder implements Disposable {
   /** An encoder over float32 host weights (checked against the config like a loaded one). */
   static fromWeights(config: IdEncoderConfig, weights: ReadonlyMap<string, HostWeight>, opts: IdEncoderLoadOptions = {}, dir = '(memory)'): IdEncoder {
     const backend = resolveBackend(opts);
-    checkWeights(hostRefs(weights), config, dir);
-    return new IdEncoder(config, new IdEncoderRuntime(backend, weights), dir);
+    const refs = hostRefs(weights);
+    checkWeights(refs, config, dir);
+    return new IdEncoder(config, new IdEncoderRuntime(backend, refs), dir);
   }
 
   /**
@@ -299,7 +285,6 @@ export class IdEncoder implements Disposable {
   /** Writes config.json + model.safetensors (float32): the folder IdEncoder.load reads. */
   save(dir: string): void {
     this.#rt.assertLive();
-    fs.mkdirSync(dir, { recursive: true });
     saveIdEncoder(dir, this.config, this.hostWeights());
   }
 
@@ -440,15 +425,13 @@ export function idEncoderLayout(c: IdEncoderConfig, opts: { patchBias?: boolean;
 }
 
 function checkWeights(refs: ReadonlyMap<string, TensorRef>, c: IdEncoderConfig, where: string): void {
-  const st = { has: (n: string) => refs.has(n), info: (n: string) => refs.get(n)!, path: where };
-  const layout = idEncoderLayout(c, { patchBias: st.has('patch_embed.proj.bias'), normPre: st.has('norm_pre.weight') || st.has('norm_pre.bias') });
-  const want = new Map(layout.map((e) => [e.name, e.shape]));
-  for (const [name, shape] of want) {
-    if (!st.has(name)) throw fmt(st.path, `ID encoder weight "${name}" is missing`);
-    const info = st.info(name);
-    if (!['F32', 'F16', 'BF16'].includes(info.dtype)) throw fmt(st.path, `ID encoder weight "${name}" is ${info.dtype}, expected a float type`);
+  const layout = idEncoderLayout(c, { patchBias: refs.has('patch_embed.proj.bias'), normPre: refs.has('norm_pre.weight') || refs.has('norm_pre.bias') });
+  for (const { name, shape } of layout) {
+    const info = refs.get(name);
+    if (!info) throw fmt(where, `ID encoder weight "${name}" is missing`);
+    if (!['F32', 'F16', 'BF16'].includes(info.dtype)) throw fmt(where, `ID encoder weight "${name}" is ${info.dtype}, expected a float type`);
     if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i]))
-      throw fmt(st.path, `ID encoder weight "${name}" has shape ${JSON.stringify(info.shape)}, the config implies ${JSON.stringify(shape)}`);
+      throw fmt(where, `ID encoder weight "${name}" has shape ${JSON.stringify(info.shape)}, the config implies ${JSON.stringify(shape)}`);
   }
 }
 

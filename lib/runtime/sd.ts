@@ -7,6 +7,7 @@
  * over `weights`.
  */
 import { IdforgeError } from '../errors.js';
+import type { Graph, Value } from '../graph/graph.js';
 import type { Program } from '../graph/program.js';
 import type { Weights } from '../graph/weights.js';
 import { openModel, type ModelSource } from '../io/checkpoint.js';
@@ -40,6 +41,27 @@ export interface UNetProgramOptions {
   dual?: boolean;
   /** Cross-attention layers whose probabilities are extra outputs, in this order. */
   capture?: readonly string[];
+}
+
+/**
+ * The UNet around latents x [b, C, h, w] as generation runs it: graph inputs timesteps, key
+ * context [rows, tokens, D] and (dual) value context, created here in that order; with a guidance
+ * scale, x is duplicated inside the graph (rows = 2b, unconditional first) and classifier-free
+ * guidance folded in → eps [b] and the captured maps. Shared by unetProgram and generate()'s step
+ * program (lib/sampling.ts).
+ */
+export function buildGuidedUNet(
+  g: Graph, weights: Weights, configs: ModelConfigs, x: Value,
+  s: { tokens: number; guidance: number | null; dual: boolean; capture: readonly string[] },
+): { eps: Value; attention: Map<string, Value> } {
+  const cfg = s.guidance !== null;
+  const rows = cfg ? 2 * x.dim(0) : x.dim(0);
+  const D = configs.unet.crossAttentionDim;
+  const t = g.input([rows]);
+  const k = g.input([rows, s.tokens, D]);
+  const v = s.dual ? g.input([rows, s.tokens, D]) : k;
+  const r = buildUNet(g, weights, configs.unet, cfg ? g.concat([x, x], 0) : x, t, { k, v }, { capture: new Set(s.capture) });
+  return { eps: cfg ? g.cfg(r.eps, s.guidance!) : r.eps, attention: r.attention };
 }
 
 const isDecoderWeight = (n: string): boolean => n.startsWith('decoder.') || n.startsWith('post_quant_conv.');
@@ -201,19 +223,11 @@ export class SdRuntime extends ModelRuntime {
    */
   unetProgram(b: number, h: number, w: number, n: number, guidance: number | null, opts: UNetProgramOptions = {}): Program {
     const ch = this.configs.unet.inChannels;
-    const D = this.configs.unet.crossAttentionDim;
-    const cfg = guidance !== null;
     const dual = !!opts.dual;
     const capture = opts.capture ?? [];
     return this.program(`unet:${b}x${ch}x${h}x${w}:${n}:${guidance}:${dual}:${capture.join(',')}`, (g) => {
-      const x = g.input([b, ch, h, w]);
-      const bb = cfg ? 2 * b : b;
-      const t = g.input([bb]);
-      const k = g.input([bb, n, D]);
-      const v = dual ? g.input([bb, n, D]) : k;
-      const xx = cfg ? g.concat([x, x], 0) : x;
-      const r = buildUNet(g, this.weights.unet, this.configs.unet, xx, t, { k, v }, { capture: new Set(capture) });
-      g.output(cfg ? g.cfg(r.eps, guidance) : r.eps);
+      const r = buildGuidedUNet(g, this.weights.unet, this.configs, g.input([b, ch, h, w]), { tokens: n, guidance, dual, capture });
+      g.output(r.eps);
       for (const l of capture) g.output(r.attention.get(l)!, l);
     });
   }
