@@ -21,7 +21,11 @@ export async function runJob(engine: Engine, job: JobData, onProgress: (p: Progr
       ...(job.identity ? { identity: fromWire(job.identity) } : {}),
       ...(job.identityScale !== undefined ? { identityScale: job.identityScale } : {}),
       ...(signal ? { signal } : {}),
-      onProgress: (p) => onProgress({ step: p.step, steps: p.steps }),
+      // Finished steps only: the in-step ticks (p.fraction) repeat the last step number, which
+      // the job's step history would read as a retried run.
+      onProgress: (p) => {
+        if (p.fraction === undefined) onProgress({ step: p.step, steps: p.steps });
+      },
     };
     const r = await engine.generate(opts);
     r.latents.dispose();

@@ -169,6 +169,8 @@ export class EncoderTrainer implements Disposable {
   readonly #m = new Map<string, Tensor>();
   readonly #v = new Map<string, Tensor>();
   #t = 0;
+  /** A step has changed the device weights since #host was last read back. */
+  #hostStale = false;
   #disposed = false;
 
   constructor(opts: EncoderTrainerOptions) {
@@ -205,7 +207,8 @@ export class EncoderTrainer implements Disposable {
   /** Every encoder weight, the trainable ones read back from the device (for saving). */
   hostWeights(): Map<string, HostWeight> {
     this.#live();
-    for (const [n, p] of this.#params) this.#host.get(n)!.data = p.toFloat32();
+    if (this.#hostStale) for (const [n, p] of this.#params) this.#host.get(n)!.data = p.toFloat32();
+    this.#hostStale = false;
     return this.#host;
   }
 
@@ -396,6 +399,7 @@ export class EncoderTrainer implements Disposable {
       if (!Number.isFinite(gsq))
         throw new IdforgeError('E_NUMERIC', `EncoderTrainer: the loss (${loss}) or a gradient is not finite at step ${this.#t + 1}; the weights are unchanged`);
       this.#t++;
+      this.#hostStale = true;
       return { loss, lossDiff, lossReg, gradNorm: Math.sqrt(gsq) };
     } finally {
       for (const t of batchIn) t.dispose();
