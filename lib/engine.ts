@@ -301,11 +301,12 @@ export class Engine implements Disposable {
       lat = noise0.map((z, i) => a * x0[i]! + b * z);
     }
     const start0 = Date.now();
-    const scaled = async (v: Float32Array): Promise<Float32Array> => {
-      if (idScale === 1) return v;
-      const p = await rt.wordEmbedding('person');
-      const D = p.length;
-      return v.map((x, i) => p[i % D]! + idScale * (x - p[i % D]!));
+    // identityScale interpolates the identity's vectors from the word "person" (looked up once).
+    const person = withId && idScale !== 1 ? await rt.wordEmbedding('person') : undefined;
+    const scaled = (v: Float32Array): Float32Array => {
+      if (!person) return v;
+      const D = person.length;
+      return v.map((x, i) => person[i % D]! + idScale * (x - person[i % D]!));
     };
     // One text-encoder run per distinct (stage, K|V) set, cached across steps.
     const contexts = new Map<string, Tensor>();
@@ -313,7 +314,7 @@ export class Engine implements Disposable {
       const key = withId ? `${stage}:${e.kvShared ? 'k' : kind}` : 'plain';
       let c = contexts.get(key);
       if (!c) {
-        c = withId ? await rt.runText(ids, { slots, vectors: await scaled(e.vectors(stage, e.kvShared ? 'k' : kind)) }) : await rt.runText(ids);
+        c = withId ? await rt.runText(ids, { slots, vectors: scaled(e.vectors(stage, e.kvShared ? 'k' : kind)) }) : await rt.runText(ids);
         contexts.set(key, c);
       }
       return c;

@@ -54,3 +54,15 @@ export function checkInputFinite(x: Float32Array, what: string): void {
   const bad = countHost(x);
   if (bad) throw new IdforgeError('E_ARGUMENT', `${what} hold ${bad} NaN/Inf value(s)`);
 }
+
+/** Cosine of two vectors (0 when either is zero): CLIP-T and face-embedding similarity. */
+export function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new IdforgeError('E_SHAPE', `cosine of vectors of lengths ${a.length} and ${b.length}`);
+  let ab = 0, aa = 0, bb = 0;
+  for (let i = 0; i < a.length; i++) {
+    ab += a[i]! * b[i]!;
+    aa += a[i]! * a[i]!;
+    bb += b[i]! * b[i]!;
+  }
+  return aa === 0 || bb === 0 ? 0 : ab / Math.sqrt(aa * bb);
+}

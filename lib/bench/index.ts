@@ -69,6 +69,7 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
   const steps = integer(opts.steps ?? 5, 'steps', 1);
   const warmup = integer(opts.warmup ?? 1, 'warmup', 0);
   const seed = integer(opts.seed ?? 0, 'seed', 0);
+  const images = integer(opts.images ?? 1, 'images', 1); // checked here, not minutes in
   const prompt = opts.prompt ?? 'a photo of the face of person, oil painting';
   const elem = dtype === 'float16' ? 2 : 4;
 
@@ -193,7 +194,6 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
     let generate: BenchResults['generate'] = null;
     if (opts.generate !== false) {
       const sampler = opts.sampler ?? 'ddim';
-      const images = integer(opts.images ?? 1, 'images', 1);
       const run = (n: number) => engine.generate({ prompt, width, height, steps: n, seed, sampler, guidanceScale: batch === 1 ? 1 : 7.5 });
       // One untimed step first: the step program (one for every step count) compiles there.
       const warm = await run(1);

@@ -9,7 +9,9 @@ import * as path from 'node:path';
 import { IdforgeError } from '../errors.js';
 import type { BackendSpec, Program } from '../graph/program.js';
 import { safetensorsRefs, type Weights } from '../graph/weights.js';
-import type { RawImage } from '../io/image.js';
+import { readJsonFile } from '../io/configs.js';
+import { decodeImage, type RawImage } from '../io/image.js';
+import { cosine } from '../numeric.js';
 import { SafetensorsFile } from '../io/safetensors.js';
 import type { DeviceOptions } from '../options.js';
 import { ModelRuntime, resolveBackend, toHost } from '../runtime/runtime.js';
@@ -29,25 +31,8 @@ export interface ClipScore {
   score: number;
 }
 
-function readJson(file: string): unknown {
-  try {
-    return JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new IdforgeError('E_MODEL_FORMAT', `${file}: is not valid JSON (${(e as Error).message})`, { cause: e });
-  }
-}
 
-/** Cosine of two vectors (0 when either is zero). */
-export function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) throw new IdforgeError('E_SHAPE', `cosine of vectors of lengths ${a.length} and ${b.length}`);
-  let ab = 0, aa = 0, bb = 0;
-  for (let i = 0; i < a.length; i++) {
-    ab += a[i]! * b[i]!;
-    aa += a[i]! * a[i]!;
-    bb += b[i]! * b[i]!;
-  }
-  return aa === 0 || bb === 0 ? 0 : ab / Math.sqrt(aa * bb);
-}
+export { cosine };
 
 /** The CLIP score of a cosine: 100 · max(cos, 0). */
 export function clipScore(cos: number): number {
@@ -94,9 +79,9 @@ export class ClipScorer implements Disposable {
       const pickle = fs.existsSync(path.join(dir, 'pytorch_model.bin')) ? ' (pytorch_model.bin is a pickle and is not read: convert it to safetensors)' : '';
       throw new IdforgeError('E_NOT_FOUND', `${dir}: no model.safetensors${pickle}`);
     }
-    const base = parseClipConfig(readJson(cfgFile), cfgFile);
+    const base = parseClipConfig(readJsonFile(cfgFile), cfgFile);
     const ppFile = path.join(dir, 'preprocessor_config.json');
-    const preprocess = parsePreprocessConfig(fs.existsSync(ppFile) ? readJson(ppFile) : undefined, base.vision.imageSize, ppFile);
+    const preprocess = parsePreprocessConfig(fs.existsSync(ppFile) ? readJsonFile(ppFile) : undefined, base.vision.imageSize, ppFile);
     const tokDir = fs.existsSync(path.join(dir, 'tokenizer', 'vocab.json')) ? path.join(dir, 'tokenizer') : dir;
     const tokenizer = ClipTokenizer.fromDir(tokDir);
     if (tokenizer.vocabSize > base.text.vocabSize)
@@ -200,8 +185,7 @@ export class ClipScorer implements Disposable {
    */
   async preprocess(image: RawImage | string | Buffer): Promise<Tensor> {
     this.#rt.assertLive();
-    const { decodeFace } = await import('../identity/face.js');
-    const img = await decodeFace(image);
+    const img = await decodeImage(image, 'image');
     const c = this.config.preprocess;
     return Tensor.from(clipPixels(img, c), [1, 3, c.cropHeight, c.cropWidth]);
   }

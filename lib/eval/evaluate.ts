@@ -17,7 +17,7 @@ import type { EvalSettings } from '../options.js';
 import { validateEvaluate } from '../validate.js';
 import type { Engine } from '../engine.js';
 import type { Identity } from '../identity/identity.js';
-import type { RawImage } from '../io/image.js';
+import { decodeImage, type RawImage } from '../io/image.js';
 import { cosine, clipScore, type ClipScorer } from '../clip/scorer.js';
 import { similarity, type Face, type FaceAnalyzer } from '../faces/index.js';
 import { DEFAULT_PROMPTS, plainPrompt } from './prompts.js';
@@ -100,13 +100,9 @@ export function stat(xs: readonly number[]): Stat {
   return { mean, std: Math.sqrt(v) };
 }
 
-const area = (f: Face): number => Math.max(0, f.box[2]! - f.box[0]!) * Math.max(0, f.box[3]! - f.box[1]!);
-
-/** The largest face in the image (the person the prompt is about), or null. */
+/** The largest face in the image (the person the prompt is about), or null: detect() lists it first. */
 async function largestFace(faces: FaceAnalyzer, image: RawImage): Promise<Face | null> {
-  let best: Face | null = null;
-  for (const f of await faces.detect(image)) if (!best || area(f) > area(best)) best = f;
-  return best;
+  return (await faces.detect(image))[0] ?? null;
 }
 
 function summarize(label: string, recs: readonly Pick<ImageRecord, 'idSimilarity' | 'faceDetected' | 'clipCosine' | 'clipScore' | 'idPrompt' | 'timeMs'>[], timed: boolean): RowSummary {
@@ -133,16 +129,15 @@ export async function evaluate(opts: EvaluateOptions): Promise<EvalResult> {
   throwIfAborted(signal, 'evaluate');
 
   // The reference: its face embedding, and (anchor row) its CLIP-T against every prompt.
-  const { decodeFace } = await import('../identity/face.js');
-  const refImage = await decodeFace(opts.reference);
+  const refImage = await decodeImage(opts.reference, 'reference photo');
   const refFace = await largestFace(faces, refImage);
   if (!refFace) warnings.push('no face detected in the reference photo: every ID similarity is 0');
   const refEmbedding = refFace ? await faces.embed(refImage, refFace) : null;
   const texts = prompts.map(plainPrompt);
   using textEmb = await clip.embedText(texts);
   const E = clip.dim;
-  const textRow = (i: number) => textEmb.toFloat32().subarray(i * E, (i + 1) * E);
-  const textRows = prompts.map((_, i) => textRow(i));
+  const allText = textEmb.toFloat32();
+  const textRows = prompts.map((_, i) => allText.subarray(i * E, (i + 1) * E));
   let refImgEmb: Float32Array;
   {
     using px = await clip.preprocess(refImage);

@@ -5,6 +5,7 @@
  */
 import * as path from 'node:path';
 import { IdforgeError } from '../errors.js';
+import { cosine } from '../numeric.js';
 import type { RawImage } from '../io/image.js';
 import { checkLandmarks, decodeFace, describeImage } from './align.js';
 import { FaceDetector, type DetectOptions, type Face } from './detect.js';
@@ -35,11 +36,7 @@ function checkDetectOptions(o: DetectOptions): Required<DetectOptions> {
 export function similarity(a: Float32Array, b: Float32Array): number {
   if (!(a instanceof Float32Array) || !(b instanceof Float32Array) || a.length !== b.length || a.length === 0)
     throw new IdforgeError('E_ARGUMENT', `similarity: expected two Float32Array embeddings of one length, got ${a?.length} and ${b?.length}`);
-  let ab = 0, aa = 0, bb = 0;
-  for (let i = 0; i < a.length; i++) {
-    ab += a[i]! * b[i]!; aa += a[i]! * a[i]!; bb += b[i]! * b[i]!;
-  }
-  return aa > 0 && bb > 0 ? ab / Math.sqrt(aa * bb) : 0;
+  return cosine(a, b);
 }
 
 let shared: Promise<FaceAnalyzer> | null = null;

@@ -1,4 +1,4 @@
-import { IdforgeError } from '../errors.js';
+import { IdforgeError, throwIfAborted } from '../errors.js';
 import { callAsync, call, cancelToken, native, type NativeProgram, type OpTiming } from '../native.js';
 import { Tensor } from '../tensor.js';
 import type { Graph } from './graph.js';
@@ -102,7 +102,7 @@ export class Program implements Disposable {
     if (!p) throw new IdforgeError('E_DISPOSED', 'program used after dispose()');
     const handles = inputs.map((t) => t.handle);
     const { signal, onTick } = opts;
-    if (signal?.aborted) throw new IdforgeError('E_ABORTED', 'the run was aborted', { cause: signal.reason });
+    throwIfAborted(signal, 'the run');
     const cancel = cancelToken(signal);
     const timer = onTick ? setInterval(() => onTick(p.progress), opts.tickMs ?? 1000) : undefined;
     try {

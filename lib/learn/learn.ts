@@ -26,6 +26,7 @@ import type { Program } from '../graph/program.js';
 import type { Weights } from '../graph/weights.js';
 import type { ModelConfigs, UNetConfig } from '../io/configs.js';
 import type { AugmentOptions, LearnOptions } from '../options.js';
+import { toHost } from '../runtime/runtime.js';
 import type { SdRuntime } from '../runtime/sd.js';
 import { crossAttentionLayers } from '../unet/unet.js';
 import { layerDownsampling } from '../attention.js';
@@ -251,7 +252,7 @@ export class IdentityLearner {
     const img = await prepareLearningImage(rt, face, { ...opts, init: o.init });
     const rng = new Xoshiro128(o.seed);
     const rnd = () => rng.nextDouble();
-    const e0 = await this.#initWord(o.init);
+    const e0 = await this.runtime.wordEmbedding(o.init);
     const D = e0.length;
     const gen = new TokenGenerator(e0, { dim: D, stages: o.stages }, o.seed);
     const sf = rt.configs.vae.scalingFactor;
@@ -316,7 +317,7 @@ export class IdentityLearner {
 
   /** The identity the generator produces before any step: every token = the init word's embedding. */
   async initialIdentity(opts: { stages?: number; init?: string } = {}): Promise<Identity> {
-    const e0 = await this.#initWord(opts.init ?? 'person');
+    const e0 = await this.runtime.wordEmbedding(opts.init ?? 'person');
     const S = opts.stages ?? 5;
     const k = new Float32Array(S * e0.length);
     for (let s = 0; s < S; s++) k.set(e0, s * e0.length);
@@ -324,10 +325,6 @@ export class IdentityLearner {
   }
 
   /** The init word's token embedding (it must be one token). */
-  async #initWord(word: string): Promise<Float32Array> {
-    return this.runtime.wordEmbedding(word);
-  }
-
   #program(h: number, w: number, lambda: number): Program {
     const rt = this.runtime;
     const layers = attentionLossLayersOf(rt.configs.unet);
@@ -355,11 +352,10 @@ export class IdentityLearner {
     owned.push(...rest);
     inputs.push(...rest);
     try {
-      const outs = await prog.run(inputs);
-      const f = outs.map((o) => o.to('float32', 'cpu'));
-      const vals = f.map((o) => o.toFloat32());
-      outs.forEach((o) => o.dispose());
-      f.forEach((o) => o.dispose());
+      const vals = (await prog.run(inputs)).map((o) => {
+        using h = toHost(o);
+        return h.toFloat32();
+      });
       return { loss: vals[0]![0]!, lossDiff: vals[1]![0]!, lossAtt: vals[2]![0]!, dk: vals[3]!, dv: vals[4]! };
     } finally {
       owned.forEach((x) => x.dispose());
