@@ -49,12 +49,6 @@ export function checkLatentsFinite(latents: Float32Array | Tensor, ctx: NumericC
   throw new IdforgeError('E_NUMERIC', msg);
 }
 
-/** E_ARGUMENT when caller-given latents are not all finite. */
-export function checkInputFinite(x: Float32Array, what: string): void {
-  const bad = countHost(x);
-  if (bad) throw new IdforgeError('E_ARGUMENT', `${what} hold ${bad} NaN/Inf value(s)`);
-}
-
 /** Cosine of two vectors (0 when either is zero): CLIP-T and face-embedding similarity. */
 export function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
   if (a.length !== b.length) throw new IdforgeError('E_SHAPE', `cosine of vectors of lengths ${a.length} and ${b.length}`);

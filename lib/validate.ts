@@ -5,7 +5,6 @@ import { IdforgeError } from './errors.js';
 import type { DeviceOptions, EvalSettings, GenerateOptions, LearnOptions, AugmentOptions } from './options.js';
 import { Identity } from './identity/identity.js';
 import { checkPrompt, MAX_GUIDANCE } from './io/bounds.js';
-import { checkInputFinite } from './numeric.js';
 import { badSampler, isSamplerName, type SamplerName } from './sched/sampler.js';
 import { Tensor } from './tensor.js';
 
@@ -108,15 +107,15 @@ export function validateGenerate(opts: GenerateOptions, multiple: number, image?
   const height = imageSide(opts.height ?? image?.height ?? 512, 'height', multiple);
   if (image && (image.width !== width || image.height !== height))
     throw new IdforgeError('E_SHAPE', `image is ${image.width}x${image.height} but width x height is ${width}x${height}: resize the image or leave width and height out`);
-  const steps = opts.steps ?? 50;
-  if (!Number.isInteger(steps) || steps < 1 || steps > 1000) throw argError(`steps must be an integer in [1, 1000], got ${describe(steps)}`);
+  const steps = integer(opts.steps ?? 50, 'steps', 1, 1000);
   const guidanceScale = nonNegative(opts.guidanceScale ?? 7.5, 'guidanceScale');
   if (guidanceScale > MAX_GUIDANCE) throw argError(`guidanceScale must be a finite number in [0, ${MAX_GUIDANCE}], got ${describe(guidanceScale)}`);
   const eta = opts.eta ?? 0;
   if (typeof eta !== 'number' || !Number.isFinite(eta) || eta < 0 || eta > 1) throw argError(`eta must be in [0, 1], got ${describe(eta)}`);
   const seed = seedOf(opts.seed);
   if (opts.latents != null && !(opts.latents instanceof Tensor)) throw argError('latents must be a Tensor'); // null = absent
-  if (opts.latents && opts.latents.countNonFinite()) checkInputFinite(opts.latents.toFloat32(), 'latents');
+  const badLatents = opts.latents ? opts.latents.countNonFinite() : 0; // counted where the tensor lives
+  if (badLatents) throw argError(`latents hold ${badLatents} NaN/Inf value(s)`);
   if (opts.nonFinite != null && opts.nonFinite !== 'error' && opts.nonFinite !== 'warn')
     throw argError(`nonFinite must be 'error' or 'warn', got ${describe(opts.nonFinite)}`);
   if (opts.captureAttention?.reduce !== undefined && opts.captureAttention.reduce !== 'mean') throw argError("captureAttention.reduce must be 'mean'");
