@@ -6,18 +6,22 @@ import { parseBenchArgs, USAGE } from './args.js';
 import { bench } from './index.js';
 import { formatReport } from './table.js';
 
+/** Writes a report as JSON (creating the folder). */
+function writeJson(file: string, report: unknown): void {
+  fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+  fs.writeFileSync(file, `${JSON.stringify(report, null, 2)}\n`);
+  console.error(`[bench] wrote ${file}`);
+}
+
 async function main(): Promise<void> {
   if (process.argv.includes('--train-encoder')) {
-    const { benchTrainEncoder, formatTrainReport, TRAIN_USAGE } = await import('./train-encoder.js');
-    if (process.argv.includes('--help')) return console.log(TRAIN_USAGE);
+    const { benchTrainEncoder, formatTrainReport, parseTrainBenchArgs, TRAIN_USAGE } = await import('./train-encoder.js');
     const argv = process.argv.slice(2);
-    const r = await benchTrainEncoder(argv, argv.includes('--quiet') ? () => {} : (l) => console.error(`[bench] ${l}`));
+    const { help, quiet, json } = parseTrainBenchArgs(argv);
+    if (help) return console.log(TRAIN_USAGE);
+    const r = await benchTrainEncoder(argv, quiet ? () => {} : (l) => console.error(`[bench] ${l}`));
     console.log(formatTrainReport(r));
-    const j = argv.indexOf('--json');
-    if (j >= 0 && argv[j + 1]) {
-      fs.mkdirSync(path.dirname(path.resolve(argv[j + 1]!)), { recursive: true });
-      fs.writeFileSync(argv[j + 1]!, `${JSON.stringify(r, null, 2)}\n`);
-    }
+    if (json) writeJson(json, r);
     return;
   }
   let parsed;
@@ -36,11 +40,7 @@ async function main(): Promise<void> {
   if (!quiet) opts.log = (line) => console.error(`[bench] ${line}`);
   const report = await bench(opts);
   console.log(formatReport(report));
-  if (json) {
-    fs.mkdirSync(path.dirname(path.resolve(json)), { recursive: true });
-    fs.writeFileSync(json, `${JSON.stringify(report, null, 2)}\n`);
-    console.error(`[bench] wrote ${json}`);
-  }
+  if (json) writeJson(json, report);
 }
 
 main().catch((e: unknown) => {

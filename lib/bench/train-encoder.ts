@@ -69,11 +69,16 @@ export interface TrainBenchReport {
 
 const now = () => performance.now();
 
-export async function benchTrainEncoder(argv: string[], log: (s: string) => void): Promise<TrainBenchReport> {
-  const { values: v } = parseArgs({
+/** The options of `npm run bench -- --train-encoder` (parsed once, by the CLI and by benchTrainEncoder). */
+export function parseTrainBenchArgs(argv: string[]) {
+  return parseArgs({
     args: argv.filter((a) => a !== '--train-encoder'),
-    options: { model: { type: 'string' }, encoder: { type: 'string' }, random: { type: 'string' }, size: { type: 'string' }, batch: { type: 'string' }, steps: { type: 'string' }, warmup: { type: 'string' }, json: { type: 'string' }, quiet: { type: 'boolean' } },
-  });
+    options: { model: { type: 'string' }, encoder: { type: 'string' }, random: { type: 'string' }, size: { type: 'string' }, batch: { type: 'string' }, steps: { type: 'string' }, warmup: { type: 'string' }, json: { type: 'string' }, quiet: { type: 'boolean' }, help: { type: 'boolean' } },
+  }).values;
+}
+
+export async function benchTrainEncoder(argv: string[], log: (s: string) => void): Promise<TrainBenchReport> {
+  const v = parseTrainBenchArgs(argv);
   if (!!v.model === !!v.random || (v.model && !v.encoder) || (v.random && v.random !== 'sd15')) throw new IdforgeError('E_ARGUMENT', TRAIN_USAGE);
   const size = Number(v.size ?? 256);
   const batches = (v.batch ?? '1,4').split(',').map(Number);
@@ -93,12 +98,13 @@ export async function benchTrainEncoder(argv: string[], log: (s: string) => void
     const C = engine.configs.unet.inChannels;
     const h = size / engine.latentFactor;
     const rows: TrainBenchRow[] = [];
+    // Shape-only weights for the memory planner (the same for every batch size).
+    const text = new ShapeWeights('text', textLayout(engine.configs.text));
+    const unet = new ShapeWeights('unet', unetLayout(engine.configs.unet));
+    const shapeRefs = hostRefs(new Map([...weights].map(([n, w]) => [n, { shape: w.shape, data: new Float32Array(0) }])));
     for (const B of batches) {
       // The planned activation peak of this graph (no weights needed).
       const g = new Graph();
-      const text = new ShapeWeights('text', textLayout(engine.configs.text));
-      const unet = new ShapeWeights('unet', unetLayout(engine.configs.unet));
-      const shapeRefs = hostRefs(new Map([...weights].map(([n, w]) => [n, { shape: w.shape, data: new Float32Array(0) }])));
       const encW = new TrainableWeights('enc', shapeRefs, { device: 'cpu', dtype: 'float32' }, trainer.trainable);
       buildEncoderTrainGraph(g, { text, unet, encoder: encW }, engine.configs, cfg, [B, C, h, h], trainer.regWeight);
       const planned = planMemory(g).peakBytes;
