@@ -4,6 +4,7 @@ import { parseArgs } from 'node:util';
 import { Engine } from './engine.js';
 import { IdforgeError } from './errors.js';
 import { checkImageOutput, saveImage } from './io/image.js';
+import { num, opt } from './cliargs.js';
 import type { SamplerName } from './sched/sampler.js';
 
 const USAGE = `usage: idforge generate --model <dir|file.safetensors> --prompt "text" [options]
@@ -22,12 +23,6 @@ const USAGE = `usage: idforge generate --model <dir|file.safetensors> --prompt "
   --out FILE          output image (out.png)
        idforge build-dataset --help, idforge train-encoder --help   (DreamIdentity encoder training)`;
 
-function num(v: string | undefined, name: string): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isFinite(n)) throw new IdforgeError('E_ARGUMENT', `--${name} must be a number, got '${v}'`);
-  return n;
-}
 
 function bar(step: number, fraction: number | undefined, steps: number, ms: number): string {
   const w = 30;
@@ -57,13 +52,13 @@ const COMMANDS: Record<string, () => Promise<(argv: string[]) => Promise<number>
   build: async () => (await import('./build.js')).build,
   // CLIP and the face models, which generate never needs.
   eval: async () => (await import('./eval/cli.js')).main,
+  // DreamIdentity encoder training.
+  'train-encoder': async () => (await import('./train/cli.js')).trainCmd,
+  'build-dataset': async () => (await import('./train/cli.js')).datasetCmd,
 };
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
-  // The DreamIdentity training subcommands live in lib/train/cli.ts.
-  const trained = await (await import('./train/cli.js')).trainCli(cmd, rest);
-  if (trained !== undefined) return trained;
   if (cmd !== undefined && Object.hasOwn(COMMANDS, cmd)) return (await COMMANDS[cmd]!())(rest);
   if (cmd !== 'generate') {
     process.stderr.write(`${USAGE}\n`);
@@ -98,7 +93,6 @@ async function main(argv: string[]): Promise<number> {
       ac.abort();
       process.once('SIGINT', () => process.exit(130));
     });
-    const opt = <T>(k: string, v: T | undefined) => (v === undefined ? {} : { [k]: v });
     const r = await engine.generate({
       prompt: values.prompt,
       ...opt('negativePrompt', values.negative),

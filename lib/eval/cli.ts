@@ -3,6 +3,7 @@
 import * as fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ClipScorer } from '../clip/scorer.js';
+import { num, opt } from '../cliargs.js';
 import { Engine } from '../engine.js';
 import { IdforgeError } from '../errors.js';
 import { Identity } from '../identity/identity.js';
@@ -27,12 +28,6 @@ export const EVAL_USAGE = `usage: idforge eval --model <dir|file.safetensors> --
   --cell N            contact-sheet cell size in pixels (160)
   --out DIR           report folder (eval-report)`;
 
-function num(v: string | undefined, name: string): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!v.trim() || !Number.isFinite(n)) throw new IdforgeError('E_ARGUMENT', `--${name} must be a number, got '${v}'`);
-  return n;
-}
 
 /** A prompts file: a JSON array of strings, or one prompt per non-empty line. */
 export function readPrompts(file: string): string[] {
@@ -82,7 +77,6 @@ export async function main(argv: string[], io: CliIO = process): Promise<number>
   const dtype = values.dtype as 'float32' | 'float16' | undefined;
   const identity = values.identity ? Identity.load(values.identity) : undefined;
   const prompts = values.prompts ? readPrompts(values.prompts) : undefined;
-  const opt = <T>(k: string, v: T | undefined) => (v === undefined ? {} : { [k]: v });
   const engine = await Engine.load(values.model, { device, ...opt('dtype', dtype) });
   const clip = await ClipScorer.load(values.clip, { device, ...opt('dtype', dtype) }).catch((e: unknown) => {
     engine.dispose();

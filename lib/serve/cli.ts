@@ -2,6 +2,7 @@
 import { parseArgs } from 'node:util';
 import { Engine, type LoadOptions } from '../engine.js';
 import { IdforgeError } from '../errors.js';
+import { validateDevice } from '../validate.js';
 import { DEFAULT_LIMITS, type Limits } from './api.js';
 import type { JobQueue } from './queue.js';
 
@@ -29,9 +30,8 @@ function int(v: string | undefined, name: string): number | undefined {
 }
 
 function loadOptions(v: { device?: string | undefined; dtype?: string | undefined }): LoadOptions {
-  if (v.device !== undefined && !['auto', 'cpu', 'cuda'].includes(v.device)) throw new IdforgeError('E_ARGUMENT', `--device must be auto, cpu or cuda, got '${v.device}'`);
-  if (v.dtype !== undefined && !['float32', 'float16'].includes(v.dtype)) throw new IdforgeError('E_ARGUMENT', `--dtype must be float32 or float16, got '${v.dtype}'`);
-  return { device: (v.device ?? 'auto') as 'auto', ...(v.dtype ? { dtype: v.dtype as 'float32' } : {}) };
+  const { device, dtype } = validateDevice(v as LoadOptions);
+  return { device, ...(dtype ? { dtype } : {}) };
 }
 
 /** Resolves on the first SIGTERM / SIGINT; a second one calls `force`. */

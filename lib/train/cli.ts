@@ -4,6 +4,7 @@ import { parseArgs } from 'node:util';
 import { Engine } from '../engine.js';
 import { IdforgeError } from '../errors.js';
 import { IdEncoder } from '../identity/encoder.js';
+import { num, opt } from '../cliargs.js';
 import { trainEncoder } from './train.js';
 import type { TrainScope } from './encoder-trainer.js';
 
@@ -16,12 +17,6 @@ export const TRAIN_USAGE = `usage: idforge train-encoder --model <sd> (--encoder
   --align A           detect | centre: how photos are cropped for the encoder (detect, as encode does)
   --seed N (0)  --checkpoint-every N (100)  --no-resume  --device auto|cpu|cuda`;
 
-function num(v: string | undefined, name: string, d: number): number {
-  if (v === undefined) return d;
-  const n = Number(v);
-  if (!Number.isFinite(n)) throw new IdforgeError('E_ARGUMENT', `--${name} must be a number, got '${v}'`);
-  return n;
-}
 
 function scope(v: string | undefined): TrainScope {
   if (v === undefined || v === 'all' || v === 'projectors') return v ?? 'all';
@@ -30,7 +25,7 @@ function scope(v: string | undefined): TrainScope {
   return { lastBlocks: Number(m[1]) };
 }
 
-async function trainCmd(args: string[]): Promise<number> {
+export async function trainCmd(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
     options: {
@@ -49,12 +44,12 @@ async function trainCmd(args: string[]): Promise<number> {
   // Training computes in float32 (EncoderTrainer refuses float16).
   const device = (values.device ?? 'auto') as 'auto' | 'cpu' | 'cuda';
   const engine = await Engine.load(values.model, { device, dtype: 'float32' });
-  const seed = num(values.seed, 'seed', 0);
+  const seed = num(values.seed, 'seed') ?? 0;
   const encoder = values.encoder ?? IdEncoder.create({
     backbone: values.backbone!, device, dtype: 'float32', seed,
-    ...(values.heads ? { numHeads: num(values.heads, 'heads', 0) } : {}),
-    taps: (values.taps ?? 'final').split(',').map((t) => (t === 'final' ? 'final' : num(t, 'taps', 0))),
-    textDim: engine.configs.text.hiddenSize, projectorHidden: num(values['projector-hidden'], 'projector-hidden', 1024),
+    ...opt('numHeads', num(values.heads, 'heads')),
+    taps: (values.taps ?? 'final').split(',').map((t) => (t === 'final' ? 'final' : num(t, 'taps')!)),
+    textDim: engine.configs.text.hiddenSize, projectorHidden: num(values['projector-hidden'], 'projector-hidden') ?? 1024,
   });
   const ac = new AbortController();
   process.once('SIGINT', () => ac.abort());
@@ -62,9 +57,11 @@ async function trainCmd(args: string[]): Promise<number> {
     const r = await trainEncoder({
       engine, encoder, out: values.out, seed, signal: ac.signal,
       ...(values.faces ? { faces: values.faces } : {}), ...(values['edit-set'] ? { editSets: values['edit-set'] } : {}),
-      mix: num(values.mix, 'mix', 0.5), steps: num(values.steps, 'steps', 1000), batchSize: num(values.batch, 'batch', 1),
-      lr: num(values.lr, 'lr', 1e-4), warmupSteps: num(values.warmup, 'warmup', 100), clipNorm: num(values.clip, 'clip', 1),
-      regWeight: num(values.reg, 'reg', 0.01), train: scope(values.train), checkpointEvery: num(values['checkpoint-every'], 'checkpoint-every', 100),
+      // Only the flags given: the defaults are trainEncoder's (the CLI's own: 1000 steps, a 100-step warm-up).
+      steps: num(values.steps, 'steps') ?? 1000, warmupSteps: num(values.warmup, 'warmup') ?? 100,
+      ...opt('mix', num(values.mix, 'mix')), ...opt('batchSize', num(values.batch, 'batch')), ...opt('lr', num(values.lr, 'lr')),
+      ...opt('clipNorm', num(values.clip, 'clip')), ...opt('regWeight', num(values.reg, 'reg')), train: scope(values.train),
+      ...opt('checkpointEvery', num(values['checkpoint-every'], 'checkpoint-every')),
       resume: !values['no-resume'], ...(values.align ? { align: values.align as 'detect' | 'centre' } : {}),
       onProgress: (p) => process.stderr.write(`\rstep ${p.step}/${p.steps} loss ${p.loss.toFixed(4)} (diff ${p.lossDiff.toFixed(4)}) lr ${p.lr.toExponential(1)} |g| ${p.gradNorm.toFixed(3)} eta ${(p.etaMs / 1000).toFixed(0)}s   `),
     });
@@ -81,7 +78,7 @@ export const DATASET_USAGE = `usage: idforge build-dataset --model <sd> --clip <
   --seed N (0)  --steps N (30)  --guidance X (7.5)  --width N --height N (the model's native size)
   --face-size N (224)  --device auto|cpu|cuda`;
 
-async function datasetCmd(args: string[]): Promise<number> {
+export async function datasetCmd(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
     options: {
@@ -106,9 +103,9 @@ async function datasetCmd(args: string[]): Promise<number> {
     const size = engine.runtime.nativeSize;
     const r = await buildEditDataset({
       engine, faces, clip, names: values.names, editPrompts: values['edit-prompt'], out: values.out, signal: ac.signal,
-      generate: { steps: num(values.steps, 'steps', 30), guidanceScale: num(values.guidance, 'guidance', 7.5), width: num(values.width, 'width', size), height: num(values.height, 'height', size) },
-      ...(values['base-prompt'] ? { basePrompt: values['base-prompt'] } : {}), ...(values['per-name'] ? { perName: num(values['per-name'], 'per-name', 1) } : {}),
-      keep: num(values.keep, 'keep', 0.25), seed: num(values.seed, 'seed', 0), faceSize: num(values['face-size'], 'face-size', 224),
+      generate: { steps: num(values.steps, 'steps') ?? 30, guidanceScale: num(values.guidance, 'guidance') ?? 7.5, width: num(values.width, 'width') ?? size, height: num(values.height, 'height') ?? size },
+      ...opt('basePrompt', values['base-prompt']), ...opt('perName', num(values['per-name'], 'per-name')),
+      ...opt('keep', num(values.keep, 'keep')), ...opt('seed', num(values.seed, 'seed')), ...opt('faceSize', num(values['face-size'], 'face-size')),
       onProgress: (p) => process.stderr.write(`${p.done}/${p.total} ${p.name}${p.skipped ? ` (skipped: ${p.skipped})` : ''}\n`),
     });
     process.stderr.write(`wrote ${r.manifest}: ${r.rows.length} rows, ${r.kept} kept\n`);
@@ -120,9 +117,3 @@ async function datasetCmd(args: string[]): Promise<number> {
   }
 }
 
-/** Runs a training subcommand; undefined when `cmd` is not one. */
-export async function trainCli(cmd: string | undefined, args: string[]): Promise<number | undefined> {
-  if (cmd === 'train-encoder') return trainCmd(args);
-  if (cmd === 'build-dataset') return datasetCmd(args);
-  return undefined;
-}

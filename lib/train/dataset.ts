@@ -20,6 +20,7 @@ import { similarity } from '../faces/analyzer.js';
 import { decodeFace, prepareFace } from '../identity/face.js';
 import { saveImage, type RawImage } from '../io/image.js';
 import type { GenerateOptions, GenerateResult } from '../options.js';
+import { integer } from '../validate.js';
 
 /** What draws an image for a prompt and seed (an Engine through engineGenerator, or photos in tests). */
 export interface ImageGenerator {
@@ -149,13 +150,12 @@ export async function buildEditDataset(o: BuildEditDatasetOptions): Promise<{ ro
   const edits = o.editPrompts;
   if (!Array.isArray(edits) || edits.length === 0) throw arg('editPrompts must be a non-empty list');
   for (const p of [basePrompt, ...edits]) if (typeof p !== 'string' || !p.includes('{name}')) throw arg(`every prompt needs {name}: "${String(p)}"`);
-  const perName = o.perName ?? edits.length;
+  const W = 'buildEditDataset';
+  const perName = integer(o.perName ?? edits.length, 'perName', 1, Number.MAX_SAFE_INTEGER, W);
   const keep = o.keep ?? 0.25;
-  const seed = o.seed ?? 0;
-  const faceSize = o.faceSize ?? 224;
-  if (!Number.isInteger(perName) || perName < 1) throw arg(`perName must be a positive integer, got ${String(perName)}`);
   if (typeof keep !== 'number' || !(keep > 0 && keep <= 1)) throw arg(`keep must be in (0, 1], got ${String(keep)}`);
-  if (!Number.isInteger(seed)) throw arg(`seed must be an integer, got ${String(seed)}`);
+  const seed = integer(o.seed ?? 0, 'seed', Number.MIN_SAFE_INTEGER, Number.MAX_SAFE_INTEGER, W);
+  const faceSize = o.faceSize ?? 224;
   if (!o.faces || typeof o.faces.detect !== 'function' || !o.clip || typeof o.clip.score !== 'function') throw arg('faces (a FaceAnalyzer) and clip (a ClipScorer) are required');
   if (typeof o.out !== 'string' || !o.out) throw arg('out (the output folder) is required');
   const gen = o.generator ?? (o.engine ? engineGenerator(o.engine, o.generate ?? {}) : undefined);

@@ -26,6 +26,7 @@ import { toSignedCHW, type RawImage } from '../io/image.js';
 import type { SdRuntime } from '../runtime/sd.js';
 import { Xoshiro128, randn } from '../sched/random.js';
 import { Tensor } from '../tensor.js';
+import { integer, nonNegative, oneOf } from '../validate.js';
 import { EncoderTrainer, type OptimizerState, type TrainScope } from './encoder-trainer.js';
 
 /** Reconstruction prompt templates (the face photo is the target). */
@@ -228,24 +229,20 @@ export async function trainEncoder(opts: TrainEncoderOptions): Promise<TrainResu
   if (!opts || typeof opts !== 'object') throw arg('options must be an object');
   const rt = opts.engine?.runtime;
   if (!rt) throw arg('engine is required');
-  const steps = opts.steps;
-  if (!Number.isInteger(steps) || steps < 1) throw arg(`steps must be a positive integer, got ${String(steps)}`);
-  const B = opts.batchSize ?? 1;
-  const lr = opts.lr ?? 1e-4;
-  const warm = opts.warmupSteps ?? 0;
-  const clip = opts.clipNorm ?? 1;
-  const seed = opts.seed ?? 0;
-  const every = opts.checkpointEvery ?? 100;
-  const mix = opts.mix ?? 0.5;
-  for (const [k, v, ok] of [
-    ['batchSize', B, Number.isInteger(B) && B >= 1], ['lr', lr, typeof lr === 'number' && lr > 0 && Number.isFinite(lr)],
-    ['warmupSteps', warm, Number.isInteger(warm) && warm >= 0], ['clipNorm', clip, typeof clip === 'number' && clip >= 0],
-    ['seed', seed, Number.isInteger(seed)], ['checkpointEvery', every, Number.isInteger(every) && every >= 1], ['mix', mix, typeof mix === 'number' && mix >= 0 && mix <= 1],
-  ] as const) if (!ok) throw arg(`${k} is invalid: ${String(v)}`);
+  const W = 'trainEncoder';
+  const steps = integer(opts.steps, 'steps', 1, Number.MAX_SAFE_INTEGER, W);
+  const B = integer(opts.batchSize ?? 1, 'batchSize', 1, Number.MAX_SAFE_INTEGER, W);
+  const lr = nonNegative(opts.lr ?? 1e-4, 'lr', { positive: true, where: W });
+  const warm = integer(opts.warmupSteps ?? 0, 'warmupSteps', 0, Number.MAX_SAFE_INTEGER, W);
+  const clip = opts.clipNorm ?? 1; // Infinity: never clip
+  if (typeof clip !== 'number' || !(clip >= 0)) throw arg(`clipNorm must be a number ≥ 0, got ${String(clip)}`);
+  const seed = integer(opts.seed ?? 0, 'seed', Number.MIN_SAFE_INTEGER, Number.MAX_SAFE_INTEGER, W);
+  const every = integer(opts.checkpointEvery ?? 100, 'checkpointEvery', 1, Number.MAX_SAFE_INTEGER, W);
+  const mix = nonNegative(opts.mix ?? 0.5, 'mix', { where: W });
+  if (mix > 1) throw arg(`mix must be in [0, 1], got ${mix}`);
   if (typeof opts.out !== 'string' || !opts.out) throw arg('out (the output folder) is required');
   const templates = opts.templates ?? RECONSTRUCTION_TEMPLATES;
-  if (opts.align !== undefined && opts.align !== 'detect' && opts.align !== 'centre')
-    throw arg(`align must be 'detect' or 'centre', got ${JSON.stringify(opts.align)}`);
+  const align = oneOf(opts.align ?? 'detect', 'align', ['detect', 'centre'] as const);
   if (!templates.length || templates.some((t) => typeof t !== 'string' || !t.includes('<id>'))) throw new IdforgeError('E_IDENTITY', 'trainEncoder: every template needs the <id> placeholder');
 
   // Data.
@@ -258,13 +255,13 @@ export async function trainEncoder(opts: TrainEncoderOptions): Promise<TrainResu
   let encoder: IdEncoder | undefined = typeof opts.encoder === 'string' ? await IdEncoder.load(opts.encoder, { device: 'cpu' }) : opts.encoder;
   const ownEncoder = typeof opts.encoder === 'string';
   try {
-    const fingerprint = JSON.stringify({ align: opts.align ?? 'detect', seed, B, lr, warm, clip, mix, reg: opts.regWeight ?? 0.01, train: opts.train ?? 'all', templates, recon: recon.map((r) => r.face), edits: edits.map((e) => [e.face, e.image, e.prompt]), config: encoder.config });
+    const fingerprint = JSON.stringify({ align, seed, B, lr, warm, clip, mix, reg: opts.regWeight ?? 0.01, train: opts.train ?? 'all', templates, recon: recon.map((r) => r.face), edits: edits.map((e) => [e.face, e.image, e.prompt]), config: encoder.config });
     fs.mkdirSync(opts.out, { recursive: true });
     const ck = opts.resume === false ? undefined : readCheckpoint(opts.out, fingerprint);
     const start = ck?.step ?? 0;
     const samples = await loadSamples(rt, { normalize: (img) => encoder!.normalize(img), size: encoder.config.imageSize },
       // Photos are aligned as encode() aligns them; an edit set's faces are aligned crops already.
-      [...recon.map((r) => ({ ...r, align: opts.align ?? 'detect' })), ...edits.map((e) => ({ ...e, align: 'centre' as const }))],
+      [...recon.map((r) => ({ ...r, align })), ...edits.map((e) => ({ ...e, align: 'centre' as const }))],
       path.join(opts.out, 'cache', 'latents.safetensors'), opts.signal);
     const nRecon = recon.length;
     using trainer = new EncoderTrainer({
