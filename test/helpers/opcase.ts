@@ -116,8 +116,8 @@ export function roundHalf(v: number): number {
   return Math.sign(v) * Math.round(a / step) * step;
 }
 
-// The last few big float inputs made (keyed by their spec and seed): the forward check makes a
-// case's inputs twice (run, reference) and the fused-operand variants of a shape share theirs.
+// The last few big float inputs made (keyed by their spec and seed): the fused-operand variants
+// of a shape, and a case's CUDA and CPU runs, share theirs.
 const bigInputs = new Map<string, Float32Array>();
 
 export function makeInputs(c: OpCase, seed: number, half = false): Data[] {
@@ -180,11 +180,11 @@ export function caseGraph(c: OpCase): { g: Graph; ins: Value[]; outs: Value[] } 
 }
 
 /** Runs one op case on a backend and returns every output as float32 (half: inputs rounded to float16). */
-export async function runCase(c: OpCase, be: BackendSpec, half = false): Promise<Float32Array[]> {
+export async function runCase(c: OpCase, be: BackendSpec, half = false, data = makeInputs(c, 1, half)): Promise<Float32Array[]> {
   const { g } = caseGraph(c);
   const p = new Program(g, be);
   try {
-    return await runOn(p, makeInputs(c, 1, half), c.inputs, be);
+    return await runOn(p, data, c.inputs, be);
   } finally {
     p.dispose();
   }
