@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ClipScorer } from '../clip/scorer.js';
 import { num, opt } from '../cliargs.js';
+import { readRegularFile } from '../io/files.js';
 import { Engine } from '../engine.js';
 import { IdforgeError } from '../errors.js';
 import { Identity } from '../identity/identity.js';
@@ -31,12 +32,8 @@ export const EVAL_USAGE = `usage: idforge eval --model <dir|file.safetensors> --
 
 /** A prompts file: a JSON array of strings, or one prompt per non-empty line. */
 export function readPrompts(file: string): string[] {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new IdforgeError('E_NOT_FOUND', `prompts file not found: ${file}`, { cause: e });
-  }
+  // A regular file of sane size (a FIFO would hang the read); E_NOT_FOUND when absent.
+  const text = readRegularFile(file, 16 << 20, 'prompts file').toString('utf8');
   if (text.trimStart().startsWith('[')) {
     let list: unknown;
     try {

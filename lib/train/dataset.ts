@@ -18,6 +18,7 @@ import * as path from 'node:path';
 import { IdforgeError, throwIfAborted } from '../errors.js';
 import { similarity } from '../faces/analyzer.js';
 import { decodeFace, prepareFace } from '../identity/face.js';
+import { readRegularFile } from '../io/files.js';
 import { saveImage, type RawImage } from '../io/image.js';
 import type { GenerateOptions, GenerateResult } from '../options.js';
 import { integer } from '../validate.js';
@@ -113,8 +114,8 @@ const arg = (msg: string) => new IdforgeError('E_ARGUMENT', `buildEditDataset: $
 
 /** The names of a names file. */
 export function readNames(file: string): string[] {
-  if (!fs.existsSync(file)) throw new IdforgeError('E_NOT_FOUND', `buildEditDataset: names file not found: ${file}`);
-  return fs.readFileSync(file, 'utf8').split(/\r?\n/).map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+  // A regular file of sane size (a FIFO would hang the read).
+  return readRegularFile(file, 16 << 20, 'names file').toString('utf8').split(/\r?\n/).map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
 }
 
 const slug = (name: string, i: number) => `${String(i).padStart(4, '0')}-${name.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '') || 'name'}`;

@@ -21,6 +21,7 @@ import * as path from 'node:path';
 import { IdforgeError, throwIfAborted } from '../errors.js';
 import { IdEncoder, parseIdEncoderConfig, saveIdEncoder, type HostWeight, type IdEncoderConfig } from '../identity/encoder.js';
 import { decodeFace, prepareFace } from '../identity/face.js';
+import { readJsonFile } from '../io/configs.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
 import { toSignedCHW, type RawImage } from '../io/image.js';
 import type { SdRuntime } from '../runtime/sd.js';
@@ -181,7 +182,7 @@ function readCheckpoint(dir: string, fingerprint: string): { step: number; confi
   const bad = (msg: string) => new IdforgeError('E_MODEL_FORMAT', `trainEncoder: the checkpoint ${ck} is corrupt: ${msg}`);
   let state: TrainState;
   try {
-    state = JSON.parse(fs.readFileSync(path.join(ck, 'state.json'), 'utf8')) as TrainState;
+    state = readJsonFile(path.join(ck, 'state.json')) as unknown as TrainState;
   } catch (e) {
     throw bad(`state.json: ${(e as Error).message}`);
   }
@@ -192,7 +193,7 @@ function readCheckpoint(dir: string, fingerprint: string): { step: number; confi
   const weights = new Map<string, HostWeight>();
   const adam: OptimizerState = { t: 0, m: new Map(), v: new Map() };
   try {
-    config = parseIdEncoderConfig(JSON.parse(fs.readFileSync(path.join(ck, 'encoder', 'config.json'), 'utf8')));
+    config = parseIdEncoderConfig(readJsonFile(path.join(ck, 'encoder', 'config.json')));
     using st = SafetensorsFile.open(path.join(ck, 'encoder', 'model.safetensors'));
     for (const n of st.names()) weights.set(n, { shape: [...st.info(n).shape], data: st.readFloat32(n) });
     using os = SafetensorsFile.open(path.join(ck, 'optimizer.safetensors'));
