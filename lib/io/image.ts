@@ -65,16 +65,27 @@ export function checkImageOutput(file: string): void {
 export async function saveImage(img: RawImage, file: string): Promise<void> {
   check(img);
   checkImageOutput(file);
-  const { default: sharp } = await import('sharp');
   try {
-    await sharp(Buffer.from(img.data.buffer, img.data.byteOffset, img.data.byteLength), {
-      raw: { width: img.width, height: img.height, channels: 3 },
-    }).toFile(file);
+    await (await sharpOf(img)).toFile(file);
   } catch (e) {
     // libvips messages are multi-line and name its internals: keep the first line, minus "vips_…: ".
     const first = ((e as Error).message ?? '').split('\n')[0]!.replace(/^vips[_\w]*:\s*/, '');
     throw new IdforgeError('E_ARGUMENT', `could not write image ${file}: ${first}`, { cause: e });
   }
+}
+
+/** The PNG bytes of an image (what the server returns). */
+export async function encodePng(img: RawImage): Promise<Buffer> {
+  check(img);
+  return (await sharpOf(img)).png().toBuffer();
+}
+
+/** A sharp pipeline over the RGB pixels (sharp loads on demand). */
+async function sharpOf(img: RawImage) {
+  const { default: sharp } = await import('sharp');
+  return sharp(Buffer.from(img.data.buffer, img.data.byteOffset, img.data.byteLength), {
+    raw: { width: img.width, height: img.height, channels: 3 },
+  });
 }
 
 /** Decodes any image sharp reads (EXIF orientation applied) into RGB RawImage. */

@@ -2,16 +2,10 @@
 // the in-process queue and the BullMQ worker (so both give the same image for the same payload).
 import type { Engine, GenerateOptions } from '../engine.js';
 import { IdforgeError } from '../errors.js';
-import type { RawImage } from '../io/image.js';
+import { encodePng } from '../io/image.js';
 import type { SamplerName } from '../sched/sampler.js';
 import { fromWire, toWire, type JobData, type JobResult, type Progress } from './api.js';
 
-export async function encodePng(img: RawImage): Promise<Buffer> {
-  const { default: sharp } = await import('sharp');
-  return sharp(Buffer.from(img.data.buffer, img.data.byteOffset, img.data.byteLength), {
-    raw: { width: img.width, height: img.height, channels: 3 },
-  }).png().toBuffer();
-}
 
 export async function runJob(engine: Engine, job: JobData, onProgress: (p: Progress) => void, signal?: AbortSignal): Promise<JobResult> {
   if (job.kind === 'generate') {

@@ -128,10 +128,6 @@ export async function stop(c: Child, signal: NodeJS.Signals = 'SIGTERM'): Promis
   return c.exited;
 }
 
-export async function json(res: Response): Promise<any> {
-  return res.json();
-}
-
 export async function post(base: string, route: string, body: unknown, headers: Record<string, string> = {}): Promise<Response> {
   return fetch(base + route, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) });
 }
