@@ -4,6 +4,7 @@
  * keys take transformers' defaults (as CLIPConfig does); every weight is then checked against them.
  */
 import { IdforgeError } from '../errors.js';
+import { expectWeight } from '../io/layout.js';
 import type { SafetensorsFile } from '../io/safetensors.js';
 import type { ClipLayersConfig } from '../text/clip.js';
 
@@ -174,12 +175,6 @@ export function checkClipWeights(st: SafetensorsFile, c: Omit<ClipConfig, 'prepr
   layers('vision_model', v);
   want.set('vision_model.post_layernorm.weight', [v.hiddenSize]).set('vision_model.post_layernorm.bias', [v.hiddenSize]);
   want.set('visual_projection.weight', [E, v.hiddenSize]);
-  for (const [name, shape] of want) {
-    if (!st.has(name)) throw fmt(st.path, `CLIP weight "${name}" is missing`);
-    const info = st.info(name);
-    if (!['F32', 'F16', 'BF16'].includes(info.dtype)) throw fmt(st.path, `CLIP weight "${name}" is ${info.dtype}, expected a float type`);
-    if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i]))
-      throw fmt(st.path, `CLIP weight "${name}" has shape ${JSON.stringify(info.shape)}, config.json implies ${JSON.stringify(shape)}`);
-  }
+  for (const [name, shape] of want) expectWeight(st.has(name) ? st.info(name) : undefined, name, shape, st.path, 'CLIP', 'config.json');
   return preNorm;
 }

@@ -16,6 +16,7 @@ import type { BackendSpec, Program } from '../graph/program.js';
 import { layerNormW, linearW, safetensorsRefs, toTokens, type Weights } from '../graph/weights.js';
 import type { TensorRef } from '../io/checkpoint.js';
 import { readJsonFile } from '../io/configs.js';
+import { expectWeight } from '../io/layout.js';
 import type { RawImage } from '../io/image.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
 import type { DeviceOptions } from '../options.js';
@@ -426,13 +427,7 @@ export function idEncoderLayout(c: IdEncoderConfig, opts: { patchBias?: boolean;
 
 function checkWeights(refs: ReadonlyMap<string, TensorRef>, c: IdEncoderConfig, where: string): void {
   const layout = idEncoderLayout(c, { patchBias: refs.has('patch_embed.proj.bias'), normPre: refs.has('norm_pre.weight') || refs.has('norm_pre.bias') });
-  for (const { name, shape } of layout) {
-    const info = refs.get(name);
-    if (!info) throw fmt(where, `ID encoder weight "${name}" is missing`);
-    if (!['F32', 'F16', 'BF16'].includes(info.dtype)) throw fmt(where, `ID encoder weight "${name}" is ${info.dtype}, expected a float type`);
-    if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i]))
-      throw fmt(where, `ID encoder weight "${name}" has shape ${JSON.stringify(info.shape)}, the config implies ${JSON.stringify(shape)}`);
-  }
+  for (const { name, shape } of layout) expectWeight(refs.get(name), name, shape, where, 'ID encoder', 'the config');
 }
 
 /** Writes an encoder folder (config.json + model.safetensors, float32) from a config and host weights. */

@@ -209,6 +209,19 @@ export function modelLayout(configs: Pick<ModelConfigs, 'unet' | 'vae' | 'text'>
  * wrong or missing tensor otherwise gives wrong images, not an error); extra tensors are reported
  * as warnings. Reads headers only.
  */
+/**
+ * One weight of a model other than SD (the ID encoder, CLIP) against its expected shape: present,
+ * float (F32 / F16 / BF16), that shape; else E_MODEL_FORMAT naming the file, the model (`what`)
+ * and what implies the shape (`by`).
+ */
+export function expectWeight(info: { dtype: string; shape: readonly number[] } | undefined, name: string, shape: readonly number[], where: string, what: string, by: string): void {
+  const bad = (msg: string) => new IdforgeError('E_MODEL_FORMAT', `${where}: ${what} weight "${name}" ${msg}`);
+  if (!info) throw bad('is missing');
+  if (!['F32', 'F16', 'BF16'].includes(info.dtype)) throw bad(`is ${info.dtype}, expected a float type`);
+  if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i]))
+    throw bad(`has shape ${JSON.stringify(info.shape)}, ${by} implies ${JSON.stringify(shape)}`);
+}
+
 export function checkWeights(source: ModelSource, memoryBytes = os.totalmem()): string[] {
   checkConfigs(source.configs);  // bounded before the layout is built from them
   const layout = modelLayout(source.configs);
