@@ -1,6 +1,5 @@
 import { IdforgeError, throwIfAborted } from '../errors.js';
 import type { TensorRef } from '../io/checkpoint.js';
-import type { SafetensorsFile } from '../io/safetensors.js';
 import { checkWeightFinite } from '../numeric.js';
 import { Tensor, type DType } from '../tensor.js';
 import type { Graph, Value } from './graph.js';
@@ -132,19 +131,6 @@ export class ShapeWeights extends Weights {
   override sum(g: Graph, a: string): Value {
     return g.constant(this.tensor(a));
   }
-}
-
-/** Every tensor of one safetensors file under its own name (a model stored as a single file). */
-export function safetensorsRefs(st: SafetensorsFile): Map<string, TensorRef> {
-  const m = new Map<string, TensorRef>();
-  for (const name of st.names()) {
-    const info = st.info(name);
-    m.set(name, {
-      name, shape: [...info.shape], dtype: info.dtype, file: st.path, key: name,
-      readFloat32: () => st.readFloat32(name), readBytes: () => st.readBytes(name),
-    });
-  }
-  return m;
 }
 
 /** Builders shared by the model graphs. */

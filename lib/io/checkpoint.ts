@@ -105,6 +105,11 @@ function makeRef(name: string, st: SafetensorsFile, key: string, squeeze1x1: boo
   return new FileTensorRef(name, [...shape], info.dtype, st, key);
 }
 
+/** TensorRefs over every tensor of an open safetensors file, under its own names (the ID encoder, CLIP). */
+export function safetensorsRefs(st: SafetensorsFile): Map<string, TensorRef> {
+  return new Map(st.names().map((n) => [n, makeRef(n, st, n, false)]));
+}
+
 class Source implements ModelSource {
   private closed = false;
   constructor(
