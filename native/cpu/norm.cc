@@ -68,6 +68,18 @@ inline void affine(const float* x, float* y, int64_t n, float mean, float sc, fl
   for (int64_t i = 0; i < n; i++) y[i] = (x[i] - mean) * sc + sh;
 }
 
+// Mean and 1/√(var + eps) of n floats in double: the statistics the backward ops recompute from
+// the forward input (two passes, as the forward reference does).
+inline void meanRstd(const float* x, int64_t n, double eps, double* mean, double* rstd) {
+  double m = 0, v = 0;
+  for (int64_t i = 0; i < n; i++) m += x[i];
+  m /= double(n);
+  for (int64_t i = 0; i < n; i++) v += (x[i] - m) * (x[i] - m);
+  v /= double(n);
+  *mean = m;
+  *rstd = 1.0 / std::sqrt(v + eps);
+}
+
 }  // namespace
 
 void op_GROUP_NORM(const OpAttrs& a, const Views& in, const Views& out) {
@@ -166,12 +178,8 @@ void op_GROUP_NORM_BACKWARD(const OpAttrs& a, const Views& in, const Views& out)
       const float* xg = x + t * n;
       const float* dg = dy + t * n;
       float* og = dx + t * n;
-      double mean = 0, var = 0;
-      for (int64_t i = 0; i < n; i++) mean += xg[i];
-      mean /= double(n);
-      for (int64_t i = 0; i < n; i++) var += (xg[i] - mean) * (xg[i] - mean);
-      var /= double(n);
-      const double rstd = 1.0 / std::sqrt(var + a.eps);
+      double mean, rstd;
+      meanRstd(xg, n, a.eps, &mean, &rstd);
       const int64_t c0 = (t % G) * Cg;
       double sg = 0, sgx = 0;
       // First pass: g into og, sums.
@@ -216,12 +224,8 @@ void op_LAYER_NORM_BACKWARD(const OpAttrs& a, const Views& in, const Views& out)
       const float* xr = x + r * C;
       const float* dr = dy + r * C;
       float* o = dx + r * C;
-      double mean = 0, var = 0;
-      for (int64_t i = 0; i < C; i++) mean += xr[i];
-      mean /= double(C);
-      for (int64_t i = 0; i < C; i++) var += (xr[i] - mean) * (xr[i] - mean);
-      var /= double(C);
-      const double rstd = 1.0 / std::sqrt(var + a.eps);
+      double mean, rstd;
+      meanRstd(xr, C, a.eps, &mean, &rstd);
       double sg = 0, sgx = 0;
       for (int64_t i = 0; i < C; i++) {
         double g = double(dr[i]) * w[i];
