@@ -5,7 +5,7 @@ export { ModelRuntime, resolveBackend } from './runtime/runtime.js';
 export { SdRuntime, type SdWeights, type TextInjection, type UNetProgramOptions } from './runtime/sd.js';
 export { Tensor, type DType, type DeviceName, type TensorOptions } from './tensor.js';
 export { IdforgeError, type ErrorCode } from './errors.js';
-export { backends, memory, type Backends, type CudaStatus } from './native.js';
+export { backends, memory, type Backends, type CpuIsa, type CpuStatus, type CudaStatus } from './native.js';
 export { saveImage, loadImage, type RawImage } from './io/image.js';
 export { SafetensorsFile, writeSafetensors } from './io/safetensors.js';
 export { openModel, type ModelSource } from './io/checkpoint.js';

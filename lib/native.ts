@@ -68,7 +68,15 @@ export interface NativeCancel {
 }
 
 export interface CudaStatus { compiled: boolean; available: boolean; device?: string; reason?: string }
-export interface Backends { cpu: true; cuda: CudaStatus }
+/** The CPU kernel variants: 'avx512' | 'avx2' | 'sse2' on x86-64, 'neon' on arm64. */
+export type CpuIsa = 'avx512' | 'avx2' | 'sse2' | 'neon';
+/**
+ * The CPU backend: always available; `isa` is the kernel variant chosen for this process (the best
+ * the CPU and OS support, or the lower one IDFORGE_CPU_ISA forces), `supported` every variant this
+ * CPU can run, best first.
+ */
+export interface CpuStatus { available: true; isa: CpuIsa; supported: CpuIsa[] }
+export interface Backends { cpu: CpuStatus; cuda: CudaStatus }
 
 interface Addon {
   NativeTensor: { prototype: NativeTensor };
@@ -77,6 +85,8 @@ interface Addon {
   compile(desc: ProgramDesc): NativeProgram;
   backends(): Backends;
   memory(): { cpu: number; cuda: number };
+  /** The chosen CPU kernels' FMA peak, measured for about `seconds` on every backend thread. */
+  cpuPeak(seconds?: number): { gflops: number; threads: number; isa: CpuIsa };
   /** A new CUDA stream context (stream, cuBLAS handle, error flag); E_BACKEND without CUDA. */
   createStream(): number;
   /** Waits for the stream's work and recycles it. */
@@ -138,9 +148,12 @@ export async function callAsync<T>(f: () => Promise<T>): Promise<T> {
   }
 }
 
-/** Which backends this build has and can use here. */
+/**
+ * Which backends this build has and can use here. E_BACKEND when IDFORGE_CPU_ISA names a variant
+ * that does not exist or that this CPU lacks (the message lists what it has).
+ */
 export function backends(): Backends {
-  return native().backends();
+  return call(() => native().backends());
 }
 
 /** Live bytes of native tensor memory per device (weights, activations, outputs). */

@@ -239,18 +239,50 @@ Napi::Value CreateTensor(const Napi::CallbackInfo& info) {
   });
 }
 
+// backends() → { cpu: { available, isa, supported }, cuda: {...} }; E_BACKEND when no CPU kernel
+// variant could be chosen (a bad IDFORGE_CPU_ISA names what this CPU has).
 Napi::Value Backends(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  auto r = Napi::Object::New(env);
-  r.Set("cpu", true);
-  CudaInfo c = cudaInfo();
-  auto co = Napi::Object::New(env);
-  co.Set("compiled", c.compiled);
-  co.Set("available", c.available);
-  if (!c.device.empty()) co.Set("device", c.device);
-  if (!c.reason.empty()) co.Set("reason", c.reason);
-  r.Set("cuda", co);
-  return r;
+  return guarded(env, [&]() -> Napi::Value {
+    const CpuIsa isa = cpuIsa();
+    if (!isa.error.empty()) throw Error("E_BACKEND", isa.error);
+    auto r = Napi::Object::New(env);
+    auto cpu = Napi::Object::New(env);
+    cpu.Set("available", true);
+    cpu.Set("isa", isa.isa);
+    auto supported = Napi::Array::New(env);
+    for (size_t b = 0, i = 0; b < isa.available.size();) {
+      size_t e = isa.available.find(", ", b);
+      if (e == std::string::npos) e = isa.available.size();
+      supported.Set(uint32_t(i++), isa.available.substr(b, e - b));
+      b = e + 2;
+    }
+    cpu.Set("supported", supported);
+    r.Set("cpu", cpu);
+    CudaInfo c = cudaInfo();
+    auto co = Napi::Object::New(env);
+    co.Set("compiled", c.compiled);
+    co.Set("available", c.available);
+    if (!c.device.empty()) co.Set("device", c.device);
+    if (!c.reason.empty()) co.Set("reason", c.reason);
+    r.Set("cuda", co);
+    return r;
+  });
+}
+
+// cpuPeak(seconds) → { gflops, threads, isa }: the chosen CPU kernels' FMA peak (the bench's yardstick).
+Napi::Value CpuPeakFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    const double seconds = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : 0.2;
+    if (!(seconds > 0 && seconds <= 10)) throw Error("E_ARGUMENT", "cpuPeak: seconds must be in (0, 10]");
+    const CpuPeak p = cpuPeak(seconds);
+    auto r = Napi::Object::New(env);
+    r.Set("gflops", p.gflops);
+    r.Set("threads", p.threads);
+    r.Set("isa", cpuIsa().isa);
+    return r;
+  });
 }
 
 // createStream() → a new CUDA stream id (its own stream, cuBLAS handle and error flag) for one
@@ -293,6 +325,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("createTensor", Napi::Function::New(env, CreateTensor));
   exports.Set("backends", Napi::Function::New(env, Backends));
   exports.Set("memory", Napi::Function::New(env, Memory));
+  exports.Set("cpuPeak", Napi::Function::New(env, CpuPeakFn));
   exports.Set("createStream", Napi::Function::New(env, CreateStream));
   exports.Set("releaseStream", Napi::Function::New(env, ReleaseStream));
   return exports;

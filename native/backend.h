@@ -213,6 +213,9 @@ class Backend {
   // Validates shapes it depends on (throws Error("E_SHAPE", ...)), then computes out from in.
   virtual void run(OpCode op, const OpAttrs& a, const std::vector<TensorView>& in,
                    const std::vector<TensorView>& out) = 0;
+  // Whether op reads input `slot` as stored when it is a float16 weight of a float32 program
+  // (the CPU's LINEAR / CONV2D w and EMBEDDING table); elsewhere Program hands it a float32 copy.
+  virtual bool readsHalfWeight(OpCode /*op*/, size_t /*slot*/) const { return false; }
   virtual void synchronize() {}
   // The queue this backend's work runs on (the CUDA stream context), nullptr for the CPU, where
   // every call completes before it returns. Two CUDA backends with different queues run
@@ -252,7 +255,23 @@ class Backend {
   virtual void destroyGraph(void* /*graph*/) {}
 };
 
+// The CPU backend. Throws Error("E_BACKEND", ...) when no kernel variant could be chosen (a bad
+// IDFORGE_CPU_ISA, an architecture without kernels): cpuIsa().error.
 Backend* cpuBackend();
+
+// The CPU kernels chosen for this process (native/cpu/isa/): "avx512" | "avx2" | "sse2" | "neon",
+// what this CPU supports ("avx512, avx2, sse2"), and why none could be chosen (empty when fine).
+struct CpuIsa {
+  std::string isa, available, error;
+};
+CpuIsa cpuIsa();
+// The FMA peak of the chosen kernels (a micro-benchmark of ~`seconds` on every backend thread):
+// GFLOP/s and the threads that ran it. The bench's yardstick for per-op GFLOP/s.
+struct CpuPeak {
+  double gflops;
+  int threads;
+};
+CpuPeak cpuPeak(double seconds);
 
 struct CudaInfo {
   bool compiled = false;

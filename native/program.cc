@@ -48,6 +48,8 @@ Program::Program(Backend* be, std::vector<ValueDesc> values,
     check(id, "a constant");
     if (t->device() != be->device())
       throw Error("E_INTERNAL", "program: a constant lives on another device");
+    // float16 weights on a float32 CPU program stay half (halfWeight says where they are read).
+    if (halfWeights(t->dtype, values_[id].dtype) && t->shape == values_[id].shape) values_[id].dtype = DType::F16;
     if (t->shape != values_[id].shape || t->dtype != values_[id].dtype)
       throw Error("E_SHAPE", "program: constant " + std::to_string(id) + " is " + shapeStr(t->shape) + " " +
                                  dtypeName(t->dtype) + ", declared " + shapeStr(values_[id].shape) + " " +
@@ -66,8 +68,10 @@ Program::Program(Backend* be, std::vector<ValueDesc> values,
   lastUse_.assign(n, -1);
   constView_.assign(ops_.size(), false);
   for (size_t i = 0; i < ops_.size(); i++) {
-    for (int id : ops_[i].in) {
+    for (size_t slot = 0; slot < ops_[i].in.size(); slot++) {
+      int& id = ops_[i].in[slot];
       check(id, "an op input");
+      id = halfWeight(i, slot, id);
       if (producer_[id] == -1)
         throw Error("E_INTERNAL", std::string("program: op ") + opName(ops_[i].op) + " reads a value before it is computed");
       lastUse_[id] = static_cast<int>(i);
@@ -83,6 +87,7 @@ Program::Program(Backend* be, std::vector<ValueDesc> values,
     if (op.op == OpCode::RESHAPE && op.in.size() == 1 && op.out.size() == 1 && consts_[op.in[0]]) {
       const auto& src = consts_[op.in[0]];
       int y = op.out[0];
+      if (halfWeights(src->dtype, values_[y].dtype)) values_[y].dtype = DType::F16;  // a view of a half weight
       if (values_[y].dtype == src->dtype && numel(values_[y].shape) == numel(src->shape)) {
         auto v = std::make_shared<NTensor>();
         v->storage = src->storage;
@@ -94,7 +99,7 @@ Program::Program(Backend* be, std::vector<ValueDesc> values,
       }
     }
   }
-  isOutput_.assign(n, false);
+  isOutput_.assign(values_.size(), false);
   for (int id : outputs_) {
     check(id, "an output");
     if (producer_[id] == -1) throw Error("E_INTERNAL", "program: an output is never computed");
@@ -106,9 +111,38 @@ Program::Program(Backend* be, std::vector<ValueDesc> values,
   int log = 0;
   if (envFlag("IDFORGE_PROGRAM_LOG", &log) && log)
     std::fprintf(stderr, "idforge program: %zu ops, %d values; arena %.1f MiB for %.1f MiB of intermediates; graph %s\n",
-                 ops_.size(), n, double(arenaBytes_) / 1048576.0, double(naiveBytes_) / 1048576.0,
+                 ops_.size(), int(values_.size()), double(arenaBytes_) / 1048576.0, double(naiveBytes_) / 1048576.0,
                  graphMode_ ? "on" : "off");
   be_->pin();  // last: a constructor that throws has nothing to unpin
+}
+
+bool Program::halfWeights(DType stored, DType declared) const {
+  return stored == DType::F16 && declared == DType::F32 && be_->device() == Device::CPU && be_->computeType() == DType::F32;
+}
+
+// A half weight is read as such where the backend's op takes one (LINEAR's and CONV2D's w: converted
+// to float32 inside the GEMM packing); anywhere else the op gets a float32 copy, made here once per
+// program and constant (a bias folded into a sum, a weight a backward op reads).
+int Program::halfWeight(size_t op, size_t slot, int id) {
+  if (!consts_[id] || values_[id].dtype != DType::F16 || consts_[id]->dtype != DType::F16 || be_->device() != Device::CPU ||
+      be_->computeType() != DType::F32 || be_->readsHalfWeight(ops_[op].op, slot) || ops_[op].op == OpCode::RESHAPE)
+    return id;
+  auto it = shadow_.find(id);
+  if (it != shadow_.end()) return it->second;
+  const NTensor& h = *consts_[id];
+  auto t = std::make_shared<NTensor>();
+  t->dtype = DType::F32;
+  t->shape = h.shape;
+  t->storage = std::make_shared<Storage>(be_, t->bytes());
+  convert(h.storage->data, DType::F16, t->storage->data, DType::F32, size_t(numel(h.shape)));
+  const int s = static_cast<int>(values_.size());
+  values_.push_back({DType::F32, h.shape});
+  consts_.push_back(t);
+  producer_.push_back(-2);
+  lastUse_.push_back(-1);
+  constBytes_ += t->bytes();
+  shadow_[id] = s;
+  return s;
 }
 
 Program::~Program() {

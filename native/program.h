@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -74,6 +75,11 @@ class Program {
   bool graphCaptured() const { return graph_ != nullptr; }
 
  private:
+  // float16 weights on the CPU: whether a constant stored as `stored` serves a value declared
+  // `declared` as a half weight, and the value id op `op` reads at input `slot` (a float32 copy of
+  // a half weight where the op does not read half).
+  bool halfWeights(DType stored, DType declared) const;
+  int halfWeight(size_t op, size_t slot, int id);
   void plan();
   void prepare();  // first run: the arena and the per-op views
   void runOps(std::vector<OpTiming>* timings, const CancelFlag* cancel);
@@ -90,6 +96,7 @@ class Program {
   std::vector<int> root_;         // value → the value whose buffer it uses (itself unless a RESHAPE alias)
   std::vector<int64_t> offset_;   // arena offset of a root, -1 when not in the arena
   std::vector<bool> skip_;        // op → an aliased RESHAPE (nothing to run)
+  std::map<int, int> shadow_;     // half weight → its float32 copy (halfWeight)
   std::vector<bool> constView_;   // op → a RESHAPE of a constant, made a constant view at compile time
   size_t constBytes_ = 0, arenaBytes_ = 0, naiveBytes_ = 0;
   bool graphMode_ = false;        // inputs and outputs are arena regions too (copied in / out)

@@ -29,9 +29,15 @@ t.test('node-gyp fallback build without cmake', { skip: process.env.IDFORGE_TEST
   t.equal(r.status, 0, `build exit status (stderr tail: ${(r.stderr ?? '').slice(-2000)})`);
   t.match(r.stderr, /cmake not found/, 'took the node-gyp path');
   const require = createRequire(import.meta.url);
-  const addon = require(path.join(dir, 'build/Release/idforge.node')) as { backends(): { cpu: boolean; cuda: { compiled: boolean; available: boolean; reason?: string } } };
+  const file = path.join(dir, 'build/Release/idforge.node');
+  const addon = require(file) as { backends(): { cpu: { available: boolean; isa: string; supported: string[] }; cuda: { compiled: boolean; available: boolean; reason?: string } } };
   const b = addon.backends();
-  t.equal(b.cpu, true);
+  t.match(b.cpu, { available: true, isa: b.cpu.supported[0] });
+  // Every kernel variant is in the node-gyp build too (its per-variant static libraries).
+  for (const v of b.cpu.supported) {
+    const r = spawnSync(process.execPath, ['-e', `console.log(require(${JSON.stringify(file)}).backends().cpu.isa)`], { encoding: 'utf8', env: { ...process.env, IDFORGE_CPU_ISA: v } });
+    t.equal(r.stdout.trim(), v, `IDFORGE_CPU_ISA=${v} on the node-gyp build`);
+  }
   t.equal(b.cuda.compiled, false, 'the node-gyp build is CPU-only');
   t.match(b.cuda.reason, /without CUDA/);
 });

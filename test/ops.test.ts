@@ -2,7 +2,8 @@
 // float64 reference (sampled indices for SD 1.5 sizes; IEEE special values; bad shapes as typed
 // errors), with every output and the arena NaN-poisoned so an element no kernel writes fails; and
 // every op with a backward rule through lib/graph/autodiff against central finite differences.
-// The same forward mode on a portable build: test/ops-portable.test.ts; CUDA: test/ops-cuda.test.ts.
+// Forward runs on the best CPU kernel variant (the default); on the lower ones: test/ops-isa.test.ts
+// (with float16-weight variants of the weight-reading cases, here too); CUDA: test/ops-cuda.test.ts.
 import t from 'tap';
 import { caseGraph, opCases } from './helpers/opcases.js';
 import { forwardInChild, gradCheck, OP_NAMES, tryGrad } from './helpers/opmodes.js';
@@ -11,7 +12,7 @@ const all = opCases();
 const small = all.filter((c) => !c.stress);
 
 t.test('forward: CPU op vs float64 reference, poisoned outputs (in a child)', async (t) => {
-  forwardInChild(t, { which: 'all' });
+  await forwardInChild(t, { which: 'all' });
 });
 
 t.test('grad: autodiff vs finite differences', async (t) => {

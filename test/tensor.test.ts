@@ -5,7 +5,8 @@ import { IdforgeError } from '../lib/errors.js';
 
 t.test('backends() shape', async (t) => {
   const b = backends();
-  t.equal(b.cpu, true);
+  t.match(b.cpu, { available: true, isa: /^(avx512|avx2|sse2|neon)$/ });
+  t.ok(b.cpu.supported.includes(b.cpu.isa), 'the chosen kernels are among the supported ones');
   t.type(b.cuda.compiled, 'boolean');
   t.type(b.cuda.available, 'boolean');
   if (!b.cuda.available) t.match(b.cuda.reason, /\w+/, 'a readable reason when CUDA is unavailable');

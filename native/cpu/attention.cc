@@ -15,7 +15,6 @@
 #include <vector>
 
 #include "gemm.h"
-#include "gemm_kernels.h"
 #include "ops.h"
 #include "parallel.h"
 #include "vmath.h"
@@ -24,37 +23,28 @@ namespace idforge {
 namespace cpu {
 namespace {
 
-constexpr int64_t kBk = 256;  // keys per tile: the score tile's row stride (a compile-time constant)
-constexpr int64_t lcm(int64_t a, int64_t b) {
-  int64_t x = a, y = b;
+constexpr int64_t kBk = kAttnKeys;  // keys per tile: the score tile's row stride (a compile-time constant of the P·V kernel)
+
+// Queries per task: a multiple of both tile heights of the selected kernels, about 64.
+int64_t queryBlock() {
+  int64_t a = kern().gemm.wide.mr, b = kern().gemm.narrow.mr, x = a, y = b;
   while (y) {
-    int64_t t = x % y;
+    const int64_t t = x % y;
     x = y;
     y = t;
   }
-  return a / x * b;
+  const int64_t l = a / x * b;
+  return l * std::max<int64_t>(1, 64 / l);
 }
-constexpr int64_t kMRL = lcm(kWideMR, kNarrowMR);
-// Queries per task: a multiple of both tile heights, about 64.
-constexpr int64_t kBq = kMRL * (64 / kMRL > 0 ? 64 / kMRL : 1);
 
 // O[Bq x dvPad] += P[Bq x kc] (row stride kBk) · Vpanels[kc][nr] (panel stride kc*nr).
-template <int MR, int NV>
-void pvProduct(int64_t kc, int64_t dvPad, const float* P, const float* V, float* O) {
-  constexpr int NR = NV * kLanes;
-  for (int64_t j = 0; j < dvPad; j += NR)
-    for (int64_t i = 0; i < kBq; i += MR)
-      microKernel<MR, NV, kBk, 1>(kc, P + i * kBk, V + j * kc, O + i * dvPad + j, dvPad, true);
-}
-
-void pv(const GemmTile& t, int64_t kc, int64_t dvPad, const float* P, const float* V, float* O) {
-  if (kc <= 0) return;
-  if (t.wide) pvProduct<kWideMR, kWideNV>(kc, dvPad, P, V, O);
-  else pvProduct<kNarrowMR, kNarrowNV>(kc, dvPad, P, V, O);
+void pv(const GemmTile& t, int64_t bq, int64_t kc, int64_t dvPad, const float* P, const float* V, float* O) {
+  kern().gemm.pv(t, bq, kc, dvPad, P, V, O);
 }
 
 struct Geometry {
   int64_t B, Nq, Nk, H, d, dv;
+  int64_t bq;  // queries per task (queryBlock())
   int64_t nkTiles, nqBlocks;
   GemmTile tS, tO;       // tiles of S = Q·Kᵀ (N = keys) and O = P·V (N = dv)
   int64_t nkPad, dvPad;  // keys padded to tS.nr, dv padded to tO.nr
@@ -63,7 +53,7 @@ struct Geometry {
 // Scores of query block rows [0, kBq) against keys [k0, k0 + nk): S = Qp · Kᵀ, then masking of
 // causal positions with −inf. Returns the number of valid keys per row via `valid`.
 void scoreTile(const Geometry& g, const float* Qp, const float* Kt, int64_t k0, int64_t nk, float* S) {
-  gemmBlock(g.tS, kBq, roundUp(nk, g.tS.nr), g.d, Qp, Kt + k0 * g.d, S, kBk, false);
+  gemmBlock(g.tS, g.bq, roundUp(nk, g.tS.nr), g.d, Qp, Kt + k0 * g.d, S, kBk, false);
 }
 
 inline int64_t validKeys(bool causal, int64_t i, int64_t k0, int64_t nk) {
@@ -101,6 +91,7 @@ void op_ATTENTION(const OpAttrs& a, const Views& in, const Views& out) {
     checkShape(op, out[1], {g.B * g.H, g.Nq, g.Nk}, "probabilities");
   }
   if (g.B == 0 || g.Nq == 0 || g.dv == 0) return;
+  const int64_t kBq = g.bq = queryBlock();
   g.tS = gemmTile(kBq, std::min(g.Nk, kBk));
   g.tO = gemmTile(kBq, g.dv);
   g.nkPad = roundUp(g.Nk, g.tS.nr);
@@ -182,7 +173,7 @@ void op_ATTENTION(const OpAttrs& a, const Views& in, const Views& out) {
             }
             for (int64_t c = cnt; c < nk; c++) Sr[c] = 0.f;
           }
-          pv(g.tO, nk, g.dvPad, S, Vp + k0 * g.dvPad, O);
+          pv(g.tO, kBq, nk, g.dvPad, S, Vp + k0 * g.dvPad, O);
         }
         for (int64_t r = 0; r < nq; r++) {
           const float inv = 1.f / l[r];
@@ -218,7 +209,7 @@ void op_ATTENTION(const OpAttrs& a, const Views& in, const Views& out) {
             if (r < nq) std::memcpy(Sr, P + r * g.Nk + k0, sizeof(float) * size_t(nk));
             else std::memset(Sr, 0, sizeof(float) * size_t(nk));
           }
-          pv(g.tO, nk, g.dvPad, S, Vp + k0 * g.dvPad, O);
+          pv(g.tO, kBq, nk, g.dvPad, S, Vp + k0 * g.dvPad, O);
         }
         for (int64_t r = 0; r < nq; r++)
           std::memcpy(o + (b * g.Nq + i0 + r) * Hdv + h * g.dv, O + r * g.dvPad, sizeof(float) * size_t(g.dv));

@@ -1,10 +1,13 @@
 // The CPU backend: float32 everywhere, host memory, ops run synchronously on the thread pool.
 #include <atomic>
+#include <chrono>
 #include <cstring>
+#include <vector>
 
 #include "../backend.h"
 #include "../fused.h"
 #include "gemm.h"
+#include "isa/kernels.h"
 #include "parallel.h"
 #include "ops.h"
 
@@ -37,6 +40,12 @@ void checkDtype(const char* op, const TensorView& t, DType want, const char* wha
   if (t.dtype != want)
     throw Error("E_ARGUMENT", std::string(op) + ": " + what + " must be " + dtypeName(want) + ", got " +
                                dtypeName(t.dtype));
+}
+
+Operand weightOperand(const char* op, const TensorView& t, const char* what) {
+  if (t.dtype == DType::F16) return Operand(t.as<const uint16_t>());
+  checkDtype(op, t, DType::F32, what);
+  return Operand(t.as<const float>());
 }
 
 void checkF32(const char* op, const Views& in, const Views& out) {
@@ -76,6 +85,9 @@ class CpuBackend : public Backend {
  public:
   Device device() const override { return Device::CPU; }
   DType computeType() const override { return DType::F32; }
+  bool readsHalfWeight(OpCode op, size_t slot) const override {
+    return slot == 1 && (op == OpCode::LINEAR || op == OpCode::CONV2D || op == OpCode::EMBEDDING);
+  }
   void* alloc(size_t bytes) override { return alignedAlloc(bytes); }
   void release(void* p, size_t) override { alignedFree(p); }
   void upload(void* dst, const void* host, size_t bytes) override {
@@ -120,7 +132,39 @@ class CpuBackend : public Backend {
 }  // namespace
 }  // namespace cpu
 
+CpuPeak cpuPeak(double seconds) {
+  if (*cpu::isaError()) throw Error("E_BACKEND", cpu::isaError());
+  using clock = std::chrono::steady_clock;
+  const auto loop = cpu::kern().peak.fmaLoop;
+  const int T = cpu::numThreads();
+  std::vector<float> sink(size_t(T) * 16);
+  // Calibrate on one thread, then every thread runs its share at once for about `seconds`.
+  int64_t iters = 1 << 16;
+  for (;;) {
+    const auto t0 = clock::now();
+    loop(iters, sink.data());
+    const double s = std::chrono::duration<double>(clock::now() - t0).count();
+    if (s > 0.02 || iters > (int64_t(1) << 40)) {
+      iters = std::max<int64_t>(1, int64_t(double(iters) * std::max(seconds, 0.01) / s));
+      break;
+    }
+    iters *= 4;
+  }
+  std::vector<double> flops(size_t(T), 0.0);
+  const auto t0 = clock::now();
+  cpu::parallel_for(T, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; t++) flops[size_t(t)] = loop(iters, sink.data() + t * 16);
+  }, 1);
+  const double s = std::chrono::duration<double>(clock::now() - t0).count();
+  double total = 0;
+  for (double f : flops) total += f;
+  return CpuPeak{total / s / 1e9, T};
+}
+
+CpuIsa cpuIsa() { return CpuIsa{cpu::kern().name, cpu::isaAvailable(), cpu::isaError()}; }
+
 Backend* cpuBackend() {
+  if (*cpu::isaError()) throw Error("E_BACKEND", cpu::isaError());
   static cpu::CpuBackend b;
   return &b;
 }

@@ -114,7 +114,7 @@ void op_CONV2D(const OpAttrs& a, const Views& in, const Views& out) {
   const char* op = "conv2d";
   checkArity(op, in, 2, 4, out, 1);
   checkDtype(op, in[0], DType::F32, "x");
-  checkDtype(op, in[1], DType::F32, "w");
+  const Operand w = weightOperand(op, in[1], "w");
   checkDtype(op, out[0], DType::F32, "out");
   const Shape& xs = in[0].shape;
   const Shape& ws = in[1].shape;
@@ -136,13 +136,13 @@ void op_CONV2D(const OpAttrs& a, const Views& in, const Views& out) {
   if (B == 0 || O == 0 || N == 0) return;
   const float* x = in[0].as<float>();
   if (const int m = winogradTile(B, C, H, W, O, kh, kw, s, p)) {
-    conv3x3Winograd(m, x, in[1].as<float>(), e, y, B, C, H, W, O);
+    conv3x3Winograd(m, x, w, e, y, B, C, H, W, O);
     return;
   }
   const bool direct = kh == 1 && kw == 1 && s == 1 && p == 0;
   if (2 * N >= O) {
     GemmTile t = gemmTile(O, N);
-    PackedA wA(in[1].as<float>(), K, 1, O, K, t.mr);
+    PackedA wA(w, K, 1, O, K, t.mr);
     for (int64_t b = 0; b < B; b++) {
       float* yb = y + b * O * N;
       const float* xb = x + b * C * H * W;
@@ -161,10 +161,10 @@ void op_CONV2D(const OpAttrs& a, const Views& in, const Views& out) {
   // Few columns in all (8x8 and 4x4 images): multiply the weights in place, unpacked.
   const bool rowA = NB <= kRowANMax;
   GemmTile t = gemmTile(O, NB);
-  StridedA wA(in[1].as<float>(), K, 1, t.mr);
+  StridedA wA(w, K, 1, t.mr);
   Im2colB col(x, C, H, W, kh, kw, s, p, Ho, Wo, rowA ? rowANr() : t.nr);
   auto product = [&](float* dst, bool acc) {
-    if (rowA) gemmRowA(O, NB, K, in[1].as<float>(), K, col, dst, NB, acc);
+    if (rowA) gemmRowA(O, NB, K, w, K, col, dst, NB, acc);
     else gemm(O, NB, K, t, wA, col, dst, NB, acc);
   };
   if (B == 1) {

@@ -6,7 +6,6 @@
 #include <string>
 
 #include "../backend.h"
-#include "gemm_kernels.h"
 #include "parallel.h"
 
 namespace idforge {
@@ -44,111 +43,25 @@ float* threadScratch(int slot, size_t n) {
   return s.p[slot];
 }
 
-const char* gemmIsa() { return IDFORGE_GEMM_ISA; }
-
 GemmTile gemmTile(int64_t M, int64_t N) {
   (void)M;
-  GemmTile wide{kWideMR, kWideNR, true}, narrow{kNarrowMR, kNarrowNR, false};
+  const GemmKernels& k = kern().gemm;
   // Pick the tile that pads N the least; on ties the wide one (fewer loads per FMA).
-  int64_t pw = roundUp(N, kWideNR), pn = roundUp(N, kNarrowNR);
-  return pn * 8 < pw * 7 ? narrow : wide;
-}
-
-void packA(const float* X, int64_t rs, int64_t cs, int64_t mc, int64_t kc, int mr, float* dst) {
-  for (int64_t i0 = 0; i0 < mc; i0 += mr) {
-    float* d = dst + i0 * kc;
-    int64_t m = std::min<int64_t>(mr, mc - i0);
-    if (cs == 1) {
-      // Row-major source: read each row contiguously, write with stride mr (the panel is in L1).
-      for (int64_t r = 0; r < m; r++) {
-        const float* s = X + (i0 + r) * rs;
-        for (int64_t k = 0; k < kc; k++) d[k * mr + r] = s[k];
-      }
-      for (int64_t r = m; r < mr; r++)
-        for (int64_t k = 0; k < kc; k++) d[k * mr + r] = 0.f;
-    } else {
-      for (int64_t k = 0; k < kc; k++) {
-        const float* s = X + k * cs + i0 * rs;
-        int64_t r = 0;
-        for (; r < m; r++) d[k * mr + r] = s[r * rs];
-        for (; r < mr; r++) d[k * mr + r] = 0.f;
-      }
-    }
-  }
-}
-
-void packB(const float* X, int64_t rs, int64_t cs, int64_t kc, int64_t nc, int nr, float* dst) {
-  for (int64_t j0 = 0; j0 < nc; j0 += nr) {
-    float* d = dst + j0 * kc;
-    int64_t n = std::min<int64_t>(nr, nc - j0);
-    if (cs == 1) {
-      for (int64_t k = 0; k < kc; k++) {
-        const float* s = X + k * rs + j0;
-        float* dk = d + k * nr;
-        int64_t c = 0;
-        for (; c < n; c++) dk[c] = s[c];
-        for (; c < nr; c++) dk[c] = 0.f;
-      }
-    } else {
-      // Column-major source (a linear layer's weight as B = Wᵀ): contiguous reads along k.
-      for (int64_t c = 0; c < n; c++) {
-        const float* s = X + (j0 + c) * cs;
-        for (int64_t k = 0; k < kc; k++) d[k * nr + c] = s[k * rs];
-      }
-      for (int64_t c = n; c < nr; c++)
-        for (int64_t k = 0; k < kc; k++) d[k * nr + c] = 0.f;
-    }
-  }
-}
-
-namespace {
-void microKernelEdgeRowA(int64_t kc, const float* a, int64_t lda, const float* b, float* c, int64_t ldc, int64_t n,
-                         bool acc) {
-  alignas(64) float t[kWideMR * kWideNR];
-  microKernelRowA<kWideMR, kWideNV>(kc, a, lda, b, t, kWideNR, false);
-  for (int64_t i = 0; i < kWideMR; i++)
-    for (int64_t j = 0; j < n; j++) c[i * ldc + j] = acc ? c[i * ldc + j] + t[i * kWideNR + j] : t[i * kWideNR + j];
-}
-
-template <int MR, int NV>
-void blockLoop(int64_t mc, int64_t nc, int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc,
-               bool accumulate) {
-  constexpr int NR = NV * kLanes;
-  // B panel outer: it stays in L1 while the A panels of the block stream from L2.
-  for (int64_t j = 0; j < nc; j += NR) {
-    const float* b = Bp + j * kc;
-    int64_t n = std::min<int64_t>(NR, nc - j);
-    for (int64_t i = 0; i < mc; i += MR) {
-      const float* a = Ap + i * kc;
-      int64_t m = std::min<int64_t>(MR, mc - i);
-      if (m == MR && n == NR)
-        microKernel<MR, NV, 1, MR>(kc, a, b, C + i * ldc + j, ldc, accumulate);
-      else
-        microKernelEdge<MR, NV, 1, MR>(kc, a, b, C + i * ldc + j, ldc, m, n, accumulate);
-    }
-  }
-}
-}  // namespace
-
-void gemmBlock(const GemmTile& t, int64_t mc, int64_t nc, int64_t kc, const float* Ap, const float* Bp, float* C,
-               int64_t ldc, bool accumulate) {
-  if (t.wide)
-    blockLoop<kWideMR, kWideNV>(mc, nc, kc, Ap, Bp, C, ldc, accumulate);
-  else
-    blockLoop<kNarrowMR, kNarrowNV>(mc, nc, kc, Ap, Bp, C, ldc, accumulate);
+  const int64_t pw = roundUp(N, k.wide.nr), pn = roundUp(N, k.narrow.nr);
+  return pn * 8 < pw * 7 ? k.narrow : k.wide;
 }
 
 const float* StridedA::get(int64_t i0, int64_t mc, int64_t p0, int64_t kc, float* scratch) const {
-  packA(x_ + i0 * rs_ + p0 * cs_, rs_, cs_, mc, kc, mr_, scratch);
+  packA(offset(x_, i0 * rs_ + p0 * cs_), rs_, cs_, mc, kc, mr_, scratch);
   return scratch;
 }
 
 const float* StridedB::get(int64_t p0, int64_t kc, int64_t j0, int64_t nc, float* scratch) const {
-  packB(x_ + p0 * rs_ + j0 * cs_, rs_, cs_, kc, nc, nr_, scratch);
+  packB(offset(x_, p0 * rs_ + j0 * cs_), rs_, cs_, kc, nc, nr_, scratch);
   return scratch;
 }
 
-PackedA::PackedA(const float* x, int64_t rs, int64_t cs, int64_t M, int64_t K, int mr)
+PackedA::PackedA(Operand x, int64_t rs, int64_t cs, int64_t M, int64_t K, int mr)
     : M_(M), K_(K), Mpad_(roundUp(M, mr)), mr_(mr) {
   data_ = static_cast<float*>(alignedAlloc(sizeof(float) * size_t(std::max<int64_t>(1, Mpad_ * K))));
   // Slab p0 holds all row panels for K range [p0, p0+kc), so a block (i0, p0) is contiguous.
@@ -157,7 +70,7 @@ PackedA::PackedA(const float* x, int64_t rs, int64_t cs, int64_t M, int64_t K, i
     for (int64_t t = b; t < e; t++) {
       int64_t p0 = (t / panels) * kKC, i0 = (t % panels) * mr;
       int64_t kc = std::min(kKC, K - p0), mc = std::min<int64_t>(mr, M - i0);
-      packA(x + i0 * rs + p0 * cs, rs, cs, mc, kc, mr, data_ + p0 * Mpad_ + i0 * kc);
+      packA(offset(x, i0 * rs + p0 * cs), rs, cs, mc, kc, mr, data_ + p0 * Mpad_ + i0 * kc);
     }
   });
 }
@@ -223,7 +136,7 @@ void gemm(int64_t M, int64_t N, int64_t K, const GemmTile& t, const GemmA& A, co
     parallel_for(tm * tn, task, 1);
 }
 
-void gemmRowA(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const GemmB& B, float* C, int64_t ldc,
+void gemmRowA(int64_t M, int64_t N, int64_t K, Operand A, int64_t lda, const GemmB& B, float* C, int64_t ldc,
               bool accumulate) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
@@ -231,7 +144,8 @@ void gemmRowA(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, cons
       for (int64_t i = 0; i < M; i++) std::memset(C + i * ldc, 0, sizeof(float) * size_t(N));
     return;
   }
-  constexpr int MR = kWideMR, NV = kWideNV, NR = kWideNR;
+  const GemmKernels& gk = kern().gemm;
+  const int64_t MR = gk.wide.mr, NR = gk.wide.nr;
   const int64_t nPad = roundUp(N, NR), mPanels = (M + MR - 1) / MR, slabs = (K + kKC - 1) / kKC;
   const int T = numThreads();
   const bool par = T > 1 && double(M) * N * K > 4e5;
@@ -255,29 +169,13 @@ void gemmRowA(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, cons
   const int64_t tasks = std::min<int64_t>(mPanels, par ? 4 * T : 1);
   const int64_t mChunk = (mPanels + tasks - 1) / tasks * MR;
   auto task = [&](int64_t b, int64_t e) {
-    float* edgeA = threadScratch(1, size_t(kKC * MR));
+    float* scratch = threadScratch(1, size_t(kKC * MR));
     for (int64_t id = b; id < e; id++) {
       const int64_t i0 = id * mChunk, i1 = std::min(M, i0 + mChunk);
       for (int64_t p0 = 0; p0 < K; p0 += kKC) {
         const int64_t kc = std::min(kKC, K - p0);
-        const bool acc = accumulate || p0 > 0;
-        const float* Bs = Bp + p0 * nPad;
-        // The A sliver (MR x kc) stays in L1 across the column panels.
-        for (int64_t i = i0; i < i1; i += MR) {
-          const int64_t m = std::min<int64_t>(MR, i1 - i);
-          const float* a = A + i * lda + p0;
-          if (m < MR) packA(a, lda, 1, m, kc, MR, edgeA);
-          for (int64_t j = 0; j < N; j += NR) {
-            const int64_t n = std::min<int64_t>(NR, N - j);
-            float* c = C + i * ldc + j;
-            if (m == MR && n == NR)
-              microKernelRowA<MR, NV>(kc, a, lda, Bs + j * kc, c, ldc, acc);
-            else if (m == MR)
-              microKernelEdgeRowA(kc, a, lda, Bs + j * kc, c, ldc, n, acc);
-            else
-              microKernelEdge<MR, NV, 1, MR>(kc, edgeA, Bs + j * kc, c, ldc, m, n, acc);
-          }
-        }
+        gk.rowA(i1 - i0, N, kc, offset(A, i0 * lda + p0), lda, Bp + p0 * nPad, C + i0 * ldc, ldc, accumulate || p0 > 0,
+                scratch);
       }
     }
   };
@@ -286,7 +184,7 @@ void gemmRowA(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, cons
   else parallel_for(nt, task, 1);
 }
 
-void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa, int64_t csa, const float* B, int64_t rsb,
+void sgemm(int64_t M, int64_t N, int64_t K, Operand A, int64_t rsa, int64_t csa, Operand B, int64_t rsb,
            int64_t csb, float* C, int64_t ldc, bool accumulate) {
   GemmTile t = gemmTile(M, N);
   StridedA a(A, rsa, csa, t.mr);

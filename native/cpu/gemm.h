@@ -2,7 +2,9 @@
 //
 // Blocking follows the usual GotoBLAS/BLIS scheme: K is cut into kKC-deep slabs, A is packed into
 // MR-row panels ([kc][MR]) and B into NR-column panels ([kc][NR]), and a register-blocked
-// microkernel (gemm_kernels.h) multiplies one A panel by one B panel. Operands are supplied by
+// micro-kernel multiplies one A panel by one B panel. The kernels and packing come from the kernel
+// table of the selected instruction set (isa/kernels.h: kern()); this file is the driver that is
+// the same for every variant. Operands are supplied by
 // GemmA/GemmB so that callers can pack straight from their own layouts (im2col for convolution,
 // transposed weights for linear layers) or hand over data packed once and reused (conv weights).
 #pragma once
@@ -10,39 +12,44 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "isa/kernels.h"
+
 namespace idforge {
 namespace cpu {
 
-#ifndef IDFORGE_GEMM_KC
-#define IDFORGE_GEMM_KC 256
-#endif
-#ifndef IDFORGE_GEMM_MC
-#define IDFORGE_GEMM_MC 336
-#endif
-constexpr int64_t kKC = IDFORGE_GEMM_KC;  // depth of a K slab: an NR-wide B panel (32 KiB) stays in L1
-constexpr int64_t kMC = IDFORGE_GEMM_MC;  // rows of A per L2-resident block (a multiple of every MR)
+constexpr int64_t kKC = 256;  // depth of a K slab: an NR-wide B panel (32 KiB) stays in L1 (isa/gemm_impl.h too)
+constexpr int64_t kMC = 336;  // rows of A per L2-resident block (a multiple of every variant's MR)
 constexpr int64_t kNCMax = 2048;
 
-// Register tile: wide (MR x 32 on AVX-512) or narrow (2*MR x 16); see gemm_kernels.h.
-struct GemmTile {
-  int mr, nr;
-  bool wide;
-};
+// Register tile of the selected variant: wide (MR x 2 vectors, 14 x 32 on AVX-512) or narrow
+// (2·MR x 1 vector), whichever pads N the least.
 GemmTile gemmTile(int64_t M, int64_t N);
-const char* gemmIsa();
 
 inline int64_t roundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// An operand `elems` elements further on (float or half alike).
+inline Operand offset(Operand x, int64_t elems) {
+  x.p = x.half ? static_cast<const void*>(static_cast<const uint16_t*>(x.p) + elems)
+               : static_cast<const void*>(static_cast<const float*>(x.p) + elems);
+  return x;
+}
+
 // Packs the mc x kc block X(i, k) = X[i*rs + k*cs] into ceil(mc/mr) panels laid out as
-// dst[(panel*kc + k)*mr + r], zero-filling rows past mc.
-void packA(const float* X, int64_t rs, int64_t cs, int64_t mc, int64_t kc, int mr, float* dst);
+// dst[(panel*kc + k)*mr + r], zero-filling rows past mc (a half X is converted to float32).
+inline void packA(Operand X, int64_t rs, int64_t cs, int64_t mc, int64_t kc, int mr, float* dst) {
+  kern().pack.packA(X, rs, cs, mc, kc, mr, dst);
+}
 // Packs the kc x nc block X(k, j) = X[k*rs + j*cs] into ceil(nc/nr) panels laid out as
 // dst[(panel*kc + k)*nr + c], zero-filling columns past nc.
-void packB(const float* X, int64_t rs, int64_t cs, int64_t kc, int64_t nc, int nr, float* dst);
+inline void packB(Operand X, int64_t rs, int64_t cs, int64_t kc, int64_t nc, int nr, float* dst) {
+  kern().pack.packB(X, rs, cs, kc, nc, nr, dst);
+}
 
 // C[mc x nc] (row stride ldc) = (accumulate ? C : 0) + Apanels · Bpanels over a kc-deep slab.
-void gemmBlock(const GemmTile& t, int64_t mc, int64_t nc, int64_t kc, const float* Ap, const float* Bp,
-               float* C, int64_t ldc, bool accumulate);
+inline void gemmBlock(const GemmTile& t, int64_t mc, int64_t nc, int64_t kc, const float* Ap, const float* Bp,
+                      float* C, int64_t ldc, bool accumulate) {
+  kern().gemm.block(t, mc, nc, kc, Ap, Bp, C, ldc, accumulate);
+}
 
 // Where the driver gets packed slabs from. get() returns panels for the requested block, either
 // packed into `scratch` (sized by the driver) or pointing into data packed beforehand.
@@ -61,22 +68,22 @@ class GemmB {
 
 class StridedA : public GemmA {
  public:
-  StridedA(const float* x, int64_t rs, int64_t cs, int mr) : x_(x), rs_(rs), cs_(cs), mr_(mr) {}
+  StridedA(Operand x, int64_t rs, int64_t cs, int mr) : x_(x), rs_(rs), cs_(cs), mr_(mr) {}
   const float* get(int64_t i0, int64_t mc, int64_t p0, int64_t kc, float* scratch) const override;
 
  private:
-  const float* x_;
+  Operand x_;
   int64_t rs_, cs_;
   int mr_;
 };
 
 class StridedB : public GemmB {
  public:
-  StridedB(const float* x, int64_t rs, int64_t cs, int nr) : x_(x), rs_(rs), cs_(cs), nr_(nr) {}
+  StridedB(Operand x, int64_t rs, int64_t cs, int nr) : x_(x), rs_(rs), cs_(cs), nr_(nr) {}
   const float* get(int64_t p0, int64_t kc, int64_t j0, int64_t nc, float* scratch) const override;
 
  private:
-  const float* x_;
+  Operand x_;
   int64_t rs_, cs_;
   int nr_;
 };
@@ -85,7 +92,7 @@ class StridedB : public GemmB {
 // across the images of a batch).
 class PackedA : public GemmA {
  public:
-  PackedA(const float* x, int64_t rs, int64_t cs, int64_t M, int64_t K, int mr);
+  PackedA(Operand x, int64_t rs, int64_t cs, int64_t M, int64_t K, int mr);
   ~PackedA() override;
   PackedA(const PackedA&) = delete;
   PackedA& operator=(const PackedA&) = delete;
@@ -106,20 +113,18 @@ void gemm(int64_t M, int64_t N, int64_t K, const GemmTile& t, const GemmA& A, co
 // lda) read in place, never packed. For weight-bound products with few columns (N <= 128: convs
 // on 8x8 and 4x4 images, linears over few tokens with the weight as A): the weights are then
 // read exactly once, straight from memory, instead of being copied first. B is packed whole, once.
-void gemmRowA(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const GemmB& B, float* C, int64_t ldc,
+void gemmRowA(int64_t M, int64_t N, int64_t K, Operand A, int64_t lda, const GemmB& B, float* C, int64_t ldc,
               bool accumulate);
 constexpr int64_t kRowANMax = 128;
-inline int rowANr() { return gemmTile(1 << 20, 1 << 20).nr; }
+inline int rowANr() { return kern().gemm.wide.nr; }
 
 // Convenience: A(i, k) = A[i*rsa + k*csa], B(k, j) = B[k*rsb + j*csb].
-void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa, int64_t csa, const float* B, int64_t rsb,
+void sgemm(int64_t M, int64_t N, int64_t K, Operand A, int64_t rsa, int64_t csa, Operand B, int64_t rsb,
            int64_t csb, float* C, int64_t ldc, bool accumulate);
 
-// 64-byte aligned allocation; throws Error("E_OOM") on failure.
-void* alignedAlloc(size_t bytes);
-void alignedFree(void* p);
-// A per-thread scratch buffer (slot 0..7) of at least n floats, reused across calls.
-float* threadScratch(int slot, size_t n);
+// alignedAlloc (64-byte aligned; throws Error("E_OOM")), alignedFree and threadScratch (a
+// per-thread buffer, slot 0..7, of at least n floats, reused across calls) are declared in
+// isa/kernels.h: the variants use them too.
 
 }  // namespace cpu
 }  // namespace idforge

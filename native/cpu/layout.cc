@@ -219,7 +219,7 @@ void op_EMBEDDING(const OpAttrs&, const Views& in, const Views& out) {
   const char* op = "embedding";
   checkArity(op, in, 2, 2, out, 1);
   checkDtype(op, in[0], DType::I32, "ids");
-  checkDtype(op, in[1], DType::F32, "table");
+  const Operand tb = weightOperand(op, in[1], "table");
   checkDtype(op, out[0], DType::F32, "out");
   if (in[1].shape.size() != 2) shapeError(op, "table " + shapeOf(in[1]) + " must be [V, D]");
   const int64_t V = in[1].shape[0], D = in[1].shape[1], n = in[0].numel();
@@ -231,9 +231,12 @@ void op_EMBEDDING(const OpAttrs&, const Views& in, const Views& out) {
     if (ids[i] < 0 || ids[i] >= V)
       throw Error("E_ARGUMENT", "embedding: id " + std::to_string(ids[i]) + " at position " + std::to_string(i) +
                                     " is outside the table of " + std::to_string(V) + " rows");
-  const float* tb = in[1].as<float>();
   float* y = out[0].as<float>();
-  for (int64_t i = 0; i < n; i++) std::memcpy(y + i * D, tb + int64_t(ids[i]) * D, sizeof(float) * size_t(D));
+  for (int64_t i = 0; i < n; i++) {
+    const int64_t row = int64_t(ids[i]) * D;
+    if (tb.half) kern().pack.halfToFloat(static_cast<const uint16_t*>(tb.p) + row, y + i * D, D);
+    else std::memcpy(y + i * D, static_cast<const float*>(tb.p) + row, sizeof(float) * size_t(D));
+  }
 }
 
 void op_INJECT(const OpAttrs&, const Views& in, const Views& out) {

@@ -46,7 +46,7 @@ static void linearTransposed(const OpAttrs& a, const Views& in, const Views& out
   checkShape(op, out[0], os, "out");
   const Epilogue e = epilogueOf(op, a, in, out[0], N, 0);
   const float* x = in[0].as<float>();
-  const float* w = in[1].as<float>();
+  const Operand w = weightOperand(op, in[1], "w");
   float* y = out[0].as<float>();
   for (int64_t b = 0; b < B; b++) {
     const float* xb = x + b * K * R;
@@ -67,7 +67,7 @@ void op_LINEAR(const OpAttrs& a, const Views& in, const Views& out) {
   const char* op = "linear";
   checkArity(op, in, 2, 4, out, 1);
   checkDtype(op, in[0], DType::F32, "x");
-  checkDtype(op, in[1], DType::F32, "w");
+  const Operand w = weightOperand(op, in[1], "w");
   checkDtype(op, out[0], DType::F32, "out");
   if (a.transX || a.transY) return linearTransposed(a, in, out);
   const Shape& xs = in[0].shape;
@@ -92,7 +92,7 @@ void op_LINEAR(const OpAttrs& a, const Views& in, const Views& out) {
       ~Free() { alignedFree(p); }
     } guard{yt};
     StridedB xT(in[0].as<float>(), 1, K, rowANr());
-    gemmRowA(N, M, K, in[1].as<float>(), K, xT, yt, M, false);
+    gemmRowA(N, M, K, w, K, xT, yt, M, false);
     const float* bv = e.bias;
     const float* rv = e.residual;
     for (int64_t m = 0; m < M; m++)
@@ -102,7 +102,7 @@ void op_LINEAR(const OpAttrs& a, const Views& in, const Views& out) {
   }
   if (e.any()) fillRows(y, M, N, e);
   // y = x · wᵀ: B(k, j) = w[j*K + k].
-  sgemm(M, N, K, in[0].as<float>(), K, 1, in[1].as<float>(), 1, K, y, N, e.any());
+  sgemm(M, N, K, in[0].as<float>(), K, 1, w, 1, K, y, N, e.any());
 }
 
 void op_MATMUL(const OpAttrs& a, const Views& in, const Views& out) {

@@ -1,72 +1,17 @@
 // GROUP_NORM (optionally fused with SiLU) and LAYER_NORM, and their backward ops at the end. Statistics are accumulated in double
 // over float data, two-pass (mean, then squared deviations), so they match PyTorch's float32
 // results to rounding even for large groups (320 channels x 64x64) and offset-heavy activations.
+// The forward loops are the selected variant's (isa/norm_impl.h).
 #include <cmath>
 
 #include "derivatives.h"
 #include "ops.h"
 #include "parallel.h"
-#include "vmath.h"
+#include "isa/kernels.h"
 
 namespace idforge {
 namespace cpu {
 namespace {
-
-double sumD(const float* x, int64_t n) {
-  int64_t i = 0;
-  double s = 0;
-#if defined(__AVX512F__)
-  __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
-  for (; i + 16 <= n; i += 16) {
-    __m512 v = _mm512_loadu_ps(x + i);
-    a0 = _mm512_add_pd(a0, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
-    a1 = _mm512_add_pd(a1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
-  }
-  s = _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
-#else
-  double p[4] = {0, 0, 0, 0};
-  for (; i + 4 <= n; i += 4)
-    for (int k = 0; k < 4; k++) p[k] += x[i + k];
-  s = (p[0] + p[1]) + (p[2] + p[3]);
-#endif
-  for (; i < n; i++) s += x[i];
-  return s;
-}
-
-double sumSqDevD(const float* x, int64_t n, double mean) {
-  int64_t i = 0;
-  double s = 0;
-#if defined(__AVX512F__)
-  __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd(), m = _mm512_set1_pd(mean);
-  for (; i + 16 <= n; i += 16) {
-    __m512 v = _mm512_loadu_ps(x + i);
-    __m512d d0 = _mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v)), m);
-    __m512d d1 = _mm512_sub_pd(
-        _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))), m);
-    a0 = _mm512_fmadd_pd(d0, d0, a0);
-    a1 = _mm512_fmadd_pd(d1, d1, a1);
-  }
-  s = _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
-#else
-  double p[4] = {0, 0, 0, 0};
-  for (; i + 4 <= n; i += 4)
-    for (int k = 0; k < 4; k++) {
-      double d = x[i + k] - mean;
-      p[k] += d * d;
-    }
-  s = (p[0] + p[1]) + (p[2] + p[3]);
-#endif
-  for (; i < n; i++) {
-    double d = x[i] - mean;
-    s += d * d;
-  }
-  return s;
-}
-
-// y = (x - mean) * sc + sh over n floats.
-inline void affine(const float* x, float* y, int64_t n, float mean, float sc, float sh) {
-  for (int64_t i = 0; i < n; i++) y[i] = (x[i] - mean) * sc + sh;
-}
 
 // Mean and 1/√(var + eps) of n floats in double: the statistics the backward ops recompute from
 // the forward input (two passes, as the forward reference does).
@@ -106,14 +51,12 @@ void op_GROUP_NORM(const OpAttrs& a, const Views& in, const Views& out) {
     for (int64_t t = t0; t < t1; t++) {
       const float* xg = x + t * n;
       float* yg = y + t * n;
-      double mean = n ? sumD(xg, n) / double(n) : 0.0;
-      double var = n ? sumSqDevD(xg, n, mean) / double(n) : 0.0;
+      const NormKernels& k = kern().norm;
+      double mean = n ? k.sum(xg, n) / double(n) : 0.0;
+      double var = n ? k.sumSqDev(xg, n, mean) / double(n) : 0.0;
       float rstd = float(1.0 / std::sqrt(var + eps));
       int64_t c0 = (t % G) * Cg;
-      for (int64_t c = 0; c < Cg; c++) {
-        affine(xg + c * S, yg + c * S, S, float(mean), rstd * w[c0 + c], bb[c0 + c]);
-        if (silu) siluScaled(yg + c * S, yg + c * S, S, 1.f);
-      }
+      for (int64_t c = 0; c < Cg; c++) k.affine(xg + c * S, yg + c * S, S, float(mean), rstd * w[c0 + c], bb[c0 + c], silu);
     }
   }, 1);
 }
@@ -138,10 +81,10 @@ void op_LAYER_NORM(const OpAttrs& a, const Views& in, const Views& out) {
     for (int64_t r = r0; r < r1; r++) {
       const float* xr = x + r * C;
       float* yr = y + r * C;
-      double mean = sumD(xr, C) / double(C);
-      double var = sumSqDevD(xr, C, mean) / double(C);
-      float rstd = float(1.0 / std::sqrt(var + eps)), m = float(mean);
-      for (int64_t c = 0; c < C; c++) yr[c] = (xr[c] - m) * rstd * w[c] + bb[c];
+      const NormKernels& k = kern().norm;
+      double mean = k.sum(xr, C) / double(C);
+      double var = k.sumSqDev(xr, C, mean) / double(C);
+      k.affineRow(xr, yr, C, float(mean), float(1.0 / std::sqrt(var + eps)), w, bb);
     }
   };
   int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(C, 1));

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "../backend.h"
+#include "isa/kernels.h"
 
 namespace idforge {
 namespace cpu {
@@ -20,6 +21,9 @@ void checkDtype(const char* op, const TensorView& t, DType want, const char* wha
 void checkF32(const char* op, const Views& in, const Views& out);
 void checkNumel(const char* op, const TensorView& t, int64_t n, const char* what);
 void checkShape(const char* op, const TensorView& t, const Shape& s, const char* what);
+// A weight operand (LINEAR's and CONV2D's w, EMBEDDING's table): float32, or IEEE half where the
+// program keeps float16 weights on the CPU (native/program.cc); anything else is E_ARGUMENT.
+Operand weightOperand(const char* op, const TensorView& t, const char* what);
 // An optional input (bias, noise) counts as given when it is present with data.
 inline bool given(const Views& in, size_t i) { return in.size() > i && in[i].data != nullptr; }
 std::string shapeOf(const TensorView& t);

@@ -1,5 +1,7 @@
 #include "parallel.h"
 
+#include "isa/kernels.h"
+
 #include "../backend.h"
 #include "../cancel.h"
 
@@ -183,6 +185,10 @@ void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, in
     return;
   }
   p.run(n, grain, fn);
+}
+
+void parallelForFn(int64_t n, void (*fn)(void* ctx, int64_t b, int64_t e), void* ctx, int64_t grain) {
+  parallel_for(n, [fn, ctx](int64_t b, int64_t e) { fn(ctx, b, e); }, grain);
 }
 
 }  // namespace cpu

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 
+#include "isa/kernels.h"
 #include "ops.h"
 
 namespace idforge {
@@ -15,10 +16,10 @@ int winogradTile(int64_t B, int64_t C, int64_t H, int64_t W, int64_t O, int64_t 
 
 // y[B, O, H, W] = conv3x3(x[B, C, H, W], w[O, C, 3, 3], stride 1, pad 1) + bias + residual (the
 // epilogue, added by the output transform; either part may be absent),
-// computed with Winograd F(m x m, 3 x 3), m = 2 or 4: weights and inputs are transformed
+// computed with Winograd F(m x m, 3 x 3), m = 2 or 4 (w float32 or half): weights and inputs are transformed
 // (weights on every call: a CPU op sees raw pointers only, so no transform is cached), the
 // (m+2)^2 products U_t[O, C] · V_t[C, tiles] run on the packed SGEMM, outputs transformed back.
-void conv3x3Winograd(int m, const float* x, const float* w, const Epilogue& e, float* y, int64_t B, int64_t C,
+void conv3x3Winograd(int m, const float* x, Operand w, const Epilogue& e, float* y, int64_t B, int64_t C,
                      int64_t H, int64_t W, int64_t O);
 
 }  // namespace cpu

@@ -3,7 +3,7 @@
 //   forward  CPU vs a naive float64 reference (test/helpers/opref.ts; sampled output indices where
 //            a full one would be slow), outputs NaN-poisoned (IDFORGE_POISON) so an element a
 //            kernel skips fails; errors and IEEE special values too     test/ops.test.ts
-//   portable the same forward mode on a portable build (no -march)      test/ops-portable.test.ts
+//   isa      the kernel cases' forward mode on each lower CPU kernel variant test/ops-isa.test.ts
 //   grad     autodiff vs finite differences, every op with a backward rule  test/ops.test.ts
 //   cuda     CUDA (fp32, fp16) vs CPU, forward and gradients              test/ops-cuda.test.ts
 //   perf     a timing listing (GFLOP/s where the FLOPs are known)         test/helpers/ops-perf.ts
@@ -21,8 +21,8 @@ import * as R from './opref.js';
 export * from './opcase.js';
 
 /**
- * Every case ('cpu': without the shapes that only pick CUDA kernel paths, for the portable build's
- * run); modes filter (`stress` ones: no finite differences, not in the default perf listing).
+ * Every case ('cpu': without the shapes that only pick CUDA kernel paths, for the lower CPU kernel
+ * variants' run); modes filter (`stress` ones: no finite differences, not in the default perf listing).
  */
 export function opCases(which: 'all' | 'cpu' = 'all'): OpCase[] {
   const cases: OpCase[] = [

@@ -1,14 +1,14 @@
 // The modes that run the op table (test/helpers/opcases.ts): forward against the float64
 // reference, gradients against finite differences, and the gradient graph on any backend (the
 // CUDA mode compares it with the CPU's).
-import { spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { IdforgeError } from '../../lib/errors.js';
 import { grad } from '../../lib/graph/autodiff.js';
-import type { Graph, Value } from '../../lib/graph/graph.js';
+import { Graph, type Value } from '../../lib/graph/graph.js';
 import { Program, type BackendSpec } from '../../lib/graph/program.js';
-import { numel } from '../../lib/tensor.js';
+import { numel, Tensor } from '../../lib/tensor.js';
 import { caseGraph, makeInputs, roundHalf, runCase, runOn, tensorOf, type InputSpec, type OpCase } from './opcase.js';
 import { rand, rng } from './random.js';
 
@@ -21,25 +21,107 @@ export interface Check {
 export const OP_NAMES: string[] = [...fs.readFileSync(new URL('../../native/backend.h', import.meta.url), 'utf8').matchAll(/^\s+X\((\w+)\)/gm)].map((m) => m[1]!.toLowerCase());
 
 /**
- * The forward mode in a child process (test/helpers/ops-forward.ts) on the default addon or the
- * one `addon` names: one assertion per check, plus the child's exit status.
+ * Ops whose CPU op runs kernels of the instruction-set variant (native/cpu/isa/kernels.h: GEMM,
+ * Winograd, vector math, norms, attention): what the forced lower variants are checked on.
  */
-export function forwardInChild(t: { ok(ok: boolean, msg: string): unknown; equal(a: unknown, b: unknown, msg: string): unknown }, o: { addon?: string; which: 'all' | 'cpu' }): void {
+export const ISA_OPS = new Set(['linear', 'matmul', 'conv2d', 'conv2d_backward_input', 'attention', 'attention_backward', 'group_norm', 'layer_norm', 'gelu', 'quick_gelu', 'silu', 'geglu', 'embedding']);
+
+export interface ForwardChild {
+  /** the default addon, or this .node file */
+  addon?: string;
+  /** 'isa': only the cases with an ISA_OPS op (opCases('cpu')) */
+  which: 'all' | 'cpu' | 'isa';
+  /** IDFORGE_CPU_ISA for the child (default: the best this CPU has) */
+  isa?: string;
+  /** fewer checks than this is a failure (default 250) */
+  minChecks?: number;
+}
+
+/**
+ * The forward mode in a child process (test/helpers/ops-forward.ts), asynchronously (two variants'
+ * children overlap: much of a run is single-threaded JS references): its stdout, stderr, status.
+ */
+export function forwardChild(o: ForwardChild): Promise<{ stdout: string; stderr: string; status: number | null }> {
   const env: NodeJS.ProcessEnv = { ...process.env, IDFORGE_POISON: '1' };
   delete env['NODE_V8_COVERAGE'];  // the child's loops run uninstrumented
   if (o.addon) env['IDFORGE_ADDON'] = o.addon;
+  if (o.isa) env['IDFORGE_CPU_ISA'] = o.isa;
   const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../..');
-  const r = spawnSync(process.execPath, ['--import=@tapjs/typescript/import', 'test/helpers/ops-forward.ts', ...(o.which === 'cpu' ? ['--cpu'] : [])], { cwd: root, env, encoding: 'utf8', maxBuffer: 64 << 20 });
-  const lines = (r.stdout ?? '').split('\n').filter((l) => /^(ok|FAIL) /.test(l));
+  const c = spawn(process.execPath, ['--import=@tapjs/typescript/import', 'test/helpers/ops-forward.ts', ...(o.which === 'all' ? [] : [`--${o.which}`])], { cwd: root, env });
+  let stdout = '', stderr = '';
+  c.stdout.on('data', (d) => (stdout += d));
+  c.stderr.on('data', (d) => (stderr += d));
+  return new Promise((resolve) => c.on('close', (status) => resolve({ stdout, stderr, status })));
+}
+
+/** One assertion per check of a forwardChild run, the variant it ran on, and its exit status. */
+export function reportForward(t: { ok(ok: boolean, msg: string): unknown; equal(a: unknown, b: unknown, msg: string): unknown }, o: ForwardChild, r: { stdout: string; stderr: string; status: number | null }): void {
+  const lines = r.stdout.split('\n').filter((l) => /^(ok|FAIL) /.test(l));
   for (const l of lines) t.ok(l.startsWith('ok '), l.replace(/^(ok|FAIL) /, ''));
-  t.ok(lines.length > 250, `${lines.length} checks ran`);
-  t.equal(r.status, 0, `child exit status (stderr tail: ${(r.stderr ?? '').slice(-2000)})`);
+  t.ok(lines.length > (o.minChecks ?? 250), `${lines.length} checks ran`);
+  if (o.isa) t.equal(/^isa (\w+)$/m.exec(r.stdout)?.[1], o.isa, `the child ran the ${o.isa} kernels`);
+  t.equal(r.status, 0, `child exit status (stderr tail: ${r.stderr.slice(-2000)})`);
+}
+
+/** forwardChild, then reportForward. */
+export async function forwardInChild(t: Parameters<typeof reportForward>[0], o: ForwardChild): Promise<void> {
+  reportForward(t, o, await forwardChild(o));
 }
 
 /** Seeded distinct-enough indices of an output of n elements: the first, the last and count − 2 random ones. */
 export function sampleIndices(n: number, count: number, seed: number): number[] {
   const r = rng(seed);
   return n <= count ? Array.from({ length: n }, (_, i) => i) : [0, n - 1, ...Array.from({ length: count - 2 }, () => Math.floor(r() * n))];
+}
+
+/** Ops that read a float16 weight constant as stored on the CPU (native/cpu backend.cc readsHalfWeight). */
+const HALF_WEIGHT_OPS = new Set(['linear', 'conv2d', 'embedding']);
+
+/**
+ * The cases whose weight (input 1 of a LINEAR, CONV2D or EMBEDDING) can run as a float16 constant,
+ * the way float16 weights on the CPU reach those ops (BackendSpec.weights): up to 2^20 weights.
+ * checkHalfWeight runs them.
+ */
+export function halfWeightCases(cases: OpCase[]): OpCase[] {
+  return cases.filter((c) => {
+    if (c.error || c.special || !(c.ref || c.refAt) || c.inputs.length < 2 || c.inputs[1]!.int || numel(c.inputs[1]!.shape) > 1 << 20) return false;
+    const { g, ins } = caseGraph(c);
+    return g.ops.some((o) => HALF_WEIGHT_OPS.has(o.op) && o.in[1] === ins[1]!.id);
+  });
+}
+
+/**
+ * The case with its weight (input 1) rounded to float16 and made a float16 constant on the CPU:
+ * converted to float32 inside the GEMM packing (or the Winograd and embedding gathers), against the
+ * float64 reference on the rounded weight (at the sampled indices of a big case), at the case's own
+ * tolerance.
+ */
+export async function checkHalfWeight(c: OpCase): Promise<Check[]> {
+  const be = { device: 'cpu', dtype: 'float32' } as const;
+  const x = makeInputs(c, 1);
+  x[1] = (x[1] as Float32Array).map(roundHalf);
+  const g = new Graph();
+  using w = Tensor.from(x[1] as Float32Array, c.inputs[1]!.shape, { dtype: 'float16' });
+  const ins = c.inputs.map((s, i) => (i === 1 ? g.constant(w) : g.input(s.shape, s.int || s.f32bits ? 'int32' : 'float')));
+  const o = c.build(g, ins);
+  for (const v of Array.isArray(o) ? o : [o]) g.output(v);
+  const p = new Program(g, be);
+  try {
+    const out = await runOn(p, x.filter((_, i) => i !== 1), c.inputs.filter((_, i) => i !== 1), be);
+    const full = c.ref ? c.ref(x) : undefined;
+    return out.map((y, i) => {
+      let r: Check;
+      if (full) r = compare(c, i, y, full[i]!, 0, `${y.length}`);
+      else {
+        const idx = sampleIndices(y.length, c.samples!, 100 + i);
+        const bad = y.reduce((n, v) => n + (Number.isFinite(v) ? 0 : 1), 0);
+        r = compare(c, i, Float32Array.from(idx, (k) => y[k]!), c.refAt!(x, i, idx), bad, `${idx.length} sampled of ${y.length}`);
+      }
+      return { ok: r.ok, msg: r.msg.replace(`${c.name} `, `${c.name} (float16 weight) `) };
+    });
+  } finally {
+    p.dispose();
+  }
 }
 
 /**
