@@ -15,7 +15,7 @@ t.test('resolveBackend: one rule for every model', async (t) => {
   const cuda = backends().cuda.available;
   t.same(resolveBackend({ device: 'cpu' }), { device: 'cpu', dtype: 'float32' });
   t.same(resolveBackend({}), cuda ? { device: 'cuda', dtype: 'float16' } : { device: 'cpu', dtype: 'float32' }, "'auto' by default");
-  t.throws(() => resolveBackend({ device: 'cpu', dtype: 'float16' }), { code: 'E_ARGUMENT', message: /float32 only/ });
+  t.same(resolveBackend({ device: 'cpu', dtype: 'float16' }), { device: 'cpu', dtype: 'float32', weights: 'float16' }, 'the CPU computes in float32, with float16 weights');
   t.throws(() => resolveBackend({ device: 'tpu' as 'cpu' }), { code: 'E_ARGUMENT', message: /device must be 'auto', 'cpu' or 'cuda'/ });
   t.throws(() => resolveBackend({ dtype: 'int8' as 'float32' }), { code: 'E_ARGUMENT', message: /dtype/ });
   if (!cuda) t.throws(() => resolveBackend({ device: 'cuda' }), { code: 'E_BACKEND' });
@@ -24,8 +24,8 @@ t.test('resolveBackend: one rule for every model', async (t) => {
 /** A two-weight "model" (y = x·Wᵀ + b) that is not SD, on a runtime of its own. */
 class TinyLinear extends ModelRuntime {
   readonly w;
-  constructor(closed: { n: number }) {
-    super(resolveBackend({ device: 'cpu' }), 'TinyLinear');
+  constructor(closed: { n: number }, dtype: 'float32' | 'float16' = 'float32') {
+    super(resolveBackend({ device: 'cpu', dtype }), 'TinyLinear');
     const W = Float32Array.from({ length: 6 }, (_, i) => i + 1);
     const b = Float32Array.from([0.5, -0.5]);
     const ref = (name: string, data: Float32Array, shape: number[]): TensorRef =>
@@ -58,6 +58,12 @@ t.test('a model that is not SD: weights, programs, LRU, disposal', async (t) => 
   t.equal(closed.n, 1, 'what the model handed over is released');
   t.equal(m.programCount, 0);
   t.equal(memory().cpu, before, 'no native memory left');
+
+  const half = new TinyLinear(closed, 'float16');
+  t.same(Array.from(await half.apply(Float32Array.from([1, 0, 2]), 1)), [1 + 6 + 0.5, 4 + 12 - 0.5], 'float16 weights on the CPU: the same product');
+  t.equal(half.residentBytes().linear, 6 * 2 + 2 * 4, 'the matrix is stored as half, the bias vector as float32');
+  half.dispose();
+  t.equal(memory().cpu, before, 'no native memory left');
   await t.rejects(m.apply(new Float32Array(3), 1), { code: 'E_DISPOSED', message: /TinyLinear used after dispose/ });
   m.dispose();
 });
@@ -77,7 +83,7 @@ t.test('the SD runtime serves the engine and the learner from one program cache'
   using viaEngine = await engine.encodeText('a photo');
   t.same(ctx.shape, [1, 77, engine.configs.text.hiddenSize]);
   t.ok(Buffer.from(ctx.toFloat32().buffer).equals(Buffer.from(viaEngine.toFloat32().buffer)), 'engine.encodeText is the runtime text program');
-  t.throws(() => SdRuntime.load(TINY_SD, { device: 'cpu', dtype: 'float16' }), { code: 'E_ARGUMENT' });
+  t.throws(() => SdRuntime.load(TINY_SD, { device: 'cpu', dtype: 'bfloat16' as 'float16' }), { code: 'E_ARGUMENT' });
   using x = Tensor.zeros([1, 4, 16, 16]);
   using c = Tensor.zeros([1, 77, 32]);
   engine.dispose();

@@ -6,7 +6,13 @@ import type { Graph } from './graph.js';
 /** Where and in what precision a program runs. */
 export interface BackendSpec {
   device: 'cpu' | 'cuda';
+  /** The compute dtype: of activations, inputs, outputs (and of weights unless `weights` says). */
   dtype: 'float32' | 'float16';
+  /**
+   * CPU only: weights (matrices and kernels) stored as IEEE half, half the memory, converted to
+   * float32 inside the GEMM packing (native/program.cc); the program still computes in float32.
+   */
+  weights?: 'float16';
   /**
    * CUDA only: the stream its tensors and programs run on (an id from the addon's createStream()).
    * Each Engine takes one, so engines run concurrently and report their own kernel errors;

@@ -9,7 +9,9 @@ const ST_TO_DTYPE: Record<string, DType> = { F32: 'float32', F16: 'float16', BF1
 
 /**
  * One model component's weights on one backend: each tensor is read from its file on first use,
- * converted to the backend's compute dtype and kept resident (uploaded once).
+ * converted to the backend's compute dtype (or, with `backend.weights`, matrices and kernels to
+ * float16; vectors such as biases and norm scales, a rounding error of the memory, stay in the
+ * compute dtype) and kept resident (uploaded once).
  */
 export class Weights implements Disposable {
   readonly #loaded = new Map<string, Tensor>();
@@ -51,9 +53,10 @@ export class Weights implements Disposable {
     if (t && !t.disposed) return t;
     const r = this.ref(name);
     const src = ST_TO_DTYPE[r.dtype];
+    const dtype = this.backend.weights && r.shape.length >= 2 ? this.backend.weights : this.backend.dtype;
     t = src
-      ? Tensor.fromBytes(r.readBytes(), src, r.shape, this.backend.dtype, this.backend.device, this.backend.stream ?? 0)
-      : Tensor.from(r.readFloat32(), r.shape, this.backend);
+      ? Tensor.fromBytes(r.readBytes(), src, r.shape, dtype, this.backend.device, this.backend.stream ?? 0)
+      : Tensor.from(r.readFloat32(), r.shape, { ...this.backend, dtype });
     return this.#keep(name, t, r.file);
   }
 

@@ -2,7 +2,7 @@
  * The model runtime: what every model idforge loads (SD 1.x, the M² ID encoder, a future CLIP
  * scorer or face analyser) needs in order to run, and nothing of what it computes.
  *  - one rule for device and dtype (resolveBackend): 'auto' takes CUDA when usable, float16 is
- *    CUDA's default and the CPU computes in float32 only;
+ *    CUDA's default; the CPU computes in float32, with float16 weights when asked (`weights`);
  *  - on CUDA a stream of its own (with its own cuBLAS handle and kernel-error flag), so that two
  *    models in one process run concurrently and never see each other's errors;
  *  - the resident weights, in named groups (one per model component);
@@ -19,7 +19,7 @@ import type { TensorRef } from '../io/checkpoint.js';
 import { backends, call, native } from '../native.js';
 import type { DeviceOptions } from '../options.js';
 import { Tensor } from '../tensor.js';
-import { argError, validateDevice } from '../validate.js';
+import { validateDevice } from '../validate.js';
 
 /** Runtimes that are never disposed still hand their CUDA stream back when collected. */
 const streams = new FinalizationRegistry<number>((id) => {
@@ -33,20 +33,22 @@ const streams = new FinalizationRegistry<number>((id) => {
 /**
  * Device and dtype for `opts`: the one rule every model loader uses. 'auto' (default) is CUDA
  * when backends().cuda.available, else the CPU; dtype defaults to float16 on CUDA and float32 on
- * the CPU, which computes in float32 only.
+ * the CPU. The CPU computes in float32 always: dtype 'float16' there means float16 weights
+ * (`weights: 'float16'`: stored as IEEE half, half the memory, converted to float32 as the GEMMs
+ * pack them), activations float32. E_BACKEND when the CPU kernels cannot run (a bad IDFORGE_CPU_ISA).
  */
-export function resolveBackend(opts: DeviceOptions = {}): { device: 'cpu' | 'cuda'; dtype: 'float32' | 'float16' } {
+export function resolveBackend(opts: DeviceOptions = {}): { device: 'cpu' | 'cuda'; dtype: 'float32' | 'float16'; weights?: 'float16' } {
   const o = validateDevice(opts);
+  const b = backends();
   let device: 'cpu' | 'cuda' = 'cpu';
   if (o.device === 'cuda') {
-    const c = backends().cuda;
-    if (!c.available) throw new IdforgeError('E_BACKEND', `device 'cuda' requested but CUDA is not available: ${c.reason}`);
+    if (!b.cuda.available) throw new IdforgeError('E_BACKEND', `device 'cuda' requested but CUDA is not available: ${b.cuda.reason}`);
     device = 'cuda';
   } else if (o.device === 'auto') {
-    device = backends().cuda.available ? 'cuda' : 'cpu';
+    device = b.cuda.available ? 'cuda' : 'cpu';
   }
   const dtype = o.dtype ?? (device === 'cuda' ? 'float16' : 'float32');
-  if (device === 'cpu' && dtype !== 'float32') throw argError("the CPU backend computes in float32 only; use dtype 'float32' or device 'cuda'");
+  if (device === 'cpu' && dtype === 'float16') return { device, dtype: 'float32', weights: 'float16' };
   return { device, dtype };
 }
 

@@ -2,7 +2,8 @@
  * The backends the model tests run on, and their tolerances: one test body per golden, run once per
  * entry. By default the CPU in float32 (always) and CUDA in float32 and float16 (skipped, with the
  * reason, where CUDA is not usable), so on a GPU machine `npm test` runs the CUDA variants of the
- * very code CI runs on the CPU. IDFORGE_TEST_BACKENDS names the list instead: `device[:dtype]`
+ * very code CI runs on the CPU. `cpu:float16` is the CPU with float16 weights (computing in float32):
+ * the forward goldens (test/golden-models.test.ts) add it to their list. IDFORGE_TEST_BACKENDS names the list instead: `device[:dtype]`
  * entries, comma-separated (dtype defaults to float32), e.g. `cuda:float16` for one variant, or
  * `cpu,cpu` to see every variant of a parametrised test run on a machine without a GPU.
  */
@@ -45,6 +46,8 @@ export interface TestBackend {
 }
 
 const DEFAULT = 'cpu:float32,cuda:float32,cuda:float16';
+/** The forward goldens' default: also the CPU with float16 weights. */
+export const FORWARD_DEFAULT = 'cpu:float32,cpu:float16,cuda:float32,cuda:float16';
 
 /** The backends of this run (IDFORGE_TEST_BACKENDS or the default list). */
 export function testBackends(spec = process.env.IDFORGE_TEST_BACKENDS || DEFAULT): TestBackend[] {
@@ -53,9 +56,8 @@ export function testBackends(spec = process.env.IDFORGE_TEST_BACKENDS || DEFAULT
   return spec.split(',').map((raw) => {
     const [device, dtype = 'float32', ...rest] = raw.trim().split(':');
     const key = `${device}:${dtype}`;
-    // The CPU computes in float32 only: there is no CPU float16 backend to test.
-    if (rest.length || !['cpu:float32', 'cuda:float32', 'cuda:float16'].includes(key))
-      throw new Error(`IDFORGE_TEST_BACKENDS: bad entry "${raw}" (cpu, cpu:float32, cuda:float32 or cuda:float16)`);
+    if (rest.length || !['cpu:float32', 'cpu:float16', 'cuda:float32', 'cuda:float16'].includes(key))
+      throw new Error(`IDFORGE_TEST_BACKENDS: bad entry "${raw}" (cpu, cpu:float32, cpu:float16, cuda:float32 or cuda:float16)`);
     const n = (seen.get(key) ?? 0) + 1;
     seen.set(key, n);
     return {
