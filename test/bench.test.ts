@@ -8,6 +8,7 @@ import { aggregateOps, opFlops } from '../lib/bench/flops.js';
 import { bench, stats, type BenchReport } from '../lib/bench/index.js';
 import { modelLayout, paramCount, randomModelSource, sampleInit, sd15Configs } from '../lib/bench/random-model.js';
 import { formatReport } from '../lib/bench/table.js';
+import { backends } from '../lib/native.js';
 import { MODELS, TINY_SD } from './helpers/fixtures.js';
 
 const COMPONENTS = ['unet', 'vae', 'text'] as const;
@@ -130,6 +131,8 @@ function checkReport(t: Test, r: BenchReport, withGenerate: boolean): void {
   t.ok(!Number.isNaN(Date.parse(r.date)), 'date');
   t.type(r.machine.cpu, 'string');
   pos(r.machine.cpus, 'cpus');
+  t.equal(r.machine.isa, backends().cpu.isa, 'the CPU kernels in use');
+  pos(r.machine.measuredPeakGflops, 'measured FMA peak');
   t.equal(r.config.device, 'cpu');
   t.equal(r.config.dtype, 'float32');
   const res = r.results;

@@ -16,7 +16,7 @@ import { randn } from '../sched/random.js';
 import { Tensor } from '../tensor.js';
 import { argError, imageSide, integer } from '../validate.js';
 import { aggregateOps, programFlops } from './flops.js';
-import { cpuMeter, describeMachine } from './machine.js';
+import { cpuMeter, describeMachine, measurePeak } from './machine.js';
 import { randomModelSource } from './random-model.js';
 import type { BenchConfig, BenchOptions, BenchReport, BenchResults, Stats } from './report.js';
 
@@ -62,7 +62,9 @@ async function openEngine(o: BenchOptions, device: 'cpu' | 'cuda', dtype: 'float
 export async function bench(opts: BenchOptions): Promise<BenchReport> {
   const log = opts.log ?? (() => {});
   const machine = describeMachine();
-  const { device, dtype } = resolveBackend(opts);
+  const { device, dtype, weights } = resolveBackend(opts);
+  if (device === 'cpu') machine.measuredPeakGflops = measurePeak();
+  const cpuPeak = machine.measuredPeakGflops ?? machine.fp32PeakGflops ?? undefined;
   const width = integer(opts.width ?? 512, 'width', 1);
   const height = integer(opts.height ?? opts.width ?? 512, 'height', 1);
   const batch = integer(opts.batch ?? 2, 'batch', 1);
@@ -81,7 +83,7 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
   };
 
   let t0 = now();
-  const { engine, model } = await openEngine(opts, device, dtype);
+  const { engine, model } = await openEngine(opts, device, weights ?? dtype);
   const loadMs = now() - t0;
   const rt = engine.runtime;
   try {
@@ -90,8 +92,8 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
     const lh = height / engine.latentFactor;
     const lw = width / engine.latentFactor;
     const rev = revision();
-    const config: BenchConfig = { model, device, dtype, width, height, latent: [lh, lw], batch, steps, warmup, seed, prompt, ...(rev ? { revision: rev } : {}) };
-    log(`model ${model} on ${device} ${dtype}, ${width}x${height} (latent ${lh}x${lw}), UNet batch ${batch}`);
+    const config: BenchConfig = { model, device, dtype, ...(weights ? { weights } : {}), width, height, latent: [lh, lw], batch, steps, warmup, seed, prompt, ...(rev ? { revision: rev } : {}) };
+    log(`model ${model} on ${device} ${dtype}${weights ? ` (${weights} weights)` : ''}, ${width}x${height} (latent ${lh}x${lw}), UNet batch ${batch}`);
 
     // Text encoder: the prompts of one guided step (negative first), as generate() encodes them.
     const ids = Array.from({ length: batch }, (_, i) => engine.tokenize(i === 0 && batch > 1 ? '' : prompt));
@@ -154,7 +156,7 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
         const r = await program.runProfiled(inputs);
         for (const o of r.outputs) o.dispose();
         if (r.timings) {
-          const agg = aggregateOps(r.timings, program.opShapes, elem, device === 'cpu' ? machine.fp32PeakGflops ?? undefined : undefined, program.opNames);
+          const agg = aggregateOps(r.timings, program.opShapes, elem, device === 'cpu' ? cpuPeak : undefined, program.opNames);
           ops = { profiledMs: agg.totalMs, stepMs: stats(unetSamples).median, clock: device === 'cuda' ? 'device' : 'host', rows: agg.rows, top: agg.top };
         }
       }
@@ -166,7 +168,7 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
     const unetStats = stats(unetSamples);
     const gflopPerStep = programFlops(program.opNames, program.opShapes) / 1e9;
     const gflops = gflopPerStep / (unetStats.median / 1000);
-    const peak = device === 'cpu' ? machine.fp32PeakGflops : null;
+    const peak = device === 'cpu' ? cpuPeak ?? null : null;
 
     // VAE decoder: one image, as generate() decodes.
     const lat = engine.configs.vae.latentChannels;

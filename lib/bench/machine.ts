@@ -1,13 +1,14 @@
 /**
- * What the benchmark ran on, and the CPU's nominal fp32 peak to read GFLOP/s against:
- * cores × FMA units × SIMD lanes × 2 FLOPs × clock. FMA units are assumed to be 2 per core (true
- * of server cores with AVX-512 since Skylake-SP Gold/Platinum, and of recent desktop cores); the
- * clock is the one the OS reports, which under a hypervisor is usually the nominal, not the turbo
- * or the AVX-512 licence clock. It is a yardstick, not a promise.
+ * What the benchmark ran on, and two fp32 peaks to read GFLOP/s against: the nominal one,
+ * cores × FMA units × SIMD lanes × 2 FLOPs × clock (FMA units assumed 2 per core, true of server
+ * cores with AVX-512 since Skylake-SP Gold/Platinum and of recent desktop cores; the clock the OS
+ * reports, under a hypervisor usually the nominal, not the turbo or the AVX-512 licence clock), and
+ * the measured one (measurePeak: independent FMA chains on the CPU kernels in use, every backend
+ * thread), which is what the per-op "% of peak" uses when present. Yardsticks, not promises.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
-import { backends } from '../native.js';
+import { backends, native, type CpuIsa } from '../native.js';
 
 export interface MachineInfo {
   cpu: string;
@@ -17,6 +18,10 @@ export interface MachineInfo {
   threads: number;
   clockMHz: number;
   simd: 'avx512' | 'avx2' | 'avx' | 'sse' | 'neon' | 'unknown';
+  /** The CPU kernel variant in use (backends().cpu.isa; IDFORGE_CPU_ISA forces a lower one). */
+  isa: CpuIsa;
+  /** The FMA peak those kernels reach on the backend threads, GFLOP/s (measurePeak), when measured. */
+  measuredPeakGflops?: number;
   fmaUnitsAssumed: number;
   /** Nominal fp32 peak of the CPU threads in use, GFLOP/s (null where the SIMD width is unknown). */
   fp32PeakGflops: number | null;
@@ -90,6 +95,7 @@ export function describeMachine(): MachineInfo {
     threads,
     clockMHz: mhz,
     simd,
+    isa: backends().cpu.isa,
     fmaUnitsAssumed: fmaUnits,
     fp32PeakGflops: peak,
     peakFormula: `${used} cores × ${fmaUnits} FMA × ${lanes} lanes × 2 × ${(mhz / 1000).toFixed(2)} GHz`,
@@ -99,6 +105,11 @@ export function describeMachine(): MachineInfo {
     loadavg: { start: Math.round(os.loadavg()[0]! * 100) / 100 },
     cuda,
   };
+}
+
+/** The FMA peak of the CPU kernels in use on every backend thread, GFLOP/s (about `seconds` of work). */
+export function measurePeak(seconds = 0.3): number {
+  return native().cpuPeak(seconds).gflops;
 }
 
 /**

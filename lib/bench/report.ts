@@ -55,7 +55,10 @@ export interface Stats {
 export interface BenchConfig {
   model: string;
   device: 'cpu' | 'cuda';
+  /** The compute dtype. */
   dtype: 'float32' | 'float16';
+  /** CPU with float16 weights (computing in float32). */
+  weights?: 'float16';
   width: number;
   height: number;
   latent: [number, number];

@@ -22,12 +22,13 @@ export function formatReport(r: BenchReport): string {
   const c = r.config;
   const res = r.results;
   const out: string[] = [];
-  const peak = m.fp32PeakGflops ? `fp32 peak ≈ ${f(m.fp32PeakGflops, 0)} GFLOP/s (${m.peakFormula})` : 'fp32 peak unknown';
+  const peak = (m.measuredPeakGflops ? `measured FMA peak ${f(m.measuredPeakGflops, 0)} GFLOP/s (${m.isa} kernels; "% peak" below), ` : '') +
+    (m.fp32PeakGflops ? `nominal fp32 peak ≈ ${f(m.fp32PeakGflops, 0)} GFLOP/s (${m.peakFormula})` : 'nominal fp32 peak unknown');
   out.push(`idforge bench  ${r.date}`);
-  out.push(`machine: ${m.cpu}, ${m.cpus} CPUs (${m.threads} backend threads, ${m.simd}), ${peak}; ${m.memoryGB} GB RAM; ` +
+  out.push(`machine: ${m.cpu}, ${m.cpus} CPUs (${m.threads} backend threads, ${m.simd}, ${m.isa} kernels), ${peak}; ${m.memoryGB} GB RAM; ` +
     `CUDA: ${m.cuda.available ? m.cuda.device ?? 'available' : 'n/a'}; ${m.os}; node ${m.node}; ` +
     `load average ${m.loadavg.start}${m.loadavg.end !== undefined ? ` → ${m.loadavg.end}` : ''}`);
-  out.push(`model: ${c.model}  device: ${c.device} ${c.dtype}  size: ${c.width}x${c.height} (latent ${c.latent[0]}x${c.latent[1]})  ` +
+  out.push(`model: ${c.model}  device: ${c.device} ${c.dtype}${c.weights ? ` (${c.weights} weights)` : ''}  size: ${c.width}x${c.height} (latent ${c.latent[0]}x${c.latent[1]})  ` +
     `UNet batch ${c.batch}  n=${c.steps} after ${c.warmup} warm-up`);
   out.push(`command: ${r.command}${c.revision ? `  (revision ${c.revision})` : ''}`);
   out.push('');
