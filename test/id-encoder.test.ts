@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import t from 'tap';
-import { IdEncoder, parseIdEncoderConfig } from '../lib/identity/encoder.js';
+import { IdEncoder, parseIdEncoderConfig } from '../lib/dreamidentity/encoder.js';
 import { Identity } from '../lib/identity/identity.js';
 import { Tensor } from '../lib/tensor.js';
 import { testBackends } from './helpers/backends.js';

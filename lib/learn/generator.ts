@@ -18,7 +18,7 @@
  * Float64Arrays (the block is tiny next to the UNet); Adam updates all parameters.
  */
 import { normalGenerator } from '../sched/random.js';
-import { Adam } from '../train/adam.js';
+import { Adam } from '../optim/adam.js';
 
 export interface GeneratorShape {
   dim: number;

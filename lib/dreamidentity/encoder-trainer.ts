@@ -20,7 +20,7 @@ import { Graph, type Value } from '../graph/graph.js';
 import { Program } from '../graph/program.js';
 import type { Weights } from '../graph/weights.js';
 import type { ModelConfigs } from '../io/configs.js';
-import { buildIdEncoder, hostRefs, type HostWeight, type IdEncoder, type IdEncoderConfig } from '../identity/encoder.js';
+import { buildIdEncoder, hostRefs, type HostWeight, type IdEncoder, type IdEncoderConfig } from './encoder.js';
 import { Identity } from '../identity/identity.js';
 import { expandPrompt } from '../identity/placeholders.js';
 import { toHost } from '../runtime/runtime.js';
@@ -30,8 +30,8 @@ import { integer, nonNegative } from '../validate.js';
 import { Tensor, numel } from '../tensor.js';
 import { buildTextEncoder } from '../text/clip.js';
 import { buildUNet } from '../unet/unet.js';
-import { ADAM_COEFS, adamCoefficients } from './adam.js';
-import { TrainableWeights } from './params.js';
+import { ADAM_COEFS, adamCoefficients } from '../optim/adam.js';
+import { TrainableWeights } from '../optim/params.js';
 
 /**
  * What learns: the projectors only; the projectors plus the last N backbone blocks (and the

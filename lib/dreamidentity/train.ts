@@ -19,7 +19,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { IdforgeError, throwIfAborted } from '../errors.js';
-import { IdEncoder, parseIdEncoderConfig, saveIdEncoder, type HostWeight, type IdEncoderConfig } from '../identity/encoder.js';
+import { IdEncoder, parseIdEncoderConfig, saveIdEncoder, type HostWeight, type IdEncoderConfig } from './encoder.js';
 import { decodeFace, prepareFace } from '../identity/face.js';
 import { readJsonFile } from '../io/configs.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';

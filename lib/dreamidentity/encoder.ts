@@ -23,8 +23,8 @@ import type { DeviceOptions } from '../options.js';
 import { ModelRuntime, resolveBackend } from '../runtime/runtime.js';
 import { normalGenerator } from '../sched/random.js';
 import { Tensor } from '../tensor.js';
-import type { PrepareFaceOptions } from './face.js';
-import { Identity } from './identity.js';
+import type { PrepareFaceOptions } from '../identity/face.js';
+import { Identity } from '../identity/identity.js';
 
 export interface IdEncoderConfig {
   imageSize: number;
@@ -360,7 +360,7 @@ export class IdEncoder implements Disposable {
       return Array.from({ length: f.batch }, (_, i) => this.#identity(f.words, i, opts.name));
     }
     // face.ts (and sharp) load on demand: tensor inputs and servers without image I/O never need them.
-    const { prepareFace } = await import('./face.js');
+    const { prepareFace } = await import('../identity/face.js');
     // Default: landmarks from the face detector (lib/faces); 'centre' or 5 given points skip it.
     const { name: _n, onWarning: _w, ...choice } = opts;
     const prepared = await prepareFace(face, { ...choice, landmarks: opts.landmarks ?? 'detect', size: this.config.imageSize });
