@@ -155,7 +155,7 @@ t.test('bad input: typed errors', async (t) => {
 
 t.test('bench --train-encoder on the tiny models', async (t) => {
   const { benchTrainEncoder, formatTrainReport, randomIdEncoderWeights, vitB16Config } = await import('../lib/bench/train-encoder.js');
-  const { idEncoderLayout } = await import('../lib/dreamidentity/encoder.js');
+  const { idEncoderLayout } = await import('../lib/dreamidentity/encoder-weights.js');
   const r = await benchTrainEncoder(['--train-encoder', '--model', TINY_SD, '--encoder', TINY_ID, '--size', '128', '--batch', '1,2', '--steps', '1', '--warmup', '0'], () => {});
   t.same(r.rows.map((x) => x.batch), [1, 2]);
   t.ok(r.rows.every((x) => x.stepMs.median > 0 && x.plannedActivationBytes > 0), 'step times and planned activation peaks');

@@ -19,7 +19,9 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { IdforgeError, throwIfAborted } from '../errors.js';
-import { IdEncoder, parseIdEncoderConfig, saveIdEncoder, type HostWeight, type IdEncoderConfig } from './encoder.js';
+import { parseIdEncoderConfig, type IdEncoderConfig } from './config.js';
+import { IdEncoder, saveIdEncoder } from './encoder.js';
+import type { HostWeight } from './encoder-weights.js';
 import { decodeFace, prepareFace } from '../identity/face.js';
 import { readJsonFile } from '../io/configs.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
