@@ -22,6 +22,7 @@ import type { ClipTokenizer } from './text/tokenizer.js';
 import { conditionalMaps, layerDownsampling, selectLayers, selectSteps, type AttentionMap } from './attention.js';
 import type { Identity } from './identity/identity.js';
 import { expandPrompt, type ExpandedPrompt } from './identity/placeholders.js';
+import { IdentityLearner } from './learn/learn.js';
 import { argError, identityMap, imageTensorShape, oneOf, timestep, tokenIds, unetContexts, validateGenerate } from './validate.js';
 
 export type { GenerateOptions, GenerateResult, LoadOptions, ProgressInfo, TextOptions } from './options.js';
@@ -30,6 +31,7 @@ export class Engine implements Disposable {
   /** The model this engine runs on: backend, stream, weights, programs (shared with the learner and the bench). */
   readonly runtime: SdRuntime;
   readonly scheduler: DDIMScheduler;
+  #learner: IdentityLearner | undefined;
 
   private constructor(runtime: SdRuntime) {
     this.runtime = runtime;
@@ -443,9 +445,12 @@ export class Engine implements Disposable {
    */
   async learnIdentity(face: RawImage | string | Buffer, opts: LearnOptions = {}): Promise<Identity> {
     this.runtime.assertLive();
-    // Loaded on demand: learning pulls in autodiff and image augmentation that generation never needs.
-    const { IdentityLearner } = await import('./learn/learn.js');
-    return new IdentityLearner(this.runtime).learn(face, opts);
+    return this.learner.learn(face, opts);
+  }
+
+  /** The SeFi-IDE learner over this engine's runtime (one per engine: the same weights, programs and stream). */
+  get learner(): IdentityLearner {
+    return (this.#learner ??= new IdentityLearner(this.runtime));
   }
 
   dispose(): void {
