@@ -18,6 +18,7 @@ import { checkPrompt } from './io/bounds.js';
 import { checkLatentsFinite } from './numeric.js';
 import { checkFits, coefficientTensor, img2imgStart, markRun, stepProgram } from './sampling.js';
 import { Tensor } from './tensor.js';
+import { latentPosterior, sampleLatent } from './vae/posterior.js';
 import type { ClipTokenizer } from './text/tokenizer.js';
 import { conditionalMaps, layerDownsampling, selectLayers, selectSteps, type AttentionMap } from './attention.js';
 import type { Identity } from './identity/identity.js';
@@ -424,17 +425,10 @@ export class Engine implements Disposable {
   private async imageLatents(img: RawImage, N: number, draw: (i: number) => Float32Array): Promise<Float32Array> {
     const { width: W, height: H } = img;
     using x = Tensor.from(toSignedCHW(img), [1, 3, H, W]);
-    const { mean, logvar } = await this.encodeImage(x);
-    const m = mean.toFloat32();
-    const lv = logvar.toFloat32();
-    mean.dispose();
-    logvar.dispose();
-    const sf = this.configs.vae.scalingFactor;
-    const out = new Float32Array(N * m.length);
-    for (let k = 0; k < N; k++) {
-      const z = draw(k);
-      for (let i = 0; i < m.length; i++) out[k * m.length + i] = (m[i]! + Math.exp(0.5 * lv[i]!) * z[i]!) * sf;
-    }
+    const post = latentPosterior(await this.encodeImage(x));
+    const n = post.mean.length;
+    const out = new Float32Array(N * n);
+    for (let k = 0; k < N; k++) sampleLatent(post, draw(k), this.configs.vae.scalingFactor, out, k * n);
     return out;
   }
 

@@ -29,6 +29,7 @@ import { toSignedCHW, type RawImage } from '../io/image.js';
 import type { SdRuntime } from '../runtime/sd.js';
 import { Xoshiro128, randn } from '../sched/random.js';
 import { Tensor } from '../tensor.js';
+import { latentPosterior, sampleLatent } from '../vae/posterior.js';
 import { integer, nonNegative, oneOf } from '../validate.js';
 import { EncoderTrainer, type OptimizerState, type TrainScope } from './encoder-trainer.js';
 
@@ -155,12 +156,8 @@ async function loadSamples(rt: SdRuntime, encoder: { normalize(img: RawImage): F
     const face = encoder.normalize((await prepareFace(faceImg, { size: encoder.size, landmarks: it.align })).image);
     const target = it.image === it.face ? faceImg : await decodeFace(it.image);
     using x = Tensor.from(toSignedCHW((await prepareFace(target, { size })).image), [1, 3, size, size]);
-    const { mean, logvar } = await rt.vaeEncode(x);
-    const m = mean.toFloat32();
-    const s = logvar.toFloat32().map((v) => Math.exp(0.5 * v));
-    const shape = mean.shape.slice(1);
-    mean.dispose();
-    logvar.dispose();
+    const { mean: m, std: s, shape: full } = latentPosterior(await rt.vaeEncode(x));
+    const shape = full.slice(1);
     out.push({ face, mean: m, std: s, ...(it.prompt !== undefined ? { prompt: it.prompt } : {}) });
     tensors[`face:${i}`] = { dtype: 'F32', shape: [3, encoder.size, encoder.size], data: face };
     tensors[`mean:${i}`] = { dtype: 'F32', shape, data: m };
@@ -298,8 +295,7 @@ export async function trainEncoder(opts: TrainEncoderOptions): Promise<TrainResu
         faces.set(s.face, b * 3 * S * S);
         prompts.push(s.prompt ?? templates[Math.floor(r.nextDouble() * templates.length)]!);
         timesteps.push(Math.floor(r.nextDouble() * T));
-        const e = randn(r.next(), lat);
-        for (let i = 0; i < lat; i++) z0[b * lat + i] = (s.mean[i]! + s.std[i]! * e[i]!) * sf;
+        sampleLatent(s, randn(r.next(), lat), sf, z0, b * lat);
       }
       using facesT = Tensor.from(faces, [B, 3, S, S]);
       using latents = Tensor.from(z0, latShape);
