@@ -3,7 +3,7 @@
  * injected at the <id> slots of each prompt → the frozen text encoder → the frozen UNet at z_t →
  *   loss = mean((ε̂ − ε)²) + regWeight · mean(words²)
  * and the gradient of the loss with respect to every trainable encoder weight, in one native
- * call. Trainable weights are graph inputs (lib/train/params.ts); the encoder's frozen weights and
+ * call. Trainable weights are graph inputs (lib/optim/params.ts); the encoder's frozen weights and
  * the SD model's are constants. z_t = √ᾱ_t·z0 + √(1 − ᾱ_t)·ε (DDPM add_noise, the model's
  * schedule).
  *

@@ -82,7 +82,7 @@ export class IdEncoder implements Disposable {
 
   /**
    * A new, untrained encoder: a face-recognition ViT backbone (safetensors, timm-style names)
-   * with seeded projectors, one per tap. Train it (lib/train/), save() it, load() it.
+   * with seeded projectors, one per tap. Train it (trainEncoder, lib/dreamidentity/train.ts), save() it, load() it.
    */
   static create(opts: IdEncoderCreateOptions): IdEncoder {
     const { config, weights } = createIdEncoderWeights(opts);

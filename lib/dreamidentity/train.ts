@@ -2,7 +2,7 @@
  * trainEncoder(): DreamIdentity encoder training on a frozen SD model (issue #13 part 5).
  *
  * Data: a folder of face photos (reconstruction: the photo is the target, prompts from templates
- * like "a photo of <id>") and/or edit datasets written by buildEditDataset (lib/train/dataset.ts:
+ * like "a photo of <id>") and/or edit datasets written by buildEditDataset (lib/dreamidentity/dataset.ts:
  * the base face in, the edited image as the target, its edit prompt), mixed at `mix` (the chance
  * that a batch row is an edit sample). Every image is VAE-encoded ONCE and cached in
  * out/cache/latents.safetensors (mean and σ of the latent posterior), so a step costs one
