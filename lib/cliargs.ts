@@ -1,5 +1,5 @@
 // Command-line values shared by the idforge subcommands (lib/cli.ts, lib/cli/*.ts, lib/eval/cli.ts,
-// lib/train/cli.ts): one number parser, one way to pass only the flags given (so that an option's
+// lib/dreamidentity/cli.ts): one number parser, one way to pass only the flags given (so that an option's
 // default lives in the API it configures, not in each command), and flag tables: a command lists
 // its flags once (name, argument, help, how the value enters the command's plan) and gets its
 // parsing and its usage text from that list.

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { generateCmd } from '../lib/cli/generate.js';
 import { identityCmd } from '../lib/cli/identity.js';
 import type { IdforgeError } from '../lib/errors.js';
-import { IdEncoder } from '../lib/identity/encoder.js';
+import { IdEncoder } from '../lib/dreamidentity/encoder.js';
 import { Identity } from '../lib/identity/identity.js';
 import { loadImage } from '../lib/io/image.js';
 import { TINY_ID, TINY_SD, fixture } from './helpers/fixtures.js';
@@ -48,7 +48,7 @@ t.test('every flag is checked before a model loads', async (t) => {
     [[...gen, '--prompt', 'x', '--steps', 'many'], 'E_ARGUMENT', /^--steps must be a number, got 'many'$/],
     [[...gen, '--prompt', 'x', '--steps', '2', '--steps', '3'], 'E_ARGUMENT', /^--steps was given 2 times; it takes one value$/],
     [[...gen, '--prompt', 'x', '--sampler', 'plms'], 'E_ARGUMENT', /plms/],
-    [[...gen, '--prompt', 'x', '--guidance', '-1'], 'E_ARGUMENT', /guidanceScale must be a finite number ≥ 0/],
+    [[...gen, '--prompt', 'x', '--guidance', '-1'], 'E_ARGUMENT', /^guidanceScale must be a finite number in \[0, \d+\], got -1$/],
     [[...gen, '--prompt', 'a photo of <id>'], 'E_IDENTITY', /^the prompt has <id> but no identity was given/],
     [[...gen, '--prompt', 'x', '--identity-scale', '2'], 'E_ARGUMENT', /^--identity-scale sets the strength of an identity: pass --identity too$/],
     [[...gen, '--prompt', 'x', '--attention-map', 'a.png'], 'E_ARGUMENT', /^--attention-map shows where an identity attends: pass --identity too$/],

@@ -95,7 +95,7 @@ async function encode(argv: string[]): Promise<number> {
   const dir = required(p.encoder, 'encoder', 'identity encode');
   const { photo, out } = await checkCommon(p, 'identity encode');
   const load = loadOptions(p);
-  const { IdEncoder } = await import('../identity/encoder.js');
+  const { IdEncoder } = await import('../dreamidentity/encoder.js');
   const encoder = await IdEncoder.load(dir, load);
   try {
     const t0 = Date.now();
