@@ -419,7 +419,8 @@ async function start() {
   $('token-button').addEventListener('click', async () => {
     const t = await askForToken('');
     if (t) token.set(t);
-    await start2().catch((e) => notify(explain(e), 'error'));
+    notify('');
+    await start2().catch(failed);
   });
   const input = $('photo-input');
   input.addEventListener('change', () => {
@@ -467,4 +468,10 @@ async function start2() {
   if (state.selected) promptForIdentity();
 }
 
-start().catch((e) => notify(explain(e), 'error'));
+function failed(e) {
+  // Without a token nothing loads: offer the way to give one.
+  if (e instanceof ApiError && e.code === 'E_UNAUTHORIZED') $('token-button').hidden = false;
+  notify(explain(e), 'error');
+}
+
+start().catch(failed);
