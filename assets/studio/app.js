@@ -462,6 +462,7 @@ async function start2() {
   fillSelect($('height'), sides, side);
   $('steps').max = String(c.limits.maxSteps);
   $('learn-steps').max = String(c.limits.maxLearnSteps);
+  $('method').querySelector('option[value=dreamidentity]').disabled = !c.encoder;
   if (!c.encoder) $('method').value = 'sefi-ide';
   updateCreate();
   await loadIdentities();
