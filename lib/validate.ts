@@ -6,6 +6,7 @@ import type { DeviceOptions, EvalSettings, GenerateOptions, LearnOptions, Augmen
 import { Identity } from './identity/identity.js';
 import { checkPrompt, MAX_GUIDANCE } from './io/bounds.js';
 import { badSampler, isSamplerName, type SamplerName } from './sched/sampler.js';
+import { REGION_CAPACITY, type Region } from './regions.js';
 import { Tensor } from './tensor.js';
 
 /** A value as an error message shows it. */
@@ -163,6 +164,43 @@ export function unetContexts(context: Tensor | { k: Tensor; v: Tensor }, b: numb
     if (!(c instanceof Tensor) || c.shape.length !== 3 || c.shape[0] !== b || c.shape[2] !== D || c.shape[1] !== ctxs[0]!.shape[1])
       throw new IdforgeError('E_SHAPE', `context must be [${b}, N, ${D}], got ${c instanceof Tensor ? JSON.stringify(c.shape) : typeof c}`);
   return ctxs as Tensor[];
+}
+
+/** A region's box [x0, y0, x1, y1): fractions of the image in [0, 1] with x0 < x1 and y0 < y1. */
+export function regionBox(v: unknown, what: string): [number, number, number, number] {
+  if (!Array.isArray(v) || v.length !== 4) throw argError(`${what} must be [x0, y0, x1, y1], got ${describe(v)}`);
+  v.forEach((x, i) => {
+    if (typeof x !== 'number' || !(x >= 0 && x <= 1)) throw argError(`${what}[${i}] must be a fraction of the image in [0, 1], got ${describe(x)}`);
+  });
+  const [x0, y0, x1, y1] = v as [number, number, number, number];
+  if (x0 >= x1) throw argError(`${what}: x0 ${x0} must be less than x1 ${x1}`);
+  if (y0 >= y1) throw argError(`${what}: y0 ${y0} must be less than y1 ${y1}`);
+  return [x0, y0, x1, y1];
+}
+
+/**
+ * Regions over a context of `keys` tokens (lib/regions.ts): at most REGION_CAPACITY, each owning
+ * token indices in [0, keys), no token in two regions, at least one token left unconfined (a
+ * position outside every box attends to those).
+ */
+export function regionList(v: unknown, keys: number, what = 'regions'): Region[] {
+  if (!Array.isArray(v)) throw argError(`${what} must be an array of { tokens, box }, got ${describe(v)}`);
+  if (v.length > REGION_CAPACITY) throw argError(`${what}: at most ${REGION_CAPACITY} regions, got ${v.length}`);
+  const owner = new Map<number, number>();
+  return v.map((r: { tokens?: unknown; box?: unknown } | null, i): Region => {
+    const at = `${what}[${i}]`;
+    if (typeof r !== 'object' || r === null) throw argError(`${at} must be { tokens, box }, got ${describe(r)}`);
+    const box = regionBox(r.box, `${at}.box`);
+    if (!Array.isArray(r.tokens) || r.tokens.length === 0) throw argError(`${at}.tokens must be a non-empty array of token indices, got ${describe(r.tokens)}`);
+    const tokens = r.tokens.map((t, j) => integer(t, `${at}.tokens[${j}] (a token index of the ${keys}-token context)`, 0, keys - 1));
+    for (const t of tokens) {
+      const o = owner.get(t);
+      if (o !== undefined && o !== i) throw argError(`token ${t} is in ${what}[${o}] and ${at}: a token belongs to one region`);
+      owner.set(t, i);
+    }
+    if (owner.size === keys) throw argError(`${what} confine all ${keys} tokens: leave at least one unconfined for the positions outside every box`);
+    return { tokens, box };
+  });
 }
 
 /** The SeFi-IDE learning options with their defaults (lib/learn/learn.ts). */
