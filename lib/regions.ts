@@ -16,15 +16,15 @@ export interface Region {
 export const REGION_CAPACITY = 8;
 
 /** Columns of a table for `keys` context tokens: the owner of each key, then 4 box values per region. */
-export const regionColumns = (keys: number): number => keys + 4 * REGION_CAPACITY;
+export const regionColumns = (keys: number, capacity = REGION_CAPACITY): number => keys + 4 * capacity;
 
 /**
- * The int32 region table [rows, keys + 4·REGION_CAPACITY] (row-major): row i confines `regions`
- * when confined[i], else nothing (the unconditional rows of classifier-free guidance). Regions are
- * assumed valid (lib/validate.ts regionList).
+ * The int32 region table [rows, regionColumns(keys, capacity)] (row-major): row i confines
+ * `regions` when confined[i], else nothing (the unconditional rows of classifier-free guidance).
+ * Regions are assumed valid (lib/validate.ts regionList) and at most `capacity`.
  */
-export function regionTable(regions: readonly Region[], keys: number, confined: readonly boolean[]): Int32Array {
-  const cols = regionColumns(keys);
+export function regionTable(regions: readonly Region[], keys: number, confined: readonly boolean[], capacity = REGION_CAPACITY): Int32Array {
+  const cols = regionColumns(keys, capacity);
   const table = new Int32Array(confined.length * cols).fill(-1);
   const boxes = new Float32Array(table.buffer);
   confined.forEach((on, row) => {

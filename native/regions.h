@@ -11,6 +11,9 @@
 
 #include <cstdint>
 #include <cstring>
+#include <string>
+
+#include "backend.h"
 
 #if defined(__CUDACC__)
 #define IDFORGE_HD __host__ __device__
@@ -55,5 +58,23 @@ IDFORGE_HD inline uint32_t regionsAt(const int32_t* boxes, int R, int64_t n, int
 
 // Whether a query holding regions `inside` sees a key owned by `owner` (−1: every query does).
 IDFORGE_HD inline bool regionSees(int32_t owner, uint32_t inside) { return owner < 0 || ((inside >> owner) & 1u); }
+
+// Both backends' check of a table t for B rows, Nq queries and Nk keys on a width-wide grid: its
+// region count R, or Error E_ARGUMENT (not int32) / E_SHAPE. The owners are checked where the
+// table lives (the CPU op reads them; CUDA kernels flag a bad one).
+inline int regionCount(const char* op, const TensorView* t, int64_t B, int64_t Nq, int64_t Nk, int64_t width) {
+  const std::string o(op);
+  if (!t || !t->data) throw Error("E_SHAPE", o + ": attrs.regions is set but the region table is missing");
+  if (t->dtype != DType::I32) throw Error("E_ARGUMENT", o + ": region table must be int32, got " + dtypeName(t->dtype));
+  const Shape& s = t->shape;
+  const int64_t extra = s.size() == 2 ? s[1] - Nk : -1;
+  if (s.size() != 2 || s[0] != B || extra < 0 || extra % 4 || extra / 4 > kMaxRegions)
+    throw Error("E_SHAPE", o + ": region table " + shapeStr(s) + " must be [B, Nk + 4R] = [" + std::to_string(B) + ", " +
+                               std::to_string(Nk) + " + 4R] with R <= " + std::to_string(kMaxRegions));
+  if (width <= 0 || Nq % width)
+    throw Error("E_SHAPE", o + ": attrs.width " + std::to_string(width) + " (the query grid's) must divide the " +
+                               std::to_string(Nq) + " queries");
+  return int(extra / 4);
+}
 
 }  // namespace idforge

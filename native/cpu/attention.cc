@@ -81,21 +81,12 @@ class RegionMask {
   // in[idx] is the table when attrs.regions; otherwise the mask is off (every call a no-op).
   RegionMask(const char* op, const OpAttrs& a, const Views& in, size_t idx, int64_t B, int64_t Nq, int64_t Nk) {
     if (!a.regions) return;
-    if (in.size() <= idx || !in[idx].data) shapeError(op, "attrs.regions is set but the region table is missing");
-    const TensorView& t = in[idx];
-    checkDtype(op, t, DType::I32, "region table");
-    const int64_t cols = t.shape.size() == 2 ? t.shape[1] : -1;
-    if (t.shape.size() != 2 || t.shape[0] != B || cols < Nk || (cols - Nk) % 4 || (cols - Nk) / 4 > kMaxRegions)
-      shapeError(op, "region table " + shapeOf(t) + " must be [B, Nk + 4R] = [" + std::to_string(B) + ", " +
-                         std::to_string(Nk) + " + 4R] with R <= " + std::to_string(kMaxRegions));
-    if (a.width <= 0 || Nq % a.width)
-      shapeError(op, "attrs.width " + std::to_string(a.width) + " (the query grid's) must divide the " +
-                         std::to_string(Nq) + " queries");
+    R_ = regionCount(op, in.size() > idx ? &in[idx] : nullptr, B, Nq, Nk, a.width);
     on_ = true;
     W_ = a.width;
     H_ = Nq / a.width;
-    R_ = int((cols - Nk) / 4);
-    table_ = t.as<int32_t>();
+    table_ = in[idx].as<int32_t>();
+    const int64_t cols = in[idx].shape[1];
     cols_ = cols;
     Nk_ = Nk;
     owned_.resize(size_t(B));
