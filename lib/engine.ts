@@ -23,7 +23,6 @@ import { conditionalMaps, layerDownsampling, selectLayers, selectSteps, type Att
 import type { Identity } from './identity/identity.js';
 import { expandPrompt, type ExpandedPrompt } from './identity/placeholders.js';
 import { argError, identityMap, imageTensorShape, oneOf, regionList, timestep, tokenIds, unetContexts, validateGenerate } from './validate.js';
-import { regionColumns, regionTable } from './regions.js';
 
 export type { GenerateOptions, GenerateResult, LoadOptions, ProgressInfo, TextOptions } from './options.js';
 
@@ -199,7 +198,7 @@ export class Engine implements Disposable {
       inputs.push(rt.upload(latents));
       inputs.push(rt.floats(new Float32Array(b).fill(t), [b]));
       for (const c of ctxs) inputs.push(rt.upload(c));
-      if (regions.length) inputs.push(rt.ints(regionTable(regions, n, Array<boolean>(b).fill(true)), [b, regionColumns(n)]));
+      if (regions.length) inputs.push(rt.regionInput(regions, n, b, false));
       const [eps, ...maps] = await p.run(inputs);
       const attention = new Map<string, Tensor>();
       capture.forEach((l, i) => attention.set(l, toHost(maps[i]!)));

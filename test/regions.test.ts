@@ -5,6 +5,9 @@ import { readFileSync } from 'node:fs';
 import t from 'tap';
 import { Engine } from '../lib/engine.js';
 import type { Region } from '../lib/regions.js';
+import { coefficientTensor, markRun, stepProgram } from '../lib/sampling.js';
+import { makeSampler } from '../lib/sched/samplers.js';
+import type { Tensor } from '../lib/tensor.js';
 import { testBackends } from './helpers/backends.js';
 import { GoldenFile, TINY_SD, fixture } from './helpers/fixtures.js';
 import { relL2 } from './helpers/metrics.js';
@@ -35,6 +38,35 @@ for (const b of testBackends()) {
     // The regions matter: the confined run is far from the plain golden (cases.json: ~0.035).
     using eps = await engine.predictNoise(x, 500, ctx, { regions: [...cases.regions] });
     t.ok(relL2(eps.toFloat32(), g.f32('plain:eps_t500')) > 0.01, 'the regions change eps');
+  });
+}
+
+for (const b of testBackends()) {
+  // generate()'s per-step program (UNet, CFG, the sampler update in one call) with the golden's
+  // contexts: the regions on the conditional row only.
+  t.test(`guided DDIM golden through generate()'s step program on ${b.name}`, { skip: b.skip }, async (t) => {
+    const engine = await Engine.load(TINY_SD, { device: b.device, dtype: b.dtype });
+    t.teardown(() => engine.dispose());
+    const rt = engine.runtime, g = new GoldenFile('regions');
+    t.teardown(() => g.close());
+    const sampler = makeSampler('ddim', engine.configs.scheduler, 6, { eta: 0 });
+    const shape = { batch: 1, h: 16, w: 16, tokens: 77, guidance: 7.5, dual: false, noise: false, capture: [], regions: true };
+    using ctx = rt.upload(g.tensor('ddim:context'));
+    using table = rt.regionInput(cases.regions, 77, 2, true);
+    const init = g.f32('ddim:init_latents');
+    let [x, xin, state]: Tensor[] = [rt.floats(init, [1, 4, 16, 16]), rt.floats(init.map((v) => v * sampler.coefficients(0, true).cin), [1, 4, 16, 16]), rt.floats(new Float32Array(init.length), [1, 4, 16, 16])];
+    const p = stepProgram(rt, shape);
+    for (const [i, ts] of sampler.timesteps.entries()) {
+      using coefs = coefficientTensor(sampler, i, i === 0, engine.backend);
+      using tIn = rt.floats(new Float32Array([ts, ts]), [2]);
+      const outs = await p.run([x!, xin!, state!, coefs, tIn, ctx, table]);
+      markRun(p);
+      for (const v of [x, xin, state]) v!.dispose();
+      [x, state, xin] = outs;
+    }
+    const e = relL2(x!.toFloat32(), g.f32('ddim:final_latents'));
+    t.ok(e <= b.tol.golden, `ddim:final_latents rel L2 ${e.toExponential(2)}`);
+    for (const v of [x, xin, state]) v!.dispose();
   });
 }
 

@@ -16,7 +16,7 @@ import { checkWeights } from '../io/layout.js';
 import type { LoadOptions } from '../options.js';
 import { Tensor } from '../tensor.js';
 import { buildTextEncoder } from '../text/clip.js';
-import { regionColumns } from '../regions.js';
+import { regionColumns, regionTable, type Region } from '../regions.js';
 import { ClipTokenizer } from '../text/tokenizer.js';
 import { buildUNet, crossAttentionLayers } from '../unet/unet.js';
 import { buildVaeDecoder, buildVaeEncoder } from '../vae/vae.js';
@@ -221,8 +221,9 @@ export class SdRuntime extends ModelRuntime {
 
   /**
    * The UNet step program: latents [b, C, h, w], timesteps, key context [·, n, D] (and a value
-   * context when dual) → eps and the captured maps. With a guidance scale the latents are
-   * duplicated inside the program (unconditional first; timesteps and contexts are [2b, ..]) and
+   * context when dual, then the region table (regionInput) with `regions`) → eps and the captured
+   * maps. With a guidance scale the latents are duplicated inside the program (unconditional first;
+   * timesteps, contexts and the region table are [2b, ..]) and
    * classifier-free guidance is folded in: → guided eps [b]. Call preload(['unet']) first to
    * upload the weights with abort checks; otherwise building uploads them.
    */
@@ -236,6 +237,16 @@ export class SdRuntime extends ModelRuntime {
       g.output(r.eps);
       for (const l of capture) g.output(r.attention.get(l)!, l);
     });
+  }
+
+  /**
+   * The region table input of a UNet program of `rows` rows over `keys` tokens: every row confines
+   * `regions`, or with guidance only the conditional rows (the second half; the unconditional
+   * branch is left as it is).
+   */
+  regionInput(regions: readonly Region[], keys: number, rows: number, guided: boolean): Tensor {
+    const confined = Array.from({ length: rows }, (_, i) => !guided || i >= rows / 2);
+    return this.ints(regionTable(regions, keys, confined), [rows, regionColumns(keys)]);
   }
 
   /** The VAE decoder: image [B, 3, 8h, 8w] in [−1, 1] from z [B, C, h, w] (already divided by the scaling factor), float32 on the CPU. */
