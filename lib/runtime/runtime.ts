@@ -9,7 +9,7 @@
  *  - a bounded LRU cache of compiled programs, keyed by what a program was built for;
  *  - disposal of all of it, and of what the model hands over (its open files).
  * Model-specific program builders live on top of it (lib/runtime/sd.ts for SD 1.x); pipelines
- * (lib/engine.ts, lib/learn/, lib/identity/encoder.ts, lib/bench/) are its clients.
+ * (lib/engine.ts, lib/learn/, lib/dreamidentity/, lib/bench/) are its clients.
  */
 import { IdforgeError } from '../errors.js';
 import { Graph } from '../graph/graph.js';
