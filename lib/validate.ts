@@ -233,40 +233,39 @@ export function unetContexts(context: Tensor | { k: Tensor; v: Tensor }, b: numb
 }
 
 /** A region's box [x0, y0, x1, y1): fractions of the image in [0, 1] with x0 < x1 and y0 < y1. */
-export function regionBox(v: unknown, what: string): [number, number, number, number] {
-  if (!Array.isArray(v) || v.length !== 4) throw argError(`${what} must be [x0, y0, x1, y1], got ${describe(v)}`);
-  v.forEach((x, i) => {
-    if (typeof x !== 'number' || !(x >= 0 && x <= 1)) throw argError(`${what}[${i}] must be a fraction of the image in [0, 1], got ${describe(x)}`);
-  });
-  const [x0, y0, x1, y1] = v as [number, number, number, number];
-  if (x0 >= x1) throw argError(`${what}: x0 ${x0} must be less than x1 ${x1}`);
-  if (y0 >= y1) throw argError(`${what}: y0 ${y0} must be less than y1 ${y1}`);
+export function regionBox(v: unknown, name: string): [number, number, number, number] {
+  if (!Array.isArray(v) || v.length !== 4) throw invalid(name, '[x0, y0, x1, y1], fractions of the image', v);
+  const [x0, y0, x1, y1] = v.map((x, i) => numberIn(x, `${name}[${i}]`, 0, 1)) as [number, number, number, number];
+  if (x0 >= x1 || y0 >= y1) throw invalid(name, 'a box with x0 < x1 and y0 < y1', v);
   return [x0, y0, x1, y1];
 }
 
 /**
  * Regions over a context of `keys` tokens (lib/regions.ts): at most REGION_CAPACITY, each owning
- * token indices in [0, keys), no token in two regions, at least one token left unconfined (a
- * position outside every box attends to those).
+ * token indices in [0, keys), no token in two regions, at least one token left unconfined (the
+ * positions outside every box attend to those).
  */
-export function regionList(v: unknown, keys: number, what = 'regions'): Region[] {
-  if (!Array.isArray(v)) throw argError(`${what} must be an array of { tokens, box }, got ${describe(v)}`);
-  if (v.length > REGION_CAPACITY) throw argError(`${what}: at most ${REGION_CAPACITY} regions, got ${v.length}`);
+export function regionList(v: unknown, keys: number, name = 'regions'): Region[] {
+  if (!Array.isArray(v) || v.length > REGION_CAPACITY) throw invalid(name, `an array of at most ${REGION_CAPACITY} regions { tokens, box }`, v);
   const owner = new Map<number, number>();
-  return v.map((r: { tokens?: unknown; box?: unknown } | null, i): Region => {
-    const at = `${what}[${i}]`;
-    if (typeof r !== 'object' || r === null) throw argError(`${at} must be { tokens, box }, got ${describe(r)}`);
+  const list = v.map((r: { tokens?: unknown; box?: unknown } | null, i): Region => {
+    const at = `${name}[${i}]`;
+    if (r === null || typeof r !== 'object') throw invalid(at, '{ tokens, box }', r);
     const box = regionBox(r.box, `${at}.box`);
-    if (!Array.isArray(r.tokens) || r.tokens.length === 0) throw argError(`${at}.tokens must be a non-empty array of token indices, got ${describe(r.tokens)}`);
-    const tokens = r.tokens.map((t, j) => integer(t, `${at}.tokens[${j}] (a token index of the ${keys}-token context)`, 0, keys - 1));
-    for (const t of tokens) {
-      const o = owner.get(t);
-      if (o !== undefined && o !== i) throw argError(`token ${t} is in ${what}[${o}] and ${at}: a token belongs to one region`);
-      owner.set(t, i);
+    if (!Array.isArray(r.tokens) || r.tokens.length === 0) throw invalid(`${at}.tokens`, 'a non-empty array of token indices', r.tokens);
+    const tokens = r.tokens.map((x, j) => {
+      if (!Number.isSafeInteger(x) || x < 0 || x >= keys) throw invalid(`${at}.tokens[${j}]`, `a token index of the ${keys}-token context, in [0, ${keys - 1}]`, x);
+      return x as number;
+    });
+    for (const x of tokens) {
+      const o = owner.get(x);
+      if (o !== undefined && o !== i) throw invalid(`${at}.tokens`, `tokens no other region owns (token ${x} is in ${name}[${o}] too)`, r.tokens);
+      owner.set(x, i);
     }
-    if (owner.size === keys) throw argError(`${what} confine all ${keys} tokens: leave at least one unconfined for the positions outside every box`);
     return { tokens, box };
   });
+  if (owner.size === keys) throw invalid(name, `regions that leave some of the ${keys} tokens unconfined (positions outside every box attend to those)`, shown(`all ${keys} confined`));
+  return list;
 }
 
 /** The SeFi-IDE learning options with their defaults (lib/learn/learn.ts). */

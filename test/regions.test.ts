@@ -117,20 +117,20 @@ t.test('bad regions: E_ARGUMENT naming the region', async (t) => {
   using ctx = unet.tensor('context_wide');
   const ok = { tokens: [5], box: [0, 0, 0.5, 1] };
   const bad: [string, unknown, RegExp][] = [
-    ['a box past the image', [ok, { tokens: [6], box: [0.5, 0, 1.2, 1] }], /regions\[1\]\.box\[2\] must be a fraction of the image in \[0, 1\], got 1\.2/],
+    ['a box past the image', [ok, { tokens: [6], box: [0.5, 0, 1.2, 1] }], /regions\[1\]\.box\[2\] must be a finite number in \[0, 1\], got 1\.2/],
     ['a negative box', [{ tokens: [6], box: [-0.1, 0, 1, 1] }], /regions\[0\]\.box\[0\] .*got -0\.1/],
-    ['x0 ≥ x1', [{ tokens: [6], box: [0.5, 0, 0.5, 1] }], /regions\[0\]\.box: x0 0\.5 must be less than x1 0\.5/],
-    ['y0 ≥ y1', [{ tokens: [6], box: [0, 0.7, 1, 0.2] }], /regions\[0\]\.box: y0 0\.7 must be less than y1 0\.2/],
-    ['a NaN box value', [{ tokens: [6], box: [0, NaN, 1, 1] }], /regions\[0\]\.box\[1\]/],
+    ['x0 ≥ x1', [{ tokens: [6], box: [0.5, 0, 0.5, 1] }], /regions\[0\]\.box must be a box with x0 < x1 and y0 < y1, got \[0\.5,0,0\.5,1\]/],
+    ['y0 ≥ y1', [{ tokens: [6], box: [0, 0.7, 1, 0.2] }], /regions\[0\]\.box must be a box with x0 < x1 and y0 < y1, got \[0,0\.7,1,0\.2\]/],
+    ['a NaN box value', [{ tokens: [6], box: [0, NaN, 1, 1] }], /regions\[0\]\.box\[1\] .*got NaN/],
     ['a box of 3 values', [{ tokens: [6], box: [0, 0, 1] }], /regions\[0\]\.box must be \[x0, y0, x1, y1\]/],
-    ['a token past the context', [ok, { tokens: [6, 77], box: [0, 0, 1, 1] }], /regions\[1\]\.tokens\[1\].*77-token context.*got 77/],
-    ['a fractional token', [{ tokens: [1.5], box: [0, 0, 1, 1] }], /regions\[0\]\.tokens\[0\]/],
-    ['a token in two regions', [ok, { tokens: [7, 5], box: [0.5, 0, 1, 1] }], /token 5 is in regions\[0\] and regions\[1\]/],
+    ['a token past the context', [ok, { tokens: [6, 77], box: [0, 0, 1, 1] }], /regions\[1\]\.tokens\[1\] must be a token index of the 77-token context, in \[0, 76\], got 77/],
+    ['a fractional token', [{ tokens: [1.5], box: [0, 0, 1, 1] }], /regions\[0\]\.tokens\[0\] .*got 1\.5/],
+    ['a token in two regions', [ok, { tokens: [7, 5], box: [0.5, 0, 1, 1] }], /regions\[1\]\.tokens must be tokens no other region owns \(token 5 is in regions\[0\] too\)/],
     ['no tokens', [{ tokens: [], box: [0, 0, 1, 1] }], /regions\[0\]\.tokens must be a non-empty array/],
-    ['every token confined', [{ tokens: Array.from({ length: 77 }, (_, i) => i), box: [0, 0, 1, 1] }], /confine all 77 tokens/],
-    ['nine regions', Array.from({ length: 9 }, (_, i) => ({ tokens: [i], box: [0, 0, 1, 1] })), /at most 8 regions, got 9/],
+    ['every token confined', [{ tokens: Array.from({ length: 77 }, (_, i) => i), box: [0, 0, 1, 1] }], /leave some of the 77 tokens unconfined.*got all 77 confined/],
+    ['nine regions', Array.from({ length: 9 }, (_, i) => ({ tokens: [i], box: [0, 0, 1, 1] })), /regions must be an array of at most 8 regions/],
     ['not an array', { tokens: [1], box: [0, 0, 1, 1] }, /regions must be an array/],
-    ['a null region', [null], /regions\[0\] must be \{ tokens, box \}/],
+    ['a null region', [null], /regions\[0\] must be \{ tokens, box \}, got null/],
   ];
   for (const [what, regions, message] of bad)
     await t.rejects(engine.predictNoise(x, 500, ctx, { regions: regions as Region[] }), { code: 'E_ARGUMENT', message }, what);
