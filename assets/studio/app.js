@@ -197,6 +197,7 @@ async function learn(sub) {
   const text = $('learn-text');
   const losses = [];
   box.hidden = false;
+  $('loss-chart').toggleAttribute('hidden', true);
   bar.removeAttribute('value');
   text.textContent = 'Learning: waiting for a worker…';
   const t0 = performance.now();
@@ -218,6 +219,7 @@ async function learn(sub) {
 
 function drawLoss(losses, v) {
   losses.push(v);
+  $('loss-chart').toggleAttribute('hidden', false);
   const lo = Math.min(...losses);
   const hi = Math.max(...losses);
   const n = Math.max(2, losses.length);
