@@ -16,7 +16,7 @@ import { normalGenerator } from './sched/random.js';
 import { makeSampler } from './sched/samplers.js';
 import { checkPrompt } from './io/bounds.js';
 import { checkLatentsFinite } from './numeric.js';
-import { checkFits, coefficientTensor, img2imgStart, markRun, stepProgram } from './sampling.js';
+import { checkFits, coefficientTensor, img2imgStart, markRun, stepProgram } from './generate/denoiser.js';
 import { Tensor } from './tensor.js';
 import { latentPosterior, sampleLatent } from './vae/posterior.js';
 import type { ClipTokenizer } from './text/tokenizer.js';

@@ -42,7 +42,7 @@ export const LAYERS: readonly { layer: string; members: readonly string[] }[] = 
   { layer: 'identity', members: ['identity/'] },
   { layer: 'API types and checks', members: ['options.ts', 'validate.ts'] },
   { layer: 'runtime', members: ['runtime/'] },
-  { layer: 'pipelines', members: ['sampling.ts', 'learn/', 'dreamidentity/', 'clip/'] },
+  { layer: 'pipelines', members: ['generate/', 'learn/', 'dreamidentity/', 'clip/'] },
   { layer: 'engine', members: ['engine.ts'] },
   { layer: 'applications', members: ['bench/', 'eval/', 'serve/'] },
   { layer: 'edges', members: ['index.ts', 'cli.ts', 'cliargs.ts', 'build.ts', '*/cli.ts'] },

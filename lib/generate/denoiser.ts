@@ -3,15 +3,15 @@
 // step; the latents stay on the backend from the first step to the last, only the step's
 // timesteps, its 9 sampler coefficients and (stochastic samplers) its noise are uploaded.
 import * as os from 'node:os';
-import { IdforgeError } from './errors.js';
-import type { Graph } from './graph/graph.js';
-import type { BackendSpec, Program } from './graph/program.js';
-import type { Weights } from './graph/weights.js';
-import type { ModelConfigs } from './io/configs.js';
-import { backends, memory } from './native.js';
-import { buildGuidedUNet } from './runtime/sd.js';
-import { COEFFICIENTS, packCoefficients, type Sampler } from './sched/sampler.js';
-import { Tensor } from './tensor.js';
+import { IdforgeError } from '../errors.js';
+import type { Graph } from '../graph/graph.js';
+import type { BackendSpec, Program } from '../graph/program.js';
+import type { Weights } from '../graph/weights.js';
+import type { ModelConfigs } from '../io/configs.js';
+import { backends, memory } from '../native.js';
+import { buildGuidedUNet } from '../runtime/sd.js';
+import { COEFFICIENTS, packCoefficients, type Sampler } from '../sched/sampler.js';
+import { Tensor } from '../tensor.js';
 
 /** What the step program needs from the model's runtime (lib/runtime/sd.ts SdRuntime). */
 export interface StepHost {
