@@ -1,32 +1,32 @@
-// Engine: the text/image → image generation pipeline (DDIM, DPM-Solver++ and Euler samplers with
-// classifier-free guidance, batches, identities, attention capture) and the public API around it. The model itself (backend, stream, weights,
-// programs) is the SD runtime it runs on (lib/runtime/sd.ts); SeFi-IDE learning is another client
-// of that runtime (lib/learn/learn.ts), reached through learnIdentity().
-import { IdforgeError, throwIfAborted } from './errors.js';
+// Engine: the public API over one SD model — text/image → image generation (DDIM, DPM-Solver++ and
+// Euler samplers with classifier-free guidance, batches, identities, attention capture: the
+// stages in lib/generate/), the model's building blocks (text encoder, UNet, VAE), and SeFi-IDE
+// learning (lib/learn/, through `learner`). The model itself (backend, stream, weights, programs)
+// is the SD runtime it runs on (lib/runtime/sd.ts), shared by all of them.
+import { throwIfAborted } from './errors.js';
+import { Conditioning, expandFor } from './generate/conditioning.js';
+import { decodeImages } from './generate/decode.js';
+import { Denoiser } from './generate/denoiser.js';
+import { prepareLatents } from './generate/latents.js';
+import { identityMap, resolveGenerate, type GenerateOptions, type GenerateResult } from './generate/options.js';
 import type { BackendSpec } from './graph/program.js';
 import type { Weights } from './graph/weights.js';
+import type { Identity } from './identity/identity.js';
+import { checkPrompt } from './io/bounds.js';
 import type { ModelSource } from './io/checkpoint.js';
 import type { ModelConfigs } from './io/configs.js';
-import { decodeImage, toRawImage, toSignedCHW, type RawImage } from './io/image.js';
-import type { GenerateOptions, GenerateResult, LearnOptions, LoadOptions, TextOptions } from './options.js';
+import type { RawImage } from './io/image.js';
+import { IdentityLearner } from './learn/learn.js';
+import type { LearnOptions, LoadOptions, TextOptions } from './options.js';
 import { toHost } from './runtime/runtime.js';
 import { SdRuntime } from './runtime/sd.js';
 import { DDIMScheduler } from './sched/ddim.js';
-import { normalGenerator } from './sched/random.js';
-import { makeSampler } from './sched/samplers.js';
-import { checkPrompt } from './io/bounds.js';
-import { checkLatentsFinite } from './numeric.js';
-import { checkFits, coefficientTensor, img2imgStart, markRun, stepProgram } from './generate/denoiser.js';
 import { Tensor } from './tensor.js';
-import { latentPosterior, sampleLatent } from './vae/posterior.js';
 import type { ClipTokenizer } from './text/tokenizer.js';
-import { conditionalMaps, layerDownsampling, selectLayers, selectSteps, type AttentionMap } from './attention.js';
-import type { Identity } from './identity/identity.js';
-import { expandPrompt, type ExpandedPrompt } from './identity/placeholders.js';
-import { IdentityLearner } from './learn/learn.js';
-import { argError, identityMap, imageTensorShape, oneOf, timestep, tokenIds, unetContexts, validateGenerate } from './validate.js';
+import { argError, imageTensorShape, oneOf, timestep, tokenIds, unetContexts } from './validate.js';
 
-export type { GenerateOptions, GenerateResult, LoadOptions, ProgressInfo, TextOptions } from './options.js';
+export type { GenerateOptions, GenerateResult, ProgressInfo } from './generate/options.js';
+export type { LoadOptions, TextOptions } from './options.js';
 
 export class Engine implements Disposable {
   /** The model this engine runs on: backend, stream, weights, programs (shared with the learner and the bench). */
@@ -142,7 +142,7 @@ export class Engine implements Disposable {
     const idMap = identityMap(opts);
     if (idMap || (typeof input === 'string' && /<id(:[^<>]*)?>/.test(input))) {
       if (typeof input !== 'string') throw argError('identities apply to a prompt string, not to token ids');
-      const e = this.expand(input, idMap);
+      const e = expandFor(this.runtime, input, idMap);
       if (e.rows.length === 0) return toHost(await this.runtime.runText([e.ids]));
       const stage = opts.stage ?? 0;
       const kind = oneOf(opts.kind ?? 'k', 'kind', ['k', 'v'] as const);
@@ -159,14 +159,6 @@ export class Engine implements Disposable {
   /** The token embedding (before positions) of a one-token word, e.g. "person". */
   async wordEmbedding(word: string): Promise<Float32Array> {
     return this.runtime.wordEmbedding(word);
-  }
-
-  /** A prompt's placeholders expanded against the identities, checked against this model's text width. */
-  private expand(prompt: string, idMap: Map<string, Identity> | undefined): ExpandedPrompt {
-    const e = expandPrompt(this.tokenizer, prompt, idMap);
-    if (e.rows.length && e.dim !== this.configs.text.hiddenSize)
-      throw new IdforgeError('E_IDENTITY', `identity has dim ${e.dim}, the model's text width is ${this.configs.text.hiddenSize}`);
-    return e;
   }
 
   /** The UNet's noise prediction for latents [B, C, h, w] at timestep t, with a context [B, 77, D] or separate key/value contexts. */
@@ -222,214 +214,32 @@ export class Engine implements Disposable {
 
   /**
    * Text → image (or image → image) with a sampler and classifier-free guidance, optionally with
-   * identities and attention capture; `numImages` images run as one batch. Each denoising step is
-   * one native call (lib/sampling.ts): the latents stay on the backend until the VAE decodes them.
+   * identities and attention capture; `numImages` images run as one batch. The recipe, in
+   * diffusers' order: the plan (every option checked once), the conditioning, the latents, the
+   * denoising loop (one native call per step, lib/generate/denoiser.ts), the VAE decode.
    */
   async generate(opts: GenerateOptions): Promise<GenerateResult> {
     const rt = this.runtime;
     rt.assertLive();
-    const init = opts?.image !== undefined ? await decodeImage(opts.image, 'image') : undefined;
-    const o = validateGenerate(opts, this.sizeMultiple, init);
-    const warnings: string[] = [];
-    const { signal } = opts;
-    throwIfAborted(signal, 'generate');
-    const h = o.height / this.latentFactor;
-    const w = o.width / this.latentFactor;
-    const ch = this.configs.unet.inChannels;
-    const N = o.numImages;
-    const n = ch * h * w;
-    const e = this.expand(opts.prompt, identityMap(opts));
-    if (e.truncated) warnings.push('the prompt is longer than 75 tokens and was truncated');
-    const cfg = o.guidanceScale > 1;
-    // Text rows: [negative × N, prompt × N] with guidance (the unconditional rows first, as CFG
-    // reads them), else [prompt × N]. The unconditional branch never sees an identity.
-    const ids: Int32Array[] = Array.from({ length: N }, () => e.ids);
-    const slots: Int32Array[] = Array.from({ length: N }, () => e.slots);
-    if (cfg) {
-      const neg = this.tokenizer.encode(o.negativePrompt);
-      if (neg.truncated) warnings.push('the negative prompt is longer than 75 tokens and was truncated');
-      ids.unshift(...Array.from({ length: N }, () => neg.ids));
-      slots.unshift(...Array.from({ length: N }, () => new Int32Array(77).fill(-1)));
-    }
-    const withId = e.rows.length > 0;
-    const dual = withId && !e.kvShared;
-    const sampler = makeSampler(o.sampler, this.configs.scheduler, o.steps, { eta: o.eta });
-    const start = init ? img2imgStart(o.steps, o.strength, sampler.timesteps.length) : 0;
-    const timesteps = sampler.timesteps.slice(start);
-    // Image i draws from its own generator, seeded with seed + i: its initial noise, then (image
-    // to image below strength 1) the VAE posterior sample, then each step's noise.
-    const gens = Array.from({ length: N }, (_, i) => normalGenerator(o.seed + i));
-    const draw = (i: number) => Float32Array.from({ length: n }, gens[i]!);
-    const noise0 = new Float32Array(N * n);
-    if (opts.latents) {
-      imageTensorShape(opts.latents, 'latents', ch, rt.latentMultiple);
-      if (opts.latents.shape[0] !== N || opts.latents.shape[2] !== h || opts.latents.shape[3] !== w)
-        throw new IdforgeError('E_SHAPE', `latents must be [${N}, ${ch}, ${h}, ${w}] for ${N} image(s) of ${o.width}x${o.height}, got ${JSON.stringify(opts.latents.shape)}`);
-      noise0.set(opts.latents.toFloat32());
-    }
-    // Drawn even when latents are given, so that the later draws do not depend on it.
-    for (let i = 0; i < N; i++) {
-      const z = draw(i);
-      if (!opts.latents) noise0.set(z, i * n);
-    }
-    const stochastic = sampler.stochastic;
-    let stepNoise: Float32Array | undefined;
-    if (opts.stepNoise !== undefined) {
-      const want = [timesteps.length, N, ch, h, w];
-      const s = opts.stepNoise.shape;
-      if (s.length !== 5 || s.some((d, i) => d !== want[i]))
-        throw new IdforgeError('E_SHAPE', `stepNoise must be [steps run, numImages, C, h, w] = ${JSON.stringify(want)}, got ${JSON.stringify(s)}`);
-      if (stochastic) stepNoise = opts.stepNoise.toFloat32();
-      else warnings.push(`stepNoise is ignored: sampler ${o.sampler}${o.sampler === 'ddim' ? ' with eta 0' : ''} adds no noise`);
-    }
-    const levels = this.configs.unet.blockOutChannels.length;
-    const capLayers = opts.captureAttention ? selectLayers(opts.captureAttention.layers, this.crossAttentionLayers, h, levels) : [];
-    const capSteps = opts.captureAttention ? selectSteps(opts.captureAttention.steps, timesteps.length) : new Set<number>();
-    const reduce = opts.captureAttention?.reduce === 'mean';
-    const idScale = o.identityScale;
-    const maps: AttentionMap[] = [];
+    const plan = await resolveGenerate(opts, rt); // nothing below reads `opts`
+    throwIfAborted(plan.signal, 'generate');
+    // 1. The conditioning: prompt rows and identity words now, text-encoder runs on first use.
+    using cond = new Conditioning(rt, plan);
     // Weights load before the clock starts, yielding between tensors so that abort works.
-    await rt.preload(['text', 'unet', 'vae-decoder'], signal);
+    await rt.preload(['text', 'unet', 'vae-decoder'], plan.signal);
     // The activation memory N images need is checked before anything is allocated for them.
-    const shape = { batch: N, h, w, tokens: 77, guidance: cfg ? o.guidanceScale : null, dual, noise: stochastic };
-    const largest = capLayers.length && capSteps.size ? capLayers : [];
-    checkFits(stepProgram(rt, { ...shape, capture: largest }), { ...shape, capture: largest }, this.backend, 'generate');
-    // The starting latents: noise × init_noise_sigma, or (image to image) the image's latents
-    // noised to the first timestep run. Strength 1 starts from pure noise, as diffusers'
-    // inpainting pipeline does (is_strength_max), so that it equals text-to-image.
-    let lat = noise0.map((v) => v * sampler.initNoiseSigma);
-    if (init && o.strength < 1) {
-      const { a, b } = sampler.noiseScales(start);
-      const x0 = await this.imageLatents(init, N, draw);
-      lat = noise0.map((z, i) => a * x0[i]! + b * z);
-    }
-    const start0 = Date.now();
-    // identityScale interpolates the identity's vectors from the word "person" (looked up once).
-    const person = withId && idScale !== 1 ? await rt.wordEmbedding('person') : undefined;
-    const scaled = (v: Float32Array): Float32Array => {
-      if (!person) return v;
-      const D = person.length;
-      return v.map((x, i) => person[i % D]! + idScale * (x - person[i % D]!));
-    };
-    // One text-encoder run per distinct (stage, K|V) set, cached across steps.
-    const contexts = new Map<string, Tensor>();
-    const context = async (stage: number, kind: 'k' | 'v'): Promise<Tensor> => {
-      const key = withId ? `${stage}:${e.kvShared ? 'k' : kind}` : 'plain';
-      let c = contexts.get(key);
-      if (!c) {
-        c = withId ? await rt.runText(ids, { slots, vectors: scaled(e.vectors(stage, e.kvShared ? 'k' : kind)) }) : await rt.runText(ids);
-        contexts.set(key, c);
-      }
-      return c;
-    };
-    const c0 = sampler.coefficients(start, true).cin;
-    let x = rt.floats(lat, [N, ch, h, w]);
-    let xin = rt.floats(c0 === 1 ? lat : lat.map((v) => v * c0), [N, ch, h, w]);
-    let state = Tensor.zeros([N, ch, h, w], this.backend);
-    let numericWarned = false;
-    try {
-      for (let i = 0; i < timesteps.length; i++) {
-        throwIfAborted(signal, 'generate');
-        const t = timesteps[i]!;
-        const stage = withId ? e.stageFor(t, this.configs.scheduler.numTrainTimesteps) : 0;
-        const capture = capSteps.has(i + 1) ? capLayers : [];
-        const program = stepProgram(rt, { ...shape, capture });
-        checkFits(program, { ...shape, capture }, this.backend, 'generate');
-        const ctxK = await context(stage, 'k');
-        const ctxV = dual ? await context(stage, 'v') : undefined;
-        const inputs: Tensor[] = [];
-        let outs: Tensor[];
-        try {
-          inputs.push(coefficientTensor(sampler, start + i, i === 0, this.backend));
-          inputs.push(rt.floats(new Float32Array(ids.length).fill(t), [ids.length]));
-          if (stochastic) {
-            const z = stepNoise ? stepNoise.subarray(i * N * n, (i + 1) * N * n) : new Float32Array(N * n);
-            if (!stepNoise) for (let j = 0; j < N; j++) z.set(draw(j), j * n);
-            inputs.push(rt.floats(z, [N, ch, h, w]));
-          }
-          const [coefs, tIn, zIn] = inputs;
-          // Abort stops the native run within milliseconds; progress about every second inside long steps.
-          const onTick = (fraction: number) => opts.onProgress?.({ step: i, steps: timesteps.length, timestep: t, elapsedMs: Date.now() - start0, stage, fraction, latents: () => x.to('float32', 'cpu') });
-          outs = await program.run([x, xin, state, coefs!, tIn!, ctxK, ...(ctxV ? [ctxV] : []), ...(zIn ? [zIn] : [])], { signal, ...(opts.onProgress ? { onTick } : {}) });
-          markRun(program);
-        } finally {
-          for (const v of inputs) v.dispose();
-        }
-        const [nx, ns, nin, ...probs] = outs;
-        x.dispose();
-        state.dispose();
-        xin.dispose();
-        x = nx!;
-        state = ns!;
-        xin = nin!;
-        capture.forEach((layer, j) => {
-          const p = toHost(probs[j]!);
-          const [bh, hw, tokens] = p.shape as [number, number, number];
-          const heads = bh / ids.length;
-          const lh = h / layerDownsampling(layer, levels);
-          const all = p.toFloat32();
-          p.dispose();
-          // Rows are [uncond × N, cond × N] with guidance: image k's conditional block is row N + k.
-          const per = heads * hw * tokens;
-          for (let k = 0; k < N; k++) {
-            const block = all.subarray((cfg ? N + k : k) * per, (cfg ? N + k + 1 : k + 1) * per);
-            maps.push({
-              layer, step: i + 1, timestep: t, image: k, heads: reduce ? 1 : heads, height: lh, width: hw / lh, tokens,
-              data: conditionalMaps(block, heads, heads, hw, tokens, reduce),
-            });
-          }
-        });
-        // No silent black image: NaN/Inf latents are E_NUMERIC (or one warning with nonFinite: 'warn').
-        const nanWarning = numericWarned ? undefined : checkLatentsFinite(x, { step: i + 1, steps: timesteps.length, timestep: t, guidanceScale: o.guidanceScale, dtype: this.backend.dtype }, opts.nonFinite === 'warn' ? 'warn' : 'error');
-        if (nanWarning) {
-          warnings.push(nanWarning);
-          numericWarned = true;
-        }
-        const now = x;
-        opts.onProgress?.({ step: i + 1, steps: timesteps.length, timestep: t, elapsedMs: Date.now() - start0, stage, latents: () => now.to('float32', 'cpu') });
-      }
-    } catch (err) {
-      x.dispose();
-      throw err;
-    } finally {
-      for (const c of contexts.values()) c.dispose();
-      state.dispose();
-      xin.dispose();
-    }
-    const final = x.toFloat32();
-    x.dispose();
-    throwIfAborted(signal, 'generate');
-    const sf = this.configs.vae.scalingFactor;
-    // One image at a time through the VAE: its peak memory does not grow with numImages.
-    const images: RawImage[] = [];
-    const px = new Float32Array(N * 3 * o.width * o.height);
-    for (let k = 0; k < N; k++) {
-      using z = Tensor.from(final.subarray(k * n, (k + 1) * n).map((v) => v / sf), [1, ch, h, w]);
-      using decoded = await this.decodeLatents(z, signal);
-      const p = decoded.toFloat32().map((v) => Math.min(1, Math.max(0, v / 2 + 0.5)));
-      px.set(p, k * p.length);
-      images.push(toRawImage(p, o.width, o.height));
-    }
-    const result: GenerateResult = { images, latents: Tensor.from(final, [N, ch, h, w]), pixels: Tensor.from(px, [N, 3, o.height, o.width]), warnings };
-    if (opts.captureAttention) {
-      const tokens = [...e.ids].map((id, i) => (e.slots[i]! >= 0 ? '<id>' : (this.tokenizer.piece(id) ?? String(id))));
-      result.attention = { maps, ids: e.ids, tokens, slots: e.slots, slotNames: e.rows.map((r) => r.name) };
-    }
+    const denoiser = new Denoiser(rt, plan, cond);
+    denoiser.checkFits();
+    // 2. The starting latents and each step's noise.
+    const latents = await prepareLatents(rt, plan);
+    // 3. The denoising loop.
+    const out = await denoiser.run(latents, cond);
+    throwIfAborted(plan.signal, 'generate');
+    // 4. The VAE decode.
+    const { images, pixels } = await decodeImages(rt, out.latents, plan);
+    const result: GenerateResult = { images, latents: Tensor.from(out.latents, [...plan.latentShape]), pixels, warnings: [...cond.warnings, ...plan.warnings, ...out.warnings] };
+    if (plan.capture) result.attention = { maps: out.maps, ...cond.attentionTokens() };
     return result;
-  }
-
-  /**
-   * Image-to-image: the init image's latents for each of N images, each a sample of the VAE
-   * posterior (mean + exp(logvar/2)·noise, noise from `draw(image)`) times the scaling factor.
-   */
-  private async imageLatents(img: RawImage, N: number, draw: (i: number) => Float32Array): Promise<Float32Array> {
-    const { width: W, height: H } = img;
-    using x = Tensor.from(toSignedCHW(img), [1, 3, H, W]);
-    const post = latentPosterior(await this.encodeImage(x));
-    const n = post.mean.length;
-    const out = new Float32Array(N * n);
-    for (let k = 0; k < N; k++) sampleLatent(post, draw(k), this.configs.vae.scalingFactor, out, k * n);
-    return out;
   }
 
   /**

@@ -1,13 +1,9 @@
 // The option and result types of the public API (Engine, the runtime, SeFi-IDE learning), in a
 // module of types only: lib/validate.ts checks them, the pipelines consume them, and none of those
 // has to import another to name them.
-import type { AttentionCapture, CaptureAttentionOptions } from './attention.js';
 import type { FaceChoiceOptions } from './identity/face.js';
 import type { Identity } from './identity/identity.js';
 import type { ConfigOverrides } from './io/configs.js';
-import type { RawImage } from './io/image.js';
-import type { SamplerName } from './sched/sampler.js';
-import type { Tensor } from './tensor.js';
 
 /** Where a model runs; one rule for every model idforge loads (lib/runtime/runtime.ts resolveBackend). */
 export interface DeviceOptions {
@@ -24,64 +20,6 @@ export interface LoadOptions extends DeviceOptions {
   config?: ConfigOverrides;
 }
 
-export interface ProgressInfo {
-  step: number;
-  steps: number;
-  timestep: number;
-  elapsedMs: number;
-  /** The identity stage whose K/V words this step used (0 without an identity). */
-  stage: number;
-  /**
-   * A float32 CPU copy of the latents after this step, [numImages, C, h, w]: a download, made
-   * only when called, and only during the callback.
-   */
-  latents(): Tensor;
-  /** Present only on the reports made inside a long step (about every second): the fraction of step `step + 1` done. */
-  fraction?: number;
-}
-
-export interface GenerateOptions {
-  prompt: string;
-  negativePrompt?: string;
-  width?: number;
-  height?: number;
-  steps?: number;
-  guidanceScale?: number;
-  eta?: number;
-  /**
-   * Seeds the documented generator (lib/sched/random.ts): image i draws its initial noise, then
-   * (image to image) its VAE posterior sample, then each step's noise from seed + i.
-   */
-  seed?: number;
-  /** 'ddim' (default), 'dpmpp-2m', 'dpmpp-2m-karras', 'euler' or 'euler-a' (the README says which to use when). */
-  sampler?: SamplerName;
-  /** Images per call, run as one batch (default 1); image i equals a one-image call with seed + i. */
-  numImages?: number;
-  /** Initial noise [numImages, C, height/8, width/8] (multiplied by the sampler's init_noise_sigma); bypasses the seed for it. */
-  latents?: Tensor;
-  /** The per-step noise of a stochastic sampler (euler-a, ddim with eta > 0): [steps run, numImages, C, h, w]. */
-  stepNoise?: Tensor;
-  /** Image to image: the init image (a RawImage, a file path or an encoded Buffer), width × height. */
-  image?: RawImage | string | Buffer;
-  /** How much of the schedule image to image runs, (0, 1] (default 0.8): int(steps·strength) steps, from the matching noise level. */
-  strength?: number;
-  onProgress?: (p: ProgressInfo) => void;
-  signal?: AbortSignal;
-  /** NaN/Inf latents after a step: 'error' (default, E_NUMERIC) or 'warn' (one warning in result.warnings). */
-  nonFinite?: 'error' | 'warn';
-  /** The identity that `<id>` in the prompt names. */
-  identity?: Identity;
-  /** Several identities, named in the prompt as `<id:name>`. */
-  identities?: Record<string, Identity> | Map<string, Identity>;
-  /** Return cross-attention probabilities (result.attention) for the chosen layers and steps. */
-  captureAttention?: CaptureAttentionOptions;
-  /**
-   * Identity strength: each injected word vector becomes p + s·(v − p), p the token embedding of
-   * "person". 1 (default) is the identity as learned/encoded, 0 a generic person, > 1 exaggerates.
-   */
-  identityScale?: number;
-}
-
 export interface TextOptions {
   identity?: Identity;
   identities?: Record<string, Identity> | Map<string, Identity>;
@@ -89,18 +27,6 @@ export interface TextOptions {
   stage?: number;
   /** Inject the key ('k', default) or value ('v') words. */
   kind?: 'k' | 'v';
-}
-
-export interface GenerateResult {
-  /** numImages images. */
-  images: RawImage[];
-  /** Final latents [numImages, C, h, w] (before the VAE scaling). */
-  latents: Tensor;
-  /** The decoded images in [0, 1], [numImages, 3, H, W] float32 on the CPU. */
-  pixels: Tensor;
-  warnings: string[];
-  /** Present when captureAttention was given. */
-  attention?: AttentionCapture;
 }
 
 export interface LearnProgress {

@@ -3,10 +3,7 @@
 // builds on. Every bad value becomes a typed error (E_ARGUMENT, or E_SHAPE for sizes) that names the
 // argument, what it must be and what it got. Model-file checks are in lib/io/ (E_MODEL_FORMAT).
 import { IdforgeError } from './errors.js';
-import type { DeviceOptions, EvalSettings, GenerateOptions, LearnOptions, AugmentOptions } from './options.js';
-import { Identity } from './identity/identity.js';
-import { checkPrompt, MAX_GUIDANCE } from './io/bounds.js';
-import { badSampler, isSamplerName, type SamplerName } from './sched/sampler.js';
+import type { DeviceOptions, EvalSettings, LearnOptions, AugmentOptions } from './options.js';
 import { Tensor } from './tensor.js';
 
 const SHOWN = Symbol('shown');
@@ -121,34 +118,6 @@ export function validateDevice(o: DeviceOptions): { device: 'auto' | 'cpu' | 'cu
   return { device, dtype };
 }
 
-/** `identity` or `identities` as one name → Identity map (undefined when neither is given). */
-export function identityMap(o: { identity?: Identity; identities?: Record<string, Identity> | Map<string, Identity> }): Map<string, Identity> | undefined {
-  if (o.identity !== undefined && o.identities !== undefined) throw invalid('identities', 'left out when identity is given (pass one or the other)');
-  if (o.identity !== undefined) {
-    if (!(o.identity instanceof Identity)) throw invalid('identity', 'an Identity', o.identity);
-    return new Map([[o.identity.name ?? 'id', o.identity]]);
-  }
-  if (o.identities === undefined) return undefined;
-  const m = o.identities instanceof Map ? o.identities : new Map(Object.entries(o.identities));
-  for (const [k, v] of m) if (!(v instanceof Identity)) throw invalid(`identities.${k}`, 'an Identity', v);
-  return m;
-}
-
-export interface ValidGenerate {
-  width: number;
-  height: number;
-  steps: number;
-  guidanceScale: number;
-  eta: number;
-  seed: number;
-  negativePrompt: string;
-  identityScale: number;
-  sampler: SamplerName;
-  numImages: number;
-  /** Image-to-image strength (1 without an image). */
-  strength: number;
-}
-
 function nearest(x: number, m: number): string {
   const lo = Math.max(m, Math.floor(x / m) * m);
   const hi = Math.max(m, Math.ceil(x / m) * m);
@@ -162,39 +131,6 @@ export function imageSide(v: unknown, what: string, multiple: number): number {
   if (v % multiple)
     throw invalid(what, `a multiple of ${multiple} (the VAE × UNet downsampling; nearest valid: ${nearest(v, multiple)})`, v, { code: 'E_SHAPE' });
   return v;
-}
-
-/**
- * generate()'s options with their defaults; `multiple` is the model's size multiple, `image` the
- * init image's size (image to image: the default width and height).
- */
-export function validateGenerate(opts: GenerateOptions, multiple: number, image?: { width: number; height: number }): ValidGenerate {
-  if (!opts || typeof opts.prompt !== 'string') throw invalid('prompt', 'a string (generate needs a prompt)', opts?.prompt);
-  checkPrompt(opts.prompt, 'prompt'); // huge prompts: a typed error, not a RangeError
-  const negativePrompt = checkPrompt(opts.negativePrompt ?? '', 'negativePrompt');
-  const width = imageSide(opts.width ?? image?.width ?? 512, 'width', multiple);
-  const height = imageSide(opts.height ?? image?.height ?? 512, 'height', multiple);
-  if (image && (image.width !== width || image.height !== height))
-    throw invalid('width x height', `the image's size ${image.width}x${image.height} (resize the image or leave width and height out)`, shown(`${width}x${height}`), { code: 'E_SHAPE' });
-  const steps = integer(opts.steps ?? 50, 'steps', 1, 1000);
-  const guidanceScale = numberIn(opts.guidanceScale ?? 7.5, 'guidanceScale', 0, MAX_GUIDANCE);
-  const eta = numberIn(opts.eta ?? 0, 'eta', 0, 1);
-  const seed = seedOf(opts.seed);
-  if (opts.latents != null && !(opts.latents instanceof Tensor)) throw invalid('latents', 'a Tensor', opts.latents); // null = absent
-  const badLatents = opts.latents ? opts.latents.countNonFinite() : 0; // counted where the tensor lives
-  if (badLatents) throw invalid('latents', 'finite', shown(`${badLatents} NaN/Inf value(s)`));
-  if (opts.nonFinite != null && opts.nonFinite !== 'error' && opts.nonFinite !== 'warn')
-    throw invalid('nonFinite', "'error' or 'warn'", opts.nonFinite);
-  if (opts.captureAttention?.reduce !== undefined && opts.captureAttention.reduce !== 'mean') throw invalid('captureAttention.reduce', "'mean' or left out", opts.captureAttention.reduce);
-  const identityScale = nonNegative(opts.identityScale ?? 1, 'identityScale');
-  const sampler = opts.sampler ?? 'ddim';
-  if (!isSamplerName(sampler)) throw badSampler(sampler);
-  const numImages = integer(opts.numImages ?? 1, 'numImages', 1, 64);
-  if (!Number.isSafeInteger(seed + numImages - 1)) throw invalid('seed + numImages − 1', 'a safe integer (image i is seeded with seed + i)', seed + numImages - 1);
-  if (opts.stepNoise !== undefined && !(opts.stepNoise instanceof Tensor)) throw invalid('stepNoise', 'a Tensor [steps, numImages, C, h, w]', opts.stepNoise);
-  if (opts.strength !== undefined && opts.image === undefined) throw invalid('strength', 'left out without an image (it applies to image to image: pass an image too)');
-  const strength = numberIn(opts.strength ?? (opts.image !== undefined ? 0.8 : 1), 'strength', 0, 1, { above: true });
-  return { width, height, steps, guidanceScale, eta, seed, negativePrompt, identityScale, sampler, numImages, strength };
 }
 
 /** The diffusion timestep of predictNoise: a number in [0, T). */
