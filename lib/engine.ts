@@ -17,16 +17,25 @@ import type { ModelSource } from './io/checkpoint.js';
 import type { ModelConfigs } from './io/configs.js';
 import type { RawImage } from './io/image.js';
 import { IdentityLearner } from './learn/learn.js';
-import type { LearnOptions, LoadOptions, TextOptions } from './options.js';
+import type { LearnOptions } from './learn/options.js';
 import { toHost } from './runtime/runtime.js';
-import { SdRuntime } from './runtime/sd.js';
+import { SdRuntime, type LoadOptions } from './runtime/sd.js';
 import { DDIMScheduler } from './sched/ddim.js';
 import { Tensor } from './tensor.js';
 import type { ClipTokenizer } from './text/tokenizer.js';
-import { argError, imageTensorShape, oneOf, timestep, tokenIds, unetContexts } from './validate.js';
+import { imageTensorShape, invalid, oneOf, shown } from './validate.js';
 
 export type { GenerateOptions, GenerateResult, ProgressInfo } from './generate/options.js';
-export type { LoadOptions, TextOptions } from './options.js';
+export type { LoadOptions } from './runtime/sd.js';
+
+export interface TextOptions {
+  identity?: Identity;
+  identities?: Record<string, Identity> | Map<string, Identity>;
+  /** Which stage's words to inject (SeFi-IDE identities have 5). */
+  stage?: number;
+  /** Inject the key ('k', default) or value ('v') words. */
+  kind?: 'k' | 'v';
+}
 
 export class Engine implements Disposable {
   /** The model this engine runs on: backend, stream, weights, programs (shared with the learner and the bench). */
@@ -127,7 +136,7 @@ export class Engine implements Disposable {
   /** 77 token ids (BOS, content, EOS, padding); prompts past 75 tokens are truncated. */
   tokenize(text: string): Int32Array {
     this.runtime.assertLive();
-    if (typeof text !== 'string') throw argError('tokenize expects a string');
+    if (typeof text !== 'string') throw invalid('text', 'a string (tokenize takes a prompt)', text);
     checkPrompt(text, 'prompt');
     return this.tokenizer.encode(text).ids;
   }
@@ -141,7 +150,7 @@ export class Engine implements Disposable {
     this.runtime.assertLive();
     const idMap = identityMap(opts);
     if (idMap || (typeof input === 'string' && /<id(:[^<>]*)?>/.test(input))) {
-      if (typeof input !== 'string') throw argError('identities apply to a prompt string, not to token ids');
+      if (typeof input !== 'string') throw invalid('input', 'a prompt string when identities are given (they apply to placeholders, not to token ids)', input);
       const e = expandFor(this.runtime, input, idMap);
       if (e.rows.length === 0) return toHost(await this.runtime.runText([e.ids]));
       const stage = opts.stage ?? 0;
@@ -149,8 +158,8 @@ export class Engine implements Disposable {
       return toHost(await this.runtime.runText([e.ids], { slots: [e.slots], vectors: e.vectors(stage, kind) }));
     }
     if (input === null || input === undefined || (typeof input !== 'string' && !Array.isArray(input) && !(input instanceof Int32Array)))
-      throw argError('encodeText expects a prompt, 77 token ids, or an array of those');
-    if (Array.isArray(input) && input.length === 0) throw argError('encodeText got an empty list');
+      throw invalid('input', 'a prompt, 77 token ids, or an array of those (encodeText)', input);
+    if (Array.isArray(input) && input.length === 0) throw invalid('input', 'a non-empty list (encodeText)', input);
     const list: (string | Int32Array | number[])[] = Array.isArray(input) && typeof input[0] !== 'number' ? (input as (string | Int32Array)[]) : [input as string | Int32Array | number[]];
     const ids = list.map((x) => (typeof x === 'string' ? this.tokenize(x) : tokenIds(x, this.configs.text.vocabSize)));
     return toHost(await this.runtime.runText(ids));
@@ -178,7 +187,7 @@ export class Engine implements Disposable {
     const ctxs = unetContexts(context, b, this.configs.unet.crossAttentionDim);
     const dual = ctxs.length === 2;
     const known = new Set(this.crossAttentionLayers);
-    for (const l of layers) if (!known.has(l)) throw argError(`unknown cross-attention layer '${l}'`);
+    for (const l of layers) if (!known.has(l)) throw invalid('layers', `cross-attention layers of this UNet (see crossAttentionLayers)`, l);
     const n = ctxs[0]!.shape[1]!;
     const capture = [...new Set(layers)].sort();
     await rt.preload(['unet']);
@@ -264,4 +273,30 @@ export class Engine implements Disposable {
   [Symbol.dispose](): void {
     this.dispose();
   }
+}
+
+/** The diffusion timestep of predictNoise: a number in [0, T). */
+function timestep(t: unknown, numTrainTimesteps: number): number {
+  if (typeof t !== 'number' || !Number.isFinite(t) || t < 0 || t >= numTrainTimesteps)
+    throw invalid('timestep', `a number in [0, ${numTrainTimesteps})`, t);
+  return t;
+}
+
+/** 77 token ids, integers inside the vocabulary, as an Int32Array. */
+function tokenIds(x: unknown, vocabSize: number): Int32Array {
+  if (!(x instanceof Int32Array) && !Array.isArray(x)) throw invalid('token ids', 'an Int32Array or an array of integers', x);
+  for (const v of x) if (!Number.isInteger(v)) throw invalid('token ids', 'integers', v);
+  const a = Int32Array.from(x as ArrayLike<number>);
+  if (a.length !== 77) throw invalid('token ids', '77 long', shown(`${a.length}`), { code: 'E_SHAPE' });
+  for (const id of a) if (id < 0 || id >= vocabSize) throw invalid('a token id', `inside the vocabulary (0..${vocabSize - 1})`, id);
+  return a;
+}
+
+/** A UNet context [b, N, D], or key and value contexts of one shape: → [context] or [k, v]. */
+function unetContexts(context: Tensor | { k: Tensor; v: Tensor }, b: number, D: number): Tensor[] {
+  const ctxs = context instanceof Tensor ? [context] : [context?.k, context?.v];
+  for (const c of ctxs)
+    if (!(c instanceof Tensor) || c.shape.length !== 3 || c.shape[0] !== b || c.shape[2] !== D || c.shape[1] !== ctxs[0]!.shape[1])
+      throw invalid('context', `[${b}, N, ${D}] (key and value contexts of one shape)`, c instanceof Tensor ? c.shape : c, { code: 'E_SHAPE' });
+  return ctxs as Tensor[];
 }

@@ -3,8 +3,6 @@
 // builds on. Every bad value becomes a typed error (E_ARGUMENT, or E_SHAPE for sizes) that names the
 // argument, what it must be and what it got. Model-file checks are in lib/io/ (E_MODEL_FORMAT).
 import { IdforgeError } from './errors.js';
-import type { DeviceOptions, EvalSettings, LearnOptions, AugmentOptions } from './options.js';
-import { Tensor } from './tensor.js';
 
 const SHOWN = Symbol('shown');
 
@@ -112,7 +110,7 @@ export function options<T extends object>(v: T | undefined, name: string, where?
 }
 
 /** The device / dtype options every model loader takes (their resolution is lib/runtime/runtime.ts). */
-export function validateDevice(o: DeviceOptions): { device: 'auto' | 'cpu' | 'cuda'; dtype: 'float32' | 'float16' | undefined } {
+export function validateDevice(o: { device?: unknown; dtype?: unknown }): { device: 'auto' | 'cpu' | 'cuda'; dtype: 'float32' | 'float16' | undefined } {
   const device = oneOf(o.device ?? 'auto', 'device', ['auto', 'cpu', 'cuda'] as const);
   const dtype = o.dtype === undefined ? undefined : oneOf(o.dtype, 'dtype', ['float32', 'float16'] as const);
   return { device, dtype };
@@ -133,101 +131,10 @@ export function imageSide(v: unknown, what: string, multiple: number): number {
   return v;
 }
 
-/** The diffusion timestep of predictNoise: a number in [0, T). */
-export function timestep(t: unknown, numTrainTimesteps: number): number {
-  if (typeof t !== 'number' || !Number.isFinite(t) || t < 0 || t >= numTrainTimesteps)
-    throw invalid('timestep', `a number in [0, ${numTrainTimesteps})`, t);
-  return t;
-}
-
-/** Tensor of rank 4 [B, channels, h, w] with h, w positive multiples of `multiple`. */
-export function imageTensorShape(x: Tensor, what: string, channels: number, multiple: number): [number, number, number, number] {
+/** A tensor of rank 4 [B, channels, h, w] with h, w positive multiples of `multiple`. */
+export function imageTensorShape(x: { readonly shape: readonly number[] }, what: string, channels: number, multiple: number): [number, number, number, number] {
   const s = x.shape;
   if (s.length !== 4 || s[1] !== channels || !s[0] || !s[2] || !s[3] || s[2] % multiple || s[3] % multiple)
     throw invalid(what, `[B, ${channels}, h, w]${multiple > 1 ? ` with h and w multiples of ${multiple}` : ''}`, s, { code: 'E_SHAPE' });
   return s as [number, number, number, number];
-}
-
-/** 77 token ids, integers inside the vocabulary, as an Int32Array. */
-export function tokenIds(x: unknown, vocabSize: number): Int32Array {
-  if (!(x instanceof Int32Array) && !Array.isArray(x)) throw invalid('token ids', 'an Int32Array or an array of integers', x);
-  for (const v of x) if (!Number.isInteger(v)) throw invalid('token ids', 'integers', v);
-  const a = Int32Array.from(x as ArrayLike<number>);
-  if (a.length !== 77) throw invalid('token ids', '77 long', shown(`${a.length}`), { code: 'E_SHAPE' });
-  for (const id of a) if (id < 0 || id >= vocabSize) throw invalid('a token id', `inside the vocabulary (0..${vocabSize - 1})`, id);
-  return a;
-}
-
-/** A UNet context [b, N, D], or key and value contexts of one shape: → [context] or [k, v]. */
-export function unetContexts(context: Tensor | { k: Tensor; v: Tensor }, b: number, D: number): Tensor[] {
-  const ctxs = context instanceof Tensor ? [context] : [context?.k, context?.v];
-  for (const c of ctxs)
-    if (!(c instanceof Tensor) || c.shape.length !== 3 || c.shape[0] !== b || c.shape[2] !== D || c.shape[1] !== ctxs[0]!.shape[1])
-      throw invalid('context', `[${b}, N, ${D}] (key and value contexts of one shape)`, c instanceof Tensor ? c.shape : c, { code: 'E_SHAPE' });
-  return ctxs as Tensor[];
-}
-
-/** The SeFi-IDE learning options with their defaults (lib/learn/learn.ts). */
-export interface ValidLearn {
-  steps: number;
-  lr: number;
-  lambda: number;
-  stages: number;
-  init: string;
-  templates: readonly string[];
-  augment: Required<AugmentOptions>;
-  seed: number;
-}
-
-export function validateLearn(o: LearnOptions, defaultTemplates: readonly string[]): ValidLearn {
-  const where = 'learnIdentity';
-  options(o, 'options', where);
-  const steps = integer(o.steps ?? 1000, 'steps', 1, 1e6, where);
-  const lr = nonNegative(o.lr ?? 0.005, 'lr', { positive: true, where });
-  const lambda = nonNegative(o.lambda ?? 0.003, 'lambda', { where });
-  const stages = integer(o.stages ?? 5, 'stages', 1, 1000, where);
-  const init = o.init ?? 'person';
-  text(init, 'init', { nonEmpty: true, where });
-  const templates = o.templates ?? defaultTemplates;
-  if (!Array.isArray(templates) || templates.length === 0) throw invalid('templates', 'a non-empty array of prompts', templates, { where });
-  for (const tp of templates)
-    if (typeof tp !== 'string' || (tp.match(/<id>/g) ?? []).length !== 1) throw invalid('every template', 'a string with <id> exactly once', tp, { where });
-  const a = o.augment ?? true;
-  if (typeof a !== 'boolean' && (typeof a !== 'object' || a === null)) throw invalid('augment', 'a boolean or { flip, jitter, scale }', a, { where });
-  const ao: AugmentOptions = typeof a === 'object' ? a : {};
-  const on = a === true;
-  const scale = typeof a === 'object' ? (ao.scale ?? [0.1, 1]) : on ? ([0.1, 1] as [number, number]) : false;
-  if (scale !== false && (!Array.isArray(scale) || scale.length !== 2 || !(scale[0] > 0) || !(scale[1] <= 1) || scale[0] > scale[1]))
-    throw invalid('augment.scale', '[min, max] with 0 < min ≤ max ≤ 1, or false', scale, { where });
-  const augment = { flip: typeof a === 'object' ? ao.flip ?? true : on, jitter: typeof a === 'object' ? ao.jitter ?? true : on, scale };
-  if (o.face !== undefined && o.face !== false && (typeof o.face !== 'object' || o.face === null))
-    throw invalid('face', 'false or { faceIndex, noFaceFallback, analyzer }', o.face, { where });
-  const seed = seedOf(o.seed, where);
-  return { steps, lr, lambda, stages, init, templates, augment, seed };
-}
-
-export type ValidEval = Required<Omit<EvalSettings, 'prompts' | 'seeds'>> & { prompts: string[]; seeds: number[] };
-
-/** evaluate()'s settings with their defaults; `multiple` is the model's size multiple. */
-export function validateEvaluate(o: EvalSettings, multiple: number, defaultPrompts: readonly string[]): ValidEval {
-  const where = 'evaluate';
-  const prompts = [...(o.prompts ?? defaultPrompts)];
-  if (!Array.isArray(o.prompts ?? defaultPrompts) || prompts.length === 0 || prompts.some((p) => typeof p !== 'string' || !p.trim()))
-    throw invalid('prompts', 'a non-empty list of non-empty strings', o.prompts, { where });
-  if (prompts.some((p) => /<id:[^<>]*>/.test(p))) throw invalid('prompts', 'written with <id> for the one identity, not <id:name>', prompts.find((p) => /<id:[^<>]*>/.test(p)), { where });
-  const seeds = [...(o.seeds ?? [0])];
-  if (seeds.length === 0) throw invalid('seeds', 'a non-empty list', o.seeds, { where });
-  seeds.forEach((s, i) => integer(s, `seeds[${i}]`, 0, 2 ** 32 - 1, where));
-  const threshold = o.threshold ?? 0.23;
-  if (typeof threshold !== 'number' || !(threshold >= -1 && threshold <= 1)) throw invalid('threshold', 'a cosine in [-1, 1]', threshold, { where });
-  const negativePrompt = text(o.negativePrompt ?? '', 'negativePrompt', { where });
-  const baseline = bool(o.baseline ?? true, 'baseline', where);
-  return {
-    prompts, seeds, threshold, negativePrompt, baseline,
-    identityScale: nonNegative(o.identityScale ?? 1, 'identityScale', { where }),
-    steps: integer(o.steps ?? 30, 'steps', 1, 1000, where),
-    width: imageSide(o.width ?? 512, 'width', multiple),
-    height: imageSide(o.height ?? 512, 'height', multiple),
-    guidanceScale: nonNegative(o.guidanceScale ?? 7.5, 'guidanceScale', { where }),
-  };
 }
