@@ -1,5 +1,6 @@
 // idforge: identity-preserving Stable Diffusion 1.x from one face photo.
-export { Engine, type TextOptions } from './engine.js';
+export { Engine, type NoiseOptions, type TextOptions } from './engine.js';
+export type { Region } from './regions.js';
 export type { GenerateOptions, GenerateResult, ProgressInfo } from './generate/options.js';
 export { ModelRuntime, resolveBackend, type DeviceOptions } from './runtime/runtime.js';
 export { SdRuntime, type LoadOptions, type SdWeights, type TextInjection, type UNetProgramOptions } from './runtime/sd.js';

@@ -40,18 +40,20 @@ export interface StepShape {
   dual: boolean;
   noise: boolean;
   capture: readonly string[];
+  /** A region table input after the contexts (lib/regions.ts; SdRuntime.regionInput). */
+  regions?: boolean;
 }
 
 /**
  * The step program. Inputs: x, the UNet input (x scaled by the step's cin), the carried state
  * (previous x0), the coefficients (int32 [9], float32 bits), timesteps [rows], key context
- * [rows, tokens, D], value context (dual), noise (when `noise`). Outputs: next x, next state
+ * [rows, tokens, D], value context (dual), region table (regions), noise (when `noise`). Outputs: next x, next state
  * (this step's x0: the denoised estimate), next UNet input, then the captured attention
  * probabilities.
  */
 export function stepProgram(host: StepHost, s: StepShape): Program {
   const ch = host.configs.unet.inChannels;
-  const key = `step:${s.batch}x${ch}x${s.h}x${s.w}:${s.tokens}:${s.guidance}:${s.dual}:${s.noise}:${s.capture.join(',')}`;
+  const key = `step:${s.batch}x${ch}x${s.h}x${s.w}:${s.tokens}:${s.guidance}:${s.dual}:${s.noise}:${!!s.regions}:${s.capture.join(',')}`;
   return host.program(key, (g) => {
     const lat = [s.batch, ch, s.h, s.w];
     const x = g.input(lat);
@@ -114,7 +116,9 @@ export interface StepConditioning {
   readonly rows: number;
   /** Separate key and value contexts. */
   readonly dual: boolean;
-  at(t: number): Promise<{ stage: number; k: Tensor; v?: Tensor }>;
+  /** A region table goes with the contexts (lib/regions.ts). */
+  readonly regions?: boolean;
+  at(t: number): Promise<{ stage: number; k: Tensor; v?: Tensor; regions?: Tensor }>;
 }
 
 export interface Denoised {
@@ -134,11 +138,11 @@ export class Denoiser {
    * `final` picks what the loop returns: the sample after the last step (default), or the last
    * step's denoised estimate x0 (a sampler that ends on it, e.g. LCM).
    */
-  constructor(rt: DenoiseHost, plan: GeneratePlan, cond: { rows: number; dual: boolean }, opts: { final?: 'sample' | 'denoised' } = {}) {
+  constructor(rt: DenoiseHost, plan: GeneratePlan, cond: { rows: number; dual: boolean; regions?: boolean }, opts: { final?: 'sample' | 'denoised' } = {}) {
     this.#rt = rt;
     this.#plan = plan;
     const [batch, , h, w] = plan.latentShape;
-    this.#shape = { batch, h, w, tokens: 77, guidance: plan.guided ? plan.guidanceScale : null, dual: cond.dual, noise: plan.sampler.stochastic };
+    this.#shape = { batch, h, w, tokens: 77, guidance: plan.guided ? plan.guidanceScale : null, dual: cond.dual, noise: plan.sampler.stochastic, regions: !!cond.regions };
     this.#final = opts.final ?? 'sample';
   }
 
@@ -177,7 +181,7 @@ export class Denoiser {
         const t = timesteps[i]!;
         const capture = cap?.steps.has(i + 1) ? cap.layers : [];
         const program = this.#program(capture);
-        const { stage, k, v } = await cond.at(t);
+        const { stage, k, v, regions } = await cond.at(t);
         const inputs: Tensor[] = [];
         let outs: Tensor[];
         try {
@@ -189,7 +193,7 @@ export class Denoiser {
           // Abort stops the native run within milliseconds; progress about every second inside long steps.
           const now = x;
           const onTick = onProgress && ((fraction: number) => report(i, t, stage, now, fraction));
-          outs = await program.run([x, xin, state, coefs!, tIn!, k, ...(v ? [v] : []), ...(zIn ? [zIn] : [])], { signal, ...(onTick ? { onTick } : {}) });
+          outs = await program.run([x, xin, state, coefs!, tIn!, k, ...(v ? [v] : []), ...(regions ? [regions] : []), ...(zIn ? [zIn] : [])], { signal, ...(onTick ? { onTick } : {}) });
         } finally {
           for (const u of inputs) u.dispose();
         }
