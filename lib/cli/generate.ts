@@ -1,5 +1,5 @@
 // `idforge generate`: its flags are one table (GENERATE_FLAGS); each entry parses its value into
-// the plan, every value is then checked (validateGenerate, the identities and the prompt's
+// the plan, every value is then checked (resolveGenerate against SD 1.5's shape, the identities and the prompt's
 // placeholders, the output paths) before the model loads, and only then does the work start.
 import * as path from 'node:path';
 import { attentionHeatmap, heatmapCapture } from '../attention.js';
@@ -9,11 +9,14 @@ import { IdforgeError } from '../errors.js';
 import { Identity } from '../identity/identity.js';
 import { expandPrompt } from '../identity/placeholders.js';
 import { BUNDLED_TOKENIZER_DIR } from '../io/checkpoint.js';
-import { checkImageOutput, imageSize, loadImageCover, saveImage, type RawImage } from '../io/image.js';
-import type { GenerateOptions, GenerateResult, LoadOptions } from '../options.js';
+import { SD15_TEXT, SD15_UNET, SD15_VAE, sd15Scheduler } from '../io/configs.js';
+import { checkImageOutput, imageSize, loadImageCover, saveImage } from '../io/image.js';
+import { identityMap, resolveGenerate, type GenerateModel, type GenerateOptions, type GenerateResult } from '../generate/options.js';
+import type { LoadOptions } from '../runtime/sd.js';
 import type { SamplerName } from '../sched/sampler.js';
 import { ClipTokenizer } from '../text/tokenizer.js';
-import { identityMap, validateDevice, validateGenerate } from '../validate.js';
+import { crossAttentionLayers } from '../unet/unet.js';
+import { validateDevice } from '../validate.js';
 import { interruptible, progressBar } from './progress.js';
 
 /** What the command line asks for; the flags fill it in, the checks read it, the run carries it out. */
@@ -27,7 +30,6 @@ export interface GeneratePlan {
   attentionMap?: string;
 }
 
-const SD1_SIZE_MULTIPLE = 64;
 const NAMED = /^([A-Za-z0-9_][A-Za-z0-9_-]{0,63})=(.+)$/;
 type P = GeneratePlan;
 
@@ -86,11 +88,21 @@ function loadIdentities(list: GeneratePlan['identities']): Pick<GenerateOptions,
 }
 
 /**
- * Every check that needs no model: the plan → the options generate() will get. Sizes are checked
- * against 64 here (VAE ×8 and UNet ×8: every SD 1.x model, the tiny test model too); generate()
- * checks them again against the model's own multiple.
+ * SD 1.5's shape, for the checks made before the model loads: sizes are multiples of 64 there
+ * (VAE ×8 and UNet ×8: every SD 1.x model, the tiny test model too); generate() checks every
+ * option again against the model's own configs.
  */
-export async function checkGenerate(plan: GeneratePlan): Promise<{ model: string; load: LoadOptions; opts: GenerateOptions; imageSize?: { width: number; height: number } }> {
+const SD1: GenerateModel = {
+  configs: { unet: SD15_UNET, vae: SD15_VAE, text: SD15_TEXT, scheduler: sd15Scheduler() },
+  sizeMultiple: 64, latentFactor: 8, latentMultiple: 8, crossAttentionLayers: crossAttentionLayers(SD15_UNET),
+};
+
+/**
+ * Every check that needs no model: the plan → the options generate() will get. --image is read and
+ * resized here (to its own size, or to cover --width x --height: a missing side keeps its aspect,
+ * rounded to 64).
+ */
+export async function checkGenerate(plan: GeneratePlan): Promise<{ model: string; load: LoadOptions; opts: GenerateOptions }> {
   const model = required(plan.model, 'model', 'generate');
   const prompt = required(plan.gen.prompt, 'prompt', 'generate');
   const load = { ...plan.load, ...validateDevice(plan.load) };
@@ -107,27 +119,19 @@ export async function checkGenerate(plan: GeneratePlan): Promise<{ model: string
   const opts: GenerateOptions = { ...plan.gen, prompt, ...ids, seed: plan.gen.seed ?? Math.floor(Math.random() * 2 ** 31) };
   // The placeholders against the identities given (the bundled CLIP vocabulary is every SD 1.x's).
   expandPrompt(ClipTokenizer.fromDir(BUNDLED_TOKENIZER_DIR), prompt, identityMap(opts));
-  const size = plan.image !== undefined ? await imageSize(plan.image) : undefined;
-  const resized = size && (plan.gen.width !== undefined || plan.gen.height !== undefined);
-  try {
-    validateGenerate({ ...opts, ...(plan.image !== undefined ? { image: plan.image } : {}) }, SD1_SIZE_MULTIPLE, resized ? undefined : size);
-  } catch (e) {
-    if (size && !resized && e instanceof IdforgeError && e.code === 'E_SHAPE')
-      throw new IdforgeError('E_SHAPE', `--image ${plan.image} is ${size.width}x${size.height}: ${e.message}; pass --width and --height to resize it`, { cause: e });
-    throw e;
+  if (plan.image !== undefined) {
+    const size = await imageSize(plan.image);
+    if (opts.width === undefined && opts.height === undefined) {
+      if (size.width % SD1.sizeMultiple || size.height % SD1.sizeMultiple)
+        throw new IdforgeError('E_SHAPE', `--image ${plan.image} is ${size.width}x${size.height}, not a multiple of ${SD1.sizeMultiple} a side; pass --width and --height to resize it`);
+    }
+    const round = (x: number) => Math.max(SD1.sizeMultiple, Math.round(x / SD1.sizeMultiple) * SD1.sizeMultiple);
+    opts.width ??= opts.height === undefined ? size.width : round((opts.height * size.width) / size.height);
+    opts.height ??= round((opts.width * size.height) / size.width);
+    opts.image = await loadImageCover(plan.image, opts.width, opts.height);
   }
-  return { model, load, opts, ...(size ? { imageSize: size } : {}) };
-}
-
-/** --image at the size asked for: its own, or covering width × height (a missing side keeps its aspect, rounded to the model's multiple). */
-async function initImage(file: string, size: { width: number; height: number }, opts: GenerateOptions, multiple: number): Promise<RawImage | string> {
-  if (opts.width === undefined && opts.height === undefined) return file;
-  const round = (x: number) => Math.max(multiple, Math.round(x / multiple) * multiple);
-  const width = opts.width ?? round((opts.height! * size.width) / size.height);
-  const height = opts.height ?? round((opts.width! * size.height) / size.width);
-  opts.width = width;
-  opts.height = height;
-  return loadImageCover(file, width, height);
+  await resolveGenerate(opts, SD1);
+  return { model, load, opts };
 }
 
 async function writeResult(r: GenerateResult, plan: GeneratePlan, opts: GenerateOptions): Promise<string[]> {
@@ -154,12 +158,11 @@ export async function generateCmd(argv: string[]): Promise<number> {
     process.stdout.write(`${GENERATE_USAGE}\n`);
     return 0;
   }
-  const { model, load, opts, imageSize: size } = await checkGenerate(plan);
+  const { model, load, opts } = await checkGenerate(plan);
   const engine = await Engine.load(model, load);
   try {
-    if (plan.image !== undefined) opts.image = await initImage(plan.image, size!, opts, engine.sizeMultiple);
     if (plan.attentionMap !== undefined)
-      opts.captureAttention = heatmapCapture(engine.crossAttentionLayers, (opts.height ?? size?.height ?? 512) / engine.latentFactor, engine.configs.unet.blockOutChannels.length);
+      opts.captureAttention = heatmapCapture(engine.crossAttentionLayers, (opts.height ?? 512) / engine.latentFactor, engine.configs.unet.blockOutChannels.length);
     const r = await interruptible((signal) => engine.generate({
       ...opts, signal, onProgress: (p) => process.stderr.write(progressBar(p.step, p.fraction, p.steps, p.elapsedMs)),
     }));

@@ -9,8 +9,9 @@ import { IdforgeError } from '../errors.js';
 import { Identity, IDENTITY_FORMAT } from '../identity/identity.js';
 import { checkWritable, imageSize } from '../io/image.js';
 import { SafetensorsFile } from '../io/safetensors.js';
-import type { LearnOptions, LoadOptions } from '../options.js';
-import { validateDevice, validateLearn } from '../validate.js';
+import { resolveLearn, type LearnOptions } from '../learn/options.js';
+import type { LoadOptions } from '../runtime/sd.js';
+import { validateDevice } from '../validate.js';
 import { duration, eta, interruptible } from './progress.js';
 
 interface Plan {
@@ -118,7 +119,7 @@ async function learn(argv: string[]): Promise<number> {
   if (p.load.dtype === 'float16') throw flagError('dtype', 'float16: learning needs float32 compute (its attention loss is not accurate in float16); generate with the identity on any engine');
   const seed = p.learn.seed ?? Math.floor(Math.random() * 2 ** 31);
   const opts: LearnOptions = { ...p.learn, seed, ...(p.name !== undefined ? { name: p.name } : {}) };
-  const o = validateLearn(opts, ['<id>']); // the checks only: the learner brings its own templates
+  const o = resolveLearn(opts, ['<id>']); // the checks only: the learner brings its own templates
   if (p.faceIndex !== undefined || p.centre) opts.face = faceChoice(p);
   const engine = await Engine.load(model, { ...loadOptions(p), dtype: 'float32' });
   let last = 0;
