@@ -193,3 +193,10 @@ export async function attentionHeatmap(
   }
   return { width: W, height: H, channels: 3, data };
 }
+
+/** One heatmap per image of a batch: image i's own maps over image i (attentionHeatmap averages every map it is given). */
+export async function imageHeatmaps(result: { attention?: AttentionCapture; images: RawImage[] }, token: number | string): Promise<RawImage[]> {
+  const cap = result.attention;
+  return Promise.all(result.images.map((image, i) =>
+    attentionHeatmap({ ...(cap ? { attention: { ...cap, maps: cap.maps.filter((m) => m.image === i) } } : {}), images: [image] }, token)));
+}

@@ -2,7 +2,7 @@
 // the plan, every value is then checked (resolveGenerate against SD 1.5's shape, the identities and the prompt's
 // placeholders, the output paths) before the model loads, and only then does the work start.
 import * as path from 'node:path';
-import { attentionHeatmap, heatmapCapture } from '../attention.js';
+import { heatmapCapture, imageHeatmaps } from '../attention.js';
 import { flagError, flagUsage, num, readFlags, required, type Flag } from '../cliargs.js';
 import { Engine } from '../engine.js';
 import { IdforgeError } from '../errors.js';
@@ -138,13 +138,13 @@ async function writeResult(r: GenerateResult, plan: GeneratePlan, opts: Generate
   const n = r.images.length;
   const files = r.images.map((_, i) => numbered(plan.out, i, n));
   for (let i = 0; i < n; i++) await saveImage(r.images[i]!, files[i]!);
-  if (plan.attentionMap !== undefined && r.attention) {
+  if (plan.attentionMap !== undefined) {
     const names = opts.identities ? Object.keys(opts.identities) : [undefined];
-    for (let i = 0; i < n; i++) {
-      const one = { attention: { ...r.attention, maps: r.attention.maps.filter((m) => m.image === i) }, images: [r.images[i]!] };
-      for (const name of names) {
+    for (const name of names) {
+      const maps = await imageHeatmaps(r, name === undefined ? '<id>' : `<id:${name}>`);
+      for (let i = 0; i < n; i++) {
         const file = numbered(name === undefined ? plan.attentionMap : suffixed(plan.attentionMap, name), i, n);
-        await saveImage(await attentionHeatmap(one, name === undefined ? '<id>' : `<id:${name}>`), file);
+        await saveImage(maps[i]!, file);
         files.push(file);
       }
     }
