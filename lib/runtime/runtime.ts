@@ -9,7 +9,7 @@
  *  - a bounded LRU cache of compiled programs, keyed by what a program was built for;
  *  - disposal of all of it, and of what the model hands over (its open files).
  * Model-specific program builders live on top of it (lib/runtime/sd.ts for SD 1.x); pipelines
- * (lib/engine.ts, lib/learn/, lib/identity/encoder.ts, lib/bench/) are its clients.
+ * (lib/engine.ts, lib/learn/, lib/dreamidentity/, lib/bench/) are its clients.
  */
 import { IdforgeError } from '../errors.js';
 import { Graph } from '../graph/graph.js';
@@ -17,7 +17,6 @@ import { Program, type BackendSpec } from '../graph/program.js';
 import { Weights } from '../graph/weights.js';
 import type { TensorRef } from '../io/checkpoint.js';
 import { backends, call, native } from '../native.js';
-import type { DeviceOptions } from '../options.js';
 import { Tensor } from '../tensor.js';
 import { validateDevice } from '../validate.js';
 
@@ -29,6 +28,14 @@ const streams = new FinalizationRegistry<number>((id) => {
     // the addon reports nothing useful to a finalizer
   }
 });
+
+/** Where a model runs; one rule for every model idforge loads (lib/runtime/runtime.ts resolveBackend). */
+export interface DeviceOptions {
+  /** 'auto' (default) takes CUDA when backends().cuda.available, else the CPU. */
+  device?: 'auto' | 'cpu' | 'cuda';
+  /** Compute precision: float16 on CUDA by default; on the CPU (float32 by default) float16 means float16 weights, computing in float32. */
+  dtype?: 'float32' | 'float16';
+}
 
 /**
  * Device and dtype for `opts`: the one rule every model loader uses. 'auto' (default) is CUDA
