@@ -17,8 +17,8 @@
 namespace idforge {
 namespace cpu {
 
-constexpr int64_t kKC = 256;  // depth of a K slab: an NR-wide B panel (32 KiB) stays in L1 (isa/gemm_impl.h too)
-constexpr int64_t kMC = 336;  // rows of A per L2-resident block (a multiple of every variant's MR)
+constexpr int64_t kKC = kGemmKC;  // depth of a K slab: an NR-wide B panel (32 KiB) stays in L1
+constexpr int64_t kMC = kGemmMC;  // rows of A per L2-resident block (a multiple of every variant's MR)
 constexpr int64_t kNCMax = 2048;
 
 // Register tile of the selected variant: wide (MR x 2 vectors, 14 x 32 on AVX-512) or narrow

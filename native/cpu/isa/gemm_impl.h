@@ -13,7 +13,7 @@ namespace idforge {
 namespace cpu {
 namespace IDFORGE_ISA_NS {
 
-constexpr int64_t kKC = 256;  // gemm.h's kKC: the depth of a K slab
+constexpr int64_t kKC = kGemmKC;  // the depth of a K slab
 
 // C[MR x NR] (row stride ldc) = (accumulate ? C : 0) + sum_k A(i, k) * B[k*NR + j], with
 // A(i, k) = A[i*ars + k*ACS]. The sum is formed from zero and C added once at the end, not FMA'd

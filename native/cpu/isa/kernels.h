@@ -4,9 +4,10 @@
 // (select.cc: CPUID + XGETBV on x86-64, NEON on arm64; IDFORGE_CPU_ISA forces a lower variant).
 //
 // This header is the whole boundary between the baseline code (drivers, shape checks, thread pool)
-// and the variants, so it holds plain data and function pointers only: no inline functions, no
-// templates, nothing a variant could emit as a shared (COMDAT) symbol that the linker might then
-// hand to baseline code compiled for a lesser CPU (test/isa.test.ts checks the objects for that).
+// and the variants, so it holds plain data and function pointers only: no templates, no inline
+// functions a variant calls (Operand's converting constructors are for baseline callers), nothing a
+// variant could emit as a shared (COMDAT) symbol that the linker might then hand to baseline code
+// compiled for a lesser CPU (test/isa.test.ts checks the objects for that).
 #pragma once
 
 #include <cstddef>
@@ -117,7 +118,10 @@ const char* isaError();
 // What this CPU supports, best first ("avx512, avx2, sse2"): for messages and backends().
 const char* isaAvailable();
 
-// Attention's key tile (the score tile's row stride, a compile-time constant of the P·V kernel).
+// Blocking constants every variant's tiles must divide (simd.h asserts it): the GEMM's K slab and
+// row block (gemm.h: blocks start at multiples of MR), attention's key tile (the score tile's row
+// stride, a compile-time constant of the P·V kernel, padded to whole NR panels).
+constexpr int64_t kGemmKC = 256, kGemmMC = 336;
 constexpr int64_t kAttnKeys = 256;
 
 // Baseline services a variant may call (defined in gemm.cc / parallel.cc; never inline).

@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels.h"
+
 #if defined(IDFORGE_ISA_AVX512) || defined(IDFORGE_ISA_AVX2) || defined(IDFORGE_ISA_SSE2)
 #include <immintrin.h>
 #elif defined(IDFORGE_ISA_NEON)
@@ -220,8 +222,9 @@ IDFORGE_INLINE VecF vClampSelect(VecF x, float lo, float t, VecF a, VecF b) {
   const VecF y = vbslq_f32(vcgtq_f32(x, vdupq_n_f32(t)), a, b);
   return vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(y), vcltq_f32(x, vdupq_n_f32(lo))));
 }
-// 32 q registers: 24 accumulators (8 rows x 3 vectors) wide, 16 narrow.
-constexpr int kWideMR = 8, kWideNV = 3, kNarrowMR = 16, kNarrowNV = 1;
+// 32 q registers: 24 accumulators either way (12 rows x 2 vectors, 24 x 1); NR = 8 and 4 divide
+// attention's key tile, which a 3-vector tile (12) would not.
+constexpr int kWideMR = 12, kWideNV = 2, kNarrowMR = 24, kNarrowNV = 1;
 #endif
 
 #if !defined(IDFORGE_ISA_AVX512)
@@ -246,6 +249,8 @@ IDFORGE_INLINE VecF vExp(VecF x0) {
 
 constexpr int kWideNR = kWideNV * kLanes;
 constexpr int kNarrowNR = kNarrowNV * kLanes;
+static_assert(kAttnKeys % kWideNR == 0 && kAttnKeys % kNarrowNR == 0, "attention's key tile must be whole NR panels");
+static_assert(kGemmMC % kWideMR == 0 && kGemmMC % kNarrowMR == 0, "GEMM row blocks must be whole MR panels");
 
 }  // namespace IDFORGE_ISA_NS
 }  // namespace cpu
