@@ -3,7 +3,7 @@
  * entry. By default the CPU in float32 (always) and CUDA in float32 and float16 (skipped, with the
  * reason, where CUDA is not usable), so on a GPU machine `npm test` runs the CUDA variants of the
  * very code CI runs on the CPU. `cpu:float16` is the CPU with float16 weights (computing in float32):
- * the forward goldens (test/golden-models.test.ts) add it to their list. IDFORGE_TEST_BACKENDS names the list instead: `device[:dtype]`
+ * the forward goldens (test/golden-models.test.ts, test/id-encoder.test.ts) add it to their list. IDFORGE_TEST_BACKENDS names the list instead: `device[:dtype]`
  * entries, comma-separated (dtype defaults to float32), e.g. `cuda:float16` for one variant, or
  * `cpu,cpu` to see every variant of a parametrised test run on a machine without a GPU.
  */
