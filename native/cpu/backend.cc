@@ -150,15 +150,21 @@ CpuPeak cpuPeak(double seconds) {
     }
     iters *= 4;
   }
-  std::vector<double> flops(size_t(T), 0.0);
-  const auto t0 = clock::now();
-  cpu::parallel_for(T, [&](int64_t b, int64_t e) {
-    for (int64_t t = b; t < e; t++) flops[size_t(t)] = loop(iters, sink.data() + t * 16);
-  }, 1);
-  const double s = std::chrono::duration<double>(clock::now() - t0).count();
-  double total = 0;
-  for (double f : flops) total += f;
-  return CpuPeak{total / s / 1e9, T};
+  // The best of five rounds: on a shared machine a round another process interrupts reads low.
+  iters = std::max<int64_t>(1, iters / 5);
+  double best = 0;
+  for (int round = 0; round < 5; round++) {
+    std::vector<double> flops(size_t(T), 0.0);
+    const auto t0 = clock::now();
+    cpu::parallel_for(T, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; t++) flops[size_t(t)] = loop(iters, sink.data() + t * 16);
+    }, 1);
+    const double s = std::chrono::duration<double>(clock::now() - t0).count();
+    double total = 0;
+    for (double f : flops) total += f;
+    best = std::max(best, total / s / 1e9);
+  }
+  return CpuPeak{best, T};
 }
 
 CpuIsa cpuIsa() { return CpuIsa{cpu::kern().name, cpu::isaAvailable(), cpu::isaError()}; }
