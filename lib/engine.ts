@@ -24,7 +24,7 @@ import { conditionalMaps, layerDownsampling, selectLayers, selectSteps, type Att
 import type { Identity } from './identity/identity.js';
 import { expandPrompt, type ExpandedPrompt } from './identity/placeholders.js';
 import { IdentityLearner } from './learn/learn.js';
-import { argError, identityMap, imageTensorShape, oneOf, regionList, timestep, tokenIds, unetContexts, validateGenerate } from './validate.js';
+import { argError, identityMap, identityRegions, imageTensorShape, oneOf, regionList, timestep, tokenIds, unetContexts, validateGenerate } from './validate.js';
 
 export type { GenerateOptions, GenerateResult, LoadOptions, ProgressInfo, TextOptions } from './options.js';
 
@@ -244,6 +244,7 @@ export class Engine implements Disposable {
     const N = o.numImages;
     const n = ch * h * w;
     const e = this.expand(opts.prompt, identityMap(opts));
+    const regions = identityRegions(opts.regions, e);  // each identity's slot tokens, confined to its box
     if (e.truncated) warnings.push('the prompt is longer than 75 tokens and was truncated');
     const cfg = o.guidanceScale > 1;
     // Text rows: [negative × N, prompt × N] with guidance (the unconditional rows first, as CFG
@@ -296,7 +297,7 @@ export class Engine implements Disposable {
     // Weights load before the clock starts, yielding between tensors so that abort works.
     await rt.preload(['text', 'unet', 'vae-decoder'], signal);
     // The activation memory N images need is checked before anything is allocated for them.
-    const shape = { batch: N, h, w, tokens: 77, guidance: cfg ? o.guidanceScale : null, dual, noise: stochastic };
+    const shape = { batch: N, h, w, tokens: 77, guidance: cfg ? o.guidanceScale : null, dual, noise: stochastic, regions: regions.length > 0 };
     const largest = capLayers.length && capSteps.size ? capLayers : [];
     checkFits(stepProgram(rt, { ...shape, capture: largest }), { ...shape, capture: largest }, this.backend, 'generate');
     // The starting latents: noise × init_noise_sigma, or (image to image) the image's latents
@@ -331,6 +332,7 @@ export class Engine implements Disposable {
     let x = rt.floats(lat, [N, ch, h, w]);
     let xin = rt.floats(c0 === 1 ? lat : lat.map((v) => v * c0), [N, ch, h, w]);
     let state = Tensor.zeros([N, ch, h, w], this.backend);
+    const table = regions.length ? rt.regionInput(regions, 77, ids.length, cfg) : undefined;  // the conditional rows only
     let numericWarned = false;
     try {
       for (let i = 0; i < timesteps.length; i++) {
@@ -355,7 +357,7 @@ export class Engine implements Disposable {
           const [coefs, tIn, zIn] = inputs;
           // Abort stops the native run within milliseconds; progress about every second inside long steps.
           const onTick = (fraction: number) => opts.onProgress?.({ step: i, steps: timesteps.length, timestep: t, elapsedMs: Date.now() - start0, stage, fraction, latents: () => x.to('float32', 'cpu') });
-          outs = await program.run([x, xin, state, coefs!, tIn!, ctxK, ...(ctxV ? [ctxV] : []), ...(zIn ? [zIn] : [])], { signal, ...(opts.onProgress ? { onTick } : {}) });
+          outs = await program.run([x, xin, state, coefs!, tIn!, ctxK, ...(ctxV ? [ctxV] : []), ...(table ? [table] : []), ...(zIn ? [zIn] : [])], { signal, ...(opts.onProgress ? { onTick } : {}) });
           markRun(program);
         } finally {
           for (const v of inputs) v.dispose();
@@ -398,6 +400,7 @@ export class Engine implements Disposable {
       throw err;
     } finally {
       for (const c of contexts.values()) c.dispose();
+      table?.dispose();
       state.dispose();
       xin.dispose();
     }

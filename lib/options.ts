@@ -83,6 +83,12 @@ export interface GenerateOptions {
   /** Return cross-attention probabilities (result.attention) for the chosen layers and steps. */
   captureAttention?: CaptureAttentionOptions;
   /**
+   * Where each identity goes: identity name → box [x0, y0, x1, y1) in fractions of the image. The
+   * identity's slot tokens attend only from inside its box (the conditional branch; an identity
+   * without a box is unconfined). E.g. `{ ann: [0, 0, 0.5, 1], bob: [0.5, 0, 1, 1] }`.
+   */
+  regions?: Record<string, readonly [number, number, number, number]> | Map<string, readonly [number, number, number, number]>;
+  /**
    * Identity strength: each injected word vector becomes p + s·(v − p), p the token embedding of
    * "person". 1 (default) is the identity as learned/encoded, 0 a generic person, > 1 exaggerates.
    */

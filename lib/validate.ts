@@ -268,6 +268,24 @@ export function regionList(v: unknown, keys: number, name = 'regions'): Region[]
   return list;
 }
 
+/**
+ * generate()'s regions (identity name → box) over an expanded prompt: each identity's slot
+ * positions become its region's tokens. A name no identity of the prompt has is refused.
+ */
+export function identityRegions(v: unknown, e: { slots: Int32Array; rows: readonly { name: string }[] }): Region[] {
+  if (v === undefined) return [];
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw invalid('regions', 'an object of identity name → [x0, y0, x1, y1]', v);
+  const m = v instanceof Map ? (v as Map<unknown, unknown>) : new Map(Object.entries(v));
+  if (m.size > REGION_CAPACITY) throw invalid('regions', `boxes for at most ${REGION_CAPACITY} identities`, shown(`${m.size}`));
+  const names = [...new Set(e.rows.map((r) => r.name))];
+  return [...m].map(([name, box]): Region => {
+    const tokens = [...e.slots.keys()].filter((i) => e.slots[i]! >= 0 && e.rows[e.slots[i]!]!.name === name);
+    if (tokens.length === 0)
+      throw invalid(`regions.${String(name)}`, `the box of an identity in the prompt (${names.length ? names.join(', ') : 'the prompt has none'})`, shown(`no <id:${String(name)}> in the prompt`));
+    return { tokens, box: regionBox(box, `regions.${String(name)}`) };
+  });
+}
+
 /** The SeFi-IDE learning options with their defaults (lib/learn/learn.ts). */
 export interface ValidLearn {
   steps: number;
