@@ -3,6 +3,7 @@
 // exactly 0 where a region hides its tokens, and the argument checks.
 import { readFileSync } from 'node:fs';
 import t from 'tap';
+import { attentionHeatmap } from '../lib/attention.js';
 import { Engine, type GenerateResult } from '../lib/engine.js';
 import { Identity } from '../lib/identity/identity.js';
 import type { Region } from '../lib/regions.js';
@@ -182,6 +183,16 @@ t.test('generate() with regions', async (t) => {
     }
     const c = mass(r, 'cid', [0, 0, 0.5, 1]);
     t.ok(c.outside > 0 && c.inside > 0, 'cid (no box) attends on both halves');
+    // The heatmap (heat alone, alpha 1) of ann: none in the right eighth, past the blur of the coarsest (2x4) map resized.
+    const hm = await attentionHeatmap(r, '<id:ann>', { alpha: 1 });
+    let right = 0, left = 0;
+    for (let y = 0; y < hm.height; y++)
+      for (let x = 0; x < hm.width; x++) {
+        const v = hm.data[(y * hm.width + x) * 3]!;
+        if (x >= 0.875 * hm.width) right = Math.max(right, v);
+        else if (x < 0.125 * hm.width) left = Math.min(left || 255, v);
+      }
+    t.ok(right === 0 && left > 0, `ann's heatmap: right eighth dark (max ${right}), left eighth lit (min ${left})`);
     t.ok(relL2(r.latents.toFloat32(), plain.latents.toFloat32()) > 1e-3, 'the regions change the latents');
     done(r);
   });
