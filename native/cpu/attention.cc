@@ -75,7 +75,8 @@ inline int64_t validKeys(bool causal, int64_t i, int64_t k0, int64_t nk) {
 }
 
 // The region table of ATTENTION / ATTENTION_BACKWARD (native/regions.h), read once per op: per
-// batch row the keys some region owns (a handful), so masking a score row touches only those.
+// batch row the keys some region owns (a handful), so masking a score row touches only those, and
+// per query the regions holding it (once, not once per head).
 class RegionMask {
  public:
   // in[idx] is the table when attrs.regions; otherwise the mask is off (every call a no-op).
@@ -87,8 +88,6 @@ class RegionMask {
     H_ = Nq / a.width;
     table_ = in[idx].as<int32_t>();
     const int64_t cols = in[idx].shape[1];
-    cols_ = cols;
-    Nk_ = Nk;
     owned_.resize(size_t(B));
     for (int64_t b = 0; b < B; b++)
       for (int64_t k = 0; k < Nk; k++) {
@@ -99,12 +98,15 @@ class RegionMask {
                                         std::to_string(R_) + ")");
         if (o >= 0) owned_[size_t(b)].push_back({int32_t(k), o});
       }
+    inside_.assign(size_t(B * Nq), 0u);
+    for (int64_t b = 0; b < B; b++)
+      if (!owned_[size_t(b)].empty())
+        for (int64_t n = 0; n < Nq; n++) inside_[size_t(b * Nq + n)] = regionsAt(table_ + b * cols + Nk, R_, n, W_, H_);
+    Nq_ = Nq;
   }
   bool on() const { return on_; }
   // The regions holding query n of batch row b (bit r: region r); 0 when off.
-  uint32_t inside(int64_t b, int64_t n) const {
-    return on_ && !owned_[size_t(b)].empty() ? regionsAt(table_ + b * cols_ + Nk_, R_, n, W_, H_) : 0;
-  }
+  uint32_t inside(int64_t b, int64_t n) const { return on_ ? inside_[size_t(b * Nq_ + n)] : 0u; }
   // Keys [k0, k0 + nk) that a query holding `inside` may not see get `fill` in its score row S.
   void apply(int64_t b, uint32_t inside, int64_t k0, int64_t nk, float* S, float fill) const {
     if (!on_) return;
@@ -115,9 +117,10 @@ class RegionMask {
  private:
   bool on_ = false;
   int R_ = 0;
-  int64_t W_ = 0, H_ = 0, cols_ = 0, Nk_ = 0;
+  int64_t W_ = 0, H_ = 0, Nq_ = 0;
   const int32_t* table_ = nullptr;
   std::vector<std::vector<std::pair<int32_t, int32_t>>> owned_;  // per batch row: (key, region)
+  std::vector<uint32_t> inside_;                                 // [B, Nq]: the regions holding each query
 };
 
 }  // namespace
