@@ -52,7 +52,7 @@ const tiles = rows.flatMap((pics, r) => pics.map((p, c) => ({
 const inputs = await Promise.all(tiles.map(async (t) => ({ input: await t.input.toBuffer(), left: t.left, top: t.top })));
 await sharp({ create: { width: sheet.width, height: sheet.height, channels: 3, background: '#ffffff' } })
   .composite([...inputs, { input: Buffer.from(svg), left: 0, top: 0 }])
-  .png().toFile('regions-sheet.png');
+  .png({ palette: true, compressionLevel: 9 }).toFile('regions-sheet.png');
 console.log('wrote regions-sheet.png');
 encoder.dispose();
 engine.dispose();
