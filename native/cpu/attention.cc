@@ -90,34 +90,9 @@ class RegionMask {
     Nq_ = Nq;
     lists_.emplace_back();  // list 0: nothing hidden
     row_.assign(size_t(B * Nq), 0);
-    std::vector<std::pair<int32_t, int32_t>> owned;  // (key, region) of one batch row
     for (int64_t b = 0; b < B; b++) {
-      owned.clear();
-      for (int64_t k = 0; k < Nk; k++) {
-        const int32_t o = table[b * cols + k];
-        if (o < -1 || o >= R)
-          throw Error("E_ARGUMENT", std::string(op) + ": region table row " + std::to_string(b) + " gives key " +
-                                        std::to_string(k) + " owner " + std::to_string(o) + ", not in [-1, " +
-                                        std::to_string(R) + ")");
-        if (o >= 0) owned.push_back({int32_t(k), o});
-      }
-      if (owned.empty()) continue;
-      std::vector<std::pair<uint32_t, int32_t>> seen;  // this row's (regions held, list) pairs
-      for (int64_t n = 0; n < Nq; n++) {
-        const uint32_t inside = regionsAt(table + b * cols + Nk, R, n, a.width, Nq / a.width);
-        int32_t list = -1;
-        for (const auto& [m, l] : seen)
-          if (m == inside) list = l;
-        if (list < 0) {
-          std::vector<int32_t> hidden;
-          for (const auto& [k, o] : owned)
-            if (!regionSees(o, inside)) hidden.push_back(k);
-          list = hidden.empty() ? 0 : int32_t(lists_.size());
-          if (list) lists_.push_back(std::move(hidden));
-          seen.push_back({inside, list});
-        }
-        row_[size_t(b * Nq + n)] = list;
-      }
+      const auto owned = ownedKeys(op, table + b * cols, b, Nk, R);
+      if (!owned.empty()) assignLists(owned, table + b * cols + Nk, R, a.width, Nq / a.width, &row_[size_t(b * Nq)]);
     }
   }
   bool on() const { return on_; }
@@ -129,6 +104,49 @@ class RegionMask {
   }
 
  private:
+  using Owned = std::vector<std::pair<int32_t, int32_t>>;  // (key, region)
+
+  // The keys a batch row's regions own (E_ARGUMENT for an owner outside [−1, R)).
+  static Owned ownedKeys(const char* op, const int32_t* owner, int64_t b, int64_t Nk, int R) {
+    Owned owned;
+    for (int64_t k = 0; k < Nk; k++) {
+      if (owner[k] < -1 || owner[k] >= R)
+        throw Error("E_ARGUMENT", std::string(op) + ": region table row " + std::to_string(b) + " gives key " +
+                                      std::to_string(k) + " owner " + std::to_string(owner[k]) + ", not in [-1, " +
+                                      std::to_string(R) + ")");
+      if (owner[k] >= 0) owned.push_back({int32_t(k), owner[k]});
+    }
+    return owned;
+  }
+
+  // Each query of an H × W grid gets the list of the owned keys its regions hide (queries holding
+  // the same regions share one list; neighbours mostly do, so the last one is tried first).
+  void assignLists(const Owned& owned, const int32_t* boxes, int R, int64_t W, int64_t H, int32_t* row) {
+    std::vector<uint32_t> colMask(static_cast<size_t>(W)), rowMask(static_cast<size_t>(H));
+    regionAxes(boxes, R, W, H, colMask.data(), rowMask.data());
+    std::vector<std::pair<uint32_t, int32_t>> seen;  // (regions held, list)
+    uint32_t last = ~0u;
+    int32_t list = 0;
+    for (int64_t n = 0; n < W * H; n++) {
+      const uint32_t inside = rowMask[size_t(n / W)] & colMask[size_t(n % W)];
+      if (inside != last) {
+        last = inside;
+        list = -1;
+        for (const auto& [m, l] : seen)
+          if (m == inside) list = l;
+        if (list < 0) {
+          std::vector<int32_t> hidden;
+          for (const auto& [k, o] : owned)
+            if (!regionSees(o, inside)) hidden.push_back(k);
+          list = hidden.empty() ? 0 : int32_t(lists_.size());
+          if (list) lists_.push_back(std::move(hidden));
+          seen.push_back({inside, list});
+        }
+      }
+      row[n] = list;
+    }
+  }
+
   bool on_ = false;
   int64_t Nq_ = 0;
   std::vector<std::vector<int32_t>> lists_;  // hidden-key lists (sorted), list 0 empty
@@ -231,10 +249,12 @@ void op_ATTENTION(const OpAttrs& a, const Views& in, const Views& out) {
         for (int64_t k0 = 0; k0 < kEnd; k0 += kBk) {
           const int64_t nk = std::min(kBk, g.Nk - k0);
           scoreTile(g, Qp, Kt, k0, nk, S);
+          // The regions' −inf go in for the whole tile first: a scalar store just before a row's
+          // vector loads would stall them (no store forwarding), ~30 ns a row at head dim 40.
+          for (int64_t r = 0; r < nq && rg.on(); r++) rg.apply(b, i0 + r, k0, nk, S + r * kBk, -INFINITY);
           for (int64_t r = 0; r < kBq; r++) {
             float* Sr = S + r * kBk;
             int64_t cnt = validKeys(causal, i0 + r, k0, nk);
-            if (r < nq) rg.apply(b, i0 + r, k0, nk, Sr, -INFINITY);
             float mt = cnt > 0 ? rowMax(Sr, cnt) : -INFINITY, mn = mt > m[r] ? mt : m[r];
             if (mn == -INFINITY && rg.on()) cnt = 0;  // every key so far hidden by the regions
             if (cnt > 0) {
