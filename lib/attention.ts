@@ -48,6 +48,19 @@ export function layerDownsampling(layer: string, levels: number): number {
   return m[1] === 'down_blocks' ? 2 ** i : 2 ** (levels - 1 - i);
 }
 
+/**
+ * The capture for a heatmap: the cross-attention layers whose maps are nearest `side`² (16², the
+ * resolution prompt-to-prompt shows), heads averaged. Every layer at full resolution would hold
+ * 1 GB of maps for a 50-step 512² SD 1.5 image; the 16² layers hold ~20 MB.
+ */
+export function heatmapCapture(all: string[], latentH: number, levels: number, side = 16): CaptureAttentionOptions {
+  const sides = [...new Set(all.map((l) => latentH / layerDownsampling(l, levels)))].filter(Number.isInteger);
+  if (sides.length === 0) return { layers: 'cross', reduce: 'mean' };
+  const far = (r: number) => Math.abs(Math.log2(r / side));
+  const best = sides.reduce((a, b) => (far(b) < far(a) || (far(b) === far(a) && b > a) ? b : a));
+  return { layers: { resolution: best }, reduce: 'mean' };
+}
+
 /** Resolves the layer selection against the model's cross-attention layers. */
 export function selectLayers(opt: CaptureAttentionOptions['layers'], all: string[], latentH: number, levels: number): string[] {
   if (opt === undefined || opt === 'cross') return all;
@@ -71,13 +84,8 @@ export function selectSteps(opt: CaptureAttentionOptions['steps'], steps: number
   return new Set(opt);
 }
 
-/**
- * Keeps the conditional half of probabilities [2·heads or heads, h·w, n] and optionally averages
- * the heads.
- */
-export function conditionalMaps(p: Float32Array, batchHeads: number, heads: number, hw: number, n: number, reduce: boolean): Float32Array {
-  const off = batchHeads === 2 * heads ? heads * hw * n : 0;
-  const cond = p.subarray(off, off + heads * hw * n);
+/** One image's probabilities [heads, h·w, n], copied, or averaged over the heads with `reduce`. */
+function headMaps(cond: Float32Array, heads: number, hw: number, n: number, reduce: boolean): Float32Array {
   if (!reduce) return cond.slice();
   const out = new Float32Array(hw * n);
   for (let h = 0; h < heads; h++) {
@@ -85,6 +93,40 @@ export function conditionalMaps(p: Float32Array, batchHeads: number, heads: numb
     for (let i = 0; i < src.length; i++) out[i]! += src[i]! / heads;
   }
   return out;
+}
+
+/** Where a captured layer's probabilities come from: which layer, step and batch layout. */
+export interface CapturedAt {
+  layer: string;
+  /** 1-based step number and its timestep. */
+  step: number;
+  timestep: number;
+  /** Images in the batch; with guidance the rows are [unconditional × images, conditional × images]. */
+  images: number;
+  guided: boolean;
+  /** The latents' height and the UNet's resolution levels (for the layer's map size). */
+  latentHeight: number;
+  levels: number;
+  /** Average the heads. */
+  reduce: boolean;
+}
+
+/**
+ * One captured layer at one step, probabilities [rows·heads, h·w, tokens] float32 → a map per
+ * image of its conditional rows (image k's block is row images + k with guidance, else row k).
+ */
+export function conditionalAttentionMaps(all: Float32Array, shape: readonly number[], at: CapturedAt): AttentionMap[] {
+  const [bh, hw, tokens] = shape as [number, number, number];
+  const heads = bh / (at.guided ? 2 * at.images : at.images);
+  const lh = at.latentHeight / layerDownsampling(at.layer, at.levels);
+  const per = heads * hw * tokens;
+  return Array.from({ length: at.images }, (_, k) => {
+    const row = at.guided ? at.images + k : k;
+    return {
+      layer: at.layer, step: at.step, timestep: at.timestep, image: k, heads: at.reduce ? 1 : heads, height: lh, width: hw / lh, tokens,
+      data: headMaps(all.subarray(row * per, (row + 1) * per), heads, hw, tokens, at.reduce),
+    };
+  });
 }
 
 /** Positions of `token` (an index, or a word/piece of the prompt, or '<id>' for identity slots). */
@@ -151,4 +193,11 @@ export async function attentionHeatmap(
     }
   }
   return { width: W, height: H, channels: 3, data };
+}
+
+/** One heatmap per image of a batch: image i's own maps over image i (attentionHeatmap averages every map it is given). */
+export async function imageHeatmaps(result: { attention?: AttentionCapture; images: RawImage[] }, token: number | string): Promise<RawImage[]> {
+  const cap = result.attention;
+  return Promise.all(result.images.map((image, i) =>
+    attentionHeatmap({ ...(cap ? { attention: { ...cap, maps: cap.maps.filter((m) => m.image === i) } } : {}), images: [image] }, token)));
 }

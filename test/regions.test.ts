@@ -7,9 +7,9 @@ import { attentionHeatmap } from '../lib/attention.js';
 import { Engine, type GenerateResult } from '../lib/engine.js';
 import { Identity } from '../lib/identity/identity.js';
 import type { Region } from '../lib/regions.js';
-import { coefficientTensor, markRun, stepProgram } from '../lib/sampling.js';
-import { makeSampler } from '../lib/sched/samplers.js';
-import type { Tensor } from '../lib/tensor.js';
+import { Denoiser } from '../lib/generate/denoiser.js';
+import { prepareLatents } from '../lib/generate/latents.js';
+import { resolveGenerate } from '../lib/generate/options.js';
 import { testBackends } from './helpers/backends.js';
 import { GoldenFile, TINY_SD, fixture } from './helpers/fixtures.js';
 import { relL2 } from './helpers/metrics.js';
@@ -44,31 +44,22 @@ for (const b of testBackends()) {
 }
 
 for (const b of testBackends()) {
-  // generate()'s per-step program (UNet, CFG, the sampler update in one call) with the golden's
-  // contexts: the regions on the conditional row only.
-  t.test(`guided DDIM golden through generate()'s step program on ${b.name}`, { skip: b.skip }, async (t) => {
+  // generate()'s own stages — the resolved plan, the prepared latents, the Denoiser's loop (UNet,
+  // CFG and the DDIM update in one call per step) — with the golden's contexts and region table
+  // in place of the text encoder's: the regions on the conditional row only.
+  t.test(`guided DDIM golden through generate()'s Denoiser on ${b.name}`, { skip: b.skip }, async (t) => {
     const engine = await Engine.load(TINY_SD, { device: b.device, dtype: b.dtype });
     t.teardown(() => engine.dispose());
     const rt = engine.runtime, g = new GoldenFile('regions');
     t.teardown(() => g.close());
-    const sampler = makeSampler('ddim', engine.configs.scheduler, 6, { eta: 0 });
-    const shape = { batch: 1, h: 16, w: 16, tokens: 77, guidance: 7.5, dual: false, noise: false, capture: [], regions: true };
+    using init = g.tensor('ddim:init_latents');
+    const plan = await resolveGenerate({ prompt: '', steps: 6, guidanceScale: 7.5, eta: 0, width: 128, height: 128, latents: init }, rt);
     using ctx = rt.upload(g.tensor('ddim:context'));
     using table = rt.regionInput(cases.regions, 77, 2, true);
-    const init = g.f32('ddim:init_latents');
-    let [x, xin, state]: Tensor[] = [rt.floats(init, [1, 4, 16, 16]), rt.floats(init.map((v) => v * sampler.coefficients(0, true).cin), [1, 4, 16, 16]), rt.floats(new Float32Array(init.length), [1, 4, 16, 16])];
-    const p = stepProgram(rt, shape);
-    for (const [i, ts] of sampler.timesteps.entries()) {
-      using coefs = coefficientTensor(sampler, i, i === 0, engine.backend);
-      using tIn = rt.floats(new Float32Array([ts, ts]), [2]);
-      const outs = await p.run([x!, xin!, state!, coefs, tIn, ctx, table]);
-      markRun(p);
-      for (const v of [x, xin, state]) v!.dispose();
-      [x, state, xin] = outs;
-    }
-    const e = relL2(x!.toFloat32(), g.f32('ddim:final_latents'));
+    const cond = { rows: 2, dual: false, regions: true, at: async () => ({ stage: 0, k: ctx, regions: table }) };
+    const out = await new Denoiser(rt, plan, cond).run(await prepareLatents(rt, plan), cond);
+    const e = relL2(out.latents, g.f32('ddim:final_latents'));
     t.ok(e <= b.tol.golden, `ddim:final_latents rel L2 ${e.toExponential(2)}`);
-    for (const v of [x, xin, state]) v!.dispose();
   });
 }
 

@@ -11,16 +11,22 @@ import type { Graph, Value } from '../graph/graph.js';
 import type { Program } from '../graph/program.js';
 import type { Weights } from '../graph/weights.js';
 import { openModel, type ModelSource } from '../io/checkpoint.js';
-import type { ModelConfigs } from '../io/configs.js';
+import type { ConfigOverrides, ModelConfigs } from '../io/configs.js';
 import { checkWeights } from '../io/layout.js';
-import type { LoadOptions } from '../options.js';
 import { Tensor } from '../tensor.js';
 import { buildTextEncoder } from '../text/clip.js';
 import { regionColumns, regionTable, type Region } from '../regions.js';
 import { ClipTokenizer } from '../text/tokenizer.js';
 import { buildUNet, crossAttentionLayers } from '../unet/unet.js';
 import { buildVaeDecoder, buildVaeEncoder } from '../vae/vae.js';
-import { ModelRuntime, resolveBackend, toHost } from './runtime.js';
+import { ModelRuntime, resolveBackend, toHost, type DeviceOptions } from './runtime.js';
+
+export interface LoadOptions extends DeviceOptions {
+  /** Prefer `*.fp16.safetensors` files in a diffusers folder. */
+  variant?: 'fp16';
+  /** Pin config values (e.g. for a single-file checkpoint whose sizes cannot be derived). */
+  config?: ConfigOverrides;
+}
 
 /** The three weight groups of an SD 1.x model. */
 export interface SdWeights {
