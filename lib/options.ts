@@ -141,7 +141,25 @@ export interface LearnOptions {
   /** Receives preparation warnings (several faces, the no-face fallback). */
   onWarning?: (message: string) => void;
   onProgress?: (p: LearnProgress) => void;
+  /**
+   * Stops between steps (E_ABORTED). With `checkpoint`, a checkpoint of the steps done is written
+   * first, so that a later call continues from there.
+   */
   signal?: AbortSignal;
+  /**
+   * A folder that makes learning resumable. <folder>/checkpoint/ is written every
+   * `checkpointEvery` steps, at the end and on an abort: the generator's weights
+   * (generator.safetensors), Adam's state, the step (state.json) and identity.safetensors, the
+   * identity learned so far (Identity.load reads it). <folder>/cache/ keeps the encoded images.
+   * A later call with the same folder, photo and options continues from the checkpoint (without
+   * `seed` it takes the checkpoint's): N steps, then a call with `steps: N + M`, learn exactly
+   * what one call of N + M steps learns. A checkpoint of other options is E_ARGUMENT.
+   */
+  checkpoint?: string;
+  /** Steps between checkpoints (default 100). */
+  checkpointEvery?: number;
+  /** Continue from the folder's checkpoint when there is one (default true); false starts afresh and replaces it. */
+  resume?: boolean;
 }
 
 /** The measuring settings of evaluate() (lib/eval/evaluate.ts); defaults in lib/validate.ts validateEvaluate. */

@@ -175,6 +175,9 @@ export interface ValidLearn {
   templates: readonly string[];
   augment: Required<AugmentOptions>;
   seed: number;
+  checkpoint: string | undefined;
+  checkpointEvery: number;
+  resume: boolean;
 }
 
 export function validateLearn(o: LearnOptions, defaultTemplates: readonly string[]): ValidLearn {
@@ -201,7 +204,12 @@ export function validateLearn(o: LearnOptions, defaultTemplates: readonly string
   if (o.face !== undefined && o.face !== false && (typeof o.face !== 'object' || o.face === null))
     throw argError('face must be false or { faceIndex, noFaceFallback, analyzer }', where);
   const seed = seedOf(o.seed, where);
-  return { steps, lr, lambda, stages, init, templates, augment, seed };
+  const checkpoint = o.checkpoint;
+  if (checkpoint !== undefined && (typeof checkpoint !== 'string' || !checkpoint)) throw argError(`checkpoint must be a folder path, got ${describe(checkpoint)}`, where);
+  const checkpointEvery = integer(o.checkpointEvery ?? 100, 'checkpointEvery', 1, Number.MAX_SAFE_INTEGER, where);
+  const resume = o.resume ?? true;
+  if (typeof resume !== 'boolean') throw argError(`resume must be a boolean, got ${describe(resume)}`, where);
+  return { steps, lr, lambda, stages, init, templates, augment, seed, checkpoint, checkpointEvery, resume };
 }
 
 export type ValidEval = Required<Omit<EvalSettings, 'prompts' | 'seeds'>> & { prompts: string[]; seeds: number[] };
