@@ -13,9 +13,10 @@
  * applied to the image before VAE encoding: horizontal flip (p = 0.5), colour jitter (brightness,
  * contrast, saturation ×[0.9, 1.1]) and a random scale s ∈ [0.1, 1] (the face is shrunk by s and
  * pasted at a random place on a canvas of its mean colour). To keep a step to one UNet
- * forward/backward, a pool of 8 augmented images is VAE-encoded, each on its first draw, and kept
- * in the latent cache; each step draws one, samples z0 = (mean + σ·ε)·scaling_factor afresh, a
- * template, a timestep t ∈ [0, 1000) and the noise; the stage is floor(t·S/1000).
+ * forward/backward, a pool of 8 augmented images (1 without augmentation) is VAE-encoded, each on
+ * its first draw, and kept in the latent cache; each step draws one, samples
+ * z0 = (mean + σ·ε)·scaling_factor afresh, a template, a timestep t ∈ [0, 1000) and the noise; the
+ * stage is floor(t·S/1000).
  *
  * Resumable (lib/optim/resume.ts, shared with trainEncoder): step k draws from the step stream of
  * (seed, k) alone, pool image i is augmented from its own stream, and with `checkpoint` a folder
@@ -269,7 +270,8 @@ export class IdentityLearner {
       for (; step < o.steps; step++) {
         throwIfAborted(signal, 'learnIdentity');
         const r = stepRandom(seed, step);
-        const i = Math.floor(r.nextDouble() * POOL);
+        // Without augmentation the pool's images are one image: it is encoded once.
+        const i = Math.floor(r.nextDouble() * (aug ? POOL : 1));
         const p = await cache.posterior(String(i), () => this.#encode(img, aug, stepRandom(seed, i, POOL_STREAM)));
         const template = Math.floor(r.nextDouble() * o.templates.length);
         const t = Math.floor(r.nextDouble() * T);
