@@ -201,7 +201,7 @@ export async function trainEncoder(opts: TrainEncoderOptions): Promise<TrainResu
     const fingerprint = JSON.stringify({ align, seed, B, lr, warm, clip, mix, reg: opts.regWeight ?? 0.01, train: opts.train ?? 'all', templates, recon: recon.map((r) => r.face), edits: edits.map((e) => [e.face, e.image, e.prompt]), config: encoder.config });
     fs.mkdirSync(opts.out, { recursive: true });
     const ck = opts.resume === false ? undefined
-      : readCheckpoint(opts.out, { fingerprint, where: W, covers: 'seed, batch size, scope, data, schedule' }, readEncoder);
+      : readCheckpoint(opts.out, { fingerprint, where: W, option: 'out', covers: 'seed, batch size, scope, data, schedule' }, readEncoder);
     const start = ck?.step ?? 0;
     const samples = await loadSamples(rt, { normalize: (img) => encoder!.normalize(img), size: encoder.config.imageSize },
       // Photos are aligned as encode() aligns them; an edit set's faces are aligned crops already.

@@ -28,7 +28,6 @@ import * as path from 'node:path';
 import { IdforgeError, throwIfAborted } from '../errors.js';
 import type { Program } from '../graph/program.js';
 import type { UNetConfig } from '../io/configs.js';
-import type { AugmentOptions, LearnOptions } from '../options.js';
 import { LatentCache, loadWeights, readCheckpoint, saveWeights, stepRandom, writeCheckpoint } from '../optim/resume.js';
 import { toHost } from '../runtime/runtime.js';
 import type { SdRuntime } from '../runtime/sd.js';
@@ -43,10 +42,11 @@ import { DDIMScheduler } from '../sched/ddim.js';
 import { Xoshiro128, randn } from '../sched/random.js';
 import { Tensor } from '../tensor.js';
 import { latentPosterior, sampleLatent, type LatentPosterior } from '../vae/posterior.js';
-import { argError, validateLearn } from '../validate.js';
+import { invalid, shown } from '../validate.js';
+import { resolveLearn, type AugmentOptions, type LearnOptions } from './options.js';
 import { TokenTrainer, buildLearnLoss, type LearnSample } from './token-trainer.js';
 
-export type { AugmentOptions, LearnOptions, LearnProgress } from '../options.js';
+export type { AugmentOptions, LearnOptions, LearnProgress } from './options.js';
 
 /** The seven training templates of SeFi-IDE; `<id>` is the identity placeholder V*. */
 export const SEFI_TEMPLATES: readonly string[] = Object.freeze([
@@ -136,12 +136,12 @@ export type CropOptions = Pick<LearnOptions, 'face' | 'init' | 'onWarning'>;
  * or `face` options given) or the photo's centre, at the model's native size.
  */
 export async function prepareLearningImage(rt: SdRuntime, face: RawImage | string | Buffer, opts: CropOptions = {}): Promise<RawImage> {
-  if (face === undefined || face === null) throw argError('a face image is required (a RawImage, a file path or an encoded Buffer)', 'learnIdentity');
+  if (face === undefined || face === null) throw invalid('the face image', 'a RawImage, a file path or an encoded Buffer', face, { where: 'learnIdentity' });
   const img = await decodeFace(face as RawImage | string | Buffer);
   const size = rt.nativeSize;
   const min = Math.min(64, size);
   if (Math.min(img.width, img.height) < min)
-    throw new IdforgeError('E_SHAPE', `learnIdentity: the face image is ${img.width}x${img.height}; it needs at least ${min}x${min} pixels`);
+    throw invalid('the face image', `at least ${min}x${min} pixels`, shown(`${img.width}x${img.height}`), { where: 'learnIdentity', code: 'E_SHAPE' });
   const detect = opts.face !== false && (opts.face !== undefined || PERSON_WORDS.has((opts.init ?? 'person').trim().toLowerCase()));
   if (!detect) return centreCrop(img, size);
   const warnings: string[] = [];
@@ -164,7 +164,7 @@ class Prompts implements Disposable {
       for (const tp of templates) {
         const e = expandPrompt(tok, tp, new Map([['id', dummy]]));
         const ref = tok.encode(tp.replace('<id>', init));
-        if (ref.tokenCount !== e.tokenCount) throw argError(`the init word '${init}' must be a single token`, 'learnIdentity');
+        if (ref.tokenCount !== e.tokenCount) throw invalid('init', 'a word of a single token', init, { where: 'learnIdentity' });
         p.ids.push(e.ids);
         p.slots.push(e.slots);
         p.refs.push(await rt.runText([ref.ids]));
@@ -230,8 +230,8 @@ export class IdentityLearner {
     // the golden); every other gradient is fine. Until that loss runs in float32, learning needs a
     // float32 runtime.
     if (rt.backend.dtype !== 'float32')
-      throw argError("learnIdentity needs a float32 engine (its attention loss is not accurate in float16): load one with { dtype: 'float32' } to learn, then generate with the identity on any engine");
-    const o = validateLearn(opts, SEFI_TEMPLATES);
+      throw invalid('the engine', "float32 (learning's attention loss is not accurate in float16): load one with { dtype: 'float32' } to learn, then generate with the identity on any engine", shown(`a ${rt.backend.dtype} engine`), { where: 'learnIdentity' });
+    const o = resolveLearn(opts, SEFI_TEMPLATES);
     const { signal } = opts;
     throwIfAborted(signal, 'learnIdentity');
     const img = await prepareLearningImage(rt, face, { ...opts, init: o.init });
@@ -241,7 +241,7 @@ export class IdentityLearner {
     const fingerprint = JSON.stringify({ generator: 1, init: o.init, stages: o.stages, lr: o.lr, lambda: o.lambda, templates: o.templates, augment: aug, dim: e0.length, vocab: rt.tokenizer.vocabHash, image: imageHash(img) });
     const dir = o.checkpoint;
     const ck = dir !== undefined && o.resume
-      ? readCheckpoint(dir, { fingerprint, seed: opts.seed === undefined ? undefined : o.seed, where: 'learnIdentity', covers: 'photo, init, stages, lr, lambda, templates, augment, seed, model' }, (d) => loadWeights(path.join(d, 'generator.safetensors')))
+      ? readCheckpoint(dir, { fingerprint, seed: opts.seed === undefined ? undefined : o.seed, where: 'learnIdentity', option: 'checkpoint', covers: 'photo, init, stages, lr, lambda, templates, augment, seed, model' }, (d) => loadWeights(path.join(d, 'generator.safetensors')))
       : undefined;
     const seed = ck?.seed ?? o.seed;
     using trainer = new TokenTrainer(rt, { init: e0, stages: o.stages, lambda: o.lambda, layers: attentionLossLayersOf(rt.configs.unet), seed, ...(ck ? { weights: ck.model } : {}) });

@@ -15,6 +15,7 @@ import { IdforgeError } from '../errors.js';
 import type { Graph, Value } from '../graph/graph.js';
 import type { BackendSpec, Program } from '../graph/program.js';
 import { Tensor, numel } from '../tensor.js';
+import { integer } from '../validate.js';
 import { ADAM_COEFS, adamCoefficients } from './adam.js';
 import type { HostWeight } from './params.js';
 
@@ -114,8 +115,7 @@ export class DeviceAdam implements Disposable {
   /** Restores Adam's state (resuming from a checkpoint); moments missing from it start at zero. */
   setState(s: OptimizerState): void {
     this.#live();
-    if (!s || !Number.isSafeInteger(s.t) || s.t < 0)
-      throw new IdforgeError('E_ARGUMENT', `${this.where}: the optimizer step count must be an integer ≥ 0, got ${String(s?.t)}`);
+    integer(s?.t, 'the optimizer step count', 0, Number.MAX_SAFE_INTEGER, this.where);
     for (const [name, src] of [['first', s.m], ['second', s.v]] as const)
       for (const [n, a] of src) {
         const p = this.#p.get(n);

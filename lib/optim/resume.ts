@@ -17,6 +17,7 @@ import { IdforgeError } from '../errors.js';
 import { readJsonFile } from '../io/configs.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
 import { Xoshiro128 } from '../sched/random.js';
+import { invalid } from '../validate.js';
 import type { OptimizerState } from './device-adam.js';
 import type { HostWeight } from './params.js';
 
@@ -53,8 +54,9 @@ export interface CheckpointCheck {
   fingerprint: string;
   /** The run's seed when the caller gave one: a checkpoint of another seed is refused. */
   seed?: number | undefined;
-  /** The API in messages ("trainEncoder"). */
+  /** The API in messages ("trainEncoder"), and its option that names the folder ("out"). */
   where: string;
+  option: string;
   /** What the fingerprint covers, for the refusal ("seed, batch size, data"). */
   covers: string;
 }
@@ -126,7 +128,7 @@ export function readCheckpoint<T>(out: string, check: CheckpointCheck, readModel
   if (state.seed !== undefined && !Number.isSafeInteger(state.seed)) throw bad('state.json has an invalid seed');
   const other = state.fingerprint !== check.fingerprint || (check.seed !== undefined && state.seed !== undefined && check.seed !== state.seed);
   if (other)
-    throw new IdforgeError('E_ARGUMENT', `${check.where}: the checkpoint in ${ck} was made with other options or data (${check.covers}); use another folder or resume: false`);
+    throw invalid(check.option, `a folder for this run: its checkpoint ${ck} was made with other options or data (${check.covers}); use another folder or resume: false`, undefined, { where: check.where });
   try {
     const optimizer = readOptimizer(path.join(ck, 'optimizer.safetensors'));
     return { step: state.step, seed: state.seed, optimizer, model: readModel(ck) };
