@@ -29,7 +29,7 @@ import { toHost } from '../runtime/runtime.js';
 import type { SdRuntime } from '../runtime/sd.js';
 import { addNoise } from '../sched/betas.js';
 import { DDIMScheduler } from '../sched/ddim.js';
-import { nonNegative } from '../validate.js';
+import { invalid, nonNegative, shown } from '../validate.js';
 import { Tensor, numel } from '../tensor.js';
 import { buildTextEncoder } from '../text/clip.js';
 import { buildUNet } from '../unet/unet.js';
@@ -100,7 +100,7 @@ export interface TrainStepValues {
   gradNorm: number;
 }
 
-const argErr = (msg: string) => new IdforgeError('E_ARGUMENT', `EncoderTrainer: ${msg}`);
+const W = 'EncoderTrainer';
 
 /** The names that learn under `scope`. */
 export function trainableNames(names: Iterable<string>, config: IdEncoderConfig, scope: TrainScope): Set<string> {
@@ -109,7 +109,7 @@ export function trainableNames(names: Iterable<string>, config: IdEncoderConfig,
   if (scope === 'projectors') return new Set(all.filter((n) => n.startsWith('projector.')));
   const n = scope?.lastBlocks;
   if (!Number.isInteger(n) || n < 0 || n > config.numLayers)
-    throw argErr(`train.lastBlocks must be an integer in 0..${config.numLayers}, got ${JSON.stringify(n)}`);
+    throw invalid('train.lastBlocks', `an integer in [0, ${config.numLayers}]`, n, { where: W });
   const first = config.numLayers - n;
   return new Set(all.filter((name) => {
     if (name.startsWith('projector.')) return true;
@@ -169,14 +169,14 @@ export class EncoderTrainer implements Disposable {
   #disposed = false;
 
   constructor(opts: EncoderTrainerOptions) {
-    if (!opts || typeof opts !== 'object') throw argErr('options must be an object');
+    if (!opts || typeof opts !== 'object') throw invalid('options', 'an object', opts, { where: W });
     const rt = opts.engine?.runtime;
-    if (!rt || typeof rt.program !== 'function') throw argErr('engine must be an Engine (or hold its SdRuntime as `runtime`)');
+    if (!rt || typeof rt.program !== 'function') throw invalid('engine', 'an Engine (or hold its SdRuntime as `runtime`)', opts.engine, { where: W });
     rt.assertLive();
     if (rt.backend.dtype !== 'float32')
-      throw argErr("training needs a float32 engine (gradients of the diffusion loss are not accurate in float16): load one with { dtype: 'float32' }");
+      throw invalid('the engine', "float32 (gradients of the diffusion loss are not accurate in float16): load one with { dtype: 'float32' }", shown(`a ${rt.backend.dtype} engine`), { where: W });
     const enc = opts.encoder as IdEncoder | { config: IdEncoderConfig; weights: Map<string, HostWeight> };
-    if (!enc || typeof enc !== 'object' || !enc.config) throw argErr('encoder must be an IdEncoder or { config, weights }');
+    if (!enc || typeof enc !== 'object' || !enc.config) throw invalid('encoder', 'an IdEncoder or { config, weights }', enc, { where: W });
     this.config = enc.config;
     const given = 'hostWeights' in enc && typeof enc.hostWeights === 'function' ? enc.hostWeights() : (enc as { weights: Map<string, HostWeight> }).weights;
     // A copy: training never writes into the caller's arrays.
@@ -184,7 +184,7 @@ export class EncoderTrainer implements Disposable {
     const D = rt.configs.text.hiddenSize;
     if (this.config.textDim !== D)
       throw new IdforgeError('E_SHAPE', `EncoderTrainer: the encoder's words are ${this.config.textDim} wide, the model's text encoder takes ${D}`);
-    this.regWeight = nonNegative(opts.regWeight ?? 0.01, 'regWeight', { where: 'EncoderTrainer' });
+    this.regWeight = nonNegative(opts.regWeight ?? 0.01, 'regWeight', { where: W });
     this.runtime = rt;
     this.trainable = trainableNames(this.#host.keys(), this.config, opts.train ?? 'all');
     this.#w = new TrainableWeights('id-encoder (training)', hostRefs(this.#host), rt.backend, this.trainable);
@@ -276,10 +276,10 @@ export class EncoderTrainer implements Disposable {
       if (!(t instanceof Tensor) || t.shape.length !== 4 || t.shape[0] !== b || t.shape[1] !== C)
         throw new IdforgeError('E_SHAPE', `EncoderTrainer: ${name} must be a Tensor [${b}, ${C}, h, w], got ${t instanceof Tensor ? JSON.stringify(t.shape) : typeof t}`);
     if (latents.shape.some((d, i) => d !== noise.shape[i])) throw new IdforgeError('E_SHAPE', 'EncoderTrainer: latents and noise must have one shape');
-    if (!Array.isArray(prompts) || prompts.length !== b) throw argErr(`prompts must be ${b} strings (one per face)`);
+    if (!Array.isArray(prompts) || prompts.length !== b) throw invalid('prompts', `${b} strings (one per face)`, prompts, { where: W });
     const T = this.#alphasCumprod.length;
     if (!Array.isArray(timesteps) || timesteps.length !== b || !timesteps.every((t) => Number.isInteger(t) && t >= 0 && t < T))
-      throw argErr(`timesteps must be ${b} integers in [0, ${T})`);
+      throw invalid('timesteps', `${b} integers in [0, ${T})`, timesteps, { where: W });
   }
 
   /** The batch's device inputs (faces, ids, slots, z_t, t, noise): the caller disposes them. */
@@ -328,8 +328,8 @@ export class EncoderTrainer implements Disposable {
   async trainStep(batch: TrainBatch, opts: AdamStepOptions): Promise<TrainStepValues> {
     this.#check(batch);
     const { lr, clipNorm } = opts ?? ({} as AdamStepOptions);
-    nonNegative(lr, 'lr', { positive: true, where: 'EncoderTrainer' });
-    if (typeof clipNorm !== 'number' || !(clipNorm >= 0)) throw argErr(`clipNorm must be a number ≥ 0, got ${String(clipNorm)}`);
+    nonNegative(lr, 'lr', { positive: true, where: W });
+    if (typeof clipNorm !== 'number' || !(clipNorm >= 0)) throw invalid('clipNorm', 'a number ≥ 0 (Infinity: no clipping)', clipNorm, { where: W });
     const [b, c, h, w] = batch.latents.shape as [number, number, number, number];
     const { p, params } = this.#program(b, c, h, w, true);
     const batchIn = this.#batchInputs(batch);

@@ -31,7 +31,7 @@ import type { SdRuntime } from '../runtime/sd.js';
 import { randn } from '../sched/random.js';
 import { Tensor } from '../tensor.js';
 import { latentPosterior, sampleLatent } from '../vae/posterior.js';
-import { integer, nonNegative, oneOf } from '../validate.js';
+import { integer, invalid, nonNegative, numberIn, oneOf, text } from '../validate.js';
 import { EncoderTrainer, type TrainScope } from './encoder-trainer.js';
 
 /** Reconstruction prompt templates (the face photo is the target). */
@@ -108,7 +108,6 @@ interface Sample {
   prompt?: string;
 }
 
-const arg = (msg: string) => new IdforgeError('E_ARGUMENT', `trainEncoder: ${msg}`);
 
 function listImages(dir: string): string[] {
   if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new IdforgeError('E_NOT_FOUND', `trainEncoder: faces folder not found: ${dir}`);
@@ -169,30 +168,29 @@ function readEncoder(dir: string): { config: IdEncoderConfig; weights: Map<strin
 }
 
 export async function trainEncoder(opts: TrainEncoderOptions): Promise<TrainResult> {
-  if (!opts || typeof opts !== 'object') throw arg('options must be an object');
+  if (!opts || typeof opts !== 'object') throw invalid('options', 'an object', opts, { where: 'trainEncoder' });
   const rt = opts.engine?.runtime;
-  if (!rt) throw arg('engine is required');
   const W = 'trainEncoder';
+  if (!rt) throw invalid('engine', 'an Engine', opts.engine, { where: W });
   const steps = integer(opts.steps, 'steps', 1, Number.MAX_SAFE_INTEGER, W);
   const B = integer(opts.batchSize ?? 1, 'batchSize', 1, Number.MAX_SAFE_INTEGER, W);
   const lr = nonNegative(opts.lr ?? 1e-4, 'lr', { positive: true, where: W });
   const warm = integer(opts.warmupSteps ?? 0, 'warmupSteps', 0, Number.MAX_SAFE_INTEGER, W);
   const clip = opts.clipNorm ?? 1; // Infinity: never clip
-  if (typeof clip !== 'number' || !(clip >= 0)) throw arg(`clipNorm must be a number ≥ 0, got ${String(clip)}`);
+  if (typeof clip !== 'number' || !(clip >= 0)) throw invalid('clipNorm', 'a number ≥ 0 (0: off)', clip, { where: W });
   const seed = integer(opts.seed ?? 0, 'seed', Number.MIN_SAFE_INTEGER, Number.MAX_SAFE_INTEGER, W);
   const every = integer(opts.checkpointEvery ?? 100, 'checkpointEvery', 1, Number.MAX_SAFE_INTEGER, W);
-  const mix = nonNegative(opts.mix ?? 0.5, 'mix', { where: W });
-  if (mix > 1) throw arg(`mix must be in [0, 1], got ${mix}`);
-  if (typeof opts.out !== 'string' || !opts.out) throw arg('out (the output folder) is required');
+  const mix = numberIn(opts.mix ?? 0.5, 'mix', 0, 1, { where: W });
+  text(opts.out, 'out (the output folder)', { nonEmpty: true, where: W });
   const templates = opts.templates ?? RECONSTRUCTION_TEMPLATES;
-  const align = oneOf(opts.align ?? 'detect', 'align', ['detect', 'centre'] as const);
+  const align = oneOf(opts.align ?? 'detect', 'align', ['detect', 'centre'] as const, W);
   if (!templates.length || templates.some((t) => typeof t !== 'string' || !t.includes('<id>'))) throw new IdforgeError('E_IDENTITY', 'trainEncoder: every template needs the <id> placeholder');
 
   // Data.
   const recon = opts.faces !== undefined ? listImages(opts.faces).map((f) => ({ face: f, image: f })) : [];
   const edits = (opts.editSets ?? []).flatMap((d) => readEditManifest(d));
-  if (opts.faces !== undefined && recon.length === 0 && edits.length === 0) throw arg(`the faces folder ${opts.faces} has no images (.png, .jpg, .webp)`);
-  if (recon.length + edits.length === 0) throw arg('no training data: give faces (a folder of photos) and/or editSets');
+  if (opts.faces !== undefined && recon.length === 0 && edits.length === 0) throw invalid('faces', 'a folder with images (.png, .jpg, .webp)', opts.faces, { where: W });
+  if (recon.length + edits.length === 0) throw invalid('faces or editSets', 'given (there is no training data)', undefined, { where: W });
   for (const e of edits) if (!e.prompt.includes('<id>')) throw new IdforgeError('E_IDENTITY', `trainEncoder: the edit prompt "${e.prompt}" has no <id> placeholder`);
 
   let encoder: IdEncoder | undefined = typeof opts.encoder === 'string' ? await IdEncoder.load(opts.encoder, { device: 'cpu' }) : opts.encoder;
