@@ -22,8 +22,9 @@ import type { OptimizerState } from './device-adam.js';
 import type { HostWeight } from './params.js';
 
 /**
- * A uint32 from (seed, step, stream): the seed of what step `step` draws. `stream` separates
- * independent uses of one seed (0: the steps; others: e.g. a pool of augmented images).
+ * A uint32 from (seed, step, stream): the seed of what step `step` draws (the seed's low 32 bits
+ * count). `stream` separates independent uses of one seed (0: the steps; others: e.g. a pool of
+ * augmented images).
  */
 export function stepSeed(seed: number, step: number, stream = 0): number {
   return (Math.imul(seed >>> 0, 0x9e3779b1) ^ Math.imul(step + 1, 0x85ebca77) ^ Math.imul(stream, 0xc2b2ae3d)) >>> 0;
