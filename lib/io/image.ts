@@ -35,6 +35,11 @@ export function checkImageOutput(file: string): void {
   const ext = path.extname(file).toLowerCase();
   if (!(IMAGE_EXTENSIONS as readonly string[]).includes(ext))
     throw invalid('the output image path', `a known image format (${IMAGE_EXTENSIONS.join(', ')}); unknown image format '${ext || '(no extension)'}'`, file);
+  checkWritable(file);
+}
+
+/** Throws unless `file` can be written: an existing writable folder, and no folder or unwritable file at that name. */
+export function checkWritable(file: string): void {
   const dir = path.dirname(path.resolve(file));
   let st: fs.Stats | undefined;
   try {
@@ -42,11 +47,11 @@ export function checkImageOutput(file: string): void {
   } catch {
     throw new IdforgeError('E_NOT_FOUND', `${file}: the folder ${dir} does not exist`);
   }
-  if (!st.isDirectory()) throw invalid('the output image path', `in a folder (${dir} is not one)`, file);
+  if (!st.isDirectory()) throw invalid('the output path', `in a folder (${dir} is not one)`, file);
   try {
     fs.accessSync(dir, fs.constants.W_OK);
   } catch {
-    throw invalid('the output image path', `in a writable folder (${dir} is not writable)`, file);
+    throw invalid('the output path', `in a writable folder (${dir} is not writable)`, file);
   }
   let target: fs.Stats | undefined;
   try {
@@ -54,11 +59,11 @@ export function checkImageOutput(file: string): void {
   } catch {
     return; // a new file in a writable folder
   }
-  if (!target.isFile()) throw invalid('the output image path', 'a new or regular file (it exists and is not a regular file)', file);
+  if (!target.isFile()) throw invalid('the output path', 'a new or regular file (it exists and is not a regular file)', file);
   try {
     fs.accessSync(file, fs.constants.W_OK);
   } catch {
-    throw invalid('the output image path', 'a new or writable file (it exists and is not writable)', file);
+    throw invalid('the output path', 'a new or writable file (it exists and is not writable)', file);
   }
 }
 
@@ -102,6 +107,28 @@ export async function loadImage(input: string | Buffer | Uint8Array): Promise<Ra
     if (typeof input === 'string' && msg.includes('missing')) throw new IdforgeError('E_NOT_FOUND', `could not decode ${input}: ${msg}`, { cause: e });
     throw invalid('image', `an image sharp can decode (could not decode it: ${msg})`, typeof input === 'string' ? input : shown(`a buffer of ${input.length} bytes`), { cause: e });
   }
+}
+
+/** Width and height of an image file as displayed (EXIF orientation applied), from its header only. */
+export async function imageSize(file: string): Promise<{ width: number; height: number }> {
+  if (!fs.existsSync(file)) throw new IdforgeError('E_NOT_FOUND', `image not found: ${file}`);
+  const { default: sharp } = await import('sharp');
+  try {
+    const m = await sharp(file).metadata();
+    if (!m.width || !m.height) throw new Error('no size in its header');
+    const turned = (m.orientation ?? 1) >= 5;
+    return turned ? { width: m.height, height: m.width } : { width: m.width, height: m.height };
+  } catch (e) {
+    throw invalid('image', `an image sharp can decode (could not decode it: ${(e as Error).message.split('\n')[0]})`, file, { cause: e });
+  }
+}
+
+/** An image file decoded and resized to cover width × height (scaled to fill, the overflow cropped evenly). */
+export async function loadImageCover(file: string, width: number, height: number): Promise<RawImage> {
+  const img = await loadImage(file);
+  if (img.width === width && img.height === height) return img;
+  const { data } = await (await sharpOf(img)).resize(width, height, { fit: 'cover' }).raw().toBuffer({ resolveWithObject: true });
+  return { width, height, channels: 3, data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) };
 }
 
 /**

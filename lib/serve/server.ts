@@ -14,6 +14,8 @@ import {
 } from './api.js';
 import type { JobEvent, JobQueue } from './queue.js';
 import type { IdentityStore } from './store.js';
+import { studioRoutes } from './studio.js';
+import { loadImage } from '../io/image.js';
 
 export interface ServerOptions {
   queue: JobQueue;
@@ -83,7 +85,7 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
   if (o.token) {
     const token = o.token;
     app.addHook('onRequest', async (req) => {
-      if (req.url === '/health') return;
+      if (req.url === '/health' || (req.routeOptions.config as { public?: boolean } | undefined)?.public) return;
       const h = req.headers.authorization ?? '';
       if (!h.startsWith('Bearer ') || !sameToken(h.slice(7), token)) throw new HttpError(401, 'E_UNAUTHORIZED', 'a valid bearer token is required');
     });
@@ -154,6 +156,16 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
       return reply.code(202).send({ id: job, state: 'queued', identity: id });
     },
   );
+
+  await studioRoutes(app, {
+    store, limits, mode: queue.mode, encoder: !!o.encoder, token: !!o.token,
+    decode: async (field) => {
+      const bytes = Buffer.from(field, 'base64');
+      await checkUpload(bytes, limits.maxUploadSide);
+      return { image: await loadImage(bytes), scale: 1 };
+    },
+    fail: (code, message) => new HttpError(code === 'E_NO_FACE_MODELS' ? 501 : STATUS[code] ?? 400, code, message),
+  });
 
   app.get('/identities', { schema: { response: { 200: responses.identityList, ...err4 } } }, async () => ({ identities: store.list() }));
   app.get<{ Params: { id: string } }>('/identities/:id', { schema: { params: idParam, response: { 200: responses.identityInfo, ...err4 } } },
