@@ -48,7 +48,7 @@ t.test('every flag is checked before a model loads', async (t) => {
     [['generate', '--prompt', 'x'], 'E_ARGUMENT', /^generate needs --model/],
     [[...gen, '--prompt', 'x', '--steps', '0'], 'E_ARGUMENT', /^steps must be an integer in \[1, 1000\], got 0$/],
     [[...gen, '--prompt', 'x', '--width', '100'], 'E_SHAPE', /^width must be a multiple of 64 .*nearest valid: 64 or 128.*got 100$/],
-    [[...gen, '--prompt', 'x', '--steps', 'many'], 'E_ARGUMENT', /^--steps must be a number, got 'many'$/],
+    [[...gen, '--prompt', 'x', '--steps', 'many'], 'E_ARGUMENT', /^--steps must be a number, got "many"$/],
     [[...gen, '--prompt', 'x', '--steps', '2', '--steps', '3'], 'E_ARGUMENT', /^--steps was given 2 times; it takes one value$/],
     [[...gen, '--prompt', 'x', '--sampler', 'plms'], 'E_ARGUMENT', /plms/],
     [[...gen, '--prompt', 'x', '--guidance', '-1'], 'E_ARGUMENT', /^guidanceScale must be a finite number in \[0, \d+\], got -1$/],

@@ -11,6 +11,7 @@ import type { HostWeight } from '../optim/params.js';
 import type { DeviceOptions } from '../runtime/runtime.js';
 import { normalGenerator } from '../sched/random.js';
 import { fmt, parseIdEncoderConfig, type IdEncoderConfig } from './config.js';
+import { integer, invalid } from '../validate.js';
 
 // HostWeight and hostRefs live with the trainable weights (lib/optim/params.ts).
 export { hostRefs, type HostWeight } from '../optim/params.js';
@@ -44,8 +45,9 @@ export interface IdEncoderCreateOptions extends DeviceOptions {
  * words are small next to CLIP's token embeddings, zero biases.
  */
 export function createIdEncoderWeights(o: IdEncoderCreateOptions): { config: IdEncoderConfig; weights: Map<string, HostWeight> } {
-  if (!o || typeof o.backbone !== 'string') throw new IdforgeError('E_ARGUMENT', 'IdEncoder.create: backbone must be a path to a safetensors ViT');
-  if (!Number.isInteger(o.seed)) throw new IdforgeError('E_ARGUMENT', `IdEncoder.create: seed must be an integer, got ${String(o.seed)}`);
+  const where = 'IdEncoder.create';
+  if (!o || typeof o.backbone !== 'string') throw invalid('backbone', 'a path to a safetensors ViT', o?.backbone, { where });
+  integer(o.seed, 'seed', Number.MIN_SAFE_INTEGER, Number.MAX_SAFE_INTEGER, where);
   let file = o.backbone;
   let json: Record<string, unknown> = {};
   if (fs.existsSync(file) && fs.statSync(file).isDirectory()) {
@@ -76,7 +78,7 @@ export function createIdEncoderWeights(o: IdEncoderCreateOptions): { config: IdE
       projector: { hidden_size: o.projectorHidden }, text_dim: o.textDim,
       input_normalization: { mean: o.mean ?? [0.5, 0.5, 0.5], std: o.std ?? [0.5, 0.5, 0.5] },
     };
-    if (heads === undefined) throw new IdforgeError('E_ARGUMENT', 'IdEncoder.create: numHeads is required (the weights do not say; or put num_heads in the backbone folder\'s config.json)');
+    if (heads === undefined) throw invalid('numHeads', "given (the weights do not say; or put num_heads in the backbone folder's config.json)", undefined, { where });
     const config = parseIdEncoderConfig(cfgJson, `${file} (create options)`);
     const weights = new Map<string, HostWeight>();
     for (const n of st.names()) {

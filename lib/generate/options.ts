@@ -197,7 +197,8 @@ export async function resolveGenerate(opts: GenerateOptions, model: GenerateMode
   const samplerName = opts.sampler ?? 'ddim';
   if (!isSamplerName(samplerName)) throw badSampler(samplerName);
   const numImages = integer(opts.numImages ?? 1, 'numImages', 1, 64);
-  if (!Number.isSafeInteger(seed + numImages - 1)) throw invalid('seed + numImages − 1', 'a safe integer (image i is seeded with seed + i)', seed + numImages - 1);
+  // Compared without adding: seed + numImages − 1 rounds back to a safe value near 2^53.
+  if (seed > Number.MAX_SAFE_INTEGER - (numImages - 1)) throw invalid('seed + numImages − 1', 'a safe integer (image i is seeded with seed + i)', shown(`${BigInt(seed) + BigInt(numImages - 1)}`));
   if (opts.stepNoise !== undefined && !(opts.stepNoise instanceof Tensor)) throw invalid('stepNoise', 'a Tensor [steps, numImages, C, h, w]', opts.stepNoise);
   if (opts.strength !== undefined && !init) throw invalid('strength', 'left out without an image (it applies to image to image: pass an image too)');
   const strength = numberIn(opts.strength ?? (init ? 0.8 : 1), 'strength', 0, 1, { above: true });

@@ -2,6 +2,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { IdforgeError } from '../errors.js';
+import { invalid, shown, text } from '../validate.js';
 
 /** 8-bit interleaved pixels, row-major. */
 export interface RawImage {
@@ -17,9 +18,9 @@ function isRawImage(x: unknown): x is RawImage {
   return typeof x === 'object' && x !== null && !Buffer.isBuffer(x) && 'data' in x && 'width' in x;
 }
 
-function check(img: RawImage, prefix = ''): void {
+function check(img: RawImage, name = 'image'): void {
   if (!img || !Number.isInteger(img.width) || !Number.isInteger(img.height) || img.width <= 0 || img.height <= 0 || img.channels !== 3 || !(img.data instanceof Uint8Array) || img.data.length !== img.width * img.height * 3)
-    throw new IdforgeError('E_ARGUMENT', `${prefix}expected ${RAW_SHAPE}`);
+    throw invalid(name, RAW_SHAPE, img);
 }
 
 /** Output formats by extension (what sharp writes). */
@@ -30,10 +31,10 @@ export const IMAGE_EXTENSIONS = ['.png', '.jpg', '.jpeg', '.webp', '.avif', '.ti
  * writable folder, and no folder or unwritable file at that name. Cheap; call it before working.
  */
 export function checkImageOutput(file: string): void {
-  if (typeof file !== 'string' || file === '') throw new IdforgeError('E_ARGUMENT', 'the output image path must be a non-empty string');
+  text(file, 'the output image path', { nonEmpty: true });
   const ext = path.extname(file).toLowerCase();
   if (!(IMAGE_EXTENSIONS as readonly string[]).includes(ext))
-    throw new IdforgeError('E_ARGUMENT', `${file}: unknown image format '${ext || '(no extension)'}' (use ${IMAGE_EXTENSIONS.join(', ')})`);
+    throw invalid('the output image path', `a known image format (${IMAGE_EXTENSIONS.join(', ')}); unknown image format '${ext || '(no extension)'}'`, file);
   checkWritable(file);
 }
 
@@ -46,11 +47,11 @@ export function checkWritable(file: string): void {
   } catch {
     throw new IdforgeError('E_NOT_FOUND', `${file}: the folder ${dir} does not exist`);
   }
-  if (!st.isDirectory()) throw new IdforgeError('E_ARGUMENT', `${file}: ${dir} is not a folder`);
+  if (!st.isDirectory()) throw invalid('the output path', `in a folder (${dir} is not one)`, file);
   try {
     fs.accessSync(dir, fs.constants.W_OK);
   } catch {
-    throw new IdforgeError('E_ARGUMENT', `${file}: the folder ${dir} is not writable`);
+    throw invalid('the output path', `in a writable folder (${dir} is not writable)`, file);
   }
   let target: fs.Stats | undefined;
   try {
@@ -58,11 +59,11 @@ export function checkWritable(file: string): void {
   } catch {
     return; // a new file in a writable folder
   }
-  if (!target.isFile()) throw new IdforgeError('E_ARGUMENT', `${file}: exists and is not a regular file`);
+  if (!target.isFile()) throw invalid('the output path', 'a new or regular file (it exists and is not a regular file)', file);
   try {
     fs.accessSync(file, fs.constants.W_OK);
   } catch {
-    throw new IdforgeError('E_ARGUMENT', `${file}: exists and is not writable`);
+    throw invalid('the output path', 'a new or writable file (it exists and is not writable)', file);
   }
 }
 
@@ -75,7 +76,7 @@ export async function saveImage(img: RawImage, file: string): Promise<void> {
   } catch (e) {
     // libvips messages are multi-line and name its internals: keep the first line, minus "vips_…: ".
     const first = ((e as Error).message ?? '').split('\n')[0]!.replace(/^vips[_\w]*:\s*/, '');
-    throw new IdforgeError('E_ARGUMENT', `could not write image ${file}: ${first}`, { cause: e });
+    throw invalid('the output image path', `a file the image can be written to (could not write it: ${first})`, file, { cause: e });
   }
 }
 
@@ -102,9 +103,9 @@ export async function loadImage(input: string | Buffer | Uint8Array): Promise<Ra
     if (info.channels !== 3) throw new Error(`decoded ${info.channels} channels`);
     return { width: info.width, height: info.height, channels: 3, data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) };
   } catch (e) {
-    const what = typeof input === 'string' ? input : 'image buffer';
-    const code = typeof input === 'string' && (e as Error).message.includes('missing') ? 'E_NOT_FOUND' : 'E_ARGUMENT';
-    throw new IdforgeError(code, `could not decode ${what}: ${(e as Error).message}`, { cause: e });
+    const msg = (e as Error).message;
+    if (typeof input === 'string' && msg.includes('missing')) throw new IdforgeError('E_NOT_FOUND', `could not decode ${input}: ${msg}`, { cause: e });
+    throw invalid('image', `an image sharp can decode (could not decode it: ${msg})`, typeof input === 'string' ? input : shown(`a buffer of ${input.length} bytes`), { cause: e });
   }
 }
 
@@ -118,7 +119,7 @@ export async function imageSize(file: string): Promise<{ width: number; height: 
     const turned = (m.orientation ?? 1) >= 5;
     return turned ? { width: m.height, height: m.width } : { width: m.width, height: m.height };
   } catch (e) {
-    throw new IdforgeError('E_ARGUMENT', `could not decode ${file}: ${(e as Error).message.split('\n')[0]}`, { cause: e });
+    throw invalid('image', `an image sharp can decode (could not decode it: ${(e as Error).message.split('\n')[0]})`, file, { cause: e });
   }
 }
 
@@ -135,21 +136,20 @@ export async function loadImageCover(file: string, width: number, height: number
  * applied) or a RawImage (checked). Typed errors name `what` (e.g. 'face', 'image').
  */
 export async function decodeImage(input: unknown, what: string): Promise<RawImage> {
-  const arg = (msg: string) => new IdforgeError('E_ARGUMENT', `${what}: ${msg}`);
   if (typeof input === 'string') {
-    if (!input) throw arg('empty image path');
+    if (!input) throw invalid(what, 'a non-empty image path', input);
     if (!fs.existsSync(input)) throw new IdforgeError('E_NOT_FOUND', `${what} image not found: ${input}`);
     return loadImage(input);
   }
   if (Buffer.isBuffer(input) || (input instanceof Uint8Array && !isRawImage(input))) {
-    if (input.length === 0) throw arg('empty image buffer');
+    if (input.length === 0) throw invalid(what, 'a non-empty image buffer', shown('an empty buffer'));
     return loadImage(input);
   }
   if (isRawImage(input)) {
-    check(input, `${what}: `);
+    check(input, what);
     return input;
   }
-  throw arg(`must be a RawImage, a file path or an encoded image Buffer, got ${input === null ? 'null' : typeof input}`);
+  throw invalid(what, 'a RawImage, a file path or an encoded image Buffer', input);
 }
 
 /** 8-bit HWC → [3, H, W] in [−1, 1], (x/255)·2 − 1: the VAE encoder's input range. */

@@ -18,7 +18,7 @@ import { Weights } from '../graph/weights.js';
 import type { TensorRef } from '../io/checkpoint.js';
 import { backends, call, native } from '../native.js';
 import { Tensor } from '../tensor.js';
-import { argError, validateDevice } from '../validate.js';
+import { invalid, validateDevice } from '../validate.js';
 
 /** Runtimes that are never disposed still hand their CUDA stream back when collected. */
 const streams = new FinalizationRegistry<number>((id) => {
@@ -53,7 +53,7 @@ export function resolveBackend(opts: DeviceOptions = {}): { device: 'cpu' | 'cud
     device = backends().cuda.available ? 'cuda' : 'cpu';
   }
   const dtype = o.dtype ?? (device === 'cuda' ? 'float16' : 'float32');
-  if (device === 'cpu' && dtype !== 'float32') throw argError("the CPU backend computes in float32 only; use dtype 'float32' or device 'cuda'");
+  if (device === 'cpu' && dtype !== 'float32') throw invalid('dtype', "'float32' on the CPU (it computes in float32 only; or use device 'cuda')", dtype);
   return { device, dtype };
 }
 

@@ -4,7 +4,7 @@
  * Everything returned is float32, produced with the same roundings torch applies, so that
  * `alphas_cumprod` matches a diffusers-built scheduler bit for bit (checked against the golden).
  */
-import { IdforgeError } from '../errors.js';
+import { invalid, shown } from '../validate.js';
 
 const f32 = Math.fround;
 
@@ -18,7 +18,7 @@ const f32 = Math.fround;
  * float32 ulp, which alphas_cumprod carries to the end.
  */
 export function torchLinspaceF32(start: number, end: number, n: number): Float32Array {
-  if (!Number.isInteger(n) || n < 1) throw new IdforgeError('E_ARGUMENT', `linspace: n must be a positive integer, got ${n}`);
+  if (!Number.isInteger(n) || n < 1) throw invalid('n', 'a positive integer', n, { where: 'linspace' });
   const out = new Float32Array(n);
   const s = f32(start);
   const e = f32(end);
@@ -70,11 +70,11 @@ export function makeBetas(opts: {
   if (opts.trainedBetas != null) {
     const tb = opts.trainedBetas;
     if (tb.length !== n) {
-      throw new IdforgeError('E_ARGUMENT', `trained_betas has ${tb.length} entries, num_train_timesteps is ${n}`);
+      throw invalid('trained_betas', `num_train_timesteps (${n}) entries`, shown(`${tb.length} entries`));
     }
     const out = Float32Array.from(tb);
     for (const b of out) {
-      if (!Number.isFinite(b)) throw new IdforgeError('E_ARGUMENT', 'trained_betas must be finite numbers');
+      if (!Number.isFinite(b)) throw invalid('trained_betas', 'finite numbers', b);
     }
     return out;
   }
@@ -89,7 +89,7 @@ export function makeBetas(opts: {
     case 'squaredcos_cap_v2':
       return betasForAlphaBar(n);
     default:
-      throw new IdforgeError('E_ARGUMENT', `beta_schedule ${JSON.stringify(opts.betaSchedule)} is not supported`);
+      throw invalid('beta_schedule', 'linear, scaled_linear or squaredcos_cap_v2', opts.betaSchedule);
   }
 }
 

@@ -1,6 +1,6 @@
 // The HTTP API's one description: the limits, the JSON schemas of every route, and the job payloads
 // that travel from the server to whoever runs them (an in-process engine or a BullMQ worker).
-import { SAMPLERS as SAMPLER_NAMES } from '../sched/sampler.js';
+import { SAMPLERS as SAMPLER_NAMES, type SamplerName } from '../sched/sampler.js';
 import { Identity, type IdentityMethod } from '../identity/identity.js';
 
 /** The samplers a request may name (generate()'s own list). */
@@ -53,7 +53,8 @@ export interface GenerateJob {
   guidanceScale: number;
   /** Always set (chosen at submission when the request has none): a retried job repeats its image. */
   seed: number;
-  sampler: string;
+  /** One of SAMPLERS: the request schema's enum. */
+  sampler: SamplerName;
   identity?: WireIdentity;
   identityScale?: number;
 }

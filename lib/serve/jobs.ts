@@ -3,7 +3,6 @@
 import type { Engine, GenerateOptions } from '../engine.js';
 import { IdforgeError } from '../errors.js';
 import { encodePng } from '../io/image.js';
-import type { SamplerName } from '../sched/sampler.js';
 import { fromWire, toWire, type JobData, type JobResult, type Progress } from './api.js';
 
 
@@ -11,7 +10,7 @@ export async function runJob(engine: Engine, job: JobData, onProgress: (p: Progr
   if (job.kind === 'generate') {
     const opts: GenerateOptions = {
       prompt: job.prompt, negativePrompt: job.negativePrompt, width: job.width, height: job.height, steps: job.steps,
-      guidanceScale: job.guidanceScale, seed: job.seed, sampler: job.sampler as SamplerName,
+      guidanceScale: job.guidanceScale, seed: job.seed, sampler: job.sampler,
       ...(job.identity ? { identity: fromWire(job.identity) } : {}),
       ...(job.identityScale !== undefined ? { identityScale: job.identityScale } : {}),
       ...(signal ? { signal } : {}),
