@@ -3,10 +3,13 @@
 // type, its argument checks and the host side of the table a UNet program takes as an input.
 import { invalid, numberIn, shown } from './validate.js';
 
-/** Token indices of the context confined to a box [x0, y0, x1, y1) in fractions of the image's width and height. */
+/** A box [x0, y0, x1, y1): fractions of the image's width and height. */
+export type Box = readonly [number, number, number, number];
+
+/** Token indices of the context confined to a box. */
 export interface Region {
   tokens: readonly number[];
-  box: readonly [number, number, number, number];
+  box: Box;
 }
 
 /**
@@ -75,8 +78,6 @@ export function regionList(v: unknown, keys: number, name = 'regions'): Region[]
   if (owner.size === keys) throw invalid(name, `regions that leave some of the ${keys} tokens unconfined (positions outside every box attend to those)`, shown(`all ${keys} confined`));
   return list;
 }
-
-export type Box = readonly [number, number, number, number];
 
 /** generate()'s `regions` option: identity name → box, checked (at most REGION_CAPACITY). */
 export function regionBoxes(v: unknown): ReadonlyMap<string, Box> {
