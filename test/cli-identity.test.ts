@@ -181,16 +181,18 @@ t.test('--image with --width/--height is resized to cover that size', async (t) 
   t.same([h.width, h.height], [192, 192]);
 });
 
-t.test('learn writes a SeFi-IDE identity; Ctrl-C stops it and says what was kept', async (t) => {
+t.test('learn writes a SeFi-IDE identity; Ctrl-C keeps what was learned and the same command continues', async (t) => {
   const id = out('learned.safetensors');
   const r = idforge('identity', 'learn', '--model', TINY_SD, '--photo', FACE, '--steps', '3', '--seed', '1', '--out', id);
   t.equal(r.status, 0, r.stderr);
   t.match(r.stderr, /learning 3\/3 +loss \d+\.\d+ .*ETA/);
+  t.match(r.stderr, /checkpoint .*learned\.checkpoint/);
   const got = Identity.load(id);
   t.same([got.method, got.stages, got.words, got.kvShared], ['sefi-ide', 5, 1, false]);
 
   const stopped = out('stopped.safetensors');
-  const child = spawn(process.execPath, [cli, 'identity', 'learn', '--model', TINY_SD, '--photo', FACE, '--steps', '100000', '--out', stopped], { env: { ...process.env, NODE_OPTIONS: '' } });
+  const args = ['identity', 'learn', '--model', TINY_SD, '--photo', FACE, '--seed', '2', '--out', stopped];
+  const child = spawn(process.execPath, [cli, ...args, '--steps', '100000'], { env: { ...process.env, NODE_OPTIONS: '' } });
   let stderr = '';
   let sent = 0;
   child.stderr.on('data', (d: Buffer) => {
@@ -205,7 +207,15 @@ t.test('learn writes a SeFi-IDE identity; Ctrl-C stops it and says what was kept
   clearTimeout(kill);
   t.ok(sent > 0, 'learning reported progress');
   t.equal(status, 130, 'exit 130');
-  t.match(stderr, /idforge: E_ABORTED: stopped after step \d+ of 100000; nothing was saved/);
-  t.notOk(fs.existsSync(stopped), 'no file written');
+  const m = /idforge: E_ABORTED: stopped after step (\d+) of 100000: the identity learned so far is in .*stopped\.safetensors; the same command continues/.exec(stderr);
+  t.ok(m, `the stop says what was kept (${stderr.split('\n').at(-2)})`);
   t.ok(Date.now() - sent < 5000, `exited ${Date.now() - sent} ms after SIGINT`);
+  t.same(Identity.load(stopped).method, 'sefi-ide', 'the partial identity loads');
+  // The same command continues from the step it stopped at.
+  const done = Number(m?.[1] ?? 2);
+  const again = idforge(...args, '--steps', String(done + 2));
+  t.equal(again.status, 0, again.stderr);
+  t.match(again.stderr, new RegExp(`learning ${done + 1}/${done + 2} `), `continues at step ${done + 1}`);
+  t.notMatch(again.stderr, /learning 1\//, 'does not start over');
+  t.match(again.stderr, new RegExp(`continued from step ${done}`));
 });

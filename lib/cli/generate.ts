@@ -21,7 +21,7 @@ import { validateDevice } from '../validate.js';
 import { interruptible, progressBar } from './progress.js';
 
 /** What the command line asks for; the flags fill it in, the checks read it, the run carries it out. */
-export interface GeneratePlan {
+export interface GenerateCommand {
   model?: string;
   load: LoadOptions;
   gen: Omit<GenerateOptions, 'prompt' | 'image'> & { prompt?: string };
@@ -32,7 +32,7 @@ export interface GeneratePlan {
 }
 
 const NAMED = /^([A-Za-z0-9_][A-Za-z0-9_-]{0,63})=(.+)$/;
-type P = GeneratePlan;
+type P = GenerateCommand;
 
 /** The flags of `idforge generate`, in the order the usage lists them (one entry per flag). */
 export const GENERATE_FLAGS: Flag<P>[] = [
@@ -83,7 +83,7 @@ function suffixed(file: string, suffix: string): string {
 export const numbered = (file: string, i: number, n: number): string => (n === 1 ? file : suffixed(file, String(i)));
 
 /** The identities named on the command line, loaded and checked (files read now, before any model). */
-function loadIdentities(list: GeneratePlan['identities']): Pick<GenerateOptions, 'identity' | 'identities'> {
+function loadIdentities(list: GenerateCommand['identities']): Pick<GenerateOptions, 'identity' | 'identities'> {
   if (list.length === 0) return {};
   const unnamed = list.filter((i) => i.name === undefined);
   if (list.length === 1 && unnamed.length === 1) return { identity: Identity.load(list[0]!.file) };
@@ -111,7 +111,7 @@ const SD1: GenerateModel = {
  * resized here (to its own size, or to cover --width x --height: a missing side keeps its aspect,
  * rounded to 64).
  */
-export async function checkGenerate(plan: GeneratePlan): Promise<{ model: string; load: LoadOptions; opts: GenerateOptions }> {
+export async function checkGenerate(plan: GenerateCommand): Promise<{ model: string; load: LoadOptions; opts: GenerateOptions }> {
   const model = required(plan.model, 'model', 'generate');
   const prompt = required(plan.gen.prompt, 'prompt', 'generate');
   const load = { ...plan.load, ...validateDevice(plan.load) };
@@ -146,7 +146,7 @@ export async function checkGenerate(plan: GeneratePlan): Promise<{ model: string
   return { model, load, opts };
 }
 
-async function writeResult(r: GenerateResult, plan: GeneratePlan, opts: GenerateOptions): Promise<string[]> {
+async function writeResult(r: GenerateResult, plan: GenerateCommand, opts: GenerateOptions): Promise<string[]> {
   const n = r.images.length;
   const files = r.images.map((_, i) => numbered(plan.out, i, n));
   for (let i = 0; i < n; i++) await saveImage(r.images[i]!, files[i]!);
@@ -165,7 +165,7 @@ async function writeResult(r: GenerateResult, plan: GeneratePlan, opts: Generate
 }
 
 export async function generateCmd(argv: string[]): Promise<number> {
-  const plan: GeneratePlan = { load: {}, gen: {}, identities: [], out: 'out.png' };
+  const plan: GenerateCommand = { load: {}, gen: {}, identities: [], out: 'out.png' };
   if (readFlags(argv, GENERATE_FLAGS, plan).help) {
     process.stdout.write(`${GENERATE_USAGE}\n`);
     return 0;
