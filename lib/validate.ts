@@ -51,14 +51,6 @@ export function invalid(name: string, expected: string, got?: unknown, o: Invali
   return new IdforgeError(o.code ?? 'E_ARGUMENT', o.where ? `${o.where}: ${msg}` : msg, o.cause === undefined ? undefined : { cause: o.cause });
 }
 
-/**
- * @deprecated an E_ARGUMENT with a free-form message: use invalid(name, expected, got). Kept until
- * lib/learn/learn.ts moves to invalid().
- */
-export function argError(msg: string, where?: string): IdforgeError {
-  return new IdforgeError('E_ARGUMENT', where ? `${where}: ${msg}` : msg);
-}
-
 /** An integer in [min, max]. */
 export function integer(v: unknown, name: string, min: number, max = Number.MAX_SAFE_INTEGER, where?: string): number {
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max)
