@@ -1,27 +1,48 @@
 // Runs one job on one engine: the only place that turns a job payload into engine calls, shared by
 // the in-process queue and the BullMQ worker (so both give the same image for the same payload).
+// The server checks a generate job's prompt against its identity with the same mapping, at submission.
 import type { Engine, GenerateOptions } from '../engine.js';
 import { IdforgeError } from '../errors.js';
+import { expandPrompt } from '../identity/placeholders.js';
 import { encodePng } from '../io/image.js';
 import type { SamplerName } from '../sched/sampler.js';
-import { fromWire, toWire, type JobData, type JobResult, type Progress } from './api.js';
+import type { ClipTokenizer } from '../text/tokenizer.js';
+import { identityMap } from '../validate.js';
+import { fromWire, toWire, type GenerateJob, type JobData, type JobResult, type Progress } from './api.js';
 
+/** A generate job's engine options: the one mapping from a job payload to Engine.generate. */
+export function generateOptions(job: GenerateJob): GenerateOptions {
+  return {
+    prompt: job.prompt, negativePrompt: job.negativePrompt, width: job.width, height: job.height, steps: job.steps,
+    guidanceScale: job.guidanceScale, seed: job.seed, sampler: job.sampler as SamplerName,
+    ...(job.identity ? { identity: fromWire(job.identity) } : {}),
+    ...(job.identityScale !== undefined ? { identityScale: job.identityScale } : {}),
+  };
+}
+
+/**
+ * What generate() would refuse about the prompt and its identity, refused at submission: `<id>`
+ * without an identity, an identity without `<id>`, an unknown `<id:name>`, identity slots past the
+ * 77 tokens (E_IDENTITY, from the library's own expansion), an identity of another text width.
+ */
+export function checkPrompt(tokenizer: ClipTokenizer, job: GenerateJob, textDim?: number): void {
+  const opts = generateOptions(job);
+  const e = expandPrompt(tokenizer, opts.prompt, identityMap(opts));
+  if (textDim !== undefined && e.rows.length && e.dim !== textDim)
+    throw new IdforgeError('E_IDENTITY', `the identity has width ${e.dim}; this server's model takes ${textDim}`);
+}
 
 export async function runJob(engine: Engine, job: JobData, onProgress: (p: Progress) => void, signal?: AbortSignal): Promise<JobResult> {
   if (job.kind === 'generate') {
-    const opts: GenerateOptions = {
-      prompt: job.prompt, negativePrompt: job.negativePrompt, width: job.width, height: job.height, steps: job.steps,
-      guidanceScale: job.guidanceScale, seed: job.seed, sampler: job.sampler as SamplerName,
-      ...(job.identity ? { identity: fromWire(job.identity) } : {}),
-      ...(job.identityScale !== undefined ? { identityScale: job.identityScale } : {}),
+    const r = await engine.generate({
+      ...generateOptions(job),
       ...(signal ? { signal } : {}),
       // Finished steps only: the in-step ticks (p.fraction) repeat the last step number, which
       // the job's step history would read as a retried run.
       onProgress: (p) => {
         if (p.fraction === undefined) onProgress({ step: p.step, steps: p.steps });
       },
-    };
-    const r = await engine.generate(opts);
+    });
     r.latents.dispose();
     r.pixels.dispose();
     const images = await Promise.all(r.images.map(async (img) => (await encodePng(img)).toString('base64')));
