@@ -183,7 +183,7 @@ export function generateBody(l: Limits): object {
     // Fields the engine would ignore are refused: the identity's scale without an identity, a
     // negative prompt without classifier-free guidance (it only steers the guided branch).
     dependencies: { identityScale: ['identity'] },
-    if: { required: ['guidanceScale'], properties: { guidanceScale: { maximum: 1 } } },
+    if: { required: ['guidanceScale'], properties: { guidanceScale: { type: 'number', maximum: 1 } } },
     then: { properties: { negativePrompt: refused('negativePrompt is only used with guidanceScale > 1 (classifier-free guidance)') } },
   };
 }
