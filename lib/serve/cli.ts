@@ -92,7 +92,7 @@ async function tryListen(host: string, port: number): Promise<void> {
 
 const s = { type: 'string' } as const;
 
-const SERVE_OPTIONS = {
+export const SERVE_OPTIONS = {
   model: s, redis: s, host: s, port: s, engines: s, device: s, dtype: s, identities: s, encoder: s, results: s, token: s, queue: s,
   'max-steps': s, 'max-size': s, 'max-queue': s, 'body-limit': s, 'max-upload': s, 'keep-jobs': s, 'keep-age': s,
   'request-timeout': s, 'redis-timeout': s, grace: s, log: { type: 'boolean' }, help: { type: 'boolean' },
@@ -217,14 +217,20 @@ export async function serve(argv: string[]): Promise<number> {
   process.stdout.write(`idforge serve listening on ${address} (${queue.mode}${c.redis ? '' : `, ${engines.length} engine(s)`})\n`);
   const sig = await shutdownSignal(() => process.exit(1));
   process.stdout.write(`${sig}: finishing running jobs (up to ${c.graceMs / 1000} s)\n`);
-  // Bounded whatever clients or Redis do: connections still open at the grace's end are cut, and
-  // whatever has not finished a second later is left behind.
+  // Bounded whatever clients or Redis do: running jobs get the grace (then they are aborted),
+  // requests in flight too; connections still open then are cut, and a second later the process
+  // exits whatever is left.
+  const t0 = Date.now();
   setTimeout(() => {
     process.stderr.write('idforge serve: shutdown took longer than --grace; exiting\n');
     process.exit(1);
   }, c.graceMs + 1000).unref();
-  const cut = setTimeout(() => app.server.closeAllConnections(), c.graceMs);
-  await Promise.all([queue.close(c.graceMs), app.close()]);
+  const cut = setTimeout(() => app.server.closeAllConnections(), c.graceMs + 500);
+  const closed = app.close();
+  await queue.close(c.graceMs);
+  await Promise.race([closed, new Promise((r) => setTimeout(r, Math.max(0, t0 + c.graceMs - Date.now())))]);
+  app.server.closeAllConnections();
+  await closed;
   clearTimeout(cut);
   encoder?.dispose();
   for (const e of engines) e.dispose();

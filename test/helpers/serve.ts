@@ -89,14 +89,16 @@ export interface Child {
   proc: ChildProcess;
   /** Everything written to stdout so far. */
   out(): string;
+  /** Everything written to stderr so far. */
+  err(): string;
   /** Resolves when stdout matches. */
   waitFor(re: RegExp, ms?: number): Promise<RegExpMatchArray>;
   exited: Promise<number | null>;
 }
 
-/** Runs `idforge <args>` (dist/cli.js) in a child process. */
-export function cli(args: string[], env: Record<string, string> = {}): Child {
-  const proc = spawn(process.execPath, [compiledCli(), ...args], {
+/** Runs `idforge <args>` (dist/cli.js) in a child process (`node` takes `nodeArgs` first). */
+export function cli(args: string[], env: Record<string, string> = {}, nodeArgs: string[] = []): Child {
+  const proc = spawn(process.execPath, [...nodeArgs, compiledCli(), ...args], {
     cwd: root, env: { ...process.env, NODE_OPTIONS: '', ...env }, stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
@@ -111,6 +113,7 @@ export function cli(args: string[], env: Record<string, string> = {}): Child {
   return {
     proc,
     out: () => out,
+    err: () => err,
     exited,
     waitFor(re, ms = 60_000) {
       return new Promise((resolve, reject) => {
@@ -131,8 +134,8 @@ export function cli(args: string[], env: Record<string, string> = {}): Child {
 }
 
 /** Starts `idforge serve` and returns its base URL. */
-export async function serveCli(args: string[], env: Record<string, string> = {}): Promise<{ child: Child; base: string }> {
-  const child = cli(['serve', '--port', '0', ...args], env);
+export async function serveCli(args: string[], env: Record<string, string> = {}, nodeArgs: string[] = []): Promise<{ child: Child; base: string }> {
+  const child = cli(['serve', '--port', '0', ...args], env, nodeArgs);
   const m = await child.waitFor(/listening on (http:\/\/[0-9.:]+)/);
   return { child, base: m[1]! };
 }
@@ -150,7 +153,7 @@ export async function post(base: string, route: string, body: unknown, headers: 
 export async function settle(base: string, id: string, ms = 60_000, headers: Record<string, string> = {}): Promise<any> {
   const end = Date.now() + ms;
   while (Date.now() < end) {
-    const v = await (await fetch(`${base}/jobs/${id}`, { headers })).json();
+    const v: any = await (await fetch(`${base}/jobs/${id}`, { headers })).json();
     if (v.state === 'done' || v.state === 'failed') return v;
     await new Promise((r) => setTimeout(r, 50));
   }
