@@ -270,3 +270,25 @@ t.test('9: health with a query string, duplicate keys, data: URIs', async (t) =>
   res = await fetch(`${base}/identities`, { method: 'POST', headers: auth, body: JSON.stringify({ image: `${face.slice(0, 100)}!!${face.slice(100)}` }) });
   t.equal(res.status, 400, 'an image that is not base64');
 });
+
+t.test('9: a request that arrives while the server closes gets 503 in the same shape', async (t) => {
+  const queue = new LocalQueue([engine]);
+  const app = await buildServer({ queue, store: new IdentityStore(path.join(dir, 'closing')), encoder });
+  const base = await app.listen({ host: '127.0.0.1', port: 0 });
+  // A slow upload keeps its connection busy (not idle, so close() leaves it open) ...
+  const big = b64(await sharp(fixture('faces/astronaut.jpg')).resize(2048, 2048).jpeg().toBuffer());
+  const body = JSON.stringify({ image: big });
+  const conn = rawRequest(base, `POST /identities HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+  await new Promise((r) => setTimeout(r, 100));
+  const closed = app.close();
+  await new Promise((r) => setTimeout(r, 20));
+  // ... and a second request on it arrives during the close.
+  conn.socket.write('GET /identities HTTP/1.1\r\nHost: x\r\n\r\n');
+  await closed;
+  await queue.close(0);
+  const reply = await conn.reply;
+  const second = reply.slice(reply.indexOf('HTTP/1.1', 10));
+  t.match(reply, /^HTTP\/1\.1 201 /, 'the upload in flight finished');
+  t.match(second, /^HTTP\/1\.1 503 /);
+  t.same(rawJson(second), { error: { code: 'E_UNAVAILABLE', message: 'the server is shutting down' } });
+});

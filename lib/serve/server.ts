@@ -111,6 +111,8 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
     keepAliveTimeout: timeouts.keepAliveMs,
     http: { headersTimeout: Math.min(timeouts.headersMs, timeouts.requestMs), connectionsCheckingInterval: Math.min(1000, timeouts.requestMs) },
     clientErrorHandler,
+    // Requests that arrive while closing get our 503 (setupHttp), not Fastify's own body shape.
+    return503OnClosing: false,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, verbose: true } },
   });
   const ctx: Ctx = {
@@ -152,6 +154,13 @@ function setupHttp(app: FastifyInstance, limits: Limits, token: string | undefin
     }
     if (e.status >= 500) req.log.error({ err: e.cause ?? err, code: e.code }, e.message);
     return reply.code(e.status).send({ error: { code: e.code, message: e.message } });
+  });
+  let closing = false;
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
+  app.addHook('onRequest', async () => {
+    if (closing) throw new ServeError('E_UNAVAILABLE', 'the server is shutting down');
   });
   app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: { code: 'E_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}` } }));
 
