@@ -11,7 +11,7 @@ import { PassThrough } from 'node:stream';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { Engine } from '../lib/engine.js';
-import { IdEncoder } from '../lib/identity/encoder.js';
+import { IdEncoder } from '../lib/dreamidentity/encoder.js';
 import type { JobData } from '../lib/serve/api.js';
 import { LocalQueue } from '../lib/serve/queue.js';
 import { buildServer, type ServerOptions } from '../lib/serve/server.js';

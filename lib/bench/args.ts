@@ -15,6 +15,7 @@ export const USAGE = `usage: npm run bench -- (--model DIR|FILE | --random sd15)
   --sampler NAME            sampler of the timed generate(): ddim (default), dpmpp-2m, dpmpp-2m-karras, euler, euler-a
   --images N                timed generate() calls, one image each: the time per image (default 1)
   --no-ops                  skip the per-op profile
+  --regions N               also time the UNet step confining N regions, alternating with the plain one
   --threads N               CPU backend threads (sets IDFORGE_THREADS)
   --seed N                  seeds the random weights and inputs (default 0)
   --prompt TEXT             prompt for the text encoder and generate()
@@ -57,6 +58,7 @@ export function parseBenchArgs(argv: string[]): { opts: BenchOptions; json?: str
       sampler: { type: 'string' },
       images: { type: 'string' },
       'no-ops': { type: 'boolean' },
+      regions: { type: 'string' },
       threads: { type: 'string' },
       seed: { type: 'string' },
       prompt: { type: 'string' },
@@ -74,7 +76,7 @@ export function parseBenchArgs(argv: string[]): { opts: BenchOptions; json?: str
   if (v.device !== undefined) opts.device = v.device as BenchOptions['device'];
   if (v.dtype !== undefined) opts.dtype = v.dtype as BenchOptions['dtype'];
   if (v.size !== undefined) Object.assign(opts, parseSize(v.size));
-  const set = (k: 'batch' | 'steps' | 'warmup' | 'seed', s: string | undefined) => {
+  const set = (k: 'batch' | 'steps' | 'warmup' | 'seed' | 'regions', s: string | undefined) => {
     const n = int(s, `--${k}`);
     if (n !== undefined) opts[k] = n;
   };
@@ -82,6 +84,7 @@ export function parseBenchArgs(argv: string[]): { opts: BenchOptions; json?: str
   set('steps', v.steps);
   set('warmup', v.warmup);
   set('seed', v.seed);
+  set('regions', v.regions);
   if (v['no-generate']) opts.generate = false;
   if (v.sampler !== undefined) {
     if (!isSamplerName(v.sampler)) throw badSampler(v.sampler);

@@ -25,7 +25,7 @@ import type { Graph } from '../graph/graph.js';
 import type { Program } from '../graph/program.js';
 import type { Weights } from '../graph/weights.js';
 import type { ModelConfigs, UNetConfig } from '../io/configs.js';
-import type { AugmentOptions, LearnOptions } from '../options.js';
+import { resolveLearn, type AugmentOptions, type LearnOptions } from './options.js';
 import { toHost } from '../runtime/runtime.js';
 import type { SdRuntime } from '../runtime/sd.js';
 import { crossAttentionLayers } from '../unet/unet.js';
@@ -38,11 +38,12 @@ import { DDIMScheduler } from '../sched/ddim.js';
 import { Xoshiro128, randn } from '../sched/random.js';
 import { Tensor } from '../tensor.js';
 import { buildTextEncoder } from '../text/clip.js';
-import { argError, validateLearn } from '../validate.js';
+import { latentPosterior, sampleLatent } from '../vae/posterior.js';
+import { argError } from '../validate.js';
 import { buildUNetLoss } from './objective.js';
 import { TokenGenerator } from './generator.js';
 
-export type { AugmentOptions, LearnOptions, LearnProgress } from '../options.js';
+export type { AugmentOptions, LearnOptions, LearnProgress } from './options.js';
 
 /** The seven training templates of SeFi-IDE; `<id>` is the identity placeholder V*. */
 export const SEFI_TEMPLATES: readonly string[] = Object.freeze([
@@ -246,7 +247,7 @@ export class IdentityLearner {
     // float32 runtime.
     if (rt.backend.dtype !== 'float32')
       throw argError("learnIdentity needs a float32 engine (its attention loss is not accurate in float16): load one with { dtype: 'float32' } to learn, then generate with the identity on any engine");
-    const o = validateLearn(opts, SEFI_TEMPLATES);
+    const o = resolveLearn(opts, SEFI_TEMPLATES);
     const { signal } = opts;
     throwIfAborted(signal, 'learnIdentity');
     const img = await prepareLearningImage(rt, face, { ...opts, init: o.init });
@@ -266,7 +267,7 @@ export class IdentityLearner {
       throwIfAborted(signal, 'learnIdentity');
       const p = pool[Math.floor(rnd() * pool.length)]!;
       const zs = randn(o.seed * 7919 + step * 2 + 1, p.mean.length);
-      const z0 = p.mean.map((m, i) => (m + p.std[i]! * zs[i]!) * sf);
+      const z0 = sampleLatent(p, zs, sf);
       const s: Sample = { template: Math.floor(rnd() * o.templates.length), t: Math.floor(rnd() * T), noiseSeed: o.seed * 7919 + step * 2 + 2 };
       const stage = stageIndex(s.t, o.stages, T);
       const { out, tape } = gen.forward();
@@ -368,10 +369,7 @@ export class IdentityLearner {
     const S = img.width;
     for (let i = 0; i < count; i++) {
       using x = Tensor.from(augmentImage(img, aug, rnd), [1, 3, S, S]);
-      const { mean, logvar } = await this.runtime.vaeEncode(x);
-      pool.push({ mean: mean.toFloat32(), std: logvar.toFloat32().map((v) => Math.exp(0.5 * v)), shape: mean.shape });
-      mean.dispose();
-      logvar.dispose();
+      pool.push(latentPosterior(await this.runtime.vaeEncode(x)));
     }
     return pool;
   }

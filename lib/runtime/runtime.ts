@@ -9,7 +9,7 @@
  *  - a bounded LRU cache of compiled programs, keyed by what a program was built for;
  *  - disposal of all of it, and of what the model hands over (its open files).
  * Model-specific program builders live on top of it (lib/runtime/sd.ts for SD 1.x); pipelines
- * (lib/engine.ts, lib/learn/, lib/identity/encoder.ts, lib/bench/) are its clients.
+ * (lib/engine.ts, lib/learn/, lib/dreamidentity/, lib/bench/) are its clients.
  */
 import { IdforgeError } from '../errors.js';
 import { Graph } from '../graph/graph.js';
@@ -17,7 +17,6 @@ import { Program, type BackendSpec } from '../graph/program.js';
 import { Weights } from '../graph/weights.js';
 import type { TensorRef } from '../io/checkpoint.js';
 import { backends, call, native } from '../native.js';
-import type { DeviceOptions } from '../options.js';
 import { Tensor } from '../tensor.js';
 import { argError, validateDevice } from '../validate.js';
 
@@ -35,6 +34,14 @@ const streams = new FinalizationRegistry<number>((id) => {
  * when backends().cuda.available, else the CPU; dtype defaults to float16 on CUDA and float32 on
  * the CPU, which computes in float32 only.
  */
+/** Where a model runs; one rule for every model idforge loads (lib/runtime/runtime.ts resolveBackend). */
+export interface DeviceOptions {
+  /** 'auto' (default) takes CUDA when backends().cuda.available, else the CPU. */
+  device?: 'auto' | 'cpu' | 'cuda';
+  /** Compute precision: float16 on CUDA by default, float32 on the CPU (the only CPU choice). */
+  dtype?: 'float32' | 'float16';
+}
+
 export function resolveBackend(opts: DeviceOptions = {}): { device: 'cpu' | 'cuda'; dtype: 'float32' | 'float16' } {
   const o = validateDevice(opts);
   let device: 'cpu' | 'cuda' = 'cpu';

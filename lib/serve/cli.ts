@@ -203,12 +203,12 @@ export async function serve(argv: string[]): Promise<number> {
   }
   let encoder;
   if (c.encoder) {
-    const { IdEncoder } = await import('../identity/encoder.js');
+    const { IdEncoder } = await import('../dreamidentity/encoder.js');
     encoder = await IdEncoder.load(c.encoder);
   }
   const app = await buildServer({
     queue, store, limits: c.limits, timeouts: c.timeouts, log: { level: c.log ? 'info' : 'error' },
-    ...(engines[0] ? { prompts: { tokenizer: engines[0].tokenizer, textDim: engines[0].configs.text.hiddenSize } } : {}),
+    ...(engines[0] ? { prompts: { tokenizer: engines[0].tokenizer, configs: engines[0].configs } } : {}),
     ...(encoder ? { encoder } : {}), ...(c.token ? { token: c.token } : {}), ...(results ? { results } : {}),
   });
   const address = await app.listen({ host: c.host, port: c.port }).catch((e: NodeJS.ErrnoException) => {

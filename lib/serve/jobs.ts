@@ -1,13 +1,15 @@
 // Runs one job on one engine: the only place that turns a job payload into engine calls, shared by
 // the in-process queue and the BullMQ worker (so both give the same image for the same payload).
 // The server checks a generate job's prompt against its identity with the same mapping, at submission.
-import type { Engine, GenerateOptions } from '../engine.js';
+import type { Engine } from '../engine.js';
 import { IdforgeError } from '../errors.js';
+import { expandFor } from '../generate/conditioning.js';
+import { identityMap, type GenerateOptions } from '../generate/options.js';
 import { expandPrompt } from '../identity/placeholders.js';
+import type { ModelConfigs } from '../io/configs.js';
 import { encodePng } from '../io/image.js';
 import type { SamplerName } from '../sched/sampler.js';
 import type { ClipTokenizer } from '../text/tokenizer.js';
-import { identityMap } from '../validate.js';
 import { fromWire, toWire, type GenerateJob, type JobData, type JobResult, type Progress } from './api.js';
 
 /** A generate job's engine options: the one mapping from a job payload to Engine.generate. */
@@ -20,16 +22,22 @@ export function generateOptions(job: GenerateJob): GenerateOptions {
   };
 }
 
+/** What prompts are checked with: a tokenizer, and the model's configs when the server has the model (its text width). */
+export interface PromptModel {
+  tokenizer: ClipTokenizer;
+  configs?: ModelConfigs;
+}
+
 /**
- * What generate() would refuse about the prompt and its identity, refused at submission: `<id>`
- * without an identity, an identity without `<id>`, an unknown `<id:name>`, identity slots past the
- * 77 tokens (E_IDENTITY, from the library's own expansion), an identity of another text width.
+ * What generate() would refuse about the prompt and its identity, refused at submission with
+ * generate()'s own expansion: `<id>` without an identity, an identity without `<id>`, an unknown
+ * `<id:name>`, identity slots past the 77 tokens, an identity of another text width (E_IDENTITY).
  */
-export function checkPrompt(tokenizer: ClipTokenizer, job: GenerateJob, textDim?: number): void {
+export function checkPrompt(model: PromptModel, job: GenerateJob): void {
   const opts = generateOptions(job);
-  const e = expandPrompt(tokenizer, opts.prompt, identityMap(opts));
-  if (textDim !== undefined && e.rows.length && e.dim !== textDim)
-    throw new IdforgeError('E_IDENTITY', `the identity has width ${e.dim}; this server's model takes ${textDim}`);
+  const identities = identityMap(opts);
+  if (model.configs) expandFor({ tokenizer: model.tokenizer, configs: model.configs }, opts.prompt, identities);
+  else expandPrompt(model.tokenizer, opts.prompt, identities);
 }
 
 export async function runJob(engine: Engine, job: JobData, onProgress: (p: Progress) => void, signal?: AbortSignal): Promise<JobResult> {

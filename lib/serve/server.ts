@@ -7,7 +7,7 @@ import { randomUUID, timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { IdforgeError } from '../errors.js';
-import type { EncodeOptions, IdEncoder } from '../identity/encoder.js';
+import type { EncodeOptions, IdEncoder } from '../dreamidentity/encoder.js';
 import type { Identity } from '../identity/identity.js';
 import type { Landmarks } from '../identity/face.js';
 import { BUNDLED_TOKENIZER_DIR } from '../io/checkpoint.js';
@@ -19,7 +19,7 @@ import {
   type GenerateJob, type JobResult, type JobState, type JobView, type Limits, type Timeouts,
 } from './api.js';
 import { ServeError, clientErrorHandler, frameworkError, isServerFault, publicError, validationMessage } from './errors.js';
-import { checkPrompt } from './jobs.js';
+import { checkPrompt, type PromptModel } from './jobs.js';
 import type { JobEvent, JobQueue } from './queue.js';
 import type { ResultStore } from './results.js';
 import type { IdentityStore } from './store.js';
@@ -37,10 +37,10 @@ export interface ServerOptions {
   /** Finished jobs on disk (`--results DIR`): their views and PNGs outlive the process. */
   results?: ResultStore;
   /**
-   * What prompts are checked with at submission: the model's tokenizer and text width (default:
-   * SD 1.x's bundled CLIP tokenizer, any width — a Redis-mode server has no model).
+   * What prompts are checked with at submission: the model's tokenizer and configs (default: SD
+   * 1.x's bundled CLIP tokenizer, any text width — a Redis-mode server has no model).
    */
-  prompts?: { tokenizer: ClipTokenizer; textDim?: number };
+  prompts?: PromptModel;
   /** Fastify's logger (pino, JSON lines): level 'info' logs one line per request, 'error' (default) failures only. */
   log?: { level?: 'info' | 'error' | 'silent'; stream?: NodeJS.WritableStream };
 }
@@ -53,8 +53,7 @@ interface Ctx {
   store: IdentityStore;
   results: ResultStore | undefined;
   uploads: Uploads;
-  tokenizer: ClipTokenizer;
-  textDim: number | undefined;
+  prompts: PromptModel;
   encode: ((image: RawImage, opts: EncodeOptions) => Promise<Identity>) | undefined;
   /** Learning job id → the release of its identity id's reservation. */
   learning: Map<string, () => void>;
@@ -117,7 +116,7 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
   });
   const ctx: Ctx = {
     limits, timeouts, queue: o.queue, store: o.store, results: o.results, uploads: new Uploads(limits),
-    tokenizer: o.prompts?.tokenizer ?? ClipTokenizer.fromDir(BUNDLED_TOKENIZER_DIR), textDim: o.prompts?.textDim,
+    prompts: o.prompts ?? { tokenizer: ClipTokenizer.fromDir(BUNDLED_TOKENIZER_DIR) },
     encode: o.encoder ? serially(o.encoder) : undefined, learning: new Map(), streams: new Set(),
   };
   setupHttp(app, limits, o.token);
@@ -260,7 +259,7 @@ function jobRoutes(app: FastifyInstance, ctx: Ctx): void {
         ...(b.identityScale !== undefined ? { identityScale: b.identityScale } : {}),
       };
       try {
-        checkPrompt(ctx.tokenizer, job, ctx.textDim);
+        checkPrompt(ctx.prompts, job);
       } catch (e) {
         // The expansion's messages restate the request (the prompt, the identity's name): fit for the client.
         if (e instanceof IdforgeError && e.code === 'E_IDENTITY') throw new ServeError('E_IDENTITY', e.message);
