@@ -19,7 +19,9 @@ export const DEFAULT_REDIS_MS = 5_000;
 /** Workers and the server's event stream block on Redis by design: no command timeout there. */
 const blocking = (url: string) => ({ url, maxRetriesPerRequest: null });
 /** The server's own commands fail after `commandMs` (a frozen Redis must not hang a request). */
-const bounded = (url: string, commandMs: number) => ({ url, maxRetriesPerRequest: 1, commandTimeout: commandMs, connectTimeout: commandMs });
+const bounded = (url: string, commandMs: number) => ({ url, maxRetriesPerRequest: 1, commandTimeout: commandMs });
+/** How long the server waits for Redis when it starts. */
+const CONNECT_MS = 10_000;
 
 function state(s: string): JobState {
   if (s === 'active') return 'running';
@@ -82,7 +84,7 @@ export class RedisQueue implements JobQueue {
     const events = new QueueEvents(name, { connection: blocking(url) });
     queue.on('error', () => {});
     try {
-      await within(Promise.all([queue.waitUntilReady(), events.waitUntilReady()]), opts.commandMs ?? DEFAULT_REDIS_MS);
+      await within(Promise.all([queue.waitUntilReady(), events.waitUntilReady()]), CONNECT_MS);
     } catch (e) {
       await Promise.allSettled([queue.close(), events.close()]);
       throw e;
