@@ -26,8 +26,8 @@ const b64 = (b: Buffer) => b.toString('base64');
 const face = b64(await sharp(fixture('faces/astronaut.jpg')).resize(256, 256).jpeg().toBuffer());
 const cat = b64(await sharp(fixture('faces/chelsea.jpg')).resize(256, 192).jpeg().toBuffer());
 
-async function start(t: Tap.Test, name: string) {
-  const queue = await RedisQueue.open(r.url, { name, maxQueue: 10, keep: { count: 2, ms: 60_000 }, commandMs: 300 });
+async function start(t: Tap.Test, name: string, commandMs = 3000) {
+  const queue = await RedisQueue.open(r.url, { name, maxQueue: 10, keep: { count: 2, ms: 60_000 }, commandMs });
   const app = await buildServer({ queue, store: new IdentityStore(path.join(dir, 'ids')), timeouts: { healthMs: 500 } });
   const base = await app.listen({ host: '127.0.0.1', port: 0 });
   const close = async () => {
@@ -46,7 +46,7 @@ async function timed(req: (signal: AbortSignal) => Promise<Response>, ms = 5000)
 }
 
 t.test('7: with Redis frozen, /health and every route answer 503 within their timeouts', async (t) => {
-  const { base } = await start(t, `faults-${randomUUID().slice(0, 8)}`);
+  const { base } = await start(t, `faults-${randomUUID().slice(0, 8)}`, 500);
   t.match(await (await fetch(`${base}/health`)).json(), { ok: true, mode: 'redis', redis: 'ok' });
   const { id } = await (await post(base, '/generate', { prompt: 'a', width: 64, height: 64, steps: 1 })).json();
   r.proc.kill('SIGSTOP');

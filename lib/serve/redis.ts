@@ -122,9 +122,13 @@ export class RedisQueue implements JobQueue {
   }
 
   async get(id: string): Promise<JobView | undefined> {
+    // The state first: a job read before it finished and a state read after would show a failed
+    // job without its reason (BullMQ writes the reason and moves the job in one script).
+    const raw = await this.#redis(this.#queue.getJobState(id));
+    if (raw === 'unknown') return undefined;
     const job = await this.#redis(this.#queue.getJob(id));
     if (!job) return undefined;
-    const s = state(await this.#redis(job.getState()));
+    const s = state(raw);
     const view: JobView = { id, kind: job.data.kind, state: s };
     if (isProgress(job.progress)) view.progress = { step: job.progress.step, steps: job.progress.steps };
     if (s === 'done') view.result = job.returnvalue;
