@@ -136,10 +136,13 @@ t.test('3: an identity id is reserved from submission until its identity is stor
   const third = await upload(base, { image: face, id: 'race' });
   t.same([first.status, second.status, third.status], [202, 409, 409], 'only the first upload of an id is taken');
   t.equal((await error(third)).code, 'E_EXISTS');
-  const v = await settle(base, (await first.json()).id, 120_000);
-  t.match(v, { state: 'done', identity: 'race' });
+  const job = (await first.json()).id;
+  t.match(await settle(base, job, 120_000), { state: 'done', identity: 'race' });
   t.match(await (await fetch(`${base}/identities/race`)).json(), { id: 'race', method: 'sefi-ide' }, 'the store holds the learned identity');
   t.equal((await upload(base, { image: face, id: 'race' })).status, 409, 'a stored id stays taken');
+  t.equal((await fetch(`${base}/identities/race`, { method: 'DELETE' })).status, 204);
+  t.equal((await fetch(`${base}/jobs/${job}`)).status, 200);
+  t.equal((await fetch(`${base}/identities/race`)).status, 404, 'looking at the job again does not bring a deleted identity back');
 
   const doomed = await upload(base, { image: cat, method: 'sefi-ide', id: 'doomed', steps: 1 });
   t.match(await settle(base, (await doomed.json()).id), { state: 'failed', error: { code: 'E_NO_FACE' } });

@@ -208,9 +208,12 @@ async function followJobs(app: FastifyInstance, ctx: Ctx): Promise<void> {
   });
 }
 
-/** A finished learning job's identity goes to the store, unless one was stored under its id meanwhile. */
+/**
+ * A finished learning job's identity goes to the store, once: only while this server still awaits
+ * the job (an identity deleted later must not come back when its job is looked at again).
+ */
 function keepLearned(app: FastifyInstance, ctx: Ctx, job: string, result: JobResult | undefined): void {
-  if (result?.kind !== 'learn') return;
+  if (result?.kind !== 'learn' || !ctx.learning.has(job)) return;
   try {
     if (!ctx.store.has(result.identityId)) ctx.store.save(result.identityId, fromWire(result.identity));
   } catch (err) {
@@ -291,7 +294,7 @@ async function find(app: FastifyInstance, ctx: Ctx, id: string): Promise<Found> 
   const v = await ctx.queue.get(id);
   if (v) {
     // A learned identity is stored when its job is next looked at, should this server have missed the event.
-    keepLearned(app, ctx, id, v.result);
+    if (v.state === 'done') keepLearned(app, ctx, id, v.result);
     const images = v.result?.kind === 'generate' ? v.result.images : [];
     return { kind: v.kind, state: v.state, view: publicView(v), image: (i) => (images[i] === undefined ? undefined : Buffer.from(images[i]!, 'base64')) };
   }
