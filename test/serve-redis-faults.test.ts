@@ -92,6 +92,7 @@ t.test('7: failed jobs keep no stack trace or path in Redis, and are kept by cou
   const stored = await client.hgetall(`bull:${name}:${ids[2]}`);
   t.equal(stored.stacktrace, '[]', 'no stack trace');
   t.match(stored.failedReason, /^E_NO_FACE: no face found/);
+  t.match(JSON.parse(stored.data!), { kind: 'learn', image: '' }, 'the failed job no longer holds its photo');
   for (const [k, v] of Object.entries(stored)) if (k !== 'data') t.notMatch(v, /\/[a-z]+\/|\bat [A-Za-z.<>]+ \(/, `${k}: no path, no stack`);
   t.equal(await client.zcard(`bull:${name}:failed`), 2, 'two failed jobs kept (keep count 2)');
   t.equal((await fetch(`${base}/jobs/${ids[0]}`)).status, 404, 'the oldest is gone');

@@ -69,6 +69,11 @@ function redisUrl(v: string): string {
   return v;
 }
 
+function queueName(v: string | undefined): string | undefined {
+  if (v !== undefined && !/^[A-Za-z0-9_.-]{1,64}$/.test(v)) throw bad(`--queue must be 1-64 letters, digits, '_', '.' or '-', got '${v}'`);
+  return v;
+}
+
 /** Resolves on the first SIGTERM / SIGINT; a second one calls `force`. */
 function shutdownSignal(force: () => void): Promise<string> {
   return new Promise((resolve) => {
@@ -130,7 +135,7 @@ export function serveConfig(v: ServeValues): ServeConfig {
   if (mode === 'redis') only(['engines', 'device', 'dtype'], 'to engines in this process (--model)');
   else only(['queue', 'redis-timeout'], 'with --redis');
   if (v.token !== undefined && !v.token) throw bad('--token must not be empty');
-  if (v.queue !== undefined && !/^[A-Za-z0-9_.-]{1,64}$/.test(v.queue)) throw bad(`--queue must be 1-64 letters, digits, '_', '.' or '-', got '${v.queue}'`);
+  queueName(v.queue);
   if (v.host !== undefined && !v.host.trim()) throw bad('--host must not be empty');
   const keepJobs = int(v['keep-jobs'], 'keep-jobs', 1);
   const keepAge = seconds(v['keep-age'], 'keep-age', 1, 365 * 86_400);
@@ -248,11 +253,14 @@ export async function worker(argv: string[]): Promise<number> {
     return v.help ? 0 : 2;
   }
   const { startWorker } = await import('./redis.js');
+  // Every flag before the model loads.
   const lockMs = int(v['lock-ms'], 'lock-ms', 100);
   const stalledMs = int(v['stalled-ms'], 'stalled-ms', 100);
+  const queue = queueName(v.queue);
+  const opts = { redis: redisUrl(v.redis), model: existingDir(v.model, 'model'), load: loadOptions(v) };
   const w = await startWorker({
-    redis: redisUrl(v.redis), model: existingDir(v.model, 'model'), load: loadOptions(v), log: (l) => process.stdout.write(`${l}\n`),
-    ...(v.queue ? { queue: v.queue } : {}), ...(lockMs ? { lockMs } : {}), ...(stalledMs ? { stalledCheckMs: stalledMs } : {}),
+    ...opts, log: (l) => process.stdout.write(`${l}\n`),
+    ...(queue ? { queue } : {}), ...(lockMs ? { lockMs } : {}), ...(stalledMs ? { stalledCheckMs: stalledMs } : {}),
   });
   process.stdout.write(`idforge worker ready (${w.engine.backend.device} ${w.engine.backend.dtype}, pid ${process.pid})\n`);
   // First signal: finish the job in hand. Second: leave it; its lock expires and another worker retries it.

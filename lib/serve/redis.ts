@@ -183,6 +183,15 @@ function jobFailure(err: JobError): Error {
   return e;
 }
 
+/**
+ * A finished learning job keeps its record in Redis (by count and age), not its photo: the image is
+ * dropped from its data while the job is still this worker's. (A job whose worker dies keeps it,
+ * so that another worker can run it again.)
+ */
+async function dropPayload(job: Job<JobData, JobResult>): Promise<void> {
+  if (job.data.kind === 'learn') await job.updateData({ ...job.data, image: '' }).catch(() => {});
+}
+
 export interface WorkerOptions {
   redis: string;
   model: string;
@@ -216,12 +225,14 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
           sent = sent.then(() => job.updateProgress(p)).catch(() => {});
         });
         await sent;
+        await dropPayload(job);
         log(`job ${job.id} done`);
         return result;
       } catch (e) {
         const err = publicError(e);
         // The worker's log has the whole story (the library's message, its stack); Redis only the public part.
         log(`job ${job.id} failed: ${err.code}: ${err.message}\n${(e as Error)?.stack ?? String(e)}`);
+        await dropPayload(job);
         throw jobFailure(err);
       }
     },
