@@ -48,6 +48,19 @@ export function layerDownsampling(layer: string, levels: number): number {
   return m[1] === 'down_blocks' ? 2 ** i : 2 ** (levels - 1 - i);
 }
 
+/**
+ * The capture for a heatmap: the cross-attention layers whose maps are nearest `side`² (16², the
+ * resolution prompt-to-prompt shows), heads averaged. Every layer at full resolution would hold
+ * 1 GB of maps for a 50-step 512² SD 1.5 image; the 16² layers hold ~20 MB.
+ */
+export function heatmapCapture(all: string[], latentH: number, levels: number, side = 16): CaptureAttentionOptions {
+  const sides = [...new Set(all.map((l) => latentH / layerDownsampling(l, levels)))].filter(Number.isInteger);
+  if (sides.length === 0) return { layers: 'cross', reduce: 'mean' };
+  const far = (r: number) => Math.abs(Math.log2(r / side));
+  const best = sides.reduce((a, b) => (far(b) < far(a) || (far(b) === far(a) && b > a) ? b : a));
+  return { layers: { resolution: best }, reduce: 'mean' };
+}
+
 /** Resolves the layer selection against the model's cross-attention layers. */
 export function selectLayers(opt: CaptureAttentionOptions['layers'], all: string[], latentH: number, levels: number): string[] {
   if (opt === undefined || opt === 'cross') return all;
@@ -179,4 +192,11 @@ export async function attentionHeatmap(
     }
   }
   return { width: W, height: H, channels: 3, data };
+}
+
+/** One heatmap per image of a batch: image i's own maps over image i (attentionHeatmap averages every map it is given). */
+export async function imageHeatmaps(result: { attention?: AttentionCapture; images: RawImage[] }, token: number | string): Promise<RawImage[]> {
+  const cap = result.attention;
+  return Promise.all(result.images.map((image, i) =>
+    attentionHeatmap({ ...(cap ? { attention: { ...cap, maps: cap.maps.filter((m) => m.image === i) } } : {}), images: [image] }, token)));
 }

@@ -6,7 +6,7 @@
  *
  * File format: safetensors with `k` and `v`, both F32 [S, M, D], and string metadata
  * (format "idforge-identity", version, method, stages, words, dim, text_dim, vocab_hash, created,
- * name). Small enough to mail around; loading validates everything before anything is used.
+ * name, source). Small enough to mail around; loading validates everything before anything is used.
  */
 import { IdforgeError } from '../errors.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
@@ -32,6 +32,8 @@ export interface IdentitySaveOptions {
   textDim?: number;
   /** ClipTokenizer.vocabHash of the model's tokenizer ('' when unknown). */
   vocabHash?: string;
+  /** Where the identity came from (e.g. the photo's file name), kept as metadata `source` (≤ 200 characters). */
+  source?: string;
 }
 
 export interface IdentityExpect {
@@ -208,6 +210,7 @@ export class Identity {
     const textDim = opts.textDim ?? this.dim;
     if (!isPosInt(textDim)) throw argErr(`textDim must be a positive integer, got ${String(textDim)}`);
     if (opts.vocabHash !== undefined && typeof opts.vocabHash !== 'string') throw argErr('vocabHash must be a string');
+    if (opts.source !== undefined && (typeof opts.source !== 'string' || opts.source.length > 200)) throw argErr('source must be a string of at most 200 characters');
     const shape = [this.stages, this.words, this.dim];
     const metadata: Record<string, string> = {
       format: IDENTITY_FORMAT,
@@ -221,6 +224,7 @@ export class Identity {
       created: new Date().toISOString(),
     };
     if (this.name !== undefined) metadata.name = this.name;
+    if (opts.source) metadata.source = opts.source;
     writeSafetensors(file, { k: { dtype: 'F32', shape, data: this.kData }, v: { dtype: 'F32', shape, data: this.vData } }, metadata);
   }
 

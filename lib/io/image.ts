@@ -34,6 +34,11 @@ export function checkImageOutput(file: string): void {
   const ext = path.extname(file).toLowerCase();
   if (!(IMAGE_EXTENSIONS as readonly string[]).includes(ext))
     throw new IdforgeError('E_ARGUMENT', `${file}: unknown image format '${ext || '(no extension)'}' (use ${IMAGE_EXTENSIONS.join(', ')})`);
+  checkWritable(file);
+}
+
+/** Throws unless `file` can be written: an existing writable folder, and no folder or unwritable file at that name. */
+export function checkWritable(file: string): void {
   const dir = path.dirname(path.resolve(file));
   let st: fs.Stats | undefined;
   try {
@@ -187,6 +192,28 @@ function readHead(file: string): Uint8Array {
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/** Width and height of an image file as displayed (EXIF orientation applied), from its header only. */
+export async function imageSize(file: string): Promise<{ width: number; height: number }> {
+  if (!fs.existsSync(file)) throw new IdforgeError('E_NOT_FOUND', `image not found: ${file}`);
+  const { default: sharp } = await import('sharp');
+  try {
+    const m = await sharp(file).metadata();
+    if (!m.width || !m.height) throw new Error('no size in its header');
+    const turned = (m.orientation ?? 1) >= 5;
+    return turned ? { width: m.height, height: m.width } : { width: m.width, height: m.height };
+  } catch (e) {
+    throw new IdforgeError('E_ARGUMENT', `could not decode ${file}: ${(e as Error).message.split('\n')[0]}`, { cause: e });
+  }
+}
+
+/** An image file decoded and resized to cover width × height (scaled to fill, the overflow cropped evenly). */
+export async function loadImageCover(file: string, width: number, height: number): Promise<RawImage> {
+  const img = await loadImage(file);
+  if (img.width === width && img.height === height) return img;
+  const { data } = await (await sharpOf(img)).resize(width, height, { fit: 'cover' }).raw().toBuffer({ resolveWithObject: true });
+  return { width, height, channels: 3, data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) };
 }
 
 /**

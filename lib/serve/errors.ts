@@ -10,7 +10,7 @@ import type { JobError } from './api.js';
 export const STATUS: Record<string, number> = {
   E_ARGUMENT: 400, E_IDENTITY: 400, E_UNAUTHORIZED: 401, E_NOT_FOUND: 404, E_TIMEOUT: 408, E_EXISTS: 409,
   E_TOO_LARGE: 413, E_UNSUPPORTED_MEDIA: 415, E_NO_FACE: 422, E_QUEUE_FULL: 429, E_HEADERS_TOO_LARGE: 431,
-  E_INTERNAL: 500, E_NO_ENCODER: 501, E_UNAVAILABLE: 503,
+  E_INTERNAL: 500, E_NO_ENCODER: 501, E_NO_FACE_MODELS: 501, E_UNAVAILABLE: 503,
 };
 
 /** An error whose code and message are fit for a client (this layer wrote them); `cause` is for the log. */

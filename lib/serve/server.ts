@@ -23,6 +23,7 @@ import { checkPrompt, type PromptModel } from './jobs.js';
 import type { JobEvent, JobQueue } from './queue.js';
 import type { ResultStore } from './results.js';
 import type { IdentityStore } from './store.js';
+import { studioRoutes } from './studio.js';
 import { Uploads } from './upload.js';
 
 export interface ServerOptions {
@@ -124,6 +125,11 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
   healthRoutes(app, ctx);
   jobRoutes(app, ctx);
   identityRoutes(app, ctx);
+  await studioRoutes(app, {
+    store: ctx.store, limits, mode: ctx.queue.mode, encoder: !!o.encoder, token: !!o.token,
+    decode: (field) => ctx.uploads.decode(field),
+    fail: (code, message) => new ServeError(code, message),
+  });
   return app;
 }
 

@@ -68,7 +68,7 @@ export async function redis(): Promise<{ url: string; stop(): void }> {
  * on 2 busy cores. `npm test` compiles first (pretest); a dist older than its source fails loudly
  * instead of testing old code.
  */
-function compiledCli(): string {
+export function compiledCli(): string {
   const stale: string[] = [];
   const walk = (dir: string): void => {
     for (const e of readdirSync(path.join(root, dir), { withFileTypes: true })) {

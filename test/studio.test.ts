@@ -1,0 +1,189 @@
+// The studio page in a real browser: Debian's chromium (/usr/bin/chromium; .ci/run installs it)
+// driven by playwright-core, against `idforge serve` child processes on the tiny models, in-process
+// and over Redis with a token. A person's whole job — a photo, an identity, a picture — plus a photo
+// without a face, SeFi-IDE learning, renaming, downloading (the file loads with Identity.load) and
+// deleting; no page error and no console error anywhere. IDFORGE_STUDIO_SCREENSHOT=1 writes the
+// README's docs/studio.png from the first flow.
+import t from 'tap';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { Browser, Page } from 'playwright-core';
+import { Identity } from '../lib/identity/identity.js';
+import { TINY_ID, TINY_SD, fixture } from './helpers/fixtures.js';
+import { cli, hasRedis, redis, root, serveCli, stop, type Child } from './helpers/serve.js';
+
+const CHROMIUM = process.env.IDFORGE_CHROMIUM ?? '/usr/bin/chromium';
+if (!existsSync(CHROMIUM)) {
+  // CI installs it (.ci/run): there, a missing browser is a failure, not a skip.
+  if (process.env.CI) t.fail(`${CHROMIUM} is missing: .ci/run installs Debian's chromium`);
+  else t.plan(0, `${CHROMIUM} not installed (apt-get install chromium; .ci/run installs it)`);
+  process.exit(process.env.CI ? 1 : 0);
+}
+
+const t0 = Date.now();
+const dir = mkdtempSync(path.join(os.tmpdir(), 'idforge-studio-'));
+const children: Child[] = [];
+const { chromium } = await import('playwright-core');
+const browser: Browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu'] });
+t.teardown(async () => {
+  await browser.close();
+  for (const c of children) await stop(c, 'SIGKILL');
+  rmSync(dir, { recursive: true, force: true });
+  t.comment(`studio: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+});
+
+/** A page that records every page error, console error or warning, and every URL it requests. */
+async function open(base: string, width = 1280): Promise<{ page: Page; problems: string[]; urls: string[] }> {
+  const page = await browser.newPage({ viewport: { width, height: 900 }, acceptDownloads: true });
+  const problems: string[] = [];
+  const urls: string[] = [];
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error' || m.type() === 'warning') problems.push(`console ${m.type()}: ${m.text()}`);
+  });
+  page.on('request', (r) => urls.push(r.url()));
+  // Every text the progress line shows, so that a step seen only for a moment is still seen.
+  await page.addInitScript(() => {
+    (window as unknown as { progressTexts: string[] }).progressTexts = [];
+    new MutationObserver(() => {
+      for (const id of ['gen-text', 'learn-text']) {
+        const el = document.getElementById(id);
+        const list = (window as unknown as { progressTexts: string[] }).progressTexts;
+        if (el?.textContent && el.offsetParent !== null && list.at(-1) !== el.textContent) list.push(el.textContent);
+      }
+    }).observe(document, { subtree: true, childList: true, characterData: true });
+  });
+  await page.goto(base);
+  return { page, problems, urls };
+}
+
+async function generate(page: Page, prompt: string, steps: number): Promise<void> {
+  await page.getByTestId('prompt').fill(prompt);
+  const adv = page.locator('details.advanced');
+  if (!(await adv.evaluate((d) => (d as HTMLDetailsElement).open))) await adv.locator('summary').click();
+  await page.selectOption('#width', '128');
+  await page.selectOption('#height', '128');
+  await page.fill('#steps', String(steps));
+  await page.getByTestId('generate').click();
+}
+
+t.test('in-process server: photo → identity → picture, and the rest of the page', async (t) => {
+  const { child, base } = await serveCli(['--model', TINY_SD, '--encoder', TINY_ID, '--identities', path.join(dir, 'local'), '--max-size', '256']);
+  children.push(child);
+  const { page, problems } = await open(base);
+
+  // A photo without a face: a clear message, and nothing to create from it.
+  await page.getByTestId('photo-input').setInputFiles(fixture('faces/chelsea.jpg'));
+  await t.resolves(page.getByRole('alert').filter({ hasText: 'No face found in this photo' }).waitFor(), 'no-face message shown');
+  t.ok(await page.getByTestId('create-identity').isDisabled(), 'create is disabled for a photo without a face');
+
+  // The face photo: its face box is drawn over it.
+  await page.getByTestId('photo-input').setInputFiles(fixture('faces/astronaut.jpg'));
+  await page.getByTestId('face-box').first().waitFor();
+  const box = await page.getByTestId('face-box').first().boundingBox();
+  const photo = await page.locator('.photo.chosen img').boundingBox();
+  t.ok(box && photo && box.width > 0.1 * photo.width && box.width < 0.8 * photo.width, `face box inside the photo (${box?.width} of ${photo?.width} px)`);
+
+  // DreamIdentity: instant.
+  await page.getByTestId('method').selectOption('dreamidentity');
+  await page.fill('#identity-name', 'Eileen');
+  await page.getByTestId('create-identity').click();
+  await page.getByTestId('identity-item').filter({ hasText: 'Eileen' }).waitFor();
+  t.match(await page.getByTestId('prompt').inputValue(), /<id>/, 'the prompt names the selected identity');
+
+  // Generate, with the progress seen while the job runs.
+  await generate(page, 'a photo of <id> as an astronaut, portrait', 12);
+  await page.getByTestId('progress').waitFor();
+  const img = page.getByTestId('result-image').first();
+  await img.waitFor({ timeout: 60_000 });
+  const texts = await page.evaluate(() => (window as unknown as { progressTexts: string[] }).progressTexts);
+  t.ok(texts.some((x) => /^Step ([1-9]|1[01]) of 12/.test(x)), `a step before the last was shown (${JSON.stringify(texts.slice(0, 4))}…)`);
+  t.equal(await img.evaluate((i) => (i as HTMLImageElement).naturalWidth), 128, 'the picture is 128 px wide');
+  const meta = await page.locator('.result .meta').first().textContent();
+  const seed = /seed (\d+)/.exec(meta ?? '')?.[1];
+  t.ok(seed, `settings shown: ${meta}`);
+  await page.getByRole('button', { name: 'Use this seed' }).first().click();
+  t.equal(await page.inputValue('#seed'), seed, '"use this seed" fills the seed');
+  await t.resolves(page.getByTestId('similarity').filter({ hasText: /ID similarity: (no face found|[0-9.]+)/ }).waitFor(), 'the ID similarity is measured');
+  if (process.env.IDFORGE_STUDIO_SCREENSHOT) await page.screenshot({ path: path.join(root, 'docs/studio.png'), fullPage: true });
+
+  // Rename, then download: the file is the identity, renamed.
+  const item = page.getByTestId('identity-item').filter({ hasText: 'Eileen' });
+  await item.getByRole('button', { name: /^Rename/ }).click();
+  await page.keyboard.press('ControlOrMeta+A');
+  await page.keyboard.type('Commander Collins');
+  await page.keyboard.press('Enter');
+  const renamed = page.getByTestId('identity-item').filter({ hasText: 'Commander Collins' });
+  await renamed.waitFor();
+  const [download] = await Promise.all([page.waitForEvent('download'), renamed.getByRole('button', { name: /^Download/ }).click()]);
+  const file = path.join(dir, 'downloaded.safetensors');
+  await download.saveAs(file);
+  const id = Identity.load(file);
+  t.same([id.method, id.name, id.stages, id.words, id.dim], ['dreamidentity', 'Commander Collins', 1, 4, 32], 'the downloaded file loads with Identity.load');
+
+  // SeFi-IDE: a learning job with its progress.
+  await page.getByTestId('method').selectOption('sefi-ide');
+  await page.fill('#identity-name', 'Learned');
+  await page.fill('#learn-steps', '4');
+  await page.getByTestId('create-identity').click();
+  await page.getByTestId('identity-item').filter({ hasText: 'Learned' }).waitFor({ timeout: 60_000 });
+  t.match(await page.getByTestId('identity-item').filter({ hasText: 'Learned' }).textContent(), /SeFi-IDE · 5×1 words/);
+  const learnTexts = await page.evaluate(() => (window as unknown as { progressTexts: string[] }).progressTexts);
+  t.ok(learnTexts.some((x) => /^Learning: step [1-4] of 4/.test(x)), `learning progress shown (${JSON.stringify(learnTexts.filter((x) => x.startsWith('Learn')))})`);
+
+  // Delete (after the confirmation).
+  page.once('dialog', (d) => void d.accept());
+  await renamed.getByRole('button', { name: /^Delete/ }).click();
+  await renamed.waitFor({ state: 'detached' });
+  t.equal(await page.getByTestId('identity-item').count(), 1, 'one identity left');
+
+  // Phone width: nothing wider than the screen.
+  await page.setViewportSize({ width: 390, height: 844 });
+  t.ok(await page.evaluate(() => document.documentElement.scrollWidth <= 390), 'no horizontal scrolling at 390 px');
+  t.same(problems, [], 'no page or console errors');
+  await page.close();
+});
+
+t.test('Redis server with --token: asked once, sent as a header, never in a URL', { skip: hasRedis ? false : 'redis-server not installed (.ci/run installs it)' }, async (t) => {
+  const r = await redis();
+  t.teardown(() => r.stop());
+  const queue = `idforge-studio-${process.pid}`;
+  const secret = 'studio-secret-token-42';
+  const w = cli(['worker', '--redis', r.url, '--model', TINY_SD, '--device', 'cpu', '--queue', queue]);
+  children.push(w);
+  await w.waitFor(/idforge worker ready/);
+  const { child, base } = await serveCli(['--redis', r.url, '--queue', queue, '--encoder', TINY_ID, '--identities', path.join(dir, 'redis'), '--max-size', '256', '--token', secret]);
+  children.push(child);
+  const { page, problems, urls } = await open(base);
+
+  // The page itself is public; its first call asks for the token.
+  const dialog = page.getByRole('dialog', { name: 'Access token' });
+  await dialog.waitFor();
+  await page.fill('#token-input', 'wrong');
+  await page.keyboard.press('Enter');
+  await t.resolves(page.locator('#notice').filter({ hasText: 'needs an access token' }).waitFor(), 'a refused token is said');
+  await page.getByRole('button', { name: 'Access token' }).click();
+  await page.fill('#token-input', secret);
+  await page.keyboard.press('Enter');
+  await page.locator('#server-info').filter({ hasText: 'Redis workers' }).waitFor();
+
+  await page.getByTestId('photo-input').setInputFiles(fixture('faces/astronaut.jpg'));
+  await page.getByTestId('face-box').first().waitFor();
+  await page.fill('#identity-name', 'Eileen');
+  await page.getByTestId('create-identity').click();
+  await page.getByTestId('identity-item').first().waitFor();
+  await generate(page, 'a photo of <id>, oil painting', 4);
+  await page.getByTestId('result-image').first().waitFor({ timeout: 60_000 });
+  t.equal(await page.getByTestId('result-image').first().evaluate((i) => (i as HTMLImageElement).naturalWidth), 128, 'the picture came back through the header-carrying fetch');
+  t.equal(await page.evaluate(() => sessionStorage.getItem('idforge.token')), secret, 'the token is kept in sessionStorage');
+  t.same(urls.filter((u) => u.includes(secret)), [], 'no URL carries the token');
+
+  // A reload asks nothing: the tab keeps the token.
+  await page.reload();
+  await page.getByTestId('identity-item').first().waitFor();
+  t.notOk(await dialog.isVisible(), 'no second question after a reload');
+  t.same(problems.filter((p) => !/401 \(Unauthorized\)/.test(p)), [], 'no page or console errors (the two 401s of the token exchange aside)');
+  await page.close();
+});
+
