@@ -175,7 +175,8 @@ export async function attentionHeatmap(
     let max = 0;
     for (const v of small) max = Math.max(max, v);
     const u8 = Uint8Array.from(small, (v) => (max > 0 ? Math.round((v / max) * 255) : 0));
-    const big = await sharp(Buffer.from(u8), { raw: { width: m.width, height: m.height, channels: 1 } }).resize(W, H, { kernel: 'cubic' }).raw().toBuffer();
+    // b-w: sharp's resize of a one-channel raw image returns three channels otherwise.
+    const big = await sharp(Buffer.from(u8), { raw: { width: m.width, height: m.height, channels: 1 } }).resize(W, H, { kernel: 'cubic' }).toColourspace('b-w').raw().toBuffer();
     for (let i = 0; i < W * H; i++) acc[i]! += big[i]! / 255 / cap.maps.length;
   }
   let max = 0;

@@ -12,6 +12,7 @@ import { BUNDLED_TOKENIZER_DIR } from '../io/checkpoint.js';
 import { SD15_TEXT, SD15_UNET, SD15_VAE, sd15Scheduler } from '../io/configs.js';
 import { checkImageOutput, imageSize, loadImageCover, saveImage } from '../io/image.js';
 import { identityMap, resolveGenerate, type GenerateModel, type GenerateOptions, type GenerateResult } from '../generate/options.js';
+import { identityRegions, regionBoxes, type Box } from '../regions.js';
 import type { LoadOptions } from '../runtime/sd.js';
 import type { SamplerName } from '../sched/sampler.js';
 import { ClipTokenizer } from '../text/tokenizer.js';
@@ -44,6 +45,14 @@ export const GENERATE_FLAGS: Flag<P>[] = [
   } },
   { name: 'identity-scale', arg: 'X', help: "identity strength: 0 a generic person, 1 as made (1), > 1 exaggerated", set: (p, v) => { p.gen.identityScale = num(String(v), 'identity-scale')!; } },
   { name: 'attention-map', arg: 'FILE', help: 'also write where the identity attends, over the image (heatmap)', set: (p, v) => { p.attentionMap = String(v); } },
+  { name: 'region', arg: 'NAME=X0,Y0,X1,Y1', help: 'keep identity NAME inside this box (fractions of the image, e.g. ann=0,0,0.5,1)', multiple: true, set: (p, v) => {
+    const m = NAMED.exec(String(v));
+    const b = (m?.[2] ?? '').split(',').map((x) => (x.trim() === '' ? NaN : Number(x)));
+    if (!m || b.length !== 4 || b.some((x) => !Number.isFinite(x))) throw flagError('region', `takes NAME=x0,y0,x1,y1 (fractions of the image, e.g. ann=0,0,0.5,1), got '${String(v)}'`);
+    const regions = (p.gen.regions ??= {}) as Record<string, Box>;
+    if (Object.hasOwn(regions, m[1]!)) throw flagError('region', `gives '${m[1]}' two boxes`);
+    regions[m[1]!] = [b[0]!, b[1]!, b[2]!, b[3]!];
+  } },
   { name: 'steps', arg: 'N', help: 'sampler steps (50)', set: (p, v) => { p.gen.steps = num(String(v), 'steps')!; } },
   { name: 'sampler', arg: 'S', help: 'ddim | dpmpp-2m | dpmpp-2m-karras | euler | euler-a (ddim)', set: (p, v) => { p.gen.sampler = String(v) as SamplerName; } },
   { name: 'guidance', arg: 'X', help: 'classifier-free guidance scale (7.5)', set: (p, v) => { p.gen.guidanceScale = num(String(v), 'guidance')!; } },
@@ -115,10 +124,13 @@ export async function checkGenerate(plan: GeneratePlan): Promise<{ model: string
     if (!given) throw flagError('attention-map', 'shows where an identity attends: pass --identity too');
     checkImageOutput(plan.attentionMap);
   }
+  if (plan.gen.regions !== undefined && !given) throw flagError('region', 'keeps an identity inside a box: pass --identity too');
   // The seed is chosen here when none is given, so that the run can say which it was.
   const opts: GenerateOptions = { ...plan.gen, prompt, ...ids, seed: plan.gen.seed ?? Math.floor(Math.random() * 2 ** 31) };
-  // The placeholders against the identities given (the bundled CLIP vocabulary is every SD 1.x's).
-  expandPrompt(ClipTokenizer.fromDir(BUNDLED_TOKENIZER_DIR), prompt, identityMap(opts));
+  // The placeholders against the identities given (the bundled CLIP vocabulary is every SD 1.x's),
+  // and the regions' names against the prompt's identities.
+  const e = expandPrompt(ClipTokenizer.fromDir(BUNDLED_TOKENIZER_DIR), prompt, identityMap(opts));
+  identityRegions(regionBoxes(opts.regions), e);
   if (plan.image !== undefined) {
     const size = await imageSize(plan.image);
     if (opts.width === undefined && opts.height === undefined) {

@@ -1,6 +1,5 @@
 // An ID encoder's weights: their names and shapes under a config, the check of a checkpoint
-// against them, host float32 copies as TensorRefs, and a new encoder's (a face ViT backbone plus
-// seeded projectors).
+// against them, and a new encoder's (a face ViT backbone plus seeded projectors).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { IdforgeError } from '../errors.js';
@@ -8,27 +7,13 @@ import type { TensorRef } from '../io/checkpoint.js';
 import { readJsonFile } from '../io/configs.js';
 import { expectWeight } from '../io/layout.js';
 import { SafetensorsFile } from '../io/safetensors.js';
+import type { HostWeight } from '../optim/params.js';
 import type { DeviceOptions } from '../runtime/runtime.js';
 import { normalGenerator } from '../sched/random.js';
 import { fmt, parseIdEncoderConfig, type IdEncoderConfig } from './config.js';
 
-/** A weight held on the host in float32 (what a trainer updates and save() writes). */
-export interface HostWeight {
-  shape: number[];
-  data: Float32Array;
-}
-
-/** TensorRefs over float32 host arrays. */
-export function hostRefs(weights: ReadonlyMap<string, HostWeight>): Map<string, TensorRef> {
-  const m = new Map<string, TensorRef>();
-  for (const [name, w] of weights)
-    m.set(name, {
-      name, shape: [...w.shape], dtype: 'F32', file: '(memory)', key: name,
-      readFloat32: () => w.data.slice(),
-      readBytes: () => Buffer.from(w.data.buffer, w.data.byteOffset, w.data.byteLength),
-    });
-  return m;
-}
+// HostWeight and hostRefs live with the trainable weights (lib/optim/params.ts).
+export { hostRefs, type HostWeight } from '../optim/params.js';
 
 export interface IdEncoderCreateOptions extends DeviceOptions {
   /**

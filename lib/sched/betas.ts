@@ -127,3 +127,20 @@ export function rescaleZeroTerminalSnr(betas: Float32Array): Float32Array {
   for (let i = 1; i < n; i++) out[i] = f32(1 - f32(bar[i]! / bar[i - 1]!));
   return out;
 }
+
+/**
+ * DDPM's forward process (diffusers' scheduler.add_noise), the training input of both trainings:
+ * z_t = √ᾱ_t·z0 + √(1 − ᾱ_t)·ε per batch row (row i at timestep timesteps[i]; z0 and noise hold
+ * the rows one after another), with the scales rounded to float32 as torch does.
+ */
+export function addNoise(alphasCumprod: Float32Array, z0: Float32Array, noise: Float32Array, timesteps: readonly number[]): Float32Array {
+  const n = z0.length / timesteps.length;
+  const out = new Float32Array(z0.length);
+  timesteps.forEach((t, i) => {
+    const a = alphasCumprod[t]!;
+    const sa = f32(Math.sqrt(a));
+    const sb = f32(Math.sqrt(1 - a));
+    for (let j = i * n; j < (i + 1) * n; j++) out[j] = sa * z0[j]! + sb * noise[j]!;
+  });
+  return out;
+}
