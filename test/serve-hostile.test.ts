@@ -65,9 +65,13 @@ t.test('1: hostile uploads are refused before any decoding, and never hold a nor
   t.equal((await upload(base, { image: b64(gif) })).status, 415, 'GIF (a multi-frame format) is refused');
 
   // Hostile uploads in flight (the issue's SVG, as base64 and as a data: URI, and a PNG header that
-  // lies over random data); a normal upload meanwhile is answered within 2 s (the first one,
-  // untimed, loads the face detector).
+  // lies over random data); a normal upload meanwhile is answered within 2 s. The first upload,
+  // untimed, loads the face detector; the second times a normal upload alone: on a machine so busy
+  // that it alone takes over a second, the bound is twice that (the issue's server took 60 s).
   t.equal((await upload(base, { image: face }, 60_000)).status, 201);
+  const a0 = Date.now();
+  t.equal((await upload(base, { image: face }, 10_000)).status, 201);
+  const alone = Date.now() - a0;
   const bodies = [{ image: b64(SVG_BOMB) }, { image: `data:image/svg+xml;base64,${b64(SVG_BOMB)}` }, { image: b64(lyingPng(4096, 4096, 1 << 20)), method: 'sefi-ide' }, { image: b64(SVG_BOMB) }];
   const hostile = bodies.map((body) => upload(base, body, 30_000));
   await new Promise((r) => setTimeout(r, 20));
@@ -75,7 +79,8 @@ t.test('1: hostile uploads are refused before any decoding, and never hold a nor
   res = await upload(base, { image: face }, 10_000);
   const ms = Date.now() - t0;
   t.equal(res.status, 201, 'the normal upload succeeds');
-  t.ok(ms < 2000, `a normal upload during hostile ones took ${ms} ms (< 2000)`);
+  const bound = Math.max(2000, 2 * alone);
+  t.ok(ms < bound, `a normal upload during hostile ones took ${ms} ms (alone ${alone} ms; bound ${bound} ms)`);
   const answers = await Promise.all(hostile.map(async (p) => [(await p).status, (await error(await p)).code]));
   t.same(answers, [[415, 'E_UNSUPPORTED_MEDIA'], [415, 'E_UNSUPPORTED_MEDIA'], [400, 'E_ARGUMENT'], [415, 'E_UNSUPPORTED_MEDIA']], 'each hostile upload gets its 4xx');
 });

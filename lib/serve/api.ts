@@ -40,13 +40,13 @@ export interface Timeouts {
   requestMs: number;
   /** Receiving a request's headers; then 408. */
   headersMs: number;
-  /** An idle keep-alive connection is closed after this. */
+  /** An idle keep-alive connection is closed after this (longer than a load balancer's idle timeout, or it reuses closed ones). */
   keepAliveMs: number;
   /** /health waits this long for the queue (Redis) before answering 503. */
   healthMs: number;
 }
 
-export const DEFAULT_TIMEOUTS: Timeouts = { requestMs: 30_000, headersMs: 10_000, keepAliveMs: 5_000, healthMs: 2_000 };
+export const DEFAULT_TIMEOUTS: Timeouts = { requestMs: 30_000, headersMs: 10_000, keepAliveMs: 72_000, healthMs: 2_000 };
 
 /** Every SD 1.x model needs sizes in multiples of 64 (VAE ×8, UNet ×8); the engine checks again. */
 export const SIZE_MULTIPLE = 64;
