@@ -94,18 +94,104 @@ async function sharpOf(img: RawImage) {
   });
 }
 
-/** Decodes any image sharp reads (EXIF orientation applied) into RGB RawImage. */
-export async function loadImage(input: string | Buffer | Uint8Array): Promise<RawImage> {
+/** Raster formats told apart by their first bytes (what an untrusted upload may be). */
+export type RasterFormat = 'jpeg' | 'png' | 'webp';
+
+/** The raster format of encoded bytes by their magic number, or undefined (SVG, GIF, TIFF, PDF, ...). */
+export function sniffRaster(b: Uint8Array): RasterFormat | undefined {
+  if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return 'jpeg';
+  if (b.length >= 8 && b[0] === 0x89 && b[1] === 0x50 && b[2] === 0x4e && b[3] === 0x47 && b[4] === 0x0d && b[5] === 0x0a && b[6] === 0x1a && b[7] === 0x0a) return 'png';
+  const ascii = (at: number, s: string) => [...s].every((c, i) => b[at + i] === c.charCodeAt(0));
+  if (b.length >= 12 && ascii(0, 'RIFF') && ascii(8, 'WEBP')) return 'webp';
+  return undefined;
+}
+
+/**
+ * Limits on decoding an image from an untrusted source (a server's upload): without them sharp
+ * renders SVG filters for a minute, or allocates what a header claims.
+ */
+export interface DecodeBudget {
+  /** Formats accepted, by magic bytes; anything else (vector, multi-page, unknown) is refused. */
+  formats?: readonly RasterFormat[];
+  /** Largest width·height: from the header before decoding, and enforced by the decoder. */
+  maxPixels?: number;
+  /** Largest width or height, of the header and of the decoded (EXIF-rotated) image. */
+  maxSide?: number;
+  /** Whole seconds the decoder may run (sharp's timeout), ≥ 1. */
+  seconds?: number;
+}
+
+/** Why a budgeted decode refused an image; `code` stays E_ARGUMENT like any undecodable image. */
+export type DecodeRefusal = 'format' | 'size' | 'time' | 'corrupt';
+
+export class ImageDecodeError extends IdforgeError {
+  constructor(readonly reason: DecodeRefusal, message: string, options?: { cause?: unknown }) {
+    super('E_ARGUMENT', message, options);
+  }
+}
+
+/** Decodes any image sharp reads (EXIF orientation applied) into RGB RawImage, within `budget` when given. */
+export async function loadImage(input: string | Buffer | Uint8Array, budget?: DecodeBudget): Promise<RawImage> {
   // sharp loads on demand: engines that never touch image files (servers fed tensors, the GPU check) do without it.
   const { default: sharp } = await import('sharp');
+  const what = typeof input === 'string' ? input : 'image buffer';
+  if (budget) await checkBudget(sharp, input, budget, what);
   try {
-    const { data, info } = await sharp(input).rotate().removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
+    const s = budget ? sharp(input, { limitInputPixels: budget.maxPixels ?? true, pages: 1 }).timeout({ seconds: budget.seconds ?? 0 }) : sharp(input);
+    const { data, info } = await s.rotate().removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
     if (info.channels !== 3) throw new Error(`decoded ${info.channels} channels`);
+    if (budget?.maxSide !== undefined && Math.max(info.width, info.height) > budget.maxSide)
+      throw new ImageDecodeError('size', `${what} is ${info.width}x${info.height}; the limit is ${budget.maxSide} px a side`);
     return { width: info.width, height: info.height, channels: 3, data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) };
   } catch (e) {
+    if (e instanceof ImageDecodeError) throw e;
     const msg = (e as Error).message;
+    if (budget && /^timeout/.test(msg)) throw new ImageDecodeError('time', `${what} took more than ${budget.seconds} s to decode`, { cause: e });
+    if (budget && /pixel limit/.test(msg)) throw new ImageDecodeError('size', `${what} has more than ${budget.maxPixels} pixels`, { cause: e });
+    if (budget) throw new ImageDecodeError('corrupt', `could not decode ${what}: ${msg}`, { cause: e });
     if (typeof input === 'string' && msg.includes('missing')) throw new IdforgeError('E_NOT_FOUND', `could not decode ${input}: ${msg}`, { cause: e });
     throw invalid('image', `an image sharp can decode (could not decode it: ${msg})`, typeof input === 'string' ? input : shown(`a buffer of ${input.length} bytes`), { cause: e });
+  }
+}
+
+const FORMAT_NAMES: Record<RasterFormat, string> = { jpeg: 'JPEG', png: 'PNG', webp: 'WebP' };
+
+/** The budget's checks that need no decoding: the magic bytes and the header's size and page count. */
+async function checkBudget(sharp: typeof import('sharp'), input: string | Buffer | Uint8Array, b: DecodeBudget, what: string): Promise<void> {
+  if (b.seconds !== undefined && !(Number.isInteger(b.seconds) && b.seconds >= 1 && b.seconds <= 3600))
+    throw invalid('decode budget: seconds', 'an integer in [1, 3600]', b.seconds);
+  if (b.formats) {
+    const head = typeof input === 'string' ? readHead(input) : input;
+    const f = sniffRaster(head);
+    if (!f || !b.formats.includes(f))
+      throw new ImageDecodeError('format', `${what} is not ${b.formats.map((x) => FORMAT_NAMES[x]).join(', ').replace(/, ([^,]*)$/, ' or $1')}`);
+  }
+  let meta: { width?: number; height?: number; pages?: number };
+  try {
+    meta = await sharp(input, { limitInputPixels: false }).metadata();
+  } catch (e) {
+    throw new ImageDecodeError('corrupt', `could not decode ${what}: ${(e as Error).message}`, { cause: e });
+  }
+  const { width = 0, height = 0 } = meta;
+  if (b.formats && (meta.pages ?? 1) > 1) throw new ImageDecodeError('format', `${what} has ${meta.pages} pages or frames; one still image is accepted`);
+  if (!width || !height) throw new ImageDecodeError('corrupt', `${what} has no size`);
+  if ((b.maxSide !== undefined && Math.max(width, height) > b.maxSide) || (b.maxPixels !== undefined && width * height > b.maxPixels))
+    throw new ImageDecodeError('size', `${what} is ${width}x${height}; the limit is ${b.maxSide ?? '-'} px a side, ${b.maxPixels ?? '-'} pixels`);
+}
+
+/** The first bytes of a file (enough for sniffRaster). */
+function readHead(file: string): Uint8Array {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, 'r');
+  } catch (e) {
+    throw new IdforgeError('E_NOT_FOUND', `could not read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { cause: e });
+  }
+  try {
+    const b = Buffer.alloc(16);
+    return b.subarray(0, fs.readSync(fd, b, 0, 16, 0));
+  } finally {
+    fs.closeSync(fd);
   }
 }
 

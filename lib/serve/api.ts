@@ -14,14 +14,39 @@ export interface Limits {
   maxSteps: number;
   /** Jobs waiting (not yet running) before submissions get 429. */
   maxQueue: number;
-  /** Largest side of an uploaded face photo. */
+  /** Largest side of an uploaded face photo (header and decoded image; larger: 413). */
   maxUploadSide: number;
+  /** Smallest side of an uploaded face photo (learning needs 64 px). */
+  minUploadSide: number;
+  /** Uploads larger than this a side are scaled down before face work (detection time grows with the square of the side). */
+  workSide: number;
+  /** Whole seconds one upload may take to decode. */
+  decodeSeconds: number;
   maxLearnSteps: number;
+  /** Finished jobs kept (in memory, in Redis, in --results): at most this many ... */
+  keepJobs: number;
+  /** ... for at most this many seconds. */
+  keepSeconds: number;
 }
 
 export const DEFAULT_LIMITS: Limits = {
-  bodyBytes: 8 << 20, maxSide: 1024, maxSteps: 150, maxQueue: 100, maxUploadSide: 4096, maxLearnSteps: 5000,
+  bodyBytes: 8 << 20, maxSide: 1024, maxSteps: 150, maxQueue: 100, maxUploadSide: 4096, minUploadSide: 64, workSide: 1024,
+  decodeSeconds: 5, maxLearnSteps: 5000, keepJobs: 200, keepSeconds: 3600,
 };
+
+/** Timeouts of the server's sockets and of its dependency (Redis), in milliseconds. */
+export interface Timeouts {
+  /** Receiving a whole request (headers and body); then 408. */
+  requestMs: number;
+  /** Receiving a request's headers; then 408. */
+  headersMs: number;
+  /** An idle keep-alive connection is closed after this (longer than a load balancer's idle timeout, or it reuses closed ones). */
+  keepAliveMs: number;
+  /** /health waits this long for the queue (Redis) before answering 503. */
+  healthMs: number;
+}
+
+export const DEFAULT_TIMEOUTS: Timeouts = { requestMs: 30_000, headersMs: 10_000, keepAliveMs: 72_000, healthMs: 2_000 };
 
 /** Every SD 1.x model needs sizes in multiples of 64 (VAE ×8, UNet ×8); the engine checks again. */
 export const SIZE_MULTIPLE = 64;
@@ -138,6 +163,9 @@ export const imageParam = {
   properties: { id: { type: 'string', pattern: UUID_PATTERN }, index: { type: 'string', pattern: '^[0-9]{1,2}$' } },
 };
 
+/** A field refused in some case; the description is the client's message (errors.ts validationMessage). */
+const refused = (description: string) => ({ not: {}, description });
+
 export function generateBody(l: Limits): object {
   return {
     type: 'object', required: ['prompt'], additionalProperties: false,
@@ -153,21 +181,40 @@ export function generateBody(l: Limits): object {
       identity: { type: 'string', pattern: ID_PATTERN },
       identityScale: { type: 'number', minimum: 0, maximum: 10 },
     },
+    // Fields the engine would ignore are refused: the identity's scale without an identity, a
+    // negative prompt without classifier-free guidance (it only steers the guided branch).
+    dependencies: { identityScale: ['identity'] },
+    if: { required: ['guidanceScale'], properties: { guidanceScale: { type: 'number', maximum: 1 } } },
+    then: { properties: { negativePrompt: refused('negativePrompt is only used with guidanceScale > 1 (classifier-free guidance)') } },
   };
 }
 
+/** What each upload method takes: DreamIdentity encodes in one pass (no steps, no seed); SeFi-IDE finds the face itself (no landmarks). */
+export const METHOD_FIELDS = {
+  dreamidentity: ['image', 'method', 'name', 'id', 'landmarks'],
+  'sefi-ide': ['image', 'method', 'name', 'id', 'steps', 'seed'],
+} as const;
+
 export function identityBody(l: Limits): object {
+  const properties: Record<string, object> = {
+    image: { type: 'string', minLength: 16 },
+    method: { type: 'string', enum: Object.keys(METHOD_FIELDS) },
+    name: { type: 'string', maxLength: 100 },
+    id: { type: 'string', pattern: ID_PATTERN },
+    landmarks: { type: 'array', minItems: 5, maxItems: 5, items: { type: 'array', minItems: 2, maxItems: 2, items: { type: 'number' } } },
+    steps: { type: 'integer', minimum: 1, maximum: l.maxLearnSteps },
+    seed: { type: 'integer', minimum: 0, maximum: 2 ** 31 - 1 },
+  };
+  // One schema per method: the fields of the other method are refused, saying whose they are.
+  const only = (method: keyof typeof METHOD_FIELDS) => ({
+    properties: Object.fromEntries(Object.keys(properties).filter((f) => !(METHOD_FIELDS[method] as readonly string[]).includes(f))
+      .map((f) => [f, refused(`${f} is not a field of method '${method}' (it takes ${METHOD_FIELDS[method].join(', ')})`)])),
+  });
   return {
-    type: 'object', required: ['image'], additionalProperties: false,
-    properties: {
-      image: { type: 'string', minLength: 16, contentEncoding: 'base64' },
-      method: { type: 'string', enum: ['dreamidentity', 'sefi-ide'] },
-      name: { type: 'string', maxLength: 100 },
-      id: { type: 'string', pattern: ID_PATTERN },
-      landmarks: { type: 'array', minItems: 5, maxItems: 5, items: { type: 'array', minItems: 2, maxItems: 2, items: { type: 'number' } } },
-      steps: { type: 'integer', minimum: 1, maximum: l.maxLearnSteps },
-      seed: { type: 'integer', minimum: 0, maximum: 2 ** 31 - 1 },
-    },
+    type: 'object', required: ['image'], additionalProperties: false, properties,
+    if: { required: ['method'], properties: { method: { const: 'sefi-ide' } } },
+    then: only('sefi-ide'),
+    else: only('dreamidentity'),
   };
 }
 

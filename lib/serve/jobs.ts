@@ -1,26 +1,55 @@
 // Runs one job on one engine: the only place that turns a job payload into engine calls, shared by
 // the in-process queue and the BullMQ worker (so both give the same image for the same payload).
-import type { Engine, GenerateOptions } from '../engine.js';
+// The server checks a generate job's prompt against its identity with the same mapping, at submission.
+import type { Engine } from '../engine.js';
 import { IdforgeError } from '../errors.js';
+import { expandFor } from '../generate/conditioning.js';
+import { identityMap, type GenerateOptions } from '../generate/options.js';
+import { expandPrompt } from '../identity/placeholders.js';
+import type { ModelConfigs } from '../io/configs.js';
 import { encodePng } from '../io/image.js';
-import { fromWire, toWire, type JobData, type JobResult, type Progress } from './api.js';
+import type { ClipTokenizer } from '../text/tokenizer.js';
+import { fromWire, toWire, type GenerateJob, type JobData, type JobResult, type Progress } from './api.js';
 
+/** A generate job's engine options: the one mapping from a job payload to Engine.generate. */
+export function generateOptions(job: GenerateJob): GenerateOptions {
+  return {
+    prompt: job.prompt, negativePrompt: job.negativePrompt, width: job.width, height: job.height, steps: job.steps,
+    guidanceScale: job.guidanceScale, seed: job.seed, sampler: job.sampler,
+    ...(job.identity ? { identity: fromWire(job.identity) } : {}),
+    ...(job.identityScale !== undefined ? { identityScale: job.identityScale } : {}),
+  };
+}
+
+/** What prompts are checked with: a tokenizer, and the model's configs when the server has the model (its text width). */
+export interface PromptModel {
+  tokenizer: ClipTokenizer;
+  configs?: ModelConfigs;
+}
+
+/**
+ * What generate() would refuse about the prompt and its identity, refused at submission with
+ * generate()'s own expansion: `<id>` without an identity, an identity without `<id>`, an unknown
+ * `<id:name>`, identity slots past the 77 tokens, an identity of another text width (E_IDENTITY).
+ */
+export function checkPrompt(model: PromptModel, job: GenerateJob): void {
+  const opts = generateOptions(job);
+  const identities = identityMap(opts);
+  if (model.configs) expandFor({ tokenizer: model.tokenizer, configs: model.configs }, opts.prompt, identities);
+  else expandPrompt(model.tokenizer, opts.prompt, identities);
+}
 
 export async function runJob(engine: Engine, job: JobData, onProgress: (p: Progress) => void, signal?: AbortSignal): Promise<JobResult> {
   if (job.kind === 'generate') {
-    const opts: GenerateOptions = {
-      prompt: job.prompt, negativePrompt: job.negativePrompt, width: job.width, height: job.height, steps: job.steps,
-      guidanceScale: job.guidanceScale, seed: job.seed, sampler: job.sampler,
-      ...(job.identity ? { identity: fromWire(job.identity) } : {}),
-      ...(job.identityScale !== undefined ? { identityScale: job.identityScale } : {}),
+    const r = await engine.generate({
+      ...generateOptions(job),
       ...(signal ? { signal } : {}),
       // Finished steps only: the in-step ticks (p.fraction) repeat the last step number, which
       // the job's step history would read as a retried run.
       onProgress: (p) => {
         if (p.fraction === undefined) onProgress({ step: p.step, steps: p.steps });
       },
-    };
-    const r = await engine.generate(opts);
+    });
     r.latents.dispose();
     r.pixels.dispose();
     const images = await Promise.all(r.images.map(async (img) => (await encodePng(img)).toString('base64')));
