@@ -61,6 +61,15 @@ export function heatmapCapture(all: string[], latentH: number, levels: number, s
   return { layers: { resolution: best }, reduce: 'mean' };
 }
 
+/**
+ * At most `n` of the steps 1..total, spread evenly and ending on the last (all of them when total ≤ n):
+ * a heatmap's steps, so that its maps and the work of drawing it do not grow with the step count.
+ */
+export function spreadSteps(total: number, n: number): number[] {
+  if (total <= n) return Array.from({ length: total }, (_, i) => i + 1);
+  return Array.from({ length: n }, (_, i) => Math.round(((i + 1) * total) / n));
+}
+
 /** Resolves the layer selection against the model's cross-attention layers. */
 export function selectLayers(opt: CaptureAttentionOptions['layers'], all: string[], latentH: number, levels: number): string[] {
   if (opt === undefined || opt === 'cross') return all;

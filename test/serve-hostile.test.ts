@@ -168,6 +168,7 @@ t.test('4: every request field is used or refused', async (t) => {
     ['steps for dreamidentity', () => upload(base, { image: face, method: 'dreamidentity', steps: 5 }), /steps.*dreamidentity/],
     ['seed with the default method', () => upload(base, { image: face, seed: 5 }), /seed.*dreamidentity/],
     ['identityScale without identity', () => post(base, '/generate', { prompt: 'a', identityScale: 2 }), /identityScale.*identity/],
+    ['attention without identity', () => post(base, '/generate', { prompt: 'a', attention: true }), /attention.*identity/],
     ['negativePrompt without guidance', () => post(base, '/generate', { prompt: 'a', guidanceScale: 1, negativePrompt: 'b' }), /negativePrompt.*guidanceScale/],
   ];
   for (const [what, req, message] of refused) {

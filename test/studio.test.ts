@@ -58,6 +58,12 @@ async function open(base: string, width = 1280): Promise<{ page: Page; problems:
   return { page, problems, urls };
 }
 
+/** An image's natural width once it has loaded. */
+const loadedWidth = (img: ReturnType<Page['getByTestId']>) => img.evaluate(async (i) => {
+  await (i as HTMLImageElement).decode();
+  return (i as HTMLImageElement).naturalWidth;
+});
+
 async function generate(page: Page, prompt: string, steps: number): Promise<void> {
   await page.getByTestId('prompt').fill(prompt);
   const adv = page.locator('details.advanced');
@@ -99,7 +105,10 @@ t.test('in-process server: photo → identity → picture, and the rest of the p
   await img.waitFor({ timeout: 60_000 });
   const texts = await page.evaluate(() => (window as unknown as { progressTexts: string[] }).progressTexts);
   t.ok(texts.some((x) => /^Step ([1-9]|1[01]) of 12/.test(x)), `a step before the last was shown (${JSON.stringify(texts.slice(0, 4))}…)`);
-  t.equal(await img.evaluate((i) => (i as HTMLImageElement).naturalWidth), 128, 'the picture is 128 px wide');
+  t.equal(await loadedWidth(img), 128, 'the picture is 128 px wide');
+  const heat = page.getByTestId('attention-image').first();
+  t.equal(await loadedWidth(heat), 128, 'the heatmap of where the identity attends is beside it');
+  t.equal(await heat.getAttribute('alt'), 'Where Eileen attends (heatmap over the picture)');
   const meta = await page.locator('.result .meta').first().textContent();
   const seed = /seed (\d+)/.exec(meta ?? '')?.[1];
   t.ok(seed, `settings shown: ${meta}`);
@@ -130,7 +139,8 @@ t.test('in-process server: photo → identity → picture, and the rest of the p
   await page.getByTestId('identity-item').filter({ hasText: 'Learned' }).waitFor({ timeout: 60_000 });
   t.match(await page.getByTestId('identity-item').filter({ hasText: 'Learned' }).textContent(), /SeFi-IDE · 5×1 words/);
   const learnTexts = await page.evaluate(() => (window as unknown as { progressTexts: string[] }).progressTexts);
-  t.ok(learnTexts.some((x) => /^Learning: step [1-4] of 4/.test(x)), `learning progress shown (${JSON.stringify(learnTexts.filter((x) => x.startsWith('Learn')))})`);
+  t.ok(learnTexts.some((x) => /^Learning: step [1-4] of 4 · loss \d/.test(x)), `learning progress with its loss shown (${JSON.stringify(learnTexts.filter((x) => x.startsWith('Learn')))})`);
+  t.ok(await page.locator('#loss-chart').isVisible(), 'the loss is drawn');
 
   // Delete (after the confirmation).
   page.once('dialog', (d) => void d.accept());
@@ -175,7 +185,8 @@ t.test('Redis server with --token: asked once, sent as a header, never in a URL'
   await page.getByTestId('identity-item').first().waitFor();
   await generate(page, 'a photo of <id>, oil painting', 4);
   await page.getByTestId('result-image').first().waitFor({ timeout: 60_000 });
-  t.equal(await page.getByTestId('result-image').first().evaluate((i) => (i as HTMLImageElement).naturalWidth), 128, 'the picture came back through the header-carrying fetch');
+  t.equal(await loadedWidth(page.getByTestId('result-image').first()), 128, 'the picture came back through the header-carrying fetch');
+  t.equal(await loadedWidth(page.getByTestId('attention-image').first()), 128, 'and its heatmap, made by the worker');
   t.equal(await page.evaluate(() => sessionStorage.getItem('idforge.token')), secret, 'the token is kept in sessionStorage');
   t.same(urls.filter((u) => u.includes(secret)), [], 'no URL carries the token');
 

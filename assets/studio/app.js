@@ -365,12 +365,15 @@ async function generate(ev) {
 
 async function addResult(jobId, view, body) {
   const images = await Promise.all(view.images.map((u) => blobUrl(u)));
-  const attention = await Promise.all((view.attention ?? []).map((u) => blobUrl(u).catch(() => null)));
   const identity = state.identities.find((i) => i.id === body.identity);
+  // One picture per job; a heatmap per identity placeholder, over that picture.
+  const heatmaps = (await Promise.all((view.attention ?? []).map(async (a) => ({
+    src: await blobUrl(a.url).catch(() => null), who: a.token === '<id>' ? identity?.name || identity?.id || 'the identity' : a.token,
+  })))).filter((h) => h.src);
   const reference = body.identity ? state.references.get(body.identity) : undefined;
   images.forEach((src, i) => {
     const card = resultCard({
-      src, attention: attention[i], seed: view.seed, body, identity, reference,
+      src, heatmaps: i === 0 ? heatmaps : [], seed: view.seed, body, identity, reference,
       useSeed: () => {
         $('seed').value = String(view.seed);
         $('seed').closest('details').open = true;

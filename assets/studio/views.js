@@ -50,17 +50,17 @@ export function identityItem(info, h) {
   return li;
 }
 
-/** One picture: the image, its settings, "use this seed", download, the heatmap, and the ID similarity. */
+/** One picture: the image, its settings, "use this seed", download, its heatmaps ({ src, who }), and the ID similarity. */
 export function resultCard(r) {
   const b = r.body;
   const li = el('li', { className: 'result' });
   const img = el('img', { src: r.src, alt: `Generated: ${b.prompt}`, width: b.width, height: b.height });
   img.dataset.testid = 'result-image';
   const pictures = el('div', { className: 'pictures' }, el('figure', {}, img, el('figcaption', { textContent: 'picture' })));
-  if (r.attention) {
-    const heat = el('img', { src: r.attention, alt: 'Where the identity attends (heatmap over the picture)', width: b.width, height: b.height });
+  for (const h of r.heatmaps) {
+    const heat = el('img', { src: h.src, alt: `Where ${h.who} attends (heatmap over the picture)`, width: b.width, height: b.height });
     heat.dataset.testid = 'attention-image';
-    pictures.append(el('figure', {}, heat, el('figcaption', { textContent: 'where the identity attends' })));
+    pictures.append(el('figure', {}, heat, el('figcaption', { textContent: `where ${h.who} attends` })));
   }
   const settings = [
     `seed ${r.seed}`, `${b.width}×${b.height}`, `${b.steps} steps`, b.sampler, `guidance ${b.guidanceScale}`,

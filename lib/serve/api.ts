@@ -82,6 +82,8 @@ export interface GenerateJob {
   sampler: SamplerName;
   identity?: WireIdentity;
   identityScale?: number;
+  /** Return the heatmap of where the identity attends (needs an identity; a bounded capture: jobs.ts). */
+  attention?: boolean;
 }
 
 export interface LearnJob {
@@ -97,8 +99,14 @@ export interface LearnJob {
 
 export type JobData = GenerateJob | LearnJob;
 
+/** A heatmap of where one identity's words attend, over the picture: the placeholder ('<id>', '<id:ann>') and the PNG, base64. */
+export interface AttentionPng {
+  token: string;
+  png: string;
+}
+
 export type JobResult =
-  | { kind: 'generate'; images: string[]; seed: number; warnings: string[] }
+  | { kind: 'generate'; images: string[]; seed: number; warnings: string[]; attention?: AttentionPng[] }
   | { kind: 'learn'; identityId: string; identity: WireIdentity };
 
 export type JobState = 'queued' | 'running' | 'done' | 'failed';
@@ -106,6 +114,8 @@ export type JobState = 'queued' | 'running' | 'done' | 'failed';
 export interface Progress {
   step: number;
   steps: number;
+  /** A learning job's loss at this step. */
+  loss?: number;
 }
 
 export interface JobError {
@@ -158,6 +168,7 @@ export const jobParam = {
   type: 'object', required: ['id'], additionalProperties: false,
   properties: { id: { type: 'string', pattern: UUID_PATTERN } },
 };
+/** `:index` of a job's PNG (a picture or a heatmap). */
 export const imageParam = {
   type: 'object', required: ['id', 'index'], additionalProperties: false,
   properties: { id: { type: 'string', pattern: UUID_PATTERN }, index: { type: 'string', pattern: '^[0-9]{1,2}$' } },
@@ -180,10 +191,11 @@ export function generateBody(l: Limits): object {
       sampler: { type: 'string', enum: SAMPLERS },
       identity: { type: 'string', pattern: ID_PATTERN },
       identityScale: { type: 'number', minimum: 0, maximum: 10 },
+      attention: { type: 'boolean' },
     },
-    // Fields the engine would ignore are refused: the identity's scale without an identity, a
-    // negative prompt without classifier-free guidance (it only steers the guided branch).
-    dependencies: { identityScale: ['identity'] },
+    // Fields the engine would ignore are refused: the identity's scale (or its heatmap) without an
+    // identity, a negative prompt without classifier-free guidance (it only steers the guided branch).
+    dependencies: { identityScale: ['identity'], attention: ['identity'] },
     if: { required: ['guidanceScale'], properties: { guidanceScale: { type: 'number', maximum: 1 } } },
     then: { properties: { negativePrompt: refused('negativePrompt is only used with guidanceScale > 1 (classifier-free guidance)') } },
   };
@@ -222,8 +234,9 @@ const jobView = {
   type: 'object',
   properties: {
     id: { type: 'string' }, kind: { type: 'string' }, state: { type: 'string' },
-    progress: { type: 'object', properties: { step: { type: 'integer' }, steps: { type: 'integer' } } },
+    progress: { type: 'object', properties: { step: { type: 'integer' }, steps: { type: 'integer' }, loss: { type: 'number' } } },
     images: { type: 'array', items: { type: 'string' } },
+    attention: { type: 'array', items: { type: 'object', properties: { token: { type: 'string' }, url: { type: 'string' } } } },
     seed: { type: 'integer' },
     warnings: { type: 'array', items: { type: 'string' } },
     identity: { type: 'string' },
@@ -237,6 +250,8 @@ export const identityInfo = {
     words: { type: 'integer' }, dim: { type: 'integer' }, created: { type: 'string' },
   },
 };
+/** The errors every route can answer with: a bad request, no token, not found, shutting down (or Redis not answering). */
+export const err4 = { 400: error, 401: error, 404: error, 503: error };
 export const responses = {
   error,
   submitted: { type: 'object', properties: { id: { type: 'string' }, state: { type: 'string' }, identity: { type: 'string' } } },

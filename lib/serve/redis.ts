@@ -30,8 +30,12 @@ function state(s: string): JobState {
   return 'queued';
 }
 
-const isProgress = (p: unknown): p is Progress =>
-  typeof p === 'object' && p !== null && typeof (p as Progress).step === 'number' && typeof (p as Progress).steps === 'number';
+/** A job's progress as a worker reported it (BullMQ keeps any JSON), or undefined. */
+function progressOf(p: unknown): Progress | undefined {
+  const q = p as Progress | null;
+  if (typeof q !== 'object' || q === null || typeof q.step !== 'number' || typeof q.steps !== 'number') return undefined;
+  return { step: q.step, steps: q.steps, ...(typeof q.loss === 'number' ? { loss: q.loss } : {}) };
+}
 
 export interface RedisQueueOptions {
   name?: string;
@@ -55,8 +59,8 @@ export class RedisQueue implements JobQueue {
     this.#queue = queue;
     this.#events = events;
     events.on('progress', ({ jobId, data }) => {
-      if (!isProgress(data)) return;
-      const progress = { step: data.step, steps: data.steps };
+      const progress = progressOf(data);
+      if (!progress) return;
       let seen = this.#steps.get(jobId);
       if (!seen || progress.step <= (seen.at(-1)?.step ?? 0)) this.#steps.set(jobId, (seen = [])); // new or retried run
       seen.push(progress);
@@ -130,7 +134,8 @@ export class RedisQueue implements JobQueue {
     if (!job) return undefined;
     const s = state(raw);
     const view: JobView = { id, kind: job.data.kind, state: s };
-    if (isProgress(job.progress)) view.progress = { step: job.progress.step, steps: job.progress.steps };
+    const progress = progressOf(job.progress);
+    if (progress) view.progress = progress;
     if (s === 'done') view.result = job.returnvalue;
     if (s === 'failed') view.error = parseReason(job.failedReason);
     return view;

@@ -1,5 +1,6 @@
 // `--results DIR`: finished jobs on disk, so that their URLs (the job view, the PNGs) outlive the
-// process that ran them. One `<job>.json` (the public view) and `<job>-<i>.png` per image; kept by
+// process that ran them. One `<job>.json` (the public view), `<job>-<i>.png` per image and
+// `<job>-attention-<i>.png` per heatmap; kept by
 // the same count and age as the queue keeps jobs. Job ids are UUIDs (the routes check), never paths.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -12,6 +13,9 @@ export interface KeepPolicy {
 }
 
 const JOB = /^([0-9a-f-]{36})\.json$/;
+
+/** A job's PNGs: its pictures and its attention heatmaps. */
+export type PngKind = 'image' | 'attention';
 
 export class ResultStore {
   readonly dir: string;
@@ -30,9 +34,10 @@ export class ResultStore {
     this.#prune();
   }
 
-  /** Writes a finished job's public view and its PNGs (the view last: a job is there once its JSON is). */
-  save(id: string, view: Record<string, unknown>, images: Buffer[] = []): void {
-    images.forEach((png, i) => fs.writeFileSync(path.join(this.dir, `${id}-${i}.png`), png));
+  /** Writes a finished job's public view, its PNGs and heatmaps (the view last: a job is there once its JSON is). */
+  save(id: string, view: Record<string, unknown>, images: Buffer[] = [], attention: Buffer[] = []): void {
+    images.forEach((png, i) => fs.writeFileSync(this.#png(id, 'image', i), png));
+    attention.forEach((png, i) => fs.writeFileSync(this.#png(id, 'attention', i), png));
     const tmp = path.join(this.dir, `${id}.json.tmp`);
     fs.writeFileSync(tmp, JSON.stringify(view));
     fs.renameSync(tmp, path.join(this.dir, `${id}.json`));
@@ -51,14 +56,18 @@ export class ResultStore {
     }
   }
 
-  /** A persisted PNG, or undefined. */
-  image(id: string, index: number): Buffer | undefined {
+  /** A persisted picture or heatmap PNG, or undefined. */
+  image(id: string, index: number, kind: PngKind = 'image'): Buffer | undefined {
     if (!this.#index.has(id)) return undefined;
     try {
-      return fs.readFileSync(path.join(this.dir, `${id}-${index}.png`));
+      return fs.readFileSync(this.#png(id, kind, index));
     } catch {
       return undefined;
     }
+  }
+
+  #png(id: string, kind: PngKind, index: number): string {
+    return path.join(this.dir, `${id}-${kind === 'attention' ? 'attention-' : ''}${index}.png`);
   }
 
   #prune(): void {
@@ -72,10 +81,12 @@ export class ResultStore {
 
   #remove(id: string): void {
     fs.rmSync(path.join(this.dir, `${id}.json`), { force: true });
-    for (let i = 0; ; i++) {
-      const png = path.join(this.dir, `${id}-${i}.png`);
-      if (!fs.existsSync(png)) break;
-      fs.rmSync(png, { force: true });
+    for (const kind of ['image', 'attention'] as const) {
+      for (let i = 0; ; i++) {
+        const png = this.#png(id, kind, i);
+        if (!fs.existsSync(png)) break;
+        fs.rmSync(png, { force: true });
+      }
     }
   }
 }

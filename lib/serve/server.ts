@@ -1,8 +1,8 @@
 // `idforge serve`'s HTTP layer (Fastify): validates requests against api.ts's schemas, turns them
 // into jobs on a JobQueue, streams progress as Server-Sent Events, serves PNGs and the identity
 // store. It never opens a model: engines belong to the queue (in-process) or to workers.
-// Routes are registered per area (health, jobs, identities), each a function of (app, ctx), so
-// another area can be added the same way.
+// Routes are registered per area (health, jobs, identities here; the studio page in studio.ts),
+// each a function of (app, ctx: context.ts's Ctx), so another area can be added the same way.
 import { randomUUID, timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
@@ -15,13 +15,14 @@ import { duplicateJsonKey } from '../io/files.js';
 import type { RawImage } from '../io/image.js';
 import { ClipTokenizer } from '../text/tokenizer.js';
 import {
-  DEFAULT_LIMITS, DEFAULT_TIMEOUTS, SAMPLERS, fromWire, generateBody, idParam, identityBody, imageParam, jobParam, responses, toWire,
+  DEFAULT_LIMITS, DEFAULT_TIMEOUTS, SAMPLERS, err4, fromWire, generateBody, idParam, identityBody, imageParam, jobParam, responses, toWire,
   type GenerateJob, type JobResult, type JobState, type JobView, type Limits, type Timeouts,
 } from './api.js';
+import type { Ctx } from './context.js';
 import { ServeError, clientErrorHandler, frameworkError, isServerFault, publicError, validationMessage } from './errors.js';
 import { checkPrompt, type PromptModel } from './jobs.js';
 import type { JobEvent, JobQueue } from './queue.js';
-import type { ResultStore } from './results.js';
+import type { PngKind, ResultStore } from './results.js';
 import type { IdentityStore } from './store.js';
 import { studioRoutes } from './studio.js';
 import { Uploads } from './upload.js';
@@ -46,36 +47,21 @@ export interface ServerOptions {
   log?: { level?: 'info' | 'error' | 'silent'; stream?: NodeJS.WritableStream };
 }
 
-/** What the routes share. */
-interface Ctx {
-  limits: Limits;
-  timeouts: Timeouts;
-  queue: JobQueue;
-  store: IdentityStore;
-  results: ResultStore | undefined;
-  uploads: Uploads;
-  prompts: PromptModel;
-  encode: ((image: RawImage, opts: EncodeOptions) => Promise<Identity>) | undefined;
-  /** Learning job id → the release of its identity id's reservation. */
-  learning: Map<string, () => void>;
-  /** Ends every open event stream (shutdown in Redis mode, where jobs outlive this server). */
-  streams: Set<() => void>;
-}
-
 /** A job found in the queue or in the results folder. */
 interface Found {
   kind: string;
   state: JobState;
   view: Record<string, unknown>;
-  image(i: number): Buffer | undefined;
+  png(kind: PngKind, i: number): Buffer | undefined;
 }
 
-/** The public view of a job: images as URLs, never their bytes. */
+/** The public view of a job: images and heatmaps as URLs, never their bytes. */
 function publicView(v: JobView): Record<string, unknown> {
   const { result, ...rest } = v;
   const out: Record<string, unknown> = { ...rest };
   if (result?.kind === 'generate') {
     out.images = result.images.map((_, i) => `/jobs/${v.id}/images/${i}.png`);
+    if (result.attention) out.attention = result.attention.map((a, i) => ({ token: a.token, url: `/jobs/${v.id}/attention/${i}.png` }));
     out.seed = result.seed;
     out.warnings = result.warnings;
   } else if (result?.kind === 'learn') out.identity = result.identityId;
@@ -118,18 +104,14 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
   const ctx: Ctx = {
     limits, timeouts, queue: o.queue, store: o.store, results: o.results, uploads: new Uploads(limits),
     prompts: o.prompts ?? { tokenizer: ClipTokenizer.fromDir(BUNDLED_TOKENIZER_DIR) },
-    encode: o.encoder ? serially(o.encoder) : undefined, learning: new Map(), streams: new Set(),
+    encode: o.encoder ? serially(o.encoder) : undefined, auth: !!o.token, learning: new Map(), streams: new Set(),
   };
   setupHttp(app, limits, o.token);
   await followJobs(app, ctx);
   healthRoutes(app, ctx);
   jobRoutes(app, ctx);
   identityRoutes(app, ctx);
-  await studioRoutes(app, {
-    store: ctx.store, limits, mode: ctx.queue.mode, encoder: !!o.encoder, token: !!o.token,
-    decode: (field) => ctx.uploads.decode(field),
-    fail: (code, message) => new ServeError(code, message),
-  });
+  await studioRoutes(app, ctx);
   return app;
 }
 
@@ -196,8 +178,9 @@ async function followJobs(app: FastifyInstance, ctx: Ctx): Promise<void> {
     keepLearned(app, ctx, id, result);
     if (ctx.results) {
       try {
-        const images = result.kind === 'generate' ? result.images.map((b) => Buffer.from(b, 'base64')) : [];
-        ctx.results.save(id, publicView({ id, kind: result.kind, state: 'done', result }), images);
+        const pngs = (list: string[] = []) => list.map((b) => Buffer.from(b, 'base64'));
+        const [images, attention] = result.kind === 'generate' ? [pngs(result.images), pngs(result.attention?.map((a) => a.png))] : [[], []];
+        ctx.results.save(id, publicView({ id, kind: result.kind, state: 'done', result }), images, attention);
       } catch (err) {
         app.log.error({ err, job: id }, 'could not write the job to --results');
       }
@@ -249,8 +232,6 @@ function healthRoutes(app: FastifyInstance, ctx: Ctx): void {
   });
 }
 
-const err4 = { 400: responses.error, 401: responses.error, 404: responses.error, 503: responses.error };
-
 type GenerateBody = Partial<Omit<GenerateJob, 'kind' | 'identity'>> & { prompt: string; identity?: string };
 
 function jobRoutes(app: FastifyInstance, ctx: Ctx): void {
@@ -266,6 +247,7 @@ function jobRoutes(app: FastifyInstance, ctx: Ctx): void {
         seed: b.seed ?? Math.floor(Math.random() * 2 ** 31),
         ...(identity ? { identity: toWire(identity) } : {}),
         ...(b.identityScale !== undefined ? { identityScale: b.identityScale } : {}),
+        ...(b.attention ? { attention: true } : {}),
       };
       try {
         checkPrompt(ctx.prompts, job);
@@ -282,14 +264,17 @@ function jobRoutes(app: FastifyInstance, ctx: Ctx): void {
   app.get<{ Params: { id: string } }>('/jobs/:id', { schema: { params: jobParam, response: { 200: responses.jobView, ...err4 } } },
     async (req) => (await find(app, ctx, req.params.id)).view);
 
-  app.get<{ Params: { id: string; index: string } }>('/jobs/:id/images/:index.png', { schema: { params: imageParam, response: err4 } },
-    async (req, reply) => {
+  // A finished generate job's pictures and, when it asked for them, its heatmaps.
+  const pngRoute = (kind: PngKind, route: string, field: 'images' | 'attention', what: string) =>
+    app.get<{ Params: { id: string; index: string } }>(route, { schema: { params: imageParam, response: err4 } }, async (req, reply) => {
       const f = await find(app, ctx, req.params.id);
-      if (f.state !== 'done' || f.kind !== 'generate') throw new ServeError('E_NOT_FOUND', `job ${req.params.id} has no images (state ${f.state})`);
-      const png = f.image(Number(req.params.index));
-      if (!png) throw new ServeError('E_NOT_FOUND', `job ${req.params.id} has ${(f.view.images as unknown[] | undefined)?.length ?? 0} image(s)`);
+      if (f.state !== 'done' || f.kind !== 'generate') throw new ServeError('E_NOT_FOUND', `job ${req.params.id} has no ${what}s (state ${f.state})`);
+      const png = f.png(kind, Number(req.params.index));
+      if (!png) throw new ServeError('E_NOT_FOUND', `job ${req.params.id} has ${(f.view[field] as unknown[] | undefined)?.length ?? 0} ${what}(s)`);
       return reply.type('image/png').send(png);
     });
+  pngRoute('image', '/jobs/:id/images/:index.png', 'images', 'image');
+  pngRoute('attention', '/jobs/:id/attention/:index.png', 'attention', 'heatmap');
 
   app.get<{ Params: { id: string } }>('/jobs/:id/events', { schema: { params: jobParam, response: err4 } },
     async (req, reply) => sse(reply, ctx, req.params.id, await find(app, ctx, req.params.id)));
@@ -301,11 +286,15 @@ async function find(app: FastifyInstance, ctx: Ctx, id: string): Promise<Found> 
   if (v) {
     // A learned identity is stored when its job is next looked at, should this server have missed the event.
     if (v.state === 'done') keepLearned(app, ctx, id, v.result);
-    const images = v.result?.kind === 'generate' ? v.result.images : [];
-    return { kind: v.kind, state: v.state, view: publicView(v), image: (i) => (images[i] === undefined ? undefined : Buffer.from(images[i]!, 'base64')) };
+    const r = v.result?.kind === 'generate' ? v.result : undefined;
+    const png = (kind: PngKind, i: number) => {
+      const b64 = kind === 'image' ? r?.images[i] : r?.attention?.[i]?.png;
+      return b64 === undefined ? undefined : Buffer.from(b64, 'base64');
+    };
+    return { kind: v.kind, state: v.state, view: publicView(v), png };
   }
   const saved = ctx.results?.view(id);
-  if (saved) return { kind: String(saved.kind), state: saved.state as JobState, view: saved, image: (i) => ctx.results!.image(id, i) };
+  if (saved) return { kind: String(saved.kind), state: saved.state as JobState, view: saved, png: (kind, i) => ctx.results!.image(id, i, kind) };
   throw new ServeError('E_NOT_FOUND', `no job ${id}`);
 }
 
