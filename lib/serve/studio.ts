@@ -17,7 +17,7 @@ import { ServeError } from './errors.js';
 const ASSETS = fileURLToPath(new URL('../../assets/studio/', import.meta.url));
 const FILES: Record<string, string> = {
   'index.html': 'text/html; charset=utf-8', 'app.js': 'text/javascript; charset=utf-8', 'api.js': 'text/javascript; charset=utf-8',
-  'views.js': 'text/javascript; charset=utf-8', 'style.css': 'text/css; charset=utf-8',
+  'views.js': 'text/javascript; charset=utf-8', 'regions.js': 'text/javascript; charset=utf-8', 'style.css': 'text/css; charset=utf-8',
 };
 /** Everything from this server; images as blob: URLs (fetched with the token) and data: URLs (the photos). */
 const CSP = "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
