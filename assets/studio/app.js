@@ -12,6 +12,7 @@ const state = {
   photo: null, // the chosen photo's id
   identities: [],
   selected: null, // identity id
+  place: null, // [x0, y0, x1, y1] fractions of the picture: where the identity goes (regions), or anywhere
   references: new Map(), // identity id → the photo's data: URL (this tab only)
   busy: false,
 };
@@ -296,6 +297,50 @@ function insertId() {
   p.selectionStart = p.selectionEnd = at + pad.length + 4;
 }
 
+// ---- where the person goes: a box dragged on a frame of the picture's shape
+
+function drawPlace() {
+  const b = $('place-box');
+  b.hidden = !state.place;
+  $('place-clear').hidden = !state.place;
+  if (!state.place) return;
+  const [x0, y0, x1, y1] = state.place;
+  Object.assign(b.style, { left: `${x0 * 100}%`, top: `${y0 * 100}%`, width: `${(x1 - x0) * 100}%`, height: `${(y1 - y0) * 100}%` });
+}
+
+function setupPlace() {
+  const frame = $('place');
+  const shape = () => (frame.style.aspectRatio = `${$('width').value} / ${$('height').value}`);
+  for (const id of ['width', 'height']) $(id).addEventListener('change', shape);
+  shape();
+  const at = (e) => {
+    const r = frame.getBoundingClientRect();
+    const f = (v) => Math.round(Math.min(1, Math.max(0, v)) * 1000) / 1000;
+    return [f((e.clientX - r.left) / r.width), f((e.clientY - r.top) / r.height)];
+  };
+  let start = null;
+  frame.addEventListener('pointerdown', (e) => {
+    start = at(e);
+    frame.setPointerCapture(e.pointerId);
+  });
+  frame.addEventListener('pointermove', (e) => {
+    if (!start) return;
+    const [x, y] = at(e);
+    state.place = [Math.min(start[0], x), Math.min(start[1], y), Math.max(start[0], x), Math.max(start[1], y)];
+    drawPlace();
+  });
+  frame.addEventListener('pointerup', () => {
+    start = null;
+    const p = state.place;
+    if (p && (p[2] - p[0] < 0.05 || p[3] - p[1] < 0.05)) state.place = null; // a click, not a box
+    drawPlace();
+  });
+  $('place-clear').addEventListener('click', () => {
+    state.place = null;
+    drawPlace();
+  });
+}
+
 // ---- generation
 
 function settings() {
@@ -310,6 +355,8 @@ function settings() {
     ...(num('seed') !== undefined ? { seed: num('seed') } : {}),
     ...(negative && guidanceScale > 1 ? { negativePrompt: negative } : {}),
     ...(identity ? { identity, identityScale: Number($('scale').value) } : {}),
+    // The server names an identity by its name, or 'id' when it has none.
+    ...(identity && state.place ? { regions: { [state.identities.find((i) => i.id === identity)?.name || 'id']: state.place } } : {}),
     ...(identity && state.config?.attention ? { attention: true } : {}),
   };
 }
@@ -467,6 +514,7 @@ async function start2() {
   $('method').querySelector('option[value=dreamidentity]').disabled = !c.encoder;
   if (!c.encoder) $('method').value = 'sefi-ide';
   updateCreate();
+  setupPlace();
   await loadIdentities();
   if (state.selected) promptForIdentity();
 }
