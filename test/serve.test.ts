@@ -101,6 +101,29 @@ t.test('identities: encode an upload, list, fetch, generate with it, delete', as
   ref.latents.dispose();
   ref.pixels.dispose();
 
+  // regions: the identity (named ann) kept on the left half; the request's errors are the library's.
+  const regions = { ann: [0, 0, 0.5, 1] as const };
+  const left = (await (await post(base, '/generate', { ...args, identity: 'ann-1', regions })).json()).id;
+  t.equal((await settle(base, left)).state, 'done');
+  const refLeft = await engine.generate({ ...args, identity, regions });
+  const got = Buffer.from(await pixels(base, left));
+  t.ok(got.equals(Buffer.from(refLeft.images[0]!.data)), 'regions: equals engine.generate with the same regions');
+  t.notOk(got.equals(Buffer.from(ref.images[0]!.data)), 'regions: another image than the unconfined one');
+  refLeft.latents.dispose();
+  refLeft.pixels.dispose();
+  const refused: [object, RegExp][] = [
+    [{ ...args, regions }, /'regions' needs 'identity'/],
+    [{ ...args, identity: 'ann-1', regions: { bob: [0, 0, 1, 1] } }, /^regions\.bob must be the box of an identity in the prompt \(ann\), got no <id:bob> in the prompt$/],
+    [{ ...args, identity: 'ann-1', regions: { ann: [0.5, 0, 0.5, 1] } }, /^regions\.ann must be a box with x0 < x1 and y0 < y1/],
+    [{ ...args, identity: 'ann-1', regions: { ann: [0, 0, 1.5, 1] } }, /regions/],
+    [{ ...args, identity: 'ann-1', regions: { ann: [0, 0, 1] } }, /regions/],
+  ];
+  for (const [body, message] of refused) {
+    const res = await post(base, '/generate', body);
+    t.equal(res.status, 400, JSON.stringify((body as { regions?: unknown }).regions));
+    t.match((await res.json()).error, { code: 'E_ARGUMENT', message });
+  }
+
   t.equal((await fetch(`${base}/identities/ann-1`, { method: 'DELETE' })).status, 204);
   t.equal((await fetch(`${base}/identities/ann-1`)).status, 404);
 });

@@ -115,6 +115,25 @@ t.test('in-process server: photo → identity → picture, and the rest of the p
   await page.getByRole('button', { name: 'Use this seed' }).first().click();
   t.equal(await page.inputValue('#seed'), seed, '"use this seed" fills the seed');
   await t.resolves(page.getByTestId('similarity').filter({ hasText: /ID similarity: (no face found|[0-9.]+)/ }).waitFor(), 'the ID similarity is measured');
+
+  // Where the person goes: a box dragged on the frame (the left half) goes with the request as
+  // regions, keyed by the identity's name; "Clear" takes it away again.
+  const canvas = page.getByTestId('region-canvas');
+  await canvas.scrollIntoViewIfNeeded();
+  const frame = (await canvas.boundingBox())!;
+  t.ok(Math.abs(frame.width / frame.height - 1) < 0.02, `the frame has the picture's 128x128 shape (${frame.width}x${frame.height})`);
+  await page.mouse.move(frame.x + 4, frame.y + 4); // inside the frame's rounded corner
+  await page.mouse.down();
+  await page.mouse.move(frame.x + frame.width / 2, frame.y + frame.height - 4, { steps: 4 });
+  await page.mouse.up();
+  const sent = page.waitForRequest((r) => r.url().endsWith('/generate') && r.method() === 'POST');
+  await generate(page, 'a photo of <id> as an astronaut, portrait', 2);
+  const regions = (await sent).postDataJSON().regions;
+  const near = (a: number[], b: number[]) => a.length === 4 && a.every((v, i) => Math.abs(v - b[i]!) < 0.03);
+  t.ok(regions && near(regions.Eileen, [0, 0, 0.5, 1]), `regions sent: ${JSON.stringify(regions)}`);
+  await page.getByTestId('result-image').nth(1).waitFor({ timeout: 60_000 });
+  await page.getByRole('button', { name: 'Clear the box of Eileen' }).click();
+  t.equal(await page.getByTestId('region-box').count(), 0, '"Clear" takes the box away');
   if (process.env.IDFORGE_STUDIO_SCREENSHOT) await page.screenshot({ path: path.join(root, 'docs/studio.png'), fullPage: true });
 
   // Rename, then download: the file is the identity, renamed.

@@ -2,6 +2,7 @@
 // that travel from the server to whoever runs them (an in-process engine or a BullMQ worker).
 import { SAMPLERS as SAMPLER_NAMES, type SamplerName } from '../sched/sampler.js';
 import { Identity, type IdentityMethod } from '../identity/identity.js';
+import { REGION_CAPACITY, type Box } from '../regions.js';
 
 /** The samplers a request may name (generate()'s own list). */
 export const SAMPLERS: string[] = [...SAMPLER_NAMES];
@@ -84,6 +85,8 @@ export interface GenerateJob {
   identityScale?: number;
   /** Return the heatmap of where the identity attends (needs an identity; a bounded capture: jobs.ts). */
   attention?: boolean;
+  /** Identity name → box [x0, y0, x1, y1) in fractions of the image (generate()'s `regions`). */
+  regions?: Record<string, Box>;
 }
 
 export interface LearnJob {
@@ -192,10 +195,14 @@ export function generateBody(l: Limits): object {
       identity: { type: 'string', pattern: ID_PATTERN },
       identityScale: { type: 'number', minimum: 0, maximum: 10 },
       attention: { type: 'boolean' },
+      regions: {
+        type: 'object', maxProperties: REGION_CAPACITY, propertyNames: { maxLength: 64 },
+        additionalProperties: { type: 'array', minItems: 4, maxItems: 4, items: { type: 'number', minimum: 0, maximum: 1 } },
+      },
     },
-    // Fields the engine would ignore are refused: the identity's scale (or its heatmap) without an
+    // Fields the engine would ignore are refused: the identity's scale, heatmap or regions without an
     // identity, a negative prompt without classifier-free guidance (it only steers the guided branch).
-    dependencies: { identityScale: ['identity'], attention: ['identity'] },
+    dependencies: { identityScale: ['identity'], attention: ['identity'], regions: ['identity'] },
     if: { required: ['guidanceScale'], properties: { guidanceScale: { type: 'number', maximum: 1 } } },
     then: { properties: { negativePrompt: refused('negativePrompt is only used with guidanceScale > 1 (classifier-free guidance)') } },
   };

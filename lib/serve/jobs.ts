@@ -7,6 +7,7 @@ import { IdforgeError } from '../errors.js';
 import { expandFor } from '../generate/conditioning.js';
 import { identityMap, type GenerateOptions } from '../generate/options.js';
 import { expandPrompt } from '../identity/placeholders.js';
+import { identityRegions, regionBoxes } from '../regions.js';
 import type { ModelConfigs } from '../io/configs.js';
 import { encodePng, type RawImage } from '../io/image.js';
 import type { ClipTokenizer } from '../text/tokenizer.js';
@@ -25,6 +26,7 @@ export function generateOptions(job: GenerateJob): GenerateOptions {
     guidanceScale: job.guidanceScale, seed: job.seed, sampler: job.sampler,
     ...(job.identity ? { identity: fromWire(job.identity) } : {}),
     ...(job.identityScale !== undefined ? { identityScale: job.identityScale } : {}),
+    ...(job.regions !== undefined ? { regions: job.regions } : {}),
   };
 }
 
@@ -37,13 +39,14 @@ export interface PromptModel {
 /**
  * What generate() would refuse about the prompt and its identity, refused at submission with
  * generate()'s own expansion: `<id>` without an identity, an identity without `<id>`, an unknown
- * `<id:name>`, identity slots past the 77 tokens, an identity of another text width (E_IDENTITY).
+ * `<id:name>`, identity slots past the 77 tokens, an identity of another text width (E_IDENTITY);
+ * a region box that is not one, or one naming no identity of the prompt (E_ARGUMENT).
  */
 export function checkPrompt(model: PromptModel, job: GenerateJob): void {
   const opts = generateOptions(job);
   const identities = identityMap(opts);
-  if (model.configs) expandFor({ tokenizer: model.tokenizer, configs: model.configs }, opts.prompt, identities);
-  else expandPrompt(model.tokenizer, opts.prompt, identities);
+  const e = model.configs ? expandFor({ tokenizer: model.tokenizer, configs: model.configs }, opts.prompt, identities) : expandPrompt(model.tokenizer, opts.prompt, identities);
+  identityRegions(regionBoxes(opts.regions), e);
 }
 
 /**

@@ -248,12 +248,14 @@ function jobRoutes(app: FastifyInstance, ctx: Ctx): void {
         ...(identity ? { identity: toWire(identity) } : {}),
         ...(b.identityScale !== undefined ? { identityScale: b.identityScale } : {}),
         ...(b.attention ? { attention: true } : {}),
+        ...(b.regions !== undefined ? { regions: b.regions } : {}),
       };
       try {
         checkPrompt(ctx.prompts, job);
       } catch (e) {
-        // The expansion's messages restate the request (the prompt, the identity's name): fit for the client.
-        if (e instanceof IdforgeError && e.code === 'E_IDENTITY') throw new ServeError('E_IDENTITY', e.message);
+        // The expansion's and the regions' messages restate the request (the prompt, the identity's
+        // name, a box): fit for the client.
+        if (e instanceof IdforgeError && (e.code === 'E_IDENTITY' || e.code === 'E_ARGUMENT')) throw new ServeError(e.code, e.message);
         throw e;
       }
       const id = await queue.submit(job);
