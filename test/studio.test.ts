@@ -64,6 +64,18 @@ const loadedWidth = (img: ReturnType<Page['getByTestId']>) => img.evaluate(async
   return (i as HTMLImageElement).naturalWidth;
 });
 
+/** Drags a box over the left half of the region frame (from inside its rounded corner); returns the frame's box. */
+async function dragLeftHalf(page: Page): Promise<{ x: number; y: number; width: number; height: number }> {
+  const canvas = page.getByTestId('region-canvas');
+  await canvas.scrollIntoViewIfNeeded();
+  const frame = (await canvas.boundingBox())!;
+  await page.mouse.move(frame.x + 4, frame.y + 4);
+  await page.mouse.down();
+  await page.mouse.move(frame.x + frame.width / 2, frame.y + frame.height - 4, { steps: 4 });
+  await page.mouse.up();
+  return frame;
+}
+
 async function generate(page: Page, prompt: string, steps: number): Promise<void> {
   await page.getByTestId('prompt').fill(prompt);
   const adv = page.locator('details.advanced');
@@ -118,14 +130,8 @@ t.test('in-process server: photo → identity → picture, and the rest of the p
 
   // Where the person goes: a box dragged on the frame (the left half) goes with the request as
   // regions, keyed by the identity's name; "Clear" takes it away again.
-  const canvas = page.getByTestId('region-canvas');
-  await canvas.scrollIntoViewIfNeeded();
-  const frame = (await canvas.boundingBox())!;
+  const frame = await dragLeftHalf(page);
   t.ok(Math.abs(frame.width / frame.height - 1) < 0.02, `the frame has the picture's 128x128 shape (${frame.width}x${frame.height})`);
-  await page.mouse.move(frame.x + 4, frame.y + 4); // inside the frame's rounded corner
-  await page.mouse.down();
-  await page.mouse.move(frame.x + frame.width / 2, frame.y + frame.height - 4, { steps: 4 });
-  await page.mouse.up();
   const sent = page.waitForRequest((r) => r.url().endsWith('/generate') && r.method() === 'POST');
   await generate(page, 'a photo of <id> as an astronaut, portrait', 2);
   const regions = (await sent).postDataJSON().regions;
@@ -134,6 +140,37 @@ t.test('in-process server: photo → identity → picture, and the rest of the p
   await page.getByTestId('result-image').nth(1).waitFor({ timeout: 60_000 });
   await page.getByRole('button', { name: 'Clear the box of Eileen' }).click();
   t.equal(await page.getByTestId('region-box').count(), 0, '"Clear" takes the box away');
+
+  // Several people: a second identity; both added to the prompt as <id:name>, a box each (Eileen's
+  // dragged, Bob's typed as four edges: the keyboard's way), sent as identities and regions; a heatmap each.
+  await page.fill('#identity-name', 'Bob');
+  await page.getByTestId('create-identity').click();
+  await page.getByTestId('identity-item').filter({ hasText: 'Bob' }).waitFor();
+  await page.getByTestId('prompt').fill('a photo of');
+  await page.getByRole('button', { name: 'Add Eileen to the prompt' }).click();
+  await page.getByTestId('prompt').press('End');
+  await page.getByTestId('prompt').pressSequentially(' and ');
+  await page.getByRole('button', { name: 'Add Bob to the prompt' }).click();
+  const two = 'a photo of <id:eileen> and <id:bob>';
+  t.equal(await page.getByTestId('prompt').inputValue(), two, '"Add to prompt" writes <id:name>');
+  t.equal(await page.getByTestId('region-row').count(), 2, 'a box row per person');
+  await dragLeftHalf(page);
+  for (const [edge, v] of [['left', '50'], ['top', '0'], ['right', '100'], ['bottom', '100']]) {
+    const input = page.getByLabel(`Bob: ${edge} edge`);
+    await input.fill(v);
+    await input.press('Tab');
+  }
+  t.same(await page.getByTestId('region-box').evaluateAll((boxes) => boxes.map((b) => (b as HTMLElement).dataset.name)), ['eileen', 'bob'], 'both boxes drawn on the frame');
+  const sentTwo = page.waitForRequest((r) => r.url().endsWith('/generate') && r.method() === 'POST');
+  await generate(page, two, 2);
+  const body = (await sentTwo).postDataJSON();
+  const ids = Object.fromEntries(await Promise.all(['Eileen', 'Bob'].map(async (n) => [n.toLowerCase(), await page.getByTestId('identity-item').filter({ hasText: n }).getAttribute('data-id')])));
+  t.same(body.identities, ids, `identities sent: ${JSON.stringify(body.identities)}`);
+  t.ok(near(body.regions.eileen, [0, 0, 0.5, 1]) && near(body.regions.bob, [0.5, 0, 1, 1]), `regions sent: ${JSON.stringify(body.regions)}`);
+  await page.getByTestId('result-image').nth(2).waitFor({ timeout: 60_000 });
+  const heatmaps = page.locator('.result').first().getByTestId('attention-image');
+  t.same(await heatmaps.evaluateAll((imgs) => imgs.map((i) => (i as HTMLImageElement).alt)),
+    ['Where Eileen attends (heatmap over the picture)', 'Where Bob attends (heatmap over the picture)'], 'a heatmap per person');
   if (process.env.IDFORGE_STUDIO_SCREENSHOT) await page.screenshot({ path: path.join(root, 'docs/studio.png'), fullPage: true });
 
   // Rename, then download: the file is the identity, renamed.
@@ -147,6 +184,7 @@ t.test('in-process server: photo → identity → picture, and the rest of the p
   const [download] = await Promise.all([page.waitForEvent('download'), renamed.getByRole('button', { name: /^Download/ }).click()]);
   const file = path.join(dir, 'downloaded.safetensors');
   await download.saveAs(file);
+  t.match(await page.getByTestId('prompt').inputValue(), /^a photo of <id:commander-collins> and <id:bob>/, 'the prompt follows the new name');
   const id = Identity.load(file);
   t.same([id.method, id.name, id.stages, id.words, id.dim], ['dreamidentity', 'Commander Collins', 1, 4, 32], 'the downloaded file loads with Identity.load');
 
@@ -165,7 +203,7 @@ t.test('in-process server: photo → identity → picture, and the rest of the p
   page.once('dialog', (d) => void d.accept());
   await renamed.getByRole('button', { name: /^Delete/ }).click();
   await renamed.waitFor({ state: 'detached' });
-  t.equal(await page.getByTestId('identity-item').count(), 1, 'one identity left');
+  t.equal(await page.getByTestId('identity-item').count(), 2, 'two identities left');
 
   // Phone width: nothing wider than the screen.
   await page.setViewportSize({ width: 390, height: 844 });

@@ -52,6 +52,9 @@ export const DEFAULT_TIMEOUTS: Timeouts = { requestMs: 30_000, headersMs: 10_000
 /** Every SD 1.x model needs sizes in multiples of 64 (VAE ×8, UNet ×8); the engine checks again. */
 export const SIZE_MULTIPLE = 64;
 
+/** Identities one generate request may name (`identities`). */
+export const MAX_IDENTITIES = 8;
+
 /** Identity ids name files in the store: letters, digits, '_' and '-', never a path. */
 export const ID_PATTERN = '^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$';
 const UUID_PATTERN = '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$';
@@ -82,6 +85,8 @@ export interface GenerateJob {
   /** One of SAMPLERS: the request schema's enum. */
   sampler: SamplerName;
   identity?: WireIdentity;
+  /** Several identities, each named in the prompt as `<id:name>` (instead of `identity`). */
+  identities?: Record<string, WireIdentity>;
   identityScale?: number;
   /** Return the heatmap of where the identity attends (needs an identity; a bounded capture: jobs.ts). */
   attention?: boolean;
@@ -193,6 +198,10 @@ export function generateBody(l: Limits): object {
       seed: { type: 'integer', minimum: 0, maximum: 2 ** 31 - 1 },
       sampler: { type: 'string', enum: SAMPLERS },
       identity: { type: 'string', pattern: ID_PATTERN },
+      identities: {
+        type: 'object', minProperties: 1, maxProperties: MAX_IDENTITIES, propertyNames: { minLength: 1, maxLength: 64, pattern: '^[^<>]+$' },
+        additionalProperties: { type: 'string', pattern: ID_PATTERN },
+      },
       identityScale: { type: 'number', minimum: 0, maximum: 10 },
       attention: { type: 'boolean' },
       regions: {
@@ -201,10 +210,19 @@ export function generateBody(l: Limits): object {
       },
     },
     // Fields the engine would ignore are refused: the identity's scale, heatmap or regions without an
-    // identity, a negative prompt without classifier-free guidance (it only steers the guided branch).
-    dependencies: { identityScale: ['identity'], attention: ['identity'], regions: ['identity'] },
-    if: { required: ['guidanceScale'], properties: { guidanceScale: { type: 'number', maximum: 1 } } },
-    then: { properties: { negativePrompt: refused('negativePrompt is only used with guidanceScale > 1 (classifier-free guidance)') } },
+    // identity, a negative prompt without classifier-free guidance (it only steers the guided branch);
+    // one identity or several, not both.
+    allOf: [
+      {
+        if: { not: { anyOf: [{ required: ['identity'] }, { required: ['identities'] }] } },
+        then: { properties: Object.fromEntries(['identityScale', 'attention', 'regions'].map((f) => [f, refused(`'${f}' needs 'identity' (or 'identities')`)])) },
+      },
+      { if: { required: ['identity'] }, then: { properties: { identities: refused("give 'identity' (the prompt's <id>) or 'identities' (its <id:name>s), not both") } } },
+      {
+        if: { required: ['guidanceScale'], properties: { guidanceScale: { type: 'number', maximum: 1 } } },
+        then: { properties: { negativePrompt: refused('negativePrompt is only used with guidanceScale > 1 (classifier-free guidance)') } },
+      },
+    ],
   };
 }
 

@@ -25,6 +25,7 @@ export function generateOptions(job: GenerateJob): GenerateOptions {
     prompt: job.prompt, negativePrompt: job.negativePrompt, width: job.width, height: job.height, steps: job.steps,
     guidanceScale: job.guidanceScale, seed: job.seed, sampler: job.sampler,
     ...(job.identity ? { identity: fromWire(job.identity) } : {}),
+    ...(job.identities ? { identities: Object.fromEntries(Object.entries(job.identities).map(([name, w]) => [name, fromWire(w)])) } : {}),
     ...(job.identityScale !== undefined ? { identityScale: job.identityScale } : {}),
     ...(job.regions !== undefined ? { regions: job.regions } : {}),
   };
@@ -46,6 +47,10 @@ export function checkPrompt(model: PromptModel, job: GenerateJob): void {
   const opts = generateOptions(job);
   const identities = identityMap(opts);
   const e = model.configs ? expandFor({ tokenizer: model.tokenizer, configs: model.configs }, opts.prompt, identities) : expandPrompt(model.tokenizer, opts.prompt, identities);
+  // Every identity sent is used (generate() would ignore one the prompt does not name).
+  const used = new Set(e.rows.map((r) => r.name));
+  for (const name of Object.keys(job.identities ?? {}))
+    if (!used.has(name)) throw new IdforgeError('E_IDENTITY', `identities.${name} is not in the prompt: write <id:${name}> where that person goes, or leave it out`);
   identityRegions(regionBoxes(opts.regions), e);
 }
 
@@ -58,8 +63,8 @@ function heatmapOptions(engine: Engine, job: GenerateJob): CaptureAttentionOptio
   return { ...capture, steps: spreadSteps(job.steps, HEATMAP_STEPS) };
 }
 
-/** The placeholders a job's heatmaps are drawn for: its identity's `<id>`. */
-const heatmapTokens = (job: GenerateJob): string[] => (job.identity ? ['<id>'] : []);
+/** The placeholders a job's heatmaps are drawn for: its identity's `<id>`, or each `<id:name>`. */
+const heatmapTokens = (job: GenerateJob): string[] => (job.identities ? Object.keys(job.identities).map((name) => `<id:${name}>`) : job.identity ? ['<id>'] : []);
 
 export async function runJob(engine: Engine, job: JobData, onProgress: (p: Progress) => void, signal?: AbortSignal): Promise<JobResult> {
   if (job.kind === 'generate') {

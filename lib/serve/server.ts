@@ -232,7 +232,7 @@ function healthRoutes(app: FastifyInstance, ctx: Ctx): void {
   });
 }
 
-type GenerateBody = Partial<Omit<GenerateJob, 'kind' | 'identity'>> & { prompt: string; identity?: string };
+type GenerateBody = Partial<Omit<GenerateJob, 'kind' | 'identity' | 'identities'>> & { prompt: string; identity?: string; identities?: Record<string, string> };
 
 function jobRoutes(app: FastifyInstance, ctx: Ctx): void {
   const { queue, store, limits } = ctx;
@@ -240,12 +240,14 @@ function jobRoutes(app: FastifyInstance, ctx: Ctx): void {
     async (req, reply) => {
       const b = req.body;
       const identity = b.identity !== undefined ? store.load(b.identity) : undefined;
+      const identities = b.identities && Object.fromEntries(Object.entries(b.identities).map(([name, id]) => [name, toWire(store.load(id))]));
       const job: GenerateJob = {
         kind: 'generate', prompt: b.prompt, negativePrompt: b.negativePrompt ?? '', width: b.width ?? 512, height: b.height ?? 512,
         steps: b.steps ?? 50, guidanceScale: b.guidanceScale ?? 7.5, sampler: b.sampler ?? 'ddim',
         // A retried job must repeat its image, so the seed is fixed here when the request has none.
         seed: b.seed ?? Math.floor(Math.random() * 2 ** 31),
         ...(identity ? { identity: toWire(identity) } : {}),
+        ...(identities ? { identities } : {}),
         ...(b.identityScale !== undefined ? { identityScale: b.identityScale } : {}),
         ...(b.attention ? { attention: true } : {}),
         ...(b.regions !== undefined ? { regions: b.regions } : {}),
