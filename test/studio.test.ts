@@ -155,11 +155,16 @@ t.test('in-process server: photo → identity → picture, and the rest of the p
   t.equal(await page.getByTestId('prompt').inputValue(), two, '"Add to prompt" writes <id:name>');
   t.equal(await page.getByTestId('region-row').count(), 2, 'a box row per person');
   await dragLeftHalf(page);
-  for (const [edge, v] of [['left', '50'], ['top', '0'], ['right', '100'], ['bottom', '100']]) {
+  const type = async (edge: string, v: string) => {
     const input = page.getByLabel(`Bob: ${edge} edge`);
     await input.fill(v);
     await input.press('Tab');
-  }
+  };
+  for (const [edge, v] of [['top', '0'], ['right', '100'], ['bottom', '100'], ['left', '100']]) await type(edge!, v!);
+  t.equal(await page.getByLabel('Bob: left edge').getAttribute('aria-invalid'), 'true', 'a box with left = right is marked');
+  await page.getByTestId('generate').click();
+  await t.resolves(page.locator('#notice').filter({ hasText: 'The box of Bob is not one' }).waitFor(), 'and Generate says what to fix');
+  await type('left', '50');
   t.same(await page.getByTestId('region-box').evaluateAll((boxes) => boxes.map((b) => (b as HTMLElement).dataset.name)), ['eileen', 'bob'], 'both boxes drawn on the frame');
   const sentTwo = page.waitForRequest((r) => r.url().endsWith('/generate') && r.method() === 'POST');
   await generate(page, two, 2);

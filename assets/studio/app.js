@@ -342,7 +342,7 @@ function updateRegions() {
   let people = named(prompt).map((name) => ({ name, label: names.get(name)?.name || names.get(name)?.id || name, token: `<id:${name}>` }));
   const lone = state.identities.find((i) => i.id === state.selected);
   // The server names a lone identity by its name, or 'id' when it has none (generate()'s identityMap).
-  if (!people.length && prompt.includes('<id>') && lone) people = [{ name: lone.name || 'id', label: lone.name || lone.id, token: '<id>' }];
+  if (!people.length && prompt.includes('<id>') && lone) people = [{ name: lone.name ?? 'id', label: lone.name || lone.id, token: '<id>' }];
   regions.show(people, Number($('width').value) || 512, Number($('height').value) || 512);
 }
 
