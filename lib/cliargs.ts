@@ -5,12 +5,13 @@
 // parsing and its usage text from that list.
 import { parseArgs } from 'node:util';
 import { IdforgeError } from './errors.js';
+import { invalid } from './validate.js';
 
 /** A flag's number, or undefined when the flag is absent (E_ARGUMENT when it is not a number). */
 export function num(v: string | undefined, name: string): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
-  if (!v.trim() || !Number.isFinite(n)) throw new IdforgeError('E_ARGUMENT', `--${name} must be a number, got '${v}'`);
+  if (!v.trim() || !Number.isFinite(n)) throw invalid(`--${name}`, 'a number', v);
   return n;
 }
 

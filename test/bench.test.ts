@@ -123,6 +123,7 @@ t.test('command line', async (t) => {
   t.throws(() => parseBenchArgs(['--bogus']));
   t.match(parseBenchArgs(['--sampler', 'dpmpp-2m-karras', '--images', '3']).opts, { sampler: 'dpmpp-2m-karras', images: 3 });
   t.throws(() => parseBenchArgs(['--sampler', 'lms']), { code: 'E_ARGUMENT', message: /sampler/ });
+  t.match(parseBenchArgs(['--regions', '2']).opts, { regions: 2 });
 });
 
 function checkReport(t: Test, r: BenchReport, withGenerate: boolean): void {
@@ -179,8 +180,13 @@ t.test('smoke: bench() on random weights with the tiny layout (the --random code
     using src = openModel(TINY_SD);
     return src.configs;
   })();
-  const r = await bench({ source: randomModelSource(configs, { seed: 1 }), device: 'cpu', width: 64, batch: 1, steps: 1, warmup: 0, generate: false, ops: false });
+  // With --regions 2: the regional step alternates with the plain one (unguided: every row confined).
+  const r = await bench({ source: randomModelSource(configs, { seed: 1 }), device: 'cpu', width: 64, batch: 1, steps: 1, warmup: 0, generate: false, ops: false, regions: 2 });
   checkReport(t, r, false);
   t.equal(r.results.ops, null);
   t.match(r.config.model, /^random:custom/);
+  const rg = r.results.unet.regions!;
+  t.ok(rg.count === 2 && rg.ms.samples.length === 1 && rg.ratio.median > 0 && Number.isFinite(rg.ratio.median), `regions: ${JSON.stringify({ ms: rg.ms.median, ratio: rg.ratio.median })}`);
+  t.match(formatReport(r), /UNet with 2 regions \/ plain, per alternating pair: median [\d.]+×/);
+  await t.rejects(bench({ model: TINY_SD, regions: 9 }), { code: 'E_ARGUMENT', message: /regions must be an integer in \[0, 8\]/ });
 });

@@ -39,13 +39,16 @@ t.test('every flag is checked before a model loads', async (t) => {
   const gen = ['generate', '--model', '/does/not/exist'];
   const enc = ['encode', '--encoder', '/does/not/exist', '--photo', FACE];
   const learn = ['learn', '--model', '/does/not/exist', '--photo', FACE, '--out', out('a.safetensors')];
+  const idFile = out('tiny-id.safetensors');
+  new Identity({ k: new Float32Array(32).fill(0.01), words: 1, dim: 32, method: 'custom' }).save(idFile);
+  const two = ['--prompt', '<id:ann> and <id:bob>', '--identity', `ann=${idFile}`, '--identity', `bob=${idFile}`];
   const cases: [string[], string, RegExp][] = [
     [['forge'], 'E_ARGUMENT', /^unknown identity command 'forge'/],
     [[...gen], 'E_ARGUMENT', /^generate needs --prompt/],
     [['generate', '--prompt', 'x'], 'E_ARGUMENT', /^generate needs --model/],
     [[...gen, '--prompt', 'x', '--steps', '0'], 'E_ARGUMENT', /^steps must be an integer in \[1, 1000\], got 0$/],
     [[...gen, '--prompt', 'x', '--width', '100'], 'E_SHAPE', /^width must be a multiple of 64 .*nearest valid: 64 or 128.*got 100$/],
-    [[...gen, '--prompt', 'x', '--steps', 'many'], 'E_ARGUMENT', /^--steps must be a number, got 'many'$/],
+    [[...gen, '--prompt', 'x', '--steps', 'many'], 'E_ARGUMENT', /^--steps must be a number, got "many"$/],
     [[...gen, '--prompt', 'x', '--steps', '2', '--steps', '3'], 'E_ARGUMENT', /^--steps was given 2 times; it takes one value$/],
     [[...gen, '--prompt', 'x', '--sampler', 'plms'], 'E_ARGUMENT', /plms/],
     [[...gen, '--prompt', 'x', '--guidance', '-1'], 'E_ARGUMENT', /^guidanceScale must be a finite number in \[0, \d+\], got -1$/],
@@ -71,6 +74,13 @@ t.test('every flag is checked before a model loads', async (t) => {
     [[...learn, '--dtype', 'float16'], 'E_ARGUMENT', /^--dtype float16: learning needs float32/],
     [['show'], 'E_ARGUMENT', /^identity show takes one identity file, got 0/],
     [['show', junk], 'E_MODEL_FORMAT', /junk\.safetensors/],
+    [[...gen, '--prompt', 'x', '--region', 'ann=0,0,0.5'], 'E_ARGUMENT', /^--region takes NAME=x0,y0,x1,y1 \(fractions of the image, e\.g\. ann=0,0,0\.5,1\), got 'ann=0,0,0\.5'$/],
+    [[...gen, '--prompt', 'x', '--region', '0,0,1,1'], 'E_ARGUMENT', /^--region takes NAME=x0,y0,x1,y1/],
+    [[...gen, '--prompt', 'x', '--region', 'ann=0,0,1,1'], 'E_ARGUMENT', /^--region keeps an identity inside a box: pass --identity too$/],
+    [[...gen, ...two, '--region', 'ann=0,0,1,1', '--region', 'ann=0,0,0.5,1'], 'E_ARGUMENT', /^--region gives 'ann' two boxes$/],
+    [[...gen, ...two, '--region', 'ann=0,0,1.5,1'], 'E_ARGUMENT', /^regions\.ann\[2\] must be a finite number in \[0, 1\], got 1\.5$/],
+    [[...gen, ...two, '--region', 'ann=0.5,0,0.5,1'], 'E_ARGUMENT', /^regions\.ann must be a box with x0 < x1 and y0 < y1/],
+    [[...gen, ...two, '--region', 'dan=0,0,1,1'], 'E_ARGUMENT', /^regions\.dan must be the box of an identity in the prompt \(ann, bob\), got no <id:dan> in the prompt$/],
   ];
   for (const [args, code, re] of cases) {
     const run = args[0] === 'generate' ? generateCmd(args.slice(1)) : identityCmd(args);
@@ -101,7 +111,7 @@ t.test('--version and --help', async (t) => {
   t.equal(v.stdout, `idforge ${pkg.version}\n`);
   const h = idforge('generate', '--help');
   t.equal(h.status, 0);
-  for (const flag of ['--identity FILE|NAME=FILE', '--identity-scale X', '--attention-map FILE', '--image FILE']) t.match(h.stdout, flag);
+  for (const flag of ['--identity FILE|NAME=FILE', '--identity-scale X', '--attention-map FILE', '--region NAME=X0,Y0,X1,Y1', '--image FILE']) t.match(h.stdout, flag);
   t.match(idforge('identity', '--help').stdout, /identity encode --encoder DIR --photo FILE --out ID\.safetensors/);
 });
 
@@ -134,11 +144,21 @@ t.test('npm run demo: encode → generate with the identity; show; identity stre
   const args = ['generate', '--model', TINY_SD, '--identity', id, '--prompt', 'a photo of <id>, oil painting', '--steps', '10', '--width', '128', '--height', '128', '--seed', '42'];
   t.equal(idforge(...args, '--identity-scale', '0', '--out', out('generic.png')).status, 0);
   t.notSame(Buffer.from((await loadImage(out('generic.png'))).data), Buffer.from(img.data), 'identity-scale 0 differs from 1');
-  // Two named identities: one heatmap each.
+  // Two named identities: one heatmap each; --region keeps ann on the left half, where her heatmap
+  // is: on the right, heat 0 leaves the image at (1 − 0.55) of itself (attentionHeatmap's blend).
   const two = idforge('generate', '--model', TINY_SD, '--identity', `ann=${id}`, '--identity', `bob=${id}`, '--prompt', '<id:ann> and <id:bob>',
-    '--steps', '1', '--width', '64', '--height', '64', '--attention-map', out('pair.png'), '--out', out('pair-img.png'));
+    '--steps', '1', '--width', '128', '--height', '64', '--region', 'ann=0,0,0.5,1', '--attention-map', out('pair.png'), '--out', out('pair-img.png'));
   t.equal(two.status, 0, two.stderr);
   t.ok(fs.existsSync(out('pair-ann.png')) && fs.existsSync(out('pair-bob.png')), 'pair-ann.png and pair-bob.png');
+  const [pi, pa] = await Promise.all([loadImage(out('pair-img.png')), loadImage(out('pair-ann.png'))]);
+  const unheated = (x0: number, x1: number) => {
+    let off = 0;
+    for (let y = 0; y < pi.height; y++)
+      for (let x = Math.floor(x0 * pi.width); x < x1 * pi.width; x++)
+        for (let c = 0; c < 3; c++) off = Math.max(off, Math.abs(pa.data[(y * pi.width + x) * 3 + c]! - Math.round(0.45 * pi.data[(y * pi.width + x) * 3 + c]!)));
+    return off <= 1;
+  };
+  t.ok(unheated(0.875, 1) && !unheated(0, 0.125), '--region ann=0,0,0.5,1: no heat on the right eighth of pair-ann.png, heat on the left');
   t.match(JSON.parse(idforge('identity', 'show', id, '--json').stdout), { method: 'dreamidentity', photo: 'astronaut.jpg', words: 4, dim: 32 });
 });
 
@@ -161,16 +181,18 @@ t.test('--image with --width/--height is resized to cover that size', async (t) 
   t.same([h.width, h.height], [192, 192]);
 });
 
-t.test('learn writes a SeFi-IDE identity; Ctrl-C stops it and says what was kept', async (t) => {
+t.test('learn writes a SeFi-IDE identity; Ctrl-C keeps what was learned and the same command continues', async (t) => {
   const id = out('learned.safetensors');
   const r = idforge('identity', 'learn', '--model', TINY_SD, '--photo', FACE, '--steps', '3', '--seed', '1', '--out', id);
   t.equal(r.status, 0, r.stderr);
   t.match(r.stderr, /learning 3\/3 +loss \d+\.\d+ .*ETA/);
+  t.match(r.stderr, /checkpoint .*learned\.checkpoint/);
   const got = Identity.load(id);
   t.same([got.method, got.stages, got.words, got.kvShared], ['sefi-ide', 5, 1, false]);
 
   const stopped = out('stopped.safetensors');
-  const child = spawn(process.execPath, [cli, 'identity', 'learn', '--model', TINY_SD, '--photo', FACE, '--steps', '100000', '--out', stopped], { env: { ...process.env, NODE_OPTIONS: '' } });
+  const args = ['identity', 'learn', '--model', TINY_SD, '--photo', FACE, '--seed', '2', '--out', stopped];
+  const child = spawn(process.execPath, [cli, ...args, '--steps', '100000'], { env: { ...process.env, NODE_OPTIONS: '' } });
   let stderr = '';
   let sent = 0;
   child.stderr.on('data', (d: Buffer) => {
@@ -185,7 +207,15 @@ t.test('learn writes a SeFi-IDE identity; Ctrl-C stops it and says what was kept
   clearTimeout(kill);
   t.ok(sent > 0, 'learning reported progress');
   t.equal(status, 130, 'exit 130');
-  t.match(stderr, /idforge: E_ABORTED: stopped after step \d+ of 100000; nothing was saved/);
-  t.notOk(fs.existsSync(stopped), 'no file written');
+  const m = /idforge: E_ABORTED: stopped after step (\d+) of 100000: the identity learned so far is in .*stopped\.safetensors; the same command continues/.exec(stderr);
+  t.ok(m, `the stop says what was kept (${stderr.split('\n').at(-2)})`);
   t.ok(Date.now() - sent < 5000, `exited ${Date.now() - sent} ms after SIGINT`);
+  t.same(Identity.load(stopped).method, 'sefi-ide', 'the partial identity loads');
+  // The same command continues from the step it stopped at.
+  const done = Number(m?.[1] ?? 2);
+  const again = idforge(...args, '--steps', String(done + 2));
+  t.equal(again.status, 0, again.stderr);
+  t.match(again.stderr, new RegExp(`learning ${done + 1}/${done + 2} `), `continues at step ${done + 1}`);
+  t.notMatch(again.stderr, /learning 1\//, 'does not start over');
+  t.match(again.stderr, new RegExp(`continued from step ${done}`));
 });

@@ -58,6 +58,24 @@ async function open(base: string, width = 1280): Promise<{ page: Page; problems:
   return { page, problems, urls };
 }
 
+/** An image's natural width once it has loaded. */
+const loadedWidth = (img: ReturnType<Page['getByTestId']>) => img.evaluate(async (i) => {
+  await (i as HTMLImageElement).decode();
+  return (i as HTMLImageElement).naturalWidth;
+});
+
+/** Drags a box over the left half of the region frame (from inside its rounded corner); returns the frame's box. */
+async function dragLeftHalf(page: Page): Promise<{ x: number; y: number; width: number; height: number }> {
+  const canvas = page.getByTestId('region-canvas');
+  await canvas.scrollIntoViewIfNeeded();
+  const frame = (await canvas.boundingBox())!;
+  await page.mouse.move(frame.x + 4, frame.y + 4);
+  await page.mouse.down();
+  await page.mouse.move(frame.x + frame.width / 2, frame.y + frame.height - 4, { steps: 4 });
+  await page.mouse.up();
+  return frame;
+}
+
 async function generate(page: Page, prompt: string, steps: number): Promise<void> {
   await page.getByTestId('prompt').fill(prompt);
   const adv = page.locator('details.advanced');
@@ -99,13 +117,65 @@ t.test('in-process server: photo → identity → picture, and the rest of the p
   await img.waitFor({ timeout: 60_000 });
   const texts = await page.evaluate(() => (window as unknown as { progressTexts: string[] }).progressTexts);
   t.ok(texts.some((x) => /^Step ([1-9]|1[01]) of 12/.test(x)), `a step before the last was shown (${JSON.stringify(texts.slice(0, 4))}…)`);
-  t.equal(await img.evaluate((i) => (i as HTMLImageElement).naturalWidth), 128, 'the picture is 128 px wide');
+  t.equal(await loadedWidth(img), 128, 'the picture is 128 px wide');
+  const heat = page.getByTestId('attention-image').first();
+  t.equal(await loadedWidth(heat), 128, 'the heatmap of where the identity attends is beside it');
+  t.equal(await heat.getAttribute('alt'), 'Where Eileen attends (heatmap over the picture)');
   const meta = await page.locator('.result .meta').first().textContent();
   const seed = /seed (\d+)/.exec(meta ?? '')?.[1];
   t.ok(seed, `settings shown: ${meta}`);
   await page.getByRole('button', { name: 'Use this seed' }).first().click();
   t.equal(await page.inputValue('#seed'), seed, '"use this seed" fills the seed');
   await t.resolves(page.getByTestId('similarity').filter({ hasText: /ID similarity: (no face found|[0-9.]+)/ }).waitFor(), 'the ID similarity is measured');
+
+  // Where the person goes: a box dragged on the frame (the left half) goes with the request as
+  // regions, keyed by the identity's name; "Clear" takes it away again.
+  const frame = await dragLeftHalf(page);
+  t.ok(Math.abs(frame.width / frame.height - 1) < 0.02, `the frame has the picture's 128x128 shape (${frame.width}x${frame.height})`);
+  const sent = page.waitForRequest((r) => r.url().endsWith('/generate') && r.method() === 'POST');
+  await generate(page, 'a photo of <id> as an astronaut, portrait', 2);
+  const regions = (await sent).postDataJSON().regions;
+  const near = (a: number[], b: number[]) => a.length === 4 && a.every((v, i) => Math.abs(v - b[i]!) < 0.03);
+  t.ok(regions && near(regions.Eileen, [0, 0, 0.5, 1]), `regions sent: ${JSON.stringify(regions)}`);
+  await page.getByTestId('result-image').nth(1).waitFor({ timeout: 60_000 });
+  await page.getByRole('button', { name: 'Clear the box of Eileen' }).click();
+  t.equal(await page.getByTestId('region-box').count(), 0, '"Clear" takes the box away');
+
+  // Several people: a second identity; both added to the prompt as <id:name>, a box each (Eileen's
+  // dragged, Bob's typed as four edges: the keyboard's way), sent as identities and regions; a heatmap each.
+  await page.fill('#identity-name', 'Bob');
+  await page.getByTestId('create-identity').click();
+  await page.getByTestId('identity-item').filter({ hasText: 'Bob' }).waitFor();
+  await page.getByTestId('prompt').fill('a photo of');
+  await page.getByRole('button', { name: 'Add Eileen to the prompt' }).click();
+  await page.getByTestId('prompt').press('End');
+  await page.getByTestId('prompt').pressSequentially(' and ');
+  await page.getByRole('button', { name: 'Add Bob to the prompt' }).click();
+  const two = 'a photo of <id:eileen> and <id:bob>';
+  t.equal(await page.getByTestId('prompt').inputValue(), two, '"Add to prompt" writes <id:name>');
+  t.equal(await page.getByTestId('region-row').count(), 2, 'a box row per person');
+  await dragLeftHalf(page);
+  const type = async (edge: string, v: string) => {
+    const input = page.getByLabel(`Bob: ${edge} edge`);
+    await input.fill(v);
+    await input.press('Tab');
+  };
+  for (const [edge, v] of [['top', '0'], ['right', '100'], ['bottom', '100'], ['left', '100']]) await type(edge!, v!);
+  t.equal(await page.getByLabel('Bob: left edge').getAttribute('aria-invalid'), 'true', 'a box with left = right is marked');
+  await page.getByTestId('generate').click();
+  await t.resolves(page.locator('#notice').filter({ hasText: 'The box of Bob is not one' }).waitFor(), 'and Generate says what to fix');
+  await type('left', '50');
+  t.same(await page.getByTestId('region-box').evaluateAll((boxes) => boxes.map((b) => (b as HTMLElement).dataset.name)), ['eileen', 'bob'], 'both boxes drawn on the frame');
+  const sentTwo = page.waitForRequest((r) => r.url().endsWith('/generate') && r.method() === 'POST');
+  await generate(page, two, 2);
+  const body = (await sentTwo).postDataJSON();
+  const ids = Object.fromEntries(await Promise.all(['Eileen', 'Bob'].map(async (n) => [n.toLowerCase(), await page.getByTestId('identity-item').filter({ hasText: n }).getAttribute('data-id')])));
+  t.same(body.identities, ids, `identities sent: ${JSON.stringify(body.identities)}`);
+  t.ok(near(body.regions.eileen, [0, 0, 0.5, 1]) && near(body.regions.bob, [0.5, 0, 1, 1]), `regions sent: ${JSON.stringify(body.regions)}`);
+  await page.getByTestId('result-image').nth(2).waitFor({ timeout: 60_000 });
+  const heatmaps = page.locator('.result').first().getByTestId('attention-image');
+  t.same(await heatmaps.evaluateAll((imgs) => imgs.map((i) => (i as HTMLImageElement).alt)),
+    ['Where Eileen attends (heatmap over the picture)', 'Where Bob attends (heatmap over the picture)'], 'a heatmap per person');
   if (process.env.IDFORGE_STUDIO_SCREENSHOT) await page.screenshot({ path: path.join(root, 'docs/studio.png'), fullPage: true });
 
   // Rename, then download: the file is the identity, renamed.
@@ -119,6 +189,7 @@ t.test('in-process server: photo → identity → picture, and the rest of the p
   const [download] = await Promise.all([page.waitForEvent('download'), renamed.getByRole('button', { name: /^Download/ }).click()]);
   const file = path.join(dir, 'downloaded.safetensors');
   await download.saveAs(file);
+  t.match(await page.getByTestId('prompt').inputValue(), /^a photo of <id:commander-collins> and <id:bob>/, 'the prompt follows the new name');
   const id = Identity.load(file);
   t.same([id.method, id.name, id.stages, id.words, id.dim], ['dreamidentity', 'Commander Collins', 1, 4, 32], 'the downloaded file loads with Identity.load');
 
@@ -130,13 +201,14 @@ t.test('in-process server: photo → identity → picture, and the rest of the p
   await page.getByTestId('identity-item').filter({ hasText: 'Learned' }).waitFor({ timeout: 60_000 });
   t.match(await page.getByTestId('identity-item').filter({ hasText: 'Learned' }).textContent(), /SeFi-IDE · 5×1 words/);
   const learnTexts = await page.evaluate(() => (window as unknown as { progressTexts: string[] }).progressTexts);
-  t.ok(learnTexts.some((x) => /^Learning: step [1-4] of 4/.test(x)), `learning progress shown (${JSON.stringify(learnTexts.filter((x) => x.startsWith('Learn')))})`);
+  t.ok(learnTexts.some((x) => /^Learning: step [1-4] of 4 · loss \d/.test(x)), `learning progress with its loss shown (${JSON.stringify(learnTexts.filter((x) => x.startsWith('Learn')))})`);
+  t.ok(await page.locator('#loss-chart').isVisible(), 'the loss is drawn');
 
   // Delete (after the confirmation).
   page.once('dialog', (d) => void d.accept());
   await renamed.getByRole('button', { name: /^Delete/ }).click();
   await renamed.waitFor({ state: 'detached' });
-  t.equal(await page.getByTestId('identity-item').count(), 1, 'one identity left');
+  t.equal(await page.getByTestId('identity-item').count(), 2, 'two identities left');
 
   // Phone width: nothing wider than the screen.
   await page.setViewportSize({ width: 390, height: 844 });
@@ -175,7 +247,8 @@ t.test('Redis server with --token: asked once, sent as a header, never in a URL'
   await page.getByTestId('identity-item').first().waitFor();
   await generate(page, 'a photo of <id>, oil painting', 4);
   await page.getByTestId('result-image').first().waitFor({ timeout: 60_000 });
-  t.equal(await page.getByTestId('result-image').first().evaluate((i) => (i as HTMLImageElement).naturalWidth), 128, 'the picture came back through the header-carrying fetch');
+  t.equal(await loadedWidth(page.getByTestId('result-image').first()), 128, 'the picture came back through the header-carrying fetch');
+  t.equal(await loadedWidth(page.getByTestId('attention-image').first()), 128, 'and its heatmap, made by the worker');
   t.equal(await page.evaluate(() => sessionStorage.getItem('idforge.token')), secret, 'the token is kept in sessionStorage');
   t.same(urls.filter((u) => u.includes(secret)), [], 'no URL carries the token');
 

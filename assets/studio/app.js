@@ -3,6 +3,7 @@
 // the identity and, when the server has the face models, the ID similarity to the photo.
 // Plain ES modules, no build step; every request goes to the server that served the page.
 import { ApiError, api, blobUrl, followJob, onTokenNeeded, photoPayload, token } from './api.js';
+import { regionEditor } from './regions.js';
 import { identityItem, resultCard } from './views.js';
 
 const $ = (id) => document.getElementById(id);
@@ -234,6 +235,7 @@ async function loadIdentities(select) {
   if (!state.identities.some((i) => i.id === state.selected)) state.selected = state.identities[0]?.id ?? null;
   renderIdentities();
   if (select !== undefined) promptForIdentity();
+  updateRegions();
 }
 
 function renderIdentities() {
@@ -245,11 +247,18 @@ function renderIdentities() {
       state.selected = info.id;
       renderIdentities();
       promptForIdentity();
+      updateRegions();
     },
+    insert: () => insertPerson(info),
     rename: async (name) => {
       try {
+        const before = personName(info);
         await api(`/identities/${info.id}`, { method: 'PATCH', body: { name } });
         await loadIdentities();
+        // The prompt follows the new name.
+        const after = personName(state.identities.find((i) => i.id === info.id));
+        if (before && after) $('prompt').value = $('prompt').value.replaceAll(`<id:${before}>`, `<id:${after}>`);
+        updateRegions();
       } catch (e) {
         notify(explain(e), 'error');
       }
@@ -278,30 +287,78 @@ function renderIdentities() {
   })));
 }
 
-/** Puts <id> in the prompt when an identity is selected and the prompt has none. */
+/** Puts <id> in the prompt when an identity is selected and the prompt names nobody. */
 function promptForIdentity() {
   const p = $('prompt');
-  if (!state.selected) return;
+  if (!state.selected || named(p.value).length) return;
   if (!p.value.trim()) p.value = 'a photo of <id>';
   else if (!p.value.includes('<id>')) p.value = `${p.value.replace(/\s+$/, '')}, <id>`;
 }
 
-function insertId() {
+function insertText(text) {
   const p = $('prompt');
   const at = p.selectionStart ?? p.value.length;
   const before = p.value.slice(0, at);
   const pad = before && !/\s$/.test(before) ? ' ' : '';
-  p.value = `${before}${pad}<id>${p.value.slice(p.selectionEnd ?? at)}`;
+  p.value = `${before}${pad}${text}${p.value.slice(p.selectionEnd ?? at)}`;
   p.focus();
-  p.selectionStart = p.selectionEnd = at + pad.length + 4;
+  p.selectionStart = p.selectionEnd = at + pad.length + text.length;
+  updateRegions();
+}
+
+// ---- several people: <id:name> placeholders, each with an optional box
+
+/** The names the prompt's <id:name> placeholders use, once each, in order. */
+const named = (prompt) => [...new Set([...prompt.matchAll(/<id:([^<>]*)>/g)].map((m) => m[1]))];
+
+const slug = (s) => s.toLowerCase().normalize('NFKD').replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '');
+
+/** Each identity's placeholder name: its name (or id) as one word; a clash takes the id too (the older identity keeps the plain one). */
+function placeholderNames() {
+  const names = new Map();
+  for (const info of [...state.identities].sort((a, b) => String(a.created).localeCompare(String(b.created)))) {
+    const base = slug(info.name || info.id);
+    names.set(!base || names.has(base) ? `${base ? `${base}-` : ''}${info.id}` : base, info);
+  }
+  return names;
+}
+
+const personName = (info) => info && [...placeholderNames()].find(([, i]) => i.id === info.id)?.[0];
+
+/** Adds a person to the prompt as <id:name>; a plain <id> becomes the selected identity's name (a prompt names people one way). */
+function insertPerson(info) {
+  const p = $('prompt');
+  const selected = personName(state.identities.find((i) => i.id === state.selected));
+  if (p.value.includes('<id>') && selected) p.value = p.value.replaceAll('<id>', `<id:${selected}>`);
+  insertText(`<id:${personName(info)}>`);
+}
+
+const regions = regionEditor($('regions'));
+
+/** The region editor follows the prompt: a box per <id:name>, or one for a lone <id>. */
+function updateRegions() {
+  const prompt = $('prompt').value;
+  const names = placeholderNames();
+  let people = named(prompt).map((name) => ({ name, label: names.get(name)?.name || names.get(name)?.id || name, token: `<id:${name}>` }));
+  const lone = state.identities.find((i) => i.id === state.selected);
+  // The server names a lone identity by its name, or 'id' when it has none (generate()'s identityMap).
+  if (!people.length && prompt.includes('<id>') && lone) people = [{ name: lone.name ?? 'id', label: lone.name || lone.id, token: '<id>' }];
+  regions.show(people, Number($('width').value) || 512, Number($('height').value) || 512);
 }
 
 // ---- generation
 
+/** The generate request of the form; throws an Error a person can act on. */
 function settings() {
   const num = (id) => (($(id).value ?? '').trim() === '' ? undefined : Number($(id).value));
   const prompt = $('prompt').value.trim();
-  const identity = prompt.includes('<id') ? state.selected : null;
+  const people = named(prompt);
+  const names = placeholderNames();
+  for (const n of people) if (!names.has(n)) throw new Error(`The prompt names <id:${n}>, but no identity goes by that name: use “Add to prompt” on an identity.`);
+  const identities = people.length ? Object.fromEntries(people.map((n) => [n, names.get(n).id])) : null;
+  const identity = !identities && prompt.includes('<id>') ? state.selected : null;
+  const boxes = identity || identities ? regions.regions() : {};
+  const confined = Object.keys(boxes).length ? { regions: boxes } : {};
   const guidanceScale = num('guidance') ?? 7.5;
   const negative = [$('negative').value.trim(), style.negative].filter(Boolean).join(', ');
   return {
@@ -309,21 +366,28 @@ function settings() {
     width: Number($('width').value), height: Number($('height').value),
     ...(num('seed') !== undefined ? { seed: num('seed') } : {}),
     ...(negative && guidanceScale > 1 ? { negativePrompt: negative } : {}),
-    ...(identity ? { identity, identityScale: Number($('scale').value) } : {}),
-    ...(identity && state.config?.attention ? { attention: true } : {}),
+    ...(identity ? { identity, ...confined } : {}),
+    ...(identities ? { identities, ...confined } : {}),
+    ...(identity || identities ? { identityScale: Number($('scale').value), ...(state.config?.attention ? { attention: true } : {}) } : {}),
   };
 }
 
 async function generate(ev) {
   ev?.preventDefault();
   if (state.busy) return;
-  const body = settings();
+  let body;
+  try {
+    body = settings();
+  } catch (e) {
+    notify(e.message, 'error');
+    return;
+  }
   if (!body.prompt) {
     notify('Write a prompt first (with <id> where the person goes).', 'error');
     $('prompt').focus();
     return;
   }
-  if (body.prompt.includes('<id') && !body.identity) {
+  if (body.prompt.includes('<id') && !body.identity && !body.identities) {
     notify('The prompt names <id>, but no identity is selected: create or select one first.', 'error');
     return;
   }
@@ -365,12 +429,19 @@ async function generate(ev) {
 
 async function addResult(jobId, view, body) {
   const images = await Promise.all(view.images.map((u) => blobUrl(u)));
-  const attention = await Promise.all((view.attention ?? []).map((u) => blobUrl(u).catch(() => null)));
-  const identity = state.identities.find((i) => i.id === body.identity);
+  const byId = (id) => state.identities.find((i) => i.id === id);
+  const label = (info, fallback) => info?.name || info?.id || fallback;
+  const identity = byId(body.identity);
+  const who = body.identities ? Object.entries(body.identities).map(([n, id]) => label(byId(id), n)) : identity ? [label(identity)] : [];
+  // One picture per job; a heatmap per identity placeholder, over that picture.
+  const heatmaps = (await Promise.all((view.attention ?? []).map(async (a) => {
+    const name = /^<id:(.*)>$/.exec(a.token)?.[1];
+    return { src: await blobUrl(a.url).catch(() => null), who: name === undefined ? label(identity, 'the identity') : label(byId(body.identities?.[name]), name) };
+  }))).filter((h) => h.src);
   const reference = body.identity ? state.references.get(body.identity) : undefined;
   images.forEach((src, i) => {
     const card = resultCard({
-      src, attention: attention[i], seed: view.seed, body, identity, reference,
+      src, heatmaps: i === 0 ? heatmaps : [], seed: view.seed, body, who, reference,
       useSeed: () => {
         $('seed').value = String(view.seed);
         $('seed').closest('details').open = true;
@@ -441,7 +512,9 @@ async function start() {
   });
   $('method').addEventListener('change', updateCreate);
   $('create-identity').addEventListener('click', () => void createIdentity());
-  $('insert-id').addEventListener('click', insertId);
+  $('insert-id').addEventListener('click', () => insertText('<id>'));
+  $('prompt').addEventListener('input', updateRegions);
+  for (const id of ['width', 'height']) $(id).addEventListener('change', updateRegions);
   $('scale').addEventListener('input', () => ($('scale-out').value = Number($('scale').value).toFixed(2)));
   $('generate-form').addEventListener('submit', (e) => void generate(e));
   $('prompt').addEventListener('keydown', (e) => {

@@ -14,7 +14,7 @@ function button(label, onClick, props = {}) {
 
 const METHOD = { dreamidentity: 'DreamIdentity', 'sefi-ide': 'SeFi-IDE', custom: 'custom' };
 
-/** One identity: select (radio), name (renamable in place), method and shape, download, delete. */
+/** One identity: select (radio), name (renamable in place), method and shape, add to the prompt (<id:name>), download, delete. */
 export function identityItem(info, h) {
   const li = el('li', { className: `identity${h.selected ? ' selected' : ''}` });
   li.dataset.testid = 'identity-item';
@@ -42,29 +42,32 @@ export function identityItem(info, h) {
     input.select();
   });
   rename.setAttribute('aria-label', `Rename ${info.name || info.id}`);
+  const insert = button('Add to prompt', h.insert);
+  insert.setAttribute('aria-label', `Add ${info.name || info.id} to the prompt`);
   const download = button('Download', h.download);
   download.setAttribute('aria-label', `Download ${info.name || info.id} (.safetensors)`);
   const remove = button('Delete', h.remove, { className: 'ghost small danger' });
   remove.setAttribute('aria-label', `Delete ${info.name || info.id}`);
-  li.append(radio, thumb, main, el('div', { className: 'identity-actions' }, rename, download, remove));
+  li.append(radio, thumb, main, el('div', { className: 'identity-actions' }, insert, rename, download, remove));
   return li;
 }
 
-/** One picture: the image, its settings, "use this seed", download, the heatmap, and the ID similarity. */
+/** One picture: the image, its settings, "use this seed", download, its heatmaps ({ src, who }), and the ID similarity. */
 export function resultCard(r) {
   const b = r.body;
   const li = el('li', { className: 'result' });
   const img = el('img', { src: r.src, alt: `Generated: ${b.prompt}`, width: b.width, height: b.height });
   img.dataset.testid = 'result-image';
   const pictures = el('div', { className: 'pictures' }, el('figure', {}, img, el('figcaption', { textContent: 'picture' })));
-  if (r.attention) {
-    const heat = el('img', { src: r.attention, alt: 'Where the identity attends (heatmap over the picture)', width: b.width, height: b.height });
+  for (const h of r.heatmaps) {
+    const heat = el('img', { src: h.src, alt: `Where ${h.who} attends (heatmap over the picture)`, width: b.width, height: b.height });
     heat.dataset.testid = 'attention-image';
-    pictures.append(el('figure', {}, heat, el('figcaption', { textContent: 'where the identity attends' })));
+    pictures.append(el('figure', {}, heat, el('figcaption', { textContent: `where ${h.who} attends` })));
   }
   const settings = [
     `seed ${r.seed}`, `${b.width}×${b.height}`, `${b.steps} steps`, b.sampler, `guidance ${b.guidanceScale}`,
-    ...(r.identity ? [`${r.identity.name || r.identity.id} × ${b.identityScale}`] : []),
+    ...(r.who.length ? [`${r.who.join(' + ')} × ${b.identityScale}`] : []),
+    ...(b.regions ? [`boxes for ${Object.keys(b.regions).join(', ')}`] : []),
   ];
   const info = el('div', { className: 'result-info' },
     el('p', { className: 'result-prompt', textContent: b.prompt }),

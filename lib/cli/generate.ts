@@ -12,6 +12,7 @@ import { BUNDLED_TOKENIZER_DIR } from '../io/checkpoint.js';
 import { SD15_TEXT, SD15_UNET, SD15_VAE, sd15Scheduler } from '../io/configs.js';
 import { checkImageOutput, imageSize, loadImageCover, saveImage } from '../io/image.js';
 import { identityMap, resolveGenerate, type GenerateModel, type GenerateOptions, type GenerateResult } from '../generate/options.js';
+import { identityRegions, regionBoxes, type Box } from '../regions.js';
 import type { LoadOptions } from '../runtime/sd.js';
 import type { SamplerName } from '../sched/sampler.js';
 import { ClipTokenizer } from '../text/tokenizer.js';
@@ -20,7 +21,7 @@ import { validateDevice } from '../validate.js';
 import { interruptible, progressBar } from './progress.js';
 
 /** What the command line asks for; the flags fill it in, the checks read it, the run carries it out. */
-export interface GeneratePlan {
+export interface GenerateCommand {
   model?: string;
   load: LoadOptions;
   gen: Omit<GenerateOptions, 'prompt' | 'image'> & { prompt?: string };
@@ -31,7 +32,7 @@ export interface GeneratePlan {
 }
 
 const NAMED = /^([A-Za-z0-9_][A-Za-z0-9_-]{0,63})=(.+)$/;
-type P = GeneratePlan;
+type P = GenerateCommand;
 
 /** The flags of `idforge generate`, in the order the usage lists them (one entry per flag). */
 export const GENERATE_FLAGS: Flag<P>[] = [
@@ -44,6 +45,14 @@ export const GENERATE_FLAGS: Flag<P>[] = [
   } },
   { name: 'identity-scale', arg: 'X', help: "identity strength: 0 a generic person, 1 as made (1), > 1 exaggerated", set: (p, v) => { p.gen.identityScale = num(String(v), 'identity-scale')!; } },
   { name: 'attention-map', arg: 'FILE', help: 'also write where the identity attends, over the image (heatmap)', set: (p, v) => { p.attentionMap = String(v); } },
+  { name: 'region', arg: 'NAME=X0,Y0,X1,Y1', help: 'keep identity NAME inside this box (fractions of the image, e.g. ann=0,0,0.5,1)', multiple: true, set: (p, v) => {
+    const m = NAMED.exec(String(v));
+    const b = (m?.[2] ?? '').split(',').map((x) => (x.trim() === '' ? NaN : Number(x)));
+    if (!m || b.length !== 4 || b.some((x) => !Number.isFinite(x))) throw flagError('region', `takes NAME=x0,y0,x1,y1 (fractions of the image, e.g. ann=0,0,0.5,1), got '${String(v)}'`);
+    const regions = (p.gen.regions ??= {}) as Record<string, Box>;
+    if (Object.hasOwn(regions, m[1]!)) throw flagError('region', `gives '${m[1]}' two boxes`);
+    regions[m[1]!] = [b[0]!, b[1]!, b[2]!, b[3]!];
+  } },
   { name: 'steps', arg: 'N', help: 'sampler steps (50)', set: (p, v) => { p.gen.steps = num(String(v), 'steps')!; } },
   { name: 'sampler', arg: 'S', help: 'ddim | dpmpp-2m | dpmpp-2m-karras | euler | euler-a (ddim)', set: (p, v) => { p.gen.sampler = String(v) as SamplerName; } },
   { name: 'guidance', arg: 'X', help: 'classifier-free guidance scale (7.5)', set: (p, v) => { p.gen.guidanceScale = num(String(v), 'guidance')!; } },
@@ -74,7 +83,7 @@ function suffixed(file: string, suffix: string): string {
 export const numbered = (file: string, i: number, n: number): string => (n === 1 ? file : suffixed(file, String(i)));
 
 /** The identities named on the command line, loaded and checked (files read now, before any model). */
-function loadIdentities(list: GeneratePlan['identities']): Pick<GenerateOptions, 'identity' | 'identities'> {
+function loadIdentities(list: GenerateCommand['identities']): Pick<GenerateOptions, 'identity' | 'identities'> {
   if (list.length === 0) return {};
   const unnamed = list.filter((i) => i.name === undefined);
   if (list.length === 1 && unnamed.length === 1) return { identity: Identity.load(list[0]!.file) };
@@ -102,7 +111,7 @@ const SD1: GenerateModel = {
  * resized here (to its own size, or to cover --width x --height: a missing side keeps its aspect,
  * rounded to 64).
  */
-export async function checkGenerate(plan: GeneratePlan): Promise<{ model: string; load: LoadOptions; opts: GenerateOptions }> {
+export async function checkGenerate(plan: GenerateCommand): Promise<{ model: string; load: LoadOptions; opts: GenerateOptions }> {
   const model = required(plan.model, 'model', 'generate');
   const prompt = required(plan.gen.prompt, 'prompt', 'generate');
   const load = { ...plan.load, ...validateDevice(plan.load) };
@@ -115,10 +124,13 @@ export async function checkGenerate(plan: GeneratePlan): Promise<{ model: string
     if (!given) throw flagError('attention-map', 'shows where an identity attends: pass --identity too');
     checkImageOutput(plan.attentionMap);
   }
+  if (plan.gen.regions !== undefined && !given) throw flagError('region', 'keeps an identity inside a box: pass --identity too');
   // The seed is chosen here when none is given, so that the run can say which it was.
   const opts: GenerateOptions = { ...plan.gen, prompt, ...ids, seed: plan.gen.seed ?? Math.floor(Math.random() * 2 ** 31) };
-  // The placeholders against the identities given (the bundled CLIP vocabulary is every SD 1.x's).
-  expandPrompt(ClipTokenizer.fromDir(BUNDLED_TOKENIZER_DIR), prompt, identityMap(opts));
+  // The placeholders against the identities given (the bundled CLIP vocabulary is every SD 1.x's),
+  // and the regions' names against the prompt's identities.
+  const e = expandPrompt(ClipTokenizer.fromDir(BUNDLED_TOKENIZER_DIR), prompt, identityMap(opts));
+  identityRegions(regionBoxes(opts.regions), e);
   if (plan.image !== undefined) {
     const size = await imageSize(plan.image);
     if (opts.width === undefined && opts.height === undefined) {
@@ -134,7 +146,7 @@ export async function checkGenerate(plan: GeneratePlan): Promise<{ model: string
   return { model, load, opts };
 }
 
-async function writeResult(r: GenerateResult, plan: GeneratePlan, opts: GenerateOptions): Promise<string[]> {
+async function writeResult(r: GenerateResult, plan: GenerateCommand, opts: GenerateOptions): Promise<string[]> {
   const n = r.images.length;
   const files = r.images.map((_, i) => numbered(plan.out, i, n));
   for (let i = 0; i < n; i++) await saveImage(r.images[i]!, files[i]!);
@@ -153,7 +165,7 @@ async function writeResult(r: GenerateResult, plan: GeneratePlan, opts: Generate
 }
 
 export async function generateCmd(argv: string[]): Promise<number> {
-  const plan: GeneratePlan = { load: {}, gen: {}, identities: [], out: 'out.png' };
+  const plan: GenerateCommand = { load: {}, gen: {}, identities: [], out: 'out.png' };
   if (readFlags(argv, GENERATE_FLAGS, plan).help) {
     process.stdout.write(`${GENERATE_USAGE}\n`);
     return 0;

@@ -12,7 +12,7 @@ import { SafetensorsFile } from '../io/safetensors.js';
 import { resolveLearn, type LearnOptions } from '../learn/options.js';
 import type { LoadOptions } from '../runtime/sd.js';
 import { validateDevice } from '../validate.js';
-import { duration, eta, interruptible } from './progress.js';
+import { duration, interruptible } from './progress.js';
 
 interface Plan {
   encoder?: string;
@@ -24,6 +24,7 @@ interface Plan {
   centre?: boolean;
   load: LoadOptions;
   learn: LearnOptions;
+  fresh?: boolean;
 }
 
 const shared: Flag<Plan>[] = [
@@ -52,6 +53,9 @@ export const LEARN_FLAGS: Flag<Plan>[] = [
   { name: 'lambda', arg: 'X', help: 'weight of the face-wise attention loss (0.003)', set: (p, v) => { p.learn.lambda = num(String(v), 'lambda')!; } },
   { name: 'seed', arg: 'N', help: 'seed of the learning run (random)', set: (p, v) => { p.learn.seed = num(String(v), 'seed')!; } },
   { name: 'init', arg: 'WORD', help: 'the word every token starts from; a person word crops around the face (person)', set: (p, v) => { p.learn.init = String(v); } },
+  { name: 'checkpoint', arg: 'DIR', help: 'folder that makes learning resumable: a rerun (more --steps, or after Ctrl-C) continues (OUT.checkpoint)', set: (p, v) => { p.learn.checkpoint = String(v); } },
+  { name: 'checkpoint-every', arg: 'N', help: 'steps between checkpoints (100)', set: (p, v) => { p.learn.checkpointEvery = num(String(v), 'checkpoint-every')!; } },
+  { name: 'fresh', help: 'start afresh, replacing the checkpoint', set: (p) => { p.fresh = true; } },
   { name: 'dtype', arg: 'T', help: 'float32 only: learning needs float32 compute (float32)', set: (p, v) => { p.load.dtype = String(v) as LoadOptions['dtype']; } },
 ];
 
@@ -111,34 +115,52 @@ async function encode(argv: string[]): Promise<number> {
   }
 }
 
+/** The checkpoint folder: an existing folder, or a new one in a writable folder. */
+function checkFolder(dir: string): void {
+  if (fs.existsSync(dir)) {
+    if (!fs.statSync(dir).isDirectory()) throw flagError('checkpoint', `${dir} exists and is not a folder`);
+  } else checkWritable(dir);
+}
+
 async function learn(argv: string[]): Promise<number> {
   const p: Plan = { photos: [], load: {}, learn: {} };
   if (readFlags(argv, LEARN_FLAGS, p).help) return usage();
   const model = required(p.model, 'model', 'identity learn');
   const { photo, out } = await checkCommon(p, 'identity learn');
   if (p.load.dtype === 'float16') throw flagError('dtype', 'float16: learning needs float32 compute (its attention loss is not accurate in float16); generate with the identity on any engine');
-  const seed = p.learn.seed ?? Math.floor(Math.random() * 2 ** 31);
-  const opts: LearnOptions = { ...p.learn, seed, ...(p.name !== undefined ? { name: p.name } : {}) };
+  const checkpoint = p.learn.checkpoint ?? `${out.slice(0, -'.safetensors'.length)}.checkpoint`;
+  checkFolder(checkpoint);
+  // No seed given: the learner picks one, or takes the checkpoint's when it continues one.
+  const opts: LearnOptions = { ...p.learn, checkpoint, ...(p.fresh ? { resume: false } : {}), ...(p.name !== undefined ? { name: p.name } : {}) };
   const o = resolveLearn(opts, ['<id>']); // the checks only: the learner brings its own templates
   if (p.faceIndex !== undefined || p.centre) opts.face = faceChoice(p);
   const engine = await Engine.load(model, { ...loadOptions(p), dtype: 'float32' });
+  const keep = (identity: Identity) => identity.save(out, { textDim: identity.dim, vocabHash: engine.tokenizer.vocabHash, source: path.basename(photo) });
+  let first = 0;
   let last = 0;
   try {
     const identity = await interruptible((signal) => engine.learnIdentity(photo, {
       ...opts, signal,
       onWarning: (w) => process.stderr.write(`warning: ${w}\n`),
       onProgress: (s) => {
+        first ||= s.step;
         last = s.step;
-        process.stderr.write(`\rlearning ${s.step}/${s.steps}  loss ${s.loss.toFixed(4)} (diffusion ${s.lossDiff.toFixed(4)}, attention ${s.lossAtt.toExponential(2)})  ${duration(s.elapsedMs / 1000)}, ETA ${eta(s.step, s.steps, s.elapsedMs)}\x1b[K`);
+        // A continued run starts past step 1: the pace is this run's steps over this run's time.
+        const left = s.step >= first ? duration(((s.steps - s.step) * s.elapsedMs) / (s.step - first + 1) / 1000) : '?';
+        process.stderr.write(`\rlearning ${s.step}/${s.steps}  loss ${s.loss.toFixed(4)} (diffusion ${s.lossDiff.toFixed(4)}, attention ${s.lossAtt.toExponential(2)})  ${duration(s.elapsedMs / 1000)}, ETA ${left}\x1b[K`);
       },
     })).catch((e: unknown) => {
-      if (e instanceof IdforgeError && e.code === 'E_ABORTED')
-        throw new IdforgeError('E_ABORTED', `stopped after step ${last} of ${o.steps}; nothing was saved (learning cannot hand back a partial identity or resume yet)`, { cause: e });
-      return noFace(e, photo);
+      if (!(e instanceof IdforgeError && e.code === 'E_ABORTED')) return noFace(e, photo);
+      // The learner wrote a checkpoint of the steps done before it stopped: keep its identity.
+      const partial = path.join(checkpoint, 'checkpoint', 'identity.safetensors');
+      if (!fs.existsSync(partial)) throw new IdforgeError('E_ABORTED', `stopped before the first step of ${o.steps}; nothing was learned`, { cause: e });
+      keep(Identity.load(partial));
+      throw new IdforgeError('E_ABORTED', `stopped after step ${last} of ${o.steps}: the identity learned so far is in ${out}; the same command continues from there (checkpoint ${checkpoint})`, { cause: e });
     });
     process.stderr.write('\n');
-    identity.save(out, { textDim: identity.dim, vocabHash: engine.tokenizer.vocabHash, source: path.basename(photo) });
-    process.stderr.write(`wrote ${out}: SeFi-IDE, ${identity.stages} stages × ${identity.words} word × ${identity.dim}, ${o.steps} steps, seed ${seed}\n`);
+    keep(identity);
+    const resumed = first > 1 ? `, continued from step ${first - 1}` : '';
+    process.stderr.write(`wrote ${out}: SeFi-IDE, ${identity.stages} stages × ${identity.words} word × ${identity.dim}, ${o.steps} steps${resumed}; checkpoint ${checkpoint} (more --steps continue from it, --fresh starts over)\n`);
     return 0;
   } finally {
     engine.dispose();

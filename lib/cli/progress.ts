@@ -17,9 +17,6 @@ export function duration(s: number): string {
   return `${Math.floor(m / 60)} h ${String(m % 60).padStart(2, '0')} min`;
 }
 
-/** The time left after `step` of `steps` took `ms`, at the mean pace so far. */
-export const eta = (step: number, steps: number, ms: number): string => (step > 0 ? duration(((steps - step) * ms) / step / 1000) : '?');
-
 /**
  * Runs `work` with a signal that the first Ctrl-C fires (the run stops within a fraction of a
  * second with E_ABORTED); a second Ctrl-C exits at once.

@@ -20,6 +20,7 @@ import { ClipTokenizer } from '../text/tokenizer.js';
 import { buildUNet, crossAttentionLayers } from '../unet/unet.js';
 import { buildVaeDecoder, buildVaeEncoder } from '../vae/vae.js';
 import { ModelRuntime, resolveBackend, toHost, type DeviceOptions } from './runtime.js';
+import { invalid } from '../validate.js';
 
 export interface LoadOptions extends DeviceOptions {
   /** Prefer `*.fp16.safetensors` files in a diffusers folder. */
@@ -210,7 +211,7 @@ export class SdRuntime extends ModelRuntime {
   /** The token embedding (before positions) of a one-token word, e.g. "person", float32. */
   async wordEmbedding(word: string): Promise<Float32Array> {
     const ids = this.tokenizer.idsFor(word);
-    if (ids.length !== 1) throw new IdforgeError('E_ARGUMENT', `'${word}' is ${ids.length} tokens, not one`);
+    if (ids.length !== 1) throw invalid('word', `one token (it is ${ids.length})`, word);
     const D = this.configs.text.hiddenSize;
     const table = 'text_model.embeddings.token_embedding.weight';
     await this.weights.text.preload(undefined, (n) => n === table);

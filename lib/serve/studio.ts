@@ -7,37 +7,25 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { FaceAnalyzer } from '../faces/analyzer.js';
+import { FACE_PACKAGES, packageDir } from '../faces/tf.js';
 import { Identity } from '../identity/identity.js';
-import type { RawImage } from '../io/image.js';
 import { SafetensorsFile } from '../io/safetensors.js';
-import { SAMPLERS, idParam, responses, type Limits } from './api.js';
-import type { IdentityStore } from './store.js';
+import { SAMPLERS, err4, idParam, jobParam, responses } from './api.js';
+import type { Ctx } from './context.js';
+import { ServeError } from './errors.js';
 
 const ASSETS = fileURLToPath(new URL('../../assets/studio/', import.meta.url));
 const FILES: Record<string, string> = {
   'index.html': 'text/html; charset=utf-8', 'app.js': 'text/javascript; charset=utf-8', 'api.js': 'text/javascript; charset=utf-8',
-  'views.js': 'text/javascript; charset=utf-8', 'style.css': 'text/css; charset=utf-8',
+  'views.js': 'text/javascript; charset=utf-8', 'regions.js': 'text/javascript; charset=utf-8', 'style.css': 'text/css; charset=utf-8',
 };
 /** Everything from this server; images as blob: URLs (fetched with the token) and data: URLs (the photos). */
 const CSP = "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
 
-export interface StudioOptions {
-  store: IdentityStore;
-  limits: Limits;
-  mode: 'local' | 'redis';
-  encoder: boolean;
-  token: boolean;
-  /** A client's photo (base64) decoded within the server's upload budget, with the factor it was scaled by. */
-  decode(field: string): Promise<{ image: RawImage; scale: number }>;
-  /** An error the server's error handler answers with (its code's status and this message). */
-  fail(code: 'E_ARGUMENT' | 'E_NOT_FOUND' | 'E_NO_FACE_MODELS', message: string): Error;
-}
-
 /** Whether the optional face-model packages are installed (checked without loading TensorFlow.js). */
-async function faceModelsInstalled(): Promise<boolean> {
+function faceModelsInstalled(): boolean {
   try {
-    const { packageDir } = await import('../faces/tf.js');
-    for (const p of ['@tensorflow/tfjs-core', '@tensorflow/tfjs-converter', '@tensorflow/tfjs-backend-wasm', '@vladmandic/human', '@vladmandic/face-api']) packageDir(p);
+    for (const p of FACE_PACKAGES) packageDir(p);
     return true;
   } catch {
     return false;
@@ -54,7 +42,8 @@ function serial(): <T>(task: () => Promise<T>) => Promise<T> {
   };
 }
 
-export async function studioRoutes(app: FastifyInstance, o: StudioOptions): Promise<void> {
+export async function studioRoutes(app: FastifyInstance, ctx: Ctx): Promise<void> {
+  const { store, limits, uploads } = ctx;
   const files = new Map(Object.keys(FILES).map((f) => [f, readFileSync(ASSETS + f)]));
   const send = (reply: FastifyReply, file: string) => reply
     .header('content-security-policy', CSP).header('x-content-type-options', 'nosniff').header('referrer-policy', 'no-referrer')
@@ -64,41 +53,43 @@ export async function studioRoutes(app: FastifyInstance, o: StudioOptions): Prom
   app.get<{ Params: { file: string } }>('/studio/:file', { ...pub, schema: { params: { type: 'object', properties: { file: { type: 'string', enum: Object.keys(FILES).filter((f) => f !== 'index.html') } } } } },
     async (req, reply) => send(reply, req.params.file));
 
-  const faces = await faceModelsInstalled();
+  const faces = faceModelsInstalled();
   const once = serial();
   const analyzer = async (): Promise<FaceAnalyzer> => {
-    if (!faces) throw o.fail('E_NO_FACE_MODELS', 'this server has no face models (install idforge with its optional dependencies)');
+    if (!faces) throw new ServeError('E_NO_FACE_MODELS', 'this server has no face models (install idforge with its optional dependencies)');
     const { FaceAnalyzer } = await import('../faces/analyzer.js');
     return FaceAnalyzer.shared();
   };
 
-  app.get('/studio/config', async () => ({
-    mode: o.mode, encoder: o.encoder, faces, token: o.token, samplers: SAMPLERS, attention: false, preview: false,
-    limits: { maxSide: o.limits.maxSide, maxSteps: o.limits.maxSteps, maxLearnSteps: o.limits.maxLearnSteps }, defaultSide: Math.min(512, o.limits.maxSide),
+  app.get('/studio/config', { schema: { response: err4 } }, async () => ({
+    mode: ctx.queue.mode, encoder: !!ctx.encode, faces, token: ctx.auth, samplers: SAMPLERS, attention: true, preview: false,
+    limits: { maxSide: limits.maxSide, maxSteps: limits.maxSteps, maxLearnSteps: limits.maxLearnSteps }, defaultSide: Math.min(512, limits.maxSide),
   }));
+  // Face work: the upload's refusals (413, 415) and the face models' absence (501) besides the usual ones.
+  const faceErrors = { ...err4, 413: responses.error, 415: responses.error, 501: responses.error };
 
   const image = { type: 'string', minLength: 16 };
   const box = { type: 'array', items: { type: 'number' } };
   app.post<{ Body: { image: string } }>('/studio/faces', {
-    schema: { body: { type: 'object', required: ['image'], additionalProperties: false, properties: { image } } },
+    schema: { body: { type: 'object', required: ['image'], additionalProperties: false, properties: { image } }, response: faceErrors },
   }, async (req) => {
     const a = await analyzer();
-    const { image: img, scale } = await o.decode(req.body.image);
+    const { image: img, scale } = await uploads.decode(req.body.image);
     const found = await once(() => a.detect(img, { maxFaces: 5 }));
     // Boxes in the uploaded photo's pixels (the server may have scaled it down for face work).
     return { faces: found.map((f) => ({ box: f.box.map((v) => Math.round((v / scale) * 10) / 10), score: Math.round(f.score * 1000) / 1000 })) };
   });
 
   app.patch<{ Params: { id: string }; Body: { name: string } }>('/identities/:id', {
-    schema: { params: idParam, body: { type: 'object', required: ['name'], additionalProperties: false, properties: { name: { type: 'string', minLength: 1, maxLength: 100 } } }, response: { 200: responses.identityInfo } },
+    schema: { params: idParam, body: { type: 'object', required: ['name'], additionalProperties: false, properties: { name: { type: 'string', minLength: 1, maxLength: 100 } } }, response: { 200: responses.identityInfo, ...err4 } },
   }, async (req) => {
     const { id } = req.params;
-    const old = o.store.load(id);
-    const st = SafetensorsFile.open(o.store.file(id));
+    const old = store.load(id);
+    const st = SafetensorsFile.open(store.file(id));
     const m = { ...st.metadata };
     st.close();
     const renamed = new Identity({ method: old.method, stages: old.stages, words: old.words, dim: old.dim, k: old.kData, v: old.vData, name: req.body.name.trim() });
-    return o.store.save(id, renamed, {
+    return store.save(id, renamed, {
       ...(m.text_dim ? { textDim: Number(m.text_dim) } : {}), ...(m.vocab_hash ? { vocabHash: m.vocab_hash } : {}), ...(m.source ? { source: m.source } : {}),
     });
   });
@@ -107,18 +98,18 @@ export async function studioRoutes(app: FastifyInstance, o: StudioOptions): Prom
     schema: {
       body: {
         type: 'object', required: ['reference', 'job', 'index'], additionalProperties: false,
-        properties: { reference: image, job: { type: 'string', pattern: '^[0-9a-f-]{36}$' }, index: { type: 'integer', minimum: 0, maximum: 63 } },
+        properties: { reference: image, job: jobParam.properties.id, index: { type: 'integer', minimum: 0, maximum: 63 } },
       },
-      response: { 200: { type: 'object', properties: { similarity: { type: ['number', 'null'] }, reference: box, generated: box } } },
+      response: { 200: { type: 'object', properties: { similarity: { type: ['number', 'null'] }, reference: box, generated: box } }, ...faceErrors },
     },
   }, async (req) => {
     const a = await analyzer();
     // The picture through the server's own route, with the caller's credentials: no second way to reach a job.
     const res = await app.inject({ method: 'GET', url: `/jobs/${req.body.job}/images/${req.body.index}.png`, headers: { ...(req.headers.authorization ? { authorization: req.headers.authorization } : {}) } });
-    if (res.statusCode !== 200) throw o.fail('E_NOT_FOUND', `job ${req.body.job} has no image ${req.body.index}`);
+    if (res.statusCode !== 200) throw new ServeError('E_NOT_FOUND', `job ${req.body.job} has no image ${req.body.index}`);
     const { loadImage } = await import('../io/image.js');
     const generated = await loadImage(res.rawPayload);
-    const { image: ref } = await o.decode(req.body.reference);
+    const { image: ref } = await uploads.decode(req.body.reference);
     return once(async () => {
       const [r] = await a.detect(ref, { maxFaces: 1 });
       const [g] = await a.detect(generated, { maxFaces: 1 });
