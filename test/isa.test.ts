@@ -5,27 +5,15 @@
 // baseline code then calls would crash an older CPU with SIGILL, never on this one).
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { backends } from '../lib/native.js';
+import { cpuinfoIsas } from './helpers/cpuinfo.js';
 import { TINY_SD } from './helpers/fixtures.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { cpu } = backends();
-
-/** What /proc/cpuinfo says the variants need (Linux), best first; undefined elsewhere. */
-function expectedFromCpuinfo(): string[] | undefined {
-  if (!existsSync('/proc/cpuinfo')) return undefined;
-  const line = readFileSync('/proc/cpuinfo', 'utf8').split('\n').find((l) => /^(flags|Features)\s*:/.test(l));
-  if (!line) return undefined;
-  const f = new Set(line.split(':')[1]!.trim().split(/\s+/));
-  if (process.arch === 'arm64') return ['neon'];
-  const v = ['sse2'];
-  if (f.has('avx2') && f.has('fma') && f.has('f16c')) v.unshift('avx2');
-  if (v[0] === 'avx2' && f.has('avx512f') && f.has('avx512bw') && f.has('avx512vl')) v.unshift('avx512');
-  return v;
-}
 
 /** Runs `code` (an ES module importing lib/) with IDFORGE_CPU_ISA=isa; its last stdout line as JSON. */
 function child(isa: string, code: string): { status: number | null; out: unknown; err: string } {
@@ -45,7 +33,7 @@ function child(isa: string, code: string): { status: number | null; out: unknown
 t.test('the best variant this CPU supports is chosen', async (t) => {
   t.equal(cpu.available, true);
   t.equal(cpu.isa, cpu.supported[0], `isa ${cpu.isa} of ${cpu.supported.join(', ')}`);
-  const want = expectedFromCpuinfo();
+  const want = cpuinfoIsas();
   if (want && !process.env.IDFORGE_CPU_ISA) t.same(cpu.supported, want, '/proc/cpuinfo agrees');
 });
 
