@@ -190,3 +190,13 @@ t.test('smoke: bench() on random weights with the tiny layout (the --random code
   t.match(formatReport(r), /UNet with 2 regions \/ plain, per alternating pair: median [\d.]+×/);
   await t.rejects(bench({ model: TINY_SD, regions: 9 }), { code: 'E_ARGUMENT', message: /regions must be an integer in \[0, 8\]/ });
 });
+
+t.test('smoke: --dtype float16 on the CPU is float16 weights computing in float32, on the --random path too', async (t) => {
+  const configs = (() => {
+    using src = openModel(TINY_SD);
+    return src.configs;
+  })();
+  const r = await bench({ source: randomModelSource(configs, { seed: 1, dtype: 'F16' }), device: 'cpu', dtype: 'float16', width: 64, batch: 1, steps: 1, warmup: 0, generate: false, ops: false });
+  checkReport(t, r, false);
+  t.match(r.config, { device: 'cpu', dtype: 'float32', weights: 'float16' });
+});

@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import * as os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Engine } from '../engine.js';
-import type { Program } from '../graph/program.js';
+import type { BackendSpec, Program } from '../graph/program.js';
 import { memory } from '../native.js';
 import { resolveBackend } from '../runtime/runtime.js';
 import type { SdRuntime } from '../runtime/sd.js';
@@ -50,20 +50,23 @@ export function stats(samples: readonly number[]): Stats {
 
 const now = () => performance.now();
 
-async function openEngine(o: BenchOptions, device: 'cpu' | 'cuda', dtype: 'float32' | 'float16'): Promise<{ engine: Engine; model: string }> {
+// `spec` is resolveBackend's: float16 on the CPU is float16 weights computing in float32.
+async function openEngine(o: BenchOptions, spec: BackendSpec): Promise<{ engine: Engine; model: string }> {
+  const half = (spec.weights ?? spec.dtype) === 'float16';
   const given = [o.model !== undefined, o.random !== undefined, o.source !== undefined].filter(Boolean).length;
   if (given !== 1) throw invalid('model, random and source', 'exactly one given (model: a path, random: e.g. "sd15", or source)', shown(`${given} given`), { where: 'bench' });
-  if (o.model !== undefined) return { engine: await Engine.load(o.model, { device, dtype }), model: o.model };
-  if (o.source) return { engine: Engine.fromSource(o.source, { device, dtype }), model: o.source.path };
-  const src = randomModelSource(o.random!, { seed: o.seed ?? 0, dtype: dtype === 'float16' ? 'F16' : 'F32' });
-  return { engine: Engine.fromSource(src, { device, dtype }), model: `random ${o.random} (seed ${o.seed ?? 0})` };
+  if (o.model !== undefined) return { engine: await Engine.load(o.model, { device: spec.device, dtype: half ? 'float16' : 'float32' }), model: o.model };
+  if (o.source) return { engine: Engine.fromSource(o.source, spec), model: o.source.path };
+  const src = randomModelSource(o.random!, { seed: o.seed ?? 0, dtype: half ? 'F16' : 'F32' });
+  return { engine: Engine.fromSource(src, spec), model: `random ${o.random} (seed ${o.seed ?? 0})` };
 }
 
 /** Runs the benchmark and returns its report (the JSON `npm run bench -- --json` writes). */
 export async function bench(opts: BenchOptions): Promise<BenchReport> {
   const log = opts.log ?? (() => {});
   const machine = describeMachine();
-  const { device, dtype, weights } = resolveBackend(opts);
+  const spec = resolveBackend(opts);
+  const { device, dtype, weights } = spec;
   if (device === 'cpu') machine.measuredPeakGflops = measurePeak();
   const cpuPeak = machine.measuredPeakGflops ?? machine.fp32PeakGflops ?? undefined;
   const width = integer(opts.width ?? 512, 'width', 1);
@@ -85,7 +88,7 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
   };
 
   let t0 = now();
-  const { engine, model } = await openEngine(opts, device, weights ?? dtype);
+  const { engine, model } = await openEngine(opts, spec);
   const loadMs = now() - t0;
   const rt = engine.runtime;
   try {

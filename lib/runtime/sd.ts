@@ -8,7 +8,7 @@
  */
 import { IdforgeError } from '../errors.js';
 import type { Graph, Value } from '../graph/graph.js';
-import type { Program } from '../graph/program.js';
+import type { BackendSpec, Program } from '../graph/program.js';
 import type { Weights } from '../graph/weights.js';
 import { openModel, type ModelSource } from '../io/checkpoint.js';
 import type { ConfigOverrides, ModelConfigs } from '../io/configs.js';
@@ -86,7 +86,7 @@ export class SdRuntime extends ModelRuntime {
   readonly loadWarnings: string[];
   readonly #weights: SdWeights;
 
-  private constructor(source: ModelSource, backend: { device: 'cpu' | 'cuda'; dtype: 'float32' | 'float16'; stream?: number }) {
+  private constructor(source: ModelSource, backend: BackendSpec) {
     super(backend, 'engine');
     this.adopt(() => source.close());
     try {
@@ -114,7 +114,7 @@ export class SdRuntime extends ModelRuntime {
   }
 
   /** A runtime over an already opened model source (e.g. the benchmark's synthetic SD 1.5). Takes ownership of it. */
-  static fromSource(source: ModelSource, backend: { device: 'cpu' | 'cuda'; dtype: 'float32' | 'float16'; stream?: number }): SdRuntime {
+  static fromSource(source: ModelSource, backend: BackendSpec): SdRuntime {
     try {
       return new SdRuntime(source, backend);
     } catch (e) {
