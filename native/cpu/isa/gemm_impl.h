@@ -245,11 +245,19 @@ double fmaLoop(int64_t iters, float* sink) {
   VecF acc[N];
 #pragma GCC unroll 12
   for (int i = 0; i < N; i++) acc[i] = vSet(1.f + 0.001f * float(i));
-  const VecF a = vSet(0.9999999f), b = vSet(1e-7f);
+  VecF a = vSet(0.9999999f), b = vSet(1e-7f);
+  // a and b unknown to the compiler, so it cannot fold the chains (it did, for SSE2's mul + add of
+  // constants: a stored constant and no loop). No barrier inside the loop: a "memory" clobber there
+  // kept acc[] on the stack, a store and a load per FMA (the AVX-512 loop read 88 GFLOP/s where
+  // linear layers ran at 208), and a per-register one made GCC spill the array too.
+#if defined(__aarch64__)
+  __asm__ volatile("" : "+w"(a), "+w"(b));
+#else
+  __asm__ volatile("" : "+x"(a), "+x"(b));
+#endif
   for (int64_t k = 0; k < iters; k++) {
 #pragma GCC unroll 12
     for (int i = 0; i < N; i++) acc[i] = vFma(acc[i], a, b);
-    __asm__ volatile("" ::: "memory");  // keeps the loop a loop of FMAs
   }
   VecF s = acc[0];
   for (int i = 1; i < N; i++) s = vAdd(s, acc[i]);
