@@ -66,7 +66,7 @@ struct TensorView {
 //                capture.   out: o[B, Nq, H·dv]; when capture, also p[B·H, Nq, Nk] = the softmax
 //                probabilities (index b·H + h). causal masks keys j > i (CLIP's text mask).
 //   GEGLU        in: x[.., 2F]   out: [.., F] = x[.., :F] * gelu(x[.., F:])   (exact erf GELU)
-//   GELU, QUICK_GELU (x·σ(1.702x)), SILU   elementwise, out shape = in shape
+//   GELU, QUICK_GELU (x·σ(1.702x)), SILU, RELU (max(x, 0)), TANH   elementwise, out shape = in shape
 //   ADD, MUL     in: a, b with numpy broadcasting (right aligned)   out: broadcast shape
 //   SCALE        in: x   attrs scale, shift   out: x·scale + shift
 //   UPSAMPLE2X   in: x[B, C, H, W]   out: [B, C, 2H, 2W] nearest
@@ -124,6 +124,8 @@ struct TensorView {
   X(GELU)              \
   X(QUICK_GELU)        \
   X(SILU)              \
+  X(RELU)              \
+  X(TANH)              \
   X(ADD)               \
   X(MUL)               \
   X(SCALE)             \
