@@ -3,6 +3,7 @@ import { IdforgeError } from '../errors.js';
 import { DDIMScheduler } from './ddim.js';
 import { dpmSolverSampler } from './dpmsolver.js';
 import { eulerSampler } from './euler.js';
+import { lcmSampler } from './lcm.js';
 import { badSampler, isSamplerName, SAMPLERS, type Sampler, type SamplerName, type SamplerOptions } from './sampler.js';
 
 /**
@@ -24,6 +25,8 @@ export function makeSampler(name: unknown, config: object, steps: number, opts: 
     case 'euler':
     case 'euler-a':
       return eulerSampler(base, config, steps, name === 'euler-a');
+    case 'lcm':
+      return lcmSampler(base, config, steps, opts.strength ?? 1);
   }
 }
 
