@@ -8,7 +8,7 @@ import type { Weights } from './graph/weights.js';
 import type { ModelSource } from './io/checkpoint.js';
 import type { ModelConfigs } from './io/configs.js';
 import { decodeImage, toRawImage, toSignedCHW, type RawImage } from './io/image.js';
-import type { GenerateOptions, GenerateResult, LearnOptions, LoadOptions, TextOptions } from './options.js';
+import type { GenerateOptions, GenerateResult, LearnOptions, LoadOptions, LoraOptions, SetLorasOptions, TextOptions } from './options.js';
 import { toHost } from './runtime/runtime.js';
 import { SdRuntime } from './runtime/sd.js';
 import { DDIMScheduler } from './sched/ddim.js';
@@ -22,9 +22,9 @@ import type { ClipTokenizer } from './text/tokenizer.js';
 import { conditionalMaps, layerDownsampling, selectLayers, selectSteps, type AttentionMap } from './attention.js';
 import type { Identity } from './identity/identity.js';
 import { expandPrompt, type ExpandedPrompt } from './identity/placeholders.js';
-import { argError, identityMap, imageTensorShape, oneOf, timestep, tokenIds, unetContexts, validateGenerate } from './validate.js';
+import { argError, identityMap, imageTensorShape, oneOf, timestep, tokenIds, unetContexts, validateGenerate, validateLoras } from './validate.js';
 
-export type { GenerateOptions, GenerateResult, LoadOptions, ProgressInfo, TextOptions } from './options.js';
+export type { GenerateOptions, GenerateResult, LoadOptions, LoraOptions, ProgressInfo, SetLorasOptions, TextOptions } from './options.js';
 
 export class Engine implements Disposable {
   /** The model this engine runs on: backend, stream, weights, programs (shared with the learner and the bench). */
@@ -434,6 +434,26 @@ export class Engine implements Disposable {
       for (let i = 0; i < m.length; i++) out[k * m.length + i] = (m[i]! + Math.exp(0.5 * lv[i]!) * z[i]!) * sf;
     }
     return out;
+  }
+
+  /**
+   * Makes these LoRA files (kohya / A1111 or diffusers / PEFT naming; UNet and text-encoder parts;
+   * LoCon convs) the active set for the calls that follow: W' = W + scale·(alpha/rank)·up@down,
+   * merged on this engine's device, several files adding up; `[]` restores the base weights
+   * exactly. Calls in flight finish on the weights they started with (the merge waits for them)
+   * and calls made meanwhile start after it. A key naming no module of this model, or a shape that
+   * does not fit, is E_MODEL_FORMAT naming the key and the expected shape, unless `strict: false`
+   * (then skipped and listed in `warnings`).
+   */
+  async setLoras(loras: readonly LoraOptions[], opts: SetLorasOptions = {}): Promise<{ warnings: string[] }> {
+    this.runtime.assertLive();
+    const v = validateLoras(loras, opts);
+    return { warnings: await this.runtime.setLoras(v.loras, v.strict) };
+  }
+
+  /** The LoRA files active now (setLoras), with their scales. */
+  get loras(): readonly { path: string; scale: number }[] {
+    return this.runtime.loras;
   }
 
   /**

@@ -22,6 +22,29 @@ export interface LoadOptions extends DeviceOptions {
   variant?: 'fp16';
   /** Pin config values (e.g. for a single-file checkpoint whose sizes cannot be derived). */
   config?: ConfigOverrides;
+  /**
+   * A VAE in place of the model's: a diffusers VAE folder (AutoencoderKL, or AutoencoderTiny: TAESD,
+   * a fast decoder whose scaling factor is 1), or the original taesd_decoder.safetensors (+ encoder).
+   */
+  vae?: string;
+  /** A VAE (typically TAESD) that decodes a small preview of each step's denoised estimate for onProgress. */
+  previewVae?: string;
+}
+
+/** One LoRA file of Engine.setLoras. */
+export interface LoraOptions {
+  /** A .safetensors LoRA (kohya / A1111 naming, or diffusers / PEFT). */
+  path: string;
+  /** Its strength: W' = W + scale·(alpha/rank)·up@down (default 1; negative subtracts the style). */
+  scale?: number;
+}
+
+export interface SetLorasOptions {
+  /**
+   * true (default): a key naming no module of the model, or a shape that does not fit, is
+   * E_MODEL_FORMAT. false: those modules are skipped and reported in the result's warnings.
+   */
+  strict?: boolean;
 }
 
 export interface ProgressInfo {

@@ -131,6 +131,23 @@ export function validateGenerate(opts: GenerateOptions, multiple: number, image?
   return { width, height, steps, guidanceScale, eta, seed, negativePrompt, identityScale, sampler, numImages, strength };
 }
 
+/** Engine.setLoras' arguments: at most 64 files, each a path and a finite scale (default 1). */
+export function validateLoras(loras: unknown, opts: unknown): { loras: { path: string; scale: number }[]; strict: boolean } {
+  const where = 'setLoras';
+  if (!Array.isArray(loras)) throw argError('expects an array of { path, scale } (an empty one removes every LoRA)', where);
+  if (loras.length > 64) throw argError(`takes at most 64 LoRA files, got ${loras.length}`, where);
+  const out = loras.map((l: unknown, i) => {
+    const o = l as { path?: unknown; scale?: unknown } | null;
+    if (o === null || typeof o !== 'object' || typeof o.path !== 'string' || o.path === '') throw argError(`loras[${i}] must be { path: string, scale?: number }`, where);
+    const scale = o.scale ?? 1;
+    if (typeof scale !== 'number' || !Number.isFinite(scale) || Math.abs(scale) > 1e3) throw argError(`loras[${i}].scale must be a finite number in [−1000, 1000], got ${describe(scale)}`, where);
+    return { path: o.path, scale };
+  });
+  const o = (opts ?? {}) as { strict?: unknown };
+  if (typeof o !== 'object' || (o.strict !== undefined && typeof o.strict !== 'boolean')) throw argError('options must be { strict?: boolean }', where);
+  return { loras: out, strict: o.strict ?? true };
+}
+
 /** The diffusion timestep of predictNoise: a number in [0, T). */
 export function timestep(t: unknown, numTrainTimesteps: number): number {
   if (typeof t !== 'number' || !Number.isFinite(t) || t < 0 || t >= numTrainTimesteps)
