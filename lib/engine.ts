@@ -186,21 +186,23 @@ export class Engine implements Disposable {
     for (const l of layers) if (!known.has(l)) throw argError(`unknown cross-attention layer '${l}'`);
     const n = ctxs[0]!.shape[1]!;
     const capture = [...new Set(layers)].sort();
-    await rt.preload(['unet']);
-    const p = rt.unetProgram(b, h, w, n, null, { dual, capture });
-    const inputs: Tensor[] = [];
-    try {
-      // One at a time, so that a failed upload never leaks the ones before it.
-      inputs.push(rt.upload(latents));
-      inputs.push(rt.floats(new Float32Array(b).fill(t), [b]));
-      for (const c of ctxs) inputs.push(rt.upload(c));
-      const [eps, ...maps] = await p.run(inputs);
-      const attention = new Map<string, Tensor>();
-      capture.forEach((l, i) => attention.set(l, toHost(maps[i]!)));
-      return { eps: toHost(eps!), attention };
-    } finally {
-      for (const x of inputs) x.dispose();
-    }
+    return rt.shared(async () => {
+      await rt.preload(['unet']);
+      const p = rt.unetProgram(b, h, w, n, null, { dual, capture });
+      const inputs: Tensor[] = [];
+      try {
+        // One at a time, so that a failed upload never leaks the ones before it.
+        inputs.push(rt.upload(latents));
+        inputs.push(rt.floats(new Float32Array(b).fill(t), [b]));
+        for (const c of ctxs) inputs.push(rt.upload(c));
+        const [eps, ...maps] = await p.run(inputs);
+        const attention = new Map<string, Tensor>();
+        capture.forEach((l, i) => attention.set(l, toHost(maps[i]!)));
+        return { eps: toHost(eps!), attention };
+      } finally {
+        for (const x of inputs) x.dispose();
+      }
+    });
   }
 
   /** The VAE decoder: image [B, 3, 8h, 8w] in [−1, 1] from z [B, C, h, w] (z already divided by the scaling factor). */
@@ -465,7 +467,7 @@ export class Engine implements Disposable {
     this.runtime.assertLive();
     // Loaded on demand: learning pulls in autodiff and image augmentation that generation never needs.
     const { IdentityLearner } = await import('./learn/learn.js');
-    return new IdentityLearner(this.runtime).learn(face, opts);
+    return this.runtime.shared(() => new IdentityLearner(this.runtime).learn(face, opts));
   }
 
   dispose(): void {

@@ -228,6 +228,10 @@ export class SdRuntime extends ModelRuntime {
    * of both identity methods.
    */
   async runText(ids: Int32Array[], inject?: TextInjection): Promise<Tensor> {
+    return this.shared(() => this.#runText(ids, inject));
+  }
+
+  async #runText(ids: Int32Array[], inject?: TextInjection): Promise<Tensor> {
     const b = ids.length;
     const D = this.configs.text.hiddenSize;
     const rows = inject ? inject.vectors.length / D : 0;
@@ -265,6 +269,10 @@ export class SdRuntime extends ModelRuntime {
 
   /** The token embedding (before positions) of a one-token word, e.g. "person", float32. */
   async wordEmbedding(word: string): Promise<Float32Array> {
+    return this.shared(() => this.#wordEmbedding(word));
+  }
+
+  async #wordEmbedding(word: string): Promise<Float32Array> {
     const ids = this.tokenizer.idsFor(word);
     if (ids.length !== 1) throw new IdforgeError('E_ARGUMENT', `'${word}' is ${ids.length} tokens, not one`);
     const D = this.configs.text.hiddenSize;
@@ -301,6 +309,10 @@ export class SdRuntime extends ModelRuntime {
 
   /** The VAE decoder: image [B, 3, 8h, 8w] in [−1, 1] from z [B, C, h, w] (already divided by the scaling factor), float32 on the CPU. */
   async vaeDecode(z: Tensor, signal?: AbortSignal): Promise<Tensor> {
+    return this.shared(() => this.#vaeDecode(z, signal));
+  }
+
+  async #vaeDecode(z: Tensor, signal?: AbortSignal): Promise<Tensor> {
     const s = z.shape;
     await this.preload(['vae-decoder']);
     const p = this.program(`vae-dec:${s.join('x')}`, (g) => {
@@ -317,6 +329,10 @@ export class SdRuntime extends ModelRuntime {
    * `maxSide` pixels, then decoded by the preview VAE. One RGB image per row.
    */
   async preview(x: Tensor, maxSide = PREVIEW_SIDE, signal?: AbortSignal): Promise<RawImage[]> {
+    return this.shared(() => this.#decodePreview(x, maxSide, signal));
+  }
+
+  async #decodePreview(x: Tensor, maxSide: number, signal?: AbortSignal): Promise<RawImage[]> {
     const v = this.#preview;
     if (!v) throw new IdforgeError('E_ARGUMENT', 'no preview VAE: load the engine with previewVae');
     const [b, c, h, w] = x.shape as [number, number, number, number];
@@ -348,6 +364,10 @@ export class SdRuntime extends ModelRuntime {
    * A tiny autoencoder (TAESD) is deterministic: its latents come back as the mean with logvar −∞ (a sample is the mean).
    */
   async vaeEncode(img: Tensor): Promise<{ mean: Tensor; logvar: Tensor }> {
+    return this.shared(() => this.#vaeEncode(img));
+  }
+
+  async #vaeEncode(img: Tensor): Promise<{ mean: Tensor; logvar: Tensor }> {
     const s = img.shape;
     const tiny = this.configs.vae.tiny;
     if (tiny?.decoderOnly) throw new IdforgeError('E_ARGUMENT', `the VAE of this engine has no encoder (only taesd_decoder.safetensors was found): image to image needs taesd_encoder.safetensors beside it`);
