@@ -53,8 +53,8 @@ const COMMANDS: Record<string, () => Promise<(argv: string[]) => Promise<number>
   // CLIP and the face models, which generate never needs.
   eval: async () => (await import('./eval/cli.js')).main,
   // DreamIdentity encoder training.
-  'train-encoder': async () => (await import('./train/cli.js')).trainCmd,
-  'build-dataset': async () => (await import('./train/cli.js')).datasetCmd,
+  'train-encoder': async () => (await import('./dreamidentity/cli.js')).trainCmd,
+  'build-dataset': async () => (await import('./dreamidentity/cli.js')).datasetCmd,
 };
 
 async function main(argv: string[]): Promise<number> {

@@ -1,5 +1,5 @@
 // Command-line values shared by the idforge subcommands (lib/cli.ts, lib/eval/cli.ts,
-// lib/train/cli.ts): one number parser and one way to pass only the flags given, so that an
+// lib/dreamidentity/cli.ts): one number parser and one way to pass only the flags given, so that an
 // option's default lives in the API it configures, not in each command.
 import { IdforgeError } from './errors.js';
 

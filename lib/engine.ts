@@ -18,10 +18,12 @@ import { checkPrompt } from './io/bounds.js';
 import { checkLatentsFinite } from './numeric.js';
 import { checkFits, coefficientTensor, img2imgStart, markRun, stepProgram } from './sampling.js';
 import { Tensor } from './tensor.js';
+import { latentPosterior, sampleLatent } from './vae/posterior.js';
 import type { ClipTokenizer } from './text/tokenizer.js';
 import { conditionalMaps, layerDownsampling, selectLayers, selectSteps, type AttentionMap } from './attention.js';
 import type { Identity } from './identity/identity.js';
 import { expandPrompt, type ExpandedPrompt } from './identity/placeholders.js';
+import { IdentityLearner } from './learn/learn.js';
 import { argError, identityMap, imageTensorShape, oneOf, timestep, tokenIds, unetContexts, validateGenerate, validateLoras } from './validate.js';
 
 export type { GenerateOptions, GenerateResult, LoadOptions, LoraOptions, ProgressInfo, SetLorasOptions, TextOptions } from './options.js';
@@ -30,6 +32,7 @@ export class Engine implements Disposable {
   /** The model this engine runs on: backend, stream, weights, programs (shared with the learner and the bench). */
   readonly runtime: SdRuntime;
   readonly scheduler: DDIMScheduler;
+  #learner: IdentityLearner | undefined;
 
   private constructor(runtime: SdRuntime) {
     this.runtime = runtime;
@@ -424,17 +427,10 @@ export class Engine implements Disposable {
   private async imageLatents(img: RawImage, N: number, draw: (i: number) => Float32Array): Promise<Float32Array> {
     const { width: W, height: H } = img;
     using x = Tensor.from(toSignedCHW(img), [1, 3, H, W]);
-    const { mean, logvar } = await this.encodeImage(x);
-    const m = mean.toFloat32();
-    const lv = logvar.toFloat32();
-    mean.dispose();
-    logvar.dispose();
-    const sf = this.configs.vae.scalingFactor;
-    const out = new Float32Array(N * m.length);
-    for (let k = 0; k < N; k++) {
-      const z = draw(k);
-      for (let i = 0; i < m.length; i++) out[k * m.length + i] = (m[i]! + Math.exp(0.5 * lv[i]!) * z[i]!) * sf;
-    }
+    const post = latentPosterior(await this.encodeImage(x));
+    const n = post.mean.length;
+    const out = new Float32Array(N * n);
+    for (let k = 0; k < N; k++) sampleLatent(post, draw(k), this.configs.vae.scalingFactor, out, k * n);
     return out;
   }
 
@@ -465,9 +461,12 @@ export class Engine implements Disposable {
    */
   async learnIdentity(face: RawImage | string | Buffer, opts: LearnOptions = {}): Promise<Identity> {
     this.runtime.assertLive();
-    // Loaded on demand: learning pulls in autodiff and image augmentation that generation never needs.
-    const { IdentityLearner } = await import('./learn/learn.js');
-    return this.runtime.shared(() => new IdentityLearner(this.runtime).learn(face, opts));
+    return this.runtime.shared(() => this.learner.learn(face, opts));
+  }
+
+  /** The SeFi-IDE learner over this engine's runtime (one per engine: the same weights, programs and stream). */
+  get learner(): IdentityLearner {
+    return (this.#learner ??= new IdentityLearner(this.runtime));
   }
 
   dispose(): void {

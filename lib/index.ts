@@ -14,13 +14,15 @@ export { DDIMScheduler } from './sched/ddim.js';
 export { makeSampler, SAMPLERS, type Sampler, type SamplerName } from './sched/samplers.js';
 export { randn } from './sched/random.js';
 export { FaceAnalyzer, similarity, type Face, type DetectOptions, type FaceAnalyzerOptions } from './faces/index.js';
-export { Identity, IdEncoder, prepareFace, expandPrompt, type IdentityMethod, type PreparedFace, type Landmarks } from './identity/index.js';
+export { Identity, prepareFace, expandPrompt, type IdentityMethod, type PreparedFace, type Landmarks } from './identity/index.js';
 export { attentionHeatmap, type AttentionCapture, type AttentionMap, type CaptureAttentionOptions } from './attention.js';
 export { bench, type BenchOptions, type BenchReport } from './bench/index.js';
 export { SEFI_TEMPLATES, IdentityLearner } from './learn/learn.js';
 export { ClipScorer, cosine, clipScore, type ClipLoadOptions, type ClipScore } from './clip/index.js';
 export { evaluate, writeReport, DEFAULT_PROMPTS, type EvaluateOptions, type EvalResult, type ReportFiles } from './eval/index.js';
-export { EncoderTrainer, type EncoderTrainerOptions, type TrainBatch, type TrainScope, type LossAndGrads, type AdamStepOptions, type TrainStepValues, type OptimizerState } from './train/encoder-trainer.js';
-export { trainEncoder, RECONSTRUCTION_TEMPLATES, type TrainEncoderOptions, type TrainProgress, type TrainResult } from './train/train.js';
-export { buildEditDataset, engineGenerator, type BuildEditDatasetOptions, type DatasetRow, type ImageGenerator } from './train/dataset.js';
-export { Adam } from './train/adam.js';
+export {
+  IdEncoder, EncoderTrainer, trainEncoder, RECONSTRUCTION_TEMPLATES, buildEditDataset, engineGenerator,
+  type EncoderTrainerOptions, type TrainBatch, type TrainScope, type LossAndGrads, type AdamStepOptions, type TrainStepValues, type OptimizerState,
+  type TrainEncoderOptions, type TrainProgress, type TrainResult, type BuildEditDatasetOptions, type DatasetRow, type ImageGenerator,
+} from './dreamidentity/index.js';
+export { Adam } from './optim/adam.js';

@@ -91,7 +91,7 @@ struct TensorView {
 //                (lib/sched/sampler.ts computes the coefficients), in' the next UNet input
 //   ADAM_STEP    in: p, g, m, v (float32, one shape), c[8] (I32: the bits of 8 float32
 //                coefficients, AdamCoefs below), gsq?[1] (Σ g² over every parameter of the step)
-//                out: p', m', v': one Adam step (lib/train/adam.ts) with g scaled by
+//                out: p', m', v': one Adam step (lib/optim/adam.ts) with g scaled by
 //                s = min(1, clip/√gsq) when clip > 0 and gsq is given (global-norm clipping), else 1:
 //                m' = β1·m + (1−β1)·s·g, v' = β2·v + (1−β2)·(s·g)², p' = p − lr·(m'/c1)/(√(v'/c2) + ε).
 //                A non-finite gsq leaves p, m, v as they were (the caller reports the step). Each
@@ -186,7 +186,7 @@ struct SamplerCoefs {
 constexpr int64_t kSamplerCoefs = sizeof(SamplerCoefs) / sizeof(float);
 static_assert(kSamplerCoefs == 9, "SamplerCoefs is 9 packed floats");
 
-// ADAM_STEP's coefficient input, in order (the layout of lib/train/adam.ts adamCoefficients):
+// ADAM_STEP's coefficient input, in order (the layout of lib/optim/adam.ts adamCoefficients):
 // c1 = 1 − β1^t and c2 = 1 − β2^t are the bias corrections of step t; clip ≤ 0 turns clipping off.
 struct AdamCoefs {
   float lr, beta1, beta2, eps, c1, c2, clip, reserved;

@@ -11,8 +11,8 @@ import { Engine } from '../lib/engine.js';
 import { FaceAnalyzer } from '../lib/faces/index.js';
 import { decodeFace } from '../lib/identity/face.js';
 import type { RawImage } from '../lib/io/image.js';
-import { buildEditDataset, rankRows, type DatasetRow, type ImageGenerator } from '../lib/train/dataset.js';
-import { trainEncoder } from '../lib/train/train.js';
+import { buildEditDataset, rankRows, type DatasetRow, type ImageGenerator } from '../lib/dreamidentity/dataset.js';
+import { trainEncoder } from '../lib/dreamidentity/train.js';
 import { TINY_ID, TINY_SD, fixture } from './helpers/fixtures.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'idforge-dataset-'));

@@ -4,9 +4,9 @@
 // errors for bad input.
 import t from 'tap';
 import { Engine } from '../lib/engine.js';
-import { IdEncoder } from '../lib/identity/encoder.js';
-import { Adam } from '../lib/train/adam.js';
-import { EncoderTrainer } from '../lib/train/encoder-trainer.js';
+import { IdEncoder } from '../lib/dreamidentity/encoder.js';
+import { Adam } from '../lib/optim/adam.js';
+import { EncoderTrainer } from '../lib/dreamidentity/encoder-trainer.js';
 import { Tensor } from '../lib/tensor.js';
 import { testBackends } from './helpers/backends.js';
 import { GoldenFile, TINY_ID, TINY_SD, fixture } from './helpers/fixtures.js';
@@ -155,7 +155,7 @@ t.test('bad input: typed errors', async (t) => {
 
 t.test('bench --train-encoder on the tiny models', async (t) => {
   const { benchTrainEncoder, formatTrainReport, randomIdEncoderWeights, vitB16Config } = await import('../lib/bench/train-encoder.js');
-  const { idEncoderLayout } = await import('../lib/identity/encoder.js');
+  const { idEncoderLayout } = await import('../lib/dreamidentity/encoder-weights.js');
   const r = await benchTrainEncoder(['--train-encoder', '--model', TINY_SD, '--encoder', TINY_ID, '--size', '128', '--batch', '1,2', '--steps', '1', '--warmup', '0'], () => {});
   t.same(r.rows.map((x) => x.batch), [1, 2]);
   t.ok(r.rows.every((x) => x.stepMs.median > 0 && x.plannedActivationBytes > 0), 'step times and planned activation peaks');

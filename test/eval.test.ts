@@ -14,7 +14,7 @@ import { main, readPrompts } from '../lib/eval/cli.js';
 import { DEFAULT_PROMPTS, plainPrompt } from '../lib/eval/prompts.js';
 import { writeReport } from '../lib/eval/report.js';
 import { contactSheet } from '../lib/eval/sheet.js';
-import { IdEncoder } from '../lib/identity/encoder.js';
+import { IdEncoder } from '../lib/dreamidentity/encoder.js';
 import { loadImage } from '../lib/io/image.js';
 import { fixture, TINY_ID, TINY_SD } from './helpers/fixtures.js';
 

@@ -5,7 +5,7 @@ import t from 'tap';
 import { Engine } from '../lib/engine.js';
 import { FaceAnalyzer } from '../lib/faces/index.js';
 import { packageDir } from '../lib/faces/tf.js';
-import { IdEncoder } from '../lib/identity/encoder.js';
+import { IdEncoder } from '../lib/dreamidentity/encoder.js';
 import { ARCFACE_TEMPLATE_112, applyTransform, centreCrop, cropAroundFace, decodeFace, estimateSimilarity, faceTemplate, prepareFace } from '../lib/identity/face.js';
 import { prepareLearningImage } from '../lib/learn/learn.js';
 import { fixture, TINY_ID, TINY_SD } from './helpers/fixtures.js';

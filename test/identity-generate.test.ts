@@ -4,7 +4,7 @@ import t from 'tap';
 import { Engine } from '../lib/engine.js';
 import { attentionHeatmap } from '../lib/attention.js';
 import { Identity } from '../lib/identity/identity.js';
-import { IdEncoder } from '../lib/identity/encoder.js';
+import { IdEncoder } from '../lib/dreamidentity/encoder.js';
 import { TINY_ID, TINY_SD, fixture } from './helpers/fixtures.js';
 
 const D = 32;

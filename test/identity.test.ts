@@ -271,8 +271,11 @@ t.test('placeholders: 77-token limit', async (t) => {
   t.equal(tail.tokenCount, 77);
 });
 
-t.test('lib/identity/index.ts re-exports the layer', async (t) => {
+t.test('lib/identity/index.ts and lib/dreamidentity/index.ts re-export their rooms', async (t) => {
   const api = await import('../lib/identity/index.js');
-  for (const name of ['Identity', 'expandPrompt', 'IdEncoder', 'prepareFace', 'estimateSimilarity', 'stageIndex'])
+  for (const name of ['Identity', 'expandPrompt', 'prepareFace', 'estimateSimilarity', 'stageIndex'])
     t.type((api as Record<string, unknown>)[name], 'function', name);
+  const di = await import('../lib/dreamidentity/index.js');
+  for (const name of ['IdEncoder', 'EncoderTrainer', 'trainEncoder', 'buildEditDataset'])
+    t.type((di as Record<string, unknown>)[name], 'function', name);
 });

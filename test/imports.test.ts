@@ -1,6 +1,10 @@
-// No import cycle in lib/: every lib/**/*.ts file's relative imports (value and type-only imports,
-// `export … from`, dynamic `import()` and `import('…')` type references) form an acyclic graph.
-// The cycle finder is checked on synthetic graphs first, so that the real check can fail.
+// The import rules of lib/, over every lib/**/*.ts file's relative imports (value and type-only
+// imports, `export … from`, dynamic `import()` and `import('…')` type references):
+// - no import cycle;
+// - no import of a higher layer: LAYERS below ranks every lib/ folder and top-level file bottom-up
+//   (docs/ARCHITECTURE.md's table), and a module imports only its own layer and the ones below.
+//   The rule has 0 exceptions.
+// Both checkers are run on synthetic graphs first, so that the real checks can fail.
 import t from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -21,6 +25,54 @@ export function specifiers(file: string, text: string): string[] {
     ts.forEachChild(n, visit);
   };
   visit(sf);
+  return out;
+}
+
+/**
+ * lib/'s layers, bottom-up (docs/ARCHITECTURE.md "The layers" says what each is for). An entry is a
+ * folder ('io/'), a top-level file ('engine.ts') or '*\/cli.ts': a room's command-line
+ * subcommands, which rank with the edges whatever room they sit in.
+ */
+export const LAYERS: readonly { layer: string; members: readonly string[] }[] = [
+  { layer: 'base', members: ['errors.ts', 'platform.ts', 'native.ts', 'tensor.ts', 'numeric.ts'] },
+  { layer: 'data', members: ['io/', 'sched/', 'attention.ts'] },
+  { layer: 'graph IR', members: ['graph/'] },
+  { layer: 'optimiser', members: ['optim/'] },
+  { layer: 'models', members: ['text/', 'unet/', 'vae/', 'faces/'] },
+  { layer: 'identity', members: ['identity/'] },
+  { layer: 'API types and checks', members: ['options.ts', 'validate.ts'] },
+  { layer: 'runtime', members: ['runtime/'] },
+  { layer: 'pipelines', members: ['sampling.ts', 'learn/', 'dreamidentity/', 'clip/'] },
+  { layer: 'engine', members: ['engine.ts'] },
+  { layer: 'applications', members: ['bench/', 'eval/', 'serve/'] },
+  { layer: 'edges', members: ['index.ts', 'cli.ts', 'cliargs.ts', 'build.ts', '*/cli.ts'] },
+];
+
+/** The rank of a module (a path relative to lib/) in `layers`, or -1 when no entry holds it. */
+export function rankOf(file: string, layers: typeof LAYERS = LAYERS): number {
+  const f = file.split(path.sep).join('/');
+  const find = (match: (m: string) => boolean) => layers.findIndex((l) => l.members.some(match));
+  const exact = find((m) => m === f);
+  if (exact >= 0) return exact;
+  const cli = f.includes('/') && f.endsWith('/cli.ts') ? find((m) => m === '*/cli.ts') : -1;
+  if (cli >= 0) return cli;
+  return find((m) => m.endsWith('/') && f.startsWith(m));
+}
+
+/** Every import of a higher layer, as 'from (layer) → to (layer)'; modules no layer holds as 'file: no layer'. */
+export function upwardImports(graph: Map<string, string[]>, layers: typeof LAYERS = LAYERS): string[] {
+  const out: string[] = [];
+  for (const [from, deps] of graph) {
+    const r = rankOf(from, layers);
+    if (r < 0) {
+      out.push(`${from}: no layer`);
+      continue;
+    }
+    for (const to of deps) {
+      const q = rankOf(to, layers);
+      if (q > r) out.push(`${from} (${layers[r]!.layer}) → ${to} (${layers[q]!.layer})`);
+    }
+  }
   return out;
 }
 
@@ -123,4 +175,38 @@ t.test('lib/ has no import cycle (type-only imports included)', async (t) => {
   t.same(unresolved, [], 'every relative import resolves to a file in lib/');
   const cycles = findCycles(graph);
   t.same(cycles, [], cycles.map((c) => c.join(' ↔ ')).join('; ') || 'acyclic');
+});
+
+t.test('the layer check refuses imports up a layer and only those', async (t) => {
+  const layers = [
+    { layer: 'low', members: ['a.ts', 'io/'] },
+    { layer: 'mid', members: ['m/'] },
+    { layer: 'top', members: ['top.ts', '*/cli.ts'] },
+  ];
+  const graph = new Map([
+    ['a.ts', ['io/x.ts']], // same layer
+    ['io/x.ts', []],
+    ['m/y.ts', ['a.ts', 'm/z.ts']], // down, and within its layer
+    ['m/z.ts', ['top.ts']], // up: refused
+    ['m/cli.ts', ['top.ts']], // a room's CLI ranks with the top
+    ['top.ts', ['m/y.ts']],
+    ['stray.ts', []], // no layer: refused
+  ]);
+  t.equal(rankOf('m/cli.ts', layers), 2);
+  t.equal(rankOf('m/y.ts', layers), 1);
+  t.same(upwardImports(graph, layers), ['m/z.ts (mid) → top.ts (top)', 'stray.ts: no layer']);
+});
+
+t.test('the layer table names only what exists, and every lib/ folder and top-level file', async (t) => {
+  const entries = fs.readdirSync(LIB, { withFileTypes: true });
+  const rooms = entries.filter((e) => e.isDirectory()).map((e) => `${e.name}/`);
+  const top = entries.filter((e) => e.isFile() && e.name.endsWith('.ts')).map((e) => e.name);
+  const named = LAYERS.flatMap((l) => l.members).filter((m) => m !== '*/cli.ts');
+  t.same([...named].sort(), [...rooms, ...top].sort(), 'one entry per folder and top-level file');
+});
+
+t.test('no lib/ module imports a higher layer (a rule with 0 exceptions)', async (t) => {
+  const { graph } = importGraph(LIB);
+  const up = upwardImports(graph);
+  t.same(up, [], up.join('; ') || 'every import runs down or across a layer');
 });

@@ -4,7 +4,7 @@ import t from 'tap';
 import { Graph } from '../lib/graph/graph.js';
 import { Program } from '../lib/graph/program.js';
 import { Tensor } from '../lib/tensor.js';
-import { Adam, adamCoefficients } from '../lib/train/adam.js';
+import { Adam, adamCoefficients } from '../lib/optim/adam.js';
 
 const be = { device: 'cpu', dtype: 'float32' } as const;
 const seq = (n: number, f: (i: number) => number) => Float32Array.from({ length: n }, (_, i) => f(i));

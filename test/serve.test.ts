@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Engine } from '../lib/engine.js';
-import { IdEncoder } from '../lib/identity/encoder.js';
+import { IdEncoder } from '../lib/dreamidentity/encoder.js';
 import { Identity } from '../lib/identity/identity.js';
 import { LocalQueue } from '../lib/serve/queue.js';
 import { buildServer } from '../lib/serve/server.js';

@@ -6,12 +6,12 @@ import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
 import { Engine } from '../lib/engine.js';
-import { IdEncoder } from '../lib/identity/encoder.js';
+import { IdEncoder } from '../lib/dreamidentity/encoder.js';
 import { SafetensorsFile } from '../lib/io/safetensors.js';
 import { randn } from '../lib/sched/random.js';
 import { Tensor } from '../lib/tensor.js';
-import { EncoderTrainer } from '../lib/train/encoder-trainer.js';
-import { trainEncoder } from '../lib/train/train.js';
+import { EncoderTrainer } from '../lib/dreamidentity/encoder-trainer.js';
+import { trainEncoder } from '../lib/dreamidentity/train.js';
 import { TINY_ID, TINY_SD, fixture } from './helpers/fixtures.js';
 import { relL2 } from './helpers/metrics.js';
 

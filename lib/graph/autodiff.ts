@@ -3,7 +3,7 @@
 // into the SAME graph, so one Program computes the loss and its gradients. Forward activations a
 // VJP reads are ordinary values read later: the program's buffer planner keeps them alive until
 // their last reader. Gradients flow to activations and to the `wrt` values only: a weight is
-// trained by making it a graph input (lib/train/params.ts) and naming it in `wrt`; the weight
+// trained by making it a graph input (lib/optim/params.ts) and naming it in `wrt`; the weight
 // rules below (linear, patch-embedding conv2d, layer norm) are written with existing ops.
 import { IdforgeError } from '../errors.js';
 import type { NativeOp } from '../native.js';

@@ -320,7 +320,7 @@ export class Graph {
 
   /**
    * One Adam step of one parameter (native/backend.h ADAM_STEP): p, its gradient g, the moments
-   * m and v, the coefficients [8] (int32: float32 bits, lib/train/adam.ts adamCoefficients) and
+   * m and v, the coefficients [8] (int32: float32 bits, lib/optim/adam.ts adamCoefficients) and
    * optionally the squared global gradient norm [1] (clipping) → [p', m', v'].
    */
   adamStep(p: Value, g: Value, m: Value, v: Value, coefs: Value, gradNormSq?: Value): [Value, Value, Value] {

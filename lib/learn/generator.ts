@@ -18,7 +18,7 @@
  * Float64Arrays (the block is tiny next to the UNet); Adam updates all parameters.
  */
 import { normalGenerator } from '../sched/random.js';
-import { Adam } from '../train/adam.js';
+import { Adam } from '../optim/adam.js';
 
 export interface GeneratorShape {
   dim: number;
@@ -265,7 +265,7 @@ export class TokenGenerator {
     return grads;
   }
 
-  /** One Adam step (lib/train/adam.ts: β 0.9 / 0.999, ε 1e-8, no weight decay). */
+  /** One Adam step (lib/optim/adam.ts: β 0.9 / 0.999, ε 1e-8, no weight decay). */
   adam(grads: Params, lr: number): void {
     this.#opt.step(this.params, grads, lr);
   }

@@ -38,6 +38,7 @@ import { DDIMScheduler } from '../sched/ddim.js';
 import { Xoshiro128, randn } from '../sched/random.js';
 import { Tensor } from '../tensor.js';
 import { buildTextEncoder } from '../text/clip.js';
+import { latentPosterior, sampleLatent } from '../vae/posterior.js';
 import { argError, validateLearn } from '../validate.js';
 import { buildUNetLoss } from './objective.js';
 import { TokenGenerator } from './generator.js';
@@ -266,7 +267,7 @@ export class IdentityLearner {
       throwIfAborted(signal, 'learnIdentity');
       const p = pool[Math.floor(rnd() * pool.length)]!;
       const zs = randn(o.seed * 7919 + step * 2 + 1, p.mean.length);
-      const z0 = p.mean.map((m, i) => (m + p.std[i]! * zs[i]!) * sf);
+      const z0 = sampleLatent(p, zs, sf);
       const s: Sample = { template: Math.floor(rnd() * o.templates.length), t: Math.floor(rnd() * T), noiseSeed: o.seed * 7919 + step * 2 + 2 };
       const stage = stageIndex(s.t, o.stages, T);
       const { out, tape } = gen.forward();
@@ -368,10 +369,7 @@ export class IdentityLearner {
     const S = img.width;
     for (let i = 0; i < count; i++) {
       using x = Tensor.from(augmentImage(img, aug, rnd), [1, 3, S, S]);
-      const { mean, logvar } = await this.runtime.vaeEncode(x);
-      pool.push({ mean: mean.toFloat32(), std: logvar.toFloat32().map((v) => Math.exp(0.5 * v)), shape: mean.shape });
-      mean.dispose();
-      logvar.dispose();
+      pool.push(latentPosterior(await this.runtime.vaeEncode(x)));
     }
     return pool;
   }

@@ -1,14 +1,14 @@
 /**
  * Activation-memory plan of a learning step without weights or a device: the learning graph is
  * built over shape-only stand-ins for the weights (the synthetic model layouts of
- * lib/bench/random-model.ts) and planMemory() replays the native runner's allocation order
+ * lib/io/layout.ts) and planMemory() replays the native runner's allocation order
  * (every value allocated by its op, released after its last reader).
  */
 import { Graph } from '../graph/graph.js';
 import { planMemory } from '../graph/autodiff.js';
 import { ShapeWeights } from '../graph/weights.js';
 import type { ModelConfigs } from '../io/configs.js';
-import { textLayout, unetLayout } from '../bench/random-model.js';
+import { textLayout, unetLayout } from '../io/layout.js';
 import { buildUNet } from '../unet/unet.js';
 import { buildTextEncoder } from '../text/clip.js';
 import { attentionLossLayersOf, buildLearnGraph } from './learn.js';

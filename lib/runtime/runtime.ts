@@ -11,7 +11,7 @@
  *    set of weights, a change (a LoRA merge) waits for the calls in flight and holds back new ones;
  *  - disposal of all of it, and of what the model hands over (its open files).
  * Model-specific program builders live on top of it (lib/runtime/sd.ts for SD 1.x); pipelines
- * (lib/engine.ts, lib/learn/, lib/identity/encoder.ts, lib/bench/) are its clients.
+ * (lib/engine.ts, lib/learn/, lib/dreamidentity/, lib/bench/) are its clients.
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { IdforgeError } from '../errors.js';

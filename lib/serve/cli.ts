@@ -81,7 +81,7 @@ export async function serve(argv: string[]): Promise<number> {
   }
   let encoder;
   if (v.encoder) {
-    const { IdEncoder } = await import('../identity/encoder.js');
+    const { IdEncoder } = await import('../dreamidentity/encoder.js');
     encoder = await IdEncoder.load(v.encoder);
   }
   const token = v.token ?? process.env.IDFORGE_TOKEN;

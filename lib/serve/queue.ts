@@ -5,7 +5,7 @@ import { randomUUID } from 'node:crypto';
 import type { Engine } from '../engine.js';
 import { IdforgeError } from '../errors.js';
 import type { JobData, JobError, JobResult, JobView, Progress } from './api.js';
-import { runJob } from './run.js';
+import { runJob } from './jobs.js';
 
 export type JobEvent =
   | { type: 'progress'; progress: Progress }

@@ -8,7 +8,7 @@ import { Queue, QueueEvents, Worker, type Job } from 'bullmq';
 import { Engine, type LoadOptions } from '../engine.js';
 import type { JobData, JobResult, JobState, JobView, Progress } from './api.js';
 import { QueueFullError, jobError, type JobEvent, type JobQueue } from './queue.js';
-import { runJob } from './run.js';
+import { runJob } from './jobs.js';
 
 export const DEFAULT_QUEUE = 'idforge';
 

@@ -5,7 +5,7 @@ import { timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import { IdforgeError } from '../errors.js';
-import type { EncodeOptions, IdEncoder } from '../identity/encoder.js';
+import type { EncodeOptions, IdEncoder } from '../dreamidentity/encoder.js';
 import type { Identity } from '../identity/identity.js';
 import type { Landmarks } from '../identity/face.js';
 import {

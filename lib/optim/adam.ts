@@ -4,7 +4,7 @@
  *    thousand float64 parameters) and the float32 reference the device update is tested against.
  *  - On the device (the ADAM_STEP op, native/backend.h; adamCoefficients below): the ID-encoder
  *    trainer's update, fused into its training-step program and applied in place to the resident
- *    weights (lib/train/encoder-trainer.ts), with global-norm clipping on the device.
+ *    weights (lib/dreamidentity/encoder-trainer.ts), with global-norm clipping on the device.
  * Both apply the same step: p ← p − lr·(m/c1)/(√(v/c2) + ε) with the bias corrections
  * c1 = 1 − β1^t, c2 = 1 − β2^t. The state (step count and moments) is what a training checkpoint
  * stores to resume bit for bit.

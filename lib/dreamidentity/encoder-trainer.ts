@@ -3,7 +3,7 @@
  * injected at the <id> slots of each prompt → the frozen text encoder → the frozen UNet at z_t →
  *   loss = mean((ε̂ − ε)²) + regWeight · mean(words²)
  * and the gradient of the loss with respect to every trainable encoder weight, in one native
- * call. Trainable weights are graph inputs (lib/train/params.ts); the encoder's frozen weights and
+ * call. Trainable weights are graph inputs (lib/optim/params.ts); the encoder's frozen weights and
  * the SD model's are constants. z_t = √ᾱ_t·z0 + √(1 − ᾱ_t)·ε (DDPM add_noise, the model's
  * schedule).
  *
@@ -20,7 +20,10 @@ import { Graph, type Value } from '../graph/graph.js';
 import { Program } from '../graph/program.js';
 import type { Weights } from '../graph/weights.js';
 import type { ModelConfigs } from '../io/configs.js';
-import { buildIdEncoder, hostRefs, type HostWeight, type IdEncoder, type IdEncoderConfig } from '../identity/encoder.js';
+import type { IdEncoderConfig } from './config.js';
+import type { IdEncoder } from './encoder.js';
+import { buildIdEncoder } from './encoder-graph.js';
+import { hostRefs, type HostWeight } from './encoder-weights.js';
 import { Identity } from '../identity/identity.js';
 import { expandPrompt } from '../identity/placeholders.js';
 import { toHost } from '../runtime/runtime.js';
@@ -30,8 +33,8 @@ import { integer, nonNegative } from '../validate.js';
 import { Tensor, numel } from '../tensor.js';
 import { buildTextEncoder } from '../text/clip.js';
 import { buildUNet } from '../unet/unet.js';
-import { ADAM_COEFS, adamCoefficients } from './adam.js';
-import { TrainableWeights } from './params.js';
+import { ADAM_COEFS, adamCoefficients } from '../optim/adam.js';
+import { TrainableWeights } from '../optim/params.js';
 
 /**
  * What learns: the projectors only; the projectors plus the last N backbone blocks (and the

@@ -2,7 +2,7 @@
  * trainEncoder(): DreamIdentity encoder training on a frozen SD model (issue #13 part 5).
  *
  * Data: a folder of face photos (reconstruction: the photo is the target, prompts from templates
- * like "a photo of <id>") and/or edit datasets written by buildEditDataset (lib/train/dataset.ts:
+ * like "a photo of <id>") and/or edit datasets written by buildEditDataset (lib/dreamidentity/dataset.ts:
  * the base face in, the edited image as the target, its edit prompt), mixed at `mix` (the chance
  * that a batch row is an edit sample). Every image is VAE-encoded ONCE and cached in
  * out/cache/latents.safetensors (mean and σ of the latent posterior), so a step costs one
@@ -19,7 +19,9 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { IdforgeError, throwIfAborted } from '../errors.js';
-import { IdEncoder, parseIdEncoderConfig, saveIdEncoder, type HostWeight, type IdEncoderConfig } from '../identity/encoder.js';
+import { parseIdEncoderConfig, type IdEncoderConfig } from './config.js';
+import { IdEncoder, saveIdEncoder } from './encoder.js';
+import type { HostWeight } from './encoder-weights.js';
 import { decodeFace, prepareFace } from '../identity/face.js';
 import { readJsonFile } from '../io/configs.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
@@ -27,6 +29,7 @@ import { toSignedCHW, type RawImage } from '../io/image.js';
 import type { SdRuntime } from '../runtime/sd.js';
 import { Xoshiro128, randn } from '../sched/random.js';
 import { Tensor } from '../tensor.js';
+import { latentPosterior, sampleLatent } from '../vae/posterior.js';
 import { integer, nonNegative, oneOf } from '../validate.js';
 import { EncoderTrainer, type OptimizerState, type TrainScope } from './encoder-trainer.js';
 
@@ -153,12 +156,8 @@ async function loadSamples(rt: SdRuntime, encoder: { normalize(img: RawImage): F
     const face = encoder.normalize((await prepareFace(faceImg, { size: encoder.size, landmarks: it.align })).image);
     const target = it.image === it.face ? faceImg : await decodeFace(it.image);
     using x = Tensor.from(toSignedCHW((await prepareFace(target, { size })).image), [1, 3, size, size]);
-    const { mean, logvar } = await rt.vaeEncode(x);
-    const m = mean.toFloat32();
-    const s = logvar.toFloat32().map((v) => Math.exp(0.5 * v));
-    const shape = mean.shape.slice(1);
-    mean.dispose();
-    logvar.dispose();
+    const { mean: m, std: s, shape: full } = latentPosterior(await rt.vaeEncode(x));
+    const shape = full.slice(1);
     out.push({ face, mean: m, std: s, ...(it.prompt !== undefined ? { prompt: it.prompt } : {}) });
     tensors[`face:${i}`] = { dtype: 'F32', shape: [3, encoder.size, encoder.size], data: face };
     tensors[`mean:${i}`] = { dtype: 'F32', shape, data: m };
@@ -296,8 +295,7 @@ export async function trainEncoder(opts: TrainEncoderOptions): Promise<TrainResu
         faces.set(s.face, b * 3 * S * S);
         prompts.push(s.prompt ?? templates[Math.floor(r.nextDouble() * templates.length)]!);
         timesteps.push(Math.floor(r.nextDouble() * T));
-        const e = randn(r.next(), lat);
-        for (let i = 0; i < lat; i++) z0[b * lat + i] = (s.mean[i]! + s.std[i]! * e[i]!) * sf;
+        sampleLatent(s, randn(r.next(), lat), sf, z0, b * lat);
       }
       using facesT = Tensor.from(faces, [B, 3, S, S]);
       using latents = Tensor.from(z0, latShape);

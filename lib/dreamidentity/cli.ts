@@ -3,7 +3,7 @@
 import { parseArgs } from 'node:util';
 import { Engine } from '../engine.js';
 import { IdforgeError } from '../errors.js';
-import { IdEncoder } from '../identity/encoder.js';
+import { IdEncoder } from './encoder.js';
 import { num, opt } from '../cliargs.js';
 import { trainEncoder } from './train.js';
 import type { TrainScope } from './encoder-trainer.js';
