@@ -4,14 +4,16 @@ import { parseArgs } from 'node:util';
 import { Engine } from './engine.js';
 import { IdforgeError } from './errors.js';
 import { checkImageOutput, saveImage } from './io/image.js';
-import { num, opt } from './cliargs.js';
+import { loraArg, num, opt } from './cliargs.js';
 import type { SamplerName } from './sched/sampler.js';
 
 const USAGE = `usage: idforge generate --model <dir|file.safetensors> --prompt "text" [options]
        idforge serve | worker | build | eval --help   (HTTP server, BullMQ worker, compile the addon, identity report)
   --negative TEXT     negative prompt ("")
   --steps N           sampler steps (50)
-  --sampler S         ddim | dpmpp-2m | dpmpp-2m-karras | euler | euler-a (ddim)
+  --sampler S         ddim | dpmpp-2m | dpmpp-2m-karras | euler | euler-a | lcm (ddim)
+  --lora FILE[:X]     merge a LoRA file at scale X (1); repeat for several (LCM-LoRA: --sampler lcm --guidance 1 --steps 4)
+  --vae DIR           another VAE in place of the model's (e.g. a TAESD folder: fast decodes)
   --num-images N      images in one batch, image i seeded with seed + i (1); written as out-0.png, ...
   --image FILE        image to image: start from this picture (its size unless --width/--height)
   --strength X        image to image: how much of the schedule runs, (0, 1] (0.8)
@@ -72,6 +74,7 @@ async function main(argv: string[]): Promise<number> {
       width: { type: 'string' }, height: { type: 'string' }, device: { type: 'string' },
       dtype: { type: 'string' }, out: { type: 'string' }, help: { type: 'boolean' },
       sampler: { type: 'string' }, 'num-images': { type: 'string' }, image: { type: 'string' }, strength: { type: 'string' },
+      lora: { type: 'string', multiple: true }, vae: { type: 'string' },
     },
   });
   if (values.help || !values.model || values.prompt === undefined) {
@@ -82,11 +85,14 @@ async function main(argv: string[]): Promise<number> {
   const out = values.out ?? 'out.png';
   checkImageOutput(out);
   const seed = num(values.seed, 'seed');
+  const loras = (values.lora ?? []).map(loraArg);
   const engine = await Engine.load(values.model, {
     device: (values.device ?? 'auto') as 'auto' | 'cpu' | 'cuda',
     ...(values.dtype ? { dtype: values.dtype as 'float32' | 'float16' } : {}),
+    ...opt('vae', values.vae),
   });
   try {
+    if (loras.length) await engine.setLoras(loras);
     const ac = new AbortController();
     // First Ctrl-C: abort the run (it stops within a fraction of a second); a second one exits now.
     process.once('SIGINT', () => {

@@ -3,11 +3,14 @@
 // and the text encoder), the tiny autoencoder (TAESD) decoding and encoding through the public API
 // and decoding those LCM runs, the original TAESD file naming, and the typed errors.
 import t from 'tap';
+import { spawnSync } from 'node:child_process';
 import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Engine } from '../lib/engine.js';
 import { f32ToF16 } from '../lib/io/half.js';
+import { decodeImage } from '../lib/io/image.js';
 import { writeSafetensors, type TensorToWrite } from '../lib/io/safetensors.js';
 import { makeSampler } from '../lib/sched/samplers.js';
 import { Tensor } from '../lib/tensor.js';
@@ -216,4 +219,25 @@ t.test('bad VAE folders are typed errors', async (t) => {
   const same = await Engine.load(TINY_SD, { device: 'cpu', vae: `${TINY_SD}/vae` });
   t.equal(same.configs.vae.tiny, undefined);
   same.dispose();
+});
+
+t.test('CLI: --sampler lcm, --lora FILE[:scale] (repeated) and --vae make the image the API makes', async (t) => {
+  const cli = fileURLToPath(new URL('../lib/cli.ts', import.meta.url));
+  const loader = process.execArgv.filter((a) => a.includes('@tapjs/typescript'));
+  const out = path.join(tmp, 'cli.png');
+  const args = ['generate', '--model', TINY_SD, '--prompt', PROMPT, '--sampler', 'lcm', '--steps', '2', '--guidance', '1', '--seed', '3',
+    '--width', '64', '--height', '64', '--lora', `${KOHYA}:0.8`, '--lora', fixture('tiny-lora/peft.safetensors'), '--vae', TAESD, '--out', out];
+  const r = spawnSync(process.execPath, [...loader, cli, ...args], { encoding: 'utf8', timeout: 120_000 });
+  t.equal(r.status, 0, r.stderr);
+  const engine = await Engine.load(TINY_SD, { device: 'cpu', vae: TAESD });
+  t.teardown(() => engine.dispose());
+  await engine.setLoras([{ path: KOHYA, scale: 0.8 }, { path: fixture('tiny-lora/peft.safetensors'), scale: 1 }]);
+  const api = await engine.generate({ prompt: PROMPT, sampler: 'lcm', steps: 2, guidanceScale: 1, seed: 3, width: 64, height: 64 });
+  const png = await decodeImage(out, 'out');
+  t.same(png.data, api.images[0]!.data, 'the same pixels');
+  api.latents.dispose();
+  api.pixels.dispose();
+});
+  t.equal(bad.status, 1);
+  t.match(bad.stderr.trim(), /^idforge: E_NOT_FOUND: .*missing\.safetensors/);
 });
