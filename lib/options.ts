@@ -61,6 +61,11 @@ export interface ProgressInfo {
   latents(): Tensor;
   /** Present only on the reports made inside a long step (about every second): the fraction of step `step + 1` done. */
   fraction?: number;
+  /**
+   * With a preview VAE (LoadOptions.previewVae), on the report after each step: a small image
+   * (longer side ≤ 256 px) of each image's current denoised estimate, one per image.
+   */
+  preview?: RawImage[];
 }
 
 export interface GenerateOptions {
