@@ -9,13 +9,15 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Engine } from '../lib/engine.js';
+import { IdEncoder } from '../lib/dreamidentity/encoder.js';
+import { Identity } from '../lib/identity/identity.js';
 import { f32ToF16 } from '../lib/io/half.js';
 import { decodeImage } from '../lib/io/image.js';
 import { writeSafetensors, type TensorToWrite } from '../lib/io/safetensors.js';
 import { makeSampler } from '../lib/sched/samplers.js';
 import { Tensor } from '../lib/tensor.js';
 import { testBackends } from './helpers/backends.js';
-import { GoldenFile, TINY_SD, fixture } from './helpers/fixtures.js';
+import { GoldenFile, TINY_ID, TINY_SD, fixture } from './helpers/fixtures.js';
 import { relL2 } from './helpers/metrics.js';
 
 const TAESD = fixture('tiny-taesd');
@@ -237,4 +239,55 @@ t.test('CLI: --sampler lcm, --lora FILE[:scale] (repeated) and --vae make the im
   t.same(png.data, api.images[0]!.data, 'the same pixels');
   api.latents.dispose();
   api.pixels.dispose();
+});
+
+t.test('identities with a LoRA and LCM: the words reach the LoRA text encoder, stage by stage, and attention capture works', async (t) => {
+  const engine = await Engine.load(TINY_SD, { device: 'cpu' });
+  const enc = await IdEncoder.load(TINY_ID, { device: 'cpu' });
+  t.teardown(() => { engine.dispose(); enc.dispose(); });
+  await engine.setLoras([{ path: KOHYA, scale: 0.8 }]);
+  const D = engine.configs.text.hiddenSize;
+  const staged = Float32Array.from({ length: 5 * D }, (_, i) => 0.02 * Math.sin(i * 0.37));
+  const identities = {
+    'SeFi-IDE (5 stages, K ≠ V)': new Identity({ k: staged, v: staged.map((x) => -x), stages: 5, words: 1, dim: D, method: 'sefi-ide' }),
+    'DreamIdentity (encoder words)': await enc.encode(fixture('faces/face-a.png'), { landmarks: 'centre' }),
+  };
+  const steps = 3;
+  const sampler = makeSampler('lcm', engine.configs.scheduler, steps);
+  using init = Tensor.from(new Float32Array(1024).map((_, i) => Math.sin(i * 0.1)), [1, 4, 16, 16]);
+  using stepNoise = Tensor.from(new Float32Array(steps * 1024).map((_, i) => Math.cos(i * 0.3)), [steps, 1, 4, 16, 16]);
+  const layer = 'mid_block.attentions.0.transformer_blocks.0.attn2';
+  for (const [what, identity] of Object.entries(identities)) {
+    const prompt = 'a photo of <id>';
+    const r = await engine.generate({ prompt, identity, sampler: 'lcm', steps, guidanceScale: 1, width: 128, height: 128, latents: init, stepNoise, captureAttention: { layers: [layer] } });
+    // The same run on the host: contexts from encodeText (the LoRA text encoder, the stage's words),
+    // the UNet through predictNoise, the LCM update from the sampler's coefficients.
+    let x = init.toFloat32();
+    const noise = stepNoise.toFloat32();
+    for (let i = 0; i < steps; i++) {
+      const ts = sampler.timesteps[i]!;
+      const stage = Math.floor((ts * identity.stages) / 1000);
+      using k = await engine.encodeText(prompt, { identity, stage, kind: 'k' });
+      using v = await engine.encodeText(prompt, { identity, stage, kind: 'v' });
+      using xt = Tensor.from(x, [1, 4, 16, 16]);
+      using eps = await engine.predictNoise(xt, ts, { k, v });
+      const m = eps.toFloat32();
+      const c = sampler.coefficients(i, i === 0);
+      x = x.map((xv, j) => c.px * xv + c.p0 * (c.cx * xv + c.ce * m[j]!) + c.pe * m[j]! + c.pn * noise[i * 1024 + j]!);
+    }
+    const e = relL2(r.latents.toFloat32(), x);
+    t.ok(e <= 1e-5, `${what}: generate() equals the host loop over encodeText + predictNoise: rel L2 ${e.toExponential(2)}`);
+    const plain = await engine.generate({ prompt: 'a photo of person', sampler: 'lcm', steps, guidanceScale: 1, width: 128, height: 128, latents: init, stepNoise });
+    t.ok(relL2(r.latents.toFloat32(), plain.latents.toFloat32()) > 1e-3, `${what}: the identity's words change the image`);
+    const cap = r.attention!;
+    t.equal(cap.maps.length, steps, `${what}: one map per step`);
+    const slot = cap.slots.findIndex((s) => s >= 0);
+    t.ok(slot > 0 && cap.tokens[slot] === '<id>', `${what}: the slot token is captured`);
+    const map = cap.maps[steps - 1]!;
+    let mass = 0;
+    for (let q = 0; q < map.data.length / map.tokens; q++) mass += map.data[q * map.tokens + slot]!;
+    t.ok(mass > 0, `${what}: attention reaches the identity's word`);
+    for (const o of [r, plain]) { o.latents.dispose(); o.pixels.dispose(); }
+  }
+  await engine.setLoras([]);
 });
