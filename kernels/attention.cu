@@ -3,7 +3,8 @@
 // and fp32 at small sizes → a generic fused kernel (SIMT, fp32 math, exact enough for 1e-5).
 // Large fp32 problems and head dims above 256 (the VAE's single 512-wide head) → the unfused
 // path: cuBLAS QKᵀ into an fp32 score buffer, a softmax kernel, cuBLAS P·V. The unfused path is
-// also the baseline the benchmark compares against.
+// also the baseline the benchmark compares against. Every path applies a region table
+// (native/regions.h) where it masks scores: per query its regions once, per key the owner.
 #include <cfloat>
 
 #include "attention.h"
@@ -31,6 +32,7 @@ __global__ void __launch_bounds__(GROWS * 32) genericKernel(AttnParams p) {
   const int bh = blockIdx.y, b = bh / p.H, h = bh - b * p.H;
   const int row = blockIdx.x * GROWS + warp;
   const bool live = row < p.Nq;
+  const uint32_t inside = live ? regionsOf(p.rg, b, row) : 0u;
   const T* qp = static_cast<const T*>(p.q) + (int64_t(b) * p.Nq) * p.qRow + int64_t(h) * d;
   const T* kp = static_cast<const T*>(p.k) + (int64_t(b) * p.Nk) * p.kRow + int64_t(h) * d;
   const T* vp = static_cast<const T*>(p.v) + (int64_t(b) * p.Nk) * p.vRow + int64_t(h) * dv;
@@ -61,7 +63,7 @@ __global__ void __launch_bounds__(GROWS * 32) genericKernel(AttnParams p) {
       float s = 0.f;
       for (int c = 0; c < d; c++) s += q[c] * Ks[lane * ks + c];
       s *= p.scale;
-      if (key >= p.Nk || (p.causal && key > row)) s = -INFINITY;
+      if (key >= p.Nk || (p.causal && key > row) || regionHides(p.rg, b, key, inside)) s = -INFINITY;
       if (pass == 1) {  // capture: m and l are final
         if (key < p.Nk) {
           float pr = s == -INFINITY ? 0.f : __expf(s - m) / l;
@@ -116,23 +118,30 @@ void generic(const AttnParams& p) {
 }
 
 // Row-wise softmax of an fp32 score block [heads][rows][Nk] (already scaled), written as T to
-// P[head·pHead + r·Nk + key]; qOff is the first query row (for the causal mask).
+// P[head·pHead + r·Nk + key]; qOff is the first query row (for the causal and region masks of
+// batch row b). A row whose every key the regions hide comes out 0.
 template <typename T>
 __global__ void softmaxRows(const float* __restrict__ S, T* __restrict__ P, int rows, int Nk, int64_t pHead,
-                            int qOff, int causal) {
+                            int qOff, int causal, RegionParams rg, int b) {
   __shared__ float red[33];
   const int rr = blockIdx.x, head = blockIdx.y;
   const float* s = S + (int64_t(head) * rows + rr) * Nk;
   T* out = P + int64_t(head) * pHead + int64_t(rr) * Nk;
   const int lim = causal ? min(Nk, qOff + rr + 1) : Nk;
+  const uint32_t inside = regionsOf(rg, b, qOff + rr);
+  auto score = [&](int i) { return regionHides(rg, b, i, inside) ? -INFINITY : s[i]; };
   float mx = -INFINITY;
-  for (int i = threadIdx.x; i < lim; i += blockDim.x) mx = fmaxf(mx, s[i]);
+  for (int i = threadIdx.x; i < lim; i += blockDim.x) mx = fmaxf(mx, score(i));
   mx = blockReduce(mx, true, red);
   float sum = 0.f;
-  for (int i = threadIdx.x; i < lim; i += blockDim.x) sum += __expf(s[i] - mx);
+  for (int i = threadIdx.x; i < lim; i += blockDim.x) sum += __expf(score(i) - mx);
   sum = blockReduce(sum, false, red);
-  float inv = 1.f / sum;
-  for (int i = threadIdx.x; i < Nk; i += blockDim.x) out[i] = fromF<T>(i < lim ? __expf(s[i] - mx) * inv : 0.f);
+  const bool none = mx == -INFINITY;
+  float inv = none ? 0.f : 1.f / sum;
+  for (int i = threadIdx.x; i < Nk; i += blockDim.x) {
+    const float v = i < lim && !none ? score(i) : -INFINITY;
+    out[i] = fromF<T>(v == -INFINITY ? 0.f : __expf(v - mx) * inv);
+  }
 }
 
 }  // namespace
@@ -173,7 +182,7 @@ void attentionUnfusedParams(const AttnParams& p, DType dt) {
         dispatchFloat(OpCode::ATTENTION, dt, [&](auto tag) {
           using T = decltype(tag);
           softmaxRows<T><<<grid, threads, 0, ctx().stream>>>(S.as<float>(), reinterpret_cast<T*>(pt), qc, p.Nk,
-                                                             pHead, q0, p.causal);
+                                                             pHead, q0, p.causal, p.rg, b);
         });
         CK_LAUNCH("softmaxRows");
         // O_hᵀ (dv × qc) = V_hᵀ (dv × Nk) · Pᵀ (Nk × qc)
@@ -187,7 +196,7 @@ namespace {
 
 AttnParams makeParams(const OpAttrs& a, const std::vector<TensorView>& in, const std::vector<TensorView>& out) {
   const OpCode op = OpCode::ATTENTION;
-  if (in.size() < 3) shapeError(op, "expects q, k and v");
+  if (in.size() < 3 || in.size() > (a.regions ? 4u : 3u)) shapeError(op, "expects q, k, v and, with attrs.regions, the region table");
   const TensorView &q = in[0], &k = in[1], &v = in[2], &o = out[0];
   DType dt = o.dtype;
   expectFloat(op, q, dt, "q");
@@ -220,6 +229,7 @@ AttnParams makeParams(const OpAttrs& a, const std::vector<TensorView>& in, const
   p.scale = float(a.scale);
   p.scaleLog2 = float(a.scale * 1.4426950408889634);
   p.causal = a.causal ? 1 : 0;
+  p.rg = regionParams(op, a, in, 3, p.B, p.Nq, p.Nk);
   if (a.capture) {
     if (out.size() < 2 || !out[1].data) shapeError(op, "capture needs a second output for the probabilities");
     expectFloat(op, out[1], dt, "p");
@@ -233,6 +243,20 @@ AttnParams makeParams(const OpAttrs& a, const std::vector<TensorView>& in, const
 bool aligned16(const void* x) { return (reinterpret_cast<uintptr_t>(x) & 15) == 0; }
 
 }  // namespace
+
+RegionParams regionParams(OpCode op, const OpAttrs& a, const std::vector<TensorView>& in, size_t idx, int64_t B,
+                          int64_t Nq, int64_t Nk) {
+  RegionParams r;
+  if (!a.regions) return r;
+  r.R = regionCount(opName(op), in.size() > idx ? &in[idx] : nullptr, B, Nq, Nk, a.width);
+  r.table = in[idx].as<int32_t>();
+  r.cols = in[idx].shape[1];
+  r.Nk = int(Nk);
+  r.W = int(a.width);
+  r.H = int(Nq / a.width);
+  r.err = ctx().errFlagDev;
+  return r;
+}
 
 void opAttention(const OpAttrs& a, const std::vector<TensorView>& in, const std::vector<TensorView>& out) {
   AttnParams p = makeParams(a, in, out);
@@ -283,7 +307,7 @@ namespace {
 // reductions (no __restrict__ on those).
 template <typename T>
 __global__ void attnBackwardRows(const float* S, const float* dP, const T* __restrict__ dpIn, T* P, T* dS, int rows,
-                                 int Nk, int64_t dpHead, int qOff, int causal, float scale) {
+                                 int Nk, int64_t dpHead, int qOff, int causal, float scale, RegionParams rg, int b) {
   __shared__ float red[33];
   const int rr = blockIdx.x, head = blockIdx.y;
   const int64_t off = (int64_t(head) * rows + rr) * Nk;
@@ -293,21 +317,28 @@ __global__ void attnBackwardRows(const float* S, const float* dP, const T* __res
   T* so = dS + off;
   const T* dp = dpIn ? dpIn + int64_t(head) * dpHead + int64_t(rr) * Nk : nullptr;
   const int lim = causal ? min(Nk, qOff + rr + 1) : Nk;
+  const uint32_t inside = regionsOf(rg, b, qOff + rr);
+  auto score = [&](int i) { return regionHides(rg, b, i, inside) ? -INFINITY : s[i]; };
   float mx = -INFINITY;
-  for (int i = threadIdx.x; i < lim; i += blockDim.x) mx = fmaxf(mx, s[i]);
+  for (int i = threadIdx.x; i < lim; i += blockDim.x) mx = fmaxf(mx, score(i));
   mx = blockReduce(mx, true, red);
   float sum = 0.f;
-  for (int i = threadIdx.x; i < lim; i += blockDim.x) sum += expf(s[i] - mx);
+  for (int i = threadIdx.x; i < lim; i += blockDim.x) sum += expf(score(i) - mx);
   sum = blockReduce(sum, false, red);
-  const float inv = 1.f / sum;
+  const bool none = mx == -INFINITY;  // the regions hid every key: P = 0
+  const float inv = none ? 0.f : 1.f / sum;
+  auto prob = [&](int i) {
+    const float v = i < lim && !none ? score(i) : -INFINITY;
+    return v == -INFINITY ? 0.f : expf(v - mx) * inv;
+  };
   float dot = 0.f;
   for (int i = threadIdx.x; i < lim; i += blockDim.x) {
     float gi = g[i] + (dp ? toF(dp[i]) : 0.f);
-    dot += expf(s[i] - mx) * inv * gi;
+    dot += prob(i) * gi;
   }
   dot = blockReduce(dot, false, red);
   for (int i = threadIdx.x; i < Nk; i += blockDim.x) {
-    const float p = i < lim ? expf(s[i] - mx) * inv : 0.f;
+    const float p = prob(i);
     const float gi = g[i] + (dp ? toF(dp[i]) : 0.f);
     po[i] = fromF<T>(p);
     so[i] = fromF<T>(p * (gi - dot) * scale);
@@ -329,7 +360,7 @@ __global__ void storeRows(const float* __restrict__ src, T* __restrict__ dst, in
 
 void attentionBackwardBudget(const OpAttrs& a, const Views& in, const Views& out, int64_t budget) {
   const OpCode op = OpCode::ATTENTION_BACKWARD;
-  arity(op, in, 4, 5, out, 3);
+  arity(op, in, a.regions ? 5 : 4, a.regions ? 6 : 5, out, 3);
   const TensorView &q = in[0], &k = in[1], &v = in[2], &dO = in[3];
   const TensorView &dq = out[0], &dk = out[1], &dv = out[2];
   DType dt = dq.dtype;
@@ -347,7 +378,7 @@ void attentionBackwardBudget(const OpAttrs& a, const Views& in, const Views& out
   if (H <= 0 || qs[2] % H || vs[2] % H) shapeError(op, "widths do not split into heads");
   const int64_t d = qs[2] / H, dvw = vs[2] / H, Wq = qs[2], Wv = vs[2];
   if (dO.shape != Shape{B, Nq, Wv}) shapeError(op, "do " + shapeStr(dO.shape) + ", expected [B, Nq, H·dv]");
-  const bool hasDp = in.size() > 4 && in[4].data != nullptr;
+  const bool hasDp = in.size() > (a.regions ? 5u : 4u) && in[4].data != nullptr;
   if (hasDp) {
     expectFloat(op, in[4], dt, "dp");
     if (in[4].shape != Shape{B * H, Nq, Nk}) shapeError(op, "dp " + shapeStr(in[4].shape) + ", expected [B·H, Nq, Nk]");
@@ -355,6 +386,7 @@ void attentionBackwardBudget(const OpAttrs& a, const Views& in, const Views& out
   if (dq.shape != qs || dk.shape != ks || dv.shape != vs)
     shapeError(op, "dq " + shapeStr(dq.shape) + ", dk " + shapeStr(dk.shape) + ", dv " + shapeStr(dv.shape) +
                        " must match q, k, v");
+  const RegionParams rg = regionParams(op, a, in, in.size() - 1, B, Nq, Nk);
   if (!B) return;
   if (!Nq) {  // no queries: no gradient reaches k or v
     zeroFill(dk);
@@ -424,7 +456,7 @@ void attentionBackwardBudget(const OpAttrs& a, const Views& in, const Views& out
           const T* dpb = dpp ? reinterpret_cast<const T*>(dpp + size_t(((b * H + h0) * Nq + q0) * Nk) * es) : nullptr;
           attnBackwardRows<T><<<grid, threads, 0, st>>>(S.as<float>(), dP.as<float>(), dpb, static_cast<T*>(Pt),
                                                         static_cast<T*>(dSt), int(qc), iNk, Nq * Nk, int(q0),
-                                                        a.causal ? 1 : 0, float(a.scale));
+                                                        a.causal ? 1 : 0, float(a.scale), rg, int(b));
         });
         CK_LAUNCH("attnBackwardRows");
         // dQ_h (qc × d) = (scale·dS) K_h: col-major dQᵀ (d × qc) = K_hᵀ (d × Nk) · dSᵀ (Nk × qc).

@@ -3,7 +3,8 @@
 // and probabilities never leave registers (mma.sync m16n8k16, fp32 accumulation, online softmax
 // in exp2 units). Head dims 40, 64, 80 and 160 are instantiated (40 pads its k-dim to 48 with
 // zeros). With capture a second pass recomputes the scores and writes exp(s − lse): layers that
-// do not capture run the one-pass kernel and pay nothing for it.
+// do not capture run the one-pass kernel and pay nothing for it. A region table masks scores like
+// the causal mask does (native/regions.h: the query's regions once per row, the key's owner per score).
 #include <cfloat>
 #include <mutex>
 
@@ -124,6 +125,7 @@ __global__ void __launch_bounds__(32 * W) flashKernel(AttnParams p) {
   const int nkTiles = (p.Nk + BN - 1) / BN;
   const int nTiles = p.causal ? min(nkTiles, (min(q0 + BM, p.Nq) - 1) / BN + 1) : nkTiles;
   const int rowA = q0 + warp * 16 + g;  // this thread's rows: rowA and rowA + 8
+  const uint32_t inside[2] = {rowA < p.Nq ? regionsOf(p.rg, b, rowA) : 0u, rowA + 8 < p.Nq ? regionsOf(p.rg, b, rowA + 8) : 0u};
 
   uint32_t qf[C::KSTEPS][4];
   float acc[C::NBO][4];
@@ -151,7 +153,7 @@ __global__ void __launch_bounds__(32 * W) flashKernel(AttnParams p) {
     scores<D>(s, qf, Ks + st * BN * C::STR, lane);
 
     const int kv0 = j * BN;
-    const bool needMask = kv0 + BN > p.Nk || (p.causal && kv0 + BN - 1 > q0);
+    const bool needMask = kv0 + BN > p.Nk || (p.causal && kv0 + BN - 1 > q0) || p.rg.table;
 #pragma unroll
     for (int nb = 0; nb < BN / 8; nb++)
 #pragma unroll
@@ -160,7 +162,7 @@ __global__ void __launch_bounds__(32 * W) flashKernel(AttnParams p) {
         if (needMask) {
           int key = kv0 + nb * 8 + 2 * t + (c & 1);
           int row = rowA + ((c >> 1) << 3);
-          if (key >= p.Nk || (p.causal && key > row)) v = -INFINITY;
+          if (key >= p.Nk || (p.causal && key > row) || regionHides(p.rg, b, key, inside[c >> 1])) v = -INFINITY;
         }
         s[nb][c] = v;
       }
@@ -249,7 +251,9 @@ __global__ void __launch_bounds__(32 * W) flashKernel(AttnParams p) {
         int key = kv0 + nb * 8 + 2 * t + (c & 1);
         int row = rowA + ((c >> 1) << 3);
         if (row < p.Nq && key < p.Nk) {
-          float v = (p.causal && key > row) ? 0.f : exp2f(s[nb][c] * p.scaleLog2 - lse[c >> 1]);
+          float v = (p.causal && key > row) || regionHides(p.rg, b, key, inside[c >> 1])
+                        ? 0.f
+                        : exp2f(s[nb][c] * p.scaleLog2 - lse[c >> 1]);
           pp[int64_t(row) * p.Nk + key] = __float2half_rn(v);
         }
       }

@@ -351,6 +351,7 @@ void Context::checkDeferredErrors() {
   if (!f) return;
   if (f & 1) throw Error("E_ARGUMENT", "EMBEDDING: a token id is out of range of the embedding table");
   if (f & 2) throw Error("E_ARGUMENT", "INJECT: a slot index is out of range of the injected vectors");
+  if (f & 4) throw Error("E_ARGUMENT", "ATTENTION: a region table gives a key an owner outside [-1, R)");
   throw Error("E_ARGUMENT", "a CUDA kernel flagged invalid input");
 }
 

@@ -8,7 +8,7 @@ import type { Weights } from './graph/weights.js';
 import type { ModelSource } from './io/checkpoint.js';
 import type { ModelConfigs } from './io/configs.js';
 import { decodeImage, toRawImage, toSignedCHW, type RawImage } from './io/image.js';
-import type { GenerateOptions, GenerateResult, LearnOptions, LoadOptions, LoraOptions, SetLorasOptions, TextOptions } from './options.js';
+import type { GenerateOptions, GenerateResult, LearnOptions, LoadOptions, LoraOptions, NoiseOptions, SetLorasOptions, TextOptions } from './options.js';
 import { toHost } from './runtime/runtime.js';
 import { SdRuntime } from './runtime/sd.js';
 import { DDIMScheduler } from './sched/ddim.js';
@@ -24,7 +24,7 @@ import { conditionalMaps, layerDownsampling, selectLayers, selectSteps, type Att
 import type { Identity } from './identity/identity.js';
 import { expandPrompt, type ExpandedPrompt } from './identity/placeholders.js';
 import { IdentityLearner } from './learn/learn.js';
-import { argError, identityMap, imageTensorShape, oneOf, timestep, tokenIds, unetContexts, validateGenerate, validateLoras } from './validate.js';
+import { argError, identityMap, imageTensorShape, oneOf, regionList, timestep, tokenIds, unetContexts, validateGenerate, validateLoras } from './validate.js';
 
 export type { GenerateOptions, GenerateResult, LoadOptions, LoraOptions, ProgressInfo, SetLorasOptions, TextOptions } from './options.js';
 
@@ -169,16 +169,19 @@ export class Engine implements Disposable {
     return e;
   }
 
-  /** The UNet's noise prediction for latents [B, C, h, w] at timestep t, with a context [B, 77, D] or separate key/value contexts. */
-  async predictNoise(latents: Tensor, t: number, context: Tensor | { k: Tensor; v: Tensor }): Promise<Tensor> {
-    return (await this.predictNoiseWithAttention(latents, t, context, [])).eps;
+  /**
+   * The UNet's noise prediction for latents [B, C, h, w] at timestep t, with a context [B, 77, D] or
+   * separate key/value contexts; `regions` confine token indices to boxes of the image.
+   */
+  async predictNoise(latents: Tensor, t: number, context: Tensor | { k: Tensor; v: Tensor }, opts: NoiseOptions = {}): Promise<Tensor> {
+    return (await this.predictNoiseWithAttention(latents, t, context, [], opts)).eps;
   }
 
   /**
    * predictNoise that also returns the softmax probabilities of the named cross-attention layers
    * (see `crossAttentionLayers`), each [B·heads, h·w, keys] float32 on the CPU.
    */
-  async predictNoiseWithAttention(latents: Tensor, t: number, context: Tensor | { k: Tensor; v: Tensor }, layers: readonly string[]): Promise<{ eps: Tensor; attention: Map<string, Tensor> }> {
+  async predictNoiseWithAttention(latents: Tensor, t: number, context: Tensor | { k: Tensor; v: Tensor }, layers: readonly string[], opts: NoiseOptions = {}): Promise<{ eps: Tensor; attention: Map<string, Tensor> }> {
     const rt = this.runtime;
     rt.assertLive();
     const [b, , h, w] = imageTensorShape(latents, 'latents', this.configs.unet.inChannels, rt.latentMultiple);
@@ -188,16 +191,18 @@ export class Engine implements Disposable {
     const known = new Set(this.crossAttentionLayers);
     for (const l of layers) if (!known.has(l)) throw argError(`unknown cross-attention layer '${l}'`);
     const n = ctxs[0]!.shape[1]!;
+    const regions = opts?.regions === undefined ? [] : regionList(opts.regions, n);  // none: the plain program
     const capture = [...new Set(layers)].sort();
     return rt.shared(async () => {
       await rt.preload(['unet']);
-      const p = rt.unetProgram(b, h, w, n, null, { dual, capture });
+      const p = rt.unetProgram(b, h, w, n, null, { dual, capture, regions: regions.length > 0 });
       const inputs: Tensor[] = [];
       try {
         // One at a time, so that a failed upload never leaks the ones before it.
         inputs.push(rt.upload(latents));
         inputs.push(rt.floats(new Float32Array(b).fill(t), [b]));
         for (const c of ctxs) inputs.push(rt.upload(c));
+        if (regions.length) inputs.push(rt.regionInput(regions, n, b, false));
         const [eps, ...maps] = await p.run(inputs);
         const attention = new Map<string, Tensor>();
         capture.forEach((l, i) => attention.set(l, toHost(maps[i]!)));

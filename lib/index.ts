@@ -1,6 +1,7 @@
 // idforge: identity-preserving Stable Diffusion 1.x from one face photo.
 export { Engine } from './engine.js';
-export type { DeviceOptions, LoadOptions, GenerateOptions, GenerateResult, ProgressInfo, TextOptions, LearnOptions, LearnProgress, AugmentOptions } from './options.js';
+export type { DeviceOptions, LoadOptions, GenerateOptions, GenerateResult, NoiseOptions, ProgressInfo, TextOptions, LearnOptions, LearnProgress, AugmentOptions } from './options.js';
+export type { Region } from './regions.js';
 export { ModelRuntime, resolveBackend } from './runtime/runtime.js';
 export { SdRuntime, type SdWeights, type TextInjection, type UNetProgramOptions } from './runtime/sd.js';
 export { Tensor, type DType, type DeviceName, type TensorOptions } from './tensor.js';

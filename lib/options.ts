@@ -6,6 +6,7 @@ import type { FaceChoiceOptions } from './identity/face.js';
 import type { Identity } from './identity/identity.js';
 import type { ConfigOverrides } from './io/configs.js';
 import type { RawImage } from './io/image.js';
+import type { Region } from './regions.js';
 import type { SamplerName } from './sched/sampler.js';
 import type { Tensor } from './tensor.js';
 
@@ -66,6 +67,12 @@ export interface ProgressInfo {
    * (longer side ≤ 256 px) of each image's current denoised estimate, one per image.
    */
   preview?: RawImage[];
+}
+
+/** Engine.predictNoise's options. */
+export interface NoiseOptions {
+  /** Token indices of the context confined to boxes of the image (fractions [x0, y0, x1, y1)), on every row. */
+  regions?: Region[];
 }
 
 export interface GenerateOptions {

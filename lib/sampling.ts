@@ -33,17 +33,19 @@ export interface StepShape {
   dual: boolean;
   noise: boolean;
   capture: readonly string[];
+  /** A region table input after the contexts (lib/regions.ts; SdRuntime.regionInput). */
+  regions?: boolean;
 }
 
 /**
  * The step program. Inputs: x, the UNet input (x scaled by the step's cin), the carried state
  * (previous x0), the coefficients (int32 [9], float32 bits), timesteps [rows], key context
- * [rows, tokens, D], value context (dual), noise (when `noise`). Outputs: next x, next state,
+ * [rows, tokens, D], value context (dual), region table (regions), noise (when `noise`). Outputs: next x, next state,
  * next UNet input, then the captured attention probabilities.
  */
 export function stepProgram(host: StepHost, s: StepShape): Program {
   const ch = host.configs.unet.inChannels;
-  const key = `step:${s.batch}x${ch}x${s.h}x${s.w}:${s.tokens}:${s.guidance}:${s.dual}:${s.noise}:${s.capture.join(',')}`;
+  const key = `step:${s.batch}x${ch}x${s.h}x${s.w}:${s.tokens}:${s.guidance}:${s.dual}:${s.noise}:${!!s.regions}:${s.capture.join(',')}`;
   return host.program(key, (g) => {
     const lat = [s.batch, ch, s.h, s.w];
     const x = g.input(lat);

@@ -42,6 +42,8 @@ OpAttrs attrsFrom(const Napi::Value& v) {
     else if (k == "transX") a.transX = flag();
     else if (k == "transY") a.transY = flag();
     else if (k == "residual") a.residual = flag();
+    else if (k == "regions") a.regions = flag();
+    else if (k == "width") a.width = integer();
     else if (k == "perm") a.perm = shapeFrom(x, "perm");
     else throw Error("E_INTERNAL", "unknown op attribute '" + k + "'");
   }

@@ -65,6 +65,8 @@ struct TensorView {
 //   ATTENTION    in: q[B, Nq, H·d], k[B, Nk, H·d], v[B, Nk, H·dv]   attrs heads, scale, causal,
 //                capture.   out: o[B, Nq, H·dv]; when capture, also p[B·H, Nq, Nk] = the softmax
 //                probabilities (index b·H + h). causal masks keys j > i (CLIP's text mask).
+//                regions (attrs regions, width): a 4th input, the table of native/regions.h, hides a
+//                region's keys from queries outside its box (p = 0; a query seeing no key: o = p = 0)
 //   GEGLU        in: x[.., 2F]   out: [.., F] = x[.., :F] * gelu(x[.., F:])   (exact erf GELU)
 //   GELU, QUICK_GELU (x·σ(1.702x)), SILU, RELU (max(x, 0)), TANH   elementwise, out shape = in shape
 //   ADD, MUL     in: a, b with numpy broadcasting (right aligned)   out: broadcast shape
@@ -110,7 +112,8 @@ struct TensorView {
 //   CONV2D_BACKWARD_INPUT  in: dy[B, O, Ho, Wo], w[O, C, kh, kw]   attrs stride, pad
 //                out: dx[B, C, H, W] (its shape, given by the out tensor, fixes H and W)
 //   ATTENTION_BACKWARD  in: q, k, v, do[B, Nq, H·dv], dp?[B·H, Nq, Nk] (a gradient on the
-//                probabilities, optional)   attrs heads, scale, causal   out: dq, dk, dv
+//                probabilities, optional), then the region table when attrs regions (as ATTENTION)
+//                attrs heads, scale, causal, regions, width   out: dq, dk, dv
 //   INJECT_BACKWARD  in: dy[B, N, D], slots[B, N] (I32)   out: dvectors[M, D] = Σ of the dy rows
 //                whose slot is m (rows with slot −1 contribute nothing)
 #define IDFORGE_OPS(X) \
@@ -165,6 +168,8 @@ struct OpAttrs {
   double eps = 1e-5, scale = 1.0, shift = 0.0, maxPeriod = 10000.0;
   bool silu = false, causal = false, flip = false, capture = false, transB = false, transX = false, transY = false;
   bool residual = false;  // LINEAR / CONV2D: the last input is a residual (native/fused.h)
+  bool regions = false;   // ATTENTION(_BACKWARD): the last input is a region table (native/regions.h)
+  int64_t width = 0;      // ... and the query grid's width
   std::vector<int64_t> perm;
 };
 

@@ -35,7 +35,7 @@ export function specifiers(file: string, text: string): string[] {
  */
 export const LAYERS: readonly { layer: string; members: readonly string[] }[] = [
   { layer: 'base', members: ['errors.ts', 'platform.ts', 'native.ts', 'tensor.ts', 'numeric.ts'] },
-  { layer: 'data', members: ['io/', 'sched/', 'attention.ts'] },
+  { layer: 'data', members: ['io/', 'sched/', 'attention.ts', 'regions.ts'] },
   { layer: 'graph IR', members: ['graph/'] },
   { layer: 'optimiser', members: ['optim/'] },
   { layer: 'models', members: ['text/', 'unet/', 'vae/', 'faces/'] },

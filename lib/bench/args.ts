@@ -17,6 +17,7 @@ export const USAGE = `usage: npm run bench -- (--model DIR|FILE | --random sd15)
   --vae tiny|DIR            the engine's VAE: tiny = a random TAESD of the real architecture (--random), DIR = a VAE folder (--model)
   --images N                timed generate() calls, one image each: the time per image (default 1)
   --no-ops                  skip the per-op profile
+  --regions N               also time the UNet step confining N regions, alternating with the plain one
   --threads N               CPU backend threads (sets IDFORGE_THREADS)
   --seed N                  seeds the random weights and inputs (default 0)
   --prompt TEXT             prompt for the text encoder and generate()
@@ -61,6 +62,7 @@ export function parseBenchArgs(argv: string[]): { opts: BenchOptions; json?: str
       vae: { type: 'string' },
       images: { type: 'string' },
       'no-ops': { type: 'boolean' },
+      regions: { type: 'string' },
       threads: { type: 'string' },
       seed: { type: 'string' },
       prompt: { type: 'string' },
@@ -78,7 +80,7 @@ export function parseBenchArgs(argv: string[]): { opts: BenchOptions; json?: str
   if (v.device !== undefined) opts.device = v.device as BenchOptions['device'];
   if (v.dtype !== undefined) opts.dtype = v.dtype as BenchOptions['dtype'];
   if (v.size !== undefined) Object.assign(opts, parseSize(v.size));
-  const set = (k: 'batch' | 'steps' | 'warmup' | 'seed', s: string | undefined) => {
+  const set = (k: 'batch' | 'steps' | 'warmup' | 'seed' | 'regions', s: string | undefined) => {
     const n = int(s, `--${k}`);
     if (n !== undefined) opts[k] = n;
   };
@@ -86,6 +88,7 @@ export function parseBenchArgs(argv: string[]): { opts: BenchOptions; json?: str
   set('steps', v.steps);
   set('warmup', v.warmup);
   set('seed', v.seed);
+  set('regions', v.regions);
   if (v['no-generate']) opts.generate = false;
   if (v.sampler !== undefined) {
     if (!isSamplerName(v.sampler)) throw badSampler(v.sampler);

@@ -20,7 +20,7 @@ import { writeSafetensors, type TensorToWrite } from '../io/safetensors.js';
 import { f32ToF16 } from '../io/half.js';
 import type { ProgressInfo } from '../options.js';
 import { resolveBackend } from '../runtime/runtime.js';
-import { argError } from '../validate.js';
+import { integer, invalid, oneOf } from '../validate.js';
 import { stats } from './index.js';
 import { describeMachine, type MachineInfo } from './machine.js';
 import { defaultTokenizerDir, randomModelSource, sampleInit } from './random-model.js';
@@ -149,7 +149,7 @@ export async function benchFewstep(o: FewstepOptions): Promise<FewstepReport> {
   let model: string, taesd: string;
   if (o.random !== undefined) ({ model, taesd } = materializeRandomSd15(seed, log));
   else if (o.model !== undefined && o.vae !== undefined) ({ model, taesd } = { model: o.model, taesd: o.vae });
-  else throw argError('bench --fewstep needs --random sd15, or --model DIR with --vae TAESD_DIR');
+  else throw invalid('bench --fewstep', 'given --random sd15, or --model DIR with --vae TAESD_DIR');
   const base = { prompt, width, height, seed };
   const defaults = { ...base, steps: 25, sampler: 'dpmpp-2m-karras' as const, guidanceScale: 7.5 };
   const few = { ...base, steps, sampler: 'lcm' as const, guidanceScale: 1 };
@@ -243,16 +243,10 @@ export function parseFewstepArgs(argv: string[]): { opts: FewstepOptions; json?:
       seed: { type: 'string' }, prompt: { type: 'string' }, json: { type: 'string' }, quiet: { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
     },
   });
-  const int = (s: string | undefined, what: string, min: number) => {
-    if (s === undefined) return undefined;
-    const n = Number(s);
-    if (!Number.isSafeInteger(n) || n < min) throw argError(`--${what} must be an integer ≥ ${min}, got ${JSON.stringify(s)}`);
-    return n;
-  };
+  const int = (s: string | undefined, what: string, min: number) => (s === undefined ? undefined : integer(s.trim() === '' ? NaN : Number(s), `--${what}`, min));
   const opts: FewstepOptions = { command: `npm run bench -- ${argv.join(' ')}` };
   if (v.random !== undefined) {
-    if (v.random !== 'sd15') throw argError(`--random knows only sd15, got ${JSON.stringify(v.random)}`);
-    opts.random = 'sd15';
+    opts.random = oneOf(v.random, '--random', ['sd15'] as const);
   }
   if (v.model !== undefined) opts.model = v.model;
   if (v.vae !== undefined) opts.vae = v.vae;
@@ -260,7 +254,7 @@ export function parseFewstepArgs(argv: string[]): { opts: FewstepOptions; json?:
   if (v.dtype !== undefined) opts.dtype = v.dtype as FewstepOptions['dtype'];
   if (v.size !== undefined) {
     const mm = /^(\d+)(?:x(\d+))?$/i.exec(v.size.trim());
-    if (!mm) throw argError(`--size must be N or WxH, got ${JSON.stringify(v.size)}`);
+    if (!mm) throw invalid('--size', 'N or WxH', v.size);
     opts.width = Number(mm[1]);
     opts.height = Number(mm[2] ?? mm[1]);
   }

@@ -12,6 +12,7 @@ import type { Program } from '../graph/program.js';
 import { memory } from '../native.js';
 import { resolveBackend } from '../runtime/runtime.js';
 import type { SdRuntime } from '../runtime/sd.js';
+import { REGION_CAPACITY, type Region } from '../regions.js';
 import { randn } from '../sched/random.js';
 import { Tensor } from '../tensor.js';
 import { argError, imageSide, integer } from '../validate.js';
@@ -71,6 +72,7 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
   const warmup = integer(opts.warmup ?? 1, 'warmup', 0);
   const seed = integer(opts.seed ?? 0, 'seed', 0);
   const images = integer(opts.images ?? 1, 'images', 1); // checked here, not minutes in
+  const regions = benchRegions(integer(opts.regions ?? 0, 'regions', 0, REGION_CAPACITY));
   const prompt = opts.prompt ?? 'a photo of the face of person, oil painting';
   const elem = dtype === 'float16' ? 2 : 4;
 
@@ -119,7 +121,9 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
     // UNet step.
     const ch = engine.configs.unet.inChannels;
     t0 = now();
-    const program = unetProgram(rt, batch, lh, lw);
+    const program = unetProgram(rt, batch, lh, lw, false);
+    // --regions: the same step confining regions, timed alternately with the plain one (same process and weights).
+    const regional = regions.length ? unetProgram(rt, batch, lh, lw, true) : undefined;
     const buildMs = now() - t0;
     sample();
     log(`UNet: graph built, weights uploaded and compiled in ${(buildMs / 1000).toFixed(1)} s`);
@@ -127,6 +131,14 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
     const x = Tensor.from(randn(seed + 7, xb * ch * lh * lw), [xb, ch, lh, lw], rt.backend);
     const tt = Tensor.from(new Float32Array(batch).fill(500), [batch], rt.backend);
     const inputs = [x, tt, context!];
+    const table = regional ? rt.regionInput(regions, 77, batch, batch === 2) : undefined;
+    const regionSamples: number[] = [];
+    let regionFirst = 0;
+    const timeRegional = async () => {
+      const s = now();
+      (await regional!.run([...inputs, table!]))[0]!.dispose();
+      return now() - s;
+    };
     let outputFinite = true;
     let unetFirst = 0;
     let unetCpu: { own: number; others?: number } = { own: 0 };
@@ -139,15 +151,22 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
         if (i === 0) unetFirst = now() - s;
         e!.dispose();
         if (i === 0) log(`UNet: first step ${unetFirst.toFixed(0)} ms`);
+        if (regional) {
+          const ms = await timeRegional();
+          if (i === 0) regionFirst = ms;
+        }
       }
       const meter = cpuMeter();
       for (let i = 0; i < steps; i++) {
+        // With regions, every other pair runs the regional step first (no order bias).
+        if (regional && i % 2) regionSamples.push(await timeRegional());
         const s = now();
         const [e] = await program.run(inputs);
         unetSamples.push(now() - s);
         if (i === steps - 1) outputFinite = e!.toFloat32().every(Number.isFinite);
         e!.dispose();
-        log(`UNet: step ${i + 1}/${steps} ${unetSamples[i]!.toFixed(0)} ms`);
+        if (regional && i % 2 === 0) regionSamples.push(await timeRegional());
+        log(`UNet: step ${i + 1}/${steps} ${unetSamples[i]!.toFixed(0)} ms${regional ? `, with ${regions.length} regions ${regionSamples[i]!.toFixed(0)} ms` : ''}`);
       }
       unetCpu = meter();
       sample();
@@ -160,9 +179,7 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
         }
       }
     } finally {
-      x.dispose();
-      tt.dispose();
-      context?.dispose();
+      for (const v of [...inputs, ...(table ? [table] : [])]) v.dispose();
     }
     const unetStats = stats(unetSamples);
     const gflopPerStep = programFlops(program.opNames, program.opShapes) / 1e9;
@@ -219,7 +236,8 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
     const results: BenchResults = {
       loadMs,
       textEncoder: { batch, firstMs: first.ms, ms: stats(textSamples) },
-      unet: { batch, buildMs, firstMs: unetFirst, ms: unetStats, gflopPerStep, gflops, ...(peak ? { ofPeak: gflops / peak } : {}), outputFinite, cpu: unetCpu },
+      unet: { batch, buildMs, firstMs: unetFirst, ms: unetStats, gflopPerStep, gflops, ...(peak ? { ofPeak: gflops / peak } : {}), outputFinite, cpu: unetCpu,
+        ...(regional ? { regions: { count: regions.length, firstMs: regionFirst, ms: stats(regionSamples), ratio: stats(regionSamples.map((v, i) => v / unetSamples[i]!)) } } : {}) },
       vaeDecode: { batch: 1, firstMs: vaeFirst, ms: stats(vaeSamples) },
       generate,
       memory: {
@@ -254,7 +272,12 @@ function publicOpts(o: BenchOptions): Omit<BenchOptions, 'log' | 'source'> {
  * The UNet step program: generate()'s own guided step for batch 1 and 2 (one latent, duplicated
  * for classifier-free guidance inside the graph), or a plain batch-B UNet otherwise.
  */
-function unetProgram(rt: SdRuntime, batch: number, h: number, w: number): Program {
-  if (batch === 2) return rt.unetProgram(1, h, w, 77, 7.5);
-  return rt.unetProgram(batch, h, w, 77, null);
+function unetProgram(rt: SdRuntime, batch: number, h: number, w: number, regions: boolean): Program {
+  if (batch === 2) return rt.unetProgram(1, h, w, 77, 7.5, { regions });
+  return rt.unetProgram(batch, h, w, 77, null, { regions });
+}
+
+/** n regions of 2 tokens each (tokens 5, 6; 8, 9; ...) in side-by-side full-height boxes. */
+function benchRegions(n: number): Region[] {
+  return Array.from({ length: n }, (_, i) => ({ tokens: [5 + 3 * i, 6 + 3 * i], box: [i / n, 0, (i + 1) / n, 1] }));
 }

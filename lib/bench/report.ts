@@ -37,6 +37,8 @@ export interface BenchOptions {
   images?: number;
   /** Profile one UNet step per op (default true). */
   ops?: boolean;
+  /** Also time the UNet step confining N regions (2 tokens each, side-by-side boxes, the conditional rows), alternating with the plain step (default 0: no). */
+  regions?: number;
   seed?: number;
   prompt?: string;
   /** Recorded in the result (the CLI passes its command line). */
@@ -88,6 +90,8 @@ export interface BenchResults {
     outputFinite: boolean;
     /** CPUs busy on average during the timed steps: this process, and everything else (Linux). */
     cpu: { own: number; others?: number };
+    /** --regions: the step confining `count` regions, each run right after a plain one; ratio: per pair, regions / plain. */
+    regions?: { count: number; firstMs: number; ms: Stats; ratio: Stats };
   };
   vaeDecode: { batch: number; firstMs: number; ms: Stats };
   /** Time per image: `images` generate() calls of `steps` steps each, after an untimed one-step call compiled its programs. */

@@ -34,6 +34,8 @@ export function formatReport(r: BenchReport): string {
   const rows: string[][] = [['stage', 'first ms', 'median ms', 'min ms', 'max ms', 'IQR ms', 'n']];
   rows.push(statRow(`text encoder (batch ${res.textEncoder.batch})`, res.textEncoder.firstMs, res.textEncoder.ms));
   rows.push(statRow(`UNet step (batch ${res.unet.batch})`, res.unet.firstMs, res.unet.ms));
+  const rg = res.unet.regions;
+  if (rg) rows.push(statRow(`  with ${rg.count} regions (alternating)`, rg.firstMs, rg.ms));
   rows.push(statRow(`VAE decode (batch ${res.vaeDecode.batch})`, res.vaeDecode.firstMs, res.vaeDecode.ms));
   out.push(pad(rows, [false, true, true, true, true, true, true]));
   out.push('');
@@ -43,6 +45,7 @@ export function formatReport(r: BenchReport): string {
     `; graph build + weight upload ${f(u.buildMs / 1000, 2)} s; output finite: ${u.outputFinite}`);
   out.push(`CPUs busy during the timed UNet steps: this process ${f(u.cpu.own, 2)}` +
     (u.cpu.others !== undefined ? `, other processes ${f(u.cpu.others, 2)}${u.cpu.others > 0.1 ? '  ← shared machine: timings inflated' : ''}` : ''));
+  if (rg) out.push(`UNet with ${rg.count} regions / plain, per alternating pair: median ${f(rg.ratio.median, 3)}× (min ${f(rg.ratio.min, 3)}, max ${f(rg.ratio.max, 3)}, n ${rg.ratio.n})`);
   const gen = res.generate;
   out.push(gen ? `generate(): ${gen.sampler}, ${gen.steps} steps, guidance ${gen.guidance}: ${f(gen.perImage.median, 2)} s per image (median of ${gen.perImage.n}; ${ms(gen.perStepMs)} ms per step, text encoder and VAE decode included)` : 'generate(): skipped (--no-generate)');
   out.push(`memory: peak RSS ${gib(res.memory.maxRssBytes)}; native peak cpu ${gib(res.memory.nativePeakBytes.cpu)}, cuda ${gib(res.memory.nativePeakBytes.cuda)}; ` +

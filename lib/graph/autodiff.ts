@@ -150,11 +150,12 @@ export function grad(g: Graph, loss: Value, wrt: readonly Value[], opts: GradOpt
         break;
       }
       case 'attention': {
-        const [q, k, v] = ins as [Value, Value, Value];
+        const [q, k, v, table] = ins as [Value, Value, Value, Value | undefined];
         const o = g.valueOf(op.out[0]!);
         const dO = douts[0] ?? zerosLike(g, o);
         const dp = douts[1];
-        const [dq, dk, dv] = g.op('attention_backward', dp ? [q, k, v, dO, dp] : [q, k, v, dO], [q.shape, k.shape, v.shape], pick(a, 'heads', 'scale', 'causal'));
+        // A region table (the last input) masks the recomputed probabilities as it masked the forward's.
+        const [dq, dk, dv] = g.op('attention_backward', [q, k, v, dO, ...(dp ? [dp] : []), ...(table ? [table] : [])], [q.shape, k.shape, v.shape], pick(a, 'heads', 'scale', 'causal', 'regions', 'width'));
         if (want(0)) accumulate(q.id, dq!);
         if (want(1)) accumulate(k.id, dk!);
         if (want(2)) accumulate(v.id, dv!);

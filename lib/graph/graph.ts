@@ -70,6 +70,17 @@ export function fusedOperands(op: NativeOp): FusedOperands {
   return f;
 }
 
+/** The most regions one table holds (native/regions.h kMaxRegions). */
+export const MAX_REGIONS = 32;
+
+export interface AttentionOptions {
+  heads: number;
+  scale?: number;
+  causal?: boolean;
+  /** the region table (int32 [B, keys + 4R]) and the width of the queries' grid */
+  regions?: { table: Value; width: number };
+}
+
 export class Graph {
   readonly values: { dtype: VDType; shape: number[] }[] = [];
   readonly consts = new Map<number, Tensor>();
@@ -182,17 +193,29 @@ export class Graph {
     return this.emit('layer_norm', [x, w, b], x.shape, { eps: opts.eps });
   }
 
-  /** softmax(q·kᵀ·scale)·v over heads interleaved in the last dim; with capture also returns the probabilities. */
-  attention(q: Value, k: Value, v: Value, opts: { heads: number; scale?: number; causal?: boolean; capture: true }): [Value, Value];
-  attention(q: Value, k: Value, v: Value, opts: { heads: number; scale?: number; causal?: boolean; capture?: false }): Value;
-  attention(q: Value, k: Value, v: Value, opts: { heads: number; scale?: number; causal?: boolean; capture?: boolean }): Value | [Value, Value] {
+  /**
+   * softmax(q·kᵀ·scale)·v over heads interleaved in the last dim; with capture also returns the
+   * probabilities. `regions`: an int32 region table [B, keys + 4R] (native/regions.h; lib/regions.ts
+   * packs it) hiding each region's keys from the queries of a `width`-wide grid outside its box.
+   */
+  attention(q: Value, k: Value, v: Value, opts: AttentionOptions & { capture: true }): [Value, Value];
+  attention(q: Value, k: Value, v: Value, opts: AttentionOptions & { capture?: false }): Value;
+  attention(q: Value, k: Value, v: Value, opts: AttentionOptions & { capture?: boolean }): Value | [Value, Value] {
     const h = opts.heads;
     if (q.rank !== 3 || k.rank !== 3 || v.rank !== 3 || q.dim(0) !== k.dim(0) || k.dim(0) !== v.dim(0) || k.dim(1) !== v.dim(1))
       throw shapeErr('attention', `q ${S(q.shape)}, k ${S(k.shape)}, v ${S(v.shape)}`);
     if (q.dim(2) % h || k.dim(2) !== q.dim(2) || v.dim(2) % h)
       throw shapeErr('attention', `widths ${q.dim(2)}/${k.dim(2)}/${v.dim(2)} do not split into ${h} heads`);
     const d = q.dim(2) / h;
-    const attrs = { heads: h, scale: opts.scale ?? 1 / Math.sqrt(d), causal: !!opts.causal, capture: !!opts.capture };
+    const rg = opts.regions;
+    if (rg) {
+      const t = rg.table, r = (t.dim(1) - k.dim(1)) / 4;
+      if (t.dtype !== 'int32' || t.rank !== 2 || t.dim(0) !== q.dim(0) || !Number.isInteger(r) || r < 0 || r > MAX_REGIONS)
+        throw shapeErr('attention', `region table ${S(t.shape)} must be int32 [${q.dim(0)}, ${k.dim(1)} + 4R], R ≤ ${MAX_REGIONS}`);
+      if (!Number.isInteger(rg.width) || rg.width < 1 || q.dim(1) % rg.width)
+        throw shapeErr('attention', `grid width ${rg.width} does not divide the ${q.dim(1)} queries`);
+    }
+    const attrs = { heads: h, scale: opts.scale ?? 1 / Math.sqrt(d), causal: !!opts.causal, capture: !!opts.capture, ...(rg ? { regions: true, width: rg.width } : {}) };
     const o = this.value([q.dim(0), q.dim(1), v.dim(2)]);
     const outs = [o.id];
     let p: Value | undefined;
@@ -200,7 +223,7 @@ export class Graph {
       p = this.value([q.dim(0) * h, q.dim(1), k.dim(1)]);
       outs.push(p.id);
     }
-    this.ops.push({ op: 'attention', in: [q.id, k.id, v.id], out: outs, attrs });
+    this.ops.push({ op: 'attention', in: [q.id, k.id, v.id, ...(rg ? [rg.table.id] : [])], out: outs, attrs });
     return p ? [o, p] : o;
   }
 

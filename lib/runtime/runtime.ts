@@ -22,7 +22,7 @@ import type { TensorRef } from '../io/checkpoint.js';
 import { backends, call, native } from '../native.js';
 import type { DeviceOptions } from '../options.js';
 import { Tensor } from '../tensor.js';
-import { argError, validateDevice } from '../validate.js';
+import { argError, invalid, validateDevice } from '../validate.js';
 
 /** The runtimes whose shared() section the current async call is inside (nested calls pass through). */
 const inside = new AsyncLocalStorage<ReadonlySet<ModelRuntime>>();
@@ -192,7 +192,7 @@ export class ModelRuntime implements Disposable {
    * onProgress callback), which would otherwise wait for itself.
    */
   async exclusive<T>(fn: () => Promise<T>, what: string): Promise<T> {
-    if (inside.getStore()?.has(this)) throw argError(`${what} cannot run inside a call of the same ${this.name} (e.g. from onProgress): it waits for that call to finish`);
+    if (inside.getStore()?.has(this)) throw invalid(what, `called outside the ${this.name}'s own calls (not from onProgress: it would wait for that call to finish)`);
     while (this.#change) await this.#change;
     let done!: () => void;
     this.#change = new Promise<void>((resolve) => (done = resolve));

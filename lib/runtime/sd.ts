@@ -19,6 +19,7 @@ import { checkWeights, vaeLayout } from '../io/layout.js';
 import type { LoadOptions } from '../options.js';
 import { Tensor } from '../tensor.js';
 import { buildTextEncoder } from '../text/clip.js';
+import { regionColumns, regionTable, type Region } from '../regions.js';
 import { ClipTokenizer } from '../text/tokenizer.js';
 import { buildUNet, crossAttentionLayers } from '../unet/unet.js';
 import { buildTinyEncoder } from '../vae/taesd.js';
@@ -46,18 +47,21 @@ export interface UNetProgramOptions {
   dual?: boolean;
   /** Cross-attention layers whose probabilities are extra outputs, in this order. */
   capture?: readonly string[];
+  /** A region table input (lib/regions.ts) after the contexts. */
+  regions?: boolean;
 }
 
 /**
  * The UNet around latents x [b, C, h, w] as generation runs it: graph inputs timesteps, key
- * context [rows, tokens, D] and (dual) value context, created here in that order; with a guidance
+ * context [rows, tokens, D], (dual) value context and (regions) the int32 region table
+ * [rows, regionColumns(tokens)], created here in that order; with a guidance
  * scale, x is duplicated inside the graph (rows = 2b, unconditional first) and classifier-free
  * guidance folded in → eps [b] and the captured maps. Shared by unetProgram and generate()'s step
  * program (lib/sampling.ts).
  */
 export function buildGuidedUNet(
   g: Graph, weights: Weights, configs: ModelConfigs, x: Value,
-  s: { tokens: number; guidance: number | null; dual: boolean; capture: readonly string[] },
+  s: { tokens: number; guidance: number | null; dual: boolean; capture: readonly string[]; regions?: boolean },
 ): { eps: Value; attention: Map<string, Value> } {
   const cfg = s.guidance !== null;
   const rows = cfg ? 2 * x.dim(0) : x.dim(0);
@@ -65,7 +69,8 @@ export function buildGuidedUNet(
   const t = g.input([rows]);
   const k = g.input([rows, s.tokens, D]);
   const v = s.dual ? g.input([rows, s.tokens, D]) : k;
-  const r = buildUNet(g, weights, configs.unet, cfg ? g.concat([x, x], 0) : x, t, { k, v }, { capture: new Set(s.capture) });
+  const regions = s.regions ? g.input([rows, regionColumns(s.tokens)], 'int32', 'regions') : undefined;
+  const r = buildUNet(g, weights, configs.unet, cfg ? g.concat([x, x], 0) : x, t, { k, v, ...(regions ? { regions } : {}) }, { capture: new Set(s.capture) });
   return { eps: cfg ? g.cfg(r.eps, s.guidance!) : r.eps, attention: r.attention };
 }
 
@@ -291,8 +296,9 @@ export class SdRuntime extends ModelRuntime {
 
   /**
    * The UNet step program: latents [b, C, h, w], timesteps, key context [·, n, D] (and a value
-   * context when dual) → eps and the captured maps. With a guidance scale the latents are
-   * duplicated inside the program (unconditional first; timesteps and contexts are [2b, ..]) and
+   * context when dual, then the region table (regionInput) with `regions`) → eps and the captured
+   * maps. With a guidance scale the latents are duplicated inside the program (unconditional first;
+   * timesteps, contexts and the region table are [2b, ..]) and
    * classifier-free guidance is folded in: → guided eps [b]. Call preload(['unet']) first to
    * upload the weights with abort checks; otherwise building uploads them.
    */
@@ -300,11 +306,22 @@ export class SdRuntime extends ModelRuntime {
     const ch = this.configs.unet.inChannels;
     const dual = !!opts.dual;
     const capture = opts.capture ?? [];
-    return this.program(`unet:${b}x${ch}x${h}x${w}:${n}:${guidance}:${dual}:${capture.join(',')}`, (g) => {
-      const r = buildGuidedUNet(g, this.weights.unet, this.configs, g.input([b, ch, h, w]), { tokens: n, guidance, dual, capture });
+    const regions = !!opts.regions;
+    return this.program(`unet:${b}x${ch}x${h}x${w}:${n}:${guidance}:${dual}:${regions}:${capture.join(',')}`, (g) => {
+      const r = buildGuidedUNet(g, this.weights.unet, this.configs, g.input([b, ch, h, w]), { tokens: n, guidance, dual, capture, regions });
       g.output(r.eps);
       for (const l of capture) g.output(r.attention.get(l)!, l);
     });
+  }
+
+  /**
+   * The region table input of a UNet program of `rows` rows over `keys` tokens: every row confines
+   * `regions`, or with guidance only the conditional rows (the second half; the unconditional
+   * branch is left as it is).
+   */
+  regionInput(regions: readonly Region[], keys: number, rows: number, guided: boolean): Tensor {
+    const confined = Array.from({ length: rows }, (_, i) => !guided || i >= rows / 2);
+    return this.ints(regionTable(regions, keys, confined), [rows, regionColumns(keys)]);
   }
 
   /** The VAE decoder: image [B, 3, 8h, 8w] in [−1, 1] from z [B, C, h, w] (already divided by the scaling factor), float32 on the CPU. */

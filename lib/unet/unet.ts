@@ -5,10 +5,14 @@ import type { UNetConfig } from '../io/configs.js';
 import type { Graph, Value } from '../graph/graph.js';
 import { convW, groupNormW, layerNormW, linearW, type Weights } from '../graph/weights.js';
 
-/** Cross-attention contexts: keys from `k`, values from `v` (the same Value for ordinary prompts). */
+/**
+ * Cross-attention contexts: keys from `k`, values from `v` (the same Value for ordinary prompts);
+ * `regions`: a region table (lib/regions.ts) confining tokens to boxes in every cross-attention.
+ */
 export interface CrossContext {
   k: Value;
   v: Value;
+  regions?: Value;
 }
 
 export interface UNetGraphOptions {
@@ -67,19 +71,20 @@ class UNetBuilder {
     return convW(g, w, h, `${p}.conv2`, { residual: skip });
   }
 
-  /** Attention whose output projection adds `residual` (the block's skip connection) in its epilogue. */
-  attn(x: Value, p: string, heads: number, residual: Value, kv?: CrossContext): Value {
+  /** Attention whose output projection adds `residual` (the block's skip connection) in its epilogue; `width`: the token grid's. */
+  attn(x: Value, p: string, heads: number, residual: Value, kv?: CrossContext, width = 0): Value {
     const { g, w } = this;
     const q = linearW(g, w, x, `${p}.to_q`);
     const k = linearW(g, w, kv ? kv.k : x, `${p}.to_k`);
     const v = linearW(g, w, kv ? kv.v : x, `${p}.to_v`);
+    const opts = { heads, ...(kv?.regions ? { regions: { table: kv.regions, width } } : {}) };
     let o: Value;
     if (kv && this.capture.has(p)) {
-      const [out, probs] = g.attention(q, k, v, { heads, capture: true });
+      const [out, probs] = g.attention(q, k, v, { ...opts, capture: true });
       this.attention.set(p, probs);
       o = out;
     } else {
-      o = g.attention(q, k, v, { heads });
+      o = g.attention(q, k, v, opts);
     }
     return linearW(g, w, o, `${p}.to_out.0`, { residual });
   }
@@ -95,7 +100,7 @@ class UNetBuilder {
     for (let t = 0; t < cfg.transformerLayersPerBlock; t++) {
       const b = `${p}.transformer_blocks.${t}`;
       h = this.attn(layerNormW(g, w, h, `${b}.norm1`, 1e-5), `${b}.attn1`, heads, h);
-      h = this.attn(layerNormW(g, w, h, `${b}.norm2`, 1e-5), `${b}.attn2`, heads, h, this.ctx);
+      h = this.attn(layerNormW(g, w, h, `${b}.norm2`, 1e-5), `${b}.attn2`, heads, h, this.ctx, ww);
       let f = layerNormW(g, w, h, `${b}.norm3`, 1e-5);
       f = g.geglu(linearW(g, w, f, `${b}.ff.net.0.proj`));
       h = linearW(g, w, f, `${b}.ff.net.2`, { residual: h });

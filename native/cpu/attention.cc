@@ -8,7 +8,8 @@
 // blocks), Q is packed (and pre-scaled) once per query block, and the probabilities are read by
 // the P·V kernel straight from the row-major score tile (compile-time row stride, no repacking).
 // With capture, the scores of a query block go to out[1] whole, get an exact softmax there, and
-// are then multiplied by V tile by tile.
+// are then multiplied by V tile by tile. A region table (native/regions.h) masks the few keys its
+// regions own, per query row, right after each score tile: no Nq x Nk mask exists either.
 #include <cmath>
 #include <cstring>
 #include <mutex>
@@ -18,6 +19,7 @@
 #include "gemm_kernels.h"
 #include "ops.h"
 #include "parallel.h"
+#include "../regions.h"
 #include "vmath.h"
 
 namespace idforge {
@@ -72,11 +74,57 @@ inline int64_t validKeys(bool causal, int64_t i, int64_t k0, int64_t nk) {
   return v < 0 ? 0 : v > nk ? nk : v;
 }
 
+// The region table of ATTENTION / ATTENTION_BACKWARD (native/regions.h), read once per op: per
+// batch row the keys some region owns (a handful), so masking a score row touches only those.
+class RegionMask {
+ public:
+  // in[idx] is the table when attrs.regions; otherwise the mask is off (every call a no-op).
+  RegionMask(const char* op, const OpAttrs& a, const Views& in, size_t idx, int64_t B, int64_t Nq, int64_t Nk) {
+    if (!a.regions) return;
+    R_ = regionCount(op, in.size() > idx ? &in[idx] : nullptr, B, Nq, Nk, a.width);
+    on_ = true;
+    W_ = a.width;
+    H_ = Nq / a.width;
+    table_ = in[idx].as<int32_t>();
+    const int64_t cols = in[idx].shape[1];
+    cols_ = cols;
+    Nk_ = Nk;
+    owned_.resize(size_t(B));
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t k = 0; k < Nk; k++) {
+        const int32_t o = table_[b * cols + k];
+        if (o < -1 || o >= R_)
+          throw Error("E_ARGUMENT", std::string(op) + ": region table row " + std::to_string(b) + " gives key " +
+                                        std::to_string(k) + " owner " + std::to_string(o) + ", not in [-1, " +
+                                        std::to_string(R_) + ")");
+        if (o >= 0) owned_[size_t(b)].push_back({int32_t(k), o});
+      }
+  }
+  bool on() const { return on_; }
+  // The regions holding query n of batch row b (bit r: region r); 0 when off.
+  uint32_t inside(int64_t b, int64_t n) const {
+    return on_ && !owned_[size_t(b)].empty() ? regionsAt(table_ + b * cols_ + Nk_, R_, n, W_, H_) : 0;
+  }
+  // Keys [k0, k0 + nk) that a query holding `inside` may not see get `fill` in its score row S.
+  void apply(int64_t b, uint32_t inside, int64_t k0, int64_t nk, float* S, float fill) const {
+    if (!on_) return;
+    for (const auto& [k, o] : owned_[size_t(b)])
+      if (k >= k0 && k < k0 + nk && !regionSees(o, inside)) S[k - k0] = fill;
+  }
+
+ private:
+  bool on_ = false;
+  int R_ = 0;
+  int64_t W_ = 0, H_ = 0, cols_ = 0, Nk_ = 0;
+  const int32_t* table_ = nullptr;
+  std::vector<std::vector<std::pair<int32_t, int32_t>>> owned_;  // per batch row: (key, region)
+};
+
 }  // namespace
 
 void op_ATTENTION(const OpAttrs& a, const Views& in, const Views& out) {
   const char* op = "attention";
-  checkArity(op, in, 3, 3, out, a.capture ? 2 : 1);
+  checkArity(op, in, 3, a.regions ? 4 : 3, out, a.capture ? 2 : 1);
   for (int i = 0; i < 3; i++) checkDtype(op, in[i], DType::F32, i == 0 ? "q" : i == 1 ? "k" : "v");
   checkDtype(op, out[0], DType::F32, "out");
   const Shape &qs = in[0].shape, &ks = in[1].shape, &vs = in[2].shape;
@@ -100,6 +148,7 @@ void op_ATTENTION(const OpAttrs& a, const Views& in, const Views& out) {
     checkDtype(op, out[1], DType::F32, "probabilities");
     checkShape(op, out[1], {g.B * g.H, g.Nq, g.Nk}, "probabilities");
   }
+  const RegionMask rg(op, a, in, 3, g.B, g.Nq, g.Nk);
   if (g.B == 0 || g.Nq == 0 || g.dv == 0) return;
   g.tS = gemmTile(kBq, std::min(g.Nk, kBk));
   g.tO = gemmTile(kBq, g.dv);
@@ -169,12 +218,16 @@ void op_ATTENTION(const OpAttrs& a, const Views& in, const Views& out) {
           scoreTile(g, Qp, Kt, k0, nk, S);
           for (int64_t r = 0; r < kBq; r++) {
             float* Sr = S + r * kBk;
-            const int64_t cnt = validKeys(causal, i0 + r, k0, nk);
+            int64_t cnt = validKeys(causal, i0 + r, k0, nk);
+            const uint32_t in = r < nq ? rg.inside(b, i0 + r) : 0;
+            if (r < nq) rg.apply(b, in, k0, nk, Sr, -INFINITY);
+            float mt = cnt > 0 ? rowMax(Sr, cnt) : -INFINITY, mn = mt > m[r] ? mt : m[r];
+            if (mn == -INFINITY && rg.on()) cnt = 0;  // every key so far hidden by the regions
             if (cnt > 0) {
-              float mt = rowMax(Sr, cnt), mn = mt > m[r] ? mt : m[r];
               float corr = m[r] == -INFINITY ? 0.f : std::exp(m[r] - mn);
               l[r] = l[r] * corr + expSubSum(Sr, Sr, cnt, mn);
               m[r] = mn;
+              if (r < nq) rg.apply(b, in, k0, nk, Sr, 0.f);  // exactly 0, whatever exp(−inf) gave
               if (corr != 1.f) {
                 float* Or = O + r * g.dvPad;
                 for (int64_t c = 0; c < g.dvPad; c++) Or[c] *= corr;
@@ -185,7 +238,7 @@ void op_ATTENTION(const OpAttrs& a, const Views& in, const Views& out) {
           pv(g.tO, nk, g.dvPad, S, Vp + k0 * g.dvPad, O);
         }
         for (int64_t r = 0; r < nq; r++) {
-          const float inv = 1.f / l[r];
+          const float inv = l[r] == 0.f ? 0.f : 1.f / l[r];  // l = 0: the regions hid every key
           const float* Or = O + r * g.dvPad;
           float* orow = o + (b * g.Nq + i0 + r) * Hdv + h * g.dv;
           for (int64_t c = 0; c < g.dv; c++) orow[c] = Or[c] * inv;
@@ -200,14 +253,17 @@ void op_ATTENTION(const OpAttrs& a, const Views& in, const Views& out) {
             float* Pr = P + r * g.Nk + k0;
             std::memcpy(Pr, S + r * kBk, sizeof(float) * size_t(cnt));
             for (int64_t c = cnt; c < nk; c++) Pr[c] = -INFINITY;
+            rg.apply(b, rg.inside(b, i0 + r), k0, nk, Pr, -INFINITY);
           }
         }
         // Exact softmax in place, as torch.softmax computes it: exp(s − max) / sum.
         for (int64_t r = 0; r < nq; r++) {
           float* Pr = P + r * g.Nk;
-          const int64_t cnt = validKeys(causal, i0 + r, 0, g.Nk);
+          int64_t cnt = validKeys(causal, i0 + r, 0, g.Nk);
           const float mx = rowMax(Pr, cnt);
-          const float inv = 1.f / expSubSum(Pr, Pr, cnt, mx);
+          if (mx == -INFINITY && rg.on()) cnt = 0;  // the regions hid every key: p = 0, o = 0
+          const float inv = cnt ? 1.f / expSubSum(Pr, Pr, cnt, mx) : 0.f;
+          rg.apply(b, rg.inside(b, i0 + r), 0, g.Nk, Pr, 0.f);  // hidden keys exactly 0
           for (int64_t c = 0; c < cnt; c++) Pr[c] *= inv;
           for (int64_t c = cnt; c < g.Nk; c++) Pr[c] = 0.f;
         }
@@ -233,11 +289,13 @@ void op_ATTENTION(const OpAttrs& a, const Views& in, const Views& out) {
 // 5th input dp[B·H, Nq, Nk] is an incoming gradient on the probabilities themselves (captured maps
 // in a loss). dP = dO·Vᵀ + dp;  dS = P ⊙ (dP − rowsum(P ⊙ dP));  dQ = scale·dS·K;
 // dK = scale·dSᵀ·Q;  dV = Pᵀ·dO. Query rows are processed in blocks; dK/dV are accumulated per
-// worker and summed under a lock.
+// worker and summed under a lock. With a region table (the last input) the recomputed P is the
+// forward's masked one, so hidden keys get no gradient from the queries they were hidden from.
 void op_ATTENTION_BACKWARD(const OpAttrs& a, const Views& in, const Views& out) {
   const char* op = "attention_backward";
-  checkArity(op, in, 4, 5, out, 3);
-  checkF32(op, in, out);
+  checkArity(op, in, a.regions ? 5 : 4, a.regions ? 6 : 5, out, 3);
+  const size_t nf = a.regions ? in.size() - 1 : in.size();  // the float inputs (the table is int32)
+  checkF32(op, Views(in.begin(), in.begin() + long(nf)), out);
   const Shape &qs = in[0].shape, &ks = in[1].shape, &vs = in[2].shape;
   if (qs.size() != 3 || ks.size() != 3 || vs.size() != 3 || qs[0] != ks[0] || ks[0] != vs[0] || ks[1] != vs[1] ||
       qs[2] != ks[2])
@@ -246,7 +304,7 @@ void op_ATTENTION_BACKWARD(const OpAttrs& a, const Views& in, const Views& out) 
   if (H <= 0 || qs[2] % H || vs[2] % H) shapeError(op, "widths do not split into heads");
   const int64_t d = qs[2] / H, dv = vs[2] / H, Wq = qs[2], Wv = vs[2];
   checkShape(op, in[3], {B, Nq, Wv}, "do");
-  const bool hasDp = given(in, 4);
+  const bool hasDp = nf > 4 && given(in, 4);
   if (hasDp) checkShape(op, in[4], {B * H, Nq, Nk}, "dp");
   checkShape(op, out[0], qs, "dq");
   checkShape(op, out[1], ks, "dk");
@@ -262,6 +320,7 @@ void op_ATTENTION_BACKWARD(const OpAttrs& a, const Views& in, const Views& out) 
   std::memset(dk, 0, sizeof(float) * size_t(out[1].numel()));
   std::memset(dvv, 0, sizeof(float) * size_t(out[2].numel()));
   const float scale = float(a.scale);
+  const RegionMask rg(op, a, in, nf, B, Nq, Nk);
   constexpr int64_t kQ = 64;
   const int64_t qBlocks = (Nq + kQ - 1) / kQ;
   std::mutex mu;
@@ -283,14 +342,17 @@ void op_ATTENTION_BACKWARD(const OpAttrs& a, const Views& in, const Views& out) 
         for (int64_t i = 0; i < m; i++) {
           float* pr = P.data() + i * Nk;
           int64_t valid = a.causal ? std::min(Nk, i0 + i + 1) : Nk;
+          for (int64_t c = 0; c < valid; c++) pr[c] *= scale;
+          rg.apply(b, rg.inside(b, i0 + i), 0, valid, pr, -INFINITY);
           float mx = -INFINITY;
-          for (int64_t c = 0; c < valid; c++) mx = std::max(mx, pr[c] * scale);
+          for (int64_t c = 0; c < valid; c++) mx = std::max(mx, pr[c]);
+          if (mx == -INFINITY && rg.on()) valid = 0;  // every key hidden: P = 0
           double sum = 0;
           for (int64_t c = 0; c < valid; c++) {
-            pr[c] = std::exp(pr[c] * scale - mx);
+            pr[c] = std::exp(pr[c] - mx);
             sum += pr[c];
           }
-          float inv = float(1.0 / sum);
+          float inv = valid ? float(1.0 / sum) : 0.f;
           for (int64_t c = 0; c < valid; c++) pr[c] *= inv;
           for (int64_t c = valid; c < Nk; c++) pr[c] = 0.f;
         }

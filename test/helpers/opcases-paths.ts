@@ -220,6 +220,21 @@ function specialValues(): OpCase[] {
   return [...unary, attn];
 }
 
+/** A region table the ATTENTION op must refuse: q [1, 4, 4] on a 2x2 grid, 5 keys. */
+function regionErrors(): OpCase[] {
+  const q = { shape: [1, 4, 4] }, kv = { shape: [1, 5, 4] }, on = { heads: 1, regions: true, width: 2 };
+  const table = (cols: number, owner: number[]) => ({ shape: [1, cols], int: [-1, 1] as [number, number], data: [...owner, ...Array<number>(cols - owner.length).fill(0)] });
+  return [
+    errorCase('attention region table [1,7] (not 5 keys + 4R)', 'E_SHAPE', 'attention', [q, kv, kv, table(7, [-1, -1, -1, -1, -1])], [[1, 4, 4]], on),
+    errorCase('attention region table of 2 rows for batch 1', 'E_SHAPE', 'attention', [q, kv, kv, { ...table(9, [-1, 0, -1, -1, -1]), shape: [2, 9], data: Array<number>(18).fill(-1) }], [[1, 4, 4]], on),
+    errorCase('attention region owner 1 of 1 region', 'E_ARGUMENT', 'attention', [q, kv, kv, table(9, [-1, 1, -1, -1, -1])], [[1, 4, 4]], on),
+    errorCase('attention regions width 3 for 4 queries', 'E_SHAPE', 'attention', [q, kv, kv, table(9, [-1, 0, -1, -1, -1])], [[1, 4, 4]], { ...on, width: 3 }),
+    errorCase('attention regions flag without a table', 'E_SHAPE', 'attention', [q, kv, kv], [[1, 4, 4]], on),
+    errorCase('attention region table as float', 'E_ARGUMENT', 'attention', [q, kv, kv, { shape: [1, 9] }], [[1, 4, 4]], on),
+    errorCase('attention_backward region owner -2', 'E_ARGUMENT', 'attention_backward', [q, kv, kv, q, table(9, [-2, 0, -1, -1, -1])], [[1, 4, 4], [1, 5, 4], [1, 5, 4]], on),
+  ];
+}
+
 /** Bad shapes and ids: the native ops' own checks, reached through raw ops (no builder checks in between). */
 function badShapes(): OpCase[] {
   const x = { shape: [2, 3, 8] }, w = { shape: [5, 8] }, b = { shape: [5] }, y = [2, 3, 5];
@@ -247,6 +262,7 @@ function badShapes(): OpCase[] {
     errorCase('conv2d residual (flagged, 3rd input) of the wrong shape', 'E_SHAPE', 'conv2d', [cx, cw, crBad], [cy], { pad: 1, residual: true }),
     errorCase('group_norm groups not dividing C', 'E_SHAPE', 'group_norm', [{ shape: [1, 6, 4] }, { shape: [6] }, { shape: [6] }], [[1, 6, 4]], { groups: 4 }),
     errorCase('attention k/v length mismatch', 'E_SHAPE', 'attention', [{ shape: [1, 5, 12] }, { shape: [1, 7, 12] }, { shape: [1, 6, 12] }], [[1, 5, 12]], { heads: 3 }),
+    ...regionErrors(),
     errorCase('add non-broadcastable', 'E_SHAPE', 'add', [{ shape: [2, 3] }, { shape: [4, 3] }], [[4, 3]]),
     errorCase('permute invalid perm', 'E_SHAPE', 'permute', [{ shape: [2, 3] }], [[3, 2]], { perm: [0, 0] }),
     errorCase('reshape numel mismatch', 'E_SHAPE', 'reshape', [{ shape: [2, 3] }], [[7]]),

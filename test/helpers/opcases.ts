@@ -14,9 +14,10 @@
 // autodiff rule. The CUDA kernel paths that only a native call can force (and the stream stress)
 // keep their own checks (cuda_ops_test.cu).
 import type { OpCase, InputSpec } from './opcase.js';
-import { attentionCase, binaryCase, convCase, gegluCase, groupNormCase, ids, layerNormCase, linearCase, matmulCase, rawCase, S, unaryCase } from './opfamilies.js';
+import { attentionCase, binaryCase, convCase, gegluCase, groupNormCase, ids, layerNormCase, linearCase, matmulCase, rawCase, S, unaryCase, type RegionSpec } from './opfamilies.js';
 import { pathCases } from './opcases-paths.js';
 import * as R from './opref.js';
+import { regionColumns, regionTable } from '../../lib/regions.js';
 
 export * from './opcase.js';
 
@@ -62,6 +63,7 @@ export function opCases(which: 'all' | 'cpu' = 'all'): OpCase[] {
     attentionCase(1, 3, 9, 11, 4, 2),
     attentionCase(1, 2, 70, 9, 4, 2, { capture: true }),
     attentionCase(1, 2, 4, 9, 4, 4, { probsOnly: true }),
+    ...regionCases(),
     // ---- elementwise
     gegluCase([2, 5, 14]),
     unaryCase('gelu', [3, 17], 3),
@@ -98,6 +100,27 @@ export function opCases(which: 'all' | 'cpu' = 'all'): OpCase[] {
     { name: 'adam_step non-finite norm: nothing changes', inputs: [{ shape: [4, 9] }, { shape: [4, 9] }, { shape: [4, 9] }, { shape: [4, 9], positive: true, amp: 2e-5 }, { shape: [8], f32bits: [1e-3, 0.9, 0.999, 1e-8, 0.1, 0.001, 1, 0] }, { shape: [1], data: [NaN] }], build: (g, [p, gr, m, v, c, q]) => g.adamStep(p!, gr!, m!, v!, c!, q), ref: (x) => R.adamStep(x[0]!, x[1]!, x[2]!, x[3]!, x[4] as Int32Array, x[5]), float32Only: true },
   ];
   return [...cases, ...(which === 'all' ? gpuCases() : []), ...pathCases()];
+}
+
+/**
+ * Regional attention (native/regions.h): boxes on cell edges, a cell centre on a box's edge, empty
+ * and overlapping boxes, every key confined (rows that see none), regions on some batch rows only,
+ * query blocks and key tiles past the CPU kernel's (64 queries, 256 keys), and the whole image
+ * (checked against plain attention: no change).
+ */
+function regionCases(): OpCase[] {
+  const rg = (name: string, grid: [number, number], list: { tokens: number[]; box: [number, number, number, number] }[], more: Partial<RegionSpec> = {}): RegionSpec => ({ name, grid, list, ...more });
+  return [
+    attentionCase(2, 2, 24, 11, 4, 4, { regions: rg('boxes on cell edges', [4, 6], [{ tokens: [2, 3], box: [0, 0, 0.5, 0.5] }, { tokens: [7], box: [0.5, 0.25, 1, 1] }]) }),
+    attentionCase(1, 2, 9, 7, 4, 4, { capture: true, regions: rg('centres on box edges', [3, 3], [{ tokens: [1], box: [0.5, 0, 1, 0.5] }, { tokens: [2, 5], box: [0, 0.5, 0.5, 1] }]) }),
+    attentionCase(1, 2, 16, 8, 4, 4, { capture: true, regions: rg('an empty box, an unused slot', [4, 4], [{ tokens: [1, 2], box: [0.3, 0.3, 0.35, 0.35] }, { tokens: [6], box: [0, 0, 0.5, 1] }], { capacity: 3 }) }),
+    attentionCase(2, 2, 30, 10, 4, 4, { capture: true, regions: rg('overlapping boxes', [6, 5], [{ tokens: [1], box: [0.2, 0, 0.8, 0.6] }, { tokens: [4, 5], box: [0, 0.3, 1, 0.7] }, { tokens: [8], box: [0.4, 0.4, 1, 1] }]) }),
+    attentionCase(1, 2, 16, 6, 4, 4, { capture: true, regions: rg('every key confined', [4, 4], [{ tokens: [0, 1, 2], box: [0, 0, 0.5, 0.5] }, { tokens: [3, 4, 5], box: [0.25, 0.25, 1, 0.75] }]) }),
+    attentionCase(2, 2, 12, 9, 4, 4, { capture: true, regions: rg('batch row 1 only', [3, 4], [{ tokens: [3, 4], box: [0, 0, 0.5, 1] }], { rows: [false, true] }) }),
+    attentionCase(1, 2, 90, 300, 8, 8, { regions: rg('query blocks, key tiles', [9, 10], [{ tokens: [5, 6], box: [0, 0, 0.4, 1] }, { tokens: [270, 299], box: [0.5, 0.5, 1, 1] }]) }),
+    attentionCase(1, 2, 90, 300, 8, 8, { capture: true, regions: rg('query blocks, key tiles', [9, 10], [{ tokens: [5, 6], box: [0, 0, 0.4, 1] }, { tokens: [270, 299], box: [0.5, 0.5, 1, 1] }]) }),
+    attentionCase(2, 2, 35, 9, 4, 4, { capture: true, regions: rg('the whole image = plain attention', [5, 7], [{ tokens: [0, 1, 2, 3], box: [0, 0, 1, 1] }], { plainRef: true }) }),
+  ];
 }
 
 /** SD 1.5 shapes and the shapes that pick each CUDA kernel path (was cuda_ops_test.cu's list). */
@@ -204,6 +227,13 @@ function gpuCases(): OpCase[] {
   cs.push(attentionCase(2, 8, 4096, 4096, 40, 40, { stress: true, tolF16: 5e-3 }));
   cs.push(attentionCase(2, 8, 4096, 77, 40, 40, { capture: true, stress: true }));
   cs.push(attentionCase(2, 8, 256, 77, 160, 160, { capture: true, stress: true }));
+  // Two regions as generate() passes them (guidance: the conditional row only; 8 table slots) on
+  // each CUDA path: flash fp16 (d 40 / 80 / 160) or, in fp32, unfused (64x64) and generic (the rest).
+  const two = (grid: [number, number]): RegionSpec => ({ name: 'two, conditional row', grid, list: [{ tokens: [5, 6], box: [0, 0, 0.5, 1] }, { tokens: [8, 9], box: [0.5, 0.25, 1, 1] }], rows: [false, true], capacity: 8 });
+  cs.push(attentionCase(2, 8, 4096, 77, 40, 40, { capture: true, stress: true, regions: two([64, 64]) }));
+  cs.push(attentionCase(2, 8, 1024, 77, 80, 80, { stress: true, regions: two([32, 32]) }));
+  cs.push(attentionCase(2, 8, 64, 77, 160, 160, { capture: true, stress: true, regions: two([8, 8]) }));
+  cs.push(attentionCase(2, 2, 96, 77, 8, 8, { capture: true, stress: true, regions: two([8, 12]) }));
   cs.push({ name: 'linear + geglu SD1.5 proj x[2,4096,320]→2560→1280', inputs: [{ shape: [2, 4096, 320] }, { shape: [2560, 320], amp: 0.05 }, { shape: [2560] }], build: (g, [x, w, b]) => g.geglu(g.linear(x!, w!, b)),
     // output (r, i) = h[r, i]·gelu(h[r, 1280 + i]) with h = x·wᵀ + b: two linear references per index.
     refAt: (x, _out, idx) => {
@@ -233,6 +263,13 @@ function gpuCases(): OpCase[] {
     const ins: InputSpec[] = [{ shape: [b, nq, h * d] }, { shape: [b, nk, h * d] }, { shape: [b, nk, h * dv] }, { shape: [b, nq, h * dv] }];
     if (dp) ins.push({ shape: [b * h, nq, nk] });
     cs.push(rawCase(`attention_backward q[${b},${nq},${h * d}] k/v ${nk} H${h}${causal ? ' causal' : ''}${dp ? ' +dp' : ''}`, 'attention_backward', ins, [[b, nq, h * d], [b, nk, h * d], [b, nk, h * dv]], { heads: h, scale: 1 / Math.sqrt(d), causal }));
+  }
+  for (const [b, h, grid, d, dp] of [[2, 8, [32, 32], 80, true], [2, 2, [8, 12], 8, false]] as const) {
+    const nq = grid[0] * grid[1], table = regionTable([{ tokens: [5, 6], box: [0, 0, 0.5, 1] }, { tokens: [8], box: [0.5, 0.25, 1, 1] }], 77, [false, true], 8);
+    const ins: InputSpec[] = [{ shape: [b, nq, h * d] }, { shape: [b, 77, h * d] }, { shape: [b, 77, h * d] }, { shape: [b, nq, h * d] }];
+    if (dp) ins.push({ shape: [b * h, nq, 77] });
+    ins.push({ shape: [b, regionColumns(77, 8)], int: [-1, 1], data: [...table] });
+    cs.push(rawCase(`attention_backward q[${b},${nq},${h * d}] k/v 77 H${h}${dp ? ' +dp' : ''} regions ${S(grid)}`, 'attention_backward', ins, [[b, nq, h * d], [b, 77, h * d], [b, 77, h * d]], { heads: h, scale: 1 / Math.sqrt(d), causal: false, regions: true, width: grid[1] }));
   }
   cs.push(rawCase('inject_backward dy[2,77,768] → [3,768]', 'inject_backward', [{ shape: [2, 77, 768] }, ids([2, 77], (k) => (k % 77 === 5 ? 0 : k % 77 === 6 ? 2 : k % 77 === 7 ? 1 : k % 77 === 9 ? 2 : -1))], [[3, 768]]));
   cs.push(rawCase('inject_backward dy[1,5,3] → [4,3] (unused slot)', 'inject_backward', [{ shape: [1, 5, 3] }, ids([1, 5], (k) => (k === 0 ? 1 : k === 3 ? 0 : k === 4 ? 1 : -1))], [[4, 3]]));

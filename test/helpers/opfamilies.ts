@@ -2,6 +2,7 @@
 // shapes and attributes in, a case out with its name, its float64 reference (sampled where a full
 // one would be slow: refAt + samples) and the inputs its gradient check differentiates.
 import type { Graph, Value } from '../../lib/graph/graph.js';
+import { regionColumns, regionTable, type Region } from '../../lib/regions.js';
 import { numel } from '../../lib/tensor.js';
 import type { Data, InputSpec, OpCase } from './opcase.js';
 import * as R from './opref.js';
@@ -102,16 +103,35 @@ export function layerNormCase(xs: number[], offset = 0, stress = false): OpCase 
   };
 }
 
-export function attentionCase(b: number, heads: number, nq: number, nk: number, d: number, dv: number, o: { causal?: boolean; capture?: boolean; stress?: boolean; tolF16?: number; probsOnly?: boolean; qAmp?: number; path?: string } = {}): OpCase {
+/**
+ * Regions of an attention case (native/regions.h): the queries are a grid [H, W]; `list` applies to
+ * the batch rows `rows` marks (default all), in a table of `capacity` slots (default list.length);
+ * `plainRef`: the reference is plain attention (regions that must change nothing).
+ */
+export interface RegionSpec {
+  name: string;
+  grid: [number, number];
+  list: Region[];
+  rows?: boolean[];
+  capacity?: number;
+  plainRef?: boolean;
+}
+
+export function attentionCase(b: number, heads: number, nq: number, nk: number, d: number, dv: number, o: { causal?: boolean; capture?: boolean; stress?: boolean; tolF16?: number; probsOnly?: boolean; qAmp?: number; path?: string; regions?: RegionSpec } = {}): OpCase {
   const qs = [b, nq, heads * d], ks = [b, nk, heads * d], vs = [b, nk, heads * dv];
   const causal = !!o.causal, capture = !!o.capture || !!o.probsOnly;
-  const run = (x: Data[], at?: { out: number; idx: number[] }) => R.attention(f(x[0]!), qs, f(x[1]!), ks, f(x[2]!), vs, heads, undefined, causal, capture, at);
+  const rg = o.regions;
+  if (rg && rg.grid[0] * rg.grid[1] !== nq) throw new Error(`attentionCase: grid ${S(rg.grid)} is not ${nq} queries`);
+  const table = rg ? regionTable(rg.list, nk, rg.rows ?? Array<boolean>(b).fill(true), rg.capacity ?? rg.list.length) : undefined;
+  const hidden = (x: Data[]) => (rg && !rg.plainRef ? R.regionHidden(x[3] as Int32Array, b, nk, nq, rg.grid[1]) : undefined);
+  const run = (x: Data[], at?: { out: number; idx: number[] }) => R.attention(f(x[0]!), qs, f(x[1]!), ks, f(x[2]!), vs, heads, undefined, causal, capture, at, hidden(x));
   return {
-    name: named(`attention q${S(qs)} k${S(ks)} v${S(vs)} H${heads}${causal ? ' causal' : ''}${capture ? ' capture' : ''}${o.probsOnly ? ' (probabilities only)' : ''}${o.qAmp ? ` q·${o.qAmp}` : ''}`, o.path),
-    inputs: [{ shape: qs, amp: o.qAmp }, { shape: ks }, { shape: vs }],
-    build: (g, [q, k, v]) => {
-      if (!capture) return g.attention(q!, k!, v!, { heads, causal });
-      const r = g.attention(q!, k!, v!, { heads, causal, capture: true });
+    name: named(`attention q${S(qs)} k${S(ks)} v${S(vs)} H${heads}${causal ? ' causal' : ''}${capture ? ' capture' : ''}${o.probsOnly ? ' (probabilities only)' : ''}${o.qAmp ? ` q·${o.qAmp}` : ''}${rg ? ` regions ${S(rg.grid)}: ${rg.name}` : ''}`, o.path),
+    inputs: [{ shape: qs, amp: o.qAmp }, { shape: ks }, { shape: vs }, ...(table ? [{ shape: [b, regionColumns(nk, rg!.capacity ?? rg!.list.length)], int: [-1, 1] as [number, number], data: [...table] }] : [])],
+    build: (g, [q, k, v, t]) => {
+      const regions = t ? { regions: { table: t, width: rg!.grid[1] } } : {};
+      if (!capture) return g.attention(q!, k!, v!, { heads, causal, ...regions });
+      const r = g.attention(q!, k!, v!, { heads, causal, capture: true, ...regions });
       return o.probsOnly ? r[1] : r;
     },
     ref: (x) => {

@@ -119,7 +119,26 @@ export function layerNorm(x: A, xs: Shape, w: A, b: A, eps: number): Float64Arra
  * [o] or [o, p] (p: the softmax probabilities [B·H, Nq, Nk]); with idx, output `out` (0: o, 1: p) at
  * those flat indices only (each query row computed once).
  */
-export function attention(q: A, qs: Shape, k: A, ks: Shape, v: A, vs: Shape, heads: number, scale: number | undefined, causal: boolean, capture: boolean, at?: { out: number; idx: number[] }): Float64Array[] {
+/**
+ * native/regions.h's rule: whether query i of batch row b, on a grid `width` wide, is hidden from
+ * key j by the region table (int32 [rows, keys + 4R]). The cell centre is divided in float64 and
+ * rounded to float32, which equals float32 division.
+ */
+export function regionHidden(table: Int32Array, rows: number, keys: number, queries: number, width: number): (b: number, i: number, j: number) => boolean {
+  const cols = table.length / rows;
+  const boxes = new Float32Array(table.buffer, table.byteOffset, table.length);
+  const H = queries / width;
+  return (b, i, j) => {
+    const r = table[b * cols + j]!;
+    if (r < 0) return false;
+    const cx = Math.fround((i % width + 0.5) / width), cy = Math.fround((Math.floor(i / width) + 0.5) / H);
+    const [x0, y0, x1, y1] = [0, 1, 2, 3].map((c) => boxes[b * cols + keys + 4 * r + c]!) as [number, number, number, number];
+    return !(cx >= x0 && cy >= y0 && cx < x1 && cy < y1);
+  };
+}
+
+/** softmax(scale·q·kᵀ) · v per (batch, head); `hidden` masks keys (−inf; a row with every key masked gives 0). */
+export function attention(q: A, qs: Shape, k: A, ks: Shape, v: A, vs: Shape, heads: number, scale: number | undefined, causal: boolean, capture: boolean, at?: { out: number; idx: number[] }, hidden?: (b: number, i: number, j: number) => boolean): Float64Array[] {
   const [B, Nq, Dq] = qs as [number, number, number];
   const Nk = ks[1]!, d = Dq / heads, dv = vs[2]! / heads;
   const sc = scale ?? 1 / Math.sqrt(d);
@@ -134,12 +153,15 @@ export function attention(q: A, qs: Shape, k: A, ks: Shape, v: A, vs: Shape, hea
     for (let j = 0; j < Nk; j++) {
       let acc = 0;
       for (let c = 0; c < d; c++) acc += q[(bi * Nq + i) * Dq + h * d + c]! * k[(bi * Nk + j) * Dq + h * d + c]!;
-      s[j] = causal && j > i ? -Infinity : acc * sc;
+      s[j] = (causal && j > i) || hidden?.(bi, i, j) ? -Infinity : acc * sc;
       mx = Math.max(mx, s[j]!);  // NaN scores make the row NaN, as in torch
     }
-    let sum = 0;
-    for (let j = 0; j < Nk; j++) sum += s[j] = Math.exp(s[j]! - mx);
-    for (let j = 0; j < Nk; j++) s[j] = s[j]! / sum;
+    if (mx === -Infinity) s.fill(0);  // every key hidden by the regions: p = 0, o = 0
+    else {
+      let sum = 0;
+      for (let j = 0; j < Nk; j++) sum += s[j] = Math.exp(s[j]! - mx);
+      for (let j = 0; j < Nk; j++) s[j] = s[j]! / sum;
+    }
     const o = new Float64Array(dv);
     for (let c = 0; c < dv; c++) {
       let acc = 0;
