@@ -71,13 +71,8 @@ export function selectSteps(opt: CaptureAttentionOptions['steps'], steps: number
   return new Set(opt);
 }
 
-/**
- * Keeps the conditional half of probabilities [2·heads or heads, h·w, n] and optionally averages
- * the heads.
- */
-export function conditionalMaps(p: Float32Array, batchHeads: number, heads: number, hw: number, n: number, reduce: boolean): Float32Array {
-  const off = batchHeads === 2 * heads ? heads * hw * n : 0;
-  const cond = p.subarray(off, off + heads * hw * n);
+/** One image's probabilities [heads, h·w, n], copied, or averaged over the heads with `reduce`. */
+function headMaps(cond: Float32Array, heads: number, hw: number, n: number, reduce: boolean): Float32Array {
   if (!reduce) return cond.slice();
   const out = new Float32Array(hw * n);
   for (let h = 0; h < heads; h++) {
@@ -85,6 +80,40 @@ export function conditionalMaps(p: Float32Array, batchHeads: number, heads: numb
     for (let i = 0; i < src.length; i++) out[i]! += src[i]! / heads;
   }
   return out;
+}
+
+/** Where a captured layer's probabilities come from: which layer, step and batch layout. */
+export interface CapturedAt {
+  layer: string;
+  /** 1-based step number and its timestep. */
+  step: number;
+  timestep: number;
+  /** Images in the batch; with guidance the rows are [unconditional × images, conditional × images]. */
+  images: number;
+  guided: boolean;
+  /** The latents' height and the UNet's resolution levels (for the layer's map size). */
+  latentHeight: number;
+  levels: number;
+  /** Average the heads. */
+  reduce: boolean;
+}
+
+/**
+ * One captured layer at one step, probabilities [rows·heads, h·w, tokens] float32 → a map per
+ * image of its conditional rows (image k's block is row images + k with guidance, else row k).
+ */
+export function conditionalAttentionMaps(all: Float32Array, shape: readonly number[], at: CapturedAt): AttentionMap[] {
+  const [bh, hw, tokens] = shape as [number, number, number];
+  const heads = bh / (at.guided ? 2 * at.images : at.images);
+  const lh = at.latentHeight / layerDownsampling(at.layer, at.levels);
+  const per = heads * hw * tokens;
+  return Array.from({ length: at.images }, (_, k) => {
+    const row = at.guided ? at.images + k : k;
+    return {
+      layer: at.layer, step: at.step, timestep: at.timestep, image: k, heads: at.reduce ? 1 : heads, height: lh, width: hw / lh, tokens,
+      data: headMaps(all.subarray(row * per, (row + 1) * per), heads, hw, tokens, at.reduce),
+    };
+  });
 }
 
 /** Positions of `token` (an index, or a word/piece of the prompt, or '<id>' for identity slots). */

@@ -1,32 +1,50 @@
-// Engine: the text/image → image generation pipeline (DDIM, DPM-Solver++ and Euler samplers with
-// classifier-free guidance, batches, identities, attention capture) and the public API around it. The model itself (backend, stream, weights,
-// programs) is the SD runtime it runs on (lib/runtime/sd.ts); SeFi-IDE learning is another client
-// of that runtime (lib/learn/learn.ts), reached through learnIdentity().
-import { IdforgeError, throwIfAborted } from './errors.js';
+// Engine: the public API over one SD model — text/image → image generation (DDIM, DPM-Solver++ and
+// Euler samplers with classifier-free guidance, batches, identities, attention capture: the
+// stages in lib/generate/), the model's building blocks (text encoder, UNet, VAE), and SeFi-IDE
+// learning (lib/learn/, through `learner`). The model itself (backend, stream, weights, programs)
+// is the SD runtime it runs on (lib/runtime/sd.ts), shared by all of them.
+import { throwIfAborted } from './errors.js';
+import { Conditioning, expandFor } from './generate/conditioning.js';
+import { decodeImages } from './generate/decode.js';
+import { Denoiser } from './generate/denoiser.js';
+import { prepareLatents } from './generate/latents.js';
+import { identityMap, resolveGenerate, type GenerateOptions, type GenerateResult } from './generate/options.js';
 import type { BackendSpec } from './graph/program.js';
 import type { Weights } from './graph/weights.js';
+import type { Identity } from './identity/identity.js';
+import { checkPrompt } from './io/bounds.js';
 import type { ModelSource } from './io/checkpoint.js';
 import type { ModelConfigs } from './io/configs.js';
-import { decodeImage, toRawImage, toSignedCHW, type RawImage } from './io/image.js';
-import type { GenerateOptions, GenerateResult, LearnOptions, LoadOptions, LoraOptions, NoiseOptions, SetLorasOptions, TextOptions } from './options.js';
-import { toHost } from './runtime/runtime.js';
-import { SdRuntime } from './runtime/sd.js';
-import { DDIMScheduler } from './sched/ddim.js';
-import { normalGenerator } from './sched/random.js';
-import { makeSampler } from './sched/samplers.js';
-import { checkPrompt } from './io/bounds.js';
-import { checkLatentsFinite } from './numeric.js';
-import { checkFits, coefficientTensor, img2imgStart, markRun, stepProgram } from './sampling.js';
-import { Tensor } from './tensor.js';
-import { latentPosterior, sampleLatent } from './vae/posterior.js';
-import type { ClipTokenizer } from './text/tokenizer.js';
-import { conditionalMaps, layerDownsampling, selectLayers, selectSteps, type AttentionMap } from './attention.js';
-import type { Identity } from './identity/identity.js';
-import { expandPrompt, type ExpandedPrompt } from './identity/placeholders.js';
+import type { RawImage } from './io/image.js';
+import { regionList, type Region } from './regions.js';
 import { IdentityLearner } from './learn/learn.js';
-import { argError, identityMap, imageTensorShape, oneOf, regionList, timestep, tokenIds, unetContexts, validateGenerate, validateLoras } from './validate.js';
+import type { LearnOptions } from './learn/options.js';
+import { toHost } from './runtime/runtime.js';
+import { resolveLoras, type LoraOptions, type SetLorasOptions } from './runtime/lora.js';
+import { SdRuntime, type LoadOptions } from './runtime/sd.js';
+import { DDIMScheduler } from './sched/ddim.js';
+import { Tensor } from './tensor.js';
+import type { ClipTokenizer } from './text/tokenizer.js';
+import { imageTensorShape, invalid, oneOf, shown } from './validate.js';
 
-export type { GenerateOptions, GenerateResult, LoadOptions, LoraOptions, ProgressInfo, SetLorasOptions, TextOptions } from './options.js';
+export type { GenerateOptions, GenerateResult, ProgressInfo } from './generate/options.js';
+export type { LoadOptions } from './runtime/sd.js';
+export type { LoraOptions, SetLorasOptions } from './runtime/lora.js';
+
+export interface TextOptions {
+  identity?: Identity;
+  identities?: Record<string, Identity> | Map<string, Identity>;
+  /** Which stage's words to inject (SeFi-IDE identities have 5). */
+  stage?: number;
+  /** Inject the key ('k', default) or value ('v') words. */
+  kind?: 'k' | 'v';
+}
+
+/** Engine.predictNoise's options. */
+export interface NoiseOptions {
+  /** Token indices of the context confined to boxes of the image (fractions [x0, y0, x1, y1)), on every row. */
+  regions?: Region[];
+}
 
 export class Engine implements Disposable {
   /** The model this engine runs on: backend, stream, weights, programs (shared with the learner and the bench). */
@@ -127,7 +145,7 @@ export class Engine implements Disposable {
   /** 77 token ids (BOS, content, EOS, padding); prompts past 75 tokens are truncated. */
   tokenize(text: string): Int32Array {
     this.runtime.assertLive();
-    if (typeof text !== 'string') throw argError('tokenize expects a string');
+    if (typeof text !== 'string') throw invalid('text', 'a string (tokenize takes a prompt)', text);
     checkPrompt(text, 'prompt');
     return this.tokenizer.encode(text).ids;
   }
@@ -141,16 +159,16 @@ export class Engine implements Disposable {
     this.runtime.assertLive();
     const idMap = identityMap(opts);
     if (idMap || (typeof input === 'string' && /<id(:[^<>]*)?>/.test(input))) {
-      if (typeof input !== 'string') throw argError('identities apply to a prompt string, not to token ids');
-      const e = this.expand(input, idMap);
+      if (typeof input !== 'string') throw invalid('input', 'a prompt string when identities are given (they apply to placeholders, not to token ids)', input);
+      const e = expandFor(this.runtime, input, idMap);
       if (e.rows.length === 0) return toHost(await this.runtime.runText([e.ids]));
       const stage = opts.stage ?? 0;
       const kind = oneOf(opts.kind ?? 'k', 'kind', ['k', 'v'] as const);
       return toHost(await this.runtime.runText([e.ids], { slots: [e.slots], vectors: e.vectors(stage, kind) }));
     }
     if (input === null || input === undefined || (typeof input !== 'string' && !Array.isArray(input) && !(input instanceof Int32Array)))
-      throw argError('encodeText expects a prompt, 77 token ids, or an array of those');
-    if (Array.isArray(input) && input.length === 0) throw argError('encodeText got an empty list');
+      throw invalid('input', 'a prompt, 77 token ids, or an array of those (encodeText)', input);
+    if (Array.isArray(input) && input.length === 0) throw invalid('input', 'a non-empty list (encodeText)', input);
     const list: (string | Int32Array | number[])[] = Array.isArray(input) && typeof input[0] !== 'number' ? (input as (string | Int32Array)[]) : [input as string | Int32Array | number[]];
     const ids = list.map((x) => (typeof x === 'string' ? this.tokenize(x) : tokenIds(x, this.configs.text.vocabSize)));
     return toHost(await this.runtime.runText(ids));
@@ -159,14 +177,6 @@ export class Engine implements Disposable {
   /** The token embedding (before positions) of a one-token word, e.g. "person". */
   async wordEmbedding(word: string): Promise<Float32Array> {
     return this.runtime.wordEmbedding(word);
-  }
-
-  /** A prompt's placeholders expanded against the identities, checked against this model's text width. */
-  private expand(prompt: string, idMap: Map<string, Identity> | undefined): ExpandedPrompt {
-    const e = expandPrompt(this.tokenizer, prompt, idMap);
-    if (e.rows.length && e.dim !== this.configs.text.hiddenSize)
-      throw new IdforgeError('E_IDENTITY', `identity has dim ${e.dim}, the model's text width is ${this.configs.text.hiddenSize}`);
-    return e;
   }
 
   /**
@@ -189,9 +199,9 @@ export class Engine implements Disposable {
     const ctxs = unetContexts(context, b, this.configs.unet.crossAttentionDim);
     const dual = ctxs.length === 2;
     const known = new Set(this.crossAttentionLayers);
-    for (const l of layers) if (!known.has(l)) throw argError(`unknown cross-attention layer '${l}'`);
+    for (const l of layers) if (!known.has(l)) throw invalid('layers', `cross-attention layers of this UNet (see crossAttentionLayers)`, l);
     const n = ctxs[0]!.shape[1]!;
-    const regions = opts?.regions === undefined ? [] : regionList(opts.regions, n);  // none: the plain program
+    const regions = opts?.regions === undefined ? [] : regionList(opts.regions, n); // none: the plain program
     const capture = [...new Set(layers)].sort();
     return rt.shared(async () => {
       await rt.preload(['unet']);
@@ -229,214 +239,37 @@ export class Engine implements Disposable {
 
   /**
    * Text → image (or image → image) with a sampler and classifier-free guidance, optionally with
-   * identities and attention capture; `numImages` images run as one batch. Each denoising step is
-   * one native call (lib/sampling.ts): the latents stay on the backend until the VAE decodes them.
+   * identities and attention capture; `numImages` images run as one batch. The recipe, in
+   * diffusers' order: the plan (every option checked once), the conditioning, the latents, the
+   * denoising loop (one native call per step, lib/generate/denoiser.ts), the VAE decode.
    */
   async generate(opts: GenerateOptions): Promise<GenerateResult> {
-    const rt = this.runtime;
-    rt.assertLive();
-    const init = opts?.image !== undefined ? await decodeImage(opts.image, 'image') : undefined;
-    const o = validateGenerate(opts, this.sizeMultiple, init);
-    const warnings: string[] = [];
-    const { signal } = opts;
-    throwIfAborted(signal, 'generate');
-    const h = o.height / this.latentFactor;
-    const w = o.width / this.latentFactor;
-    const ch = this.configs.unet.inChannels;
-    const N = o.numImages;
-    const n = ch * h * w;
-    const e = this.expand(opts.prompt, identityMap(opts));
-    if (e.truncated) warnings.push('the prompt is longer than 75 tokens and was truncated');
-    const cfg = o.guidanceScale > 1;
-    // Text rows: [negative × N, prompt × N] with guidance (the unconditional rows first, as CFG
-    // reads them), else [prompt × N]. The unconditional branch never sees an identity.
-    const ids: Int32Array[] = Array.from({ length: N }, () => e.ids);
-    const slots: Int32Array[] = Array.from({ length: N }, () => e.slots);
-    if (cfg) {
-      const neg = this.tokenizer.encode(o.negativePrompt);
-      if (neg.truncated) warnings.push('the negative prompt is longer than 75 tokens and was truncated');
-      ids.unshift(...Array.from({ length: N }, () => neg.ids));
-      slots.unshift(...Array.from({ length: N }, () => new Int32Array(77).fill(-1)));
-    }
-    const withId = e.rows.length > 0;
-    const dual = withId && !e.kvShared;
-    const sampler = makeSampler(o.sampler, this.configs.scheduler, o.steps, { eta: o.eta });
-    const start = init ? img2imgStart(o.steps, o.strength, sampler.timesteps.length) : 0;
-    const timesteps = sampler.timesteps.slice(start);
-    // Image i draws from its own generator, seeded with seed + i: its initial noise, then (image
-    // to image below strength 1) the VAE posterior sample, then each step's noise.
-    const gens = Array.from({ length: N }, (_, i) => normalGenerator(o.seed + i));
-    const draw = (i: number) => Float32Array.from({ length: n }, gens[i]!);
-    const noise0 = new Float32Array(N * n);
-    if (opts.latents) {
-      imageTensorShape(opts.latents, 'latents', ch, rt.latentMultiple);
-      if (opts.latents.shape[0] !== N || opts.latents.shape[2] !== h || opts.latents.shape[3] !== w)
-        throw new IdforgeError('E_SHAPE', `latents must be [${N}, ${ch}, ${h}, ${w}] for ${N} image(s) of ${o.width}x${o.height}, got ${JSON.stringify(opts.latents.shape)}`);
-      noise0.set(opts.latents.toFloat32());
-    }
-    // Drawn even when latents are given, so that the later draws do not depend on it.
-    for (let i = 0; i < N; i++) {
-      const z = draw(i);
-      if (!opts.latents) noise0.set(z, i * n);
-    }
-    const stochastic = sampler.stochastic;
-    let stepNoise: Float32Array | undefined;
-    if (opts.stepNoise !== undefined) {
-      const want = [timesteps.length, N, ch, h, w];
-      const s = opts.stepNoise.shape;
-      if (s.length !== 5 || s.some((d, i) => d !== want[i]))
-        throw new IdforgeError('E_SHAPE', `stepNoise must be [steps run, numImages, C, h, w] = ${JSON.stringify(want)}, got ${JSON.stringify(s)}`);
-      if (stochastic) stepNoise = opts.stepNoise.toFloat32();
-      else warnings.push(`stepNoise is ignored: sampler ${o.sampler}${o.sampler === 'ddim' ? ' with eta 0' : ''} adds no noise`);
-    }
-    const levels = this.configs.unet.blockOutChannels.length;
-    const capLayers = opts.captureAttention ? selectLayers(opts.captureAttention.layers, this.crossAttentionLayers, h, levels) : [];
-    const capSteps = opts.captureAttention ? selectSteps(opts.captureAttention.steps, timesteps.length) : new Set<number>();
-    const reduce = opts.captureAttention?.reduce === 'mean';
-    const idScale = o.identityScale;
-    const maps: AttentionMap[] = [];
-    // Weights load before the clock starts, yielding between tensors so that abort works.
-    await rt.preload(['text', 'unet', 'vae-decoder'], signal);
-    // The activation memory N images need is checked before anything is allocated for them.
-    const shape = { batch: N, h, w, tokens: 77, guidance: cfg ? o.guidanceScale : null, dual, noise: stochastic };
-    const largest = capLayers.length && capSteps.size ? capLayers : [];
-    checkFits(stepProgram(rt, { ...shape, capture: largest }), { ...shape, capture: largest }, this.backend, 'generate');
-    // The starting latents: noise × init_noise_sigma, or (image to image) the image's latents
-    // noised to the first timestep run. Strength 1 starts from pure noise, as diffusers'
-    // inpainting pipeline does (is_strength_max), so that it equals text-to-image.
-    let lat = noise0.map((v) => v * sampler.initNoiseSigma);
-    if (init && o.strength < 1) {
-      const { a, b } = sampler.noiseScales(start);
-      const x0 = await this.imageLatents(init, N, draw);
-      lat = noise0.map((z, i) => a * x0[i]! + b * z);
-    }
-    const start0 = Date.now();
-    // identityScale interpolates the identity's vectors from the word "person" (looked up once).
-    const person = withId && idScale !== 1 ? await rt.wordEmbedding('person') : undefined;
-    const scaled = (v: Float32Array): Float32Array => {
-      if (!person) return v;
-      const D = person.length;
-      return v.map((x, i) => person[i % D]! + idScale * (x - person[i % D]!));
-    };
-    // One text-encoder run per distinct (stage, K|V) set, cached across steps.
-    const contexts = new Map<string, Tensor>();
-    const context = async (stage: number, kind: 'k' | 'v'): Promise<Tensor> => {
-      const key = withId ? `${stage}:${e.kvShared ? 'k' : kind}` : 'plain';
-      let c = contexts.get(key);
-      if (!c) {
-        c = withId ? await rt.runText(ids, { slots, vectors: scaled(e.vectors(stage, e.kvShared ? 'k' : kind)) }) : await rt.runText(ids);
-        contexts.set(key, c);
-      }
-      return c;
-    };
-    const c0 = sampler.coefficients(start, true).cin;
-    let x = rt.floats(lat, [N, ch, h, w]);
-    let xin = rt.floats(c0 === 1 ? lat : lat.map((v) => v * c0), [N, ch, h, w]);
-    let state = Tensor.zeros([N, ch, h, w], this.backend);
-    let numericWarned = false;
-    try {
-      for (let i = 0; i < timesteps.length; i++) {
-        throwIfAborted(signal, 'generate');
-        const t = timesteps[i]!;
-        const stage = withId ? e.stageFor(t, this.configs.scheduler.numTrainTimesteps) : 0;
-        const capture = capSteps.has(i + 1) ? capLayers : [];
-        const program = stepProgram(rt, { ...shape, capture });
-        checkFits(program, { ...shape, capture }, this.backend, 'generate');
-        const ctxK = await context(stage, 'k');
-        const ctxV = dual ? await context(stage, 'v') : undefined;
-        const inputs: Tensor[] = [];
-        let outs: Tensor[];
-        try {
-          inputs.push(coefficientTensor(sampler, start + i, i === 0, this.backend));
-          inputs.push(rt.floats(new Float32Array(ids.length).fill(t), [ids.length]));
-          if (stochastic) {
-            const z = stepNoise ? stepNoise.subarray(i * N * n, (i + 1) * N * n) : new Float32Array(N * n);
-            if (!stepNoise) for (let j = 0; j < N; j++) z.set(draw(j), j * n);
-            inputs.push(rt.floats(z, [N, ch, h, w]));
-          }
-          const [coefs, tIn, zIn] = inputs;
-          // Abort stops the native run within milliseconds; progress about every second inside long steps.
-          const onTick = (fraction: number) => opts.onProgress?.({ step: i, steps: timesteps.length, timestep: t, elapsedMs: Date.now() - start0, stage, fraction, latents: () => x.to('float32', 'cpu') });
-          outs = await program.run([x, xin, state, coefs!, tIn!, ctxK, ...(ctxV ? [ctxV] : []), ...(zIn ? [zIn] : [])], { signal, ...(opts.onProgress ? { onTick } : {}) });
-          markRun(program);
-        } finally {
-          for (const v of inputs) v.dispose();
-        }
-        const [nx, ns, nin, ...probs] = outs;
-        x.dispose();
-        state.dispose();
-        xin.dispose();
-        x = nx!;
-        state = ns!;
-        xin = nin!;
-        capture.forEach((layer, j) => {
-          const p = toHost(probs[j]!);
-          const [bh, hw, tokens] = p.shape as [number, number, number];
-          const heads = bh / ids.length;
-          const lh = h / layerDownsampling(layer, levels);
-          const all = p.toFloat32();
-          p.dispose();
-          // Rows are [uncond × N, cond × N] with guidance: image k's conditional block is row N + k.
-          const per = heads * hw * tokens;
-          for (let k = 0; k < N; k++) {
-            const block = all.subarray((cfg ? N + k : k) * per, (cfg ? N + k + 1 : k + 1) * per);
-            maps.push({
-              layer, step: i + 1, timestep: t, image: k, heads: reduce ? 1 : heads, height: lh, width: hw / lh, tokens,
-              data: conditionalMaps(block, heads, heads, hw, tokens, reduce),
-            });
-          }
-        });
-        // No silent black image: NaN/Inf latents are E_NUMERIC (or one warning with nonFinite: 'warn').
-        const nanWarning = numericWarned ? undefined : checkLatentsFinite(x, { step: i + 1, steps: timesteps.length, timestep: t, guidanceScale: o.guidanceScale, dtype: this.backend.dtype }, opts.nonFinite === 'warn' ? 'warn' : 'error');
-        if (nanWarning) {
-          warnings.push(nanWarning);
-          numericWarned = true;
-        }
-        const now = x;
-        opts.onProgress?.({ step: i + 1, steps: timesteps.length, timestep: t, elapsedMs: Date.now() - start0, stage, latents: () => now.to('float32', 'cpu') });
-      }
-    } catch (err) {
-      x.dispose();
-      throw err;
-    } finally {
-      for (const c of contexts.values()) c.dispose();
-      state.dispose();
-      xin.dispose();
-    }
-    const final = x.toFloat32();
-    x.dispose();
-    throwIfAborted(signal, 'generate');
-    const sf = this.configs.vae.scalingFactor;
-    // One image at a time through the VAE: its peak memory does not grow with numImages.
-    const images: RawImage[] = [];
-    const px = new Float32Array(N * 3 * o.width * o.height);
-    for (let k = 0; k < N; k++) {
-      using z = Tensor.from(final.subarray(k * n, (k + 1) * n).map((v) => v / sf), [1, ch, h, w]);
-      using decoded = await this.decodeLatents(z, signal);
-      const p = decoded.toFloat32().map((v) => Math.min(1, Math.max(0, v / 2 + 0.5)));
-      px.set(p, k * p.length);
-      images.push(toRawImage(p, o.width, o.height));
-    }
-    const result: GenerateResult = { images, latents: Tensor.from(final, [N, ch, h, w]), pixels: Tensor.from(px, [N, 3, o.height, o.width]), warnings };
-    if (opts.captureAttention) {
-      const tokens = [...e.ids].map((id, i) => (e.slots[i]! >= 0 ? '<id>' : (this.tokenizer.piece(id) ?? String(id))));
-      result.attention = { maps, ids: e.ids, tokens, slots: e.slots, slotNames: e.rows.map((r) => r.name) };
-    }
-    return result;
+    // One call on one set of weights: a LoRA merge (setLoras) waits for it, or it for the merge.
+    return this.runtime.shared(() => this.#generate(opts));
   }
 
-  /**
-   * Image-to-image: the init image's latents for each of N images, each a sample of the VAE
-   * posterior (mean + exp(logvar/2)·noise, noise from `draw(image)`) times the scaling factor.
-   */
-  private async imageLatents(img: RawImage, N: number, draw: (i: number) => Float32Array): Promise<Float32Array> {
-    const { width: W, height: H } = img;
-    using x = Tensor.from(toSignedCHW(img), [1, 3, H, W]);
-    const post = latentPosterior(await this.encodeImage(x));
-    const n = post.mean.length;
-    const out = new Float32Array(N * n);
-    for (let k = 0; k < N; k++) sampleLatent(post, draw(k), this.configs.vae.scalingFactor, out, k * n);
-    return out;
+  async #generate(opts: GenerateOptions): Promise<GenerateResult> {
+    const rt = this.runtime;
+    rt.assertLive();
+    const plan = await resolveGenerate(opts, rt); // nothing below reads `opts`
+    throwIfAborted(plan.signal, 'generate');
+    // 1. The conditioning: prompt rows and identity words now, text-encoder runs on first use.
+    using cond = new Conditioning(rt, plan);
+    // Weights load before the clock starts, yielding between tensors so that abort works.
+    await rt.preload(['text', 'unet', 'vae-decoder'], plan.signal);
+    // The activation memory N images need is checked before anything is allocated for them.
+    const denoiser = new Denoiser(rt, plan, cond);
+    denoiser.checkFits();
+    // 2. The starting latents and each step's noise.
+    const latents = await prepareLatents(rt, plan);
+    // 3. The denoising loop.
+    const out = await denoiser.run(latents, cond);
+    throwIfAborted(plan.signal, 'generate');
+    // 4. The VAE decode.
+    const { images, pixels } = await decodeImages(rt, out.latents, plan);
+    const result: GenerateResult = { images, latents: Tensor.from(out.latents, [...plan.latentShape]), pixels, warnings: [...cond.warnings, ...plan.warnings, ...out.warnings] };
+    if (plan.capture) result.attention = { maps: out.maps, ...cond.attentionTokens() };
+    return result;
   }
 
   /**
@@ -450,7 +283,7 @@ export class Engine implements Disposable {
    */
   async setLoras(loras: readonly LoraOptions[], opts: SetLorasOptions = {}): Promise<{ warnings: string[] }> {
     this.runtime.assertLive();
-    const v = validateLoras(loras, opts);
+    const v = resolveLoras(loras, opts);
     return { warnings: await this.runtime.setLoras(v.loras, v.strict) };
   }
 
@@ -481,4 +314,30 @@ export class Engine implements Disposable {
   [Symbol.dispose](): void {
     this.dispose();
   }
+}
+
+/** The diffusion timestep of predictNoise: a number in [0, T). */
+function timestep(t: unknown, numTrainTimesteps: number): number {
+  if (typeof t !== 'number' || !Number.isFinite(t) || t < 0 || t >= numTrainTimesteps)
+    throw invalid('timestep', `a number in [0, ${numTrainTimesteps})`, t);
+  return t;
+}
+
+/** 77 token ids, integers inside the vocabulary, as an Int32Array. */
+function tokenIds(x: unknown, vocabSize: number): Int32Array {
+  if (!(x instanceof Int32Array) && !Array.isArray(x)) throw invalid('token ids', 'an Int32Array or an array of integers', x);
+  for (const v of x) if (!Number.isInteger(v)) throw invalid('token ids', 'integers', v);
+  const a = Int32Array.from(x as ArrayLike<number>);
+  if (a.length !== 77) throw invalid('token ids', '77 long', shown(`${a.length}`), { code: 'E_SHAPE' });
+  for (const id of a) if (id < 0 || id >= vocabSize) throw invalid('a token id', `inside the vocabulary (0..${vocabSize - 1})`, id);
+  return a;
+}
+
+/** A UNet context [b, N, D], or key and value contexts of one shape: → [context] or [k, v]. */
+function unetContexts(context: Tensor | { k: Tensor; v: Tensor }, b: number, D: number): Tensor[] {
+  const ctxs = context instanceof Tensor ? [context] : [context?.k, context?.v];
+  for (const c of ctxs)
+    if (!(c instanceof Tensor) || c.shape.length !== 3 || c.shape[0] !== b || c.shape[2] !== D || c.shape[1] !== ctxs[0]!.shape[1])
+      throw invalid('context', `[${b}, N, ${D}] (key and value contexts of one shape)`, c instanceof Tensor ? c.shape : c, { code: 'E_SHAPE' });
+  return ctxs as Tensor[];
 }

@@ -1,9 +1,10 @@
 // idforge: identity-preserving Stable Diffusion 1.x from one face photo.
-export { Engine } from './engine.js';
-export type { DeviceOptions, LoadOptions, GenerateOptions, GenerateResult, NoiseOptions, ProgressInfo, TextOptions, LearnOptions, LearnProgress, AugmentOptions, LoraOptions, SetLorasOptions } from './options.js';
+export { Engine, type NoiseOptions, type TextOptions } from './engine.js';
+export type { LoraOptions, SetLorasOptions } from './runtime/lora.js';
 export type { Region } from './regions.js';
-export { ModelRuntime, resolveBackend } from './runtime/runtime.js';
-export { SdRuntime, type SdWeights, type TextInjection, type UNetProgramOptions } from './runtime/sd.js';
+export type { GenerateOptions, GenerateResult, ProgressInfo } from './generate/options.js';
+export { ModelRuntime, resolveBackend, type DeviceOptions } from './runtime/runtime.js';
+export { SdRuntime, type LoadOptions, type SdWeights, type TextInjection, type UNetProgramOptions } from './runtime/sd.js';
 export { Tensor, type DType, type DeviceName, type TensorOptions } from './tensor.js';
 export { IdforgeError, type ErrorCode } from './errors.js';
 export { backends, memory, type Backends, type CudaStatus } from './native.js';
@@ -20,6 +21,7 @@ export { Identity, prepareFace, expandPrompt, type IdentityMethod, type Prepared
 export { attentionHeatmap, type AttentionCapture, type AttentionMap, type CaptureAttentionOptions } from './attention.js';
 export { bench, type BenchOptions, type BenchReport } from './bench/index.js';
 export { SEFI_TEMPLATES, IdentityLearner } from './learn/learn.js';
+export type { LearnOptions, LearnProgress, AugmentOptions } from './learn/options.js';
 export { ClipScorer, cosine, clipScore, type ClipLoadOptions, type ClipScore } from './clip/index.js';
 export { evaluate, writeReport, DEFAULT_PROMPTS, type EvaluateOptions, type EvalResult, type ReportFiles } from './eval/index.js';
 export {

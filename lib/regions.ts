@@ -1,6 +1,7 @@
 // Regional prompting: each region's tokens confined to a box of the image through cross-attention
 // (native/regions.h states the rule and the table; the ATTENTION op applies it). Here: the region
-// type and the host side of the table a UNet program takes as an input.
+// type, its argument checks and the host side of the table a UNet program takes as an input.
+import { invalid, numberIn, shown } from './validate.js';
 
 /** Token indices of the context confined to a box [x0, y0, x1, y1) in fractions of the image's width and height. */
 export interface Region {
@@ -21,7 +22,7 @@ export const regionColumns = (keys: number, capacity = REGION_CAPACITY): number 
 /**
  * The int32 region table [rows, regionColumns(keys, capacity)] (row-major): row i confines
  * `regions` when confined[i], else nothing (the unconditional rows of classifier-free guidance).
- * Regions are assumed valid (lib/validate.ts regionList) and at most `capacity`.
+ * Regions are assumed valid (regionList) and at most `capacity`.
  */
 export function regionTable(regions: readonly Region[], keys: number, confined: readonly boolean[], capacity = REGION_CAPACITY): Int32Array {
   const cols = regionColumns(keys, capacity);
@@ -37,4 +38,40 @@ export function regionTable(regions: readonly Region[], keys: number, confined: 
     });
   });
   return table;
+}
+
+/** A region's box [x0, y0, x1, y1): fractions of the image in [0, 1] with x0 < x1 and y0 < y1. */
+export function regionBox(v: unknown, name: string): [number, number, number, number] {
+  if (!Array.isArray(v) || v.length !== 4) throw invalid(name, '[x0, y0, x1, y1], fractions of the image', v);
+  const [x0, y0, x1, y1] = v.map((x, i) => numberIn(x, `${name}[${i}]`, 0, 1)) as [number, number, number, number];
+  if (x0 >= x1 || y0 >= y1) throw invalid(name, 'a box with x0 < x1 and y0 < y1', v);
+  return [x0, y0, x1, y1];
+}
+
+/**
+ * Regions over a context of `keys` tokens (lib/regions.ts): at most REGION_CAPACITY, each owning
+ * token indices in [0, keys), no token in two regions, at least one token left unconfined (the
+ * positions outside every box attend to those).
+ */
+export function regionList(v: unknown, keys: number, name = 'regions'): Region[] {
+  if (!Array.isArray(v) || v.length > REGION_CAPACITY) throw invalid(name, `an array of at most ${REGION_CAPACITY} regions { tokens, box }`, v);
+  const owner = new Map<number, number>();
+  const list = v.map((r: { tokens?: unknown; box?: unknown } | null, i): Region => {
+    const at = `${name}[${i}]`;
+    if (r === null || typeof r !== 'object') throw invalid(at, '{ tokens, box }', r);
+    const box = regionBox(r.box, `${at}.box`);
+    if (!Array.isArray(r.tokens) || r.tokens.length === 0) throw invalid(`${at}.tokens`, 'a non-empty array of token indices', r.tokens);
+    const tokens = r.tokens.map((x, j) => {
+      if (!Number.isSafeInteger(x) || x < 0 || x >= keys) throw invalid(`${at}.tokens[${j}]`, `a token index of the ${keys}-token context, in [0, ${keys - 1}]`, x);
+      return x as number;
+    });
+    for (const x of tokens) {
+      const o = owner.get(x);
+      if (o !== undefined && o !== i) throw invalid(`${at}.tokens`, `tokens no other region owns (token ${x} is in ${name}[${o}] too)`, r.tokens);
+      owner.set(x, i);
+    }
+    return { tokens, box };
+  });
+  if (owner.size === keys) throw invalid(name, `regions that leave some of the ${keys} tokens unconfined (positions outside every box attend to those)`, shown(`all ${keys} confined`));
+  return list;
 }

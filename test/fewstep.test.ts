@@ -38,8 +38,8 @@ t.test('LCM timesteps as LCMScheduler.set_timesteps gives them', async (t) => {
   t.same(makeSampler('lcm', cfg, 4, { strength: 0.5 }).timesteps, [499, 379, 259, 139]);
   t.same(makeSampler('lcm', { ...cfg, original_inference_steps: 8 }, 4).timesteps, [999, 749, 499, 249]);
   const E = (m: RegExp) => ({ code: 'E_ARGUMENT', message: m });
-  t.throws(() => makeSampler('lcm', cfg, 51), E(/original_inference_steps \(50\)/));
-  t.throws(() => makeSampler('lcm', cfg, 8, { strength: 0.1 }), E(/strength 0\.1 leaves 5/));
+  t.throws(() => makeSampler('lcm', cfg, 51), E(/steps must be at most original_inference_steps \(50\)/));
+  t.throws(() => makeSampler('lcm', cfg, 8, { strength: 0.1 }), E(/strength must be at least 8\/50 .* = 5 distillation timesteps.*got 0\.1/));
   t.throws(() => makeSampler('lcm', { ...cfg, timestep_scaling: -1 }, 4), E(/timestep_scaling/));
   const one = makeSampler('lcm', cfg, 1);
   t.equal(one.stochastic, false, 'one step adds no noise');

@@ -34,15 +34,14 @@ export function specifiers(file: string, text: string): string[] {
  * subcommands, which rank with the edges whatever room they sit in.
  */
 export const LAYERS: readonly { layer: string; members: readonly string[] }[] = [
-  { layer: 'base', members: ['errors.ts', 'platform.ts', 'native.ts', 'tensor.ts', 'numeric.ts'] },
+  { layer: 'base', members: ['errors.ts', 'validate.ts', 'platform.ts', 'native.ts', 'tensor.ts', 'numeric.ts'] },
   { layer: 'data', members: ['io/', 'sched/', 'attention.ts', 'regions.ts'] },
   { layer: 'graph IR', members: ['graph/'] },
   { layer: 'optimiser', members: ['optim/'] },
   { layer: 'models', members: ['text/', 'unet/', 'vae/', 'faces/'] },
   { layer: 'identity', members: ['identity/'] },
-  { layer: 'API types and checks', members: ['options.ts', 'validate.ts'] },
   { layer: 'runtime', members: ['runtime/'] },
-  { layer: 'pipelines', members: ['sampling.ts', 'learn/', 'dreamidentity/', 'clip/'] },
+  { layer: 'pipelines', members: ['generate/', 'learn/', 'dreamidentity/', 'clip/'] },
   { layer: 'engine', members: ['engine.ts'] },
   { layer: 'applications', members: ['bench/', 'eval/', 'serve/'] },
   { layer: 'edges', members: ['index.ts', 'cli.ts', 'cliargs.ts', 'build.ts', '*/cli.ts'] },

@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import t from 'tap';
 import { Engine } from '../lib/engine.js';
 import type { Region } from '../lib/regions.js';
-import { coefficientTensor, markRun, stepProgram } from '../lib/sampling.js';
+import { coefficientTensor, stepProgram } from '../lib/generate/denoiser.js';
 import { makeSampler } from '../lib/sched/samplers.js';
 import type { Tensor } from '../lib/tensor.js';
 import { testBackends } from './helpers/backends.js';
@@ -60,7 +60,6 @@ for (const b of testBackends()) {
       using coefs = coefficientTensor(sampler, i, i === 0, engine.backend);
       using tIn = rt.floats(new Float32Array([ts, ts]), [2]);
       const outs = await p.run([x!, xin!, state!, coefs, tIn, ctx, table]);
-      markRun(p);
       for (const v of [x, xin, state]) v!.dispose();
       [x, state, xin] = outs;
     }

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { Engine } from '../lib/engine.js';
 import { Graph } from '../lib/graph/graph.js';
 import { Program } from '../lib/graph/program.js';
-import { coefficientTensor } from '../lib/sampling.js';
+import { coefficientTensor } from '../lib/generate/denoiser.js';
 import { DDIMScheduler } from '../lib/sched/ddim.js';
 import { COEFFICIENTS } from '../lib/sched/sampler.js';
 import { makeSampler } from '../lib/sched/samplers.js';

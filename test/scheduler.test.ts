@@ -1,6 +1,8 @@
 import t from 'tap';
 import { readFileSync } from 'node:fs';
+import { parseSchedulerConfig } from '../lib/sched/config.js';
 import { DDIMScheduler } from '../lib/sched/ddim.js';
+import { makeSampler } from '../lib/sched/samplers.js';
 import { torchLinspaceF32, makeBetas, alphasCumprodF32, betasForAlphaBar } from '../lib/sched/betas.js';
 import { randn, normalGenerator, Xoshiro128 } from '../lib/sched/random.js';
 import { GoldenFile } from './helpers/fixtures.js';
@@ -184,4 +186,29 @@ t.test('randn: deterministic seeded standard normals', async (t) => {
   t.equal(randn(1, 0).length, 0);
   t.throws(() => randn(1.5, 3), E_ARG);
   t.throws(() => randn(1, -1), E_ARG);
+});
+
+t.test('one scheduler-config parse, with the defaults diffusers gives keys a config leaves out', async (t) => {
+  // diffusers' DDIMScheduler.__init__ defaults (schedulers/scheduling_ddim.py); a config naming
+  // PNDMScheduler (SD 1.x's) keeps PNDMScheduler.__init__'s set_alpha_to_one=False.
+  t.match(parseSchedulerConfig({}), {
+    className: 'DDIMScheduler', numTrainTimesteps: 1000, betaStart: 0.0001, betaEnd: 0.02, betaSchedule: 'linear', trainedBetas: null,
+    setAlphaToOne: true, clipSample: true, clipSampleRange: 1, stepsOffset: 0, predictionType: 'epsilon', timestepSpacing: null, rescaleBetasZeroSnr: false,
+  });
+  t.equal(parseSchedulerConfig({ _class_name: 'PNDMScheduler' }).setAlphaToOne, false);
+  t.equal(parseSchedulerConfig({ _class_name: 'PNDMScheduler', set_alpha_to_one: true }).setAlphaToOne, true, 'the file wins');
+  // The model loader (a file) and DDIMScheduler.fromConfig (an object) read the same parse.
+  const partial = { _class_name: 'PNDMScheduler', steps_offset: 1 };
+  const file = parseSchedulerConfig(partial, 'scheduler_config.json');
+  t.same(DDIMScheduler.fromParsed(file).alphasCumprod, DDIMScheduler.fromConfig(partial).alphasCumprod);
+  t.same(parseSchedulerConfig(file), file, 'a parsed config parses to itself (camelCase keys)');
+  t.same(parseSchedulerConfig(sdConfig, 'sd15'), { ...file, betaStart: 0.00085, betaEnd: 0.012, betaSchedule: 'scaled_linear', clipSample: false }, 'SD 1.5 names every key that differs');
+  // A file's bad value is E_MODEL_FORMAT naming the file; an argument's is E_ARGUMENT naming the key.
+  t.throws(() => parseSchedulerConfig({ beta_schedule: 'sigmoid' }, 'x.json'), { code: 'E_MODEL_FORMAT', message: 'x.json: "beta_schedule" must be one of linear, scaled_linear, squaredcos_cap_v2, got "sigmoid"' });
+  t.throws(() => parseSchedulerConfig({ beta_schedule: 'sigmoid' }), { code: 'E_ARGUMENT', message: 'scheduler config beta_schedule must be one of linear, scaled_linear, squaredcos_cap_v2, got "sigmoid"' });
+  t.throws(() => parseSchedulerConfig({ trained_betas: [0.1] }), { code: 'E_ARGUMENT', message: /trained_betas must be null or num_train_timesteps \(1000\)/ });
+  t.throws(() => parseSchedulerConfig([]), { code: 'E_ARGUMENT' });
+  // Euler reads interpolation_type from the parse (a model file's value was dropped before); DDIM ignores it, as diffusers.
+  t.throws(() => makeSampler('euler', { interpolation_type: 'log_linear' }, 10), { code: 'E_ARGUMENT', message: /interpolation_type/ });
+  t.equal(makeSampler('ddim', { interpolation_type: 'log_linear' }, 10).timesteps.length, 10);
 });

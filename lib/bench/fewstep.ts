@@ -18,7 +18,7 @@ import { IdforgeError } from '../errors.js';
 import { SD15_SCHEDULER_JSON, SD15_TEXT, SD15_UNET, SD15_VAE } from '../io/configs.js';
 import { writeSafetensors, type TensorToWrite } from '../io/safetensors.js';
 import { f32ToF16 } from '../io/half.js';
-import type { ProgressInfo } from '../options.js';
+import type { ProgressInfo } from '../generate/options.js';
 import { resolveBackend } from '../runtime/runtime.js';
 import { integer, invalid, oneOf } from '../validate.js';
 import { stats } from './index.js';

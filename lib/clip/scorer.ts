@@ -14,7 +14,7 @@ import { readJsonFile } from '../io/configs.js';
 import { decodeImage, type RawImage } from '../io/image.js';
 import { cosine } from '../numeric.js';
 import { SafetensorsFile } from '../io/safetensors.js';
-import type { DeviceOptions } from '../options.js';
+import type { DeviceOptions } from '../runtime/runtime.js';
 import { ModelRuntime, resolveBackend, toHost } from '../runtime/runtime.js';
 import { Tensor } from '../tensor.js';
 import { ClipTokenizer, pack } from '../text/tokenizer.js';

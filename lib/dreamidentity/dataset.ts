@@ -20,7 +20,7 @@ import { similarity } from '../faces/analyzer.js';
 import { decodeFace, prepareFace } from '../identity/face.js';
 import { readRegularFile } from '../io/files.js';
 import { saveImage, type RawImage } from '../io/image.js';
-import type { GenerateOptions, GenerateResult } from '../options.js';
+import type { GenerateOptions, GenerateResult } from '../generate/options.js';
 import { integer } from '../validate.js';
 
 /** What draws an image for a prompt and seed (an Engine through engineGenerator, or photos in tests). */

@@ -8,7 +8,7 @@ import type { TensorRef } from '../io/checkpoint.js';
 import { readJsonFile } from '../io/configs.js';
 import { expectWeight } from '../io/layout.js';
 import { SafetensorsFile } from '../io/safetensors.js';
-import type { DeviceOptions } from '../options.js';
+import type { DeviceOptions } from '../runtime/runtime.js';
 import { normalGenerator } from '../sched/random.js';
 import { fmt, parseIdEncoderConfig, type IdEncoderConfig } from './config.js';
 

@@ -13,14 +13,58 @@
  * prompts and seeds with identityScale 0, i.e. the identity's words replaced by "person").
  */
 import { IdforgeError, throwIfAborted } from '../errors.js';
-import type { EvalSettings } from '../options.js';
-import { validateEvaluate } from '../validate.js';
+import { bool, imageSide, integer, invalid, nonNegative, text } from '../validate.js';
 import type { Engine } from '../engine.js';
 import type { Identity } from '../identity/identity.js';
 import { decodeImage, type RawImage } from '../io/image.js';
 import { cosine, clipScore, type ClipScorer } from '../clip/scorer.js';
 import { similarity, type Face, type FaceAnalyzer } from '../faces/index.js';
 import { DEFAULT_PROMPTS, plainPrompt } from './prompts.js';
+
+/** The measuring settings of evaluate() (lib/eval/evaluate.ts); defaults in resolveEvaluate below. */
+export interface EvalSettings {
+  /** Prompts with `<id>` where the person goes (default: the 20 of lib/eval/prompts.ts). */
+  prompts?: readonly string[];
+  /** One image per prompt and seed (default [0]). */
+  seeds?: readonly number[];
+  steps?: number;
+  width?: number;
+  height?: number;
+  guidanceScale?: number;
+  negativePrompt?: string;
+  /** The identity's strength in the identity row (default 1). */
+  identityScale?: number;
+  /** CLIP cosine from which an image's ID similarity counts towards ID(Prompt) (default 0.23, as in SeFi-IDE). */
+  threshold?: number;
+  /** Also generate the generic-person row (default true when there is an identity). */
+  baseline?: boolean;
+}
+
+export type ValidEval = Required<Omit<EvalSettings, 'prompts' | 'seeds'>> & { prompts: string[]; seeds: number[] };
+
+/** evaluate()'s settings with their defaults; `multiple` is the model's size multiple. */
+export function resolveEvaluate(o: EvalSettings, multiple: number, defaultPrompts: readonly string[]): ValidEval {
+  const where = 'evaluate';
+  const prompts = [...(o.prompts ?? defaultPrompts)];
+  if (!Array.isArray(o.prompts ?? defaultPrompts) || prompts.length === 0 || prompts.some((p) => typeof p !== 'string' || !p.trim()))
+    throw invalid('prompts', 'a non-empty list of non-empty strings', o.prompts, { where });
+  if (prompts.some((p) => /<id:[^<>]*>/.test(p))) throw invalid('prompts', 'written with <id> for the one identity, not <id:name>', prompts.find((p) => /<id:[^<>]*>/.test(p)), { where });
+  const seeds = [...(o.seeds ?? [0])];
+  if (seeds.length === 0) throw invalid('seeds', 'a non-empty list', o.seeds, { where });
+  seeds.forEach((s, i) => integer(s, `seeds[${i}]`, 0, 2 ** 32 - 1, where));
+  const threshold = o.threshold ?? 0.23;
+  if (typeof threshold !== 'number' || !(threshold >= -1 && threshold <= 1)) throw invalid('threshold', 'a cosine in [-1, 1]', threshold, { where });
+  const negativePrompt = text(o.negativePrompt ?? '', 'negativePrompt', { where });
+  const baseline = bool(o.baseline ?? true, 'baseline', where);
+  return {
+    prompts, seeds, threshold, negativePrompt, baseline,
+    identityScale: nonNegative(o.identityScale ?? 1, 'identityScale', { where }),
+    steps: integer(o.steps ?? 30, 'steps', 1, 1000, where),
+    width: imageSide(o.width ?? 512, 'width', multiple),
+    height: imageSide(o.height ?? 512, 'height', multiple),
+    guidanceScale: nonNegative(o.guidanceScale ?? 7.5, 'guidanceScale', { where }),
+  };
+}
 
 export interface EvalProgress {
   /** Images finished so far / in all (both rows). */
@@ -123,7 +167,7 @@ export async function evaluate(opts: EvaluateOptions): Promise<EvalResult> {
   const { engine, clip, faces, signal } = opts;
   if (!engine || !clip || !faces) throw new IdforgeError('E_ARGUMENT', 'evaluate needs an engine, a ClipScorer and a face analyser');
   const { prompts, seeds, threshold, identityScale, steps, width, height, guidanceScale, negativePrompt, baseline } =
-    validateEvaluate(opts, engine.sizeMultiple, DEFAULT_PROMPTS);
+    resolveEvaluate(opts, engine.sizeMultiple, DEFAULT_PROMPTS);
   const identity = opts.identity;
   const warnings: string[] = [];
   throwIfAborted(signal, 'evaluate');

@@ -47,6 +47,7 @@ export interface RunOptions {
 /** A compiled graph: one native call per run(). */
 export class Program implements Disposable {
   #p: NativeProgram | null;
+  #ran = false;
   readonly inputShapes: number[][];
   readonly outputNames: (string | undefined)[];
   readonly opNames: string[];
@@ -88,6 +89,11 @@ export class Program implements Disposable {
     return !this.#p;
   }
 
+  /** Whether a run has completed: the arena is then allocated (and kept until dispose()). */
+  get arenaAllocated(): boolean {
+    return this.#ran;
+  }
+
   /**
    * Runs the graph; inputs in graph.input() order. Returns outputs in graph.output() order.
    * `signal` stops the run within milliseconds (E_ABORTED); `onTick(fraction)` is called about
@@ -108,6 +114,7 @@ export class Program implements Disposable {
     try {
       const into = opts.into;
       const r = await callAsync(() => p.run(handles, profile, cancel.token, into?.map((t) => t?.handle)));
+      this.#ran = true;
       const outputs = r.outputs.map((h, k) => {
         const t = into?.[k];
         if (!t) return new Tensor(h);

@@ -6,7 +6,8 @@
  * is not one idforge can run anyway. (The weight-memory estimate built on them: layout.ts.)
  */
 import { IdforgeError } from '../errors.js';
-import type { ModelConfigs, SchedulerConfig, TextConfig, UNetConfig, VaeConfig } from './configs.js';
+import type { SchedulerConfig } from '../sched/config.js';
+import type { ModelConfigs, TextConfig, UNetConfig, VaeConfig } from './configs.js';
 
 /** camelCase field → the config.json key it came from (what a user can find in the file). */
 const snake = (k: string): string => k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);

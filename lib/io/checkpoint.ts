@@ -9,9 +9,9 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { IdforgeError } from '../errors.js';
 import {
-  applyOverrides, guessNormGroups, guessTextHeads, parseSchedulerConfig, parseTextConfig, parseTinyVaeConfig, parseUNetConfig,
+  applyOverrides, guessNormGroups, guessTextHeads, parseTextConfig, parseTinyVaeConfig, parseUNetConfig,
   parseVaeConfig, readJsonFile, sd15Scheduler, SD15_TEXT, SD15_UNET, SD15_VAE,
-  type ConfigOverrides, type ModelConfigs, type SchedulerConfig, type TextConfig, type UNetConfig, type VaeConfig,
+  type ConfigOverrides, type ModelConfigs, type TextConfig, type UNetConfig, type VaeConfig,
 } from './configs.js';
 import { checkConfigs } from './bounds.js';
 import { entryExists, fileError, openRegularFile } from './files.js';
@@ -20,6 +20,7 @@ import {
   LDM_UNET_PREFIX, LDM_VAE_PREFIX, modernVaeName, type KeyMapping,
 } from './ldm.js';
 import { isPickleName, pickleRefusal, SafetensorsFile, type StDType } from './safetensors.js';
+import { parseSchedulerConfig, type SchedulerConfig } from '../sched/config.js';
 import { ORIGINAL_TAESD, originalTaesdName } from './taesd.js';
 
 export type Component = 'unet' | 'vae' | 'text';

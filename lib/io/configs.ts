@@ -8,6 +8,7 @@
  */
 import { IdforgeError } from '../errors.js';
 import { parseStrictJson, readRegularFile } from './files.js';
+import { parseSchedulerConfig, type SchedulerConfig } from '../sched/config.js';
 
 /** Config and index files are kilobytes; a sharded index of a huge model a few megabytes. */
 const MAX_JSON_BYTES = 64 * 2 ** 20;
@@ -79,26 +80,6 @@ export interface TextConfig {
   maxPositionEmbeddings: number;
   hiddenAct: string;
   layerNormEps: number;
-}
-
-export interface SchedulerConfig {
-  className: string;
-  numTrainTimesteps: number;
-  betaStart: number;
-  betaEnd: number;
-  betaSchedule: string;
-  trainedBetas: number[] | null;
-  setAlphaToOne: boolean;
-  stepsOffset: number;
-  clipSample: boolean;
-  predictionType: string;
-  /** null when the file names none: DDIM then spaces "leading", DPM-Solver and Euler "linspace" (diffusers' defaults). */
-  timestepSpacing: string | null;
-  clipSampleRange: number;
-  rescaleBetasZeroSnr: boolean;
-  /** LCMScheduler's (null when the file names none: 50 and 10, diffusers' defaults). */
-  originalInferenceSteps: number | null;
-  timestepScaling: number | null;
 }
 
 export interface ModelConfigs {
@@ -389,27 +370,6 @@ export function parseTextConfig(json: Json, file: string): TextConfig {
     maxPositionEmbeddings: r.int('max_position_embeddings', d.maxPositionEmbeddings, 1),
     hiddenAct: r.str('hidden_act', d.hiddenAct),
     layerNormEps: r.num('layer_norm_eps', d.layerNormEps),
-  };
-}
-
-export function parseSchedulerConfig(json: Json, file: string): SchedulerConfig {
-  const r = new Reader(json, file);
-  return {
-    className: r.str('_class_name', 'PNDMScheduler'),
-    numTrainTimesteps: r.int('num_train_timesteps', 1000, 1),
-    betaStart: r.num('beta_start', 0.00085),
-    betaEnd: r.num('beta_end', 0.012),
-    betaSchedule: r.str('beta_schedule', 'scaled_linear'),
-    trainedBetas: r.numsOrNull('trained_betas'),
-    setAlphaToOne: r.bool('set_alpha_to_one', false),
-    stepsOffset: r.int('steps_offset', 0),
-    clipSample: r.bool('clip_sample', false),
-    predictionType: r.str('prediction_type', 'epsilon'),
-    timestepSpacing: r.json.timestep_spacing == null ? null : r.str('timestep_spacing', 'leading'),
-    clipSampleRange: r.num('clip_sample_range', 1),
-    rescaleBetasZeroSnr: r.bool('rescale_betas_zero_snr', false),
-    originalInferenceSteps: r.json.original_inference_steps == null ? null : r.int('original_inference_steps', 50, 1),
-    timestepScaling: r.json.timestep_scaling == null ? null : r.num('timestep_scaling', 10),
   };
 }
 

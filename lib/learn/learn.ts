@@ -25,7 +25,7 @@ import type { Graph } from '../graph/graph.js';
 import type { Program } from '../graph/program.js';
 import type { Weights } from '../graph/weights.js';
 import type { ModelConfigs, UNetConfig } from '../io/configs.js';
-import type { AugmentOptions, LearnOptions } from '../options.js';
+import { resolveLearn, type AugmentOptions, type LearnOptions } from './options.js';
 import { toHost } from '../runtime/runtime.js';
 import type { SdRuntime } from '../runtime/sd.js';
 import { crossAttentionLayers } from '../unet/unet.js';
@@ -39,11 +39,11 @@ import { Xoshiro128, randn } from '../sched/random.js';
 import { Tensor } from '../tensor.js';
 import { buildTextEncoder } from '../text/clip.js';
 import { latentPosterior, sampleLatent } from '../vae/posterior.js';
-import { argError, validateLearn } from '../validate.js';
+import { argError } from '../validate.js';
 import { buildUNetLoss } from './objective.js';
 import { TokenGenerator } from './generator.js';
 
-export type { AugmentOptions, LearnOptions, LearnProgress } from '../options.js';
+export type { AugmentOptions, LearnOptions, LearnProgress } from './options.js';
 
 /** The seven training templates of SeFi-IDE; `<id>` is the identity placeholder V*. */
 export const SEFI_TEMPLATES: readonly string[] = Object.freeze([
@@ -247,7 +247,7 @@ export class IdentityLearner {
     // float32 runtime.
     if (rt.backend.dtype !== 'float32')
       throw argError("learnIdentity needs a float32 engine (its attention loss is not accurate in float16): load one with { dtype: 'float32' } to learn, then generate with the identity on any engine");
-    const o = validateLearn(opts, SEFI_TEMPLATES);
+    const o = resolveLearn(opts, SEFI_TEMPLATES);
     const { signal } = opts;
     throwIfAborted(signal, 'learnIdentity');
     const img = await prepareLearningImage(rt, face, { ...opts, init: o.init });

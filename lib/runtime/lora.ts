@@ -13,7 +13,39 @@ import type { Graph, Value } from '../graph/graph.js';
 import type { Weights } from '../graph/weights.js';
 import type { LoraComponent, LoraFile } from '../io/lora.js';
 import { Tensor } from '../tensor.js';
+import { bool, invalid, numberIn, options, shown, text } from '../validate.js';
 import type { ModelRuntime } from './runtime.js';
+
+/** One LoRA file of Engine.setLoras. */
+export interface LoraOptions {
+  /** A .safetensors LoRA (kohya / A1111 naming, or diffusers / PEFT). */
+  path: string;
+  /** Its strength: W' = W + scale·(alpha/rank)·up@down (default 1; negative subtracts the style). */
+  scale?: number;
+}
+
+export interface SetLorasOptions {
+  /**
+   * true (default): a key naming no module of the model, or a shape that does not fit, is
+   * E_MODEL_FORMAT. false: those modules are skipped and reported in the result's warnings.
+   */
+  strict?: boolean;
+}
+
+/** setLoras' arguments: at most 64 files, each a path and a finite scale in [−1000, 1000] (default 1). */
+export function resolveLoras(loras: unknown, opts: unknown): { loras: { path: string; scale: number }[]; strict: boolean } {
+  const where = 'setLoras';
+  if (!Array.isArray(loras)) throw invalid('loras', 'an array of { path, scale? } ([] removes every LoRA)', loras, { where });
+  if (loras.length > 64) throw invalid('loras', 'at most 64 files', shown(`${loras.length}`), { where });
+  const out = loras.map((l: unknown, i) => {
+    const o = l as { path?: unknown; scale?: unknown } | null;
+    if (o === null || typeof o !== 'object') throw invalid(`loras[${i}]`, '{ path: string, scale?: number }', l, { where });
+    const path = text(o.path, `loras[${i}].path`, { nonEmpty: true, where });
+    return { path, scale: numberIn(o.scale ?? 1, `loras[${i}].scale`, -1000, 1000, { where }) };
+  });
+  const o = options(opts as { strict?: unknown } | undefined, 'options', where);
+  return { loras: out, strict: o.strict === undefined ? true : bool(o.strict, 'strict', where) };
+}
 
 /** What a merge needs from the runtime: its resident weights and one-off programs. */
 export interface LoraHost {

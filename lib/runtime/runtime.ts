@@ -20,7 +20,6 @@ import { Program, type BackendSpec, type RunOptions } from '../graph/program.js'
 import { Weights } from '../graph/weights.js';
 import type { TensorRef } from '../io/checkpoint.js';
 import { backends, call, native } from '../native.js';
-import type { DeviceOptions } from '../options.js';
 import { Tensor } from '../tensor.js';
 import { argError, invalid, validateDevice } from '../validate.js';
 
@@ -41,6 +40,14 @@ const streams = new FinalizationRegistry<number>((id) => {
  * when backends().cuda.available, else the CPU; dtype defaults to float16 on CUDA and float32 on
  * the CPU, which computes in float32 only.
  */
+/** Where a model runs; one rule for every model idforge loads (lib/runtime/runtime.ts resolveBackend). */
+export interface DeviceOptions {
+  /** 'auto' (default) takes CUDA when backends().cuda.available, else the CPU. */
+  device?: 'auto' | 'cpu' | 'cuda';
+  /** Compute precision: float16 on CUDA by default, float32 on the CPU (the only CPU choice). */
+  dtype?: 'float32' | 'float16';
+}
+
 export function resolveBackend(opts: DeviceOptions = {}): { device: 'cpu' | 'cuda'; dtype: 'float32' | 'float16' } {
   const o = validateDevice(opts);
   let device: 'cpu' | 'cuda' = 'cpu';

@@ -12,11 +12,10 @@ import type { Program } from '../graph/program.js';
 import type { Weights } from '../graph/weights.js';
 import { openModel, openVae, type ModelSource, type VaeSource } from '../io/checkpoint.js';
 import { readLora } from '../io/lora.js';
-import type { ModelConfigs, VaeConfig } from '../io/configs.js';
+import type { ConfigOverrides, ModelConfigs, VaeConfig } from '../io/configs.js';
 import { toRawImage, type RawImage } from '../io/image.js';
 import { checkConfigs } from '../io/bounds.js';
 import { checkWeights, vaeLayout } from '../io/layout.js';
-import type { LoadOptions } from '../options.js';
 import { Tensor } from '../tensor.js';
 import { buildTextEncoder } from '../text/clip.js';
 import { regionColumns, regionTable, type Region } from '../regions.js';
@@ -25,7 +24,21 @@ import { buildUNet, crossAttentionLayers } from '../unet/unet.js';
 import { buildTinyEncoder } from '../vae/taesd.js';
 import { buildDecoder, buildVaeEncoder } from '../vae/vae.js';
 import { LoraMerger } from './lora.js';
-import { ModelRuntime, resolveBackend, toHost } from './runtime.js';
+import { ModelRuntime, resolveBackend, toHost, type DeviceOptions } from './runtime.js';
+
+export interface LoadOptions extends DeviceOptions {
+  /** Prefer `*.fp16.safetensors` files in a diffusers folder. */
+  variant?: 'fp16';
+  /** Pin config values (e.g. for a single-file checkpoint whose sizes cannot be derived). */
+  config?: ConfigOverrides;
+  /**
+   * A VAE in place of the model's: a diffusers VAE folder (AutoencoderKL, or AutoencoderTiny: TAESD,
+   * a fast decoder whose scaling factor is 1), or the original taesd_decoder.safetensors (+ encoder).
+   */
+  vae?: string;
+  /** A VAE (typically TAESD) that decodes a small preview of each step's denoised estimate for onProgress. */
+  previewVae?: string;
+}
 
 /** The three weight groups of an SD 1.x model. */
 export interface SdWeights {

@@ -11,31 +11,18 @@
  * {@link DDIMScheduler.stepCoefficients}; the elementwise work is {@link ddimStepInto}.
  * All arithmetic is rounded to float32 after each operation, in the order torch performs it.
  */
-import { readFileSync } from 'node:fs';
+import { readJsonFile } from '../io/configs.js';
 import { IdforgeError } from '../errors.js';
 import { alphasCumprodF32, makeBetas, rescaleZeroTerminalSnr } from './betas.js';
+import { parseSchedulerConfig, type PredictionType, type SchedulerConfig, type TimestepSpacing } from './config.js';
 import { fold, roundHalfEven, vpPrediction, type Sampler } from './sampler.js';
 
 const f32 = Math.fround;
 
-export type PredictionType = 'epsilon' | 'v_prediction' | 'sample';
-export type TimestepSpacing = 'leading' | 'trailing' | 'linspace';
+export type { PredictionType, TimestepSpacing } from './config.js';
 
-/** The DDIM configuration (diffusers names in comments; defaults are diffusers' DDIM defaults). */
-export interface DDIMConfig {
-  numTrainTimesteps: number; // num_train_timesteps = 1000
-  betaStart: number; // beta_start = 0.0001
-  betaEnd: number; // beta_end = 0.02
-  betaSchedule: string; // beta_schedule = "linear"
-  trainedBetas: number[] | null; // trained_betas = None
-  clipSample: boolean; // clip_sample = True
-  setAlphaToOne: boolean; // set_alpha_to_one = True
-  stepsOffset: number; // steps_offset = 0
-  predictionType: PredictionType; // prediction_type = "epsilon"
-  clipSampleRange: number; // clip_sample_range = 1.0
-  timestepSpacing: TimestepSpacing; // timestep_spacing = "leading"
-  rescaleBetasZeroSnr: boolean; // rescale_betas_zero_snr = False
-}
+/** The DDIM configuration: the parsed scheduler config with its timestep spacing resolved ("leading" when the config names none). */
+export type DDIMConfig = SchedulerConfig & { timestepSpacing: TimestepSpacing };
 
 /** Scalar coefficients of one DDIM step (all float32 values). */
 export interface DDIMCoefficients {
@@ -75,76 +62,8 @@ export interface DDIMStepResult {
   predOriginal: Float32Array;
 }
 
-const DEFAULTS: DDIMConfig = {
-  numTrainTimesteps: 1000,
-  betaStart: 0.0001,
-  betaEnd: 0.02,
-  betaSchedule: 'linear',
-  trainedBetas: null,
-  clipSample: true,
-  setAlphaToOne: true,
-  stepsOffset: 0,
-  predictionType: 'epsilon',
-  clipSampleRange: 1.0,
-  timestepSpacing: 'leading',
-  rescaleBetasZeroSnr: false,
-};
-
 function bad(msg: string): IdforgeError {
   return new IdforgeError('E_ARGUMENT', msg);
-}
-
-function pick(cfg: Record<string, unknown>, snake: string, camel: string): unknown {
-  if (cfg[snake] !== undefined) return cfg[snake];
-  return cfg[camel];
-}
-
-function parseConfig(raw: object): DDIMConfig {
-  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw bad('scheduler config must be an object');
-  const cfg = raw as Record<string, unknown>;
-  const out: DDIMConfig = { ...DEFAULTS };
-  const num = (snake: string, camel: keyof DDIMConfig, check: (v: number) => boolean, what: string) => {
-    const v = pick(cfg, snake, camel);
-    if (v === undefined || v === null) return;
-    if (typeof v !== 'number' || !Number.isFinite(v) || !check(v)) throw bad(`scheduler config ${snake} must be ${what}, got ${JSON.stringify(v)}`);
-    (out as unknown as Record<string, unknown>)[camel] = v;
-  };
-  const bool = (snake: string, camel: keyof DDIMConfig) => {
-    const v = pick(cfg, snake, camel);
-    if (v === undefined || v === null) return;
-    if (typeof v !== 'boolean') throw bad(`scheduler config ${snake} must be a boolean, got ${JSON.stringify(v)}`);
-    (out as unknown as Record<string, unknown>)[camel] = v;
-  };
-  const str = (snake: string, camel: keyof DDIMConfig, allowed: readonly string[]) => {
-    const v = pick(cfg, snake, camel);
-    if (v === undefined || v === null) return;
-    if (typeof v !== 'string' || !allowed.includes(v)) {
-      throw bad(`scheduler config ${snake} must be one of ${allowed.join(', ')}, got ${JSON.stringify(v)}`);
-    }
-    (out as unknown as Record<string, unknown>)[camel] = v;
-  };
-  num('num_train_timesteps', 'numTrainTimesteps', (v) => Number.isInteger(v) && v >= 1 && v <= 1_000_000, 'a positive integer');
-  num('beta_start', 'betaStart', (v) => v >= 0 && v < 1, 'in [0, 1)');
-  num('beta_end', 'betaEnd', (v) => v >= 0 && v < 1, 'in [0, 1)');
-  str('beta_schedule', 'betaSchedule', ['linear', 'scaled_linear', 'squaredcos_cap_v2']);
-  bool('clip_sample', 'clipSample');
-  bool('set_alpha_to_one', 'setAlphaToOne');
-  num('steps_offset', 'stepsOffset', (v) => Number.isInteger(v) && v >= 0, 'a non-negative integer');
-  str('prediction_type', 'predictionType', ['epsilon', 'v_prediction', 'sample']);
-  num('clip_sample_range', 'clipSampleRange', (v) => v > 0, 'positive');
-  str('timestep_spacing', 'timestepSpacing', ['leading', 'trailing', 'linspace']);
-  bool('rescale_betas_zero_snr', 'rescaleBetasZeroSnr');
-  const tb = pick(cfg, 'trained_betas', 'trainedBetas');
-  if (tb !== undefined && tb !== null) {
-    if (!Array.isArray(tb) || !tb.every((b) => typeof b === 'number' && Number.isFinite(b))) {
-      throw bad('scheduler config trained_betas must be an array of numbers');
-    }
-    out.trainedBetas = tb as number[];
-  }
-  if (pick(cfg, 'thresholding', 'thresholding') === true) {
-    throw bad('scheduler config thresholding (dynamic thresholding) is not supported');
-  }
-  return out;
 }
 
 function checkSteps(steps: unknown, n: number): number {
@@ -217,8 +136,12 @@ export class DDIMScheduler {
   /** Used as aPrev for the last step: 1 if set_alpha_to_one else alphas_cumprod[0]. */
   readonly finalAlphaCumprod: number;
 
-  private constructor(config: DDIMConfig) {
+  /** The timestep spacing the config names (null: none, each sampler's default applies; DDIM's is "leading"). */
+  readonly spacing: TimestepSpacing | null;
+
+  private constructor(config: DDIMConfig, spacing: TimestepSpacing | null) {
     this.config = Object.freeze({ ...config });
+    this.spacing = spacing;
     let betas = makeBetas(config);
     if (config.rescaleBetasZeroSnr) betas = rescaleZeroTerminalSnr(betas);
     this.betas = betas;
@@ -226,27 +149,19 @@ export class DDIMScheduler {
     this.finalAlphaCumprod = config.setAlphaToOne ? 1 : this.alphasCumprod[0]!;
   }
 
-  /** Builds a DDIM scheduler from any diffusers scheduler config (snake_case keys; camelCase accepted). */
+  /** Builds a DDIM scheduler from any diffusers scheduler config (snake_case keys; camelCase accepted; lib/sched/config.ts). */
   static fromConfig(cfg: object): DDIMScheduler {
-    return new DDIMScheduler(parseConfig(cfg));
+    return DDIMScheduler.fromParsed(parseSchedulerConfig(cfg));
   }
 
-  /** Reads a `scheduler_config.json`. */
+  /** Over a config parseSchedulerConfig returned. */
+  static fromParsed(cfg: SchedulerConfig): DDIMScheduler {
+    return new DDIMScheduler({ ...cfg, timestepSpacing: cfg.timestepSpacing ?? 'leading' }, cfg.timestepSpacing);
+  }
+
+  /** Reads a `scheduler_config.json` (E_NOT_FOUND when absent; a bad value is E_MODEL_FORMAT naming the file). */
   static fromConfigFile(path: string): DDIMScheduler {
-    let text: string;
-    try {
-      text = readFileSync(path, 'utf8');
-    } catch (e) {
-      throw new IdforgeError('E_NOT_FOUND', `scheduler config not found: ${path}`, { cause: e });
-    }
-    let cfg: unknown;
-    try {
-      cfg = JSON.parse(text);
-    } catch (e) {
-      throw new IdforgeError('E_MODEL_FORMAT', `scheduler config is not valid JSON: ${path}`, { cause: e });
-    }
-    if (cfg === null || typeof cfg !== 'object') throw new IdforgeError('E_MODEL_FORMAT', `scheduler config must be an object: ${path}`);
-    return DDIMScheduler.fromConfig(cfg);
+    return DDIMScheduler.fromParsed(parseSchedulerConfig(readJsonFile(path), path));
   }
 
   get numTrainTimesteps(): number {

@@ -11,17 +11,17 @@
  * Karras sigmas only move the timesteps in 0.21.4 (the update reads α, σ at integer timesteps).
  */
 import type { DDIMScheduler } from './ddim.js';
-import { fold, roundHalfEven, spacingOf, vpPrediction, type Sampler, type SamplerName } from './sampler.js';
+import { fold, roundHalfEven, vpPrediction, type Sampler, type SamplerName } from './sampler.js';
 
 /** DPM-Solver's timesteps (set_timesteps) for `steps` on `base`'s schedule. */
-function dpmTimesteps(base: DDIMScheduler, cfg: object, steps: number, karras: boolean): number[] {
+function dpmTimesteps(base: DDIMScheduler, steps: number, karras: boolean): number[] {
   const N = base.numTrainTimesteps;
   const last = N; // lambda_min_clipped = −inf clips nothing
   let ts: number[];
   if (karras) {
     ts = karrasTimesteps(base.alphasCumprod, steps);
   } else {
-    switch (spacingOf(cfg, 'linspace')) {
+    switch (base.spacing ?? 'linspace') {
       case 'linspace': {
         const step = (last - 1) / steps;
         ts = [];
@@ -94,9 +94,9 @@ export function sigmaToT(sigma: number, logSigmas: Float32Array): number {
   return (1 - w) * low + w * (low + 1);
 }
 
-export function dpmSolverSampler(base: DDIMScheduler, cfg: object, steps: number, karras: boolean): Sampler {
+export function dpmSolverSampler(base: DDIMScheduler, steps: number, karras: boolean): Sampler {
   const ac = base.alphasCumprod;
-  const ts = dpmTimesteps(base, cfg, steps, karras);
+  const ts = dpmTimesteps(base, steps, karras);
   const alpha = (t: number) => Math.sqrt(ac[t]!);
   const sigma = (t: number) => Math.sqrt(1 - ac[t]!);
   const lambda = (t: number) => Math.log(alpha(t)) - Math.log(sigma(t));

@@ -11,12 +11,13 @@
 import { IdforgeError } from '../errors.js';
 import type { DDIMScheduler } from './ddim.js';
 import { trainSigmas } from './dpmsolver.js';
-import { fold, roundHalfEven, spacingOf, type Prediction, type Sampler } from './sampler.js';
+import { invalid } from '../validate.js';
+import { fold, roundHalfEven, type Prediction, type Sampler } from './sampler.js';
 
 /** The timesteps (float32 values, as diffusers keeps them) and σ (float32, with the final 0). */
-export function eulerSchedule(base: DDIMScheduler, cfg: object, steps: number): { timesteps: number[]; sigmas: Float32Array; spacing: string } {
+export function eulerSchedule(base: DDIMScheduler, steps: number): { timesteps: number[]; sigmas: Float32Array; spacing: string } {
   const N = base.numTrainTimesteps;
-  const spacing = spacingOf(cfg, 'linspace');
+  const spacing = base.spacing ?? 'linspace';
   const ts: number[] = [];
   if (spacing === 'linspace') {
     // np.linspace(0, N − 1, steps, dtype=float32)[::-1]
@@ -28,9 +29,7 @@ export function eulerSchedule(base: DDIMScheduler, cfg: object, steps: number): 
     const ratio = N / steps;
     for (let i = 0; N - i * ratio > 0; i++) ts.push(roundHalfEven(N - i * ratio) - 1);
   }
-  const interpolation = (cfg as Record<string, unknown>).interpolation_type;
-  if (interpolation !== undefined && interpolation !== null && interpolation !== 'linear')
-    throw new IdforgeError('E_ARGUMENT', `scheduler config interpolation_type ${JSON.stringify(interpolation)} is not supported (linear only)`);
+  if (base.config.interpolationType !== 'linear') throw invalid('scheduler config interpolation_type', "'linear' (the one Euler supports)", base.config.interpolationType);
   const train = trainSigmas(base.alphasCumprod);
   const sigmas = new Float32Array(ts.length + 1);
   ts.forEach((t, i) => {
@@ -56,8 +55,8 @@ function vePrediction(type: string, s: number): Prediction {
   return { cx, ce, ex: (1 - cx) / s, em: -ce / s };
 }
 
-export function eulerSampler(base: DDIMScheduler, cfg: object, steps: number, ancestral: boolean): Sampler {
-  const { timesteps, sigmas, spacing } = eulerSchedule(base, cfg, steps);
+export function eulerSampler(base: DDIMScheduler, steps: number, ancestral: boolean): Sampler {
+  const { timesteps, sigmas, spacing } = eulerSchedule(base, steps);
   const max = sigmas.reduce((a, b) => Math.max(a, b), 0);
   const type = base.config.predictionType;
   return {

@@ -1,7 +1,7 @@
 /**
- * LCM: diffusers 0.40's LCMScheduler (latent consistency models, LCM-LoRA), from any SD scheduler
- * config (LCMScheduler.from_config: the betas, prediction_type, clip_sample; original_inference_steps
- * 50 and timestep_scaling 10 unless the config names them).
+ * LCM: diffusers 0.40's LCMScheduler (latent consistency models, LCM-LoRA), from the model's
+ * parsed scheduler config (lib/sched/config.ts: the betas, prediction_type, clip_sample;
+ * original_inference_steps 50 and timestep_scaling 10 unless the config names them).
  *
  * Timesteps: k = N // original_steps, the distillation schedule (1..int(original_steps·strength))·k − 1
  * reversed, and `steps` of it at indices floor(linspace(0, len, steps, endpoint=False)). Step i at
@@ -13,30 +13,21 @@
  * step's x'. Linear in (x, x0, noise), so one SAMPLER_STEP per step; the last adds no noise.
  * Image to image builds the schedule from the strength (all `steps` run, from lower timesteps).
  */
-import { IdforgeError } from '../errors.js';
+import { invalid } from '../validate.js';
 import type { DDIMScheduler } from './ddim.js';
 import { fold, vpPrediction, type Sampler } from './sampler.js';
 
 const SIGMA_DATA = 0.5;
 
-/** A positive number the config names under its snake_case or camelCase key, else `dflt`. */
-function configNumber(cfg: object, snake: string, camel: string, dflt: number): number {
-  const c = cfg as Record<string, unknown>;
-  const v = c[snake] ?? c[camel];
-  if (v === undefined || v === null) return dflt;
-  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw new IdforgeError('E_ARGUMENT', `scheduler config ${snake} must be a positive number, got ${JSON.stringify(v)}`);
-  return v;
-}
-
 /** LCMScheduler.set_timesteps(steps, strength=strength). */
 export function lcmTimesteps(numTrain: number, originalSteps: number, steps: number, strength = 1): number[] {
-  if (!Number.isInteger(originalSteps) || originalSteps > numTrain)
-    throw new IdforgeError('E_ARGUMENT', `scheduler config original_inference_steps must be an integer ≤ num_train_timesteps (${numTrain}), got ${originalSteps}`);
-  if (steps > originalSteps) throw new IdforgeError('E_ARGUMENT', `sampler lcm: steps must be ≤ original_inference_steps (${originalSteps}), got ${steps}`);
+  if (!Number.isInteger(originalSteps) || originalSteps < 1 || originalSteps > numTrain)
+    throw invalid('scheduler config original_inference_steps', `an integer in [1, num_train_timesteps = ${numTrain}]`, originalSteps);
+  if (steps > originalSteps) throw invalid('steps', `at most original_inference_steps (${originalSteps}) with sampler lcm`, steps);
   const k = Math.floor(numTrain / originalSteps);
   const n = Math.floor(originalSteps * strength);
   if (Math.floor(n / steps) < 1)
-    throw new IdforgeError('E_ARGUMENT', `sampler lcm: strength ${strength} leaves ${n} of the ${originalSteps} distillation timesteps, fewer than steps (${steps}); raise strength or lower steps`);
+    throw invalid('strength', `at least ${steps}/${originalSteps} with sampler lcm and ${steps} steps (int(${originalSteps}·strength) = ${n} distillation timesteps are fewer than the steps)`, strength);
   const origin = Array.from({ length: n }, (_, i) => (n - i) * k - 1); // reversed
   const step = n / steps;
   return Array.from({ length: steps }, (_, i) => origin[Math.floor(i * step)]!);
@@ -49,9 +40,9 @@ export function lcmScalings(t: number, timestepScaling: number): { cSkip: number
   return { cSkip: Math.fround((SIGMA_DATA * SIGMA_DATA) / d), cOut: Math.fround(s / Math.fround(Math.sqrt(d))) };
 }
 
-export function lcmSampler(base: DDIMScheduler, cfg: object, steps: number, strength = 1): Sampler {
-  const originalSteps = configNumber(cfg, 'original_inference_steps', 'originalInferenceSteps', 50);
-  const scaling = configNumber(cfg, 'timestep_scaling', 'timestepScaling', 10);
+export function lcmSampler(base: DDIMScheduler, steps: number, strength = 1): Sampler {
+  const originalSteps = base.config.originalInferenceSteps ?? 50;
+  const scaling = base.config.timestepScaling ?? 10;
   const timesteps = lcmTimesteps(base.numTrainTimesteps, originalSteps, steps, strength);
   const ac = base.alphasCumprod;
   const clip = base.config.clipSample ? base.config.clipSampleRange : 0;

@@ -13,6 +13,7 @@
  * One module per sampler family: ddim.ts, dpmsolver.ts, euler.ts, lcm.ts.
  */
 import { IdforgeError } from '../errors.js';
+import type { PredictionType } from './config.js';
 
 export const SAMPLERS = ['ddim', 'dpmpp-2m', 'dpmpp-2m-karras', 'euler', 'euler-a', 'lcm'] as const;
 export type SamplerName = (typeof SAMPLERS)[number];
@@ -72,7 +73,6 @@ export interface SamplerOptions {
   strength?: number;
 }
 
-export type PredictionType = 'epsilon' | 'v_prediction' | 'sample';
 
 /**
  * The model output m as x0 and eps, linear in (x, m): x0 = cx·x + ce·m, eps = ex·x + em·m.
@@ -131,13 +131,4 @@ export function badSampler(name: unknown): IdforgeError {
 export function roundHalfEven(x: number): number {
   const r = Math.round(x);
   return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
-}
-
-/** A scheduler config's timestep_spacing, when it names one, else the sampler's default. */
-export function spacingOf(cfg: object, dflt: 'leading' | 'trailing' | 'linspace'): 'leading' | 'trailing' | 'linspace' {
-  const v = (cfg as Record<string, unknown>).timestep_spacing ?? (cfg as Record<string, unknown>).timestepSpacing;
-  if (v === undefined || v === null) return dflt;
-  if (v !== 'leading' && v !== 'trailing' && v !== 'linspace')
-    throw new IdforgeError('E_ARGUMENT', `scheduler config timestep_spacing must be leading, trailing or linspace, got ${JSON.stringify(v)}`);
-  return v;
 }

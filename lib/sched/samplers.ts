@@ -1,5 +1,6 @@
 /** The sampler factory: a {@link Sampler} by name, from a model's scheduler_config.json. */
 import { IdforgeError } from '../errors.js';
+import { parseSchedulerConfig } from './config.js';
 import { DDIMScheduler } from './ddim.js';
 import { dpmSolverSampler } from './dpmsolver.js';
 import { eulerSampler } from './euler.js';
@@ -13,7 +14,8 @@ import { badSampler, isSamplerName, SAMPLERS, type Sampler, type SamplerName, ty
  */
 export function makeSampler(name: unknown, config: object, steps: number, opts: SamplerOptions = {}): Sampler {
   if (!isSamplerName(name)) throw badSampler(name);
-  const base = DDIMScheduler.fromConfig(config);
+  const cfg = parseSchedulerConfig(config);
+  const base = DDIMScheduler.fromParsed(cfg);
   const n = base.numTrainTimesteps;
   if (!Number.isInteger(steps) || steps < 1 || steps > n) throw new IdforgeError('E_ARGUMENT', `steps must be an integer in 1..${n}, got ${String(steps)}`);
   switch (name) {
@@ -21,12 +23,12 @@ export function makeSampler(name: unknown, config: object, steps: number, opts: 
       return base.sampler(steps, opts.eta ?? 0);
     case 'dpmpp-2m':
     case 'dpmpp-2m-karras':
-      return dpmSolverSampler(base, config, steps, name === 'dpmpp-2m-karras');
+      return dpmSolverSampler(base, steps, name === 'dpmpp-2m-karras');
     case 'euler':
     case 'euler-a':
-      return eulerSampler(base, config, steps, name === 'euler-a');
+      return eulerSampler(base, steps, name === 'euler-a');
     case 'lcm':
-      return lcmSampler(base, config, steps, opts.strength ?? 1);
+      return lcmSampler(base, steps, opts.strength ?? 1);
   }
 }
 
