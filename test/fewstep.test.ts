@@ -4,7 +4,7 @@
 // and decoding those LCM runs, the original TAESD file naming, and the typed errors.
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -12,7 +12,7 @@ import { Engine } from '../lib/engine.js';
 import { IdEncoder } from '../lib/dreamidentity/encoder.js';
 import { Identity } from '../lib/identity/identity.js';
 import { f32ToF16 } from '../lib/io/half.js';
-import { decodeImage } from '../lib/io/image.js';
+import { decodeImage, type RawImage } from '../lib/io/image.js';
 import { writeSafetensors, type TensorToWrite } from '../lib/io/safetensors.js';
 import { makeSampler } from '../lib/sched/samplers.js';
 import { Tensor } from '../lib/tensor.js';
@@ -290,4 +290,88 @@ t.test('identities with a LoRA and LCM: the words reach the LoRA text encoder, s
     for (const o of [r, plain]) { o.latents.dispose(); o.pixels.dispose(); }
   }
   await engine.setLoras([]);
+});
+
+t.test('previews: each step reports its denoised estimate through the preview VAE, at most 256 px', async (t) => {
+  const engine = await Engine.load(TINY_SD, { device: 'cpu', previewVae: TAESD });
+  const tiny = await Engine.load(TINY_SD, { device: 'cpu', vae: TAESD });
+  t.teardown(() => { engine.dispose(); tiny.dispose(); });
+  // One LCM step from t = 999: its result c_skip·x + c_out·x0 is x0 to ~1e-8 (c_skip ≈ 2.5e-9), so
+  // the preview must be the TAESD decode of the result, averaged over 2×2 latent cells here
+  // (a 384×128 image: 48×16 latents → 24×8 → a 192×64 preview).
+  const previews: RawImage[][] = [];
+  const r = await engine.generate({ prompt: PROMPT, sampler: 'lcm', steps: 1, guidanceScale: 1, width: 384, height: 128, seed: 2, numImages: 2,
+    onProgress: (p) => { if (p.preview) previews.push(p.preview); } });
+  t.equal(previews.length, 1, 'one preview per step');
+  t.equal(previews[0]!.length, 2, 'one per image');
+  t.same([previews[0]![0]!.width, previews[0]![0]!.height], [192, 64]);
+  const lat = r.latents.toFloat32();
+  const pooled = new Float32Array(2 * 4 * 8 * 24);
+  for (let p = 0; p < 8; p++) for (let i = 0; i < 8; i++) for (let j = 0; j < 24; j++) {
+    let s = 0;
+    for (const [di, dj] of [[0, 0], [0, 1], [1, 0], [1, 1]]) s += lat[(p * 16 + 2 * i + di!) * 48 + 2 * j + dj!]!;
+    pooled[(p * 8 + i) * 24 + j] = s / 4;
+  }
+  using z = Tensor.from(pooled, [2, 4, 8, 24]);
+  using d = await tiny.decodeLatents(z);
+  const want = d.toFloat32();
+  let worst = 0;
+  for (let k = 0; k < 2; k++) {
+    const img = previews[0]![k]!;
+    for (let y = 0; y < 64; y++) for (let x = 0; x < 192; x++) for (let c = 0; c < 3; c++) {
+      const v = Math.round(Math.min(1, Math.max(0, want[((k * 3 + c) * 64 + y) * 192 + x]! / 2 + 0.5)) * 255);
+      worst = Math.max(worst, Math.abs(v - img.data[(y * 192 + x) * 3 + c]!));
+    }
+  }
+  t.ok(worst <= 1, `the preview is the preview VAE's decode of the denoised estimate (uint8 max diff ${worst})`);
+  // Without onProgress nothing is decoded; an engine without a preview VAE reports none.
+  const plain = await tiny.generate({ prompt: PROMPT, sampler: 'lcm', steps: 2, guidanceScale: 1, width: 64, height: 64, seed: 2, onProgress: (p) => t.equal(p.preview, undefined) });
+  for (const o of [r, plain]) { o.latents.dispose(); o.pixels.dispose(); }
+  await t.rejects(tiny.runtime.preview(z), { code: 'E_ARGUMENT', message: /previewVae/ });
+  // A preview VAE for other latents is refused at load.
+  const other = path.join(tmp, 'taesd-8ch');
+  cpSync(TAESD, other, { recursive: true });
+  writeFileSync(path.join(other, 'config.json'), JSON.stringify({ ...JSON.parse(readFileSync(path.join(TAESD, 'config.json'), 'utf8')), latent_channels: 8 }));
+  await t.rejects(Engine.load(TINY_SD, { device: 'cpu', previewVae: other }), { code: 'E_MODEL_FORMAT' });
+});
+
+t.test('LCM image to image builds its schedule from the strength', async (t) => {
+  const engine = await Engine.load(TINY_SD, { device: 'cpu' });
+  t.teardown(() => engine.dispose());
+  const base = { prompt: PROMPT, sampler: 'lcm', steps: 4, guidanceScale: 1, width: 128, height: 128, seed: 9 } as const;
+  const src = await engine.generate({ ...base, sampler: 'ddim', steps: 2 });
+  const image = src.images[0]!;
+  const ts: number[] = [];
+  const half = await engine.generate({ ...base, image, strength: 0.5, onProgress: (p) => p.fraction === undefined && ts.push(p.timestep) });
+  t.same(ts, [499, 379, 259, 139], 'all 4 steps run, from the distillation steps int(50 · 0.5) allows (diffusers LCM img2img)');
+  const full = await engine.generate({ ...base, image, strength: 1 });
+  const t2i = await engine.generate({ ...base });
+  t.ok(equal(full.latents, t2i.latents), 'strength 1 equals text to image');
+  t.ok(relL2(half.latents.toFloat32(), t2i.latents.toFloat32()) > 1e-3, 'the image changes the result');
+  await t.rejects(engine.generate({ ...base, steps: 8, image, strength: 0.1 }), { code: 'E_ARGUMENT', message: /strength must be at least 8\/50/ });
+  for (const o of [src, half, full, t2i]) { o.latents.dispose(); o.pixels.dispose(); }
+});
+
+t.test('generate() and setLoras: a generate in flight keeps its weights; setLoras from onProgress is refused', async (t) => {
+  const engine = await Engine.load(TINY_SD, { device: 'cpu' });
+  t.teardown(() => engine.dispose());
+  const opts = { prompt: PROMPT, sampler: 'lcm', steps: 3, guidanceScale: 1, width: 64, height: 64, seed: 1 } as const;
+  const base = await engine.generate(opts);
+  await engine.setLoras([{ path: KOHYA }]);
+  const lora = await engine.generate(opts);
+  await engine.setLoras([]);
+  const order: string[] = [];
+  const inFlight = engine.generate(opts).then((r) => (order.push('generate'), r));
+  const merge = engine.setLoras([{ path: KOHYA }]).then(() => order.push('merge'));
+  const after = engine.generate(opts).then((r) => (order.push('after'), r));
+  const [a, , c] = await Promise.all([inFlight, merge, after]);
+  t.same(order, ['generate', 'merge', 'after']);
+  t.ok(equal(a.latents, base.latents), 'the generate in flight finished on the base weights');
+  t.ok(equal(c.latents, lora.latents), 'the generate started during the merge ran with the LoRA');
+  let refused: unknown;
+  const r = await engine.generate({ ...opts, onProgress: (p) => { if (p.step === 1 && p.fraction === undefined) engine.setLoras([]).catch((e: unknown) => (refused = e)); } });
+  await new Promise((resolve) => setImmediate(resolve));
+  t.match(refused, { code: 'E_ARGUMENT', message: /setLoras must be called outside the engine's own calls/ });
+  t.same(engine.loras, [{ path: KOHYA, scale: 1 }], 'the LoRA stayed');
+  for (const o of [base, lora, a, c, r]) { o.latents.dispose(); o.pixels.dispose(); }
 });
