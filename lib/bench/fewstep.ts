@@ -20,6 +20,8 @@ import { writeSafetensors, type TensorToWrite } from '../io/safetensors.js';
 import { f32ToF16 } from '../io/half.js';
 import type { ProgressInfo } from '../generate/options.js';
 import { resolveBackend } from '../runtime/runtime.js';
+import { randn } from '../sched/random.js';
+import { Tensor } from '../tensor.js';
 import { integer, invalid, oneOf } from '../validate.js';
 import { stats } from './index.js';
 import { describeMachine, type MachineInfo } from './machine.js';
@@ -67,8 +69,9 @@ export interface FewstepReport {
     /** default / few-step, medians. */
     speedup: number;
     lora: { rank: number; modules: number; fileBytes: number; setMs: Stats; restoreMs: Stats } | null;
-    /** Extra milliseconds per step of a generate() that decodes a preview each step (median over rounds). */
+    /** One step's preview (SdRuntime.preview: x0 → the preview image), ms; and the few-step generate() with previews, s per image. */
     previewMsPerStep: Stats | null;
+    fewstepWithPreview: Stats | null;
   };
 }
 
@@ -161,40 +164,56 @@ export async function benchFewstep(o: FewstepOptions): Promise<FewstepReport> {
     r.pixels.dispose();
     return ms;
   };
-  const defaultS: number[] = [], fewS: number[] = [], setMs: number[] = [], restoreMs: number[] = [], previewMs: number[] = [];
+  const defaultS: number[] = [], fewS: number[] = [], setMs: number[] = [], restoreMs: number[] = [], previewMs: number[] = [], previewRunS: number[] = [];
   let lora: { modules: number; bytes: number } | undefined;
-  const loraFile = path.join(path.dirname(model), `lora-r${rank}.safetensors`);
-  for (let r = 0; r < rounds; r++) {
-    {
-      using engine = await Engine.load(model, { device, dtype });
-      await time(engine, { ...defaults, steps: 1 }); // weights uploaded and programs compiled, untimed
-      defaultS.push((await time(engine, defaults)) / 1000);
-      log(`round ${r + 1}: default path ${defaultS[r]!.toFixed(1)} s per image`);
-    }
-    {
-      using engine = await Engine.load(model, { device, dtype, vae: taesd, previewVae: taesd });
-      await time(engine, { ...few, steps: 1 });
-      fewS.push((await time(engine, few)) / 1000);
-      log(`round ${r + 1}: few-step path ${fewS[r]!.toFixed(2)} s per image`);
-      if (o.preview !== false) {
-        let previews = 0;
-        const onProgress = (p: ProgressInfo) => { if (p.preview) previews++; };
-        const ms = await time(engine, { ...few, onProgress });
-        if (previews !== steps) throw new IdforgeError('E_INTERNAL', `bench: ${previews} previews for ${steps} steps`);
-        previewMs.push((ms - fewS[r]! * 1000) / steps);
-        log(`round ${r + 1}: with a preview each step ${(ms / 1000).toFixed(2)} s (${previewMs[r]!.toFixed(0)} ms per preview)`);
+  // The synthesised LoRA lives in the temp folder for the run (never beside a model the user named).
+  const loraFile = path.join(os.tmpdir(), `idforge-bench-lora-r${rank}-${process.pid}.safetensors`);
+  try {
+    for (let r = 0; r < rounds; r++) {
+      {
+        using engine = await Engine.load(model, { device, dtype });
+        await time(engine, { ...defaults, steps: 1 }); // weights uploaded and programs compiled, untimed
+        defaultS.push((await time(engine, defaults)) / 1000);
+        log(`round ${r + 1}: default path ${defaultS[r]!.toFixed(1)} s per image`);
       }
-      if (rank > 0) {
-        lora ??= writeSyntheticLora(loraFile, engine, rank, seed);
-        let s = now();
-        await engine.setLoras([{ path: loraFile, scale: 1 }]);
-        setMs.push(now() - s);
-        s = now();
-        await engine.setLoras([]);
-        restoreMs.push(now() - s);
-        log(`round ${r + 1}: setLoras (rank ${rank}) ${setMs[r]!.toFixed(0)} ms, restore ${restoreMs[r]!.toFixed(0)} ms`);
+      {
+        using engine = await Engine.load(model, { device, dtype, vae: taesd, previewVae: taesd });
+        await time(engine, { ...few, steps: 1 });
+        fewS.push((await time(engine, few)) / 1000);
+        log(`round ${r + 1}: few-step path ${fewS[r]!.toFixed(2)} s per image`);
+        if (o.preview !== false) {
+          // A generate() with previews (checked to deliver one per step), then the preview call the
+          // Denoiser makes after each step, timed on its own: x0 on the device → the preview image.
+          let previews = 0;
+          const onProgress = (p: ProgressInfo) => { if (p.preview) previews++; };
+          const ms = await time(engine, { ...few, onProgress });
+          if (previews !== steps) throw new IdforgeError('E_INTERNAL', `bench: ${previews} previews for ${steps} steps`);
+          const rt = engine.runtime;
+          using x0 = Tensor.from(randn(seed + 3, 4 * (height / 8) * (width / 8)), [1, 4, height / 8, width / 8], rt.backend);
+          const one: number[] = [];
+          for (let k = 0; k < 4; k++) {
+            const s = now();
+            await rt.preview(x0);
+            if (k > 0) one.push(now() - s); // the first compiles its program
+          }
+          previewMs.push(stats(one).median);
+          previewRunS.push(ms / 1000);
+          log(`round ${r + 1}: with a preview each step ${(ms / 1000).toFixed(2)} s; one preview ${previewMs[r]!.toFixed(0)} ms`);
+        }
+        if (rank > 0) {
+          lora ??= writeSyntheticLora(loraFile, engine, rank, seed);
+          let s = now();
+          await engine.setLoras([{ path: loraFile, scale: 1 }]);
+          setMs.push(now() - s);
+          s = now();
+          await engine.setLoras([]);
+          restoreMs.push(now() - s);
+          log(`round ${r + 1}: setLoras (rank ${rank}) ${setMs[r]!.toFixed(0)} ms, restore ${restoreMs[r]!.toFixed(0)} ms`);
+        }
       }
     }
+  } finally {
+    fs.rmSync(loraFile, { force: true });
   }
   machine.loadavg.end = Math.round(os.loadavg()[0]! * 100) / 100;
   const d = stats(defaultS), f = stats(fewS);
@@ -212,6 +231,7 @@ export async function benchFewstep(o: FewstepOptions): Promise<FewstepReport> {
       speedup: d.median / f.median,
       lora: rank > 0 && lora ? { rank, modules: lora.modules, fileBytes: lora.bytes, setMs: stats(setMs), restoreMs: stats(restoreMs) } : null,
       previewMsPerStep: previewMs.length ? stats(previewMs) : null,
+      fewstepWithPreview: previewRunS.length ? stats(previewRunS) : null,
     },
   };
 }
@@ -229,7 +249,7 @@ export function formatFewstepReport(r: FewstepReport): string {
     `few-step path (${c.fewstep}): ${s(x.fewstep, 2)} s per image`,
     `speedup: ${x.speedup.toFixed(1)}x (medians)`,
     x.lora ? `setLoras, rank ${x.lora.rank} on ${x.lora.modules} attention/conv modules (${(x.lora.fileBytes / 2 ** 20).toFixed(0)} MiB file): ${s(x.lora.setMs, 0)} ms; setLoras([]) ${s(x.lora.restoreMs, 0)} ms` : 'setLoras: not timed',
-    x.previewMsPerStep ? `preview per step (TAESD, longer side 256 px): ${s(x.previewMsPerStep, 0)} ms` : 'preview: not timed',
+    x.previewMsPerStep ? `preview per step (TAESD, longer side 256 px): ${s(x.previewMsPerStep, 0)} ms; the few-step image with a preview each step: ${s(x.fewstepWithPreview!, 2)} s` : 'preview: not timed',
   ].join('\n');
 }
 
