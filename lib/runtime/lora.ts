@@ -80,15 +80,17 @@ function stack(pairs: { up: Float32Array; down: Float32Array; rank: number; fact
   return { up, downT, rank: R };
 }
 
+type WeightId = { component: LoraComponent; weight: string };
+
 export class LoraMerger {
-  /** Weights that differ from their base now. */
-  #merged = new Set<string>();
+  /** Weights that differ from their base now, by key(). */
+  #merged = new Map<string, WeightId>();
 
   constructor(private readonly host: LoraHost) {}
 
-  /** Whether any weight differs from its base. */
-  get active(): boolean {
-    return this.#merged.size > 0;
+  /** A write of the base alone (the weight back as its file holds it). */
+  #base(w: WeightId): Write {
+    return { ...w, shape: this.host.weights[w.component].shape(w.weight) };
   }
 
   /**
@@ -97,18 +99,20 @@ export class LoraMerger {
    */
   async apply(files: readonly { file: LoraFile; scale: number }[]): Promise<void> {
     const writes = this.#plan(files);
-    const touched = new Set([...this.#merged, ...writes.map((w) => key(w.component, w.weight))]);
+    const touched = new Map([...this.#merged, ...writes.map((w) => [key(w.component, w.weight), w] as const)]);
     try {
       await this.#write(writes);
-      this.#merged = new Set(writes.filter((w) => w.delta).map((w) => key(w.component, w.weight)));
+      // Names only: the deltas (up to hundreds of MB) are not kept.
+      this.#merged = new Map(writes.filter((w) => w.delta).map((w) => [key(w.component, w.weight), { component: w.component, weight: w.weight }]));
     } catch (e) {
       // Back to the base everywhere this merge may have written, then report the merge's error.
-      const restore = [...touched].map((k) => {
-        const [component, weight] = k.split(/:(.*)/s) as [LoraComponent, string];
-        return { component, weight, shape: this.host.weights[component].shape(weight) };
-      });
-      await this.#write(restore);
       this.#merged.clear();
+      try {
+        await this.#write([...touched.values()].map((w) => this.#base(w)));
+      } catch (r) {
+        const err = e as Error;
+        throw new IdforgeError('E_INTERNAL', `${err.message}; putting the base weights back failed too (${(r as Error).message}): dispose this engine`, { cause: e });
+      }
       throw e;
     }
   }
@@ -130,11 +134,7 @@ export class LoraMerger {
       const O = shape[0]!;
       writes.push({ component: g.component, weight: g.weight, shape, delta: stack(g.pairs, O, shape.reduce((a, b) => a * b, 1) / O) });
     }
-    for (const k of this.#merged) {
-      if (groups.has(k)) continue;
-      const [component, weight] = k.split(/:(.*)/s) as [LoraComponent, string];
-      writes.push({ component, weight, shape: this.host.weights[component].shape(weight) });
-    }
+    for (const [k, w] of this.#merged) if (!groups.has(k)) writes.push(this.#base(w));
     return writes;
   }
 
