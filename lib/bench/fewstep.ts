@@ -72,6 +72,8 @@ export interface FewstepReport {
     /** One step's preview (SdRuntime.preview: x0 → the preview image), ms; and the few-step generate() with previews, s per image. */
     previewMsPerStep: Stats | null;
     fewstepWithPreview: Stats | null;
+    /** This process's CPU seconds (user + system) per sample of the measurements above. */
+    cpuSeconds: { defaultPath: number[]; fewstep: number[]; setLoras: number[]; restore: number[] };
   };
 }
 
@@ -156,14 +158,24 @@ export async function benchFewstep(o: FewstepOptions): Promise<FewstepReport> {
   const base = { prompt, width, height, seed };
   const defaults = { ...base, steps: 25, sampler: 'dpmpp-2m-karras' as const, guidanceScale: 7.5 };
   const few = { ...base, steps, sampler: 'lcm' as const, guidanceScale: 1 };
-  const time = async (engine: Engine, opts: Parameters<Engine['generate']>[0]) => {
+  // Wall time, and this process's CPU seconds (user + system): on a shared machine the wall time
+  // grows with the other processes' load, the CPU seconds much less.
+  const cpu = { defaultPath: [] as number[], fewstep: [] as number[], setLoras: [] as number[], restore: [] as number[] };
+  const measure = async (f: () => Promise<unknown>, into?: number[]): Promise<number> => {
+    const c0 = process.cpuUsage();
     const s = now();
-    const r = await engine.generate(opts);
+    await f();
     const ms = now() - s;
-    r.latents.dispose();
-    r.pixels.dispose();
+    const c = process.cpuUsage(c0);
+    into?.push((c.user + c.system) / 1e6);
     return ms;
   };
+  const time = (engine: Engine, opts: Parameters<Engine['generate']>[0], into?: number[]) => measure(async () => {
+    const r = await engine.generate(opts);
+    r.latents.dispose();
+    r.pixels.dispose();
+  }, into);
+
   const defaultS: number[] = [], fewS: number[] = [], setMs: number[] = [], restoreMs: number[] = [], previewMs: number[] = [], previewRunS: number[] = [];
   let lora: { modules: number; bytes: number } | undefined;
   // The synthesised LoRA lives in the temp folder for the run (never beside a model the user named).
@@ -173,13 +185,13 @@ export async function benchFewstep(o: FewstepOptions): Promise<FewstepReport> {
       {
         using engine = await Engine.load(model, { device, dtype });
         await time(engine, { ...defaults, steps: 1 }); // weights uploaded and programs compiled, untimed
-        defaultS.push((await time(engine, defaults)) / 1000);
+        defaultS.push((await time(engine, defaults, cpu.defaultPath)) / 1000);
         log(`round ${r + 1}: default path ${defaultS[r]!.toFixed(1)} s per image`);
       }
       {
         using engine = await Engine.load(model, { device, dtype, vae: taesd, previewVae: taesd });
         await time(engine, { ...few, steps: 1 });
-        fewS.push((await time(engine, few)) / 1000);
+        fewS.push((await time(engine, few, cpu.fewstep)) / 1000);
         log(`round ${r + 1}: few-step path ${fewS[r]!.toFixed(2)} s per image`);
         if (o.preview !== false) {
           // A generate() with previews (checked to deliver one per step), then the preview call the
@@ -202,12 +214,8 @@ export async function benchFewstep(o: FewstepOptions): Promise<FewstepReport> {
         }
         if (rank > 0) {
           lora ??= writeSyntheticLora(loraFile, engine, rank, seed);
-          let s = now();
-          await engine.setLoras([{ path: loraFile, scale: 1 }]);
-          setMs.push(now() - s);
-          s = now();
-          await engine.setLoras([]);
-          restoreMs.push(now() - s);
+          setMs.push(await measure(() => engine.setLoras([{ path: loraFile, scale: 1 }]), cpu.setLoras));
+          restoreMs.push(await measure(() => engine.setLoras([]), cpu.restore));
           log(`round ${r + 1}: setLoras (rank ${rank}) ${setMs[r]!.toFixed(0)} ms, restore ${restoreMs[r]!.toFixed(0)} ms`);
         }
       }
@@ -232,23 +240,25 @@ export async function benchFewstep(o: FewstepOptions): Promise<FewstepReport> {
       lora: rank > 0 && lora ? { rank, modules: lora.modules, fileBytes: lora.bytes, setMs: stats(setMs), restoreMs: stats(restoreMs) } : null,
       previewMsPerStep: previewMs.length ? stats(previewMs) : null,
       fewstepWithPreview: previewRunS.length ? stats(previewRunS) : null,
+      cpuSeconds: cpu,
     },
   };
 }
 
 export function formatFewstepReport(r: FewstepReport): string {
-  const c = r.config, x = r.results, m = r.machine;
+  const cfg = r.config, x = r.results, m = r.machine;
   const s = (st: Stats, d = 1) => `${st.median.toFixed(d)} (${st.samples.map((v) => v.toFixed(d)).join(', ')})`;
+  const c = (a: number[]) => (a.length ? `; CPU s ${a.map((v) => v.toFixed(1)).join(', ')}` : '');
   return [
     `idforge bench --fewstep  ${r.date}`,
     `machine: ${m.cpu}, ${m.cpus} CPUs (${m.threads} backend threads, ${m.simd}); load average ${m.loadavg.start}${m.loadavg.end !== undefined ? ` → ${m.loadavg.end}` : ''}`,
-    `model: ${c.model}; TAESD ${c.taesd}; ${c.device} ${c.dtype}; ${c.width}x${c.height}; ${c.rounds} round(s), alternating`,
+    `model: ${cfg.model}; TAESD ${cfg.taesd}; ${cfg.device} ${cfg.dtype}; ${cfg.width}x${cfg.height}; ${cfg.rounds} round(s), alternating`,
     `command: ${r.command}`,
     '',
-    `default path  (${c.baseline}): ${s(x.defaultPath)} s per image`,
-    `few-step path (${c.fewstep}): ${s(x.fewstep, 2)} s per image`,
+    `default path  (${cfg.baseline}): ${s(x.defaultPath)} s per image${c(x.cpuSeconds.defaultPath)}`,
+    `few-step path (${cfg.fewstep}): ${s(x.fewstep, 2)} s per image${c(x.cpuSeconds.fewstep)}`,
     `speedup: ${x.speedup.toFixed(1)}x (medians)`,
-    x.lora ? `setLoras, rank ${x.lora.rank} on ${x.lora.modules} attention/conv modules (${(x.lora.fileBytes / 2 ** 20).toFixed(0)} MiB file): ${s(x.lora.setMs, 0)} ms; setLoras([]) ${s(x.lora.restoreMs, 0)} ms` : 'setLoras: not timed',
+    x.lora ? `setLoras, rank ${x.lora.rank} on ${x.lora.modules} attention/conv modules (${(x.lora.fileBytes / 2 ** 20).toFixed(0)} MiB file): ${s(x.lora.setMs, 0)} ms${c(x.cpuSeconds.setLoras)}; setLoras([]) ${s(x.lora.restoreMs, 0)} ms${c(x.cpuSeconds.restore)}` : 'setLoras: not timed',
     x.previewMsPerStep ? `preview per step (TAESD, longer side 256 px): ${s(x.previewMsPerStep, 0)} ms; the few-step image with a preview each step: ${s(x.fewstepWithPreview!, 2)} s` : 'preview: not timed',
   ].join('\n');
 }
