@@ -10,7 +10,6 @@ import { Denoiser } from './generate/denoiser.js';
 import { prepareLatents } from './generate/latents.js';
 import { identityMap, resolveGenerate, type GenerateOptions, type GenerateResult } from './generate/options.js';
 import type { BackendSpec } from './graph/program.js';
-import type { Weights } from './graph/weights.js';
 import type { Identity } from './identity/identity.js';
 import { checkPrompt } from './io/bounds.js';
 import type { ModelSource } from './io/checkpoint.js';
@@ -98,14 +97,6 @@ export class Engine implements Disposable {
 
   get disposed(): boolean {
     return this.runtime.disposed;
-  }
-
-  /**
-   * @deprecated the resident weights are `engine.runtime.weights`; kept for callers that build
-   * graphs over them directly (test/grad.test.ts).
-   */
-  get w(): { unet: Weights; vae: Weights; text: Weights } {
-    return this.runtime.weights;
   }
 
   /** The VAE's spatial downsampling factor. */

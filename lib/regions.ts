@@ -3,10 +3,13 @@
 // type, its argument checks and the host side of the table a UNet program takes as an input.
 import { invalid, numberIn, shown } from './validate.js';
 
-/** Token indices of the context confined to a box [x0, y0, x1, y1) in fractions of the image's width and height. */
+/** A box [x0, y0, x1, y1): fractions of the image's width and height. */
+export type Box = readonly [number, number, number, number];
+
+/** Token indices of the context confined to a box. */
 export interface Region {
   tokens: readonly number[];
-  box: readonly [number, number, number, number];
+  box: Box;
 }
 
 /**
@@ -74,4 +77,28 @@ export function regionList(v: unknown, keys: number, name = 'regions'): Region[]
   });
   if (owner.size === keys) throw invalid(name, `regions that leave some of the ${keys} tokens unconfined (positions outside every box attend to those)`, shown(`all ${keys} confined`));
   return list;
+}
+
+/** generate()'s `regions` option: identity name → box, checked (at most REGION_CAPACITY). */
+export function regionBoxes(v: unknown): ReadonlyMap<string, Box> {
+  if (v === undefined) return new Map();
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw invalid('regions', 'an object of identity name → [x0, y0, x1, y1]', v);
+  const m = v instanceof Map ? (v as Map<unknown, unknown>) : new Map(Object.entries(v));
+  if (m.size > REGION_CAPACITY) throw invalid('regions', `boxes for at most ${REGION_CAPACITY} identities`, shown(`${m.size}`));
+  return new Map([...m].map(([name, box]) => [String(name), regionBox(box, `regions.${String(name)}`)]));
+}
+
+/**
+ * The regions of generate(): each identity's slot positions of the expanded prompt (slots: per
+ * position the slot row or −1; rows: each slot row's identity name) confined to its box. A name
+ * no identity of the prompt has is refused.
+ */
+export function identityRegions(boxes: ReadonlyMap<string, Box>, e: { slots: Int32Array; rows: readonly { name: string }[] }): Region[] {
+  const names = [...new Set(e.rows.map((r) => r.name))];
+  return [...boxes].map(([name, box]): Region => {
+    const tokens = [...e.slots.keys()].filter((i) => e.slots[i]! >= 0 && e.rows[e.slots[i]!]!.name === name);
+    if (tokens.length === 0)
+      throw invalid(`regions.${name}`, `the box of an identity in the prompt (${names.length ? names.join(', ') : 'the prompt has none'})`, shown(`no <id:${name}> in the prompt`));
+    return { tokens, box };
+  });
 }

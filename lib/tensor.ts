@@ -1,26 +1,29 @@
 import { IdforgeError } from './errors.js';
 import { call, native, type DType, type DeviceName, type NativeTensor } from './native.js';
+import { invalid } from './validate.js';
 
 export type { DType, DeviceName };
 
 type Typed = Float32Array | Float64Array | Uint16Array | Int32Array | BigInt64Array | Uint8Array;
+const TYPED = 'Float32Array, Float64Array, Int32Array, BigInt64Array, Uint8Array, or Uint16Array with a half dtype';
+const halfDtype = () => invalid('dtype', "'float16' or 'bfloat16' for Uint16Array data (the bits are halves)");
 
 function inferDType(data: Typed): DType {
   if (!ArrayBuffer.isView(data) || data instanceof DataView)
-    throw new IdforgeError('E_ARGUMENT', 'tensor data must be a typed array (Float32Array, Float64Array, Int32Array, BigInt64Array, Uint8Array, or Uint16Array with a half dtype)');
+    throw invalid('tensor data', `a typed array (${TYPED})`, data);
   if (data instanceof Float32Array || data instanceof Float64Array) return 'float32';
   if (data instanceof Int32Array) return 'int32';
   if (data instanceof BigInt64Array) return 'int64';
   if (data instanceof Uint8Array) return 'uint8';
-  if (data instanceof Uint16Array) throw new IdforgeError('E_ARGUMENT', 'a Uint16Array needs an explicit dtype: float16 or bfloat16');
-  throw new IdforgeError('E_ARGUMENT', `${(data as object).constructor.name} is not a supported tensor type (use Float32Array, Float64Array, Int32Array, BigInt64Array, Uint8Array, or Uint16Array with a half dtype)`);
+  if (data instanceof Uint16Array) throw halfDtype();
+  throw invalid('tensor data', `a supported typed array (${TYPED})`, data);
 }
 
 /** Larger than any allocation a machine can make: refused before trying (2^40 elements). */
 const MAX_ELEMENTS = 2 ** 40;
 
 function checkShape(shape: readonly number[], what = 'shape'): number[] {
-  if (!Array.isArray(shape)) throw new IdforgeError('E_ARGUMENT', `${what} must be an array`);
+  if (!Array.isArray(shape)) throw invalid(what, 'an array', shape);
   for (const d of shape)
     if (!Number.isSafeInteger(d) || d < 0)
       throw new IdforgeError('E_SHAPE', `${what} ${JSON.stringify(shape)} holds an invalid size ${d}`);
@@ -64,7 +67,7 @@ export class Tensor implements Disposable {
     if (ArrayBuffer.isView(data) && data.buffer instanceof SharedArrayBuffer) data = data.slice() as Typed;
     const src: DType = data instanceof Uint16Array ? (opts.dtype === 'bfloat16' ? 'bfloat16' : 'float16') : inferDType(data);
     if (data instanceof Uint16Array && opts.dtype !== 'float16' && opts.dtype !== 'bfloat16')
-      throw new IdforgeError('E_ARGUMENT', 'a Uint16Array needs an explicit dtype: float16 or bfloat16');
+      throw halfDtype();
     const buf = data instanceof Float64Array ? Float32Array.from(data) : data;
     if (buf.length !== numel(s))
       throw new IdforgeError('E_SHAPE', `data has ${buf.length} elements, shape ${JSON.stringify(s)} needs ${numel(s)}`);

@@ -6,6 +6,9 @@ import { IdforgeError } from './errors.js';
 
 const SHOWN = Symbol('shown');
 
+/** "a Map", "an Int32Array". */
+const article = (name: string) => `${/^[AEIOU]/i.test(name) ? 'an' : 'a'} ${name}`;
+
 /** A "got" that an error message shows as this text, as it is (e.g. `shown('3 NaN values')`). */
 export function shown(text: string): { [SHOWN]: string } {
   return { [SHOWN]: text };
@@ -16,7 +19,7 @@ export function describe(v: unknown): string {
   if (v !== null && typeof v === 'object' && SHOWN in v) return String((v as { [SHOWN]: string })[SHOWN]);
   if (typeof v === 'string') return JSON.stringify(v.length > 80 ? `${v.slice(0, 77)}...` : v);
   if (v === null || typeof v !== 'object') return typeof v === 'function' ? 'a function' : String(v);
-  if (ArrayBuffer.isView(v)) return `a ${v.constructor.name} of ${(v as unknown as ArrayLike<unknown>).length}`;
+  if (ArrayBuffer.isView(v)) return `${article(v.constructor.name)} of ${(v as unknown as ArrayLike<unknown>).length}`;
   const shape = (v as { shape?: unknown }).shape;
   if (Array.isArray(shape) && typeof (v as { dtype?: unknown }).dtype === 'string') return `a ${(v as { dtype: string }).dtype} tensor ${JSON.stringify(shape)}`;
   let json: string | undefined;
@@ -28,7 +31,7 @@ export function describe(v: unknown): string {
   if (json !== undefined && json.length <= 80 && (Array.isArray(v) || Object.getPrototypeOf(v) === Object.prototype)) return json;
   if (Array.isArray(v)) return `an array of ${v.length}`;
   const name = (v as object).constructor?.name;
-  return name && name !== 'Object' ? `a ${name}` : 'an object';
+  return name && name !== 'Object' ? article(name) : 'an object';
 }
 
 export interface InvalidOptions {
@@ -46,14 +49,6 @@ export interface InvalidOptions {
 export function invalid(name: string, expected: string, got?: unknown, o: InvalidOptions = {}): IdforgeError {
   const msg = `${name} must be ${expected}${got === undefined ? '' : `, got ${describe(got)}`}`;
   return new IdforgeError(o.code ?? 'E_ARGUMENT', o.where ? `${o.where}: ${msg}` : msg, o.cause === undefined ? undefined : { cause: o.cause });
-}
-
-/**
- * @deprecated an E_ARGUMENT with a free-form message: use invalid(name, expected, got). Kept until
- * lib/learn/learn.ts moves to invalid().
- */
-export function argError(msg: string, where?: string): IdforgeError {
-  return new IdforgeError('E_ARGUMENT', where ? `${where}: ${msg}` : msg);
 }
 
 /** An integer in [min, max]. */

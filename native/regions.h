@@ -43,17 +43,33 @@ IDFORGE_HD inline float cellCentre(int64_t cell, int64_t cells) {
 #endif
 }
 
+// Whether box b (4 float32 bits) spans centre c along x (axis 0) or y (axis 1): [b0, b2) or [b1, b3).
+IDFORGE_HD inline bool boxSpans(const int32_t* b, int axis, float c) {
+  return c >= regionFloat(b[axis]) && c < regionFloat(b[axis + 2]);
+}
+
 // Bit r set: box r (boxes: R × 4 float32 bits) holds the centre of query n of an H × W grid.
 IDFORGE_HD inline uint32_t regionsAt(const int32_t* boxes, int R, int64_t n, int64_t W, int64_t H) {
   const int64_t i = n / W, j = n - i * W;
   const float cx = cellCentre(j, W), cy = cellCentre(i, H);
   uint32_t m = 0;
-  for (int r = 0; r < R; r++) {
-    const int32_t* b = boxes + 4 * r;
-    if (cx >= regionFloat(b[0]) && cy >= regionFloat(b[1]) && cx < regionFloat(b[2]) && cy < regionFloat(b[3]))
-      m |= 1u << r;
-  }
+  for (int r = 0; r < R; r++)
+    if (boxSpans(boxes + 4 * r, 0, cx) && boxSpans(boxes + 4 * r, 1, cy)) m |= 1u << r;
   return m;
+}
+
+// The same rule split by axis (box membership is a column test and a row test): bit r of
+// cols[j] / rows[i] says whether box r holds column j's / row i's centre; query (i, j) holds
+// rows[i] & cols[j]. What a backend uses to set up a whole grid in O(R·(H + W)).
+inline void regionAxes(const int32_t* boxes, int R, int64_t W, int64_t H, uint32_t* cols, uint32_t* rows) {
+  for (int64_t j = 0; j < W; j++) cols[j] = 0;
+  for (int64_t i = 0; i < H; i++) rows[i] = 0;
+  for (int r = 0; r < R; r++) {
+    for (int64_t j = 0; j < W; j++)
+      if (boxSpans(boxes + 4 * r, 0, cellCentre(j, W))) cols[j] |= 1u << r;
+    for (int64_t i = 0; i < H; i++)
+      if (boxSpans(boxes + 4 * r, 1, cellCentre(i, H))) rows[i] |= 1u << r;
+  }
 }
 
 // Whether a query holding regions `inside` sees a key owned by `owner` (−1: every query does).

@@ -132,6 +132,7 @@ t.test('command line', async (t) => {
   const f = parseFewstepArgs(['--fewstep', '--random', 'sd15', '--device', 'cpu', '--rounds', '2', '--lora-rank', '64', '--no-preview']);
   t.match(f.opts, { random: 'sd15', device: 'cpu', rounds: 2, loraRank: 64, preview: false });
   t.throws(() => parseFewstepArgs(['--rounds', '0']), { code: 'E_ARGUMENT', message: /rounds/ });
+  t.match(parseBenchArgs(['--regions', '2']).opts, { regions: 2 });
 });
 
 function checkReport(t: Test, r: BenchReport, withGenerate: boolean): void {
@@ -186,10 +187,15 @@ t.test('smoke: bench() on random weights with the tiny layout (the --random code
     using src = openModel(TINY_SD);
     return src.configs;
   })();
-  const r = await bench({ source: randomModelSource(configs, { seed: 1 }), device: 'cpu', width: 64, batch: 1, steps: 1, warmup: 0, generate: false, ops: false });
+  // With --regions 2: the regional step alternates with the plain one (unguided: every row confined).
+  const r = await bench({ source: randomModelSource(configs, { seed: 1 }), device: 'cpu', width: 64, batch: 1, steps: 1, warmup: 0, generate: false, ops: false, regions: 2 });
   checkReport(t, r, false);
   t.equal(r.results.ops, null);
   t.match(r.config.model, /^random:custom/);
+  const rg = r.results.unet.regions!;
+  t.ok(rg.count === 2 && rg.ms.samples.length === 1 && rg.ratio.median > 0 && Number.isFinite(rg.ratio.median), `regions: ${JSON.stringify({ ms: rg.ms.median, ratio: rg.ratio.median })}`);
+  t.match(formatReport(r), /UNet with 2 regions \/ plain, per alternating pair: median [\d.]+×/);
+  await t.rejects(bench({ model: TINY_SD, regions: 9 }), { code: 'E_ARGUMENT', message: /regions must be an integer in \[0, 8\]/ });
 });
 
 t.test('smoke: the few-step settings (--sampler lcm --guidance 1 --vae tiny: a random TAESD of the real architecture)', async (t) => {

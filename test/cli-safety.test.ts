@@ -31,7 +31,7 @@ t.test('the output is checked before the model is loaded', async (t) => {
     [path.join(tmp, 'out.bmp'), /^idforge: E_ARGUMENT: .*unknown image format '\.bmp'/],
   ];
   fs.mkdirSync(path.join(tmp, 'dir.png'));
-  cases.push([path.join(tmp, 'dir.png'), /^idforge: E_ARGUMENT: .*dir\.png: exists and is not a regular file$/]);
+  cases.push([path.join(tmp, 'dir.png'), /^idforge: E_ARGUMENT: the output path must be a new or regular file \(it exists and is not a regular file\), got ".*dir\.png"$/]);
   for (const [out, msg] of cases) {
     const r = idforge('generate', '--model', '/does/not/exist', '--prompt', 'x', '--out', out);
     t.equal(r.status, 1, `${out}: exit 1`);

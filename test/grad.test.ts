@@ -45,7 +45,7 @@ for (const b of testBackends()) {
       t.teardown(() => gf.close());
       const cases = JSON.parse((await import('node:fs')).readFileSync(new URL('./fixtures/golden/cases.json', import.meta.url), 'utf8')).grad as { timestep: number; att_layers: string[] };
       const cfg = engine.configs.unet;
-      const w = engine.w.unet;
+      const w = engine.runtime.weights.unet;
       const xs = gf.shape('z_t');
       const cs = gf.shape('context_t');
       const tIn = () => Tensor.from(new Float32Array([cases.timestep]), [1]);

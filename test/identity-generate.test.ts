@@ -78,8 +78,6 @@ t.test('identities in generate()', async (t) => {
     t.notOk(eqBytes(half.images[0]!.data, one.images[0]!.data));
     t.notOk(eqBytes(half.images[0]!.data, zero.images[0]!.data));
     for (const r of [one, dflt, zero, asPerson, half]) { r.latents.dispose(); r.pixels.dispose(); }
-    await t.rejects(engine.generate({ ...base, identity: id, identityScale: NaN }), { code: 'E_ARGUMENT' });
-    await t.rejects(engine.generate({ ...base, identity: id, identityScale: -1 }), { code: 'E_ARGUMENT' });
     await t.rejects(engine.wordEmbedding('a photo'), { code: 'E_ARGUMENT' });
   });
 
@@ -91,8 +89,6 @@ t.test('identities in generate()', async (t) => {
     await t.rejects(engine.generate({ ...base }), { code: 'E_IDENTITY' }, 'a placeholder with no identity');
     const many = new Identity({ k: new Float32Array(74 * D).fill(0.01), words: 74, dim: D, method: 'custom' });
     await t.rejects(engine.generate({ ...base, prompt: 'a very detailed photo of <id> in a garden with flowers and trees', identity: many }), { code: 'E_IDENTITY' }, 'expansion past 77 tokens');
-    await t.rejects(engine.generate({ ...base, identity: id, identities: { x: id } }), { code: 'E_ARGUMENT' });
-    await t.rejects(engine.generate({ ...base, identity: {} as Identity }), { code: 'E_ARGUMENT' });
   });
 
   t.test('an encoder identity from a real image file', async (t) => {
@@ -130,8 +126,6 @@ t.test('identities in generate()', async (t) => {
     const heatWord = await attentionHeatmap(r, 'photo');
     t.equal(heatWord.width, 128);
     await t.rejects(attentionHeatmap(r, 'zebra'), { code: 'E_ARGUMENT' });
-    await t.rejects(engine.generate({ ...base, identity: id, captureAttention: { layers: ['nope'] } }), { code: 'E_ARGUMENT' });
-    await t.rejects(engine.generate({ ...base, identity: id, captureAttention: { steps: [99] } }), { code: 'E_ARGUMENT' });
     r.latents.dispose(); r.pixels.dispose();
   });
 });

@@ -57,13 +57,13 @@ t.test('construction: bad arguments', async (t) => {
   t.throws(() => new Identity({ k: [[1, NaN]], method: 'custom' }), codeOf('E_ARGUMENT', /non-finite/));
   t.throws(() => new Identity({ k: new Float32Array([1, Infinity]), words: 1, dim: 2, method: 'custom' }), codeOf('E_ARGUMENT', /non-finite/));
   t.throws(() => new Identity({ k: [[1, 2]], v: [[1, 2, 3]], method: 'custom' }), codeOf('E_ARGUMENT'));
-  t.throws(() => new Identity({ k: [[1, 2]], dim: 3, method: 'custom' }), codeOf('E_ARGUMENT', /dim 2, but dim 3/));
+  t.throws(() => new Identity({ k: [[1, 2]], dim: 3, method: 'custom' }), codeOf('E_ARGUMENT', /k must be of dim 3 \(as given\), got dim 2/));
   t.throws(() => new Identity({ k: [[]], method: 'custom' }), codeOf('E_ARGUMENT', /empty/));
   t.throws(() => new Identity({ k: [1, 2] as unknown as number[][], method: 'custom' }), codeOf('E_ARGUMENT'));
   t.throws(() => new Identity(undefined as unknown as { k: number[]; method: 'custom' }), codeOf('E_ARGUMENT'));
   t.throws(() => new Identity({ k: [[1]], method: 'custom', name: 3 as unknown as string }), codeOf('E_ARGUMENT', /name/));
   const id = new Identity({ k: [[1]], method: 'custom' });
-  t.throws(() => id.kFlat(1), codeOf('E_ARGUMENT', /stage 1/));
+  t.throws(() => id.kFlat(1), codeOf('E_ARGUMENT', /stage must be an integer in \[0, 0\], got 1/));
   t.throws(() => id.vFlat(-1), codeOf('E_ARGUMENT'));
 });
 

@@ -163,6 +163,15 @@ t.test('bad LoRA files are E_MODEL_FORMAT naming the key and the expected shape;
     await t.rejects(engine.setLoras([bad as never]), { code: 'E_ARGUMENT', message: /setLoras/ });
   await t.rejects(engine.setLoras('x' as never), { code: 'E_ARGUMENT' });
   await t.rejects(engine.setLoras([], { strict: 1 } as never), { code: 'E_ARGUMENT' });
+  // A merge whose result overflows float32 is E_NUMERIC, and every weight it wrote goes back to its base.
+  await engine.setLoras([{ path: KOHYA, scale: 0.8 }]);
+  const huge = path.join(tmp, 'huge.safetensors');
+  writeSafetensors(huge, {
+    'unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight': { dtype: 'F32', shape: [1, 32], data: new Float32Array(32).fill(1e20) },
+    'unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k.lora_B.weight': { dtype: 'F32', shape: [64, 1], data: new Float32Array(64).fill(1e20) },
+  });
+  await t.rejects(engine.setLoras([{ path: KOHYA, scale: 0.5 }, { path: huge }]), { code: 'E_NUMERIC', message: /attn2\.to_k\.weight.*NaN\/Inf/ });
+  t.same(engine.loras, [], 'a failed merge leaves no LoRA active');
   // Nothing above changed the weights.
   const o = await outputs(engine);
   t.ok(o.eps.every((v, i) => v === base.eps[i]), 'a refused set leaves the weights as they were');

@@ -219,20 +219,11 @@ t.test('generate on the tiny model', async (t) => {
       t.ok(relL2(c.latents.toFloat32(), b.latents.toFloat32()) > 1e-3, `${sampler}: the image changes the result`);
       for (const r of [a, b, c]) { r.latents.dispose(); r.pixels.dispose(); }
     }
-    await t.rejects(engine.generate({ ...base, image, strength: 0.2 }), E('E_ARGUMENT', 'strength'), 'int(4 · 0.2) = 0 steps');
-    await t.rejects(engine.generate({ ...base, image, width: 256 }), { code: 'E_SHAPE' });
-    await t.rejects(engine.generate({ ...base, strength: 0.5 }), E('E_ARGUMENT', 'strength'));
-    await t.rejects(engine.generate({ ...base, image: 42 as never }), E('E_ARGUMENT', 'image'));
     src.latents.dispose();
     src.pixels.dispose();
   });
 
-  t.test('bad sampler, numImages and stepNoise are typed errors naming the argument', async (t) => {
-    await t.rejects(engine.generate({ ...base, sampler: 'k_lms' as never }), E('E_ARGUMENT', 'sampler'));
+  t.test('an unknown sampler name is E_ARGUMENT naming it (generate()\'s: test/generate-args.test.ts)', async (t) => {
     t.throws(() => makeSampler('Euler', cfg, 10), E('E_ARGUMENT', 'sampler'));
-    for (const numImages of [0, 1.5, 65]) await t.rejects(engine.generate({ ...base, numImages }), E('E_ARGUMENT', 'numImages'));
-    using wrong = Tensor.zeros([4, 2, 4, 16, 16]);
-    await t.rejects(engine.generate({ ...base, sampler: 'euler-a', stepNoise: wrong }), E('E_SHAPE', 'stepNoise'));
-    await t.rejects(engine.generate({ ...base, sampler: 'euler-a', stepNoise: [1, 2] as never }), E('E_ARGUMENT', 'stepNoise'));
   });
 });

@@ -34,7 +34,7 @@ t.test('describe() shows any value briefly', async (t) => {
   t.equal(describe(new Array(100).fill(0)), 'an array of 100');
   t.equal(describe({ a: 1 }), '{"a":1}');
   t.equal(describe(new Map()), 'a Map');
-  t.equal(describe(new Int32Array(5)), 'a Int32Array of 5');
+  t.equal(describe(new Int32Array(5)), 'an Int32Array of 5');
   t.equal(describe(() => 1), 'a function');
   t.equal(describe(shown('3 NaN values')), '3 NaN values');
   using x = Tensor.zeros([2, 3]);

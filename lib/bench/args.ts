@@ -1,8 +1,8 @@
 // Command-line options of `npm run bench` (see bench/README.md).
 import { parseArgs } from 'node:util';
 import { badSampler, isSamplerName } from '../sched/sampler.js';
-import { IdforgeError } from '../errors.js';
 import type { BenchOptions } from './report.js';
+import { invalid } from '../validate.js';
 
 export const USAGE = `usage: npm run bench -- (--model DIR|FILE | --random sd15) [options]
   --device cpu|cuda|auto    backend (default auto: CUDA when available)
@@ -30,7 +30,7 @@ function shellQuote(a: string): string {
 
 export function parseSize(s: string): { width: number; height: number } {
   const m = /^(\d+)(?:x(\d+))?$/i.exec(s.trim());
-  if (!m) throw new IdforgeError('E_ARGUMENT', `--size must be N or WxH, got ${JSON.stringify(s)}`);
+  if (!m) throw invalid('--size', 'N or WxH', s);
   const width = Number(m[1]);
   return { width, height: m[2] ? Number(m[2]) : width };
 }
@@ -38,7 +38,7 @@ export function parseSize(s: string): { width: number; height: number } {
 function int(v: string | undefined, what: string): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
-  if (!Number.isSafeInteger(n)) throw new IdforgeError('E_ARGUMENT', `${what} must be an integer, got ${JSON.stringify(v)}`);
+  if (!Number.isSafeInteger(n)) throw invalid(what, 'an integer', v);
   return n;
 }
 
@@ -74,7 +74,7 @@ export function parseBenchArgs(argv: string[]): { opts: BenchOptions; json?: str
   const opts: BenchOptions = { command: `npm run bench -- ${argv.map(shellQuote).join(' ')}`.trimEnd() };
   if (v.model !== undefined) opts.model = v.model;
   if (v.random !== undefined) {
-    if (v.random !== 'sd15') throw new IdforgeError('E_ARGUMENT', `--random knows only sd15, got ${JSON.stringify(v.random)}`);
+    if (v.random !== 'sd15') throw invalid('--random', "'sd15' (the one it knows)", v.random);
     opts.random = 'sd15';
   }
   if (v.device !== undefined) opts.device = v.device as BenchOptions['device'];
@@ -96,7 +96,7 @@ export function parseBenchArgs(argv: string[]): { opts: BenchOptions; json?: str
   }
   if (v.guidance !== undefined) {
     const gs = Number(v.guidance);
-    if (!v.guidance.trim() || !Number.isFinite(gs) || gs < 0) throw new IdforgeError('E_ARGUMENT', `--guidance must be a number ≥ 0, got ${JSON.stringify(v.guidance)}`);
+    if (!v.guidance.trim() || !Number.isFinite(gs) || gs < 0) throw invalid('--guidance', 'a number ≥ 0', v.guidance);
     opts.guidance = gs;
   }
   if (v.vae !== undefined) opts.vae = v.vae;
@@ -106,7 +106,7 @@ export function parseBenchArgs(argv: string[]): { opts: BenchOptions; json?: str
   if (v.prompt !== undefined) opts.prompt = v.prompt;
   if (v.threads !== undefined) {
     const n = int(v.threads, '--threads');
-    if (!n || n < 1) throw new IdforgeError('E_ARGUMENT', '--threads must be ≥ 1');
+    if (!n || n < 1) throw invalid('--threads', 'an integer ≥ 1', v.threads);
     process.env.IDFORGE_THREADS = String(n);
   }
   return { opts, ...(v.json !== undefined ? { json: v.json } : {}), quiet: !!v.quiet, help: !!v.help };

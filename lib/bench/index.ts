@@ -15,7 +15,7 @@ import type { SdRuntime } from '../runtime/sd.js';
 import { REGION_CAPACITY, type Region } from '../regions.js';
 import { randn } from '../sched/random.js';
 import { Tensor } from '../tensor.js';
-import { argError, imageSide, integer } from '../validate.js';
+import { imageSide, integer, invalid, shown } from '../validate.js';
 import { aggregateOps, programFlops } from './flops.js';
 import { cpuMeter, describeMachine } from './machine.js';
 import { randomModelSource } from './random-model.js';
@@ -28,7 +28,7 @@ export { formatReport } from './table.js';
 export type { BenchConfig, BenchOptions, BenchReport, BenchResults, Stats } from './report.js';
 
 export function stats(samples: readonly number[]): Stats {
-  if (samples.length === 0) throw argError('stats of no samples');
+  if (samples.length === 0) throw invalid('samples', 'at least one (stats of no samples)', shown('none'));
   const s = [...samples].sort((a, b) => a - b);
   const q = (p: number) => {
     const x = (s.length - 1) * p;
@@ -52,9 +52,9 @@ const now = () => performance.now();
 
 async function openEngine(o: BenchOptions, device: 'cpu' | 'cuda', dtype: 'float32' | 'float16'): Promise<{ engine: Engine; model: string }> {
   const given = [o.model !== undefined, o.random !== undefined, o.source !== undefined].filter(Boolean).length;
-  if (given !== 1) throw argError('bench needs exactly one of model (a path), random (e.g. "sd15") or source');
+  if (given !== 1) throw invalid('model, random and source', 'exactly one given (model: a path, random: e.g. "sd15", or source)', shown(`${given} given`), { where: 'bench' });
   if (o.model !== undefined) return { engine: await Engine.load(o.model, { device, dtype, ...(o.vae !== undefined ? { vae: o.vae } : {}) }), model: o.model + (o.vae ? ` with VAE ${o.vae}` : '') };
-  if (o.vae !== undefined && o.vae !== 'tiny') throw argError(`vae: with random weights only 'tiny' (a random TAESD) is known, got ${JSON.stringify(o.vae)}`);
+  if (o.vae !== undefined && o.vae !== 'tiny') throw invalid('vae', "'tiny' (a random TAESD) with random weights", o.vae, { where: 'bench' });
   if (o.source) return { engine: Engine.fromSource(o.source, { device, dtype }), model: o.source.path };
   const src = randomModelSource(o.random!, { seed: o.seed ?? 0, dtype: dtype === 'float16' ? 'F16' : 'F32', ...(o.vae ? { vae: 'tiny' as const } : {}) });
   return { engine: Engine.fromSource(src, { device, dtype }), model: `random ${o.random}${o.vae ? ' with a random TAESD' : ''} (seed ${o.seed ?? 0})` };

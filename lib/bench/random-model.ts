@@ -17,6 +17,7 @@ import { BUNDLED_TOKENIZER_DIR, WeightMap, type Component, type ModelSource, typ
 import { parseTinyVaeConfig, sd15Scheduler, SD15_TEXT, SD15_UNET, SD15_VAE, type ModelConfigs, type TextConfig, type UNetConfig, type VaeConfig } from '../io/configs.js';
 import { f32ToF16 } from '../io/half.js';
 import { modelLayout, type Init, type LayoutEntry } from '../io/layout.js';
+import { integer, invalid, oneOf } from '../validate.js';
 
 export { unetLayout, vaeLayout, textLayout, modelLayout, type Init, type LayoutEntry } from '../io/layout.js';
 
@@ -167,12 +168,12 @@ export function randomModelSource(preset: RandomPreset | ModelConfigs, opts: Ran
   let configs: ModelConfigs;
   if (preset === 'sd15') configs = sd15Configs();
   else if (preset && typeof preset === 'object' && 'unet' in preset) configs = preset;
-  else throw new IdforgeError('E_ARGUMENT', `random model preset must be 'sd15' or a configs object, got ${JSON.stringify(preset)}`);
+  else throw invalid('random model preset', "'sd15' or a configs object", preset);
   if (opts.vae === 'tiny') configs = { ...configs, vae: parseTinyVaeConfig({}, 'random TAESD') };
   const seed = opts.seed ?? 0;
-  if (!Number.isSafeInteger(seed)) throw new IdforgeError('E_ARGUMENT', `seed must be an integer, got ${String(seed)}`);
+  integer(seed, 'seed', Number.MIN_SAFE_INTEGER);
   const dtype = opts.dtype ?? 'F32';
-  if (dtype !== 'F32' && dtype !== 'F16') throw new IdforgeError('E_ARGUMENT', `dtype must be 'F32' or 'F16', got ${String(dtype)}`);
+  oneOf(dtype, 'dtype', ['F32', 'F16'] as const);
   const name = opts.name ?? `random:${typeof preset === 'string' ? preset : 'custom'}`;
   const tokenizerDir = opts.tokenizerDir ?? defaultTokenizerDir();
   const layout = modelLayout(configs);

@@ -8,7 +8,6 @@
  */
 import { parseArgs } from 'node:util';
 import { Engine } from '../engine.js';
-import { IdforgeError } from '../errors.js';
 import { planMemory } from '../graph/autodiff.js';
 import { Graph } from '../graph/graph.js';
 import { ShapeWeights } from '../graph/weights.js';
@@ -23,6 +22,7 @@ import { TrainableWeights } from '../optim/params.js';
 import { stats } from './index.js';
 import { randomModelSource, textLayout, unetLayout } from './random-model.js';
 import type { Stats } from './report.js';
+import { invalid } from '../validate.js';
 
 export const TRAIN_USAGE = `usage: npm run bench -- --train-encoder (--model DIR --encoder DIR | --random sd15) [options]
   --size N          image side (default 256; latents N/8)
@@ -81,12 +81,12 @@ export function parseTrainBenchArgs(argv: string[]) {
 
 export async function benchTrainEncoder(argv: string[], log: (s: string) => void): Promise<TrainBenchReport> {
   const v = parseTrainBenchArgs(argv);
-  if (!!v.model === !!v.random || (v.model && !v.encoder) || (v.random && v.random !== 'sd15')) throw new IdforgeError('E_ARGUMENT', TRAIN_USAGE);
+  if (!!v.model === !!v.random || (v.model && !v.encoder) || (v.random && v.random !== 'sd15')) throw invalid('the arguments', `as the usage says:\n${TRAIN_USAGE}`);
   const size = Number(v.size ?? 256);
   const batches = (v.batch ?? '1,4').split(',').map(Number);
   const steps = Number(v.steps ?? 3);
   const warmup = Number(v.warmup ?? 1);
-  if (![size, steps, warmup, ...batches].every(Number.isInteger)) throw new IdforgeError('E_ARGUMENT', TRAIN_USAGE);
+  if (![size, steps, warmup, ...batches].every(Number.isInteger)) throw invalid('--size, --steps, --warmup and --batch', `integers, as the usage says:\n${TRAIN_USAGE}`);
   const engine = v.model ? await Engine.load(v.model, { device: 'cpu' }) : Engine.fromSource(randomModelSource('sd15'), { device: 'cpu', dtype: 'float32' });
   const enc = v.encoder ? await IdEncoder.load(v.encoder, { device: 'cpu' }) : undefined;
   const encoder = enc ?? { config: vitB16Config(engine.configs.text.hiddenSize), weights: randomIdEncoderWeights(vitB16Config(engine.configs.text.hiddenSize)) };

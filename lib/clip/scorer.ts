@@ -21,6 +21,7 @@ import { ClipTokenizer, pack } from '../text/tokenizer.js';
 import { checkClipWeights, parseClipConfig, parsePreprocessConfig, type ClipConfig } from './config.js';
 import { clipPixels } from './preprocess.js';
 import { buildImageTower, buildTextTower } from './towers.js';
+import { invalid, options, shown, text } from '../validate.js';
 
 /** Device and dtype: the runtime's rule ('auto' takes CUDA when usable; float16 on CUDA, float32 on the CPU). */
 export type ClipLoadOptions = DeviceOptions;
@@ -69,9 +70,9 @@ export class ClipScorer implements Disposable {
 
   /** Opens a CLIPModel folder and checks every weight's name and shape against config.json. */
   static async load(dir: string, opts: ClipLoadOptions = {}): Promise<ClipScorer> {
-    if (opts === null || typeof opts !== 'object') throw new IdforgeError('E_ARGUMENT', 'ClipScorer.load options must be an object');
+    options(opts, 'options', 'ClipScorer.load');
     const backend = resolveBackend(opts);
-    if (typeof dir !== 'string' || !dir) throw new IdforgeError('E_ARGUMENT', `CLIP folder must be a non-empty path, got ${JSON.stringify(dir)}`);
+    text(dir, 'CLIP folder', { nonEmpty: true, where: 'ClipScorer.load' });
     if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new IdforgeError('E_NOT_FOUND', `CLIP folder not found: ${dir}`);
     const cfgFile = path.join(dir, 'config.json');
     const modelFile = path.join(dir, 'model.safetensors');
@@ -121,11 +122,11 @@ export class ClipScorer implements Disposable {
     const rt = this.#rt;
     rt.assertLive();
     const s = this.imageSize;
-    if (!(pixels instanceof Tensor)) throw new IdforgeError('E_ARGUMENT', 'embedImage expects a Tensor [B, 3, S, S] (use preprocess() for images)');
+    if (!(pixels instanceof Tensor)) throw invalid('pixels', 'a Tensor [B, 3, S, S] (use preprocess() for images)', pixels, { where: 'embedImage' });
     const shape = pixels.shape;
     if (shape.length !== 4 || shape[1] !== 3 || shape[2] !== s || shape[3] !== s || shape[0] === 0)
       throw new IdforgeError('E_SHAPE', `CLIP image input must be [B, 3, ${s}, ${s}], got ${JSON.stringify(shape)}`);
-    if (pixels.dtype !== 'float32' && pixels.dtype !== 'float16') throw new IdforgeError('E_ARGUMENT', `CLIP image input must be float, got ${pixels.dtype}`);
+    if (pixels.dtype !== 'float32' && pixels.dtype !== 'float16') throw invalid('CLIP image input', 'float32 or float16', pixels.dtype);
     const b = shape[0]!;
     await rt.weights.preload(undefined, (n) => n.startsWith('vision_model.') || n.startsWith('visual_projection.'));
     const p = rt.program(`image:${b}`, (g) => {
@@ -151,7 +152,7 @@ export class ClipScorer implements Disposable {
     const rt = this.#rt;
     rt.assertLive();
     const list = typeof texts === 'string' ? [texts] : texts;
-    if (!Array.isArray(list) || list.length === 0) throw new IdforgeError('E_ARGUMENT', 'embedText expects a text or a non-empty list of texts / Int32Array token ids');
+    if (!Array.isArray(list) || list.length === 0) throw invalid('texts', 'a text or a non-empty list of texts / Int32Array token ids', texts, { where: 'embedText' });
     const { maxPositionEmbeddings: n, vocabSize, eosTokenId } = this.config.text;
     const b = list.length;
     const ids = new Int32Array(b * n);
@@ -161,13 +162,13 @@ export class ClipScorer implements Disposable {
       if (typeof x === 'string') row = this.tokenize(x);
       else if (x instanceof Int32Array) {
         if (x.length !== n) throw new IdforgeError('E_SHAPE', `token ids must be ${n} long, got ${x.length}`);
-        for (const id of x) if (id < 0 || id >= vocabSize) throw new IdforgeError('E_ARGUMENT', `token id ${id} is outside the vocabulary (0..${vocabSize - 1})`);
+        for (const id of x) if (id < 0 || id >= vocabSize) throw invalid('a token id', `inside the vocabulary (0..${vocabSize - 1})`, id);
         row = x;
-      } else throw new IdforgeError('E_ARGUMENT', `embedText: item ${i} is neither a string nor an Int32Array`);
+      } else throw invalid(`texts[${i}]`, 'a string or an Int32Array', x, { where: 'embedText' });
       // HF CLIPTextTransformer pools at the first EOS (the argmax of the ids when eos_token_id is
       // the legacy 2; with CLIP's vocabulary both are the same position).
       const eos = eosTokenId === 2 ? argmax(row) : row.indexOf(eosTokenId);
-      if (eos < 0) throw new IdforgeError('E_ARGUMENT', `token ids of item ${i} hold no end-of-text token (${eosTokenId})`);
+      if (eos < 0) throw invalid(`texts[${i}]`, `token ids holding the end-of-text token (${eosTokenId})`, shown('none'));
       ids.set(row, i * n);
       rows[i] = i * n + eos;
     });

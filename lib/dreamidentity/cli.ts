@@ -2,11 +2,11 @@
 // path from the command line. lib/cli.ts dispatches these subcommands here.
 import { parseArgs } from 'node:util';
 import { Engine } from '../engine.js';
-import { IdforgeError } from '../errors.js';
 import { IdEncoder } from './encoder.js';
 import { num, opt } from '../cliargs.js';
 import { trainEncoder } from './train.js';
 import type { TrainScope } from './encoder-trainer.js';
+import { invalid } from '../validate.js';
 
 export const TRAIN_USAGE = `usage: idforge train-encoder --model <sd> (--encoder <dir> | --backbone <vit.safetensors> --heads N --taps 2,4,6,final)
                      --out <dir> (--faces <dir> and/or --edit-set <dir> ...) [options]
@@ -21,7 +21,7 @@ export const TRAIN_USAGE = `usage: idforge train-encoder --model <sd> (--encoder
 function scope(v: string | undefined): TrainScope {
   if (v === undefined || v === 'all' || v === 'projectors') return v ?? 'all';
   const m = /^last:(\d+)$/.exec(v);
-  if (!m) throw new IdforgeError('E_ARGUMENT', `--train must be all, projectors or last:N, got '${v}'`);
+  if (!m) throw invalid('--train', 'all, projectors or last:N', v);
   return { lastBlocks: Number(m[1]) };
 }
 

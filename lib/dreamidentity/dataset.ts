@@ -15,13 +15,13 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { IdforgeError, throwIfAborted } from '../errors.js';
+import { throwIfAborted } from '../errors.js';
 import { similarity } from '../faces/analyzer.js';
 import { decodeFace, prepareFace } from '../identity/face.js';
 import { readRegularFile } from '../io/files.js';
 import { saveImage, type RawImage } from '../io/image.js';
 import type { GenerateOptions, GenerateResult } from '../generate/options.js';
-import { integer } from '../validate.js';
+import { integer, invalid, numberIn, text } from '../validate.js';
 
 /** What draws an image for a prompt and seed (an Engine through engineGenerator, or photos in tests). */
 export interface ImageGenerator {
@@ -110,7 +110,7 @@ export interface DatasetRow {
   kept?: boolean;
 }
 
-const arg = (msg: string) => new IdforgeError('E_ARGUMENT', `buildEditDataset: ${msg}`);
+const where = 'buildEditDataset';
 
 /** The names of a names file. */
 export function readNames(file: string): string[] {
@@ -144,23 +144,21 @@ export function rankRows(rows: DatasetRow[], keep: number): DatasetRow[] {
 }
 
 export async function buildEditDataset(o: BuildEditDatasetOptions): Promise<{ rows: DatasetRow[]; kept: number; manifest: string }> {
-  if (!o || typeof o !== 'object') throw arg('options must be an object');
+  if (!o || typeof o !== 'object') throw invalid('options', 'an object', o, { where });
   const names = typeof o.names === 'string' ? readNames(o.names) : o.names;
-  if (!Array.isArray(names) || names.length === 0 || names.some((n) => typeof n !== 'string' || !n.trim())) throw arg('names must be a non-empty list of names (or a names file)');
+  if (!Array.isArray(names) || names.length === 0 || names.some((n) => typeof n !== 'string' || !n.trim())) throw invalid('names', 'a non-empty list of names (or a names file)', names, { where });
   const basePrompt = o.basePrompt ?? 'a photo of {name}';
   const edits = o.editPrompts;
-  if (!Array.isArray(edits) || edits.length === 0) throw arg('editPrompts must be a non-empty list');
-  for (const p of [basePrompt, ...edits]) if (typeof p !== 'string' || !p.includes('{name}')) throw arg(`every prompt needs {name}: "${String(p)}"`);
-  const W = 'buildEditDataset';
-  const perName = integer(o.perName ?? edits.length, 'perName', 1, Number.MAX_SAFE_INTEGER, W);
-  const keep = o.keep ?? 0.25;
-  if (typeof keep !== 'number' || !(keep > 0 && keep <= 1)) throw arg(`keep must be in (0, 1], got ${String(keep)}`);
-  const seed = integer(o.seed ?? 0, 'seed', Number.MIN_SAFE_INTEGER, Number.MAX_SAFE_INTEGER, W);
+  if (!Array.isArray(edits) || edits.length === 0) throw invalid('editPrompts', 'a non-empty list', edits, { where });
+  for (const p of [basePrompt, ...edits]) if (typeof p !== 'string' || !p.includes('{name}')) throw invalid('every prompt', 'a string with {name}', p, { where });
+  const perName = integer(o.perName ?? edits.length, 'perName', 1, Number.MAX_SAFE_INTEGER, where);
+  const keep = numberIn(o.keep ?? 0.25, 'keep', 0, 1, { above: true, where });
+  const seed = integer(o.seed ?? 0, 'seed', Number.MIN_SAFE_INTEGER, Number.MAX_SAFE_INTEGER, where);
   const faceSize = o.faceSize ?? 224;
-  if (!o.faces || typeof o.faces.detect !== 'function' || !o.clip || typeof o.clip.score !== 'function') throw arg('faces (a FaceAnalyzer) and clip (a ClipScorer) are required');
-  if (typeof o.out !== 'string' || !o.out) throw arg('out (the output folder) is required');
+  if (!o.faces || typeof o.faces.detect !== 'function' || !o.clip || typeof o.clip.score !== 'function') throw invalid('faces and clip', 'given (a FaceAnalyzer and a ClipScorer)', undefined, { where });
+  text(o.out, 'out (the output folder)', { nonEmpty: true, where });
   const gen = o.generator ?? (o.engine ? engineGenerator(o.engine, o.generate ?? {}) : undefined);
-  if (!gen || typeof gen.generate !== 'function') throw arg('engine (an Engine) or generator (an ImageGenerator) is required');
+  if (!gen || typeof gen.generate !== 'function') throw invalid('engine or generator', 'given (an Engine or an ImageGenerator)', undefined, { where });
 
   fs.mkdirSync(o.out, { recursive: true });
   const log = path.join(o.out, 'rows.jsonl');

@@ -8,11 +8,11 @@
  * schedule).
  *
  * The trainable weights and their Adam moments live on the engine's device for the trainer's
- * whole life. trainStep() is the training step as ONE native call: forward, backward, the global
- * gradient norm, clipping and the Adam update (ADAM_STEP), written in place into those tensors
- * (Program.run's `into`), so neither weights nor gradients cross to the host. lossAndGrads() is the
- * same forward and backward with the gradients returned (the golden check). hostWeights() and
- * optimizerState() read the state back for checkpoints.
+ * whole life (lib/optim/device-adam.ts, shared with SeFi-IDE learning). trainStep() is the training
+ * step as ONE native call: forward, backward, the global gradient norm, clipping and the Adam
+ * update (ADAM_STEP), written in place into those tensors, so neither weights nor gradients cross
+ * to the host. lossAndGrads() is the same forward and backward with the gradients returned (the
+ * golden check). hostWeights() and optimizerState() read the state back for checkpoints.
  */
 import { IdforgeError } from '../errors.js';
 import { grad, mseLoss } from '../graph/autodiff.js';
@@ -23,18 +23,20 @@ import type { ModelConfigs } from '../io/configs.js';
 import type { IdEncoderConfig } from './config.js';
 import type { IdEncoder } from './encoder.js';
 import { buildIdEncoder } from './encoder-graph.js';
-import { hostRefs, type HostWeight } from './encoder-weights.js';
 import { Identity } from '../identity/identity.js';
 import { expandPrompt } from '../identity/placeholders.js';
 import { toHost } from '../runtime/runtime.js';
 import type { SdRuntime } from '../runtime/sd.js';
+import { addNoise } from '../sched/betas.js';
 import { DDIMScheduler } from '../sched/ddim.js';
-import { integer, nonNegative } from '../validate.js';
+import { invalid, nonNegative, shown } from '../validate.js';
 import { Tensor, numel } from '../tensor.js';
 import { buildTextEncoder } from '../text/clip.js';
 import { buildUNet } from '../unet/unet.js';
-import { ADAM_COEFS, adamCoefficients } from '../optim/adam.js';
-import { TrainableWeights } from '../optim/params.js';
+import { DeviceAdam, appendAdamUpdate, type OptimizerState } from '../optim/device-adam.js';
+import { TrainableWeights, hostRefs, type HostWeight } from '../optim/params.js';
+
+export type { OptimizerState } from '../optim/device-adam.js';
 
 /**
  * What learns: the projectors only; the projectors plus the last N backbone blocks (and the
@@ -98,14 +100,7 @@ export interface TrainStepValues {
   gradNorm: number;
 }
 
-/** Adam's state as host arrays: the step count and a first and second moment per trainable weight. */
-export interface OptimizerState {
-  t: number;
-  m: Map<string, Float32Array>;
-  v: Map<string, Float32Array>;
-}
-
-const argErr = (msg: string) => new IdforgeError('E_ARGUMENT', `EncoderTrainer: ${msg}`);
+const W = 'EncoderTrainer';
 
 /** The names that learn under `scope`. */
 export function trainableNames(names: Iterable<string>, config: IdEncoderConfig, scope: TrainScope): Set<string> {
@@ -114,7 +109,7 @@ export function trainableNames(names: Iterable<string>, config: IdEncoderConfig,
   if (scope === 'projectors') return new Set(all.filter((n) => n.startsWith('projector.')));
   const n = scope?.lastBlocks;
   if (!Number.isInteger(n) || n < 0 || n > config.numLayers)
-    throw argErr(`train.lastBlocks must be an integer in 0..${config.numLayers}, got ${JSON.stringify(n)}`);
+    throw invalid('train.lastBlocks', `an integer in [0, ${config.numLayers}]`, n, { where: W });
   const first = config.numLayers - n;
   return new Set(all.filter((name) => {
     if (name.startsWith('projector.')) return true;
@@ -167,24 +162,21 @@ export class EncoderTrainer implements Disposable {
   readonly #w: TrainableWeights;
   readonly #programs = new Map<string, { p: Program; params: string[] }>();
   readonly #alphasCumprod: Float32Array;
-  /** On the device: the trainable weights, Adam's moments (created at the first trainStep), and Adam's step count. */
-  readonly #params = new Map<string, Tensor>();
-  readonly #m = new Map<string, Tensor>();
-  readonly #v = new Map<string, Tensor>();
-  #t = 0;
+  /** On the device: the trainable weights, Adam's moments and step count. */
+  readonly #adam: DeviceAdam;
   /** A step has changed the device weights since #host was last read back. */
   #hostStale = false;
   #disposed = false;
 
   constructor(opts: EncoderTrainerOptions) {
-    if (!opts || typeof opts !== 'object') throw argErr('options must be an object');
+    if (!opts || typeof opts !== 'object') throw invalid('options', 'an object', opts, { where: W });
     const rt = opts.engine?.runtime;
-    if (!rt || typeof rt.program !== 'function') throw argErr('engine must be an Engine (or hold its SdRuntime as `runtime`)');
+    if (!rt || typeof rt.program !== 'function') throw invalid('engine', 'an Engine (or hold its SdRuntime as `runtime`)', opts.engine, { where: W });
     rt.assertLive();
     if (rt.backend.dtype !== 'float32')
-      throw argErr("training needs a float32 engine (gradients of the diffusion loss are not accurate in float16): load one with { dtype: 'float32' }");
+      throw invalid('the engine', "float32 (gradients of the diffusion loss are not accurate in float16): load one with { dtype: 'float32' }", shown(`a ${rt.backend.dtype} engine`), { where: W });
     const enc = opts.encoder as IdEncoder | { config: IdEncoderConfig; weights: Map<string, HostWeight> };
-    if (!enc || typeof enc !== 'object' || !enc.config) throw argErr('encoder must be an IdEncoder or { config, weights }');
+    if (!enc || typeof enc !== 'object' || !enc.config) throw invalid('encoder', 'an IdEncoder or { config, weights }', enc, { where: W });
     this.config = enc.config;
     const given = 'hostWeights' in enc && typeof enc.hostWeights === 'function' ? enc.hostWeights() : (enc as { weights: Map<string, HostWeight> }).weights;
     // A copy: training never writes into the caller's arrays.
@@ -192,25 +184,23 @@ export class EncoderTrainer implements Disposable {
     const D = rt.configs.text.hiddenSize;
     if (this.config.textDim !== D)
       throw new IdforgeError('E_SHAPE', `EncoderTrainer: the encoder's words are ${this.config.textDim} wide, the model's text encoder takes ${D}`);
-    this.regWeight = nonNegative(opts.regWeight ?? 0.01, 'regWeight', { where: 'EncoderTrainer' });
+    this.regWeight = nonNegative(opts.regWeight ?? 0.01, 'regWeight', { where: W });
     this.runtime = rt;
     this.trainable = trainableNames(this.#host.keys(), this.config, opts.train ?? 'all');
     this.#w = new TrainableWeights('id-encoder (training)', hostRefs(this.#host), rt.backend, this.trainable);
-    for (const n of this.trainable) this.#params.set(n, rt.floats(this.#host.get(n)!.data, this.#host.get(n)!.shape));
+    this.#adam = new DeviceAdam(rt.backend, new Map([...this.trainable].map((n) => [n, this.#host.get(n)!])), 'EncoderTrainer');
     this.#alphasCumprod = DDIMScheduler.fromConfig(rt.configs.scheduler).alphasCumprod;
   }
 
   /** How many weights learn. */
   get trainableCount(): number {
-    let n = 0;
-    for (const p of this.#params.values()) n += numel(p.shape);
-    return n;
+    return this.#adam.count;
   }
 
   /** Every encoder weight, the trainable ones read back from the device (for saving). */
   hostWeights(): Map<string, HostWeight> {
     this.#live();
-    if (this.#hostStale) for (const [n, p] of this.#params) this.#host.get(n)!.data = p.toFloat32();
+    if (this.#hostStale) for (const [n, w] of this.#adam.read()) this.#host.get(n)!.data = w.data;
     this.#hostStale = false;
     return this.#host;
   }
@@ -218,46 +208,23 @@ export class EncoderTrainer implements Disposable {
   /** Adam's state read back from the device (a checkpoint's optimizer.safetensors). */
   optimizerState(): OptimizerState {
     this.#live();
-    const read = (m: Map<string, Tensor>) => new Map([...m].map(([n, x]) => [n, x.toFloat32()]));
-    return { t: this.#t, m: read(this.#m), v: read(this.#v) };
+    return this.#adam.state();
   }
 
   /** Restores Adam's state (resuming from a checkpoint); moments missing from it start at zero. */
   setOptimizerState(s: OptimizerState): void {
     this.#live();
-    integer(s.t, 'the optimizer step count', 0, Number.MAX_SAFE_INTEGER, 'EncoderTrainer');
-    for (const [name, src] of [['first', s.m], ['second', s.v]] as const)
-      for (const [n, a] of src) {
-        const p = this.#params.get(n);
-        if (!p) throw new IdforgeError('E_MODEL_FORMAT', `EncoderTrainer: the optimizer state has a ${name} moment for '${n}', which does not learn here`);
-        if (a.length !== numel(p.shape)) throw new IdforgeError('E_MODEL_FORMAT', `EncoderTrainer: the ${name} moment of '${n}' has ${a.length} values, the weight ${numel(p.shape)}`);
-      }
-    for (const [n, p] of this.#params) {
-      for (const [src, dst] of [[s.m, this.#m], [s.v, this.#v]] as const) {
-        dst.get(n)?.dispose();
-        dst.set(n, this.runtime.floats(src.get(n) ?? new Float32Array(numel(p.shape)), p.shape));
-      }
-    }
-    this.#t = s.t;
+    this.#adam.setState(s);
   }
 
   #live(): void {
     if (this.#disposed) throw new IdforgeError('E_DISPOSED', 'EncoderTrainer used after dispose()');
   }
 
-  /** Zero moments for every trainable weight, once. */
-  #moments(): void {
-    if (this.#m.size) return;
-    for (const [n, p] of this.#params) {
-      this.#m.set(n, this.runtime.floats(new Float32Array(numel(p.shape)), p.shape));
-      this.#v.set(n, this.runtime.floats(new Float32Array(numel(p.shape)), p.shape));
-    }
-  }
-
   /**
    * The program for a batch shape: with `update`, outputs loss, lossDiff, lossReg, the squared
-   * global gradient norm and each weight's p', m', v' (ADAM_STEP, inputs: coefficients then m, v
-   * per weight); else loss, lossDiff, lossReg and each weight's gradient.
+   * global gradient norm and each weight's p', m', v' (appendAdamUpdate); else loss, lossDiff,
+   * lossReg and each weight's gradient.
    */
   #program(b: number, c: number, h: number, w: number, update: boolean): { p: Program; params: string[] } {
     const key = `${b}:${c}x${h}x${w}:${update ? 'adam' : 'grads'}`;
@@ -270,18 +237,7 @@ export class EncoderTrainer implements Disposable {
     if (!update) {
       r.grads.forEach((d, i) => g.output(d, `grad:${r.params[i]}`));
     } else {
-      const coefs = g.input([ADAM_COEFS], 'int32', 'adam');
-      let gsq = r.grads.map((d) => g.reduceSum(g.mul(d, d), [1])).reduce((a, x) => g.add(a, x));
-      // 0·loss is NaN when the loss is not finite: ADAM_STEP then leaves every weight as it was.
-      gsq = g.add(gsq, g.scale(r.loss, 0));
-      g.output(gsq, 'gradNormSq');
-      const inputs = this.#w.inputs;
-      r.params.forEach((n, i) => {
-        const shape = this.#host.get(n)!.shape;
-        const m = g.input(shape, 'float', `m:${n}`);
-        const v = g.input(shape, 'float', `v:${n}`);
-        for (const o of g.adamStep(inputs.get(n)!, r.grads[i]!, m, v, coefs, gsq)) g.output(o);
-      });
+      appendAdamUpdate(g, r.params.map((name) => ({ name, value: this.#w.inputs.get(name)! })), r.grads, r.loss);
     }
     e = { p: new Program(g, rt.backend), params: r.params };
     this.#programs.set(key, e);
@@ -305,16 +261,7 @@ export class EncoderTrainer implements Disposable {
 
   /** z_t = √ᾱ_t·z0 + √(1 − ᾱ_t)·ε per batch row (DDPM add_noise). */
   addNoise(z0: Float32Array, noise: Float32Array, timesteps: readonly number[]): Float32Array {
-    const b = timesteps.length;
-    const n = z0.length / b;
-    const out = new Float32Array(z0.length);
-    timesteps.forEach((t, i) => {
-      const a = this.#alphasCumprod[t]!;
-      const sa = Math.fround(Math.sqrt(a));
-      const sb = Math.fround(Math.sqrt(1 - a));
-      for (let j = i * n; j < (i + 1) * n; j++) out[j] = sa * z0[j]! + sb * noise[j]!;
-    });
-    return out;
+    return addNoise(this.#alphasCumprod, z0, noise, timesteps);
   }
 
   #check(batch: TrainBatch): void {
@@ -329,10 +276,10 @@ export class EncoderTrainer implements Disposable {
       if (!(t instanceof Tensor) || t.shape.length !== 4 || t.shape[0] !== b || t.shape[1] !== C)
         throw new IdforgeError('E_SHAPE', `EncoderTrainer: ${name} must be a Tensor [${b}, ${C}, h, w], got ${t instanceof Tensor ? JSON.stringify(t.shape) : typeof t}`);
     if (latents.shape.some((d, i) => d !== noise.shape[i])) throw new IdforgeError('E_SHAPE', 'EncoderTrainer: latents and noise must have one shape');
-    if (!Array.isArray(prompts) || prompts.length !== b) throw argErr(`prompts must be ${b} strings (one per face)`);
+    if (!Array.isArray(prompts) || prompts.length !== b) throw invalid('prompts', `${b} strings (one per face)`, prompts, { where: W });
     const T = this.#alphasCumprod.length;
     if (!Array.isArray(timesteps) || timesteps.length !== b || !timesteps.every((t) => Number.isInteger(t) && t >= 0 && t < T))
-      throw argErr(`timesteps must be ${b} integers in [0, ${T})`);
+      throw invalid('timesteps', `${b} integers in [0, ${T})`, timesteps, { where: W });
   }
 
   /** The batch's device inputs (faces, ids, slots, z_t, t, noise): the caller disposes them. */
@@ -360,7 +307,7 @@ export class EncoderTrainer implements Disposable {
     const { p, params } = this.#program(b, c, h, w, false);
     const inputs = this.#batchInputs(batch);
     try {
-      const outs = await p.run([...inputs, ...params.map((n) => this.#params.get(n)!)]);
+      const outs = await p.run([...inputs, ...this.#adam.tensors(params)]);
       const vals = outs.map((o) => {
         using hst = toHost(o);
         return hst.toFloat32();
@@ -381,29 +328,15 @@ export class EncoderTrainer implements Disposable {
   async trainStep(batch: TrainBatch, opts: AdamStepOptions): Promise<TrainStepValues> {
     this.#check(batch);
     const { lr, clipNorm } = opts ?? ({} as AdamStepOptions);
-    nonNegative(lr, 'lr', { positive: true, where: 'EncoderTrainer' });
-    if (typeof clipNorm !== 'number' || !(clipNorm >= 0)) throw argErr(`clipNorm must be a number ≥ 0, got ${String(clipNorm)}`);
+    nonNegative(lr, 'lr', { positive: true, where: W });
+    if (typeof clipNorm !== 'number' || !(clipNorm >= 0)) throw invalid('clipNorm', 'a number ≥ 0 (Infinity: no clipping)', clipNorm, { where: W });
     const [b, c, h, w] = batch.latents.shape as [number, number, number, number];
     const { p, params } = this.#program(b, c, h, w, true);
-    this.#moments();
     const batchIn = this.#batchInputs(batch);
     try {
-      using coefs = this.runtime.ints(adamCoefficients(this.#t + 1, lr, clipNorm), [ADAM_COEFS]);
-      const ps = params.map((n) => this.#params.get(n)!);
-      const state = params.flatMap((n) => [this.#m.get(n)!, this.#v.get(n)!]);
-      const into = [undefined, undefined, undefined, undefined, ...params.flatMap((n) => [this.#params.get(n)!, this.#m.get(n)!, this.#v.get(n)!])];
-      // No AbortSignal inside the step: with one, CPU ops split their work by timing and a step
-      // would not be bit-reproducible (resume must be); callers check theirs between steps.
-      const outs = await p.run([...batchIn, ...ps, coefs, ...state], { into });
-      const [loss, lossDiff, lossReg, gsq] = outs.slice(0, 4).map((o) => {
-        using hst = toHost(o);
-        return hst.toFloat32()[0]!;
-      }) as [number, number, number, number];
-      if (!Number.isFinite(gsq))
-        throw new IdforgeError('E_NUMERIC', `EncoderTrainer: the loss (${loss}) or a gradient is not finite at step ${this.#t + 1}; the weights are unchanged`);
-      this.#t++;
+      const { values: [loss, lossDiff, lossReg], gradNorm } = await this.#adam.step(p, batchIn, params, 3, { lr, clipNorm });
       this.#hostStale = true;
-      return { loss, lossDiff, lossReg, gradNorm: Math.sqrt(gsq) };
+      return { loss: loss!, lossDiff: lossDiff!, lossReg: lossReg!, gradNorm };
     } finally {
       for (const t of batchIn) t.dispose();
     }
@@ -421,10 +354,7 @@ export class EncoderTrainer implements Disposable {
     this.#disposed = true;
     for (const e of this.#programs.values()) e.p.dispose();
     this.#programs.clear();
-    for (const m of [this.#params, this.#m, this.#v]) {
-      for (const x of m.values()) x.dispose();
-      m.clear();
-    }
+    this.#adam.dispose();
     this.#w.dispose();
   }
 

@@ -1,6 +1,5 @@
 // An ID encoder's weights: their names and shapes under a config, the check of a checkpoint
-// against them, host float32 copies as TensorRefs, and a new encoder's (a face ViT backbone plus
-// seeded projectors).
+// against them, and a new encoder's (a face ViT backbone plus seeded projectors).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { IdforgeError } from '../errors.js';
@@ -8,27 +7,14 @@ import type { TensorRef } from '../io/checkpoint.js';
 import { readJsonFile } from '../io/configs.js';
 import { expectWeight } from '../io/layout.js';
 import { SafetensorsFile } from '../io/safetensors.js';
+import type { HostWeight } from '../optim/params.js';
 import type { DeviceOptions } from '../runtime/runtime.js';
 import { normalGenerator } from '../sched/random.js';
 import { fmt, parseIdEncoderConfig, type IdEncoderConfig } from './config.js';
+import { integer, invalid } from '../validate.js';
 
-/** A weight held on the host in float32 (what a trainer updates and save() writes). */
-export interface HostWeight {
-  shape: number[];
-  data: Float32Array;
-}
-
-/** TensorRefs over float32 host arrays. */
-export function hostRefs(weights: ReadonlyMap<string, HostWeight>): Map<string, TensorRef> {
-  const m = new Map<string, TensorRef>();
-  for (const [name, w] of weights)
-    m.set(name, {
-      name, shape: [...w.shape], dtype: 'F32', file: '(memory)', key: name,
-      readFloat32: () => w.data.slice(),
-      readBytes: () => Buffer.from(w.data.buffer, w.data.byteOffset, w.data.byteLength),
-    });
-  return m;
-}
+// HostWeight and hostRefs live with the trainable weights (lib/optim/params.ts).
+export { hostRefs, type HostWeight } from '../optim/params.js';
 
 export interface IdEncoderCreateOptions extends DeviceOptions {
   /**
@@ -59,8 +45,9 @@ export interface IdEncoderCreateOptions extends DeviceOptions {
  * words are small next to CLIP's token embeddings, zero biases.
  */
 export function createIdEncoderWeights(o: IdEncoderCreateOptions): { config: IdEncoderConfig; weights: Map<string, HostWeight> } {
-  if (!o || typeof o.backbone !== 'string') throw new IdforgeError('E_ARGUMENT', 'IdEncoder.create: backbone must be a path to a safetensors ViT');
-  if (!Number.isInteger(o.seed)) throw new IdforgeError('E_ARGUMENT', `IdEncoder.create: seed must be an integer, got ${String(o.seed)}`);
+  const where = 'IdEncoder.create';
+  if (!o || typeof o.backbone !== 'string') throw invalid('backbone', 'a path to a safetensors ViT', o?.backbone, { where });
+  integer(o.seed, 'seed', Number.MIN_SAFE_INTEGER, Number.MAX_SAFE_INTEGER, where);
   let file = o.backbone;
   let json: Record<string, unknown> = {};
   if (fs.existsSync(file) && fs.statSync(file).isDirectory()) {
@@ -91,7 +78,7 @@ export function createIdEncoderWeights(o: IdEncoderCreateOptions): { config: IdE
       projector: { hidden_size: o.projectorHidden }, text_dim: o.textDim,
       input_normalization: { mean: o.mean ?? [0.5, 0.5, 0.5], std: o.std ?? [0.5, 0.5, 0.5] },
     };
-    if (heads === undefined) throw new IdforgeError('E_ARGUMENT', 'IdEncoder.create: numHeads is required (the weights do not say; or put num_heads in the backbone folder\'s config.json)');
+    if (heads === undefined) throw invalid('numHeads', "given (the weights do not say; or put num_heads in the backbone folder's config.json)", undefined, { where });
     const config = parseIdEncoderConfig(cfgJson, `${file} (create options)`);
     const weights = new Map<string, HostWeight>();
     for (const n of st.names()) {

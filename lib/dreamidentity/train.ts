@@ -9,29 +9,30 @@
  * encoder + text encoder + UNet forward/backward.
  *
  * Everything random in step k (rows, templates, timesteps, the latent sample, the noise) is drawn
- * from (seed, k) alone, so the data position is the step number and a run resumed from a
- * checkpoint continues bit for bit as if never interrupted. A checkpoint (every
- * `checkpointEvery` steps and at the end) is out/checkpoint/: the encoder (config.json +
- * model.safetensors), the Adam state (optimizer.safetensors) and state.json; it is written under
- * a temporary name and swapped in by renames, so an abort or a crash leaves the last one intact.
- * The result, out/encoder/, is a normal encoder folder for IdEncoder.load.
+ * from the step stream of (seed, k) alone, so the data position is the step number and a run
+ * resumed from a checkpoint continues bit for bit as if never interrupted. A checkpoint (every
+ * `checkpointEvery` steps and at the end) is out/checkpoint/: the encoder (encoder/: config.json +
+ * model.safetensors), the Adam state and state.json; an abort or a crash leaves the last one
+ * intact. The step stream, the checkpoint folder and the latent cache are lib/optim/resume.ts's,
+ * shared with SeFi-IDE learning. The result, out/encoder/, is a normal encoder folder for
+ * IdEncoder.load.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { IdforgeError, throwIfAborted } from '../errors.js';
 import { parseIdEncoderConfig, type IdEncoderConfig } from './config.js';
 import { IdEncoder, saveIdEncoder } from './encoder.js';
-import type { HostWeight } from './encoder-weights.js';
 import { decodeFace, prepareFace } from '../identity/face.js';
 import { readJsonFile } from '../io/configs.js';
-import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
 import { toSignedCHW, type RawImage } from '../io/image.js';
+import type { HostWeight } from '../optim/params.js';
+import { LatentCache, loadWeights, readCheckpoint, stepRandom, writeCheckpoint } from '../optim/resume.js';
 import type { SdRuntime } from '../runtime/sd.js';
-import { Xoshiro128, randn } from '../sched/random.js';
+import { randn } from '../sched/random.js';
 import { Tensor } from '../tensor.js';
 import { latentPosterior, sampleLatent } from '../vae/posterior.js';
-import { integer, nonNegative, oneOf } from '../validate.js';
-import { EncoderTrainer, type OptimizerState, type TrainScope } from './encoder-trainer.js';
+import { integer, invalid, nonNegative, numberIn, oneOf, text } from '../validate.js';
+import { EncoderTrainer, type TrainScope } from './encoder-trainer.js';
 
 /** Reconstruction prompt templates (the face photo is the target). */
 export const RECONSTRUCTION_TEMPLATES: readonly string[] = Object.freeze([
@@ -107,7 +108,6 @@ interface Sample {
   prompt?: string;
 }
 
-const arg = (msg: string) => new IdforgeError('E_ARGUMENT', `trainEncoder: ${msg}`);
 
 function listImages(dir: string): string[] {
   if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new IdforgeError('E_NOT_FOUND', `trainEncoder: faces folder not found: ${dir}`);
@@ -135,121 +135,62 @@ export function readEditManifest(dir: string): { face: string; image: string; pr
   return rows;
 }
 
-/** Faces and latents of every sample; VAE-encoded once, then read from out/cache/latents.safetensors. */
+/** Faces and latents of every sample; VAE-encoded once, then read from the latent cache (out/cache/latents.safetensors). */
 async function loadSamples(rt: SdRuntime, encoder: { normalize(img: RawImage): Float32Array; size: number }, items: { face: string; image: string; prompt?: string; align: 'detect' | 'centre' }[], cacheFile: string, signal?: AbortSignal): Promise<Sample[]> {
-  const key = JSON.stringify(items.map((i) => [i.align, i.face, i.image, i.prompt ?? '', fs.statSync(i.image).size, fs.statSync(i.face).size]));
   const size = rt.nativeSize;
-  if (fs.existsSync(cacheFile)) {
-    try {
-      using st = SafetensorsFile.open(cacheFile);
-      if (st.metadata?.key === key && st.metadata?.size === String(size))
-        return items.map((it, i) => ({ face: st.readFloat32(`face:${i}`), mean: st.readFloat32(`mean:${i}`), std: st.readFloat32(`std:${i}`), ...(it.prompt !== undefined ? { prompt: it.prompt } : {}) }));
-    } catch {
-      // an unreadable cache is rebuilt
-    }
-  }
+  const key = JSON.stringify({ size, items: items.map((i) => [i.align, i.face, i.image, i.prompt ?? '', fs.statSync(i.image).size, fs.statSync(i.face).size]) });
+  const cache = new LatentCache(cacheFile, key);
   const out: Sample[] = [];
-  const tensors: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
   for (const [i, it] of items.entries()) {
     throwIfAborted(signal, 'trainEncoder');
-    const faceImg = await decodeFace(it.face);
-    const face = encoder.normalize((await prepareFace(faceImg, { size: encoder.size, landmarks: it.align })).image);
-    const target = it.image === it.face ? faceImg : await decodeFace(it.image);
-    using x = Tensor.from(toSignedCHW((await prepareFace(target, { size })).image), [1, 3, size, size]);
-    const { mean: m, std: s, shape: full } = latentPosterior(await rt.vaeEncode(x));
-    const shape = full.slice(1);
-    out.push({ face, mean: m, std: s, ...(it.prompt !== undefined ? { prompt: it.prompt } : {}) });
-    tensors[`face:${i}`] = { dtype: 'F32', shape: [3, encoder.size, encoder.size], data: face };
-    tensors[`mean:${i}`] = { dtype: 'F32', shape, data: m };
-    tensors[`std:${i}`] = { dtype: 'F32', shape, data: s };
+    let face = cache.get(`face:${i}`);
+    let faceImg: RawImage | undefined;
+    if (!face) {
+      faceImg = await decodeFace(it.face);
+      face = encoder.normalize((await prepareFace(faceImg, { size: encoder.size, landmarks: it.align })).image);
+      cache.set(`face:${i}`, [3, encoder.size, encoder.size], face);
+    }
+    const { mean, std } = await cache.posterior(String(i), async () => {
+      const target = it.image === it.face ? (faceImg ?? await decodeFace(it.face)) : await decodeFace(it.image);
+      using x = Tensor.from(toSignedCHW((await prepareFace(target, { size })).image), [1, 3, size, size]);
+      return latentPosterior(await rt.vaeEncode(x));
+    });
+    out.push({ face, mean, std, ...(it.prompt !== undefined ? { prompt: it.prompt } : {}) });
   }
-  fs.mkdirSync(path.dirname(cacheFile), { recursive: true });
-  writeSafetensors(cacheFile, tensors, { key, size: String(size) });
+  cache.save();
   return out;
 }
 
-interface TrainState {
-  version: 1;
-  step: number;
-  fingerprint: string;
+/** The encoder part of a checkpoint: encoder/ (config.json + model.safetensors). */
+function readEncoder(dir: string): { config: IdEncoderConfig; weights: Map<string, HostWeight> } {
+  const config = parseIdEncoderConfig(readJsonFile(path.join(dir, 'encoder', 'config.json')));
+  return { config, weights: loadWeights(path.join(dir, 'encoder', 'model.safetensors')) };
 }
-
-/** Reads out/checkpoint (or the previous one, when a swap was interrupted). Throws E_MODEL_FORMAT when it is corrupt. */
-function readCheckpoint(dir: string, fingerprint: string): { step: number; config: IdEncoderConfig; weights: Map<string, HostWeight>; adam: OptimizerState } | undefined {
-  const ck = fs.existsSync(path.join(dir, 'checkpoint')) ? path.join(dir, 'checkpoint') : fs.existsSync(path.join(dir, 'checkpoint.old')) ? path.join(dir, 'checkpoint.old') : undefined;
-  if (!ck) return undefined;
-  const bad = (msg: string) => new IdforgeError('E_MODEL_FORMAT', `trainEncoder: the checkpoint ${ck} is corrupt: ${msg}`);
-  let state: TrainState;
-  try {
-    state = readJsonFile(path.join(ck, 'state.json')) as unknown as TrainState;
-  } catch (e) {
-    throw bad(`state.json: ${(e as Error).message}`);
-  }
-  if (!state || state.version !== 1 || !Number.isInteger(state.step) || state.step < 0) throw bad('state.json has no valid step');
-  if (state.fingerprint !== fingerprint)
-    throw arg(`the checkpoint in ${ck} was made with other options or data (seed, batch size, scope, data, schedule); use another out folder or resume: false`);
-  let config: IdEncoderConfig;
-  const weights = new Map<string, HostWeight>();
-  const adam: OptimizerState = { t: 0, m: new Map(), v: new Map() };
-  try {
-    config = parseIdEncoderConfig(readJsonFile(path.join(ck, 'encoder', 'config.json')));
-    using st = SafetensorsFile.open(path.join(ck, 'encoder', 'model.safetensors'));
-    for (const n of st.names()) weights.set(n, { shape: [...st.info(n).shape], data: st.readFloat32(n) });
-    using os = SafetensorsFile.open(path.join(ck, 'optimizer.safetensors'));
-    adam.t = Number(os.metadata?.t);
-    if (!Number.isInteger(adam.t) || adam.t < 0) throw new Error('optimizer step count missing');
-    for (const n of os.names()) (n.startsWith('m:') ? adam.m : adam.v).set(n.slice(2), os.readFloat32(n));
-  } catch (e) {
-    throw bad((e as Error).message);
-  }
-  return { step: state.step, config, weights, adam };
-}
-
-function writeCheckpoint(dir: string, step: number, fingerprint: string, config: IdEncoderConfig, weights: Map<string, HostWeight>, adam: OptimizerState): void {
-  const tmp = path.join(dir, `checkpoint.tmp`);
-  fs.rmSync(tmp, { recursive: true, force: true });
-  saveIdEncoder(path.join(tmp, 'encoder'), config, weights);
-  const opt: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
-  for (const [n, a] of adam.m) opt[`m:${n}`] = { dtype: 'F32', shape: [a.length], data: a };
-  for (const [n, a] of adam.v) opt[`v:${n}`] = { dtype: 'F32', shape: [a.length], data: a };
-  writeSafetensors(path.join(tmp, 'optimizer.safetensors'), opt, { t: String(adam.t) });
-  fs.writeFileSync(path.join(tmp, 'state.json'), JSON.stringify({ version: 1, step, fingerprint } satisfies TrainState));
-  const cur = path.join(dir, 'checkpoint');
-  const old = path.join(dir, 'checkpoint.old');
-  fs.rmSync(old, { recursive: true, force: true });
-  if (fs.existsSync(cur)) fs.renameSync(cur, old);
-  fs.renameSync(tmp, cur);
-  fs.rmSync(old, { recursive: true, force: true });
-}
-
-/** A uint32 from (seed, step): the stream every random choice of a step is drawn from. */
-const stepSeed = (seed: number, step: number) => (Math.imul(seed >>> 0, 0x9e3779b1) ^ Math.imul(step + 1, 0x85ebca77)) >>> 0;
 
 export async function trainEncoder(opts: TrainEncoderOptions): Promise<TrainResult> {
-  if (!opts || typeof opts !== 'object') throw arg('options must be an object');
+  if (!opts || typeof opts !== 'object') throw invalid('options', 'an object', opts, { where: 'trainEncoder' });
   const rt = opts.engine?.runtime;
-  if (!rt) throw arg('engine is required');
   const W = 'trainEncoder';
+  if (!rt) throw invalid('engine', 'an Engine', opts.engine, { where: W });
   const steps = integer(opts.steps, 'steps', 1, Number.MAX_SAFE_INTEGER, W);
   const B = integer(opts.batchSize ?? 1, 'batchSize', 1, Number.MAX_SAFE_INTEGER, W);
   const lr = nonNegative(opts.lr ?? 1e-4, 'lr', { positive: true, where: W });
   const warm = integer(opts.warmupSteps ?? 0, 'warmupSteps', 0, Number.MAX_SAFE_INTEGER, W);
   const clip = opts.clipNorm ?? 1; // Infinity: never clip
-  if (typeof clip !== 'number' || !(clip >= 0)) throw arg(`clipNorm must be a number ≥ 0, got ${String(clip)}`);
+  if (typeof clip !== 'number' || !(clip >= 0)) throw invalid('clipNorm', 'a number ≥ 0 (0: off)', clip, { where: W });
   const seed = integer(opts.seed ?? 0, 'seed', Number.MIN_SAFE_INTEGER, Number.MAX_SAFE_INTEGER, W);
   const every = integer(opts.checkpointEvery ?? 100, 'checkpointEvery', 1, Number.MAX_SAFE_INTEGER, W);
-  const mix = nonNegative(opts.mix ?? 0.5, 'mix', { where: W });
-  if (mix > 1) throw arg(`mix must be in [0, 1], got ${mix}`);
-  if (typeof opts.out !== 'string' || !opts.out) throw arg('out (the output folder) is required');
+  const mix = numberIn(opts.mix ?? 0.5, 'mix', 0, 1, { where: W });
+  text(opts.out, 'out (the output folder)', { nonEmpty: true, where: W });
   const templates = opts.templates ?? RECONSTRUCTION_TEMPLATES;
-  const align = oneOf(opts.align ?? 'detect', 'align', ['detect', 'centre'] as const);
+  const align = oneOf(opts.align ?? 'detect', 'align', ['detect', 'centre'] as const, W);
   if (!templates.length || templates.some((t) => typeof t !== 'string' || !t.includes('<id>'))) throw new IdforgeError('E_IDENTITY', 'trainEncoder: every template needs the <id> placeholder');
 
   // Data.
   const recon = opts.faces !== undefined ? listImages(opts.faces).map((f) => ({ face: f, image: f })) : [];
   const edits = (opts.editSets ?? []).flatMap((d) => readEditManifest(d));
-  if (opts.faces !== undefined && recon.length === 0 && edits.length === 0) throw arg(`the faces folder ${opts.faces} has no images (.png, .jpg, .webp)`);
-  if (recon.length + edits.length === 0) throw arg('no training data: give faces (a folder of photos) and/or editSets');
+  if (opts.faces !== undefined && recon.length === 0 && edits.length === 0) throw invalid('faces', 'a folder with images (.png, .jpg, .webp)', opts.faces, { where: W });
+  if (recon.length + edits.length === 0) throw invalid('faces or editSets', 'given (there is no training data)', undefined, { where: W });
   for (const e of edits) if (!e.prompt.includes('<id>')) throw new IdforgeError('E_IDENTITY', `trainEncoder: the edit prompt "${e.prompt}" has no <id> placeholder`);
 
   let encoder: IdEncoder | undefined = typeof opts.encoder === 'string' ? await IdEncoder.load(opts.encoder, { device: 'cpu' }) : opts.encoder;
@@ -257,7 +198,8 @@ export async function trainEncoder(opts: TrainEncoderOptions): Promise<TrainResu
   try {
     const fingerprint = JSON.stringify({ align, seed, B, lr, warm, clip, mix, reg: opts.regWeight ?? 0.01, train: opts.train ?? 'all', templates, recon: recon.map((r) => r.face), edits: edits.map((e) => [e.face, e.image, e.prompt]), config: encoder.config });
     fs.mkdirSync(opts.out, { recursive: true });
-    const ck = opts.resume === false ? undefined : readCheckpoint(opts.out, fingerprint);
+    const ck = opts.resume === false ? undefined
+      : readCheckpoint(opts.out, { fingerprint, where: W, option: 'out', covers: 'seed, batch size, scope, data, schedule' }, readEncoder);
     const start = ck?.step ?? 0;
     const samples = await loadSamples(rt, { normalize: (img) => encoder!.normalize(img), size: encoder.config.imageSize },
       // Photos are aligned as encode() aligns them; an edit set's faces are aligned crops already.
@@ -265,14 +207,14 @@ export async function trainEncoder(opts: TrainEncoderOptions): Promise<TrainResu
       path.join(opts.out, 'cache', 'latents.safetensors'), opts.signal);
     const nRecon = recon.length;
     using trainer = new EncoderTrainer({
-      engine: { runtime: rt }, encoder: ck ? { config: ck.config, weights: ck.weights } : encoder,
+      engine: { runtime: rt }, encoder: ck ? ck.model : encoder,
       ...(opts.regWeight !== undefined ? { regWeight: opts.regWeight } : {}), ...(opts.train !== undefined ? { train: opts.train } : {}),
     });
     if (ownEncoder) {
       encoder.dispose();
       encoder = undefined;
     }
-    if (ck) trainer.setOptimizerState(ck.adam);
+    if (ck) trainer.setOptimizerState(ck.optimizer);
     const cfg = trainer.config;
     const S = cfg.imageSize;
     const lat = samples[0]!.mean.length;
@@ -283,7 +225,7 @@ export async function trainEncoder(opts: TrainEncoderOptions): Promise<TrainResu
     const t0 = Date.now();
     for (let step = start; step < steps; step++) {
       throwIfAborted(opts.signal, 'trainEncoder');
-      const r = new Xoshiro128(stepSeed(seed, step));
+      const r = stepRandom(seed, step);
       const faces = new Float32Array(B * 3 * S * S);
       const z0 = new Float32Array(B * lat);
       const prompts: string[] = [];
@@ -307,7 +249,8 @@ export async function trainEncoder(opts: TrainEncoderOptions): Promise<TrainResu
       const v = await trainer.trainStep({ faces: facesT, prompts, latents, noise, timesteps }, { lr: lrNow, clipNorm: clip });
       losses.push(v.loss);
       const done = step + 1;
-      if (done % every === 0 || done === steps) writeCheckpoint(opts.out, done, fingerprint, cfg, trainer.hostWeights(), trainer.optimizerState());
+      if (done % every === 0 || done === steps)
+        writeCheckpoint(opts.out, { step: done, seed, fingerprint }, trainer.optimizerState(), (dir) => saveIdEncoder(path.join(dir, 'encoder'), cfg, trainer.hostWeights()));
       const elapsed = Date.now() - t0;
       opts.onProgress?.({ step: done, steps, loss: v.loss, lossDiff: v.lossDiff, lossReg: v.lossReg, lr: lrNow, gradNorm: v.gradNorm, elapsedMs: elapsed, etaMs: (elapsed / (done - start)) * (steps - done) });
     }

@@ -6,12 +6,12 @@ import { ClipScorer } from '../clip/scorer.js';
 import { num, opt } from '../cliargs.js';
 import { readRegularFile } from '../io/files.js';
 import { Engine } from '../engine.js';
-import { IdforgeError } from '../errors.js';
 import { Identity } from '../identity/identity.js';
 import type { FaceAnalyzer } from '../faces/index.js';
 import { evaluate } from './evaluate.js';
 import { DEFAULT_PROMPTS } from './prompts.js';
 import { writeReport } from './report.js';
+import { invalid } from '../validate.js';
 
 export const EVAL_USAGE = `usage: idforge eval --model <dir|file.safetensors> --clip <CLIP folder> --reference <face photo> [options]
   --identity FILE     identity (.safetensors) that <id> names; without one <id> reads "a person"
@@ -39,9 +39,9 @@ export function readPrompts(file: string): string[] {
     try {
       list = JSON.parse(text);
     } catch (e) {
-      throw new IdforgeError('E_ARGUMENT', `${file}: not a valid JSON array (${(e as Error).message})`, { cause: e });
+      throw invalid('the prompts file', `a JSON array (${(e as Error).message})`, file, { cause: e });
     }
-    if (!Array.isArray(list) || !list.every((p) => typeof p === 'string')) throw new IdforgeError('E_ARGUMENT', `${file}: must be a JSON array of strings`);
+    if (!Array.isArray(list) || !list.every((p) => typeof p === 'string')) throw invalid('the prompts file', 'a JSON array of strings', file);
     return list;
   }
   return text.split(/\r?\n/).map((l) => l.trim()).filter((l) => l.length > 0);

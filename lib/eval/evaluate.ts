@@ -12,7 +12,7 @@
  * photo against itself (ID 1, and its CLIP-T against the prompts) and the generic person (the same
  * prompts and seeds with identityScale 0, i.e. the identity's words replaced by "person").
  */
-import { IdforgeError, throwIfAborted } from '../errors.js';
+import { throwIfAborted } from '../errors.js';
 import { bool, imageSide, integer, invalid, nonNegative, text } from '../validate.js';
 import type { Engine } from '../engine.js';
 import type { Identity } from '../identity/identity.js';
@@ -163,9 +163,9 @@ function summarize(label: string, recs: readonly Pick<ImageRecord, 'idSimilarity
 }
 
 export async function evaluate(opts: EvaluateOptions): Promise<EvalResult> {
-  if (!opts || typeof opts !== 'object') throw new IdforgeError('E_ARGUMENT', 'evaluate expects an options object');
+  if (!opts || typeof opts !== 'object') throw invalid('options', 'an object', opts, { where: 'evaluate' });
   const { engine, clip, faces, signal } = opts;
-  if (!engine || !clip || !faces) throw new IdforgeError('E_ARGUMENT', 'evaluate needs an engine, a ClipScorer and a face analyser');
+  if (!engine || !clip || !faces) throw invalid('engine, clip and faces', 'given (an Engine, a ClipScorer and a FaceAnalyzer)', undefined, { where: 'evaluate' });
   const { prompts, seeds, threshold, identityScale, steps, width, height, guidanceScale, negativePrompt, baseline } =
     resolveEvaluate(opts, engine.sizeMultiple, DEFAULT_PROMPTS);
   const identity = opts.identity;

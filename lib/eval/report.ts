@@ -5,10 +5,10 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { IdforgeError } from '../errors.js';
 import { saveImage } from '../io/image.js';
 import type { EvalResult, ImageRecord, RowSummary, Stat } from './evaluate.js';
 import { contactSheet, type SheetTile } from './sheet.js';
+import { invalid, text } from '../validate.js';
 
 export interface ReportFiles {
   json: string;
@@ -93,11 +93,11 @@ ${figures}
 
 /** Writes the report files into `dir` (created when missing). */
 export async function writeReport(result: EvalResult, dir: string, opts: { columns?: number; cell?: number } = {}): Promise<ReportFiles> {
-  if (typeof dir !== 'string' || !dir) throw new IdforgeError('E_ARGUMENT', 'writeReport needs an output folder');
+  text(dir, 'the output folder', { nonEmpty: true, where: 'writeReport' });
   try {
     fs.mkdirSync(path.join(dir, 'images'), { recursive: true });
   } catch (e) {
-    throw new IdforgeError('E_ARGUMENT', `cannot create the report folder ${dir}: ${(e as Error).message}`, { cause: e });
+    throw invalid('the output folder', `a folder that can be created (${(e as Error).message})`, dir, { where: 'writeReport', cause: e });
   }
   const files: ReportFiles = {
     json: path.join(dir, 'report.json'), html: path.join(dir, 'report.html'), contactSheet: path.join(dir, 'contact.png'),

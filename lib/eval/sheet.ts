@@ -2,8 +2,8 @@
  * A contact sheet: images in a grid, each with a label (its number) drawn under it in a 5×7
  * pixel font, so that the PNG needs no font library and reads the same everywhere.
  */
-import { IdforgeError } from '../errors.js';
 import type { RawImage } from '../io/image.js';
+import { invalid, shown } from '../validate.js';
 
 // 5×7 glyphs, one string per row ('#' = ink).
 const GLYPHS: Record<string, string[]> = {
@@ -52,7 +52,7 @@ function drawText(dst: RawImage, text: string, cx: number, y0: number, scale: nu
   let x0 = Math.round(cx - w / 2);
   for (const ch of text) {
     const g = GLYPHS[ch];
-    if (!g) throw new IdforgeError('E_ARGUMENT', `contact sheet label: no glyph for ${JSON.stringify(ch)}`);
+    if (!g) throw invalid('a contact sheet label character', 'one the sheet has a glyph for', ch);
     for (let gy = 0; gy < 7; gy++)
       for (let gx = 0; gx < 5; gx++) {
         if (g[gy]![gx] !== '#') continue;
@@ -69,7 +69,7 @@ function drawText(dst: RawImage, text: string, cx: number, y0: number, scale: nu
 
 /** Tiles in rows of `columns`, each in a `cell`×`cell` square (scaled, aspect kept) over its label, on white. */
 export function contactSheet(tiles: readonly SheetTile[], opts: { columns?: number; cell?: number } = {}): RawImage {
-  if (tiles.length === 0) throw new IdforgeError('E_ARGUMENT', 'contact sheet of no images');
+  if (tiles.length === 0) throw invalid('the contact sheet tiles', 'at least one image', shown('none'));
   const cell = opts.cell ?? 160;
   const columns = Math.max(1, Math.min(opts.columns ?? 8, tiles.length));
   const rows = Math.ceil(tiles.length / columns);

@@ -6,20 +6,18 @@
  * Coordinates are in pixels with the CENTRE of pixel (column i, row j) at (i, j) — the convention of
  * OpenCV's warpAffine, insightface's norm_crop and dlib's extract_image_chip.
  */
-import { IdforgeError } from '../errors.js';
 import { decodeImage, type RawImage } from '../io/image.js';
+import { invalid, shown } from '../validate.js';
 
-function arg(msg: string): IdforgeError {
-  return new IdforgeError('E_ARGUMENT', `face: ${msg}`);
-}
+const where = 'face';
 
 /** 5 finite [x, y] points in the ArcFace order, copied; E_ARGUMENT otherwise. */
 export function checkLandmarks(l: unknown): [number, number][] {
   if (!Array.isArray(l) || l.length !== 5)
-    throw arg(`landmarks must be 5 [x, y] points (left eye, right eye, nose, left mouth, right mouth), got ${Array.isArray(l) ? `${l.length} points` : typeof l}`);
+    throw invalid('landmarks', '5 [x, y] points (left eye, right eye, nose, left mouth, right mouth)', Array.isArray(l) ? shown(`${l.length} points`) : l, { where });
   return l.map((p, i) => {
     if (!Array.isArray(p) || p.length !== 2 || !p.every((c) => typeof c === 'number' && Number.isFinite(c)))
-      throw arg(`landmark ${i} must be [x, y] with finite numbers, got ${JSON.stringify(p)}`);
+      throw invalid(`landmark ${i}`, '[x, y] with finite numbers', p, { where });
     return [p[0], p[1]] as [number, number];
   });
 }
@@ -41,7 +39,7 @@ export function decodeFace(input: RawImage | string | Buffer | Uint8Array): Prom
  */
 export function estimateSimilarity(src: readonly (readonly [number, number])[], dst: readonly (readonly [number, number])[]): number[] {
   const n = src.length;
-  if (n < 2 || dst.length !== n) throw arg(`need matching point sets of at least 2 points, got ${n} and ${dst.length}`);
+  if (n < 2 || dst.length !== n) throw invalid('src and dst', 'matching point sets of at least 2 points', shown(`${n} and ${dst.length}`), { where });
   let sx = 0, sy = 0, dx = 0, dy = 0;
   for (let i = 0; i < n; i++) {
     sx += src[i]![0]; sy += src[i]![1]; dx += dst[i]![0]; dy += dst[i]![1];
@@ -55,7 +53,7 @@ export function estimateSimilarity(src: readonly (readonly [number, number])[], 
     p += x * u + y * v;
     q += x * v - y * u;
   }
-  if (!(varS > 1e-12)) throw arg('the landmarks all coincide: cannot estimate an alignment');
+  if (!(varS > 1e-12)) throw invalid('the landmarks', 'distinct points (they all coincide: cannot estimate an alignment)', undefined, { where });
   const a = p / varS, b = q / varS;
   return [a, -b, dx - (a * sx - b * sy), b, a, dy - (b * sx + a * sy)];
 }
@@ -75,7 +73,7 @@ export function applyTransform(m: readonly number[], pt: readonly [number, numbe
 export function warpAffine(img: RawImage, m: readonly number[], size: number, samples = 1): RawImage {
   const [a, b, c, d, e, f] = m as [number, number, number, number, number, number];
   const det = a * e - b * d;
-  if (!(Math.abs(det) > 1e-12)) throw arg('the alignment transform is singular');
+  if (!(Math.abs(det) > 1e-12)) throw invalid('the alignment transform', 'invertible', shown('a singular one'), { where });
   // inverse of [[a b],[d e]]
   const ia = e / det, ib = -b / det, id = -d / det, ie = a / det;
   const { width: W, height: H, data: src } = img;

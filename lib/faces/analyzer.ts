@@ -11,6 +11,7 @@ import { checkLandmarks, decodeFace, describeImage } from './align.js';
 import { FaceDetector, type DetectOptions, type Face } from './detect.js';
 import { FaceEmbedder, faceChip } from './embed.js';
 import { loadTf, packageDir, readGraphModel, readWeights } from './tf.js';
+import { bool, describe, integer, invalid, numberIn, shown } from '../validate.js';
 
 export type FaceImage = RawImage | string | Buffer;
 
@@ -22,20 +23,18 @@ export interface FaceAnalyzerOptions {
 }
 
 function checkDetectOptions(o: DetectOptions): Required<DetectOptions> {
-  if (o === null || typeof o !== 'object') throw new IdforgeError('E_ARGUMENT', 'detect: options must be an object');
-  const minScore = o.minScore ?? 0.5;
-  if (typeof minScore !== 'number' || !(minScore >= 0 && minScore <= 1)) throw new IdforgeError('E_ARGUMENT', `detect: minScore must be in [0, 1], got ${String(minScore)}`);
-  const maxFaces = o.maxFaces ?? 20;
-  if (!Number.isInteger(maxFaces) || maxFaces < 1) throw new IdforgeError('E_ARGUMENT', `detect: maxFaces must be an integer ≥ 1, got ${String(maxFaces)}`);
-  const tiles = o.tiles ?? true;
-  if (typeof tiles !== 'boolean') throw new IdforgeError('E_ARGUMENT', 'detect: tiles must be a boolean');
+  const where = 'detect';
+  if (o === null || typeof o !== 'object') throw invalid('options', 'an object', o, { where });
+  const minScore = numberIn(o.minScore ?? 0.5, 'minScore', 0, 1, { where });
+  const maxFaces = integer(o.maxFaces ?? 20, 'maxFaces', 1, Number.MAX_SAFE_INTEGER, where);
+  const tiles = bool(o.tiles ?? true, 'tiles', where);
   return { minScore, maxFaces, tiles };
 }
 
 /** Cosine similarity of two embeddings. */
 export function similarity(a: Float32Array, b: Float32Array): number {
   if (!(a instanceof Float32Array) || !(b instanceof Float32Array) || a.length !== b.length || a.length === 0)
-    throw new IdforgeError('E_ARGUMENT', `similarity: expected two Float32Array embeddings of one length, got ${a?.length} and ${b?.length}`);
+    throw invalid('a and b', 'two Float32Array embeddings of one length', shown(`${describe(a)} and ${describe(b)}`), { where: 'similarity' });
   return cosine(a, b);
 }
 
@@ -52,7 +51,7 @@ export class FaceAnalyzer implements Disposable {
 
   /** Loads the detector and the embedder (E_BACKEND when the optional packages are not installed). */
   static async load(opts: FaceAnalyzerOptions = {}): Promise<FaceAnalyzer> {
-    if (opts === null || typeof opts !== 'object') throw new IdforgeError('E_ARGUMENT', 'FaceAnalyzer.load: options must be an object');
+    if (opts === null || typeof opts !== 'object') throw invalid('options', 'an object', opts, { where: 'FaceAnalyzer.load' });
     const detDir = opts.detectorDir ?? path.join(packageDir('@vladmandic/human'), 'models');
     const embDir = opts.embedderDir ?? path.join(packageDir('@vladmandic/face-api'), 'model');
     const { tf } = await loadTf();

@@ -18,7 +18,9 @@ export type { GraphModel };
 
 const require = createRequire(import.meta.url);
 
-const INSTALL = 'npm install @tensorflow/tfjs-core @tensorflow/tfjs-converter @tensorflow/tfjs-backend-wasm @vladmandic/human @vladmandic/face-api';
+/** The optional packages the face models need. */
+export const FACE_PACKAGES = ['@tensorflow/tfjs-core', '@tensorflow/tfjs-converter', '@tensorflow/tfjs-backend-wasm', '@vladmandic/human', '@vladmandic/face-api'] as const;
+const INSTALL = `npm install ${FACE_PACKAGES.join(' ')}`;
 
 function missing(what: string, cause?: unknown): IdforgeError {
   return new IdforgeError('E_BACKEND', `face models need ${what}, which is not installed (it is an optional dependency of idforge: ${INSTALL})`, { cause });

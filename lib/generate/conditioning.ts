@@ -2,17 +2,19 @@
 // identities; the text rows of the batch — [negative × N, prompt × N] with guidance (the
 // unconditional rows first, as CFG reads them), else [prompt × N]; and the text encoder's output
 // for each distinct (stage, K|V) word set, computed when a step first needs it and kept to the end
-// of the run. The unconditional branch never sees an identity.
+// of the run; with regions, the table confining each identity's slot tokens to its box on the
+// conditional rows. The unconditional branch never sees an identity.
 import type { AttentionCapture } from '../attention.js';
 import { IdforgeError } from '../errors.js';
 import type { Identity } from '../identity/identity.js';
 import { expandPrompt, type ExpandedPrompt } from '../identity/placeholders.js';
+import { identityRegions, type Region } from '../regions.js';
 import type { SdRuntime } from '../runtime/sd.js';
 import type { Tensor } from '../tensor.js';
 import type { StepConditioning } from './denoiser.js';
 import type { GeneratePlan } from './options.js';
 
-type TextHost = Pick<SdRuntime, 'tokenizer' | 'configs' | 'runText' | 'wordEmbedding'>;
+type TextHost = Pick<SdRuntime, 'tokenizer' | 'configs' | 'runText' | 'wordEmbedding' | 'regionInput'>;
 
 /** A prompt's placeholders expanded against the identities, checked against the model's text width (E_IDENTITY). */
 export function expandFor(rt: Pick<SdRuntime, 'tokenizer' | 'configs'>, prompt: string, identities: Map<string, Identity> | undefined): ExpandedPrompt {
@@ -25,6 +27,7 @@ export function expandFor(rt: Pick<SdRuntime, 'tokenizer' | 'configs'>, prompt: 
 export class Conditioning implements StepConditioning, Disposable {
   readonly rows: number;
   readonly dual: boolean;
+  readonly regions: boolean;
   /** Prompts cut at 75 tokens. */
   readonly warnings: string[] = [];
   readonly #rt: TextHost;
@@ -32,6 +35,9 @@ export class Conditioning implements StepConditioning, Disposable {
   readonly #ids: Int32Array[];
   readonly #slots: Int32Array[];
   readonly #identityScale: number;
+  readonly #regions: Region[];
+  readonly #guided: boolean;
+  #table: Tensor | undefined;
   readonly #contexts = new Map<string, Tensor>();
   #person: Promise<Float32Array> | undefined;
 
@@ -52,17 +58,21 @@ export class Conditioning implements StepConditioning, Disposable {
     this.rows = this.#ids.length;
     this.dual = this.#withId && !e.kvShared;
     this.#identityScale = plan.identityScale;
+    this.#regions = identityRegions(plan.regions, e);
+    this.regions = this.#regions.length > 0;
+    this.#guided = plan.guided;
   }
 
   get #withId(): boolean {
     return this.#e.rows.length > 0;
   }
 
-  /** The key (and, `dual`, value) context of the step at timestep t, and the identity stage it uses. */
-  async at(t: number): Promise<{ stage: number; k: Tensor; v?: Tensor }> {
+  /** The key (and, `dual`, value) context of the step at timestep t, the identity stage it uses, and the region table. */
+  async at(t: number): Promise<{ stage: number; k: Tensor; v?: Tensor; regions?: Tensor }> {
     const stage = this.#withId ? this.#e.stageFor(t, this.#rt.configs.scheduler.numTrainTimesteps) : 0;
     const k = await this.#context(stage, 'k');
-    return this.dual ? { stage, k, v: await this.#context(stage, 'v') } : { stage, k };
+    const regions = this.regions ? (this.#table ??= this.#rt.regionInput(this.#regions, 77, this.rows, this.#guided)) : undefined;
+    return { stage, k, ...(this.dual ? { v: await this.#context(stage, 'v') } : {}), ...(regions ? { regions } : {}) };
   }
 
   async #context(stage: number, kind: 'k' | 'v'): Promise<Tensor> {
@@ -95,6 +105,8 @@ export class Conditioning implements StepConditioning, Disposable {
   dispose(): void {
     for (const c of this.#contexts.values()) c.dispose();
     this.#contexts.clear();
+    this.#table?.dispose();
+    this.#table = undefined;
   }
 
   [Symbol.dispose](): void {

@@ -5,6 +5,7 @@ import { selectLayers, selectSteps, type AttentionCapture, type CaptureAttention
 import { Identity } from '../identity/identity.js';
 import { checkPrompt, MAX_GUIDANCE } from '../io/bounds.js';
 import { decodeImage, type RawImage } from '../io/image.js';
+import { regionBoxes, type Box } from '../regions.js';
 import type { SdRuntime } from '../runtime/sd.js';
 import { badSampler, isSamplerName, type Sampler, type SamplerName } from '../sched/sampler.js';
 import { makeSampler } from '../sched/samplers.js';
@@ -72,6 +73,12 @@ export interface GenerateOptions {
    * "person". 1 (default) is the identity as learned/encoded, 0 a generic person, > 1 exaggerates.
    */
   identityScale?: number;
+  /**
+   * Where each identity goes: identity name → box [x0, y0, x1, y1) in fractions of the image. The
+   * identity's slot tokens attend only from inside its box (the conditional branch; an identity
+   * without a box is unconfined). E.g. `{ ann: [0, 0, 0.5, 1], bob: [0.5, 0, 1, 1] }`.
+   */
+  regions?: Record<string, Box> | Map<string, Box>;
 }
 
 export interface GenerateResult {
@@ -103,6 +110,8 @@ export interface GeneratePlan {
   readonly negativePrompt: string;
   readonly identities: Map<string, Identity> | undefined;
   readonly identityScale: number;
+  /** Identity name → its box (lib/regions.ts; empty: no regions). */
+  readonly regions: ReadonlyMap<string, Box>;
   readonly width: number;
   readonly height: number;
   readonly numImages: number;
@@ -193,11 +202,13 @@ export async function resolveGenerate(opts: GenerateOptions, model: GenerateMode
   const samplerName = opts.sampler ?? 'ddim';
   if (!isSamplerName(samplerName)) throw badSampler(samplerName);
   const numImages = integer(opts.numImages ?? 1, 'numImages', 1, 64);
-  if (!Number.isSafeInteger(seed + numImages - 1)) throw invalid('seed + numImages − 1', 'a safe integer (image i is seeded with seed + i)', seed + numImages - 1);
+  // Compared without adding: seed + numImages − 1 rounds back to a safe value near 2^53.
+  if (seed > Number.MAX_SAFE_INTEGER - (numImages - 1)) throw invalid('seed + numImages − 1', 'a safe integer (image i is seeded with seed + i)', shown(`${BigInt(seed) + BigInt(numImages - 1)}`));
   if (opts.stepNoise !== undefined && !(opts.stepNoise instanceof Tensor)) throw invalid('stepNoise', 'a Tensor [steps, numImages, C, h, w]', opts.stepNoise);
   if (opts.strength !== undefined && !init) throw invalid('strength', 'left out without an image (it applies to image to image: pass an image too)');
   const strength = numberIn(opts.strength ?? (init ? 0.8 : 1), 'strength', 0, 1, { above: true });
   const identities = identityMap(opts);
+  const regions = regionBoxes(opts.regions);
 
   const ch = model.configs.unet.inChannels;
   const h = height / model.latentFactor;
@@ -224,7 +235,7 @@ export async function resolveGenerate(opts: GenerateOptions, model: GenerateMode
     ? { layers: selectLayers(cap.layers, model.crossAttentionLayers, h, levels), steps: selectSteps(cap.steps, timesteps.length), reduce: cap.reduce === 'mean' }
     : undefined;
   return {
-    prompt, negativePrompt, identities, identityScale, width, height, numImages, latentShape, seed, guidanceScale,
+    prompt, negativePrompt, identities, identityScale, regions, width, height, numImages, latentShape, seed, guidanceScale,
     guided: guidanceScale > 1, sampler, start, timesteps, init, strength, latents, stepNoise, capture,
     nonFinite: opts.nonFinite === 'warn' ? 'warn' : 'error', onProgress: opts.onProgress, signal: opts.signal, warnings,
   };

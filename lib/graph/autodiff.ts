@@ -9,6 +9,7 @@ import { IdforgeError } from '../errors.js';
 import type { NativeOp } from '../native.js';
 import { numel } from '../tensor.js';
 import { fusedOperands, type Graph, type Value } from './graph.js';
+import { invalid, shown } from '../validate.js';
 
 export interface GradOptions {
   /** Values treated as constants (stop-gradient): nothing flows through them. */
@@ -232,7 +233,7 @@ export function grad(g: Graph, loss: Value, wrt: readonly Value[], opts: GradOpt
         break;
       }
       default:
-        throw new IdforgeError('E_ARGUMENT', `grad: no gradient rule for op '${op.op}' on the path from the loss to the inputs`);
+        throw invalid('every op on the path from the loss to the inputs', `one with a gradient rule (there is no gradient rule for op '${op.op}')`, undefined, { where: 'grad' });
     }
   }
   return wrt.map((w) => grads.get(w.id) ?? zerosLike(g, w));
@@ -265,7 +266,7 @@ function linearWeightGrad(g: Graph, x: Value, w: Value, dy: Value, transX: boole
 function patchConvWeightGrad(g: Graph, x: Value, w: Value, dy: Value, stride: number, pad: number): Value {
   const [o, c, kh, kw] = w.shape as [number, number, number, number];
   if (pad !== 0 || stride !== kh || stride !== kw)
-    throw new IdforgeError('E_ARGUMENT', `grad: conv2d weight gradients are implemented for non-overlapping windows only (stride = kernel, pad 0), got kernel ${kh}×${kw}, stride ${stride}, pad ${pad}`);
+    throw invalid('a conv2d whose weight gradient is taken', 'one of non-overlapping windows (stride = kernel, pad 0): only those are implemented', shown(`kernel ${kh}×${kw}, stride ${stride}, pad ${pad}`), { where: 'grad' });
   const [b, , ho, wo] = dy.shape as [number, number, number, number];
   let xin = x;
   if (x.dim(2) !== ho * kh) xin = g.slice(xin, 2, 0, ho * kh);

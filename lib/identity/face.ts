@@ -12,6 +12,7 @@ import { applyTransform, checkLandmarks, decodeFace, describeImage, estimateSimi
 import { FaceAnalyzer } from '../faces/analyzer.js';
 import type { Face } from '../faces/detect.js';
 import type { RawImage } from '../io/image.js';
+import { bool, invalid } from '../validate.js';
 
 export { applyTransform, decodeFace, estimateSimilarity, warpAffine };
 
@@ -58,9 +59,7 @@ export interface PreparedFace {
 
 export const NO_LANDMARKS_WARNING = 'no landmarks: centre crop; pass landmarks for aligned faces';
 
-function arg(msg: string): IdforgeError {
-  return new IdforgeError('E_ARGUMENT', `prepareFace: ${msg}`);
-}
+const where = 'prepareFace';
 
 /** The template scaled to a size×size output. */
 export function faceTemplate(size: number): [number, number][] {
@@ -70,7 +69,7 @@ export function faceTemplate(size: number): [number, number][] {
 /** Decodes, aligns (5 landmarks) or centre-crops, and resizes a face to size×size. */
 export async function prepareFace(input: RawImage | string | Buffer, opts: PrepareFaceOptions = {}): Promise<PreparedFace> {
   const size = opts.size ?? 112;
-  if (!Number.isSafeInteger(size) || size < 8 || size > 4096) throw arg(`size must be an integer in 8..4096, got ${String(size)}`);
+  if (!Number.isSafeInteger(size) || size < 8 || size > 4096) throw invalid('size', 'an integer in [8, 4096]', size, { where });
   const detect = opts.landmarks === 'detect';
   let landmarks = opts.landmarks === undefined || opts.landmarks === 'centre' || detect ? undefined : checkLandmarks(opts.landmarks);
   if (detect) checkChoice(opts);
@@ -105,9 +104,9 @@ export async function prepareFace(input: RawImage | string | Buffer, opts: Prepa
 
 function checkChoice(o: FaceChoiceOptions): void {
   if (o.faceIndex !== undefined && !(Number.isSafeInteger(o.faceIndex) && o.faceIndex >= 0))
-    throw arg(`faceIndex must be an integer ≥ 0, got ${String(o.faceIndex)}`);
-  if (o.noFaceFallback !== undefined && typeof o.noFaceFallback !== 'boolean') throw arg('noFaceFallback must be a boolean');
-  if (o.analyzer !== undefined && !(o.analyzer instanceof FaceAnalyzer)) throw arg('analyzer must be a FaceAnalyzer');
+    throw invalid('faceIndex', 'an integer ≥ 0', o.faceIndex, { where });
+  if (o.noFaceFallback !== undefined) bool(o.noFaceFallback, 'noFaceFallback', where);
+  if (o.analyzer !== undefined && !(o.analyzer instanceof FaceAnalyzer)) throw invalid('analyzer', 'a FaceAnalyzer', o.analyzer, { where });
 }
 
 /**
@@ -126,7 +125,7 @@ export async function chooseFace(img: RawImage, input: RawImage | string | Buffe
     warnings.push(`no face found in ${what}: using the photo's centre`);
     return undefined;
   }
-  if (index >= faces.length) throw arg(`faceIndex ${index} is out of range: ${faces.length} face(s) found in ${what}`);
+  if (index >= faces.length) throw invalid('faceIndex', `at most ${faces.length - 1} (out of range: ${faces.length} face(s) found in ${what})`, index, { where });
   if (faces.length > 1)
     warnings.push(`${faces.length} faces found in ${what}: using face ${index}${index === 0 ? ' (the largest)' : ''}; pass faceIndex (0 = the largest) to pick another`);
   return faces[index];

@@ -6,10 +6,11 @@
  *
  * File format: safetensors with `k` and `v`, both F32 [S, M, D], and string metadata
  * (format "idforge-identity", version, method, stages, words, dim, text_dim, vocab_hash, created,
- * name). Small enough to mail around; loading validates everything before anything is used.
+ * name, source). Small enough to mail around; loading validates everything before anything is used.
  */
 import { IdforgeError } from '../errors.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
+import { invalid, shown } from '../validate.js';
 
 export type IdentityMethod = 'dreamidentity' | 'sefi-ide' | 'custom';
 
@@ -32,6 +33,8 @@ export interface IdentitySaveOptions {
   textDim?: number;
   /** ClipTokenizer.vocabHash of the model's tokenizer ('' when unknown). */
   vocabHash?: string;
+  /** Where the identity came from (e.g. the photo's file name), kept as metadata `source` (≤ 200 characters). */
+  source?: string;
 }
 
 export interface IdentityExpect {
@@ -45,9 +48,8 @@ export const IDENTITY_FORMAT = 'idforge-identity';
 export const IDENTITY_VERSION = 1;
 const METHODS: readonly IdentityMethod[] = ['dreamidentity', 'sefi-ide', 'custom'];
 
-function argErr(msg: string): IdforgeError {
-  return new IdforgeError('E_ARGUMENT', `Identity: ${msg}`);
-}
+/** Identity's argument errors: invalid() with the `Identity: ` prefix. */
+const badArg = (name: string, expected: string, got?: unknown) => invalid(name, expected, got, { where: 'Identity' });
 
 function isPosInt(n: unknown): n is number {
   return typeof n === 'number' && Number.isSafeInteger(n) && n > 0;
@@ -68,21 +70,21 @@ function flattenNested(x: ArrayLike<unknown>, what: string): { data: Float32Arra
     if (a.length === 0) break;
     probe = a[0];
   }
-  if (shape.length < 2 || shape.length > 3) throw argErr(`${what} must be nested [S][M][D] or [M][D] arrays or a flat Float32Array`);
-  if (shape.some((d) => d === 0)) throw argErr(`${what} has an empty dimension (shape ${JSON.stringify(shape)})`);
+  if (shape.length < 2 || shape.length > 3) throw badArg(what, 'nested [S][M][D] or [M][D] arrays or a flat Float32Array', shown(`${shape.length} levels of nesting`));
+  if (shape.some((d) => d === 0)) throw badArg(what, 'without an empty dimension', shown(`shape ${JSON.stringify(shape)}`));
   const full = shape.length === 2 ? [1, ...shape] : shape;
   const [S, M, D] = full as [number, number, number];
   const data = new Float32Array(S * M * D);
   const outer = (shape.length === 2 ? [x] : x) as ArrayLike<ArrayLike<ArrayLike<unknown>>>;
   for (let s = 0; s < S; s++) {
     const rows = outer[s];
-    if (!rows || rows.length !== M) throw argErr(`${what}[${s}] has ${rows?.length ?? 0} words, expected ${M} (not rectangular)`);
+    if (!rows || rows.length !== M) throw badArg(`${what}[${s}]`, `${M} words (rectangular)`, shown(`${rows?.length ?? 0} words`));
     for (let m = 0; m < M; m++) {
       const row = rows[m];
-      if (!row || row.length !== D) throw argErr(`${what}[${s}][${m}] has ${row?.length ?? 0} values, expected ${D} (not rectangular)`);
+      if (!row || row.length !== D) throw badArg(`${what}[${s}][${m}]`, `${D} values (rectangular)`, shown(`${row?.length ?? 0} values`));
       for (let d = 0; d < D; d++) {
         const val = row[d];
-        if (typeof val !== 'number') throw argErr(`${what}[${s}][${m}][${d}] is not a number`);
+        if (typeof val !== 'number') throw badArg(`${what}[${s}][${m}][${d}]`, 'a number', val);
         data[(s * M + m) * D + d] = val;
       }
     }
@@ -107,12 +109,12 @@ export class Identity {
   readonly vData: Float32Array;
 
   constructor(init: IdentityInit) {
-    if (!init || typeof init !== 'object') throw argErr('expected { k, v?, stages?, words?, dim?, method, name? }');
-    if (!METHODS.includes(init.method)) throw argErr(`method must be one of ${METHODS.join(', ')}, got ${JSON.stringify(init.method)}`);
-    if (init.name !== undefined && typeof init.name !== 'string') throw argErr('name must be a string');
+    if (!init || typeof init !== 'object') throw badArg('init', '{ k, v?, stages?, words?, dim?, method, name? }', init);
+    if (!METHODS.includes(init.method)) throw badArg('method', `one of ${METHODS.join(', ')}`, init.method);
+    if (init.name !== undefined && typeof init.name !== 'string') throw badArg('name', 'a string', init.name);
     for (const key of ['stages', 'words', 'dim'] as const) {
       const val = init[key];
-      if (val !== undefined && !isPosInt(val)) throw argErr(`${key} must be a positive integer, got ${String(val)}`);
+      if (val !== undefined && !isPosInt(val)) throw badArg(key, 'a positive integer', val);
     }
     const k = this.#values(init.k, 'k', init);
     this.stages = k.shape[0]!;
@@ -121,7 +123,7 @@ export class Identity {
     let v = k;
     if (init.v !== undefined && init.v !== init.k) {
       v = this.#values(init.v, 'v', { stages: this.stages, words: this.words, dim: this.dim });
-      if (v.shape.some((d, i) => d !== k.shape[i])) throw argErr(`v has shape ${JSON.stringify(v.shape)}, k has ${JSON.stringify(k.shape)}`);
+      if (v.shape.some((d, i) => d !== k.shape[i])) throw badArg('v', `of k's shape ${JSON.stringify(k.shape)}`, shown(`shape ${JSON.stringify(v.shape)}`));
     }
     this.kData = k.data;
     this.vData = v.data;
@@ -130,27 +132,27 @@ export class Identity {
   }
 
   #values(x: IdentityValues, what: string, dims: { stages?: number; words?: number; dim?: number }): { data: Float32Array; shape: number[] } {
-    if (x === null || typeof x !== 'object') throw argErr(`${what} is required (nested arrays or a flat Float32Array)`);
+    if (x === null || typeof x !== 'object') throw badArg(what, 'given (nested arrays or a flat Float32Array)', x);
     let out: { data: Float32Array; shape: number[] };
     if (isFlat(x)) {
       const n = x.length;
       const { words: M, dim: D } = dims;
-      if (!M || !D) throw argErr(`a flat ${what} needs words and dim`);
+      if (!M || !D) throw badArg(`words and dim`, `given with a flat ${what}`);
       const S = dims.stages ?? n / (M * D);
       if (!Number.isInteger(S) || S < 1 || S * M * D !== n)
-        throw argErr(`flat ${what} has ${n} values, which is not stages·words·dim = ${dims.stages ?? 'S'}·${M}·${D}`);
-      for (let i = 0; i < n; i++) if (typeof x[i] !== 'number') throw argErr(`${what}[${i}] is not a number`);
+        throw badArg(`flat ${what}`, `stages·words·dim = ${dims.stages ?? 'S'}·${M}·${D} values`, shown(`${n} values, which is not stages·words·dim`));
+      for (let i = 0; i < n; i++) if (typeof x[i] !== 'number') throw badArg(`${what}[${i}]`, 'a number', x[i]);
       out = { data: Float32Array.from(x), shape: [S, M, D] };
     } else {
       out = flattenNested(x as ArrayLike<unknown>, what);
       const names = ['stages', 'words', 'dim'] as const;
       names.forEach((key, i) => {
         const want = dims[key];
-        if (want !== undefined && want !== out.shape[i]) throw argErr(`${what} has ${key} ${out.shape[i]}, but ${key} ${want} was given`);
+        if (want !== undefined && want !== out.shape[i]) throw badArg(what, `of ${key} ${want} (as given)`, shown(`${key} ${out.shape[i]}`));
       });
     }
-    const bad = firstNonFinite(out.data);
-    if (bad >= 0) throw argErr(`${what} holds a non-finite value (${out.data[bad]}) at flat index ${bad}`);
+    const at = firstNonFinite(out.data);
+    if (at >= 0) throw badArg(what, 'finite', shown(`a non-finite value (${out.data[at]}) at flat index ${at}`));
     return out;
   }
 
@@ -180,7 +182,7 @@ export class Identity {
 
   #stage(stage: number): number {
     if (!Number.isInteger(stage) || stage < 0 || stage >= this.stages)
-      throw new IdforgeError('E_ARGUMENT', `Identity: stage ${stage} is out of range 0..${this.stages - 1}`);
+      throw badArg('stage', `an integer in [0, ${this.stages - 1}]`, stage);
     return stage;
   }
 
@@ -206,8 +208,9 @@ export class Identity {
   /** Writes the identity as a safetensors file (atomically: temporary name, then rename). */
   save(file: string, opts: IdentitySaveOptions = {}): void {
     const textDim = opts.textDim ?? this.dim;
-    if (!isPosInt(textDim)) throw argErr(`textDim must be a positive integer, got ${String(textDim)}`);
-    if (opts.vocabHash !== undefined && typeof opts.vocabHash !== 'string') throw argErr('vocabHash must be a string');
+    if (!isPosInt(textDim)) throw badArg('textDim', 'a positive integer', textDim);
+    if (opts.vocabHash !== undefined && typeof opts.vocabHash !== 'string') throw badArg('vocabHash', 'a string', opts.vocabHash);
+    if (opts.source !== undefined && (typeof opts.source !== 'string' || opts.source.length > 200)) throw badArg('source', 'a string of at most 200 characters', opts.source);
     const shape = [this.stages, this.words, this.dim];
     const metadata: Record<string, string> = {
       format: IDENTITY_FORMAT,
@@ -221,6 +224,7 @@ export class Identity {
       created: new Date().toISOString(),
     };
     if (this.name !== undefined) metadata.name = this.name;
+    if (opts.source) metadata.source = opts.source;
     writeSafetensors(file, { k: { dtype: 'F32', shape, data: this.kData }, v: { dtype: 'F32', shape, data: this.vData } }, metadata);
   }
 
@@ -249,8 +253,8 @@ export class Identity {
 /** min(S−1, floor(t·S / numTrainTimesteps)), validated. */
 export function stageIndex(t: number, stages: number, numTrainTimesteps = 1000): number {
   if (typeof t !== 'number' || !Number.isFinite(t) || t < 0)
-    throw new IdforgeError('E_ARGUMENT', `timestep must be a finite number >= 0, got ${String(t)}`);
-  if (!isPosInt(numTrainTimesteps)) throw new IdforgeError('E_ARGUMENT', `numTrainTimesteps must be a positive integer, got ${String(numTrainTimesteps)}`);
+    throw invalid('timestep', 'a finite number ≥ 0', t);
+  if (!isPosInt(numTrainTimesteps)) throw invalid('numTrainTimesteps', 'a positive integer', numTrainTimesteps);
   return Math.min(stages - 1, Math.floor((t * stages) / numTrainTimesteps));
 }
 

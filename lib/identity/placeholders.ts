@@ -11,6 +11,7 @@
 import { IdforgeError } from '../errors.js';
 import { pack, type ClipTokenizer } from '../text/tokenizer.js';
 import { stageIndex, type Identity } from './identity.js';
+import { invalid, oneOf, text } from '../validate.js';
 
 /** The text whose token id marks slot positions by default. */
 export const SLOT_TEXT = '*';
@@ -65,16 +66,16 @@ export function expandPrompt(
   identities: Map<string, Identity> | undefined,
   opts: ExpandOptions = {},
 ): ExpandedPrompt {
-  if (typeof prompt !== 'string') throw new IdforgeError('E_ARGUMENT', `prompt must be a string, got ${typeof prompt}`);
+  text(prompt, 'prompt');
   const word = opts.placeholder ?? 'id';
   if (typeof word !== 'string' || !/^[A-Za-z_][A-Za-z0-9_-]*$/.test(word))
-    throw new IdforgeError('E_ARGUMENT', `placeholder must be a word of letters, digits, _ or -, got ${JSON.stringify(word)}`);
+    throw invalid('placeholder', 'a word of letters, digits, _ or -', word);
   if (identities !== undefined && !(identities instanceof Map))
-    throw new IdforgeError('E_ARGUMENT', 'identities must be a Map<string, Identity>');
+    throw invalid('identities', 'a Map<string, Identity>', identities);
   const ids = identities && identities.size > 0 ? identities : undefined;
   const slotToken = opts.slotToken ?? defaultSlotToken(tokenizer);
   if (!Number.isInteger(slotToken) || slotToken < 0 || slotToken === tokenizer.eos || slotToken === tokenizer.bos)
-    throw new IdforgeError('E_ARGUMENT', `slotToken must be a token id other than BOS/EOS, got ${slotToken}`);
+    throw invalid('slotToken', 'a token id other than BOS/EOS', slotToken);
 
   const re = new RegExp(`<${escapeRe(word)}(?::([^<>]*))?>`, 'g');
   const content: number[] = [];
@@ -141,8 +142,8 @@ export function expandPrompt(
     stageFor: (t: number, numTrainTimesteps = 1000) => stageIndex(t, stages, numTrainTimesteps),
     vectors(stage: number, kind: 'k' | 'v'): Float32Array {
       if (!Number.isInteger(stage) || stage < 0 || stage >= stages)
-        throw new IdforgeError('E_ARGUMENT', `stage ${stage} is out of range 0..${stages - 1}`);
-      if (kind !== 'k' && kind !== 'v') throw new IdforgeError('E_ARGUMENT', `kind must be 'k' or 'v', got ${String(kind)}`);
+        throw invalid('stage', `an integer in [0, ${stages - 1}]`, stage);
+      oneOf(kind, 'kind', ['k', 'v'] as const);
       const D = dim ?? 0;
       const out = new Float32Array(rows.length * D);
       rows.forEach((r, i) => {

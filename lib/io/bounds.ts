@@ -8,6 +8,7 @@
 import { IdforgeError } from '../errors.js';
 import type { SchedulerConfig } from '../sched/config.js';
 import type { ModelConfigs, TextConfig, UNetConfig, VaeConfig } from './configs.js';
+import { invalid, shown, text } from '../validate.js';
 
 /** camelCase field → the config.json key it came from (what a user can find in the file). */
 const snake = (k: string): string => k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
@@ -166,8 +167,7 @@ export const MAX_PROMPT_CHARS = 20_000;
 export const MAX_GUIDANCE = 100;
 
 export function checkPrompt(p: unknown, name: string): string {
-  if (typeof p !== 'string') throw new IdforgeError('E_ARGUMENT', `${name} must be a string, got ${p === null ? 'null' : typeof p}`);
-  if (p.length > MAX_PROMPT_CHARS)
-    throw new IdforgeError('E_ARGUMENT', `${name} is ${p.length} characters; at most ${MAX_PROMPT_CHARS} are accepted (only the first 75 tokens are used)`);
-  return p;
+  const s = text(p, name);
+  if (s.length > MAX_PROMPT_CHARS) throw invalid(name, `at most ${MAX_PROMPT_CHARS} characters (only the first 75 tokens are used)`, shown(`${s.length} characters`));
+  return s;
 }

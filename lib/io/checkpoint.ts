@@ -22,6 +22,7 @@ import {
 import { isPickleName, pickleRefusal, SafetensorsFile, type StDType } from './safetensors.js';
 import { parseSchedulerConfig, type SchedulerConfig } from '../sched/config.js';
 import { ORIGINAL_TAESD, originalTaesdName } from './taesd.js';
+import { invalid, options, text } from '../validate.js';
 
 export type Component = 'unet' | 'vae' | 'text';
 
@@ -144,11 +145,9 @@ class Source implements ModelSource {
 
 /** Opens a diffusers folder or an LDM single `.safetensors` file. */
 export function openModel(p: string, opts: OpenModelOptions = {}): ModelSource {
-  if (typeof p !== 'string' || p.length === 0) throw new IdforgeError('E_ARGUMENT', `model path must be a non-empty string, got ${String(p)}`);
-  if (opts === null || typeof opts !== 'object') throw new IdforgeError('E_ARGUMENT', 'openModel options must be an object');
-  if (opts.variant !== undefined && opts.variant !== 'fp16') {
-    throw new IdforgeError('E_ARGUMENT', `openModel: variant must be 'fp16' or undefined, got ${JSON.stringify(opts.variant)}`);
-  }
+  text(p, 'model path', { nonEmpty: true });
+  options(opts, 'options', 'openModel');
+  if (opts.variant !== undefined && opts.variant !== 'fp16') throw invalid('variant', "'fp16' or left out", opts.variant, { where: 'openModel' });
   const src = openModelFiles(p, opts);
   if (opts.vae === undefined) return src;
   try {

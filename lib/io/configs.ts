@@ -9,6 +9,7 @@
 import { IdforgeError } from '../errors.js';
 import { parseStrictJson, readRegularFile } from './files.js';
 import { parseSchedulerConfig, type SchedulerConfig } from '../sched/config.js';
+import { invalid } from '../validate.js';
 
 /** Config and index files are kilobytes; a sharded index of a huge model a few megabytes. */
 const MAX_JSON_BYTES = 64 * 2 ** 20;
@@ -419,18 +420,18 @@ function overrideFits(key: string, cur: unknown, v: unknown): boolean {
 /** Applies user overrides over parsed/derived configs; unknown components or fields are E_ARGUMENT. */
 export function applyOverrides(configs: ModelConfigs, overrides: ConfigOverrides | undefined): ModelConfigs {
   if (overrides === undefined) return configs;
-  if (overrides === null || typeof overrides !== 'object') throw new IdforgeError('E_ARGUMENT', 'configOverrides must be an object');
+  if (overrides === null || typeof overrides !== 'object') throw invalid('configOverrides', 'an object', overrides);
   const out: ModelConfigs = { unet: { ...configs.unet }, vae: { ...configs.vae }, text: { ...configs.text }, scheduler: { ...configs.scheduler } };
   for (const [comp, o] of Object.entries(overrides)) {
-    if (!(comp in KNOWN)) throw new IdforgeError('E_ARGUMENT', `configOverrides.${comp}: unknown component (expected unet, vae, text or scheduler)`);
+    if (!(comp in KNOWN)) throw invalid(`configOverrides.${comp}`, 'left out: the components are unet, vae, text and scheduler');
     if (o === undefined) continue;
-    if (o === null || typeof o !== 'object') throw new IdforgeError('E_ARGUMENT', `configOverrides.${comp} must be an object`);
+    if (o === null || typeof o !== 'object') throw invalid(`configOverrides.${comp}`, 'an object', o);
     const known = KNOWN[comp as keyof ConfigOverrides];
     for (const [k, v] of Object.entries(o as Record<string, unknown>)) {
-      if (!known.includes(k)) throw new IdforgeError('E_ARGUMENT', `configOverrides.${comp}.${k}: unknown field (known: ${known.join(', ')})`);
+      if (!known.includes(k)) throw invalid(`configOverrides.${comp}.${k}`, `left out: ${comp} has no such field (known: ${known.join(', ')})`);
       const cur = (out[comp as keyof ModelConfigs] as unknown as Record<string, unknown>)[k];
       if (!overrideFits(k, cur, v)) {
-        throw new IdforgeError('E_ARGUMENT', `configOverrides.${comp}.${k}: expected a value like ${JSON.stringify(cur)}, got ${JSON.stringify(v)}`);
+        throw invalid(`configOverrides.${comp}.${k}`, `a value like ${JSON.stringify(cur)}`, v);
       }
       (out[comp as keyof ModelConfigs] as unknown as Record<string, unknown>)[k] = Array.isArray(v) ? [...v] : v;
     }

@@ -2,6 +2,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { IdforgeError } from '../errors.js';
+import { invalid, shown, text } from '../validate.js';
 
 /** 8-bit interleaved pixels, row-major. */
 export interface RawImage {
@@ -17,9 +18,9 @@ function isRawImage(x: unknown): x is RawImage {
   return typeof x === 'object' && x !== null && !Buffer.isBuffer(x) && 'data' in x && 'width' in x;
 }
 
-function check(img: RawImage, prefix = ''): void {
+function check(img: RawImage, name = 'image'): void {
   if (!img || !Number.isInteger(img.width) || !Number.isInteger(img.height) || img.width <= 0 || img.height <= 0 || img.channels !== 3 || !(img.data instanceof Uint8Array) || img.data.length !== img.width * img.height * 3)
-    throw new IdforgeError('E_ARGUMENT', `${prefix}expected ${RAW_SHAPE}`);
+    throw invalid(name, RAW_SHAPE, img);
 }
 
 /** Output formats by extension (what sharp writes). */
@@ -30,10 +31,15 @@ export const IMAGE_EXTENSIONS = ['.png', '.jpg', '.jpeg', '.webp', '.avif', '.ti
  * writable folder, and no folder or unwritable file at that name. Cheap; call it before working.
  */
 export function checkImageOutput(file: string): void {
-  if (typeof file !== 'string' || file === '') throw new IdforgeError('E_ARGUMENT', 'the output image path must be a non-empty string');
+  text(file, 'the output image path', { nonEmpty: true });
   const ext = path.extname(file).toLowerCase();
   if (!(IMAGE_EXTENSIONS as readonly string[]).includes(ext))
-    throw new IdforgeError('E_ARGUMENT', `${file}: unknown image format '${ext || '(no extension)'}' (use ${IMAGE_EXTENSIONS.join(', ')})`);
+    throw invalid('the output image path', `a known image format (${IMAGE_EXTENSIONS.join(', ')}); unknown image format '${ext || '(no extension)'}'`, file);
+  checkWritable(file);
+}
+
+/** Throws unless `file` can be written: an existing writable folder, and no folder or unwritable file at that name. */
+export function checkWritable(file: string): void {
   const dir = path.dirname(path.resolve(file));
   let st: fs.Stats | undefined;
   try {
@@ -41,11 +47,11 @@ export function checkImageOutput(file: string): void {
   } catch {
     throw new IdforgeError('E_NOT_FOUND', `${file}: the folder ${dir} does not exist`);
   }
-  if (!st.isDirectory()) throw new IdforgeError('E_ARGUMENT', `${file}: ${dir} is not a folder`);
+  if (!st.isDirectory()) throw invalid('the output path', `in a folder (${dir} is not one)`, file);
   try {
     fs.accessSync(dir, fs.constants.W_OK);
   } catch {
-    throw new IdforgeError('E_ARGUMENT', `${file}: the folder ${dir} is not writable`);
+    throw invalid('the output path', `in a writable folder (${dir} is not writable)`, file);
   }
   let target: fs.Stats | undefined;
   try {
@@ -53,11 +59,11 @@ export function checkImageOutput(file: string): void {
   } catch {
     return; // a new file in a writable folder
   }
-  if (!target.isFile()) throw new IdforgeError('E_ARGUMENT', `${file}: exists and is not a regular file`);
+  if (!target.isFile()) throw invalid('the output path', 'a new or regular file (it exists and is not a regular file)', file);
   try {
     fs.accessSync(file, fs.constants.W_OK);
   } catch {
-    throw new IdforgeError('E_ARGUMENT', `${file}: exists and is not writable`);
+    throw invalid('the output path', 'a new or writable file (it exists and is not writable)', file);
   }
 }
 
@@ -70,7 +76,7 @@ export async function saveImage(img: RawImage, file: string): Promise<void> {
   } catch (e) {
     // libvips messages are multi-line and name its internals: keep the first line, minus "vips_…: ".
     const first = ((e as Error).message ?? '').split('\n')[0]!.replace(/^vips[_\w]*:\s*/, '');
-    throw new IdforgeError('E_ARGUMENT', `could not write image ${file}: ${first}`, { cause: e });
+    throw invalid('the output image path', `a file the image can be written to (could not write it: ${first})`, file, { cause: e });
   }
 }
 
@@ -88,19 +94,127 @@ async function sharpOf(img: RawImage) {
   });
 }
 
-/** Decodes any image sharp reads (EXIF orientation applied) into RGB RawImage. */
-export async function loadImage(input: string | Buffer | Uint8Array): Promise<RawImage> {
+/** Raster formats told apart by their first bytes (what an untrusted upload may be). */
+export type RasterFormat = 'jpeg' | 'png' | 'webp';
+
+/** The raster format of encoded bytes by their magic number, or undefined (SVG, GIF, TIFF, PDF, ...). */
+export function sniffRaster(b: Uint8Array): RasterFormat | undefined {
+  if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return 'jpeg';
+  if (b.length >= 8 && b[0] === 0x89 && b[1] === 0x50 && b[2] === 0x4e && b[3] === 0x47 && b[4] === 0x0d && b[5] === 0x0a && b[6] === 0x1a && b[7] === 0x0a) return 'png';
+  const ascii = (at: number, s: string) => [...s].every((c, i) => b[at + i] === c.charCodeAt(0));
+  if (b.length >= 12 && ascii(0, 'RIFF') && ascii(8, 'WEBP')) return 'webp';
+  return undefined;
+}
+
+/**
+ * Limits on decoding an image from an untrusted source (a server's upload): without them sharp
+ * renders SVG filters for a minute, or allocates what a header claims.
+ */
+export interface DecodeBudget {
+  /** Formats accepted, by magic bytes; anything else (vector, multi-page, unknown) is refused. */
+  formats?: readonly RasterFormat[];
+  /** Largest width·height: from the header before decoding, and enforced by the decoder. */
+  maxPixels?: number;
+  /** Largest width or height, of the header and of the decoded (EXIF-rotated) image. */
+  maxSide?: number;
+  /** Whole seconds the decoder may run (sharp's timeout), ≥ 1. */
+  seconds?: number;
+}
+
+/** Why a budgeted decode refused an image; `code` stays E_ARGUMENT like any undecodable image. */
+export type DecodeRefusal = 'format' | 'size' | 'time' | 'corrupt';
+
+export class ImageDecodeError extends IdforgeError {
+  constructor(readonly reason: DecodeRefusal, message: string, options?: { cause?: unknown }) {
+    super('E_ARGUMENT', message, options);
+  }
+}
+
+/** Decodes any image sharp reads (EXIF orientation applied) into RGB RawImage, within `budget` when given. */
+export async function loadImage(input: string | Buffer | Uint8Array, budget?: DecodeBudget): Promise<RawImage> {
   // sharp loads on demand: engines that never touch image files (servers fed tensors, the GPU check) do without it.
   const { default: sharp } = await import('sharp');
+  const what = typeof input === 'string' ? input : 'image buffer';
+  if (budget) await checkBudget(sharp, input, budget, what);
   try {
-    const { data, info } = await sharp(input).rotate().removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
+    const s = budget ? sharp(input, { limitInputPixels: budget.maxPixels ?? true, pages: 1 }).timeout({ seconds: budget.seconds ?? 0 }) : sharp(input);
+    const { data, info } = await s.rotate().removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
     if (info.channels !== 3) throw new Error(`decoded ${info.channels} channels`);
+    if (budget?.maxSide !== undefined && Math.max(info.width, info.height) > budget.maxSide)
+      throw new ImageDecodeError('size', `${what} is ${info.width}x${info.height}; the limit is ${budget.maxSide} px a side`);
     return { width: info.width, height: info.height, channels: 3, data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) };
   } catch (e) {
-    const what = typeof input === 'string' ? input : 'image buffer';
-    const code = typeof input === 'string' && (e as Error).message.includes('missing') ? 'E_NOT_FOUND' : 'E_ARGUMENT';
-    throw new IdforgeError(code, `could not decode ${what}: ${(e as Error).message}`, { cause: e });
+    if (e instanceof ImageDecodeError) throw e;
+    const msg = (e as Error).message;
+    if (budget && /^timeout/.test(msg)) throw new ImageDecodeError('time', `${what} took more than ${budget.seconds} s to decode`, { cause: e });
+    if (budget && /pixel limit/.test(msg)) throw new ImageDecodeError('size', `${what} has more than ${budget.maxPixels} pixels`, { cause: e });
+    if (budget) throw new ImageDecodeError('corrupt', `could not decode ${what}: ${msg}`, { cause: e });
+    if (typeof input === 'string' && msg.includes('missing')) throw new IdforgeError('E_NOT_FOUND', `could not decode ${input}: ${msg}`, { cause: e });
+    throw invalid('image', `an image sharp can decode (could not decode it: ${msg})`, typeof input === 'string' ? input : shown(`a buffer of ${input.length} bytes`), { cause: e });
   }
+}
+
+const FORMAT_NAMES: Record<RasterFormat, string> = { jpeg: 'JPEG', png: 'PNG', webp: 'WebP' };
+
+/** The budget's checks that need no decoding: the magic bytes and the header's size and page count. */
+async function checkBudget(sharp: typeof import('sharp'), input: string | Buffer | Uint8Array, b: DecodeBudget, what: string): Promise<void> {
+  if (b.seconds !== undefined && !(Number.isInteger(b.seconds) && b.seconds >= 1 && b.seconds <= 3600))
+    throw invalid('decode budget: seconds', 'an integer in [1, 3600]', b.seconds);
+  if (b.formats) {
+    const head = typeof input === 'string' ? readHead(input) : input;
+    const f = sniffRaster(head);
+    if (!f || !b.formats.includes(f))
+      throw new ImageDecodeError('format', `${what} is not ${b.formats.map((x) => FORMAT_NAMES[x]).join(', ').replace(/, ([^,]*)$/, ' or $1')}`);
+  }
+  let meta: { width?: number; height?: number; pages?: number };
+  try {
+    meta = await sharp(input, { limitInputPixels: false }).metadata();
+  } catch (e) {
+    throw new ImageDecodeError('corrupt', `could not decode ${what}: ${(e as Error).message}`, { cause: e });
+  }
+  const { width = 0, height = 0 } = meta;
+  if (b.formats && (meta.pages ?? 1) > 1) throw new ImageDecodeError('format', `${what} has ${meta.pages} pages or frames; one still image is accepted`);
+  if (!width || !height) throw new ImageDecodeError('corrupt', `${what} has no size`);
+  if ((b.maxSide !== undefined && Math.max(width, height) > b.maxSide) || (b.maxPixels !== undefined && width * height > b.maxPixels))
+    throw new ImageDecodeError('size', `${what} is ${width}x${height}; the limit is ${b.maxSide ?? '-'} px a side, ${b.maxPixels ?? '-'} pixels`);
+}
+
+/** The first bytes of a file (enough for sniffRaster). */
+function readHead(file: string): Uint8Array {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, 'r');
+  } catch (e) {
+    throw new IdforgeError('E_NOT_FOUND', `could not read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { cause: e });
+  }
+  try {
+    const b = Buffer.alloc(16);
+    return b.subarray(0, fs.readSync(fd, b, 0, 16, 0));
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Width and height of an image file as displayed (EXIF orientation applied), from its header only. */
+export async function imageSize(file: string): Promise<{ width: number; height: number }> {
+  if (!fs.existsSync(file)) throw new IdforgeError('E_NOT_FOUND', `image not found: ${file}`);
+  const { default: sharp } = await import('sharp');
+  try {
+    const m = await sharp(file).metadata();
+    if (!m.width || !m.height) throw new Error('no size in its header');
+    const turned = (m.orientation ?? 1) >= 5;
+    return turned ? { width: m.height, height: m.width } : { width: m.width, height: m.height };
+  } catch (e) {
+    throw invalid('image', `an image sharp can decode (could not decode it: ${(e as Error).message.split('\n')[0]})`, file, { cause: e });
+  }
+}
+
+/** An image file decoded and resized to cover width × height (scaled to fill, the overflow cropped evenly). */
+export async function loadImageCover(file: string, width: number, height: number): Promise<RawImage> {
+  const img = await loadImage(file);
+  if (img.width === width && img.height === height) return img;
+  const { data } = await (await sharpOf(img)).resize(width, height, { fit: 'cover' }).raw().toBuffer({ resolveWithObject: true });
+  return { width, height, channels: 3, data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) };
 }
 
 /**
@@ -108,21 +222,20 @@ export async function loadImage(input: string | Buffer | Uint8Array): Promise<Ra
  * applied) or a RawImage (checked). Typed errors name `what` (e.g. 'face', 'image').
  */
 export async function decodeImage(input: unknown, what: string): Promise<RawImage> {
-  const arg = (msg: string) => new IdforgeError('E_ARGUMENT', `${what}: ${msg}`);
   if (typeof input === 'string') {
-    if (!input) throw arg('empty image path');
+    if (!input) throw invalid(what, 'a non-empty image path', input);
     if (!fs.existsSync(input)) throw new IdforgeError('E_NOT_FOUND', `${what} image not found: ${input}`);
     return loadImage(input);
   }
   if (Buffer.isBuffer(input) || (input instanceof Uint8Array && !isRawImage(input))) {
-    if (input.length === 0) throw arg('empty image buffer');
+    if (input.length === 0) throw invalid(what, 'a non-empty image buffer', shown('an empty buffer'));
     return loadImage(input);
   }
   if (isRawImage(input)) {
-    check(input, `${what}: `);
+    check(input, what);
     return input;
   }
-  throw arg(`must be a RawImage, a file path or an encoded image Buffer, got ${input === null ? 'null' : typeof input}`);
+  throw invalid(what, 'a RawImage, a file path or an encoded image Buffer', input);
 }
 
 /** 8-bit HWC → [3, H, W] in [−1, 1], (x/255)·2 − 1: the VAE encoder's input range. */

@@ -15,6 +15,7 @@ import { constants as bufferConstants } from 'node:buffer';
 import { IdforgeError } from '../errors.js';
 import { openRegularFile, parseStrictJson } from './files.js';
 import { bf16ToF32, f16ToF32 } from './half.js';
+import { invalid, shown } from '../validate.js';
 
 export type StDType = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
 
@@ -93,7 +94,7 @@ export class SafetensorsFile implements Disposable {
   /** Opens a file and validates its header. Never reads tensor data. */
   static open(p: string): SafetensorsFile {
     if (typeof p !== 'string' || p.length === 0) {
-      throw new IdforgeError('E_ARGUMENT', `safetensors path must be a non-empty string, got ${String(p)}`);
+      throw invalid('safetensors path', 'a non-empty string', p);
     }
     if (isPickleName(p)) {
       if (!fs.existsSync(p)) throw new IdforgeError('E_NOT_FOUND', `${p}: no such file`);
@@ -349,27 +350,24 @@ export function writeSafetensors(p: string, tensors: Record<string, TensorToWrit
   checkHostEndianness();
   const header: Record<string, unknown> = {};
   if (metadata !== undefined) {
-    if (metadata === null || typeof metadata !== 'object') throw new IdforgeError('E_ARGUMENT', `${p}: metadata must be an object of strings`);
+    if (metadata === null || typeof metadata !== 'object') throw invalid('metadata', 'an object of strings', metadata, { where: p });
     for (const [k, v] of Object.entries(metadata)) {
-      if (typeof v !== 'string') throw new IdforgeError('E_ARGUMENT', `${p}: metadata["${k}"] must be a string`);
+      if (typeof v !== 'string') throw invalid(`metadata["${k}"]`, 'a string', v, { where: p });
     }
     header.__metadata__ = { ...metadata };
   }
   const chunks: Uint8Array[] = [];
   let offset = 0;
   for (const [name, t] of Object.entries(tensors)) {
-    if (name === '__metadata__') throw new IdforgeError('E_ARGUMENT', `${p}: "__metadata__" is reserved and cannot name a tensor`);
-    if (!isDType(t.dtype)) throw new IdforgeError('E_ARGUMENT', `${p}: tensor "${name}": unknown dtype ${String(t.dtype)}`);
+    if (name === '__metadata__') throw invalid('a tensor name', 'other than "__metadata__" (reserved for the metadata)', name, { where: p });
+    if (!isDType(t.dtype)) throw invalid(`tensor "${name}": dtype`, 'a safetensors dtype (unknown dtype)', t.dtype, { where: p });
     if (!Array.isArray(t.shape) || !t.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-      throw new IdforgeError('E_ARGUMENT', `${p}: tensor "${name}": shape ${JSON.stringify(t.shape)} is not an array of non-negative integers`);
+      throw invalid(`tensor "${name}": shape`, 'an array of non-negative integers', t.shape, { where: p });
     }
     const count = t.shape.reduce((a, b) => a * b, 1);
     const bytes = count * DTYPE_SIZE[t.dtype];
     if (!ArrayBuffer.isView(t.data) || t.data.byteLength !== bytes) {
-      throw new IdforgeError(
-        'E_ARGUMENT',
-        `${p}: tensor "${name}": shape ${JSON.stringify(t.shape)} of ${t.dtype} needs ${bytes} bytes, data has ${ArrayBuffer.isView(t.data) ? t.data.byteLength : 'none'}`,
-      );
+      throw invalid(`tensor "${name}": data`, `${bytes} bytes (shape ${JSON.stringify(t.shape)} of ${t.dtype} needs ${bytes} bytes)`, shown(ArrayBuffer.isView(t.data) ? `${t.data.byteLength} bytes` : 'none'), { where: p });
     }
     header[name] = { dtype: t.dtype, shape: [...t.shape], data_offsets: [offset, offset + bytes] };
     chunks.push(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
@@ -387,7 +385,8 @@ export function writeSafetensors(p: string, tensors: Record<string, TensorToWrit
     fd = fs.openSync(tmp, 'w');
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    throw new IdforgeError(code === 'ENOENT' ? 'E_NOT_FOUND' : 'E_ARGUMENT', `${p}: cannot write (${code ?? String(e)})`, { cause: e });
+    if (code === 'ENOENT') throw new IdforgeError('E_NOT_FOUND', `${p}: cannot write (${code})`, { cause: e });
+    throw invalid('path', `a file that can be written (cannot write: ${code ?? String(e)})`, p, { cause: e });
   }
   try {
     writeAll(fd, len);
@@ -399,7 +398,7 @@ export function writeSafetensors(p: string, tensors: Record<string, TensorToWrit
     try { fs.closeSync(fd); } catch { /* already closed */ }
     try { fs.unlinkSync(tmp); } catch { /* never created */ }
     if (e instanceof IdforgeError) throw e;
-    throw new IdforgeError('E_ARGUMENT', `${p}: write failed (${(e as Error).message})`, { cause: e });
+    throw invalid('path', `a file that can be written (write failed: ${(e as Error).message})`, p, { cause: e });
   }
 }
 

@@ -1,31 +1,34 @@
 /**
  * SeFi-IDE per-identity learning (IdentityLearner, a client of the SD runtime): from one face
  * photo, learn 5 per-stage (K, V) token pairs produced by a small generator
- * (lib/learn/generator.ts) through the frozen text encoder and UNet. One Program per (latent size, λ) computes, in one native call, both text-encoder passes
- * (the stage's K token and V token injected at the `<id>` slot), the UNet with keys from the K
- * context and values from the V context, the loss
- *   L = mean((ε_θ(z_t, t, c_K, c_V) − ε)²) + λ · mean_layers mean((A − A_ref)²)
- * and its gradients w.r.t. the two injected vectors (lib/graph/autodiff.ts). A is the
- * cross-attention map (all 77 tokens) at each layer whose resolution is latent/2, A_ref the map of
- * the same template with the init word ("person") in place of V*, taken with the queries of the
- * target pass and treated as a constant. The generator's backward and Adam run in TypeScript.
+ * (lib/learn/generator.ts) through the frozen text encoder and UNet. A learning step is ONE native
+ * call on the engine's device, in float32 (lib/learn/token-trainer.ts): the generator, both
+ * text-encoder passes (the stage's K token and V token injected at the `<id>` slot), the UNet
+ * with keys from the K context and values from the V context, the loss
+ *   L = mean((ε_θ(z_t, t, c_K, c_V) − ε)²) + λ · mean_layers mean((A − A_ref)²),
+ * its gradients with respect to the generator's weights and Adam, in place.
  *
  * Data: the face is centre-cropped to a square and resized to the model's native size
  * (latentFactor · unet.sampleSize: 512 for SD 1.5, 128 for the tiny test model). Augmentation is
  * applied to the image before VAE encoding: horizontal flip (p = 0.5), colour jitter (brightness,
  * contrast, saturation ×[0.9, 1.1]) and a random scale s ∈ [0.1, 1] (the face is shrunk by s and
  * pasted at a random place on a canvas of its mean colour). To keep a step to one UNet
- * forward/backward, a pool of augmented images (min(steps, 8)) is VAE-encoded once up front; each
- * step draws one, samples z0 = (mean + σ·ε)·scaling_factor afresh, a timestep t ∈ [0, 1000) and
- * the noise; the stage is floor(t·S/1000).
+ * forward/backward, a pool of 8 augmented images (1 without augmentation) is VAE-encoded, each on
+ * its first draw, and kept in the latent cache; each step draws one, samples
+ * z0 = (mean + σ·ε)·scaling_factor afresh, a template, a timestep t ∈ [0, 1000) and the noise; the
+ * stage is floor(t·S/1000).
+ *
+ * Resumable (lib/optim/resume.ts, shared with trainEncoder): step k draws from the step stream of
+ * (seed, k) alone, pool image i is augmented from its own stream, and with `checkpoint` a folder
+ * holds checkpoints and the latent cache, so N steps + resume + M steps learn exactly what N + M
+ * steps do.
  */
+import { createHash } from 'node:crypto';
+import * as path from 'node:path';
 import { IdforgeError, throwIfAborted } from '../errors.js';
-import { grad } from '../graph/autodiff.js';
-import type { Graph } from '../graph/graph.js';
 import type { Program } from '../graph/program.js';
-import type { Weights } from '../graph/weights.js';
-import type { ModelConfigs, UNetConfig } from '../io/configs.js';
-import { resolveLearn, type AugmentOptions, type LearnOptions } from './options.js';
+import type { UNetConfig } from '../io/configs.js';
+import { LatentCache, loadWeights, readCheckpoint, saveWeights, stepRandom, writeCheckpoint } from '../optim/resume.js';
 import { toHost } from '../runtime/runtime.js';
 import type { SdRuntime } from '../runtime/sd.js';
 import { crossAttentionLayers } from '../unet/unet.js';
@@ -34,14 +37,14 @@ import { Identity, stageIndex } from '../identity/identity.js';
 import { centreCrop, chooseFace, cropAroundFace, decodeFace } from '../identity/face.js';
 import { expandPrompt } from '../identity/placeholders.js';
 import type { RawImage } from '../io/image.js';
+import { addNoise } from '../sched/betas.js';
 import { DDIMScheduler } from '../sched/ddim.js';
 import { Xoshiro128, randn } from '../sched/random.js';
 import { Tensor } from '../tensor.js';
-import { buildTextEncoder } from '../text/clip.js';
-import { latentPosterior, sampleLatent } from '../vae/posterior.js';
-import { argError } from '../validate.js';
-import { buildUNetLoss } from './objective.js';
-import { TokenGenerator } from './generator.js';
+import { latentPosterior, sampleLatent, type LatentPosterior } from '../vae/posterior.js';
+import { invalid, shown } from '../validate.js';
+import { resolveLearn, type AugmentOptions, type LearnOptions } from './options.js';
+import { TokenTrainer, buildLearnLoss, type LearnSample } from './token-trainer.js';
 
 export type { AugmentOptions, LearnOptions, LearnProgress } from './options.js';
 
@@ -133,52 +136,18 @@ export type CropOptions = Pick<LearnOptions, 'face' | 'init' | 'onWarning'>;
  * or `face` options given) or the photo's centre, at the model's native size.
  */
 export async function prepareLearningImage(rt: SdRuntime, face: RawImage | string | Buffer, opts: CropOptions = {}): Promise<RawImage> {
-  if (face === undefined || face === null) throw argError('a face image is required (a RawImage, a file path or an encoded Buffer)', 'learnIdentity');
+  if (face === undefined || face === null) throw invalid('the face image', 'a RawImage, a file path or an encoded Buffer', face, { where: 'learnIdentity' });
   const img = await decodeFace(face as RawImage | string | Buffer);
   const size = rt.nativeSize;
   const min = Math.min(64, size);
   if (Math.min(img.width, img.height) < min)
-    throw new IdforgeError('E_SHAPE', `learnIdentity: the face image is ${img.width}x${img.height}; it needs at least ${min}x${min} pixels`);
+    throw invalid('the face image', `at least ${min}x${min} pixels`, shown(`${img.width}x${img.height}`), { where: 'learnIdentity', code: 'E_SHAPE' });
   const detect = opts.face !== false && (opts.face !== undefined || PERSON_WORDS.has((opts.init ?? 'person').trim().toLowerCase()));
   if (!detect) return centreCrop(img, size);
   const warnings: string[] = [];
   const found = await chooseFace(img, face, opts.face || {}, warnings);
   for (const w of warnings) opts.onWarning?.(w);
   return found ? cropAroundFace(img, found, size) : centreCrop(img, size);
-}
-
-interface Sample {
-  template: number;
-  t: number;
-  noiseSeed: number;
-}
-
-/**
- * The learning graph: (ids, slots, vK, vV, refContext, z_t, t, ε) → loss, lossDiff, lossAtt,
- * dvK, dvV. Exported for the memory planner (lib/learn/plan.ts).
- */
-export function buildLearnGraph(g: Graph, w: { text: Weights; unet: Weights }, configs: Pick<ModelConfigs, 'text' | 'unet'>, layers: readonly string[], h: number, wd: number, lambda: number): void {
-  const D = configs.text.hiddenSize;
-  const C = configs.unet.inChannels;
-  const ids = g.input([1, 77], 'int32');
-  const slots = g.input([1, 77], 'int32');
-  const vk = g.input([1, D]);
-  const vv = g.input([1, D]);
-  const ref = g.input([1, 77, configs.unet.crossAttentionDim]);
-  const x = g.input([1, C, h, wd]);
-  const t = g.input([1]);
-  const eps = g.input([1, C, h, wd]);
-  const ck = buildTextEncoder(g, w.text, configs.text, { ids, inject: { slots, vectors: vk } });
-  const cv = buildTextEncoder(g, w.text, configs.text, { ids, inject: { slots, vectors: vv } });
-  const r = buildUNetLoss(g, w.unet, configs.unet, { x, t, ctx: { k: ck, v: cv }, epsTarget: eps, ...(layers.length ? { reference: { context: ref, layers } } : {}) });
-  const lossAtt = r.lossAtt ?? g.scale(r.lossDiff!, 0);
-  const loss = g.add(r.lossDiff!, g.scale(lossAtt, lambda));
-  const [dk, dv] = grad(g, loss, [vk, vv], { stop: r.stop });
-  g.output(loss, 'loss');
-  g.output(r.lossDiff!, 'lossDiff');
-  g.output(lossAtt, 'lossAtt');
-  g.output(dk!, 'dk');
-  g.output(dv!, 'dv');
 }
 
 /** Per-template token ids, slot rows and reference contexts (the init word in place of V*), on the backend. */
@@ -195,7 +164,7 @@ class Prompts implements Disposable {
       for (const tp of templates) {
         const e = expandPrompt(tok, tp, new Map([['id', dummy]]));
         const ref = tok.encode(tp.replace('<id>', init));
-        if (ref.tokenCount !== e.tokenCount) throw argError(`the init word '${init}' must be a single token`, 'learnIdentity');
+        if (ref.tokenCount !== e.tokenCount) throw invalid('init', 'a word of a single token', init, { where: 'learnIdentity' });
         p.ids.push(e.ids);
         p.slots.push(e.slots);
         p.refs.push(await rt.runText([ref.ids]));
@@ -214,8 +183,6 @@ class Prompts implements Disposable {
   }
 }
 
-interface StepResult { loss: number; lossDiff: number; lossAtt: number; dk: Float32Array; dv: Float32Array }
-
 /** The learning loss of an identity on a fixed batch: see IdentityLearner.loss. */
 export interface LossOptions extends CropOptions {
   count?: number;
@@ -230,6 +197,20 @@ export interface LossOptions extends CropOptions {
  * word embeddings, and the learning program it compiles over the runtime's weights), of no
  * other pipeline.
  */
+/** The augmented pool's size, and the step-stream id its images are augmented from (image i: stepRandom(seed, i, POOL_STREAM)). */
+const POOL = 8;
+const POOL_STREAM = 1;
+
+/** A decoded photo's fingerprint (checkpoints and the latent cache are refused for another photo). */
+function imageHash(img: RawImage): string {
+  return `${img.width}x${img.height}:${createHash('sha256').update(img.data).digest('hex')}`;
+}
+
+/**
+ * SeFi-IDE learning on an SD runtime: a client of the runtime (its text encoder, VAE encoder,
+ * word embeddings, and the learning programs it compiles over the runtime's weights), of no
+ * other pipeline.
+ */
 export class IdentityLearner {
   readonly #alphasCumprod: Float32Array;
 
@@ -237,7 +218,10 @@ export class IdentityLearner {
     this.#alphasCumprod = DDIMScheduler.fromConfig(runtime.configs.scheduler).alphasCumprod;
   }
 
-  /** Learns a SeFi-IDE identity (S stages × 1 word, separate K and V) from one face image. */
+  /**
+   * Learns a SeFi-IDE identity (S stages × 1 word, separate K and V) from one face image. With
+   * `checkpoint` (a folder) the run is resumable: see LearnOptions.checkpoint.
+   */
   async learn(face: RawImage | string | Buffer, opts: LearnOptions = {}): Promise<Identity> {
     const rt = this.runtime;
     rt.assertLive();
@@ -246,44 +230,71 @@ export class IdentityLearner {
     // the golden); every other gradient is fine. Until that loss runs in float32, learning needs a
     // float32 runtime.
     if (rt.backend.dtype !== 'float32')
-      throw argError("learnIdentity needs a float32 engine (its attention loss is not accurate in float16): load one with { dtype: 'float32' } to learn, then generate with the identity on any engine");
+      throw invalid('the engine', "float32 (learning's attention loss is not accurate in float16): load one with { dtype: 'float32' } to learn, then generate with the identity on any engine", shown(`a ${rt.backend.dtype} engine`), { where: 'learnIdentity' });
     const o = resolveLearn(opts, SEFI_TEMPLATES);
     const { signal } = opts;
     throwIfAborted(signal, 'learnIdentity');
     const img = await prepareLearningImage(rt, face, { ...opts, init: o.init });
-    const rng = new Xoshiro128(o.seed);
-    const rnd = () => rng.nextDouble();
-    const e0 = await this.runtime.wordEmbedding(o.init);
-    const D = e0.length;
-    const gen = new TokenGenerator(e0, { dim: D, stages: o.stages }, o.seed);
-    const sf = rt.configs.vae.scalingFactor;
-    const pool = await this.#encodePool(img, o.augment.flip || o.augment.jitter || o.augment.scale ? o.augment : null, Math.min(o.steps, 8), rnd);
-    const shape = pool[0]!.shape;
-    const prog = this.#program(shape[2]!, shape[3]!, o.lambda);
+    const e0 = await rt.wordEmbedding(o.init);
+    const aug = o.augment.flip || o.augment.jitter || o.augment.scale ? o.augment : null;
+    // What a checkpoint must have been made with (the seed is checked apart: a call without one takes the checkpoint's).
+    const fingerprint = JSON.stringify({ generator: 1, init: o.init, stages: o.stages, lr: o.lr, lambda: o.lambda, templates: o.templates, augment: aug, dim: e0.length, vocab: rt.tokenizer.vocabHash, image: imageHash(img) });
+    const dir = o.checkpoint;
+    const ck = dir !== undefined && o.resume
+      ? readCheckpoint(dir, { fingerprint, seed: opts.seed === undefined ? undefined : o.seed, where: 'learnIdentity', option: 'checkpoint', covers: 'photo, init, stages, lr, lambda, templates, augment, seed, model' }, (d) => loadWeights(path.join(d, 'generator.safetensors')))
+      : undefined;
+    const seed = ck?.seed ?? o.seed;
+    using trainer = new TokenTrainer(rt, { init: e0, stages: o.stages, lambda: o.lambda, layers: attentionLossLayersOf(rt.configs.unet), seed, ...(ck ? { weights: ck.model } : {}) });
+    if (ck) trainer.setOptimizerState(ck.optimizer);
+    const cache = new LatentCache(dir === undefined ? undefined : path.join(dir, 'cache', 'latents.safetensors'), `${fingerprint}:${seed}`);
     using prompts = await Prompts.build(rt, o.templates, o.init);
+    const identity = async () => {
+      const { k, v } = await trainer.tokens();
+      return new Identity({ k, v, stages: o.stages, words: 1, dim: e0.length, method: 'sefi-ide', ...(opts.name !== undefined ? { name: opts.name } : {}) });
+    };
+    let saved = ck?.step ?? 0;
+    const save = async (step: number) => {
+      const id = await identity();
+      writeCheckpoint(dir!, { step, seed, fingerprint }, trainer.optimizerState(), (d) => {
+        saveWeights(path.join(d, 'generator.safetensors'), trainer.hostWeights());
+        id.save(path.join(d, 'identity.safetensors'), { vocabHash: rt.tokenizer.vocabHash });
+      });
+      cache.save();
+      saved = step;
+    };
     const T = rt.configs.scheduler.numTrainTimesteps;
+    const shape = [1, rt.configs.unet.inChannels, rt.nativeSize / rt.latentFactor, rt.nativeSize / rt.latentFactor];
     const start = Date.now();
-    for (let step = 0; step < o.steps; step++) {
-      throwIfAborted(signal, 'learnIdentity');
-      const p = pool[Math.floor(rnd() * pool.length)]!;
-      const zs = randn(o.seed * 7919 + step * 2 + 1, p.mean.length);
-      const z0 = sampleLatent(p, zs, sf);
-      const s: Sample = { template: Math.floor(rnd() * o.templates.length), t: Math.floor(rnd() * T), noiseSeed: o.seed * 7919 + step * 2 + 2 };
-      const stage = stageIndex(s.t, o.stages, T);
-      const { out, tape } = gen.forward();
-      const vk = Float32Array.from(out.subarray(stage * D, (stage + 1) * D));
-      const vv = Float32Array.from(out.subarray((o.stages + stage) * D, (o.stages + stage + 1) * D));
-      const r = await this.#step(prog, prompts, s, z0, shape, vk, vv);
-      if (!Number.isFinite(r.loss)) throw new IdforgeError('E_INTERNAL', `learnIdentity: the loss became ${r.loss} at step ${step + 1}`);
-      const dOut = new Float64Array(out.length);
-      dOut.set(r.dk, stage * D);
-      dOut.set(r.dv, (o.stages + stage) * D);
-      gen.adam(gen.backward(tape, dOut), o.lr);
-      opts.onProgress?.({ step: step + 1, steps: o.steps, loss: r.loss, lossDiff: r.lossDiff, lossAtt: r.lossAtt, elapsedMs: Date.now() - start });
+    let step = saved;
+    try {
+      for (; step < o.steps; step++) {
+        throwIfAborted(signal, 'learnIdentity');
+        const r = stepRandom(seed, step);
+        // Without augmentation the pool's images are one image: it is encoded once.
+        const i = Math.floor(r.nextDouble() * (aug ? POOL : 1));
+        const p = await cache.posterior(String(i), () => this.#encode(img, aug, stepRandom(seed, i, POOL_STREAM)));
+        const template = Math.floor(r.nextDouble() * o.templates.length);
+        const t = Math.floor(r.nextDouble() * T);
+        const z0 = sampleLatent(p, randn(r.next(), p.mean.length), rt.configs.vae.scalingFactor);
+        const noise = randn(r.next(), z0.length);
+        const stage = stageIndex(t, o.stages, T);
+        const v = await trainer.trainStep(this.#sample(prompts, template, stage, t, z0, noise, shape), o.lr);
+        opts.onProgress?.({ step: step + 1, steps: o.steps, loss: v.loss, lossDiff: v.lossDiff, lossAtt: v.lossAtt, elapsedMs: Date.now() - start });
+        if (dir !== undefined && ((step + 1) % o.checkpointEvery === 0 || step + 1 === o.steps)) await save(step + 1);
+      }
+    } catch (e) {
+      // An abort keeps what was learned: a checkpoint of the steps done (a later call resumes).
+      if (dir !== undefined && (e as IdforgeError).code === 'E_ABORTED' && step > saved) {
+        try {
+          await save(step);
+        } catch (w) {
+          opts.onWarning?.(`learnIdentity: the checkpoint of step ${step} could not be written: ${(w as Error).message}`);
+        }
+      }
+      throw e;
     }
     throwIfAborted(signal, 'learnIdentity');
-    const v = gen.vectors();
-    return new Identity({ k: v.k, v: v.v, stages: o.stages, words: 1, dim: D, method: 'sefi-ide', ...(opts.name !== undefined ? { name: opts.name } : {}) });
+    return identity();
   }
 
   /**
@@ -293,25 +304,37 @@ export class IdentityLearner {
   async loss(face: RawImage | string | Buffer, identity: Identity, opts: LossOptions = {}): Promise<{ loss: number; lossDiff: number; lossAtt: number }> {
     const rt = this.runtime;
     const img = await prepareLearningImage(rt, face, opts);
-    const [p] = await this.#encodePool(img, null, 1, () => 0);
-    const z0 = p!.mean.map((m) => m * rt.configs.vae.scalingFactor);
-    const prog = this.#program(p!.shape[2]!, p!.shape[3]!, opts.lambda ?? 0.003);
+    const p = await this.#encode(img, null, new Xoshiro128(0));
+    const z0 = p.mean.map((m) => m * rt.configs.vae.scalingFactor);
+    const rows = identity.stages * identity.words;
+    const D = identity.dim;
+    const prog = this.#lossProgram(p.shape, rows, D, opts.lambda ?? 0.003);
     const templates = opts.templates ?? SEFI_TEMPLATES;
     using prompts = await Prompts.build(rt, templates, opts.init ?? 'person');
+    using k = rt.floats(identity.kData, [rows, D]);
+    using v = rt.floats(identity.vData, [rows, D]);
     const rng = new Xoshiro128(opts.seed ?? 1);
     const T = rt.configs.scheduler.numTrainTimesteps;
     const n = opts.count ?? 8;
-    const D = identity.dim;
     const acc = { loss: 0, lossDiff: 0, lossAtt: 0 };
     for (let i = 0; i < n; i++) {
-      const s: Sample = { template: Math.floor(rng.nextDouble() * templates.length), t: Math.floor(rng.nextDouble() * T), noiseSeed: 1000003 + i };
-      const stage = identity.stageFor(s.t, T);
-      const vk = identity.kData.slice(stage * identity.words * D, stage * identity.words * D + D);
-      const vv = identity.vData.slice(stage * identity.words * D, stage * identity.words * D + D);
-      const r = await this.#step(prog, prompts, s, z0, p!.shape, vk, vv);
-      acc.loss += r.loss / n;
-      acc.lossDiff += r.lossDiff / n;
-      acc.lossAtt += r.lossAtt / n;
+      const template = Math.floor(rng.nextDouble() * templates.length);
+      const t = Math.floor(rng.nextDouble() * T);
+      // The first word of the stage (SeFi-IDE identities have one).
+      const s = this.#sample(prompts, template, identity.stageFor(t, T) * identity.words, t, z0, randn(1000003 + i, z0.length), p.shape);
+      const owned = [rt.ints(s.ids, [1, 77]), rt.ints(s.slots, [1, 77]), rt.floats(s.zt, s.shape), rt.floats(new Float32Array([t]), [1]), rt.floats(s.noise, s.shape)];
+      try {
+        const [ids, slots, zt, tt, eps] = owned as [Tensor, Tensor, Tensor, Tensor, Tensor];
+        const outs = (await prog.run([ids, slots, s.reference, zt, tt, eps, k, v])).map((o) => {
+          using h = toHost(o);
+          return h.toFloat32()[0]!;
+        });
+        acc.loss += outs[0]! / n;
+        acc.lossDiff += outs[1]! / n;
+        acc.lossAtt += outs[2]! / n;
+      } finally {
+        owned.forEach((x) => x.dispose());
+      }
     }
     return acc;
   }
@@ -325,52 +348,37 @@ export class IdentityLearner {
     return new Identity({ k, v: k.slice(), stages: S, words: 1, dim: e0.length, method: 'sefi-ide' });
   }
 
-  /** The init word's token embedding (it must be one token). */
-  #program(h: number, w: number, lambda: number): Program {
+  /** The loss of given token sets [rows, D] (no gradients): IdentityLearner.loss's program. */
+  #lossProgram(shape: number[], rows: number, D: number, lambda: number): Program {
     const rt = this.runtime;
     const layers = attentionLossLayersOf(rt.configs.unet);
-    return rt.program(`learn:${h}x${w}:${lambda}:${layers.join(',')}`, (g) => buildLearnGraph(g, rt.weights, rt.configs, layers, h, w, lambda));
+    const [, C, h, w] = shape as [number, number, number, number];
+    return rt.program(`learn-loss:${h}x${w}:${rows}x${D}:${lambda}:${layers.join(',')}`, (g) => {
+      const ids = g.input([1, 77], 'int32');
+      const slots = g.input([1, 77], 'int32');
+      const reference = g.input([1, 77, rt.configs.unet.crossAttentionDim]);
+      const x = g.input([1, C, h, w]);
+      const t = g.input([1]);
+      const eps = g.input([1, C, h, w]);
+      const k = g.input([rows, D]);
+      const v = g.input([rows, D]);
+      const r = buildLearnLoss(g, rt.weights, rt.configs, layers, lambda, { ids, slots, k, v, reference, x, t, eps });
+      g.output(r.loss, 'loss');
+      g.output(r.lossDiff, 'lossDiff');
+      g.output(r.lossAtt, 'lossAtt');
+    });
   }
 
-  async #step(prog: Program, prompts: Prompts, s: Sample, z0: Float32Array, shape: number[], vk: Float32Array, vv: Float32Array): Promise<StepResult> {
-    const rt = this.runtime;
-    const a = this.#alphasCumprod[s.t]!;
-    const eps = randn(s.noiseSeed, z0.length);
-    const zt = new Float32Array(z0.length);
-    const sa = Math.sqrt(a);
-    const sb = Math.sqrt(1 - a);
-    for (let i = 0; i < zt.length; i++) zt[i] = sa * z0[i]! + sb * eps[i]!;
-    const D = vk.length;
-    const inputs = [
-      rt.ints(prompts.ids[s.template]!, [1, 77]),
-      rt.ints(prompts.slots[s.template]!, [1, 77]),
-      rt.floats(vk, [1, D]),
-      rt.floats(vv, [1, D]),
-    ];
-    const owned = [...inputs];
-    inputs.push(prompts.refs[s.template]!);
-    const rest = [rt.floats(zt, shape), rt.floats(new Float32Array([s.t]), [1]), rt.floats(eps, shape)];
-    owned.push(...rest);
-    inputs.push(...rest);
-    try {
-      const vals = (await prog.run(inputs)).map((o) => {
-        using h = toHost(o);
-        return h.toFloat32();
-      });
-      return { loss: vals[0]![0]!, lossDiff: vals[1]![0]!, lossAtt: vals[2]![0]!, dk: vals[3]!, dv: vals[4]! };
-    } finally {
-      owned.forEach((x) => x.dispose());
-    }
+  /** A step's data: the template's ids, its slot row pointing at token row `row`, z_t = add_noise(z0, noise, t). */
+  #sample(prompts: Prompts, template: number, row: number, t: number, z0: Float32Array, noise: Float32Array, shape: number[]): LearnSample {
+    const slots = prompts.slots[template]!.map((s) => (s < 0 ? -1 : row + s));
+    return { ids: prompts.ids[template]!, slots, reference: prompts.refs[template]!, zt: addNoise(this.#alphasCumprod, z0, noise, [t]), t, noise, shape };
   }
 
-  /** VAE-encodes `count` augmented copies of the face once, up front (a step then costs one UNet forward/backward). */
-  async #encodePool(img: RawImage, aug: Required<AugmentOptions> | null, count: number, rnd: () => number): Promise<{ mean: Float32Array; std: Float32Array; shape: number[] }[]> {
-    const pool = [];
+  /** The VAE posterior of the face, augmented from `rng` (aug null: as it is). */
+  async #encode(img: RawImage, aug: Required<AugmentOptions> | null, rng: Xoshiro128): Promise<LatentPosterior> {
     const S = img.width;
-    for (let i = 0; i < count; i++) {
-      using x = Tensor.from(augmentImage(img, aug, rnd), [1, 3, S, S]);
-      pool.push(latentPosterior(await this.runtime.vaeEncode(x)));
-    }
-    return pool;
+    using x = Tensor.from(augmentImage(img, aug, () => rng.nextDouble()), [1, 3, S, S]);
+    return latentPosterior(await this.runtime.vaeEncode(x));
   }
 }

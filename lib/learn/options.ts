@@ -1,7 +1,7 @@
 // SeFi-IDE learning's options and progress report, and the one resolver of those options
 // (lib/learn/learn.ts IdentityLearner.learn reads the result).
 import type { FaceChoiceOptions } from '../identity/face.js';
-import { integer, invalid, nonNegative, options, seedOf, text } from '../validate.js';
+import { bool, integer, invalid, nonNegative, options, seedOf, text } from '../validate.js';
 
 export interface LearnProgress {
   step: number;
@@ -41,7 +41,25 @@ export interface LearnOptions {
   /** Receives preparation warnings (several faces, the no-face fallback). */
   onWarning?: (message: string) => void;
   onProgress?: (p: LearnProgress) => void;
+  /**
+   * Stops between steps (E_ABORTED). With `checkpoint`, a checkpoint of the steps done is written
+   * first, so that a later call continues from there.
+   */
   signal?: AbortSignal;
+  /**
+   * A folder that makes learning resumable. <folder>/checkpoint/ is written every
+   * `checkpointEvery` steps, at the end and on an abort: the generator's weights
+   * (generator.safetensors), Adam's state, the step (state.json) and identity.safetensors, the
+   * identity learned so far (Identity.load reads it). <folder>/cache/ keeps the encoded images.
+   * A later call with the same folder, photo and options continues from the checkpoint (without
+   * `seed` it takes the checkpoint's): N steps, then a call with `steps: N + M`, learn exactly
+   * what one call of N + M steps learns. A checkpoint of other options is E_ARGUMENT.
+   */
+  checkpoint?: string;
+  /** Steps between checkpoints (default 100). */
+  checkpointEvery?: number;
+  /** Continue from the folder's checkpoint when there is one (default true); false starts afresh and replaces it. */
+  resume?: boolean;
 }
 
 /** The SeFi-IDE learning options with their defaults (lib/learn/learn.ts): what resolveLearn returns. */
@@ -54,6 +72,9 @@ export interface ValidLearn {
   templates: readonly string[];
   augment: Required<AugmentOptions>;
   seed: number;
+  checkpoint: string | undefined;
+  checkpointEvery: number;
+  resume: boolean;
 }
 
 export function resolveLearn(o: LearnOptions, defaultTemplates: readonly string[]): ValidLearn {
@@ -80,5 +101,8 @@ export function resolveLearn(o: LearnOptions, defaultTemplates: readonly string[
   if (o.face !== undefined && o.face !== false && (typeof o.face !== 'object' || o.face === null))
     throw invalid('face', 'false or { faceIndex, noFaceFallback, analyzer }', o.face, { where });
   const seed = seedOf(o.seed, where);
-  return { steps, lr, lambda, stages, init, templates, augment, seed };
+  const checkpoint = o.checkpoint === undefined ? undefined : text(o.checkpoint, 'checkpoint', { nonEmpty: true, where });
+  const checkpointEvery = integer(o.checkpointEvery ?? 100, 'checkpointEvery', 1, Number.MAX_SAFE_INTEGER, where);
+  const resume = bool(o.resume ?? true, 'resume', where);
+  return { steps, lr, lambda, stages, init, templates, augment, seed, checkpoint, checkpointEvery, resume };
 }

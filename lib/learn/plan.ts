@@ -11,10 +11,14 @@ import type { ModelConfigs } from '../io/configs.js';
 import { textLayout, unetLayout } from '../io/layout.js';
 import { buildUNet } from '../unet/unet.js';
 import { buildTextEncoder } from '../text/clip.js';
-import { attentionLossLayersOf, buildLearnGraph } from './learn.js';
+import { appendAdamUpdate } from '../optim/device-adam.js';
+import { trainableLayout } from '../optim/params.js';
+import { generatorLayout } from './generator.js';
+import { attentionLossLayersOf } from './learn.js';
+import { buildLearnGraph } from './token-trainer.js';
 
 export interface MemoryPlan {
-  /** Peak live activation bytes of one learning step (loss + gradients), float32. */
+  /** Peak live bytes of one learning step (loss, gradients and Adam; the generator's weights and moments included), float32. */
   learnPeakBytes: number;
   learnPeakOp: string;
   /** The same for the forward passes alone (text encoder + UNet), for comparison. */
@@ -29,7 +33,10 @@ export function learningMemoryPlan(configs: Pick<ModelConfigs, 'text' | 'unet' |
   const f = 2 ** (configs.vae.blockOutChannels.length - 1);
   const h = size / f;
   const g = new Graph();
-  buildLearnGraph(g, w, configs, attentionLossLayersOf(configs.unet), h, h, 0.003);
+  const shape = { dim: configs.text.hiddenSize, stages: 5 };
+  const generator = trainableLayout('token generator', generatorLayout(shape), { device: 'cpu', dtype: 'float32' });
+  const r = buildLearnGraph(g, { ...w, generator }, configs, attentionLossLayersOf(configs.unet), [h, h], 0.003, shape);
+  appendAdamUpdate(g, r.params, r.grads, r.loss);
   const learn = planMemory(g, bytesPerElement);
   const gf = new Graph();
   const ids = gf.input([1, 77], 'int32');

@@ -1,10 +1,10 @@
 /**
  * Adam (Kingma & Ba; β 0.9 / 0.999, ε 1e-8, no weight decay): the one optimizer of idforge.
- *  - On the host (the Adam class): SeFi-IDE's token generator (lib/learn/generator.ts, a few
- *    thousand float64 parameters) and the float32 reference the device update is tested against.
- *  - On the device (the ADAM_STEP op, native/backend.h; adamCoefficients below): the ID-encoder
- *    trainer's update, fused into its training-step program and applied in place to the resident
- *    weights (lib/dreamidentity/encoder-trainer.ts), with global-norm clipping on the device.
+ *  - On the device (the ADAM_STEP op, native/backend.h; adamCoefficients below): every training
+ *    update — the ID-encoder trainer's and SeFi-IDE's token generator's — fused into the
+ *    training-step program and applied in place to the resident weights
+ *    (lib/optim/device-adam.ts), with global-norm clipping on the device.
+ *  - On the host (the Adam class): the reference the device update is tested against.
  * Both apply the same step: p ← p − lr·(m/c1)/(√(v/c2) + ε) with the bias corrections
  * c1 = 1 − β1^t, c2 = 1 − β2^t. The state (step count and moments) is what a training checkpoint
  * stores to resume bit for bit.

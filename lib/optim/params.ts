@@ -10,6 +10,24 @@ import type { BackendSpec } from '../graph/program.js';
 import { Weights } from '../graph/weights.js';
 import type { TensorRef } from '../io/checkpoint.js';
 
+/** A weight held on the host in float32 (what a trainer starts from, reads back and saves). */
+export interface HostWeight {
+  shape: number[];
+  data: Float32Array;
+}
+
+/** TensorRefs over float32 host arrays (a weight group built from memory, not from a file). */
+export function hostRefs(weights: ReadonlyMap<string, HostWeight>): Map<string, TensorRef> {
+  const m = new Map<string, TensorRef>();
+  for (const [name, w] of weights)
+    m.set(name, {
+      name, shape: [...w.shape], dtype: 'F32', file: '(memory)', key: name,
+      readFloat32: () => w.data.slice(),
+      readBytes: () => Buffer.from(w.data.buffer, w.data.byteOffset, w.data.byteLength),
+    });
+  return m;
+}
+
 /**
  * A weight group whose `trainable` names are graph inputs of the graph it builds (one graph per
  * instance of use: call begin() before building each graph); the others are constants.
@@ -40,4 +58,14 @@ export class TrainableWeights extends Weights {
     }
     return v;
   }
+}
+
+/**
+ * A weight group that learns entirely, known by its names and shapes alone: every weight is a graph
+ * input whose value the training program is given on each run (the values live elsewhere, e.g.
+ * in a DeviceAdam), so nothing is read or uploaded here.
+ */
+export function trainableLayout(component: string, layout: readonly { name: string; shape: readonly number[] }[], backend: BackendSpec): TrainableWeights {
+  const refs = new Map(layout.map((e) => [e.name, { name: e.name, shape: [...e.shape], dtype: 'F32', file: '(graph input)', key: e.name } as unknown as TensorRef]));
+  return new TrainableWeights(component, refs, backend, new Set(refs.keys()));
 }

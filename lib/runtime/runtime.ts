@@ -21,7 +21,7 @@ import { Weights } from '../graph/weights.js';
 import type { TensorRef } from '../io/checkpoint.js';
 import { backends, call, native } from '../native.js';
 import { Tensor } from '../tensor.js';
-import { argError, invalid, validateDevice } from '../validate.js';
+import { invalid, validateDevice } from '../validate.js';
 
 /** The runtimes whose shared() section the current async call is inside (nested calls pass through). */
 const inside = new AsyncLocalStorage<ReadonlySet<ModelRuntime>>();
@@ -59,7 +59,7 @@ export function resolveBackend(opts: DeviceOptions = {}): { device: 'cpu' | 'cud
     device = backends().cuda.available ? 'cuda' : 'cpu';
   }
   const dtype = o.dtype ?? (device === 'cuda' ? 'float16' : 'float32');
-  if (device === 'cpu' && dtype !== 'float32') throw argError("the CPU backend computes in float32 only; use dtype 'float32' or device 'cuda'");
+  if (device === 'cpu' && dtype !== 'float32') throw invalid('dtype', "'float32' on the CPU (it computes in float32 only; or use device 'cuda')", dtype);
   return { device, dtype };
 }
 

@@ -25,6 +25,7 @@ import { buildTinyEncoder } from '../vae/taesd.js';
 import { buildDecoder, buildVaeEncoder } from '../vae/vae.js';
 import { LoraMerger } from './lora.js';
 import { ModelRuntime, resolveBackend, toHost, type DeviceOptions } from './runtime.js';
+import { invalid } from '../validate.js';
 
 export interface LoadOptions extends DeviceOptions {
   /** Prefer `*.fp16.safetensors` files in a diffusers folder. */
@@ -292,7 +293,7 @@ export class SdRuntime extends ModelRuntime {
 
   async #wordEmbedding(word: string): Promise<Float32Array> {
     const ids = this.tokenizer.idsFor(word);
-    if (ids.length !== 1) throw new IdforgeError('E_ARGUMENT', `'${word}' is ${ids.length} tokens, not one`);
+    if (ids.length !== 1) throw invalid('word', `one token (it is ${ids.length})`, word);
     const D = this.configs.text.hiddenSize;
     const table = 'text_model.embeddings.token_embedding.weight';
     await this.weights.text.preload(undefined, (n) => n === table);

@@ -4,7 +4,7 @@
  * Everything returned is float32, produced with the same roundings torch applies, so that
  * `alphas_cumprod` matches a diffusers-built scheduler bit for bit (checked against the golden).
  */
-import { IdforgeError } from '../errors.js';
+import { invalid, shown } from '../validate.js';
 
 const f32 = Math.fround;
 
@@ -18,7 +18,7 @@ const f32 = Math.fround;
  * float32 ulp, which alphas_cumprod carries to the end.
  */
 export function torchLinspaceF32(start: number, end: number, n: number): Float32Array {
-  if (!Number.isInteger(n) || n < 1) throw new IdforgeError('E_ARGUMENT', `linspace: n must be a positive integer, got ${n}`);
+  if (!Number.isInteger(n) || n < 1) throw invalid('n', 'a positive integer', n, { where: 'linspace' });
   const out = new Float32Array(n);
   const s = f32(start);
   const e = f32(end);
@@ -70,11 +70,11 @@ export function makeBetas(opts: {
   if (opts.trainedBetas != null) {
     const tb = opts.trainedBetas;
     if (tb.length !== n) {
-      throw new IdforgeError('E_ARGUMENT', `trained_betas has ${tb.length} entries, num_train_timesteps is ${n}`);
+      throw invalid('trained_betas', `num_train_timesteps (${n}) entries`, shown(`${tb.length} entries`));
     }
     const out = Float32Array.from(tb);
     for (const b of out) {
-      if (!Number.isFinite(b)) throw new IdforgeError('E_ARGUMENT', 'trained_betas must be finite numbers');
+      if (!Number.isFinite(b)) throw invalid('trained_betas', 'finite numbers', b);
     }
     return out;
   }
@@ -89,7 +89,7 @@ export function makeBetas(opts: {
     case 'squaredcos_cap_v2':
       return betasForAlphaBar(n);
     default:
-      throw new IdforgeError('E_ARGUMENT', `beta_schedule ${JSON.stringify(opts.betaSchedule)} is not supported`);
+      throw invalid('beta_schedule', 'linear, scaled_linear or squaredcos_cap_v2', opts.betaSchedule);
   }
 }
 
@@ -125,5 +125,22 @@ export function rescaleZeroTerminalSnr(betas: Float32Array): Float32Array {
   const out = new Float32Array(n);
   out[0] = f32(1 - bar[0]!);
   for (let i = 1; i < n; i++) out[i] = f32(1 - f32(bar[i]! / bar[i - 1]!));
+  return out;
+}
+
+/**
+ * DDPM's forward process (diffusers' scheduler.add_noise), the training input of both trainings:
+ * z_t = √ᾱ_t·z0 + √(1 − ᾱ_t)·ε per batch row (row i at timestep timesteps[i]; z0 and noise hold
+ * the rows one after another), with the scales rounded to float32 as torch does.
+ */
+export function addNoise(alphasCumprod: Float32Array, z0: Float32Array, noise: Float32Array, timesteps: readonly number[]): Float32Array {
+  const n = z0.length / timesteps.length;
+  const out = new Float32Array(z0.length);
+  timesteps.forEach((t, i) => {
+    const a = alphasCumprod[t]!;
+    const sa = f32(Math.sqrt(a));
+    const sb = f32(Math.sqrt(1 - a));
+    for (let j = i * n; j < (i + 1) * n; j++) out[j] = sa * z0[j]! + sb * noise[j]!;
+  });
   return out;
 }

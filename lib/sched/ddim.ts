@@ -16,6 +16,7 @@ import { IdforgeError } from '../errors.js';
 import { alphasCumprodF32, makeBetas, rescaleZeroTerminalSnr } from './betas.js';
 import { parseSchedulerConfig, type PredictionType, type SchedulerConfig, type TimestepSpacing } from './config.js';
 import { fold, roundHalfEven, vpPrediction, type Sampler } from './sampler.js';
+import { describe, invalid, shown } from '../validate.js';
 
 const f32 = Math.fround;
 
@@ -62,20 +63,16 @@ export interface DDIMStepResult {
   predOriginal: Float32Array;
 }
 
-function bad(msg: string): IdforgeError {
-  return new IdforgeError('E_ARGUMENT', msg);
-}
-
 function checkSteps(steps: unknown, n: number): number {
   if (typeof steps !== 'number' || !Number.isInteger(steps) || steps < 1 || steps > n) {
-    throw bad(`steps must be an integer in 1..${n}, got ${String(steps)}`);
+    throw invalid('steps', `an integer in [1, ${n}]`, steps);
   }
   return steps;
 }
 
 function checkEta(eta: unknown): number {
   if (typeof eta !== 'number' || !Number.isFinite(eta) || eta < 0) {
-    throw bad(`eta must be a finite number >= 0, got ${String(eta)}`);
+    throw invalid('eta', 'a finite number ≥ 0', eta);
   }
   return eta;
 }
@@ -208,7 +205,7 @@ export class DDIMScheduler {
       }
     }
     for (const t of ts) {
-      if (t < 0 || t >= n) throw bad(`${steps} steps with this scheduler config give timestep ${t}, outside 0..${n - 1}`);
+      if (t < 0 || t >= n) throw invalid('steps', `a count whose schedule stays in 0..${n - 1} with this scheduler config (${steps} steps give timestep ${t})`, steps);
     }
     return Int32Array.from(ts);
   }
@@ -216,7 +213,7 @@ export class DDIMScheduler {
   private checkT(t: unknown): number {
     const n = this.config.numTrainTimesteps;
     if (typeof t !== 'number' || !Number.isInteger(t) || t < 0 || t >= n) {
-      throw bad(`timestep must be an integer in 0..${n - 1}, got ${String(t)}`);
+      throw invalid('timestep', `an integer in [0, ${n - 1}]`, t);
     }
     return t;
   }
@@ -275,18 +272,18 @@ export class DDIMScheduler {
   /** One DDIM step (diffusers' DDIMScheduler.step) from timestep `t` to `t − numTrain//steps`. */
   step(modelOutput: Float32Array, t: number, sample: Float32Array, opts: DDIMStepOptions): DDIMStepResult {
     if (!(modelOutput instanceof Float32Array) || !(sample instanceof Float32Array)) {
-      throw bad('modelOutput and sample must be Float32Arrays');
+      throw invalid('modelOutput and sample', 'Float32Arrays', shown(`${describe(modelOutput)} and ${describe(sample)}`));
     }
     if (modelOutput.length !== sample.length) {
       throw new IdforgeError('E_SHAPE', `modelOutput has ${modelOutput.length} elements, sample ${sample.length}`);
     }
-    if (opts === null || typeof opts !== 'object') throw bad('step options are required ({ steps })');
+    if (opts === null || typeof opts !== 'object') throw invalid('step options', 'given ({ steps })', opts);
     const eta = checkEta(opts.eta ?? 0);
     const c = this.stepCoefficients(t, opts.steps, eta);
     let noise: Float32Array | undefined;
     if (eta > 0) {
       if (opts.noise !== undefined) {
-        if (!(opts.noise instanceof Float32Array)) throw bad('noise must be a Float32Array');
+        if (!(opts.noise instanceof Float32Array)) throw invalid('noise', 'a Float32Array', opts.noise);
         if (opts.noise.length !== sample.length) {
           throw new IdforgeError('E_SHAPE', `noise has ${opts.noise.length} elements, sample ${sample.length}`);
         }
@@ -295,7 +292,7 @@ export class DDIMScheduler {
         noise = new Float32Array(sample.length);
         for (let i = 0; i < noise.length; i++) noise[i] = opts.rng();
       } else {
-        throw bad('eta > 0 needs either noise or rng');
+        throw invalid('noise or rng', 'given when eta > 0', undefined);
       }
     }
     const prevSample = new Float32Array(sample.length);

@@ -8,7 +8,6 @@
  *              σ_up = (σ_{i+1}²(σ_i² − σ_{i+1}²)/σ_i²)^½, σ_down = (σ_{i+1}² − σ_up²)^½
  * init_noise_sigma is max σ for "linspace"/"trailing" spacing, (max σ² + 1)^½ for "leading".
  */
-import { IdforgeError } from '../errors.js';
 import type { DDIMScheduler } from './ddim.js';
 import { trainSigmas } from './dpmsolver.js';
 import { invalid } from '../validate.js';
@@ -33,7 +32,7 @@ export function eulerSchedule(base: DDIMScheduler, steps: number): { timesteps: 
   const train = trainSigmas(base.alphasCumprod);
   const sigmas = new Float32Array(ts.length + 1);
   ts.forEach((t, i) => {
-    if (t < 0 || t > N - 1) throw new IdforgeError('E_ARGUMENT', `${steps} steps with this scheduler config give timestep ${t}, outside 0..${N - 1}`);
+    if (t < 0 || t > N - 1) throw invalid('steps', `a count whose schedule stays in 0..${N - 1} with this scheduler config (${steps} steps give timestep ${t})`, steps);
     const j = Math.min(Math.floor(t), N - 2);
     sigmas[i] = (train[j + 1]! - train[j]!) * (t - j) + train[j]!; // np.interp
   });

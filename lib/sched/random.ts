@@ -11,14 +11,14 @@
  * Only 32-bit integer arithmetic and IEEE double math are involved; V8 implements log/sin/cos
  * with its own fdlibm port, so the same seed gives the same numbers on every platform.
  */
-import { IdforgeError } from '../errors.js';
+import { integer, invalid } from '../validate.js';
 
 const MASK64 = (1n << 64n) - 1n;
 
 function seedTo64(seed: number | bigint): bigint {
   if (typeof seed === 'bigint') return BigInt.asUintN(64, seed);
   if (typeof seed !== 'number' || !Number.isSafeInteger(seed)) {
-    throw new IdforgeError('E_ARGUMENT', `seed must be a safe integer or a bigint, got ${String(seed)}`);
+    throw invalid('seed', 'a safe integer or a bigint', seed);
   }
   return BigInt.asUintN(64, BigInt(seed));
 }
@@ -106,7 +106,7 @@ export function normalGenerator(seed: number | bigint): () => number {
 
 /** `n` standard-normal float32 numbers from `seed` (see the module comment for the algorithm). */
 export function randn(seed: number | bigint, n: number): Float32Array {
-  if (!Number.isSafeInteger(n) || n < 0) throw new IdforgeError('E_ARGUMENT', `n must be a non-negative integer, got ${n}`);
+  integer(n, 'n', 0);
   const next = normalGenerator(seed);
   const out = new Float32Array(n);
   for (let i = 0; i < n; i++) out[i] = next();

@@ -14,6 +14,7 @@
  */
 import { IdforgeError } from '../errors.js';
 import type { PredictionType } from './config.js';
+import { invalid } from '../validate.js';
 
 export const SAMPLERS = ['ddim', 'dpmpp-2m', 'dpmpp-2m-karras', 'euler', 'euler-a', 'lcm'] as const;
 export type SamplerName = (typeof SAMPLERS)[number];
@@ -124,7 +125,7 @@ export function isSamplerName(v: unknown): v is SamplerName {
 }
 
 export function badSampler(name: unknown): IdforgeError {
-  return new IdforgeError('E_ARGUMENT', `sampler must be one of ${SAMPLERS.join(', ')}; got ${typeof name === 'string' ? JSON.stringify(name) : String(name)}`);
+  return invalid('sampler', `one of ${SAMPLERS.join(', ')}`, name);
 }
 
 /** numpy's round (half to even). */

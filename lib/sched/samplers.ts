@@ -1,11 +1,11 @@
 /** The sampler factory: a {@link Sampler} by name, from a model's scheduler_config.json. */
-import { IdforgeError } from '../errors.js';
 import { parseSchedulerConfig } from './config.js';
 import { DDIMScheduler } from './ddim.js';
 import { dpmSolverSampler } from './dpmsolver.js';
 import { eulerSampler } from './euler.js';
 import { lcmSampler } from './lcm.js';
 import { badSampler, isSamplerName, SAMPLERS, type Sampler, type SamplerName, type SamplerOptions } from './sampler.js';
+import { integer } from '../validate.js';
 
 /**
  * The sampler `name` for `steps` steps, built from `config` (any diffusers scheduler config: the
@@ -17,7 +17,7 @@ export function makeSampler(name: unknown, config: object, steps: number, opts: 
   const cfg = parseSchedulerConfig(config);
   const base = DDIMScheduler.fromParsed(cfg);
   const n = base.numTrainTimesteps;
-  if (!Number.isInteger(steps) || steps < 1 || steps > n) throw new IdforgeError('E_ARGUMENT', `steps must be an integer in 1..${n}, got ${String(steps)}`);
+  integer(steps, 'steps', 1, n);
   switch (name) {
     case 'ddim':
       return base.sampler(steps, opts.eta ?? 0);

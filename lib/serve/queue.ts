@@ -3,9 +3,10 @@
 // interface.
 import { randomUUID } from 'node:crypto';
 import type { Engine } from '../engine.js';
-import { IdforgeError } from '../errors.js';
-import type { JobData, JobError, JobResult, JobView, Progress } from './api.js';
+import { DEFAULT_LIMITS, type JobData, type JobError, type JobResult, type JobView, type Progress } from './api.js';
+import { ServeError, publicError } from './errors.js';
 import { runJob } from './jobs.js';
+import type { KeepPolicy } from './results.js';
 
 export type JobEvent =
   | { type: 'progress'; progress: Progress }
@@ -14,53 +15,59 @@ export type JobEvent =
 
 export interface JobQueue {
   readonly mode: 'local' | 'redis';
-  /** Queues a job; E_QUEUE_FULL (QueueFullError) when maxQueue jobs are waiting. */
-  submit(data: JobData): Promise<string>;
+  /** Queues a job under `id` (default: a new UUID); E_QUEUE_FULL when maxQueue jobs wait, E_UNAVAILABLE when closing or unreachable. */
+  submit(data: JobData, id?: string): Promise<string>;
   get(id: string): Promise<JobView | undefined>;
   /** Events of one job: the progress so far at once (every step seen), then live; returns the unsubscribe function. */
   subscribe(id: string, fn: (e: JobEvent) => void): () => void;
-  /** Called once per finished job (the server stores learned identities from it). */
+  /** Called once per finished job (the server stores learned identities and results from it). */
   onCompleted?: (id: string, result: JobResult) => void;
+  /** Called once per failed job: the public error, and the cause for the log when this process saw it. */
+  onFailed?: (id: string, error: JobError, cause?: unknown) => void;
+  /** Throws (E_UNAVAILABLE) when the queue cannot take jobs: what /health reports. */
+  health(): Promise<Record<string, string>>;
+  /** Learning jobs not yet finished: their identity ids stay reserved (e.g. across a server restart). */
+  pendingLearns(): Promise<{ job: string; identity: string }[]>;
   close(graceMs?: number): Promise<void>;
 }
 
-export class QueueFullError extends Error {
-  readonly code = 'E_QUEUE_FULL';
-}
-
-export function jobError(e: unknown): JobError {
-  const err = e as { code?: unknown; message?: unknown };
-  return { code: typeof err?.code === 'string' ? err.code : 'E_INTERNAL', message: typeof err?.message === 'string' ? err.message : String(e) };
-}
+export const DEFAULT_KEEP: KeepPolicy = { count: DEFAULT_LIMITS.keepJobs, ms: DEFAULT_LIMITS.keepSeconds * 1000 };
 
 interface LocalJob {
   view: JobView;
   steps: Progress[];
-  data: JobData;
+  /** The payload, dropped when the job ends (an upload can be megabytes). */
+  data: JobData | undefined;
   listeners: Set<(e: JobEvent) => void>;
   abort: AbortController;
   finished: number;
 }
 
-/** In-process jobs on a pool of engines. Finished jobs are kept for `keepMs` (results live in memory). */
+/** In-process jobs on a pool of engines. Finished jobs are kept by count and age (results live in memory). */
 export class LocalQueue implements JobQueue {
   readonly mode = 'local';
   onCompleted?: (id: string, result: JobResult) => void;
+  onFailed?: (id: string, error: JobError, cause?: unknown) => void;
   readonly #jobs = new Map<string, LocalJob>();
   readonly #waiting: string[] = [];
+  /** Finished job ids, in the order they finished. */
+  readonly #finished: string[] = [];
   readonly #free: Engine[];
   readonly #running = new Set<Promise<void>>();
+  readonly maxQueue: number;
+  readonly keep: KeepPolicy;
   #closing = false;
 
-  constructor(engines: Engine[], readonly maxQueue: number, readonly keepMs = 3600_000) {
+  constructor(engines: Engine[], opts: { maxQueue?: number; keep?: KeepPolicy } = {}) {
     this.#free = [...engines];
+    this.maxQueue = opts.maxQueue ?? DEFAULT_LIMITS.maxQueue;
+    this.keep = opts.keep ?? DEFAULT_KEEP;
   }
 
-  async submit(data: JobData): Promise<string> {
-    if (this.#closing) throw new IdforgeError('E_ABORTED', 'the server is shutting down');
-    if (this.#waiting.length >= this.maxQueue) throw new QueueFullError(`the queue is full (${this.maxQueue} jobs waiting)`);
+  async submit(data: JobData, id: string = randomUUID()): Promise<string> {
+    if (this.#closing) throw new ServeError('E_UNAVAILABLE', 'the server is shutting down');
+    if (this.#waiting.length >= this.maxQueue) throw new ServeError('E_QUEUE_FULL', `the queue is full (${this.maxQueue} jobs waiting)`);
     this.#prune();
-    const id = randomUUID();
     this.#jobs.set(id, { view: { id, kind: data.kind, state: 'queued' }, steps: [], data, listeners: new Set(), abort: new AbortController(), finished: 0 });
     this.#waiting.push(id);
     this.#pump();
@@ -68,6 +75,7 @@ export class LocalQueue implements JobQueue {
   }
 
   async get(id: string): Promise<JobView | undefined> {
+    this.#prune();
     return this.#jobs.get(id)?.view;
   }
 
@@ -76,6 +84,15 @@ export class LocalQueue implements JobQueue {
     for (const progress of j?.steps ?? []) fn({ type: 'progress', progress });
     j?.listeners.add(fn);
     return () => j?.listeners.delete(fn);
+  }
+
+  async health(): Promise<Record<string, string>> {
+    if (this.#closing) throw new ServeError('E_UNAVAILABLE', 'the server is shutting down');
+    return {};
+  }
+
+  async pendingLearns(): Promise<{ job: string; identity: string }[]> {
+    return [...this.#jobs.values()].flatMap((j) => (j.data?.kind === 'learn' ? [{ job: j.view.id, identity: j.data.identityId }] : []));
   }
 
   #emit(j: LocalJob, e: JobEvent): void {
@@ -98,28 +115,46 @@ export class LocalQueue implements JobQueue {
   async #run(engine: Engine, j: LocalJob): Promise<void> {
     j.view.state = 'running';
     try {
-      const result = await runJob(engine, j.data, (progress) => {
+      const result = await runJob(engine, j.data!, (progress) => {
         j.view.progress = progress;
         j.steps.push(progress);
         this.#emit(j, { type: 'progress', progress });
       }, j.abort.signal);
+      this.#finish(j);
       j.view.state = 'done';
       j.view.result = result;
       this.onCompleted?.(j.view.id, result);
       this.#emit(j, { type: 'done', result });
     } catch (e) {
-      j.view.state = 'failed';
-      j.view.error = jobError(e);
-      this.#emit(j, { type: 'failed', error: j.view.error });
+      this.#fail(j, publicError(e), e);
     } finally {
-      j.finished = Date.now();
       j.listeners.clear();
     }
   }
 
+  #finish(j: LocalJob): void {
+    j.data = undefined;
+    j.finished = Date.now();
+    this.#finished.push(j.view.id);
+    this.#prune();
+  }
+
+  #fail(j: LocalJob, error: JobError, cause?: unknown): void {
+    this.#finish(j);
+    j.view.state = 'failed';
+    j.view.error = error;
+    this.onFailed?.(j.view.id, error, cause);
+    this.#emit(j, { type: 'failed', error });
+  }
+
+  /** Drops finished jobs past the count or older than the age (the oldest first). */
   #prune(): void {
-    const old = Date.now() - this.keepMs;
-    for (const [id, j] of this.#jobs) if (j.finished && j.finished < old) this.#jobs.delete(id);
+    const old = Date.now() - this.keep.ms;
+    while (this.#finished.length) {
+      const j = this.#jobs.get(this.#finished[0]!);
+      if (j && this.#finished.length <= this.keep.count && j.finished >= old) break;
+      this.#jobs.delete(this.#finished.shift()!);
+    }
   }
 
   /**
@@ -128,13 +163,7 @@ export class LocalQueue implements JobQueue {
    */
   async close(graceMs = 30_000): Promise<void> {
     this.#closing = true;
-    for (const id of this.#waiting.splice(0)) {
-      const j = this.#jobs.get(id)!;
-      j.view.state = 'failed';
-      j.view.error = { code: 'E_ABORTED', message: 'the server shut down before the job started' };
-      j.finished = Date.now();
-      this.#emit(j, { type: 'failed', error: j.view.error });
-    }
+    for (const id of this.#waiting.splice(0)) this.#fail(this.#jobs.get(id)!, { code: 'E_ABORTED', message: 'the server shut down before the job started' });
     const timer = setTimeout(() => {
       for (const j of this.#jobs.values()) if (j.view.state === 'running') j.abort.abort(new Error('shutdown'));
     }, graceMs);

@@ -21,6 +21,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { IdforgeError } from '../errors.js';
+import { invalid } from '../validate.js';
 
 /** The result of {@link ClipTokenizer.encode} / {@link pack}. */
 export interface EncodedPrompt {
@@ -115,7 +116,7 @@ export function pack(
   const pad = opts.pad ?? eos;
   const maxLength = opts.maxLength ?? CLIP_MAX_LENGTH;
   if (!Number.isInteger(maxLength) || maxLength < 2) {
-    throw new IdforgeError('E_ARGUMENT', `maxLength must be an integer >= 2, got ${maxLength}`);
+    throw invalid('maxLength', 'an integer ≥ 2', maxLength);
   }
   const room = maxLength - 2;
   const kept = Math.min(room, contentIds.length);
@@ -123,7 +124,7 @@ export function pack(
   ids[0] = bos;
   for (let i = 0; i < kept; i++) {
     const id = contentIds[i]!;
-    if (!Number.isInteger(id) || id < 0) throw new IdforgeError('E_ARGUMENT', `invalid token id ${id} at ${i}`);
+    if (!Number.isInteger(id) || id < 0) throw invalid(`token id ${i}`, 'a non-negative integer', id);
     ids[1 + i] = id;
   }
   ids[1 + kept] = eos;
@@ -255,7 +256,7 @@ export class ClipTokenizer {
    * BPE is quadratic in a word's length (a 160k-character word took 8 s).
    */
   private pieces(text: string, limit = Infinity): string[] {
-    if (typeof text !== 'string') throw new IdforgeError('E_ARGUMENT', `text must be a string, got ${typeof text}`);
+    if (typeof text !== 'string') throw invalid('text', 'a string', text);
     const clean = basicClean(text);
     const out: string[] = [];
     for (const m of clean.matchAll(SPLIT_PATTERN)) {

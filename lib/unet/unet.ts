@@ -4,6 +4,7 @@ import { IdforgeError } from '../errors.js';
 import type { UNetConfig } from '../io/configs.js';
 import type { Graph, Value } from '../graph/graph.js';
 import { convW, groupNormW, layerNormW, linearW, type Weights } from '../graph/weights.js';
+import { invalid } from '../validate.js';
 
 /**
  * Cross-attention contexts: keys from `k`, values from `v` (the same Value for ordinary prompts);
@@ -156,6 +157,6 @@ export function buildUNet(g: Graph, w: Weights, cfg: UNetConfig, sample: Value, 
   x = groupNormW(g, w, x, 'conv_norm_out', { groups: cfg.normNumGroups, eps: cfg.normEps, silu: true });
   x = convW(g, w, x, 'conv_out');
   for (const name of u.capture)
-    if (!u.attention.has(name)) throw new IdforgeError('E_ARGUMENT', `UNet has no cross-attention layer '${name}'`);
+    if (!u.attention.has(name)) throw invalid('a captured layer', "a cross-attention layer of this UNet", name);
   return { eps: x, attention: u.attention };
 }

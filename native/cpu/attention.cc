@@ -74,50 +74,83 @@ inline int64_t validKeys(bool causal, int64_t i, int64_t k0, int64_t nk) {
   return v < 0 ? 0 : v > nk ? nk : v;
 }
 
-// The region table of ATTENTION / ATTENTION_BACKWARD (native/regions.h), read once per op: per
-// batch row the keys some region owns (a handful), so masking a score row touches only those.
+// The region table of ATTENTION / ATTENTION_BACKWARD (native/regions.h), read once per op into
+// what a score row needs: per query, the few keys its regions hide. Queries holding the same
+// regions share one key list, so a row costs a lookup and a store per hidden key (per head and
+// tile: at head dim 40 a row's products are ~6k multiply-adds, so anything branchier shows).
 class RegionMask {
  public:
   // in[idx] is the table when attrs.regions; otherwise the mask is off (every call a no-op).
   RegionMask(const char* op, const OpAttrs& a, const Views& in, size_t idx, int64_t B, int64_t Nq, int64_t Nk) {
     if (!a.regions) return;
-    R_ = regionCount(op, in.size() > idx ? &in[idx] : nullptr, B, Nq, Nk, a.width);
-    on_ = true;
-    W_ = a.width;
-    H_ = Nq / a.width;
-    table_ = in[idx].as<int32_t>();
+    const int R = regionCount(op, in.size() > idx ? &in[idx] : nullptr, B, Nq, Nk, a.width);
+    const int32_t* table = in[idx].as<int32_t>();
     const int64_t cols = in[idx].shape[1];
-    cols_ = cols;
-    Nk_ = Nk;
-    owned_.resize(size_t(B));
-    for (int64_t b = 0; b < B; b++)
-      for (int64_t k = 0; k < Nk; k++) {
-        const int32_t o = table_[b * cols + k];
-        if (o < -1 || o >= R_)
-          throw Error("E_ARGUMENT", std::string(op) + ": region table row " + std::to_string(b) + " gives key " +
-                                        std::to_string(k) + " owner " + std::to_string(o) + ", not in [-1, " +
-                                        std::to_string(R_) + ")");
-        if (o >= 0) owned_[size_t(b)].push_back({int32_t(k), o});
-      }
+    on_ = true;
+    Nq_ = Nq;
+    lists_.emplace_back();  // list 0: nothing hidden
+    row_.assign(size_t(B * Nq), 0);
+    for (int64_t b = 0; b < B; b++) {
+      const auto owned = ownedKeys(op, table + b * cols, b, Nk, R);
+      if (!owned.empty()) assignLists(owned, table + b * cols + Nk, R, a.width, Nq / a.width, &row_[size_t(b * Nq)]);
+    }
   }
   bool on() const { return on_; }
-  // The regions holding query n of batch row b (bit r: region r); 0 when off.
-  uint32_t inside(int64_t b, int64_t n) const {
-    return on_ && !owned_[size_t(b)].empty() ? regionsAt(table_ + b * cols_ + Nk_, R_, n, W_, H_) : 0;
-  }
-  // Keys [k0, k0 + nk) that a query holding `inside` may not see get `fill` in its score row S.
-  void apply(int64_t b, uint32_t inside, int64_t k0, int64_t nk, float* S, float fill) const {
+  // Keys [k0, k0 + nk) that query n of batch row b may not see get `fill` in its score row S.
+  void apply(int64_t b, int64_t n, int64_t k0, int64_t nk, float* S, float fill) const {
     if (!on_) return;
-    for (const auto& [k, o] : owned_[size_t(b)])
-      if (k >= k0 && k < k0 + nk && !regionSees(o, inside)) S[k - k0] = fill;
+    for (int32_t k : lists_[size_t(row_[size_t(b * Nq_ + n)])])
+      if (k >= k0 && k < k0 + nk) S[k - k0] = fill;
   }
 
  private:
+  using Owned = std::vector<std::pair<int32_t, int32_t>>;  // (key, region)
+
+  // The keys a batch row's regions own (E_ARGUMENT for an owner outside [−1, R)).
+  static Owned ownedKeys(const char* op, const int32_t* owner, int64_t b, int64_t Nk, int R) {
+    Owned owned;
+    for (int64_t k = 0; k < Nk; k++) {
+      if (owner[k] < -1 || owner[k] >= R)
+        throw Error("E_ARGUMENT", std::string(op) + ": region table row " + std::to_string(b) + " gives key " +
+                                      std::to_string(k) + " owner " + std::to_string(owner[k]) + ", not in [-1, " +
+                                      std::to_string(R) + ")");
+      if (owner[k] >= 0) owned.push_back({int32_t(k), owner[k]});
+    }
+    return owned;
+  }
+
+  // Each query of an H × W grid gets the list of the owned keys its regions hide (queries holding
+  // the same regions share one list; neighbours mostly do, so the last one is tried first).
+  void assignLists(const Owned& owned, const int32_t* boxes, int R, int64_t W, int64_t H, int32_t* row) {
+    std::vector<uint32_t> colMask(static_cast<size_t>(W)), rowMask(static_cast<size_t>(H));
+    regionAxes(boxes, R, W, H, colMask.data(), rowMask.data());
+    std::vector<std::pair<uint32_t, int32_t>> seen;  // (regions held, list)
+    uint32_t last = ~0u;
+    int32_t list = 0;
+    for (int64_t n = 0; n < W * H; n++) {
+      const uint32_t inside = rowMask[size_t(n / W)] & colMask[size_t(n % W)];
+      if (inside != last) {
+        last = inside;
+        list = -1;
+        for (const auto& [m, l] : seen)
+          if (m == inside) list = l;
+        if (list < 0) {
+          std::vector<int32_t> hidden;
+          for (const auto& [k, o] : owned)
+            if (!regionSees(o, inside)) hidden.push_back(k);
+          list = hidden.empty() ? 0 : int32_t(lists_.size());
+          if (list) lists_.push_back(std::move(hidden));
+          seen.push_back({inside, list});
+        }
+      }
+      row[n] = list;
+    }
+  }
+
   bool on_ = false;
-  int R_ = 0;
-  int64_t W_ = 0, H_ = 0, cols_ = 0, Nk_ = 0;
-  const int32_t* table_ = nullptr;
-  std::vector<std::vector<std::pair<int32_t, int32_t>>> owned_;  // per batch row: (key, region)
+  int64_t Nq_ = 0;
+  std::vector<std::vector<int32_t>> lists_;  // hidden-key lists (sorted), list 0 empty
+  std::vector<int32_t> row_;                 // [B, Nq]: each query's list
 };
 
 }  // namespace
@@ -216,18 +249,20 @@ void op_ATTENTION(const OpAttrs& a, const Views& in, const Views& out) {
         for (int64_t k0 = 0; k0 < kEnd; k0 += kBk) {
           const int64_t nk = std::min(kBk, g.Nk - k0);
           scoreTile(g, Qp, Kt, k0, nk, S);
+          // The regions' −inf go in for the whole tile first: a scalar store just before a row's
+          // vector loads would stall them (no store forwarding), ~30 ns a row at head dim 40.
+          for (int64_t r = 0; r < nq && rg.on(); r++) rg.apply(b, i0 + r, k0, nk, S + r * kBk, -INFINITY);
           for (int64_t r = 0; r < kBq; r++) {
             float* Sr = S + r * kBk;
             int64_t cnt = validKeys(causal, i0 + r, k0, nk);
-            const uint32_t in = r < nq ? rg.inside(b, i0 + r) : 0;
-            if (r < nq) rg.apply(b, in, k0, nk, Sr, -INFINITY);
             float mt = cnt > 0 ? rowMax(Sr, cnt) : -INFINITY, mn = mt > m[r] ? mt : m[r];
             if (mn == -INFINITY && rg.on()) cnt = 0;  // every key so far hidden by the regions
             if (cnt > 0) {
               float corr = m[r] == -INFINITY ? 0.f : std::exp(m[r] - mn);
+              // A hidden key's exp(−inf) comes out ≤ 1.2e−38 (vExp clamps), under any output's
+              // resolution; captured probabilities get exact zeros instead (below).
               l[r] = l[r] * corr + expSubSum(Sr, Sr, cnt, mn);
               m[r] = mn;
-              if (r < nq) rg.apply(b, in, k0, nk, Sr, 0.f);  // exactly 0, whatever exp(−inf) gave
               if (corr != 1.f) {
                 float* Or = O + r * g.dvPad;
                 for (int64_t c = 0; c < g.dvPad; c++) Or[c] *= corr;
@@ -253,7 +288,7 @@ void op_ATTENTION(const OpAttrs& a, const Views& in, const Views& out) {
             float* Pr = P + r * g.Nk + k0;
             std::memcpy(Pr, S + r * kBk, sizeof(float) * size_t(cnt));
             for (int64_t c = cnt; c < nk; c++) Pr[c] = -INFINITY;
-            rg.apply(b, rg.inside(b, i0 + r), k0, nk, Pr, -INFINITY);
+            rg.apply(b, i0 + r, k0, nk, Pr, -INFINITY);
           }
         }
         // Exact softmax in place, as torch.softmax computes it: exp(s − max) / sum.
@@ -263,7 +298,7 @@ void op_ATTENTION(const OpAttrs& a, const Views& in, const Views& out) {
           const float mx = rowMax(Pr, cnt);
           if (mx == -INFINITY && rg.on()) cnt = 0;  // the regions hid every key: p = 0, o = 0
           const float inv = cnt ? 1.f / expSubSum(Pr, Pr, cnt, mx) : 0.f;
-          rg.apply(b, rg.inside(b, i0 + r), 0, g.Nk, Pr, 0.f);  // hidden keys exactly 0
+          rg.apply(b, i0 + r, 0, g.Nk, Pr, 0.f);  // hidden keys exactly 0, whatever exp(−inf) gave
           for (int64_t c = 0; c < cnt; c++) Pr[c] *= inv;
           for (int64_t c = cnt; c < g.Nk; c++) Pr[c] = 0.f;
         }
@@ -343,7 +378,7 @@ void op_ATTENTION_BACKWARD(const OpAttrs& a, const Views& in, const Views& out) 
           float* pr = P.data() + i * Nk;
           int64_t valid = a.causal ? std::min(Nk, i0 + i + 1) : Nk;
           for (int64_t c = 0; c < valid; c++) pr[c] *= scale;
-          rg.apply(b, rg.inside(b, i0 + i), 0, valid, pr, -INFINITY);
+          rg.apply(b, i0 + i, 0, valid, pr, -INFINITY);
           float mx = -INFINITY;
           for (int64_t c = 0; c < valid; c++) mx = std::max(mx, pr[c]);
           if (mx == -INFINITY && rg.on()) valid = 0;  // every key hidden: P = 0

@@ -1,6 +1,7 @@
 /** Real parts for the server tests: a redis-server on a free loopback port, CLI child processes, HTTP. */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -35,7 +36,23 @@ async function waitForPort(port: number, ms: number): Promise<void> {
   throw new Error(`nothing listens on 127.0.0.1:${port} after ${ms} ms`);
 }
 
-export const hasRedis = !!process.env.IDFORGE_TEST_REDIS || spawnSync('redis-server', ['--version']).status === 0;
+export const hasRedisServer = spawnSync('redis-server', ['--version']).status === 0;
+export const hasRedis = !!process.env.IDFORGE_TEST_REDIS || hasRedisServer;
+
+/** A redis-server of this test's own on a free loopback port (one it may SIGSTOP): its process and URL. */
+export async function ownRedis(): Promise<{ url: string; proc: ChildProcess; stop(): void }> {
+  const port = await freePort();
+  const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+  await waitForPort(port, 10_000);
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    proc,
+    stop: () => {
+      proc.kill('SIGCONT');
+      proc.kill('SIGKILL');
+    },
+  };
+}
 
 /**
  * A Redis URL: .ci/run's server (IDFORGE_TEST_REDIS), else a redis-server of our own on a free port,
@@ -43,10 +60,7 @@ export const hasRedis = !!process.env.IDFORGE_TEST_REDIS || spawnSync('redis-ser
  */
 export async function redis(): Promise<{ url: string; stop(): void }> {
   if (process.env.IDFORGE_TEST_REDIS) return { url: process.env.IDFORGE_TEST_REDIS, stop() {} };
-  const port = await freePort();
-  const p = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
-  await waitForPort(port, 10_000);
-  return { url: `redis://127.0.0.1:${port}`, stop: () => p.kill('SIGKILL') };
+  return ownRedis();
 }
 
 /**
@@ -54,7 +68,7 @@ export async function redis(): Promise<{ url: string; stop(): void }> {
  * on 2 busy cores. `npm test` compiles first (pretest); a dist older than its source fails loudly
  * instead of testing old code.
  */
-function compiledCli(): string {
+export function compiledCli(): string {
   const stale: string[] = [];
   const walk = (dir: string): void => {
     for (const e of readdirSync(path.join(root, dir), { withFileTypes: true })) {
@@ -75,14 +89,16 @@ export interface Child {
   proc: ChildProcess;
   /** Everything written to stdout so far. */
   out(): string;
+  /** Everything written to stderr so far. */
+  err(): string;
   /** Resolves when stdout matches. */
   waitFor(re: RegExp, ms?: number): Promise<RegExpMatchArray>;
   exited: Promise<number | null>;
 }
 
-/** Runs `idforge <args>` (dist/cli.js) in a child process. */
-export function cli(args: string[], env: Record<string, string> = {}): Child {
-  const proc = spawn(process.execPath, [compiledCli(), ...args], {
+/** Runs `idforge <args>` (dist/cli.js) in a child process (`node` takes `nodeArgs` first). */
+export function cli(args: string[], env: Record<string, string> = {}, nodeArgs: string[] = []): Child {
+  const proc = spawn(process.execPath, [...nodeArgs, compiledCli(), ...args], {
     cwd: root, env: { ...process.env, NODE_OPTIONS: '', ...env }, stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
@@ -97,6 +113,7 @@ export function cli(args: string[], env: Record<string, string> = {}): Child {
   return {
     proc,
     out: () => out,
+    err: () => err,
     exited,
     waitFor(re, ms = 60_000) {
       return new Promise((resolve, reject) => {
@@ -117,8 +134,8 @@ export function cli(args: string[], env: Record<string, string> = {}): Child {
 }
 
 /** Starts `idforge serve` and returns its base URL. */
-export async function serveCli(args: string[], env: Record<string, string> = {}): Promise<{ child: Child; base: string }> {
-  const child = cli(['serve', '--port', '0', ...args], env);
+export async function serveCli(args: string[], env: Record<string, string> = {}, nodeArgs: string[] = []): Promise<{ child: Child; base: string }> {
+  const child = cli(['serve', '--port', '0', ...args], env, nodeArgs);
   const m = await child.waitFor(/listening on (http:\/\/[0-9.:]+)/);
   return { child, base: m[1]! };
 }
@@ -136,7 +153,7 @@ export async function post(base: string, route: string, body: unknown, headers: 
 export async function settle(base: string, id: string, ms = 60_000, headers: Record<string, string> = {}): Promise<any> {
   const end = Date.now() + ms;
   while (Date.now() < end) {
-    const v = await (await fetch(`${base}/jobs/${id}`, { headers })).json();
+    const v: any = await (await fetch(`${base}/jobs/${id}`, { headers })).json();
     if (v.state === 'done' || v.state === 'failed') return v;
     await new Promise((r) => setTimeout(r, 50));
   }
@@ -158,4 +175,71 @@ export async function events(base: string, id: string, headers: Record<string, s
     const [ev, data] = b.split('\n');
     return { event: ev!.slice(7), data: JSON.parse(data!.slice(6)) };
   });
+}
+
+/** Resident memory of a process in MB (Linux /proc). */
+export function rssMB(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (!m) throw new Error(`no VmRSS for pid ${pid}`);
+  return Number(m[1]) / 1024;
+}
+
+/**
+ * A raw HTTP client on one socket, for what fetch cannot do: send part of a request and wait.
+ * `reply` resolves with everything the server sent once it closes the connection.
+ */
+export function rawRequest(base: string, text: string): { socket: net.Socket; reply: Promise<string> } {
+  const { hostname, port } = new URL(base);
+  const socket = net.connect(Number(port), hostname);
+  socket.write(text);
+  let got = '';
+  socket.on('data', (d) => (got += d));
+  const reply = new Promise<string>((resolve) => {
+    socket.on('close', () => resolve(got));
+    socket.on('error', () => {});
+  });
+  return { socket, reply };
+}
+
+/** The JSON body of a raw HTTP response text. */
+export function rawJson(reply: string): any {
+  const i = reply.indexOf('\r\n\r\n');
+  return JSON.parse(reply.slice(i + 4));
+}
+
+// ---- Hostile uploads (issue 25)
+
+/** 235 bytes of SVG that take libvips a minute of CPU to render. */
+export const SVG_BOMB = '<svg width="4000" height="4000"><filter id="f"><feTurbulence baseFrequency="0.9" numOctaves="10"/><feGaussianBlur stdDeviation="500"/></filter><rect width="4000" height="4000" filter="url(#f)"/></svg>';
+
+function crc32(b: Buffer): number {
+  let crc = 0xffffffff;
+  for (const x of b) {
+    let c = (crc ^ x) & 0xff;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    crc = (crc >>> 8) ^ c;
+  }
+  return (crc ^ 0xffffffff) >>> 0;
+}
+
+function pngChunk(type: string, data: Buffer): Buffer {
+  const len = Buffer.alloc(4);
+  len.writeUInt32BE(data.length);
+  const body = Buffer.concat([Buffer.from(type, 'latin1'), data]);
+  const crc = Buffer.alloc(4);
+  crc.writeUInt32BE(crc32(body));
+  return Buffer.concat([len, body, crc]);
+}
+
+/** A PNG whose header claims width×height RGB, followed by `idatBytes` of random (undecodable) data. */
+export function lyingPng(width: number, height: number, idatBytes: number): Buffer {
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(width, 0);
+  ihdr.writeUInt32BE(height, 4);
+  ihdr[8] = 8; // bit depth
+  ihdr[9] = 2; // RGB
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    pngChunk('IHDR', ihdr), pngChunk('IDAT', randomBytes(idatBytes)), pngChunk('IEND', Buffer.alloc(0)),
+  ]);
 }
