@@ -89,8 +89,8 @@ export class LoraMerger {
   constructor(private readonly host: LoraHost) {}
 
   /** A write of the base alone (the weight back as its file holds it). */
-  #base(w: WeightId): Write {
-    return { ...w, shape: this.host.weights[w.component].shape(w.weight) };
+  #base({ component, weight }: WeightId): Write {
+    return { component, weight, shape: this.host.weights[component].shape(weight) };
   }
 
   /**
