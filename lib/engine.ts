@@ -278,6 +278,17 @@ export class Engine implements Disposable {
     return { warnings: await this.runtime.setLoras(v.loras, v.strict) };
   }
 
+  /**
+   * setLoras' checks of these files against this model (every key names a module, every pair fits
+   * its weight), on their headers alone: nothing is merged and no values are read. Returns what
+   * `strict: false` would skip; E_MODEL_FORMAT otherwise, as setLoras would throw it.
+   */
+  checkLoras(loras: readonly LoraOptions[], opts: SetLorasOptions = {}): { warnings: string[] } {
+    this.runtime.assertLive();
+    const v = resolveLoras(loras, opts);
+    return { warnings: v.loras.flatMap((l) => this.runtime.checkLora(l.path, v.strict)) };
+  }
+
   /** The LoRA files active now (setLoras), with their scales. */
   get loras(): readonly { path: string; scale: number }[] {
     return this.runtime.loras;

@@ -184,6 +184,13 @@ t.test('bad LoRA files are E_MODEL_FORMAT naming the key and the expected shape;
   const merged = await outputs(engine);
   t.ok(relL2(merged.eps, base.eps) > 1e-3, 'the modules that fit are merged');
   await engine.setLoras([]);
+
+  // checkLoras: the same refusals from the header alone (the values are not read: NaN passes), nothing merged.
+  for (const [file, msg] of [[stray, /names no module/], [wide, /expected \[rank, 32\]/], [unknown, /not a LoRA key/], [loha, /LyCORIS/], [noUp, /no up matrix/]] as const)
+    t.throws(() => engine.checkLoras([{ path: file }]), E(msg), path.basename(file));
+  t.same(engine.checkLoras([{ path: nan }, { path: KOHYA }]), { warnings: [] });
+  t.match(engine.checkLoras([{ path: stray }], { strict: false }).warnings, [/resnets_7_conv1.*\(skipped\)/]);
+  t.same(engine.loras, []);
 });
 
 t.test('calls in flight finish on the weights they started with; calls made during a merge start after it', async (t) => {

@@ -78,7 +78,19 @@ function kohyaIndex(prefix: string, targets: ReadonlyMap<string, unknown>): Map<
  * with `strict: false`, a warning and the module skipped.
  */
 export function readLora(path: string, targets: LoraTargets, opts: { strict?: boolean } = {}): LoraFile {
-  const strict = opts.strict ?? true;
+  return parseLora(path, targets, opts.strict ?? true, true);
+}
+
+/**
+ * readLora's checks on the file's header alone (names, shapes, dtypes; the values are not read):
+ * what `strict: false` would skip, or E_MODEL_FORMAT. For offering a folder's files cheaply.
+ */
+export function checkLora(path: string, targets: LoraTargets, opts: { strict?: boolean } = {}): string[] {
+  return parseLora(path, targets, opts.strict ?? true, false).warnings;
+}
+
+/** `values` false: header checks only, and no modules returned. */
+function parseLora(path: string, targets: LoraTargets, strict: boolean, values: boolean): LoraFile {
   const warnings: string[] = [];
   const problem = (msg: string) => {
     if (strict) throw new IdforgeError('E_MODEL_FORMAT', `${path}: ${msg}`);
@@ -133,7 +145,7 @@ export function readLora(path: string, targets: LoraTargets, opts: { strict?: bo
         problem(`"${p.key}" has ${p.down ? 'a down' : 'an up'} matrix but no ${p.down ? 'up' : 'down'} matrix`);
         continue;
       }
-      const mod = readPair(st, p, weight, w.shape, problem);
+      const mod = readPair(st, p, weight, w.shape, problem, values);
       if (mod) modules.push(mod);
     }
     return { path, modules, warnings };
@@ -143,7 +155,7 @@ export function readLora(path: string, targets: LoraTargets, opts: { strict?: bo
 }
 
 /** The pair's shapes checked against weight W [O, …] (rank r: down [r, …W's trailing dims] or [r, I], up [O, r(, 1, 1)]). */
-function readPair(st: SafetensorsFile, p: Part, weight: string, shape: readonly number[], problem: (msg: string) => void): LoraModule | undefined {
+function readPair(st: SafetensorsFile, p: Part, weight: string, shape: readonly number[], problem: (msg: string) => void, values: boolean): LoraModule | undefined {
   const down = st.info(p.down!);
   const up = st.info(p.up!);
   const O = shape[0]!;
@@ -167,6 +179,7 @@ function readPair(st: SafetensorsFile, p: Part, weight: string, shape: readonly 
       return undefined;
     }
   }
+  if (!values) return undefined;
   let alpha = r;
   if (p.alpha) {
     const a = st.readFloat32(p.alpha);

@@ -11,7 +11,7 @@ import type { Graph, Value } from '../graph/graph.js';
 import type { Program } from '../graph/program.js';
 import type { Weights } from '../graph/weights.js';
 import { openModel, openVae, type ModelSource, type VaeSource } from '../io/checkpoint.js';
-import { readLora } from '../io/lora.js';
+import { checkLora, readLora } from '../io/lora.js';
 import type { ConfigOverrides, ModelConfigs, VaeConfig } from '../io/configs.js';
 import { toRawImage, type RawImage } from '../io/image.js';
 import { checkConfigs } from '../io/bounds.js';
@@ -181,7 +181,7 @@ export class SdRuntime extends ModelRuntime {
    */
   async setLoras(loras: readonly { path: string; scale: number }[], strict = true): Promise<string[]> {
     const w = this.weights;
-    const targets = { unet: w.unet.refs, text: w.text.refs };
+    const targets = this.#loraTargets();
     const files = loras.map((l) => ({ file: readLora(l.path, targets, { strict }), scale: l.scale }));
     return this.exclusive(async () => {
       this.#lora ??= new LoraMerger({ weights: { unet: w.unet, text: w.text }, runOnce: (b, i, o) => this.runOnce(b, i, o) });
@@ -190,6 +190,15 @@ export class SdRuntime extends ModelRuntime {
       this.#loras = loras.map((l) => ({ ...l }));
       return files.flatMap((f) => f.file.warnings);
     }, 'setLoras');
+  }
+
+  /** setLoras' checks of one file's header against this model's weights, merging nothing (lib/io/lora.ts checkLora). */
+  checkLora(path: string, strict = true): string[] {
+    return checkLora(path, this.#loraTargets(), { strict });
+  }
+
+  #loraTargets() {
+    return { unet: this.weights.unet.refs, text: this.weights.text.refs };
   }
 
   /** Whether a preview VAE was loaded (LoadOptions.previewVae). */
