@@ -9,7 +9,7 @@ import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Engine } from '../lib/engine.js';
-import { loadImage } from '../lib/io/image.js';
+import { loadImage, sniffRaster } from '../lib/io/image.js';
 import { writeSafetensors } from '../lib/io/safetensors.js';
 import { LoraLibrary } from '../lib/serve/loras.js';
 import { LocalQueue, type JobQueue } from '../lib/serve/queue.js';
@@ -81,8 +81,9 @@ async function lorasThenPlain(t: Tap.Test, base: string): Promise<void> {
   const progress = evs.filter((e) => e.event === 'progress');
   t.same(progress.map((e) => e.data.step), [1, 2, 3]);
   for (const e of progress) {
-    const img = await loadImage(Buffer.from(e.data.preview, 'base64'));
-    t.ok(img.width > 0 && img.width <= 64 && img.width === img.height, `step ${e.data.step}: a preview PNG (${img.width}x${img.height})`);
+    const jpeg = Buffer.from(e.data.preview, 'base64');
+    const img = await loadImage(jpeg);
+    t.ok(sniffRaster(jpeg) === 'jpeg' && img.width > 0 && img.width <= 64 && img.width === img.height, `step ${e.data.step}: a preview JPEG (${img.width}x${img.height}, ${jpeg.length} bytes)`);
   }
   const view = await (await fetch(`${base}/jobs/${id}`)).json();
   t.notOk('preview' in (view.progress ?? {}), 'job views carry no preview');

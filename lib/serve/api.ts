@@ -134,7 +134,7 @@ export interface Progress {
   loss?: number;
   /**
    * With a preview VAE (--preview-vae), the step's denoised estimate of the first image as a small
-   * PNG, base64: sent live over SSE, never kept in the job's step history.
+   * JPEG (at most 256 px a side), base64: sent live over SSE, never kept in views or step history.
    */
   preview?: string;
 }

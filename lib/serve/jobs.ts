@@ -9,7 +9,7 @@ import { identityMap, type GenerateOptions } from '../generate/options.js';
 import { expandPrompt } from '../identity/placeholders.js';
 import { identityRegions, regionBoxes } from '../regions.js';
 import type { ModelConfigs } from '../io/configs.js';
-import { encodePng, type RawImage } from '../io/image.js';
+import { encodeJpeg, encodePng, type RawImage } from '../io/image.js';
 import type { ClipTokenizer } from '../text/tokenizer.js';
 import { fromWire, toWire, type AttentionPng, type GenerateJob, type JobData, type JobResult, type Progress } from './api.js';
 import { useLoras, type LoraLibrary } from './loras.js';
@@ -83,7 +83,7 @@ export async function runJob(engine: Engine, job: JobData, onProgress: (p: Progr
       onProgress: (p) => {
         if (p.fraction !== undefined) return;
         const { step, steps, preview } = p;
-        reported = reported.then(async () => onProgress({ step, steps, ...(preview ? { preview: await png(preview[0]!) } : {}) }));
+        reported = reported.then(async () => onProgress({ step, steps, ...(preview ? { preview: (await encodeJpeg(preview[0]!)).toString('base64') } : {}) }));
       },
     }).catch(async (e: unknown) => {
       await reported.catch(() => {}); // the run's own error is the one to report
