@@ -86,6 +86,12 @@ export async function encodePng(img: RawImage): Promise<Buffer> {
   return (await sharpOf(img)).png().toBuffer();
 }
 
+/** The JPEG bytes of an image: the server's step previews, a tenth of a PNG's size (each step's goes over SSE and, with Redis, through its event stream). */
+export async function encodeJpeg(img: RawImage, quality = 80): Promise<Buffer> {
+  check(img);
+  return (await sharpOf(img)).jpeg({ quality }).toBuffer();
+}
+
 /** A sharp pipeline over the RGB pixels (sharp loads on demand). */
 async function sharpOf(img: RawImage) {
   const { default: sharp } = await import('sharp');
