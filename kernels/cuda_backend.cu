@@ -454,6 +454,8 @@ class CudaBackend : public Backend {
       case OpCode::GELU:
       case OpCode::QUICK_GELU:
       case OpCode::SILU:
+      case OpCode::RELU:
+      case OpCode::TANH:
       case OpCode::SCALE: return opUnary(op, a, in, out);
       case OpCode::ADD:
       case OpCode::MUL:

@@ -1,4 +1,4 @@
-// Elementwise ops: GELU (erf), QUICK_GELU, SILU, SCALE, GEGLU, broadcast ADD/MUL and CFG.
+// Elementwise ops: GELU (erf), QUICK_GELU, SILU, RELU, TANH, SCALE, GEGLU, broadcast ADD/MUL and CFG.
 // All math in fp32 whatever the storage type; 4-wide vector loads wherever sizes and alignment
 // allow, since these ops are purely bandwidth-bound.
 #include "cuda_common.h"
@@ -9,7 +9,7 @@ namespace cuda {
 
 namespace {
 
-enum UnaryKind { K_GELU, K_QGELU, K_SILU, K_SCALE };
+enum UnaryKind { K_GELU, K_QGELU, K_SILU, K_RELU, K_TANH, K_SCALE };
 
 __device__ __forceinline__ float geluErf(float x) { return 0.5f * x * (1.f + erff(x * 0.70710678118654752f)); }
 
@@ -18,6 +18,8 @@ __device__ __forceinline__ float unary(float x, float s, float t) {
   if (K == K_GELU) return geluErf(x);
   if (K == K_QGELU) return x / (1.f + __expf(-1.702f * x));
   if (K == K_SILU) return x / (1.f + __expf(-x));
+  if (K == K_RELU) return x > 0.f ? x : (x != x ? x : 0.f);
+  if (K == K_TANH) return tanhf(x);
   return x * s + t;
 }
 
@@ -241,6 +243,8 @@ void opUnary(OpCode op, const OpAttrs& a, const std::vector<TensorView>& in, con
       case OpCode::GELU: unaryKernel<T, K_GELU><<<g, 256, 0, st>>>(x.as<T>(), y.as<T>(), n, s, t, vec); break;
       case OpCode::QUICK_GELU: unaryKernel<T, K_QGELU><<<g, 256, 0, st>>>(x.as<T>(), y.as<T>(), n, s, t, vec); break;
       case OpCode::SILU: unaryKernel<T, K_SILU><<<g, 256, 0, st>>>(x.as<T>(), y.as<T>(), n, s, t, vec); break;
+      case OpCode::RELU: unaryKernel<T, K_RELU><<<g, 256, 0, st>>>(x.as<T>(), y.as<T>(), n, s, t, vec); break;
+      case OpCode::TANH: unaryKernel<T, K_TANH><<<g, 256, 0, st>>>(x.as<T>(), y.as<T>(), n, s, t, vec); break;
       default: unaryKernel<T, K_SCALE><<<g, 256, 0, st>>>(x.as<T>(), y.as<T>(), n, s, t, vec); break;
     }
   });

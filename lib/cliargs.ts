@@ -92,3 +92,12 @@ export function int(v: string, name: string): number {
   if (!Number.isSafeInteger(n)) throw flagError(name, `must be an integer, got '${v}'`);
   return n;
 }
+
+/** `--lora FILE[:scale]`: the scale is what follows the last ':' when it is a number (a Windows drive's ':' is not). */
+export function loraArg(v: string): { path: string; scale: number } {
+  const i = v.lastIndexOf(':');
+  const tail = i > 0 ? v.slice(i + 1) : '';
+  if (i > 0 && tail.trim() && Number.isFinite(Number(tail))) return { path: v.slice(0, i), scale: Number(tail) };
+  if (!v) throw flagError('lora', 'needs a file (FILE or FILE:scale)');
+  return { path: v, scale: 1 };
+}

@@ -19,6 +19,7 @@ import { regionList, type Region } from './regions.js';
 import { IdentityLearner } from './learn/learn.js';
 import type { LearnOptions } from './learn/options.js';
 import { toHost } from './runtime/runtime.js';
+import { resolveLoras, type LoraOptions, type SetLorasOptions } from './runtime/lora.js';
 import { SdRuntime, type LoadOptions } from './runtime/sd.js';
 import { DDIMScheduler } from './sched/ddim.js';
 import { Tensor } from './tensor.js';
@@ -27,6 +28,7 @@ import { imageTensorShape, invalid, oneOf, shown } from './validate.js';
 
 export type { GenerateOptions, GenerateResult, ProgressInfo } from './generate/options.js';
 export type { LoadOptions } from './runtime/sd.js';
+export type { LoraOptions, SetLorasOptions } from './runtime/lora.js';
 
 export interface TextOptions {
   identity?: Identity;
@@ -192,22 +194,24 @@ export class Engine implements Disposable {
     const n = ctxs[0]!.shape[1]!;
     const regions = opts?.regions === undefined ? [] : regionList(opts.regions, n); // none: the plain program
     const capture = [...new Set(layers)].sort();
-    await rt.preload(['unet']);
-    const p = rt.unetProgram(b, h, w, n, null, { dual, capture, regions: regions.length > 0 });
-    const inputs: Tensor[] = [];
-    try {
-      // One at a time, so that a failed upload never leaks the ones before it.
-      inputs.push(rt.upload(latents));
-      inputs.push(rt.floats(new Float32Array(b).fill(t), [b]));
-      for (const c of ctxs) inputs.push(rt.upload(c));
-      if (regions.length) inputs.push(rt.regionInput(regions, n, b, false));
-      const [eps, ...maps] = await p.run(inputs);
-      const attention = new Map<string, Tensor>();
-      capture.forEach((l, i) => attention.set(l, toHost(maps[i]!)));
-      return { eps: toHost(eps!), attention };
-    } finally {
-      for (const x of inputs) x.dispose();
-    }
+    return rt.shared(async () => {
+      await rt.preload(['unet']);
+      const p = rt.unetProgram(b, h, w, n, null, { dual, capture, regions: regions.length > 0 });
+      const inputs: Tensor[] = [];
+      try {
+        // One at a time, so that a failed upload never leaks the ones before it.
+        inputs.push(rt.upload(latents));
+        inputs.push(rt.floats(new Float32Array(b).fill(t), [b]));
+        for (const c of ctxs) inputs.push(rt.upload(c));
+        if (regions.length) inputs.push(rt.regionInput(regions, n, b, false));
+        const [eps, ...maps] = await p.run(inputs);
+        const attention = new Map<string, Tensor>();
+        capture.forEach((l, i) => attention.set(l, toHost(maps[i]!)));
+        return { eps: toHost(eps!), attention };
+      } finally {
+        for (const x of inputs) x.dispose();
+      }
+    });
   }
 
   /** The VAE decoder: image [B, 3, 8h, 8w] in [−1, 1] from z [B, C, h, w] (z already divided by the scaling factor). */
@@ -231,6 +235,11 @@ export class Engine implements Disposable {
    * denoising loop (one native call per step, lib/generate/denoiser.ts), the VAE decode.
    */
   async generate(opts: GenerateOptions): Promise<GenerateResult> {
+    // One call on one set of weights: a LoRA merge (setLoras) waits for it, or it for the merge.
+    return this.runtime.shared(() => this.#generate(opts));
+  }
+
+  async #generate(opts: GenerateOptions): Promise<GenerateResult> {
     const rt = this.runtime;
     rt.assertLive();
     const plan = await resolveGenerate(opts, rt); // nothing below reads `opts`
@@ -255,13 +264,44 @@ export class Engine implements Disposable {
   }
 
   /**
+   * Makes these LoRA files (kohya / A1111 or diffusers / PEFT naming; UNet and text-encoder parts;
+   * LoCon convs) the active set for the calls that follow: W' = W + scale·(alpha/rank)·up@down,
+   * merged on this engine's device, several files adding up; `[]` restores the base weights
+   * exactly. Calls in flight finish on the weights they started with (the merge waits for them)
+   * and calls made meanwhile start after it. A key naming no module of this model, or a shape that
+   * does not fit, is E_MODEL_FORMAT naming the key and the expected shape, unless `strict: false`
+   * (then skipped and listed in `warnings`).
+   */
+  async setLoras(loras: readonly LoraOptions[], opts: SetLorasOptions = {}): Promise<{ warnings: string[] }> {
+    this.runtime.assertLive();
+    const v = resolveLoras(loras, opts);
+    return { warnings: await this.runtime.setLoras(v.loras, v.strict) };
+  }
+
+  /**
+   * setLoras' checks of these files against this model (every key names a module, every pair fits
+   * its weight), on their headers alone: nothing is merged and no values are read. Returns what
+   * `strict: false` would skip; E_MODEL_FORMAT otherwise, as setLoras would throw it.
+   */
+  checkLoras(loras: readonly LoraOptions[], opts: SetLorasOptions = {}): { warnings: string[] } {
+    this.runtime.assertLive();
+    const v = resolveLoras(loras, opts);
+    return { warnings: v.loras.flatMap((l) => this.runtime.checkLora(l.path, v.strict)) };
+  }
+
+  /** The LoRA files active now (setLoras), with their scales. */
+  get loras(): readonly { path: string; scale: number }[] {
+    return this.runtime.loras;
+  }
+
+  /**
    * SeFi-IDE: learns an identity (S staged K/V tokens) from one face photo by optimising a small
    * token generator through the frozen text encoder and UNet (diffusion loss + λ·face-wise
    * attention loss, Adam). See lib/learn/learn.ts for every option.
    */
   async learnIdentity(face: RawImage | string | Buffer, opts: LearnOptions = {}): Promise<Identity> {
     this.runtime.assertLive();
-    return this.learner.learn(face, opts);
+    return this.runtime.shared(() => this.learner.learn(face, opts));
   }
 
   /** The SeFi-IDE learner over this engine's runtime (one per engine: the same weights, programs and stream). */

@@ -1,5 +1,6 @@
 // idforge: identity-preserving Stable Diffusion 1.x from one face photo.
 export { Engine, type NoiseOptions, type TextOptions } from './engine.js';
+export type { LoraOptions, SetLorasOptions } from './runtime/lora.js';
 export type { Region } from './regions.js';
 export type { GenerateOptions, GenerateResult, ProgressInfo } from './generate/options.js';
 export { ModelRuntime, resolveBackend, type DeviceOptions } from './runtime/runtime.js';
@@ -9,7 +10,8 @@ export { IdforgeError, type ErrorCode } from './errors.js';
 export { backends, memory, type Backends, type CpuIsa, type CpuStatus, type CudaStatus } from './native.js';
 export { saveImage, loadImage, type RawImage } from './io/image.js';
 export { SafetensorsFile, writeSafetensors } from './io/safetensors.js';
-export { openModel, type ModelSource } from './io/checkpoint.js';
+export { openModel, openVae, type ModelSource, type VaeSource } from './io/checkpoint.js';
+export { readLora, type LoraFile, type LoraModule } from './io/lora.js';
 export { ClipTokenizer } from './text/tokenizer.js';
 export { DDIMScheduler } from './sched/ddim.js';
 export { makeSampler, SAMPLERS, type Sampler, type SamplerName } from './sched/samplers.js';

@@ -68,7 +68,7 @@ struct TensorView {
 //                regions (attrs regions, width): a 4th input, the table of native/regions.h, hides a
 //                region's keys from queries outside its box (p = 0; a query seeing no key: o = p = 0)
 //   GEGLU        in: x[.., 2F]   out: [.., F] = x[.., :F] * gelu(x[.., F:])   (exact erf GELU)
-//   GELU, QUICK_GELU (x·σ(1.702x)), SILU   elementwise, out shape = in shape
+//   GELU, QUICK_GELU (x·σ(1.702x)), SILU, RELU (max(x, 0)), TANH   elementwise, out shape = in shape
 //   ADD, MUL     in: a, b with numpy broadcasting (right aligned)   out: broadcast shape
 //   SCALE        in: x   attrs scale, shift   out: x·scale + shift
 //   UPSAMPLE2X   in: x[B, C, H, W]   out: [B, C, 2H, 2W] nearest
@@ -127,6 +127,8 @@ struct TensorView {
   X(GELU)              \
   X(QUICK_GELU)        \
   X(SILU)              \
+  X(RELU)              \
+  X(TANH)              \
   X(ADD)               \
   X(MUL)               \
   X(SCALE)             \

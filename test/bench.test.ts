@@ -1,6 +1,11 @@
 // The benchmark harness: the synthetic model mirrors the real layout exactly, FLOP counting,
 // statistics, argument parsing, and a smoke run on the tiny model (no timing assertions).
 import t, { type Test } from 'tap';
+import { rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Engine } from '../lib/engine.js';
+import { parseFewstepArgs, writeSyntheticLora } from '../lib/bench/fewstep.js';
 import { openModel } from '../lib/io/checkpoint.js';
 import { f16ToF32 } from '../lib/io/half.js';
 import { parseBenchArgs, parseSize } from '../lib/bench/args.js';
@@ -123,6 +128,11 @@ t.test('command line', async (t) => {
   t.throws(() => parseBenchArgs(['--bogus']));
   t.match(parseBenchArgs(['--sampler', 'dpmpp-2m-karras', '--images', '3']).opts, { sampler: 'dpmpp-2m-karras', images: 3 });
   t.throws(() => parseBenchArgs(['--sampler', 'lms']), { code: 'E_ARGUMENT', message: /sampler/ });
+  t.match(parseBenchArgs(['--sampler', 'lcm', '--guidance', '1', '--vae', 'tiny']).opts, { sampler: 'lcm', guidance: 1, vae: 'tiny' });
+  t.throws(() => parseBenchArgs(['--guidance', 'x']), { code: 'E_ARGUMENT', message: /guidance/ });
+  const f = parseFewstepArgs(['--fewstep', '--random', 'sd15', '--device', 'cpu', '--rounds', '2', '--lora-rank', '64', '--no-preview']);
+  t.match(f.opts, { random: 'sd15', device: 'cpu', rounds: 2, loraRank: 64, preview: false });
+  t.throws(() => parseFewstepArgs(['--rounds', '0']), { code: 'E_ARGUMENT', message: /rounds/ });
   t.match(parseBenchArgs(['--regions', '2']).opts, { regions: 2 });
 });
 
@@ -170,7 +180,7 @@ t.test('smoke: bench() on the tiny model', async (t) => {
   t.equal(ops.top.length, Math.min(12, ops.rows.reduce((a, x) => a + x.calls, 0)));
   const text = formatReport(r);
   t.match(text, /UNet step \(batch 2\)/);
-  t.match(text, /generate\(\): euler-a, 2 steps: [\d.]+ s per image/);
+  t.match(text, /generate\(\): euler-a, 2 steps, guidance 7.5: [\d.]+ s per image/);
   t.match(text, /conv2d/);
   t.ok(JSON.parse(JSON.stringify(r)), 'JSON round trip');
 });
@@ -191,6 +201,18 @@ t.test('smoke: bench() on random weights with the tiny layout (the --random code
   await t.rejects(bench({ model: TINY_SD, regions: 9 }), { code: 'E_ARGUMENT', message: /regions must be an integer in \[0, 8\]/ });
 });
 
+t.test('smoke: the few-step settings (--sampler lcm --guidance 1 --vae tiny: a random TAESD of the real architecture)', async (t) => {
+  const configs = (() => {
+    using src = openModel(TINY_SD);
+    return src.configs;
+  })();
+  const source = randomModelSource(configs, { seed: 1, vae: 'tiny' });
+  t.same(source.configs.vae.tiny, { encoderBlockOutChannels: [64, 64, 64, 64], decoderBlockOutChannels: [64, 64, 64, 64], numEncoderBlocks: [1, 3, 3, 3], numDecoderBlocks: [3, 3, 3, 1], decoderOnly: false });
+  const r = await bench({ source, device: 'cpu', width: 64, batch: 1, steps: 2, warmup: 0, sampler: 'lcm', guidance: 1, ops: false });
+  checkReport(t, r, true);
+  t.match(r.results.generate, { sampler: 'lcm', steps: 2, guidance: 1 });
+});
+
 t.test('smoke: --dtype float16 on the CPU is float16 weights computing in float32, on the --random path too', async (t) => {
   const configs = (() => {
     using src = openModel(TINY_SD);
@@ -199,4 +221,15 @@ t.test('smoke: --dtype float16 on the CPU is float16 weights computing in float3
   const r = await bench({ source: randomModelSource(configs, { seed: 1, dtype: 'F16' }), device: 'cpu', dtype: 'float16', width: 64, batch: 1, steps: 1, warmup: 0, generate: false, ops: false });
   checkReport(t, r, false);
   t.match(r.config, { device: 'cpu', dtype: 'float32', weights: 'float16' });
+});
+
+t.test('the synthesised LoRA covers every attention projection and conv, and merges', async (t) => {
+  const engine = await Engine.load(TINY_SD, { device: 'cpu' });
+  t.teardown(() => engine.dispose());
+  const file = join(tmpdir(), `idforge-bench-lora-${process.pid}.safetensors`);
+  t.teardown(() => rmSync(file, { force: true }));
+  const { modules } = writeSyntheticLora(file, engine, 4, 0);
+  const unet = [...engine.runtime.weights.unet.refs].filter(([n, r]) => n.endsWith('.weight') && (r.shape.length === 4 || /attn[12]\.(to_q|to_k|to_v|to_out\.0)\./.test(n))).length;
+  t.equal(modules, unet + 4 * engine.configs.text.numHiddenLayers);
+  t.same((await engine.setLoras([{ path: file }])).warnings, []);
 });

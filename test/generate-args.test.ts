@@ -49,7 +49,7 @@ t.test('generate() refuses each bad option with a typed error naming it', async 
     ['numImages 0', { numImages: 0 }, 'E_ARGUMENT', /^numImages must be an integer in \[1, 64\], got 0$/],
     ['numImages 1.5', { numImages: 1.5 }, 'E_ARGUMENT', /^numImages must be .*, got 1.5$/],
     ['numImages 65', { numImages: 65 }, 'E_ARGUMENT', /^numImages must be .*, got 65$/],
-    ['sampler', { sampler: 'k_lms' as never }, 'E_ARGUMENT', /^sampler must be one of ddim, dpmpp-2m, dpmpp-2m-karras, euler, euler-a, got "k_lms"$/],
+    ['sampler', { sampler: 'k_lms' as never }, 'E_ARGUMENT', /^sampler must be one of ddim, dpmpp-2m, dpmpp-2m-karras, euler, euler-a, lcm, got "k_lms"$/],
     ['latents not a tensor', { latents: [1, 2] as never }, 'E_ARGUMENT', /^latents must be a Tensor, got \[1,2\]$/],
     ['latents size', { latents: tensor([1, 4, 8, 8]) }, 'E_SHAPE', /^latents must be \[numImages, C, h, w\] for 1 image\(s\) of 128x128 = \[1,4,16,16\], got \[1,4,8,8\]$/],
     ['latents channels', { latents: tensor([1, 3, 16, 16]) }, 'E_SHAPE', /^latents must be \[B, 4, h, w\] with h and w multiples of 8, got \[1,3,16,16\]$/],

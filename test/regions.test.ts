@@ -2,7 +2,7 @@
 // boxes against the region goldens (cases.json `regions`) on every test backend, captured maps
 // exactly 0 where a region hides its tokens, and the argument checks.
 import { readFileSync } from 'node:fs';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { attentionHeatmap } from '../lib/attention.js';
 import { Engine, type GenerateResult } from '../lib/engine.js';
 import { Identity } from '../lib/identity/identity.js';
@@ -63,13 +63,19 @@ for (const b of testBackends()) {
   });
 }
 
-t.test('captured maps: exactly 0 outside a region for its tokens, rows still sum to 1', async (t) => {
+// The tiny engine on the CPU and the UNet golden's wide (16x24) latent and its context.
+async function wideCase(t: Test) {
   const engine = await Engine.load(TINY_SD, { device: 'cpu' });
   t.teardown(() => engine.dispose());
   const unet = new GoldenFile('unet');
   t.teardown(() => unet.close());
-  using x = unet.tensor('x_wide');
-  using ctx = unet.tensor('context_wide');
+  const x = unet.tensor('x_wide'), ctx = unet.tensor('context_wide');
+  t.teardown(() => { x.dispose(); ctx.dispose(); });
+  return { engine, x, ctx };
+}
+
+t.test('captured maps: exactly 0 outside a region for its tokens, rows still sum to 1', async (t) => {
+  const { engine, x, ctx } = await wideCase(t);
   const layers = engine.crossAttentionLayers.filter((l) => l.startsWith('down_blocks.0') || l.startsWith('mid_block'));
   const regions = [{ tokens: [5, 6], box: [0, 0, 0.5, 1] as const }, { tokens: [8, 9], box: [0.5, 0.25, 1, 1] as const }];
   const r = await engine.predictNoiseWithAttention(x, 741, ctx, layers, { regions });
@@ -102,12 +108,7 @@ t.test('captured maps: exactly 0 outside a region for its tokens, rows still sum
 });
 
 t.test('bad regions: E_ARGUMENT naming the region', async (t) => {
-  const engine = await Engine.load(TINY_SD, { device: 'cpu' });
-  t.teardown(() => engine.dispose());
-  const unet = new GoldenFile('unet');
-  t.teardown(() => unet.close());
-  using x = unet.tensor('x_wide');
-  using ctx = unet.tensor('context_wide');
+  const { engine, x, ctx } = await wideCase(t);
   const ok = { tokens: [5], box: [0, 0, 0.5, 1] };
   const bad: [string, unknown, RegExp][] = [
     ['a box past the image', [ok, { tokens: [6], box: [0.5, 0, 1.2, 1] }], /regions\[1\]\.box\[2\] must be a finite number in \[0, 1\], got 1\.2/],

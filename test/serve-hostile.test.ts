@@ -12,6 +12,7 @@ import v8 from 'node:v8';
 import vm from 'node:vm';
 import { Engine } from '../lib/engine.js';
 import { IdEncoder } from '../lib/dreamidentity/encoder.js';
+import { loadImage } from '../lib/io/image.js';
 import type { JobData } from '../lib/serve/api.js';
 import { LocalQueue } from '../lib/serve/queue.js';
 import { buildServer, type ServerOptions } from '../lib/serve/server.js';
@@ -94,16 +95,19 @@ t.test('1: the decode budget: pixels by the header and the decoded image, decodi
   t.equal((await upload(base, { image: b64(wide) })).status, 413, 'a side over --max-upload: 413');
   const tiny = await sharp({ create: { width: 32, height: 32, channels: 3, background: 'white' } }).png().toBuffer();
   t.equal((await upload(base, { image: b64(tiny) })).status, 400, 'under 64 px a side: 400');
+  for (const seconds of [0, -1, Number.NaN, 1e9])
+    await t.rejects(loadImage(tiny, { seconds }), { code: 'E_ARGUMENT', message: /decode budget: seconds/ }, `a decode budget of ${seconds} s: E_ARGUMENT`);
 
   // A progressive JPEG of noise: 16 Mpx that libjpeg decodes slowly (all its scans are buffered
-  // first, ~1.6 s on an idle core). With a 1 s budget: 413. (The decode runs on libuv's threads,
-  // two uploads at a time: it holds no other request; the latency check is the test above.)
+  // first, ~0.9-1.6 s on an idle core). With a 0.2 s budget: 413 at 0.2 s, and sharp stops the work at 1 s.
+  // (The decode runs on libuv's threads, two uploads at a time: it holds no other request; the
+  // latency check is the test above.)
   const slow = await sharp({ create: { width: 4096, height: 4096, channels: 3, background: '#000', noise: { type: 'gaussian', mean: 128, sigma: 80 } } })
     .jpeg({ progressive: true, quality: 100 }).toBuffer();
-  const budget = (await start(t, { limits: { bodyBytes: 48 << 20, decodeSeconds: 1 } })).base;
+  const budget = (await start(t, { limits: { bodyBytes: 48 << 20, decodeSeconds: 0.2 } })).base;
   const late = await upload(budget, { image: b64(slow), method: 'sefi-ide' }, 60_000);
   t.equal(late.status, 413, 'a decode over the time budget: 413');
-  t.match(await error(late), { code: 'E_TOO_LARGE', message: /more than 1 s to decode/ });
+  t.match(await error(late), { code: 'E_TOO_LARGE', message: /more than 0.2 s to decode/ });
 
   // A 4096² photo is decoded, then scaled to 1024 a side before face detection (whose time grows with the square of the side).
   const blank = b64(await sharp({ create: { width: 4096, height: 4096, channels: 3, background: '#808080' } }).jpeg().toBuffer());

@@ -34,6 +34,8 @@ t.test('9: every flag is checked before anything loads', async (t) => {
     [[...m, '--device', 'gpu'], /device/],
     [[...m, '--token', ''], /--token/],
     [['--model', path.join(dir, 'nothing')], /--model: .* does not exist/],
+    [[...m, '--loras', path.join(dir, 'nothing')], /--loras: .* does not exist/],
+    [['--redis', 'redis://127.0.0.1:1', '--preview-vae', TINY_SD], /--preview-vae applies/],
   ];
   for (const [args, msg] of bad) t.throws(() => serveConfig(parseArgs({ args, options: SERVE_OPTIONS }).values), msg, args.join(' '));
   t.match(serveConfig(parseArgs({ args: [...m, '--grace', '1.5', '--port', '0'], options: SERVE_OPTIONS }).values), { graceMs: 1500, port: 0, mode: 'local' });

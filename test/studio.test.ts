@@ -5,7 +5,7 @@
 // deleting; no page error and no console error anywhere. IDFORGE_STUDIO_SCREENSHOT=1 writes the
 // README's docs/studio.png from the first flow.
 import t from 'tap';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Browser, Page } from 'playwright-core';
@@ -87,7 +87,11 @@ async function generate(page: Page, prompt: string, steps: number): Promise<void
 }
 
 t.test('in-process server: photo → identity → picture, and the rest of the page', async (t) => {
-  const { child, base } = await serveCli(['--model', TINY_SD, '--encoder', TINY_ID, '--identities', path.join(dir, 'local'), '--max-size', '256']);
+  // With a LoRA to pick and live previews (the tiny autoencoder).
+  mkdirSync(path.join(dir, 'loras'));
+  cpSync(fixture('tiny-lora/kohya.safetensors'), path.join(dir, 'loras', 'style.safetensors'));
+  const { child, base } = await serveCli(['--model', TINY_SD, '--encoder', TINY_ID, '--identities', path.join(dir, 'local'), '--max-size', '256',
+    '--loras', path.join(dir, 'loras'), '--preview-vae', fixture('tiny-taesd')]);
   children.push(child);
   const { page, problems } = await open(base);
 
@@ -118,6 +122,10 @@ t.test('in-process server: photo → identity → picture, and the rest of the p
   const texts = await page.evaluate(() => (window as unknown as { progressTexts: string[] }).progressTexts);
   t.ok(texts.some((x) => /^Step ([1-9]|1[01]) of 12/.test(x)), `a step before the last was shown (${JSON.stringify(texts.slice(0, 4))}…)`);
   t.equal(await loadedWidth(img), 128, 'the picture is 128 px wide');
+  const preview = page.locator('#gen-preview');
+  t.ok(await preview.isVisible() && (await preview.getAttribute('src'))?.startsWith('data:image/jpeg;base64,'), 'the live preview is shown');
+  t.ok(await preview.evaluate(async (i) => (await (i as HTMLImageElement).decode(), (i as HTMLImageElement).naturalWidth > 0)), 'and decodes');
+  await page.locator('#server-info').filter({ hasText: 'live previews' }).waitFor();
   const heat = page.getByTestId('attention-image').first();
   t.equal(await loadedWidth(heat), 128, 'the heatmap of where the identity attends is beside it');
   t.equal(await heat.getAttribute('alt'), 'Where Eileen attends (heatmap over the picture)');
@@ -132,9 +140,14 @@ t.test('in-process server: photo → identity → picture, and the rest of the p
   // regions, keyed by the identity's name; "Clear" takes it away again.
   const frame = await dragLeftHalf(page);
   t.ok(Math.abs(frame.width / frame.height - 1) < 0.02, `the frame has the picture's 128x128 shape (${frame.width}x${frame.height})`);
+  // And a LoRA picked, at half strength.
+  await page.getByLabel('style', { exact: true }).check();
+  await page.getByLabel('Strength of style').fill('0.5');
   const sent = page.waitForRequest((r) => r.url().endsWith('/generate') && r.method() === 'POST');
   await generate(page, 'a photo of <id> as an astronaut, portrait', 2);
-  const regions = (await sent).postDataJSON().regions;
+  const { regions, loras } = (await sent).postDataJSON();
+  t.same(loras, [{ name: 'style', scale: 0.5 }], 'the picked LoRA goes with the request');
+  await page.getByLabel('style', { exact: true }).uncheck();
   const near = (a: number[], b: number[]) => a.length === 4 && a.every((v, i) => Math.abs(v - b[i]!) < 0.03);
   t.ok(regions && near(regions.Eileen, [0, 0, 0.5, 1]), `regions sent: ${JSON.stringify(regions)}`);
   await page.getByTestId('result-image').nth(1).waitFor({ timeout: 60_000 });

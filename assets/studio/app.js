@@ -360,12 +360,15 @@ function settings() {
   const boxes = identity || identities ? regions.regions() : {};
   const confined = Object.keys(boxes).length ? { regions: boxes } : {};
   const guidanceScale = num('guidance') ?? 7.5;
+  const loras = [...$('lora-list').querySelectorAll('li')].filter((li) => li.querySelector('input[type=checkbox]').checked)
+    .map((li) => ({ name: li.dataset.name, scale: Number(li.querySelector('input[type=number]').value) || 0 }));
   const negative = [$('negative').value.trim(), style.negative].filter(Boolean).join(', ');
   return {
     prompt: prompt + style.prompt, steps: num('steps') ?? 25, guidanceScale, sampler: $('sampler').value,
     width: Number($('width').value), height: Number($('height').value),
     ...(num('seed') !== undefined ? { seed: num('seed') } : {}),
     ...(negative && guidanceScale > 1 ? { negativePrompt: negative } : {}),
+    ...(loras.length ? { loras } : {}),
     ...(identity ? { identity, ...confined } : {}),
     ...(identities ? { identities, ...confined } : {}),
     ...(identity || identities ? { identityScale: Number($('scale').value), ...(state.config?.attention ? { attention: true } : {}) } : {}),
@@ -411,7 +414,7 @@ async function generate(ev) {
       bar.value = d.step;
       text.textContent = `Step ${d.step} of ${d.steps} · ${((performance.now() - t0) / 1000).toFixed(1)} s`;
       if (d.preview) {
-        preview.src = d.preview.startsWith('data:') || d.preview.startsWith('/') ? d.preview : `data:image/png;base64,${d.preview}`;
+        preview.src = `data:image/jpeg;base64,${d.preview}`;
         preview.hidden = false;
       }
     });
@@ -456,6 +459,21 @@ async function addResult(jobId, view, body) {
 }
 
 // ---- start
+
+/** The server's LoRAs (GET /loras): a checkbox and a strength each; hidden when it offers none. */
+function renderLoras(loras) {
+  $('loras').hidden = loras.length === 0;
+  $('lora-list').replaceChildren(...loras.map(({ name }, i) => {
+    const li = Object.assign(document.createElement('li'), { className: 'lora' });
+    li.dataset.name = name;
+    const box = Object.assign(document.createElement('input'), { type: 'checkbox', id: `lora-${i}` });
+    const label = Object.assign(document.createElement('label'), { htmlFor: box.id, textContent: name });
+    const scale = Object.assign(document.createElement('input'), { type: 'number', min: '-10', max: '10', step: '0.05', value: '1', inputMode: 'decimal' });
+    scale.setAttribute('aria-label', `Strength of ${name}`);
+    li.append(box, label, scale);
+    return li;
+  }));
+}
 
 function fillSelect(sel, values, chosen) {
   sel.replaceChildren(...values.map((v) => Object.assign(document.createElement('option'), { value: String(v), textContent: String(v), selected: v === chosen })));
@@ -528,7 +546,7 @@ async function start2() {
   const c = await api('/studio/config');
   state.config = c;
   $('token-button').hidden = !c.token;
-  $('server-info').textContent = `${c.mode === 'redis' ? 'Redis workers' : 'in-process engine'} · ${c.encoder ? 'ID encoder ready' : 'no ID encoder'} · ${c.faces ? 'face models ready' : 'no face models'}`;
+  $('server-info').textContent = `${c.mode === 'redis' ? 'Redis workers' : 'in-process engine'} · ${c.encoder ? 'ID encoder ready' : 'no ID encoder'} · ${c.faces ? 'face models ready' : 'no face models'}${c.preview ? ' · live previews' : ''}`;
   fillSelect($('sampler'), c.samplers, c.samplers.includes('dpmpp-2m-karras') ? 'dpmpp-2m-karras' : c.samplers[0]);
   const sides = [];
   for (let s = 64; s <= c.limits.maxSide; s += 64) sides.push(s);
@@ -540,6 +558,7 @@ async function start2() {
   $('method').querySelector('option[value=dreamidentity]').disabled = !c.encoder;
   if (!c.encoder) $('method').value = 'sefi-ide';
   updateCreate();
+  renderLoras((await api('/loras')).loras);
   await loadIdentities();
   if (state.selected) promptForIdentity();
 }

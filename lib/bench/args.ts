@@ -12,7 +12,9 @@ export const USAGE = `usage: npm run bench -- (--model DIR|FILE | --random sd15)
   --steps N                 timed runs per stage, and steps of the timed generate() (default 5)
   --warmup N                untimed runs first (default 1)
   --no-generate             skip the whole-generate() timing (for big sizes)
-  --sampler NAME            sampler of the timed generate(): ddim (default), dpmpp-2m, dpmpp-2m-karras, euler, euler-a
+  --sampler NAME            sampler of the timed generate(): ddim (default), dpmpp-2m, dpmpp-2m-karras, euler, euler-a, lcm
+  --guidance X              guidance scale of the timed generate() (default 7.5; 1 with --batch 1: one UNet branch)
+  --vae tiny|DIR            the engine's VAE: tiny = a random TAESD of the real architecture (--random), DIR = a VAE folder (--model)
   --images N                timed generate() calls, one image each: the time per image (default 1)
   --no-ops                  skip the per-op profile
   --regions N               also time the UNet step confining N regions, alternating with the plain one
@@ -56,6 +58,8 @@ export function parseBenchArgs(argv: string[]): { opts: BenchOptions; json?: str
       warmup: { type: 'string' },
       'no-generate': { type: 'boolean' },
       sampler: { type: 'string' },
+      guidance: { type: 'string' },
+      vae: { type: 'string' },
       images: { type: 'string' },
       'no-ops': { type: 'boolean' },
       regions: { type: 'string' },
@@ -90,6 +94,12 @@ export function parseBenchArgs(argv: string[]): { opts: BenchOptions; json?: str
     if (!isSamplerName(v.sampler)) throw badSampler(v.sampler);
     opts.sampler = v.sampler;
   }
+  if (v.guidance !== undefined) {
+    const gs = Number(v.guidance);
+    if (!v.guidance.trim() || !Number.isFinite(gs) || gs < 0) throw invalid('--guidance', 'a number ≥ 0', v.guidance);
+    opts.guidance = gs;
+  }
+  if (v.vae !== undefined) opts.vae = v.vae;
   const images = int(v.images, '--images');
   if (images !== undefined) opts.images = images;
   if (v['no-ops']) opts.ops = false;

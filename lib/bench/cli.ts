@@ -24,6 +24,16 @@ async function main(): Promise<void> {
     if (json) writeJson(json, r);
     return;
   }
+  if (process.argv.includes('--fewstep')) {
+    const { benchFewstep, formatFewstepReport, parseFewstepArgs, FEWSTEP_USAGE } = await import('./fewstep.js');
+    const { opts, json, help, quiet } = parseFewstepArgs(process.argv.slice(2));
+    if (help) return console.log(FEWSTEP_USAGE);
+    if (!quiet) opts.log = (line) => console.error(`[bench] ${line}`);
+    const r = await benchFewstep(opts);
+    console.log(formatFewstepReport(r));
+    if (json) writeJson(json, r);
+    return;
+  }
   let parsed;
   try {
     parsed = parseBenchArgs(process.argv.slice(2));

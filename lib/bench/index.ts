@@ -55,10 +55,11 @@ async function openEngine(o: BenchOptions, spec: BackendSpec): Promise<{ engine:
   const half = (spec.weights ?? spec.dtype) === 'float16';
   const given = [o.model !== undefined, o.random !== undefined, o.source !== undefined].filter(Boolean).length;
   if (given !== 1) throw invalid('model, random and source', 'exactly one given (model: a path, random: e.g. "sd15", or source)', shown(`${given} given`), { where: 'bench' });
-  if (o.model !== undefined) return { engine: await Engine.load(o.model, { device: spec.device, dtype: half ? 'float16' : 'float32' }), model: o.model };
+  if (o.model !== undefined) return { engine: await Engine.load(o.model, { device: spec.device, dtype: half ? 'float16' : 'float32', ...(o.vae !== undefined ? { vae: o.vae } : {}) }), model: o.model + (o.vae ? ` with VAE ${o.vae}` : '') };
+  if (o.vae !== undefined && o.vae !== 'tiny') throw invalid('vae', "'tiny' (a random TAESD) with random weights", o.vae, { where: 'bench' });
   if (o.source) return { engine: Engine.fromSource(o.source, spec), model: o.source.path };
-  const src = randomModelSource(o.random!, { seed: o.seed ?? 0, dtype: half ? 'F16' : 'F32' });
-  return { engine: Engine.fromSource(src, spec), model: `random ${o.random} (seed ${o.seed ?? 0})` };
+  const src = randomModelSource(o.random!, { seed: o.seed ?? 0, dtype: half ? 'F16' : 'F32', ...(o.vae ? { vae: 'tiny' as const } : {}) });
+  return { engine: Engine.fromSource(src, spec), model: `random ${o.random}${o.vae ? ' with a random TAESD' : ''} (seed ${o.seed ?? 0})` };
 }
 
 /** Runs the benchmark and returns its report (the JSON `npm run bench -- --json` writes). */
@@ -216,7 +217,8 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
     let generate: BenchResults['generate'] = null;
     if (opts.generate !== false) {
       const sampler = opts.sampler ?? 'ddim';
-      const run = (n: number) => engine.generate({ prompt, width, height, steps: n, seed, sampler, guidanceScale: batch === 1 ? 1 : 7.5 });
+      const guidance = opts.guidance ?? (batch === 1 ? 1 : 7.5);
+      const run = (n: number) => engine.generate({ prompt, width, height, steps: n, seed, sampler, guidanceScale: guidance });
       // One untimed step first: the step program (one for every step count) compiles there.
       const warm = await run(1);
       warm.latents.dispose();
@@ -231,7 +233,7 @@ export async function bench(opts: BenchOptions): Promise<BenchReport> {
         log(`generate: ${sampler}, ${steps} steps, image ${i + 1}/${images}: ${perImage[i]!.toFixed(2)} s`);
       }
       const st = stats(perImage);
-      generate = { sampler, steps, perImage: st, perStepMs: (st.median * 1000) / steps };
+      generate = { sampler, steps, guidance, perImage: st, perStepMs: (st.median * 1000) / steps };
       sample();
     }
 

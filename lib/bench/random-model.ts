@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { IdforgeError } from '../errors.js';
 import { BUNDLED_TOKENIZER_DIR, WeightMap, type Component, type ModelSource, type TensorRef } from '../io/checkpoint.js';
-import { sd15Scheduler, SD15_TEXT, SD15_UNET, SD15_VAE, type ModelConfigs, type TextConfig, type UNetConfig, type VaeConfig } from '../io/configs.js';
+import { parseTinyVaeConfig, sd15Scheduler, SD15_TEXT, SD15_UNET, SD15_VAE, type ModelConfigs, type TextConfig, type UNetConfig, type VaeConfig } from '../io/configs.js';
 import { f32ToF16 } from '../io/half.js';
 import { modelLayout, type Init, type LayoutEntry } from '../io/layout.js';
 import { integer, invalid, oneOf } from '../validate.js';
@@ -131,6 +131,8 @@ export interface RandomModelOptions {
   tokenizerDir?: string;
   /** A name for messages and the engine's modelPath (default "random:<preset>"). */
   name?: string;
+  /** 'tiny': a TAESD (AutoencoderTiny of the original architecture: 64 channels, blocks 1,3,3,3 / 3,3,3,1) in place of the KL VAE. */
+  vae?: 'tiny';
 }
 
 export type RandomPreset = 'sd15';
@@ -167,6 +169,7 @@ export function randomModelSource(preset: RandomPreset | ModelConfigs, opts: Ran
   if (preset === 'sd15') configs = sd15Configs();
   else if (preset && typeof preset === 'object' && 'unet' in preset) configs = preset;
   else throw invalid('random model preset', "'sd15' or a configs object", preset);
+  if (opts.vae === 'tiny') configs = { ...configs, vae: parseTinyVaeConfig({}, 'random TAESD') };
   const seed = opts.seed ?? 0;
   integer(seed, 'seed', Number.MIN_SAFE_INTEGER);
   const dtype = opts.dtype ?? 'F32';

@@ -29,6 +29,10 @@ export interface BenchOptions {
   generate?: boolean;
   /** The sampler of the timed generate() (default 'ddim'). */
   sampler?: SamplerName;
+  /** Guidance scale of the timed generate() (default 7.5; 1 with batch 1). */
+  guidance?: number;
+  /** The engine's VAE: 'tiny' = a random TAESD of the original architecture (with random), or a VAE folder (with model). */
+  vae?: string;
   /** How many timed generate() calls (one image each) give the time per image (default 1). */
   images?: number;
   /** Profile one UNet step per op (default true). */
@@ -94,7 +98,7 @@ export interface BenchResults {
   };
   vaeDecode: { batch: number; firstMs: number; ms: Stats };
   /** Time per image: `images` generate() calls of `steps` steps each, after an untimed one-step call compiled its programs. */
-  generate: { sampler: SamplerName; steps: number; perImage: Stats; perStepMs: number } | null;
+  generate: { sampler: SamplerName; steps: number; guidance: number; perImage: Stats; perStepMs: number } | null;
   memory: {
     /** process.resourceUsage().maxRSS, bytes. */
     maxRssBytes: number;

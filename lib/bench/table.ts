@@ -48,7 +48,7 @@ export function formatReport(r: BenchReport): string {
     (u.cpu.others !== undefined ? `, other processes ${f(u.cpu.others, 2)}${u.cpu.others > 0.1 ? '  ← shared machine: timings inflated' : ''}` : ''));
   if (rg) out.push(`UNet with ${rg.count} regions / plain, per alternating pair: median ${f(rg.ratio.median, 3)}× (min ${f(rg.ratio.min, 3)}, max ${f(rg.ratio.max, 3)}, n ${rg.ratio.n})`);
   const gen = res.generate;
-  out.push(gen ? `generate(): ${gen.sampler}, ${gen.steps} steps: ${f(gen.perImage.median, 2)} s per image (median of ${gen.perImage.n}; ${ms(gen.perStepMs)} ms per step, text encoder and VAE decode included)` : 'generate(): skipped (--no-generate)');
+  out.push(gen ? `generate(): ${gen.sampler}, ${gen.steps} steps, guidance ${gen.guidance}: ${f(gen.perImage.median, 2)} s per image (median of ${gen.perImage.n}; ${ms(gen.perStepMs)} ms per step, text encoder and VAE decode included)` : 'generate(): skipped (--no-generate)');
   out.push(`memory: peak RSS ${gib(res.memory.maxRssBytes)}; native peak cpu ${gib(res.memory.nativePeakBytes.cpu)}, cuda ${gib(res.memory.nativePeakBytes.cuda)}; ` +
     `weights unet ${gib(res.memory.weightsBytes.unet)}, vae ${gib(res.memory.weightsBytes.vae)}, text ${gib(res.memory.weightsBytes.text)}; model open ${ms(res.loadMs)} ms`);
   if (res.ops) {

@@ -3,7 +3,7 @@
 // placeholders, the output paths) before the model loads, and only then does the work start.
 import * as path from 'node:path';
 import { heatmapCapture, imageHeatmaps } from '../attention.js';
-import { flagError, flagUsage, num, readFlags, required, type Flag } from '../cliargs.js';
+import { flagError, flagUsage, loraArg, num, readFlags, required, type Flag } from '../cliargs.js';
 import { Engine } from '../engine.js';
 import { IdforgeError } from '../errors.js';
 import { Identity } from '../identity/identity.js';
@@ -11,6 +11,7 @@ import { expandPrompt } from '../identity/placeholders.js';
 import { BUNDLED_TOKENIZER_DIR } from '../io/checkpoint.js';
 import { SD15_TEXT, SD15_UNET, SD15_VAE, sd15Scheduler } from '../io/configs.js';
 import { checkImageOutput, imageSize, loadImageCover, saveImage } from '../io/image.js';
+import { SafetensorsFile } from '../io/safetensors.js';
 import { identityMap, resolveGenerate, type GenerateModel, type GenerateOptions, type GenerateResult } from '../generate/options.js';
 import { identityRegions, regionBoxes, type Box } from '../regions.js';
 import type { LoadOptions } from '../runtime/sd.js';
@@ -29,6 +30,8 @@ export interface GenerateCommand {
   image?: string;
   out: string;
   attentionMap?: string;
+  /** LoRA files merged before generating (Engine.setLoras). */
+  loras: { path: string; scale: number }[];
 }
 
 const NAMED = /^([A-Za-z0-9_][A-Za-z0-9_-]{0,63})=(.+)$/;
@@ -54,7 +57,9 @@ export const GENERATE_FLAGS: Flag<P>[] = [
     regions[m[1]!] = [b[0]!, b[1]!, b[2]!, b[3]!];
   } },
   { name: 'steps', arg: 'N', help: 'sampler steps (50)', set: (p, v) => { p.gen.steps = num(String(v), 'steps')!; } },
-  { name: 'sampler', arg: 'S', help: 'ddim | dpmpp-2m | dpmpp-2m-karras | euler | euler-a (ddim)', set: (p, v) => { p.gen.sampler = String(v) as SamplerName; } },
+  { name: 'sampler', arg: 'S', help: 'ddim | dpmpp-2m | dpmpp-2m-karras | euler | euler-a | lcm (ddim)', set: (p, v) => { p.gen.sampler = String(v) as SamplerName; } },
+  { name: 'lora', arg: 'FILE[:X]', help: 'merge a LoRA file at scale X (1) (LCM-LoRA: --sampler lcm --guidance 1 --steps 4)', multiple: true, set: (p, v) => { p.loras.push(loraArg(String(v))); } },
+  { name: 'vae', arg: 'DIR', help: "another VAE in place of the model's (e.g. a TAESD folder: fast decodes)", set: (p, v) => { p.load.vae = String(v); } },
   { name: 'guidance', arg: 'X', help: 'classifier-free guidance scale (7.5)', set: (p, v) => { p.gen.guidanceScale = num(String(v), 'guidance')!; } },
   { name: 'seed', arg: 'N', help: 'seed of the deterministic generator (random; -1: random)', set: (p, v) => {
     const s = num(String(v), 'seed')!;
@@ -143,6 +148,8 @@ export async function checkGenerate(plan: GenerateCommand): Promise<{ model: str
     opts.image = await loadImageCover(plan.image, opts.width, opts.height);
   }
   await resolveGenerate(opts, SD1);
+  // The LoRA files' headers now (each is checked against the model once it is loaded).
+  for (const l of plan.loras) SafetensorsFile.open(l.path).close();
   return { model, load, opts };
 }
 
@@ -165,7 +172,7 @@ async function writeResult(r: GenerateResult, plan: GenerateCommand, opts: Gener
 }
 
 export async function generateCmd(argv: string[]): Promise<number> {
-  const plan: GenerateCommand = { load: {}, gen: {}, identities: [], out: 'out.png' };
+  const plan: GenerateCommand = { load: {}, gen: {}, identities: [], out: 'out.png', loras: [] };
   if (readFlags(argv, GENERATE_FLAGS, plan).help) {
     process.stdout.write(`${GENERATE_USAGE}\n`);
     return 0;
@@ -173,6 +180,7 @@ export async function generateCmd(argv: string[]): Promise<number> {
   const { model, load, opts } = await checkGenerate(plan);
   const engine = await Engine.load(model, load);
   try {
+    if (plan.loras.length) await engine.setLoras(plan.loras);
     if (plan.attentionMap !== undefined)
       opts.captureAttention = heatmapCapture(engine.crossAttentionLayers, (opts.height ?? 512) / engine.latentFactor, engine.configs.unet.blockOutChannels.length);
     const r = await interruptible((signal) => engine.generate({

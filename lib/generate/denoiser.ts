@@ -16,6 +16,7 @@ import { checkLatentsFinite } from '../numeric.js';
 import { toHost } from '../runtime/runtime.js';
 import { buildGuidedUNet } from '../runtime/sd.js';
 import { COEFFICIENTS, packCoefficients, type Sampler } from '../sched/sampler.js';
+import type { RawImage } from '../io/image.js';
 import { Tensor } from '../tensor.js';
 import type { PreparedLatents } from './latents.js';
 import type { GeneratePlan } from './options.js';
@@ -108,6 +109,9 @@ export function checkFits(p: Program, s: StepShape, backend: BackendSpec, what: 
 /** The runtime the loop runs on: the step program's host, plus uploads. */
 export interface DenoiseHost extends StepHost {
   floats(data: Float32Array, shape: number[]): Tensor;
+  /** Whether a preview VAE is loaded: then each step's denoised estimate is decoded for onProgress (SdRuntime.preview). */
+  readonly hasPreview?: boolean;
+  preview?(x: Tensor, maxSide?: number, signal?: AbortSignal): Promise<RawImage[]>;
 }
 
 /** The contexts of the step at timestep t (lib/generate/conditioning.ts Conditioning). */
@@ -168,8 +172,8 @@ export class Denoiser {
     const rt = this.#rt;
     const shape = [...latentShape];
     const started = Date.now();
-    const report = (step: number, timestep: number, stage: number, x: Tensor, fraction?: number) =>
-      onProgress?.({ step, steps: timesteps.length, timestep, elapsedMs: Date.now() - started, stage, ...(fraction !== undefined ? { fraction } : {}), latents: () => x.to('float32', 'cpu') });
+    const report = (step: number, timestep: number, stage: number, x: Tensor, fraction?: number, preview?: RawImage[]) =>
+      onProgress?.({ step, steps: timesteps.length, timestep, elapsedMs: Date.now() - started, stage, ...(fraction !== undefined ? { fraction } : {}), ...(preview ? { preview } : {}), latents: () => x.to('float32', 'cpu') });
     const c0 = sampler.coefficients(this.#plan.start, true).cin;
     let x = rt.floats(start, shape);
     let xin = rt.floats(c0 === 1 ? start : start.map((v) => v * c0), shape);
@@ -212,7 +216,9 @@ export class Denoiser {
           const w = checkLatentsFinite(x, { step: i + 1, steps: timesteps.length, timestep: t, guidanceScale: this.#plan.guidanceScale, dtype: rt.backend.dtype }, this.#plan.nonFinite);
           if (w) out.warnings.push(w);
         }
-        report(i + 1, t, stage, x);
+        // The preview shows this step's denoised estimate (x0, the carried state) through the preview VAE.
+        const preview = onProgress && rt.hasPreview ? await rt.preview!(state, undefined, signal) : undefined;
+        report(i + 1, t, stage, x, undefined, preview);
       }
       out.latents = (this.#final === 'denoised' ? state : x).toFloat32();
       return out;

@@ -26,6 +26,11 @@ export interface ProgressInfo {
   latents(): Tensor;
   /** Present only on the reports made inside a long step (about every second): the fraction of step `step + 1` done. */
   fraction?: number;
+  /**
+   * With a preview VAE (LoadOptions.previewVae), on the report after each step: a small image
+   * (longer side ≤ 256 px) of each image's current denoised estimate, one per image.
+   */
+  preview?: RawImage[];
 }
 
 export interface GenerateOptions {
@@ -41,7 +46,7 @@ export interface GenerateOptions {
    * (image to image) its VAE posterior sample, then each step's noise from seed + i.
    */
   seed?: number;
-  /** 'ddim' (default), 'dpmpp-2m', 'dpmpp-2m-karras', 'euler' or 'euler-a' (the README says which to use when). */
+  /** 'ddim' (default), 'dpmpp-2m', 'dpmpp-2m-karras', 'euler', 'euler-a' or 'lcm' (the README says which to use when). */
   sampler?: SamplerName;
   /** Images per call, run as one batch (default 1); image i equals a one-image call with seed + i. */
   numImages?: number;
@@ -209,8 +214,9 @@ export async function resolveGenerate(opts: GenerateOptions, model: GenerateMode
   const h = height / model.latentFactor;
   const w = width / model.latentFactor;
   const latentShape = [numImages, ch, h, w] as const;
-  const sampler = makeSampler(samplerName, model.configs.scheduler, steps, { eta });
-  const start = init ? img2imgStart(steps, strength, sampler.timesteps.length) : 0;
+  // LCM builds its image-to-image schedule from the strength (all steps run); the others start part way in.
+  const sampler = makeSampler(samplerName, model.configs.scheduler, steps, { eta, ...(init ? { strength } : {}) });
+  const start = init && !sampler.strengthInSchedule ? img2imgStart(steps, strength, sampler.timesteps.length) : 0;
   const timesteps = sampler.timesteps.slice(start);
   const warnings: string[] = [];
   let latents: Float32Array | undefined;

@@ -234,6 +234,8 @@ export class Graph {
   gelu(x: Value): Value { return this.emit('gelu', [x], x.shape); }
   quickGelu(x: Value): Value { return this.emit('quick_gelu', [x], x.shape); }
   silu(x: Value): Value { return this.emit('silu', [x], x.shape); }
+  relu(x: Value): Value { return this.emit('relu', [x], x.shape); }
+  tanh(x: Value): Value { return this.emit('tanh', [x], x.shape); }
 
   add(a: Value, b: Value): Value { return this.emit('add', [a, b], broadcastShapes('add', a.shape, b.shape)); }
   mul(a: Value, b: Value): Value { return this.emit('mul', [a, b], broadcastShapes('mul', a.shape, b.shape)); }

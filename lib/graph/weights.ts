@@ -49,15 +49,22 @@ export class Weights implements Disposable {
   }
 
   tensor(name: string): Tensor {
-    let t = this.#loaded.get(name);
+    const t = this.#loaded.get(name);
     if (t && !t.disposed) return t;
+    return this.#keep(name, this.fromFile(name), this.ref(name).file);
+  }
+
+  /**
+   * A new upload of the weight as its file holds it, not kept: what the resident tensor held when
+   * loaded (a LoRA merge's base, lib/runtime/lora.ts: the resident one may have been changed since).
+   */
+  fromFile(name: string): Tensor {
     const r = this.ref(name);
     const src = ST_TO_DTYPE[r.dtype];
     const dtype = this.backend.weights && r.shape.length >= 2 ? this.backend.weights : this.backend.dtype;
-    t = src
+    return src
       ? Tensor.fromBytes(r.readBytes(), src, r.shape, dtype, this.backend.device, this.backend.stream ?? 0)
       : Tensor.from(r.readFloat32(), r.shape, { ...this.backend, dtype });
-    return this.#keep(name, t, r.file);
   }
 
   /**

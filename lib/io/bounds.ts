@@ -91,6 +91,7 @@ export function checkUNetConfig(cfg: UNetConfig, what = 'unet config'): void {
 }
 
 export function checkVaeConfig(cfg: VaeConfig, what = 'vae config'): void {
+  if (cfg.tiny) return checkTinyVaeConfig(cfg, what);
   const c = new Check(what, cfg);
   const widths = c.ints('blockOutChannels', 1, LIMITS.width, LIMITS.levels);
   c.int('layersPerBlock', 1, LIMITS.layersPerBlock);
@@ -107,6 +108,20 @@ export function checkVaeConfig(cfg: VaeConfig, what = 'vae config'): void {
   c.oneOf('actFn', UNET_ACTIVATIONS);
   c.each('downBlockTypes', ['DownEncoderBlock2D']);
   c.each('upBlockTypes', ['UpDecoderBlock2D']);
+}
+
+function checkTinyVaeConfig(cfg: VaeConfig, what: string): void {
+  const c = new Check(what, cfg);
+  c.int('inChannels', 1, LIMITS.channels);
+  c.int('outChannels', 1, LIMITS.channels);
+  c.int('latentChannels', 1, LIMITS.channels);
+  c.positive('scalingFactor', 1e3);
+  if (cfg.scalingFactor < 1e-6) c.fail('scalingFactor', 'is too small (latents / scaling_factor overflows)');
+  const t = new Check(`${what} (AutoencoderTiny)`, cfg.tiny!);
+  t.ints('encoderBlockOutChannels', 1, LIMITS.width, LIMITS.levels);
+  t.ints('decoderBlockOutChannels', 1, LIMITS.width, LIMITS.levels);
+  t.ints('numEncoderBlocks', 1, LIMITS.layersPerBlock, LIMITS.levels);
+  t.ints('numDecoderBlocks', 1, LIMITS.layersPerBlock, LIMITS.levels);
 }
 
 export function checkTextConfig(cfg: TextConfig, what = 'text_encoder config'): void {

@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { IdforgeError } from '../errors.js';
 import {
-  applyOverrides, guessNormGroups, guessTextHeads, parseTextConfig, parseUNetConfig,
+  applyOverrides, guessNormGroups, guessTextHeads, parseTextConfig, parseTinyVaeConfig, parseUNetConfig,
   parseVaeConfig, readJsonFile, sd15Scheduler, SD15_TEXT, SD15_UNET, SD15_VAE,
   type ConfigOverrides, type ModelConfigs, type TextConfig, type UNetConfig, type VaeConfig,
 } from './configs.js';
@@ -21,6 +21,7 @@ import {
 } from './ldm.js';
 import { isPickleName, pickleRefusal, SafetensorsFile, type StDType } from './safetensors.js';
 import { parseSchedulerConfig, type SchedulerConfig } from '../sched/config.js';
+import { ORIGINAL_TAESD, originalTaesdName } from './taesd.js';
 import { invalid, options, text } from '../validate.js';
 
 export type Component = 'unet' | 'vae' | 'text';
@@ -71,6 +72,8 @@ export interface OpenModelOptions {
   variant?: 'fp16';
   /** Pins config fields (e.g. norm groups a single file cannot state). */
   configOverrides?: ConfigOverrides;
+  /** Another VAE in place of the model's (openVae: an AutoencoderKL or AutoencoderTiny folder, or the original TAESD files). */
+  vae?: string;
 }
 
 /** Where the package ships SD 1.x's CLIP tokenizer (same relative path from lib/io and dist/io). */
@@ -128,6 +131,13 @@ class Source implements ModelSource {
     this.closed = true;
     for (const f of this.files) f.close();
   }
+  /** This model with another VAE in place of its own (which is never read): takes over both sources' files. */
+  withVae(v: VaeSource): Source {
+    this.closed = true; // the files now belong to the new source
+    const note = `${this.path}: using the VAE ${v.path} (${v.config.tiny ? 'AutoencoderTiny' : 'AutoencoderKL'}) in place of the model's`;
+    return new Source(this.kind, this.path, { ...this.configs, vae: v.config }, this.tokenizerDir, { ...this.weights, vae: v.weights },
+      [...this.warnings, note, ...v.warnings], [...this.files, ...v.files]);
+  }
   [Symbol.dispose](): void {
     this.close();
   }
@@ -138,6 +148,17 @@ export function openModel(p: string, opts: OpenModelOptions = {}): ModelSource {
   text(p, 'model path', { nonEmpty: true });
   options(opts, 'options', 'openModel');
   if (opts.variant !== undefined && opts.variant !== 'fp16') throw invalid('variant', "'fp16' or left out", opts.variant, { where: 'openModel' });
+  const src = openModelFiles(p, opts);
+  if (opts.vae === undefined) return src;
+  try {
+    return src.withVae(openVae(opts.vae, opts.variant ? { variant: opts.variant } : {}));
+  } catch (e) {
+    src.close();
+    throw e;
+  }
+}
+
+function openModelFiles(p: string, opts: OpenModelOptions): Source {
   let st: fs.Stats;
   try {
     st = fs.statSync(p);
@@ -239,7 +260,7 @@ function shardsOf(indexFile: string): string[] {
   return [...files];
 }
 
-function openDiffusers(dir: string, opts: OpenModelOptions): ModelSource {
+function openDiffusers(dir: string, opts: OpenModelOptions): Source {
   const warnings: string[] = [];
   const indexFile = path.join(dir, 'model_index.json');
   if (fs.existsSync(indexFile)) {
@@ -285,24 +306,7 @@ function openDiffusers(dir: string, opts: OpenModelOptions): ModelSource {
 
   const opened: SafetensorsFile[] = [];
   try {
-    const load = (comp: Component, cdir: string): WeightMap => {
-      const files = pickWeightFiles(cdir, comp, opts.variant, warnings);
-      const map = new WeightMap(comp, files.length === 1 ? files[0]! : cdir);
-      for (const file of files) {
-        const st = SafetensorsFile.open(file);
-        opened.push(st);
-        for (const key of st.names()) {
-          if (isDroppedBuffer(key)) continue;
-          const name = comp === 'vae' ? modernVaeName(key) : key;
-          if (map.has(name)) {
-            const prev = map.get(name)!;
-            throw new IdforgeError('E_MODEL_FORMAT', `${file}: tensor "${key}" duplicates "${prev.key}" in ${prev.file} (both are ${comp} "${name}")`);
-          }
-          map.set(name, makeRef(name, st, key, comp === 'vae' && isVaeAttentionProjection(name)));
-        }
-      }
-      return map;
-    };
+    const load = (comp: Component, cdir: string) => loadComponent(comp, cdir, opts.variant, warnings, opened);
     const weights = { unet: load('unet', unetDir), vae: load('vae', vaeDir), text: load('text', textDir) };
     return new Source('diffusers', dir, configs, tokenizerDir, weights, warnings, opened);
   } catch (e) {
@@ -310,6 +314,106 @@ function openDiffusers(dir: string, opts: OpenModelOptions): ModelSource {
     throw e;
   }
 }
+
+/**
+ * One component's weights from a diffusers component folder (the files it opens are pushed onto
+ * `opened`, for the caller to close). `tiny`: an AutoencoderTiny's names are its own (no VAE renaming).
+ */
+function loadComponent(comp: Component, cdir: string, variant: 'fp16' | undefined, warnings: string[], opened: SafetensorsFile[], tiny = false): WeightMap {
+  const files = pickWeightFiles(cdir, comp, variant, warnings);
+  const map = new WeightMap(comp, files.length === 1 ? files[0]! : cdir);
+  for (const file of files) {
+    const st = SafetensorsFile.open(file);
+    opened.push(st);
+    for (const key of st.names()) {
+      if (isDroppedBuffer(key)) continue;
+      const name = comp === 'vae' && !tiny ? modernVaeName(key) : key;
+      addRef(map, name, st, key, comp === 'vae' && !tiny && isVaeAttentionProjection(name));
+    }
+  }
+  return map;
+}
+
+function addRef(map: WeightMap, name: string, st: SafetensorsFile, key: string, squeeze1x1: boolean): void {
+  const prev = map.get(name);
+  if (prev) throw new IdforgeError('E_MODEL_FORMAT', `${st.path}: tensor "${key}" duplicates "${prev.key}" in ${prev.file} (both are ${map.component} "${name}")`);
+  map.set(name, makeRef(name, st, key, squeeze1x1));
+}
+
+// ---------------------------------------------------------------------------------------------
+// A VAE on its own (Engine.load's `vae` / `previewVae`)
+
+/** An opened VAE: its config (with `tiny` for an AutoencoderTiny) and weights under internal names. */
+export interface VaeSource {
+  path: string;
+  config: VaeConfig;
+  weights: WeightMap;
+  warnings: string[];
+  files: SafetensorsFile[];
+}
+
+/**
+ * Opens a VAE by itself: a diffusers VAE folder (config.json with `_class_name` AutoencoderKL or
+ * AutoencoderTiny, and diffusion_pytorch_model.safetensors), or the original TAESD files
+ * (a folder holding taesd_decoder.safetensors and optionally taesd_encoder.safetensors, or the
+ * decoder file itself: without the encoder, image to image is refused).
+ */
+export function openVae(p: string, opts: { variant?: 'fp16' } = {}): VaeSource {
+  if (typeof p !== 'string' || p.length === 0) throw new IdforgeError('E_ARGUMENT', `vae must be a path to a VAE folder, got ${JSON.stringify(p)}`);
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(p);
+  } catch (e) {
+    throw fileError(p, e, 'VAE folder');
+  }
+  const warnings: string[] = [];
+  const opened: SafetensorsFile[] = [];
+  try {
+    if (!st.isDirectory()) return openOriginalTaesd(p, path.join(path.dirname(p), path.basename(p).replace('decoder', 'encoder')), opened);
+    const cfgFile = path.join(p, 'config.json');
+    if (!entryExists(cfgFile)) {
+      const dec = path.join(p, 'taesd_decoder.safetensors');
+      if (entryExists(dec)) return openOriginalTaesd(dec, path.join(p, 'taesd_encoder.safetensors'), opened);
+      throw new IdforgeError('E_MODEL_FORMAT', `${p}: not a VAE folder: expected config.json with diffusion_pytorch_model.safetensors (AutoencoderKL or AutoencoderTiny), or the original taesd_decoder.safetensors`);
+    }
+    const json = readJsonFile(cfgFile);
+    const cls = json._class_name ?? 'AutoencoderKL';
+    if (cls !== 'AutoencoderKL' && cls !== 'AutoencoderTiny')
+      throw new IdforgeError('E_MODEL_FORMAT', `${cfgFile}: _class_name ${JSON.stringify(cls)} is not a VAE idforge runs (AutoencoderKL or AutoencoderTiny)`);
+    const tiny = cls === 'AutoencoderTiny';
+    const config = tiny ? parseTinyVaeConfig(json, cfgFile) : parseVaeConfig(json, cfgFile);
+    const weights = loadComponent('vae', p, opts.variant, warnings, opened, tiny);
+    return { path: p, config, weights, warnings, files: opened };
+  } catch (e) {
+    for (const f of opened) f.close();
+    throw e;
+  }
+}
+
+/** taesd_decoder.safetensors (+ taesd_encoder.safetensors when present) under diffusers' AutoencoderTiny names. */
+function openOriginalTaesd(decoder: string, encoder: string, opened: SafetensorsFile[]): VaeSource {
+  const map = new WeightMap('vae', decoder);
+  const warnings: string[] = [];
+  const parts: ['decoder' | 'encoder', string][] = [['decoder', decoder]];
+  const hasEncoder = encoder !== decoder && entryExists(encoder);
+  if (hasEncoder) parts.push(['encoder', encoder]);
+  for (const [part, file] of parts) {
+    const st = SafetensorsFile.open(file);
+    opened.push(st);
+    for (const key of st.names()) {
+      const name = originalTaesdName(key, part);
+      if (name) addRef(map, name, st, key, false);
+      else warnings.push(`${file}: ignored tensor "${key}" (not a TAESD ${part} layer)`);
+    }
+  }
+  const config = parseTinyVaeConfig({ ...snakeTiny(ORIGINAL_TAESD) }, decoder, !hasEncoder);
+  return { path: decoder, config, weights: map, warnings, files: opened };
+}
+
+const snakeTiny = (t: typeof ORIGINAL_TAESD) => ({
+  encoder_block_out_channels: t.encoderBlockOutChannels, decoder_block_out_channels: t.decoderBlockOutChannels,
+  num_encoder_blocks: t.numEncoderBlocks, num_decoder_blocks: t.numDecoderBlocks,
+});
 
 // ---------------------------------------------------------------------------------------------
 // LDM single files
@@ -322,7 +426,7 @@ function summarize(keys: string[]): string {
   return keys.length > 5 ? `${head} and ${keys.length - 5} more` : head;
 }
 
-function openLdm(file: string, opts: OpenModelOptions): ModelSource {
+function openLdm(file: string, opts: OpenModelOptions): Source {
   const st = SafetensorsFile.open(file);
   try {
     const warnings: string[] = [];

@@ -54,6 +54,22 @@ export interface VaeConfig {
   /** GroupNorm eps; not in config.json, fixed at 1e-6 in diffusers' AutoencoderKL. */
   normEps: number;
   scalingFactor: number;
+  /**
+   * Present for a tiny autoencoder (diffusers' AutoencoderTiny, TAESD): its own sizes. The fields
+   * above then hold what every VAE has (channels, scalingFactor, and blockOutChannels whose length
+   * gives the 2^(levels − 1) latent factor); the AutoencoderKL-only ones are unused.
+   */
+  tiny?: TinyVaeConfig;
+}
+
+/** diffusers' AutoencoderTiny (TAESD): conv + ReLU blocks, nearest 2x upsampling, no norms. */
+export interface TinyVaeConfig {
+  encoderBlockOutChannels: number[];
+  decoderBlockOutChannels: number[];
+  numEncoderBlocks: number[];
+  numDecoderBlocks: number[];
+  /** Only a decoder was given (the original taesd_decoder.safetensors alone): no image to image. */
+  decoderOnly: boolean;
 }
 
 export interface TextConfig {
@@ -304,6 +320,38 @@ export function parseVaeConfig(json: Json, file: string): VaeConfig {
   };
 }
 
+/**
+ * An AutoencoderTiny config.json (`_class_name` "AutoencoderTiny") as a VaeConfig with `tiny` set.
+ * ReLU activations, nearest 2x upsampling and the fixed tanh(z/3)·3 input clamp of diffusers'
+ * DecoderTiny are the only kind there is: anything else is refused.
+ */
+export function parseTinyVaeConfig(json: Json, file: string, decoderOnly = false): VaeConfig {
+  const r = new Reader(json, file);
+  const enc = r.ints('encoder_block_out_channels', [64, 64, 64, 64]);
+  const dec = r.ints('decoder_block_out_channels', [64, 64, 64, 64]);
+  const numEnc = r.ints('num_encoder_blocks', [1, 3, 3, 3]);
+  const numDec = r.ints('num_decoder_blocks', [3, 3, 3, 1]);
+  if (enc.length !== numEnc.length || dec.length !== numDec.length || enc.length !== dec.length)
+    throw new IdforgeError('E_MODEL_FORMAT', `${file}: encoder/decoder block_out_channels and num_*_blocks must all have one length`);
+  if (r.str('act_fn', 'relu') !== 'relu') throw new IdforgeError('E_MODEL_FORMAT', `${file}: act_fn ${JSON.stringify(json.act_fn)} is not supported (AutoencoderTiny uses relu)`);
+  if (r.num('upsampling_scaling_factor', 2) !== 2) throw new IdforgeError('E_MODEL_FORMAT', `${file}: upsampling_scaling_factor must be 2, got ${JSON.stringify(json.upsampling_scaling_factor)}`);
+  if (r.str('upsample_fn', 'nearest') !== 'nearest') throw new IdforgeError('E_MODEL_FORMAT', `${file}: upsample_fn must be "nearest", got ${JSON.stringify(json.upsample_fn)}`);
+  const levels = dec.length;
+  return {
+    ...SD15_VAE,
+    inChannels: r.int('in_channels', 3, 1),
+    outChannels: r.int('out_channels', 3, 1),
+    latentChannels: r.int('latent_channels', 4, 1),
+    scalingFactor: r.num('scaling_factor', 1),
+    blockOutChannels: [...dec].reverse(),
+    downBlockTypes: new Array<string>(levels).fill('DownEncoderBlock2D'),
+    upBlockTypes: new Array<string>(levels).fill('UpDecoderBlock2D'),
+    normNumGroups: 1,
+    actFn: 'relu',
+    tiny: { encoderBlockOutChannels: enc, decoderBlockOutChannels: dec, numEncoderBlocks: numEnc, numDecoderBlocks: numDec, decoderOnly },
+  };
+}
+
 export function parseTextConfig(json: Json, file: string): TextConfig {
   // CLIPTextConfig may arrive nested inside a full CLIPConfig.
   const src = json.text_config && typeof json.text_config === 'object' && !Array.isArray(json.text_config) ? (json.text_config as Json) : json;
@@ -363,6 +411,7 @@ function overrideFits(key: string, cur: unknown, v: unknown): boolean {
   if (key === 'attentionHeadDim') return isNum(v) || isNums(v);
   if (key === 'trainedBetas') return v === null || isNums(v);
   if (key === 'timestepSpacing') return v === null || typeof v === 'string';
+  if (key === 'originalInferenceSteps' || key === 'timestepScaling') return v === null || isNum(v);
   if (Array.isArray(cur)) return Array.isArray(v) && v.every((x) => typeof x === typeof cur[0]) && (typeof cur[0] !== 'number' || isNums(v));
   if (typeof cur === 'number') return isNum(v);
   return typeof v === typeof cur;

@@ -86,6 +86,12 @@ export async function encodePng(img: RawImage): Promise<Buffer> {
   return (await sharpOf(img)).png().toBuffer();
 }
 
+/** The JPEG bytes of an image: the server's step previews, a tenth of a PNG's size (each step's goes over SSE and, with Redis, through its event stream). */
+export async function encodeJpeg(img: RawImage, quality = 80): Promise<Buffer> {
+  check(img);
+  return (await sharpOf(img)).jpeg({ quality }).toBuffer();
+}
+
 /** A sharp pipeline over the RGB pixels (sharp loads on demand). */
 async function sharpOf(img: RawImage) {
   const { default: sharp } = await import('sharp');
@@ -117,7 +123,10 @@ export interface DecodeBudget {
   maxPixels?: number;
   /** Largest width or height, of the header and of the decoded (EXIF-rotated) image. */
   maxSide?: number;
-  /** Whole seconds the decoder may run (sharp's timeout), ≥ 1. */
+  /**
+   * Seconds the decode may take (> 0): the refusal comes at this time, and sharp's own timeout stops
+   * libvips' work at the next whole second (it counts whole seconds only).
+   */
   seconds?: number;
 }
 
@@ -137,8 +146,8 @@ export async function loadImage(input: string | Buffer | Uint8Array, budget?: De
   const what = typeof input === 'string' ? input : 'image buffer';
   if (budget) await checkBudget(sharp, input, budget, what);
   try {
-    const s = budget ? sharp(input, { limitInputPixels: budget.maxPixels ?? true, pages: 1 }).timeout({ seconds: budget.seconds ?? 0 }) : sharp(input);
-    const { data, info } = await s.rotate().removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
+    const s = budget ? sharp(input, { limitInputPixels: budget.maxPixels ?? true, pages: 1 }).timeout({ seconds: Math.ceil(budget.seconds ?? 0) }) : sharp(input);
+    const { data, info } = await withinSeconds(s.rotate().removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true }), budget?.seconds);
     if (info.channels !== 3) throw new Error(`decoded ${info.channels} channels`);
     if (budget?.maxSide !== undefined && Math.max(info.width, info.height) > budget.maxSide)
       throw new ImageDecodeError('size', `${what} is ${info.width}x${info.height}; the limit is ${budget.maxSide} px a side`);
@@ -154,12 +163,21 @@ export async function loadImage(input: string | Buffer | Uint8Array, budget?: De
   }
 }
 
+/** `work`, or a rejection "timeout" once `seconds` have passed (the work's own later outcome is dropped). */
+function withinSeconds<T>(work: Promise<T>, seconds: number | undefined): Promise<T> {
+  if (seconds === undefined) return work;
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error('timeout: the decode budget ran out')), seconds * 1000); });
+  work.catch(() => {});
+  return Promise.race([work, late]).finally(() => clearTimeout(timer));
+}
+
 const FORMAT_NAMES: Record<RasterFormat, string> = { jpeg: 'JPEG', png: 'PNG', webp: 'WebP' };
 
 /** The budget's checks that need no decoding: the magic bytes and the header's size and page count. */
 async function checkBudget(sharp: typeof import('sharp'), input: string | Buffer | Uint8Array, b: DecodeBudget, what: string): Promise<void> {
-  if (b.seconds !== undefined && !(Number.isInteger(b.seconds) && b.seconds >= 1 && b.seconds <= 3600))
-    throw invalid('decode budget: seconds', 'an integer in [1, 3600]', b.seconds);
+  if (b.seconds !== undefined && !(typeof b.seconds === 'number' && b.seconds >= 0.01 && b.seconds <= 3600))
+    throw invalid('decode budget: seconds', 'a number of seconds in [0.01, 3600]', b.seconds);
   if (b.formats) {
     const head = typeof input === 'string' ? readHead(input) : input;
     const f = sniffRaster(head);

@@ -11,6 +11,7 @@ import { IdforgeError } from '../errors.js';
 import { checkConfigs } from './bounds.js';
 import type { Component, ModelSource } from './checkpoint.js';
 import type { ModelConfigs, TextConfig, UNetConfig, VaeConfig } from './configs.js';
+import { tinyDecoderModules, tinyEncoderModules } from './taesd.js';
 
 /** How a tensor is initialised: N(0, std), or a constant (norm weights 1, norm biases 0). */
 export type Init = { kind: 'normal'; std: number } | { kind: 'const'; value: number };
@@ -146,6 +147,7 @@ function vaeMid(l: Layout, p: string, c: number): void {
 }
 
 export function vaeLayout(cfg: VaeConfig): LayoutEntry[] {
+  if (cfg.tiny) return tinyVaeLayout(cfg);
   const l = new Layout();
   const boc = cfg.blockOutChannels;
   const levels = boc.length;
@@ -177,6 +179,25 @@ export function vaeLayout(cfg: VaeConfig): LayoutEntry[] {
   }
   l.norm('decoder.conv_norm_out', boc[0]!);
   l.conv('decoder.conv_out', cfg.outChannels, boc[0]!, 3);
+  return l.entries;
+}
+
+// AutoencoderTiny (TAESD): its encoder only when it has one. He-initialised: a random ReLU net keeps its scale.
+function tinyVaeLayout(cfg: VaeConfig): LayoutEntry[] {
+  const l = new Layout();
+  const conv = (p: string, o: number, i: number, k: number, bias: boolean) => {
+    l.add(`${p}.weight`, [o, i, k, k], { kind: 'normal', std: Math.sqrt(2 / (i * k * k)) });
+    if (bias) l.add(`${p}.bias`, [o], ZEROS);
+  };
+  for (const m of [...(cfg.tiny!.decoderOnly ? [] : tinyEncoderModules(cfg)), ...tinyDecoderModules(cfg)]) {
+    if (m.kind === 'conv') conv(m.name, m.out, m.inp, 3, m.bias);
+    else if (m.kind === 'block') {
+      conv(`${m.name}.conv.0`, m.out, m.inp, 3, true);
+      conv(`${m.name}.conv.2`, m.out, m.out, 3, true);
+      conv(`${m.name}.conv.4`, m.out, m.out, 3, true);
+      if (m.inp !== m.out) conv(`${m.name}.skip`, m.out, m.inp, 1, false);
+    }
+  }
   return l.entries;
 }
 

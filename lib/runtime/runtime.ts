@@ -7,18 +7,24 @@
  *    models in one process run concurrently and never see each other's errors;
  *  - the resident weights, in named groups (one per model component);
  *  - a bounded LRU cache of compiled programs, keyed by what a program was built for;
+ *  - a gate between calls and weight changes (shared / exclusive): a call runs start to end on one
+ *    set of weights, a change (a LoRA merge) waits for the calls in flight and holds back new ones;
  *  - disposal of all of it, and of what the model hands over (its open files).
  * Model-specific program builders live on top of it (lib/runtime/sd.ts for SD 1.x); pipelines
  * (lib/engine.ts, lib/learn/, lib/dreamidentity/, lib/bench/) are its clients.
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { IdforgeError } from '../errors.js';
 import { Graph } from '../graph/graph.js';
-import { Program, type BackendSpec } from '../graph/program.js';
+import { Program, type BackendSpec, type RunOptions } from '../graph/program.js';
 import { Weights } from '../graph/weights.js';
 import type { TensorRef } from '../io/checkpoint.js';
 import { backends, call, native } from '../native.js';
 import { Tensor } from '../tensor.js';
-import { validateDevice } from '../validate.js';
+import { invalid, validateDevice } from '../validate.js';
+
+/** The runtimes whose shared() section the current async call is inside (nested calls pass through). */
+const inside = new AsyncLocalStorage<ReadonlySet<ModelRuntime>>();
 
 /** Runtimes that are never disposed still hand their CUDA stream back when collected. */
 const streams = new FinalizationRegistry<number>((id) => {
@@ -79,6 +85,11 @@ export class ModelRuntime implements Disposable {
   /** The CUDA stream this runtime created (released by dispose()), 0 when none. */
   #ownStream = 0;
   #disposed = false;
+  /** Calls inside shared(); an exclusive() section waits for 0. */
+  #calls = 0;
+  /** Settles when the exclusive section running or waiting ends; new calls wait for it. */
+  #change: Promise<void> | null = null;
+  #drained: (() => void) | null = null;
 
   /**
    * @param backend a resolved device and dtype (resolveBackend); on CUDA without a stream the
@@ -153,6 +164,55 @@ export class ModelRuntime implements Disposable {
 
   get programCount(): number {
     return this.#programs.size;
+  }
+
+  /**
+   * Compiles `build` without caching it, runs it once (outputs into `opts.into` where given) and
+   * frees it: one-off work such as a weight merge, which must not evict the programs that run often.
+   */
+  async runOnce(build: (g: Graph) => void, inputs: Tensor[], opts: RunOptions = {}): Promise<Tensor[]> {
+    this.assertLive();
+    const g = new Graph();
+    build(g);
+    using p = new Program(g, this.backend, { cudaGraph: false });
+    return p.run(inputs, opts);
+  }
+
+  /**
+   * Runs `fn` as one call on the current weights: it waits while a weight change (exclusive) is
+   * running or waiting, and a change waits for it to end. A call made from inside another call of
+   * this runtime (generate decoding through decodeLatents) passes straight through.
+   */
+  async shared<T>(fn: () => Promise<T>): Promise<T> {
+    const held = inside.getStore();
+    if (held?.has(this)) return fn();
+    while (this.#change) await this.#change;
+    this.#calls++;
+    try {
+      return await inside.run(new Set([...(held ?? []), this]), fn);
+    } finally {
+      if (--this.#calls === 0) this.#drained?.();
+    }
+  }
+
+  /**
+   * Runs `fn` (a change of the resident weights) alone: after the calls in flight have finished,
+   * with new calls held back until it ends. E_ARGUMENT from inside a call of this runtime (an
+   * onProgress callback), which would otherwise wait for itself.
+   */
+  async exclusive<T>(fn: () => Promise<T>, what: string): Promise<T> {
+    if (inside.getStore()?.has(this)) throw invalid(what, `called outside the ${this.name}'s own calls (not from onProgress: it would wait for that call to finish)`);
+    while (this.#change) await this.#change;
+    let done!: () => void;
+    this.#change = new Promise<void>((resolve) => (done = resolve));
+    try {
+      if (this.#calls > 0) await new Promise<void>((resolve) => (this.#drained = resolve));
+      this.#drained = null;
+      return await fn();
+    } finally {
+      this.#change = null;
+      done();
+    }
   }
 
   /** Frees every compiled program (they are rebuilt on demand). */

@@ -1,5 +1,5 @@
 // A diffusers scheduler config (scheduler/scheduler_config.json), parsed once: the model loader,
-// every sampler (DDIM, DPM-Solver++, Euler) and DDIMScheduler read this one result.
+// every sampler (DDIM, DPM-Solver++, Euler, LCM) and DDIMScheduler read this one result.
 //
 // Keys are diffusers' snake_case (camelCase is accepted: a parsed config parses to itself). A key
 // left out takes the value diffusers gives it, which is the __init__ default of the scheduler
@@ -34,13 +34,16 @@ export interface SchedulerConfig {
   rescaleBetasZeroSnr: boolean;
   /** Euler's σ interpolation (only 'linear' is supported there; the other samplers ignore it). */
   interpolationType: string;
+  /** LCMScheduler's distillation steps and timestep scaling (null when the config names none: 50 and 10). */
+  originalInferenceSteps: number | null;
+  timestepScaling: number | null;
 }
 
 /** diffusers' DDIMScheduler.__init__ defaults (set_alpha_to_one: see the header). */
 const DDIM_DEFAULTS = {
   className: 'DDIMScheduler', numTrainTimesteps: 1000, betaStart: 0.0001, betaEnd: 0.02, betaSchedule: 'linear', trainedBetas: null,
   setAlphaToOne: true, stepsOffset: 0, clipSample: true, clipSampleRange: 1, predictionType: 'epsilon', timestepSpacing: null,
-  rescaleBetasZeroSnr: false, interpolationType: 'linear',
+  rescaleBetasZeroSnr: false, interpolationType: 'linear', originalInferenceSteps: null, timestepScaling: null,
 } as const satisfies SchedulerConfig;
 
 /** A field's key in diffusers' JSON. */
@@ -99,5 +102,7 @@ export function parseSchedulerConfig(raw: unknown, file?: string): SchedulerConf
     timestepSpacing: choice('timestepSpacing', null, ['leading', 'trailing', 'linspace'] as const),
     rescaleBetasZeroSnr: bool('rescaleBetasZeroSnr', DDIM_DEFAULTS.rescaleBetasZeroSnr),
     interpolationType: str('interpolationType', DDIM_DEFAULTS.interpolationType),
+    originalInferenceSteps: get('originalInferenceSteps') === undefined ? null : num('originalInferenceSteps', 50, (v) => Number.isInteger(v) && v >= 1 && v <= numTrainTimesteps, `an integer in [1, ${numTrainTimesteps}]`),
+    timestepScaling: get('timestepScaling') === undefined ? null : num('timestepScaling', 10, (v) => v > 0, 'a positive number'),
   };
 }

@@ -10,13 +10,13 @@
  * `state` is the previous step's x0 (what DPM-Solver++ 2M carries); the others ignore it. The op
  * also writes the next step's UNet input, so the scaling never needs a pass of its own. Every
  * coefficient is computed here in float64 from the float32 schedule; the backend applies them.
- * One module per sampler family: ddim.ts, dpmsolver.ts, euler.ts.
+ * One module per sampler family: ddim.ts, dpmsolver.ts, euler.ts, lcm.ts.
  */
 import { IdforgeError } from '../errors.js';
 import type { PredictionType } from './config.js';
 import { invalid } from '../validate.js';
 
-export const SAMPLERS = ['ddim', 'dpmpp-2m', 'dpmpp-2m-karras', 'euler', 'euler-a'] as const;
+export const SAMPLERS = ['ddim', 'dpmpp-2m', 'dpmpp-2m-karras', 'euler', 'euler-a', 'lcm'] as const;
 export type SamplerName = (typeof SAMPLERS)[number];
 
 /** The coefficients of one step, in the order of SAMPLER_STEP's coefficient input. */
@@ -50,8 +50,13 @@ export interface Sampler {
   readonly timesteps: readonly number[];
   /** What generate() multiplies given/seeded latents by (1 for DDIM and DPM-Solver). */
   readonly initNoiseSigma: number;
-  /** Whether the update adds fresh noise each step (Euler ancestral, DDIM with eta > 0). */
+  /** Whether the update adds fresh noise each step (Euler ancestral, DDIM with eta > 0, LCM). */
   readonly stochastic: boolean;
+  /**
+   * Image to image: true when the schedule was built from the strength (LCM: every step runs);
+   * otherwise the last int(steps·strength) steps run (lib/sampling.ts img2imgStart).
+   */
+  readonly strengthInSchedule?: boolean;
   /**
    * The update from step i. `first` marks the first step run (image-to-image starts part way in;
    * a multistep solver has no history there).
@@ -65,6 +70,8 @@ export interface Sampler {
 export interface SamplerOptions {
   /** DDIM's eta (0 = deterministic); the other samplers ignore it. */
   eta?: number;
+  /** Image-to-image strength, for a sampler that builds its schedule from it (LCM); the others ignore it. */
+  strength?: number;
 }
 
 

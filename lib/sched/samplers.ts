@@ -3,6 +3,7 @@ import { parseSchedulerConfig } from './config.js';
 import { DDIMScheduler } from './ddim.js';
 import { dpmSolverSampler } from './dpmsolver.js';
 import { eulerSampler } from './euler.js';
+import { lcmSampler } from './lcm.js';
 import { badSampler, isSamplerName, SAMPLERS, type Sampler, type SamplerName, type SamplerOptions } from './sampler.js';
 import { integer } from '../validate.js';
 
@@ -26,6 +27,8 @@ export function makeSampler(name: unknown, config: object, steps: number, opts: 
     case 'euler':
     case 'euler-a':
       return eulerSampler(base, steps, name === 'euler-a');
+    case 'lcm':
+      return lcmSampler(base, steps, opts.strength ?? 1);
   }
 }
 

@@ -55,6 +55,12 @@ export const SIZE_MULTIPLE = 64;
 /** Identities one generate request may name (`identities`). */
 export const MAX_IDENTITIES = 8;
 
+/** LoRA files one generate request may name (`loras`). */
+export const MAX_LORAS = 8;
+
+/** A LoRA's name: its file name in the server's --loras folder without `.safetensors`, never a path. */
+export const LORA_NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$';
+
 /** Identity ids name files in the store: letters, digits, '_' and '-', never a path. */
 export const ID_PATTERN = '^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$';
 const UUID_PATTERN = '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$';
@@ -92,6 +98,8 @@ export interface GenerateJob {
   attention?: boolean;
   /** Identity name → box [x0, y0, x1, y1) in fractions of the image (generate()'s `regions`). */
   regions?: Record<string, Box>;
+  /** LoRA files by name (the runner's --loras folder), merged before the job runs. */
+  loras?: { name: string; scale: number }[];
 }
 
 export interface LearnJob {
@@ -124,6 +132,11 @@ export interface Progress {
   steps: number;
   /** A learning job's loss at this step. */
   loss?: number;
+  /**
+   * With a preview VAE (--preview-vae), the step's denoised estimate of the first image as a small
+   * JPEG (at most 256 px a side), base64: sent live over SSE, never kept in views or step history.
+   */
+  preview?: string;
 }
 
 export interface JobError {
@@ -208,6 +221,13 @@ export function generateBody(l: Limits): object {
         type: 'object', maxProperties: REGION_CAPACITY, propertyNames: { maxLength: 64 },
         additionalProperties: { type: 'array', minItems: 4, maxItems: 4, items: { type: 'number', minimum: 0, maximum: 1 } },
       },
+      loras: {
+        type: 'array', maxItems: MAX_LORAS,
+        items: {
+          type: 'object', required: ['name'], additionalProperties: false,
+          properties: { name: { type: 'string', pattern: LORA_NAME_PATTERN }, scale: { type: 'number', minimum: -10, maximum: 10 } },
+        },
+      },
     },
     // Fields the engine would ignore are refused: the identity's scale, heatmap or regions without an
     // identity, a negative prompt without classifier-free guidance (it only steers the guided branch);
@@ -283,4 +303,5 @@ export const responses = {
   jobView,
   identityInfo,
   identityList: { type: 'object', properties: { identities: { type: 'array', items: identityInfo } } },
+  loraList: { type: 'object', properties: { loras: { type: 'array', items: { type: 'object', properties: { name: { type: 'string' }, bytes: { type: 'integer' } } } } } },
 };

@@ -8,6 +8,7 @@ import { Engine, type LoadOptions } from '../engine.js';
 import { IdforgeError } from '../errors.js';
 import { validateDevice } from '../validate.js';
 import { DEFAULT_LIMITS, DEFAULT_TIMEOUTS, SIZE_MULTIPLE, type Limits, type Timeouts } from './api.js';
+import { LoraLibrary } from './loras.js';
 import type { JobQueue } from './queue.js';
 
 export const SERVE_USAGE = `usage: idforge serve --model DIR [options]         (engines in this process)
@@ -18,6 +19,8 @@ export const SERVE_USAGE = `usage: idforge serve --model DIR [options]         (
   --identities DIR      identity store (./identities)
   --encoder DIR         ID encoder for DreamIdentity uploads (POST /identities)
   --results DIR         keep finished jobs (views, PNGs) on disk: their URLs survive a restart
+  --loras DIR           offer the folder's .safetensors LoRAs by name (GET /loras; loras: [{ name, scale }])
+  --preview-vae DIR     a VAE (e.g. TAESD) for live previews: each step's progress event carries a small PNG
   --token T             require "Authorization: Bearer T" (or IDFORGE_TOKEN)
   --queue NAME          BullMQ queue name (idforge; with --redis)
   --max-steps N --max-size PX --max-queue N --body-limit BYTES --max-upload PX
@@ -28,7 +31,7 @@ export const SERVE_USAGE = `usage: idforge serve --model DIR [options]         (
   --grace S             on SIGTERM/SIGINT, seconds to let running jobs finish (30); the process exits by then`;
 
 export const WORKER_USAGE = `usage: idforge worker --redis URL --model DIR [--device auto|cpu|cuda] [--dtype float32|float16]
-                     [--queue NAME] [--lock-ms 30000] [--stalled-ms 30000]
+                     [--queue NAME] [--lock-ms 30000] [--stalled-ms 30000] [--loras DIR] [--preview-vae DIR]
   one engine per worker: start one per GPU (CUDA_VISIBLE_DEVICES=i) or machine`;
 
 const bad = (msg: string) => new IdforgeError('E_ARGUMENT', msg);
@@ -98,7 +101,7 @@ async function tryListen(host: string, port: number): Promise<void> {
 const s = { type: 'string' } as const;
 
 export const SERVE_OPTIONS = {
-  model: s, redis: s, host: s, port: s, engines: s, device: s, dtype: s, identities: s, encoder: s, results: s, token: s, queue: s,
+  model: s, redis: s, host: s, port: s, engines: s, device: s, dtype: s, identities: s, encoder: s, results: s, token: s, queue: s, loras: s, 'preview-vae': s,
   'max-steps': s, 'max-size': s, 'max-queue': s, 'body-limit': s, 'max-upload': s, 'keep-jobs': s, 'keep-age': s,
   'request-timeout': s, 'redis-timeout': s, grace: s, log: { type: 'boolean' }, help: { type: 'boolean' },
 } as const;
@@ -116,6 +119,9 @@ export interface ServeConfig {
   identities: string;
   encoder?: string;
   results?: string;
+  /** The LoRA folder requests may name files of; with --redis, the workers need the same files (their own --loras). */
+  loras?: string;
+  previewVae?: string;
   token?: string;
   queue?: string;
   limits: Limits;
@@ -132,7 +138,7 @@ export function serveConfig(v: ServeValues): ServeConfig {
   const only = (flags: (keyof ServeValues)[], where: string) => {
     for (const f of flags) if (v[f] !== undefined) throw bad(`--${f} applies ${where} only`);
   };
-  if (mode === 'redis') only(['engines', 'device', 'dtype'], 'to engines in this process (--model)');
+  if (mode === 'redis') only(['engines', 'device', 'dtype', 'preview-vae'], 'to engines in this process (--model)');
   else only(['queue', 'redis-timeout'], 'with --redis');
   if (v.token !== undefined && !v.token) throw bad('--token must not be empty');
   queueName(v.queue);
@@ -165,6 +171,8 @@ export function serveConfig(v: ServeValues): ServeConfig {
     identities: v.identities ?? 'identities',
     ...(v.encoder ? { encoder: existingDir(v.encoder, 'encoder') } : {}),
     ...(v.results ? { results: v.results } : {}),
+    ...(v.loras ? { loras: existingDir(v.loras, 'loras') } : {}),
+    ...(v['preview-vae'] ? { previewVae: existingDir(v['preview-vae'], 'preview-vae') } : {}),
     ...(v.token ?? process.env.IDFORGE_TOKEN ? { token: v.token ?? process.env.IDFORGE_TOKEN } : {}),
     ...(v.queue ? { queue: v.queue } : {}),
     limits,
@@ -195,16 +203,26 @@ export async function serve(argv: string[]): Promise<number> {
   const { buildServer } = await import('./server.js');
   const engines: Engine[] = [];
   let queue: JobQueue;
+  // LoRAs are checked against the model where there is one here (workers check their own folder);
+  // what is not offered goes to stderr (the reasons name paths: never sent to clients).
+  const openLoras = (engine?: Engine) => {
+    const lib = c.loras ? LoraLibrary.open(c.loras, engine) : undefined;
+    for (const u of lib?.unfit ?? []) process.stderr.write(`idforge serve: --loras: not offering ${u.file}: ${u.reason}\n`);
+    return lib;
+  };
+  let loras: LoraLibrary | undefined;
   if (c.redis) {
+    loras = openLoras();
     const { RedisQueue } = await import('./redis.js');
     queue = await RedisQueue.open(c.redis, { maxQueue: c.limits.maxQueue, keep, ...optional('commandMs', c.redisMs), ...(c.queue ? { name: c.queue } : {}) })
       .catch((e: Error) => {
         throw bad(`--redis: no Redis answers at ${c.redis} (${e.message})`);
       });
   } else {
-    for (let i = 0; i < c.engines; i++) engines.push(await Engine.load(c.model!, c.load));
+    for (let i = 0; i < c.engines; i++) engines.push(await Engine.load(c.model!, { ...c.load, ...(c.previewVae ? { previewVae: c.previewVae } : {}) }));
+    loras = openLoras(engines[0]);
     const { LocalQueue } = await import('./queue.js');
-    queue = new LocalQueue(engines, { maxQueue: c.limits.maxQueue, keep });
+    queue = new LocalQueue(engines, { maxQueue: c.limits.maxQueue, keep, ...(loras ? { loras } : {}) });
   }
   let encoder;
   if (c.encoder) {
@@ -214,7 +232,8 @@ export async function serve(argv: string[]): Promise<number> {
   const app = await buildServer({
     queue, store, limits: c.limits, timeouts: c.timeouts, log: { level: c.log ? 'info' : 'error' },
     ...(engines[0] ? { prompts: { tokenizer: engines[0].tokenizer, configs: engines[0].configs } } : {}),
-    ...(encoder ? { encoder } : {}), ...(c.token ? { token: c.token } : {}), ...(results ? { results } : {}),
+    ...(encoder ? { encoder } : {}), ...(c.token ? { token: c.token } : {}), ...(results ? { results } : {}), ...(loras ? { loras } : {}),
+    previews: !!c.previewVae,
   });
   const address = await app.listen({ host: c.host, port: c.port }).catch((e: NodeJS.ErrnoException) => {
     throw bad(`cannot listen on ${c.host}:${c.port} (${e.code ?? e.message})`);
@@ -246,7 +265,7 @@ export async function serve(argv: string[]): Promise<number> {
 export async function worker(argv: string[]): Promise<number> {
   const { values: v } = parseArgs({
     args: argv,
-    options: { model: s, redis: s, device: s, dtype: s, queue: s, 'lock-ms': s, 'stalled-ms': s, help: { type: 'boolean' } },
+    options: { model: s, redis: s, device: s, dtype: s, queue: s, 'lock-ms': s, 'stalled-ms': s, loras: s, 'preview-vae': s, help: { type: 'boolean' } },
   });
   if (v.help || !v.model || !v.redis) {
     process.stderr.write(`${WORKER_USAGE}\n`);
@@ -257,9 +276,10 @@ export async function worker(argv: string[]): Promise<number> {
   const lockMs = int(v['lock-ms'], 'lock-ms', 100);
   const stalledMs = int(v['stalled-ms'], 'stalled-ms', 100);
   const queue = queueName(v.queue);
-  const opts = { redis: redisUrl(v.redis), model: existingDir(v.model, 'model'), load: loadOptions(v) };
+  const load = { ...loadOptions(v), ...(v['preview-vae'] ? { previewVae: existingDir(v['preview-vae'], 'preview-vae') } : {}) };
+  const opts = { redis: redisUrl(v.redis), model: existingDir(v.model, 'model'), load };
   const w = await startWorker({
-    ...opts, log: (l) => process.stdout.write(`${l}\n`),
+    ...opts, log: (l) => process.stdout.write(`${l}\n`), ...(v.loras ? { loras: existingDir(v.loras, 'loras') } : {}),
     ...(queue ? { queue } : {}), ...(lockMs ? { lockMs } : {}), ...(stalledMs ? { stalledCheckMs: stalledMs } : {}),
   });
   process.stdout.write(`idforge worker ready (${w.engine.backend.device} ${w.engine.backend.dtype}, pid ${process.pid})\n`);

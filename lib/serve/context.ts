@@ -5,6 +5,7 @@ import type { Identity } from '../identity/identity.js';
 import type { RawImage } from '../io/image.js';
 import type { Limits, Timeouts } from './api.js';
 import type { PromptModel } from './jobs.js';
+import type { LoraLibrary } from './loras.js';
 import type { JobQueue } from './queue.js';
 import type { ResultStore } from './results.js';
 import type { IdentityStore } from './store.js';
@@ -25,4 +26,8 @@ export interface Ctx {
   learning: Map<string, () => void>;
   /** Ends every open event stream (shutdown in Redis mode, where jobs outlive this server). */
   streams: Set<() => void>;
+  /** The LoRA files requests may name (--loras), listed at GET /loras. */
+  loras: LoraLibrary | undefined;
+  /** Whether progress events carry preview images (an in-process engine with --preview-vae). */
+  previews: boolean;
 }

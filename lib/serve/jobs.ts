@@ -9,9 +9,10 @@ import { identityMap, type GenerateOptions } from '../generate/options.js';
 import { expandPrompt } from '../identity/placeholders.js';
 import { identityRegions, regionBoxes } from '../regions.js';
 import type { ModelConfigs } from '../io/configs.js';
-import { encodePng, type RawImage } from '../io/image.js';
+import { encodeJpeg, encodePng, type RawImage } from '../io/image.js';
 import type { ClipTokenizer } from '../text/tokenizer.js';
 import { fromWire, toWire, type AttentionPng, type GenerateJob, type JobData, type JobResult, type Progress } from './api.js';
+import { useLoras, type LoraLibrary } from './loras.js';
 
 /**
  * Steps a served heatmap averages (spread over the run): its maps and the work of drawing it stay
@@ -66,8 +67,13 @@ function heatmapOptions(engine: Engine, job: GenerateJob): CaptureAttentionOptio
 /** The placeholders a job's heatmaps are drawn for: its identity's `<id>`, or each `<id:name>`. */
 const heatmapTokens = (job: GenerateJob): string[] => (job.identities ? Object.keys(job.identities).map((name) => `<id:${name}>`) : job.identity ? ['<id>'] : []);
 
-export async function runJob(engine: Engine, job: JobData, onProgress: (p: Progress) => void, signal?: AbortSignal): Promise<JobResult> {
+export async function runJob(engine: Engine, job: JobData, onProgress: (p: Progress) => void, signal?: AbortSignal, loras?: LoraLibrary): Promise<JobResult> {
+  // Every job on its own LoRA set: a generate's, none for the others (learning on the base weights).
+  await useLoras(engine, job.kind === 'generate' ? job.loras ?? [] : [], loras);
   if (job.kind === 'generate') {
+    const png = async (img: RawImage) => (await encodePng(img)).toString('base64');
+    // Reports in step order; a step's preview (when the engine has a preview VAE) is encoded first.
+    let reported: Promise<void> = Promise.resolve();
     const r = await engine.generate({
       ...generateOptions(job),
       ...(signal ? { signal } : {}),
@@ -75,12 +81,17 @@ export async function runJob(engine: Engine, job: JobData, onProgress: (p: Progr
       // Finished steps only: the in-step ticks (p.fraction) repeat the last step number, which
       // the job's step history would read as a retried run.
       onProgress: (p) => {
-        if (p.fraction === undefined) onProgress({ step: p.step, steps: p.steps });
+        if (p.fraction !== undefined) return;
+        const { step, steps, preview } = p;
+        reported = reported.then(async () => onProgress({ step, steps, ...(preview ? { preview: (await encodeJpeg(preview[0]!)).toString('base64') } : {}) }));
       },
+    }).catch(async (e: unknown) => {
+      await reported.catch(() => {}); // the run's own error is the one to report
+      throw e;
     });
+    await reported;
     r.latents.dispose();
     r.pixels.dispose();
-    const png = async (img: RawImage) => (await encodePng(img)).toString('base64');
     const images = await Promise.all(r.images.map(png));
     const attention: AttentionPng[] = [];
     // One image per job: each token's heatmap is over it.

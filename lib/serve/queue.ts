@@ -6,6 +6,7 @@ import type { Engine } from '../engine.js';
 import { DEFAULT_LIMITS, type JobData, type JobError, type JobResult, type JobView, type Progress } from './api.js';
 import { ServeError, publicError } from './errors.js';
 import { runJob } from './jobs.js';
+import type { LoraLibrary } from './loras.js';
 import type { KeepPolicy } from './results.js';
 
 export type JobEvent =
@@ -58,8 +59,12 @@ export class LocalQueue implements JobQueue {
   readonly keep: KeepPolicy;
   #closing = false;
 
-  constructor(engines: Engine[], opts: { maxQueue?: number; keep?: KeepPolicy } = {}) {
+  /** The LoRA files jobs may name (--loras). */
+  readonly loras: LoraLibrary | undefined;
+
+  constructor(engines: Engine[], opts: { maxQueue?: number; keep?: KeepPolicy; loras?: LoraLibrary } = {}) {
     this.#free = [...engines];
+    this.loras = opts.loras;
     this.maxQueue = opts.maxQueue ?? DEFAULT_LIMITS.maxQueue;
     this.keep = opts.keep ?? DEFAULT_KEEP;
   }
@@ -116,10 +121,12 @@ export class LocalQueue implements JobQueue {
     j.view.state = 'running';
     try {
       const result = await runJob(engine, j.data!, (progress) => {
-        j.view.progress = progress;
-        j.steps.push(progress);
+        // A preview goes to the live listeners only: the view and the step history stay small.
+        const { preview: _, ...kept } = progress;
+        j.view.progress = kept;
+        j.steps.push(kept);
         this.#emit(j, { type: 'progress', progress });
-      }, j.abort.signal);
+      }, j.abort.signal, this.loras);
       this.#finish(j);
       j.view.state = 'done';
       j.view.result = result;

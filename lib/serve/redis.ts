@@ -10,6 +10,7 @@ import type { JobData, JobError, JobResult, JobState, JobView, Progress } from '
 import { ServeError, publicError } from './errors.js';
 import { DEFAULT_KEEP, type JobEvent, type JobQueue } from './queue.js';
 import { runJob } from './jobs.js';
+import { LoraLibrary } from './loras.js';
 import type { KeepPolicy } from './results.js';
 
 export const DEFAULT_QUEUE = 'idforge';
@@ -34,7 +35,7 @@ function state(s: string): JobState {
 function progressOf(p: unknown): Progress | undefined {
   const q = p as Progress | null;
   if (typeof q !== 'object' || q === null || typeof q.step !== 'number' || typeof q.steps !== 'number') return undefined;
-  return { step: q.step, steps: q.steps, ...(typeof q.loss === 'number' ? { loss: q.loss } : {}) };
+  return { step: q.step, steps: q.steps, ...(typeof q.loss === 'number' ? { loss: q.loss } : {}), ...(typeof q.preview === 'string' ? { preview: q.preview } : {}) };
 }
 
 export interface RedisQueueOptions {
@@ -63,7 +64,8 @@ export class RedisQueue implements JobQueue {
       if (!progress) return;
       let seen = this.#steps.get(jobId);
       if (!seen || progress.step <= (seen.at(-1)?.step ?? 0)) this.#steps.set(jobId, (seen = [])); // new or retried run
-      seen.push(progress);
+      const { preview: _, ...kept } = progress; // the preview goes to live listeners only
+      seen.push(kept);
       this.#emit(jobId, { type: 'progress', progress });
     });
     events.on('completed', ({ jobId, returnvalue }) => {
@@ -135,7 +137,10 @@ export class RedisQueue implements JobQueue {
     const s = state(raw);
     const view: JobView = { id, kind: job.data.kind, state: s };
     const progress = progressOf(job.progress);
-    if (progress) view.progress = progress;
+    if (progress) {
+      const { preview: _, ...kept } = progress; // a view carries no preview
+      view.progress = kept;
+    }
     if (s === 'done') view.result = job.returnvalue;
     if (s === 'failed') view.error = parseReason(job.failedReason);
     return view;
@@ -207,6 +212,8 @@ export interface WorkerOptions {
   /** How often workers look for stalled jobs. */
   stalledCheckMs?: number;
   log?: (line: string) => void;
+  /** The folder of LoRA files jobs may name (the worker's --loras): checked against its model at start. */
+  loras?: string;
 }
 
 export interface RunningWorker {
@@ -219,6 +226,14 @@ export interface RunningWorker {
 export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   const engine = await Engine.load(o.model, o.load ?? {});
   const log = o.log ?? (() => {});
+  let loras: LoraLibrary | undefined;
+  try {
+    loras = o.loras === undefined ? undefined : LoraLibrary.open(o.loras, engine);
+  } catch (e) {
+    engine.dispose();
+    throw e;
+  }
+  for (const u of loras?.unfit ?? []) log(`--loras: not offering ${u.file}: ${u.reason}`);
   const worker = new Worker<JobData, JobResult>(
     o.queue ?? DEFAULT_QUEUE,
     async (job: Job<JobData, JobResult>) => {
@@ -228,7 +243,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
       try {
         const result = await runJob(engine, job.data, (p) => {
           sent = sent.then(() => job.updateProgress(p)).catch(() => {});
-        });
+        }, undefined, loras);
         await sent;
         await dropPayload(job);
         log(`job ${job.id} done`);
@@ -236,7 +251,8 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
       } catch (e) {
         const err = publicError(e);
         // The worker's log has the whole story (the library's message, its stack); Redis only the public part.
-        log(`job ${job.id} failed: ${err.code}: ${err.message}\n${(e as Error)?.stack ?? String(e)}`);
+        const cause = (e as Error)?.cause;
+        log(`job ${job.id} failed: ${err.code}: ${err.message}\n${(e as Error)?.stack ?? String(e)}${cause ? `\ncause: ${(cause as Error).message ?? String(cause)}` : ''}`);
         await dropPayload(job);
         throw jobFailure(err);
       }

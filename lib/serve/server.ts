@@ -21,6 +21,7 @@ import {
 import type { Ctx } from './context.js';
 import { ServeError, clientErrorHandler, frameworkError, isServerFault, publicError, validationMessage } from './errors.js';
 import { checkPrompt, type PromptModel } from './jobs.js';
+import { checkLoras, type LoraLibrary } from './loras.js';
 import type { JobEvent, JobQueue } from './queue.js';
 import type { PngKind, ResultStore } from './results.js';
 import type { IdentityStore } from './store.js';
@@ -30,6 +31,10 @@ import { Uploads } from './upload.js';
 export interface ServerOptions {
   queue: JobQueue;
   store: IdentityStore;
+  /** The LoRA files requests may name (`loras: [{ name, scale }]`), listed at GET /loras; absent: none. */
+  loras?: LoraLibrary;
+  /** Whether the engines send a preview image with each step's progress (--preview-vae): the studio says so. */
+  previews?: boolean;
   /** The DreamIdentity encoder for POST /identities (method 'dreamidentity'); absent: 501. */
   encoder?: IdEncoder;
   limits?: Partial<Limits>;
@@ -104,12 +109,13 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
   const ctx: Ctx = {
     limits, timeouts, queue: o.queue, store: o.store, results: o.results, uploads: new Uploads(limits),
     prompts: o.prompts ?? { tokenizer: ClipTokenizer.fromDir(BUNDLED_TOKENIZER_DIR) },
-    encode: o.encoder ? serially(o.encoder) : undefined, auth: !!o.token, learning: new Map(), streams: new Set(),
+    encode: o.encoder ? serially(o.encoder) : undefined, auth: !!o.token, learning: new Map(), streams: new Set(), loras: o.loras, previews: !!o.previews,
   };
   setupHttp(app, limits, o.token);
   await followJobs(app, ctx);
   healthRoutes(app, ctx);
   jobRoutes(app, ctx);
+  loraRoutes(app, ctx);
   identityRoutes(app, ctx);
   await studioRoutes(app, ctx);
   return app;
@@ -232,7 +238,14 @@ function healthRoutes(app: FastifyInstance, ctx: Ctx): void {
   });
 }
 
-type GenerateBody = Partial<Omit<GenerateJob, 'kind' | 'identity' | 'identities'>> & { prompt: string; identity?: string; identities?: Record<string, string> };
+type GenerateBody = Partial<Omit<GenerateJob, 'kind' | 'identity' | 'identities' | 'loras'>> & {
+  prompt: string; identity?: string; identities?: Record<string, string>; loras?: { name: string; scale?: number }[];
+};
+
+/** GET /loras: the LoRA files requests may name. */
+function loraRoutes(app: FastifyInstance, ctx: Ctx): void {
+  app.get('/loras', { schema: { response: { 200: responses.loraList, ...err4 } } }, async () => ({ loras: ctx.loras?.list() ?? [] }));
+}
 
 function jobRoutes(app: FastifyInstance, ctx: Ctx): void {
   const { queue, store, limits } = ctx;
@@ -251,6 +264,7 @@ function jobRoutes(app: FastifyInstance, ctx: Ctx): void {
         ...(b.identityScale !== undefined ? { identityScale: b.identityScale } : {}),
         ...(b.attention ? { attention: true } : {}),
         ...(b.regions !== undefined ? { regions: b.regions } : {}),
+        ...(b.loras?.length ? { loras: checkLoras(ctx.loras, b.loras) } : {}),
       };
       try {
         checkPrompt(ctx.prompts, job);

@@ -62,7 +62,7 @@ export async function studioRoutes(app: FastifyInstance, ctx: Ctx): Promise<void
   };
 
   app.get('/studio/config', { schema: { response: err4 } }, async () => ({
-    mode: ctx.queue.mode, encoder: !!ctx.encode, faces, token: ctx.auth, samplers: SAMPLERS, attention: true, preview: false,
+    mode: ctx.queue.mode, encoder: !!ctx.encode, faces, token: ctx.auth, samplers: SAMPLERS, attention: true, preview: ctx.previews,
     limits: { maxSide: limits.maxSide, maxSteps: limits.maxSteps, maxLearnSteps: limits.maxLearnSteps }, defaultSide: Math.min(512, limits.maxSide),
   }));
   // Face work: the upload's refusals (413, 415) and the face models' absence (501) besides the usual ones.

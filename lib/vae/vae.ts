@@ -3,6 +3,7 @@ import type { VaeConfig } from '../io/configs.js';
 import type { Graph, Value } from '../graph/graph.js';
 import { Tensor } from '../tensor.js';
 import { convW, groupNormW, linearW, type Weights } from '../graph/weights.js';
+import { buildTinyDecoder } from './taesd.js';
 
 function resnet(g: Graph, w: Weights, cfg: VaeConfig, x: Value, p: string): Value {
   const gn = { groups: cfg.normNumGroups, eps: cfg.normEps, silu: true };
@@ -69,4 +70,9 @@ export function buildVaeEncoder(g: Graph, w: Weights, cfg: VaeConfig, image: Val
   x = convW(g, w, x, 'quant_conv');
   const c = x.dim(1) / 2;
   return { mean: g.slice(x, 1, 0, c), logvar: g.slice(x, 1, c, 2 * c) };
+}
+
+/** The decoder of either kind of VAE: AutoencoderKL, or AutoencoderTiny (lib/vae/taesd.ts) when `cfg.tiny`. */
+export function buildDecoder(g: Graph, w: Weights, cfg: VaeConfig, z: Value): Value {
+  return cfg.tiny ? buildTinyDecoder(g, w, cfg, z) : buildVaeDecoder(g, w, cfg, z);
 }

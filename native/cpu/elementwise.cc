@@ -43,6 +43,25 @@ void op_SILU(const OpAttrs&, const Views& in, const Views& out) {
   forChunks(in[0].numel(), [&](int64_t b, int64_t e) { siluScaled(x + b, y + b, e - b, 1.f); });
 }
 
+void op_RELU(const OpAttrs&, const Views& in, const Views& out) {
+  unaryCheck("relu", in, out);
+  const float* x = in[0].as<float>();
+  float* y = out[0].as<float>();
+  // x > 0 ? x : 0 keeps NaN out of a comparison-based max (NaN stays NaN only through x itself).
+  forChunks(in[0].numel(), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i++) y[i] = x[i] > 0.f ? x[i] : (x[i] != x[i] ? x[i] : 0.f);
+  });
+}
+
+void op_TANH(const OpAttrs&, const Views& in, const Views& out) {
+  unaryCheck("tanh", in, out);
+  const float* x = in[0].as<float>();
+  float* y = out[0].as<float>();
+  forChunks(in[0].numel(), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i++) y[i] = std::tanh(x[i]);
+  });
+}
+
 void op_SCALE(const OpAttrs& a, const Views& in, const Views& out) {
   unaryCheck("scale", in, out);
   const float* x = in[0].as<float>();

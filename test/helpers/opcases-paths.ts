@@ -213,7 +213,7 @@ function otherPaths(): OpCase[] {
  */
 function specialValues(): OpCase[] {
   const set: [number, number][] = [[3, NaN], [20, NaN], [21, Infinity], [22, -200], [23, 200]];
-  const unary = (['silu', 'gelu', 'quick_gelu'] as const).map((op): OpCase => ({ ...unaryCase(op, [40], 1, true), name: `${op} [40] with NaN, inf, ±200`, inputs: [{ shape: [40], set }], special: true }));
+  const unary = (['silu', 'gelu', 'quick_gelu', 'relu', 'tanh'] as const).map((op): OpCase => ({ ...unaryCase(op, [40], 1, true), name: `${op} [40] with NaN, inf, ±200`, inputs: [{ shape: [40], set }], special: true }));
   // Query row 1 sees NaN scores: its outputs must be NaN, the other rows' not.
   const attn: OpCase = { ...attentionCase(1, 1, 3, 20, 4, 4, { stress: true }), name: 'attention q[1,3,4] k/v [1,20,4] with a NaN in query row 1', special: true };
   attn.inputs = [{ shape: [1, 3, 4], set: [[6, NaN]] }, { shape: [1, 20, 4] }, { shape: [1, 20, 4] }];

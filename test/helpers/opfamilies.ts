@@ -147,9 +147,14 @@ export function attentionCase(b: number, heads: number, nq: number, nk: number, 
   };
 }
 
-export function unaryCase(op: 'gelu' | 'quick_gelu' | 'silu', s: number[], amp = 1, stress = false): OpCase {
-  const build = { gelu: (g: Graph, x: Value) => g.gelu(x), quick_gelu: (g: Graph, x: Value) => g.quickGelu(x), silu: (g: Graph, x: Value) => g.silu(x) }[op];
-  return { name: `${op} x${S(s)}${amp !== 1 ? ` ·${amp}` : ''}`, inputs: [{ shape: s, amp }], build: (g, [x]) => build(g, x!), ref: (x) => [R.map(x[0]!, R.unary[op])], grad: [0], stress };
+export function unaryCase(op: keyof typeof R.unary, s: number[], amp = 1, stress = false): OpCase {
+  const build = {
+    gelu: (g: Graph, x: Value) => g.gelu(x), quick_gelu: (g: Graph, x: Value) => g.quickGelu(x), silu: (g: Graph, x: Value) => g.silu(x),
+    relu: (g: Graph, x: Value) => g.relu(x), tanh: (g: Graph, x: Value) => g.tanh(x),
+  }[op];
+  // relu and tanh (the tiny autoencoder's) have no autodiff rule: nothing trains through them.
+  const grad = op === 'relu' || op === 'tanh' ? undefined : [0];
+  return { name: `${op} x${S(s)}${amp !== 1 ? ` ·${amp}` : ''}`, inputs: [{ shape: s, amp }], build: (g, [x]) => build(g, x!), ref: (x) => [R.map(x[0]!, R.unary[op])], ...(grad ? { grad } : {}), stress };
 }
 
 export function gegluCase(s: number[], amp = 1, stress = false): OpCase {

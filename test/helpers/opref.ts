@@ -213,6 +213,8 @@ export const unary = {
   gelu: (v: number): number => 0.5 * v * (1 + erf(v / Math.SQRT2)),
   quick_gelu: (v: number): number => v / (1 + Math.exp(-1.702 * v)),
   silu,
+  relu: (v: number): number => (v > 0 || Number.isNaN(v) ? v : 0),
+  tanh: Math.tanh,
 };
 
 export function map(x: A, f: (v: number) => number): Float64Array {
