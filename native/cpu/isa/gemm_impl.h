@@ -257,7 +257,11 @@ double fmaLoop(int64_t iters, float* sink) {
 #endif
   for (int64_t k = 0; k < iters; k++) {
 #pragma GCC unroll 12
-    for (int i = 0; i < N; i++) acc[i] = vFma(acc[i], a, b);
+#if defined(IDFORGE_ISA_NEON)
+    for (int i = 0; i < N; i++) acc[i] = vFma(a, b, acc[i]);  // FMLA overwrites its addend: the chain is acc
+#else
+    for (int i = 0; i < N; i++) acc[i] = vFma(acc[i], a, b);  // not acc += a·b: SSE2's mul would be hoisted
+#endif
   }
   VecF s = acc[0];
   for (int i = 1; i < N; i++) s = vAdd(s, acc[i]);
