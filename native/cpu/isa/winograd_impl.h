@@ -72,6 +72,25 @@ struct Mats<4> {
       {1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
 };
 
+// out[:L] = c·in (first term) or out += c·in, with the ±1 coefficients as copies and adds.
+template <int L>
+IDFORGE_INLINE void addScaled(float* __restrict out, const float* __restrict in, float c, bool first) {
+  if (first) {
+    if (c == 1.f)
+      for (int v = 0; v < L; v++) out[v] = in[v];
+    else if (c == -1.f)
+      for (int v = 0; v < L; v++) out[v] = -in[v];
+    else
+      for (int v = 0; v < L; v++) out[v] = c * in[v];
+  } else if (c == 1.f) {
+    for (int v = 0; v < L; v++) out[v] += in[v];
+  } else if (c == -1.f) {
+    for (int v = 0; v < L; v++) out[v] -= in[v];
+  } else {
+    for (int v = 0; v < L; v++) out[v] += c * in[v];
+  }
+}
+
 // Y[i][j][:] = Σ_k Σ_l P[i][k] X[k][l][:] P[j][l] for R x K coefficients P and L lanes.
 template <int R, int K, int L>
 inline void xform(const float (&P)[R][K], const float* __restrict X, float* __restrict Y) {
@@ -84,24 +103,9 @@ inline void xform(const float (&P)[R][K], const float* __restrict X, float* __re
       bool first = true;
 #pragma GCC unroll 8
       for (int k = 0; k < K; k++) {
-        const float c = P[i][k];
-        if (c == 0.f) continue;
-        const float* x = X + (k * K + l) * L;
-        if (first) {
-          if (c == 1.f)
-            for (int v = 0; v < L; v++) t[v] = x[v];
-          else if (c == -1.f)
-            for (int v = 0; v < L; v++) t[v] = -x[v];
-          else
-            for (int v = 0; v < L; v++) t[v] = c * x[v];
-          first = false;
-        } else if (c == 1.f) {
-          for (int v = 0; v < L; v++) t[v] += x[v];
-        } else if (c == -1.f) {
-          for (int v = 0; v < L; v++) t[v] -= x[v];
-        } else {
-          for (int v = 0; v < L; v++) t[v] += c * x[v];
-        }
+        if (P[i][k] == 0.f) continue;
+        addScaled<L>(t, X + (k * K + l) * L, P[i][k], first);
+        first = false;
       }
       if (first)
         for (int v = 0; v < L; v++) t[v] = 0.f;
@@ -114,24 +118,9 @@ inline void xform(const float (&P)[R][K], const float* __restrict X, float* __re
       bool first = true;
 #pragma GCC unroll 8
       for (int l = 0; l < K; l++) {
-        const float c = P[j][l];
-        if (c == 0.f) continue;
-        const float* t = T + (i * K + l) * L;
-        if (first) {
-          if (c == 1.f)
-            for (int v = 0; v < L; v++) y[v] = t[v];
-          else if (c == -1.f)
-            for (int v = 0; v < L; v++) y[v] = -t[v];
-          else
-            for (int v = 0; v < L; v++) y[v] = c * t[v];
-          first = false;
-        } else if (c == 1.f) {
-          for (int v = 0; v < L; v++) y[v] += t[v];
-        } else if (c == -1.f) {
-          for (int v = 0; v < L; v++) y[v] -= t[v];
-        } else {
-          for (int v = 0; v < L; v++) y[v] += c * t[v];
-        }
+        if (P[j][l] == 0.f) continue;
+        addScaled<L>(y, T + (i * K + l) * L, P[j][l], first);
+        first = false;
       }
       if (first)
         for (int v = 0; v < L; v++) y[v] = 0.f;
