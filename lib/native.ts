@@ -19,6 +19,7 @@ export interface NativeTensor {
   /** Elements that are NaN or ±Inf, counted on the tensor's device (0 for integer dtypes). */
   countNonFinite(): number;
   to(dtype: DType, device?: DeviceName, stream?: number): NativeTensor;
+  copyFrom(src: NativeTensor): void;
   dispose(): void;
 }
 

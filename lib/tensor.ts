@@ -127,6 +127,15 @@ export class Tensor implements Disposable {
     return new Tensor(call(() => h.to(dtype, device, stream)));
   }
 
+  /**
+   * Overwrites the elements in place with `src`'s (same count), converted to this dtype: the memory
+   * stays, so programs holding this tensor as a constant read the new values.
+   */
+  copyFrom(src: Tensor): void {
+    const h = this.handle, s = src.handle;
+    call(() => h.copyFrom(s));
+  }
+
   /** The same elements under another shape (a copy). */
   reshape(shape: readonly number[]): Tensor {
     const s = checkShape(shape);

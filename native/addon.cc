@@ -116,6 +116,7 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
                                     InstanceMethod<&TensorWrap::Read>("read"),
                                     InstanceMethod<&TensorWrap::CountNonFinite>("countNonFinite"),
                                     InstanceMethod<&TensorWrap::To>("to"),
+                                    InstanceMethod<&TensorWrap::CopyFrom>("copyFrom"),
                                     InstanceMethod<&TensorWrap::Dispose>("dispose")});
     data(env).tensorCtor = Napi::Persistent(f);
     exports.Set("NativeTensor", f);
@@ -197,6 +198,22 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
       Backend* be = backendFor(dev, dt, info.Length() > 2 ? streamArg(info[2]) : 0);
       std::vector<uint8_t> host = readAs(t, dt);
       return Wrap(env, makeTensor(be, dt, t.shape, host.data(), dt));
+    });
+  }
+
+  // copyFrom(src) → overwrites this tensor's elements in place (same memory: programs holding it as
+  // a constant see the new values) with src's, converted to this tensor's dtype; any devices.
+  Napi::Value CopyFrom(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guarded(env, [&]() -> Napi::Value {
+      NTensor& t = live(env);
+      std::shared_ptr<NTensor> src = From(info[0], "copyFrom's source");
+      if (numel(src->shape) != numel(t.shape))
+        throw Error("E_SHAPE", "copyFrom: source " + shapeStr(src->shape) + " into " + shapeStr(t.shape));
+      std::vector<uint8_t> host = readAs(*src, t.dtype);
+      t.storage->backend->synchronize();
+      if (!host.empty()) t.storage->backend->upload(t.storage->data, host.data(), host.size());
+      return env.Undefined();
     });
   }
 

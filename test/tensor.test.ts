@@ -100,3 +100,17 @@ t.test('dispose semantics and memory accounting', async (t) => {
   t.equal(memory().cpu, before, 'using disposes at scope end');
   t.match(String(a), /disposed/);
 });
+
+t.test('copyFrom overwrites in place, converting the dtype; a wrong size or a disposed source is a typed error', async (t) => {
+  const half = Tensor.from(new Float32Array([1, 2, 3, 4]), [2, 2], { dtype: 'float16' });
+  const src = Tensor.from(new Float32Array([0.5, -1.25, 1e5, 3]), [4]);
+  half.copyFrom(src);
+  t.same([...half.toFloat32()], [0.5, -1.25, Infinity, 3], 'float32 → float16 into the same tensor (1e5 overflows half to Inf)');
+  t.equal(half.countNonFinite(), 1);
+  const wrong = Tensor.from(new Float32Array(3), [3]);
+  t.throws(() => half.copyFrom(wrong), { code: 'E_SHAPE', message: /copyFrom/ });
+  wrong.dispose();
+  t.throws(() => half.copyFrom(wrong), { code: 'E_DISPOSED' });
+  half.dispose();
+  src.dispose();
+});

@@ -162,11 +162,21 @@ export class LoraMerger {
    */
   async #run(chunk: Write[]): Promise<void> {
     const inputs: Tensor[] = [];
+    let fresh: Tensor[] = [];  // the results when they are not written into the resident tensors
     try {
       const into = chunk.map((w) => this.host.weights[w.component].tensor(w.weight));
+      // Weights stored in another dtype than the compute (float16 weights on the CPU): the merge
+      // runs in the compute dtype and its results are converted into the resident tensors.
+      const compute = this.host.weights.unet.backend.dtype;
+      const direct = into.every((t) => t.dtype === compute);
       for (const w of chunk) {
         const weights = this.host.weights[w.component];
-        inputs.push(weights.fromFile(w.weight));
+        const base = weights.fromFile(w.weight);
+        if (base.dtype === compute) inputs.push(base);
+        else {
+          inputs.push(base.to(compute));
+          base.dispose();
+        }
         if (w.delta) {
           const O = w.shape[0]!;
           const I = w.delta.downT.length / w.delta.rank;
@@ -174,15 +184,20 @@ export class LoraMerger {
           inputs.push(Tensor.from(w.delta.downT, [I, w.delta.rank], weights.backend));
         }
       }
-      await this.host.runOnce((g) => {
+      const outs = await this.host.runOnce((g) => {
         for (const w of chunk) g.output(mergeGraph(g, w));
-      }, inputs, { into });
+      }, inputs, direct ? { into } : {});
+      if (!direct) {
+        fresh = outs;
+        into.forEach((t, i) => t.copyFrom(outs[i]!));
+      }
       chunk.forEach((w, i) => {
         const bad = into[i]!.countNonFinite();
         if (bad) throw new IdforgeError('E_NUMERIC', `LoRA merge: ${w.component} weight '${w.weight}' would hold ${bad} NaN/Inf value(s)${into[i]!.dtype === 'float16' ? " (beyond float16's range: lower the scale or use dtype float32)" : ''}`);
       });
     } finally {
       for (const t of inputs) t.dispose();
+      for (const t of fresh) t.dispose();
     }
   }
 }
