@@ -171,7 +171,7 @@ t.test('bad CLIP folders and inputs give typed errors', async (t) => {
   rmSync(path.join(noTok, 'tokenizer'), { recursive: true });
   await code(ClipScorer.load(noTok, { device: 'cpu' }), 'E_NOT_FOUND', /vocab\.json/);
 
-  await code(ClipScorer.load(TINY_CLIP, { device: 'cpu', dtype: 'float16' }), 'E_ARGUMENT');
+  await code(ClipScorer.load(TINY_CLIP, { device: 'cpu', dtype: 'bfloat16' as 'float16' }), 'E_ARGUMENT');
   await code(ClipScorer.load(TINY_CLIP, { device: 'tpu' as 'cpu' }), 'E_ARGUMENT');
 
   const clip = await ClipScorer.load(TINY_CLIP, { device: 'cpu' });

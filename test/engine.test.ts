@@ -194,7 +194,7 @@ t.test('load errors and calls after dispose', async (t) => {
   await t.rejects(Engine.load('/nonexistent/model'), { code: 'E_NOT_FOUND' });
   await t.rejects(Engine.load(fixture('golden/tokenizer.json')), { code: 'E_MODEL_FORMAT' });
   await t.rejects(Engine.load(TINY_SD, { device: 'tpu' as 'cpu' }), { code: 'E_ARGUMENT' });
-  await t.rejects(Engine.load(TINY_SD, { device: 'cpu', dtype: 'float16' }), { code: 'E_ARGUMENT' });
+  await t.rejects(Engine.load(TINY_SD, { device: 'cpu', dtype: 'bfloat16' as 'float16' }), { code: 'E_ARGUMENT' });
   const e = await Engine.load(TINY_SD, { device: 'cpu' });
   e.dispose();
   t.equal(e.disposed, true);
