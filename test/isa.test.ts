@@ -15,9 +15,12 @@ import { TINY_SD } from './helpers/fixtures.js';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { cpu } = backends();
 
-/** Runs `code` (an ES module importing lib/) with IDFORGE_CPU_ISA=isa; its last stdout line as JSON. */
+/**
+ * Runs `code` (an ES module importing dist/, which `npm test` builds first: plain node starts in a
+ * fraction of the time the TypeScript loader takes) with IDFORGE_CPU_ISA=isa; its last stdout line as JSON.
+ */
 function child(isa: string, code: string): { status: number | null; out: unknown; err: string } {
-  const r = spawnSync(process.execPath, ['--import=@tapjs/typescript/import', '--input-type=module', '-e', code], {
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], {
     cwd: root, encoding: 'utf8', env: { ...process.env, IDFORGE_CPU_ISA: isa },
   });
   const last = (r.stdout ?? '').trim().split('\n').at(-1) ?? '';
@@ -39,7 +42,7 @@ t.test('the best variant this CPU supports is chosen', async (t) => {
 
 t.test('IDFORGE_CPU_ISA forces each supported variant', async (t) => {
   for (const v of cpu.supported) {
-    const r = child(v, "import { backends } from './lib/native.ts'; console.log(JSON.stringify(backends().cpu));");
+    const r = child(v, "import { backends } from './dist/native.js'; console.log(JSON.stringify(backends().cpu));");
     t.equal(r.status, 0, `${v}: ${r.err.slice(-500)}`);
     t.match(r.out, { isa: v, supported: cpu.supported }, `IDFORGE_CPU_ISA=${v}`);
   }
@@ -47,9 +50,9 @@ t.test('IDFORGE_CPU_ISA forces each supported variant', async (t) => {
 
 t.test('an unknown or unsupported IDFORGE_CPU_ISA is E_BACKEND naming what the CPU has', async (t) => {
   const lacking = process.arch === 'arm64' ? 'avx2' : 'neon';
-  const code = `import { backends } from './lib/native.ts';
-import { Engine } from './lib/index.ts';
-import { Tensor } from './lib/tensor.ts';
+  const code = `import { backends } from './dist/native.js';
+import { Engine } from './dist/index.js';
+import { Tensor } from './dist/tensor.js';
 const res = {};
 const grab = (k, f) => { try { f(); res[k] = 'no error'; } catch (e) { res[k] = { code: e.code, message: e.message }; } };
 grab('backends', () => backends());
