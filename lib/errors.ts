@@ -41,3 +41,14 @@ export function fromNative(e: unknown): IdforgeError {
 export function throwIfAborted(signal: AbortSignal | undefined, what = 'operation'): void {
   if (signal?.aborted) throw new IdforgeError('E_ABORTED', `${what} was aborted`, { cause: signal.reason });
 }
+
+/**
+ * `work`'s outcome, or a rejection with `late()` once `ms` have passed; the timer is cleared either
+ * way, and work that settles after the deadline is dropped (its rejection included).
+ */
+export function deadline<T>(work: Promise<T>, ms: number, late: () => Error): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(late()), ms); });
+  work.catch(() => {});
+  return Promise.race([work, expired]).finally(() => clearTimeout(timer));
+}

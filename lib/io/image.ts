@@ -1,7 +1,7 @@
 // Images in and out, through sharp.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { IdforgeError } from '../errors.js';
+import { IdforgeError, deadline } from '../errors.js';
 import { invalid, shown, text } from '../validate.js';
 
 /** 8-bit interleaved pixels, row-major. */
@@ -147,7 +147,9 @@ export async function loadImage(input: string | Buffer | Uint8Array, budget?: De
   if (budget) await checkBudget(sharp, input, budget, what);
   try {
     const s = budget ? sharp(input, { limitInputPixels: budget.maxPixels ?? true, pages: 1 }).timeout({ seconds: Math.ceil(budget.seconds ?? 0) }) : sharp(input);
-    const { data, info } = await withinSeconds(s.rotate().removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true }), budget?.seconds);
+    const decode = s.rotate().removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
+    const { data, info } = await (budget?.seconds === undefined ? decode
+      : deadline(decode, budget.seconds * 1000, () => new Error('timeout: the decode budget ran out')));
     if (info.channels !== 3) throw new Error(`decoded ${info.channels} channels`);
     if (budget?.maxSide !== undefined && Math.max(info.width, info.height) > budget.maxSide)
       throw new ImageDecodeError('size', `${what} is ${info.width}x${info.height}; the limit is ${budget.maxSide} px a side`);
@@ -161,15 +163,6 @@ export async function loadImage(input: string | Buffer | Uint8Array, budget?: De
     if (typeof input === 'string' && msg.includes('missing')) throw new IdforgeError('E_NOT_FOUND', `could not decode ${input}: ${msg}`, { cause: e });
     throw invalid('image', `an image sharp can decode (could not decode it: ${msg})`, typeof input === 'string' ? input : shown(`a buffer of ${input.length} bytes`), { cause: e });
   }
-}
-
-/** `work`, or a rejection "timeout" once `seconds` have passed (the work's own later outcome is dropped). */
-function withinSeconds<T>(work: Promise<T>, seconds: number | undefined): Promise<T> {
-  if (seconds === undefined) return work;
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error('timeout: the decode budget ran out')), seconds * 1000); });
-  work.catch(() => {});
-  return Promise.race([work, late]).finally(() => clearTimeout(timer));
 }
 
 const FORMAT_NAMES: Record<RasterFormat, string> = { jpeg: 'JPEG', png: 'PNG', webp: 'WebP' };

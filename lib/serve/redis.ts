@@ -6,6 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { Queue, QueueEvents, Worker, type Job } from 'bullmq';
 import { Engine, type LoadOptions } from '../engine.js';
+import { deadline } from '../errors.js';
 import type { JobData, JobError, JobResult, JobState, JobView, Progress } from './api.js';
 import { ServeError, publicError } from './errors.js';
 import { DEFAULT_KEEP, type JobEvent, type JobQueue } from './queue.js';
@@ -173,11 +174,7 @@ export class RedisQueue implements JobQueue {
 
 /** Rejects with E_UNAVAILABLE when `p` takes longer than `ms`. */
 function within<T>(p: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new ServeError('E_UNAVAILABLE', `Redis did not answer within ${ms} ms`)), ms);
-  });
-  return Promise.race([p, late]).finally(() => clearTimeout(timer));
+  return deadline(p, ms, () => new ServeError('E_UNAVAILABLE', `Redis did not answer within ${ms} ms`));
 }
 
 /** Workers store errors as "CODE: public message" (BullMQ keeps only the message). */

@@ -6,7 +6,7 @@
 import { randomUUID, timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import { IdforgeError } from '../errors.js';
+import { IdforgeError, deadline } from '../errors.js';
 import type { EncodeOptions, IdEncoder } from '../dreamidentity/encoder.js';
 import type { Identity } from '../identity/identity.js';
 import type { Landmarks } from '../identity/face.js';
@@ -224,16 +224,13 @@ function healthRoutes(app: FastifyInstance, ctx: Ctx): void {
   const down = { type: 'object', properties: { ...health.properties, error: responses.error.properties.error } };
   app.get('/health', { config: { public: true }, schema: { response: { 200: health, 503: down } } }, async (req, reply) => {
     const { queue, timeouts } = ctx;
-    let timer: NodeJS.Timeout | undefined;
     try {
-      const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer in ${timeouts.healthMs} ms`)), timeouts.healthMs)));
-      return { ok: true, mode: queue.mode, ...(await Promise.race([queue.health(), late])), samplers: SAMPLERS };
+      const answer = await deadline(queue.health(), timeouts.healthMs, () => new Error(`no answer in ${timeouts.healthMs} ms`));
+      return { ok: true, mode: queue.mode, ...answer, samplers: SAMPLERS };
     } catch (err) {
       req.log.warn({ err }, 'health check failed');
       const message = queue.mode === 'redis' ? 'the job queue (Redis) is not answering' : 'the server is shutting down';
       return reply.code(503).send({ ok: false, mode: queue.mode, ...(queue.mode === 'redis' ? { redis: 'unreachable' } : {}), error: { code: 'E_UNAVAILABLE', message } });
-    } finally {
-      clearTimeout(timer);
     }
   });
 }
